@@ -1,0 +1,5 @@
+"""gradwatch core: NumPy back-propagation with per-layer gradient telemetry."""
+
+from core.spec import SpecLimits, TrainingSpec
+
+__all__ = ["SpecLimits", "TrainingSpec"]

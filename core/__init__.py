@@ -1,5 +1,45 @@
-"""gradwatch core: NumPy back-propagation with per-layer gradient telemetry."""
+"""gradwatch core: NumPy back-propagation with per-layer gradient telemetry.
+
+The public API (see DESIGN.md "Contracts")::
+
+    import core
+    spec = core.TrainingSpec.model_validate({"data": {"source": "synthetic", "name": "spirals"}})
+    trainer = core.Trainer(spec)
+    result = trainer.run()              # core.TrainingResult: per-step, per-layer records
+    report = core.diagnose(result)      # verdict, findings, ranked fixes as spec patches
+    core.preflight(spec)                # risk analysis without training
+"""
 
 from core.spec import SpecLimits, TrainingSpec
+from core.telemetry import EpochRecord, LayerRecord, MemorySink, NonFiniteEvent, Sink, StepRecord
+from core.trainer import Trainer, TrainingResult
 
-__all__ = ["SpecLimits", "TrainingSpec"]
+__all__ = [
+    "DiagnosticReport",
+    "EpochRecord",
+    "LayerRecord",
+    "MemorySink",
+    "Monitor",
+    "NonFiniteEvent",
+    "PreflightReport",
+    "Sink",
+    "SpecLimits",
+    "StepRecord",
+    "Trainer",
+    "TrainingResult",
+    "TrainingSpec",
+    "diagnose",
+    "preflight",
+]
+
+_DIAGNOSTICS = {"DiagnosticReport", "Monitor", "PreflightReport", "diagnose", "preflight"}
+
+
+def __getattr__(name: str) -> object:
+    # core.diagnostics builds on the trainer; imported on first use to keep `import core` light
+    # and free of import cycles.
+    if name in _DIAGNOSTICS:
+        import core.diagnostics
+
+        return getattr(core.diagnostics, name)
+    raise AttributeError(f"module 'core' has no attribute {name!r}")

@@ -110,11 +110,12 @@ class ParamLayout:
 
 
 def _sumsq(x: np.ndarray) -> float:
-    """sum(x**2) without float32 overflow (accumulates in float64 if needed)."""
-    s = float(np.dot(x, x))
-    if x.dtype != np.float64 and not np.isfinite(s):
-        x64 = x.astype(np.float64)
-        s = float(np.dot(x64, x64))
+    """sum(x**2) without float32 overflow (accumulates in float64 if needed); silent."""
+    with np.errstate(all="ignore"):
+        s = float(np.dot(x, x))
+        if x.dtype != np.float64 and not np.isfinite(s):
+            x64 = x.astype(np.float64)
+            s = float(np.dot(x64, x64))
     return s
 
 

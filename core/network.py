@@ -1,0 +1,245 @@
+"""The multi-layer perceptron: parameters in one flat buffer, forward and backward passes.
+
+Layer ``i`` computes ``z = x @ W_i + b_i``; hidden layers then apply batch norm (if asked)
+and their activation; the output layer is linear (the loss owns softmax/sigmoid). All hidden
+activations of a batch live side by side in one ``(batch, total_hidden_units)`` buffer so that
+per-layer activation statistics cost a few NumPy calls for the whole network.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.activations import ActivationFn, get_activation
+from core.initializers import init_bias, init_weight
+from core.layers import (
+    BatchNormCache,
+    affine_backward,
+    affine_forward,
+    batchnorm_backward,
+    batchnorm_forward_eval,
+    batchnorm_forward_train,
+)
+from core.layout import ParamLayout
+from core.spec import TrainingSpec
+
+__all__ = ["MLP"]
+
+Array = np.ndarray
+EVAL_CHUNK = 4096
+
+
+@dataclass(slots=True)
+class _Buffers:
+    """Per-batch-size work arrays reused across steps."""
+
+    act: Array  # (batch, total hidden units): all hidden activations
+    act_views: list[Array]  # each hidden layer's columns of ``act``
+    z: list[Array]  # per layer pre-activation (after batch norm for hidden layers)
+
+
+class MLP:
+    """An MLP built from a :class:`~core.spec.TrainingSpec`, initialised from ``rng``."""
+
+    def __init__(self, spec: TrainingSpec, rng: np.random.Generator) -> None:
+        self.dtype = np.dtype(spec.dtype)
+        self.sizes = spec.layer_sizes()
+        hidden = spec.model.hidden
+        self.n_layers = len(self.sizes) - 1
+        self.batch_norm = [h.batch_norm for h in hidden] + [False]
+        self.activations: list[ActivationFn] = [get_activation(h.activation) for h in hidden]
+        self.layout = ParamLayout.for_mlp(self.sizes, self.batch_norm[:-1])
+        self.flat = np.zeros(self.layout.size, dtype=self.dtype)
+        self.grad = np.zeros(self.layout.size, dtype=self.dtype)
+        self.W: list[Array] = []
+        self.b: list[Array] = []
+        self.dW: list[Array] = []
+        self.db: list[Array] = []
+        self.gamma: dict[int, Array] = {}
+        self.beta: dict[int, Array] = {}
+        self.dgamma: dict[int, Array] = {}
+        self.dbeta: dict[int, Array] = {}
+        self.running_mean: dict[int, Array] = {}
+        self.running_var: dict[int, Array] = {}
+        for slot in self.layout.slots:
+            p, g = self.layout.view(self.flat, slot), self.layout.view(self.grad, slot)
+            if slot.kind == "weight":
+                self.W.append(p)
+                self.dW.append(g)
+            elif slot.kind == "bias":
+                self.b.append(p)
+                self.db.append(g)
+            elif slot.kind == "bn_gamma":
+                self.gamma[slot.layer], self.dgamma[slot.layer] = p, g
+            else:
+                self.beta[slot.layer], self.dbeta[slot.layer] = p, g
+        for i in range(self.n_layers):
+            init = (hidden[i].init if i < len(hidden) else None) or spec.model.init
+            act_name = hidden[i].activation if i < len(hidden) else "linear"
+            self.W[i][...] = init_weight(init, self.sizes[i], self.sizes[i + 1], act_name, rng,
+                                         self.dtype)
+            self.b[i][...] = init_bias(init, self.sizes[i + 1], self.dtype)
+            if self.batch_norm[i]:
+                self.gamma[i][...] = 1
+                self.running_mean[i] = np.zeros(self.sizes[i + 1], dtype=self.dtype)
+                self.running_var[i] = np.ones(self.sizes[i + 1], dtype=self.dtype)
+        # Column ranges of each hidden layer inside the activation buffer.
+        self.col_offsets = np.concatenate([[0], np.cumsum(self.sizes[1:-1])]).astype(np.int64)
+        self._buffers: dict[int, _Buffers] = {}
+        self._inputs: list[Array] = []
+        self._bn_cache: dict[int, BatchNormCache] = {}
+        self._bs = 0
+        self._starts = self.col_offsets[:-1]
+        self._counts = [h.units for h in hidden]
+        self._relu_layers = [i for i, a in enumerate(self.activations) if a.family == "relu"]
+        self._tanh_layers = [i for i, a in enumerate(self.activations) if a.name == "tanh"]
+        self._sigmoid_layers = [i for i, a in enumerate(self.activations) if a.name == "sigmoid"]
+
+    # ---------------------------------------------------------------- parameters
+    def parameters(self) -> list[tuple[str, Array]]:
+        """``[(name, live array)]`` in layer order (weight, bias, bn_gamma, bn_beta)."""
+        return [(s.name, self.layout.view(self.flat, s)) for s in self.layout.slots]
+
+    def gradient_views(self) -> list[Array]:
+        """Gradient arrays aligned with :meth:`parameters` (live views of ``self.grad``)."""
+        return self.layout.views(self.grad)
+
+    # ---------------------------------------------------------------- passes
+    def _buffers_for(self, batch: int) -> _Buffers:
+        buf = self._buffers.get(batch)
+        if buf is None:
+            if len(self._buffers) > 4:
+                self._buffers.clear()
+            act = np.empty((batch, int(self.col_offsets[-1])), dtype=self.dtype)
+            z = [np.empty((batch, n), dtype=self.dtype) for n in self.sizes[1:]]
+            views = [act[:, int(a):int(b)] for a, b in itertools.pairwise(self.col_offsets)]
+            buf = self._buffers[batch] = _Buffers(act, views, z)
+        return buf
+
+    def hidden_activation(self, i: int) -> Array:
+        """Layer ``i``'s activations from the last training forward pass, ``(batch, units)``."""
+        return self._buffers[self._bs].act_views[i]
+
+    def forward(self, X: Array, update_running: bool = True) -> Array:
+        """Training-mode forward pass; keeps what :meth:`backward` needs. Returns the outputs.
+
+        Overflow produces Inf/NaN silently only under ``np.errstate(all="ignore")``, which the
+        trainer sets once per run (per-call errstate would cost more than a small layer).
+        """
+        n = X.shape[0]
+        self._bs = n
+        buf = self._buffers_for(n)
+        self._inputs = [X]
+        x = X
+        last = self.n_layers - 1
+        for i in range(self.n_layers):
+            z = affine_forward(x, self.W[i], self.b[i], out=buf.z[i])
+            if i == last:
+                return z
+            if self.batch_norm[i]:
+                z, self._bn_cache[i] = batchnorm_forward_train(
+                    z, self.gamma[i], self.beta[i], self.running_mean[i],
+                    self.running_var[i], update_running)
+                buf.z[i] = z
+            a = buf.act_views[i]
+            self.activations[i].forward(z, a)
+            self._inputs.append(a)
+            x = a
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def backward(self, dout: Array) -> None:
+        """Back-propagates ``dout`` (gradient w.r.t. the outputs) into ``self.grad``."""
+        buf = self._buffers[self._bs]
+        dz = dout
+        for i in range(self.n_layers - 1, -1, -1):
+            if i < self.n_layers - 1:
+                dz = self.activations[i].backward(dz, buf.z[i], self._inputs[i + 1])
+                if self.batch_norm[i]:
+                    dz = batchnorm_backward(dz, self.gamma[i], self._bn_cache[i],
+                                            self.dgamma[i], self.dbeta[i])
+            dx = affine_backward(dz, self._inputs[i], self.W[i], self.dW[i], self.db[i],
+                                 need_dx=i > 0)
+            if dx is not None:
+                dz = dx
+
+    def predict(self, X: Array) -> Array:
+        """Inference-mode outputs (batch norm uses running statistics), in chunks."""
+        outs = [self._predict_chunk(X[s:s + EVAL_CHUNK]) for s in range(0, len(X), EVAL_CHUNK)]
+        if not outs:
+            return np.empty((0, self.sizes[-1]), dtype=self.dtype)
+        return np.concatenate(outs)
+
+    def _predict_chunk(self, x: Array) -> Array:
+        with np.errstate(over="ignore", invalid="ignore"):
+            for i in range(self.n_layers):
+                z = affine_forward(x, self.W[i], self.b[i])
+                if i == self.n_layers - 1:
+                    return z
+                if self.batch_norm[i]:
+                    z = batchnorm_forward_eval(z, self.gamma[i], self.beta[i],
+                                               self.running_mean[i], self.running_var[i])
+                x = self.activations[i].forward(z, np.empty_like(z))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # ---------------------------------------------------------------- statistics
+    def activation_stats(self, outputs: Array) -> tuple[list[float], list[float],
+                                                          list[float | None],
+                                                          list[float | None]]:
+        """Per-layer ``(mean, std, dead_fraction, saturated_fraction)`` of the last training
+        forward pass: hidden layers, then the outputs; None where a statistic does not apply.
+
+        A few whole-buffer NumPy calls whatever the depth: column sums and sums of squares of
+        the activation buffer, reduced per layer with ``reduceat``.
+        """
+        mean: list[float] = []
+        std: list[float] = []
+        dead: list[float | None] = [None] * self.n_layers
+        sat: list[float | None] = [None] * self.n_layers
+        if self.n_layers > 1:
+            act = self._buffers[self._bs].act
+            n = act.shape[0]
+            if self.n_layers == 2:  # one hidden layer: whole-buffer sums
+                sums = [float(act.sum(dtype=np.float64))]
+                sqs = [_sumsq(act.reshape(-1))]
+            else:
+                col_sq = np.einsum("ij,ij->j", act, act)
+                if col_sq.dtype != np.float64 and not np.isfinite(col_sq).all():
+                    a64 = act.astype(np.float64)  # float32 overflow of the squares
+                    col_sq = np.einsum("ij,ij->j", a64, a64)
+                sums = np.add.reduceat(act.sum(axis=0, dtype=np.float64), self._starts).tolist()
+                sqs = np.add.reduceat(col_sq, self._starts).tolist()
+            for s_, q_, c in zip(sums, sqs, self._counts, strict=True):
+                m = s_ / (c * n)
+                mean.append(m)
+                std.append(math.sqrt(max(q_ / (c * n) - m * m, 0.0)) if math.isfinite(q_) else q_)
+            if self._relu_layers:
+                alive = np.add.reduceat((act > 0).any(axis=0), self._starts).tolist()
+                for i in self._relu_layers:
+                    dead[i] = 1.0 - alive[i] / self._counts[i]
+            for layers, center, half in ((self._tanh_layers, 0.0, 0.99),
+                                         (self._sigmoid_layers, 0.5, 0.49)):
+                if layers:
+                    shifted = np.abs(act - center) if center else np.abs(act)
+                    cnt = np.add.reduceat(np.count_nonzero(shifted > half, axis=0),
+                                          self._starts).tolist()
+                    for i in layers:
+                        sat[i] = cnt[i] / (self._counts[i] * n)
+        flat_out = outputs.reshape(-1)
+        k = flat_out.size
+        m = float(flat_out.sum(dtype=np.float64)) / k
+        q = _sumsq(flat_out) / k
+        mean.append(m)
+        std.append(math.sqrt(max(q - m * m, 0.0)) if math.isfinite(q) else q)
+        return mean, std, dead, sat
+
+
+def _sumsq(x: Array) -> float:
+    """``sum(x**2)`` of a 1-D array without float32 overflow."""
+    s = float(np.dot(x, x))
+    if not math.isfinite(s) and x.dtype != np.float64:
+        s = float(np.square(x, dtype=np.float64).sum())
+    return s

@@ -1,0 +1,394 @@
+"""The training loop: seeded mini-batch training that records pre-clip gradient telemetry.
+
+Every step: forward -> loss -> backward -> record PRE-clip norms -> clip -> optimizer step ->
+record weight/update norms and activation statistics -> feed the online monitor -> emit the
+record to the sink. A NaN or an overflow is an outcome (``stop_reason="non_finite"``), never
+an exception.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from core.clipping import clip_flat
+from core.data import Dataset, load_dataset
+from core.losses import accuracy, get_loss
+from core.network import MLP
+from core.optimizers import make_optimizer
+from core.schedules import make_schedule
+from core.spec import TrainingSpec
+from core.telemetry import (
+    EpochRecord,
+    LayerRecord,
+    NonFiniteEvent,
+    Sink,
+    StepRecord,
+    StopReason,
+)
+
+__all__ = ["Trainer", "TrainingResult"]
+
+Array = np.ndarray
+
+
+@dataclass
+class TrainingResult:
+    """What :meth:`Trainer.run` returns.
+
+    ``steps`` holds the emitted step records (every step with ``record_every=1``; with thinning,
+    still the first, the last and every step with a non-finite value).
+    """
+
+    spec: TrainingSpec
+    steps: list[StepRecord]
+    epochs: list[EpochRecord]
+    stop_reason: StopReason
+    steps_completed: int
+    total_steps: int
+    first_non_finite: NonFiniteEvent | None
+    alerts: list[Any] = field(default_factory=list)
+    runtime_seconds: float = 0.0
+
+    @property
+    def final_loss(self) -> float | None:
+        return self.steps[-1].loss if self.steps else None
+
+
+def _norm_segments(flat: Array, bounds: Array) -> Array:
+    """Sum of squares of ``flat[bounds[k]:bounds[k+1]]`` for each k, as float64.
+
+    Many small segments (deep narrow nets): one square + ``reduceat``; few large segments: one
+    BLAS dot each. Accumulates in the training dtype, like torch's norms; if a float32 sum
+    overflows it is recomputed in float64, so a finite gradient never reports an infinite norm.
+    """
+    n_seg = len(bounds) - 1
+    if flat.size <= 64 * 1024 or flat.size // max(n_seg, 1) < 16 * 1024:
+        out = np.add.reduceat(np.square(flat), bounds[:-1]).astype(np.float64)
+        if flat.dtype != np.float64 and not np.isfinite(out).all():
+            out = np.add.reduceat(np.square(flat, dtype=np.float64), bounds[:-1])
+        return out
+    out = np.empty(n_seg, dtype=np.float64)
+    for k in range(n_seg):
+        seg = flat[int(bounds[k]):int(bounds[k + 1])]
+        s = float(np.dot(seg, seg))
+        if not math.isfinite(s):
+            s = float(np.square(seg, dtype=np.float64).sum())
+        out[k] = s
+    return out
+
+
+_FUSE_MAX = 64 * 1024
+
+
+def _nan_or_inf(x: Array) -> str:
+    return "nan" if np.isnan(x).any() else "inf"
+
+
+class Trainer:
+    """Trains the network a :class:`~core.spec.TrainingSpec` describes.
+
+    Everything random (data, initialisation, shuffling) comes from one
+    ``numpy.random.Generator`` seeded with ``spec.seed``.
+
+    Parameters
+    ----------
+    spec : TrainingSpec
+    max_runtime : float, optional
+        Wall-clock budget in seconds; training stops with ``"max_runtime"`` when exceeded.
+    telemetry : bool
+        Record per-layer norms and activation statistics (default). When False only the loss,
+        the global norm needed for clipping and the learning rate are recorded (benchmarks).
+    monitor : bool
+        Feed every step to the online :class:`core.diagnostics.Monitor` (default; needed for
+        ``stop_on_explosion`` and live alerts). Requires ``telemetry``.
+    """
+
+    def __init__(self, spec: TrainingSpec, *, max_runtime: float | None = None,
+                 telemetry: bool = True, monitor: bool = True) -> None:
+        self.spec = spec
+        self.use_monitor = monitor
+        self.max_runtime = max_runtime
+        self.telemetry = telemetry
+        self.rng = np.random.default_rng(spec.seed)
+        self.data: Dataset = load_dataset(spec, self.rng)
+        self.network = MLP(spec, self.rng)
+        self.loss_name = spec.loss or "mse"
+        self._loss_fn = get_loss(self.loss_name)
+        self.optimizer = make_optimizer(spec.optimizer, self.network.flat)
+        self.total_steps = spec.total_steps()
+        self.schedule = make_schedule(spec.schedule, spec.optimizer.lr, self.total_steps)
+        self._y_train = self._targets(self.data.y_train)
+        self._y_val = self._targets(self.data.y_val)
+        layout = self.network.layout
+        # Segment bounds: [W_0, rest_0, W_1, rest_1, ..., end]: weight-only and per-layer sums
+        # of squares from one pass.
+        bounds = []
+        for i in range(layout.n_layers):
+            bounds += [int(layout.weight_offsets[i]),
+                       int(layout.weight_offsets[i] + layout.weight_sizes[i])]
+        bounds.append(layout.size)
+        self._bounds = np.asarray(bounds, dtype=np.int64)
+        # The same bounds over the concatenation [weights | update] (both of size P).
+        self._bounds2 = np.concatenate((self._bounds[:-1], self._bounds + layout.size))
+        self._layer_ids = list(range(layout.n_layers))
+
+    # ------------------------------------------------------------------ contract API
+    def parameters(self) -> list[tuple[str, Array]]:
+        """``[(name, array)]`` in layer order; the arrays are the live parameters."""
+        return self.network.parameters()
+
+    def gradients(self, X: Array, y: Array) -> tuple[float, list[Array]]:
+        """Loss and gradients (aligned with :meth:`parameters`) on ``(X, y)``, training mode.
+
+        No parameter (and no batch-norm running statistic) changes.
+        """
+        X = np.ascontiguousarray(X, dtype=self.network.dtype)
+        with np.errstate(all="ignore"):
+            out = self.network.forward(X, update_running=False)
+            loss, dout = self._loss_fn(out, self._targets(np.asarray(y)))
+            self.network.backward(dout)
+        return loss, [g.copy() for g in self.network.gradient_views()]
+
+    # ------------------------------------------------------------------ helpers
+    def _targets(self, y: Array) -> Array:
+        """Targets in the form the loss wants."""
+        dtype = self.network.dtype
+        if self.loss_name == "cross_entropy":
+            return y.astype(np.int64, copy=False)
+        if self.loss_name == "binary_cross_entropy":
+            return y.reshape(len(y), 1).astype(dtype)
+        if self.data.task == "classification":  # mse on class labels: one-hot targets
+            onehot = np.zeros((len(y), self.network.sizes[-1]), dtype=dtype)
+            onehot[np.arange(len(y)), y.astype(np.int64)] = 1
+            return onehot
+        return y.reshape(len(y), self.network.sizes[-1]).astype(dtype, copy=False)
+
+    def _accuracy(self, out: Array, y: Array) -> float | None:
+        if self.loss_name == "mse" and self.data.task == "classification":
+            return float(np.mean(out.argmax(axis=1) == y.argmax(axis=1)))
+        return accuracy(out, y, self.loss_name)
+
+    def evaluate(self, X: Array, y: Array) -> tuple[float, float | None]:
+        """Inference-mode loss and accuracy on already prepared targets."""
+        with np.errstate(all="ignore"):
+            out = self.network.predict(X)
+            loss, _ = self._loss_fn(out, y)
+            return loss, self._accuracy(out, y)
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, sink: Sink | None = None, *, keep_records: bool = True) -> TrainingResult:
+        """Train per the spec; returns the history and why training stopped.
+
+        ``keep_records=False`` keeps only the last record in ``result.steps`` (the sink still
+        receives everything): for long runs whose history lives elsewhere.
+        """
+        # Overflow is data here: one errstate for the whole run (per-call errstate contexts
+        # would cost more than the layers of a small network).
+        with np.errstate(all="ignore"):
+            return self._run(sink, keep_records)
+
+    def _run(self, sink: Sink | None, keep_records: bool) -> TrainingResult:
+        spec = self.spec
+        net = self.network
+        layout = net.layout
+        X_train, y_train = self.data.X_train, self._y_train
+        n_train = len(X_train)
+        batch_size = min(spec.training.batch_size, n_train)
+        record_every = spec.monitor.record_every
+        stop_on_nf = spec.monitor.stop_on_non_finite
+        want_acts = self.telemetry and spec.monitor.activation_stats
+        monitor = _make_monitor(spec) if self.telemetry and self.use_monitor else None
+        write_alert = getattr(sink, "write_alert", None)
+
+        kept: list[StepRecord] = []
+        epochs: list[EpochRecord] = []
+        alerts: list[Any] = []
+        first_nf: NonFiniteEvent | None = None
+        stop: StopReason | None = None
+        step = 0
+        total = self.total_steps
+        t0 = time.monotonic()
+        deadline = None if self.max_runtime is None else t0 + self.max_runtime
+        best_val = np.inf
+        bad_epochs = 0
+        epoch = 0
+
+        while step < total and stop is None:
+            order = self.rng.permutation(n_train) if spec.training.shuffle else None
+            loss_sum = 0.0
+            correct = 0.0
+            seen = 0
+            for start in range(0, n_train, batch_size):
+                if step >= total:
+                    break
+                if order is None:
+                    Xb, yb = X_train[start:start + batch_size], y_train[start:start + batch_size]
+                else:
+                    idx = order[start:start + batch_size]
+                    Xb, yb = X_train[idx], y_train[idx]
+                lr = self.schedule(step)
+                out = net.forward(Xb)
+                loss, dout = self._loss_fn(out, yb)
+                net.backward(dout)
+                grad = net.grad
+                if self.telemetry:
+                    gsq = _norm_segments(grad, self._bounds)
+                    w_gsq = gsq[0::2]
+                    layer_gsq = w_gsq + gsq[1::2]
+                    total_gsq = float(layer_gsq.sum())
+                else:
+                    w_gsq = layer_gsq = _norm_segments(grad, layout.layer_offsets)
+                    total_gsq = float(layer_gsq.sum())
+                grad_norm = float(np.sqrt(total_gsq))
+                clipped_norm, clipped = clip_flat(spec.clipping, grad, net.flat, layout,
+                                                  layer_gsq)
+                delta = self.optimizer.step(grad, lr)
+                m = len(Xb)
+                loss_sum += loss * m
+                seen += m
+                acc = self._accuracy(out, yb)
+                if acc is not None:
+                    correct += acc * m
+
+                if self.telemetry:
+                    record, finite = self._step_record(step, epoch, loss, lr, grad_norm,
+                                                       clipped_norm, clipped, layer_gsq, w_gsq,
+                                                       delta, out, want_acts)
+                    nf_now = not finite
+                else:
+                    record = StepRecord(step, epoch, loss, grad_norm, float(clipped_norm),
+                                        float(lr), bool(clipped), [])
+                    nf_now = not (math.isfinite(loss) and math.isfinite(grad_norm))
+                if nf_now and first_nf is None:
+                    first_nf = self._locate_non_finite(step, loss, layer_gsq, want_acts)
+
+                if monitor is not None:
+                    new_alerts = monitor.observe(record)
+                    if new_alerts:
+                        alerts.extend(new_alerts)
+                        if write_alert is not None:
+                            for a in new_alerts:
+                                write_alert(a)
+                    if spec.monitor.stop_on_explosion and monitor.explosion_confirmed:
+                        stop = "explosion"
+                if nf_now and stop_on_nf:
+                    stop = "non_finite"
+                if deadline is not None and time.monotonic() > deadline:
+                    stop = stop or "max_runtime"
+
+                if sink is not None and stop is None:
+                    stop = sink.should_stop()
+                last = step == total - 1 or stop is not None
+                if step % record_every == 0 or last or nf_now:
+                    if sink is not None:
+                        sink.write_steps([record])
+                    if keep_records:
+                        kept.append(record)
+                    else:
+                        kept[:] = [record]
+                step += 1
+                if stop is not None:
+                    break
+            # ---- end of epoch
+            if seen:
+                ep = self._epoch_record(epoch, step - 1, loss_sum / seen,
+                                        correct / seen if self._is_classifier() else None)
+                epochs.append(ep)
+                if sink is not None:
+                    sink.write_epoch(ep)
+                es_patience = spec.training.early_stopping_patience
+                if es_patience is not None and ep.val_loss is not None and stop is None:
+                    if ep.val_loss < best_val:
+                        best_val, bad_epochs = ep.val_loss, 0
+                    else:
+                        bad_epochs += 1
+                        if bad_epochs >= es_patience:
+                            stop = "early_stop"
+            epoch += 1
+
+        return TrainingResult(
+            spec=spec,
+            steps=kept,
+            epochs=epochs,
+            stop_reason=stop or "completed",
+            steps_completed=step,
+            total_steps=total,
+            first_non_finite=first_nf,
+            alerts=alerts,
+            runtime_seconds=time.monotonic() - t0,
+        )
+
+    def _step_record(self, step: int, epoch: int, loss: float, lr: float, grad_norm: float,
+                     clipped_norm: float, clipped: bool, layer_gsq: Array, w_gsq: Array,
+                     delta: Array, out: Array, want_acts: bool) -> tuple[StepRecord, bool]:
+        """The step's record (norms after the update, activation statistics) and whether
+        every recorded number is finite."""
+        net = self.network
+        if net.flat.size <= _FUSE_MAX:  # one pass over [weights | update] for small nets
+            both = _norm_segments(np.concatenate((net.flat, delta)), self._bounds2)
+            wsq, usq = both[0:len(both) // 2:2], both[len(both) // 2::2]
+        else:
+            wsq = _norm_segments(net.flat, self._bounds)[0::2]
+            usq = _norm_segments(delta, self._bounds)[0::2]
+        layer_g = np.sqrt(layer_gsq).tolist()
+        w_g = np.sqrt(w_gsq).tolist()
+        w_n = np.sqrt(wsq).tolist()
+        u_n = np.sqrt(usq).tolist()
+        check = loss + grad_norm + sum(w_n)
+        if want_acts:
+            a_mean, a_std, a_dead, a_sat = net.activation_stats(out)
+            check += sum(a_mean)
+            layers = [LayerRecord(*row) for row in zip(
+                self._layer_ids, layer_g, w_g, w_n, u_n, a_mean, a_std, a_dead, a_sat,
+                strict=True)]
+        else:
+            layers = [LayerRecord(*row) for row in zip(self._layer_ids, layer_g, w_g, w_n, u_n,
+                                                       strict=True)]
+        record = StepRecord(step, epoch, loss, grad_norm, float(clipped_norm), float(lr),
+                            bool(clipped), layers)
+        return record, math.isfinite(check)
+
+    def _is_classifier(self) -> bool:
+        return self.data.task == "classification"
+
+    def _epoch_record(self, epoch: int, last_step: int, train_loss: float,
+                      train_acc: float | None) -> EpochRecord:
+        val_loss = val_acc = None
+        if len(self.data.X_val):
+            val_loss, val_acc = self.evaluate(self.data.X_val, self._y_val)
+        return EpochRecord(epoch, last_step, float(train_loss), val_loss, val_acc, train_acc)
+
+    def _locate_non_finite(self, step: int, loss: float, layer_gsq: Array,
+                           acts: bool) -> NonFiniteEvent:
+        """Where the first non-finite value of this step arose, in computation order:
+        activations (forward, by layer), the loss, gradients (backward: highest layer first),
+        then the updated weights."""
+        net = self.network
+        if acts:
+            for i in range(net.n_layers - 1):
+                a = net.hidden_activation(i)
+                if not np.isfinite(a).all():
+                    return NonFiniteEvent(step, i, "activation", _nan_or_inf(a))  # type: ignore[arg-type]
+        if not np.isfinite(loss):
+            return NonFiniteEvent(step, None, "loss", "nan" if np.isnan(loss) else "inf")
+        for i in range(net.n_layers - 1, -1, -1):  # pre-clip sums of squares, as computed
+            if not np.isfinite(layer_gsq[i]):
+                return NonFiniteEvent(step, i, "gradient",
+                                      "nan" if np.isnan(layer_gsq[i]) else "inf")
+        layout = net.layout
+        for i in range(net.n_layers):
+            w = layout.layer_segment(net.flat, i)
+            if not np.isfinite(w).all():
+                return NonFiniteEvent(step, i, "weight", _nan_or_inf(w))  # type: ignore[arg-type]
+        return NonFiniteEvent(step, None, "loss", "nan")
+
+
+def _make_monitor(spec: TrainingSpec) -> Any:
+    from core.diagnostics import Monitor
+
+    return Monitor(spec)

@@ -22,6 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# This machine sets OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE for old OpenBLAS builds; they force a
+# slower kernel on a current NumPy. Benchmark NumPy's native kernel (printed below) unless
+# asked not to: re-exec once without both variables, for this command alone.
+if os.environ.get("OPENBLAS_CORETYPE") and "--keep-openblas-env" not in sys.argv:
+    _env = {k: v for k, v in os.environ.items()
+            if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    os.execve(sys.executable, [sys.executable, *sys.argv], _env)
+
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
@@ -139,6 +147,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--only", default="abcd", help="configs to run, e.g. 'ad'")
+    ap.add_argument("--keep-openblas-env", action="store_true",
+                    help="keep OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE as set (slower kernel)")
     args = ap.parse_args()
     try:
         import torch

@@ -39,6 +39,7 @@ class _Buffers:
 
     act: Array  # (batch, total hidden units): all hidden activations
     act_views: list[Array]  # each hidden layer's columns of ``act``
+    ones: Array  # (batch,) of ones: column sums as a matrix-vector product
     z: list[Array]  # per layer pre-activation (after batch norm for hidden layers)
 
 
@@ -117,7 +118,7 @@ class MLP:
             act = np.empty((batch, int(self.col_offsets[-1])), dtype=self.dtype)
             z = [np.empty((batch, n), dtype=self.dtype) for n in self.sizes[1:]]
             views = [act[:, int(a):int(b)] for a, b in itertools.pairwise(self.col_offsets)]
-            buf = self._buffers[batch] = _Buffers(act, views, z)
+            buf = self._buffers[batch] = _Buffers(act, views, np.ones(batch, self.dtype), z)
         return buf
 
     def hidden_activation(self, i: int) -> Array:
@@ -200,32 +201,39 @@ class MLP:
         dead: list[float | None] = [None] * self.n_layers
         sat: list[float | None] = [None] * self.n_layers
         if self.n_layers > 1:
-            act = self._buffers[self._bs].act
+            buf = self._buffers[self._bs]
+            act, ones = buf.act, buf.ones
             n = act.shape[0]
             if self.n_layers == 2:  # one hidden layer: whole-buffer sums
                 sums = [float(act.sum(dtype=np.float64))]
                 sqs = [_sumsq(act.reshape(-1))]
             else:
+                # Column sums as a BLAS matrix-vector product (much faster than a strided
+                # reduction), then per-layer sums with reduceat.
                 col_sq = np.einsum("ij,ij->j", act, act)
                 if col_sq.dtype != np.float64 and not np.isfinite(col_sq).all():
                     a64 = act.astype(np.float64)  # float32 overflow of the squares
                     col_sq = np.einsum("ij,ij->j", a64, a64)
-                sums = np.add.reduceat(act.sum(axis=0, dtype=np.float64), self._starts).tolist()
+                col_sum = ones @ act
+                if not np.isfinite(col_sum).all():
+                    col_sum = act.sum(axis=0, dtype=np.float64)
+                sums = np.add.reduceat(col_sum, self._starts).tolist()
                 sqs = np.add.reduceat(col_sq, self._starts).tolist()
             for s_, q_, c in zip(sums, sqs, self._counts, strict=True):
                 m = s_ / (c * n)
                 mean.append(m)
                 std.append(math.sqrt(max(q_ / (c * n) - m * m, 0.0)) if math.isfinite(q_) else q_)
             if self._relu_layers:
-                alive = np.add.reduceat((act > 0).any(axis=0), self._starts).tolist()
+                # a unit is dead on this batch when its output is <= 0 for every example
+                alive = np.add.reduceat(act.max(axis=0) > 0, self._starts).tolist()
                 for i in self._relu_layers:
                     dead[i] = 1.0 - alive[i] / self._counts[i]
             for layers, center, half in ((self._tanh_layers, 0.0, 0.99),
                                          (self._sigmoid_layers, 0.5, 0.49)):
                 if layers:
                     shifted = np.abs(act - center) if center else np.abs(act)
-                    cnt = np.add.reduceat(np.count_nonzero(shifted > half, axis=0),
-                                          self._starts).tolist()
+                    in_tail = (shifted > half).astype(act.dtype)
+                    cnt = np.add.reduceat(ones @ in_tail, self._starts).tolist()
                     for i in layers:
                         sat[i] = cnt[i] / (self._counts[i] * n)
         flat_out = outputs.reshape(-1)

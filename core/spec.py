@@ -76,7 +76,7 @@ def _limit(loc: tuple[str | int, ...], what: str, value: int, name: str, limit: 
 def _lax_float(v: Any) -> Any:
     # Accept JSON integers for float fields (1 -> 1.0) but nothing else (no "1.0", no True).
     if isinstance(v, bool):
-        raise ValueError("expected a number, got a boolean")
+        return v  # left to the strict float check, which names the exact field
     if isinstance(v, int):
         return float(v)
     return v
@@ -469,11 +469,11 @@ class ModelSpec(_Strict):
     """A multi-layer perceptron; the output layer is linear and its width follows from the data."""
 
     hidden: list[HiddenLayer] = Field(
-        default_factory=_default_hidden,
+        default=_default_hidden(),
         description="Hidden layers in order (may be empty: a linear model).",
     )
     init: InitSpec = Field(
-        default_factory=lambda: HeNormal(scheme="he_normal"),
+        default=HeNormal(scheme="he_normal"),
         description="Weight initialisation for every layer without its own `init`, and for the "
                     "output layer.",
     )
@@ -718,7 +718,7 @@ class TrainingSpec(_Strict):
         "float64", description="Floating point type of the whole computation."
     )
     data: DataSpec = Field(description="Where the examples come from.")
-    model: ModelSpec = Field(default_factory=ModelSpec, description="The network.")
+    model: ModelSpec = Field(ModelSpec(), description="The network.")
     loss: Loss | None = Field(
         None,
         description="`mse`, `cross_entropy` (integer labels, softmax inside), "
@@ -726,19 +726,19 @@ class TrainingSpec(_Strict):
                     "cross_entropy for classification data, mse for regression data.",
     )
     optimizer: OptimizerSpec = Field(
-        default_factory=lambda: SGD(name="sgd", lr=0.01, momentum=0.9),
+        SGD(name="sgd", lr=0.01, momentum=0.9),
         description="Update rule (torch.optim semantics and defaults).",
     )
     schedule: ScheduleSpec = Field(
-        default_factory=lambda: ConstantSchedule(name="constant"),
+        ConstantSchedule(name="constant"),
         description="Learning-rate schedule over optimizer steps.",
     )
     clipping: ClippingSpec = Field(
-        default_factory=lambda: NoClipping(mode="none"),
+        NoClipping(mode="none"),
         description="Gradient clipping, applied after the pre-clip norms are recorded.",
     )
-    training: TrainingOptions = Field(default_factory=TrainingOptions, description="Epochs, batches.")
-    monitor: MonitorSpec = Field(default_factory=MonitorSpec, description="Telemetry options.")
+    training: TrainingOptions = Field(TrainingOptions(), description="Epochs, batches.")
+    monitor: MonitorSpec = Field(MonitorSpec(), description="Telemetry options.")
 
     @model_validator(mode="after")
     def _check_consistency_and_limits(self, info: ValidationInfo) -> TrainingSpec:

@@ -14,8 +14,7 @@ Definitions (per step, before clipping unless said otherwise):
 - ``LayerRecord.update_norm``: Frobenius norm of this step's change of the weight matrix.
 - activation statistics describe the layer's output on this batch (post-activation for hidden
   layers, the logits for the output layer): ``act_mean``, ``act_std``; ``dead_fraction`` is the
-  fraction of units that are inactive (output <= 0 for ReLU / leaky ReLU, <= -alpha*0.99 for
-  ELU / SELU) for every example of the batch; ``saturated_fraction`` the fraction of outputs in
+  fraction of ReLU / leaky-ReLU units whose output is <= 0 for every example of the batch; ``saturated_fraction`` the fraction of outputs in
   the flat tails (|a| > 0.99 for tanh, a < 0.01 or a > 0.99 for sigmoid). Each is ``None``
   where it does not apply to the activation.
 """

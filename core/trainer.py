@@ -217,6 +217,15 @@ class Trainer:
         best_val = np.inf
         bad_epochs = 0
         epoch = 0
+        pending: StepRecord | None = None
+
+        def emit(record: StepRecord) -> None:
+            if sink is not None:
+                sink.write_steps([record])
+            if keep_records:
+                kept.append(record)
+            else:
+                kept[:] = [record]
 
         while step < total and stop is None:
             order = self.rng.permutation(n_train) if spec.training.shuffle else None
@@ -265,7 +274,7 @@ class Trainer:
                                         float(lr), bool(clipped), [])
                     nf_now = not (math.isfinite(loss) and math.isfinite(grad_norm))
                 if nf_now and first_nf is None:
-                    first_nf = self._locate_non_finite(step, loss, layer_gsq, want_acts)
+                    first_nf = self._locate_non_finite(step, loss, out, layer_gsq, want_acts)
 
                 if monitor is not None:
                     new_alerts = monitor.observe(record)
@@ -281,16 +290,18 @@ class Trainer:
                 if deadline is not None and time.monotonic() > deadline:
                     stop = stop or "max_runtime"
 
+                # The first, the last, every record_every-th and every non-finite step are
+                # emitted; a step that turns out to be the last (the sink asks to stop after
+                # receiving the previous one, or early stopping at the epoch end) is emitted then.
+                pending = record
+                if step % record_every == 0 or step == total - 1 or stop is not None or nf_now:
+                    emit(record)
+                    pending = None
                 if sink is not None and stop is None:
                     stop = sink.should_stop()
-                last = step == total - 1 or stop is not None
-                if step % record_every == 0 or last or nf_now:
-                    if sink is not None:
-                        sink.write_steps([record])
-                    if keep_records:
-                        kept.append(record)
-                    else:
-                        kept[:] = [record]
+                    if stop is not None and pending is not None:
+                        emit(pending)
+                        pending = None
                 step += 1
                 if stop is not None:
                     break
@@ -298,9 +309,6 @@ class Trainer:
             if seen:
                 ep = self._epoch_record(epoch, step - 1, loss_sum / seen,
                                         correct / seen if self._is_classifier() else None)
-                epochs.append(ep)
-                if sink is not None:
-                    sink.write_epoch(ep)
                 es_patience = spec.training.early_stopping_patience
                 if es_patience is not None and ep.val_loss is not None and stop is None:
                     if ep.val_loss < best_val:
@@ -309,6 +317,12 @@ class Trainer:
                         bad_epochs += 1
                         if bad_epochs >= es_patience:
                             stop = "early_stop"
+                            if pending is not None:
+                                emit(pending)
+                                pending = None
+                epochs.append(ep)
+                if sink is not None:
+                    sink.write_epoch(ep)
             epoch += 1
 
         return TrainingResult(
@@ -363,7 +377,7 @@ class Trainer:
             val_loss, val_acc = self.evaluate(self.data.X_val, self._y_val)
         return EpochRecord(epoch, last_step, float(train_loss), val_loss, val_acc, train_acc)
 
-    def _locate_non_finite(self, step: int, loss: float, layer_gsq: Array,
+    def _locate_non_finite(self, step: int, loss: float, out: Array, layer_gsq: Array,
                            acts: bool) -> NonFiniteEvent:
         """Where the first non-finite value of this step arose, in computation order:
         activations (forward, by layer), the loss, gradients (backward: highest layer first),
@@ -374,6 +388,8 @@ class Trainer:
                 a = net.hidden_activation(i)
                 if not np.isfinite(a).all():
                     return NonFiniteEvent(step, i, "activation", _nan_or_inf(a))  # type: ignore[arg-type]
+        if not np.isfinite(out).all():  # the output layer's activations (logits)
+            return NonFiniteEvent(step, net.n_layers - 1, "activation", _nan_or_inf(out))  # type: ignore[arg-type]
         if not np.isfinite(loss):
             return NonFiniteEvent(step, None, "loss", "nan" if np.isnan(loss) else "inf")
         for i in range(net.n_layers - 1, -1, -1):  # pre-clip sums of squares, as computed

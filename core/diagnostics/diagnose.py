@@ -1,0 +1,477 @@
+"""``diagnose(history)``: verdict, findings, forecast and ranked fixes for one run.
+
+The verdict is gated on evidence that training is harmed:
+
+- ``exploding``: a non-finite value, runaway gradient growth that did not recover (the
+  monitor's confirmation, see :mod:`core.diagnostics.monitor`), or a loss that rose two orders
+  of magnitude and stayed there;
+- ``stalled``: dead ReLU units (>= 90% of a layer), or a flat loss / a loss at chance level;
+- ``vanishing``: a layer learning >= 1000x slower than the output layer, with a flat loss;
+- ``unstable``: an excursion or spikes that set the loss back but recovered, or a period-2
+  oscillation of the gradient norm;
+- ``healthy``: anything else (a spike that did not set the loss back is reported, not judged).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from core.diagnostics import detectors as D
+from core.diagnostics import recommend as R
+from core.diagnostics.analytic import init_profile
+from core.diagnostics.reference import data_scale
+from core.diagnostics.report import (
+    DiagnosticReport,
+    Finding,
+    LayerSummary,
+    Recommendation,
+    Verdict,
+)
+from core.diagnostics.series import RunSeries, layer_activations
+from core.spec import TrainingSpec
+from core.telemetry import NonFiniteEvent, StepRecord
+
+__all__ = ["diagnose"]
+
+_SEVERITY = {"critical": 0, "warning": 1, "info": 2}
+
+
+def diagnose(history: Any) -> DiagnosticReport:
+    """Diagnose a run: a :class:`~core.trainer.TrainingResult` or any object with ``spec``,
+    ``steps`` (StepRecords, possibly thinned), ``epochs``, ``stop_reason`` (None while the run
+    is in progress: the report is then provisional, ``final=False``) and
+    ``first_non_finite`` (may be None: non-finite values are found in the records too).
+    Optional ``alerts`` (the online monitor's findings, objects or their JSON) let a thinned
+    history keep what the monitor saw on every step."""
+    spec = history.spec
+    if not isinstance(spec, TrainingSpec):
+        spec = TrainingSpec.model_validate(spec)
+    records: list[StepRecord] = sorted(getattr(history, "steps", None) or [], key=lambda r: r.step)
+    stop_reason = getattr(history, "stop_reason", None)
+    nf_event: NonFiniteEvent | None = getattr(history, "first_non_finite", None)
+    final = stop_reason is not None
+    if not records:
+        return DiagnosticReport(
+            verdict="healthy", summary="No steps recorded yet: nothing to diagnose.",
+            first_bad_step=None, final=final, stop_reason=stop_reason, steps_analyzed=0,
+        )
+    s = RunSeries.from_records(spec, records)
+    replay = D.replay_monitor(spec, records)
+    _merge_online_alerts(replay, getattr(history, "alerts", None) or [])
+    ctx = D.Context(spec=spec, records=records, s=s, replay=replay,
+                    scale=data_scale(spec), stop_reason=stop_reason, first_non_finite=nf_event)
+    return _Diagnosis(ctx, final).report()
+
+
+def _merge_online_alerts(replay: D.Replay, alerts: list[Any]) -> None:
+    """The live monitor saw every step; a thinned history may hide what it confirmed."""
+    for a in alerts:
+        if isinstance(a, dict):  # as stored by the service (JSON)
+            try:
+                a = Finding.model_validate(a)
+            except ValueError:
+                continue
+        if not isinstance(a, Finding) or a.kind != "gradient_explosion" or a.severity != "critical":
+            continue
+        if a.step is None or (replay.confirmed_at is not None and replay.confirmed_at <= a.step):
+            continue
+        replay.confirmed_at = a.step
+        rule = a.evidence.get("rule")
+        replay.rule = rule if isinstance(rule, str) else None
+        start = a.evidence.get("growth_started_at")
+        replay.run_start_step = start if isinstance(start, int) else None
+        break
+
+
+class _Diagnosis:
+    def __init__(self, ctx: D.Context, final: bool) -> None:
+        self.ctx = ctx
+        self.final = final
+        self.s = ctx.s
+        self.spec = ctx.spec
+
+    def report(self) -> DiagnosticReport:
+        ctx, s = self.ctx, self.s
+        nf = D.detect_non_finite(ctx)
+        expl = D.analyze_explosion(ctx, nf)
+        onset_index = s.index_of(expl.onset_step) if expl is not None else None
+        spikes = D.find_spikes(ctx)
+        found: dict[str, Finding | None] = {
+            "non_finite": nf,
+            "gradient_explosion": self._explosion_finding(expl) if expl is not None else None,
+            "depth_amplification": D.detect_depth_amplification(ctx),
+            "loss_divergence": D.detect_loss_divergence(ctx),
+            "high_update_ratio": D.detect_update_ratio(ctx, onset_index),
+            "gradient_spike": D.detect_spikes(ctx, spikes),
+            "oscillation": D.detect_oscillation(ctx),
+            "vanishing_gradients": D.detect_vanishing(ctx),
+            "dead_units": D.detect_dead_units(ctx),
+            "saturated_units": D.detect_saturation(ctx),
+            "flat_loss": D.detect_flat_loss(ctx),
+            "data_scale": D.detect_data_scale(ctx),
+        }
+        verdict, first_bad = self._verdict(found, expl, spikes)
+        self._grade(found, verdict)
+        findings = sorted((f for f in found.values() if f is not None),
+                          key=lambda f: (_SEVERITY[f.severity], f.step if f.step is not None else -1))
+        forecast = self._forecast(expl, nf)
+        recs = self._recommend(verdict, found, expl, onset_index)
+        return DiagnosticReport(
+            verdict=verdict,
+            summary=self._summary(verdict, found, expl, first_bad, recs),
+            first_bad_step=first_bad,
+            final=self.final,
+            stop_reason=ctx.stop_reason,
+            steps_analyzed=len(s),
+            last_step=int(s.step[-1]),
+            findings=findings,
+            recommendations=recs,
+            forecast=forecast,
+            layers=self._layers(onset_index),
+        )
+
+    # ------------------------------------------------------------------ verdict
+    def _verdict(self, f: dict[str, Finding | None], expl: D.ExplosionAnalysis | None,
+                 spikes: list[D.Spike]) -> tuple[Verdict, int | None]:
+        ld = f["loss_divergence"]
+        if f["non_finite"] is not None or (expl is not None and not expl.recovered):
+            onset = expl.onset_step if expl is not None else f["non_finite"].step  # type: ignore[union-attr]
+            if f["depth_amplification"] is not None and expl is not None and expl.onset_step <= int(self.s.step[0]) + 1:
+                onset = int(self.s.step[0])
+            return "exploding", onset
+        if ld is not None and ld.severity == "critical":
+            return "exploding", ld.step
+        dead = f["dead_units"]
+        flat = f["flat_loss"]
+        vanish = f["vanishing_gradients"]
+        sat = f["saturated_units"]
+        harmful = [sp for sp in spikes if sp.harmful]
+        if harmful and flat is not None:
+            # spikes that set the loss back before the units died / saturated caused the stall
+            first_spike = int(self.s.step[harmful[0].start_index])
+            stall = min((x.step for x in (dead, vanish, sat) if x is not None and x.step is not None),
+                        default=None)
+            if stall is None or first_spike < stall:
+                return "unstable", first_spike
+        if dead is not None and dead.severity == "critical" and flat is not None:
+            return "stalled", dead.step
+        if vanish is not None and flat is not None:
+            return "vanishing", vanish.step
+        if sat is not None and sat.severity == "critical" and flat is not None:
+            # >= 90% of a layer in the flat tails: the local derivative itself vanishes
+            return "vanishing", sat.step
+        if flat is not None:
+            first = min((x.step for x in (dead, sat) if x is not None and x.step is not None),
+                        default=flat.step)
+            return "stalled", first
+        if expl is not None:  # confirmed runaway that recovered
+            return "unstable", expl.onset_step
+        if harmful:
+            return "unstable", int(self.s.step[harmful[0].start_index])
+        if f["oscillation"] is not None:
+            return "unstable", f["oscillation"].step
+        return "healthy", None
+
+    def _grade(self, f: dict[str, Finding | None], verdict: Verdict) -> None:
+        """Raise the findings that decided the verdict to critical."""
+        decisive = {
+            "exploding": ("non_finite", "gradient_explosion", "loss_divergence"),
+            "stalled": ("dead_units", "flat_loss", "saturated_units"),
+            "vanishing": ("vanishing_gradients", "flat_loss", "saturated_units"),
+            "unstable": ("gradient_explosion", "gradient_spike", "oscillation"),
+            "healthy": (),
+        }[verdict]
+        for k in decisive:
+            x = f.get(k)
+            if x is not None and x.severity != "info":
+                f[k] = x.model_copy(update={"severity": "critical"})
+        if verdict != "exploding" and f["gradient_explosion"] is not None:
+            g = f["gradient_explosion"]
+            f["gradient_explosion"] = g.model_copy(update={"severity": "warning"})
+
+    def _explosion_finding(self, e: D.ExplosionAnalysis) -> Finding:
+        layers_txt = ""
+        if e.layers:
+            first = e.layers[0]
+            layers_txt = f"; layer {first} left its range first (step {e.layer_first_steps[first]})"
+            if len(e.layers) > 1:
+                layers_txt += f", then layers {', '.join(map(str, e.layers[1:4]))}"
+        growth = f" (x{e.growth_per_step:.3g}/step)" if e.growth_per_step else ""
+        ratio = e.peak / e.baseline if e.baseline > 0 else math.inf
+        end = (f"; it reached a non-finite value at step {e.non_finite_step}"
+               if e.non_finite_step is not None else
+               "; it came back and the loss recovered" if e.recovered else
+               "; the loss did not recover")
+        return Finding(
+            kind="gradient_explosion", severity="critical" if not e.recovered else "warning",
+            step=e.onset_step, layers=e.layers,
+            evidence={"baseline_norm": e.baseline, "peak_norm": e.peak,
+                      "peak_step": e.peak_step, "peak_to_baseline": ratio,
+                      "growth_per_step": e.growth_per_step, "onset_step": e.onset_step,
+                      "detected_step": e.detected_step,
+                      "detection_latency": (e.detected_step - e.onset_step
+                                            if e.detected_step is not None else None),
+                      "rule": e.rule, "recovered": int(e.recovered)},
+            message=(f"Global gradient norm grew {ratio:.3g}x between step {e.onset_step} and "
+                     f"step {e.peak_step}{growth}, from a baseline of {e.baseline:.3g} to "
+                     f"{e.peak:.3g}{layers_txt}{end}. " + (
+                         f"The online monitor confirmed it at step {e.detected_step}."
+                         if e.detected_step is not None else
+                         "The growth was too irregular for the online monitor to confirm.")),
+        )
+
+    # ------------------------------------------------------------------ forecast
+    def _forecast(self, expl: D.ExplosionAnalysis | None, nf: Finding | None) -> Any:
+        fc = self.ctx.replay.forecast
+        if fc is None:
+            return None
+        actual = nf.step if nf is not None else None
+        return fc.model_copy(update={"actual_non_finite_step": actual})
+
+    # ------------------------------------------------------------------ recommendations
+    def _recommend(self, verdict: Verdict, f: dict[str, Finding | None],
+                   expl: D.ExplosionAnalysis | None, onset_index: int | None) -> list[Recommendation]:
+        spec, s = self.spec, self.s
+        sc = self.ctx.scale
+        x_rms = sc.x_std if sc is not None else 1.0
+        y_rms = sc.y_std if sc is not None else None
+        recs: list[Recommendation | None] = []
+        healthy = self._healthy_slice(onset_index)
+        typical = _median(s.grad_norm[healthy])
+        n_healthy = int(np.isfinite(s.grad_norm[healthy]).sum())
+        upd = f["high_update_ratio"]
+        upd_ratio = _num(upd.evidence.get("median_update_ratio")) if upd is not None else self._update_ratio(healthy)
+        growth = expl.growth_per_step if expl is not None else None
+        profile = init_profile(spec, x_rms if x_rms > 0 else 1.0)
+        per_layer_gain = _per_layer_gain(profile)
+        bad_init = f["depth_amplification"] is not None or per_layer_gain >= 1.5
+        data_cause = f["data_scale"] is not None
+        peak = expl.peak if expl is not None else None
+
+        if verdict == "exploding":
+            at_start = expl is None or onset_index is None or onset_index <= 1
+            before = healthy & (np.arange(len(s)) >= (onset_index or 0) - 20)
+            if onset_index is not None and onset_index > 0 and before.any():
+                stable_lr = float(np.min(s.lr[before]))
+                onset_lr = float(np.max(s.lr[max(onset_index - 1, 0):onset_index + 1]))
+                if onset_lr >= 2.0 * stable_lr:  # the schedule pushed it over the edge
+                    recs.append(R.undo_lr_increase(spec, stable_lr, onset_lr,
+                                                   int(s.step[onset_index])))
+            if bad_init:
+                recs += [R.change_init(spec, x_rms), R.batch_norm(spec)]
+            if data_cause:
+                recs.append(R.standardize_data(spec, x_rms, y_rms))
+            lr_rec = R.lower_learning_rate(spec, upd_ratio, growth)
+            clip_rec = R.clip_gradients(spec, typical, n_healthy, peak) if n_healthy >= 3 else None
+            if (upd_ratio is not None and upd_ratio >= D.UPDATE_RATIO_HIGH) or at_start:
+                recs += [lr_rec, clip_rec]
+            else:
+                recs += [clip_rec, lr_rec]
+            if not bad_init:
+                recs.append(R.batch_norm(spec))
+        elif verdict == "unstable":
+            recs.append(R.clip_gradients(spec, typical, n_healthy, peak))
+            recs.append(R.lower_learning_rate(spec, upd_ratio if upd_ratio is not None else None,
+                                              growth))
+            if data_cause:
+                recs.append(R.standardize_data(spec, x_rms, y_rms))
+            wg = self._weight_growth()
+            if wg is not None and wg > 1e-3:
+                recs.append(R.weight_decay(spec, wg))
+        elif verdict == "vanishing":
+            saturated = f["saturated_units"] is not None
+            acts = {h.activation for h in spec.model.hidden}
+            if acts & {"sigmoid", "tanh"} and not (saturated and bad_init):
+                recs.append(R.change_activation(
+                    spec, "relu", "ReLU's derivative is 1 on its active side, so the gradient "
+                    "is not shrunk by a factor <= 0.25 (sigmoid) or by saturation at every layer."))
+            recs += [R.change_init(spec, x_rms, reset_bias=saturated), R.batch_norm(spec)]
+            if acts & {"sigmoid", "tanh"} and saturated and bad_init:
+                recs.append(R.change_activation(spec, "relu", "a non-saturating activation."))
+        elif verdict == "stalled":
+            dead = f["dead_units"]
+            sat = f["saturated_units"]
+            if dead is not None:
+                # what killed the units: a negative initial bias, a signal that vanished at
+                # init, or updates too large for the weights
+                if spec.model.init.bias < 0 or any(h.init is not None and h.init.bias < 0 for h in spec.model.hidden):
+                    recs.append(R.reset_bias(spec))
+                if per_layer_gain < 0.7 or bad_init:
+                    recs.append(R.change_init(spec, x_rms, reset_bias=True))
+                if upd_ratio is not None and upd_ratio >= D.UPDATE_RATIO_HIGH:
+                    recs.append(R.lower_learning_rate(spec, upd_ratio, growth))
+                recs.append(R.change_activation(
+                    spec, "leaky_relu", "a unit pushed below zero still passes 1% of the "
+                    "gradient and can come back.", reset_bias=True))
+                recs.append(R.lower_learning_rate(spec, upd_ratio, growth))
+            if sat is not None:
+                recs += [R.change_init(spec, x_rms, reset_bias=True), R.batch_norm(spec)]
+                if data_cause:
+                    recs.append(R.standardize_data(spec, x_rms, y_rms))
+            if dead is None and sat is None:
+                if upd_ratio is not None and upd_ratio < 1e-4:
+                    recs.append(R.raise_learning_rate(spec, upd_ratio))
+                if bad_init or per_layer_gain < 0.7:
+                    recs.append(R.change_init(spec, x_rms))
+                recs.append(R.batch_norm(spec))
+        else:  # healthy: only optional hardening when spikes were seen
+            if f["gradient_spike"] is not None:
+                recs.append(R.clip_gradients(spec, typical, n_healthy, None))
+        out: list[Recommendation] = []
+        seen: set[str] = set()
+        for r in recs:
+            if r is None:
+                continue
+            key = repr(sorted(r.spec_patch.items()))
+            if key in seen:
+                continue
+            seen.add(key)
+            out.append(r)
+        return out
+
+    def _healthy_slice(self, onset_index: int | None) -> np.ndarray:
+        """Records before the onset, outside spikes (within the monitor's band)."""
+        s, rep = self.s, self.ctx.replay
+        stop = onset_index if onset_index is not None else len(s)
+        idx = np.arange(len(s))
+        lg = np.log(np.where(s.grad_norm > 0, s.grad_norm, np.nan))
+        prev_up = np.concatenate([[np.inf], rep.upper[:-1]])
+        with np.errstate(invalid="ignore"):
+            ok = (idx < stop) & np.isfinite(lg) & ~(lg > prev_up)
+        if ok.sum() < 3:
+            ok = (idx < max(stop, 1)) & np.isfinite(lg)
+        return ok
+
+    def _update_ratio(self, mask: np.ndarray) -> float | None:
+        s = self.s
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = s.layer["update_norm"][mask] / s.layer["weight_norm"][mask]
+        if r.size == 0:
+            return None
+        med = np.nanmedian(np.where(np.isfinite(r), r, np.nan), axis=0) if np.isfinite(r).any() else None
+        if med is None or not np.isfinite(med).any():
+            return None
+        return float(np.nanmax(med))
+
+    def _weight_growth(self) -> float | None:
+        s = self.s
+        w = np.sqrt(np.nansum(np.square(s.layer["weight_norm"]), axis=1))
+        ok = np.isfinite(w) & (w > 0)
+        if ok.sum() < 10:
+            return None
+        steps = s.step[ok]
+        span = int(steps[-1] - steps[0])
+        if span <= 0:
+            return None
+        return float(math.log(w[ok][-1] / w[ok][0]) / span)
+
+    # ------------------------------------------------------------------ summary
+    def _summary(self, verdict: Verdict, f: dict[str, Finding | None],
+                 expl: D.ExplosionAnalysis | None, first_bad: int | None,
+                 recs: list[Recommendation]) -> str:
+        s = self.s
+        parts: list[str] = []
+        prov = "" if self.final else f"(provisional, {len(s)} steps so far) "
+        if verdict == "exploding":
+            if expl is not None:
+                parts.append(f"Exploding{' ' + prov.strip() if prov else ''}: "
+                             f"{_first_sentence(f['gradient_explosion'])}")
+            else:
+                parts.append(f"Exploding{' ' + prov.strip() if prov else ''}.")
+            for k in ("non_finite", "depth_amplification", "high_update_ratio", "data_scale"):
+                if f[k] is not None and k != "gradient_explosion":
+                    parts.append(_first_sentence(f[k]))
+            fc = self._forecast(expl, f["non_finite"])
+            if fc is not None:
+                parts.append(f"Forecast at step {fc.made_at_step}: {fc.message}")
+        elif verdict == "healthy":
+            first = s.loss[: max(1, len(s) // 20)]
+            last = s.loss[-max(1, len(s) // 10):]
+            parts.append(f"Healthy{' ' + prov.strip() if prov else ''}: the loss went from {_median(first):.3g} to "
+                         f"{_median(last):.3g} and the gradient norm stayed in its normal range.")
+            if f["gradient_spike"] is not None:
+                parts.append(_first_sentence(f["gradient_spike"]))
+        else:
+            title = {"vanishing": "Vanishing gradients", "stalled": "Stalled",
+                     "unstable": "Unstable"}[verdict]
+            parts.append(f"{title} {prov}from step {first_bad}:")
+            for k in ("gradient_explosion", "gradient_spike", "oscillation", "vanishing_gradients",
+                      "dead_units", "saturated_units", "flat_loss", "high_update_ratio",
+                      "data_scale"):
+                if f[k] is not None:
+                    parts.append(_first_sentence(f[k]))
+        if recs:
+            parts.append(f"First fix: {recs[0].action.replace('_', ' ')} "
+                         f"({_patch_text(recs[0].spec_patch)}).")
+        return " ".join(p.replace(" .", ".").replace("  ", " ") for p in parts)
+
+    # ------------------------------------------------------------------ per layer
+    def _layers(self, onset_index: int | None) -> list[LayerSummary]:
+        s = self.s
+        acts = layer_activations(self.spec)
+        stop = onset_index if onset_index is not None else len(s)
+        out: list[LayerSummary] = []
+        g = s.layer["grad_norm"]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = s.layer["update_norm"] / s.layer["weight_norm"]
+        tail = slice(max(0, len(s) - max(3, len(s) // 4)), len(s))
+        for k in range(s.n_layers):
+            col = g[:, k]
+            fin = np.where(np.isfinite(col), col, -np.inf)
+            pk = int(np.argmax(fin)) if np.isfinite(col).any() else 0
+            out.append(LayerSummary(
+                layer=k, activation=acts[k],
+                baseline_grad_norm=_median(col[:5]),
+                peak_grad_norm=float(col[pk]), peak_step=int(s.step[pk]),
+                final_grad_norm=float(col[-1]),
+                update_ratio=_opt(_median(ratio[:max(stop, 1), k])),
+                dead_fraction=_opt(_median(s.layer["dead_fraction"][tail, k])),
+                saturated_fraction=_opt(_median(s.layer["saturated_fraction"][tail, k])),
+            ))
+        return out
+
+
+def _per_layer_gain(profile: list[Any]) -> float:
+    if len(profile) < 3:
+        return 1.0
+    g = 1.0
+    for layer in profile[1:-1]:
+        g *= layer.backward_gain
+    return float(g ** (1.0 / (len(profile) - 2)))
+
+
+def _median(x: np.ndarray) -> float:
+    x = x[np.isfinite(x)]
+    return float(np.median(x)) if x.size else math.nan
+
+
+def _opt(x: float) -> float | None:
+    return None if x != x else x
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def _first_sentence(f: Finding | None) -> str:
+    if f is None:
+        return ""
+    msg = f.message
+    cut = msg.find(". ")
+    return msg if cut < 0 else msg[:cut + 1]
+
+
+def _patch_text(patch: dict[str, Any], prefix: str = "") -> str:
+    items: list[str] = []
+    for k, v in patch.items():
+        path = f"{prefix}{k}"
+        if isinstance(v, dict):
+            items.append(_patch_text(v, path + "."))
+        elif isinstance(v, list):
+            items.append(f"{path}=[...]")
+        else:
+            items.append(f"{path}={v}")
+    return ", ".join(items)

@@ -1,0 +1,147 @@
+"""Forecast of float overflow while a run's numbers grow exponentially but are still finite.
+
+Three quantities overflow a float network: the gradient norm, the activations (the largest
+layer RMS, usually the logits) and the loss. Norms and activation statistics are accumulated
+in float64 from elements of the training dtype, so each series reaches a non-finite value at
+``min(finfo(dtype).max, sqrt(finfo(float64).max))`` (an element overflows, or its square does
+in the float64 sum). For the loss the series used is the RMS error (``sqrt(mse)``; the
+cross-entropy itself grows like the logits), with the same limit.
+
+Over the last few records the log-increments per step are extrapolated. Runaway growth
+usually *accelerates* (growing weights sharpen the curvature, so each step's growth factor
+exceeds the last): when the increments grow, they are extrapolated geometrically with their
+ratio (the geometric mean of consecutive ratios, capped at 10); otherwise the last increment
+is held constant, ``steps_to_overflow = log(limit / value) / log(rate)``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import deque
+
+import numpy as np
+
+from core.diagnostics.report import Forecast
+from core.diagnostics.series import safe_log
+from core.spec import TrainingSpec
+from core.telemetry import StepRecord
+
+__all__ = ["WINDOW", "OverflowForecaster", "overflow_limit"]
+
+WINDOW = 4
+MIN_RATE = math.log(1.02)
+
+
+def overflow_limit(dtype: str) -> float:
+    """The value at which a norm or RMS statistic of a ``dtype`` network becomes non-finite."""
+    return min(float(np.finfo(np.dtype(dtype)).max), math.sqrt(float(np.finfo(np.float64).max)))
+
+
+class OverflowForecaster:
+    """Keeps the last few log values of each series; :meth:`forecast` extrapolates them."""
+
+    __slots__ = ("_hist", "_limit", "_mse", "dtype")
+
+    def __init__(self, spec: TrainingSpec) -> None:
+        self.dtype = spec.dtype
+        self._limit = math.log(overflow_limit(spec.dtype))
+        self._mse = spec.loss == "mse"
+        self._hist: dict[str, deque[tuple[int, float]]] = {
+            name: deque(maxlen=WINDOW) for name in ("grad_norm", "activation", "loss")
+        }
+
+    def update(self, record: StepRecord, lg: float, growing: bool) -> None:
+        """Feed one finite record (``lg`` = log of its global gradient norm)."""
+        h = self._hist
+        h["grad_norm"].append((record.step, lg))
+        act = 0.0
+        for lr in record.layers:
+            if lr.act_std is not None and lr.act_std > act:
+                act = lr.act_std
+        h["activation"].append((record.step, safe_log(act)))
+        ll = safe_log(record.loss)
+        h["loss"].append((record.step, 0.5 * ll if self._mse else ll))
+
+    def rates(self) -> dict[str, float]:
+        """Current log growth rate per step of each series (0 when it is not growing)."""
+        out: dict[str, float] = {}
+        for name, h in self._hist.items():
+            out[name] = _rate(h)
+        return out
+
+    def forecast(self, step: int) -> Forecast | None:
+        """The earliest predicted overflow among the growing series, or None."""
+        best: tuple[float, str, float, float, float] | None = None
+        for name, h in self._hist.items():
+            rate = _rate(h)
+            if rate <= MIN_RATE or not h:
+                continue
+            value = h[-1][1]
+            if not math.isfinite(value):
+                continue
+            acc = _acceleration(h)
+            steps = _steps_to(self._limit - value, rate, acc)
+            if best is None or steps < best[0]:
+                best = (steps, name, value, rate, acc)
+        if best is None:
+            return None
+        steps, name, value, rate, acc = best
+        shown = math.exp(2 * value) if name == "loss" and self._mse else math.exp(value)
+        predicted = step + math.ceil(steps)
+        label = {"grad_norm": "the gradient norm", "activation": "the activations",
+                 "loss": "the loss"}[name]
+        return Forecast(
+            dtype=self.dtype,  # type: ignore[arg-type]
+            series=name,
+            made_at_step=step,
+            value=shown,
+            overflow_at=math.exp(self._limit),
+            growth_per_step=math.exp(rate),
+            acceleration=acc,
+            steps_to_overflow=steps,
+            predicted_overflow_step=predicted,
+            message=(f"Growing x{math.exp(rate):.3g} per step"
+                     + (f" and accelerating (x{acc:.2g} per step in log terms)" if acc > 1 else "")
+                     + f", {label} would overflow {self.dtype} in ~{steps:.0f} steps "
+                     f"(step ~{predicted})."),
+        )
+
+
+def _acceleration(h: deque[tuple[int, float]]) -> float:
+    """Geometric mean ratio of consecutive per-step log increments (1 = steady growth)."""
+    pts = list(h)
+    incs = [(v1 - v0) / max(1, s1 - s0) for (s0, v0), (s1, v1) in itertools.pairwise(pts)]
+    if len(incs) < 2 or any(not (i > 0) for i in incs):
+        return 1.0
+    ratios = [b / a for a, b in itertools.pairwise(incs)]
+    acc = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+    return min(10.0, max(1.0, acc))
+
+
+def _steps_to(remaining: float, rate: float, acc: float) -> float:
+    """Steps until the cumulative log growth reaches ``remaining`` (increments x ``acc``)."""
+    if remaining <= 0:
+        return 0.0
+    if acc <= 1.0 + 1e-9:
+        return remaining / rate
+    total, inc, n = 0.0, rate, 0
+    while total < remaining and n < 100_000:
+        inc *= acc
+        total += inc
+        n += 1
+    return float(n)
+
+
+def _rate(h: deque[tuple[int, float]]) -> float:
+    if len(h) < 2:
+        return 0.0
+    (s0, v0), (s1, v1) = h[0], h[-1]
+    (sp, vp) = h[-2]
+    if not all(math.isfinite(v) for v in (v0, v1, vp)):
+        return 0.0
+    window = (v1 - v0) / max(1, s1 - s0)
+    last = (v1 - vp) / max(1, s1 - sp)
+    if window <= 0 or last <= 0:
+        return 0.0
+    return last

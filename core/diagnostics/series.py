@@ -1,0 +1,111 @@
+"""A run's step records as NumPy columns, the form every offline detector reads."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from core.spec import TrainingSpec
+from core.telemetry import StepRecord
+
+__all__ = ["RunSeries", "layer_activations"]
+
+_LAYER_FIELDS = (
+    "grad_norm", "weight_grad_norm", "weight_norm", "update_norm",
+    "act_mean", "act_std", "dead_fraction", "saturated_fraction",
+)
+
+
+def layer_activations(spec: TrainingSpec) -> list[str]:
+    """The activation after each layer: the hidden layers' in order, then ``linear`` (output)."""
+    return [str(h.activation) for h in spec.model.hidden] + ["linear"]
+
+
+@dataclass
+class RunSeries:
+    """Columns of the recorded steps (records may be thinned: use ``step``, not the index).
+
+    ``loss``, ``grad_norm``, ``clipped_grad_norm``, ``lr``: shape ``(n,)``; per-layer fields:
+    shape ``(n, n_layers)`` with NaN where a statistic was not recorded (``None``).
+    """
+
+    spec: TrainingSpec
+    step: np.ndarray
+    epoch: np.ndarray
+    loss: np.ndarray
+    grad_norm: np.ndarray
+    clipped_grad_norm: np.ndarray
+    lr: np.ndarray
+    clipped: np.ndarray
+    layer: dict[str, np.ndarray]
+    present: dict[str, np.ndarray]  # per-layer field: which entries were recorded (not None)
+    n_layers: int
+
+    @classmethod
+    def from_records(cls, spec: TrainingSpec, records: Sequence[StepRecord]) -> RunSeries:
+        """Columns from records in any order (sorted by step, duplicates dropped)."""
+        by_step: dict[int, StepRecord] = {}
+        for r in records:
+            by_step[r.step] = r
+        ordered = [by_step[s] for s in sorted(by_step)]
+        n = len(ordered)
+        n_layers = len(spec.model.hidden) + 1
+        layer: dict[str, np.ndarray] = {}
+        present: dict[str, np.ndarray] = {}
+        for name in _LAYER_FIELDS:
+            arr = np.full((n, n_layers), np.nan)
+            have = np.zeros((n, n_layers), dtype=bool)
+            for i, r in enumerate(ordered):
+                for lr_ in r.layers:
+                    if 0 <= lr_.layer < n_layers:
+                        v: Any = getattr(lr_, name)
+                        if v is not None:
+                            arr[i, lr_.layer] = v
+                            have[i, lr_.layer] = True
+            layer[name] = arr
+            present[name] = have
+        return cls(
+            spec=spec,
+            step=np.array([r.step for r in ordered], dtype=np.int64),
+            epoch=np.array([r.epoch for r in ordered], dtype=np.int64),
+            loss=np.array([r.loss for r in ordered], dtype=np.float64),
+            grad_norm=np.array([r.grad_norm for r in ordered], dtype=np.float64),
+            clipped_grad_norm=np.array([r.clipped_grad_norm for r in ordered], dtype=np.float64),
+            lr=np.array([r.lr for r in ordered], dtype=np.float64),
+            clipped=np.array([bool(r.clipped) for r in ordered], dtype=bool),
+            layer=layer,
+            present=present,
+            n_layers=n_layers,
+        )
+
+    def __len__(self) -> int:
+        return int(self.step.shape[0])
+
+    @property
+    def activations(self) -> list[str]:
+        return layer_activations(self.spec)
+
+    def index_of(self, step: int) -> int:
+        """Index of the first record at or after ``step`` (``len`` if none)."""
+        return int(np.searchsorted(self.step, step, side="left"))
+
+    def finite_mask(self) -> np.ndarray:
+        """Records whose loss, global norm and per-layer norms are all finite."""
+        ok = np.isfinite(self.loss) & np.isfinite(self.grad_norm)
+        for name in ("grad_norm", "weight_norm", "update_norm"):
+            vals = self.layer[name]
+            ok &= np.all(np.isfinite(vals) | ~self.present[name], axis=1)
+        return ok
+
+
+def safe_log(x: float) -> float:
+    """Natural log that maps 0 to a very negative number and keeps NaN/Inf as they are."""
+    if x > 0.0:
+        return math.log(x)
+    if x == 0.0:
+        return -745.0
+    return math.nan

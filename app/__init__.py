@@ -1,0 +1,1 @@
+"""gradwatch service: training jobs, stored gradient histories and diagnoses over REST."""

@@ -1,0 +1,366 @@
+"""Spike-preserving downsampling of step series, and the block rollups that make it fast.
+
+Rules (DESIGN.md "Behaviour details"): the requested range is cut into buckets; each bucket
+contributes its minimum and maximum points; if it holds NaN/+-Inf its first non-finite point
+is kept (+-Inf win max/min naturally; a NaN takes the place of the minimum, or of the maximum
+when the minimum is -Inf); the first and last points of the range are always included, and so
+is the series' first non-finite point (it is its bucket's first non-finite point).
+
+Everything works on :class:`Summary` arrays of shape ``(n_units, n_series)``, where a unit is
+either one recorded point or an aligned block of ``2**level`` steps already summarised by the
+worker (:class:`RollupBuilder`); summaries compose, so a bucket made of blocks and points is
+summarised exactly as if it had been made of points.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "LAYER_METRICS",
+    "MAX_LEVEL",
+    "MIN_LEVEL",
+    "STEP_METRICS",
+    "BucketPlan",
+    "RollupBuilder",
+    "Summary",
+    "cover",
+    "downsample_points",
+    "group_starts",
+    "in_step_order",
+    "pack_block",
+    "plan_buckets",
+    "reduce_segments",
+    "select_points",
+    "unpack_blocks",
+]
+
+LAYER_METRICS: tuple[str, ...] = (
+    "grad_norm", "weight_grad_norm", "weight_norm", "update_norm",
+    "act_mean", "act_std", "dead_fraction", "saturated_fraction",
+)
+STEP_METRICS: tuple[str, ...] = ("loss", "grad_norm", "clipped_grad_norm", "lr")
+
+MIN_LEVEL = 4  # smallest rollup block: 16 steps
+MAX_LEVEL = 16  # largest rollup block: 65,536 steps
+_NONE = -1
+_BIG = np.iinfo(np.int64).max
+
+
+@dataclass
+class Summary:
+    """Per unit and series: min, max and first non-finite point (step -1: none) and count."""
+
+    start: np.ndarray  # (n,) int64: first step covered by the unit (for grouping)
+    count: np.ndarray  # (n, s) int64: recorded points
+    min_step: np.ndarray  # (n, s) int64
+    min_value: np.ndarray  # (n, s) float64
+    max_step: np.ndarray
+    max_value: np.ndarray
+    nf_step: np.ndarray
+    nf_value: np.ndarray
+
+    @property
+    def n_series(self) -> int:
+        return int(self.count.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.start.shape[0])
+
+    @classmethod
+    def empty(cls, n_series: int) -> Summary:
+        i = np.empty((0, n_series), dtype=np.int64)
+        f = np.empty((0, n_series), dtype=np.float64)
+        return cls(np.empty(0, dtype=np.int64), i, i, f, i.copy(), f.copy(), i.copy(), f.copy())
+
+    @classmethod
+    def from_points(cls, steps: np.ndarray, values: np.ndarray, present: np.ndarray) -> Summary:
+        """Each recorded point as its own unit. ``present`` False marks a missing value."""
+        steps = np.asarray(steps, dtype=np.int64)
+        values = np.asarray(values, dtype=np.float64)
+        present = np.asarray(present, dtype=bool)
+        step_col = np.broadcast_to(steps[:, None], values.shape)
+        isnan = np.isnan(values)
+        numeric = present & ~isnan
+        nonfinite = present & ~np.isfinite(values)
+        ms = np.where(numeric, step_col, _NONE)
+        nfs = np.where(nonfinite, step_col, _NONE)
+        return cls(
+            start=steps.copy(),
+            count=present.astype(np.int64),
+            min_step=ms, min_value=np.where(numeric, values, np.nan),
+            max_step=ms.copy(), max_value=np.where(numeric, values, np.nan),
+            nf_step=nfs, nf_value=np.where(nonfinite, values, np.nan),
+        )
+
+    @staticmethod
+    def concat(parts: Sequence[Summary]) -> Summary:
+        nonempty = [p for p in parts if len(p)]
+        if not nonempty:
+            return parts[0]
+        parts = nonempty
+        if len(parts) == 1:
+            return parts[0]
+        return Summary(*(np.concatenate([getattr(p, f) for p in parts]) for f in _FIELDS))
+
+    def take(self, index: np.ndarray | slice) -> Summary:
+        return Summary(*(getattr(self, f)[index] for f in _FIELDS))
+
+
+_FIELDS = ("start", "count", "min_step", "min_value", "max_step", "max_value", "nf_step",
+           "nf_value")
+
+
+def _first_where(mask: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Row index of the first True of each segment and column (-1 where none)."""
+    rows = np.arange(mask.shape[0], dtype=np.int64)[:, None]
+    first = np.minimum.reduceat(np.where(mask, rows, _BIG), starts, axis=0)
+    return np.where(first == _BIG, -1, first)
+
+
+def _pick(values: np.ndarray, index: np.ndarray, fill: float | int) -> np.ndarray:
+    safe = np.maximum(index, 0)
+    picked = np.take_along_axis(values, safe, axis=0)
+    return np.where(index >= 0, picked, fill)
+
+
+def reduce_segments(units: Summary, starts: np.ndarray) -> Summary:
+    """Merge consecutive units: segment ``i`` is ``units[starts[i]:starts[i+1]]``.
+
+    Units must be in step order; ties keep the earliest point (argmin/argmax semantics).
+    """
+    starts = np.asarray(starts, dtype=np.int64)
+    n = len(units)
+    seg_of_row = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, n)))
+    has_min = units.min_step >= 0
+    with np.errstate(invalid="ignore"):
+        lo = np.where(has_min, units.min_value, np.inf)
+        hi = np.where(has_min, units.max_value, -np.inf)
+        seg_lo = np.minimum.reduceat(lo, starts, axis=0)
+        seg_hi = np.maximum.reduceat(hi, starts, axis=0)
+        i_min = _first_where(has_min & (lo == seg_lo[seg_of_row]), starts)
+        i_max = _first_where(has_min & (hi == seg_hi[seg_of_row]), starts)
+    i_nf = _first_where(units.nf_step >= 0, starts)
+    return Summary(
+        start=units.start[starts],
+        count=np.add.reduceat(units.count, starts, axis=0),
+        min_step=_pick(units.min_step, i_min, _NONE),
+        min_value=_pick(units.min_value, i_min, np.nan),
+        max_step=_pick(units.max_step, i_max, _NONE),
+        max_value=_pick(units.max_value, i_max, np.nan),
+        nf_step=_pick(units.nf_step, i_nf, _NONE),
+        nf_value=_pick(units.nf_value, i_nf, np.nan),
+    )
+
+
+def group_starts(keys: np.ndarray) -> np.ndarray:
+    """Start index of each run of equal values in the sorted ``keys``."""
+    if keys.size == 0:
+        return np.empty(0, dtype=np.int64)
+    return np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1]))).astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------
+# Rollups built by the worker
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RollupBlocks:
+    """Completed blocks of one level: ``block`` ids and their summaries."""
+
+    level: int
+    block: np.ndarray
+    summary: Summary
+
+
+class RollupBuilder:
+    """Incrementally summarises aligned blocks of 16, 32, ... 65,536 steps.
+
+    Feed points in step order with :meth:`add`; it returns the blocks that became complete
+    (a block is complete once a later step has been seen). :meth:`finish` closes the rest.
+    """
+
+    def __init__(self, n_series: int) -> None:
+        self.n_series = n_series
+        self._pending: dict[int, tuple[np.ndarray, Summary]] = {}  # level -> (child ids, units)
+        self._points: Summary = Summary.empty(n_series)
+        self._last_step = -1
+
+    def add(self, steps: np.ndarray, values: np.ndarray, present: np.ndarray) -> list[RollupBlocks]:
+        if len(steps) == 0:
+            return []
+        self._points = Summary.concat([self._points, Summary.from_points(steps, values, present)])
+        self._last_step = int(steps[-1])
+        return self._roll(final=False)
+
+    def finish(self) -> list[RollupBlocks]:
+        return self._roll(final=True)
+
+    def _roll(self, *, final: bool) -> list[RollupBlocks]:
+        out: list[RollupBlocks] = []
+        known = self._last_step + 1  # every step < known has been seen
+        no_ids = np.empty(0, dtype=np.int64)
+        carry, carry_ids = Summary.empty(self.n_series), no_ids
+        for level in range(MIN_LEVEL, MAX_LEVEL + 1):
+            if level == MIN_LEVEL:
+                units, ids = self._points, self._points.start >> MIN_LEVEL
+            else:
+                prev_ids, prev = self._pending.get(level, (no_ids, Summary.empty(self.n_series)))
+                units = Summary.concat([prev, carry])
+                ids = np.concatenate([prev_ids, carry_ids >> 1])
+            # ids are sorted, so the complete blocks are a prefix
+            n_done = len(ids) if final else int(np.searchsorted(ids, known >> level))
+            if level == MIN_LEVEL:
+                self._points = units.take(slice(n_done, None))
+            else:
+                self._pending[level] = (ids[n_done:], units.take(slice(n_done, None)))
+            carry, carry_ids = Summary.empty(self.n_series), no_ids
+            if n_done:
+                done_ids = ids[:n_done]
+                starts = group_starts(done_ids)
+                merged = reduce_segments(units.take(slice(0, n_done)), starts)
+                block_ids = done_ids[starts]
+                merged.start = block_ids << level
+                out.append(RollupBlocks(level, block_ids, merged))
+                carry, carry_ids = merged, block_ids
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Queries
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BucketPlan:
+    """How a range is cut: buckets of ``bucket_size`` steps aligned to multiples of it, built
+    from rollup blocks of ``2**level`` steps (``level`` None: from raw points only)."""
+
+    bucket_size: int
+    level: int | None
+
+
+def plan_buckets(start_step: int, end_step: int, max_points: int) -> BucketPlan:
+    """Bucket size so that at most ``(max_points - 2) // 2`` aligned buckets cover the range.
+
+    Buckets of 16 steps or more are powers of two (multiples of 65,536 beyond that), so each
+    is exactly one stored rollup block, or a whole number of them.
+    """
+    n_buckets = max(2, (max_points - 2) // 2)
+    span = end_step - start_step + 1
+    # aligned buckets covering `span` steps number at most ceil(span / size) + 1
+    size = max(1, -(-span // (n_buckets - 1)))
+    level: int | None = None
+    if size >= 1 << MIN_LEVEL:
+        level = min(MAX_LEVEL, (size - 1).bit_length())
+        block = 1 << level
+        size = -(-size // block) * block
+    return BucketPlan(bucket_size=size, level=level)
+
+
+def cover(first: int, last: int, top_level: int, rolled_until: dict[int, int]
+          ) -> tuple[list[tuple[int, int, int]], list[tuple[int, int]]]:
+    """Cover steps ``[first, last]`` with stored blocks, largest first, and raw step ranges.
+
+    ``rolled_until[level]`` is the last step covered by that level's stored blocks. Returns
+    (level, first block, last block) runs and inclusive raw step ranges; blocks are dyadic,
+    so none straddles a bucket of ``2**top_level`` steps or a multiple of it.
+    """
+    runs: list[tuple[int, int, int]] = []
+    raw: list[tuple[int, int]] = []
+    p = first
+    while p <= last:
+        for level in range(top_level, MIN_LEVEL - 1, -1):
+            size = 1 << level
+            end = min(last, rolled_until.get(level, -1))
+            if p % size == 0 and p + size - 1 <= end:
+                n = (end - p + 1) // size if level == top_level else 1
+                runs.append((level, p >> level, (p >> level) + n - 1))
+                p += n * size
+                break
+        else:
+            stop = min(last, (p // (1 << MIN_LEVEL) + 1) * (1 << MIN_LEVEL) - 1)
+            if raw and raw[-1][1] == p - 1:
+                raw[-1] = (raw[-1][0], stop)
+            else:
+                raw.append((p, stop))
+            p = stop + 1
+    return runs, raw
+
+
+ROLLUP_FIELDS = 7  # count, min_step, min_value, max_step, max_value, nf_step, nf_value
+
+
+def pack_block(summary: Summary, row: int, columns: slice) -> bytes:
+    """One unit's summary of the series in ``columns`` as little-endian float64 bytes."""
+    cols = (summary.count, summary.min_step, summary.min_value, summary.max_step,
+            summary.max_value, summary.nf_step, summary.nf_value)
+    table = np.stack([np.asarray(c[row, columns], dtype=np.float64) for c in cols], axis=1)
+    return table.astype("<f8").tobytes()
+
+
+def unpack_blocks(starts: np.ndarray, blobs: Sequence[bytes], n_metrics: int,
+                  select: Sequence[int]) -> Summary:
+    """Summaries of the ``select``-ed metrics from stored blocks starting at ``starts``."""
+    n = len(blobs)
+    if n == 0:
+        return Summary.empty(len(select))
+    table = np.frombuffer(b"".join(blobs), dtype="<f8").reshape(n, n_metrics, ROLLUP_FIELDS)
+    table = table[:, list(select), :]
+    ints = table[:, :, [0, 1, 3, 5]].astype(np.int64)
+    return Summary(start=np.asarray(starts, dtype=np.int64), count=ints[:, :, 0],
+                   min_step=ints[:, :, 1], min_value=table[:, :, 2].copy(),
+                   max_step=ints[:, :, 2], max_value=table[:, :, 4].copy(),
+                   nf_step=ints[:, :, 3], nf_value=table[:, :, 6].copy())
+
+
+def in_step_order(parts: Sequence[Summary]) -> Summary:
+    """Concatenate non-overlapping unit summaries and sort them by step."""
+    units = Summary.concat(list(parts))
+    if len(units) > 1 and np.any(np.diff(units.start) < 0):
+        units = units.take(np.argsort(units.start, kind="stable"))
+    return units
+
+
+def select_points(buckets: Summary, series: int) -> tuple[np.ndarray, np.ndarray]:
+    """The points the buckets contribute for series ``series`` (steps, values), unsorted."""
+    lo_s, hi_s = buckets.min_step[:, series], buckets.max_step[:, series]
+    lo_v, hi_v = buckets.min_value[:, series], buckets.max_value[:, series]
+    nf_s, nf_v = buckets.nf_step[:, series], buckets.nf_value[:, series]
+    extra = (nf_s >= 0) & (nf_s != lo_s) & (nf_s != hi_s)  # a NaN that min/max ignored
+    numeric = lo_s >= 0
+    drop_lo = extra & numeric & (lo_v != -np.inf)  # the NaN takes the minimum's place ...
+    drop_hi = extra & numeric & ~drop_lo & (hi_v != np.inf)  # ... or the maximum's
+    keep_lo = numeric & ~drop_lo
+    keep_hi = numeric & ~drop_hi & (hi_s != lo_s)
+    steps = np.concatenate([nf_s[extra], lo_s[keep_lo], hi_s[keep_hi]])
+    values = np.concatenate([nf_v[extra], lo_v[keep_lo], hi_v[keep_hi]])
+    return steps, values
+
+
+def downsample_points(
+    units: Summary, bucket_size: int, edges: list[tuple[np.ndarray, np.ndarray]]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Cut ``units`` (in step order) into aligned buckets and pick each series' points.
+
+    ``edges[s]`` = (steps, values) that must be kept for series ``s`` (first and last point
+    of the range). Returns per series (steps, values), sorted by step, without duplicates.
+    """
+    result: list[tuple[np.ndarray, np.ndarray]] = []
+    buckets = reduce_segments(units, group_starts(units.start // bucket_size)) if len(units) \
+        else None
+    for s in range(units.n_series):
+        parts_s, parts_v = [edges[s][0]], [edges[s][1]]
+        if buckets is not None:
+            steps, values = select_points(buckets, s)
+            parts_s.append(steps)
+            parts_v.append(values)
+        all_s = np.concatenate(parts_s).astype(np.int64)
+        all_v = np.concatenate(parts_v).astype(np.float64)
+        uniq, first = np.unique(all_s, return_index=True)
+        result.append((uniq, all_v[first]))
+    return result

@@ -1,0 +1,176 @@
+"""``create_app(settings)``: the FastAPI application. ``app.main:app`` is built on first use.
+
+The lifespan migrates the database (``alembic upgrade head``; with
+GRADWATCH_MIGRATE_ON_START=false it refuses to start on an out-of-date schema instead),
+builds the engine and session factory, and starts the executor, which re-submits queued
+jobs and recovers orphaned running ones.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import RedirectResponse
+from pydantic import TypeAdapter
+
+from app.db import build_engine, build_sessionmaker
+from app.deps import require_api_key
+from app.errors import install_error_handlers
+from app.executors import build_executor
+from app.middleware import BodySizeLimitMiddleware
+from app.migrate import head_revision, schema_is_current, upgrade
+from app.routers import events, histories, jobs, system
+from app.routers.common import PROBLEM_SCHEMA
+from app.settings import Settings
+
+__all__ = ["SchemaOutOfDateError", "create_app"]
+
+log = logging.getLogger("gradwatch")
+
+DESCRIPTION = """\
+Training-as-an-API for NumPy back-propagation networks, built to catch gradient explosion.
+
+**How it works**: `POST /v1/jobs` a TrainingSpec (try the *explodes* example) → a worker
+trains it, recording per-step, per-layer gradient norms before clipping → read them with
+`/gradients` and `/metrics`, follow along with `/events` (server-sent events), get the
+verdict and machine-applicable fixes from `/diagnostics`, and run a fix with `/repair`.
+
+**Conventions**
+* Non-finite numbers are data: in responses NaN and ±Inf are the strings `"NaN"`,
+  `"Infinity"`, `"-Infinity"` (never null, never bare tokens). In requests every number must
+  be finite.
+* Every error is RFC 9457 `application/problem+json` with a `detail`; validation errors (422)
+  list each field path in `errors`.
+* Steps and layers count from 0 (layer 0 is the first hidden layer, the last is the output).
+* When the server has an API key (GRADWATCH_API_KEY), `/v1` needs
+  `Authorization: Bearer <key>` or `X-API-Key: <key>`.
+"""
+
+TAGS = [
+    {"name": "jobs", "description": "Submit, list, inspect, cancel, delete and repair jobs."},
+    {"name": "histories", "description": "Recorded norms and metrics; the diagnosis."},
+    {"name": "events", "description": "Live server-sent events of a job."},
+    {"name": "specs", "description": "Analyse a spec before training; the data sets."},
+    {"name": "health", "description": "Liveness and readiness probes."},
+]
+
+
+class SchemaOutOfDateError(RuntimeError):
+    """The database schema is not at the code's Alembic head and migrating is switched off."""
+
+
+def prepare_database(settings: Settings) -> str | None:
+    """Migrate (default) or verify the schema; returns the head revision."""
+    if settings.migrate_on_start:
+        upgrade(settings.url)
+    else:
+        current, db_rev, head = schema_is_current(settings.url)
+        if not current:
+            raise SchemaOutOfDateError(
+                f"the database schema is at revision {db_rev or 'none (empty database)'} but "
+                f"this version of gradwatch needs {head}; run `gradwatch migrate` (or start "
+                "with GRADWATCH_MIGRATE_ON_START=true)")
+    return head_revision(settings.url)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    app.state.head_revision = prepare_database(settings)
+    engine = build_engine(settings.url, busy_timeout_ms=settings.sqlite_busy_timeout_ms)
+    app.state.engine = engine
+    app.state.sessionmaker = build_sessionmaker(engine)
+    executor = build_executor(settings, app.state.sessionmaker)
+    app.state.executor = executor
+    executor.start()
+    log.info("gradwatch ready: database %s, executor %s, %d worker(s)",
+             engine.url.render_as_string(hide_password=True), executor.name, settings.workers)
+    try:
+        yield
+    finally:
+        executor.shutdown(wait=True)
+        engine.dispose()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The application; ``settings`` default to the environment."""
+    settings = settings or Settings()
+    app = FastAPI(
+        title="gradwatch",
+        version="0.1.0",
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        lifespan=lifespan,
+        separate_input_output_schemas=False,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    auth = [Depends(require_api_key)]
+    app.include_router(jobs.router, dependencies=auth)
+    app.include_router(histories.router, dependencies=auth)
+    app.include_router(events.router, dependencies=auth)
+    app.include_router(system.router)
+    app.include_router(system.health_router)
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                             routes=app.routes, tags=app.openapi_tags)
+        _add_spec_schema(schema)
+        _problem_422(schema)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def _add_spec_schema(schema: dict[str, Any]) -> None:
+    from core.spec import TrainingSpec
+
+    spec_schema = TypeAdapter(TrainingSpec).json_schema(
+        ref_template="#/components/schemas/{model}")
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for name, definition in spec_schema.pop("$defs", {}).items():
+        components.setdefault(name, definition)
+    components["TrainingSpec"] = spec_schema
+    job_read = components.get("JobRead", {}).get("properties", {})
+    if "spec" in job_read:
+        job_read["spec"] = {"$ref": "#/components/schemas/TrainingSpec",
+                            "description": "The validated spec, every default filled in."}
+    components["Problem"] = PROBLEM_SCHEMA
+
+
+def _problem_422(schema: dict[str, Any]) -> None:
+    """FastAPI documents its own 422 body; ours is problem+json."""
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            responses = operation.get("responses", {})
+            if "422" in responses and "application/json" in responses["422"].get("content", {}):
+                responses["422"] = {
+                    "description": "Invalid input; `errors` lists each field path.",
+                    "content": {"application/problem+json": {
+                        "schema": {"$ref": "#/components/schemas/Problem"}}}}
+    components = schema.get("components", {}).get("schemas", {})
+    components.pop("HTTPValidationError", None)
+    components.pop("ValidationError", None)
+
+
+def __getattr__(name: str) -> Any:
+    # `uvicorn app.main:app`: build the app (reading settings) on first access, not at import.
+    if name == "app":
+        application = create_app()
+        globals()["app"] = application
+        return application
+    raise AttributeError(name)

@@ -1,0 +1,1 @@
+"""Thin HTTP handlers: parse, call a service, commit, shape the response."""

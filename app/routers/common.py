@@ -1,0 +1,92 @@
+"""Shared bits of the routers: error response docs and the spec request body."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import Request
+
+from app.errors import PROBLEM_JSON, ProblemError, SpecValidationError
+from app.routers.examples import SPEC_EXAMPLES
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "RFC 9457 problem details.",
+    "properties": {
+        "type": {"type": "string", "format": "uri"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "description": "Validation errors (422): field path, message, error type.",
+            "items": {"type": "object", "properties": {
+                "loc": {"type": "array", "items": {"anyOf": [{"type": "string"},
+                                                             {"type": "integer"}]}},
+                "msg": {"type": "string"}, "type": {"type": "string"}}},
+        },
+    },
+    "required": ["type", "title", "status", "detail"],
+}
+
+_DESCRIPTIONS = {
+    401: "Missing or wrong API key (when GRADWATCH_API_KEY is set).",
+    404: "No such job (or it was deleted).",
+    409: "The job's state does not allow this.",
+    413: "The request body exceeds GRADWATCH_MAX_BODY_BYTES.",
+    415: "The body is not JSON.",
+    422: "Invalid input; `errors` lists each field path. Exceeded limits have type "
+         "`limit_exceeded` and name the limit and the value.",
+    503: "The database is busy or unavailable; retry after the Retry-After header.",
+}
+
+
+def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries for the given error codes (plus 401 and 503)."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in sorted({*codes, 401, 503}):
+        out[code] = {"description": _DESCRIPTIONS.get(code, "Error."),
+                     "content": {PROBLEM_JSON: {"schema": PROBLEM_SCHEMA}}}
+    return out
+
+
+SPEC_REQUEST_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "A TrainingSpec. Only `data` is required; every other field has a "
+                       "default. Numbers must be finite JSON numbers, booleans JSON booleans.",
+        "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/TrainingSpec"},
+            "examples": SPEC_EXAMPLES,
+        }},
+    }
+}
+
+
+def _reject_constant(token: str) -> Any:
+    raise ValueError(f"{token} is not a valid number in a spec: every number must be finite")
+
+
+async def json_body(request: Request) -> Any:
+    """The request body parsed as strict JSON (no NaN/Infinity tokens)."""
+    content_type = request.headers.get("content-type", "application/json")
+    media = content_type.split(";")[0].strip().lower()
+    if media and media != "application/json" and not media.endswith("+json"):
+        raise ProblemError(f"expected an application/json body, got {media!r}", status=415,
+                           slug="unsupported-media-type")
+    raw = await request.body()
+    if not raw.strip():
+        raise SpecValidationError("the request body is empty; send a JSON TrainingSpec",
+                                  errors=[{"loc": ["body"], "msg": "Field required",
+                                           "type": "missing"}])
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except ValueError as exc:
+        msg = str(exc)
+        if isinstance(exc, json.JSONDecodeError):
+            msg = f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        raise SpecValidationError(msg, slug="invalid-json",
+                                  errors=[{"loc": ["body"], "msg": msg, "type": "json_invalid"}]
+                                  ) from None

@@ -1,0 +1,90 @@
+"""Health, readiness, preflight and the dataset catalogue."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from sqlalchemy import text
+
+from app.deps import SettingsDep, require_api_key
+from app.errors import ProblemError
+from app.routers.common import SPEC_REQUEST_BODY, json_body, problems
+from app.schemas import DatasetCatalog, Health
+from app.services import validate_spec
+
+health_router = APIRouter(tags=["health"])
+router = APIRouter(prefix="/v1", tags=["specs"], dependencies=[Depends(require_api_key)])
+
+
+@health_router.get("/healthz", response_model=Health, operation_id="healthz",
+                   summary="Liveness", description="200 while the process serves HTTP. "
+                   "Never requires the API key.")
+def healthz() -> dict[str, Any]:
+    return {"status": "ok", "checks": {}}
+
+
+@health_router.get("/readyz", response_model=Health, operation_id="readyz",
+                   summary="Readiness",
+                   description="200 when the database answers, its schema is current and the "
+                               "executor accepts jobs; otherwise 503 problem+json.",
+                   responses=problems(503))
+def readyz(request: Request) -> dict[str, Any]:
+    state = request.app.state
+    checks: dict[str, str] = {}
+    try:
+        with state.engine.connect() as conn:
+            revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        checks["database"] = "ok"
+    except Exception as exc:
+        raise ProblemError(f"database not reachable: {type(exc).__name__}", status=503,
+                           slug="not-ready") from None
+    if revision != state.head_revision:
+        raise ProblemError(f"database schema is at {revision}, the code needs "
+                           f"{state.head_revision}: run `gradwatch migrate`", status=503,
+                           slug="not-ready")
+    checks["schema"] = str(revision)
+    if not state.executor.healthy():
+        raise ProblemError("the job executor is not running", status=503, slug="not-ready")
+    checks["executor"] = state.executor.name
+    return {"status": "ok", "checks": checks}
+
+
+def _preflight_model() -> Any:
+    try:
+        from core.diagnostics import PreflightReport
+    except ImportError:  # pragma: no cover
+        return dict[str, Any]
+    return PreflightReport
+
+
+@router.post(
+    "/preflight",
+    response_model=_preflight_model(),
+    operation_id="preflightSpec",
+    summary="Analyse a spec without training it",
+    description="Parameter count, FLOPs and memory estimates, the predicted (and probe-"
+                "measured) gradient amplification through the layers at initialisation, the "
+                "risk of explosion, and recommendations with spec patches. Nothing is stored.",
+    responses=problems(413, 415, 422),
+    openapi_extra=SPEC_REQUEST_BODY,
+)
+def preflight_endpoint(body: Annotated[Any, Depends(json_body)], settings: SettingsDep) -> Any:
+    spec = validate_spec(body, settings)
+    from core.diagnostics import preflight
+
+    return preflight(spec)
+
+
+@router.get(
+    "/datasets",
+    response_model=DatasetCatalog,
+    operation_id="listDatasets",
+    summary="Built-in and synthetic data sets",
+    description="What `data.source: synthetic` and `data.source: builtin` accept, with task, "
+                "size, input width, classes and defaults.",
+)
+def datasets() -> dict[str, Any]:
+    from core.data import dataset_catalog
+
+    return {"datasets": dataset_catalog()}

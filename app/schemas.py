@@ -1,0 +1,235 @@
+"""Response models (the request model of a job is core.spec.TrainingSpec itself).
+
+Non-finite numbers are data: every float that may be NaN or +-Inf is a :data:`JsonFloat`,
+serialised as the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` and documented in the
+OpenAPI schema as number-or-one-of-those-strings.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
+
+__all__ = [
+    "ApiModel",
+    "Comparison",
+    "DatasetCatalog",
+    "GradientHistory",
+    "Health",
+    "JobPage",
+    "JobRead",
+    "JobStatus",
+    "JobSummary",
+    "JsonFloat",
+    "MetricsHistory",
+    "RepairRequest",
+    "RunFigures",
+    "Series",
+]
+
+NON_FINITE_STRINGS = ["NaN", "Infinity", "-Infinity"]
+
+JsonFloat = Annotated[
+    float,
+    WithJsonSchema({
+        "anyOf": [{"type": "number"}, {"type": "string", "enum": NON_FINITE_STRINGS}],
+        "description": "A number; NaN and +-Infinity are the strings \"NaN\", \"Infinity\", "
+                       "\"-Infinity\" (protobuf JSON convention).",
+    }),
+]
+
+
+def _utc(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:  # SQLite returns naive datetimes; they are stored in UTC
+        value = value.replace(tzinfo=UTC)
+    return value.isoformat().replace("+00:00", "Z")
+
+
+Timestamp = Annotated[
+    datetime,
+    PlainSerializer(_utc, return_type=str | None, when_used="json"),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+Verdict = Literal["healthy", "exploding", "vanishing", "unstable", "stalled"]
+
+
+class ApiModel(BaseModel):
+    model_config = ConfigDict(ser_json_inf_nan="strings", from_attributes=True)
+
+
+class Progress(ApiModel):
+    step: int = Field(description="Optimizer steps completed.")
+    total_steps: int = Field(description="Steps the spec asks for.")
+    fraction: float = Field(description="step / total_steps, 0..1.")
+
+
+class LatestFigures(ApiModel):
+    """The most recent recorded step (updated every flush)."""
+
+    step: int
+    loss: JsonFloat
+    grad_norm: JsonFloat = Field(description="Global L2 norm before clipping.")
+    clipped_grad_norm: JsonFloat
+    lr: JsonFloat
+    layer_grad_norms: list[JsonFloat] = Field(description="Per layer, layer 0 first.")
+
+
+class NonFiniteInfo(ApiModel):
+    step: int
+    layer: int | None = Field(description="Null for the loss.")
+    tensor: str
+    value: Literal["nan", "inf"]
+    description: str
+
+
+class RepairInfo(ApiModel):
+    """How a repair job was derived from its parent."""
+
+    parent_id: str
+    recommendation: int | None = Field(description="Index into the parent's recommendations.")
+    action: str | None
+    spec_patch: dict[str, Any] = Field(description="RFC 7396 merge patch applied to the parent's spec.")
+
+
+class JobSummary(ApiModel):
+    """A job without its spec (what the list returns)."""
+
+    id: str = Field(description="UUID.")
+    name: str | None
+    status: JobStatus = Field(
+        description="Execution state: queued -> running -> succeeded | failed | cancelled "
+                    "(or queued -> cancelled). A run that exploded is `succeeded` with verdict "
+                    "`exploding`; `failed` means the service could not execute it (see `error`)."
+    )
+    verdict: Verdict | None = Field(description="The diagnosis of the training (set at the end).")
+    stop_reason: str | None = Field(
+        description="completed | non_finite | cancelled | max_runtime | early_stop | explosion."
+    )
+    error: str | None = Field(description="Why a `failed` job failed.")
+    cancel_requested: bool
+    created_at: Timestamp
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
+    progress: Progress
+    latest: LatestFigures | None
+    first_non_finite: NonFiniteInfo | None
+    runtime_seconds: float | None
+    parent_id: str | None = Field(description="The job this one repairs.")
+    links: dict[str, str] = Field(description="Related resources.")
+
+
+class JobRead(JobSummary):
+    """A job with its validated spec (every default filled in, absent optionals null)."""
+
+    spec: dict[str, Any] = Field(description="The validated TrainingSpec, every default filled in.")
+    repair: RepairInfo | None
+
+
+class JobPage(ApiModel):
+    items: list[JobSummary] = Field(description="Newest first.")
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at the end.")
+
+
+class Series(ApiModel):
+    """One series, columnar: ``values[i]`` was recorded at ``steps[i]``."""
+
+    steps: list[int]
+    values: list[JsonFloat | None]
+
+
+class Sampling(ApiModel):
+    downsampled: bool = Field(description="True when fewer points are returned than are stored.")
+    method: Literal["minmax-buckets"] | None = Field(
+        description="`minmax-buckets`: per bucket its min and max point and first non-finite "
+                    "point; first/last point of the range always kept."
+    )
+    bucket_size: int | None = Field(description="Steps per bucket (buckets align to multiples).")
+    max_points: int = Field(description="Upper bound on points per series.")
+    points_in_range: int = Field(description="Recorded steps in the requested range.")
+
+
+class LayerHistory(ApiModel):
+    layer: int
+    series: dict[str, Series] = Field(
+        description="grad_norm, weight_grad_norm, weight_norm, update_norm, act_mean, act_std, "
+                    "dead_fraction, saturated_fraction (or the requested `metrics`)."
+    )
+
+
+class GradientHistory(Sampling):
+    job_id: str
+    start_step: int | None = Field(description="First step of the range (null: no data).")
+    end_step: int | None
+    layers: list[LayerHistory]
+
+
+class EpochColumns(ApiModel):
+    epoch: list[int]
+    step: list[int]
+    train_loss: list[JsonFloat]
+    val_loss: list[JsonFloat | None]
+    val_accuracy: list[JsonFloat | None]
+    train_accuracy: list[JsonFloat | None]
+
+
+class MetricsHistory(Sampling):
+    job_id: str
+    start_step: int | None
+    end_step: int | None
+    series: dict[str, Series] = Field(description="loss, grad_norm (pre-clip), clipped_grad_norm, lr.")
+    epochs: EpochColumns
+
+
+class RepairRequest(BaseModel):
+    """Which fix to run: a recommendation of the parent's diagnosis, or your own merge patch."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    recommendation: int | None = Field(
+        None, ge=0, description="Index into the diagnosis' recommendations (default 0: the first)."
+    )
+    spec_patch: dict[str, Any] | None = Field(
+        None, description="An RFC 7396 merge patch on the parent's spec, instead of a recommendation."
+    )
+
+
+class RunFigures(ApiModel):
+    job_id: str
+    status: JobStatus
+    verdict: Verdict | None
+    stop_reason: str | None
+    steps_completed: int
+    total_steps: int
+    final_loss: JsonFloat | None
+    min_loss: JsonFloat | None
+    max_grad_norm: JsonFloat | None
+    max_grad_norm_step: int | None
+    first_bad_step: int | None
+    first_non_finite_step: int | None
+    final_val_loss: JsonFloat | None
+    final_val_accuracy: JsonFloat | None
+    runtime_seconds: float | None
+
+
+class Comparison(ApiModel):
+    """A job and its repair side by side."""
+
+    original: RunFigures
+    repair: RunFigures
+    spec_patch: dict[str, Any] | None = Field(description="What the repair changed.")
+    summary: str
+
+
+class DatasetCatalog(ApiModel):
+    datasets: list[dict[str, Any]]
+
+
+class Health(ApiModel):
+    status: Literal["ok"]
+    checks: dict[str, str] = Field(default_factory=dict)

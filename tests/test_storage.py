@@ -1,0 +1,295 @@
+"""Storage: non-finite round trip, batch inserts, rollups, downsampling rules, job states."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+
+from app.db import unit_of_work
+from app.downsampling import (
+    LAYER_METRICS,
+    RollupBuilder,
+    Summary,
+    downsample_points,
+    group_starts,
+    plan_buckets,
+    reduce_segments,
+    unpack_blocks,
+)
+from app.models import Job, utcnow
+from app.repositories import EventRepository, HistoryRepository, JobRepository
+from app.settings import Settings
+from app.worker import DatabaseSink
+from core.telemetry import LayerRecord, StepRecord
+
+NAN, INF = math.nan, math.inf
+
+
+def add_job(factory: Any, status: str = "queued", total_steps: int = 100) -> str:
+    job_id = str(uuid.uuid4())
+    with unit_of_work(factory) as session:
+        JobRepository(session).add(Job(
+            id=job_id, status=status, name=None, spec={"data": {}}, spec_hash="x",
+            executor="local", created_at=utcnow(), total_steps=total_steps, steps_completed=0,
+            cancel_requested=False, event_seq=0))
+    return job_id
+
+
+def record(step: int, grad: float, layers: int = 2, loss: float = 1.0) -> StepRecord:
+    return StepRecord(step=step, epoch=0, loss=loss, grad_norm=grad, clipped_grad_norm=grad,
+                      lr=0.1, clipped=False, layers=[
+                          LayerRecord(layer=i, grad_norm=grad, weight_grad_norm=grad,
+                                      weight_norm=1.0, update_norm=0.01, act_mean=0.0,
+                                      act_std=1.0, dead_fraction=None, saturated_fraction=None)
+                          for i in range(layers)])
+
+
+def test_sqlite_connections_have_wal_busy_timeout_and_foreign_keys(session_factory: Any) -> None:
+    with session_factory() as session:
+        assert session.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert session.execute(text("PRAGMA foreign_keys")).scalar() == 1
+        assert session.execute(text("PRAGMA busy_timeout")).scalar() == 30_000
+
+
+def test_nan_and_infinities_round_trip_through_sqlite(session_factory: Any) -> None:
+    job_id = add_job(session_factory)
+    values = [NAN, INF, -INF, 0.0, -0.0, 1e308, 5e-324]
+    with unit_of_work(session_factory) as session:
+        HistoryRepository(session).insert_steps(
+            [(job_id, i, 0, v, v, v, 0.1, False) for i, v in enumerate(values)])
+        HistoryRepository(session).insert_layers(
+            [(job_id, 0, 0, NAN, INF, -INF, 1.0, None, NAN, None, None)])
+    with session_factory() as session:
+        rows = HistoryRepository(session).all_steps(job_id)
+        got = [r.grad_norm for r in rows]
+        assert math.isnan(got[0])
+        assert got[1:] == values[1:]
+        layer = HistoryRepository(session).all_layers(job_id)[0]
+        assert math.isnan(layer.grad_norm) and layer.weight_grad_norm == INF
+        assert layer.weight_norm == -INF
+        assert layer.act_mean is None  # NULL stays "no value", distinct from NaN
+        assert math.isnan(layer.act_std)  # type: ignore[arg-type]
+        # what SQLite holds: NaN as the text 'NaN' (never NULL), infinities as REAL
+        raw = session.execute(text(
+            "SELECT typeof(grad_norm), grad_norm FROM step_metrics ORDER BY step LIMIT 3")).all()
+        assert raw[0] == ("text", "NaN")
+        assert raw[1] == ("real", INF) and raw[2] == ("real", -INF)
+
+
+def test_sink_batch_inserts_records_and_rollups(session_factory: Any) -> None:
+    job_id = add_job(session_factory, total_steps=500)
+    sink = DatabaseSink(job_id, session_factory, total_steps=500, flush_every=64,
+                        flush_interval=60)
+    for step in range(500):
+        sink.write_steps([record(step, 1000.0 if step == 321 else 1.0 + step % 3)])
+    sink.close()
+    with session_factory() as session:
+        history = HistoryRepository(session)
+        assert history.count_steps(job_id, 0, 10_000) == 500
+        assert len(history.all_layers(job_id)) == 1000
+        job = JobRepository(session).get(job_id)
+        assert job is not None and job.steps_completed == 500
+        assert history.rolled_until(job_id, 1, 4) == {4: 511}  # the last block closed by close()
+        starts, blobs = history.rollup_blocks(job_id, [1], [(5, 0, 100)])[1]
+        mid = unpack_blocks(starts, blobs, len(LAYER_METRICS), [0])
+        assert len(mid) == 16 and mid.count.sum() == 500
+        assert mid.max_value.max() == 1000.0
+        assert int(mid.max_step[np.argmax(mid.max_value[:, 0]), 0]) == 321
+
+
+def test_sink_reads_the_cancel_flag_on_every_flush(session_factory: Any) -> None:
+    job_id = add_job(session_factory, status="running")
+    sink = DatabaseSink(job_id, session_factory, total_steps=100, flush_every=5,
+                        flush_interval=60)
+    sink.write_steps([record(0, 1.0)])
+    assert sink.should_stop() is None
+    with unit_of_work(session_factory) as session:
+        assert JobRepository(session).request_cancel(job_id)
+    for step in range(1, 5):
+        sink.write_steps([record(step, 1.0)])  # the 5th record flushes
+    assert sink.should_stop() == "cancelled"
+
+
+def test_job_state_changes_follow_the_transition_table(session_factory: Any) -> None:
+    job_id = add_job(session_factory)
+    with unit_of_work(session_factory) as session:
+        jobs = JobRepository(session)
+        assert not jobs.transition(job_id, "succeeded")  # queued -> succeeded is not allowed
+        assert jobs.transition(job_id, "running")  # the claim
+        assert not jobs.transition(job_id, "running")  # a job is claimed once
+        assert jobs.transition(job_id, "failed", error="x")
+        assert not jobs.transition(job_id, "cancelled")  # terminal stays terminal
+
+
+def test_event_ids_increase_per_job(session_factory: Any) -> None:
+    a, b = add_job(session_factory), add_job(session_factory)
+    with unit_of_work(session_factory) as session:
+        events = EventRepository(session)
+        ids = [events.append(a, "status", {}), events.append(b, "status", {}),
+               events.append(a, "progress", {"x": NAN})]
+    assert ids == [1, 1, 2]
+    with session_factory() as session:
+        assert [e.seq for e in EventRepository(session).since(a, 1)] == [2]
+
+
+def test_deleting_a_job_cascades_to_its_history(session_factory: Any) -> None:
+    job_id = add_job(session_factory, status="running")
+    sink = DatabaseSink(job_id, session_factory, total_steps=50, flush_every=10)
+    sink.write_steps([record(s, 1.0) for s in range(50)])
+    sink.close()
+    with unit_of_work(session_factory) as session:
+        JobRepository(session).transition(job_id, "succeeded")
+        assert JobRepository(session).delete(job_id)
+    with session_factory() as session:
+        for table in ("step_metrics", "layer_stats", "series_rollups", "job_events"):
+            count = session.execute(text(f"SELECT count(*) FROM {table}")).scalar()
+            assert count == 0, table
+
+
+# ---- downsampling rules (pure) ----
+
+
+def summary_of(values: np.ndarray) -> Summary:
+    steps = np.arange(len(values))
+    return Summary.from_points(steps, values[:, None], np.ones((len(values), 1), bool))
+
+
+def test_plan_never_exceeds_max_points() -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        start = int(rng.integers(0, 10_000))
+        end = start + int(rng.integers(1, 2_000_000))
+        max_points = int(rng.integers(10, 5000))
+        plan = plan_buckets(start, end, max_points)
+        buckets = end // plan.bucket_size - start // plan.bucket_size + 1
+        assert 2 * buckets + 2 <= max_points
+        if plan.level is not None:
+            assert plan.bucket_size % (1 << plan.level) == 0
+
+
+def test_downsampling_keeps_spikes_non_finite_points_and_the_ends() -> None:
+    rng = np.random.default_rng(0)
+    values = rng.random(100_000)
+    values[12_345] = 1e6  # a one-step spike
+    values[50_000] = NAN
+    values[70_000] = -INF
+    values[90_001] = INF
+    units = summary_of(values)
+    plan = plan_buckets(0, 99_999, 200)
+    edges = [(np.array([0, 99_999]), values[[0, 99_999]])]
+    (steps, got), = downsample_points(units, plan.bucket_size, edges)
+    assert len(steps) <= 200
+    assert list(steps) == sorted(set(steps.tolist()))
+    point = dict(zip(steps.tolist(), got.tolist(), strict=True))
+    assert point[12_345] == 1e6
+    assert math.isnan(point[50_000])
+    assert point[70_000] == -INF and point[90_001] == INF
+    assert 0 in point and 99_999 in point
+
+
+def test_rollups_compose_to_the_same_buckets_as_raw_points() -> None:
+    rng = np.random.default_rng(2)
+    n = 20_000
+    values = rng.standard_normal((n, 3))
+    values[777, 1] = NAN
+    values[5_000:5_003, 2] = INF
+    present = np.ones_like(values, dtype=bool)
+    present[:, 0] = rng.random(n) > 0.1  # gaps
+    builder = RollupBuilder(3)
+    blocks: dict[int, list[Summary]] = {}
+    for i in range(0, n, 997):
+        for rb in builder.add(np.arange(i, min(n, i + 997)), values[i:i + 997],
+                              present[i:i + 997]):
+            blocks.setdefault(rb.level, []).append(rb.summary)
+    for rb in builder.finish():
+        blocks.setdefault(rb.level, []).append(rb.summary)
+    points = Summary.from_points(np.arange(n), values, present)
+    for level, parts in blocks.items():
+        rolled = Summary.concat(parts)
+        size = 1 << (level + 2)
+        a = reduce_segments(rolled, group_starts(rolled.start // size))
+        b = reduce_segments(points, group_starts(points.start // size))
+        for field in ("count", "min_step", "max_step", "nf_step"):
+            np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+
+
+@pytest.mark.parametrize("bucket", [[1.0, NAN, 3.0], [NAN, NAN], [2.0, NAN, -INF, INF]])
+def test_a_nan_bucket_still_shows_its_nan(bucket: list[float]) -> None:
+    values = np.array(bucket)
+    (steps, got), = downsample_points(summary_of(values), 1000,
+                                      [(np.empty(0, np.int64), np.empty(0))])
+    assert any(math.isnan(v) for v in got)
+    assert len(steps) <= 3
+
+
+def test_settings_default_to_a_sqlite_file_in_the_data_dir(tmp_path: Any) -> None:
+    settings = Settings(data_dir=tmp_path)
+    assert settings.url == f"sqlite:///{(tmp_path / 'gradwatch.db').resolve()}"
+
+
+@pytest.mark.parametrize("finished", [True, False])
+def test_history_from_rollups_matches_brute_force_downsampling(
+        session_factory: Any, finished: bool) -> None:
+    """Blocks + raw edges (and a running job's un-rolled tail) give exactly the points that
+    downsampling the raw rows directly gives."""
+    from app.services import HistoryQuery, gradient_history, metrics_history
+
+    rng = np.random.default_rng(3)
+    n = 20_000
+    steps = np.sort(rng.choice(60_000, size=n, replace=False))  # gaps, as with record_every
+    grads = rng.lognormal(size=n)
+    grads[[100, 7_000]] = [NAN, INF]
+    grads[12_345] = 1e12
+    job_id = add_job(session_factory, status="running", total_steps=60_000)
+    with unit_of_work(session_factory) as session:
+        job = JobRepository(session).get(job_id)
+        assert job is not None
+        job.spec = {"model": {"hidden": [{}]}}
+    sink = DatabaseSink(job_id, session_factory, total_steps=60_000, flush_every=777,
+                        flush_interval=3600)
+    for s, g in zip(steps.tolist(), grads.tolist(), strict=True):
+        sink.write_steps([record(s, g, layers=2, loss=g)])
+    if finished:
+        sink.close()
+        with unit_of_work(session_factory) as session:
+            JobRepository(session).transition(job_id, "succeeded")
+    else:
+        sink.flush()
+    for start, end, max_points in [(None, None, 1000), (1234, 51_234, 300), (5, 40_000, 64)]:
+        q = HistoryQuery(start, end, max_points)
+        with session_factory() as session:
+            got = gradient_history(session, job_id, q, layer=None, metrics=["grad_norm"])
+            metrics = metrics_history(session, job_id, q, metrics=["loss"])
+        lo, hi = start or 0, end if end is not None else 10**9
+        mask = (steps >= lo) & (steps <= hi)
+        assert got["points_in_range"] == metrics["points_in_range"] == int(mask.sum())
+        assert got["downsampled"]
+        units = Summary.from_points(steps[mask], grads[mask][:, None], np.ones((mask.sum(), 1), bool))
+        edges = [(steps[mask][[0, -1]], grads[mask][[0, -1]])]
+        (want_steps, want_values), = downsample_points(units, got["bucket_size"], edges)
+        for series in (got["layers"][1]["series"]["grad_norm"], metrics["series"]["loss"]):
+            assert series["steps"] == want_steps.tolist()
+            np.testing.assert_array_equal(np.array(series["values"], dtype=float), want_values)
+            assert len(series["steps"]) <= max_points
+
+
+def test_a_job_that_cannot_train_fails_with_a_readable_error(migrated_url: str) -> None:
+    from app.worker import configure_worker, run_job
+
+    context = configure_worker(Settings(database_url=migrated_url, workers=0))
+    job_id = add_job(context.factory)  # its stored spec ({"data": {}}) is not a valid spec
+    assert run_job(job_id, context=context) == "failed"
+    assert run_job(job_id, context=context) == "skipped"  # a job runs once
+    with context.factory() as session:
+        job = JobRepository(session).get(job_id)
+        assert job is not None and job.status == "failed"
+        assert job.error is not None and job.error.startswith("training failed: ValidationError")
+        assert len(job.error) < 1000
+        events = EventRepository(session).since(job_id, 0)
+        assert [e.data["status"] for e in events] == ["running", "failed"]
+        assert events[-1].data["terminal"] is True

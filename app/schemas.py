@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
+from core.telemetry import JsonFloat
+
 __all__ = [
     "ApiModel",
     "Comparison",
@@ -28,18 +30,6 @@ __all__ = [
     "RunFigures",
     "Series",
 ]
-
-NON_FINITE_STRINGS = ["NaN", "Infinity", "-Infinity"]
-
-JsonFloat = Annotated[
-    float,
-    WithJsonSchema({
-        "anyOf": [{"type": "number"}, {"type": "string", "enum": NON_FINITE_STRINGS}],
-        "description": "A number; NaN and +-Infinity are the strings \"NaN\", \"Infinity\", "
-                       "\"-Infinity\" (protobuf JSON convention).",
-    }),
-]
-
 
 def _utc(value: datetime | None) -> str | None:
     if value is None:

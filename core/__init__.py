@@ -10,6 +10,8 @@ The public API (see DESIGN.md "Contracts")::
     core.preflight(spec)                # risk analysis without training
 """
 
+from typing import TYPE_CHECKING
+
 from core.spec import SpecLimits, TrainingSpec
 from core.telemetry import EpochRecord, LayerRecord, MemorySink, NonFiniteEvent, Sink, StepRecord
 from core.trainer import Trainer, TrainingResult
@@ -31,6 +33,9 @@ __all__ = [
     "diagnose",
     "preflight",
 ]
+
+if TYPE_CHECKING:  # the lazy attributes below, for type checkers
+    from core.diagnostics import DiagnosticReport, Monitor, PreflightReport, diagnose, preflight
 
 _DIAGNOSTICS = {"DiagnosticReport", "Monitor", "PreflightReport", "diagnose", "preflight"}
 

@@ -22,10 +22,14 @@ Definitions (per step, before clipping unless said otherwise):
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Annotated, Any, Literal, Protocol, runtime_checkable
+
+from pydantic import WithJsonSchema
 
 __all__ = [
+    "NON_FINITE_STRINGS",
     "EpochRecord",
+    "JsonFloat",
     "LayerRecord",
     "MemorySink",
     "NonFiniteEvent",
@@ -34,6 +38,19 @@ __all__ = [
     "StopReason",
     "TensorKind",
 ]
+
+NON_FINITE_STRINGS = ["NaN", "Infinity", "-Infinity"]
+
+JsonFloat = Annotated[
+    float,
+    WithJsonSchema({
+        "anyOf": [{"type": "number"}, {"type": "string", "enum": NON_FINITE_STRINGS}],
+        "description": "A number; NaN and +-Infinity are the strings \"NaN\", \"Infinity\", "
+                       "\"-Infinity\" (protobuf JSON convention).",
+    }),
+]
+"""A float that may be NaN or +-Inf; pydantic models using it (with
+``ser_json_inf_nan="strings"``) document it in JSON Schema as number-or-those-strings."""
 
 TensorKind = Literal["loss", "activation", "gradient", "weight", "update"]
 StopReason = Literal["completed", "non_finite", "cancelled", "max_runtime", "early_stop", "explosion"]

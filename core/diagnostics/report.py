@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.telemetry import JsonFloat
+
 __all__ = [
     "Action",
     "DiagnosticReport",
@@ -56,7 +58,7 @@ Action = Literal[
     "reset_bias",
     "raise_learning_rate",
 ]
-Evidence = dict[str, float | int | str | None]
+Evidence = dict[str, JsonFloat | int | str | None]
 
 
 class _Report(BaseModel):
@@ -96,12 +98,12 @@ class Forecast(_Report):
     series: str = Field(description="The quantity that overflows first: `grad_norm`, `loss` "
                                     "or `activation`.")
     made_at_step: int = Field(description="The last step the forecast uses.")
-    value: float = Field(description="The series' value at `made_at_step`.")
-    overflow_at: float = Field(description="The dtype's largest finite value.")
-    growth_per_step: float = Field(description="Multiplicative growth over the last step (> 1).")
-    acceleration: float = Field(1.0, description="Ratio of consecutive log growth increments "
+    value: JsonFloat = Field(description="The series' value at `made_at_step`.")
+    overflow_at: JsonFloat = Field(description="The dtype's largest finite value.")
+    growth_per_step: JsonFloat = Field(description="Multiplicative growth over the last step (> 1).")
+    acceleration: JsonFloat = Field(1.0, description="Ratio of consecutive log growth increments "
                                                  "used to extrapolate (1: steady growth).")
-    steps_to_overflow: float = Field(description="Steps until the value reaches overflow_at, "
+    steps_to_overflow: JsonFloat = Field(description="Steps until the value reaches overflow_at, "
                                                  "extrapolating the recent (possibly "
                                                  "accelerating) growth.")
     predicted_overflow_step: int
@@ -116,15 +118,15 @@ class LayerSummary(_Report):
 
     layer: int
     activation: str
-    baseline_grad_norm: float = Field(description="Median pre-clip gradient norm of the early steps.")
-    peak_grad_norm: float
+    baseline_grad_norm: JsonFloat = Field(description="Median pre-clip gradient norm of the early steps.")
+    peak_grad_norm: JsonFloat
     peak_step: int
-    final_grad_norm: float
-    update_ratio: float | None = Field(
+    final_grad_norm: JsonFloat
+    update_ratio: JsonFloat | None = Field(
         None, description="Median ||update|| / ||weight|| over the healthy steps."
     )
-    dead_fraction: float | None = None
-    saturated_fraction: float | None = None
+    dead_fraction: JsonFloat | None = None
+    saturated_fraction: JsonFloat | None = None
 
 
 class DiagnosticReport(_Report):
@@ -151,25 +153,25 @@ class LayerPreflight(_Report):
     fan_out: int
     activation: str
     init: str
-    weight_std: float = Field(description="Standard deviation of the initial weights.")
-    forward_gain: float = Field(
+    weight_std: JsonFloat = Field(description="Standard deviation of the initial weights.")
+    forward_gain: JsonFloat = Field(
         description="Predicted ratio of this layer's output RMS to its input RMS."
     )
-    backward_gain: float = Field(
+    backward_gain: JsonFloat = Field(
         description="Predicted ratio of the backpropagated gradient RMS at this layer's input "
                     "to the one at its output."
     )
-    predicted_grad_norm_ratio: float = Field(
+    predicted_grad_norm_ratio: JsonFloat = Field(
         description="Predicted weight-gradient norm relative to the output layer's."
     )
-    measured_grad_norm_ratio: float | None = Field(
+    measured_grad_norm_ratio: JsonFloat | None = Field(
         None, description="The same measured by one probe forward/backward pass."
     )
-    measured_grad_norm: float | None = None
-    measured_update_ratio: float | None = Field(
+    measured_grad_norm: JsonFloat | None = None
+    measured_update_ratio: JsonFloat | None = Field(
         None, description="||first update|| / ||weight|| the optimizer would take on the probe batch."
     )
-    activation_rms: float | None = Field(None, description="Predicted RMS of the layer's output.")
+    activation_rms: JsonFloat | None = Field(None, description="Predicted RMS of the layer's output.")
 
 
 class PreflightReport(_Report):
@@ -183,18 +185,18 @@ class PreflightReport(_Report):
     memory_bytes: int = Field(description="Estimated peak working memory: parameters, gradients, "
                                           "optimizer state, activations, data.")
     memory_breakdown: dict[str, int]
-    predicted_amplification: float = Field(
+    predicted_amplification: JsonFloat = Field(
         description="Predicted first-layer / output-layer weight-gradient norm ratio at init."
     )
-    measured_amplification: float | None = Field(
+    measured_amplification: JsonFloat | None = Field(
         None, description="The same measured on one probe batch."
     )
-    predicted_depth_gain: float = Field(
+    predicted_depth_gain: JsonFloat = Field(
         description="Predicted growth of the backpropagated gradient RMS from the output layer "
                     "to the first layer at init (product of the per-layer backward gains; ~1 "
                     "is healthy, >> 1 explodes, << 1 vanishes)."
     )
-    predicted_output_rms: float
+    predicted_output_rms: JsonFloat
     layers: list[LayerPreflight]
     risk: RiskLevel
     risks: list[Finding] = Field(default_factory=list)

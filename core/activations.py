@@ -6,7 +6,8 @@ approximation. Every function is overflow-safe and silent: huge inputs give satu
 infinite outputs (the data a diagnosis needs), never a NumPy warning.
 
 All arrays have shape ``(batch, units)``; ``out`` may be a (possibly strided) view to write
-the result into, so the network can keep all hidden activations in one buffer.
+the result into, so the network can keep all hidden activations in one buffer. ``backward``
+may overwrite ``da`` (a scratch array of the caller's) with the result.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def _relu_fwd(z: Array, out: Array) -> Array:
 
 
 def _relu_bwd(da: Array, z: Array, a: Array) -> Array:
-    return da * (z > 0)
+    return np.multiply(da, z > 0, out=da)
 
 
 def _leaky_fwd(z: Array, out: Array) -> Array:
@@ -94,7 +95,9 @@ def _tanh_fwd(z: Array, out: Array) -> Array:
 
 
 def _tanh_bwd(da: Array, z: Array, a: Array) -> Array:
-    return da * (1 - a * a)
+    slope = np.square(a)
+    np.subtract(1, slope, out=slope)
+    return np.multiply(da, slope, out=da)
 
 
 def _sigmoid_fwd(z: Array, out: Array) -> Array:

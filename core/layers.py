@@ -37,7 +37,7 @@ def affine_forward(x: Array, W: Array, b: Array, out: Array | None = None) -> Ar
 
 
 def affine_backward(dz: Array, x: Array, W: Array, dW: Array, db: Array,
-                    need_dx: bool = True) -> Array | None:
+                    need_dx: bool = True, dx_out: Array | None = None) -> Array | None:
     """Gradients of ``z = x @ W + b``.
 
     Writes ``dW = x.T @ dz`` (``(fan_in, fan_out)``) and ``db = sum(dz, axis=0)`` into the
@@ -45,7 +45,7 @@ def affine_backward(dz: Array, x: Array, W: Array, dW: Array, db: Array,
     """
     np.matmul(x.T, dz, out=dW)
     np.add.reduce(dz, axis=0, out=db)
-    return np.matmul(dz, W.T) if need_dx else None
+    return np.matmul(dz, W.T, out=dx_out) if need_dx else None
 
 
 @dataclass(slots=True)

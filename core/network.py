@@ -41,6 +41,7 @@ class _Buffers:
     act_views: list[Array]  # each hidden layer's columns of ``act``
     ones: Array  # (batch,) of ones: column sums as a matrix-vector product
     z: list[Array]  # per layer pre-activation (after batch norm for hidden layers)
+    dx: list[Array]  # per layer gradient w.r.t. its input (layer 0 needs none)
 
 
 class MLP:
@@ -118,7 +119,9 @@ class MLP:
             act = np.empty((batch, int(self.col_offsets[-1])), dtype=self.dtype)
             z = [np.empty((batch, n), dtype=self.dtype) for n in self.sizes[1:]]
             views = [act[:, int(a):int(b)] for a, b in itertools.pairwise(self.col_offsets)]
-            buf = self._buffers[batch] = _Buffers(act, views, np.ones(batch, self.dtype), z)
+            dx = [np.empty((batch, n) if i else (0, 0), dtype=self.dtype)
+                  for i, n in enumerate(self.sizes[:-1])]
+            buf = self._buffers[batch] = _Buffers(act, views, np.ones(batch, self.dtype), z, dx)
         return buf
 
     def hidden_activation(self, i: int) -> Array:
@@ -163,7 +166,7 @@ class MLP:
                     dz = batchnorm_backward(dz, self.gamma[i], self._bn_cache[i],
                                             self.dgamma[i], self.dbeta[i])
             dx = affine_backward(dz, self._inputs[i], self.W[i], self.dW[i], self.db[i],
-                                 need_dx=i > 0)
+                                 need_dx=i > 0, dx_out=buf.dx[i])
             if dx is not None:
                 dz = dx
 

@@ -136,6 +136,7 @@ class Trainer:
         # The same bounds over the concatenation [weights | update] (both of size P).
         self._bounds2 = np.concatenate((self._bounds[:-1], self._bounds + layout.size))
         self._layer_ids = list(range(layout.n_layers))
+        self._batch_buffers: dict[int, tuple[Array, Array]] = {}
 
     # ------------------------------------------------------------------ contract API
     def parameters(self) -> list[tuple[str, Array]]:
@@ -239,7 +240,7 @@ class Trainer:
                     Xb, yb = X_train[start:start + batch_size], y_train[start:start + batch_size]
                 else:
                     idx = order[start:start + batch_size]
-                    Xb, yb = X_train[idx], y_train[idx]
+                    Xb, yb = self._gather(X_train, y_train, idx)
                 lr = self.schedule(step)
                 out = net.forward(Xb)
                 loss, dout = self._loss_fn(out, yb)
@@ -366,6 +367,17 @@ class Trainer:
         record = StepRecord(step, epoch, loss, grad_norm, float(clipped_norm), float(lr),
                             bool(clipped), layers)
         return record, math.isfinite(check)
+
+    def _gather(self, X: Array, y: Array, idx: Array) -> tuple[Array, Array]:
+        """``X[idx], y[idx]`` into buffers reused across steps (no per-step allocation)."""
+        bufs = self._batch_buffers.get(len(idx))
+        if bufs is None:
+            bufs = (np.empty((len(idx), *X.shape[1:]), X.dtype),
+                    np.empty((len(idx), *y.shape[1:]), y.dtype))
+            self._batch_buffers[len(idx)] = bufs
+        np.take(X, idx, axis=0, out=bufs[0])
+        np.take(y, idx, axis=0, out=bufs[1])
+        return bufs
 
     def _is_classifier(self) -> bool:
         return self.data.task == "classification"

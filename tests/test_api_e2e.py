@@ -105,6 +105,7 @@ def test_an_exploding_spec_is_diagnosed_and_its_repair_compares_better(live: Liv
     assert comparison["original"]["job_id"] == job_id
     assert comparison["repair"]["job_id"] == child["id"]
     assert comparison["original"]["verdict"] == "exploding"
+    assert comparison["repair"]["verdict"] not in ("exploding", None)  # the fix works
     assert comparison["spec_patch"] == report["recommendations"][0]["spec_patch"]
     listed = live.http.get("/v1/jobs", params={"parent_id": job_id}).json()["items"]
     assert [j["id"] for j in listed] == [child["id"]]

@@ -12,7 +12,9 @@ EXPLODING_SPEC: dict[str, Any] = {
         "hidden": [{"units": 64, "activation": "relu"}] * 6,
         "init": {"scheme": "normal", "std": 1.0},
     },
-    "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
+    # With He initialisation (the top recommended fix) this learning rate trains healthily,
+    # so the repair job shows the fix working.
+    "optimizer": {"name": "sgd", "lr": 0.02, "momentum": 0.9},
     "clipping": {"mode": "none"},
     "training": {"epochs": 10, "batch_size": 32},
     "monitor": {"record_every": 1, "stop_on_explosion": True},

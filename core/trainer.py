@@ -182,18 +182,23 @@ class Trainer:
             return loss, self._accuracy(out, y)
 
     # ------------------------------------------------------------------ the loop
-    def run(self, sink: Sink | None = None, *, keep_records: bool = True) -> TrainingResult:
+    def run(self, sink: Sink | None = None, *, keep_records: bool = True,
+            max_records: int | None = None) -> TrainingResult:
         """Train per the spec; returns the history and why training stopped.
 
         ``keep_records=False`` keeps only the last record in ``result.steps`` (the sink still
-        receives everything): for long runs whose history lives elsewhere.
+        receives everything): for long runs whose history lives elsewhere. ``max_records``
+        bounds the memory of a long run's kept history: past it, the kept records are thinned
+        to every 2nd, 4th, ... step, always keeping the first and last step and every step
+        with a non-finite value or a monitor alert (what a diagnosis needs).
         """
         # Overflow is data here: one errstate for the whole run (per-call errstate contexts
         # would cost more than the layers of a small network).
         with np.errstate(all="ignore"):
-            return self._run(sink, keep_records)
+            return self._run(sink, keep_records, max_records)
 
-    def _run(self, sink: Sink | None, keep_records: bool) -> TrainingResult:
+    def _run(self, sink: Sink | None, keep_records: bool,
+             max_records: int | None) -> TrainingResult:
         spec = self.spec
         net = self.network
         layout = net.layout
@@ -220,13 +225,28 @@ class Trainer:
         epoch = 0
         pending: StepRecord | None = None
 
-        def emit(record: StepRecord) -> None:
+        stride = 1
+        limit = max_records
+        important: set[int] = set()
+
+        def emit(record: StepRecord, notable: bool = False) -> None:
+            nonlocal stride, limit
             if sink is not None:
                 sink.write_steps([record])
-            if keep_records:
-                kept.append(record)
-            else:
+            if not keep_records:
                 kept[:] = [record]
+                return
+            if notable:
+                important.add(record.step)
+            if kept and kept[-1].step % stride and kept[-1].step not in important:
+                kept.pop()  # the previous record was only kept as the latest one
+            kept.append(record)
+            if limit is not None and len(kept) > limit:
+                stride *= 2
+                kept[:] = [r for i, r in enumerate(kept)
+                           if i == 0 or r.step % stride == 0 or r.step in important
+                           or r is record]
+                limit = max(limit, 2 * len(kept))
 
         while step < total and stop is None:
             order = self.rng.permutation(n_train) if spec.training.shuffle else None
@@ -295,8 +315,9 @@ class Trainer:
                 # emitted; a step that turns out to be the last (the sink asks to stop after
                 # receiving the previous one, or early stopping at the epoch end) is emitted then.
                 pending = record
+                notable = nf_now or bool(monitor is not None and new_alerts)
                 if step % record_every == 0 or step == total - 1 or stop is not None or nf_now:
-                    emit(record)
+                    emit(record, notable)
                     pending = None
                 if sink is not None and stop is None:
                     stop = sink.should_stop()

@@ -771,3 +771,36 @@ def test_a_custom_sink_receives_steps_in_order_and_epoch_records() -> None:
         else:
             assert rec.step == seen_steps
             assert seen_steps == (rec.epoch + 1) * STEPS_PER_EPOCH - 1
+
+
+def test_max_records_bounds_the_kept_history_but_keeps_first_last_and_notable_steps() -> None:
+    spec = core.TrainingSpec.model_validate({
+        "data": {"source": "synthetic", "name": "sine", "n_samples": 64},
+        "model": {"hidden": [{"units": 4, "activation": "tanh"}]},
+        "training": {"epochs": 100, "batch_size": 8, "validation_split": 0.0},
+        "monitor": {"stop_on_explosion": False},
+    })
+    full = core.Trainer(spec).run()
+    sink = core.MemorySink()
+    thinned = core.Trainer(spec).run(sink, max_records=50)
+    assert len(sink.steps) == len(full.steps) == 800  # the sink still gets everything
+    steps = [r.step for r in thinned.steps]
+    assert len(steps) <= 100 and steps == sorted(steps)
+    assert steps[0] == 0 and steps[-1] == 799
+    stride = steps[2] - steps[1]
+    assert stride > 1 and all(s % stride == 0 for s in steps[:-1])
+    by_step = {r.step: r for r in full.steps}
+    assert all(r.loss == by_step[r.step].loss for r in thinned.steps)
+
+
+def test_max_records_keeps_the_non_finite_step() -> None:
+    spec = core.TrainingSpec.model_validate({
+        "dtype": "float32",
+        "data": {"source": "synthetic", "name": "linear", "n_samples": 64, "target_scale": 1e6},
+        "optimizer": {"name": "sgd", "lr": 1.0},
+        "training": {"epochs": 50, "batch_size": 8},
+        "monitor": {"stop_on_explosion": False},
+    })
+    result = core.Trainer(spec).run(max_records=4)
+    assert result.first_non_finite is not None
+    assert result.first_non_finite.step in {r.step for r in result.steps}

@@ -8,7 +8,7 @@ import sys
 
 from app.settings import Settings
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -19,7 +19,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = Settings()
     upgrade(settings.url)  # `serve` always migrates first
-    print(f"gradwatch: database {settings.url} migrated; serving on "
+    print(f"gradwatch: database {settings.url_for_logs} migrated; serving on "
           f"http://{args.host}:{args.port} (Swagger UI at /docs)", file=sys.stderr)
     uvicorn.run(create_app(settings), host=args.host, port=args.port,
                 log_level=args.log_level, proxy_headers=True)
@@ -37,7 +37,7 @@ def _migrate(args: argparse.Namespace) -> int:
         upgrade(settings.url, args.revision)
     engine = build_engine(settings.url, pool=False)
     try:
-        print(f"gradwatch: {settings.url} is at revision {current_revision(engine)}")
+        print(f"gradwatch: {settings.url_for_logs} is at revision {current_revision(engine)}")
     finally:
         engine.dispose()
     return 0
@@ -50,17 +50,13 @@ def _worker(args: argparse.Namespace) -> int:
               "(scale-out setup). With the default local executor, `gradwatch serve` runs the "
               "workers itself.", file=sys.stderr)
         return 2
-    try:
-        from app.executors import celery as celery_executor  # type: ignore[attr-defined]
-    except ImportError:
-        print("gradwatch worker: the Celery executor is not part of this build yet "
-              "(scale-out issue); use the default local executor", file=sys.stderr)
-        return 2
-    result: int = celery_executor.run_worker(settings, concurrency=args.concurrency)
-    return result
+    from app.executors.celery import run_worker
+
+    return run_worker(settings, concurrency=args.concurrency)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (also used by the tests to check the Docker image's commands)."""
     parser = argparse.ArgumentParser(prog="gradwatch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="migrate the database, then serve the API and workers")
@@ -73,9 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     migrate.add_argument("--downgrade", action="store_true", help="downgrade to REVISION")
     migrate.set_defaults(func=_migrate)
     worker = sub.add_parser("worker", help="run a Celery worker (GRADWATCH_EXECUTOR=celery)")
-    worker.add_argument("--concurrency", type=int, default=None)
+    worker.add_argument("--concurrency", type=int, default=None,
+                        help="job processes (default GRADWATCH_WORKERS: one per core)")
     worker.set_defaults(func=_worker)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     code: int = args.func(args)
     return code

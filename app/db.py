@@ -98,8 +98,16 @@ def sqlite_nan(value: float | None) -> Any:
     return value
 
 
-def build_engine(url: str, *, busy_timeout_ms: int = 30_000, pool: bool = True) -> Engine:
-    """An engine for ``url``; SQLite connections get WAL, busy timeout and foreign keys."""
+def build_engine(url: str, *, busy_timeout_ms: int = 30_000, pool: bool = True,
+                 pool_size: int = 5, max_overflow: int = 10, pool_timeout: float = 30.0,
+                 application_name: str = "gradwatch") -> Engine:
+    """An engine for ``url``; SQLite connections get WAL, busy timeout and foreign keys.
+
+    On PostgreSQL the pool holds ``pool_size`` connections (plus ``max_overflow`` under
+    bursts): size it to the threads that use it, since every process of every machine draws
+    on the server's ``max_connections``. Connections are checked before use (a restarted
+    server or a dropped idle connection costs a retry, not an error) and recycled hourly.
+    """
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": busy_timeout_ms / 1000}
@@ -107,8 +115,13 @@ def build_engine(url: str, *, busy_timeout_ms: int = 30_000, pool: bool = True) 
             kwargs["poolclass"] = NullPool
     else:
         kwargs["pool_pre_ping"] = True
+        if url.startswith("postgresql"):
+            kwargs["connect_args"] = {"connect_timeout": 10, "application_name": application_name}
         if not pool:
             kwargs["poolclass"] = NullPool
+        else:
+            kwargs.update(pool_size=pool_size, max_overflow=max_overflow,
+                          pool_timeout=pool_timeout, pool_recycle=3600)
     engine = create_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         _configure_sqlite(engine, busy_timeout_ms)

@@ -82,14 +82,19 @@ def prepare_database(settings: Settings) -> str | None:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     app.state.head_revision = prepare_database(settings)
-    engine = build_engine(settings.url, busy_timeout_ms=settings.sqlite_busy_timeout_ms)
+    engine = build_engine(settings.url, busy_timeout_ms=settings.sqlite_busy_timeout_ms,
+                          pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow,
+                          pool_timeout=settings.db_pool_timeout_seconds,
+                          application_name="gradwatch-api")
     app.state.engine = engine
     app.state.sessionmaker = build_sessionmaker(engine)
     executor = build_executor(settings, app.state.sessionmaker)
     app.state.executor = executor
     executor.start()
-    log.info("gradwatch ready: database %s, executor %s, %d worker(s)",
-             engine.url.render_as_string(hide_password=True), executor.name, settings.workers)
+    where = (f"{settings.workers} local worker(s)" if executor.name == "local"
+             else f"queue {settings.queue!r} at {settings.broker_url_for_logs}")
+    log.info("gradwatch ready: database %s, executor %s, %s",
+             engine.url.render_as_string(hide_password=True), executor.name, where)
     try:
         yield
     finally:

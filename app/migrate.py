@@ -8,7 +8,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 import migrations
 from app.db import build_engine
@@ -32,10 +32,36 @@ def _prepare(url: str) -> None:
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
 
 
+# pg_advisory_lock key: API replicas and the migrate job starting together migrate one at a time
+_MIGRATION_LOCK = 0x6772_6164_7761_7463  # "gradwatc"
+
+
 def upgrade(url: str, revision: str = "head") -> None:
-    """Bring the database at ``url`` to ``revision`` (creating a SQLite file if needed)."""
+    """Bring the database at ``url`` to ``revision`` (creating a SQLite file if needed).
+
+    On PostgreSQL the upgrade holds an advisory lock, so processes starting at the same time
+    migrate one after the other (the later ones find nothing to do).
+    """
     _prepare(url)
-    command.upgrade(alembic_config(url), revision)
+    cfg = alembic_config(url)
+    if not url.startswith("postgresql"):
+        command.upgrade(cfg, revision)
+        return
+    engine = build_engine(url, pool=False)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _MIGRATION_LOCK})
+            conn.commit()
+            try:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, revision)
+                conn.commit()
+            finally:
+                conn.rollback()
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _MIGRATION_LOCK})
+                conn.commit()
+    finally:
+        engine.dispose()
 
 
 def downgrade(url: str, revision: str) -> None:

@@ -73,6 +73,9 @@ class Job(Base):
     first_non_finite: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     runtime_seconds: Mapped[float | None] = mapped_column(Double)
     event_seq: Mapped[int] = mapped_column(Integer, default=0)
+    # Starts by a worker; also the fencing token of a run: a worker writes only while the
+    # job is still `running` with the attempt it claimed (see JobRepository.owned_by).
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     __table_args__ = (
         Index("ix_jobs_created_at_id", "created_at", "id"),

@@ -94,7 +94,8 @@ class JobSummary(ApiModel):
     name: str | None
     status: JobStatus = Field(
         description="Execution state: queued -> running -> succeeded | failed | cancelled "
-                    "(or queued -> cancelled). A run that exploded is `succeeded` with verdict "
+                    "(or queued -> cancelled; running -> queued when the job's worker was lost "
+                    "or shut down and the job starts over). A run that exploded is `succeeded` with verdict "
                     "`exploding`; `failed` means the service could not execute it (see `error`)."
     )
     verdict: Verdict | None = Field(description="The diagnosis of the training (set at the end).")
@@ -111,6 +112,10 @@ class JobSummary(ApiModel):
     first_non_finite: NonFiniteInfo | None
     runtime_seconds: float | None
     parent_id: str | None = Field(description="The job this one repairs.")
+    attempts: int = Field(
+        0, description="How many times a worker started this job. A job whose worker was "
+                       "lost goes back to the queue and starts over (its history too), up to "
+                       "GRADWATCH_MAX_ATTEMPTS starts; then it fails with 'worker lost'.")
     links: dict[str, str] = Field(description="Related resources.")
 
 

@@ -11,7 +11,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -255,7 +255,7 @@ def job_to_summary(job: Job) -> dict[str, Any]:
         "latest": job.latest,
         "first_non_finite": {**nf, "description": describe_non_finite(nf)} if nf else None,
         "runtime_seconds": job.runtime_seconds, "parent_id": job.parent_id,
-        "links": job_links(job.id),
+        "attempts": job.attempts, "links": job_links(job.id),
     }
 
 
@@ -452,13 +452,19 @@ def metrics_history(session: Session, job_id: str, q: HistoryQuery, *,
 
 @dataclass
 class StoredHistory:
-    """What core.diagnose needs, rebuilt from the database."""
+    """What core.diagnose needs, rebuilt from the database.
+
+    ``alerts`` are the online monitor's findings (their JSON, from the job's ``alert``
+    events): the monitor saw every step, the stored records may be thinned by
+    ``record_every``, so an explosion shorter than that still reaches the diagnosis.
+    """
 
     spec: TrainingSpec
     steps: list[Any]
     epochs: list[Any]
     stop_reason: str | None
     first_non_finite: Any
+    alerts: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _history_from_db(session: Session, job: Job, settings: Settings) -> StoredHistory:
@@ -486,7 +492,8 @@ def _history_from_db(session: Session, job: Job, settings: Settings) -> StoredHi
     stop = job.stop_reason if job.status in TERMINAL else None
     if job.status in TERMINAL and stop is None:
         stop = "cancelled" if job.status == "cancelled" else "completed"
-    return StoredHistory(spec, steps, epochs, stop, first_nf)
+    alerts = [event.data for event in EventRepository(session).of_type(job.id, "alert")]
+    return StoredHistory(spec, steps, epochs, stop, first_nf, alerts)
 
 
 def diagnostics(session: Session, job_id: str, settings: Settings) -> dict[str, Any]:

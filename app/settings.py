@@ -25,11 +25,18 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("DATABASE_URL", "GRADWATCH_DATABASE_URL", "database_url"),
         description="SQLAlchemy URL; default sqlite:///<data_dir>/gradwatch.db.",
     )
-    executor: Literal["local", "celery"] = "local"
-    broker_url: str = "redis://127.0.0.1:6379/0"
+    executor: Literal["local", "celery"] = Field(
+        "local", description="`local`: worker processes inside the server; `celery`: jobs go "
+                             "to `gradwatch worker` processes on any machine through the broker.")
+    broker_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker (Redis).")
+    queue: str = Field("gradwatch", min_length=1, description="Celery queue the job ids go to.")
+    broker_key_prefix: str = Field(
+        "", description="Prefix of every Redis key the broker uses, so that several "
+                        "deployments (or test runs) can share one Redis database.")
     workers: int = Field(
         default_factory=lambda: os.cpu_count() or 1, ge=0,
-        description="Local worker processes (0: the API only queues jobs).",
+        description="Worker processes: the local executor's pool (0: the API only queues "
+                    "jobs), or the default concurrency of `gradwatch worker`.",
     )
     migrate_on_start: bool = Field(
         True, description="Run `alembic upgrade head` at start-up; when false, refuse to start "
@@ -41,8 +48,24 @@ class Settings(BaseSettings):
     flush_every_steps: int = Field(500, ge=1)
     flush_interval_seconds: float = Field(1.0, gt=0)
     max_job_runtime_seconds: float = Field(3600.0, gt=0)
-    heartbeat_timeout_seconds: float = Field(120.0, gt=0)
+    heartbeat_timeout_seconds: float = Field(
+        120.0, gt=0, description="A running job whose heartbeat is older than this has lost "
+                                 "its worker (heartbeats are sent every timeout/4).")
+    max_attempts: int = Field(
+        3, ge=1, description="Starts of a job whose worker keeps getting lost before it is "
+                             "failed with 'worker lost' (celery executor).")
+    reaper_interval_seconds: float = Field(
+        15.0, gt=0, description="How often the API process looks for jobs whose worker "
+                                "vanished (celery executor).")
+    shutdown_grace_seconds: float = Field(
+        30.0, ge=0, description="On SIGTERM a Celery worker lets its running job finish for "
+                                "this long, then hands it back to the queue.")
     sqlite_busy_timeout_ms: int = Field(30_000, ge=0)
+    db_pool_size: int = Field(
+        10, ge=1, description="PostgreSQL connections each API process keeps (worker "
+                              "processes keep 2: the job and its heartbeat).")
+    db_max_overflow: int = Field(10, ge=0, description="Extra API connections under bursts.")
+    db_pool_timeout_seconds: float = Field(30.0, gt=0)
 
     # SSE
     events_poll_seconds: float = Field(0.25, gt=0)
@@ -66,6 +89,12 @@ class Settings(BaseSettings):
         if self.database_url is None:
             path = (self.data_dir / "gradwatch.db").resolve()
             object.__setattr__(self, "database_url", f"sqlite:///{path}")
+        else:
+            # a plain postgres URL (as most providers hand them out) means psycopg 3 here
+            for plain in ("postgresql://", "postgres://"):
+                if self.database_url.startswith(plain):
+                    object.__setattr__(self, "database_url", "postgresql+psycopg://"
+                                       + self.database_url.removeprefix(plain))
         return self
 
     @property
@@ -75,8 +104,29 @@ class Settings(BaseSettings):
         return self.database_url
 
     @property
+    def url_for_logs(self) -> str:
+        """The database URL without its password."""
+        from sqlalchemy.engine import make_url
+
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    @property
+    def broker_url_for_logs(self) -> str:
+        """The broker URL without its password."""
+        from sqlalchemy.engine import make_url
+
+        try:
+            return make_url(self.broker_url).render_as_string(hide_password=True)
+        except Exception:
+            return self.broker_url.split("@")[-1]
+
+    @property
     def is_sqlite(self) -> bool:
         return self.url.startswith("sqlite")
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.url.startswith("postgresql")
 
     def spec_limits(self) -> SpecLimits:
         """The limits a submitted spec is validated against."""
@@ -91,7 +141,27 @@ class Settings(BaseSettings):
             max_batch_size=self.max_batch_size,
         )
 
-    def blas_threads_per_worker(self) -> int:
-        """BLAS threads each worker may use so that workers x threads <= cores."""
+    def blas_threads_per_worker(self, workers: int | None = None) -> int:
+        """BLAS threads each of ``workers`` (default: ``self.workers``) processes may use so
+        that workers x threads <= cores."""
         cores = os.cpu_count() or 1
-        return max(1, cores // max(1, self.workers))
+        return max(1, cores // max(1, self.workers if workers is None else workers))
+
+    @property
+    def heartbeat_interval_seconds(self) -> float:
+        """How often a running job proves its worker is alive: four beats per timeout."""
+        return self.heartbeat_timeout_seconds / 4
+
+    @property
+    def runtime_grace_seconds(self) -> float:
+        """How long past its runtime limit a job may take before its process is killed (the
+        trainer stops itself at the limit; this is the backstop)."""
+        return max(30.0, 0.1 * self.max_job_runtime_seconds)
+
+    @property
+    def broker_visibility_timeout_seconds(self) -> int:
+        """Redis re-delivers an unacknowledged message after this long. It must exceed the
+        longest a job can run (runtime limit + grace + a shutdown's hand-back), or a second
+        worker would be handed a job that is still running."""
+        return int(self.max_job_runtime_seconds + self.runtime_grace_seconds
+                   + self.shutdown_grace_seconds + self.heartbeat_timeout_seconds + 300)

@@ -1,7 +1,13 @@
 """``run_job(job_id)``: claim, train, store, diagnose, finish. Executors only call this.
 
 The worker never raises for a training problem: whatever happens, the job ends in
-``succeeded``, ``failed`` (with a readable error) or ``cancelled``.
+``succeeded``, ``failed`` (with a readable error) or ``cancelled`` — or, when its run is
+given up (the worker shuts down, or the reaper gave the job to another worker), back in
+``queued`` for another run (see app.recovery).
+
+A claimed run is a :class:`~app.repositories.Claim` (worker id + attempt): a heartbeat
+thread stamps the job every ``heartbeat_timeout / 4`` seconds, and every write of the run is
+conditional on the job still running under that claim.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ import logging
 import math
 import os
 import socket
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -28,13 +35,30 @@ from app.downsampling import (
     pack_block,
 )
 from app.jsonutil import encode_non_finite
-from app.models import utcnow
-from app.repositories import EventRepository, HistoryRepository, JobRepository, ReportRepository
+from app.models import Job, utcnow
+from app.repositories import (
+    Claim,
+    EventRepository,
+    HistoryRepository,
+    JobLostError,
+    JobRepository,
+    ReportRepository,
+    db_now,
+    owned_by,
+)
 from app.settings import Settings
 from core.spec import TrainingSpec
 from core.telemetry import EpochRecord, StepRecord, StopReason
 
-__all__ = ["DatabaseSink", "WorkerContext", "configure_worker", "fail_job", "run_job"]
+__all__ = [
+    "DatabaseSink",
+    "Heartbeat",
+    "WorkerContext",
+    "configure_worker",
+    "fail_job",
+    "request_handback",
+    "run_job",
+]
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +91,70 @@ def configure_worker(settings: Settings | None = None) -> WorkerContext:
         return _CONTEXT
     if _CONTEXT is not None:
         _CONTEXT.engine.dispose()
-    engine = build_engine(settings.url, busy_timeout_ms=settings.sqlite_busy_timeout_ms)
+    # one connection for the job, one for its heartbeat thread
+    engine = build_engine(settings.url, busy_timeout_ms=settings.sqlite_busy_timeout_ms,
+                          pool_size=2, max_overflow=2, application_name="gradwatch-worker")
     _CONTEXT = WorkerContext(settings, engine, build_sessionmaker(engine),
                              f"{socket.gethostname()}:{os.getpid()}")
     return _CONTEXT
+
+
+# When this process should give its running job back to the queue (a warm shutdown's grace
+# period ends); set from a signal handler, read by DatabaseSink.should_stop every step.
+_HANDBACK_AT: float | None = None
+
+
+def request_handback(grace_seconds: float) -> None:
+    """Let the job running in this process go on for ``grace_seconds``; if it has not
+    finished by then, stop it and put it back in the queue (its history starts over)."""
+    global _HANDBACK_AT
+    at = time.monotonic() + grace_seconds
+    _HANDBACK_AT = at if _HANDBACK_AT is None else min(_HANDBACK_AT, at)
+
+
+def _handback_due() -> bool:
+    return _HANDBACK_AT is not None and time.monotonic() >= _HANDBACK_AT
+
+
+class Heartbeat:
+    """Stamps a running job's heartbeat from a daemon thread every ``interval`` seconds.
+
+    The heartbeat proves the worker process alive independently of training progress (a
+    slow step, the final diagnosis); it dies with the process, which is what the reaper
+    watches for. ``lost`` is set when the job no longer runs under ``claim``.
+    """
+
+    def __init__(self, job_id: str, claim: Claim, factory: sessionmaker[Session],
+                 interval: float) -> None:
+        self.job_id, self.claim, self.factory, self.interval = job_id, claim, factory, interval
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id[:8]}",
+                                        daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _beat(self) -> bool:
+        with unit_of_work(self.factory) as session:
+            return JobRepository(session).heartbeat(self.job_id, self.claim)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                alive = retry_on_locked(self._beat)
+            except Exception:  # the database is away: try again next beat
+                log.warning("job %s: heartbeat failed", self.job_id, exc_info=True)
+                continue
+            if not alive and not self._stop.is_set():
+                log.warning("job %s is no longer ours (%s): stopping", self.job_id, self.claim)
+                self.lost.set()
+                return
 
 
 def _nonfinite_kind(value: float) -> str:
@@ -118,9 +202,14 @@ class DatabaseSink:
 
     def __init__(self, job_id: str, factory: sessionmaker[Session], *, total_steps: int,
                  flush_every: int = 100, flush_interval: float = 1.0,
-                 progress_interval: float = 1.0) -> None:
+                 progress_interval: float = 1.0, claim: Claim | None = None,
+                 heartbeat: Heartbeat | None = None) -> None:
         self.job_id = job_id
         self.factory = factory
+        self.claim = claim
+        self.heartbeat = heartbeat
+        self.lost = False  # the job no longer runs under our claim: write nothing more
+        self.handed_back = False  # the worker is shutting down: the job goes back to the queue
         self.total_steps = total_steps
         self.flush_every = flush_every
         self.flush_interval = flush_interval
@@ -162,7 +251,21 @@ class DatabaseSink:
         self.flush()
 
     def should_stop(self) -> StopReason | None:
-        return "cancelled" if self.cancelled else None
+        if self.cancelled:
+            return "cancelled"
+        if self.heartbeat is not None and self.heartbeat.lost.is_set():
+            self.lost = True
+        if self.lost:
+            return "cancelled"
+        if _handback_due():
+            self.handed_back = True
+            return "cancelled"
+        return None
+
+    @property
+    def given_up(self) -> bool:
+        """True when this run's records must not be stored any more."""
+        return self.lost or self.handed_back
 
     # ---- flushing ----
     def close(self) -> None:
@@ -173,6 +276,8 @@ class DatabaseSink:
         steps, epochs, alerts = self._steps, self._epochs, self._alerts
         self._steps, self._epochs, self._alerts = [], [], []
         self._last_flush = time.monotonic()
+        if self.given_up:
+            return
         rows = self._rows(steps, final=final)
         epoch_rows = [{
             "job_id": self.job_id, "epoch": e.epoch, "step": e.step, "train_loss": e.train_loss,
@@ -196,15 +301,16 @@ class DatabaseSink:
 
         def write() -> bool:
             with unit_of_work(self.factory) as session:
+                # first: the claim check takes the job's row lock (nothing is written for a
+                # run that was given up), then the records
+                cancel = JobRepository(session).record_progress(
+                    self.job_id, steps_completed=self.steps_completed, latest=latest,
+                    first_non_finite=self.first_non_finite, claim=self.claim)
                 history = HistoryRepository(session)
                 history.insert_steps(rows.steps, rows.steps_nan)
                 history.insert_layers(rows.layers, rows.layers_nan)
                 history.insert_epochs(epoch_rows)
                 history.insert_rollups(rows.rollups)
-                jobs = JobRepository(session)
-                cancel = jobs.record_progress(
-                    self.job_id, steps_completed=self.steps_completed, latest=latest,
-                    first_non_finite=self.first_non_finite)
                 events = EventRepository(session)
                 for alert in alerts:
                     events.append(self.job_id, "alert", alert)
@@ -215,7 +321,13 @@ class DatabaseSink:
                         "latest": latest})
                 return cancel
 
-        self.cancelled = retry_on_locked(write) or self.cancelled
+        try:
+            self.cancelled = retry_on_locked(write) or self.cancelled
+        except JobLostError:
+            log.warning("job %s is no longer ours (%s): its run stops unrecorded",
+                        self.job_id, self.claim)
+            self.lost = True
+            return
         self.rows_written += len(rows.steps) + len(rows.layers)
 
     def _rows(self, steps: list[StepRecord], *, final: bool) -> _Rows:
@@ -300,31 +412,38 @@ def progress_dict(steps_completed: int, total_steps: int) -> dict[str, Any]:
 
 def _finish(factory: sessionmaker[Session], job_id: str, *, status: str, stop_reason: str | None,
             error: str | None, report: dict[str, Any] | None, first_non_finite: Any,
-            steps_completed: int | None, runtime: float | None) -> None:
-    def write() -> None:
+            steps_completed: int | None, runtime: float | None, claim: Claim | None = None
+            ) -> bool:
+    """Move the job to its terminal ``status`` (only while it runs under ``claim``, if given);
+    True if it moved."""
+    def write() -> bool:
         with unit_of_work(factory) as session:
             jobs = JobRepository(session)
             values: dict[str, Any] = {
                 "finished_at": utcnow(), "stop_reason": stop_reason, "error": error,
-                "heartbeat_at": utcnow(),
+                "heartbeat_at": db_now(session),
             }
             if runtime is not None:
                 values["runtime_seconds"] = runtime
             if report is not None:
                 values["verdict"] = report.get("verdict")
-                ReportRepository(session).put(job_id, report)
             if first_non_finite is not None:
                 values["first_non_finite"] = first_non_finite
             if steps_completed is not None:
                 values["steps_completed"] = steps_completed
-            if jobs.transition(job_id, status, **values):
+            moved = jobs.transition(job_id, status, where=owned_by(claim) if claim else (),
+                                    **values)
+            if moved:
+                if report is not None:
+                    ReportRepository(session).put(job_id, report)
                 job = jobs.get(job_id)
                 EventRepository(session).append(job_id, "status", {
                     "status": status, "terminal": True, "stop_reason": stop_reason,
                     "verdict": values.get("verdict"), "error": error,
                     "progress": progress_dict(job.steps_completed, job.total_steps) if job else None,
                 })
-    retry_on_locked(write)
+            return moved
+    return retry_on_locked(write)
 
 
 def _report_json(report: Any) -> dict[str, Any]:
@@ -334,42 +453,55 @@ def _report_json(report: Any) -> dict[str, Any]:
 
 
 def run_job(job_id: str, *, context: WorkerContext | None = None) -> str:
-    """Run job ``job_id`` if it is still queued; returns its final status (or 'skipped')."""
+    """Run job ``job_id`` if it is still queued; returns its final status, ``'skipped'`` (it
+    was not queued), ``'requeued'`` (handed back at shutdown) or ``'lost'`` (the job was
+    given to another worker while this one ran it)."""
     ctx = context or _CONTEXT or configure_worker()
     settings, factory = ctx.settings, ctx.factory
 
-    def claim() -> dict[str, Any] | None:
+    def claim() -> tuple[Claim, dict[str, Any]] | None:
         with unit_of_work(factory) as session:
             jobs = JobRepository(session)
-            now = utcnow()
+            now = db_now(session)
             if not jobs.transition(job_id, "running", started_at=now, heartbeat_at=now,
-                                   worker_id=ctx.worker_id):
+                                   worker_id=ctx.worker_id, attempts=Job.attempts + 1):
                 return None
             job = jobs.get(job_id)
             assert job is not None
             EventRepository(session).append(job_id, "status", {
-                "status": "running", "terminal": False,
+                "status": "running", "terminal": False, "attempt": job.attempts,
                 "progress": progress_dict(0, job.total_steps)})
-            return {"spec": job.spec, "total_steps": job.total_steps}
+            return (Claim(ctx.worker_id, job.attempts),
+                    {"spec": job.spec, "total_steps": job.total_steps})
 
     claimed = retry_on_locked(claim)
     if claimed is None:
         log.info("job %s was not queued any more; skipped", job_id)
         return "skipped"
+    run, job_row = claimed
+    with Heartbeat(job_id, run, factory, settings.heartbeat_interval_seconds) as heartbeat:
+        return _train(ctx, job_id, run, job_row, heartbeat)
 
+
+def _train(ctx: WorkerContext, job_id: str, run: Claim, job_row: dict[str, Any],
+           heartbeat: Heartbeat) -> str:
+    settings, factory = ctx.settings, ctx.factory
     started = time.monotonic()
     sink: DatabaseSink | None = None
     try:
-        spec = TrainingSpec.model_validate(claimed["spec"],
+        spec = TrainingSpec.model_validate(job_row["spec"],
                                            context={"limits": settings.spec_limits()})
         sink = DatabaseSink(
-            job_id, factory, total_steps=claimed["total_steps"],
+            job_id, factory, total_steps=job_row["total_steps"],
             flush_every=settings.flush_every_steps, flush_interval=settings.flush_interval_seconds,
-            progress_interval=settings.progress_event_interval_seconds)
+            progress_interval=settings.progress_event_interval_seconds, claim=run,
+            heartbeat=heartbeat)
         from core import Trainer  # the trainer is imported only where jobs run
 
         trainer = Trainer(spec, max_runtime=settings.max_job_runtime_seconds)
         result = trainer.run(sink)
+        if sink.given_up:
+            return _give_up(factory, job_id, run, sink)
         sink.close()
     except Exception as exc:  # a training crash fails the job, never the worker
         log.exception("job %s failed", job_id)
@@ -386,8 +518,10 @@ def run_job(job_id: str, *, context: WorkerContext | None = None) -> str:
         _finish(factory, job_id, status="failed", stop_reason=None, error=message, report=None,
                 first_non_finite=sink.first_non_finite if sink else None,
                 steps_completed=sink.steps_completed if sink else None,
-                runtime=time.monotonic() - started)
+                runtime=time.monotonic() - started, claim=run)
         return "failed"
+    if sink.lost:
+        return "lost"
 
     stop_reason = str(result.stop_reason)
     status = STATUS_FOR_STOP.get(stop_reason, "succeeded")
@@ -408,10 +542,24 @@ def run_job(job_id: str, *, context: WorkerContext | None = None) -> str:
     if result.first_non_finite is not None:
         nf = result.first_non_finite
         first_nf = {"step": nf.step, "layer": nf.layer, "tensor": nf.tensor, "value": nf.value}
-    _finish(factory, job_id, status=status, stop_reason=stop_reason, error=error, report=report,
-            first_non_finite=first_nf or sink.first_non_finite,
-            steps_completed=int(result.steps_completed), runtime=time.monotonic() - started)
+    if not _finish(factory, job_id, status=status, stop_reason=stop_reason, error=error,
+                   report=report, first_non_finite=first_nf or sink.first_non_finite,
+                   steps_completed=int(result.steps_completed),
+                   runtime=time.monotonic() - started, claim=run):
+        log.warning("job %s was given to another worker before it finished here", job_id)
+        return "lost"
     return status
+
+
+def _give_up(factory: sessionmaker[Session], job_id: str, run: Claim, sink: DatabaseSink) -> str:
+    if sink.lost:
+        log.warning("job %s was given to another worker; this run stops unrecorded", job_id)
+        return "lost"
+    from app.recovery import hand_back
+
+    outcome = hand_back(factory, job_id, run)
+    log.warning("worker shutting down: job %s %s", job_id, outcome or "was no longer ours")
+    return "requeued" if outcome == "requeued" else outcome or "lost"
 
 
 def fail_job(factory: sessionmaker[Session], job_id: str, error: str) -> bool:

@@ -1,18 +1,26 @@
-"""Service benchmarks (not tests). Prints four figures; see bench/README.md.
+"""Service benchmarks (not tests). Prints the figures; see bench/README.md.
 
-    python bench/service_bench.py [--quick]
+    python bench/service_bench.py [--quick]                          # SQLite, local workers
+    python bench/service_bench.py --database postgres --executor celery [--quick]
 
 (i)   one job through the API (submit -> terminal, real worker process) vs the same spec
       through core.Trainer directly: overhead in %            (target <= 15 %)
-(ii)  ingest rate of norm records into SQLite (rows/s), through the worker's sink
+(ii)  ingest rate of norm records (rows/s), through the worker's sink; on PostgreSQL also
+      the plain executemany path for comparison with the COPY fast path
 (iii) GET /v1/jobs/{id}/gradients?max_points=1000 on a job with 1,000,000 stored
       layer-steps: median latency                             (target < 100 ms)
 (iv)  requests/s for GET /v1/jobs/{id}
+(v)   celery only: throughput of N small jobs with 1 and with 2 workers (`gradwatch worker
+      --concurrency 1` each), and the scaling factor
+
+--database postgres creates a throw-away database on --postgres-url's server (dropped at the
+end); --executor celery uses Redis at --broker-url under a key prefix of its own (deleted).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -21,6 +29,8 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.db import build_engine, build_sessionmaker, unit_of_work  # noqa: E402
-from app.repositories import JobRepository  # noqa: E402
+from app.migrate import upgrade  # noqa: E402
+from app.repositories import HistoryRepository, JobRepository  # noqa: E402
 from app.services import submit_job, validate_spec  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.worker import DatabaseSink  # noqa: E402
@@ -54,13 +65,18 @@ OVERHEAD_SPEC_WIDE: dict[str, Any] = {
 }
 
 
+def service_env(data_dir: Path, extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("GRADWATCH_") and k != "DATABASE_URL"}
+    return {**env, "GRADWATCH_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT), **extra}
+
+
 class Server:
     """`gradwatch serve` in a subprocess (so the client does not share its GIL)."""
 
-    def __init__(self, data_dir: Path, port: int, workers: int = 1) -> None:
-        env = {**os.environ, "GRADWATCH_DATA_DIR": str(data_dir),
-               "GRADWATCH_WORKERS": str(workers), "PYTHONPATH": str(ROOT)}
-        env.pop("DATABASE_URL", None)
+    def __init__(self, data_dir: Path, port: int, workers: int = 1,
+                 extra_env: dict[str, str] | None = None) -> None:
+        env = service_env(data_dir, {"GRADWATCH_WORKERS": str(workers), **(extra_env or {})})
         self.url = f"http://127.0.0.1:{port}"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "serve", "--port", str(port),
@@ -89,11 +105,45 @@ class Server:
 
     def close(self) -> None:
         self.http.close()
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop(self.proc)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+class Workers:
+    """`gradwatch worker --concurrency C` processes (celery executor)."""
+
+    def __init__(self, data_dir: Path, extra_env: dict[str, str]) -> None:
+        self.env = service_env(data_dir, extra_env)
+        self.data_dir = data_dir
+        self.procs: list[tuple[subprocess.Popen[bytes], Path]] = []
+
+    def start(self, n: int, concurrency: int = 1) -> None:
+        for _ in range(n):
+            log = self.data_dir / f"worker-{uuid.uuid4().hex[:6]}.log"
+            with log.open("wb") as out:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "app.cli", "worker", "--concurrency", str(concurrency)],
+                    env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+            self.procs.append((proc, log))
+        deadline = time.monotonic() + 60
+        for proc, log in self.procs:
+            while b" ready." not in log.read_bytes():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"worker did not start: {log.read_text()[-2000:]}")
+                time.sleep(0.1)
+
+    def stop_all(self) -> None:
+        for proc, _ in self.procs:
+            stop(proc)
+        self.procs.clear()
 
 
 _DIRECT = """
@@ -149,8 +199,12 @@ def _record(step: int, n_layers: int) -> StepRecord:
                           for i in range(n_layers)])
 
 
-def seed_job(settings: Settings, steps: int, n_layers: int, flush_every: int = 500) -> tuple[str, float, int]:
-    """A succeeded job with `steps` x `n_layers` stored layer-steps; returns id, seconds, rows."""
+def seed_job(settings: Settings, steps: int, n_layers: int, flush_every: int = 500,
+             plain_inserts: bool = False) -> tuple[str, float, int]:
+    """A succeeded job with `steps` x `n_layers` stored layer-steps; returns id, seconds, rows.
+
+    ``plain_inserts``: PostgreSQL ingest through executemany instead of the COPY fast path.
+    """
     engine = build_engine(settings.url)
     factory = build_sessionmaker(engine)
     with unit_of_work(factory) as session:
@@ -161,11 +215,17 @@ def seed_job(settings: Settings, steps: int, n_layers: int, flush_every: int = 5
     records = [_record(s, n_layers) for s in range(steps)]
     sink = DatabaseSink(job_id, factory, total_steps=steps, flush_every=flush_every,
                         flush_interval=3600, progress_interval=3600)
-    t0 = time.perf_counter()
-    for i in range(0, steps, flush_every):
-        sink.write_steps(records[i:i + flush_every])
-    sink.close()
-    seconds = time.perf_counter() - t0
+    copy_path = HistoryRepository._copy
+    if plain_inserts:
+        HistoryRepository._copy = HistoryRepository._executemany  # type: ignore[method-assign]
+    try:
+        t0 = time.perf_counter()
+        for i in range(0, steps, flush_every):
+            sink.write_steps(records[i:i + flush_every])
+        sink.close()
+        seconds = time.perf_counter() - t0
+    finally:
+        HistoryRepository._copy = copy_path  # type: ignore[method-assign]
     with unit_of_work(factory) as session:
         JobRepository(session).transition(job_id, "succeeded", stop_reason="completed")
     engine.dispose()
@@ -213,46 +273,204 @@ def bench_rps(server: Server, job_id: str, seconds: float, threads: int) -> floa
     return count / (time.perf_counter() - t0)
 
 
+# (v): small jobs, a fraction of a second of training each, so that the per-job path
+# (publish, claim, flushes, diagnosis, finish) counts as much as the training
+THROUGHPUT_SPEC: dict[str, Any] = {
+    "name": "bench-throughput",
+    "data": {"source": "synthetic", "name": "spirals", "n_samples": 600},
+    "model": {"hidden": [{"units": 32}, {"units": 32}]},
+    "training": {"epochs": 100, "batch_size": 32},
+    "monitor": {"stop_on_explosion": False},
+}
+
+
+def bench_insert_paths(settings: Settings, n_rows: int, batch: int = 2000) -> dict[str, float]:
+    """PostgreSQL: layer rows/s of the repository insert alone (prepared tuples, one
+    transaction per batch of `batch` rows, as a flush of 500 steps x 4 layers), COPY vs
+    executemany."""
+    engine = build_engine(settings.url)
+    factory = build_sessionmaker(engine)
+    out: dict[str, float] = {}
+    copy_path = HistoryRepository._copy
+    try:
+        for label, plain in (("copy", False), ("executemany", True)):
+            job_id, _, _ = seed_job(settings, 1, 1)
+            rows = [(job_id, layer, step, 1.0 + step, 2.0, 3.0, 0.01, 0.1, 1.0, 0.05, None)
+                    for step in range(1, 1 + n_rows // 4) for layer in range(4)]
+            if plain:
+                HistoryRepository._copy = HistoryRepository._executemany  # type: ignore[method-assign]
+            t0 = time.perf_counter()
+            for i in range(0, len(rows), batch):
+                with unit_of_work(factory) as session:
+                    HistoryRepository(session).insert_layers(rows[i:i + batch])
+            out[f"{label}_rows_per_s"] = len(rows) / (time.perf_counter() - t0)
+            HistoryRepository._copy = copy_path  # type: ignore[method-assign]
+    finally:
+        HistoryRepository._copy = copy_path  # type: ignore[method-assign]
+        engine.dispose()
+    return out
+
+
+def bench_throughput(server: Server, n_jobs: int) -> dict[str, float]:
+    """Submit n_jobs at once; jobs/s until the last is terminal."""
+    t0 = time.perf_counter()
+    ids = [server.http.post("/v1/jobs", json={**THROUGHPUT_SPEC, "seed": i}).json()["id"]
+           for i in range(n_jobs)]
+    pending = set(ids)
+    while pending:
+        page = server.http.get("/v1/jobs", params={
+            "limit": 200, "status": ["succeeded", "failed", "cancelled"]}).json()["items"]
+        pending -= {j["id"] for j in page}
+        time.sleep(0.05)
+    seconds = time.perf_counter() - t0
+    failed = [j for j in (server.http.get(f"/v1/jobs/{i}").json() for i in ids)
+              if j["status"] != "succeeded"]
+    assert not failed, failed[0]
+    return {"jobs": n_jobs, "seconds": seconds, "jobs_per_s": n_jobs / seconds}
+
+
+@contextlib.contextmanager
+def postgres_database(admin_url: str) -> Iterator[str]:
+    """A throw-away database on the server of ``admin_url``; its URL."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.pool import NullPool
+
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    name = f"gradwatch_bench_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextlib.contextmanager
+def broker_prefix(broker_url: str) -> Iterator[str]:
+    """A Redis key prefix of this run's own, its keys deleted at the end."""
+    import redis
+
+    prefix = f"gradwatch-bench-{uuid.uuid4().hex[:10]}:"
+    try:
+        yield prefix
+    finally:
+        client = redis.Redis.from_url(broker_url)
+        for key in client.scan_iter(match=f"{prefix}*"):
+            client.delete(key)
+        client.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     parser.add_argument("--port", type=int, default=8917)
+    parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--executor", choices=["local", "celery"], default="local")
+    parser.add_argument("--postgres-url", default=os.environ.get(
+        "GRADWATCH_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
+        help="a server and database to create the throw-away database from")
+    parser.add_argument("--broker-url", default=os.environ.get(
+        "GRADWATCH_BENCH_BROKER_URL", "redis://127.0.0.1:6379/12"))
+    parser.add_argument("--jobs", type=int, default=None, help="(v): jobs per run (default 40)")
     args = parser.parse_args()
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        env: dict[str, str] = {}
+        if args.database == "postgres":
+            env["DATABASE_URL"] = stack.enter_context(postgres_database(args.postgres_url))
+            upgrade(env["DATABASE_URL"])
+        if args.executor == "celery":
+            env.update(GRADWATCH_EXECUTOR="celery", GRADWATCH_BROKER_URL=args.broker_url,
+                       GRADWATCH_BROKER_KEY_PREFIX=stack.enter_context(broker_prefix(args.broker_url)),
+                       GRADWATCH_QUEUE="gradwatch-bench")
+        figures = run(args, tmp, env)
+    print(json.dumps(figures, indent=2))
+    report(figures, args)
+
+
+def run(args: argparse.Namespace, tmp: Path, env: dict[str, str]) -> dict[str, Any]:
     steps = 25_000 if args.quick else 250_000
     n_layers = 4
-    with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(data_dir=Path(tmp), workers=0)
-        server = Server(Path(tmp), args.port, workers=os.cpu_count() or 1)  # the default
-        try:
-            overhead = bench_overhead(server, 1 if args.quick else 5, OVERHEAD_SPEC)
-            overhead_wide = bench_overhead(server, 1 if args.quick else 3, OVERHEAD_SPEC_WIDE)
-            job_id, ingest_s, rows = seed_job(settings, steps, n_layers)
-            query = bench_query(server, job_id, repeats=5 if args.quick else 15)
-            rps = bench_rps(server, job_id, seconds=2 if args.quick else 5, threads=4)
-        finally:
-            server.close()
-    figures = {
-        "i_overhead": overhead,
-        "i_overhead_wide": overhead_wide,
-        "ii_ingest": {"layer_steps": steps * n_layers, "rows": rows, "seconds": ingest_s,
-                      "rows_per_s": rows / ingest_s,
-                      "layer_steps_per_s": steps * n_layers / ingest_s},
-        "iii_gradients_query": {"layer_steps": steps * n_layers, "max_points": 1000, **query},
-        "iv_get_job_rps": rps,
-    }
-    print(json.dumps(figures, indent=2))
-    for label, o in (("3x128, batch 32", overhead), ("3x512, batch 128", overhead_wide)):
-        print(f"(i)   API vs Trainer ({label}): {o['api_s']:.2f} s vs {o['direct_s']:.2f} s "
-              f"for {o['steps']} steps ({1000 * o['direct_s'] / o['steps']:.2f} ms/step) -> "
-              f"overhead {o['overhead_pct']:+.1f} % (best of runs "
-              f"{o['overhead_pct_best_of']:+.1f} %; target <= 15 %)")
-    print(f"(ii)  ingest: {rows / ingest_s:,.0f} rows/s ({steps * n_layers:,} layer-steps + "
-          f"{steps:,} step rows in {ingest_s:.1f} s, rollups included)")
-    print(f"(iii) gradients?max_points=1000 on {steps * n_layers:,} layer-steps: "
+    cores = os.cpu_count() or 1
+    settings = Settings(data_dir=tmp, workers=0, database_url=env.get("DATABASE_URL"))
+    celery = args.executor == "celery"
+    workers = Workers(tmp, env)
+    figures: dict[str, Any] = {"database": args.database, "executor": args.executor}
+    server = Server(tmp, args.port, workers=cores, extra_env=env)  # the default pool size
+    try:
+        if celery:
+            workers.start(1, concurrency=cores)  # as many job processes as the local default
+        figures["i_overhead"] = bench_overhead(server, 1 if args.quick else 5, OVERHEAD_SPEC)
+        figures["i_overhead_wide"] = bench_overhead(server, 1 if args.quick else 3,
+                                                    OVERHEAD_SPEC_WIDE)
+        job_id, ingest_s, rows = seed_job(settings, steps, n_layers)
+        figures["ii_ingest"] = {"layer_steps": steps * n_layers, "rows": rows,
+                                "seconds": ingest_s, "rows_per_s": rows / ingest_s,
+                                "layer_steps_per_s": steps * n_layers / ingest_s}
+        if args.database == "postgres":
+            _, plain_s, plain_rows = seed_job(settings, steps, n_layers, plain_inserts=True)
+            figures["ii_ingest_executemany"] = {"rows": plain_rows, "seconds": plain_s,
+                                                "rows_per_s": plain_rows / plain_s}
+            figures["ii_insert_only"] = bench_insert_paths(
+                settings, 100_000 if args.quick else 400_000)
+        figures["iii_gradients_query"] = {"layer_steps": steps * n_layers, "max_points": 1000,
+                                          **bench_query(server, job_id,
+                                                        repeats=5 if args.quick else 15)}
+        figures["iv_get_job_rps"] = bench_rps(server, job_id, seconds=2 if args.quick else 5,
+                                              threads=4)
+        if celery:
+            n_jobs = args.jobs or (12 if args.quick else 40)
+            workers.stop_all()
+            workers.start(1)
+            bench_throughput(server, 2)  # warm up
+            one = bench_throughput(server, n_jobs)
+            workers.start(1)
+            two = bench_throughput(server, n_jobs)
+            figures["v_throughput"] = {"one_worker": one, "two_workers": two,
+                                       "scaling": two["jobs_per_s"] / one["jobs_per_s"]}
+    finally:
+        workers.stop_all()
+        server.close()
+    return figures
+
+
+def report(figures: dict[str, Any], args: argparse.Namespace) -> None:
+    where = f"{args.database}, {args.executor} executor"
+    for label, key in (("3x128, batch 32", "i_overhead"), ("3x512, batch 128", "i_overhead_wide")):
+        o = figures[key]
+        print(f"(i)   API vs Trainer ({label}; {where}): {o['api_s']:.2f} s vs "
+              f"{o['direct_s']:.2f} s for {o['steps']} steps "
+              f"({1000 * o['direct_s'] / o['steps']:.2f} ms/step) -> overhead "
+              f"{o['overhead_pct']:+.1f} % (best of runs {o['overhead_pct_best_of']:+.1f} %; "
+              "target <= 15 %)")
+    ingest = figures["ii_ingest"]
+    print(f"(ii)  ingest into {args.database}: {ingest['rows_per_s']:,.0f} rows/s "
+          f"({ingest['layer_steps']:,} layer-steps + {ingest['layer_steps'] // 4:,} step rows in "
+          f"{ingest['seconds']:.1f} s, rollups included)")
+    if "ii_ingest_executemany" in figures:
+        plain = figures["ii_ingest_executemany"]
+        print(f"      the same through executemany: {plain['rows_per_s']:,.0f} rows/s "
+              f"({plain['seconds']:.1f} s): COPY is {ingest['rows_per_s'] / plain['rows_per_s']:.1f}x")
+        only = figures["ii_insert_only"]
+        print(f"      repository insert alone (batches of 2,000 layer rows): COPY "
+              f"{only['copy_rows_per_s']:,.0f} rows/s vs executemany "
+              f"{only['executemany_rows_per_s']:,.0f} rows/s "
+              f"({only['copy_rows_per_s'] / only['executemany_rows_per_s']:.1f}x)")
+    query = figures["iii_gradients_query"]
+    print(f"(iii) gradients?max_points=1000 on {query['layer_steps']:,} layer-steps: "
           f"{query['all_layers_all_metrics_ms']:.1f} ms all layers x 8 series; "
           f"{query['all_layers_grad_norm_ms']:.1f} ms grad_norm only; "
           f"{query['one_layer_all_metrics_ms']:.1f} ms one layer (target < 100 ms)")
-    print(f"(iv)  GET /v1/jobs/{{id}}: {rps:,.0f} requests/s (4 client threads)")
+    print(f"(iv)  GET /v1/jobs/{{id}}: {figures['iv_get_job_rps']:,.0f} requests/s "
+          "(4 client threads)")
+    if "v_throughput" in figures:
+        v = figures["v_throughput"]
+        print(f"(v)   {v['one_worker']['jobs']} small jobs: 1 worker "
+              f"{v['one_worker']['jobs_per_s']:.2f} jobs/s, 2 workers "
+              f"{v['two_workers']['jobs_per_s']:.2f} jobs/s -> scaling x{v['scaling']:.2f}")
 
 
 if __name__ == "__main__":

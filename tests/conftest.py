@@ -1,12 +1,15 @@
-"""Shared fixtures: Alembic-migrated temp SQLite databases, apps, a live server with workers."""
+"""Shared fixtures: Alembic-migrated temp SQLite databases, apps, a live server with workers;
+the real PostgreSQL and Redis for the integration tests."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import pytest
@@ -136,3 +139,96 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     settings = make_settings(tmp, workers=2, max_job_runtime_seconds=120)
     with LiveServer(settings) as server:
         yield server
+
+
+# --------------------------------------------------------------------------------------------
+# Integration: the real PostgreSQL and Redis of the project's machines (marker `integration`).
+# Each test session works in its own database (created here, dropped afterwards) and under
+# its own Redis key prefix in db 11 (deleted afterwards), so parallel sessions never meet.
+# Outside CI an unreachable service skips these tests with a message; under CI=true it fails.
+# --------------------------------------------------------------------------------------------
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "GRADWATCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+REDIS_TEST_URL = os.environ.get("GRADWATCH_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+
+
+def service_unavailable(what: str, url: str, variable: str, error: BaseException) -> NoReturn:
+    message = (f"integration tests need {what}, unreachable at {url} ({type(error).__name__}: "
+               f"{' '.join(str(error).split())[:160]}); start it, or set {variable}.")
+    if os.environ.get("CI", "").lower() in ("true", "1"):
+        pytest.fail(f"{message} Under CI=true this is a failure, not a skip.", pytrace=False)
+    pytest.skip(message)
+
+
+class PostgresServer:
+    """Creates throw-away databases on the test server; drops them at the end."""
+
+    def __init__(self, admin_url: str) -> None:
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.pool import NullPool
+
+        self._text = text
+        self.admin_url = make_url(admin_url)
+        self.engine = create_engine(self.admin_url, isolation_level="AUTOCOMMIT",
+                                    poolclass=NullPool, connect_args={"connect_timeout": 5})
+        self.created: list[str] = []
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            self.engine.dispose()
+            service_unavailable("PostgreSQL", self.admin_url.render_as_string(),
+                                "GRADWATCH_TEST_POSTGRES_URL", exc)
+
+    def create_database(self) -> str:
+        """A new empty database; its SQLAlchemy URL."""
+        name = f"gradwatch_test_{uuid.uuid4().hex[:12]}"
+        with self.engine.connect() as conn:
+            conn.execute(self._text(f'CREATE DATABASE "{name}"'))
+        self.created.append(name)
+        return self.admin_url.set(database=name).render_as_string(hide_password=False)
+
+    def drop_all(self) -> None:
+        with self.engine.connect() as conn:
+            for name in self.created:
+                conn.execute(self._text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        self.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer(POSTGRES_ADMIN_URL)
+    try:
+        yield server
+    finally:
+        server.drop_all()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres: PostgresServer) -> str:
+    """This session's database, migrated to the Alembic head."""
+    url = postgres.create_database()
+    upgrade(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def redis_broker() -> Iterator[tuple[str, str]]:
+    """(broker URL, key prefix): Redis db 11 and a key prefix of this session's own."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_TEST_URL, socket_connect_timeout=5, socket_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        client.close()
+        service_unavailable("Redis", REDIS_TEST_URL, "GRADWATCH_TEST_REDIS_URL", exc)
+    prefix = f"gradwatch-test-{uuid.uuid4().hex[:12]}:"
+    try:
+        yield REDIS_TEST_URL, prefix
+    finally:
+        for key in client.scan_iter(match=f"{prefix}*", count=500):
+            client.delete(key)
+        client.close()

@@ -293,3 +293,43 @@ def test_a_job_that_cannot_train_fails_with_a_readable_error(migrated_url: str) 
         events = EventRepository(session).since(job_id, 0)
         assert [e.data["status"] for e in events] == ["running", "failed"]
         assert events[-1].data["terminal"] is True
+
+
+def test_a_stored_history_carries_the_monitors_alerts_into_the_diagnosis(migrated_url: str) -> None:
+    """record_every thins the stored steps; the online monitor saw every one. An explosion
+    confirmed between two recorded steps must still be diagnosed from the database."""
+    import copy
+    import dataclasses
+
+    from app.routers.examples import EXPLODING_SPEC
+    from app.services import _history_from_db, diagnostics, submit_job, validate_spec
+    from app.worker import configure_worker
+    from core import Trainer
+    from core.diagnostics import diagnose
+
+    settings = Settings(database_url=migrated_url, workers=0)
+    context = configure_worker(settings)
+    body = copy.deepcopy(EXPLODING_SPEC)
+    body["optimizer"]["lr"] = 0.2
+    body["training"]["epochs"] = 3
+    body["monitor"] = {"record_every": 10, "stop_on_explosion": True}
+    spec = validate_spec(body, settings)
+    with unit_of_work(context.factory) as session:
+        job_id = submit_job(session, spec=spec, settings=settings).job.id
+        JobRepository(session).transition(job_id, "running")
+    sink = DatabaseSink(job_id, context.factory, total_steps=spec.total_steps())
+    result = Trainer(spec).run(sink)
+    sink.close()
+    assert result.stop_reason == "explosion" and result.alerts
+    with unit_of_work(context.factory) as session:  # finished, but no report stored
+        JobRepository(session).transition(job_id, "succeeded", stop_reason="explosion")
+
+    with context.factory() as session:
+        stored = _history_from_db(session, JobRepository(session).get(job_id), settings)
+        assert [a["kind"] for a in stored.alerts] == [a.kind for a in result.alerts]
+        assert len(stored.steps) < result.steps_completed  # thinned by record_every
+        report = diagnostics(session, job_id, settings)
+    assert report["verdict"] == diagnose(result).verdict == "exploding"
+    assert report["final"] is True
+    # without the alerts, the thinned records alone would not show the explosion
+    assert diagnose(dataclasses.replace(stored, alerts=[])).verdict != "exploding"

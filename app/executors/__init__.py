@@ -14,12 +14,6 @@ def build_executor(settings: Settings, factory: object) -> Executor:
         from app.executors.local import LocalExecutor
 
         return LocalExecutor(settings, factory)  # type: ignore[arg-type]
-    try:
-        from app.executors import celery as celery_executor  # type: ignore[attr-defined]
-    except ImportError as exc:
-        raise RuntimeError(
-            "GRADWATCH_EXECUTOR=celery is not available in this build (scale-out issue); "
-            "use GRADWATCH_EXECUTOR=local"
-        ) from exc
-    executor: Executor = celery_executor.CeleryExecutor(settings, factory)
-    return executor
+    from app.executors.celery import CeleryExecutor
+
+    return CeleryExecutor(settings, factory)  # type: ignore[arg-type]

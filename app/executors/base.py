@@ -20,7 +20,8 @@ class Executor(Protocol):
         """Queue ``job_id``; never blocks on training and never raises for a job's failure."""
 
     def shutdown(self, *, wait: bool = True) -> None:
-        """Stop accepting work; running jobs are stopped."""
+        """Stop accepting work; jobs running in this process's workers are stopped (jobs on
+        remote Celery workers go on)."""
 
     def healthy(self) -> bool:
         """True when jobs submitted now will run."""

@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     flush_every_steps: int = Field(500, ge=1)
     flush_interval_seconds: float = Field(1.0, gt=0)
     max_job_runtime_seconds: float = Field(3600.0, gt=0)
+    diagnosis_max_records: int = Field(
+        50_000, ge=100,
+        description="Step records a worker keeps in memory for the final diagnosis; longer runs "
+                    "are thinned (first/last, non-finite and alert steps always kept). Every "
+                    "record is still stored.",
+    )
     heartbeat_timeout_seconds: float = Field(
         120.0, gt=0, description="A running job whose heartbeat is older than this has lost "
                                  "its worker (heartbeats are sent every timeout/4).")

@@ -499,7 +499,8 @@ def _train(ctx: WorkerContext, job_id: str, run: Claim, job_row: dict[str, Any],
         from core import Trainer  # the trainer is imported only where jobs run
 
         trainer = Trainer(spec, max_runtime=settings.max_job_runtime_seconds)
-        result = trainer.run(sink)
+        # bounded memory for very long runs; the database still gets every record
+        result = trainer.run(sink, max_records=settings.diagnosis_max_records)
         if sink.given_up:
             return _give_up(factory, job_id, run, sink)
         sink.close()

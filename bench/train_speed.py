@@ -181,7 +181,7 @@ def main() -> None:
             print(f"({cfg.key}) {cfg.title}: gradwatch {med['gw']:.0f} steps/s (telemetry on), "
                   f"torch {med['torch']:.0f} steps/s -> ratio {ratio:.2f}x "
                   f"[target >= {cfg.target:.1f}x: {ok}]; telemetry overhead {overhead * 100:+.1f}%"
-                  f" (+monitor {mon_overhead * 100:+.1f}%); telemetry off {med['off']:.0f} steps/s")
+                  f" (with the monitor too: {mon_overhead * 100:+.1f}%); telemetry off {med['off']:.0f} steps/s")
             if cfg.key == "c":
                 peak = matmul_peak(args.threads)
                 achieved = flops_per_step(spec.layer_sizes(), spec.training.batch_size) * med["gw"] / 1e9

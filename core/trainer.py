@@ -371,10 +371,9 @@ class Trainer:
         else:
             wsq = _norm_segments(net.flat, self._bounds)[0::2]
             usq = _norm_segments(delta, self._bounds)[0::2]
-        layer_g = np.sqrt(layer_gsq).tolist()
-        w_g = np.sqrt(w_gsq).tolist()
-        w_n = np.sqrt(wsq).tolist()
-        u_n = np.sqrt(usq).tolist()
+        L = len(layer_gsq)
+        norms = np.sqrt(np.concatenate((layer_gsq, w_gsq, wsq, usq))).tolist()
+        layer_g, w_g, w_n, u_n = norms[:L], norms[L:2 * L], norms[2 * L:3 * L], norms[3 * L:]
         check = loss + grad_norm + sum(w_n)
         if want_acts:
             a_mean, a_std, a_dead, a_sat = net.activation_stats(out)

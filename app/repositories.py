@@ -502,14 +502,37 @@ class HistoryRepository:
         return list(self.session.scalars(
             select(EpochMetric).where(EpochMetric.job_id == job_id).order_by(EpochMetric.epoch)))
 
-    def all_steps(self, job_id: str) -> list[StepMetric]:
-        return list(self.session.scalars(
-            select(StepMetric).where(StepMetric.job_id == job_id).order_by(StepMetric.step)))
+    def last_step(self, job_id: str) -> int | None:
+        value = self.session.scalar(
+            select(func.max(StepMetric.step)).where(StepMetric.job_id == job_id))
+        return None if value is None else int(value)
 
-    def all_layers(self, job_id: str) -> list[LayerStat]:
+    def step_count(self, job_id: str) -> int:
+        return int(self.session.scalar(
+            select(func.count()).select_from(StepMetric).where(StepMetric.job_id == job_id)) or 0)
+
+    def all_steps(self, job_id: str, *, stride: int = 1,
+                  also: Sequence[int] = ()) -> list[StepMetric]:
+        """The job's step rows in order; with ``stride`` > 1 only every stride-th step plus the
+        steps in ``also`` (bounded memory for a diagnosis of a very long run)."""
         return list(self.session.scalars(
-            select(LayerStat).where(LayerStat.job_id == job_id)
+            select(StepMetric).where(StepMetric.job_id == job_id,
+                                     self._thinned(StepMetric.step, stride, also))
+            .order_by(StepMetric.step)))
+
+    def all_layers(self, job_id: str, *, stride: int = 1,
+                   also: Sequence[int] = ()) -> list[LayerStat]:
+        return list(self.session.scalars(
+            select(LayerStat).where(LayerStat.job_id == job_id,
+                                    self._thinned(LayerStat.step, stride, also))
             .order_by(LayerStat.step, LayerStat.layer)))
+
+    @staticmethod
+    def _thinned(step: Any, stride: int, also: Sequence[int]) -> ColumnElement[bool]:
+        if stride <= 1:
+            return and_(True)
+        keep = step % stride == 0
+        return or_(keep, step.in_(list(also))) if also else keep
 
     def figures(self, job_id: str) -> dict[str, Any]:
         """Key figures of a run for comparisons: last/min loss, max grad norm and its step."""

@@ -471,8 +471,22 @@ def _history_from_db(session: Session, job: Job, settings: Settings) -> StoredHi
     from core.telemetry import EpochRecord, LayerRecord, NonFiniteEvent, StepRecord
 
     history = HistoryRepository(session)
+    alerts = [event.data for event in EventRepository(session).of_type(job.id, "alert")]
+    nf = job.first_non_finite
+    # A very long run is read thinned (bounded memory and time): every stride-th step plus
+    # the last stored step, the first non-finite one and every step with a monitor alert.
+    n_rows = history.step_count(job.id)
+    stride = max(1, -(-n_rows // settings.diagnosis_max_records))
+    also: list[int] = []
+    if stride > 1:
+        also = [a["step"] for a in alerts if isinstance(a.get("step"), int)]
+        if nf:
+            also.append(nf["step"])
+        last = history.last_step(job.id)
+        if last is not None:
+            also.append(last)
     layers_by_step: dict[int, list[LayerRecord]] = {}
-    for row in history.all_layers(job.id):
+    for row in history.all_layers(job.id, stride=stride, also=also):
         layers_by_step.setdefault(row.step, []).append(LayerRecord(
             layer=row.layer, grad_norm=row.grad_norm, weight_grad_norm=row.weight_grad_norm,
             weight_norm=row.weight_norm, update_norm=row.update_norm, act_mean=row.act_mean,
@@ -481,18 +495,16 @@ def _history_from_db(session: Session, job: Job, settings: Settings) -> StoredHi
     steps = [StepRecord(step=r.step, epoch=r.epoch, loss=r.loss, grad_norm=r.grad_norm,
                         clipped_grad_norm=r.clipped_grad_norm, lr=r.lr, clipped=r.clipped,
                         layers=layers_by_step.get(r.step, []))
-             for r in history.all_steps(job.id)]
+             for r in history.all_steps(job.id, stride=stride, also=also)]
     epochs = [EpochRecord(epoch=e.epoch, step=e.step, train_loss=e.train_loss,
                           val_loss=e.val_loss, val_accuracy=e.val_accuracy,
                           train_accuracy=e.train_accuracy) for e in history.epochs(job.id)]
-    nf = job.first_non_finite
     first_nf = NonFiniteEvent(step=nf["step"], layer=nf["layer"], tensor=nf["tensor"],
                               value=nf["value"]) if nf else None
     spec = TrainingSpec.model_validate(job.spec, context={"limits": settings.spec_limits()})
     stop = job.stop_reason if job.status in TERMINAL else None
     if job.status in TERMINAL and stop is None:
         stop = "cancelled" if job.status == "cancelled" else "completed"
-    alerts = [event.data for event in EventRepository(session).of_type(job.id, "alert")]
     return StoredHistory(spec, steps, epochs, stop, first_nf, alerts)
 
 

@@ -333,3 +333,30 @@ def test_a_stored_history_carries_the_monitors_alerts_into_the_diagnosis(migrate
     assert report["final"] is True
     # without the alerts, the thinned records alone would not show the explosion
     assert diagnose(dataclasses.replace(stored, alerts=[])).verdict != "exploding"
+
+
+def test_a_long_history_is_read_thinned_for_a_diagnosis_but_keeps_its_telling_steps(
+        migrated_url: str) -> None:
+    """A provisional diagnosis of a very long run must not load every row into the API."""
+    from app.services import _history_from_db, submit_job, validate_spec
+    from app.worker import configure_worker
+
+    settings = Settings(database_url=migrated_url, workers=0, diagnosis_max_records=100)
+    context = configure_worker(settings)
+    spec = validate_spec({"data": {"source": "synthetic", "name": "spirals"},
+                          "model": {"hidden": [{"units": 4}]}}, settings)
+    with unit_of_work(context.factory) as session:
+        job_id = submit_job(session, spec=spec, settings=settings).job.id
+        JobRepository(session).transition(job_id, "running")
+    sink = DatabaseSink(job_id, context.factory, total_steps=1000, flush_every=250)
+    for step in range(1000):
+        sink.write_steps([record(step, NAN if step == 555 else 1.0)])
+    sink.close()
+    with context.factory() as session:
+        job = JobRepository(session).get(job_id)
+        assert job is not None and job.first_non_finite is not None
+        stored = _history_from_db(session, job, settings)
+    steps = [r.step for r in stored.steps]
+    assert 100 <= len(steps) <= 110 and steps == sorted(steps)
+    assert {0, 555, 999} <= set(steps)
+    assert all(len(r.layers) == 2 for r in stored.steps)

@@ -137,36 +137,35 @@ class MLP:
         n = X.shape[0]
         self._bs = n
         buf = self._buffers_for(n)
-        self._inputs = [X]
+        inputs = self._inputs = [X]
         x = X
-        last = self.n_layers - 1
-        for i in range(self.n_layers):
-            z = affine_forward(x, self.W[i], self.b[i], out=buf.z[i])
-            if i == last:
-                return z
+        W, b, zs, acts, views = self.W, self.b, buf.z, self.activations, buf.act_views
+        for i in range(self.n_layers - 1):
+            z = affine_forward(x, W[i], b[i], out=zs[i])
             if self.batch_norm[i]:
                 z, self._bn_cache[i] = batchnorm_forward_train(
                     z, self.gamma[i], self.beta[i], self.running_mean[i],
                     self.running_var[i], update_running)
-                buf.z[i] = z
-            a = buf.act_views[i]
-            self.activations[i].forward(z, a)
-            self._inputs.append(a)
-            x = a
-        raise AssertionError("unreachable")  # pragma: no cover
+                zs[i] = z
+            x = acts[i].forward(z, views[i])
+            inputs.append(x)
+        return affine_forward(x, W[-1], b[-1], out=zs[-1])
 
     def backward(self, dout: Array) -> None:
         """Back-propagates ``dout`` (gradient w.r.t. the outputs) into ``self.grad``."""
         buf = self._buffers[self._bs]
+        inputs, zs, dxs, acts = self._inputs, buf.z, buf.dx, self.activations
+        W, dW, db = self.W, self.dW, self.db
+        last = self.n_layers - 1
         dz = dout
-        for i in range(self.n_layers - 1, -1, -1):
-            if i < self.n_layers - 1:
-                dz = self.activations[i].backward(dz, buf.z[i], self._inputs[i + 1])
+        for i in range(last, -1, -1):
+            if i < last:
+                dz = acts[i].backward(dz, zs[i], inputs[i + 1])
                 if self.batch_norm[i]:
                     dz = batchnorm_backward(dz, self.gamma[i], self._bn_cache[i],
                                             self.dgamma[i], self.dbeta[i])
-            dx = affine_backward(dz, self._inputs[i], self.W[i], self.dW[i], self.db[i],
-                                 need_dx=i > 0, dx_out=buf.dx[i])
+            dx = affine_backward(dz, inputs[i], W[i], dW[i], db[i], need_dx=i > 0,
+                                 dx_out=dxs[i])
             if dx is not None:
                 dz = dx
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["ParamLayout", "TensorSlot"]
+__all__ = ["ParamLayout", "TensorSlot", "segment_sumsq", "sumsq"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,22 +100,18 @@ class ParamLayout:
         """Per-layer sum of squares of ``flat``, accumulated in float64, shape (n_layers,)."""
         return segment_sumsq(flat, self.layer_offsets)
 
-    def weight_sumsq(self, flat: np.ndarray) -> np.ndarray:
-        """Per-layer sum of squares of the weight matrices only, float64, shape (n_layers,)."""
-        out = np.empty(self.n_layers, dtype=np.float64)
-        for i, (o, n) in enumerate(zip(self.weight_offsets, self.weight_sizes, strict=True)):
-            seg = flat[int(o):int(o + n)]
-            out[i] = _sumsq(seg)
-        return out
 
+def sumsq(x: np.ndarray) -> float:
+    """``sum(x**2)`` of a 1-D array, accumulated in its dtype and recomputed in float64 if a
+    float32 sum overflows (so a finite array never reports an infinite norm).
 
-def _sumsq(x: np.ndarray) -> float:
-    """sum(x**2) without float32 overflow (accumulates in float64 if needed); silent."""
-    with np.errstate(all="ignore"):
-        s = float(np.dot(x, x))
-        if x.dtype != np.float64 and not np.isfinite(s):
-            x64 = x.astype(np.float64)
-            s = float(np.dot(x64, x64))
+    Silent only under ``np.errstate(all="ignore")`` (the trainer sets it once per run; a
+    per-call errstate would cost more than the sum on a small layer).
+    """
+    s = float(np.dot(x, x))
+    if x.dtype != np.float64 and not np.isfinite(s):
+        x64 = x.astype(np.float64)
+        s = float(np.dot(x64, x64))
     return s
 
 
@@ -123,6 +119,7 @@ def segment_sumsq(flat: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Sum of squares of each segment ``flat[offsets[i]:offsets[i+1]]`` as float64."""
     n = len(offsets) - 1
     out = np.empty(n, dtype=np.float64)
-    for i in range(n):
-        out[i] = _sumsq(flat[int(offsets[i]):int(offsets[i + 1])])
+    with np.errstate(all="ignore"):
+        for i in range(n):
+            out[i] = sumsq(flat[int(offsets[i]):int(offsets[i + 1])])
     return out

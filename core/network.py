@@ -24,7 +24,7 @@ from core.layers import (
     batchnorm_forward_eval,
     batchnorm_forward_train,
 )
-from core.layout import ParamLayout
+from core.layout import ParamLayout, sumsq
 from core.spec import TrainingSpec
 
 __all__ = ["MLP"]
@@ -208,7 +208,7 @@ class MLP:
             n = act.shape[0]
             if self.n_layers == 2:  # one hidden layer: whole-buffer sums
                 sums = [float(act.sum(dtype=np.float64))]
-                sqs = [_sumsq(act.reshape(-1))]
+                sqs = [sumsq(act.reshape(-1))]
             else:
                 # Column sums as a BLAS matrix-vector product (much faster than a strided
                 # reduction), then per-layer sums with reduceat.
@@ -241,15 +241,7 @@ class MLP:
         flat_out = outputs.reshape(-1)
         k = flat_out.size
         m = float(flat_out.sum(dtype=np.float64)) / k
-        q = _sumsq(flat_out) / k
+        q = sumsq(flat_out) / k
         mean.append(m)
         std.append(math.sqrt(max(q - m * m, 0.0)) if math.isfinite(q) else q)
         return mean, std, dead, sat
-
-
-def _sumsq(x: Array) -> float:
-    """``sum(x**2)`` of a 1-D array without float32 overflow."""
-    s = float(np.dot(x, x))
-    if not math.isfinite(s) and x.dtype != np.float64:
-        s = float(np.square(x, dtype=np.float64).sum())
-    return s

@@ -12,6 +12,7 @@ from app.errors import SpecValidationError
 from app.routers.common import problems
 from app.schemas import GradientHistory, MetricsHistory
 from app.services import HistoryQuery, diagnostics, gradient_history, metrics_history
+from core.diagnostics import DiagnosticReport
 
 router = APIRouter(prefix="/v1/jobs", tags=["histories"])
 
@@ -91,17 +92,9 @@ def metrics(
     return metrics_history(session, job_id, q, metrics=metrics)
 
 
-def _report_model() -> Any:
-    try:
-        from core.diagnostics import DiagnosticReport
-    except ImportError:  # pragma: no cover - core always ships it
-        return dict[str, Any]
-    return DiagnosticReport
-
-
 @router.get(
     "/{job_id}/diagnostics",
-    response_model=_report_model(),
+    response_model=DiagnosticReport,
     operation_id="getDiagnostics",
     summary="Diagnosis: did gradients explode, where, when, why, and what to change",
     description="The verdict (`healthy`, `exploding`, `vanishing`, `unstable`, `stalled`), a "

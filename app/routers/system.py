@@ -12,6 +12,7 @@ from app.errors import ProblemError
 from app.routers.common import SPEC_REQUEST_BODY, json_body, problems
 from app.schemas import DatasetCatalog, Health
 from app.services import validate_spec
+from core.diagnostics import PreflightReport
 
 health_router = APIRouter(tags=["health"])
 router = APIRouter(prefix="/v1", tags=["specs"], dependencies=[Depends(require_api_key)])
@@ -50,17 +51,9 @@ def readyz(request: Request) -> dict[str, Any]:
     return {"status": "ok", "checks": checks}
 
 
-def _preflight_model() -> Any:
-    try:
-        from core.diagnostics import PreflightReport
-    except ImportError:  # pragma: no cover
-        return dict[str, Any]
-    return PreflightReport
-
-
 @router.post(
     "/preflight",
-    response_model=_preflight_model(),
+    response_model=PreflightReport,
     operation_id="preflightSpec",
     summary="Analyse a spec without training it",
     description="Parameter count, FLOPs and memory estimates, the predicted (and probe-"

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 from typing import Any
 
 from celery import Celery, signals
@@ -22,15 +21,11 @@ from celery.exceptions import Reject
 
 from app.settings import Settings
 
-__all__ = ["TASK_NAME", "cap_blas_threads", "create_celery"]
+__all__ = ["TASK_NAME", "create_celery"]
 
 log = logging.getLogger(__name__)
 
 TASK_NAME = "gradwatch.run_job"
-BLAS_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                 "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
-# The worker's main process tells the child running a job that a warm shutdown began.
-HANDBACK_SIGNAL = signal.SIGUSR2
 
 _SETTINGS: Settings | None = None  # what the app was built with (pool children inherit it)
 _POOL_SIZE: int | None = None  # the worker's concurrency, set in the main process
@@ -83,16 +78,6 @@ def create_celery(settings: Settings) -> Celery:
     return celery
 
 
-def cap_blas_threads(threads: int) -> None:
-    """Cap this process's BLAS/OpenMP pools (workers x threads <= cores: idle BLAS threads
-    spin and slow their neighbours)."""
-    for var in BLAS_ENV_VARS:
-        os.environ[var] = str(threads)
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(limits=threads)
-
-
 # ---- worker hooks (they fire only inside a Celery worker) ----
 
 @signals.worker_init.connect  # type: ignore[untyped-decorator]
@@ -104,17 +89,11 @@ def _remember_concurrency(sender: Any = None, **_: Any) -> None:
 
 @signals.worker_process_init.connect  # type: ignore[untyped-decorator]
 def _init_pool_process(**_: Any) -> None:
-    """In each pool child: cap BLAS threads, tune malloc, build the engine, and listen for
-    the main process's hand-back request."""
-    from app.executors.local import tune_malloc
-    from app.worker import configure_worker, request_handback
+    """In each pool child: the set-up every job-running process shares."""
+    from app.worker_process import setup_worker_process
 
     settings = _SETTINGS or Settings()
-    cap_blas_threads(settings.blas_threads_per_worker(_POOL_SIZE or settings.workers or 1))
-    tune_malloc()
-    configure_worker(settings)
-    grace = settings.shutdown_grace_seconds
-    signal.signal(HANDBACK_SIGNAL, lambda *_: request_handback(grace))
+    setup_worker_process(settings, processes=_POOL_SIZE or settings.workers or 1)
 
 
 @signals.worker_shutting_down.connect  # type: ignore[untyped-decorator]
@@ -125,7 +104,7 @@ def _hand_back_on_warm_shutdown(how: str = "", **_: Any) -> None:
         return
     from celery.worker import state
 
-    from app.worker import request_handback
+    from app.worker_process import HANDBACK_SIGNAL, request_handback
 
     grace = (_SETTINGS or Settings()).shutdown_grace_seconds
     for request in list(state.active_requests):

@@ -31,11 +31,9 @@ __all__ = [
     "downsample_points",
     "group_starts",
     "in_step_order",
-    "pack_block",
     "plan_buckets",
     "reduce_segments",
     "select_points",
-    "unpack_blocks",
 ]
 
 LAYER_METRICS: tuple[str, ...] = (
@@ -290,32 +288,6 @@ def cover(first: int, last: int, top_level: int, rolled_until: dict[int, int]
                 raw.append((p, stop))
             p = stop + 1
     return runs, raw
-
-
-ROLLUP_FIELDS = 7  # count, min_step, min_value, max_step, max_value, nf_step, nf_value
-
-
-def pack_block(summary: Summary, row: int, columns: slice) -> bytes:
-    """One unit's summary of the series in ``columns`` as little-endian float64 bytes."""
-    cols = (summary.count, summary.min_step, summary.min_value, summary.max_step,
-            summary.max_value, summary.nf_step, summary.nf_value)
-    table = np.stack([np.asarray(c[row, columns], dtype=np.float64) for c in cols], axis=1)
-    return table.astype("<f8").tobytes()
-
-
-def unpack_blocks(starts: np.ndarray, blobs: Sequence[bytes], n_metrics: int,
-                  select: Sequence[int]) -> Summary:
-    """Summaries of the ``select``-ed metrics from stored blocks starting at ``starts``."""
-    n = len(blobs)
-    if n == 0:
-        return Summary.empty(len(select))
-    table = np.frombuffer(b"".join(blobs), dtype="<f8").reshape(n, n_metrics, ROLLUP_FIELDS)
-    table = table[:, list(select), :]
-    ints = table[:, :, [0, 1, 3, 5]].astype(np.int64)
-    return Summary(start=np.asarray(starts, dtype=np.int64), count=ints[:, :, 0],
-                   min_step=ints[:, :, 1], min_value=table[:, :, 2].copy(),
-                   max_step=ints[:, :, 2], max_value=table[:, :, 4].copy(),
-                   nf_step=ints[:, :, 3], nf_value=table[:, :, 6].copy())
 
 
 def in_step_order(parts: Sequence[Summary]) -> Summary:

@@ -13,6 +13,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from app.db import is_locked_error
 
@@ -130,6 +131,17 @@ def _summary(errors: list[dict[str, Any]]) -> str:
     return f"{where}: {first['msg']}{more}"
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the application accepts on the request's path."""
+    methods: set[str] = set()
+    scope = {**request.scope, "method": "GET"}
+    for route in request.app.router.routes:
+        match, _ = route.matches(scope)
+        if match != Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Every error leaves as application/problem+json."""
 
@@ -153,10 +165,22 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail, default=str)
+        headers = dict(exc.headers or {})
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no route for {request.method} {request.url.path}"
+        if exc.status_code == 400 and "parsing the body" in detail:
+            # FastAPI's answer to a body it cannot decode: bad input like any other (422)
+            msg = "invalid JSON: the body could not be decoded"
+            return problem_response(422, msg, slug="invalid-json", instance=request.url.path,
+                                    errors=[{"loc": ["body"], "msg": msg, "type": "json_invalid"}])
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route matching the path only
+            allowed = allowed_methods(request)
+            headers["Allow"] = ", ".join(allowed)
+            detail = (f"{request.method} is not allowed on {request.url.path}; "
+                      f"allowed: {', '.join(allowed)}")
         return problem_response(exc.status_code, detail, instance=request.url.path,
-                                headers=dict(exc.headers or {}))
+                                headers=headers)
 
     @app.exception_handler(OperationalError)
     async def _database(request: Request, exc: OperationalError) -> Response:

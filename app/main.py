@@ -20,6 +20,7 @@ from pydantic import TypeAdapter
 
 from app.db import build_engine, build_sessionmaker
 from app.deps import require_api_key
+from app.dispatch import Dispatcher
 from app.errors import install_error_handlers
 from app.executors import build_executor
 from app.middleware import BodySizeLimitMiddleware
@@ -89,8 +90,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.engine = engine
     app.state.sessionmaker = build_sessionmaker(engine)
     executor = build_executor(settings, app.state.sessionmaker)
-    app.state.executor = executor
+    dispatcher = Dispatcher(settings, app.state.sessionmaker, executor)
+    dispatcher.install()  # committed jobs go to the executor (see app.dispatch)
+    app.state.executor, app.state.dispatcher = executor, dispatcher
     executor.start()
+    dispatcher.start()
     where = (f"{settings.workers} local worker(s)" if executor.name == "local"
              else f"queue {settings.queue!r} at {settings.broker_url_for_logs}")
     log.info("gradwatch ready: database %s, executor %s, %s",
@@ -98,7 +102,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        dispatcher.stop()
         executor.shutdown(wait=True)
+        dispatcher.uninstall()
         engine.dispose()
 
 
@@ -134,6 +140,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                              routes=app.routes, tags=app.openapi_tags)
         _add_spec_schema(schema)
         _problem_422(schema)
+        _success_first(schema)
+        _optional_parameters(schema)
+        _history_bounds(schema, settings)
+        if not settings.api_key:  # nothing to send: do not make clients believe otherwise
+            _drop_security(schema)
         app.openapi_schema = schema
         return schema
 
@@ -170,6 +181,50 @@ def _problem_422(schema: dict[str, Any]) -> None:
     components = schema.get("components", {}).get("schemas", {})
     components.pop("HTTPValidationError", None)
     components.pop("ValidationError", None)
+
+
+def _operations(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    return [op for path in schema.get("paths", {}).values() for op in path.values()
+            if isinstance(op, dict)]
+
+
+def _success_first(schema: dict[str, Any]) -> None:
+    """List each operation's responses by status code, so its success status comes first."""
+    for operation in _operations(schema):
+        responses = operation.get("responses", {})
+        operation["responses"] = dict(sorted(responses.items(), key=lambda kv: str(kv[0])))
+
+
+def _optional_parameters(schema: dict[str, Any]) -> None:
+    """An optional query or header parameter is absent or has a value: it is never `null`
+    (FastAPI documents ``int | None`` as "integer or null", and a client sending the text
+    "null" gets a 422)."""
+    for operation in _operations(schema):
+        for parameter in operation.get("parameters", []):
+            options = parameter.get("schema", {}).get("anyOf")
+            if not options:
+                continue
+            kept = [o for o in options if o.get("type") != "null"]
+            if len(kept) == 1 and len(kept) < len(options):
+                inner = parameter["schema"]
+                parameter["schema"] = {**{k: v for k, v in inner.items() if k != "anyOf"},
+                                       **kept[0]}
+
+
+def _history_bounds(schema: dict[str, Any], settings: Settings) -> None:
+    """``max_points`` is bounded by a setting: show its value."""
+    for operation in _operations(schema):
+        for parameter in operation.get("parameters", []):
+            if parameter.get("name") == "max_points":
+                parameter["schema"]["maximum"] = settings.max_history_points
+
+
+def _drop_security(schema: dict[str, Any]) -> None:
+    """Without GRADWATCH_API_KEY no operation needs a key."""
+    for operation in _operations(schema):
+        operation.pop("security", None)
+        operation.get("responses", {}).pop("401", None)
+    schema.get("components", {}).pop("securitySchemes", None)
 
 
 def __getattr__(name: str) -> Any:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from app.db import sqlite_nan
@@ -32,6 +32,7 @@ __all__ = [
     "JobLostError",
     "JobRepository",
     "ReportRepository",
+    "SystemRepository",
 ]
 
 # Rows per INSERT batch. executemany binds one row per statement, so SQLite's limit of
@@ -40,24 +41,6 @@ BATCH_ROWS = 2_000
 
 STEP_COLUMNS = ("job_id", "step", "epoch", *STEP_METRICS, "clipped")
 LAYER_COLUMNS = ("job_id", "layer", "step", *LAYER_METRICS)
-
-# status -> statuses it may move to (DESIGN.md: nothing else moves a job). running -> queued
-# is the re-queue of a job whose worker was lost or shut down (app.recovery); it deletes the
-# job's recorded history in the same transaction, so the next run starts it over.
-TRANSITIONS: dict[str, frozenset[str]] = {
-    "queued": frozenset({"running", "cancelled"}),
-    "running": frozenset({"succeeded", "failed", "cancelled", "queued"}),
-    "succeeded": frozenset(),
-    "failed": frozenset(),
-    "cancelled": frozenset(),
-}
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
-
-
-def sources_of(target: str) -> list[str]:
-    """Statuses from which ``target`` may be reached."""
-    return [s for s, targets in TRANSITIONS.items() if target in targets]
-
 
 @dataclass(frozen=True)
 class Claim:
@@ -83,8 +66,9 @@ def owned_by(claim: Claim) -> list[ColumnElement[bool]]:
 
 
 def db_now(session: Session) -> Any:
-    """The time to stamp heartbeats with: PostgreSQL's own clock when workers on other
-    machines compare them (their clocks may disagree), else this machine's."""
+    """The time to stamp heartbeats with, by the database's clock: PostgreSQL's own (workers
+    on several machines compare their stamps, and their clocks may disagree); SQLite is a
+    file on this machine, whose clock is therefore the database's."""
     if session.get_bind().dialect.name == "postgresql":
         return func.statement_timestamp()
     return utcnow()
@@ -134,35 +118,20 @@ class JobRepository:
         query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
         return list(self.session.scalars(query))
 
-    def transition(self, job_id: str, target: str, *, only_from: Sequence[str] | None = None,
-                   where: Sequence[ColumnElement[bool]] = (), **values: Any) -> bool:
-        """Atomically move ``job_id`` to ``target`` if its status allows; True if it moved.
-
-        ``only_from`` narrows the allowed sources further (e.g. cancel only a queued job);
-        ``where`` adds conditions (e.g. :func:`owned_by` a claim).
-        """
-        sources = sources_of(target)
-        if only_from is not None:
-            sources = [s for s in sources if s in only_from]
+    def flag_cancel(self, job_id: str) -> bool:
+        """Set the cancel flag of a running job; False if it is not running or already set."""
         result = self.session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status.in_(sources), *where)
-            .values(status=target, **values)
-            .execution_options(synchronize_session=False)
-        )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
-
-    def request_cancel(self, job_id: str) -> bool:
-        result = self.session.execute(
-            update(Job).where(Job.id == job_id, Job.status == "running")
+            update(Job).where(Job.id == job_id, Job.status == "running",
+                              Job.cancel_requested.is_(False))
             .values(cancel_requested=True).execution_options(synchronize_session=False)
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
     def mark_enqueued(self, job_id: str) -> None:
+        """Record that the executor accepted the queued job's id (see app.dispatch)."""
         self.session.execute(
-            update(Job).where(Job.id == job_id).values(enqueued_at=utcnow())
-            .execution_options(synchronize_session=False)
+            update(Job).where(Job.id == job_id, Job.status == "queued")
+            .values(enqueued_at=utcnow()).execution_options(synchronize_session=False)
         )
 
     def record_progress(self, job_id: str, *, steps_completed: int, latest: dict[str, Any] | None,
@@ -205,49 +174,31 @@ class JobRepository:
             return value
         return utcnow()
 
-    def requeue(self, job_id: str, *, where: Sequence[ColumnElement[bool]],
-                count_attempt: bool = True) -> bool:
-        """running -> queued (``where`` must pin the run being given up) and delete what the
-        run recorded, in the caller's transaction: the next run starts the history over.
-        ``count_attempt=False`` (a hand-back at shutdown) does not spend one of the job's
-        attempts."""
-        values: dict[str, Any] = {
-            "worker_id": None, "heartbeat_at": None, "started_at": None, "enqueued_at": None,
-            "steps_completed": 0, "latest": None, "first_non_finite": None,
-        }
-        if not count_attempt:
-            values["attempts"] = Job.attempts - 1
-        if not self.transition(job_id, "queued", where=where, **values):
-            return False
-        HistoryRepository(self.session).delete_history(job_id)
-        return True
-
-    def unsent(self, created_before: datetime) -> list[str]:
-        """Queued jobs never handed to the broker (the API stopped between commit and send)."""
+    def unsent(self, executor: str, created_before: datetime, limit: int = 500) -> list[str]:
+        """Queued jobs of ``executor`` whose id no executor accepted yet (the API stopped
+        between commit and send, or the broker was down), created before ``created_before``."""
         return list(self.session.scalars(
-            select(Job.id).where(Job.status == "queued", Job.enqueued_at.is_(None),
-                                 Job.created_at < created_before)
-            .order_by(Job.created_at, Job.id)
+            select(Job.id).where(Job.status == "queued", Job.executor == executor,
+                                 Job.enqueued_at.is_(None), Job.created_at < created_before)
+            .order_by(Job.created_at, Job.id).limit(limit)
         ))
-
-    def cancel_requested(self, job_id: str) -> bool:
-        return bool(self.session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
 
     def status_of(self, job_id: str) -> str | None:
         return self.session.scalar(select(Job.status).where(Job.id == job_id))
 
-    def delete(self, job_id: str) -> bool:
-        """Delete a terminal job and (by cascade) everything recorded for it."""
+    def delete(self, job_id: str, *, statuses: Iterable[str]) -> bool:
+        """Delete a job in one of ``statuses`` and (by cascade) everything recorded for it."""
         result = self.session.execute(
-            delete(Job).where(Job.id == job_id, Job.status.in_(TERMINAL))
+            delete(Job).where(Job.id == job_id, Job.status.in_(list(statuses)))
             .execution_options(synchronize_session=False)
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
-    def queued_ids(self) -> list[str]:
-        return list(self.session.scalars(
-            select(Job.id).where(Job.status == "queued").order_by(Job.created_at, Job.id)
-        ))
+    def queued_ids(self, executor: str | None = None) -> list[str]:
+        query = select(Job.id).where(Job.status == "queued")
+        if executor is not None:
+            query = query.where(Job.executor == executor)
+        return list(self.session.scalars(query.order_by(Job.created_at, Job.id)))
 
     def running(self, executor: str | None = None) -> list[Job]:
         query = select(Job).where(Job.status == "running")
@@ -261,6 +212,16 @@ class JobRepository:
             update(Job).where(Job.id == job_id).values(event_seq=Job.event_seq + 1)
             .returning(Job.event_seq)
         )
+
+
+class SystemRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def schema_revision(self) -> str | None:
+        """The Alembic revision the database is at."""
+        value = self.session.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        return None if value is None else str(value)
 
 
 class EventRepository:
@@ -304,11 +265,6 @@ class ReportRepository:
             existing.report = report
             existing.created_at = utcnow()
         self.session.flush()
-
-
-def _batches(rows: list[dict[str, Any]]) -> Iterable[list[dict[str, Any]]]:
-    for i in range(0, len(rows), BATCH_ROWS):
-        yield rows[i:i + BATCH_ROWS]
 
 
 def _column_arrays(rows: Sequence[Sequence[Any]], n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -400,13 +356,6 @@ class HistoryRepository:
                      np.zeros(len(rows), dtype=bool))
 
     # ---- reads ----
-    def step_range(self, job_id: str) -> tuple[int | None, int | None]:
-        lo, hi = self.session.execute(
-            select(func.min(StepMetric.step), func.max(StepMetric.step))
-            .where(StepMetric.job_id == job_id)
-        ).one()
-        return lo, hi
-
     def count_steps(self, job_id: str, start: int, end: int) -> int:
         return int(self.session.scalar(
             select(func.count()).select_from(StepMetric)
@@ -421,15 +370,6 @@ class HistoryRepository:
         hi = self.session.scalar(
             select(StepMetric.step).where(*in_range).order_by(StepMetric.step.desc()).limit(1))
         return lo, hi
-
-    def layers_of(self, job_id: str) -> list[int]:
-        step = self.session.scalar(
-            select(func.min(LayerStat.step)).where(LayerStat.job_id == job_id))
-        if step is None:
-            return []
-        return list(self.session.scalars(
-            select(LayerStat.layer).where(LayerStat.job_id == job_id, LayerStat.step == step)
-            .order_by(LayerStat.layer)))
 
     def step_points(
         self, job_id: str, metrics: Sequence[str], ranges: Sequence[tuple[int, int]]
@@ -557,8 +497,6 @@ class HistoryRepository:
             out["max_grad_norm_step"] = int(steps[i][0])
         return out
 
-
-METRIC_NAMES = {"layer": LAYER_METRICS, "step": STEP_METRICS}
 
 _COPY_TYPES: dict[tuple[str, tuple[str, ...]], list[str]] = {}
 

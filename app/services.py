@@ -1,7 +1,8 @@
 """Units of work behind the endpoints. Services never commit: the caller's session does.
 
-Job ids are handed to the executor only after the transaction that created them committed
-(see :func:`submit_job` and the router that calls it).
+A new job's id is handed to the executor only after the transaction that created it
+committed: :func:`submit_job` requests it (:func:`app.dispatch.request_enqueue`) and the
+session's after-commit hook sends it.
 """
 
 from __future__ import annotations
@@ -11,27 +12,16 @@ import hashlib
 import json
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import numpy as np
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
-from app.downsampling import (
-    LAYER_METRICS,
-    MAX_LEVEL,
-    MIN_LEVEL,
-    STEP_METRICS,
-    Summary,
-    cover,
-    downsample_points,
-    in_step_order,
-    plan_buckets,
-    unpack_blocks,
-)
+from app import history
+from app.dispatch import request_enqueue
 from app.errors import (
     ConflictError,
     NotFoundError,
@@ -39,31 +29,44 @@ from app.errors import (
     SpecValidationError,
     validation_errors,
 )
+from app.history import HistoryQuery, stored_history
 from app.jsonutil import encode_non_finite
+from app.lifecycle import (
+    TERMINAL,
+    announce_created,
+    move_job,
+    progress_dict,
+    request_cancel,
+)
 from app.models import Job, utcnow
 from app.repositories import (
-    TERMINAL,
     EventRepository,
     HistoryRepository,
     JobRepository,
     ReportRepository,
+    SystemRepository,
 )
 from app.settings import Settings
-from app.worker import describe_non_finite, progress_dict
 from core.spec import TrainingSpec
+from core.telemetry import NonFiniteEvent
 
 __all__ = [
     "HistoryQuery",
     "ProblemError",
+    "Submitted",
     "cancel_job",
     "compare",
     "delete_job",
     "diagnostics",
     "get_job",
     "gradient_history",
+    "job_events",
+    "job_snapshot",
     "job_to_read",
+    "job_to_summary",
     "list_jobs",
     "metrics_history",
+    "readiness",
     "repair_job",
     "submit_job",
     "validate_spec",
@@ -123,7 +126,7 @@ class Submitted:
 def submit_job(session: Session, *, spec: TrainingSpec, settings: Settings,
                idempotency_key: str | None = None, parent_id: str | None = None,
                repair: dict[str, Any] | None = None) -> Submitted:
-    """Insert a queued job (the caller commits, then enqueues ``job.id``)."""
+    """Insert a queued job and request its enqueueing (sent when the caller commits)."""
     spec_json = echoed_spec(spec)
     digest = spec_hash(spec_json)
     jobs = JobRepository(session)
@@ -148,9 +151,8 @@ def submit_job(session: Session, *, spec: TrainingSpec, settings: Settings,
                 "a request with this Idempotency-Key is still being processed; retry shortly",
                 slug="idempotency-in-flight", headers={"Retry-After": "1"}) from None
         return Submitted(_replay(existing, digest, parent_id), created=False)
-    EventRepository(session).append(job.id, "status", {
-        "status": "queued", "terminal": False,
-        "progress": progress_dict(0, job.total_steps)})
+    announce_created(session, job)
+    request_enqueue(session, job.id)
     return Submitted(job, created=True)
 
 
@@ -209,29 +211,21 @@ def list_jobs(session: Session, *, limit: int, cursor: str | None, statuses: Seq
 
 def cancel_job(session: Session, job_id: str) -> Job:
     """Cancel a queued job now, or flag a running one (its worker stops within one flush)."""
-    jobs = JobRepository(session)
-    job = get_job(session, job_id)
-    events = EventRepository(session)
-    if jobs.transition(job_id, "cancelled", only_from=["queued"], finished_at=utcnow(),
-                       stop_reason="cancelled"):
-        events.append(job_id, "status", {
-            "status": "cancelled", "terminal": True, "stop_reason": "cancelled",
-            "progress": progress_dict(job.steps_completed, job.total_steps)})
-    elif jobs.request_cancel(job_id):
-        events.append(job_id, "status", {"status": "running", "terminal": False,
-                                         "cancel_requested": True})
-    else:
-        status = jobs.status_of(job_id)
+    get_job(session, job_id)
+    job = (move_job(session, job_id, "cancelled", expect=["queued"], finished_at=utcnow(),
+                    stop_reason="cancelled")
+           or request_cancel(session, job_id))
+    if job is None:
+        status = JobRepository(session).status_of(job_id)
         raise ConflictError(f"job {job_id} is already {status}; only queued or running jobs "
                             "can be cancelled", slug="job-not-cancellable", status_now=status)
-    session.flush()
-    return jobs.refresh(job)
+    return job
 
 
 def delete_job(session: Session, job_id: str) -> None:
     """Delete a terminal job and its history; frees its Idempotency-Key."""
     job = get_job(session, job_id)
-    if job.status not in TERMINAL or not JobRepository(session).delete(job_id):
+    if not JobRepository(session).delete(job_id, statuses=TERMINAL):
         raise ConflictError(f"job {job_id} is {job.status}; cancel it first — only finished jobs "
                             "can be deleted", slug="job-not-finished", status_now=job.status)
 
@@ -245,267 +239,57 @@ def job_links(job_id: str) -> dict[str, str]:
 
 
 def job_to_summary(job: Job) -> dict[str, Any]:
+    """The job resource without its spec."""
     nf = job.first_non_finite
+    running = job.status == "running" and job.started_at is not None
     return {
         "id": job.id, "name": job.name, "status": job.status, "verdict": job.verdict,
         "stop_reason": job.stop_reason, "error": job.error,
         "cancel_requested": job.cancel_requested, "created_at": job.created_at,
         "started_at": job.started_at, "finished_at": job.finished_at,
-        "progress": progress_dict(job.steps_completed, job.total_steps),
+        "progress": progress_dict(job.steps_completed, job.total_steps,
+                                  started_at=job.started_at if running else None,
+                                  now=utcnow() if running else None),
         "latest": job.latest,
-        "first_non_finite": {**nf, "description": describe_non_finite(nf)} if nf else None,
+        "first_non_finite": {**nf, "description": NonFiniteEvent(**nf).describe()} if nf else None,
         "runtime_seconds": job.runtime_seconds, "parent_id": job.parent_id,
         "attempts": job.attempts, "links": job_links(job.id),
     }
 
 
 def job_to_read(job: Job) -> dict[str, Any]:
+    """The job resource."""
     return {**job_to_summary(job), "spec": job.spec, "repair": job.repair}
-
-
-# --------------------------------------------------------------------------------------------
-# Histories
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class HistoryQuery:
-    start_step: int | None
-    end_step: int | None
-    max_points: int
-
-
-def _resolve_range(history: HistoryRepository, job: Job, q: HistoryQuery
-                   ) -> tuple[int, int, int] | None:
-    """(first recorded step, last recorded step, recorded steps) inside the requested range."""
-    if q.start_step is not None and q.end_step is not None and q.end_step < q.start_step:
-        raise SpecValidationError(
-            f"end_step ({q.end_step}) is before start_step ({q.start_step})", slug="invalid-range",
-            errors=[{"loc": ["query", "end_step"], "msg": "must be >= start_step",
-                     "type": "value_error"}])
-    lo = q.start_step if q.start_step is not None else 0
-    hi = q.end_step if q.end_step is not None else 2**31 - 1
-    first, last = history.step_bounds(job.id, lo, hi)
-    if first is None or last is None:
-        return None
-    if last - first + 1 <= 4 * q.max_points:  # small ranges: counting is cheap
-        return first, last, history.count_steps(job.id, first, last)
-    # large ranges: the recorded-step counts stored in the step-metric rollups
-    rolled = _rolled(history, job, -1, MAX_LEVEL, last)
-    runs, raw_ranges = cover(first, last, MAX_LEVEL, rolled)
-    count = sum(history.count_steps(job.id, a, b) for a, b in raw_ranges)
-    blocks = history.rollup_blocks(job.id, [-1], runs)
-    if -1 in blocks:
-        starts, blobs = blocks[-1]
-        count += int(unpack_blocks(starts, blobs, len(STEP_METRICS), [0]).count.sum())
-    return first, last, count
-
-
-def _rolled(history: HistoryRepository, job: Job, layer: int, top_level: int, last: int
-            ) -> dict[int, int]:
-    if job.status in TERMINAL:  # every block of a finished job was closed by its worker
-        return dict.fromkeys(range(MIN_LEVEL, top_level + 1), last)
-    return history.rolled_until(job.id, layer, top_level)
-
-
-def _series(steps: np.ndarray, values: np.ndarray, present: np.ndarray | None = None
-            ) -> dict[str, Any]:
-    vals: list[float | None] = values.tolist()
-    if present is not None and not present.all():
-        vals = [v if p else None for v, p in zip(vals, present.tolist(), strict=True)]
-    return {"steps": steps.tolist(), "values": vals}
-
-
-def _downsample_layers(
-    history: HistoryRepository, job: Job, layers: list[int], first: int, last: int,
-    max_points: int, all_metrics: tuple[str, ...], names: tuple[str, ...],
-) -> tuple[dict[int, list[tuple[np.ndarray, np.ndarray]]], int]:
-    """Downsample ``names`` of each of ``layers`` (-1: the step metrics) over [first, last].
-
-    Whole aligned blocks come from the stored rollups (one row per layer and block), the
-    ragged ends and any not-yet-rolled tail of a running job from the raw rows.
-    """
-    plan = plan_buckets(first, last, max_points)
-    select = [all_metrics.index(m) for m in names]
-    runs: list[tuple[int, int, int]] = []
-    raw_ranges = [(first, last)]
-    if plan.level is not None:
-        rolled = _rolled(history, job, layers[0], plan.level, last)
-        runs, raw_ranges = cover(first, last, plan.level, rolled)
-    job_id = job.id
-    blocks = history.rollup_blocks(job_id, layers, runs)
-    out: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
-    for layer in layers:
-        def raw(ranges: list[tuple[int, int]], layer: int = layer
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-            if layer < 0:
-                return history.step_points(job_id, names, ranges)
-            return history.layer_points(job_id, layer, names, ranges)
-
-        parts: list[Summary] = []
-        if layer in blocks:
-            starts, blobs = blocks[layer]
-            parts.append(unpack_blocks(starts, blobs, len(all_metrics), select))
-        if raw_ranges:
-            parts.append(Summary.from_points(*raw(raw_ranges)))
-        units = in_step_order(parts) if parts else Summary.empty(len(names))
-        edge_s, edge_v, edge_p = raw([(first, first), (last, last)])
-        edges = [(edge_s[edge_p[:, j]], edge_v[edge_p[:, j], j]) for j in range(len(names))]
-        out[layer] = downsample_points(units, plan.bucket_size, edges)
-    return out, plan.bucket_size
-
-
-def _sampling(downsampled: bool, bucket_size: int | None, q: HistoryQuery, count: int
-              ) -> dict[str, Any]:
-    return {"downsampled": downsampled, "method": "minmax-buckets" if downsampled else None,
-            "bucket_size": bucket_size if downsampled else None, "max_points": q.max_points,
-            "points_in_range": count}
-
-
-def _check_metrics(metrics: list[str] | None, allowed: tuple[str, ...]) -> tuple[str, ...]:
-    if not metrics:
-        return allowed
-    names: list[str] = []
-    for item in metrics:
-        names.extend(p.strip() for p in item.split(",") if p.strip())
-    unknown = [m for m in names if m not in allowed]
-    if unknown:
-        raise SpecValidationError(
-            f"unknown metric {unknown[0]!r}; choose from {', '.join(allowed)}",
-            slug="unknown-metric",
-            errors=[{"loc": ["query", "metrics"], "msg": f"unknown metric {m!r}",
-                     "type": "enum"} for m in unknown])
-    return tuple(dict.fromkeys(names))
 
 
 def gradient_history(session: Session, job_id: str, q: HistoryQuery, *, layer: int | None,
                      metrics: list[str] | None) -> dict[str, Any]:
-    """Per-layer series, downsampled to at most ``max_points`` points per series."""
-    job = get_job(session, job_id)
-    names = _check_metrics(metrics, LAYER_METRICS)
-    history = HistoryRepository(session)
-    resolved = _resolve_range(history, job, q)
-    out: dict[str, Any] = {"job_id": job_id, "start_step": None, "end_step": None, "layers": [],
-                           **_sampling(False, None, q, 0)}
-    if resolved is None:
-        return out
-    first, last, count = resolved
-    layers = list(range(len(job.spec["model"]["hidden"]) + 1))  # hidden layers, then output
-    if layer is not None:
-        if layer not in layers:
-            raise NotFoundError(f"job {job_id} has layers {layers[0]}..{layers[-1]}; "
-                                f"no layer {layer}", slug="layer-not-found")
-        layers = [layer]
-    downsample = count > q.max_points
-    bucket_size: int | None = None
-    if downsample:
-        results, bucket_size = _downsample_layers(
-            history, job, layers, first, last, q.max_points, LAYER_METRICS, names)
-    for ly in layers:
-        if not downsample:
-            steps, values, present = history.layer_points(job_id, ly, names, [(first, last)])
-            series = {m: _series(steps, values[:, j], present[:, j]) for j, m in enumerate(names)}
-        else:
-            series = {m: _series(*results[ly][j]) for j, m in enumerate(names)}
-        out["layers"].append({"layer": ly, "series": series})
-    out.update(start_step=first, end_step=last, **_sampling(downsample, bucket_size, q, count))
-    return out
+    """Per-layer series of a job (see :func:`app.history.gradient_history`)."""
+    return history.gradient_history(session, get_job(session, job_id), q, layer=layer,
+                                    metrics=metrics)
 
 
 def metrics_history(session: Session, job_id: str, q: HistoryQuery, *,
                     metrics: list[str] | None) -> dict[str, Any]:
-    """Network-level series (loss, pre/post-clip global norm, lr) and epoch figures."""
-    job = get_job(session, job_id)
-    names = _check_metrics(metrics, STEP_METRICS)
-    history = HistoryRepository(session)
-    epochs = history.epochs(job_id)
-    out: dict[str, Any] = {
-        "job_id": job_id, "start_step": None, "end_step": None, "series": {},
-        "epochs": {
-            "epoch": [e.epoch for e in epochs], "step": [e.step for e in epochs],
-            "train_loss": [e.train_loss for e in epochs], "val_loss": [e.val_loss for e in epochs],
-            "val_accuracy": [e.val_accuracy for e in epochs],
-            "train_accuracy": [e.train_accuracy for e in epochs]},
-        **_sampling(False, None, q, 0)}
-    resolved = _resolve_range(history, job, q)
-    if resolved is None:
-        return out
-    first, last, count = resolved
-    downsample = count > q.max_points
-    bucket_size: int | None = None
-    if not downsample:
-        steps, values, present = history.step_points(job_id, names, [(first, last)])
-        out["series"] = {m: _series(steps, values[:, j], present[:, j])
-                         for j, m in enumerate(names)}
-    else:
-        results, bucket_size = _downsample_layers(
-            history, job, [-1], first, last, q.max_points, STEP_METRICS, names)
-        out["series"] = {m: _series(*results[-1][j]) for j, m in enumerate(names)}
-    out.update(start_step=first, end_step=last, **_sampling(downsample, bucket_size, q, count))
-    return out
+    """Network-level series and epoch figures of a job (see :mod:`app.history`)."""
+    return history.metrics_history(session, get_job(session, job_id), q, metrics=metrics)
 
 
-# --------------------------------------------------------------------------------------------
-# Diagnostics, repair, comparison
-# --------------------------------------------------------------------------------------------
+def job_snapshot(factory: sessionmaker[Session], job_id: str) -> dict[str, Any]:
+    """The job as ``GET /v1/jobs/{id}`` shows it, read in a session of its own (for a stream
+    that outlives its request); 404 if it does not exist."""
+    with factory() as session:
+        return job_to_summary(get_job(session, job_id))
 
 
-@dataclass
-class StoredHistory:
-    """What core.diagnose needs, rebuilt from the database.
-
-    ``alerts`` are the online monitor's findings (their JSON, from the job's ``alert``
-    events): the monitor saw every step, the stored records may be thinned by
-    ``record_every``, so an explosion shorter than that still reaches the diagnosis.
-    """
-
-    spec: TrainingSpec
-    steps: list[Any]
-    epochs: list[Any]
-    stop_reason: str | None
-    first_non_finite: Any
-    alerts: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _history_from_db(session: Session, job: Job, settings: Settings) -> StoredHistory:
-    from core.telemetry import EpochRecord, LayerRecord, NonFiniteEvent, StepRecord
-
-    history = HistoryRepository(session)
-    alerts = [event.data for event in EventRepository(session).of_type(job.id, "alert")]
-    nf = job.first_non_finite
-    # A very long run is read thinned (bounded memory and time): every stride-th step plus
-    # the last stored step, the first non-finite one and every step with a monitor alert.
-    n_rows = history.step_count(job.id)
-    stride = max(1, -(-n_rows // settings.diagnosis_max_records))
-    also: list[int] = []
-    if stride > 1:
-        also = [a["step"] for a in alerts if isinstance(a.get("step"), int)]
-        if nf:
-            also.append(nf["step"])
-        last = history.last_step(job.id)
-        if last is not None:
-            also.append(last)
-    layers_by_step: dict[int, list[LayerRecord]] = {}
-    for row in history.all_layers(job.id, stride=stride, also=also):
-        layers_by_step.setdefault(row.step, []).append(LayerRecord(
-            layer=row.layer, grad_norm=row.grad_norm, weight_grad_norm=row.weight_grad_norm,
-            weight_norm=row.weight_norm, update_norm=row.update_norm, act_mean=row.act_mean,
-            act_std=row.act_std, dead_fraction=row.dead_fraction,
-            saturated_fraction=row.saturated_fraction))
-    steps = [StepRecord(step=r.step, epoch=r.epoch, loss=r.loss, grad_norm=r.grad_norm,
-                        clipped_grad_norm=r.clipped_grad_norm, lr=r.lr, clipped=r.clipped,
-                        layers=layers_by_step.get(r.step, []))
-             for r in history.all_steps(job.id, stride=stride, also=also)]
-    epochs = [EpochRecord(epoch=e.epoch, step=e.step, train_loss=e.train_loss,
-                          val_loss=e.val_loss, val_accuracy=e.val_accuracy,
-                          train_accuracy=e.train_accuracy) for e in history.epochs(job.id)]
-    first_nf = NonFiniteEvent(step=nf["step"], layer=nf["layer"], tensor=nf["tensor"],
-                              value=nf["value"]) if nf else None
-    spec = TrainingSpec.model_validate(job.spec, context={"limits": settings.spec_limits()})
-    stop = job.stop_reason if job.status in TERMINAL else None
-    if job.status in TERMINAL and stop is None:
-        stop = "cancelled" if job.status == "cancelled" else "completed"
-    return StoredHistory(spec, steps, epochs, stop, first_nf, alerts)
+def job_events(factory: sessionmaker[Session], job_id: str, after_seq: int
+               ) -> tuple[list[tuple[int, str, Any]], str | None]:
+    """The job's events after ``after_seq``, oldest first (a page of at most 500), and its
+    status now (None: the job no longer exists), read in a session of their own."""
+    with factory() as session:
+        events = [(e.seq, e.type, e.data)
+                  for e in EventRepository(session).since(job_id, after_seq)]
+        return events, JobRepository(session).status_of(job_id)
 
 
 def diagnostics(session: Session, job_id: str, settings: Settings) -> dict[str, Any]:
@@ -516,7 +300,7 @@ def diagnostics(session: Session, job_id: str, settings: Settings) -> dict[str, 
         return stored.report
     from core.diagnostics import diagnose
 
-    report = diagnose(_history_from_db(session, job, settings))
+    report = diagnose(stored_history(session, job, settings))
     data: dict[str, Any] = json.loads(report.model_dump_json())
     if job.status in TERMINAL:
         data["final"] = True
@@ -620,3 +404,28 @@ def _compare_summary(a: dict[str, Any], b: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+
+
+def readiness(factory: sessionmaker[Session], *, head_revision: str | None, executor: Any,
+              dispatcher: Any) -> dict[str, Any]:
+    """The readiness checks (database, schema, executor, sweeper); 503 naming the first that
+    fails."""
+    checks: dict[str, str] = {}
+    try:
+        with factory() as session:
+            revision = SystemRepository(session).schema_revision()
+        checks["database"] = "ok"
+    except Exception as exc:
+        raise ProblemError(f"database not reachable: {type(exc).__name__}", status=503,
+                           slug="not-ready") from None
+    if revision != head_revision:
+        raise ProblemError(f"database schema is at {revision}, the code needs {head_revision}: "
+                           "run `gradwatch migrate`", status=503, slug="not-ready")
+    checks["schema"] = str(revision)
+    if not executor.healthy():
+        raise ProblemError("the job executor is not running", status=503, slug="not-ready")
+    checks["executor"] = executor.name
+    if not dispatcher.alive():
+        raise ProblemError("the sweeper that re-sends unsent jobs is not running", status=503,
+                           slug="not-ready")
+    return {"status": "ok", "checks": checks}

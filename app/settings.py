@@ -59,10 +59,14 @@ class Settings(BaseSettings):
                                  "its worker (heartbeats are sent every timeout/4).")
     max_attempts: int = Field(
         3, ge=1, description="Starts of a job whose worker keeps getting lost before it is "
-                             "failed with 'worker lost' (celery executor).")
+                             "failed with 'worker lost' (both executors).")
     reaper_interval_seconds: float = Field(
-        15.0, gt=0, description="How often the API process looks for jobs whose worker "
-                                "vanished (celery executor).")
+        15.0, gt=0, description="How often every API process looks for jobs whose worker "
+                                "went silent and for jobs the executor never accepted.")
+    enqueue_retry_seconds: float = Field(
+        30.0, gt=0, description="A queued job whose id the executor has not accepted this "
+                                "long after its creation (the API stopped between commit and "
+                                "send, or the broker was down) is sent again.")
     shutdown_grace_seconds: float = Field(
         30.0, ge=0, description="On SIGTERM a Celery worker lets its running job finish for "
                                 "this long, then hands it back to the queue.")
@@ -125,10 +129,6 @@ class Settings(BaseSettings):
             return make_url(self.broker_url).render_as_string(hide_password=True)
         except Exception:
             return self.broker_url.split("@")[-1]
-
-    @property
-    def is_sqlite(self) -> bool:
-        return self.url.startswith("sqlite")
 
     @property
     def is_postgres(self) -> bool:

@@ -40,11 +40,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.db import build_engine, build_sessionmaker, unit_of_work  # noqa: E402
+from app.lifecycle import move_job  # noqa: E402
 from app.migrate import upgrade  # noqa: E402
-from app.repositories import HistoryRepository, JobRepository  # noqa: E402
+from app.repositories import HistoryRepository  # noqa: E402
 from app.services import submit_job, validate_spec  # noqa: E402
 from app.settings import Settings  # noqa: E402
-from app.worker import DatabaseSink  # noqa: E402
+from app.sink import DatabaseSink  # noqa: E402
 from core.telemetry import LayerRecord, StepRecord  # noqa: E402
 
 # (i) is measured on two sizes: the per-step cost of recording is fixed (a few rows and
@@ -148,7 +149,7 @@ class Workers:
 
 _DIRECT = """
 import json, sys, time
-from app.executors.local import tune_malloc
+from app.worker_process import tune_malloc
 tune_malloc()  # as the workers do, so that only the service's own costs differ
 from threadpoolctl import threadpool_limits
 from core import Trainer, TrainingSpec
@@ -211,7 +212,7 @@ def seed_job(settings: Settings, steps: int, n_layers: int, flush_every: int = 5
         spec = validate_spec({"data": {"source": "synthetic", "name": "spirals"},
                               "training": {"max_steps": steps, "epochs": 100_000}}, settings)
         job_id = submit_job(session, spec=spec, settings=settings).job.id
-        JobRepository(session).transition(job_id, "running")
+        move_job(session, job_id, "running")
     records = [_record(s, n_layers) for s in range(steps)]
     sink = DatabaseSink(job_id, factory, total_steps=steps, flush_every=flush_every,
                         flush_interval=3600, progress_interval=3600)
@@ -227,7 +228,7 @@ def seed_job(settings: Settings, steps: int, n_layers: int, flush_every: int = 5
     finally:
         HistoryRepository._copy = copy_path  # type: ignore[method-assign]
     with unit_of_work(factory) as session:
-        JobRepository(session).transition(job_id, "succeeded", stop_reason="completed")
+        move_job(session, job_id, "succeeded", stop_reason="completed")
     engine.dispose()
     return job_id, seconds, sink.rows_written
 

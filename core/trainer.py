@@ -296,6 +296,9 @@ class Trainer:
                     nf_now = not (math.isfinite(loss) and math.isfinite(grad_norm))
                 if nf_now and first_nf is None:
                     first_nf = self._locate_non_finite(step, loss, out, layer_gsq, want_acts)
+                    write_nf = getattr(sink, "write_non_finite", None)
+                    if write_nf is not None:  # one definition of it, live and final
+                        write_nf(first_nf)
 
                 if monitor is not None:
                     new_alerts = monitor.observe(record)

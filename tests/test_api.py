@@ -13,9 +13,10 @@ from conftest import SMALL_SPEC
 from fastapi.testclient import TestClient
 
 from app.db import unit_of_work
+from app.lifecycle import move_job
 from app.repositories import JobRepository
-from app.worker import DatabaseSink
-from core.telemetry import LayerRecord, StepRecord
+from app.sink import DatabaseSink
+from core.telemetry import LayerRecord, NonFiniteEvent, StepRecord
 
 PROBLEM = "application/problem+json"
 
@@ -32,16 +33,19 @@ def assert_problem(response: Any, status: int) -> dict[str, Any]:
     return body
 
 
-def finish(client: TestClient, job_id: str, records: list[StepRecord]) -> None:
+def finish(client: TestClient, job_id: str, records: list[StepRecord],
+           first_non_finite: NonFiniteEvent | None = None) -> None:
     """Store records for a job and mark it succeeded, as a worker would."""
     factory = client.app.state.sessionmaker  # type: ignore[attr-defined]
     with unit_of_work(factory) as session:
-        JobRepository(session).transition(job_id, "running")
+        move_job(session, job_id, "running")
     sink = DatabaseSink(job_id, factory, total_steps=len(records), flush_every=1000)
+    if first_non_finite is not None:  # the trainer locates it and tells the sink
+        sink.write_non_finite(first_non_finite)
     sink.write_steps(records)
     sink.close()
     with unit_of_work(factory) as session:
-        JobRepository(session).transition(job_id, "succeeded", stop_reason="completed")
+        move_job(session, job_id, "succeeded", stop_reason="completed")
 
 
 def step(i: int, grad: float, loss: float = 1.0) -> StepRecord:
@@ -213,7 +217,7 @@ def test_cancel_and_delete_follow_the_job_states(client: TestClient) -> None:
 def test_nan_and_infinity_round_trip_through_db_and_json(client: TestClient) -> None:
     job_id = submit(client).json()["id"]
     finish(client, job_id, [step(0, 1.0), step(1, math.inf), step(2, math.nan, loss=math.nan),
-                            step(3, -math.inf)])
+                            step(3, -math.inf)], NonFiniteEvent(1, 0, "gradient", "inf"))
     r = client.get(f"/v1/jobs/{job_id}/gradients")
     assert r.status_code == 200
     assert "NaN" in r.text and "Infinity" in r.text
@@ -224,6 +228,7 @@ def test_nan_and_infinity_round_trip_through_db_and_json(client: TestClient) -> 
     job = client.get(f"/v1/jobs/{job_id}").json()
     assert job["latest"]["grad_norm"] == "-Infinity"
     assert job["first_non_finite"]["step"] == 1
+    assert job["first_non_finite"]["description"] == "first Inf at step 1 in layer 0's gradient"
     # the strict parser of the standard library accepts the body: no bare NaN tokens
     json.loads(r.text, parse_constant=lambda t: pytest.fail(f"bare {t} in JSON"))
 
@@ -292,13 +297,15 @@ def test_events_snapshot_then_end_and_resume_with_last_event_id(client: TestClie
     job_id = submit(client).json()["id"]
     client.post(f"/v1/jobs/{job_id}/cancel")
     events = parse_sse(client.get(f"/v1/jobs/{job_id}/events").text)
-    assert [e["event"] for e in events] == ["snapshot"]
-    assert events[0]["data"]["status"] == "cancelled"
-    missed = parse_sse(client.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": "0"}).text)
-    assert [(e["event"], e["data"]["status"]) for e in missed] == [
-        ("status", "queued"), ("status", "cancelled")]
-    ids = [int(e["id"]) for e in missed]
-    assert ids == sorted(ids) and ids[-1] == int(events[0]["id"])
+    # a first connection: the snapshot, then the job's whole history (a fast job shows it)
+    assert [(e["event"], e["data"]["status"]) for e in events] == [
+        ("snapshot", "cancelled"), ("status", "queued"), ("status", "cancelled")]
+    ids = [int(e["id"]) for e in events]
+    assert ids == sorted(ids) and ids[0] == 0
+    missed = parse_sse(client.get(f"/v1/jobs/{job_id}/events",
+                                  headers={"Last-Event-ID": str(ids[1])}).text)
+    assert [(e["event"], e["data"]["status"]) for e in missed] == [("status", "cancelled")]
+    assert int(missed[-1]["id"]) == ids[-1]
     assert_problem(client.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": "x"}), 422)
     assert_problem(client.get("/v1/jobs/nope/events"), 404)
 

@@ -18,17 +18,21 @@ from conftest import LONG_SPEC, SMALL_SPEC, make_settings
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-import app.worker
 from app.celery_app import TASK_NAME
 from app.db import build_engine, build_sessionmaker, unit_of_work
+from app.dispatch import Dispatcher
 from app.executors.celery import CeleryExecutor, run_worker
+from app.heartbeat import Heartbeat
+from app.lifecycle import move_job, request_cancel
 from app.migrate import upgrade
 from app.models import Job, StepMetric, utcnow
-from app.recovery import _settle, _silent_jobs, reap
+from app.recovery import _settle, reap, requeue
 from app.repositories import Claim, EventRepository, JobRepository
 from app.services import submit_job, validate_spec
 from app.settings import Settings
-from app.worker import DatabaseSink, Heartbeat, _finish, configure_worker, request_handback, run_job
+from app.sink import DatabaseSink
+from app.worker import _finish, run_job
+from app.worker_process import cancel_handback, configure_worker, request_handback
 from core.telemetry import LayerRecord, StepRecord
 
 
@@ -51,7 +55,7 @@ def factory(settings: Settings) -> Iterator[sessionmaker[Session]]:
 @pytest.fixture(autouse=True)
 def _no_handback_left_over() -> Iterator[None]:
     yield
-    app.worker._HANDBACK_AT = None
+    cancel_handback()
 
 
 def new_job(factory: sessionmaker[Session], settings: Settings,
@@ -65,10 +69,8 @@ def new_job(factory: sessionmaker[Session], settings: Settings,
 def claim(factory: sessionmaker[Session], job_id: str, worker_id: str = "host-a:1") -> Claim:
     """What run_job's claim does: queued -> running, one more attempt."""
     with unit_of_work(factory) as session:
-        jobs = JobRepository(session)
-        assert jobs.transition(job_id, "running", started_at=utcnow(), heartbeat_at=utcnow(),
-                               worker_id=worker_id, attempts=Job.attempts + 1)
-        job = jobs.get(job_id)
+        job = move_job(session, job_id, "running", started_at=utcnow(), heartbeat_at=utcnow(),
+                       worker_id=worker_id, attempts=Job.attempts + 1)
         assert job is not None
         return Claim(worker_id, job.attempts)
 
@@ -144,7 +146,7 @@ def test_the_executor_republishes_jobs_the_broker_never_got(settings: Settings,
         session.execute(update(Job).where(Job.id == forgotten)
                         .values(created_at=utcnow() - timedelta(minutes=5)))
     executor = CeleryExecutor(settings, factory)
-    executor.maintain_once()
+    Dispatcher(settings, factory, executor).sweep_once()
     assert job_of(factory, forgotten).enqueued_at is not None
     assert job_of(factory, fresh).enqueued_at is None  # may still be on its way
     with executor.celery.connection_for_read() as connection:
@@ -208,7 +210,7 @@ def test_a_silent_job_whose_cancel_was_requested_is_cancelled(
     job_id = new_job(factory, settings)
     claim(factory, job_id)
     with unit_of_work(factory) as session:
-        assert JobRepository(session).request_cancel(job_id)
+        assert request_cancel(session, job_id) is not None
     silence(factory, job_id)
     [outcome] = reap(factory, settings)
     assert outcome.action == "cancelled"
@@ -220,10 +222,12 @@ def test_the_reaper_changes_nothing_if_the_worker_beats_after_it_looked(
     job_id = new_job(factory, settings)
     run = claim(factory, job_id)
     silence(factory, job_id)
-    [seen] = _silent_jobs(factory, settings.heartbeat_timeout_seconds, "celery")
+    seen = job_of(factory, job_id)  # what the reaper read
     with unit_of_work(factory) as session:  # the worker was only slow
         assert JobRepository(session).heartbeat(job_id, run)
-    assert _settle(factory, settings, seen) is None
+    with unit_of_work(factory) as session:
+        assert _settle(session, settings, seen, lost="silent",
+                       pinned=[Job.heartbeat_at == seen.heartbeat_at]) is None
     assert job_of(factory, job_id).status == "running"
 
 
@@ -240,9 +244,9 @@ def test_a_run_that_lost_its_job_writes_nothing_more(settings: Settings,
     sink = write(factory, job_id, stale, range(0, 40))
     assert sink.lost and sink.should_stop() == "cancelled"
     assert stored_steps(factory, job_id) == list(range(20))  # only the current run's rows
-    assert not _finish(factory, job_id, status="succeeded", stop_reason="completed", error=None,
-                       report=None, first_non_finite=None, steps_completed=40, runtime=1.0,
-                       claim=stale)
+    assert not _finish(factory, job_id, stale, status="succeeded", stop_reason="completed",
+                       error=None, report=None, first_non_finite=None, steps_completed=40,
+                       runtime=1.0)
     job = job_of(factory, job_id)
     assert job.status == "running" and job.worker_id == "host-b:2"
 
@@ -252,14 +256,15 @@ def test_the_heartbeat_thread_stamps_a_running_job_and_notices_when_it_is_taken(
     job_id = new_job(factory, settings)
     run = claim(factory, job_id)
     silence(factory, job_id)
+    silenced = job_of(factory, job_id).heartbeat_at
     with Heartbeat(job_id, run, factory, interval=0.05) as heartbeat:
         deadline = time.monotonic() + 10
-        while _silent_jobs(factory, settings.heartbeat_timeout_seconds, "celery"):
+        while job_of(factory, job_id).heartbeat_at == silenced:
             assert time.monotonic() < deadline, "the heartbeat thread did not beat"
             time.sleep(0.05)
         assert reap(factory, settings) == []
         with unit_of_work(factory) as session:  # the job was given to another run
-            assert JobRepository(session).requeue(job_id, where=[Job.status == "running"])
+            assert requeue(session, job_id, where=[Job.status == "running"], reason="test")
         assert heartbeat.lost.wait(10)
     assert job_of(factory, job_id).heartbeat_at is None  # a lost run stamps nothing more
 

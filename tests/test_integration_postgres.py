@@ -16,12 +16,13 @@ from sqlalchemy import inspect, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import build_engine, build_sessionmaker, unit_of_work
+from app.lifecycle import move_job
 from app.main import create_app
 from app.migrate import alembic_config, current_revision, downgrade, head_revision, upgrade
-from app.repositories import Claim, HistoryRepository, JobRepository
+from app.repositories import Claim, HistoryRepository
 from app.services import submit_job, validate_spec
-from app.worker import DatabaseSink
-from core.telemetry import LayerRecord, StepRecord
+from app.sink import DatabaseSink
+from core.telemetry import LayerRecord, NonFiniteEvent, StepRecord
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -40,7 +41,7 @@ def new_running_job(factory: sessionmaker[Session], tmp_path: Path) -> str:
     with unit_of_work(factory) as session:
         job_id: str = submit_job(session, spec=validate_spec(SMALL_SPEC, settings),
                                  settings=settings).job.id
-        JobRepository(session).transition(job_id, "running", worker_id="test:1")
+        move_job(session, job_id, "running", worker_id="test:1")
     return job_id
 
 
@@ -159,8 +160,9 @@ def test_the_api_serves_histories_with_non_finite_numbers_from_postgres(
         job_id = client.post("/v1/jobs", json=SMALL_SPEC).json()["id"]
         factory = client.app.state.sessionmaker  # type: ignore[attr-defined]
         with unit_of_work(factory) as session:
-            JobRepository(session).transition(job_id, "running")
+            move_job(session, job_id, "running")
         sink = DatabaseSink(job_id, factory, total_steps=4, flush_every=1000)
+        sink.write_non_finite(NonFiniteEvent(1, 0, "gradient", "inf"))  # as the trainer does
         sink.write_steps([record(0, 1.0), record(1, INF), record(2, NAN, loss=NAN),
                           record(3, -INF)])
         sink.close()

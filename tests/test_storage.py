@@ -19,13 +19,14 @@ from app.downsampling import (
     group_starts,
     plan_buckets,
     reduce_segments,
-    unpack_blocks,
 )
+from app.history import unpack_blocks
+from app.lifecycle import TERMINAL, move_job, request_cancel
 from app.models import Job, utcnow
 from app.repositories import EventRepository, HistoryRepository, JobRepository
 from app.settings import Settings
-from app.worker import DatabaseSink
-from core.telemetry import LayerRecord, StepRecord
+from app.sink import DatabaseSink
+from core.telemetry import LayerRecord, NonFiniteEvent, StepRecord
 
 NAN, INF = math.nan, math.inf
 
@@ -109,7 +110,7 @@ def test_sink_reads_the_cancel_flag_on_every_flush(session_factory: Any) -> None
     sink.write_steps([record(0, 1.0)])
     assert sink.should_stop() is None
     with unit_of_work(session_factory) as session:
-        assert JobRepository(session).request_cancel(job_id)
+        assert request_cancel(session, job_id) is not None
     for step in range(1, 5):
         sink.write_steps([record(step, 1.0)])  # the 5th record flushes
     assert sink.should_stop() == "cancelled"
@@ -118,12 +119,26 @@ def test_sink_reads_the_cancel_flag_on_every_flush(session_factory: Any) -> None
 def test_job_state_changes_follow_the_transition_table(session_factory: Any) -> None:
     job_id = add_job(session_factory)
     with unit_of_work(session_factory) as session:
-        jobs = JobRepository(session)
-        assert not jobs.transition(job_id, "succeeded")  # queued -> succeeded is not allowed
-        assert jobs.transition(job_id, "running")  # the claim
-        assert not jobs.transition(job_id, "running")  # a job is claimed once
-        assert jobs.transition(job_id, "failed", error="x")
-        assert not jobs.transition(job_id, "cancelled")  # terminal stays terminal
+        assert not move_job(session, job_id, "succeeded")  # queued -> succeeded is not allowed
+        assert move_job(session, job_id, "running")  # the claim
+        assert not move_job(session, job_id, "running")  # a job is claimed once
+        assert move_job(session, job_id, "failed", error="x")
+        assert not move_job(session, job_id, "cancelled")  # terminal stays terminal
+    with session_factory() as session:  # each move appended one status event, one shape
+        events = [e.data for e in EventRepository(session).of_type(job_id, "status")]
+    assert [e["status"] for e in events] == ["running", "failed"]
+    assert all(set(e) == set(events[0]) for e in events)
+    assert events[-1]["terminal"] and events[-1]["error"] == "x"
+
+
+def test_repeated_cancel_requests_append_one_event(session_factory: Any) -> None:
+    job_id = add_job(session_factory, status="running")
+    for _ in range(3):
+        with unit_of_work(session_factory) as session:
+            assert request_cancel(session, job_id) is not None
+    with session_factory() as session:
+        events = EventRepository(session).of_type(job_id, "status")
+    assert [e.data["cancel_requested"] for e in events] == [True]
 
 
 def test_event_ids_increase_per_job(session_factory: Any) -> None:
@@ -143,8 +158,8 @@ def test_deleting_a_job_cascades_to_its_history(session_factory: Any) -> None:
     sink.write_steps([record(s, 1.0) for s in range(50)])
     sink.close()
     with unit_of_work(session_factory) as session:
-        JobRepository(session).transition(job_id, "succeeded")
-        assert JobRepository(session).delete(job_id)
+        move_job(session, job_id, "succeeded")
+        assert JobRepository(session).delete(job_id, statuses=TERMINAL)
     with session_factory() as session:
         for table in ("step_metrics", "layer_stats", "series_rollups", "job_events"):
             count = session.execute(text(f"SELECT count(*) FROM {table}")).scalar()
@@ -257,7 +272,7 @@ def test_history_from_rollups_matches_brute_force_downsampling(
     if finished:
         sink.close()
         with unit_of_work(session_factory) as session:
-            JobRepository(session).transition(job_id, "succeeded")
+            move_job(session, job_id, "succeeded")
     else:
         sink.flush()
     for start, end, max_points in [(None, None, 1000), (1234, 51_234, 300), (5, 40_000, 64)]:
@@ -279,7 +294,8 @@ def test_history_from_rollups_matches_brute_force_downsampling(
 
 
 def test_a_job_that_cannot_train_fails_with_a_readable_error(migrated_url: str) -> None:
-    from app.worker import configure_worker, run_job
+    from app.worker import run_job
+    from app.worker_process import configure_worker
 
     context = configure_worker(Settings(database_url=migrated_url, workers=0))
     job_id = add_job(context.factory)  # its stored spec ({"data": {}}) is not a valid spec
@@ -301,9 +317,10 @@ def test_a_stored_history_carries_the_monitors_alerts_into_the_diagnosis(migrate
     import copy
     import dataclasses
 
+    from app.history import stored_history
     from app.routers.examples import EXPLODING_SPEC
-    from app.services import _history_from_db, diagnostics, submit_job, validate_spec
-    from app.worker import configure_worker
+    from app.services import diagnostics, submit_job, validate_spec
+    from app.worker_process import configure_worker
     from core import Trainer
     from core.diagnostics import diagnose
 
@@ -316,16 +333,16 @@ def test_a_stored_history_carries_the_monitors_alerts_into_the_diagnosis(migrate
     spec = validate_spec(body, settings)
     with unit_of_work(context.factory) as session:
         job_id = submit_job(session, spec=spec, settings=settings).job.id
-        JobRepository(session).transition(job_id, "running")
+        move_job(session, job_id, "running")
     sink = DatabaseSink(job_id, context.factory, total_steps=spec.total_steps())
     result = Trainer(spec).run(sink)
     sink.close()
     assert result.stop_reason == "explosion" and result.alerts
     with unit_of_work(context.factory) as session:  # finished, but no report stored
-        JobRepository(session).transition(job_id, "succeeded", stop_reason="explosion")
+        move_job(session, job_id, "succeeded", stop_reason="explosion")
 
     with context.factory() as session:
-        stored = _history_from_db(session, JobRepository(session).get(job_id), settings)
+        stored = stored_history(session, JobRepository(session).get(job_id), settings)
         assert [a["kind"] for a in stored.alerts] == [a.kind for a in result.alerts]
         assert len(stored.steps) < result.steps_completed  # thinned by record_every
         report = diagnostics(session, job_id, settings)
@@ -338,8 +355,9 @@ def test_a_stored_history_carries_the_monitors_alerts_into_the_diagnosis(migrate
 def test_a_long_history_is_read_thinned_for_a_diagnosis_but_keeps_its_telling_steps(
         migrated_url: str) -> None:
     """A provisional diagnosis of a very long run must not load every row into the API."""
-    from app.services import _history_from_db, submit_job, validate_spec
-    from app.worker import configure_worker
+    from app.history import stored_history
+    from app.services import submit_job, validate_spec
+    from app.worker_process import configure_worker
 
     settings = Settings(database_url=migrated_url, workers=0, diagnosis_max_records=100)
     context = configure_worker(settings)
@@ -347,15 +365,17 @@ def test_a_long_history_is_read_thinned_for_a_diagnosis_but_keeps_its_telling_st
                           "model": {"hidden": [{"units": 4}]}}, settings)
     with unit_of_work(context.factory) as session:
         job_id = submit_job(session, spec=spec, settings=settings).job.id
-        JobRepository(session).transition(job_id, "running")
+        move_job(session, job_id, "running")
     sink = DatabaseSink(job_id, context.factory, total_steps=1000, flush_every=250)
     for step in range(1000):
+        if step == 555:  # what the trainer tells its sink when it finds the first NaN
+            sink.write_non_finite(NonFiniteEvent(555, 0, "gradient", "nan"))
         sink.write_steps([record(step, NAN if step == 555 else 1.0)])
     sink.close()
     with context.factory() as session:
         job = JobRepository(session).get(job_id)
         assert job is not None and job.first_non_finite is not None
-        stored = _history_from_db(session, job, settings)
+        stored = stored_history(session, job, settings)
     steps = [r.step for r in stored.steps]
     assert 100 <= len(steps) <= 110 and steps == sorted(steps)
     assert {0, 555, 999} <= set(steps)

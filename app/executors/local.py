@@ -1,10 +1,12 @@
 """The embedded executor: a few long-lived worker processes inside the server.
 
-Each worker process runs one job at a time (``app.worker.run_job``) and caps its BLAS
-threads so that workers x threads <= cores. A dispatcher thread hands job ids to idle
-workers and watches them: if a worker process dies (a crash, the OOM killer, a job that
-overran its runtime and had to be killed), only its own job fails — with a readable error —
-and the worker is replaced. The server itself never goes down with a job.
+Each worker process runs one job at a time (``app.worker.run_job``), set up like a Celery
+pool child (:func:`app.worker_process.setup_worker_process`). A dispatcher thread hands job
+ids to idle workers and watches them: if a worker process dies (a crash, the OOM killer),
+its job gets the same recovery policy as a lost Celery worker's (:func:`app.recovery.
+worker_died`: re-queued with its history reset, up to GRADWATCH_MAX_ATTEMPTS starts, then
+failed with the reason); a job killed for overrunning its runtime fails. The worker is
+replaced; the server itself never goes down with a job.
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.models import utcnow
+from app.db import unit_of_work
+from app.recovery import worker_died
 from app.repositories import JobRepository
 from app.settings import Settings
+from app.worker_process import setup_worker_process
 
-__all__ = ["LocalExecutor", "tune_malloc"]
+__all__ = ["LocalExecutor"]
 
 log = logging.getLogger(__name__)
 
@@ -49,38 +53,12 @@ def _signal_name(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
-def tune_malloc() -> bool:
-    """Keep freed NumPy temporaries in the heap instead of unmapping them (glibc only).
-
-    By default glibc serves blocks over 128 KiB with mmap and returns them on free, so every
-    training step page-faults its activations and gradients in afresh; measured, that makes
-    small-network training up to 2x slower. Returns False where mallopt is unavailable.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        ok = libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)
-        ok &= libc.mallopt(m_trim_threshold, 256 * 1024 * 1024)
-        return bool(ok)
-    except (OSError, AttributeError):
-        return False
-
-
-def _worker_main(conn: Connection, settings_values: dict[str, Any], blas_threads: int) -> None:
+def _worker_main(conn: Connection, settings_values: dict[str, Any]) -> None:
     """Entry point of a worker process: run job ids received on ``conn`` until told to stop."""
-    tune_malloc()
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS"):
-        os.environ[var] = str(blas_threads)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when workers stop
-    from threadpoolctl import threadpool_limits
+    settings = Settings(**settings_values)
+    context = setup_worker_process(settings, processes=max(1, settings.workers))
+    from app.worker import run_job
 
-    from app.worker import configure_worker, run_job
-
-    threadpool_limits(limits=blas_threads)
-    context = configure_worker(Settings(**settings_values))
     with contextlib.suppress(Exception):  # warm up before the first job; errors surface there
         import core.trainer  # noqa: F401
     conn.send(("ready", os.getpid()))
@@ -114,6 +92,11 @@ class _Slot:
     spawned_at: float = field(default_factory=time.monotonic)
     kill_reason: str | None = None
 
+    @property
+    def worker_id(self) -> str:
+        """The id the worker claims jobs with (app.worker_process.configure_worker)."""
+        return f"{socket.gethostname()}:{self.process.pid}"
+
 
 class LocalExecutor:
     """Process-pool executor with per-job failure isolation (see the module docstring)."""
@@ -131,9 +114,8 @@ class LocalExecutor:
         self._slots: list[_Slot] = []
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._requeued: set[str] = set()
+        self._retried: set[str] = set()
         self._backoff = 0.0
-        self._last_reap = 0.0
         self.host = socket.gethostname()
 
     # ---- public API ----
@@ -146,13 +128,13 @@ class LocalExecutor:
                                         daemon=True)
         self._thread.start()
 
-    def submit(self, job_id: str) -> None:
+    def submit(self, job_id: str) -> bool:
         with self._lock:
-            if job_id in self._queued:
-                return
-            self._queued.add(job_id)
-            self._queue.append(job_id)
+            if job_id not in self._queued:
+                self._queued.add(job_id)
+                self._queue.append(job_id)
         self._wake()
+        return True
 
     def healthy(self) -> bool:
         if self.settings.workers == 0:
@@ -160,15 +142,19 @@ class LocalExecutor:
         return self._thread is not None and self._thread.is_alive()
 
     def shutdown(self, *, wait: bool = True) -> None:
+        """Stop the workers; a job running in one goes back to the queue (without spending
+        an attempt) and runs again when a server starts."""
         self._stopping.set()
         self._wake()
         if self._thread is not None:
             self._thread.join(timeout=10)
         for slot in self._slots:
+            job_id = slot.job_id
             self._stop_slot(slot, graceful=wait)
-            if slot.job_id is not None:
-                self._fail(slot.job_id, "the server shut down while this job was running; "
-                                        "submit it again")
+            if job_id is not None:
+                self._safe(lambda job_id=job_id, slot=slot: worker_died(
+                    self.factory, self.settings, job_id, worker_id=slot.worker_id,
+                    cause="the server shut down", shutting_down=True))
         self._slots.clear()
 
     def running_jobs(self) -> list[str]:
@@ -176,52 +162,22 @@ class LocalExecutor:
 
     # ---- recovery ----
     def recover(self) -> None:
-        """Fail running jobs whose worker is gone; re-submit queued jobs."""
+        """Settle the jobs of this machine's previous worker processes (the server was
+        restarted or crashed), then queue every queued local job."""
         with self.factory() as session:
-            running = [(j.id, j.worker_id, j.heartbeat_at) for j in
+            running = [(j.id, j.worker_id) for j in
                        JobRepository(session).running(executor=self.name)]
-            queued = JobRepository(session).queued_ids()
-        for job_id, worker_id, heartbeat in running:
-            reason = self._orphan_reason(worker_id, heartbeat, at_start=True)
-            if reason:
-                log.warning("recovering orphaned job %s: %s", job_id, reason)
-                self._fail(job_id, reason)
+        for job_id, worker_id in running:
+            host, _, pid_text = (worker_id or "").rpartition(":")
+            if host == self.host and pid_text.isdigit() and not _pid_alive(int(pid_text)):
+                self._safe(lambda job_id=job_id, worker_id=worker_id: worker_died(
+                    self.factory, self.settings, job_id, worker_id=worker_id or "",
+                    cause=f"the worker process running this job ({worker_id}) is gone — the "
+                          "server was restarted or the worker crashed"))
+        with self.factory() as session:
+            queued = JobRepository(session).queued_ids(executor=self.name)
         for job_id in queued:
             self.submit(job_id)
-
-    def _orphan_reason(self, worker_id: str | None, heartbeat: Any, *, at_start: bool) -> str | None:
-        host, _, pid_text = (worker_id or "").rpartition(":")
-        if host == self.host and pid_text.isdigit():
-            pid = int(pid_text)
-            if pid in {s.process.pid for s in self._slots}:
-                return None
-            if not _pid_alive(pid):
-                return (f"the worker process running this job ({worker_id}) is gone — the "
-                        "server was restarted or the worker crashed; submit it again")
-            if at_start:
-                return None
-        if heartbeat is None:
-            return None
-        if heartbeat.tzinfo is None:
-            heartbeat = heartbeat.replace(tzinfo=utcnow().tzinfo)
-        silent = (utcnow() - heartbeat).total_seconds()
-        if silent > self.settings.heartbeat_timeout_seconds:
-            return (f"lost worker {worker_id}: no heartbeat for {silent:.0f} s "
-                    f"(GRADWATCH_HEARTBEAT_TIMEOUT_SECONDS={self.settings.heartbeat_timeout_seconds:g})")
-        return None
-
-    def _reap(self) -> None:
-        """Fail running jobs nobody is working on any more (dead pid or silent heartbeat)."""
-        mine = set(self.running_jobs())
-        with self.factory() as session:
-            candidates = [(j.id, j.worker_id, j.heartbeat_at)
-                          for j in JobRepository(session).running(executor=self.name)
-                          if j.id not in mine]
-        for job_id, worker_id, heartbeat in candidates:
-            reason = self._orphan_reason(worker_id, heartbeat, at_start=False)
-            if reason:
-                log.warning("reaping job %s: %s", job_id, reason)
-                self._fail(job_id, reason)
 
     # ---- the dispatcher thread ----
     def _dispatch(self) -> None:
@@ -232,9 +188,6 @@ class LocalExecutor:
                 self._assign()
                 self._wait_and_handle(timeout=0.5)
                 self._watchdog()
-                if time.monotonic() - self._last_reap > 30:
-                    self._last_reap = time.monotonic()
-                    self._safe(self._reap)
         except Exception:  # pragma: no cover - keep the server up, log loudly
             log.exception("local executor dispatcher crashed")
 
@@ -242,7 +195,7 @@ class LocalExecutor:
         parent, child = self._mp.Pipe(duplex=True)
         process = self._mp.Process(
             target=_worker_main, name=f"gradwatch-worker-{index}", daemon=True,
-            args=(child, self.settings.model_dump(), self.settings.blas_threads_per_worker()))
+            args=(child, self.settings.model_dump()))
         process.start()
         child.close()
         return _Slot(index=index, process=process, conn=parent)
@@ -293,7 +246,11 @@ class LocalExecutor:
             _, job_id, status = message
             slot.job_id = None
             if isinstance(status, str) and status.startswith("error"):
-                self._fail(job_id, f"the worker could not finish the job: {status[7:]}")
+                # the worker survived but could not run the job (its database went away...)
+                self._safe(lambda: worker_died(
+                    self.factory, self.settings, job_id, worker_id=slot.worker_id,
+                    cause=f"the worker could not finish the job: {status[7:]}",
+                    fail_reason=f"the worker could not finish the job: {status[7:]}"))
 
     def _on_death(self, slot: _Slot) -> None:
         if slot not in self._slots:
@@ -303,9 +260,18 @@ class LocalExecutor:
         job_id = slot.job_id
         if job_id is not None:
             log.error("worker %s died running job %s: %s", slot.process.pid, job_id, cause)
-            if not self._fail(job_id, cause) and job_id not in self._requeued:
+            outcome = None
+            try:
+                outcome = worker_died(self.factory, self.settings, job_id,
+                                      worker_id=slot.worker_id, cause=cause,
+                                      fail_reason=slot.kill_reason)
+            except Exception:
+                log.exception("could not settle job %s; the sweeper will", job_id)
+            if outcome is not None and outcome.action == "requeued":
+                self._resubmit(job_id)
+            elif outcome is None and job_id not in self._retried:
                 # died before claiming the job: not the job's fault, run it again once
-                self._requeued.add(job_id)
+                self._retried.add(job_id)
                 self.submit(job_id)
         else:
             log.error("worker %s died while idle (%s)", slot.process.pid,
@@ -320,9 +286,15 @@ class LocalExecutor:
             self._stopping.wait(self._backoff)
         self._slots[index] = self._spawn(slot.index)
 
+    def _resubmit(self, job_id: str) -> None:
+        """Queue a re-queued job again and record that it was accepted."""
+        self.submit(job_id)
+        with unit_of_work(self.factory) as session:
+            JobRepository(session).mark_enqueued(job_id)
+
     def _watchdog(self) -> None:
         limit = self.settings.max_job_runtime_seconds
-        grace = max(30.0, 0.1 * limit)  # the trainer stops itself at `limit`; this is the backstop
+        grace = self.settings.runtime_grace_seconds  # the trainer stops itself at `limit`
         now = time.monotonic()
         for slot in self._slots:
             if slot.job_id is not None and slot.kill_reason is None and now - slot.job_started > limit + grace:
@@ -351,15 +323,6 @@ class LocalExecutor:
             slot.process.kill()
             slot.process.join(timeout=1)
         slot.conn.close()
-
-    def _fail(self, job_id: str, reason: str) -> bool:
-        from app.worker import fail_job
-
-        try:
-            return fail_job(self.factory, job_id, reason)
-        except Exception:
-            log.exception("could not mark job %s failed", job_id)
-            return False
 
     def _safe(self, fn: Any) -> None:
         try:

@@ -10,6 +10,10 @@ from fastapi import Request
 from app.errors import PROBLEM_JSON, ProblemError, SpecValidationError
 from app.routers.examples import SPEC_EXAMPLES
 
+# Bounds of integer inputs: what the database's 32-bit INTEGER columns can hold.
+MAX_STEP = 2**31 - 1
+MAX_EVENT_ID = 999_999_999
+
 PROBLEM_SCHEMA: dict[str, Any] = {
     "type": "object",
     "description": "RFC 9457 problem details.",

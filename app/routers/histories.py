@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
+from pydantic import Field
 
 from app.deps import ReadSessionDep, SettingsDep
 from app.downsampling import LAYER_METRICS, STEP_METRICS
 from app.errors import SpecValidationError
-from app.routers.common import problems
+from app.routers.common import MAX_STEP, problems
 from app.schemas import GradientHistory, MetricsHistory
 from app.services import HistoryQuery, diagnostics, gradient_history, metrics_history
 from core.diagnostics import DiagnosticReport
@@ -26,9 +27,17 @@ _DOWNSAMPLING = (
     "missing value (an activation statistic that does not apply) is null."
 )
 
-StartStep = Annotated[int | None, Query(ge=0, description="First step (inclusive).")]
-EndStep = Annotated[int | None, Query(ge=0, description="Last step (inclusive).")]
-MaxPoints = Annotated[int, Query(ge=10, description="At most this many points per series.")]
+StartStep = Annotated[int | None, Query(ge=0, le=MAX_STEP,
+                                        description="First step (inclusive).")]
+EndStep = Annotated[int | None, Query(ge=0, le=MAX_STEP, description="Last step (inclusive); "
+                                      "422 when before `start_step`.")]
+MaxPoints = Annotated[int, Query(ge=10, description="At most this many points per series "
+                                 "(at most GRADWATCH_MAX_HISTORY_POINTS).")]
+
+
+def _metrics_pattern(names: tuple[str, ...]) -> str:
+    one = "|".join(names)
+    return f"^(({one})(,({one}))*)?$"
 
 
 def _query(settings: Any, start: int | None, end: int | None, max_points: int) -> HistoryQuery:
@@ -55,11 +64,12 @@ def gradients(
     job_id: str,
     session: ReadSessionDep,
     settings: SettingsDep,
-    layer: Annotated[int | None, Query(ge=0, description="Only this layer (0 = first hidden).")] = None,
+    layer: Annotated[int | None, Query(ge=0, le=MAX_STEP,
+                                       description="Only this layer (0 = first hidden).")] = None,
     start_step: StartStep = None,
     end_step: EndStep = None,
     max_points: MaxPoints = 1000,
-    metrics: Annotated[list[str] | None, Query(
+    metrics: Annotated[list[Annotated[str, Field(pattern=_metrics_pattern(LAYER_METRICS))]] | None, Query(
         description=f"Only these series (repeat or comma-separate): {', '.join(LAYER_METRICS)}."
     )] = None,
 ) -> dict[str, Any]:
@@ -84,7 +94,7 @@ def metrics(
     start_step: StartStep = None,
     end_step: EndStep = None,
     max_points: MaxPoints = 1000,
-    metrics: Annotated[list[str] | None, Query(
+    metrics: Annotated[list[Annotated[str, Field(pattern=_metrics_pattern(STEP_METRICS))]] | None, Query(
         description=f"Only these series (repeat or comma-separate): {', '.join(STEP_METRICS)}."
     )] = None,
 ) -> dict[str, Any]:

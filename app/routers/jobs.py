@@ -6,10 +6,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Response
 
-from app.deps import ExecutorDep, ReadSessionDep, SessionDep, SettingsDep
+from app.deps import ReadSessionDep, SessionDep, SettingsDep
 from app.routers.common import SPEC_REQUEST_BODY, json_body, problems
 from app.schemas import Comparison, JobPage, JobRead, JobStatus, RepairRequest, Verdict
 from app.services import (
+    Submitted,
     cancel_job,
     compare,
     delete_job,
@@ -55,28 +56,21 @@ def create_job(
     body: Annotated[Any, Depends(json_body)],
     session: SessionDep,
     settings: SettingsDep,
-    executor: ExecutorDep,
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> dict[str, Any]:
     spec = validate_spec(body, settings)
     submitted = submit_job(session, spec=spec, settings=settings, idempotency_key=idempotency_key)
-    session.commit()
+    session.commit()  # the commit sends the new job to the executor (app.dispatch)
+    return _submitted(submitted, response)
+
+
+def _submitted(submitted: Submitted, response: Response) -> dict[str, Any]:
     job = submitted.job
-    if submitted.created:
-        executor.submit(job.id)  # only after the commit: a worker must find the row
-        _mark_enqueued(session, job.id)
-    else:
+    if not submitted.created:
         response.status_code = 200
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return job_to_read(job)
-
-
-def _mark_enqueued(session: Any, job_id: str) -> None:
-    from app.repositories import JobRepository
-
-    JobRepository(session).mark_enqueued(job_id)
-    session.commit()
 
 
 @router.get(
@@ -166,7 +160,6 @@ def repair_job_endpoint(
     job_id: str,
     session: SessionDep,
     settings: SettingsDep,
-    executor: ExecutorDep,
     response: Response,
     request: Annotated[RepairRequest | None, Body(openapi_examples={
         "first recommendation": {"summary": "Apply the top recommendation", "value": {}},
@@ -181,14 +174,7 @@ def repair_job_endpoint(
     submitted = repair_job(session, job_id, settings, recommendation=req.recommendation,
                            spec_patch=req.spec_patch, idempotency_key=idempotency_key)
     session.commit()
-    job = submitted.job
-    if submitted.created:
-        executor.submit(job.id)
-        _mark_enqueued(session, job.id)
-    else:
-        response.status_code = 200
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return job_to_read(job)
+    return _submitted(submitted, response)
 
 
 @router.get(

@@ -5,13 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from sqlalchemy import text
 
 from app.deps import SettingsDep, require_api_key
-from app.errors import ProblemError
 from app.routers.common import SPEC_REQUEST_BODY, json_body, problems
 from app.schemas import DatasetCatalog, Health
-from app.services import validate_spec
+from app.services import readiness, validate_spec
 from core.diagnostics import PreflightReport
 
 health_router = APIRouter(tags=["health"])
@@ -32,23 +30,8 @@ def healthz() -> dict[str, Any]:
                    responses=problems(503))
 def readyz(request: Request) -> dict[str, Any]:
     state = request.app.state
-    checks: dict[str, str] = {}
-    try:
-        with state.engine.connect() as conn:
-            revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-        checks["database"] = "ok"
-    except Exception as exc:
-        raise ProblemError(f"database not reachable: {type(exc).__name__}", status=503,
-                           slug="not-ready") from None
-    if revision != state.head_revision:
-        raise ProblemError(f"database schema is at {revision}, the code needs "
-                           f"{state.head_revision}: run `gradwatch migrate`", status=503,
-                           slug="not-ready")
-    checks["schema"] = str(revision)
-    if not state.executor.healthy():
-        raise ProblemError("the job executor is not running", status=503, slug="not-ready")
-    checks["executor"] = state.executor.name
-    return {"status": "ok", "checks": checks}
+    return readiness(state.sessionmaker, head_revision=state.head_revision,
+                     executor=state.executor, dispatcher=state.dispatcher)
 
 
 @router.post(

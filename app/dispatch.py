@@ -1,0 +1,125 @@
+"""Enqueue that cannot lose a job, and the maintenance every API process runs.
+
+A unit of work that creates a job *requests* its enqueueing (:func:`request_enqueue`: the
+id waits in the session); the session's after-commit hook sends it (polar's pattern), so no
+worker is told about a row it cannot see yet, and a rolled-back job is never sent.
+``jobs.enqueued_at`` is set only after the executor accepted the id (the broker took the
+message, or the local pool queued it).
+
+What can still go wrong between the commit and the send — the API process dies, the broker
+is down — leaves a ``queued`` job with ``enqueued_at`` NULL. The :class:`Dispatcher`'s
+sweeper thread (one in every API process) re-sends those after
+``GRADWATCH_ENQUEUE_RETRY_SECONDS``, and applies the recovery policy
+(:func:`app.recovery.reap`) to jobs whose worker went silent. Sending twice is harmless: a
+worker claims a job only while it is ``queued``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from datetime import timedelta
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
+
+from app.db import unit_of_work
+from app.executors.base import Executor
+from app.models import utcnow
+from app.recovery import reap
+from app.repositories import JobRepository
+from app.settings import Settings
+
+__all__ = ["Dispatcher", "request_enqueue"]
+
+log = logging.getLogger(__name__)
+
+_PENDING = "gradwatch.enqueue"
+
+
+def request_enqueue(session: Session, job_id: str) -> None:
+    """Send ``job_id`` to the executor once ``session``'s transaction has committed."""
+    session.info.setdefault(_PENDING, []).append(job_id)
+
+
+class Dispatcher:
+    """Sends requested job ids after commit; re-sends unsent ones; reaps lost workers."""
+
+    def __init__(self, settings: Settings, factory: sessionmaker[Session],
+                 executor: Executor) -> None:
+        self.settings, self.factory, self.executor = settings, factory, executor
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ---- after commit ----
+    def install(self) -> None:
+        """Hook into every session ``factory`` makes."""
+        event.listen(self.factory, "after_commit", self._after_commit)
+        event.listen(self.factory, "after_transaction_end", self._after_transaction_end)
+
+    def uninstall(self) -> None:
+        event.remove(self.factory, "after_commit", self._after_commit)
+        event.remove(self.factory, "after_transaction_end", self._after_transaction_end)
+
+    def _after_commit(self, session: Session) -> None:
+        job_ids = session.info.pop(_PENDING, None)
+        if job_ids:
+            self.send(job_ids)
+
+    @staticmethod
+    def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+        if transaction.parent is None:  # the outermost transaction ended without a commit
+            session.info.pop(_PENDING, None)
+
+    def send(self, job_ids: Iterable[str]) -> int:
+        """Hand ``job_ids`` to the executor; stamp ``enqueued_at`` on those it accepted.
+        Never raises: what was not sent is found again by the sweeper. Returns how many
+        were accepted."""
+        accepted = 0
+        for job_id in dict.fromkeys(job_ids):
+            try:
+                if not self.executor.submit(job_id):
+                    continue
+                with unit_of_work(self.factory) as session:
+                    JobRepository(session).mark_enqueued(job_id)
+                accepted += 1
+            except Exception:
+                log.exception("could not enqueue job %s; the sweeper retries", job_id)
+        return accepted
+
+    # ---- the sweeper ----
+    def sweep_once(self) -> None:
+        """Apply the recovery policy to silent jobs, then re-send what was never accepted."""
+        for outcome in reap(self.factory, self.settings, executor=self.executor.name):
+            if outcome.action == "requeued":
+                self.send([outcome.job_id])
+        before = utcnow() - timedelta(seconds=self.settings.enqueue_retry_seconds)
+        with self.factory() as session:
+            unsent = JobRepository(session).unsent(self.executor.name, before)
+        if unsent:
+            log.warning("re-sending %d job(s) never accepted by the executor", len(unsent))
+            self.send(unsent)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="gradwatch-sweeper", daemon=True)
+        self._thread.start()
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.sweep_once()
+            except Exception:  # the database may be away for a while: keep trying
+                log.exception("sweeper pass failed")
+            self._stopping.wait(self.settings.reaper_interval_seconds)
+
+    def __repr__(self) -> str:  # pragma: no cover - debugging aid
+        return f"Dispatcher(executor={self.executor.name!r})"

@@ -1,0 +1,179 @@
+"""The worker's sink: a run's telemetry into the database, in short batched transactions."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db import retry_on_locked, unit_of_work
+from app.heartbeat import Heartbeat
+from app.history import HistoryWriter
+from app.jsonutil import encode_non_finite
+from app.lifecycle import progress_dict
+from app.repositories import Claim, EventRepository, HistoryRepository, JobLostError, JobRepository
+from core.telemetry import EpochRecord, NonFiniteEvent, StepRecord, StopReason
+
+__all__ = ["DatabaseSink", "latest_figures"]
+
+log = logging.getLogger(__name__)
+
+
+def latest_figures(record: StepRecord) -> dict[str, Any]:
+    """``latest`` of a job: the figures of its most recent recorded step. ``step`` is that
+    step's index (steps count from 0), so it is ``progress.step - 1`` when the last completed
+    step was recorded."""
+    figures: dict[str, Any] = encode_non_finite({
+        "step": record.step, "loss": record.loss, "grad_norm": record.grad_norm,
+        "clipped_grad_norm": record.clipped_grad_norm, "lr": record.lr,
+        "layer_grad_norms": [lr.grad_norm for lr in record.layers],
+    })
+    return figures
+
+
+def _never() -> bool:
+    return False
+
+
+class DatabaseSink:
+    """A :class:`core.telemetry.Sink` that batch-inserts records every N steps or T seconds.
+
+    Each flush is one short transaction: the records, the completed rollup blocks, progress
+    and heartbeat, a (throttled) progress event; it reads the cancel flag, which
+    :meth:`should_stop` then reports, so a cancel is honoured within one flush. The first
+    non-finite value is the trainer's (:meth:`write_non_finite`), stored with the next flush,
+    so the live value is the final one.
+    """
+
+    def __init__(self, job_id: str, factory: sessionmaker[Session], *, total_steps: int,
+                 flush_every: int = 100, flush_interval: float = 1.0,
+                 progress_interval: float = 1.0, claim: Claim | None = None,
+                 heartbeat: Heartbeat | None = None,
+                 handback_due: Callable[[], bool] = _never) -> None:
+        self.job_id = job_id
+        self.factory = factory
+        self.claim = claim
+        self.heartbeat = heartbeat
+        self.handback_due = handback_due
+        self.lost = False  # the job no longer runs under our claim: write nothing more
+        self.handed_back = False  # the worker is shutting down: the job goes back to the queue
+        self.total_steps = total_steps
+        self.flush_every = flush_every
+        self.flush_interval = flush_interval
+        self.progress_interval = progress_interval
+        self.steps_completed = 0
+        self.first_non_finite: dict[str, Any] | None = None
+        self.cancelled = False
+        self.rows_written = 0
+        self._steps: list[StepRecord] = []
+        self._epochs: list[EpochRecord] = []
+        self._alerts: list[dict[str, Any]] = []
+        self._writer = HistoryWriter(job_id)
+        self._last_flush = time.monotonic()
+        self._last_progress_event = 0.0
+        self._last_record: StepRecord | None = None
+
+    # ---- Sink protocol ----
+    def write_steps(self, records: list[StepRecord]) -> None:
+        self._steps.extend(records)
+        if (len(self._steps) >= self.flush_every
+                or time.monotonic() - self._last_flush >= self.flush_interval):
+            self.flush()
+
+    def write_epoch(self, record: EpochRecord) -> None:
+        self._epochs.append(record)
+
+    def write_alert(self, finding: Any) -> None:
+        """An online-monitor finding: stored as an ``alert`` event right away."""
+        if hasattr(finding, "model_dump_json"):
+            data = json.loads(finding.model_dump_json())
+        elif isinstance(finding, dict):
+            data = encode_non_finite(finding)
+        else:
+            data = {"message": str(finding)}
+        self._alerts.append(data)
+        self.flush()
+
+    def write_non_finite(self, event: NonFiniteEvent) -> None:
+        """The trainer located the run's first non-finite value."""
+        if self.first_non_finite is None:
+            self.first_non_finite = {"step": event.step, "layer": event.layer,
+                                     "tensor": event.tensor, "value": event.value}
+
+    def should_stop(self) -> StopReason | None:
+        if self.cancelled:
+            return "cancelled"
+        if self.heartbeat is not None and self.heartbeat.lost.is_set():
+            self.lost = True
+        if self.lost:
+            return "cancelled"
+        if self.handback_due():
+            self.handed_back = True
+            return "cancelled"
+        return None
+
+    @property
+    def given_up(self) -> bool:
+        """True when this run's records must not be stored any more."""
+        return self.lost or self.handed_back
+
+    # ---- flushing ----
+    def close(self) -> None:
+        """Flush what is buffered and close every open rollup block."""
+        self.flush(final=True)
+
+    def flush(self, *, final: bool = False) -> None:
+        steps, epochs, alerts = self._steps, self._epochs, self._alerts
+        self._steps, self._epochs, self._alerts = [], [], []
+        self._last_flush = time.monotonic()
+        if self.given_up:
+            return
+        rows = self._writer.rows(steps, final=final)
+        epoch_rows = [{
+            "job_id": self.job_id, "epoch": e.epoch, "step": e.step, "train_loss": e.train_loss,
+            "val_loss": e.val_loss, "val_accuracy": e.val_accuracy,
+            "train_accuracy": e.train_accuracy} for e in epochs]
+        if steps:
+            self._last_record = steps[-1]
+            self.steps_completed = max(self.steps_completed, steps[-1].step + 1)
+        now = time.monotonic()
+        progress_event = bool(steps) and (final or now - self._last_progress_event
+                                          >= self.progress_interval)
+        if progress_event:
+            self._last_progress_event = now
+        latest = latest_figures(self._last_record) if self._last_record is not None else None
+
+        def write() -> bool:
+            with unit_of_work(self.factory) as session:
+                # first: the claim check takes the job's row lock (nothing is written for a
+                # run that was given up), then the records
+                cancel = JobRepository(session).record_progress(
+                    self.job_id, steps_completed=self.steps_completed, latest=latest,
+                    first_non_finite=self.first_non_finite, claim=self.claim)
+                history = HistoryRepository(session)
+                history.insert_steps(rows.steps, rows.steps_nan)
+                history.insert_layers(rows.layers, rows.layers_nan)
+                history.insert_epochs(epoch_rows)
+                history.insert_rollups(rows.rollups)
+                events = EventRepository(session)
+                for alert in alerts:
+                    events.append(self.job_id, "alert", alert)
+                if progress_event:
+                    events.append(self.job_id, "progress", {
+                        "status": "running",
+                        "progress": progress_dict(self.steps_completed, self.total_steps),
+                        "latest": latest})
+                return cancel
+
+        try:
+            self.cancelled = retry_on_locked(write) or self.cancelled
+        except JobLostError:
+            log.warning("job %s is no longer ours (%s): its run stops unrecorded",
+                        self.job_id, self.claim)
+            self.lost = True
+            return
+        self.rows_written += len(rows.steps) + len(rows.layers)

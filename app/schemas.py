@@ -54,15 +54,22 @@ class ApiModel(BaseModel):
 
 
 class Progress(ApiModel):
-    step: int = Field(description="Optimizer steps completed.")
+    step: int = Field(description="Optimizer steps completed (a count, 0..total_steps; "
+                                  "`latest.step` is an index, so progress.step - 1).")
     total_steps: int = Field(description="Steps the spec asks for.")
     fraction: float = Field(description="step / total_steps, 0..1.")
+    elapsed_seconds: float | None = Field(
+        None, description="While running: seconds since the job started (this run).")
+    eta_seconds: float | None = Field(
+        None, description="While running: estimated seconds to the last step, at the rate so "
+                          "far (null before the first step completed).")
 
 
 class LatestFigures(ApiModel):
     """The most recent recorded step (updated every flush)."""
 
-    step: int
+    step: int = Field(description="Index of that step (steps count from 0, as in the "
+                                  "histories); `progress.step` counts completed steps.")
     loss: JsonFloat
     grad_norm: JsonFloat = Field(description="Global L2 norm before clipping.")
     clipped_grad_norm: JsonFloat

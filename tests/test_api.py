@@ -6,6 +6,7 @@ import copy
 import json
 import math
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from app.db import unit_of_work
 from app.lifecycle import move_job
+from app.models import utcnow
 from app.repositories import JobRepository
 from app.sink import DatabaseSink
 from core.telemetry import LayerRecord, NonFiniteEvent, StepRecord
@@ -404,3 +406,29 @@ def test_bad_input_is_a_4xx_problem_never_a_500(client: TestClient, method: str,
     r = client.request(method, path.replace("{id}", job_id), json=body)
     assert 400 <= r.status_code < 500, (r.status_code, r.text)
     assert r.headers["content-type"].startswith(PROBLEM), r.text
+
+
+def test_a_running_job_shows_elapsed_time_and_an_eta(client: TestClient) -> None:
+    job_id = submit(client).json()["id"]
+    factory = client.app.state.sessionmaker  # type: ignore[attr-defined]
+    with unit_of_work(factory) as session:
+        move_job(session, job_id, "running", started_at=utcnow() - timedelta(seconds=10))
+    queued_like = client.get(f"/v1/jobs/{job_id}").json()["progress"]
+    assert queued_like["elapsed_seconds"] >= 10 and queued_like["eta_seconds"] is None
+    total = queued_like["total_steps"]
+    assert total >= 4
+    done_steps = total // 4
+    sink = DatabaseSink(job_id, factory, total_steps=total, flush_every=1000)
+    sink.write_steps([step(i, 1.0) for i in range(done_steps)])
+    sink.flush()
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    progress, latest = job["progress"], job["latest"]
+    assert progress["step"] == done_steps and latest["step"] == done_steps - 1  # count, index
+    # a quarter of the steps in >= 10 s: at the same rate, about three times as long to go
+    rate = progress["elapsed_seconds"] / done_steps
+    assert progress["elapsed_seconds"] >= 10
+    assert abs(progress["eta_seconds"] - rate * (total - done_steps)) < 1
+    done = submit(client, {**SMALL_SPEC, "seed": 1}).json()["id"]
+    finish(client, done, [step(0, 1.0)])
+    final = client.get(f"/v1/jobs/{done}").json()["progress"]
+    assert final["elapsed_seconds"] is None and final["eta_seconds"] is None

@@ -108,10 +108,14 @@ def _json_safe(value: Any) -> Any:
     return str(value)
 
 
+MAX_ERRORS = 50  # a problem lists at most this many errors (and says how many there were)
+
+
 def validation_errors(errors: Sequence[Any], prefix: tuple[str | int, ...] = ()) -> list[dict[str, Any]]:
-    """Pydantic/FastAPI errors as JSON: field path, message, type (inputs are not echoed)."""
+    """Pydantic/FastAPI errors as JSON: field path, message, type (inputs are not echoed);
+    the first :data:`MAX_ERRORS` of them."""
     out = []
-    for err in errors:
+    for err in errors[:MAX_ERRORS]:
         item: dict[str, Any] = {
             "loc": [*prefix, *err.get("loc", ())],
             "msg": err.get("msg", ""),
@@ -124,10 +128,10 @@ def validation_errors(errors: Sequence[Any], prefix: tuple[str | int, ...] = ())
     return out
 
 
-def _summary(errors: list[dict[str, Any]]) -> str:
+def _summary(errors: list[dict[str, Any]], total: int) -> str:
     first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
     where = ".".join(str(p) for p in first["loc"]) or "request"
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    more = f" (and {total - 1} more)" if total > 1 else ""
     return f"{where}: {first['msg']}{more}"
 
 
@@ -152,15 +156,18 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _request_validation(request: Request, exc: RequestValidationError) -> Response:
-        errors = validation_errors(exc.errors())
-        return problem_response(422, _summary(errors), slug="validation-error",
-                                instance=request.url.path, errors=errors)
+        raw = exc.errors()
+        errors = validation_errors(raw)
+        return problem_response(422, _summary(errors, len(raw)), slug="validation-error",
+                                instance=request.url.path, errors=errors,
+                                errors_total=len(raw))
 
     @app.exception_handler(ValidationError)
     async def _pydantic_validation(request: Request, exc: ValidationError) -> Response:
         errors = validation_errors(exc.errors())
-        return problem_response(422, _summary(errors), slug="validation-error",
-                                instance=request.url.path, errors=errors)
+        return problem_response(422, _summary(errors, exc.error_count()),
+                                slug="validation-error", instance=request.url.path,
+                                errors=errors, errors_total=exc.error_count())
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:

@@ -30,6 +30,7 @@ from app.errors import (
     validation_errors,
 )
 from app.history import HistoryQuery, stored_history
+from app.input_guard import check_inline_data
 from app.jsonutil import encode_non_finite
 from app.lifecycle import (
     TERMINAL,
@@ -82,23 +83,26 @@ IDEMPOTENCY_IN_FLIGHT = timedelta(seconds=30)
 
 def validate_spec(body: Any, settings: Settings, *, loc_prefix: tuple[str | int, ...] = ("body",)
                   ) -> TrainingSpec:
-    """The validated spec, or a 422 naming each bad field (and any exceeded limit)."""
+    """The validated spec, or a 422 naming each bad field (the first 50; and any exceeded
+    limit)."""
     if not isinstance(body, dict):
         raise SpecValidationError(
             "the request body must be a JSON object (a TrainingSpec)",
             errors=[{"loc": list(loc_prefix), "msg": "expected a JSON object", "type": "dict_type"}])
+    check_inline_data(body, max_values=settings.max_inline_values, loc=loc_prefix)
     try:
         return TrainingSpec.model_validate(body, context={"limits": settings.spec_limits()})
     except ValidationError as exc:
+        total = exc.error_count()
         errors = validation_errors(exc.errors(include_url=False), loc_prefix)
         limits = [e for e in errors if e["type"] == "limit_exceeded"]
         first = (limits or errors)[0]
         where = ".".join(str(p) for p in first["loc"])
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        more = f" (and {total - 1} more)" if total > 1 else ""
         raise SpecValidationError(
             f"{where}: {first['msg']}{more}",
             slug="limit-exceeded" if limits else "validation-error",
-            errors=errors) from None
+            errors=errors, errors_total=total) from None
 
 
 def echoed_spec(spec: TrainingSpec) -> dict[str, Any]:
@@ -189,6 +193,8 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created, job_id = json.loads(raw)
+        if "\x00" in str(job_id):
+            raise ValueError("NUL")
         return datetime.fromisoformat(created), str(job_id)
     except Exception:
         raise SpecValidationError(

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import Request
 
 from app.errors import PROBLEM_JSON, ProblemError, SpecValidationError
+from app.input_guard import check_json_depth, check_no_nul
 from app.routers.examples import SPEC_EXAMPLES
 
 # Bounds of integer inputs: what the database's 32-bit INTEGER columns can hold.
@@ -81,6 +82,8 @@ async def json_body(request: Request) -> Any:
         raise ProblemError(f"expected an application/json body, got {media!r}", status=415,
                            slug="unsupported-media-type")
     raw = await request.body()
+    check_no_nul(raw)
+    check_json_depth(raw)
     if not raw.strip():
         raise SpecValidationError("the request body is empty; send a JSON TrainingSpec",
                                   errors=[{"loc": ["body"], "msg": "Field required",

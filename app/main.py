@@ -23,7 +23,7 @@ from app.deps import require_api_key
 from app.dispatch import Dispatcher
 from app.errors import install_error_handlers
 from app.executors import build_executor
-from app.middleware import BodySizeLimitMiddleware
+from app.middleware import BodySizeLimitMiddleware, RejectNulMiddleware
 from app.migrate import head_revision, schema_is_current, upgrade
 from app.routers import events, histories, jobs, system
 from app.routers.common import PROBLEM_SCHEMA
@@ -122,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RejectNulMiddleware)
     auth = [Depends(require_api_key)]
     app.include_router(jobs.router, dependencies=auth)
     app.include_router(histories.router, dependencies=auth)

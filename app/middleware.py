@@ -6,7 +6,27 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import problem_response
 
-__all__ = ["BodySizeLimitMiddleware"]
+__all__ = ["BodySizeLimitMiddleware", "RejectNulMiddleware"]
+
+
+class RejectNulMiddleware:
+    """422 problem+json for a NUL character in the path or the query string (no database
+    text column can hold one; PostgreSQL would fail the query)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and ("\x00" in scope.get("path", "")
+                                        or b"%00" in scope.get("query_string", b"")):
+            response = problem_response(
+                422, "NUL characters are not allowed in the path or the query string",
+                slug="validation-error", instance=scope.get("path", "").replace("\x00", ""),
+                errors=[{"loc": ["path"], "msg": "contains a NUL character",
+                         "type": "string_nul"}])
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 class BodySizeLimitMiddleware:

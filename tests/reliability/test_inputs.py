@@ -1,5 +1,5 @@
-"""Inputs that used to amplify or recurse (issue 13, items 1 and 7): each gets a bounded 4xx
-problem+json, and the server keeps answering."""
+"""Inputs that used to amplify, recurse or reach the database unchecked (issue 13, items 1,
+7, 8, 9): each gets a bounded 4xx problem+json, and the server keeps answering."""
 
 from __future__ import annotations
 
@@ -60,4 +60,24 @@ def test_deeply_nested_json_is_422_before_parsing(capped_server: Callable[..., A
                               content=b"[" * 1500 + b"]" * 1500,
                               headers={"content-type": "application/json"})
     assert 400 <= repair.status_code < 500
+    assert server.alive()
+
+
+def test_nul_characters_and_out_of_range_integers_are_422(
+        capped_server: Callable[..., Any]) -> None:
+    server = capped_server()
+    http = server.http
+    job_id = http.post("/v1/jobs", json=SPEC).json()["id"]
+    cases = [
+        http.post("/v1/jobs", json={**SPEC, "name": "a\u0000b"}),
+        http.get("/v1/jobs/abc%00def"),
+        http.get("/v1/jobs", params={"parent_id": "a\u0000b"}),
+        http.get(f"/v1/jobs/{job_id}/gradients", params={"start_step": 2**63}),
+        http.get(f"/v1/jobs/{job_id}/metrics", params={"end_step": 10**19 + 1}),
+        http.get(f"/v1/jobs/{job_id}/events", params={"last_event_id": "1" * 24}),
+        http.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": str(2**63)}),
+    ]
+    for r in cases:
+        assert r.status_code == 422, (r.request.url, r.text)
+        assert r.headers["content-type"].startswith(PROBLEM)
     assert server.alive()

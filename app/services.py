@@ -91,7 +91,7 @@ def validate_spec(body: Any, settings: Settings, *, loc_prefix: tuple[str | int,
             errors=[{"loc": list(loc_prefix), "msg": "expected a JSON object", "type": "dict_type"}])
     check_inline_data(body, max_values=settings.max_inline_values, loc=loc_prefix)
     try:
-        return TrainingSpec.model_validate(body, context={"limits": settings.spec_limits()})
+        spec = TrainingSpec.model_validate(body, context={"limits": settings.spec_limits()})
     except ValidationError as exc:
         total = exc.error_count()
         errors = validation_errors(exc.errors(include_url=False), loc_prefix)
@@ -103,6 +103,23 @@ def validate_spec(body: Any, settings: Settings, *, loc_prefix: tuple[str | int,
             f"{where}: {first['msg']}{more}",
             slug="limit-exceeded" if limits else "validation-error",
             errors=errors, errors_total=total) from None
+    check_memory_budget(spec, settings, loc_prefix=loc_prefix)
+    return spec
+
+
+def check_memory_budget(spec: TrainingSpec, settings: Settings, *,
+                        loc_prefix: tuple[str | int, ...] = ("body",)) -> None:
+    """422 when preflight's memory estimate of ``spec`` exceeds the job memory budget."""
+    from core.diagnostics import preflight
+
+    estimate = preflight(spec, probe=False).memory_bytes
+    limit = settings.max_job_memory_bytes
+    if estimate > limit:
+        msg = (f"the job needs about {estimate / 2**20:,.0f} MiB by preflight's estimate; the "
+               f"limit is {limit / 2**20:,.0f} MiB (GRADWATCH_MAX_JOB_MEMORY_BYTES)")
+        raise SpecValidationError(msg, slug="limit-exceeded", limit=limit, value=estimate,
+                                  errors=[{"loc": list(loc_prefix), "msg": msg,
+                                           "type": "limit_exceeded"}])
 
 
 def echoed_spec(spec: TrainingSpec) -> dict[str, Any]:

@@ -14,6 +14,15 @@ from core.spec import SpecLimits
 __all__ = ["Settings"]
 
 
+def _default_job_memory() -> int:
+    """A quarter of this machine's memory (at least 256 MiB)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 4 * 1024**3
+    return max(256 * 1024**2, total // 4)
+
+
 class Settings(BaseSettings):
     """Every knob of the service. The embedded default needs no configuration at all."""
 
@@ -93,6 +102,16 @@ class Settings(BaseSettings):
     max_inline_values: int = Field(SpecLimits.max_inline_values, ge=1)
     max_batch_size: int = Field(SpecLimits.max_batch_size, ge=1)
     max_history_points: int = Field(100_000, ge=10)
+    max_job_memory_bytes: int = Field(
+        default_factory=_default_job_memory, ge=16 * 1024**2,
+        description="Memory one job may need, by preflight's estimate (parameters, gradients, "
+                    "optimizer state, activations of a batch, data): a spec estimated above it "
+                    "is a 422 at submission; worker processes run with RLIMIT_DATA at this "
+                    "plus worker_memory_headroom_bytes, so a wrong estimate fails the job, "
+                    "not the machine. Default: a quarter of the machine's memory.")
+    worker_memory_headroom_bytes: int = Field(
+        1024**3, ge=0, description="What a worker process needs besides the job (the "
+                                   "interpreter, NumPy, BLAS buffers, the database driver).")
 
     @model_validator(mode="after")
     def _default_database(self) -> Settings:

@@ -27,6 +27,7 @@ __all__ = [
     "configure_worker",
     "current_context",
     "handback_due",
+    "limit_memory",
     "request_handback",
     "setup_worker_process",
     "tune_malloc",
@@ -121,8 +122,27 @@ def cap_blas_threads(threads: int) -> None:
     threadpool_limits(limits=threads)
 
 
+def limit_memory(settings: Settings) -> int:
+    """Cap this process's data memory (RLIMIT_DATA: heap and anonymous mappings) at the job
+    memory budget plus the worker's own needs: an allocation past it raises MemoryError in
+    the job (which then fails with that error) instead of exhausting the machine. Returns
+    the limit set (0 where it cannot be set)."""
+    import resource
+
+    limit = settings.max_job_memory_bytes + settings.worker_memory_headroom_bytes
+    try:
+        hard = resource.getrlimit(resource.RLIMIT_DATA)[1]
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+    except (ValueError, OSError):
+        return 0
+    return limit
+
+
 def setup_worker_process(settings: Settings, *, processes: int) -> WorkerContext:
     """Prepare this process to run jobs, one of ``processes`` on the machine."""
+    limit_memory(settings)
     cap_blas_threads(settings.blas_threads_per_worker(processes))
     tune_malloc()
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ __all__ = [
     "job_to_summary",
     "list_jobs",
     "metrics_history",
+    "preflight_spec",
     "readiness",
     "repair_job",
     "submit_job",
@@ -105,6 +107,21 @@ def validate_spec(body: Any, settings: Settings, *, loc_prefix: tuple[str | int,
             errors=errors, errors_total=total) from None
     check_memory_budget(spec, settings, loc_prefix=loc_prefix)
     return spec
+
+
+# The probe pass of a preflight allocates the spec's network in the API process: at most two
+# at a time, each at most GRADWATCH_PREFLIGHT_PROBE_MAX_BYTES.
+_PROBES = threading.BoundedSemaphore(2)
+
+
+def preflight_spec(spec: TrainingSpec, settings: Settings) -> Any:
+    """The preflight report of ``spec``, probed when it is small enough (see settings)."""
+    from core.diagnostics import preflight
+
+    if preflight(spec, probe=False).memory_bytes > settings.preflight_probe_max_bytes:
+        return preflight(spec, probe=False)
+    with _PROBES:
+        return preflight(spec, probe=True)
 
 
 def check_memory_budget(spec: TrainingSpec, settings: Settings, *,

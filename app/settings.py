@@ -109,6 +109,12 @@ class Settings(BaseSettings):
                     "is a 422 at submission; worker processes run with RLIMIT_DATA at this "
                     "plus worker_memory_headroom_bytes, so a wrong estimate fails the job, "
                     "not the machine. Default: a quarter of the machine's memory.")
+    preflight_probe_max_bytes: int = Field(
+        256 * 1024**2, ge=0,
+        description="POST /v1/preflight runs its probe pass (a real forward/backward of the "
+                    "first batch, in the API process) only for specs estimated at most this "
+                    "big, two at a time; bigger specs get the analytic report "
+                    "(measured_amplification null).")
     worker_memory_headroom_bytes: int = Field(
         1024**3, ge=0, description="What a worker process needs besides the job (the "
                                    "interpreter, NumPy, BLAS buffers, the database driver).")

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from app.deps import SettingsDep, require_api_key
 from app.routers.common import SPEC_REQUEST_BODY, json_body, problems
 from app.schemas import DatasetCatalog, Health
-from app.services import readiness, validate_spec
+from app.services import preflight_spec, readiness, validate_spec
 from core.diagnostics import PreflightReport
 
 health_router = APIRouter(tags=["health"])
@@ -41,15 +41,15 @@ def readyz(request: Request) -> dict[str, Any]:
     summary="Analyse a spec without training it",
     description="Parameter count, FLOPs and memory estimates, the predicted (and probe-"
                 "measured) gradient amplification through the layers at initialisation, the "
-                "risk of explosion, and recommendations with spec patches. Nothing is stored.",
+                "risk of explosion, and recommendations with spec patches. Nothing is stored. "
+                "Specs estimated above GRADWATCH_MAX_JOB_MEMORY_BYTES are a 422; the probe "
+                "pass runs only up to GRADWATCH_PREFLIGHT_PROBE_MAX_BYTES (else "
+                "`measured_amplification` is null).",
     responses=problems(413, 415, 422),
     openapi_extra=SPEC_REQUEST_BODY,
 )
 def preflight_endpoint(body: Annotated[Any, Depends(json_body)], settings: SettingsDep) -> Any:
-    spec = validate_spec(body, settings)
-    from core.diagnostics import preflight
-
-    return preflight(spec)
+    return preflight_spec(validate_spec(body, settings), settings)
 
 
 @router.get(

@@ -65,6 +65,13 @@ class Server:
         assert self.process is not None
         return self.process.poll() is None and self.http.get("/healthz").status_code == 200
 
+    def peak_rss(self) -> int:
+        """The process's peak resident memory so far (VmHWM), in bytes."""
+        assert self.process is not None
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        kib = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))
+        return int(kib) * 1024
+
     def stop(self) -> None:
         self.http.close()
         if self.process is not None and self.process.poll() is None:

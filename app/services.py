@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import history
+from app.diagnosis_cache import PROVISIONAL
 from app.dispatch import request_enqueue
 from app.errors import (
     ConflictError,
@@ -333,18 +334,25 @@ def job_events(factory: sessionmaker[Session], job_id: str, after_seq: int
 
 
 def diagnostics(session: Session, job_id: str, settings: Settings) -> dict[str, Any]:
-    """The stored final report, or a provisional one built from the records so far."""
+    """The stored final report, or a provisional one built from the records so far (one
+    computation per job and point of progress, shared by concurrent readers)."""
     job = get_job(session, job_id)
     stored = ReportRepository(session).get(job_id)
     if stored is not None:
         return stored.report
-    from core.diagnostics import diagnose
+    key = (job.id, job.status, job.steps_completed, job.event_seq)
 
-    report = diagnose(stored_history(session, job, settings))
-    data: dict[str, Any] = json.loads(report.model_dump_json())
-    if job.status in TERMINAL:
-        data["final"] = True
-    return data
+    def compute() -> dict[str, Any]:
+        from core.diagnostics import diagnose
+
+        report = diagnose(stored_history(session, job, settings))
+        data: dict[str, Any] = json.loads(report.model_dump_json())
+        if job.status in TERMINAL:
+            data["final"] = True
+        return data
+
+    result: dict[str, Any] = PROVISIONAL.get(key, compute)
+    return result
 
 
 def repair_job(session: Session, job_id: str, settings: Settings, *,

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import unit_of_work
 from app.recovery import worker_died
-from app.repositories import JobRepository
+from app.repositories import JobRepository, as_utc
 from app.settings import Settings
 from app.worker_process import setup_worker_process
 
@@ -90,7 +90,9 @@ class _Slot:
     job_id: str | None = None
     job_started: float = 0.0
     spawned_at: float = field(default_factory=time.monotonic)
-    kill_reason: str | None = None
+    kill_reason: str | None = None  # killed for overrunning its runtime: the job fails
+    lost_reason: str | None = None  # killed because it went silent: the job is re-queued
+    claimed: bool = False  # the job was seen running under this worker
 
     @property
     def worker_id(self) -> str:
@@ -116,6 +118,7 @@ class LocalExecutor:
         self._thread: threading.Thread | None = None
         self._retried: set[str] = set()
         self._backoff = 0.0
+        self._last_silence_check = 0.0
         self.host = socket.gethostname()
 
     # ---- public API ----
@@ -188,6 +191,9 @@ class LocalExecutor:
                 self._assign()
                 self._wait_and_handle(timeout=0.5)
                 self._watchdog()
+                if time.monotonic() - self._last_silence_check >= 1.0:
+                    self._last_silence_check = time.monotonic()
+                    self._safe(self._kill_silent)
         except Exception:  # pragma: no cover - keep the server up, log loudly
             log.exception("local executor dispatcher crashed")
 
@@ -216,7 +222,7 @@ class LocalExecutor:
                     self._queue.appendleft(job_id)
                     self._queued.add(job_id)
                 continue
-            slot.job_id, slot.job_started = job_id, time.monotonic()
+            slot.job_id, slot.job_started, slot.claimed = job_id, time.monotonic(), False
 
     def _wait_and_handle(self, timeout: float) -> None:
         waitables: list[Any] = [self._wake_r]
@@ -256,7 +262,8 @@ class LocalExecutor:
         if slot not in self._slots:
             return
         slot.process.join(timeout=1)
-        cause = slot.kill_reason or f"the worker process running this job died ({_signal_name(slot.process.exitcode)})"
+        cause = (slot.kill_reason or slot.lost_reason
+                 or f"the worker process running this job died ({_signal_name(slot.process.exitcode)})")
         job_id = slot.job_id
         if job_id is not None:
             log.error("worker %s died running job %s: %s", slot.process.pid, job_id, cause)
@@ -291,6 +298,38 @@ class LocalExecutor:
         self.submit(job_id)
         with unit_of_work(self.factory) as session:
             JobRepository(session).mark_enqueued(job_id)
+
+    def _kill_silent(self) -> None:
+        """Kill a worker whose job's heartbeat is older than the timeout (by the database's
+        clock: a frozen or stuck process, perhaps holding SQLite's write lock), or whose job
+        the recovery policy already gave to another run. Its death re-queues the job."""
+        busy = {s.job_id: s for s in self._slots if s.job_id is not None and
+                s.kill_reason is None and s.lost_reason is None}
+        if not busy:
+            return
+        timeout = self.settings.heartbeat_timeout_seconds
+        with self.factory() as session:
+            jobs = JobRepository(session)
+            now = jobs.clock()
+            seen = {job_id: jobs.get(job_id) for job_id in busy}
+        for job_id, slot in busy.items():
+            job = seen.get(job_id)
+            if job is None or job.status not in ("queued", "running"):
+                continue  # finished (its worker is about to say so) or deleted
+            if job.status == "running" and job.worker_id == slot.worker_id:
+                slot.claimed = True
+                beat = job.heartbeat_at or job.started_at
+                silent = (now - as_utc(beat)).total_seconds() if beat is not None else 0.0
+                if silent <= timeout:
+                    continue
+                slot.lost_reason = (f"no heartbeat from worker {slot.worker_id} for "
+                                    f"{silent:.0f} s (frozen or stuck); it was killed")
+            elif slot.claimed:
+                slot.lost_reason = "its job was given to another run; the worker was killed"
+            else:
+                continue  # not claimed yet
+            log.error("killing worker %s: %s", slot.process.pid, slot.lost_reason)
+            slot.process.kill()
 
     def _watchdog(self) -> None:
         limit = self.settings.max_job_runtime_seconds

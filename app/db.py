@@ -29,6 +29,7 @@ __all__ = [
     "build_sessionmaker",
     "is_locked_error",
     "retry_on_locked",
+    "sqlite_writer_free",
     "unit_of_work",
 ]
 
@@ -170,6 +171,31 @@ def unit_of_work(factory: sessionmaker[Session], *, write: bool = True) -> Itera
         except BaseException:
             session.rollback()
             raise
+
+
+def sqlite_writer_free(engine: Engine, timeout_ms: int, busy_timeout_ms: int) -> bool:
+    """SQLite: whether a writer can take the database's write lock within ``timeout_ms``
+    (False: another writer holds it — stuck, frozen, or very slow). True on other databases,
+    whose writers lock rows, not the database."""
+    if engine.dialect.name != "sqlite":
+        return True
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        cursor.execute(f"PRAGMA busy_timeout={int(timeout_ms)}")
+        try:
+            cursor.execute("BEGIN IMMEDIATE")
+            cursor.execute("ROLLBACK")
+            return True
+        except Exception as exc:
+            if is_locked_error(exc):
+                return False
+            raise
+        finally:
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            cursor.close()
+    finally:
+        raw.close()
 
 
 def is_locked_error(exc: BaseException) -> bool:

@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import history
+from app.db import sqlite_writer_free
 from app.diagnosis_cache import PROVISIONAL
 from app.dispatch import request_enqueue
 from app.errors import (
@@ -454,10 +455,10 @@ def _compare_summary(a: dict[str, Any], b: dict[str, Any]) -> str:
 
 
 
-def readiness(factory: sessionmaker[Session], *, head_revision: str | None, executor: Any,
-              dispatcher: Any) -> dict[str, Any]:
-    """The readiness checks (database, schema, executor, sweeper); 503 naming the first that
-    fails."""
+def readiness(factory: sessionmaker[Session], settings: Settings, *,
+              head_revision: str | None, executor: Any, dispatcher: Any) -> dict[str, Any]:
+    """The readiness checks (database, schema, a free write lock, executor, sweeper); 503
+    naming the first that fails."""
     checks: dict[str, str] = {}
     try:
         with factory() as session:
@@ -470,6 +471,11 @@ def readiness(factory: sessionmaker[Session], *, head_revision: str | None, exec
         raise ProblemError(f"database schema is at {revision}, the code needs {head_revision}: "
                            "run `gradwatch migrate`", status=503, slug="not-ready")
     checks["schema"] = str(revision)
+    if not sqlite_writer_free(factory.kw["bind"], 1000, settings.sqlite_busy_timeout_ms):
+        raise ProblemError("the database's write lock has been held for more than 1 s: a "
+                           "writer is stuck (a frozen worker?); writes wait, then fail with 503",
+                           status=503, slug="not-ready", headers={"Retry-After": "5"})
+    checks["writer"] = "ok"
     if not executor.healthy():
         raise ProblemError("the job executor is not running", status=503, slug="not-ready")
     checks["executor"] = executor.name

@@ -25,12 +25,14 @@ def healthz() -> dict[str, Any]:
 
 @health_router.get("/readyz", response_model=Health, operation_id="readyz",
                    summary="Readiness",
-                   description="200 when the database answers, its schema is current and the "
-                               "executor accepts jobs; otherwise 503 problem+json.",
+                   description="200 when the database answers, its schema is current, its "
+                               "write lock is free within 1 s (SQLite: no stuck writer), the "
+                               "executor accepts jobs and the sweeper runs; otherwise 503 "
+                               "problem+json naming what is wrong.",
                    responses=problems(503))
 def readyz(request: Request) -> dict[str, Any]:
     state = request.app.state
-    return readiness(state.sessionmaker, head_revision=state.head_revision,
+    return readiness(state.sessionmaker, state.settings, head_revision=state.head_revision,
                      executor=state.executor, dispatcher=state.dispatcher)
 
 

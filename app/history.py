@@ -171,6 +171,20 @@ class HistoryQuery:
     start_step: int | None
     end_step: int | None
     max_points: int
+    max_values: int | None = None  # response budget: points x series (None: unbounded)
+
+
+def _check_budget(q: HistoryQuery, points: int, n_series: int) -> None:
+    """422 when the response would carry more than ``q.max_values`` points in all."""
+    values = min(points, q.max_points) * n_series
+    if q.max_values is not None and values > q.max_values:
+        msg = (f"this response would carry {values:,} points ({n_series} series of up to "
+               f"{min(points, q.max_points):,}); the limit is {q.max_values:,} "
+               "(GRADWATCH_MAX_HISTORY_VALUES): ask for one `layer`, fewer `metrics`, a "
+               "smaller `max_points` or a narrower step range")
+        raise SpecValidationError(msg, slug="limit-exceeded", limit=q.max_values, value=values,
+                                  errors=[{"loc": ["query"], "msg": msg,
+                                           "type": "limit_exceeded"}])
 
 
 def _resolve_range(history: HistoryRepository, job: Job, q: HistoryQuery
@@ -294,6 +308,7 @@ def gradient_history(session: Session, job: Job, q: HistoryQuery, *, layer: int 
             raise NotFoundError(f"job {job_id} has layers {layers[0]}..{layers[-1]}; "
                                 f"no layer {layer}", slug="layer-not-found")
         layers = [layer]
+    _check_budget(q, count, len(layers) * len(names))
     downsample = count > q.max_points
     bucket_size: int | None = None
     if downsample:
@@ -329,6 +344,7 @@ def metrics_history(session: Session, job: Job, q: HistoryQuery, *,
     if resolved is None:
         return out
     first, last, count = resolved
+    _check_budget(q, count, len(names))
     downsample = count > q.max_points
     bucket_size: int | None = None
     if not downsample:

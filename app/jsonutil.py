@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["dumps", "encode_non_finite", "float_or_string"]
+__all__ = ["dumps", "encode_non_finite", "float_or_string", "iter_json"]
 
 
 def float_or_string(value: float) -> float | str:
@@ -36,3 +37,24 @@ def dumps(obj: Any) -> str:
     except ValueError:
         return json.dumps(encode_non_finite(obj), separators=(",", ":"), allow_nan=False,
                           default=str)
+
+
+def iter_json(obj: Any, depth: int = 8) -> Iterator[bytes]:
+    """``obj`` as compact JSON (non-finite numbers as strings), in pieces: dicts, and lists of
+    dicts or lists, down to ``depth`` levels are emitted member by member (a list of numbers
+    is one piece), so a large response is never one string in memory."""
+    if depth > 0 and isinstance(obj, dict):
+        yield b"{"
+        for i, (key, value) in enumerate(obj.items()):
+            yield (b"," if i else b"") + json.dumps(str(key)).encode() + b":"
+            yield from iter_json(value, depth - 1)
+        yield b"}"
+    elif depth > 0 and isinstance(obj, list) and obj and isinstance(obj[0], dict | list):
+        yield b"["
+        for i, value in enumerate(obj):
+            if i:
+                yield b","
+            yield from iter_json(value, depth - 1)
+        yield b"]"
+    else:
+        yield dumps(obj).encode()

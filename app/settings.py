@@ -102,6 +102,11 @@ class Settings(BaseSettings):
     max_inline_values: int = Field(SpecLimits.max_inline_values, ge=1)
     max_batch_size: int = Field(SpecLimits.max_batch_size, ge=1)
     max_history_points: int = Field(100_000, ge=10)
+    max_history_values: int = Field(
+        2_000_000, ge=1000,
+        description="A history response carries at most this many points in all (points "
+                    "per series x series); past it, a 422 says to ask for fewer layers, "
+                    "metrics or points.")
     max_job_memory_bytes: int = Field(
         default_factory=_default_job_memory, ge=16 * 1024**2,
         description="Memory one job may need, by preflight's estimate (parameters, gradients, "

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
 from pydantic import Field
 
 from app.deps import ReadSessionDep, SettingsDep
 from app.downsampling import LAYER_METRICS, STEP_METRICS
 from app.errors import SpecValidationError
+from app.jsonutil import iter_json
 from app.routers.common import MAX_STEP, problems
 from app.schemas import GradientHistory, MetricsHistory
 from app.services import HistoryQuery, diagnostics, gradient_history, metrics_history
@@ -47,7 +49,12 @@ def _query(settings: Any, start: int | None, end: int | None, max_points: int) -
             "(GRADWATCH_MAX_HISTORY_POINTS)", slug="limit-exceeded",
             errors=[{"loc": ["query", "max_points"], "msg": "limit exceeded",
                      "type": "limit_exceeded"}])
-    return HistoryQuery(start, end, max_points)
+    return HistoryQuery(start, end, max_points, settings.max_history_values)
+
+
+def _streamed(body: dict[str, Any]) -> StreamingResponse:
+    """The history as JSON, encoded series by series (never one big string)."""
+    return StreamingResponse(iter_json(body), media_type="application/json")
 
 
 @router.get(
@@ -72,9 +79,9 @@ def gradients(
     metrics: Annotated[list[Annotated[str, Field(pattern=_metrics_pattern(LAYER_METRICS))]] | None, Query(
         description=f"Only these series (repeat or comma-separate): {', '.join(LAYER_METRICS)}."
     )] = None,
-) -> dict[str, Any]:
+) -> StreamingResponse:
     q = _query(settings, start_step, end_step, max_points)
-    return gradient_history(session, job_id, q, layer=layer, metrics=metrics)
+    return _streamed(gradient_history(session, job_id, q, layer=layer, metrics=metrics))
 
 
 @router.get(
@@ -97,9 +104,9 @@ def metrics(
     metrics: Annotated[list[Annotated[str, Field(pattern=_metrics_pattern(STEP_METRICS))]] | None, Query(
         description=f"Only these series (repeat or comma-separate): {', '.join(STEP_METRICS)}."
     )] = None,
-) -> dict[str, Any]:
+) -> StreamingResponse:
     q = _query(settings, start_step, end_step, max_points)
-    return metrics_history(session, job_id, q, metrics=metrics)
+    return _streamed(metrics_history(session, job_id, q, metrics=metrics))
 
 
 @router.get(

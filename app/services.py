@@ -8,16 +8,13 @@ session's after-commit hook sends it.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
-import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -30,10 +27,8 @@ from app.errors import (
     NotFoundError,
     ProblemError,
     SpecValidationError,
-    validation_errors,
 )
 from app.history import HistoryQuery, stored_history
-from app.input_guard import check_inline_data
 from app.jsonutil import encode_non_finite
 from app.lifecycle import (
     TERMINAL,
@@ -51,6 +46,7 @@ from app.repositories import (
     SystemRepository,
 )
 from app.settings import Settings
+from app.specs import echoed_spec, preflight_spec, spec_hash, validate_spec
 from core.spec import TrainingSpec
 from core.telemetry import NonFiniteEvent
 
@@ -78,78 +74,6 @@ __all__ = [
 ]
 
 IDEMPOTENCY_IN_FLIGHT = timedelta(seconds=30)
-
-
-# --------------------------------------------------------------------------------------------
-# Specs
-# --------------------------------------------------------------------------------------------
-
-
-def validate_spec(body: Any, settings: Settings, *, loc_prefix: tuple[str | int, ...] = ("body",)
-                  ) -> TrainingSpec:
-    """The validated spec, or a 422 naming each bad field (the first 50; and any exceeded
-    limit)."""
-    if not isinstance(body, dict):
-        raise SpecValidationError(
-            "the request body must be a JSON object (a TrainingSpec)",
-            errors=[{"loc": list(loc_prefix), "msg": "expected a JSON object", "type": "dict_type"}])
-    check_inline_data(body, max_values=settings.max_inline_values, loc=loc_prefix)
-    try:
-        spec = TrainingSpec.model_validate(body, context={"limits": settings.spec_limits()})
-    except ValidationError as exc:
-        total = exc.error_count()
-        errors = validation_errors(exc.errors(include_url=False), loc_prefix)
-        limits = [e for e in errors if e["type"] == "limit_exceeded"]
-        first = (limits or errors)[0]
-        where = ".".join(str(p) for p in first["loc"])
-        more = f" (and {total - 1} more)" if total > 1 else ""
-        raise SpecValidationError(
-            f"{where}: {first['msg']}{more}",
-            slug="limit-exceeded" if limits else "validation-error",
-            errors=errors, errors_total=total) from None
-    check_memory_budget(spec, settings, loc_prefix=loc_prefix)
-    return spec
-
-
-# The probe pass of a preflight allocates the spec's network in the API process: at most two
-# at a time, each at most GRADWATCH_PREFLIGHT_PROBE_MAX_BYTES.
-_PROBES = threading.BoundedSemaphore(2)
-
-
-def preflight_spec(spec: TrainingSpec, settings: Settings) -> Any:
-    """The preflight report of ``spec``, probed when it is small enough (see settings)."""
-    from core.diagnostics import preflight
-
-    if preflight(spec, probe=False).memory_bytes > settings.preflight_probe_max_bytes:
-        return preflight(spec, probe=False)
-    with _PROBES:
-        return preflight(spec, probe=True)
-
-
-def check_memory_budget(spec: TrainingSpec, settings: Settings, *,
-                        loc_prefix: tuple[str | int, ...] = ("body",)) -> None:
-    """422 when preflight's memory estimate of ``spec`` exceeds the job memory budget."""
-    from core.diagnostics import preflight
-
-    estimate = preflight(spec, probe=False).memory_bytes
-    limit = settings.max_job_memory_bytes
-    if estimate > limit:
-        msg = (f"the job needs about {estimate / 2**20:,.0f} MiB by preflight's estimate; the "
-               f"limit is {limit / 2**20:,.0f} MiB (GRADWATCH_MAX_JOB_MEMORY_BYTES)")
-        raise SpecValidationError(msg, slug="limit-exceeded", limit=limit, value=estimate,
-                                  errors=[{"loc": list(loc_prefix), "msg": msg,
-                                           "type": "limit_exceeded"}])
-
-
-def echoed_spec(spec: TrainingSpec) -> dict[str, Any]:
-    """The spec with every default filled in (absent optionals explicit null)."""
-    data: dict[str, Any] = spec.model_dump(mode="json")
-    return data
-
-
-def spec_hash(spec_json: dict[str, Any]) -> str:
-    canonical = json.dumps(spec_json, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------

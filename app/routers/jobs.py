@@ -20,8 +20,8 @@ from app.services import (
     list_jobs,
     repair_job,
     submit_job,
-    validate_spec,
 )
+from app.specs import validate_spec
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

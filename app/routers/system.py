@@ -9,7 +9,8 @@ from fastapi import APIRouter, Depends, Request
 from app.deps import SettingsDep, require_api_key
 from app.routers.common import SPEC_REQUEST_BODY, json_body, problems
 from app.schemas import DatasetCatalog, Health
-from app.services import preflight_spec, readiness, validate_spec
+from app.services import readiness
+from app.specs import preflight_spec, validate_spec
 from core.diagnostics import PreflightReport
 
 health_router = APIRouter(tags=["health"])

@@ -204,5 +204,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
+        # the server closes the connection after an unhandled error: say so, so that a
+        # keep-alive client opens a new one instead of failing its next request
         return problem_response(500, f"unexpected {type(exc).__name__}; the error was logged",
-                                slug="internal-error", instance=request.url.path)
+                                slug="internal-error", instance=request.url.path,
+                                headers={"Connection": "close"})

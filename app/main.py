@@ -143,6 +143,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         _problem_422(schema)
         _success_first(schema)
         _optional_parameters(schema)
+        _no_nul_parameters(schema)
         _history_bounds(schema, settings)
         if not settings.api_key:  # nothing to send: do not make clients believe otherwise
             _drop_security(schema)
@@ -210,6 +211,19 @@ def _optional_parameters(schema: dict[str, Any]) -> None:
                 inner = parameter["schema"]
                 parameter["schema"] = {**{k: v for k, v in inner.items() if k != "anyOf"},
                                        **kept[0]}
+
+
+def _no_nul_parameters(schema: dict[str, Any]) -> None:
+    """Path and query strings may not hold NUL (RejectNulMiddleware answers 422): say so."""
+    for operation in _operations(schema):
+        for parameter in operation.get("parameters", []):
+            inner = parameter.get("schema", {})
+            targets = [inner] if inner.get("type") == "string" else []
+            if inner.get("type") == "array" and inner.get("items", {}).get("type") == "string":
+                targets = [inner["items"]]
+            if parameter.get("in") in ("path", "query"):
+                for target in targets:
+                    target.setdefault("pattern", "^[^\\u0000]*$")
 
 
 def _history_bounds(schema: dict[str, Any], settings: Settings) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import RedirectResponse
+from fastapi.routing import APIRoute
 from pydantic import TypeAdapter
 
 from app.db import build_engine, build_sessionmaker
@@ -141,7 +142,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                              routes=app.routes, tags=app.openapi_tags)
         _add_spec_schema(schema)
         _problem_422(schema)
-        _success_first(schema)
+        _success_first(schema, app)
         _optional_parameters(schema)
         _no_nul_parameters(schema)
         _history_bounds(schema, settings)
@@ -190,11 +191,30 @@ def _operations(schema: dict[str, Any]) -> list[dict[str, Any]]:
             if isinstance(op, dict)]
 
 
-def _success_first(schema: dict[str, Any]) -> None:
-    """List each operation's responses by status code, so its success status comes first."""
-    for operation in _operations(schema):
-        responses = operation.get("responses", {})
-        operation["responses"] = dict(sorted(responses.items(), key=lambda kv: str(kv[0])))
+def _api_routes(routes: Any) -> Any:
+    """The APIRoutes among ``routes``, looking into included routers."""
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        elif hasattr(route, "original_router"):  # FastAPI's wrapper of an included router
+            yield from _api_routes(route.original_router.routes)
+        elif hasattr(route, "routes"):
+            yield from _api_routes(route.routes)
+
+
+def _success_first(schema: dict[str, Any], app: FastAPI) -> None:
+    """List each operation's documented success status first, then the others in order."""
+    success: dict[str, str] = {}
+    for route in _api_routes(app.routes):
+        for method in route.methods:
+            success[f"{method.lower()} {route.path}"] = str(route.status_code or 200)
+    for path, item in schema.get("paths", {}).items():
+        for method, operation in item.items():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            first = success.get(f"{method} {path}", "200")
+            operation["responses"] = dict(sorted(
+                operation["responses"].items(), key=lambda kv: (str(kv[0]) != first, str(kv[0]))))
 
 
 def _optional_parameters(schema: dict[str, Any]) -> None:

@@ -432,3 +432,24 @@ def test_a_running_job_shows_elapsed_time_and_an_eta(client: TestClient) -> None
     finish(client, done, [step(0, 1.0)])
     final = client.get(f"/v1/jobs/{done}").json()["progress"]
     assert final["elapsed_seconds"] is None and final["eta_seconds"] is None
+
+
+def test_method_not_allowed_names_every_method_of_the_path(client: TestClient) -> None:
+    r = client.options("/v1/jobs")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, POST"
+    assert r.headers["content-type"].startswith(PROBLEM)
+    r = client.put(f"/v1/jobs/{submit(client).json()['id']}")
+    assert r.status_code == 405 and r.headers["allow"] == "DELETE, GET"
+
+
+def test_openapi_declares_the_api_key_only_when_one_is_configured(
+        make_client: Callable[..., TestClient]) -> None:
+    open_doc = make_client().get("/openapi.json").json()
+    assert "securitySchemes" not in open_doc.get("components", {})
+    assert all("security" not in op and "401" not in op["responses"]
+               for path in open_doc["paths"].values() for op in path.values())
+    keyed = make_client(api_key="k").get("/openapi.json").json()
+    assert keyed["components"]["securitySchemes"]
+    create = keyed["paths"]["/v1/jobs"]["post"]
+    assert create["security"] and "401" in create["responses"]
+    assert next(iter(create["responses"])) == "202"  # the success status first

@@ -210,7 +210,7 @@ def _old_rollup_rows(job_id: str, builder_blocks: Any, n_layers: int) -> list[di
 def downgrade() -> None:
     conn = op.get_bind()
     steps_t, layers_t, rollups_old = _row_tables(sa.MetaData())
-    keys_t, chunks_t, _ = _store_tables(sa.MetaData())
+    _, chunks_t, _ = _store_tables(sa.MetaData())
     _create([steps_t, layers_t, rollups_old])
     keys = conn.execute(sa.text(
         "SELECT k.key, k.job_id, k.n_layers, j.status FROM history_keys k "

@@ -248,10 +248,6 @@ def _check_metrics(metrics: list[str] | None, allowed: tuple[str, ...]) -> tuple
     return tuple(dict.fromkeys(names))
 
 
-def _empty(q: HistoryQuery) -> dict[str, Any]:
-    return {"start_step": None, "end_step": None, **_sampling(False, None, q, 0)}
-
-
 def gradient_history(session: Session, job: Job, q: HistoryQuery, *, layer: int | None,
                      metrics: list[str] | None) -> dict[str, Any]:
     """Per-layer series, downsampled to at most ``max_points`` points per series."""
@@ -259,7 +255,8 @@ def gradient_history(session: Session, job: Job, q: HistoryQuery, *, layer: int 
     names = _check_metrics(metrics, LAYER_METRICS)
     _check_range(q)
     layers = list(range(len(job.spec["model"]["hidden"]) + 1))  # hidden layers, then output
-    out: dict[str, Any] = {"job_id": job_id, "layers": [], **_empty(q)}
+    out: dict[str, Any] = {"job_id": job_id, "start_step": None, "end_step": None, "layers": [],
+                           **_sampling(False, None, q, 0)}
     store = _Stored.of(session, job_id)
     resolved = _resolve_range(store, job, q) if store is not None else None
     if store is None or resolved is None:
@@ -299,13 +296,13 @@ def metrics_history(session: Session, job: Job, q: HistoryQuery, *,
     _check_range(q)
     epochs = HistoryRepository(session).epochs(job_id)
     out: dict[str, Any] = {
-        "job_id": job_id, "series": {},
+        "job_id": job_id, "start_step": None, "end_step": None, "series": {},
         "epochs": {
             "epoch": [e.epoch for e in epochs], "step": [e.step for e in epochs],
             "train_loss": [e.train_loss for e in epochs], "val_loss": [e.val_loss for e in epochs],
             "val_accuracy": [e.val_accuracy for e in epochs],
             "train_accuracy": [e.train_accuracy for e in epochs]},
-        **_empty(q)}
+        **_sampling(False, None, q, 0)}
     store = _Stored.of(session, job_id)
     resolved = _resolve_range(store, job, q) if store is not None else None
     if store is None or resolved is None:

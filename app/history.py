@@ -49,6 +49,7 @@ __all__ = [
     "StoredHistory",
     "gradient_history",
     "metrics_history",
+    "recorded_steps",
     "run_figures",
     "stored_history",
 ]
@@ -386,6 +387,16 @@ def stored_history(session: Session, job: Job, settings: Settings) -> StoredHist
     if job.status in TERMINAL and stop is None:
         stop = "cancelled" if job.status == "cancelled" else "completed"
     return StoredHistory(spec, steps, epochs, stop, first_nf, alerts)
+
+
+def recorded_steps(session: Session, job_id: str) -> list[StepRecord]:
+    """Every stored step of a job as the trainer's records, in step order."""
+    store = _Stored.of(session, job_id)
+    if store is None:
+        return []
+    return [_record(i, chunk, values[i], present[i], store.n_layers)
+            for steps, values, present, chunk in store.all_points(None)
+            for i in range(len(steps))]
 
 
 def _thinned_records(store: _Stored, alerts: list[dict[str, Any]], nf: dict[str, Any] | None,

@@ -218,11 +218,13 @@ def decode_chunk(data: bytes, series: Sequence[int] | None = None) -> ChunkData:
     nbytes = (n + 7) // 8
     clipped = np.unpackbits(np.frombuffer(body, np.uint8, nbytes, pos), count=n).astype(bool)
     pos += nbytes
-    want_modes = modes[wanted]
+    stored = wanted < s_total  # a series the run did not record is absent throughout
+    wanted = np.where(stored, wanted, 0)
+    want_modes = np.where(stored, modes[wanted], _ABSENT)
     if flags & 1:
         nbits = (s_total * n + 7) // 8
         bitmap = np.unpackbits(np.frombuffer(body, np.uint8, nbits, pos), count=s_total * n)
-        present = bitmap.reshape(s_total, n)[wanted].T.astype(bool)
+        present = bitmap.reshape(s_total, n)[wanted].T.astype(bool) & stored
         pos += nbits
     else:
         present = np.broadcast_to(want_modes != _ABSENT, (n, len(wanted))).copy()
@@ -274,13 +276,15 @@ def decode_rollups(n_layers: int, rows: Sequence[tuple[int, int, bytes]],
     dtype = _rollup_dtype(n_series(n_layers))
     table = np.frombuffer(b"".join(r[2] for r in rows), dtype=dtype)
     starts = np.fromiter((block << level for level, block, _ in rows), np.int64, len(rows))
-    cols = list(series)
+    s_total = n_series(n_layers)
+    stored = np.asarray(series, dtype=np.int64) < s_total  # unrecorded series: no points
+    cols = np.where(stored, np.asarray(series, dtype=np.int64), 0)
 
     def steps(off: np.ndarray) -> np.ndarray:
         sel = off[:, cols].astype(np.int64)
-        return np.where(sel >= 0, sel + starts[:, None], -1)
+        return np.where((sel >= 0) & stored, sel + starts[:, None], -1)
 
-    return Summary(start=starts, count=table["count"][:, cols].astype(np.int64),
+    return Summary(start=starts, count=table["count"][:, cols].astype(np.int64) * stored,
                    min_step=steps(table["min_off"]), min_value=table["min_value"][:, cols],
                    max_step=steps(table["max_off"]), max_value=table["max_value"][:, cols],
                    nf_step=steps(table["nf_off"]), nf_value=table["nf_value"][:, cols])

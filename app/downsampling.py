@@ -176,14 +176,15 @@ class RollupBlocks:
 
 
 class RollupBuilder:
-    """Incrementally summarises aligned blocks of 16, 32, ... 65,536 steps.
+    """Incrementally summarises aligned blocks of ``2**min_level`` (16), ... 65,536 steps.
 
     Feed points in step order with :meth:`add`; it returns the blocks that became complete
     (a block is complete once a later step has been seen). :meth:`finish` closes the rest.
     """
 
-    def __init__(self, n_series: int) -> None:
+    def __init__(self, n_series: int, min_level: int = MIN_LEVEL) -> None:
         self.n_series = n_series
+        self.min_level = min_level  # the smallest block built
         self._pending: dict[int, tuple[np.ndarray, Summary]] = {}  # level -> (child ids, units)
         self._points: Summary = Summary.empty(n_series)
         self._last_step = -1
@@ -203,16 +204,16 @@ class RollupBuilder:
         known = self._last_step + 1  # every step < known has been seen
         no_ids = np.empty(0, dtype=np.int64)
         carry, carry_ids = Summary.empty(self.n_series), no_ids
-        for level in range(MIN_LEVEL, MAX_LEVEL + 1):
-            if level == MIN_LEVEL:
-                units, ids = self._points, self._points.start >> MIN_LEVEL
+        for level in range(self.min_level, MAX_LEVEL + 1):
+            if level == self.min_level:
+                units, ids = self._points, self._points.start >> level
             else:
                 prev_ids, prev = self._pending.get(level, (no_ids, Summary.empty(self.n_series)))
                 units = Summary.concat([prev, carry])
                 ids = np.concatenate([prev_ids, carry_ids >> 1])
             # ids are sorted, so the complete blocks are a prefix
             n_done = len(ids) if final else int(np.searchsorted(ids, known >> level))
-            if level == MIN_LEVEL:
+            if level == self.min_level:
                 self._points = units.take(slice(n_done, None))
             else:
                 self._pending[level] = (ids[n_done:], units.take(slice(n_done, None)))

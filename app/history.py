@@ -1,15 +1,16 @@
-"""A job's history in the database: the one place that knows its stored format.
+"""A job's history read back: the HTTP histories and what a diagnosis needs.
 
-Written by the worker's sink (:class:`HistoryWriter`: step rows, layer rows and the rollup
-blocks, each block a little-endian float64 array of shape ``(n_metrics, 7)``, see
-:class:`app.models.SeriesRollup`) and read back here for the HTTP histories (downsampled
-with the spike-preserving rule of :mod:`app.downsampling`) and for a diagnosis
-(:func:`stored_history`). The SQL lives in :class:`app.repositories.HistoryRepository`.
+The history is written by the worker's sink through :class:`app.history_store.HistoryWriter`
+and stored in the compact columnar format of :mod:`app.history_store` (which alone knows its
+bytes); here it is read back for the HTTP histories (downsampled with the spike-preserving
+rule of :mod:`app.downsampling`, whole aligned blocks from the stored rollups, the rest from
+the chunks) and for a diagnosis (:func:`stored_history`). The SQL lives in
+:class:`app.repositories.HistoryRepository`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,10 +20,7 @@ from sqlalchemy.orm import Session
 from app.downsampling import (
     LAYER_METRICS,
     MAX_LEVEL,
-    MIN_LEVEL,
     STEP_METRICS,
-    RollupBlocks,
-    RollupBuilder,
     Summary,
     cover,
     downsample_points,
@@ -30,140 +28,121 @@ from app.downsampling import (
     plan_buckets,
 )
 from app.errors import NotFoundError, SpecValidationError
+from app.history_store import (
+    STORED_MIN_LEVEL,
+    ChunkData,
+    HistoryWriter,
+    decode_chunk,
+    decode_rollups,
+    series_index,
+)
 from app.lifecycle import TERMINAL
 from app.models import Job
 from app.repositories import EventRepository, HistoryRepository
 from app.settings import Settings
 from core.spec import TrainingSpec
-from core.telemetry import StepRecord
+from core.telemetry import LayerRecord, StepRecord
 
 __all__ = [
     "HistoryQuery",
     "HistoryWriter",
-    "Rows",
     "StoredHistory",
     "gradient_history",
     "metrics_history",
-    "pack_block",
+    "recorded_steps",
+    "run_figures",
     "stored_history",
-    "unpack_blocks",
 ]
 
-# --------------------------------------------------------------------------------------------
-# The stored format
-# --------------------------------------------------------------------------------------------
 
-ROLLUP_FIELDS = 7  # count, min_step, min_value, max_step, max_value, nf_step, nf_value
+class _Stored:
+    """One request's view of a job's stored history: raw points from its chunks (each chunk
+    fetched once), counts, bounds and rollup summaries."""
 
+    def __init__(self, repo: HistoryRepository, key: int, n_layers: int) -> None:
+        self.repo, self.key, self.n_layers = repo, key, n_layers
+        self._chunks: dict[int, bytes] = {}
 
-def pack_block(summary: Summary, row: int, columns: slice) -> bytes:
-    """One unit's summary of the series in ``columns`` as little-endian float64 bytes."""
-    cols = (summary.count, summary.min_step, summary.min_value, summary.max_step,
-            summary.max_value, summary.nf_step, summary.nf_value)
-    table = np.stack([np.asarray(c[row, columns], dtype=np.float64) for c in cols], axis=1)
-    return table.astype("<f8").tobytes()
+    @classmethod
+    def of(cls, session: Session, job_id: str) -> _Stored | None:
+        repo = HistoryRepository(session)
+        found = repo.key_of(job_id)
+        return None if found is None else cls(repo, *found)
 
+    def _fetch(self, lo: int, hi: int) -> list[bytes]:
+        return [self._chunks.setdefault(first, data)
+                for first, _, _, data in self.repo.chunks(self.key, lo, hi)]
 
-def unpack_blocks(starts: np.ndarray, blobs: Sequence[bytes], n_metrics: int,
-                  select: Sequence[int]) -> Summary:
-    """Summaries of the ``select``-ed metrics from stored blocks starting at ``starts``."""
-    n = len(blobs)
-    if n == 0:
-        return Summary.empty(len(select))
-    table = np.frombuffer(b"".join(blobs), dtype="<f8").reshape(n, n_metrics, ROLLUP_FIELDS)
-    table = table[:, list(select), :]
-    ints = table[:, :, [0, 1, 3, 5]].astype(np.int64)
-    return Summary(start=np.asarray(starts, dtype=np.int64), count=ints[:, :, 0],
-                   min_step=ints[:, :, 1], min_value=table[:, :, 2].copy(),
-                   max_step=ints[:, :, 2], max_value=table[:, :, 4].copy(),
-                   nf_step=ints[:, :, 3], nf_value=table[:, :, 6].copy())
+    def points(self, series: Sequence[int], ranges: Sequence[tuple[int, int]]
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Raw points of ``series`` in the inclusive step ranges: steps, values, present."""
+        steps, values, present = [], [], []
+        for lo, hi in ranges:
+            if lo > hi:
+                continue
+            for data in self._fetch(lo, hi):
+                d = decode_chunk(data, series)
+                keep = (d.steps >= lo) & (d.steps <= hi)
+                steps.append(d.steps[keep])
+                values.append(d.values[keep])
+                present.append(d.present[keep])
+        if not steps:
+            k = len(series)
+            return np.empty(0, np.int64), np.empty((0, k)), np.empty((0, k), dtype=bool)
+        return np.concatenate(steps), np.concatenate(values), np.concatenate(present)
 
-
-
-
-
-class HistoryWriter:
-    """Turns a run's step records into the rows one flush inserts, rolling up the series
-    into aligned blocks as they complete."""
-
-    def __init__(self, job_id: str) -> None:
-        self.job_id = job_id
-        self._step_rollups = RollupBuilder(len(STEP_METRICS))
-        self._layer_rollups: RollupBuilder | None = None
-        self._n_layers = 0
-
-    def rows(self, steps: list[StepRecord], *, final: bool = False) -> Rows:
-        """The rows of ``steps``, and the rollup blocks they complete (all open ones if
-        ``final``)."""
-        job_id = self.job_id
-        rows = Rows()
-        layer_blocks: list[RollupBlocks] = []
-        step_blocks: list[RollupBlocks] = []
-        if steps:
-            n = len(steps)
-            rows.steps = [(job_id, r.step, r.epoch, r.loss, r.grad_norm, r.clipped_grad_norm,
-                           r.lr, bool(r.clipped)) for r in steps]
-            values = np.array([row[3:7] for row in rows.steps], dtype=np.float64)
-            rows.steps_nan = np.asarray(np.isnan(values).any(axis=1), dtype=bool)
-            step_idx = np.fromiter((r.step for r in steps), np.int64, n)
-            step_blocks = self._step_rollups.add(step_idx, values, np.ones(values.shape, bool))
-            rows.layers = [(job_id, lr.layer, r.step, lr.grad_norm, lr.weight_grad_norm,
-                            lr.weight_norm, lr.update_norm, lr.act_mean, lr.act_std,
-                            lr.dead_fraction, lr.saturated_fraction)
-                           for r in steps for lr in r.layers]
-            if self._layer_rollups is None:
-                self._n_layers = len(steps[0].layers)
-                self._layer_rollups = RollupBuilder(self._n_layers * len(LAYER_METRICS))
-            if rows.layers and len(rows.layers) == n * self._n_layers:
-                table = np.array([row[3:] for row in rows.layers], dtype=object)
-                present = table != None  # noqa: E711  (activation stats may be absent)
-                layer_values = np.where(present, table, np.nan).astype(np.float64)
-                rows.layers_nan = np.asarray(np.isnan(layer_values).any(axis=1), dtype=bool)
-                width = self._n_layers * len(LAYER_METRICS)
-                layer_blocks = self._layer_rollups.add(
-                    step_idx, layer_values.reshape(n, width), present.reshape(n, width))
+    def count(self, lo: int, hi: int) -> int:
+        """Recorded steps in [lo, hi]: whole chunks by their count, the ends decoded."""
+        total = 0
+        for first, last, n in self.repo.chunk_spans(self.key, lo, hi):
+            if lo <= first and last <= hi:
+                total += n
             else:
-                rows.layers_nan = None
-        if final:
-            step_blocks += self._step_rollups.finish()
-            if self._layer_rollups is not None:
-                layer_blocks += self._layer_rollups.finish()
-        rows.rollups = _rollup_rows(job_id, step_blocks, len(STEP_METRICS), [-1])
-        rows.rollups += _rollup_rows(job_id, layer_blocks, len(LAYER_METRICS),
-                                     list(range(self._n_layers)))
-        return rows
+                total += len(self.points([], [(max(lo, first), min(hi, last))])[0])
+        return total
 
+    def bounds(self, lo: int, hi: int) -> tuple[int | None, int | None]:
+        """First and last recorded step within [lo, hi]."""
+        edges = []
+        for last in (False, True):
+            chunk = self.repo.edge_chunk(self.key, lo, hi, last=last)
+            if chunk is None:
+                return None, None
+            steps = decode_chunk(chunk[3], []).steps
+            steps = steps[(steps >= lo) & (steps <= hi)]
+            if not steps.size:  # the range falls between two recorded steps of the chunk
+                steps = self.points([], [(lo, hi)])[0]
+                if not steps.size:
+                    return None, None
+            edges.append(int(steps[-1] if last else steps[0]))
+        return edges[0], edges[1]
 
-@dataclass
-class Rows:
-    """What one flush inserts: step rows, layer rows (with a has-NaN flag per row, for
-    SQLite's NaN binding), and rollup rows."""
+    def last_step(self) -> int | None:
+        return self.bounds(0, 2**31 - 1)[1]
 
-    steps: list[tuple[Any, ...]] = field(default_factory=list)
-    steps_nan: np.ndarray | None = None
-    layers: list[tuple[Any, ...]] = field(default_factory=list)
-    layers_nan: np.ndarray | None = None
-    rollups: list[tuple[Any, ...]] = field(default_factory=list)
+    def n_steps(self) -> int:
+        return sum(n for _, _, n in self.repo.chunk_spans(self.key, 0, 2**31 - 1))
 
+    def rolled(self, job: Job, top_level: int, last: int) -> dict[int, int]:
+        """Per stored level up to ``top_level``: the last step its blocks cover."""
+        levels = range(STORED_MIN_LEVEL, top_level + 1)
+        if job.status in TERMINAL:  # every block of a finished job was closed by its worker
+            return dict.fromkeys(levels, last)
+        blocks = self.repo.rolled_until(self.key)
+        return {lv: ((blocks[lv] + 1) << lv) - 1 for lv in levels if lv in blocks}
 
-def _rollup_rows(job_id: str, blocks: list[RollupBlocks], n_metrics: int,
-                 layer_of_group: list[int]) -> list[tuple[Any, ...]]:
-    """One row per (level, layer, block) holding all of that layer's metrics."""
-    rows: list[tuple[Any, ...]] = []
-    for rb in blocks:
-        summary = rb.summary
-        for g, layer in enumerate(layer_of_group):
-            columns = slice(g * n_metrics, (g + 1) * n_metrics)
-            has_data = summary.count[:, columns].sum(axis=1) > 0
-            for b in np.flatnonzero(has_data):
-                rows.append((job_id, rb.level, layer, int(rb.block[b]),
-                             pack_block(summary, int(b), columns)))
-    return rows
+    def summaries(self, runs: Sequence[tuple[int, int, int]], series: Sequence[int]) -> Summary:
+        return decode_rollups(self.n_layers, self.repo.rollups(self.key, runs), series)
 
-
-# --------------------------------------------------------------------------------------------
-# Reading
-# --------------------------------------------------------------------------------------------
+    def all_points(self, series: Sequence[int] | None, window: int = 256
+                   ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, ChunkData]]:
+        """Every chunk in step order, decoded (``series`` only), a window of chunks at a time."""
+        spans = self.repo.chunk_spans(self.key, 0, 2**31 - 1)
+        for i in range(0, len(spans), window):
+            group = spans[i:i + window]
+            for _, _, _, data in self.repo.chunks(self.key, group[0][0], group[-1][1]):
+                d = decode_chunk(data, series)
+                yield d.steps, d.values, d.present, d
 
 
 @dataclass(frozen=True)
@@ -187,37 +166,28 @@ def _check_budget(q: HistoryQuery, points: int, n_series: int) -> None:
                                            "type": "limit_exceeded"}])
 
 
-def _resolve_range(history: HistoryRepository, job: Job, q: HistoryQuery
-                   ) -> tuple[int, int, int] | None:
+def _resolve_range(store: _Stored, job: Job, q: HistoryQuery) -> tuple[int, int, int] | None:
     """(first recorded step, last recorded step, recorded steps) inside the requested range."""
+    lo = q.start_step if q.start_step is not None else 0
+    hi = q.end_step if q.end_step is not None else 2**31 - 1
+    first, last = store.bounds(lo, hi)
+    if first is None or last is None:
+        return None
+    if last - first + 1 <= 4 * q.max_points:  # small ranges: counting is cheap
+        return first, last, store.count(first, last)
+    # large ranges: the recorded-step counts stored in the rollups (of the loss series)
+    runs, raw_ranges = cover(first, last, MAX_LEVEL, store.rolled(job, MAX_LEVEL, last))
+    count = sum(store.count(a, b) for a, b in raw_ranges)
+    count += int(store.summaries(runs, [0]).count.sum())
+    return first, last, count
+
+
+def _check_range(q: HistoryQuery) -> None:
     if q.start_step is not None and q.end_step is not None and q.end_step < q.start_step:
         raise SpecValidationError(
             f"end_step ({q.end_step}) is before start_step ({q.start_step})", slug="invalid-range",
             errors=[{"loc": ["query", "end_step"], "msg": "must be >= start_step",
                      "type": "value_error"}])
-    lo = q.start_step if q.start_step is not None else 0
-    hi = q.end_step if q.end_step is not None else 2**31 - 1
-    first, last = history.step_bounds(job.id, lo, hi)
-    if first is None or last is None:
-        return None
-    if last - first + 1 <= 4 * q.max_points:  # small ranges: counting is cheap
-        return first, last, history.count_steps(job.id, first, last)
-    # large ranges: the recorded-step counts stored in the step-metric rollups
-    rolled = _rolled(history, job, -1, MAX_LEVEL, last)
-    runs, raw_ranges = cover(first, last, MAX_LEVEL, rolled)
-    count = sum(history.count_steps(job.id, a, b) for a, b in raw_ranges)
-    blocks = history.rollup_blocks(job.id, [-1], runs)
-    if -1 in blocks:
-        starts, blobs = blocks[-1]
-        count += int(unpack_blocks(starts, blobs, len(STEP_METRICS), [0]).count.sum())
-    return first, last, count
-
-
-def _rolled(history: HistoryRepository, job: Job, layer: int, top_level: int, last: int
-            ) -> dict[int, int]:
-    if job.status in TERMINAL:  # every block of a finished job was closed by its worker
-        return dict.fromkeys(range(MIN_LEVEL, top_level + 1), last)
-    return history.rolled_until(job.id, layer, top_level)
 
 
 def _series(steps: np.ndarray, values: np.ndarray, present: np.ndarray | None = None
@@ -228,42 +198,31 @@ def _series(steps: np.ndarray, values: np.ndarray, present: np.ndarray | None = 
     return {"steps": steps.tolist(), "values": vals}
 
 
-def _downsample_layers(
-    history: HistoryRepository, job: Job, layers: list[int], first: int, last: int,
-    max_points: int, all_metrics: tuple[str, ...], names: tuple[str, ...],
-) -> tuple[dict[int, list[tuple[np.ndarray, np.ndarray]]], int]:
-    """Downsample ``names`` of each of ``layers`` (-1: the step metrics) over [first, last].
+def _downsample(store: _Stored, job: Job, groups: list[list[int]], first: int, last: int,
+                max_points: int) -> tuple[list[list[tuple[np.ndarray, np.ndarray]]], int]:
+    """Downsample each group of series (a layer's metrics, or the step metrics) over
+    [first, last]: per group, per series (steps, values); and the bucket size.
 
-    Whole aligned blocks come from the stored rollups (one row per layer and block), the
-    ragged ends and any not-yet-rolled tail of a running job from the raw rows.
+    Whole aligned blocks come from the stored rollups (one row per block for every series),
+    the ragged ends and any not-yet-rolled tail of a running job from the chunks.
     """
     plan = plan_buckets(first, last, max_points)
-    select = [all_metrics.index(m) for m in names]
     runs: list[tuple[int, int, int]] = []
     raw_ranges = [(first, last)]
     if plan.level is not None:
-        rolled = _rolled(history, job, layers[0], plan.level, last)
-        runs, raw_ranges = cover(first, last, plan.level, rolled)
-    job_id = job.id
-    blocks = history.rollup_blocks(job_id, layers, runs)
-    out: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
-    for layer in layers:
-        def raw(ranges: list[tuple[int, int]], layer: int = layer
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-            if layer < 0:
-                return history.step_points(job_id, names, ranges)
-            return history.layer_points(job_id, layer, names, ranges)
-
-        parts: list[Summary] = []
-        if layer in blocks:
-            starts, blobs = blocks[layer]
-            parts.append(unpack_blocks(starts, blobs, len(all_metrics), select))
-        if raw_ranges:
-            parts.append(Summary.from_points(*raw(raw_ranges)))
-        units = in_step_order(parts) if parts else Summary.empty(len(names))
-        edge_s, edge_v, edge_p = raw([(first, first), (last, last)])
-        edges = [(edge_s[edge_p[:, j]], edge_v[edge_p[:, j], j]) for j in range(len(names))]
-        out[layer] = downsample_points(units, plan.bucket_size, edges)
+        runs, raw_ranges = cover(first, last, plan.level, store.rolled(job, plan.level, last))
+    every = [s for group in groups for s in group]
+    parts = [store.summaries(runs, every)] if runs else []
+    if raw_ranges:
+        parts.append(Summary.from_points(*store.points(every, raw_ranges)))
+    units = in_step_order(parts) if parts else Summary.empty(len(every))
+    edge_s, edge_v, edge_p = store.points(every, [(first, first), (last, last)])
+    edges = [(edge_s[edge_p[:, j]], edge_v[edge_p[:, j], j]) for j in range(len(every))]
+    picked = downsample_points(units, plan.bucket_size, edges)
+    out, i = [], 0
+    for group in groups:
+        out.append(picked[i:i + len(group)])
+        i += len(group)
     return out, plan.bucket_size
 
 
@@ -295,32 +254,37 @@ def gradient_history(session: Session, job: Job, q: HistoryQuery, *, layer: int 
     """Per-layer series, downsampled to at most ``max_points`` points per series."""
     job_id = job.id
     names = _check_metrics(metrics, LAYER_METRICS)
-    history = HistoryRepository(session)
-    resolved = _resolve_range(history, job, q)
+    _check_range(q)
+    layers = list(range(len(job.spec["model"]["hidden"]) + 1))  # hidden layers, then output
     out: dict[str, Any] = {"job_id": job_id, "start_step": None, "end_step": None, "layers": [],
                            **_sampling(False, None, q, 0)}
-    if resolved is None:
+    store = _Stored.of(session, job_id)
+    resolved = _resolve_range(store, job, q) if store is not None else None
+    if store is None or resolved is None:
         return out
     first, last, count = resolved
-    layers = list(range(len(job.spec["model"]["hidden"]) + 1))  # hidden layers, then output
     if layer is not None:
         if layer not in layers:
             raise NotFoundError(f"job {job_id} has layers {layers[0]}..{layers[-1]}; "
                                 f"no layer {layer}", slug="layer-not-found")
         layers = [layer]
     _check_budget(q, count, len(layers) * len(names))
+    metric_idx = [LAYER_METRICS.index(m) for m in names]
+    groups = [[series_index(ly, m) for m in metric_idx] for ly in layers]
     downsample = count > q.max_points
     bucket_size: int | None = None
     if downsample:
-        results, bucket_size = _downsample_layers(
-            history, job, layers, first, last, q.max_points, LAYER_METRICS, names)
-    for ly in layers:
-        if not downsample:
-            steps, values, present = history.layer_points(job_id, ly, names, [(first, last)])
-            series = {m: _series(steps, values[:, j], present[:, j]) for j, m in enumerate(names)}
-        else:
-            series = {m: _series(*results[ly][j]) for j, m in enumerate(names)}
-        out["layers"].append({"layer": ly, "series": series})
+        results, bucket_size = _downsample(store, job, groups, first, last, q.max_points)
+        for ly, picked in zip(layers, results, strict=True):
+            out["layers"].append({"layer": ly, "series": {
+                m: _series(*picked[j]) for j, m in enumerate(names)}})
+    else:
+        steps, values, present = store.points([s for g in groups for s in g], [(first, last)])
+        for i, ly in enumerate(layers):
+            base = i * len(names)
+            out["layers"].append({"layer": ly, "series": {
+                m: _series(steps, values[:, base + j], present[:, base + j])
+                for j, m in enumerate(names)}})
     out.update(start_step=first, end_step=last, **_sampling(downsample, bucket_size, q, count))
     return out
 
@@ -330,8 +294,8 @@ def metrics_history(session: Session, job: Job, q: HistoryQuery, *,
     """Network-level series (loss, pre/post-clip global norm, lr) and epoch figures."""
     job_id = job.id
     names = _check_metrics(metrics, STEP_METRICS)
-    history = HistoryRepository(session)
-    epochs = history.epochs(job_id)
+    _check_range(q)
+    epochs = HistoryRepository(session).epochs(job_id)
     out: dict[str, Any] = {
         "job_id": job_id, "start_step": None, "end_step": None, "series": {},
         "epochs": {
@@ -340,22 +304,48 @@ def metrics_history(session: Session, job: Job, q: HistoryQuery, *,
             "val_accuracy": [e.val_accuracy for e in epochs],
             "train_accuracy": [e.train_accuracy for e in epochs]},
         **_sampling(False, None, q, 0)}
-    resolved = _resolve_range(history, job, q)
-    if resolved is None:
+    store = _Stored.of(session, job_id)
+    resolved = _resolve_range(store, job, q) if store is not None else None
+    if store is None or resolved is None:
         return out
     first, last, count = resolved
     _check_budget(q, count, len(names))
+    series = [series_index(-1, STEP_METRICS.index(m)) for m in names]
     downsample = count > q.max_points
     bucket_size: int | None = None
     if not downsample:
-        steps, values, present = history.step_points(job_id, names, [(first, last)])
+        steps, values, present = store.points(series, [(first, last)])
         out["series"] = {m: _series(steps, values[:, j], present[:, j])
                          for j, m in enumerate(names)}
     else:
-        results, bucket_size = _downsample_layers(
-            history, job, [-1], first, last, q.max_points, STEP_METRICS, names)
-        out["series"] = {m: _series(*results[-1][j]) for j, m in enumerate(names)}
+        results, bucket_size = _downsample(store, job, [series], first, last, q.max_points)
+        out["series"] = {m: _series(*results[0][j]) for j, m in enumerate(names)}
     out.update(start_step=first, end_step=last, **_sampling(downsample, bucket_size, q, count))
+    return out
+
+
+def run_figures(session: Session, job_id: str) -> dict[str, Any]:
+    """Key figures of a run for comparisons: last/min loss, max grad norm and its step."""
+    out: dict[str, Any] = {"final_loss": None, "min_loss": None, "max_grad_norm": None,
+                           "max_grad_norm_step": None}
+    store = _Stored.of(session, job_id)
+    if store is None:
+        return out
+    parts = [(s, v) for s, v, _, _ in store.all_points([0, 1])]
+    if not parts:
+        return out
+    steps = np.concatenate([p[0] for p in parts])
+    arr = np.concatenate([p[1] for p in parts])
+    if not steps.size:
+        return out
+    losses = arr[:, 0]
+    out["final_loss"] = float(losses[-1])
+    finite = losses[np.isfinite(losses)]
+    out["min_loss"] = float(finite.min()) if finite.size else float(losses[0])
+    norms = np.where(np.isnan(arr[:, 1]), -np.inf, arr[:, 1])
+    i = int(np.argmax(norms))
+    out["max_grad_norm"] = float(arr[i, 1])
+    out["max_grad_norm_step"] = int(steps[i])
     return out
 
 
@@ -378,37 +368,18 @@ class StoredHistory:
 
 def stored_history(session: Session, job: Job, settings: Settings) -> StoredHistory:
     """What :func:`core.diagnose` needs of ``job``, read back (thinned for very long runs)."""
-    from core.telemetry import EpochRecord, LayerRecord, NonFiniteEvent, StepRecord
+    from core.telemetry import EpochRecord, NonFiniteEvent
 
-    history = HistoryRepository(session)
     alerts = [event.data for event in EventRepository(session).of_type(job.id, "alert")]
     nf = job.first_non_finite
-    # A very long run is read thinned (bounded memory and time): every stride-th step plus
-    # the last stored step, the first non-finite one and every step with a monitor alert.
-    n_rows = history.step_count(job.id)
-    stride = max(1, -(-n_rows // settings.diagnosis_max_records))
-    also: list[int] = []
-    if stride > 1:
-        also = [a["step"] for a in alerts if isinstance(a.get("step"), int)]
-        if nf:
-            also.append(nf["step"])
-        last = history.last_step(job.id)
-        if last is not None:
-            also.append(last)
-    layers_by_step: dict[int, list[LayerRecord]] = {}
-    for row in history.all_layers(job.id, stride=stride, also=also):
-        layers_by_step.setdefault(row.step, []).append(LayerRecord(
-            layer=row.layer, grad_norm=row.grad_norm, weight_grad_norm=row.weight_grad_norm,
-            weight_norm=row.weight_norm, update_norm=row.update_norm, act_mean=row.act_mean,
-            act_std=row.act_std, dead_fraction=row.dead_fraction,
-            saturated_fraction=row.saturated_fraction))
-    steps = [StepRecord(step=r.step, epoch=r.epoch, loss=r.loss, grad_norm=r.grad_norm,
-                        clipped_grad_norm=r.clipped_grad_norm, lr=r.lr, clipped=r.clipped,
-                        layers=layers_by_step.get(r.step, []))
-             for r in history.all_steps(job.id, stride=stride, also=also)]
+    steps: list[Any] = []
+    store = _Stored.of(session, job.id)
+    if store is not None:
+        steps = _thinned_records(store, alerts, nf, settings.diagnosis_max_records)
     epochs = [EpochRecord(epoch=e.epoch, step=e.step, train_loss=e.train_loss,
                           val_loss=e.val_loss, val_accuracy=e.val_accuracy,
-                          train_accuracy=e.train_accuracy) for e in history.epochs(job.id)]
+                          train_accuracy=e.train_accuracy)
+              for e in HistoryRepository(session).epochs(job.id)]
     first_nf = NonFiniteEvent(step=nf["step"], layer=nf["layer"], tensor=nf["tensor"],
                               value=nf["value"]) if nf else None
     spec = TrainingSpec.model_validate(job.spec, context={"limits": settings.spec_limits()})
@@ -416,3 +387,49 @@ def stored_history(session: Session, job: Job, settings: Settings) -> StoredHist
     if job.status in TERMINAL and stop is None:
         stop = "cancelled" if job.status == "cancelled" else "completed"
     return StoredHistory(spec, steps, epochs, stop, first_nf, alerts)
+
+
+def recorded_steps(session: Session, job_id: str) -> list[StepRecord]:
+    """Every stored step of a job as the trainer's records, in step order."""
+    store = _Stored.of(session, job_id)
+    if store is None:
+        return []
+    return [_record(i, chunk, values[i], present[i], store.n_layers)
+            for steps, values, present, chunk in store.all_points(None)
+            for i in range(len(steps))]
+
+
+def _thinned_records(store: _Stored, alerts: list[dict[str, Any]], nf: dict[str, Any] | None,
+                     max_records: int) -> list[StepRecord]:
+    """The stored steps as records. A very long run is read thinned (bounded memory and
+    time): every stride-th step plus the last stored step, the first non-finite one and every
+    step with a monitor alert."""
+    n_rows = store.n_steps()
+    stride = max(1, -(-n_rows // max_records))
+    also: list[int] = []
+    if stride > 1:
+        also = [a["step"] for a in alerts if isinstance(a.get("step"), int)]
+        if nf:
+            also.append(nf["step"])
+        last = store.last_step()
+        if last is not None:
+            also.append(last)
+    records: list[StepRecord] = []
+    for steps, values, present, chunk in store.all_points(None):
+        keep = np.flatnonzero((steps % stride == 0) | np.isin(steps, also))
+        for i in keep.tolist():
+            records.append(_record(i, chunk, values[i], present[i], store.n_layers))
+    return records
+
+
+def _record(i: int, chunk: ChunkData, row: np.ndarray, present: np.ndarray, n_layers: int
+            ) -> StepRecord:
+    """Row ``i`` of a decoded chunk as the trainer's record (missing statistics: None)."""
+    vals: list[Any] = [v if p else None for v, p in zip(row.tolist(), present.tolist(),
+                                                         strict=True)]
+    n_step, n_metrics = len(STEP_METRICS), len(LAYER_METRICS)
+    layers = [LayerRecord(ly, *vals[n_step + ly * n_metrics:n_step + (ly + 1) * n_metrics])
+              for ly in range(n_layers)]
+    return StepRecord(step=int(chunk.steps[i]), epoch=int(chunk.epochs[i]), loss=vals[0],
+                      grad_norm=vals[1], clipped_grad_norm=vals[2], lr=vals[3],
+                      clipped=bool(chunk.clipped[i]), layers=layers)

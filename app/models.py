@@ -26,11 +26,11 @@ from app.db import Base, NonFiniteFloat
 __all__ = [
     "DiagnosticReportRow",
     "EpochMetric",
+    "HistoryChunk",
+    "HistoryKey",
+    "HistoryRollup",
     "Job",
     "JobEvent",
-    "LayerStat",
-    "SeriesRollup",
-    "StepMetric",
     "utcnow",
 ]
 
@@ -83,43 +83,34 @@ class Job(Base):
     )
 
 
-class StepMetric(Base):
-    """Network-level figures of one optimizer step (norms before/after clipping)."""
+class HistoryKey(Base):
+    """A job's history is stored under this small integer (not the UUID in every row)."""
 
-    __tablename__ = "step_metrics"
+    __tablename__ = "history_keys"
 
+    key: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(
-        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+        ForeignKey("jobs.id", ondelete="CASCADE"), unique=True
     )
-    step: Mapped[int] = mapped_column(Integer, primary_key=True)
-    epoch: Mapped[int] = mapped_column(Integer)
-    loss: Mapped[float] = mapped_column(NonFiniteFloat)
-    grad_norm: Mapped[float] = mapped_column(NonFiniteFloat)
-    clipped_grad_norm: Mapped[float] = mapped_column(NonFiniteFloat)
-    lr: Mapped[float] = mapped_column(NonFiniteFloat)
-    clipped: Mapped[bool] = mapped_column(Boolean)
-
-    __table_args__ = ({"sqlite_with_rowid": False},)
+    n_layers: Mapped[int] = mapped_column(SmallInteger)
 
 
-class LayerStat(Base):
-    """One layer's statistics at one step."""
+class HistoryChunk(Base):
+    """Every series of a job over steps ``first_step..last_step``: one flush of its worker.
 
-    __tablename__ = "layer_stats"
+    ``data`` is written and read only by :mod:`app.history_store` (compact columns, NaN and
+    +-Inf bit for bit).
+    """
 
-    job_id: Mapped[str] = mapped_column(
-        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    __tablename__ = "history_chunks"
+
+    job_key: Mapped[int] = mapped_column(
+        ForeignKey("history_keys.key", ondelete="CASCADE"), primary_key=True
     )
-    layer: Mapped[int] = mapped_column(Integer, primary_key=True)
-    step: Mapped[int] = mapped_column(Integer, primary_key=True)
-    grad_norm: Mapped[float] = mapped_column(NonFiniteFloat)
-    weight_grad_norm: Mapped[float] = mapped_column(NonFiniteFloat)
-    weight_norm: Mapped[float] = mapped_column(NonFiniteFloat)
-    update_norm: Mapped[float] = mapped_column(NonFiniteFloat)
-    act_mean: Mapped[float | None] = mapped_column(NonFiniteFloat)
-    act_std: Mapped[float | None] = mapped_column(NonFiniteFloat)
-    dead_fraction: Mapped[float | None] = mapped_column(NonFiniteFloat)
-    saturated_fraction: Mapped[float | None] = mapped_column(NonFiniteFloat)
+    first_step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_step: Mapped[int] = mapped_column(Integer)
+    n_steps: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
 
     __table_args__ = ({"sqlite_with_rowid": False},)
 
@@ -140,25 +131,18 @@ class EpochMetric(Base):
     train_accuracy: Mapped[float | None] = mapped_column(NonFiniteFloat)
 
 
-class SeriesRollup(Base):
-    """Summary of one layer's series (or the step metrics) over an aligned block of steps.
-
-    Written by the worker as blocks of ``2**level`` steps complete; a downsampled history of
-    a million layer-steps is answered from about a thousand of these rows. ``layer`` is -1
-    for the network-level step metrics. ``data`` is a little-endian float64 array of shape
-    ``(n_metrics, 7)`` (metrics in the order of ``app.downsampling.LAYER_METRICS`` or
-    ``STEP_METRICS``): count, min step, min value, max step, max value, first non-finite step
-    and value; a step of -1 means "none". Min and max ignore NaN (a NaN shows through the
-    non-finite point). Being binary, it keeps NaN and +-Inf on every database.
+class HistoryRollup(Base):
+    """Every series of a job summarised over the aligned block ``block`` of ``2**level`` steps
+    (count, min, max, first non-finite point): a downsampled history of a million steps is
+    answered from a few hundred of these rows. ``data``: see :mod:`app.history_store`.
     """
 
-    __tablename__ = "series_rollups"
+    __tablename__ = "history_rollups"
 
-    job_id: Mapped[str] = mapped_column(
-        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    job_key: Mapped[int] = mapped_column(
+        ForeignKey("history_keys.key", ondelete="CASCADE"), primary_key=True
     )
     level: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
-    layer: Mapped[int] = mapped_column(Integer, primary_key=True)
     block: Mapped[int] = mapped_column(Integer, primary_key=True)
     data: Mapped[bytes] = mapped_column(LargeBinary)
 

@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from app.db import sqlite_nan
-from app.downsampling import LAYER_METRICS, MIN_LEVEL, STEP_METRICS
 from app.models import (
     DiagnosticReportRow,
     EpochMetric,
+    HistoryChunk,
+    HistoryKey,
+    HistoryRollup,
     Job,
     JobEvent,
-    LayerStat,
-    SeriesRollup,
-    StepMetric,
     utcnow,
 )
 
@@ -35,12 +31,6 @@ __all__ = [
     "SystemRepository",
 ]
 
-# Rows per INSERT batch. executemany binds one row per statement, so SQLite's limit of
-# 32,766 bound parameters per statement is never approached; batching bounds memory.
-BATCH_ROWS = 2_000
-
-STEP_COLUMNS = ("job_id", "step", "epoch", *STEP_METRICS, "clipped")
-LAYER_COLUMNS = ("job_id", "layer", "step", *LAYER_METRICS)
 
 @dataclass(frozen=True)
 class Claim:
@@ -267,245 +257,116 @@ class ReportRepository:
         self.session.flush()
 
 
-def _column_arrays(rows: Sequence[Sequence[Any]], n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Values (float64, NaN where missing) and presence mask of ``n`` columns of ``rows``."""
-    if not rows:
-        return np.empty((0, n)), np.empty((0, n), dtype=bool)
-    obj = np.array(rows, dtype=object).reshape(len(rows), n)
-    present = obj != None  # noqa: E711  (elementwise comparison on an object array)
-    values = np.where(present, obj, np.nan).astype(np.float64)
-    return values, present
-
-
 class HistoryRepository:
-    """Per-step metrics, per-step-per-layer stats, epoch figures and their rollups."""
+    """A job's history rows: its key, chunks, rollups and epoch figures (bytes are opaque
+    here; :mod:`app.history_store` owns them)."""
 
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    # ---- writes (batched) ----
-    # SQLite: the driver's executemany of one prepared statement. PostgreSQL (psycopg 3):
-    # COPY FROM STDIN in binary format, ~4x the rows/s of executemany (bench/README.md).
-    def _insert(self, table: Any, columns: Sequence[str], rows: Sequence[tuple[Any, ...]],
-                has_nan: np.ndarray | None = None) -> None:
-        """Insert tuples in ``columns`` order; ``has_nan[i]`` flags rows holding a NaN."""
-        if not rows:
-            return
-        connection = self.session.connection()
-        if connection.dialect.name == "postgresql" and connection.dialect.driver == "psycopg":
-            self._copy(table, columns, rows)
-            return
-        if connection.dialect.name == "sqlite":
-            # the fast path: the driver's executemany; NaN must be bound as 'NaN' (NonFiniteFloat)
-            if has_nan is None or has_nan.any():
-                flagged = range(len(rows)) if has_nan is None else np.flatnonzero(has_nan)
-                fixed = list(rows)
-                for i in flagged:
-                    fixed[i] = tuple(sqlite_nan(v) if isinstance(v, float) else v for v in fixed[i])
-                rows = fixed
-            sql = (f"INSERT INTO {table.name} ({', '.join(columns)}) "
-                   f"VALUES ({', '.join('?' * len(columns))})")
-            for i in range(0, len(rows), BATCH_ROWS):
-                connection.exec_driver_sql(sql, list(rows[i:i + BATCH_ROWS]))
-            return
-        self._executemany(table, columns, rows)
+    # ---- keys ----
+    def key_of(self, job_id: str) -> tuple[int, int] | None:
+        """(history key, layers) of a job that has stored steps."""
+        row = self.session.execute(select(HistoryKey.key, HistoryKey.n_layers)
+                                   .where(HistoryKey.job_id == job_id)).first()
+        return None if row is None else (int(row[0]), int(row[1]))
 
-    def _executemany(self, table: Any, columns: Sequence[str],
-                     rows: Sequence[tuple[Any, ...]]) -> None:
-        """The portable path: SQLAlchemy Core executemany in batches."""
-        connection = self.session.connection()
-        for i in range(0, len(rows), BATCH_ROWS):
-            connection.execute(insert(table), [dict(zip(columns, r, strict=True))
-                                               for r in rows[i:i + BATCH_ROWS]])
+    def ensure_key(self, job_id: str, n_layers: int) -> int:
+        """The job's history key, created on its first flush."""
+        found = self.key_of(job_id)
+        if found is not None:
+            return found[0]
+        key = self.session.scalar(insert(HistoryKey).values(job_id=job_id, n_layers=n_layers)
+                                  .returning(HistoryKey.key))
+        assert key is not None
+        return int(key)
 
-    def _copy(self, table: Any, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
-        """COPY the rows in on the session's own connection, inside its transaction.
+    # ---- writes ----
+    def insert_chunk(self, key: int, first_step: int, last_step: int, n_steps: int,
+                     data: bytes) -> None:
+        self.session.connection().execute(insert(HistoryChunk), [{
+            "job_key": key, "first_step": first_step, "last_step": last_step,
+            "n_steps": n_steps, "data": data}])
 
-        Binary COPY carries float8 bit for bit, so NaN and +-Inf need no special casing.
-        """
-        connection = self.session.connection()
-        driver = connection.connection.driver_connection
-        types = _pg_copy_types(connection.dialect, table, columns)
-        sql = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
-        with driver.cursor() as cursor, cursor.copy(sql) as copy:  # type: ignore[union-attr]
-            copy.set_types(types)
-            for row in rows:
-                copy.write_row(row)
-
-    def delete_history(self, job_id: str) -> None:
-        """Everything a run recorded (steps, layers, epochs, rollups, report); not its events."""
-        for model in (StepMetric, LayerStat, EpochMetric, SeriesRollup, DiagnosticReportRow):
-            self.session.execute(delete(model).where(model.job_id == job_id)
-                                 .execution_options(synchronize_session=False))
-
-    def insert_steps(self, rows: Sequence[tuple[Any, ...]], has_nan: np.ndarray | None = None) -> None:
-        """Rows of (job_id, step, epoch, loss, grad_norm, clipped_grad_norm, lr, clipped)."""
-        self._insert(StepMetric.__table__, STEP_COLUMNS, rows, has_nan)
-
-    def insert_layers(self, rows: Sequence[tuple[Any, ...]], has_nan: np.ndarray | None = None) -> None:
-        """Rows of (job_id, layer, step, *LAYER_METRICS)."""
-        self._insert(LayerStat.__table__, LAYER_COLUMNS, rows, has_nan)
+    def insert_rollups(self, key: int, rows: Sequence[tuple[int, int, bytes]]) -> None:
+        """Rows of (level, block, data)."""
+        if rows:
+            self.session.connection().execute(insert(HistoryRollup), [
+                {"job_key": key, "level": level, "block": block, "data": data}
+                for level, block, data in rows])
 
     def insert_epochs(self, rows: list[dict[str, Any]]) -> None:
         if rows:
             self.session.connection().execute(insert(EpochMetric), rows)
 
-    def insert_rollups(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Rows of (job_id, level, layer, block, data)."""
-        self._insert(SeriesRollup.__table__, ("job_id", "level", "layer", "block", "data"), rows,
-                     np.zeros(len(rows), dtype=bool))
+    def delete_history(self, job_id: str) -> None:
+        """Everything a run recorded (steps, epochs, rollups, report); not its events."""
+        keys = select(HistoryKey.key).where(HistoryKey.job_id == job_id).scalar_subquery()
+        for table in (HistoryChunk, HistoryRollup):
+            self.session.execute(delete(table).where(table.job_key == keys)
+                                 .execution_options(synchronize_session=False))
+        for model in (HistoryKey, EpochMetric, DiagnosticReportRow):
+            self.session.execute(delete(model).where(model.job_id == job_id)
+                                 .execution_options(synchronize_session=False))
 
     # ---- reads ----
-    def count_steps(self, job_id: str, start: int, end: int) -> int:
-        return int(self.session.scalar(
-            select(func.count()).select_from(StepMetric)
-            .where(StepMetric.job_id == job_id, StepMetric.step.between(start, end))
-        ) or 0)
+    def _from_chunk_holding(self, key: int, step: int) -> ColumnElement[bool]:
+        """Chunks from the one holding ``step`` (or the first after it) on: an index seek."""
+        holder = (select(func.max(HistoryChunk.first_step))
+                  .where(HistoryChunk.job_key == key, HistoryChunk.first_step <= step)
+                  .scalar_subquery())
+        return HistoryChunk.first_step >= func.coalesce(holder, step)
 
-    def step_bounds(self, job_id: str, start: int, end: int) -> tuple[int | None, int | None]:
-        """First and last recorded step within [start, end] (two index seeks)."""
-        in_range = (StepMetric.job_id == job_id, StepMetric.step.between(start, end))
-        lo = self.session.scalar(
-            select(StepMetric.step).where(*in_range).order_by(StepMetric.step).limit(1))
-        hi = self.session.scalar(
-            select(StepMetric.step).where(*in_range).order_by(StepMetric.step.desc()).limit(1))
-        return lo, hi
+    def chunks(self, key: int, lo: int, hi: int) -> list[tuple[int, int, int, bytes]]:
+        """(first step, last step, steps, data) of the chunks overlapping steps [lo, hi]."""
+        rows = self.session.execute(
+            select(HistoryChunk.first_step, HistoryChunk.last_step, HistoryChunk.n_steps,
+                   HistoryChunk.data)
+            .where(HistoryChunk.job_key == key, self._from_chunk_holding(key, lo),
+                   HistoryChunk.first_step <= hi, HistoryChunk.last_step >= lo)
+            .order_by(HistoryChunk.first_step)).all()
+        return [(int(a), int(b), int(n), bytes(d)) for a, b, n, d in rows]
 
-    def step_points(
-        self, job_id: str, metrics: Sequence[str], ranges: Sequence[tuple[int, int]]
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Raw step metrics in the (inclusive) step ranges: steps, values, present."""
-        cols = [getattr(StepMetric, m) for m in metrics]
-        rows: list[Any] = []
-        for lo, hi in ranges:
-            if lo > hi:
-                continue
-            rows.extend(self.session.execute(
-                select(StepMetric.step, *cols)
-                .where(StepMetric.job_id == job_id, StepMetric.step.between(lo, hi))
-                .order_by(StepMetric.step)
-            ).all())
-        values, present = _column_arrays([r[1:] for r in rows], len(metrics))
-        return np.array([r[0] for r in rows], dtype=np.int64), values, present
+    def chunk_spans(self, key: int, lo: int, hi: int) -> list[tuple[int, int, int]]:
+        """(first step, last step, steps) of the chunks overlapping steps [lo, hi]."""
+        rows = self.session.execute(
+            select(HistoryChunk.first_step, HistoryChunk.last_step, HistoryChunk.n_steps)
+            .where(HistoryChunk.job_key == key, self._from_chunk_holding(key, lo),
+                   HistoryChunk.first_step <= hi, HistoryChunk.last_step >= lo)
+            .order_by(HistoryChunk.first_step)).all()
+        return [(int(a), int(b), int(n)) for a, b, n in rows]
 
-    def layer_points(
-        self, job_id: str, layer: int, metrics: Sequence[str], ranges: Sequence[tuple[int, int]]
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Raw layer stats of one layer in the (inclusive) step ranges."""
-        cols = [getattr(LayerStat, m) for m in metrics]
-        rows: list[Any] = []
-        for lo, hi in ranges:
-            if lo > hi:
-                continue
-            rows.extend(self.session.execute(
-                select(LayerStat.step, *cols)
-                .where(LayerStat.job_id == job_id, LayerStat.layer == layer,
-                       LayerStat.step.between(lo, hi))
-                .order_by(LayerStat.step)
-            ).all())
-        values, present = _column_arrays([r[1:] for r in rows], len(metrics))
-        return np.array([r[0] for r in rows], dtype=np.int64), values, present
+    def edge_chunk(self, key: int, lo: int, hi: int, *, last: bool
+                   ) -> tuple[int, int, int, bytes] | None:
+        """The first (or ``last``) chunk overlapping steps [lo, hi]."""
+        order = HistoryChunk.first_step.desc() if last else HistoryChunk.first_step
+        row = self.session.execute(
+            select(HistoryChunk.first_step, HistoryChunk.last_step, HistoryChunk.n_steps,
+                   HistoryChunk.data)
+            .where(HistoryChunk.job_key == key, self._from_chunk_holding(key, lo),
+                   HistoryChunk.first_step <= hi, HistoryChunk.last_step >= lo)
+            .order_by(order).limit(1)).first()
+        return None if row is None else (int(row[0]), int(row[1]), int(row[2]), bytes(row[3]))
 
-    def rolled_until(self, job_id: str, layer: int, top_level: int) -> dict[int, int]:
-        """Per level up to ``top_level``: the last step covered by stored blocks."""
-        out: dict[int, int] = {}
-        for level in range(MIN_LEVEL, top_level + 1):
-            block = self.session.scalar(
-                select(func.max(SeriesRollup.block))
-                .where(SeriesRollup.job_id == job_id, SeriesRollup.level == level,
-                       SeriesRollup.layer == layer))
-            if block is not None:
-                out[level] = ((block + 1) << level) - 1
-        return out
+    def rolled_until(self, key: int) -> dict[int, int]:
+        """Per stored level: the last block (not step) covered."""
+        rows = self.session.execute(
+            select(HistoryRollup.level, func.max(HistoryRollup.block))
+            .where(HistoryRollup.job_key == key).group_by(HistoryRollup.level)).all()
+        return {int(level): int(block) for level, block in rows}
 
-    def rollup_blocks(self, job_id: str, layers: Sequence[int],
-                      runs: Sequence[tuple[int, int, int]]) -> dict[int, tuple[np.ndarray, list[bytes]]]:
-        """Stored blocks for ``runs`` of (level, first block, last block), per layer:
-        (first step of each block, packed summaries)."""
-        rows: list[Any] = []
+    def rollups(self, key: int, runs: Sequence[tuple[int, int, int]]
+                ) -> list[tuple[int, int, bytes]]:
+        """(level, block, data) for ``runs`` of (level, first block, last block)."""
+        out: list[tuple[int, int, bytes]] = []
         for level, lo, hi in runs:  # one index range scan per run
-            rows.extend(self.session.execute(
-                select(SeriesRollup.layer, SeriesRollup.level, SeriesRollup.block,
-                       SeriesRollup.data)
-                .where(SeriesRollup.job_id == job_id, SeriesRollup.level == level,
-                       SeriesRollup.layer.in_(list(layers)),
-                       SeriesRollup.block.between(lo, hi))
-            ).all())
-        grouped: dict[int, tuple[list[int], list[bytes]]] = {}
-        for layer, level, block, data in rows:
-            starts, blobs = grouped.setdefault(layer, ([], []))
-            starts.append(block << level)
-            blobs.append(data)
-        return {k: (np.asarray(v[0], dtype=np.int64), v[1]) for k, v in grouped.items()}
+            out.extend((int(a), int(b), bytes(c)) for a, b, c in self.session.execute(
+                select(HistoryRollup.level, HistoryRollup.block, HistoryRollup.data)
+                .where(HistoryRollup.job_key == key, HistoryRollup.level == level,
+                       HistoryRollup.block.between(lo, hi))
+                .order_by(HistoryRollup.block)).all())
+        return out
 
     def epochs(self, job_id: str) -> list[EpochMetric]:
         return list(self.session.scalars(
             select(EpochMetric).where(EpochMetric.job_id == job_id).order_by(EpochMetric.epoch)))
-
-    def last_step(self, job_id: str) -> int | None:
-        value = self.session.scalar(
-            select(func.max(StepMetric.step)).where(StepMetric.job_id == job_id))
-        return None if value is None else int(value)
-
-    def step_count(self, job_id: str) -> int:
-        return int(self.session.scalar(
-            select(func.count()).select_from(StepMetric).where(StepMetric.job_id == job_id)) or 0)
-
-    def all_steps(self, job_id: str, *, stride: int = 1,
-                  also: Sequence[int] = ()) -> list[StepMetric]:
-        """The job's step rows in order; with ``stride`` > 1 only every stride-th step plus the
-        steps in ``also`` (bounded memory for a diagnosis of a very long run)."""
-        return list(self.session.scalars(
-            select(StepMetric).where(StepMetric.job_id == job_id,
-                                     self._thinned(StepMetric.step, stride, also))
-            .order_by(StepMetric.step)))
-
-    def all_layers(self, job_id: str, *, stride: int = 1,
-                   also: Sequence[int] = ()) -> list[LayerStat]:
-        return list(self.session.scalars(
-            select(LayerStat).where(LayerStat.job_id == job_id,
-                                    self._thinned(LayerStat.step, stride, also))
-            .order_by(LayerStat.step, LayerStat.layer)))
-
-    @staticmethod
-    def _thinned(step: Any, stride: int, also: Sequence[int]) -> ColumnElement[bool]:
-        if stride <= 1:
-            return and_(True)
-        keep = step % stride == 0
-        return or_(keep, step.in_(list(also))) if also else keep
-
-    def figures(self, job_id: str) -> dict[str, Any]:
-        """Key figures of a run for comparisons: last/min loss, max grad norm and its step."""
-        last = self.session.execute(
-            select(StepMetric.step, StepMetric.loss).where(StepMetric.job_id == job_id)
-            .order_by(StepMetric.step.desc()).limit(1)).first()
-        steps = self.session.execute(
-            select(StepMetric.step, StepMetric.loss, StepMetric.grad_norm)
-            .where(StepMetric.job_id == job_id)).all()
-        out: dict[str, Any] = {"final_loss": None, "min_loss": None, "max_grad_norm": None,
-                               "max_grad_norm_step": None}
-        if last is not None:
-            out["final_loss"] = last[1]
-        if steps:
-            arr = np.array([(r[1], r[2]) for r in steps], dtype=np.float64)
-            losses = arr[:, 0]
-            finite = losses[np.isfinite(losses)]
-            out["min_loss"] = float(finite.min()) if finite.size else float(losses[0])
-            norms = np.where(np.isnan(arr[:, 1]), -np.inf, arr[:, 1])
-            i = int(np.argmax(norms))
-            out["max_grad_norm"] = float(arr[i, 1])
-            out["max_grad_norm_step"] = int(steps[i][0])
-        return out
-
-
-_COPY_TYPES: dict[tuple[str, tuple[str, ...]], list[str]] = {}
-
-
-def _pg_copy_types(dialect: Any, table: Any, columns: Sequence[str]) -> list[str]:
-    """PostgreSQL type names of ``columns`` (binary COPY needs them), e.g. 'double precision'."""
-    key = (table.name, tuple(columns))
-    if key not in _COPY_TYPES:
-        _COPY_TYPES[key] = [
-            re.sub(r"\(.*\)", "", table.c[name].type.compile(dialect=dialect)).strip().lower()
-            for name in columns]
-    return _COPY_TYPES[key]

@@ -317,7 +317,7 @@ def repair_job(session: Session, job_id: str, settings: Settings, *,
 
 
 def _figures(session: Session, job: Job, settings: Settings) -> dict[str, Any]:
-    figures = HistoryRepository(session).figures(job.id)
+    figures = history.run_figures(session, job.id)
     epochs = HistoryRepository(session).epochs(job.id)
     report = ReportRepository(session).get(job.id)
     nf = job.first_non_finite

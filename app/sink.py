@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import retry_on_locked, unit_of_work
 from app.heartbeat import Heartbeat
-from app.history import HistoryWriter
+from app.history_store import HistoryWriter
 from app.jsonutil import encode_non_finite
 from app.lifecycle import progress_dict
 from app.repositories import Claim, EventRepository, HistoryRepository, JobLostError, JobRepository
@@ -42,7 +42,7 @@ def _never() -> bool:
 class DatabaseSink:
     """A :class:`core.telemetry.Sink` that batch-inserts records every N steps or T seconds.
 
-    Each flush is one short transaction: the records, the completed rollup blocks, progress
+    Each flush is one short transaction: the records as one chunk, the completed rollup blocks, progress
     and heartbeat, a (throttled) progress event; it reads the cancel flag, which
     :meth:`should_stop` then reports, so a cancel is honoured within one flush. The first
     non-finite value is the trainer's (:meth:`write_non_finite`), stored with the next flush,
@@ -72,7 +72,7 @@ class DatabaseSink:
         self._steps: list[StepRecord] = []
         self._epochs: list[EpochRecord] = []
         self._alerts: list[dict[str, Any]] = []
-        self._writer = HistoryWriter(job_id)
+        self._writer = HistoryWriter()
         self._last_flush = time.monotonic()
         self._last_progress_event = 0.0
         self._last_record: StepRecord | None = None
@@ -132,7 +132,7 @@ class DatabaseSink:
         self._last_flush = time.monotonic()
         if self.given_up:
             return
-        rows = self._writer.rows(steps, final=final)
+        chunk = self._writer.chunk(steps, final=final)
         epoch_rows = [{
             "job_id": self.job_id, "epoch": e.epoch, "step": e.step, "train_loss": e.train_loss,
             "val_loss": e.val_loss, "val_accuracy": e.val_accuracy,
@@ -155,10 +155,13 @@ class DatabaseSink:
                     self.job_id, steps_completed=self.steps_completed, latest=latest,
                     first_non_finite=self.first_non_finite, claim=self.claim)
                 history = HistoryRepository(session)
-                history.insert_steps(rows.steps, rows.steps_nan)
-                history.insert_layers(rows.layers, rows.layers_nan)
+                if chunk.data is not None or chunk.rollups:
+                    key = history.ensure_key(self.job_id, chunk.n_layers)
+                    if chunk.data is not None:
+                        history.insert_chunk(key, chunk.first_step, chunk.last_step,
+                                             chunk.n_steps, chunk.data)
+                    history.insert_rollups(key, chunk.rollups)
                 history.insert_epochs(epoch_rows)
-                history.insert_rollups(rows.rollups)
                 events = EventRepository(session)
                 for alert in alerts:
                     events.append(self.job_id, "alert", alert)
@@ -176,4 +179,4 @@ class DatabaseSink:
                         self.job_id, self.claim)
             self.lost = True
             return
-        self.rows_written += len(rows.steps) + len(rows.layers)
+        self.rows_written += chunk.n_steps * (1 + chunk.n_layers)  # steps + layer-steps

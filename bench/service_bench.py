@@ -42,7 +42,6 @@ sys.path.insert(0, str(ROOT))
 from app.db import build_engine, build_sessionmaker, unit_of_work  # noqa: E402
 from app.lifecycle import move_job  # noqa: E402
 from app.migrate import upgrade  # noqa: E402
-from app.repositories import HistoryRepository  # noqa: E402
 from app.services import submit_job, validate_spec  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.sink import DatabaseSink  # noqa: E402
@@ -200,12 +199,10 @@ def _record(step: int, n_layers: int) -> StepRecord:
                           for i in range(n_layers)])
 
 
-def seed_job(settings: Settings, steps: int, n_layers: int, flush_every: int = 500,
-             plain_inserts: bool = False) -> tuple[str, float, int]:
-    """A succeeded job with `steps` x `n_layers` stored layer-steps; returns id, seconds, rows.
-
-    ``plain_inserts``: PostgreSQL ingest through executemany instead of the COPY fast path.
-    """
+def seed_job(settings: Settings, steps: int, n_layers: int, flush_every: int = 500
+             ) -> tuple[str, float, int]:
+    """A succeeded job with `steps` x `n_layers` stored layer-steps; returns id, seconds and
+    the steps + layer-steps stored (the "rows" of the former row store)."""
     engine = build_engine(settings.url)
     factory = build_sessionmaker(engine)
     with unit_of_work(factory) as session:
@@ -216,17 +213,11 @@ def seed_job(settings: Settings, steps: int, n_layers: int, flush_every: int = 5
     records = [_record(s, n_layers) for s in range(steps)]
     sink = DatabaseSink(job_id, factory, total_steps=steps, flush_every=flush_every,
                         flush_interval=3600, progress_interval=3600)
-    copy_path = HistoryRepository._copy
-    if plain_inserts:
-        HistoryRepository._copy = HistoryRepository._executemany  # type: ignore[method-assign]
-    try:
-        t0 = time.perf_counter()
-        for i in range(0, steps, flush_every):
-            sink.write_steps(records[i:i + flush_every])
-        sink.close()
-        seconds = time.perf_counter() - t0
-    finally:
-        HistoryRepository._copy = copy_path  # type: ignore[method-assign]
+    t0 = time.perf_counter()
+    for i in range(0, steps, flush_every):
+        sink.write_steps(records[i:i + flush_every])
+    sink.close()
+    seconds = time.perf_counter() - t0
     with unit_of_work(factory) as session:
         move_job(session, job_id, "succeeded", stop_reason="completed")
     engine.dispose()
@@ -283,33 +274,6 @@ THROUGHPUT_SPEC: dict[str, Any] = {
     "training": {"epochs": 100, "batch_size": 32},
     "monitor": {"stop_on_explosion": False},
 }
-
-
-def bench_insert_paths(settings: Settings, n_rows: int, batch: int = 2000) -> dict[str, float]:
-    """PostgreSQL: layer rows/s of the repository insert alone (prepared tuples, one
-    transaction per batch of `batch` rows, as a flush of 500 steps x 4 layers), COPY vs
-    executemany."""
-    engine = build_engine(settings.url)
-    factory = build_sessionmaker(engine)
-    out: dict[str, float] = {}
-    copy_path = HistoryRepository._copy
-    try:
-        for label, plain in (("copy", False), ("executemany", True)):
-            job_id, _, _ = seed_job(settings, 1, 1)
-            rows = [(job_id, layer, step, 1.0 + step, 2.0, 3.0, 0.01, 0.1, 1.0, 0.05, None)
-                    for step in range(1, 1 + n_rows // 4) for layer in range(4)]
-            if plain:
-                HistoryRepository._copy = HistoryRepository._executemany  # type: ignore[method-assign]
-            t0 = time.perf_counter()
-            for i in range(0, len(rows), batch):
-                with unit_of_work(factory) as session:
-                    HistoryRepository(session).insert_layers(rows[i:i + batch])
-            out[f"{label}_rows_per_s"] = len(rows) / (time.perf_counter() - t0)
-            HistoryRepository._copy = copy_path  # type: ignore[method-assign]
-    finally:
-        HistoryRepository._copy = copy_path  # type: ignore[method-assign]
-        engine.dispose()
-    return out
 
 
 def bench_throughput(server: Server, n_jobs: int) -> dict[str, float]:
@@ -411,12 +375,6 @@ def run(args: argparse.Namespace, tmp: Path, env: dict[str, str]) -> dict[str, A
         figures["ii_ingest"] = {"layer_steps": steps * n_layers, "rows": rows,
                                 "seconds": ingest_s, "rows_per_s": rows / ingest_s,
                                 "layer_steps_per_s": steps * n_layers / ingest_s}
-        if args.database == "postgres":
-            _, plain_s, plain_rows = seed_job(settings, steps, n_layers, plain_inserts=True)
-            figures["ii_ingest_executemany"] = {"rows": plain_rows, "seconds": plain_s,
-                                                "rows_per_s": plain_rows / plain_s}
-            figures["ii_insert_only"] = bench_insert_paths(
-                settings, 100_000 if args.quick else 400_000)
         figures["iii_gradients_query"] = {"layer_steps": steps * n_layers, "max_points": 1000,
                                           **bench_query(server, job_id,
                                                         repeats=5 if args.quick else 15)}
@@ -448,18 +406,9 @@ def report(figures: dict[str, Any], args: argparse.Namespace) -> None:
               f"{o['overhead_pct']:+.1f} % (best of runs {o['overhead_pct_best_of']:+.1f} %; "
               "target <= 15 %)")
     ingest = figures["ii_ingest"]
-    print(f"(ii)  ingest into {args.database}: {ingest['rows_per_s']:,.0f} rows/s "
-          f"({ingest['layer_steps']:,} layer-steps + {ingest['layer_steps'] // 4:,} step rows in "
-          f"{ingest['seconds']:.1f} s, rollups included)")
-    if "ii_ingest_executemany" in figures:
-        plain = figures["ii_ingest_executemany"]
-        print(f"      the same through executemany: {plain['rows_per_s']:,.0f} rows/s "
-              f"({plain['seconds']:.1f} s): COPY is {ingest['rows_per_s'] / plain['rows_per_s']:.1f}x")
-        only = figures["ii_insert_only"]
-        print(f"      repository insert alone (batches of 2,000 layer rows): COPY "
-              f"{only['copy_rows_per_s']:,.0f} rows/s vs executemany "
-              f"{only['executemany_rows_per_s']:,.0f} rows/s "
-              f"({only['copy_rows_per_s'] / only['executemany_rows_per_s']:.1f}x)")
+    print(f"(ii)  ingest into {args.database}: {ingest['layer_steps_per_s']:,.0f} layer-steps/s "
+          f"({ingest['layer_steps']:,} layer-steps in {ingest['seconds']:.1f} s, rollups "
+          "included; bench/history_store.py has the store's own figures)")
     query = figures["iii_gradients_query"]
     print(f"(iii) gradients?max_points=1000 on {query['layer_steps']:,} layer-steps: "
           f"{query['all_layers_all_metrics_ms']:.1f} ms all layers x 8 series; "

@@ -23,9 +23,10 @@ from app.db import build_engine, build_sessionmaker, unit_of_work
 from app.dispatch import Dispatcher
 from app.executors.celery import CeleryExecutor, run_worker
 from app.heartbeat import Heartbeat
+from app.history import recorded_steps
 from app.lifecycle import move_job, request_cancel
 from app.migrate import upgrade
-from app.models import Job, StepMetric, utcnow
+from app.models import HistoryChunk, Job, utcnow
 from app.recovery import _settle, reap, requeue
 from app.repositories import Claim, EventRepository, JobRepository
 from app.services import submit_job, validate_spec
@@ -91,8 +92,7 @@ def job_of(factory: sessionmaker[Session], job_id: str) -> Job:
 
 def stored_steps(factory: sessionmaker[Session], job_id: str) -> list[int]:
     with factory() as session:
-        return list(session.scalars(select(StepMetric.step).where(StepMetric.job_id == job_id)
-                                    .order_by(StepMetric.step)))
+        return [r.step for r in recorded_steps(session, job_id)]
 
 
 def records(steps: range) -> list[StepRecord]:
@@ -287,5 +287,5 @@ def test_a_worker_shutting_down_hands_its_job_back_without_spending_an_attempt(
     with factory() as session:
         events = [e.data for e in EventRepository(session).since(job_id, 0)]
         assert "shut down" in events[-1]["reason"]
-        assert session.scalar(select(func.count()).select_from(StepMetric)) == 0
+        assert session.scalar(select(func.count()).select_from(HistoryChunk)) == 0
     assert claim(factory, job_id, "host-b:2").attempt == 1  # the next run is its first

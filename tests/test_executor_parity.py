@@ -15,7 +15,8 @@ from conftest import LiveServer, make_settings
 from test_integration import MEDIUM_SPEC, Cluster
 from test_integration import cluster as cluster  # the Celery cluster fixture
 
-from app.repositories import EventRepository, HistoryRepository, JobRepository
+from app.history import recorded_steps
+from app.repositories import EventRepository, JobRepository
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -51,9 +52,8 @@ def test_a_local_worker_killed_mid_job_requeues_it_and_it_succeeds(tmp_path: Pat
         os.kill(int(victim.worker_id.rpartition(":")[2]), signal.SIGKILL)
         job = server.wait_for(job_id, TERMINAL, timeout=240)
         with factory() as session:
-            history = HistoryRepository(session)
-            rows = history.step_count(job_id)
-            distinct = len({r.step for r in history.all_steps(job_id)})
+            steps = [r.step for r in recorded_steps(session, job_id)]
+            rows, distinct = len(steps), len(set(steps))
             events = [e.data for e in EventRepository(session).of_type(job_id, "status")]
     assert_requeued_once_then_succeeded(job, events, rows, distinct)
     first_requeue = next(e for e in events if e["requeued"])

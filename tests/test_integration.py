@@ -27,8 +27,10 @@ import httpx
 import pytest
 from conftest import LONG_SPEC, PostgresServer
 from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 from app.db import build_engine
+from app.history import recorded_steps
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -225,15 +227,14 @@ class Cluster:
         return dict(row._mapping)
 
     def history_counts(self, job_id: str) -> dict[str, int]:
-        with self.engine.connect() as conn:
-            counts = conn.execute(text(
-                "SELECT (SELECT count(*) FROM step_metrics WHERE job_id = :id), "
-                "(SELECT count(DISTINCT step) FROM step_metrics WHERE job_id = :id), "
-                "(SELECT count(*) FROM layer_stats WHERE job_id = :id), "
-                "(SELECT min(step) FROM step_metrics WHERE job_id = :id), "
-                "(SELECT max(step) FROM step_metrics WHERE job_id = :id)"), {"id": job_id}).one()
-        return dict(zip(("rows", "distinct_steps", "layer_rows", "first", "last"), counts,
-                        strict=True))
+        with Session(self.engine) as session:
+            rows = session.execute(text(
+                "SELECT coalesce(sum(c.n_steps), 0) FROM history_chunks c JOIN history_keys k "
+                "ON k.key = c.job_key WHERE k.job_id = :id"), {"id": job_id}).scalar()
+            steps = [r.step for r in recorded_steps(session, job_id)]
+            layer_rows = sum(len(r.layers) for r in recorded_steps(session, job_id))
+        return {"rows": rows, "distinct_steps": len(set(steps)), "layer_rows": layer_rows,
+                "first": min(steps, default=None), "last": max(steps, default=None)}
 
     def status_events(self, job_id: str) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:

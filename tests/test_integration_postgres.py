@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from alembic import command
@@ -16,10 +16,13 @@ from sqlalchemy import inspect, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import build_engine, build_sessionmaker, unit_of_work
+from app.history import HistoryQuery, gradient_history, recorded_steps
+from app.jsonutil import encode_non_finite
 from app.lifecycle import move_job
 from app.main import create_app
 from app.migrate import alembic_config, current_revision, downgrade, head_revision, upgrade
-from app.repositories import Claim, HistoryRepository
+from app.models import Job
+from app.repositories import Claim
 from app.services import submit_job, validate_spec
 from app.sink import DatabaseSink
 from core.telemetry import LayerRecord, NonFiniteEvent, StepRecord
@@ -103,53 +106,48 @@ def test_nan_and_infinities_round_trip_through_postgres(factory: sessionmaker[Se
     sink.write_steps([record(i, v, loss=v) for i, v in enumerate(values)])
     sink.close()
     with factory() as session:
-        history = HistoryRepository(session)
-        got = [r.grad_norm for r in history.all_steps(job_id)]
+        steps = recorded_steps(session, job_id)
+        got = [r.grad_norm for r in steps]
         assert math.isnan(got[0]) and got[1:] == values[1:]
         assert math.copysign(1.0, got[4]) == -1.0  # -0.0 keeps its sign
-        layer = history.all_layers(job_id)[0]
-        assert math.isnan(layer.grad_norm) and layer.act_mean is None  # NULL stays "no value"
+        layer = steps[0].layers[0]
+        assert math.isnan(layer.grad_norm) and layer.act_mean is None  # None stays "no value"
         assert math.isnan(layer.act_std)  # type: ignore[arg-type]
-        # what PostgreSQL holds: float8 NaN / Infinity, never NULL, never clamped
+        # what PostgreSQL holds: one bytea chunk for the flush, under the job's integer key
         raw = session.execute(text(
-            "SELECT grad_norm::text, grad_norm IS NULL FROM step_metrics WHERE job_id = :j "
-            "ORDER BY step LIMIT 3"), {"j": job_id}).all()
-        assert raw == [("NaN", False), ("Infinity", False), ("-Infinity", False)]
+            "SELECT pg_typeof(c.data)::text, c.n_steps, pg_typeof(c.job_key)::text "
+            "FROM history_chunks c JOIN history_keys k ON k.key = c.job_key "
+            "WHERE k.job_id = :j"), {"j": job_id}).all()
+        assert raw == [("bytea", len(values), "integer")]
 
 
-def test_bulk_ingest_uses_copy_and_stores_what_executemany_stores(
-        factory: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_postgres_and_sqlite_store_and_answer_the_same_history(
+        factory: sessionmaker[Session], tmp_path: Path) -> None:
     rows = [record(i, float(i) if i % 7 else NAN) for i in range(1500)]
-    fast, plain = new_running_job(factory, tmp_path), new_running_job(factory, tmp_path)
-
-    def store(job_id: str) -> None:
-        sink = DatabaseSink(job_id, factory, total_steps=1500, flush_every=500,
+    sqlite_url = f"sqlite:///{tmp_path / 'same.db'}"
+    upgrade(sqlite_url)
+    sqlite_engine = build_engine(sqlite_url)
+    sqlite_factory = build_sessionmaker(sqlite_engine)
+    answers = []
+    for f in (factory, sqlite_factory):
+        job_id = new_running_job(f, tmp_path)
+        sink = DatabaseSink(job_id, f, total_steps=1500, flush_every=500,
                             claim=Claim("test:1", 0))
         sink.write_steps(rows)
         sink.close()
         assert not sink.lost
-
-    def refuse(*_: Any) -> None:
-        raise AssertionError("PostgreSQL ingest should take the COPY path")
-
-    monkeypatch.setattr(HistoryRepository, "_executemany", refuse)
-    store(fast)
-    monkeypatch.undo()
-    monkeypatch.setattr(HistoryRepository, "_copy", HistoryRepository._executemany)
-    store(plain)
-
-    def table(job_id: str, sql: str) -> list[tuple[str, ...]]:
-        with factory() as session:  # repr: NaN equals NaN, -0.0 differs from 0.0
-            return [tuple(map(repr, r)) for r in session.execute(text(sql), {"j": job_id}).all()]
-
-    for sql in ("SELECT step, epoch, loss, grad_norm, clipped_grad_norm, lr, clipped "
-                "FROM step_metrics WHERE job_id = :j ORDER BY step",
-                "SELECT layer, step, grad_norm, act_mean, act_std, dead_fraction, "
-                "saturated_fraction FROM layer_stats WHERE job_id = :j ORDER BY step, layer",
-                "SELECT level, layer, block, data FROM series_rollups WHERE job_id = :j "
-                "ORDER BY level, layer, block"):
-        a, b = table(fast, sql), table(plain, sql)
-        assert a == b and len(a) > 0
+        with f() as session:  # repr: NaN equals NaN, -0.0 differs from 0.0
+            stored = [repr(r) for r in recorded_steps(session, job_id)]
+            job = session.get(Job, job_id)
+            assert job is not None
+            job.spec = {**job.spec, "model": {"hidden": [{}]}}
+            history = gradient_history(session, job, HistoryQuery(None, None, 100),
+                                       layer=None, metrics=None)
+            history.pop("job_id")
+        answers.append((stored, json.dumps(encode_non_finite(history))))
+    sqlite_engine.dispose()
+    assert answers[0] == answers[1]
+    assert len(answers[0][0]) == 1500
 
 
 def test_the_api_serves_histories_with_non_finite_numbers_from_postgres(

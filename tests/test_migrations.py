@@ -14,7 +14,7 @@ from app.main import SchemaOutOfDateError, prepare_database
 from app.migrate import alembic_config, downgrade, head_revision, upgrade
 from app.settings import Settings
 
-TABLES = {"jobs", "step_metrics", "layer_stats", "epoch_metrics", "series_rollups",
+TABLES = {"jobs", "history_keys", "history_chunks", "history_rollups", "epoch_metrics",
           "job_events", "diagnostic_reports"}
 
 
@@ -46,9 +46,12 @@ def test_history_indexes_exist(migrated_url: str) -> None:
     engine = build_engine(migrated_url, pool=False)
     try:
         insp = inspect(engine)
-        assert insp.get_pk_constraint("layer_stats")["constrained_columns"] == [
-            "job_id", "layer", "step"]
-        assert insp.get_pk_constraint("step_metrics")["constrained_columns"] == ["job_id", "step"]
+        assert insp.get_pk_constraint("history_chunks")["constrained_columns"] == [
+            "job_key", "first_step"]
+        assert insp.get_pk_constraint("history_rollups")["constrained_columns"] == [
+            "job_key", "level", "block"]
+        assert [u["column_names"] for u in insp.get_unique_constraints("history_keys")] == [
+            ["job_id"]]
     finally:
         engine.dispose()
 

@@ -12,7 +12,6 @@ from sqlalchemy import text
 
 from app.db import unit_of_work
 from app.downsampling import (
-    LAYER_METRICS,
     RollupBuilder,
     Summary,
     downsample_points,
@@ -20,7 +19,15 @@ from app.downsampling import (
     plan_buckets,
     reduce_segments,
 )
-from app.history import unpack_blocks
+from app.history import stored_history
+from app.history_store import (
+    StepColumns,
+    decode_chunk,
+    decode_rollups,
+    encode_chunk,
+    n_series,
+    series_index,
+)
 from app.lifecycle import TERMINAL, move_job, request_cancel
 from app.models import Job, utcnow
 from app.repositories import EventRepository, HistoryRepository, JobRepository
@@ -57,50 +64,98 @@ def test_sqlite_connections_have_wal_busy_timeout_and_foreign_keys(session_facto
         assert session.execute(text("PRAGMA busy_timeout")).scalar() == 30_000
 
 
-def test_nan_and_infinities_round_trip_through_sqlite(session_factory: Any) -> None:
-    job_id = add_job(session_factory)
-    values = [NAN, INF, -INF, 0.0, -0.0, 1e308, 5e-324]
-    with unit_of_work(session_factory) as session:
-        HistoryRepository(session).insert_steps(
-            [(job_id, i, 0, v, v, v, 0.1, False) for i, v in enumerate(values)])
-        HistoryRepository(session).insert_layers(
-            [(job_id, 0, 0, NAN, INF, -INF, 1.0, None, NAN, None, None)])
-    with session_factory() as session:
-        rows = HistoryRepository(session).all_steps(job_id)
-        got = [r.grad_norm for r in rows]
-        assert math.isnan(got[0])
-        assert got[1:] == values[1:]
-        layer = HistoryRepository(session).all_layers(job_id)[0]
-        assert math.isnan(layer.grad_norm) and layer.weight_grad_norm == INF
-        assert layer.weight_norm == -INF
-        assert layer.act_mean is None  # NULL stays "no value", distinct from NaN
-        assert math.isnan(layer.act_std)  # type: ignore[arg-type]
-        # what SQLite holds: NaN as the text 'NaN' (never NULL), infinities as REAL
-        raw = session.execute(text(
-            "SELECT typeof(grad_norm), grad_norm FROM step_metrics ORDER BY step LIMIT 3")).all()
-        assert raw[0] == ("text", "NaN")
-        assert raw[1] == ("real", INF) and raw[2] == ("real", -INF)
-
-
-def test_sink_batch_inserts_records_and_rollups(session_factory: Any) -> None:
-    job_id = add_job(session_factory, total_steps=500)
-    sink = DatabaseSink(job_id, session_factory, total_steps=500, flush_every=64,
+def test_nan_and_infinities_round_trip_bit_for_bit_through_the_store(
+        session_factory: Any) -> None:
+    """Every value comes back with the bits it was written with (NaN, +-Inf, -0.0,
+    subnormals, float32-exact and float64-only values), and a missing statistic stays None."""
+    job_id = add_job(session_factory, status="running", total_steps=10)
+    values = [NAN, INF, -INF, 0.0, -0.0, 1e308, 5e-324, 0.1, 0.5, 1.0 / 3.0]
+    as_f32 = [float(np.float32(v)) if abs(v) < 1e38 else v for v in values]
+    sink = DatabaseSink(job_id, session_factory, total_steps=10, flush_every=4,
                         flush_interval=60)
-    for step in range(500):
+    for i, v in enumerate(values):
+        rec = record(i, v)
+        rec.layers[1].act_std = v  # a statistic that may be absent, here present
+        rec.layers[0].weight_norm = as_f32[i]
+        sink.write_steps([rec])
+    sink.close()
+    with unit_of_work(session_factory) as session:
+        move_job(session, job_id, "succeeded")
+        job = JobRepository(session).get(job_id)
+        assert job is not None
+        job.spec = {"data": {"source": "synthetic", "name": "spirals"},
+                    "model": {"hidden": [{"units": 4}]}}
+    with session_factory() as session:
+        job = JobRepository(session).get(job_id)
+        assert job is not None
+        stored = stored_history(session, job, Settings())
+        # what the database holds: blobs, never a row per step
+        chunks = session.execute(text("SELECT count(*), sum(n_steps) FROM history_chunks")).one()
+        assert tuple(chunks) == (3, 10)  # one chunk per flush
+    assert [r.step for r in stored.steps] == list(range(10))
+
+    def bits(xs: list[Any]) -> list[int]:
+        return np.array(xs, dtype=np.float64).view(np.uint64).tolist()
+
+    assert bits([r.grad_norm for r in stored.steps]) == bits(values)
+    assert bits([r.loss for r in stored.steps]) == bits([1.0] * 10)
+    assert bits([r.layers[1].act_std for r in stored.steps]) == bits(values)
+    assert bits([r.layers[0].weight_norm for r in stored.steps]) == bits(as_f32)
+    assert all(r.layers[0].dead_fraction is None for r in stored.steps)  # None is not NaN
+
+
+def test_a_chunk_decodes_to_what_was_encoded_whatever_the_mix_of_values() -> None:
+    rng = np.random.default_rng(5)
+    n, n_layers = 300, 3
+    s = n_series(n_layers)
+    values = rng.lognormal(size=(n, s))
+    values[:, 5] = values[:, 5].astype(np.float32)  # a float32-exact series
+    values[rng.random((n, s)) < 0.01] = NAN
+    values[10, 7], values[11, 7] = INF, -INF
+    present = np.ones((n, s), dtype=bool)
+    present[:, 10] = False  # a statistic that never applies
+    present[::7, 11] = False  # and one that sometimes is missing
+    cols = StepColumns(n_layers, np.arange(0, 3 * n, 3), np.arange(n) // 50,
+                       rng.random(n) < 0.5, values, present)
+    data = encode_chunk(cols)
+    got = decode_chunk(data)
+    np.testing.assert_array_equal(got.steps, cols.steps)
+    np.testing.assert_array_equal(got.epochs, cols.epochs)
+    np.testing.assert_array_equal(got.clipped, cols.clipped)
+    np.testing.assert_array_equal(got.present, present)
+    want = np.where(present, values, NAN)
+    assert got.values.view(np.uint64).tolist() == want.view(np.uint64).tolist()
+    picked = decode_chunk(data, [11, 0, 5])
+    assert picked.values.view(np.uint64).tolist() == want[:, [11, 0, 5]].view(np.uint64).tolist()
+    np.testing.assert_array_equal(picked.present, present[:, [11, 0, 5]])
+
+
+def test_the_sink_writes_one_chunk_per_flush_and_the_rollups_of_completed_blocks(
+        session_factory: Any) -> None:
+    job_id = add_job(session_factory, total_steps=1200)
+    sink = DatabaseSink(job_id, session_factory, total_steps=1200, flush_every=300,
+                        flush_interval=60)
+    for step in range(1200):
         sink.write_steps([record(step, 1000.0 if step == 321 else 1.0 + step % 3)])
+    sink.flush()
+    with session_factory() as session:
+        repo = HistoryRepository(session)
+        found = repo.key_of(job_id)
+        assert found is not None and found[1] == 2
+        key = found[0]
+        assert [c[:3] for c in repo.chunk_spans(key, 0, 10_000)] == [
+            (0, 299, 300), (300, 599, 300), (600, 899, 300), (900, 1199, 300)]
+        # blocks of 256 steps close once a later step is seen; larger ones are still open
+        assert repo.rolled_until(key) == {8: 3, 9: 1, 10: 0}
+        summary = decode_rollups(2, repo.rollups(key, [(8, 0, 3)]), [series_index(1, 0)])
+        assert summary.count[:, 0].tolist() == [256, 256, 256, 256]
+        assert summary.max_value[1, 0] == 1000.0 and summary.max_step[1, 0] == 321
+        job = JobRepository(session).get(job_id)
+        assert job is not None and job.steps_completed == 1200
     sink.close()
     with session_factory() as session:
-        history = HistoryRepository(session)
-        assert history.count_steps(job_id, 0, 10_000) == 500
-        assert len(history.all_layers(job_id)) == 1000
-        job = JobRepository(session).get(job_id)
-        assert job is not None and job.steps_completed == 500
-        assert history.rolled_until(job_id, 1, 4) == {4: 511}  # the last block closed by close()
-        starts, blobs = history.rollup_blocks(job_id, [1], [(5, 0, 100)])[1]
-        mid = unpack_blocks(starts, blobs, len(LAYER_METRICS), [0])
-        assert len(mid) == 16 and mid.count.sum() == 500
-        assert mid.max_value.max() == 1000.0
-        assert int(mid.max_step[np.argmax(mid.max_value[:, 0]), 0]) == 321
+        repo = HistoryRepository(session)
+        assert repo.rolled_until(repo.key_of(job_id)[0])[16] == 0  # type: ignore[index]
 
 
 def test_sink_reads_the_cancel_flag_on_every_flush(session_factory: Any) -> None:
@@ -161,7 +216,7 @@ def test_deleting_a_job_cascades_to_its_history(session_factory: Any) -> None:
         move_job(session, job_id, "succeeded")
         assert JobRepository(session).delete(job_id, statuses=TERMINAL)
     with session_factory() as session:
-        for table in ("step_metrics", "layer_stats", "series_rollups", "job_events"):
+        for table in ("history_keys", "history_chunks", "history_rollups", "job_events"):
             count = session.execute(text(f"SELECT count(*) FROM {table}")).scalar()
             assert count == 0, table
 

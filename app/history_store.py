@@ -1,0 +1,344 @@
+"""The stored byte format of a job's history: the only code that knows it, for writing and reading.
+
+A job's history is kept per job under a small integer key (``history_keys``) as
+
+- **chunks** (``history_chunks``): one per flush, holding every series of a range of steps as
+  compact columns. A job has ``S = 4 + 8 * n_layers`` series: the step metrics
+  (:data:`STEP_METRICS`), then each layer's :data:`LAYER_METRICS`; :func:`series_index` maps
+  (layer, metric) to a series, layer -1 being the step metrics.
+- **rollups** (``history_rollups``): per aligned block of ``2**level`` steps (levels
+  :data:`STORED_MIN_LEVEL` .. :data:`MAX_LEVEL`), every series' count, min, max and first
+  non-finite point (:class:`app.downsampling.Summary`), from which a downsampled read is
+  answered without decoding the chunks it covers.
+
+Chunk layout (little-endian): a 12-byte header ``b"GWH1"``, codec (0 raw, 1 zstd), flags
+(bit 0: a presence bitmap follows), ``n_layers`` (u16), ``n_steps`` (u32); then the body,
+zstd-compressed when that makes it smaller: a mode byte per series (0 absent throughout,
+1 float32, 2 float64), steps and epochs as int32 deltas, ``clipped`` as bits, the optional
+presence bitmap (series-major bits), then the float32 and the float64 series. A series is
+float32 only where that is bit-exact (so NaN, +-Inf and every float64 value come back as they
+were); each float block is column-major, XOR-ed with the previous value of its series and
+byte-shuffled, which is what lets zstd find the slowly changing sign, exponent and leading
+mantissa bytes of a training curve.
+
+Rollup layout: per (level, block) one record of S int32 counts, S int32 offsets (from the
+block's first step, -1: none) each for the min, max and first non-finite point, and S float64
+min, max and non-finite values.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from operator import attrgetter
+
+import numpy as np
+import zstandard
+
+from app.downsampling import (
+    LAYER_METRICS,
+    MAX_LEVEL,
+    STEP_METRICS,
+    RollupBlocks,
+    RollupBuilder,
+    Summary,
+)
+from core.telemetry import StepRecord
+
+__all__ = [
+    "STORED_MIN_LEVEL",
+    "Chunk",
+    "ChunkData",
+    "HistoryWriter",
+    "StepColumns",
+    "decode_chunk",
+    "decode_rollups",
+    "encode_chunk",
+    "n_series",
+    "series_index",
+]
+
+STORED_MIN_LEVEL = 8  # smallest stored rollup block: 256 steps (smaller ones cost more disk
+# than they save time: a range that would use them is decoded from its chunks instead)
+
+_MAGIC = b"GWH1"
+_HEADER = struct.Struct("<4sBBHI")
+_CODEC_RAW, _CODEC_ZSTD = 0, 1
+_ABSENT, _F32, _F64 = 0, 1, 2
+_ZSTD_LEVEL = 3
+_compressor = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
+_decompressor = zstandard.ZstdDecompressor()
+_layer_values = attrgetter(*LAYER_METRICS)
+_step_values = attrgetter(*STEP_METRICS)
+
+
+def n_series(n_layers: int) -> int:
+    """How many series a job with ``n_layers`` layers stores."""
+    return len(STEP_METRICS) + len(LAYER_METRICS) * n_layers
+
+
+def series_index(layer: int, metric: int) -> int:
+    """The series of ``metric`` (an index into LAYER_METRICS, or STEP_METRICS for layer -1)."""
+    if layer < 0:
+        return metric
+    return len(STEP_METRICS) + layer * len(LAYER_METRICS) + metric
+
+
+# --------------------------------------------------------------------------------------------
+# Columns of a range of steps
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StepColumns:
+    """Consecutive recorded steps as arrays: ``values`` and ``present`` are ``(n, S)``."""
+
+    n_layers: int
+    steps: np.ndarray
+    epochs: np.ndarray
+    clipped: np.ndarray
+    values: np.ndarray
+    present: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.steps.shape[0])
+
+    @classmethod
+    def from_records(cls, records: Sequence[StepRecord], n_layers: int) -> StepColumns:
+        """The records' figures; a ``None`` statistic is a missing value (``present`` False)."""
+        n = len(records)
+        if any(len(r.layers) != n_layers for r in records):
+            raise ValueError(f"every step record must have {n_layers} layers")
+        steps = np.fromiter((r.step for r in records), np.int64, n)
+        epochs = np.fromiter((r.epoch for r in records), np.int64, n)
+        clipped = np.fromiter((r.clipped for r in records), bool, n)
+        values = np.empty((n, n_series(n_layers)), dtype=np.float64)
+        n_step = len(STEP_METRICS)
+        values[:, :n_step] = np.array([_step_values(r) for r in records], dtype=np.float64)
+        present = np.ones(values.shape, dtype=bool)
+        if n_layers:
+            flat = [lr for r in records for lr in r.layers]
+            table = np.array([_layer_values(lr) for lr in flat], dtype=np.float64)  # None: NaN
+            values[:, n_step:] = table.reshape(n, -1)
+            # a NaN may be a NaN or a None: look at the objects only where there is one
+            nan_rows, nan_cols = np.nonzero(np.isnan(table))
+            if nan_rows.size:
+                names = [LAYER_METRICS[c] for c in nan_cols.tolist()]
+                missing = np.fromiter((getattr(flat[i], name) is None
+                                       for i, name in zip(nan_rows.tolist(), names, strict=True)),
+                                      bool, nan_rows.size)
+                layer_present = np.ones(table.shape, dtype=bool)
+                layer_present[nan_rows[missing], nan_cols[missing]] = False
+                present[:, n_step:] = layer_present.reshape(n, -1)
+        return cls(n_layers, steps, epochs, clipped, values, present)
+
+
+# --------------------------------------------------------------------------------------------
+# Chunks
+# --------------------------------------------------------------------------------------------
+
+
+def _shuffled(block: np.ndarray, uint: type[np.unsignedinteger]) -> bytes:
+    """Column-major ``(k, n)`` floats, XOR-ed with their predecessor, byte-shuffled."""
+    bits = np.ascontiguousarray(block).view(uint)
+    delta = bits.copy()
+    delta[:, 1:] ^= bits[:, :-1]
+    itemsize = bits.dtype.itemsize
+    return delta.view(np.uint8).reshape(*bits.shape, itemsize).transpose(2, 0, 1).tobytes()
+
+
+def _unshuffled(data: memoryview, k: int, n: int, dtype: str, cols: np.ndarray) -> np.ndarray:
+    """Rows ``cols`` of a block written by :func:`_shuffled`, as ``(len(cols), n)`` float64."""
+    itemsize = np.dtype(dtype).itemsize
+    raw = np.frombuffer(data, dtype=np.uint8, count=k * n * itemsize).reshape(itemsize, k, n)
+    uint = np.uint32 if itemsize == 4 else np.uint64
+    bits = np.ascontiguousarray(raw[:, cols, :].transpose(1, 2, 0)).view(uint)
+    bits = bits.reshape(len(cols), n)
+    np.bitwise_xor.accumulate(bits, axis=1, out=bits)
+    return bits.view(dtype).astype(np.float64)
+
+
+def encode_chunk(cols: StepColumns) -> bytes:
+    """One chunk's bytes (see the module docstring)."""
+    n, values, present = len(cols), cols.values, cols.present
+    with np.errstate(over="ignore"):
+        v32 = values.astype(np.float32)
+    exact32 = (v32.astype(np.float64).view(np.uint64) == values.view(np.uint64)) | ~present
+    any_present = present.any(axis=0)
+    modes = np.where(~any_present, _ABSENT, np.where(exact32.all(axis=0), _F32, _F64))
+    modes = modes.astype(np.uint8)
+    partial = bool((any_present & ~present.all(axis=0)).any())
+    # absent values are stored as NaN (the bitmap says they are absent)
+    filled = np.where(present, values, np.nan)
+    parts = [modes.tobytes(),
+             np.diff(cols.steps, prepend=0).astype("<i4").tobytes(),
+             np.diff(cols.epochs, prepend=0).astype("<i4").tobytes(),
+             np.packbits(cols.clipped).tobytes()]
+    if partial:
+        parts.append(np.packbits(present.T).tobytes())
+    parts.append(_shuffled(filled[:, modes == _F32].T.astype("<f4"), np.uint32))
+    parts.append(_shuffled(filled[:, modes == _F64].T.astype("<f8"), np.uint64))
+    body = b"".join(parts)
+    codec = _CODEC_RAW
+    packed = _compressor.compress(body)
+    if len(packed) < len(body):
+        body, codec = packed, _CODEC_ZSTD
+    return _HEADER.pack(_MAGIC, codec, int(partial), cols.n_layers, n) + body
+
+
+@dataclass
+class ChunkData:
+    """What :func:`decode_chunk` returns: the steps and the requested series."""
+
+    steps: np.ndarray
+    epochs: np.ndarray
+    clipped: np.ndarray
+    values: np.ndarray  # (n, len(series)) float64, NaN where absent
+    present: np.ndarray  # (n, len(series)) bool
+
+
+def decode_chunk(data: bytes, series: Sequence[int] | None = None) -> ChunkData:
+    """The steps of a chunk and its ``series`` (all when None), bit for bit as written."""
+    magic, codec, flags, n_layers, n = _HEADER.unpack_from(data)
+    if magic != _MAGIC:
+        raise ValueError("not a gradwatch history chunk")
+    body = memoryview(data)[_HEADER.size:]
+    if codec == _CODEC_ZSTD:
+        body = memoryview(_decompressor.decompress(body))
+    s_total = n_series(n_layers)
+    wanted = np.arange(s_total) if series is None else np.asarray(series, dtype=np.int64)
+    pos = 0
+    modes = np.frombuffer(body, dtype=np.uint8, count=s_total, offset=pos)
+    pos += s_total
+    steps = np.cumsum(np.frombuffer(body, dtype="<i4", count=n, offset=pos), dtype=np.int64)
+    pos += 4 * n
+    epochs = np.cumsum(np.frombuffer(body, dtype="<i4", count=n, offset=pos), dtype=np.int64)
+    pos += 4 * n
+    nbytes = (n + 7) // 8
+    clipped = np.unpackbits(np.frombuffer(body, np.uint8, nbytes, pos), count=n).astype(bool)
+    pos += nbytes
+    stored = wanted < s_total  # a series the run did not record is absent throughout
+    wanted = np.where(stored, wanted, 0)
+    want_modes = np.where(stored, modes[wanted], _ABSENT)
+    if flags & 1:
+        nbits = (s_total * n + 7) // 8
+        bitmap = np.unpackbits(np.frombuffer(body, np.uint8, nbits, pos), count=s_total * n)
+        present = bitmap.reshape(s_total, n)[wanted].T.astype(bool) & stored
+        pos += nbits
+    else:
+        present = np.broadcast_to(want_modes != _ABSENT, (n, len(wanted))).copy()
+    values = np.full((n, len(wanted)), np.nan)
+    for mode, dtype in ((_F32, "<f4"), (_F64, "<f8")):
+        members = np.flatnonzero(modes == mode)
+        k = members.size
+        picked = np.flatnonzero(want_modes == mode)
+        if picked.size:
+            rows = np.searchsorted(members, wanted[picked])
+            values[:, picked] = _unshuffled(body[pos:], k, n, dtype, rows).T
+        pos += k * n * np.dtype(dtype).itemsize
+    return ChunkData(steps, epochs, clipped, values, present)
+
+
+# --------------------------------------------------------------------------------------------
+# Rollups
+# --------------------------------------------------------------------------------------------
+
+
+def _rollup_dtype(s: int) -> np.dtype[np.void]:
+    return np.dtype([("count", "<i4", (s,)), ("min_off", "<i4", (s,)), ("max_off", "<i4", (s,)),
+                     ("nf_off", "<i4", (s,)), ("min_value", "<f8", (s,)),
+                     ("max_value", "<f8", (s,)), ("nf_value", "<f8", (s,))])
+
+
+def _encode_rollups(blocks: RollupBlocks) -> list[tuple[int, int, bytes]]:
+    """(level, block, bytes) of each completed block."""
+    summary, s = blocks.summary, blocks.summary.n_series
+    starts = blocks.block.astype(np.int64) << blocks.level
+    table = np.zeros(len(blocks.block), dtype=_rollup_dtype(s))
+
+    def offsets(step: np.ndarray) -> np.ndarray:
+        return np.where(step >= 0, step - starts[:, None], -1)
+
+    table["count"] = summary.count
+    table["min_off"], table["min_value"] = offsets(summary.min_step), summary.min_value
+    table["max_off"], table["max_value"] = offsets(summary.max_step), summary.max_value
+    table["nf_off"], table["nf_value"] = offsets(summary.nf_step), summary.nf_value
+    return [(blocks.level, int(b), table[i].tobytes())
+            for i, b in enumerate(blocks.block.tolist())]
+
+
+def decode_rollups(n_layers: int, rows: Sequence[tuple[int, int, bytes]],
+                   series: Sequence[int]) -> Summary:
+    """Summaries of ``series`` from stored (level, block, bytes) rows, one unit per row."""
+    if not rows:
+        return Summary.empty(len(series))
+    dtype = _rollup_dtype(n_series(n_layers))
+    table = np.frombuffer(b"".join(r[2] for r in rows), dtype=dtype)
+    starts = np.fromiter((block << level for level, block, _ in rows), np.int64, len(rows))
+    s_total = n_series(n_layers)
+    stored = np.asarray(series, dtype=np.int64) < s_total  # unrecorded series: no points
+    cols = np.where(stored, np.asarray(series, dtype=np.int64), 0)
+
+    def steps(off: np.ndarray) -> np.ndarray:
+        sel = off[:, cols].astype(np.int64)
+        return np.where((sel >= 0) & stored, sel + starts[:, None], -1)
+
+    return Summary(start=starts, count=table["count"][:, cols].astype(np.int64) * stored,
+                   min_step=steps(table["min_off"]), min_value=table["min_value"][:, cols],
+                   max_step=steps(table["max_off"]), max_value=table["max_value"][:, cols],
+                   nf_step=steps(table["nf_off"]), nf_value=table["nf_value"][:, cols])
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Chunk:
+    """What one flush stores: a chunk (None without new steps) and the completed rollups."""
+
+    n_layers: int
+    first_step: int = 0
+    last_step: int = 0
+    n_steps: int = 0
+    data: bytes | None = None
+    rollups: list[tuple[int, int, bytes]] = field(default_factory=list)
+
+
+class HistoryWriter:
+    """Turns a run's step records, flush by flush, into chunks and completed rollup blocks."""
+
+    def __init__(self, n_layers: int | None = None) -> None:
+        self.n_layers = n_layers
+        self._rollups: RollupBuilder | None = None
+
+    def chunk(self, records: Sequence[StepRecord], *, final: bool = False) -> Chunk:
+        """The chunk of ``records`` (in step order), closing every open block if ``final``."""
+        if self.n_layers is None and records:
+            self.n_layers = len(records[0].layers)
+        cols = StepColumns.from_records(records, self.n_layers or 0) if records else None
+        return self.chunk_columns(cols, final=final)
+
+    def chunk_columns(self, cols: StepColumns | None, *, final: bool = False) -> Chunk:
+        if cols is not None and self.n_layers is None:
+            self.n_layers = cols.n_layers
+        n_layers = self.n_layers or 0
+        out = Chunk(n_layers)
+        if self._rollups is None:
+            self._rollups = RollupBuilder(n_series(n_layers), min_level=STORED_MIN_LEVEL)
+        blocks: list[RollupBlocks] = []
+        if cols is not None and len(cols):
+            out.first_step, out.last_step = int(cols.steps[0]), int(cols.steps[-1])
+            out.n_steps = len(cols)
+            out.data = encode_chunk(cols)
+            blocks = self._rollups.add(cols.steps, cols.values, cols.present)
+        if final:
+            blocks += self._rollups.finish()
+        for b in blocks:
+            out.rollups.extend(_encode_rollups(b))
+        return out
+
+
+assert MAX_LEVEL < 31  # block offsets fit the int32 of a rollup record

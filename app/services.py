@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import history
+from app.correlation import current_request_id
 from app.db import sqlite_writer_free
 from app.diagnosis_cache import PROVISIONAL
 from app.dispatch import request_enqueue
@@ -103,6 +104,7 @@ def submit_job(session: Session, *, spec: TrainingSpec, settings: Settings,
         idempotency_key=idempotency_key, parent_id=parent_id, repair=repair,
         executor=settings.executor, created_at=utcnow(), total_steps=spec.total_steps(),
         steps_completed=0, cancel_requested=False, event_seq=0,
+        request_id=current_request_id(),
     )
     try:
         with session.begin_nested():
@@ -219,7 +221,7 @@ def job_to_summary(job: Job) -> dict[str, Any]:
         "latest": job.latest,
         "first_non_finite": {**nf, "description": NonFiniteEvent(**nf).describe()} if nf else None,
         "runtime_seconds": job.runtime_seconds, "parent_id": job.parent_id,
-        "attempts": job.attempts, "links": job_links(job.id),
+        "attempts": job.attempts, "request_id": job.request_id, "links": job_links(job.id),
     }
 
 

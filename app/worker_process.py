@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import build_engine, build_sessionmaker
+from app.delivery import start_delivery_loop
 from app.settings import Settings
 
 __all__ = [
@@ -63,6 +64,7 @@ def configure_worker(settings: Settings | None = None) -> WorkerContext:
                           pool_size=2, max_overflow=2, application_name="gradwatch-worker")
     _CONTEXT = WorkerContext(settings, engine, build_sessionmaker(engine),
                              f"{socket.gethostname()}:{os.getpid()}")
+    start_delivery_loop(settings, _CONTEXT.factory)  # webhooks go out from worker processes
     return _CONTEXT
 
 

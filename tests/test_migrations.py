@@ -15,6 +15,7 @@ from app.migrate import alembic_config, downgrade, head_revision, upgrade
 from app.settings import Settings
 
 TABLES = {"jobs", "step_metrics", "layer_stats", "epoch_metrics", "series_rollups",
+          "webhooks", "webhook_deliveries", "metric_counters",
           "job_events", "diagnostic_reports"}
 
 

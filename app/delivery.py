@@ -133,13 +133,13 @@ class DeliveryLoop:
         waits_for_earlier = exists().where(and_(
             earlier.webhook_id == WebhookDelivery.webhook_id,
             earlier.job_id == WebhookDelivery.job_id,
-            earlier.id < WebhookDelivery.id, earlier.status == "pending"))
+            earlier.id < WebhookDelivery.id, earlier.state == "pending"))
         with self.factory() as session:
             rows = session.execute(
                 select(WebhookDelivery.id, WebhookDelivery.message_id, WebhookDelivery.attempts,
                        WebhookDelivery.payload, Webhook.url, Webhook.secret)
                 .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
-                .where(WebhookDelivery.status == "pending",
+                .where(WebhookDelivery.state == "pending",
                        WebhookDelivery.next_attempt_at <= now,
                        or_(WebhookDelivery.locked_until.is_(None),
                            WebhookDelivery.locked_until < now),
@@ -152,7 +152,7 @@ class DeliveryLoop:
         with unit_of_work(self.factory) as session:
             result = session.execute(
                 update(WebhookDelivery)
-                .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == "pending",
+                .where(WebhookDelivery.id == delivery_id, WebhookDelivery.state == "pending",
                        or_(WebhookDelivery.locked_until.is_(None),
                            WebhookDelivery.locked_until < now))
                 .values(locked_until=now + self._lease())
@@ -213,20 +213,20 @@ class DeliveryLoop:
         now = utcnow()
         attempts = due.attempts + 1
         if result.delivered:
-            status, outcome = "succeeded", "delivered"
+            state, outcome = "succeeded", "delivered"
         elif not result.retry:
-            status, outcome = "failed", "refused"
+            state, outcome = "failed", "refused"
         elif attempts >= self.settings.webhook_max_attempts:
-            status, outcome = "failed", "gave_up"
+            state, outcome = "failed", "gave_up"
         else:
-            status, outcome = "pending", "retrying"
+            state, outcome = "pending", "retrying"
         next_at: datetime = now + timedelta(seconds=self._backoff(attempts))
         with unit_of_work(self.factory) as session:
             delivery = session.get(WebhookDelivery, due.id)
             if delivery is None:  # its subscription was deleted meanwhile
                 return
             delivery.attempts = attempts
-            delivery.status = status
+            delivery.state = state
             delivery.locked_until = None
             delivery.last_status_code = result.status_code
             delivery.last_error = result.error
@@ -234,7 +234,7 @@ class DeliveryLoop:
                 "attempt": attempts, "at": now.isoformat().replace("+00:00", "Z"),
                 "status_code": result.status_code, "error": result.error,
                 "duration_ms": round(result.seconds * 1000, 1), "response": result.excerpt}]
-            if status == "pending":
+            if state == "pending":
                 delivery.next_attempt_at = next_at
             else:
                 delivery.finished_at = now

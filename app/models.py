@@ -232,7 +232,8 @@ class WebhookDelivery(Base):
     event: Mapped[str] = mapped_column(String(32))
     job_id: Mapped[str | None] = mapped_column(String(36))
     payload: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(16))  # pending | succeeded | failed
+    # pending | succeeded | failed ("state", not "status": only app.lifecycle writes statuses)
+    state: Mapped[str] = mapped_column(String(16))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -243,7 +244,7 @@ class WebhookDelivery(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
-        Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_state_next_attempt_at", "state", "next_attempt_at"),
         Index("ix_webhook_deliveries_webhook_id_job_id_event", "webhook_id", "job_id", "event",
               unique=True),
     )

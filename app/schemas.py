@@ -136,6 +136,9 @@ class JobSummary(ApiModel):
 class JobRead(JobSummary):
     """A job with its validated spec (every default filled in, absent optionals null)."""
 
+    notify_secret: str | None = Field(
+        None, description="Only in the response that created a job whose spec has `notify`: "
+                          "the `whsec_` secret that signs its webhook deliveries. Shown once.")
     spec: dict[str, Any] = Field(description="The validated TrainingSpec, every default filled in.")
     repair: RepairInfo | None
 

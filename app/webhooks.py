@@ -167,7 +167,8 @@ class WebhookRepository:
 
     def create(self, *, url: str, events: Sequence[str], description: str | None = None,
                job_id: str | None = None) -> Webhook:
-        webhook = Webhook(id=str(uuid.uuid4()), url=url, events=list(dict.fromkeys(events)),
+        # a job's own webhook has the job's id: its link needs no look-up
+        webhook = Webhook(id=job_id or str(uuid.uuid4()), url=url, events=list(dict.fromkeys(events)),
                           secret=new_secret(), description=description, job_id=job_id,
                           tenant=None, created_at=utcnow())
         self.session.add(webhook)
@@ -221,7 +222,7 @@ class WebhookRepository:
         self.session.add(WebhookDelivery(
             message_id=f"msg_{uuid.uuid4().hex}", webhook_id=webhook.id, event=event,
             job_id=job_id, payload=json.dumps(payload, separators=(",", ":"), allow_nan=False),
-            status="pending", attempts=0, next_attempt_at=now, attempt_log=[], created_at=now))
+            state="pending", attempts=0, next_attempt_at=now, attempt_log=[], created_at=now))
         self.session.flush()
         return True
 

@@ -169,3 +169,22 @@ def test_a_job_records_the_request_id_that_created_it(server: LiveServer) -> Non
     assert got.json()["request_id"] == "ci-run-42.7"
     assert got.headers["X-Request-ID"] not in ("", "ci-run-42.7")  # each request has its own
     server.wait_for(job_id, {"succeeded", "failed", "cancelled"}, timeout=120)
+
+
+def test_a_spec_with_notify_gets_its_own_signed_webhook(server: LiveServer) -> None:
+    with Receiver() as receiver:
+        spec = {**SMALL_SPEC, "notify": {"url": receiver.url, "events": ["job.succeeded"]}}
+        r = server.http.post("/v1/jobs", json=spec)
+        assert r.status_code == 202, r.text
+        created = r.json()
+        secret = created["notify_secret"]
+        assert secret.startswith("whsec_")
+        assert created["spec"]["notify"] == {"url": receiver.url, "events": ["job.succeeded"]}
+        job_id = created["id"]
+        [delivery] = receiver.wait_for(lambda rs: len(rs) >= 1, what="the job's delivery")
+    assert StandardWebhook(secret).verify(delivery.body, delivery.headers)["data"][
+        "job_id"] == job_id
+    job = server.http.get(f"/v1/jobs/{job_id}").json()
+    assert job["notify_secret"] is None  # shown once
+    records = server.http.get(job["links"]["webhook"] + "/deliveries").json()["items"]
+    assert [d["event"] for d in records] == ["job.succeeded"]

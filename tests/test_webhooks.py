@@ -226,3 +226,11 @@ def test_only_subscribed_events_are_delivered(make_client: Callable[..., TestCli
             loop.stop()
         assert [r.path for r in receiver.received] == ["/hook"]
     assert deliveries(client, ignores["id"]) == []
+
+
+def test_a_spec_whose_notify_url_is_refused_is_a_422(client: TestClient) -> None:
+    spec = {**SMALL_SPEC, "notify": {"url": "http://169.254.169.254/", "events": ["job.failed"]}}
+    r = client.post("/v1/jobs", json=spec)
+    assert r.status_code == 422
+    assert r.json()["errors"][0]["loc"] == ["body", "notify", "url"]
+    assert client.get("/v1/jobs").json()["items"] == []  # nothing was created

@@ -27,9 +27,9 @@ def webhook_to_read(webhook: Webhook) -> dict[str, Any]:
 
 def delivery_to_read(delivery: WebhookDelivery) -> dict[str, Any]:
     return {"id": delivery.message_id, "event": delivery.event, "job_id": delivery.job_id,
-            "status": delivery.status, "attempts": delivery.attempts,
+            "status": delivery.state, "attempts": delivery.attempts,
             "last_status_code": delivery.last_status_code, "last_error": delivery.last_error,
-            "next_attempt_at": delivery.next_attempt_at if delivery.status == "pending" else None,
+            "next_attempt_at": delivery.next_attempt_at if delivery.state == "pending" else None,
             "created_at": delivery.created_at, "finished_at": delivery.finished_at,
             "attempt_log": delivery.attempt_log or [], "payload": json.loads(delivery.payload)}
 

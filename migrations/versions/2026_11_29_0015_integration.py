@@ -46,7 +46,7 @@ def upgrade() -> None:
         sa.Column("event", sa.String(32), nullable=False),
         sa.Column("job_id", sa.String(36), nullable=True),
         sa.Column("payload", sa.Text(), nullable=False),
-        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("state", sa.String(16), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("next_attempt_at", TS, nullable=False),
         sa.Column("locked_until", TS, nullable=True),
@@ -63,8 +63,8 @@ def upgrade() -> None:
     )
     op.create_index(op.f("ix_webhook_deliveries_webhook_id"), "webhook_deliveries",
                     ["webhook_id"])
-    op.create_index("ix_webhook_deliveries_status_next_attempt_at", "webhook_deliveries",
-                    ["status", "next_attempt_at"])
+    op.create_index("ix_webhook_deliveries_state_next_attempt_at", "webhook_deliveries",
+                    ["state", "next_attempt_at"])
     op.create_index("ix_webhook_deliveries_webhook_id_job_id_event", "webhook_deliveries",
                     ["webhook_id", "job_id", "event"], unique=True)
     op.create_table(
@@ -80,7 +80,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("metric_counters")
     op.drop_index("ix_webhook_deliveries_webhook_id_job_id_event", "webhook_deliveries")
-    op.drop_index("ix_webhook_deliveries_status_next_attempt_at", "webhook_deliveries")
+    op.drop_index("ix_webhook_deliveries_state_next_attempt_at", "webhook_deliveries")
     op.drop_index(op.f("ix_webhook_deliveries_webhook_id"), "webhook_deliveries")
     op.drop_table("webhook_deliveries")
     op.drop_index(op.f("ix_webhooks_job_id"), "webhooks")

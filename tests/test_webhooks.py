@@ -234,3 +234,23 @@ def test_a_spec_whose_notify_url_is_refused_is_a_422(client: TestClient) -> None
     assert r.status_code == 422
     assert r.json()["errors"][0]["loc"] == ["body", "notify", "url"]
     assert client.get("/v1/jobs").json()["items"] == []  # nothing was created
+
+
+def test_the_readme_verification_snippet_accepts_ours_and_rejects_tampering() -> None:
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    [snippet] = [block for block in re.findall(r"```python\n(.*?)```", readme, re.S)
+                 if "def verify(secret" in block]
+    namespace: dict[str, Any] = {}
+    exec(snippet, namespace)
+    secret, body, now = new_secret(), b'{"type":"job.failed"}', int(time.time())
+    headers = {"webhook-id": "msg_2", "webhook-timestamp": str(now),
+               "webhook-signature": sign(secret, "msg_2", now, body)}
+    assert namespace["verify"](secret, headers, body)
+    assert not namespace["verify"](secret, headers, body + b" ")
+    assert not namespace["verify"](new_secret(), headers, body)
+    old = {**headers, "webhook-timestamp": str(now - 3600),
+           "webhook-signature": sign(secret, "msg_2", now - 3600, body)}
+    assert not namespace["verify"](secret, old, body)

@@ -72,19 +72,23 @@ def create_webhook(body: WebhookCreate, session: SessionDep, settings: SettingsD
 
 
 @router.get("", response_model=list[WebhookRead], operation_id="listWebhooks",
-            summary="List subscriptions to every job's events")
+            summary="List subscriptions to every job's events",
+            description="Oldest first; secrets are never shown again. A job's own `notify` "
+                        "webhook is at `/v1/webhooks/{job_id}` and not listed here.")
 def list_webhooks(session: ReadSessionDep) -> list[dict[str, Any]]:
     return [webhook_to_read(w) for w in WebhookRepository(session).all()]
 
 
 @router.get("/{webhook_id}", response_model=WebhookRead, operation_id="getWebhook",
-            summary="Get a subscription", responses=problems(404))
+            summary="Get a subscription", description="URL, events and links; not the secret.",
+            responses=problems(404))
 def get_webhook(webhook_id: str, session: ReadSessionDep) -> dict[str, Any]:
     return webhook_to_read(_get(session, webhook_id))
 
 
 @router.delete("/{webhook_id}", status_code=204, operation_id="deleteWebhook",
                summary="Delete a subscription and its delivery records",
+               description="Nothing more is sent to it, pending deliveries included.",
                responses=problems(404))
 def delete_webhook(webhook_id: str, session: SessionDep) -> Response:
     if not WebhookRepository(session).delete(_get(session, webhook_id).id):

@@ -256,7 +256,8 @@ class WebhookCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    url: str = Field(min_length=1, max_length=2000, examples=["https://ci.example.com/hooks/gw"],
+    url: str = Field(min_length=1, max_length=2000, pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://",
+                     examples=["https://ci.example.com/hooks/gw"],
                      description="http(s) URL without credentials; private, loopback and "
                                  "link-local addresses are refused unless "
                                  "GRADWATCH_WEBHOOK_ALLOW_PRIVATE=true.")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app.routers.common import problems
+
 router = APIRouter(tags=["health"])
 
 
@@ -14,7 +16,7 @@ router = APIRouter(tags=["health"])
                         "age, steps trained, layer records stored, explosions detected, monitor "
                         "stops, webhook delivery attempts, database-write and HTTP latency "
                         "histograms (README: Metrics). Needs the API key when one is set.",
-            responses={200: {"content": {"text/plain": {}}}})
+            responses={200: {"content": {"text/plain": {}}}, **problems(401)})
 def metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.metrics_registry),
                     media_type=CONTENT_TYPE_LATEST)

@@ -110,7 +110,7 @@ def list_deliveries(
     _get(session, webhook_id)
     before: int | None = None
     if cursor is not None:
-        if not cursor.isdigit():
+        if not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 18):
             raise SpecValidationError(
                 "cursor is not valid: pass the next_cursor of a previous page unchanged",
                 slug="invalid-cursor", errors=[{"loc": ["query", "cursor"],

@@ -32,6 +32,7 @@ from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from app import counters
+from app.correlation import bind
 from app.db import retry_on_locked, unit_of_work
 from app.models import Webhook, WebhookDelivery, utcnow
 from app.settings import Settings
@@ -50,6 +51,7 @@ EXCERPT_CHARS = 500
 class _Due:
     id: int
     message_id: str
+    job_id: str | None
     attempts: int
     payload: str
     url: str
@@ -136,7 +138,8 @@ class DeliveryLoop:
             earlier.id < WebhookDelivery.id, earlier.state == "pending"))
         with self.factory() as session:
             rows = session.execute(
-                select(WebhookDelivery.id, WebhookDelivery.message_id, WebhookDelivery.attempts,
+                select(WebhookDelivery.id, WebhookDelivery.message_id, WebhookDelivery.job_id,
+                       WebhookDelivery.attempts,
                        WebhookDelivery.payload, Webhook.url, Webhook.secret)
                 .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
                 .where(WebhookDelivery.state == "pending",
@@ -240,8 +243,9 @@ class DeliveryLoop:
                 delivery.finished_at = now
             counters.add(session, counters.WEBHOOK_DELIVERY_ATTEMPTS, labels={"outcome": outcome})
         level = logging.INFO if result.delivered else logging.WARNING
-        log.log(level, "webhook %s (%s) attempt %d: %s", due.message_id, urlsplit(due.url).netloc,
-                attempts, result.error or f"HTTP {result.status_code}")
+        with bind(job_id=due.job_id):
+            log.log(level, "webhook %s (%s) attempt %d: %s", due.message_id,
+                    urlsplit(due.url).netloc, attempts, result.error or f"HTTP {result.status_code}")
 
 
 _LOOP: DeliveryLoop | None = None

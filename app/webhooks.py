@@ -32,7 +32,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from app import counters
-from app.models import DiagnosticReportRow, Job, Webhook, WebhookDelivery, utcnow
+from app.models import DiagnosticReportRow, Job, JobEvent, Webhook, WebhookDelivery, utcnow
 
 __all__ = [
     "EVENTS",
@@ -283,7 +283,11 @@ def monitor_alert(session: Session, job_id: str, alert: dict[str, Any]) -> None:
     job = session.get(Job, job_id, populate_existing=True)
     if job is None:
         return
-    counters.add(session, counters.EXPLOSIONS_DETECTED)
+    confirming = [e for e in session.scalars(
+        select(JobEvent.data).where(JobEvent.job_id == job_id, JobEvent.type == "alert"))
+        if e.get("kind") in CONFIRMING_ALERTS and e.get("severity") == "critical"]
+    if len(confirming) <= 1:  # this alert (stored just before) is the job's first confirmation
+        counters.add(session, counters.EXPLOSIONS_DETECTED)
     layers = alert.get("layers") or []
     _emit(session, job, "diagnosis.exploding", {
         "verdict": "exploding", "final": False, "summary": alert.get("message"),

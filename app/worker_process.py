@@ -3,7 +3,8 @@
 :func:`setup_worker_process` caps the BLAS threads (workers x threads <= cores: idle BLAS
 threads spin and slow their neighbours), tunes malloc, ignores Ctrl-C (the parent decides
 when workers stop), listens for the hand-back signal of a warm shutdown, and builds the
-process's database engine (:func:`configure_worker`).
+process's database engine (:func:`configure_worker`); then it starts the process's webhook
+delivery loop (:mod:`app.delivery`).
 """
 
 from __future__ import annotations
@@ -64,7 +65,6 @@ def configure_worker(settings: Settings | None = None) -> WorkerContext:
                           pool_size=2, max_overflow=2, application_name="gradwatch-worker")
     _CONTEXT = WorkerContext(settings, engine, build_sessionmaker(engine),
                              f"{socket.gethostname()}:{os.getpid()}")
-    start_delivery_loop(settings, _CONTEXT.factory)  # webhooks go out from worker processes
     return _CONTEXT
 
 
@@ -150,4 +150,6 @@ def setup_worker_process(settings: Settings, *, processes: int) -> WorkerContext
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     grace = settings.shutdown_grace_seconds
     signal.signal(HANDBACK_SIGNAL, lambda *_: request_handback(grace))
-    return configure_worker(settings)
+    context = configure_worker(settings)
+    start_delivery_loop(settings, context.factory)  # webhooks go out from worker processes
+    return context

@@ -80,6 +80,18 @@ def create_celery(settings: Settings) -> Celery:
 
 # ---- worker hooks (they fire only inside a Celery worker) ----
 
+@signals.after_setup_logger.connect  # type: ignore[untyped-decorator]
+@signals.after_setup_task_logger.connect  # type: ignore[untyped-decorator]
+def _json_log_lines(logger: logging.Logger | None = None, **_: Any) -> None:
+    """Celery's log handlers write JSON lines too (GRADWATCH_LOG_FORMAT=json, the default)."""
+    from app.correlation import JsonFormatter
+
+    if logger is None or (_SETTINGS or Settings()).log_format != "json":
+        return
+    for handler in logger.handlers:
+        handler.setFormatter(JsonFormatter())
+
+
 @signals.worker_init.connect  # type: ignore[untyped-decorator]
 def _remember_concurrency(sender: Any = None, **_: Any) -> None:
     global _POOL_SIZE

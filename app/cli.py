@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from app.settings import Settings
@@ -22,7 +23,8 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"gradwatch: database {settings.url_for_logs} migrated; serving on "
           f"http://{args.host}:{args.port} (Swagger UI at /docs)", file=sys.stderr)
     uvicorn.run(create_app(settings), host=args.host, port=args.port,
-                log_level=args.log_level, proxy_headers=True)
+                log_level=args.log_level, proxy_headers=True,
+                log_config=None)  # keep app.correlation's handlers (JSON lines by default)
     return 0
 
 
@@ -77,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from app.correlation import configure_logging
+
+    configure_logging(os.environ.get("GRADWATCH_LOG_FORMAT", "json").lower(), logging.INFO)
     code: int = args.func(args)
     return code
 

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, update
 from sqlalchemy.orm import Session
 
+from app import webhooks
 from app.models import Job
 from app.repositories import EventRepository, JobRepository, as_utc
 
@@ -107,7 +108,10 @@ def move_job(session: Session, job_id: str, to: str, *, expect: Sequence[str] | 
         .values(status=to, **fields).execution_options(synchronize_session=False))
     if not result.rowcount:  # type: ignore[attr-defined]
         return None
-    return _event(session, job_id, reason)
+    job = _event(session, job_id, reason)
+    if to in TERMINAL:  # webhooks: in this transaction (an outbox), after the diagnosis
+        webhooks.job_finished(session, job_id)
+    return job
 
 
 def announce_created(session: Session, job: Job) -> None:

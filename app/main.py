@@ -19,14 +19,16 @@ from fastapi.responses import RedirectResponse
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter
 
+from app.correlation import RequestIdMiddleware
 from app.db import build_engine, build_sessionmaker
 from app.deps import require_api_key
 from app.dispatch import Dispatcher
 from app.errors import install_error_handlers
 from app.executors import build_executor
+from app.metrics import HttpMetricsMiddleware, build_registry
 from app.middleware import BodySizeLimitMiddleware, RejectNulMiddleware
 from app.migrate import head_revision, schema_is_current, upgrade
-from app.routers import events, histories, jobs, system
+from app.routers import events, histories, jobs, metrics, system, webhooks
 from app.routers.common import PROBLEM_SCHEMA
 from app.settings import Settings
 
@@ -58,7 +60,8 @@ TAGS = [
     {"name": "histories", "description": "Recorded norms and metrics; the diagnosis."},
     {"name": "events", "description": "Live server-sent events of a job."},
     {"name": "specs", "description": "Analyse a spec before training; the data sets."},
-    {"name": "health", "description": "Liveness and readiness probes."},
+    {"name": "webhooks", "description": "Signed notifications of job events to your URL."},
+    {"name": "health", "description": "Liveness and readiness probes; Prometheus metrics."},
 ]
 
 
@@ -124,10 +127,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RejectNulMiddleware)
+    registry, http_latency = build_registry(lambda: getattr(app.state, "sessionmaker", None))
+    app.state.metrics_registry = registry
+    app.add_middleware(HttpMetricsMiddleware, histogram=http_latency)
+    app.add_middleware(RequestIdMiddleware)  # outermost: every response carries the id
     auth = [Depends(require_api_key)]
     app.include_router(jobs.router, dependencies=auth)
     app.include_router(histories.router, dependencies=auth)
     app.include_router(events.router, dependencies=auth)
+    app.include_router(webhooks.router, dependencies=auth)
+    app.include_router(metrics.router, dependencies=auth)
     app.include_router(system.router)
     app.include_router(system.health_router)
 

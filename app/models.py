@@ -31,6 +31,9 @@ __all__ = [
     "HistoryRollup",
     "Job",
     "JobEvent",
+    "MetricCounter",
+    "Webhook",
+    "WebhookDelivery",
     "utcnow",
 ]
 
@@ -76,6 +79,8 @@ class Job(Base):
     # Starts by a worker; also the fencing token of a run: a worker writes only while the
     # job is still `running` with the attempt it claimed (see JobRepository.owned_by).
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # X-Request-ID of the request that created the job (app.correlation)
+    request_id: Mapped[str | None] = mapped_column(String(128))
 
     __table_args__ = (
         Index("ix_jobs_created_at_id", "created_at", "id"),
@@ -173,3 +178,72 @@ class DiagnosticReportRow(Base):
     )
     report: Mapped[dict[str, Any]] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Webhook(Base):
+    """A webhook subscription: where to POST which events, signed with ``secret``.
+
+    ``job_id`` is null for a subscription to every job (``POST /v1/webhooks``) and set for a
+    job's own ``notify`` endpoint (from its spec; deleted with the job).
+    """
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    events: Mapped[list[str]] = mapped_column(JSONType)
+    secret: Mapped[str] = mapped_column(String(100))
+    description: Mapped[str | None] = mapped_column(String(200))
+    job_id: Mapped[str | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    tenant: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class WebhookDelivery(Base):
+    """One event for one subscription, delivered at least once (app.delivery).
+
+    ``payload`` is the exact body sent (every attempt sends the same bytes under the same
+    ``message_id``); ``attempt_log`` lists each attempt: time, status code, error, duration.
+    """
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(String(40), unique=True)
+    webhook_id: Mapped[str] = mapped_column(
+        ForeignKey("webhooks.id", ondelete="CASCADE"), index=True)
+    event: Mapped[str] = mapped_column(String(32))
+    job_id: Mapped[str | None] = mapped_column(String(36))
+    payload: Mapped[str] = mapped_column(Text)
+    # pending | succeeded | failed ("state", not "status": only app.lifecycle writes statuses)
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    attempt_log: Mapped[list[dict[str, Any]]] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_webhook_deliveries_state_next_attempt_at", "state", "next_attempt_at"),
+        Index("ix_webhook_deliveries_webhook_id_job_id_event", "webhook_id", "job_id", "event",
+              unique=True),
+    )
+
+
+class MetricCounter(Base):
+    """A monotonic counter pushed through the database by any process (app.counters).
+
+    Each process adds to its own ``shard`` (no contention between workers); a scrape sums
+    the shards. ``labels`` is the Prometheus label set, e.g. ``outcome="succeeded"``.
+    """
+
+    __tablename__ = "metric_counters"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    labels: Mapped[str] = mapped_column(String(200), primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    value: Mapped[float] = mapped_column(Double)

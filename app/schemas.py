@@ -29,6 +29,10 @@ __all__ = [
     "RepairRequest",
     "RunFigures",
     "Series",
+    "WebhookCreate",
+    "WebhookCreated",
+    "WebhookDeliveryPage",
+    "WebhookRead",
 ]
 
 def _utc(value: datetime | None) -> str | None:
@@ -123,12 +127,18 @@ class JobSummary(ApiModel):
         0, description="How many times a worker started this job. A job whose worker was "
                        "lost goes back to the queue and starts over (its history too), up to "
                        "GRADWATCH_MAX_ATTEMPTS starts; then it fails with 'worker lost'.")
+    request_id: str | None = Field(
+        None, description="X-Request-ID of the request that created the job (correlate "
+                          "with your logs and ours).")
     links: dict[str, str] = Field(description="Related resources.")
 
 
 class JobRead(JobSummary):
     """A job with its validated spec (every default filled in, absent optionals null)."""
 
+    notify_secret: str | None = Field(
+        None, description="Only in the response that created a job whose spec has `notify`: "
+                          "the `whsec_` secret that signs its webhook deliveries. Shown once.")
     spec: dict[str, Any] = Field(description="The validated TrainingSpec, every default filled in.")
     repair: RepairInfo | None
 
@@ -235,3 +245,70 @@ class DatasetCatalog(ApiModel):
 class Health(ApiModel):
     status: Literal["ok"]
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+WebhookEvent = Literal["job.succeeded", "job.failed", "job.cancelled", "diagnosis.exploding",
+                       "diagnosis.final"]
+
+
+class WebhookCreate(BaseModel):
+    """A subscription to events of every job."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    url: str = Field(min_length=1, max_length=2000, pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://",
+                     examples=["https://ci.example.com/hooks/gw"],
+                     description="http(s) URL without credentials; private, loopback and "
+                                 "link-local addresses are refused unless "
+                                 "GRADWATCH_WEBHOOK_ALLOW_PRIVATE=true.")
+    events: list[WebhookEvent] = Field(
+        min_length=1, examples=[["diagnosis.exploding", "job.succeeded", "job.failed"]],
+        description="Events to deliver.")
+    description: str | None = Field(None, max_length=200, description="Free-form label.")
+
+
+class WebhookRead(ApiModel):
+    """A subscription (its secret is shown only when it is created)."""
+
+    id: str
+    url: str
+    events: list[WebhookEvent]
+    description: str | None
+    job_id: str | None = Field(description="Set for a job's own `notify` endpoint.")
+    created_at: Timestamp
+    links: dict[str, str]
+
+
+class WebhookCreated(WebhookRead):
+    secret: str = Field(description="Signing secret `whsec_<base64>` (Standard Webhooks). "
+                                    "Shown once: store it now.")
+
+
+class DeliveryAttempt(ApiModel):
+    attempt: int
+    at: str
+    status_code: int | None = Field(description="The receiver's HTTP status; null when no "
+                                                "answer came (timeout, refused, unreachable).")
+    error: str | None
+    duration_ms: float
+    response: str | None = Field(description="The first 500 characters of the answer.")
+
+
+class WebhookDeliveryRead(ApiModel):
+    id: str = Field(description="The message id (`webhook-id` header), the same on retries.")
+    event: WebhookEvent
+    job_id: str | None
+    status: Literal["pending", "succeeded", "failed"]
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    next_attempt_at: Timestamp | None = Field(description="When a pending delivery is retried.")
+    created_at: Timestamp
+    finished_at: Timestamp | None
+    attempt_log: list[DeliveryAttempt]
+    payload: dict[str, Any] = Field(description="The body that is (or was) sent.")
+
+
+class WebhookDeliveryPage(ApiModel):
+    items: list[WebhookDeliveryRead] = Field(description="Newest first.")
+    next_cursor: str | None

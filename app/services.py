@@ -18,7 +18,8 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import history
+from app import history, webhooks
+from app.correlation import current_request_id
 from app.db import sqlite_writer_free
 from app.diagnosis_cache import PROVISIONAL
 from app.dispatch import request_enqueue
@@ -85,6 +86,7 @@ IDEMPOTENCY_IN_FLIGHT = timedelta(seconds=30)
 class Submitted:
     job: Job
     created: bool  # False: an earlier request with the same Idempotency-Key made it
+    notify_secret: str | None = None  # the secret of the spec's `notify` webhook (shown once)
 
 
 def submit_job(session: Session, *, spec: TrainingSpec, settings: Settings,
@@ -103,6 +105,7 @@ def submit_job(session: Session, *, spec: TrainingSpec, settings: Settings,
         idempotency_key=idempotency_key, parent_id=parent_id, repair=repair,
         executor=settings.executor, created_at=utcnow(), total_steps=spec.total_steps(),
         steps_completed=0, cancel_requested=False, event_seq=0,
+        request_id=current_request_id(),
     )
     try:
         with session.begin_nested():
@@ -115,9 +118,25 @@ def submit_job(session: Session, *, spec: TrainingSpec, settings: Settings,
                 "a request with this Idempotency-Key is still being processed; retry shortly",
                 slug="idempotency-in-flight", headers={"Retry-After": "1"}) from None
         return Submitted(_replay(existing, digest, parent_id), created=False)
+    secret = _notify(session, job, spec, settings)
     announce_created(session, job)
     request_enqueue(session, job.id)
-    return Submitted(job, created=True)
+    return Submitted(job, created=True, notify_secret=secret)
+
+
+def _notify(session: Session, job: Job, spec: TrainingSpec, settings: Settings) -> str | None:
+    """The job's own webhook from ``spec.notify`` (422 for a refused URL); its secret."""
+    if spec.notify is None:
+        return None
+    try:
+        webhooks.check_destination(spec.notify.url, allow_private=settings.webhook_allow_private)
+    except webhooks.DestinationRefused as exc:
+        raise SpecValidationError(
+            f"notify.url: {exc}", slug="webhook-url-refused",
+            errors=[{"loc": ["body", "notify", "url"], "msg": str(exc),
+                     "type": "url_refused"}]) from None
+    return webhooks.WebhookRepository(session).create(
+        url=spec.notify.url, events=spec.notify.events, job_id=job.id).secret
 
 
 def _replay(existing: Job, digest: str, parent_id: str | None) -> Job:
@@ -219,7 +238,9 @@ def job_to_summary(job: Job) -> dict[str, Any]:
         "latest": job.latest,
         "first_non_finite": {**nf, "description": NonFiniteEvent(**nf).describe()} if nf else None,
         "runtime_seconds": job.runtime_seconds, "parent_id": job.parent_id,
-        "attempts": job.attempts, "links": job_links(job.id),
+        "attempts": job.attempts, "request_id": job.request_id,
+        "links": {**job_links(job.id),
+                  **({"webhook": f"/v1/webhooks/{job.id}"} if job.spec.get("notify") else {})},
     }
 
 

@@ -124,6 +124,29 @@ class Settings(BaseSettings):
         1024**3, ge=0, description="What a worker process needs besides the job (the "
                                    "interpreter, NumPy, BLAS buffers, the database driver).")
 
+    # integration: webhooks, logs (see app.webhooks, app.delivery, app.correlation)
+    webhook_allow_private: bool = Field(
+        False, description="Allow webhook destinations on private, loopback and link-local "
+                           "addresses (off: such URLs are refused, at subscription and again "
+                           "at every delivery, so webhooks cannot reach internal services).")
+    webhook_timeout_seconds: float = Field(
+        10.0, gt=0, le=120, description="Longest one delivery attempt may take (connect, send, "
+                                        "read the answer).")
+    webhook_max_attempts: int = Field(
+        8, ge=1, le=50, description="Attempts per delivery before it is marked failed.")
+    webhook_backoff_seconds: float = Field(
+        10.0, gt=0, description="Wait before the 2nd attempt; doubles each attempt (+-20% "
+                                "jitter), capped by GRADWATCH_WEBHOOK_BACKOFF_MAX_SECONDS.")
+    webhook_backoff_max_seconds: float = Field(3600.0, gt=0)
+    webhook_max_response_bytes: int = Field(
+        64 * 1024, ge=0, description="Bytes of a receiver's answer read at most (the rest is "
+                                     "dropped); the first 500 characters are recorded.")
+    webhook_poll_seconds: float = Field(
+        1.0, gt=0, description="How often each worker process looks for due deliveries.")
+    log_format: Literal["json", "text"] = Field(
+        "json", description="`json`: one JSON object per line with request_id, job_id and "
+                            "tenant; `text`: plain lines.")
+
     @model_validator(mode="after")
     def _default_database(self) -> Settings:
         if self.database_url is None:

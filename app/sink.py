@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import counters, webhooks
 from app.db import retry_on_locked, unit_of_work
 from app.heartbeat import Heartbeat
 from app.history_store import HistoryWriter
@@ -148,6 +149,7 @@ class DatabaseSink:
         latest = latest_figures(self._last_record) if self._last_record is not None else None
 
         def write() -> bool:
+            write_started = time.monotonic()
             with unit_of_work(self.factory) as session:
                 # first: the claim check takes the job's row lock (nothing is written for a
                 # run that was given up), then the records
@@ -165,6 +167,9 @@ class DatabaseSink:
                 events = EventRepository(session)
                 for alert in alerts:
                     events.append(self.job_id, "alert", alert)
+                    webhooks.monitor_alert(session, self.job_id, alert)
+                counters.count_flush(session, steps=len(rows.steps), layer_records=len(rows.layers),
+                                     seconds=time.monotonic() - write_started)
                 if progress_event:
                     events.append(self.job_id, "progress", {
                         "status": "running",

@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.correlation import bind
 from app.db import retry_on_locked, unit_of_work
 from app.heartbeat import Heartbeat
 from app.lifecycle import move_job
@@ -53,7 +54,8 @@ def run_job(job_id: str, *, context: WorkerContext | None = None) -> str:
         log.info("job %s was not queued any more; skipped", job_id)
         return "skipped"
     run, job_row = claimed
-    with Heartbeat(job_id, run, ctx.factory, ctx.settings.heartbeat_interval_seconds) as beat:
+    with (bind(request_id=job_row["request_id"], job_id=job_id),  # in every log line
+          Heartbeat(job_id, run, ctx.factory, ctx.settings.heartbeat_interval_seconds) as beat):
         return _train(ctx, job_id, run, job_row, beat)
 
 
@@ -65,7 +67,8 @@ def _claim(ctx: WorkerContext, job_id: str) -> tuple[Claim, dict[str, Any]] | No
         if job is None:
             return None
         return Claim(ctx.worker_id, job.attempts), {"spec": job.spec,
-                                                     "total_steps": job.total_steps}
+                                                     "total_steps": job.total_steps,
+                                                     "request_id": job.request_id}
 
 
 def _train(ctx: WorkerContext, job_id: str, run: Claim, job_row: dict[str, Any],

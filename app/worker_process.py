@@ -3,7 +3,8 @@
 :func:`setup_worker_process` caps the BLAS threads (workers x threads <= cores: idle BLAS
 threads spin and slow their neighbours), tunes malloc, ignores Ctrl-C (the parent decides
 when workers stop), listens for the hand-back signal of a warm shutdown, and builds the
-process's database engine (:func:`configure_worker`).
+process's database engine (:func:`configure_worker`); then it starts the process's webhook
+delivery loop (:mod:`app.delivery`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import build_engine, build_sessionmaker
+from app.delivery import start_delivery_loop
 from app.settings import Settings
 
 __all__ = [
@@ -148,4 +150,6 @@ def setup_worker_process(settings: Settings, *, processes: int) -> WorkerContext
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     grace = settings.shutdown_grace_seconds
     signal.signal(HANDBACK_SIGNAL, lambda *_: request_handback(grace))
-    return configure_worker(settings)
+    context = configure_worker(settings)
+    start_delivery_loop(settings, context.factory)  # webhooks go out from worker processes
+    return context

@@ -39,6 +39,7 @@ __all__ = [
     "InlineData",
     "ModelSpec",
     "MonitorSpec",
+    "NotifySpec",
     "OptimizerSpec",
     "ScheduleSpec",
     "SpecLimits",
@@ -676,6 +677,22 @@ class MonitorSpec(_Strict):
     )
 
 
+NotifyEvent = Literal["job.succeeded", "job.failed", "job.cancelled", "diagnosis.exploding",
+                      "diagnosis.final"]
+
+
+class NotifySpec(_Strict):
+    """A webhook for this job only (same deliveries as ``POST /v1/webhooks``)."""
+
+    url: str = Field(
+        min_length=1, max_length=2000,
+        description="http(s) URL that receives this job's events, signed with a secret the "
+                    "job's creation response returns once (`notify_secret`).")
+    events: list[NotifyEvent] = Field(
+        ["diagnosis.exploding", "diagnosis.final", "job.succeeded", "job.failed",
+         "job.cancelled"], min_length=1, description="Events to deliver.")
+
+
 # --------------------------------------------------------------------------------------------
 # The spec
 # --------------------------------------------------------------------------------------------
@@ -739,6 +756,9 @@ class TrainingSpec(_Strict):
     )
     training: TrainingOptions = Field(TrainingOptions(), description="Epochs, batches.")
     monitor: MonitorSpec = Field(MonitorSpec(), description="Telemetry options.")
+    notify: NotifySpec | None = Field(
+        None, description="Optional webhook for this job's events (null: none). Training "
+                          "ignores it.")
 
     @model_validator(mode="after")
     def _check_consistency_and_limits(self, info: ValidationInfo) -> TrainingSpec:

@@ -97,6 +97,10 @@ class Cluster:
             "GRADWATCH_FLUSH_INTERVAL_SECONDS": "0.2",
             "GRADWATCH_PROGRESS_EVENT_INTERVAL_SECONDS": "0.2",
             "GRADWATCH_DB_POOL_SIZE": "5",
+            # the webhook receiver of the tests listens on loopback
+            "GRADWATCH_WEBHOOK_ALLOW_PRIVATE": "true",
+            "GRADWATCH_WEBHOOK_BACKOFF_SECONDS": "0.2",
+            "GRADWATCH_WEBHOOK_POLL_SECONDS": "0.2",
         }
         self.api: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
@@ -371,3 +375,46 @@ def test_the_container_health_check_answers_for_the_api_and_for_a_worker(cluster
     assert check(PORT=str(free_port())) == 0  # no API here: a worker of this host answers a ping
     nobody = cluster.env["GRADWATCH_BROKER_KEY_PREFIX"] + "nobody-here:"  # cleaned up too
     assert check(PORT=str(free_port()), GRADWATCH_BROKER_KEY_PREFIX=nobody) == 1
+
+
+def test_celery_workers_deliver_signed_webhooks_and_metrics_count_across_processes(
+        cluster: Cluster) -> None:
+    """Deliveries go out from the Celery pool processes (the API only writes the outbox);
+    /metrics of the API sums what the workers pushed through PostgreSQL."""
+    from prometheus_client.parser import text_string_to_metric_families
+    from receiver import Receiver
+    from standardwebhooks.webhooks import Webhook as StandardWebhook
+
+    from app.routers.examples import EXPLODING_SPEC
+
+    def scrape() -> dict[str, float]:
+        text_ = cluster.http.get("/metrics").text
+        return {s.name + str(sorted(s.labels.items())): s.value
+                for f in text_string_to_metric_families(text_) for s in f.samples}
+
+    cluster.ensure_workers(1)
+    before = scrape()
+    with Receiver(lambda n: 500 if n == 1 else 200) as receiver:
+        r = cluster.http.post("/v1/webhooks", json={
+            "url": receiver.url, "events": ["diagnosis.exploding", "job.succeeded"]})
+        assert r.status_code == 201, r.text
+        hook = r.json()
+        try:
+            job_id = cluster.submit(EXPLODING_SPEC)
+            job = cluster.wait_terminal(job_id)
+            assert job["verdict"] == "exploding"
+            got = receiver.wait_for(
+                lambda rs: any(x.status == 200 and x.payload["type"] == "job.succeeded"
+                               for x in rs), what="job.succeeded")
+        finally:
+            cluster.http.delete(f"/v1/webhooks/{hook['id']}")
+    delivered = [x for x in got if x.status == 200]
+    assert [x.payload["type"] for x in delivered] == ["diagnosis.exploding", "job.succeeded"]
+    assert got[0].status == 500 and got[1].headers["webhook-id"] == got[0].headers["webhook-id"]
+    for x in got:
+        StandardWebhook(hook["secret"]).verify(x.body, x.headers)
+    after = scrape()
+    steps = "gradwatch_steps_trained_total[]"
+    assert after[steps] - before.get(steps, 0.0) == job["progress"]["step"]
+    explosions = "gradwatch_explosions_detected_total[]"
+    assert after[explosions] - before.get(explosions, 0.0) == 1

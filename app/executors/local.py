@@ -27,6 +27,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.correlation import configure_logging
 from app.db import unit_of_work
 from app.recovery import worker_died
 from app.repositories import JobRepository, as_utc
@@ -56,6 +57,7 @@ def _signal_name(exitcode: int | None) -> str:
 def _worker_main(conn: Connection, settings_values: dict[str, Any]) -> None:
     """Entry point of a worker process: run job ids received on ``conn`` until told to stop."""
     settings = Settings(**settings_values)
+    configure_logging(settings.log_format)
     context = setup_worker_process(settings, processes=max(1, settings.workers))
     from app.worker import run_job
 

@@ -70,7 +70,7 @@ def _submitted(submitted: Submitted, response: Response) -> dict[str, Any]:
     if not submitted.created:
         response.status_code = 200
     response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return job_to_read(job)
+    return {**job_to_read(job), "notify_secret": submitted.notify_secret}
 
 
 @router.get(

@@ -1,0 +1,128 @@
+"""Correlation ids: ``X-Request-ID`` on every response, and JSON-lines logs that carry it.
+
+A request's id is the client's ``X-Request-ID`` when it is a sane token (1-128 characters
+of letters, digits and ``._:-``), else a new UUID. It is kept in a context variable for the
+request's duration, so every log line written while serving it names it; the job created by
+the request stores it (``jobs.request_id``) and the worker that runs the job logs it with
+the job id (:func:`bind`). ``tenant`` is null until tenants exist.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import re
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = [
+    "HEADER",
+    "JsonFormatter",
+    "RequestIdMiddleware",
+    "bind",
+    "configure_logging",
+    "current_request_id",
+]
+
+HEADER = "X-Request-ID"
+_VALID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "gradwatch_request_id", default=None)
+_job_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "gradwatch_job_id", default=None)
+_tenant: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "gradwatch_tenant", default=None)
+
+
+def current_request_id() -> str | None:
+    """The id of the request being served (or of the request that created the running job)."""
+    return _request_id.get()
+
+
+@contextmanager
+def bind(*, request_id: str | None = None, job_id: str | None = None,
+         tenant: str | None = None) -> Iterator[None]:
+    """Log lines written inside carry these ids (a worker binds its job's ids)."""
+    tokens = [(_request_id, _request_id.set(request_id)), (_job_id, _job_id.set(job_id)),
+              (_tenant, _tenant.set(tenant))]
+    try:
+        yield
+    finally:
+        for var, token in reversed(tokens):
+            var.reset(token)
+
+
+class RequestIdMiddleware:
+    """Echo a valid ``X-Request-ID`` or generate one; set it for the request's log lines."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = None
+        for name, value in scope.get("headers", []):
+            if name == b"x-request-id":
+                given = value.decode("latin-1").strip()
+                break
+        request_id = given if given and _VALID.fullmatch(given) else uuid.uuid4().hex
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)[HEADER] = request_id
+            await send(message)
+
+        token = _request_id.set(request_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            _request_id.reset(token)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, request_id, job_id, tenant
+    (and the traceback, when there is one)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            "request_id": _request_id.get(),
+            "job_id": _job_id.get(),
+            "tenant": _tenant.get(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def configure_logging(log_format: str = "json", level: int = logging.INFO) -> None:
+    """Root logging for the ``gradwatch`` commands: JSON lines (default) or plain text, on
+    stderr; uvicorn's loggers use the same handler."""
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "celery"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = []
+        logger.propagate = True
+

@@ -2,8 +2,8 @@
 
 Analytic part (no data touched): parameter count, FLOPs per step, a memory estimate and the
 mean-field prediction of signal and gradient scale through the depth at initialisation
-(:mod:`core.diagnostics.analytic`). Probe part: the trainer is built (data + initial weights,
-as training would) and one forward/backward pass on one batch measures the per-layer gradient
+(:mod:`core.diagnostics.analytic`). Probe part: the problem is built (:mod:`core.problem`:
+data + initial weights, as training would) and one forward/backward pass on one batch measures the per-layer gradient
 norms and the update-to-weight ratio the first optimizer step would take, which checks the
 prediction and catches what it cannot see (data scale, learning rate, clipping).
 """
@@ -15,10 +15,14 @@ from typing import Any
 
 import numpy as np
 
+from core.clipping import clip_flat
 from core.diagnostics import recommend as R
 from core.diagnostics.analytic import LayerInit, init_profile
 from core.diagnostics.reference import data_scale
 from core.diagnostics.report import Finding, LayerPreflight, PreflightReport, RiskLevel
+from core.optimizers import make_optimizer
+from core.problem import Problem
+from core.schedules import make_schedule
 from core.spec import SGD, Adagrad, Adam, AdamW, RMSprop, TrainingSpec, data_shape
 
 __all__ = ["preflight"]
@@ -155,8 +159,6 @@ def _depth_gain(prof: list[LayerInit]) -> float:
 
 def _peak_lr(spec: TrainingSpec) -> tuple[float, int]:
     """The schedule's largest learning rate over the run and its first step."""
-    from core.schedules import make_schedule
-
     total = spec.total_steps()
     sched = make_schedule(spec.schedule, spec.optimizer.lr, total)
     n = min(total, 4000)
@@ -175,19 +177,15 @@ def _peak_lr(spec: TrainingSpec) -> tuple[float, int]:
 def _probe(spec: TrainingSpec) -> list[dict[str, float]] | None:
     """Per layer: measured weight-gradient norm, its ratio to the output layer's, and the
     update-to-weight ratio of the first optimizer step, on the first training batch."""
-    from core.clipping import clip_flat
-    from core.optimizers import make_optimizer
-    from core.trainer import Trainer
-
     try:
-        trainer = Trainer(spec, telemetry=False, monitor=False)
-        b = min(spec.training.batch_size, len(trainer.data.X_train))
-        X, y = trainer.data.X_train[:b], trainer.data.y_train[:b]
+        problem = Problem(spec)
+        b = min(spec.training.batch_size, len(problem.data.X_train))
+        X, y = problem.data.X_train[:b], problem.data.y_train[:b]
         with np.errstate(all="ignore"):
-            _, grads = trainer.gradients(X, y)
-            net = trainer.network
+            _, grads = problem.gradients(X, y)
+            net = problem.network
             layout = net.layout
-            names = [n for n, _ in trainer.parameters()]
+            names = [n for n, _ in problem.parameters()]
             flat_g = np.concatenate([g.reshape(-1) for g in grads]).astype(net.dtype)
             params = net.flat.copy()
             gsq = layout.layer_sumsq(flat_g)

@@ -16,7 +16,7 @@ import numpy as np
 
 from core.diagnostics.monitor import WARMUP, Monitor
 from core.diagnostics.reference import DataScale
-from core.diagnostics.report import Finding, Forecast
+from core.diagnostics.report import Finding, Forecast, fmt
 from core.diagnostics.series import RunSeries
 from core.spec import TrainingSpec
 from core.telemetry import NonFiniteEvent, StepRecord
@@ -52,10 +52,14 @@ SPIKE_RATIO = 10.0
 SPIKE_LOSS_SETBACK = 2.0
 SPIKE_PROGRESS_LOST = 0.5
 SPIKE_WINDOW = 10
-# An excursion that reached >= 100x the baseline with the loss >= 10x its pre-excursion level
-# and that the run never recovered from is an explosion even if its growth was irregular.
-EXCURSION_RATIO = 100.0
-EXCURSION_LOSS = 10.0
+# A run that lost its progress for good is an explosion even if its growth was too irregular
+# for the monitor: it had made an order of magnitude of progress (the best, the lowest median
+# over windows of LOST_WINDOW of the steps, <= initial / LOST_FACTOR) and the loss ends (median
+# of the last LOST_TAIL of the steps) above the initial loss. Step-based windows read the same
+# on a thinned history.
+LOST_TAIL = 0.05
+LOST_WINDOW = 0.01
+LOST_FACTOR = 10.0
 # Update-to-weight ratio: ~1e-3 is the classic healthy value (Karpathy's rule of thumb); 0.1
 # means every step rewrites a tenth of the weights; >= 0.5 rewrites them outright.
 UPDATE_RATIO_HIGH = 0.1
@@ -83,12 +87,14 @@ DATA_SCALE_LOW = 0.01
 class Replay:
     """The online monitor replayed over the recorded steps (what it saw, step by step)."""
 
-    base: np.ndarray  # log baseline after each record (NaN for non-finite records)
+    base: np.ndarray  # log baseline B after each record (NaN for non-finite records)
     upper: np.ndarray  # log upper band edge after each record
+    healthy: np.ndarray  # log healthy scale H after each record
     confirmed_at: int | None = None
     rule: str | None = None
     run_start_step: int | None = None
     alerts: list[Finding] = field(default_factory=list)
+    spike_alerts: list[Finding] = field(default_factory=list)  # setback / catapult warnings
     forecast: Forecast | None = None  # the forecast made when explosion was confirmed
     first_forecast: Forecast | None = None  # the first forecast made while growth was seen
 
@@ -116,16 +122,19 @@ def replay_monitor(spec: TrainingSpec, records: Sequence[StepRecord]) -> Replay:
     n = len(records)
     base = np.full(n, np.nan)
     upper = np.full(n, np.nan)
-    rep = Replay(base=base, upper=upper)
+    healthy = np.full(n, np.nan)
+    rep = Replay(base=base, upper=upper, healthy=healthy)
     for i, r in enumerate(records):
         new = mon.observe(r)
         st = mon.state
         if st.n:
-            base[i], upper[i] = st.base, st.upper
+            base[i], upper[i], healthy[i] = st.base, st.upper, st.healthy
         if rep.first_forecast is None and st.run_len >= 2:
             rep.first_forecast = mon.forecaster.forecast(r.step)
         for a in new:
             rep.alerts.append(a)
+            if a.kind == "gradient_spike":
+                rep.spike_alerts.append(a)
             if a.kind == "gradient_explosion" and rep.confirmed_at is None:
                 rep.confirmed_at = r.step
                 rule = a.evidence.get("rule")
@@ -153,12 +162,7 @@ def _segment(s: RunSeries, frac: float, tail: bool, minimum: int = 3) -> slice:
     return slice(n - k, n) if tail else slice(0, k)
 
 
-def _fmt(x: float | None) -> str:
-    if x is None or x != x:
-        return "NaN"
-    if math.isinf(x):
-        return "Inf" if x > 0 else "-Inf"
-    return f"{x:.3g}"
+_fmt = fmt
 
 
 # ------------------------------------------------------------------------------ non-finite
@@ -185,14 +189,15 @@ def detect_non_finite(ctx: Context) -> Finding | None:
     ok = s.finite_mask() & (s.step < step)
     last_finite = float(s.grad_norm[ok][-1]) if ok.any() else math.nan
     last_step = int(s.step[ok][-1]) if ok.any() else None
-    base = _median(s.grad_norm[ok][:5]) if ok.any() else math.nan
+    h = ctx.replay.healthy[np.flatnonzero(ok)[-1]] if ok.any() else math.nan
+    base = float(np.exp(h)) if np.isfinite(h) else math.nan
+    ratio = last_finite / base if base > 0 else math.nan
     what = "NaN" if value == "nan" else "Inf"
     where = "the loss" if layer is None else f"layer {layer}'s {tensor}"
     msg = f"First {what} at step {step} in {where}"
     if last_step is not None:
-        msg += (f"; the last finite gradient norm was {_fmt(last_finite)} at step {last_step} "
-                f"({_fmt(last_finite / base if base > 0 else math.nan)}x the early median "
-                f"{_fmt(base)})")
+        msg += (f"; the last finite gradient norm was {_fmt(last_finite)} at step {last_step}, "
+                f"{_fmt(ratio)}x the run's healthy scale {_fmt(base)}")
     msg += ". " + ("NaN means an Inf was combined with another (Inf - Inf, 0 x Inf): the values "
                    "overflowed first." if value == "nan" else
                    "The values overflowed the float range.")
@@ -200,7 +205,8 @@ def detect_non_finite(ctx: Context) -> Finding | None:
         kind="non_finite", severity="critical", step=step, layers=layers,
         evidence={"tensor": tensor, "value": value, "layer": layer,
                   "last_finite_step": last_step, "last_finite_grad_norm": last_finite,
-                  "early_grad_norm": base, "dtype": ctx.spec.dtype},
+                  "healthy_grad_norm": base, "ratio_to_healthy": ratio,
+                  "dtype": ctx.spec.dtype},
         message=msg,
     )
 
@@ -213,7 +219,8 @@ class ExplosionAnalysis:
     onset_step: int
     detected_step: int | None  # confirmed by the (replayed) monitor / first non-finite step
     peak_step: int
-    baseline: float
+    baseline: float  # the monitor's baseline B just before the onset
+    healthy: float  # the monitor's healthy scale H just before the onset
     peak: float
     growth_per_step: float | None
     recovered: bool
@@ -227,20 +234,14 @@ def analyze_explosion(ctx: Context, non_finite: Finding | None) -> ExplosionAnal
     """The explosion's timeline, if the monitor confirmed one or the run went non-finite."""
     s, rep = ctx.s, ctx.replay
     nf_step = non_finite.step if non_finite is not None else None
-    excursion: Spike | None = None
+    lost: int | None = None
     if rep.confirmed_at is None and nf_step is None:
-        # hindsight: a large excursion the run did not recover from, even if irregular
-        big = [e for e in _excursions(ctx, include_open=True)
-               if e.ratio >= EXCURSION_RATIO and e.loss_ratio >= EXCURSION_LOSS]
-        for e in big:
-            if not _recovered(ctx, e.start_index, e.peak_index, None):
-                excursion = e
-                break
-        if excursion is None:
+        lost = lost_progress(ctx)  # hindsight: the loss never came back
+        if lost is None:
             return None
     detected: int
-    if excursion is not None:
-        detected = int(s.step[excursion.start_index])
+    if lost is not None:
+        detected = int(s.step[lost])
     else:
         d = rep.confirmed_at if rep.confirmed_at is not None else nf_step
         assert d is not None
@@ -252,8 +253,8 @@ def analyze_explosion(ctx: Context, non_finite: Finding | None) -> ExplosionAnal
     # Onset: the first step of the growth run that led to the detection; extended back over
     # records already above the band, and to the run's start when that step's own update
     # rewrote the weights (the step that launched the growth).
-    if excursion is not None:
-        i_on = excursion.start_index
+    if lost is not None:
+        i_on = lost
     elif rep.run_start_step is not None and rep.confirmed_at == detected:
         i_on = min(s.index_of(rep.run_start_step) + 1, i_det)
     else:  # non-finite without confirmation: walk back over increases
@@ -270,7 +271,9 @@ def analyze_explosion(ctx: Context, non_finite: Finding | None) -> ExplosionAnal
     onset = int(s.step[i_on])
 
     pre = slice(0, i_on) if i_on > 0 else slice(0, 1)
-    baseline = _median(s.grad_norm[pre][-20:])
+    i_ref = max(i_on - 1, 0)
+    baseline = float(np.exp(rep.base[i_ref])) if np.isfinite(rep.base[i_ref]) else math.nan
+    healthy = float(np.exp(rep.healthy[i_ref])) if np.isfinite(rep.healthy[i_ref]) else math.nan
     after = np.where(finite[i_on:], lg[i_on:], -np.inf)
     k_peak = i_on + int(np.argmax(after)) if after.size else i_on
     peak = float(s.grad_norm[k_peak])
@@ -295,11 +298,59 @@ def analyze_explosion(ctx: Context, non_finite: Finding | None) -> ExplosionAnal
             firsts[layer] = int(s.step[i_on + hit[0]])
     layers = sorted(firsts, key=lambda k: (firsts[k], -_nz(gl[i_det, k])))
     return ExplosionAnalysis(
-        onset_step=onset, detected_step=None if excursion is not None else int(detected), peak_step=int(s.step[k_peak]),
-        baseline=baseline, peak=peak, growth_per_step=growth, recovered=recovered,
+        onset_step=onset, detected_step=None if lost is not None else int(detected),
+        peak_step=int(s.step[k_peak]), baseline=baseline, healthy=healthy, peak=peak, growth_per_step=growth, recovered=recovered,
         non_finite_step=nf_step, layers=layers, layer_first_steps=firsts,
-        rule="excursion" if excursion is not None else rep.rule,
+        rule="lost_progress" if lost is not None else rep.rule,
     )
+
+
+def _step_windows(s: RunSeries, frac: float) -> list[np.ndarray]:
+    """Record indices in consecutive windows of ``frac`` of the run's steps (>= 5 steps)."""
+    if len(s) == 0:
+        return []
+    span = int(s.step[-1] - s.step[0]) + 1
+    width = max(5, math.ceil(frac * span))  # a median of fewer than 5 steps is one batch
+    bins = (s.step - s.step[0]) // width
+    cuts = np.flatnonzero(np.diff(bins)) + 1
+    return [w for w in np.split(np.arange(len(s)), cuts) if w.size]
+
+
+def loss_levels(s: RunSeries) -> tuple[float, float, float]:
+    """(initial, best, final) loss: the median over steps 0-4 (the monitor's ``initial_loss``;
+    at least 3 records on a thinned history), the lowest median over windows of 1% of the steps, and the
+    median over the last 5% of the steps (at least 3 records)."""
+    wins = _step_windows(s, LOST_WINDOW)
+    first = np.flatnonzero(s.step < s.step[0] + 5)  # steps 0-4: the monitor's L0
+    if first.size < 3:
+        first = np.arange(min(3, len(s)))
+    initial = _median(s.loss[first])
+    meds = np.array([_median(s.loss[w]) for w in wins])
+    best = float(np.nanmin(meds)) if np.isfinite(meds).any() else math.nan
+    tail = s.step >= s.step[-1] - LOST_TAIL * (s.step[-1] - s.step[0])
+    if tail.sum() < 3:
+        tail = np.arange(len(s)) >= len(s) - 3
+    return initial, best, _median(s.loss[tail])
+
+
+def lost_progress(ctx: Context) -> int | None:
+    """Index where the run started to lose its progress for good, if it did (see LOST_*)."""
+    s = ctx.s
+    if len(s) < 10:
+        return None
+    initial, best, final = loss_levels(s)
+    if not (final > initial and initial >= LOST_FACTOR * best):
+        return None
+    # back from the end over the windows whose median stays above the harm level; the onset
+    # is the first record above it in the earliest of them
+    level = best + 0.5 * (initial - best)
+    wins = _step_windows(s, LOST_WINDOW)
+    k = len(wins)
+    while k > 0 and _median(s.loss[wins[k - 1]]) > level:
+        k -= 1
+    start = int(wins[k][0]) if k < len(wins) else len(s) - 1
+    above = np.flatnonzero(s.loss[start:] > level)
+    return start + int(above[0]) if above.size else start
 
 
 def _nz(x: float) -> float:
@@ -370,11 +421,13 @@ def detect_update_ratio(ctx: Context, until_index: int | None) -> Finding | None
     med = np.array([_median(r[:, k]) for k in range(s.n_layers)])
     if not np.isfinite(med).any():
         return None
-    top = float(np.nanmax(med))
+    worst = int(np.nanargmax(med))
+    top = float(med[worst])
     if top < UPDATE_RATIO_HIGH:
         return None
     layers = [int(k) for k in np.flatnonzero(med >= UPDATE_RATIO_HIGH)]
     ev: dict[str, float | int | str | None] = {"median_update_ratio": top,
+                                               "layer": worst,
                                                "healthy_update_ratio": 1e-3,
                                                "lr": float(s.lr[0])}
     for k in range(s.n_layers):
@@ -383,9 +436,9 @@ def detect_update_ratio(ctx: Context, until_index: int | None) -> Finding | None
         kind="high_update_ratio",
         severity="critical" if top >= UPDATE_RATIO_REWRITE else "warning",
         step=int(s.step[0]), layers=layers, evidence=ev,
-        message=(f"Each step changes the weights by {top:.2g} of their norm (median, layer "
-                 f"{layers[0]}); around 1e-3 is healthy. The learning rate {_fmt(float(s.lr[0]))} "
-                 "is too high for these weights."),
+        message=(f"Layer {worst}'s update-to-weight ratio ||update|| / ||weight|| is "
+                 f"{_fmt(top)} (median over the healthy steps); around 1e-3 is healthy. The "
+                 f"learning rate {_fmt(float(s.lr[0]))} is too high for these weights."),
     )
 
 
@@ -405,11 +458,15 @@ class Spike:
 
 
 def find_spikes(ctx: Context) -> list[Spike]:
-    """Excursions >= SPIKE_RATIO x baseline (out of the band) and what the loss did.
+    """Excursions >= SPIKE_RATIO x the baseline B that also reached the healthy scale H (on a
+    converged run B is tiny and its noise is not a spike), and what the loss did.
 
-    Only excursions that came back into the band are spikes."""
+    Only excursions that came back into the band are spikes; harmful ones always count."""
+    lg = _log(ctx.s.grad_norm)
+    h = ctx.replay.healthy
     return [e for e in _excursions(ctx, include_open=False)
-            if e.ratio >= SPIKE_RATIO or e.harmful]
+            if e.harmful or (e.ratio >= SPIKE_RATIO
+                             and not lg[e.peak_index] < h[max(e.start_index - 1, 0)])]
 
 
 def _excursions(ctx: Context, include_open: bool) -> list[Spike]:
@@ -445,6 +502,28 @@ def _excursions(ctx: Context, include_open: bool) -> list[Spike]:
     return spikes
 
 
+MECHANISMS = {
+    "adam_second_moment": "Adam's second-moment estimate had decayed while the gradient was "
+                          "tiny, so the effective step outgrew the stability limit",
+    "outlier_batch": "one batch (a single step) produced it: an outlier example",
+    "catapult": "the first steps were past the stability limit of the initial curvature "
+                "(the catapult phase): the loss jumped, the curvature fell, it recovered",
+    "unknown": "no single mechanism fits the evidence",
+}
+
+
+def spike_mechanism(ctx: Context, sp: Spike) -> str:
+    """What caused a spike, where the evidence supports one (see MECHANISMS)."""
+    rep = ctx.replay
+    i0 = max(sp.start_index - 1, 0)
+    converged = rep.healthy[i0] - rep.base[i0] >= math.log(100.0)  # B two orders below H
+    if ctx.spec.optimizer.name in ("adam", "adamw", "rmsprop") and converged:
+        return "adam_second_moment"
+    if sp.end_index - sp.start_index <= 1:
+        return "outlier_batch"
+    return "unknown"
+
+
 def detect_spikes(ctx: Context, spikes: list[Spike]) -> Finding | None:
     """Transient gradient spikes that recovered; harmful when the loss was set back."""
     if not spikes:
@@ -453,20 +532,64 @@ def detect_spikes(ctx: Context, spikes: list[Spike]) -> Finding | None:
     harmful = [sp for sp in spikes if sp.harmful]
     worst = max(spikes, key=lambda sp: sp.ratio)
     first = harmful[0] if harmful else spikes[0]
+    mechanism = spike_mechanism(ctx, first)
+    i0 = max(first.start_index - 1, 0)
+    before = float(np.exp(ctx.replay.base[i0])) if np.isfinite(ctx.replay.base[i0]) else math.nan
+    ratio = worst.ratio
     return Finding(
         kind="gradient_spike", severity="warning" if harmful else "info",
         step=int(s.step[first.start_index]),
         layers=_top_layers(s, worst.peak_index),
         evidence={"spikes": len(spikes), "harmful_spikes": len(harmful),
-                  "max_ratio_to_baseline": worst.ratio, "max_spike_step": int(s.step[worst.peak_index]),
+                  "max_ratio_to_baseline": ratio, "max_spike_step": int(s.step[worst.peak_index]),
                   "loss_ratio_at_spike": worst.loss_ratio,
-                  "max_loss_setback": max(sp.setback for sp in spikes)},
-        message=(f"{len(spikes)} transient gradient spike(s), up to {worst.ratio:.3g}x the "
+                  "max_loss_setback": max(sp.setback for sp in spikes),
+                  "mechanism": mechanism, "baseline_grad_norm": before},
+        message=(f"{len(spikes)} transient gradient spike(s), up to {fmt(ratio)}x the "
                  f"baseline at step {int(s.step[worst.peak_index])}; the norm returned to its "
                  "normal range. " + (
-                     f"{len(harmful)} set the loss back >= {SPIKE_LOSS_SETBACK:g}x (median of the "
-                     f"next {SPIKE_WINDOW} steps vs the previous {SPIKE_WINDOW})." if harmful else
-                     "The loss was not set back: training was not harmed.")),
+                     f"{len(harmful)} set the loss back >= {fmt(SPIKE_LOSS_SETBACK)}x (median of "
+                     f"the next {SPIKE_WINDOW} steps vs the previous {SPIKE_WINDOW})."
+                     if harmful else "The loss was not set back: training was not harmed.")
+                 + f" Mechanism ({mechanism}): {MECHANISMS[mechanism]}."),
+    )
+
+
+CATAPULT_WINDOW = 50  # records: a catapult happens within the first steps
+CATAPULT_JUMP = 2.0
+
+
+def detect_catapult(ctx: Context) -> Finding | None:
+    """An early jump of the loss (>= 2x its first value for three records in a row, the
+    gradient norm too) that came back below the first loss within the first records: the
+    catapult phase."""
+    s = ctx.s
+    n = min(len(s), CATAPULT_WINDOW)
+    if n < 8:
+        return None
+    loss, g = s.loss[:n], s.grad_norm[:n]
+    if not (np.isfinite(loss).all() and np.isfinite(g).all()) or not loss[0] > 0:
+        return None
+    k = int(np.argmax(loss))
+    high = loss >= CATAPULT_JUMP * loss[0]
+    # a catapult starts at once and lasts a few steps (three in a row above the jump level,
+    # from record 1 or 2): one batch is noise, a later jump is something else
+    if (k == 0 or not (high[2:5] & high[1:4] & high[0:3])[1:].any()
+            or np.max(g[:k + 1]) < CATAPULT_JUMP * g[0]):
+        return None
+    back = np.flatnonzero(loss[k:] < loss[0])
+    if not back.size:
+        return None
+    jump = float(loss[k] / loss[0])
+    return Finding(
+        kind="gradient_spike", severity="warning", step=int(s.step[1]), layers=[],
+        evidence={"mechanism": "catapult", "first_loss": float(loss[0]),
+                  "peak_loss": float(loss[k]), "peak_step": int(s.step[k]),
+                  "loss_jump": jump, "recovered_step": int(s.step[k + int(back[0])])},
+        message=(f"The loss jumped {fmt(jump)}x from {fmt(float(loss[0]))} to "
+                 f"{fmt(float(loss[k]))} at step {int(s.step[k])} and was back below where it "
+                 f"started at step {int(s.step[k + int(back[0])])}. Mechanism (catapult): "
+                 f"{MECHANISMS['catapult']}."),
     )
 
 
@@ -493,9 +616,12 @@ def detect_oscillation(ctx: Context) -> Finding | None:
         return None
     return Finding(
         kind="oscillation", severity="warning", step=int(s.step[seg][0]), layers=[],
-        evidence={"sign_flip_fraction": flips, "median_step_ratio": math.exp(amp)},
-        message=(f"The gradient norm alternates up and down by x{math.exp(amp):.3g} on "
-                 f"{flips:.0%} of steps: the step size sits at the edge of stability."),
+        evidence={"sign_flip_fraction": flips, "median_step_ratio": math.exp(amp),
+                  "mechanism": "edge_of_stability"},
+        message=(f"The gradient norm alternates up and down by x{fmt(math.exp(amp))} on "
+                 f"{flips:.0%} of steps. Mechanism (edge_of_stability): the curvature has risen "
+                 "to 2 / learning rate and the iterates bounce across the valley (Cohen et al. "
+                 "2021)."),
     )
 
 
@@ -599,7 +725,9 @@ def detect_flat_loss(ctx: Context) -> Finding | None:
     s = ctx.s
     if len(s) < 5 or int(s.step[-1] - s.step[0]) < 20:
         return None
-    first = _median(s.loss[_segment(s, 0.05, tail=False)])
+    # the loss at the start (the first 1% of the steps) against the last 10% of the records:
+    # on a long run the first 5% of the records may already be converged
+    first, _, _ = loss_levels(s)
     last = _median(s.loss[_segment(s, 0.1, tail=True)])
     if not (math.isfinite(first) and math.isfinite(last)) or first <= 0:
         return None

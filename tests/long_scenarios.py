@@ -203,6 +203,11 @@ def _scenarios() -> list[LongScenario]:
                            seed=seed),
                      "Full-batch Adam on a regression converging to ~1e-3: Adam's late spikes "
                      "(the second moment decays while the gradient is tiny)."))
+    out.append(S("outlier-60-adam",
+                 _spec("outlier-60-adam", _outlier_sine(60.0, n=800), _h(2, 32, "tanh"),
+                       {"name": "adam", "lr": 0.01}, 5000, batch=16, init="xavier_normal"),
+                 "Adam with an outlier target of 60 hit every epoch: the loss is set back "
+                 "for a while each time and recovers (a false-stop trap)."))
     out.append(S("outlier-300-wrecks-the-fit",
                  _spec("outlier-300-wrecks-the-fit", _outlier_sine(300.0, n=800),
                        _h(2, 32, "tanh"), {"name": "sgd", "lr": 0.05, "momentum": 0.9}, 5000,
@@ -228,7 +233,8 @@ class LongOutcome:
     scenario: LongScenario
     label: str
     result: TrainingResult  # the whole run (stop_on_explosion off)
-    report: DiagnosticReport  # what the default run (stop_on_explosion on) reports
+    history: Any  # what the default run (stop_on_explosion on) records
+    report: DiagnosticReport  # and its diagnosis
     stopped_at: int | None  # the step the default run stops at (monitor confirmation)
     onset: int | None  # for exploding runs: first step of the run-up to the explosion
     seconds: float
@@ -280,8 +286,8 @@ class _Truncated:
         self.spec = res.spec
         self.steps = [r for r in res.steps if r.step <= stop_step]
         self.epochs = [e for e in res.epochs if e.step <= stop_step]
-        self.stop_reason = "explosion"
         nf = res.first_non_finite
+        self.stop_reason = "non_finite" if nf is not None and nf.step <= stop_step else "explosion"
         self.first_non_finite = nf if nf is not None and nf.step <= stop_step else None
         self.alerts = [a for a in res.alerts if a.step is not None and a.step <= stop_step]
 
@@ -305,4 +311,4 @@ def run_long(sc: LongScenario) -> LongOutcome:
     history: Any = _Truncated(res, stop) if stop is not None else res
     report = diagnose(history)
     onset = objective_onset(losses, steps) if lab == "exploding" else None
-    return LongOutcome(sc, lab, res, report, stop, onset, time.perf_counter() - t0)
+    return LongOutcome(sc, lab, res, history, report, stop, onset, time.perf_counter() - t0)

@@ -104,7 +104,6 @@ QUOTED_ALERT: dict[str, tuple[str, ...]] = {
     "runaway": ("grad_norm", "ratio_to_healthy", "healthy_grad_norm", "loss", "loss_harm",
                 "initial_loss", "best_loss"),
     "overflow_course": ("grad_norm",),
-    "lost_progress": ("recent_median_loss", "initial_loss", "best_loss"),
     "overshoot": ("loss_before", "loss", "growth_started_at"),
 }
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from core.diagnostics.monitor import WARMUP, Monitor
+from core.diagnostics.monitor import Monitor
 from core.diagnostics.reference import DataScale
 from core.diagnostics.report import Finding, Forecast, fmt
 from core.diagnostics.series import RunSeries
@@ -32,30 +32,19 @@ __all__ = [
     "detect_flat_loss",
     "detect_loss_divergence",
     "detect_non_finite",
-    "detect_oscillation",
     "detect_saturation",
-    "detect_spikes",
     "detect_update_ratio",
     "detect_vanishing",
+    "loss_levels",
+    "lost_progress",
     "replay_monitor",
 ]
 
 # --- thresholds (why each value) --------------------------------------------------------------
-# An excursion is a stretch of records above the monitor's normal band (>= 2x and >= 3 robust
-# spreads above the baseline). It is reported as a spike when it reached 10x the baseline (an
-# order of magnitude, well beyond mini-batch noise) or when it set the loss back.
-SPIKE_RATIO = 10.0
-# A spike harms training when the median loss of the records after it is >= 2x the median of
-# the records before it (windows of SPIKE_WINDOW records) AND that undoes >= half of the
-# progress made since the start: late in training a loss of 0.05 -> 0.1 is noise, not a loss
-# of ground.
-SPIKE_LOSS_SETBACK = 2.0
-SPIKE_PROGRESS_LOST = 0.5
-SPIKE_WINDOW = 10
 # A run that lost its progress for good is an explosion even if its growth was too irregular
 # for the monitor: it had made an order of magnitude of progress (the best, the lowest median
 # over windows of LOST_WINDOW of the steps, <= initial / LOST_FACTOR) and the loss ends (median
-# of the last LOST_TAIL of the steps) above the initial loss. Step-based windows read the same
+# of the last LOST_TAIL of the steps) above the initial loss or back at the chance level. Step-based windows read the same
 # on a thinned history.
 LOST_TAIL = 0.05
 LOST_WINDOW = 0.01
@@ -146,17 +135,19 @@ def replay_monitor(spec: TrainingSpec, records: Sequence[StepRecord]) -> Replay:
 
 
 # ------------------------------------------------------------------------------ helpers
-def _median(x: np.ndarray) -> float:
+def median(x: np.ndarray) -> float:
+    """Median of the finite values (NaN if none)."""
     x = x[np.isfinite(x)]
     return float(np.median(x)) if x.size else math.nan
 
 
-def _log(x: np.ndarray) -> np.ndarray:
+def log_of(x: np.ndarray) -> np.ndarray:
+    """Natural log with NaN for values <= 0."""
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.log(np.where(x > 0, x, np.nan))
 
 
-def _segment(s: RunSeries, frac: float, tail: bool, minimum: int = 3) -> slice:
+def segment(s: RunSeries, frac: float, tail: bool, minimum: int = 3) -> slice:
     n = len(s)
     k = min(n, max(minimum, math.ceil(frac * n)))
     return slice(n - k, n) if tail else slice(0, k)
@@ -246,7 +237,7 @@ def analyze_explosion(ctx: Context, non_finite: Finding | None) -> ExplosionAnal
         d = rep.confirmed_at if rep.confirmed_at is not None else nf_step
         assert d is not None
         detected = d
-    lg = _log(s.grad_norm)
+    lg = log_of(s.grad_norm)
     finite = np.isfinite(lg)
     i_det = min(s.index_of(detected), len(s) - 1)
 
@@ -287,9 +278,9 @@ def analyze_explosion(ctx: Context, non_finite: Finding | None) -> ExplosionAnal
 
     # Which layers left their own range, in order (>= 4x their pre-onset median).
     firsts: dict[int, int] = {}
-    gl = _log(s.layer["grad_norm"])
+    gl = log_of(s.layer["grad_norm"])
     for layer in range(s.n_layers):
-        ref = _median(gl[pre, layer][-20:])
+        ref = median(gl[pre, layer][-20:])
         if not math.isfinite(ref):
             continue
         col = gl[i_on:i_det + 1, layer]
@@ -324,13 +315,13 @@ def loss_levels(s: RunSeries) -> tuple[float, float, float]:
     first = np.flatnonzero(s.step < s.step[0] + 5)  # steps 0-4: the monitor's L0
     if first.size < 3:
         first = np.arange(min(3, len(s)))
-    initial = _median(s.loss[first])
-    meds = np.array([_median(s.loss[w]) for w in wins])
+    initial = median(s.loss[first])
+    meds = np.array([median(s.loss[w]) for w in wins])
     best = float(np.nanmin(meds)) if np.isfinite(meds).any() else math.nan
     tail = s.step >= s.step[-1] - LOST_TAIL * (s.step[-1] - s.step[0])
     if tail.sum() < 3:
         tail = np.arange(len(s)) >= len(s) - 3
-    return initial, best, _median(s.loss[tail])
+    return initial, best, median(s.loss[tail])
 
 
 def lost_progress(ctx: Context) -> int | None:
@@ -339,14 +330,20 @@ def lost_progress(ctx: Context) -> int | None:
     if len(s) < 10:
         return None
     initial, best, final = loss_levels(s)
-    if not (final > initial and initial >= LOST_FACTOR * best):
+    chance = ctx.chance
+    lost = final > initial and initial >= LOST_FACTOR * best
+    # back at the chance level after getting an order of magnitude below it (a run that
+    # started far above chance, e.g. saturated, and only reached it has lost nothing)
+    lost |= (chance is not None and final >= CHANCE_MARGIN * chance
+             and min(initial, chance) >= LOST_FACTOR * best)
+    if not lost:
         return None
     # back from the end over the windows whose median stays above the harm level; the onset
     # is the first record above it in the earliest of them
     level = best + 0.5 * (initial - best)
     wins = _step_windows(s, LOST_WINDOW)
     k = len(wins)
-    while k > 0 and _median(s.loss[wins[k - 1]]) > level:
+    while k > 0 and median(s.loss[wins[k - 1]]) > level:
         k -= 1
     start = int(wins[k][0]) if k < len(wins) else len(s) - 1
     above = np.flatnonzero(s.loss[start:] > level)
@@ -365,14 +362,14 @@ def _recovered(ctx: Context, i_on: int, k_peak: int, nf_step: int | None) -> boo
     s, rep = ctx.s, ctx.replay
     if k_peak >= len(s) - 1:
         return False
-    lg = _log(s.grad_norm)
+    lg = log_of(s.grad_norm)
     band = rep.upper[i_on - 1] if i_on > 0 else rep.upper[0]
     later = lg[k_peak + 1:]
     if not (later[np.isfinite(later)] <= band).any():
         return False
-    pre_loss = _median(s.loss[max(0, i_on - 20):max(i_on, 1)])
-    tail = s.loss[_segment(s, 0.1, tail=True)]
-    final = _median(tail)
+    pre_loss = median(s.loss[max(0, i_on - 20):max(i_on, 1)])
+    tail = s.loss[segment(s, 0.1, tail=True)]
+    final = median(tail)
     if not (final < pre_loss):
         return False
     chance = ctx.chance
@@ -418,7 +415,7 @@ def detect_update_ratio(ctx: Context, until_index: int | None) -> Finding | None
         stop = 1
     with np.errstate(divide="ignore", invalid="ignore"):
         r = s.layer["update_norm"][:stop] / s.layer["weight_norm"][:stop]
-    med = np.array([_median(r[:, k]) for k in range(s.n_layers)])
+    med = np.array([median(r[:, k]) for k in range(s.n_layers)])
     if not np.isfinite(med).any():
         return None
     worst = int(np.nanargmax(med))
@@ -442,189 +439,6 @@ def detect_update_ratio(ctx: Context, until_index: int | None) -> Finding | None
     )
 
 
-@dataclass
-class Spike:
-    start_index: int
-    end_index: int  # first record back in band
-    peak_index: int
-    ratio: float
-    loss_ratio: float  # peak loss in the excursion / pre-excursion median loss
-    setback: float  # median loss after / median loss before
-    progress_lost: float  # (after - before) / (initial - before): share of progress undone
-
-    @property
-    def harmful(self) -> bool:
-        return self.setback >= SPIKE_LOSS_SETBACK and not self.progress_lost < SPIKE_PROGRESS_LOST
-
-
-def find_spikes(ctx: Context) -> list[Spike]:
-    """Excursions >= SPIKE_RATIO x the baseline B that also reached the healthy scale H (on a
-    converged run B is tiny and its noise is not a spike), and what the loss did.
-
-    Only excursions that came back into the band are spikes; harmful ones always count."""
-    lg = _log(ctx.s.grad_norm)
-    h = ctx.replay.healthy
-    return [e for e in _excursions(ctx, include_open=False)
-            if e.harmful or (e.ratio >= SPIKE_RATIO
-                             and not lg[e.peak_index] < h[max(e.start_index - 1, 0)])]
-
-
-def _excursions(ctx: Context, include_open: bool) -> list[Spike]:
-    s, rep = ctx.s, ctx.replay
-    lg = _log(s.grad_norm)
-    ll = s.loss
-    n = len(s)
-    spikes: list[Spike] = []
-    i = WARMUP + 1  # no band before the baseline is established
-    while i < n:
-        prev_base, prev_up = rep.base[i - 1], rep.upper[i - 1]
-        if not (np.isfinite(lg[i]) and np.isfinite(prev_up)) or lg[i] <= prev_up:
-            i += 1
-            continue
-        j = i
-        while j < n and not (np.isfinite(lg[j]) and lg[j] <= prev_up):
-            j += 1
-        if j >= n and not include_open:
-            break
-        seg = slice(i, min(j, n))
-        fin = np.where(np.isfinite(lg[seg]), lg[seg], -np.inf)
-        k = i + int(np.argmax(fin))
-        pre = _median(ll[max(0, i - SPIKE_WINDOW):i])
-        peak_loss = float(np.nanmax(np.where(np.isfinite(ll[seg]), ll[seg], np.nan))) if np.isfinite(ll[seg]).any() else math.nan
-        post = _median(ll[i:i + SPIKE_WINDOW])
-        ratio = float(math.exp(lg[k] - prev_base)) if np.isfinite(lg[k]) else math.inf
-        initial = _median(ll[:3])
-        gained = initial - pre
-        lost = (post - pre) / gained if gained > 0 else math.inf
-        spikes.append(Spike(i, j, k, ratio, peak_loss / pre if pre > 0 else math.nan,
-                            post / pre if pre > 0 else math.nan, lost))
-        i = j + 1
-    return spikes
-
-
-MECHANISMS = {
-    "adam_second_moment": "Adam's second-moment estimate had decayed while the gradient was "
-                          "tiny, so the effective step outgrew the stability limit",
-    "outlier_batch": "one batch (a single step) produced it: an outlier example",
-    "catapult": "the first steps were past the stability limit of the initial curvature "
-                "(the catapult phase): the loss jumped, the curvature fell, it recovered",
-    "unknown": "no single mechanism fits the evidence",
-}
-
-
-def spike_mechanism(ctx: Context, sp: Spike) -> str:
-    """What caused a spike, where the evidence supports one (see MECHANISMS)."""
-    rep = ctx.replay
-    i0 = max(sp.start_index - 1, 0)
-    converged = rep.healthy[i0] - rep.base[i0] >= math.log(100.0)  # B two orders below H
-    if ctx.spec.optimizer.name in ("adam", "adamw", "rmsprop") and converged:
-        return "adam_second_moment"
-    if sp.end_index - sp.start_index <= 1:
-        return "outlier_batch"
-    return "unknown"
-
-
-def detect_spikes(ctx: Context, spikes: list[Spike]) -> Finding | None:
-    """Transient gradient spikes that recovered; harmful when the loss was set back."""
-    if not spikes:
-        return None
-    s = ctx.s
-    harmful = [sp for sp in spikes if sp.harmful]
-    worst = max(spikes, key=lambda sp: sp.ratio)
-    first = harmful[0] if harmful else spikes[0]
-    mechanism = spike_mechanism(ctx, first)
-    i0 = max(first.start_index - 1, 0)
-    before = float(np.exp(ctx.replay.base[i0])) if np.isfinite(ctx.replay.base[i0]) else math.nan
-    ratio = worst.ratio
-    return Finding(
-        kind="gradient_spike", severity="warning" if harmful else "info",
-        step=int(s.step[first.start_index]),
-        layers=_top_layers(s, worst.peak_index),
-        evidence={"spikes": len(spikes), "harmful_spikes": len(harmful),
-                  "max_ratio_to_baseline": ratio, "max_spike_step": int(s.step[worst.peak_index]),
-                  "loss_ratio_at_spike": worst.loss_ratio,
-                  "max_loss_setback": max(sp.setback for sp in spikes),
-                  "mechanism": mechanism, "baseline_grad_norm": before},
-        message=(f"{len(spikes)} transient gradient spike(s), up to {fmt(ratio)}x the "
-                 f"baseline at step {int(s.step[worst.peak_index])}; the norm returned to its "
-                 "normal range. " + (
-                     f"{len(harmful)} set the loss back >= {fmt(SPIKE_LOSS_SETBACK)}x (median of "
-                     f"the next {SPIKE_WINDOW} steps vs the previous {SPIKE_WINDOW})."
-                     if harmful else "The loss was not set back: training was not harmed.")
-                 + f" Mechanism ({mechanism}): {MECHANISMS[mechanism]}."),
-    )
-
-
-CATAPULT_WINDOW = 50  # records: a catapult happens within the first steps
-CATAPULT_JUMP = 2.0
-
-
-def detect_catapult(ctx: Context) -> Finding | None:
-    """An early jump of the loss (>= 2x its first value for three records in a row, the
-    gradient norm too) that came back below the first loss within the first records: the
-    catapult phase."""
-    s = ctx.s
-    n = min(len(s), CATAPULT_WINDOW)
-    if n < 8:
-        return None
-    loss, g = s.loss[:n], s.grad_norm[:n]
-    if not (np.isfinite(loss).all() and np.isfinite(g).all()) or not loss[0] > 0:
-        return None
-    k = int(np.argmax(loss))
-    high = loss >= CATAPULT_JUMP * loss[0]
-    # a catapult starts at once and lasts a few steps (three in a row above the jump level,
-    # from record 1 or 2): one batch is noise, a later jump is something else
-    if (k == 0 or not (high[2:5] & high[1:4] & high[0:3])[1:].any()
-            or np.max(g[:k + 1]) < CATAPULT_JUMP * g[0]):
-        return None
-    back = np.flatnonzero(loss[k:] < loss[0])
-    if not back.size:
-        return None
-    jump = float(loss[k] / loss[0])
-    return Finding(
-        kind="gradient_spike", severity="warning", step=int(s.step[1]), layers=[],
-        evidence={"mechanism": "catapult", "first_loss": float(loss[0]),
-                  "peak_loss": float(loss[k]), "peak_step": int(s.step[k]),
-                  "loss_jump": jump, "recovered_step": int(s.step[k + int(back[0])])},
-        message=(f"The loss jumped {fmt(jump)}x from {fmt(float(loss[0]))} to "
-                 f"{fmt(float(loss[k]))} at step {int(s.step[k])} and was back below where it "
-                 f"started at step {int(s.step[k + int(back[0])])}. Mechanism (catapult): "
-                 f"{MECHANISMS['catapult']}."),
-    )
-
-
-def _top_layers(s: RunSeries, i: int) -> list[int]:
-    g = s.layer["grad_norm"][i]
-    if not np.isfinite(g).any():
-        return []
-    top = float(np.nanmax(g))
-    return [int(k) for k in np.flatnonzero(g >= 0.5 * top)]
-
-
-def detect_oscillation(ctx: Context) -> Finding | None:
-    """Period-2 oscillation of the gradient norm (a step size just past the stability edge)."""
-    s = ctx.s
-    seg = _segment(s, 0.5, tail=True, minimum=20)
-    lg = _log(s.grad_norm[seg])
-    d = np.diff(lg[np.isfinite(lg)])
-    if d.size < 20:
-        return None
-    flips = float(np.mean(np.sign(d[1:]) != np.sign(d[:-1])))
-    amp = float(np.median(np.abs(d)))
-    # i.i.d. noise flips sign 2/3 of the time; a period-2 cycle flips nearly always
-    if flips < 0.9 or amp < math.log(3.0):
-        return None
-    return Finding(
-        kind="oscillation", severity="warning", step=int(s.step[seg][0]), layers=[],
-        evidence={"sign_flip_fraction": flips, "median_step_ratio": math.exp(amp),
-                  "mechanism": "edge_of_stability"},
-        message=(f"The gradient norm alternates up and down by x{fmt(math.exp(amp))} on "
-                 f"{flips:.0%} of steps. Mechanism (edge_of_stability): the curvature has risen "
-                 "to 2 / learning rate and the iterates bounce across the valley (Cohen et al. "
-                 "2021)."),
-    )
-
-
 def detect_vanishing(ctx: Context) -> Finding | None:
     """Layers whose relative gradient ||dW||/||W|| is >= 1000x below the output layer's."""
     s = ctx.s
@@ -632,7 +446,7 @@ def detect_vanishing(ctx: Context) -> Finding | None:
         return None
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = s.layer["weight_grad_norm"] / s.layer["weight_norm"]
-    med = np.array([_median(rel[:, k]) for k in range(s.n_layers)])
+    med = np.array([median(rel[:, k]) for k in range(s.n_layers)])
     out = med[-1]
     if not (out > 0):
         return None
@@ -645,7 +459,7 @@ def detect_vanishing(ctx: Context) -> Finding | None:
     per = rel[:, worst] / rel[:, -1]
     start = int(s.step[0])
     for i in range(len(s)):
-        if _median(per[i:i + 10]) <= VANISHING_RATIO:
+        if median(per[i:i + 10]) <= VANISHING_RATIO:
             start = int(s.step[i])
             break
     ev: dict[str, float | int | str | None] = {"min_ratio_to_output": float(ratios[worst]),
@@ -666,8 +480,8 @@ def _units(ctx: Context, name: str) -> tuple[np.ndarray, int | None]:
     have = s.present[name]
     if not have.any():
         return np.array([]), None
-    seg = _segment(s, 0.25, tail=True)
-    med = np.array([_median(np.where(have[seg, k], vals[seg, k], np.nan))
+    seg = segment(s, 0.25, tail=True)
+    med = np.array([median(np.where(have[seg, k], vals[seg, k], np.nan))
                     for k in range(s.n_layers)])
     return med, None
 
@@ -728,7 +542,7 @@ def detect_flat_loss(ctx: Context) -> Finding | None:
     # the loss at the start (the first 1% of the steps) against the last 10% of the records:
     # on a long run the first 5% of the records may already be converged
     first, _, _ = loss_levels(s)
-    last = _median(s.loss[_segment(s, 0.1, tail=True)])
+    last = median(s.loss[segment(s, 0.1, tail=True)])
     if not (math.isfinite(first) and math.isfinite(last)) or first <= 0:
         return None
     improvement = 1.0 - last / first
@@ -752,13 +566,13 @@ def detect_loss_divergence(ctx: Context) -> Finding | None:
     s = ctx.s
     if len(s) < 2:
         return None
-    first = _median(s.loss[s.step < s.step[0] + 3])  # the first steps (records may be thinned)
+    first = median(s.loss[s.step < s.step[0] + 3])  # the first steps (records may be thinned)
     ll = s.loss
     bad = ~(ll < LOSS_DIVERGENCE * first)  # non-finite counts
     if not bad.any() or not (first > 0):
         return None
     i = int(np.flatnonzero(bad)[0])
-    last = _median(s.loss[_segment(s, 0.1, tail=True)])
+    last = median(s.loss[segment(s, 0.1, tail=True)])
     persisting = not (last < LOSS_DIVERGENCE * first)
     peak = float(np.nanmax(np.where(np.isfinite(ll), ll, np.nan))) if np.isfinite(ll).any() else math.nan
     return Finding(

@@ -2,14 +2,21 @@
 
 The verdict is gated on evidence that training is harmed:
 
-- ``exploding``: a non-finite value, runaway gradient growth that did not recover (the
-  monitor's confirmation, see :mod:`core.diagnostics.monitor`), or a loss that rose two orders
-  of magnitude and stayed there;
+- ``exploding``: a non-finite value; an explosion the online monitor confirmed (see
+  :mod:`core.diagnostics.monitor`) that did not recover; a run that made an order of magnitude
+  of progress and ended above its initial loss or back at the chance level (it lost what it
+  learned, :func:`core.diagnostics.detectors.lost_progress`); or a loss that rose two orders of
+  magnitude and stayed there;
 - ``stalled``: dead ReLU units (>= 90% of a layer), or a flat loss / a loss at chance level;
 - ``vanishing``: a layer learning >= 1000x slower than the output layer, with a flat loss;
-- ``unstable``: an excursion or spikes that set the loss back but recovered, or a period-2
-  oscillation of the gradient norm;
+- ``unstable``: something that set the loss back and recovered — spikes with a loss setback,
+  the monitor's setback or catapult warning (it saw every step, so a thinned history keeps
+  them), a recovered explosion — or a period-2 oscillation of the gradient norm;
 - ``healthy``: anything else (a spike that did not set the loss back is reported, not judged).
+
+The monitor's alerts in ``history.alerts`` take precedence over what a replay over thinned
+records would see: the full record, ``record_every > 1`` and the service's thinned history
+give the same verdict.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import numpy as np
 
 from core.diagnostics import detectors as D
 from core.diagnostics import recommend as R
+from core.diagnostics import transients as T
 from core.diagnostics.analytic import init_profile
 from core.diagnostics.reference import data_scale
 from core.diagnostics.report import (
@@ -108,17 +116,17 @@ class _Diagnosis:
         nf = D.detect_non_finite(ctx)
         expl = D.analyze_explosion(ctx, nf)
         onset_index = s.index_of(expl.onset_step) if expl is not None else None
-        spikes = D.find_spikes(ctx)
+        spikes = T.find_spikes(ctx)
         found: dict[str, Finding | None] = {
             "non_finite": nf,
             "gradient_explosion": self._explosion_finding(expl) if expl is not None else None,
             "depth_amplification": D.detect_depth_amplification(ctx),
             "loss_divergence": D.detect_loss_divergence(ctx),
             "high_update_ratio": D.detect_update_ratio(ctx, onset_index),
-            "gradient_spike": D.detect_spikes(ctx, spikes),
-            "catapult": D.detect_catapult(ctx),
+            "gradient_spike": T.detect_spikes(ctx, spikes),
+            "catapult": T.detect_catapult(ctx),
             "setback": None,
-            "oscillation": D.detect_oscillation(ctx),
+            "oscillation": T.detect_oscillation(ctx),
             "vanishing_gradients": D.detect_vanishing(ctx),
             "dead_units": D.detect_dead_units(ctx),
             "saturated_units": D.detect_saturation(ctx),
@@ -152,7 +160,7 @@ class _Diagnosis:
 
     # ------------------------------------------------------------------ verdict
     def _verdict(self, f: dict[str, Finding | None], expl: D.ExplosionAnalysis | None,
-                 spikes: list[D.Spike]) -> tuple[Verdict, int | None]:
+                 spikes: list[T.Spike]) -> tuple[Verdict, int | None]:
         ld = f["loss_divergence"]
         if f["non_finite"] is not None or (expl is not None and not expl.recovered):
             onset = expl.onset_step if expl is not None else f["non_finite"].step  # type: ignore[union-attr]
@@ -195,7 +203,7 @@ class _Diagnosis:
             return "unstable", f["oscillation"].step
         return "healthy", None
 
-    def _first_setback(self, harmful: list[D.Spike], setback: Finding | None) -> int:
+    def _first_setback(self, harmful: list[T.Spike], setback: Finding | None) -> int:
         """The first step the loss was set back: the first harmful spike or the monitor's
         setback, whichever came first."""
         steps = [int(self.s.step[harmful[0].start_index])] if harmful else []
@@ -442,7 +450,8 @@ class _Diagnosis:
                              f"{_first_sentence(f['gradient_explosion'])}")
             else:
                 parts.append(f"Exploding{' ' + prov.strip() if prov else ''}.")
-            for k in ("non_finite", "depth_amplification", "high_update_ratio", "data_scale"):
+            for k in ("non_finite", "loss_divergence", "depth_amplification", "high_update_ratio",
+                      "data_scale"):
                 if f[k] is not None and k != "gradient_explosion":
                     parts.append(_first_sentence(f[k]))
             fc = self._forecast(expl, f["non_finite"])

@@ -36,11 +36,8 @@ growth alone:
    least ``FEEDBACK`` as fast in log terms, against their own healthy scale): big gradient ->
    big step -> steeper region -> bigger gradient. When clipping or an adaptive optimizer
    bounds the step, the pre-clip norm can grow without that loop; such a run is stopped by
-   rules 1, 2 or 4 if it really is lost; or
-4. **lost progress**: the run had made real progress (L* <= L0 / ``LOST``) and the median of
-   the last ``RECENT`` losses is back above L0 — everything learned is gone, whatever the gradient does
-   (a rate too high for a ReLU classifier wrecks it without a large gradient); or
-5. **overshoot**: consecutive updates each changed some layer's weights by at least
+   rules 1 or 2 if it really overflows; or
+4. **overshoot**: consecutive updates each changed some layer's weights by at least
    ``REWRITE`` of their norm, that layer's weights have at least doubled since (the steps feed
    on themselves), and the loss is ``OVERSHOOT_LOSS`` times the loss before them — the
    explosion mechanism itself, seen from step 0 before any baseline exists.
@@ -50,6 +47,10 @@ long history is thinned, so every path sees them): a **setback** — the median 
 ``RECENT`` losses harmed (at least half-way back from L* to L0, and twice L*) — and a **catapult** — the loss
 at least ``CATAPULT_JUMP`` times the first loss for three records from step 1 or 2, then back
 below the first loss.
+
+A run that loses what it learned without a large gradient (a ReLU classifier wrecked by a
+rate far too high) is not stopped: whether a long setback recovers is only known later, so
+the setback warning reports it and the final diagnosis judges it (``lost_progress``).
 
 What these leave out recovers by itself and is reported, not stopped: a single outlier batch
 (one record), a catapult (the loss jumps early, the norm a few times H, then both come back),
@@ -82,8 +83,7 @@ FEEDBACK = 0.5
 RUNAWAY = math.log(10.0)  # rule 3: an order of magnitude above the healthy scale H
 PERSIST = 2  # rules 3 and 4: a condition must hold on consecutive records (not one batch)
 HARM = 0.5  # share of the progress a harmed loss has undone
-LOST = 10.0  # rule 4: an order of magnitude of progress, then the recent median above L0
-RECENT = 21  # rule 4: losses whose median is "the loss now" (an outlier batch cannot move it)
+RECENT = 21  # losses whose median is "the loss now" (an outlier batch cannot move it)
 REWRITE = 0.5
 CATAPULT_JUMP = 2.0
 CATAPULT_WINDOW = 50  # records in which a catapult can start and come back
@@ -144,6 +144,7 @@ class MonitorState:
         self.ubase = math.nan
         self.uhealthy = math.nan
         self.recent: deque[float] = deque(maxlen=RECENT)
+
         self.recent_steps: deque[int] = deque(maxlen=RECENT)
         self._persist_run = 0
         self._persist_far = 0
@@ -246,13 +247,6 @@ class MonitorState:
     def persist(self) -> int:
         """Consecutive records the norm has been >= RUNAWAY x H with the loss harmed."""
         return self._persist_run
-
-    def lost_progress(self) -> bool:
-        """Rule 4: an order of magnitude of progress made, then the recent median above L0."""
-        l0 = _exp(self.loss_ref)
-        if not (self.loss > l0 and self.best_loss * LOST <= l0 and len(self.recent) == RECENT):
-            return False
-        return sorted(self.recent)[RECENT // 2] > l0
 
     def recent_median(self) -> float:
         """Median of the last RECENT losses (NaN before there are that many)."""
@@ -357,7 +351,6 @@ class Monitor:
         new: list[Finding] = []
         rule = ("overflow_course" if st.overflow_course(self._log_limit)
                 else "runaway" if st.runaway()
-                else "lost_progress" if st.lost_progress()
                 else "overshoot" if self._overshoot is not None else None)
         if rule is not None:
             self.explosion_confirmed = True
@@ -505,11 +498,6 @@ class Monitor:
             msg = (f"The gradient norm {g} is {fmt(ev['ratio_to_healthy'])}x the run's healthy "
                    f"scale {h}, far above it for {st.persist()} consecutive steps, and {harm}: "
                    "runaway growth.")
-        elif rule == "lost_progress":
-            ev["recent_median_loss"] = st.recent_median()
-            msg = (f"The median of the last {RECENT} losses, {fmt(ev['recent_median_loss'])}, is "
-                   f"back above the initial loss {fmt(ev['initial_loss'])} after the run had "
-                   f"reached {fmt(ev['best_loss'])}: it lost what it had learned.")
         if fc is not None:
             msg += f" {fc.message}"
         return Finding(kind="gradient_explosion", severity="critical", step=record.step,

@@ -1,11 +1,12 @@
-"""Evaluate the diagnosis on the labelled scenario suite (tests/scenarios.py).
+"""Evaluate the diagnosis on both labelled suites: short runs (tests/scenarios.py) and long
+runs of 5k-50k steps with objective labels (tests/long_scenarios.py).
 
-Prints: verdict accuracy and confusion matrix, the false-alarm rate on healthy runs, the
-detection latency of the online monitor (steps after the diagnosed onset), the forecast lead
-time (steps between the monitor's confirmation and the first non-finite value, when training
-is allowed to continue) and the forecast's error, the repair success rate of the top
-recommendation, and the monitor's cost per step against a training step of a 784-256-256-10
-ReLU network at batch 128 in float32.
+Prints, per suite: verdict accuracy and confusion matrix, false `exploding` verdicts and
+monitor stops on healthy runs and on transient-spike runs, the detection latency of the
+online monitor (steps from the onset to its confirmation), the repair success rate of the top
+recommendation (the repaired run must not explode AND must learn: final loss <= 0.8 x
+initial), the forecast lead time (short suite), and the monitor's cost per step against a
+training step of a 784-256-256-10 ReLU network at batch 128 in float32.
 
 The suite is labelled at seed 0; ``--seeds N`` also re-runs it (and its healthy runs) at seeds
 1..N-1 to show how much the figures depend on one seed (inline-data scenarios, whose outlier
@@ -28,9 +29,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from scenarios import SCENARIOS, Outcome, Scenario, run_scenario  # noqa: E402
+from long_scenarios import LONG_SCENARIOS, LongOutcome, build_long_spec, run_long  # noqa: E402
+from scenarios import SCENARIOS, Outcome, Scenario, learns, run_scenario  # noqa: E402
 
-from core.diagnostics import Monitor  # noqa: E402
+from core.diagnostics import Monitor, apply_merge_patch, diagnose  # noqa: E402
 from core.spec import TrainingSpec  # noqa: E402
 from core.trainer import Trainer  # noqa: E402
 
@@ -113,9 +115,57 @@ def overhead(steps: int) -> dict[str, float]:
     }
 
 
+def repair_long(o: LongOutcome) -> tuple[str, bool]:
+    """Train the long run's top recommendation (whole length): its verdict and whether it
+    learns."""
+    patch = o.report.recommendations[0].spec_patch
+    spec = build_long_spec(o.scenario)
+    repaired = TrainingSpec.model_validate(apply_merge_patch(spec.model_dump(mode="json"), patch))
+    res = Trainer(repaired).run()
+    return diagnose(res).verdict, learns(res)
+
+
+def long_suite() -> None:
+    t0 = time.perf_counter()
+    outs = [run_long(sc) for sc in LONG_SCENARIOS]
+    n = len(outs)
+    print(f"== long-run suite: {n} runs of 5k-50k steps, {time.perf_counter() - t0:.1f} s")
+    labels = Counter(o.label for o in outs)
+    print(f"objective labels: {dict(labels)}")
+    m: Counter[tuple[str, str]] = Counter((o.label, o.verdict) for o in outs)
+    print("label \\ diagnosed".ljust(20) + "".join(v.rjust(11) for v in VERDICTS))
+    for lab in ("healthy", "transient", "exploding"):
+        print(lab.ljust(20) + "".join(str(m[(lab, v)]).rjust(11) for v in VERDICTS))
+    correct = sum(o.correct for o in outs)
+    print(f"verdict accuracy: {correct}/{n} = {correct / n:.1%}")
+    for lab in ("healthy", "transient"):
+        group = [o for o in outs if o.label == lab]
+        print(f"{lab} runs: {len(group)}; called exploding: "
+              f"{sum(o.verdict == 'exploding' for o in group)}; monitor stops: "
+              f"{sum(o.stopped_at is not None for o in group)}")
+    exploding = [o for o in outs if o.label == "exploding"]
+    lat = [o.latency for o in exploding if o.latency is not None]
+    print(f"exploding runs: {len(exploding)} (onsets {sorted(o.onset or 0 for o in exploding)}); "
+          f"stopped online: {len(lat)}")
+    if lat:
+        print(f"detection latency (monitor stop - objective onset): median "
+              f"{statistics.median(lat):g}, all: {sorted(lat)}")
+    ok = 0
+    for o in exploding:
+        if not o.report.recommendations:
+            print(f"  {o.scenario.name}: no recommendation")
+            continue
+        verdict, learned = repair_long(o)
+        ok += verdict != "exploding" and learned
+        print(f"  repair {o.scenario.name:34s} {o.report.recommendations[0].action:20s} "
+              f"{o.report.recommendations[0].spec_patch} -> {verdict}, learns: {learned}")
+    print(f"repair: {ok}/{len(exploding)} repaired runs no longer explode and learn")
+    print(f"long suite total {time.perf_counter() - t0:.1f} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seeds", type=int, default=5, help="seeds for the robustness re-runs")
+    ap.add_argument("--seeds", type=int, default=3, help="seeds for the robustness re-runs")
     ap.add_argument("--overhead-steps", type=int, default=200)
     args = ap.parse_args()
 
@@ -172,14 +222,19 @@ def main() -> None:
               f"{statistics.median(errors):g}, range {min(errors)}..{max(errors)} "
               f"({len(errors)} runs with a growth-rate forecast)")
 
+    transient = [o for o in outs if o.scenario.expected == "unstable"]
+    print(f"transient-spike runs (labelled unstable): {len(transient)}; called exploding: "
+          f"{sum(o.verdict == 'exploding' for o in transient)}; online critical alerts: "
+          f"{sum(o.detected_at is not None for o in transient)}")
     repairs = [o for o in outs if o.repaired is not None]
-    ok = sum(bool(o.repair_ok) for o in repairs)
+    ok = sum(bool(o.repair_ok) and bool(o.repaired_learns) for o in repairs)
     print(f"repair: top recommendation trained on {len(repairs)} exploding runs, "
-          f"{ok} no longer explode ({ok / max(len(repairs), 1):.0%}); repaired verdicts: "
-          f"{dict(Counter(o.repaired.verdict for o in repairs if o.repaired))}")
+          f"{ok} no longer explode and learn ({ok / max(len(repairs), 1):.0%}); repaired "
+          f"verdicts: {dict(Counter(o.repaired.verdict for o in repairs if o.repaired))}")
     for o in repairs:
         print(f"  {o.scenario.name:38s} {o.report.recommendations[0].action:20s} "
-              f"{o.repaired_patch} -> {o.repaired.verdict if o.repaired else None}")
+              f"{o.repaired_patch} -> {o.repaired.verdict if o.repaired else None}, "
+              f"learns: {o.repaired_learns}")
 
     if args.seeds > 1:
         print(f"== robustness: the suite at seeds 1..{args.seeds - 1} (labels from seed 0)")
@@ -199,6 +254,8 @@ def main() -> None:
                     print(f"  seed {seed} {sc.name}: labelled {sc.verdicts}, got {o.verdict}")
         print(f"accuracy {hits}/{total} = {hits / total:.1%}; healthy runs {h_total}: "
               f"called exploding {h_expl}, wrong verdict {h_wrong}")
+
+    long_suite()
 
     oh = overhead(args.overhead_steps)
     print("== monitor overhead, 784-256-256-10 ReLU, batch 128, float32 (SGD momentum)")

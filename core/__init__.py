@@ -10,8 +10,7 @@ The public API (see DESIGN.md "Contracts")::
     core.preflight(spec)                # risk analysis without training
 """
 
-from typing import TYPE_CHECKING
-
+from core.diagnostics import DiagnosticReport, Monitor, PreflightReport, diagnose, preflight
 from core.spec import SpecLimits, TrainingSpec
 from core.telemetry import EpochRecord, LayerRecord, MemorySink, NonFiniteEvent, Sink, StepRecord
 from core.trainer import Trainer, TrainingResult
@@ -33,18 +32,3 @@ __all__ = [
     "diagnose",
     "preflight",
 ]
-
-if TYPE_CHECKING:  # the lazy attributes below, for type checkers
-    from core.diagnostics import DiagnosticReport, Monitor, PreflightReport, diagnose, preflight
-
-_DIAGNOSTICS = {"DiagnosticReport", "Monitor", "PreflightReport", "diagnose", "preflight"}
-
-
-def __getattr__(name: str) -> object:
-    # core.diagnostics builds on the trainer; imported on first use to keep `import core` light
-    # and free of import cycles.
-    if name in _DIAGNOSTICS:
-        import core.diagnostics
-
-        return getattr(core.diagnostics, name)
-    raise AttributeError(f"module 'core' has no attribute {name!r}")

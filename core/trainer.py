@@ -16,10 +16,9 @@ from typing import Any
 import numpy as np
 
 from core.clipping import clip_flat
-from core.data import Dataset, load_dataset
-from core.losses import accuracy, get_loss
-from core.network import MLP
+from core.diagnostics.monitor import Monitor
 from core.optimizers import make_optimizer
+from core.problem import Problem
 from core.schedules import make_schedule
 from core.spec import TrainingSpec
 from core.telemetry import (
@@ -89,7 +88,7 @@ def _nan_or_inf(x: Array) -> str:
     return "nan" if np.isnan(x).any() else "inf"
 
 
-class Trainer:
+class Trainer(Problem):
     """Trains the network a :class:`~core.spec.TrainingSpec` describes.
 
     Everything random (data, initialisation, shuffling) comes from one
@@ -110,15 +109,10 @@ class Trainer:
 
     def __init__(self, spec: TrainingSpec, *, max_runtime: float | None = None,
                  telemetry: bool = True, monitor: bool = True) -> None:
-        self.spec = spec
+        super().__init__(spec)
         self.use_monitor = monitor
         self.max_runtime = max_runtime
         self.telemetry = telemetry
-        self.rng = np.random.default_rng(spec.seed)
-        self.data: Dataset = load_dataset(spec, self.rng)
-        self.network = MLP(spec, self.rng)
-        self.loss_name = spec.loss or "mse"
-        self._loss_fn = get_loss(self.loss_name)
         self.optimizer = make_optimizer(spec.optimizer, self.network.flat)
         self.total_steps = spec.total_steps()
         self.schedule = make_schedule(spec.schedule, spec.optimizer.lr, self.total_steps)
@@ -137,49 +131,6 @@ class Trainer:
         self._bounds2 = np.concatenate((self._bounds[:-1], self._bounds + layout.size))
         self._layer_ids = list(range(layout.n_layers))
         self._batch_buffers: dict[int, tuple[Array, Array]] = {}
-
-    # ------------------------------------------------------------------ contract API
-    def parameters(self) -> list[tuple[str, Array]]:
-        """``[(name, array)]`` in layer order; the arrays are the live parameters."""
-        return self.network.parameters()
-
-    def gradients(self, X: Array, y: Array) -> tuple[float, list[Array]]:
-        """Loss and gradients (aligned with :meth:`parameters`) on ``(X, y)``, training mode.
-
-        No parameter (and no batch-norm running statistic) changes.
-        """
-        X = np.ascontiguousarray(X, dtype=self.network.dtype)
-        with np.errstate(all="ignore"):
-            out = self.network.forward(X, update_running=False)
-            loss, dout = self._loss_fn(out, self._targets(np.asarray(y)))
-            self.network.backward(dout)
-        return loss, [g.copy() for g in self.network.gradient_views()]
-
-    # ------------------------------------------------------------------ helpers
-    def _targets(self, y: Array) -> Array:
-        """Targets in the form the loss wants."""
-        dtype = self.network.dtype
-        if self.loss_name == "cross_entropy":
-            return y.astype(np.int64, copy=False)
-        if self.loss_name == "binary_cross_entropy":
-            return y.reshape(len(y), 1).astype(dtype)
-        if self.data.task == "classification":  # mse on class labels: one-hot targets
-            onehot = np.zeros((len(y), self.network.sizes[-1]), dtype=dtype)
-            onehot[np.arange(len(y)), y.astype(np.int64)] = 1
-            return onehot
-        return y.reshape(len(y), self.network.sizes[-1]).astype(dtype, copy=False)
-
-    def _accuracy(self, out: Array, y: Array) -> float | None:
-        if self.loss_name == "mse" and self.data.task == "classification":
-            return float(np.mean(out.argmax(axis=1) == y.argmax(axis=1)))
-        return accuracy(out, y, self.loss_name)
-
-    def evaluate(self, X: Array, y: Array) -> tuple[float, float | None]:
-        """Inference-mode loss and accuracy on already prepared targets."""
-        with np.errstate(all="ignore"):
-            out = self.network.predict(X)
-            loss, _ = self._loss_fn(out, y)
-            return loss, self._accuracy(out, y)
 
     # ------------------------------------------------------------------ the loop
     def run(self, sink: Sink | None = None, *, keep_records: bool = True,
@@ -208,7 +159,7 @@ class Trainer:
         record_every = spec.monitor.record_every
         stop_on_nf = spec.monitor.stop_on_non_finite
         want_acts = self.telemetry and spec.monitor.activation_stats
-        monitor = _make_monitor(spec) if self.telemetry and self.use_monitor else None
+        monitor = Monitor(spec) if self.telemetry and self.use_monitor else None
         write_alert = getattr(sink, "write_alert", None)
 
         kept: list[StepRecord] = []
@@ -438,8 +389,3 @@ class Trainer:
                 return NonFiniteEvent(step, i, "weight", _nan_or_inf(w))  # type: ignore[arg-type]
         return NonFiniteEvent(step, None, "loss", "nan")
 
-
-def _make_monitor(spec: TrainingSpec) -> Any:
-    from core.diagnostics import Monitor
-
-    return Monitor(spec)

@@ -27,7 +27,7 @@ from core.diagnostics import DiagnosticReport, apply_merge_patch, diagnose
 from core.spec import TrainingSpec
 from core.trainer import Trainer, TrainingResult
 
-__all__ = ["SCENARIOS", "Outcome", "Scenario", "detection_step", "run_scenario"]
+__all__ = ["SCENARIOS", "Outcome", "Scenario", "detection_step", "learns", "run_scenario"]
 
 Spec = dict[str, Any]
 
@@ -134,6 +134,13 @@ def _scenarios() -> list[Scenario]:
                 schedule={"name": "step", "step_size": 80, "gamma": 30.0}),
           ("exploding",), (78, 83), True,
           "Healthy for 80 steps, then the schedule multiplies the learning rate by 30."),
+        S("catapult-too-far-explodes",
+          _spec("catapult-too-far-explodes", {**sine, "n_samples": 100}, _hidden(1, 512, "relu"),
+                init={"scheme": "xavier_normal"}, optimizer={"name": "sgd", "lr": 0.45},
+                training={"epochs": 160, "batch_size": 80}),
+          ("exploding",), (0, 3), True,
+          "The catapult net below at lr 0.45: the loss jumps, the curvature does not fall "
+          "fast enough, and it overflows by step 8."),
         # ---------------------------------------------------------------- healthy
         S("deep-relu-he-init",
           _spec("deep-relu-he-init", SPIRALS, _hidden(6, 32, "relu"), init={"scheme": "he_normal"}),
@@ -254,6 +261,14 @@ def _scenarios() -> list[Scenario]:
           ("unstable",), (24, 26), False,
           "One outlier target (300 vs ~1) at step 25 throws the weights; the loss loses "
           "ground for many steps, then recovers."),
+        S("catapult-wide-relu",
+          _spec("catapult-wide-relu", {**sine, "n_samples": 100}, _hidden(1, 512, "relu"),
+                init={"scheme": "xavier_normal"}, optimizer={"name": "sgd", "lr": 0.35},
+                training={"epochs": 160, "batch_size": 80}),
+          ("unstable",), (0, 3), False,
+          "Full-batch GD on a wide ReLU net at a step past 2/curvature: the loss jumps ~7x in "
+          "the first steps, the curvature falls, it recovers (the catapult phase, Lewkowycz "
+          "et al. 2020). Not an explosion: the run must not be stopped."),
         S("outlier-spike-every-epoch",
           _spec("outlier-spike-every-epoch", _outlier_regression(300.0, step=10),
                 _hidden(2, 32, "tanh"), init={"scheme": "xavier_normal"},
@@ -284,6 +299,7 @@ class Outcome:
     repaired: DiagnosticReport | None = None
     repaired_stop: str | None = None
     repaired_patch: dict[str, Any] = field(default_factory=dict)
+    repaired_learns: bool | None = None  # final loss <= 0.8 x initial loss
 
     @property
     def verdict(self) -> str:
@@ -310,6 +326,7 @@ class Outcome:
 
     @property
     def repair_ok(self) -> bool | None:
+        """The repaired run no longer explodes (and, see ``repaired_learns``, learns)."""
         if self.repaired is None:
             return None
         return self.repaired.verdict != "exploding"
@@ -337,4 +354,15 @@ def run_scenario(sc: Scenario, *, repair: bool = True, **monitor: Any) -> Outcom
         out.repaired = diagnose(res2)
         out.repaired_stop = res2.stop_reason
         out.repaired_patch = patch
+        out.repaired_learns = learns(res2)
     return out
+
+
+def learns(result: TrainingResult) -> bool:
+    """The run learned: its final loss (median of the last 10% of the records) is at most
+    0.8x its initial loss (median of the first 3 records)."""
+    losses = np.array([r.loss for r in result.steps])
+    if losses.size < 3 or not np.isfinite(losses).all():
+        return False
+    final = float(np.median(losses[-max(1, losses.size // 10):]))
+    return final <= 0.8 * float(np.median(losses[:3]))

@@ -2,14 +2,21 @@
 
 The verdict is gated on evidence that training is harmed:
 
-- ``exploding``: a non-finite value, runaway gradient growth that did not recover (the
-  monitor's confirmation, see :mod:`core.diagnostics.monitor`), or a loss that rose two orders
-  of magnitude and stayed there;
+- ``exploding``: a non-finite value; an explosion the online monitor confirmed (see
+  :mod:`core.diagnostics.monitor`) that did not recover; a run that made an order of magnitude
+  of progress and ended above its initial loss or back at the chance level (it lost what it
+  learned, :func:`core.diagnostics.detectors.lost_progress`); or a loss that rose two orders of
+  magnitude and stayed there;
 - ``stalled``: dead ReLU units (>= 90% of a layer), or a flat loss / a loss at chance level;
 - ``vanishing``: a layer learning >= 1000x slower than the output layer, with a flat loss;
-- ``unstable``: an excursion or spikes that set the loss back but recovered, or a period-2
-  oscillation of the gradient norm;
+- ``unstable``: something that set the loss back and recovered — spikes with a loss setback,
+  the monitor's setback or catapult warning (it saw every step, so a thinned history keeps
+  them), a recovered explosion — or a period-2 oscillation of the gradient norm;
 - ``healthy``: anything else (a spike that did not set the loss back is reported, not judged).
+
+The monitor's alerts in ``history.alerts`` take precedence over what a replay over thinned
+records would see: the full record, ``record_every > 1`` and the service's thinned history
+give the same verdict.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import numpy as np
 
 from core.diagnostics import detectors as D
 from core.diagnostics import recommend as R
+from core.diagnostics import transients as T
 from core.diagnostics.analytic import init_profile
 from core.diagnostics.reference import data_scale
 from core.diagnostics.report import (
@@ -29,6 +37,7 @@ from core.diagnostics.report import (
     LayerSummary,
     Recommendation,
     Verdict,
+    fmt,
 )
 from core.diagnostics.series import RunSeries, layer_activations
 from core.spec import TrainingSpec
@@ -67,14 +76,23 @@ def diagnose(history: Any) -> DiagnosticReport:
 
 
 def _merge_online_alerts(replay: D.Replay, alerts: list[Any]) -> None:
-    """The live monitor saw every step; a thinned history may hide what it confirmed."""
+    """The live monitor saw every step; a thinned history may hide what it confirmed or the
+    transients (setback, catapult) it warned about."""
     for a in alerts:
         if isinstance(a, dict):  # as stored by the service (JSON)
             try:
                 a = Finding.model_validate(a)
             except ValueError:
                 continue
-        if not isinstance(a, Finding) or a.kind != "gradient_explosion" or a.severity != "critical":
+        if not isinstance(a, Finding):
+            continue
+        if a.kind == "gradient_spike":  # the live one saw every step: it replaces the replay's
+            catapult = a.evidence.get("mechanism") == "catapult"
+            replay.spike_alerts = [x for x in replay.spike_alerts
+                                   if (x.evidence.get("mechanism") == "catapult") != catapult]
+            replay.spike_alerts.append(a)
+            continue
+        if a.kind != "gradient_explosion" or a.severity != "critical":
             continue
         if a.step is None or (replay.confirmed_at is not None and replay.confirmed_at <= a.step):
             continue
@@ -98,21 +116,28 @@ class _Diagnosis:
         nf = D.detect_non_finite(ctx)
         expl = D.analyze_explosion(ctx, nf)
         onset_index = s.index_of(expl.onset_step) if expl is not None else None
-        spikes = D.find_spikes(ctx)
+        spikes = T.find_spikes(ctx)
         found: dict[str, Finding | None] = {
             "non_finite": nf,
             "gradient_explosion": self._explosion_finding(expl) if expl is not None else None,
             "depth_amplification": D.detect_depth_amplification(ctx),
             "loss_divergence": D.detect_loss_divergence(ctx),
             "high_update_ratio": D.detect_update_ratio(ctx, onset_index),
-            "gradient_spike": D.detect_spikes(ctx, spikes),
-            "oscillation": D.detect_oscillation(ctx),
+            "gradient_spike": T.detect_spikes(ctx, spikes),
+            "catapult": T.detect_catapult(ctx),
+            "setback": None,
+            "oscillation": T.detect_oscillation(ctx),
             "vanishing_gradients": D.detect_vanishing(ctx),
             "dead_units": D.detect_dead_units(ctx),
             "saturated_units": D.detect_saturation(ctx),
             "flat_loss": D.detect_flat_loss(ctx),
             "data_scale": D.detect_data_scale(ctx),
         }
+        for a in ctx.replay.spike_alerts:  # what the monitor saw on every step
+            if a.evidence.get("mechanism") == "catapult":
+                found["catapult"] = found["catapult"] or a
+            else:
+                found["setback"] = a
         verdict, first_bad = self._verdict(found, expl, spikes)
         self._grade(found, verdict)
         findings = sorted((f for f in found.values() if f is not None),
@@ -135,7 +160,7 @@ class _Diagnosis:
 
     # ------------------------------------------------------------------ verdict
     def _verdict(self, f: dict[str, Finding | None], expl: D.ExplosionAnalysis | None,
-                 spikes: list[D.Spike]) -> tuple[Verdict, int | None]:
+                 spikes: list[T.Spike]) -> tuple[Verdict, int | None]:
         ld = f["loss_divergence"]
         if f["non_finite"] is not None or (expl is not None and not expl.recovered):
             onset = expl.onset_step if expl is not None else f["non_finite"].step  # type: ignore[union-attr]
@@ -149,9 +174,10 @@ class _Diagnosis:
         vanish = f["vanishing_gradients"]
         sat = f["saturated_units"]
         harmful = [sp for sp in spikes if sp.harmful]
-        if harmful and flat is not None:
+        setback = f["setback"]
+        if (harmful or setback is not None) and flat is not None:
             # spikes that set the loss back before the units died / saturated caused the stall
-            first_spike = int(self.s.step[harmful[0].start_index])
+            first_spike = self._first_setback(harmful, setback)
             stall = min((x.step for x in (dead, vanish, sat) if x is not None and x.step is not None),
                         default=None)
             if stall is None or first_spike < stall:
@@ -169,11 +195,21 @@ class _Diagnosis:
             return "stalled", first
         if expl is not None:  # confirmed runaway that recovered
             return "unstable", expl.onset_step
-        if harmful:
-            return "unstable", int(self.s.step[harmful[0].start_index])
+        if f["catapult"] is not None:
+            return "unstable", f["catapult"].step
+        if harmful or setback is not None:
+            return "unstable", self._first_setback(harmful, setback)
         if f["oscillation"] is not None:
             return "unstable", f["oscillation"].step
         return "healthy", None
+
+    def _first_setback(self, harmful: list[T.Spike], setback: Finding | None) -> int:
+        """The first step the loss was set back: the first harmful spike or the monitor's
+        setback, whichever came first."""
+        steps = [int(self.s.step[harmful[0].start_index])] if harmful else []
+        if setback is not None and setback.step is not None:
+            steps.append(setback.step)
+        return min(steps) if steps else int(self.s.step[0])
 
     def _grade(self, f: dict[str, Finding | None], verdict: Verdict) -> None:
         """Raise the findings that decided the verdict to critical."""
@@ -181,7 +217,8 @@ class _Diagnosis:
             "exploding": ("non_finite", "gradient_explosion", "loss_divergence"),
             "stalled": ("dead_units", "flat_loss", "saturated_units"),
             "vanishing": ("vanishing_gradients", "flat_loss", "saturated_units"),
-            "unstable": ("gradient_explosion", "gradient_spike", "oscillation"),
+            "unstable": ("gradient_explosion", "gradient_spike", "oscillation", "catapult",
+                         "setback"),
             "healthy": (),
         }[verdict]
         for k in decisive:
@@ -199,28 +236,32 @@ class _Diagnosis:
             layers_txt = f"; layer {first} left its range first (step {e.layer_first_steps[first]})"
             if len(e.layers) > 1:
                 layers_txt += f", then layers {', '.join(map(str, e.layers[1:4]))}"
-        growth = f" (x{e.growth_per_step:.3g}/step)" if e.growth_per_step else ""
-        ratio = e.peak / e.baseline if e.baseline > 0 else math.inf
+        growth = f" (x{fmt(e.growth_per_step)}/step)" if e.growth_per_step else ""
+        ratio = e.peak / e.healthy if e.healthy > 0 else math.inf
         end = (f"; it reached a non-finite value at step {e.non_finite_step}"
                if e.non_finite_step is not None else
                "; it came back and the loss recovered" if e.recovered else
                "; the loss did not recover")
+        if e.detected_step is not None:
+            how = f"The online monitor confirmed it at step {e.detected_step} (rule {e.rule})."
+        else:
+            how = ("The growth was too irregular for the online monitor; the loss ended above "
+                   "its initial level and far above its best, and never came back.")
         return Finding(
             kind="gradient_explosion", severity="critical" if not e.recovered else "warning",
             step=e.onset_step, layers=e.layers,
-            evidence={"baseline_norm": e.baseline, "peak_norm": e.peak,
-                      "peak_step": e.peak_step, "peak_to_baseline": ratio,
+            evidence={"baseline_grad_norm": e.baseline, "healthy_grad_norm": e.healthy,
+                      "peak_grad_norm": e.peak, "peak_step": e.peak_step,
+                      "peak_to_healthy": ratio,
                       "growth_per_step": e.growth_per_step, "onset_step": e.onset_step,
                       "detected_step": e.detected_step,
                       "detection_latency": (e.detected_step - e.onset_step
                                             if e.detected_step is not None else None),
                       "rule": e.rule, "recovered": int(e.recovered)},
-            message=(f"Global gradient norm grew {ratio:.3g}x between step {e.onset_step} and "
-                     f"step {e.peak_step}{growth}, from a baseline of {e.baseline:.3g} to "
-                     f"{e.peak:.3g}{layers_txt}{end}. " + (
-                         f"The online monitor confirmed it at step {e.detected_step}."
-                         if e.detected_step is not None else
-                         "The growth was too irregular for the online monitor to confirm.")),
+            message=(f"The global gradient norm rose from step {e.onset_step} to "
+                     f"{fmt(e.peak)} at step {e.peak_step}{growth}, {fmt(ratio)}x the run's "
+                     f"healthy scale {fmt(e.healthy)} (baseline before the onset "
+                     f"{fmt(e.baseline)}){layers_txt}{end}. {how}"),
         )
 
     # ------------------------------------------------------------------ forecast
@@ -273,6 +314,7 @@ class _Diagnosis:
             if not bad_init:
                 recs.append(R.batch_norm(spec))
         elif verdict == "unstable":
+            recs += self._spike_fixes(f)
             recs.append(R.clip_gradients(spec, typical, n_healthy, peak))
             recs.append(R.lower_learning_rate(spec, upd_ratio if upd_ratio is not None else None,
                                               growth))
@@ -284,6 +326,8 @@ class _Diagnosis:
         elif verdict == "vanishing":
             saturated = f["saturated_units"] is not None
             acts = {h.activation for h in spec.model.hidden}
+            if per_layer_gain < 0.7:  # the initialisation shrinks the gradient: fix it first
+                recs.append(R.change_init(spec, x_rms, reset_bias=saturated))
             if acts & {"sigmoid", "tanh"} and not (saturated and bad_init):
                 recs.append(R.change_activation(
                     spec, "relu", "ReLU's derivative is 1 on its active side, so the gradient "
@@ -312,13 +356,17 @@ class _Diagnosis:
                 if data_cause:
                     recs.append(R.standardize_data(spec, x_rms, y_rms))
             if dead is None and sat is None:
-                if upd_ratio is not None and upd_ratio < 1e-4:
-                    recs.append(R.raise_learning_rate(spec, upd_ratio))
+                # a tiny initialisation makes every update tiny: raising the rate would only
+                # hide it (and blow up once the weights grow), so the init comes first and
+                # the rate is raised only when the init is sound
                 if bad_init or per_layer_gain < 0.7:
-                    recs.append(R.change_init(spec, x_rms))
+                    recs += [R.change_init(spec, x_rms), R.batch_norm(spec)]
+                elif upd_ratio is not None and upd_ratio < 1e-4:
+                    recs.append(R.raise_learning_rate(spec, upd_ratio))
                 recs.append(R.batch_norm(spec))
         else:  # healthy: only optional hardening when spikes were seen
             if f["gradient_spike"] is not None:
+                recs += self._spike_fixes(f)
                 recs.append(R.clip_gradients(spec, typical, n_healthy, None))
         out: list[Recommendation] = []
         seen: set[str] = set()
@@ -331,6 +379,27 @@ class _Diagnosis:
             seen.add(key)
             out.append(r)
         return out
+
+    def _spike_fixes(self, f: dict[str, Finding | None]) -> list[Recommendation | None]:
+        """The fixes that fit the mechanism the findings name, first."""
+        spec = self.spec
+        recs: list[Recommendation | None] = []
+        cat = f["catapult"]
+        if cat is not None:
+            back = _num(cat.evidence.get("recovered_step")) or 10.0
+            recs.append(R.warmup(spec, int(10 * back)))
+        spike = next((x for x in (f["gradient_spike"], f["setback"]) if x is not None
+                      and x.evidence.get("mechanism") == "adam_second_moment"), None)
+        if spike is not None:
+            before = _num(spike.evidence.get("baseline_grad_norm")) or math.nan
+            recs += [R.adam_epsilon(spec, before), R.adam_beta2(spec),
+                     R.decay_learning_rate(spec, "a smaller late step cannot overshoot when the "
+                                                 "second moment has decayed.")]
+        if f["oscillation"] is not None:
+            recs.append(R.decay_learning_rate(
+                spec, "the step size sits at the edge of stability (curvature = 2 / lr); a "
+                      "decaying rate moves below it as training settles."))
+        return recs
 
     def _healthy_slice(self, onset_index: int | None) -> np.ndarray:
         """Records before the onset, outside spikes (within the monitor's band)."""
@@ -381,12 +450,17 @@ class _Diagnosis:
                              f"{_first_sentence(f['gradient_explosion'])}")
             else:
                 parts.append(f"Exploding{' ' + prov.strip() if prov else ''}.")
-            for k in ("non_finite", "depth_amplification", "high_update_ratio", "data_scale"):
+            for k in ("non_finite", "loss_divergence", "depth_amplification", "high_update_ratio",
+                      "data_scale"):
                 if f[k] is not None and k != "gradient_explosion":
                     parts.append(_first_sentence(f[k]))
             fc = self._forecast(expl, f["non_finite"])
-            if fc is not None:
+            if fc is not None and fc.actual_non_finite_step is None:
                 parts.append(f"Forecast at step {fc.made_at_step}: {fc.message}")
+            elif fc is not None:  # hindsight: quote the forecast against what happened
+                parts.append(f"At step {fc.made_at_step} the forecast was overflow at step "
+                             f"~{fc.predicted_overflow_step}; the first non-finite value came "
+                             f"at step {fc.actual_non_finite_step}.")
         elif verdict == "healthy":
             first = s.loss[: max(1, len(s) // 20)]
             last = s.loss[-max(1, len(s) // 10):]
@@ -398,7 +472,8 @@ class _Diagnosis:
             title = {"vanishing": "Vanishing gradients", "stalled": "Stalled",
                      "unstable": "Unstable"}[verdict]
             parts.append(f"{title} {prov}from step {first_bad}:")
-            for k in ("gradient_explosion", "gradient_spike", "oscillation", "vanishing_gradients",
+            for k in ("gradient_explosion", "catapult", "setback", "gradient_spike", "oscillation",
+                      "vanishing_gradients",
                       "dead_units", "saturated_units", "flat_loss", "high_update_ratio",
                       "data_scale"):
                 if f[k] is not None:
@@ -418,13 +493,14 @@ class _Diagnosis:
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = s.layer["update_norm"] / s.layer["weight_norm"]
         tail = slice(max(0, len(s) - max(3, len(s) // 4)), len(s))
+        healthy = self._healthy_slice(onset_index)
         for k in range(s.n_layers):
             col = g[:, k]
             fin = np.where(np.isfinite(col), col, -np.inf)
             pk = int(np.argmax(fin)) if np.isfinite(col).any() else 0
             out.append(LayerSummary(
                 layer=k, activation=acts[k],
-                baseline_grad_norm=_median(col[:5]),
+                baseline_grad_norm=_median(col[healthy]),
                 peak_grad_norm=float(col[pk]), peak_step=int(s.step[pk]),
                 final_grad_norm=float(col[-1]),
                 update_ratio=_opt(_median(ratio[:max(stop, 1), k])),
@@ -472,6 +548,8 @@ def _patch_text(patch: dict[str, Any], prefix: str = "") -> str:
             items.append(_patch_text(v, path + "."))
         elif isinstance(v, list):
             items.append(f"{path}=[...]")
+        elif v is None:
+            items.append(f"{path}=null (removed)")
         else:
             items.append(f"{path}={v}")
     return ", ".join(items)

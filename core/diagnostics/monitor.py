@@ -1,44 +1,62 @@
-"""The online monitor: fed every step by the trainer, it confirms runaway gradient growth early.
+"""The online monitor: fed every step by the trainer, it confirms an explosion — and only that.
 
 Per step it does O(layers) scalar work on running state (no scan of the history), so it can
-watch every step of a fast run. The state is:
+watch every step of a fast run. A confirmation stops the run by default
+(``monitor.stop_on_explosion``), so it must never fire on a run that would have recovered:
+an overnight run killed by a false alarm is worse than no guard rail.
 
-- a **robust baseline** of the log global gradient norm: the median of the first
-  ``WARMUP`` steps, then a Huber-clipped exponential moving average that a spike or a
-  growth phase cannot drag along, with a robust spread (mean absolute deviation of the log
-  norm). The *normal band* is ``baseline * exp(max(3 * spread, log 2))``.
-- the current **run of increases**: how many consecutive steps the norm has grown, and the
-  norm and loss where the run began.
+The quantities it keeps (each defined here once; reports quote them under these names):
 
-Explosion is *confirmed* (``explosion_confirmed``) on evidence of runaway growth that harms
-training, never on size alone:
+- ``baseline_grad_norm`` (B): the run's *current* typical global gradient norm — the median of
+  the first ``WARMUP`` records, then a Huber-clipped exponential moving average of the log norm
+  (weight ``ALPHA``, time constant ~20 records) that a spike cannot drag along. With a robust
+  spread of the log norm it defines the *normal band*, ``B * exp(max(3 * spread, log 2))``,
+  used to delimit spikes.
+- ``healthy_grad_norm`` (H): the largest baseline the run has trained at so far (B's running
+  maximum). A run that converges lowers B by orders of magnitude; H keeps the scale of its
+  healthy regime, so late gradient noise of a converged net is never measured against its
+  quietest stretch.
+- ``initial_loss`` (L0): the median loss of the first ``WARMUP`` records.
+- ``best_loss`` (L*): the lowest value so far of the loss's moving average (geometric: an
+  exponential moving average of the log loss with weight ``ALPHA``, so that one outlier batch
+  moves it by a factor, not by its size).
+- ``loss_harm``: ``(loss - L*) / (L0 - L*)``, the share of the run's progress the current loss
+  has undone (>= 1: back at or above where it started). A loss is *harmed* when it has undone
+  at least ``HARM`` of the progress and is at least twice L* (a wobble at 1e-6 is not harm).
 
-1. a non-finite loss, gradient, weight, update or activation (the run overflowed); or
-2. **runaway growth**: at least ``MIN_RUN`` consecutive increases of the global norm (or two
-   that multiply it by ``FAST_GROWTH``) that multiply it by ``RUN_GROWTH`` *even without the
-   largest single increase* (one jump is a spike, not a runaway), with the norm out of the
-   normal band and at least ``RUN_GROWTH`` times the baseline, while
+Explosion is *confirmed* (``explosion_confirmed``) on evidence that matters, never on relative
+growth alone:
 
-   - the loss over the same steps rose at least ``LOSS_RISE`` times (``FAST_GROWTH`` on the
-     fast path): a descent method that makes its loss worse as its gradient grows is
-     diverging; early training, where the norm grows while the loss falls, is not; and
-   - the weight updates grew along (at least half as fast, in log terms): the growth feeds on
-     itself, big gradient -> big step -> steeper region -> bigger gradient. When clipping or
-     an adaptive optimizer (Adam, RMSprop, Adagrad) bounds the step, the pre-clip norm can
-     grow without that loop and the run is not confirmed on growth alone; or
-3. **sustained blow-up**: the norm stayed above ``SUSTAINED`` times the baseline for
-   ``SUSTAIN_STEPS`` records while the loss stayed ``SUSTAINED_LOSS`` times above its initial
-   level (for growth too irregular for rule 2); or
+1. **non-finite**: a NaN/Inf loss, gradient, weight, update or activation; or
+2. **overflow course**: the norm reached ``sqrt`` of the dtype's overflow limit (it is on its
+   way to overflow whatever the loss does); or
+3. **runaway**: while the loss is harmed, the norm is at least ``RUNAWAY`` times H (an order of
+   magnitude above anything the run trained at) for ``PERSIST + 1`` consecutive records, or
+   ``RUNAWAY**2`` times H (two orders) for ``PERSIST``, and the weight updates grew along (at
+   least ``FEEDBACK`` as fast in log terms, against their own healthy scale): big gradient ->
+   big step -> steeper region -> bigger gradient. When clipping or an adaptive optimizer
+   bounds the step, the pre-clip norm can grow without that loop; such a run is stopped by
+   rules 1 or 2 if it really overflows; or
 4. **overshoot**: consecutive updates each changed some layer's weights by at least
-   ``REWRITE`` of their norm (the step is as large as the weights: the gradient, not the
-   weights, now sets them), that layer's weights have at least doubled since (the steps feed
-   on themselves; bounded steps, e.g. clipped ones, only make the weights bounce), and the
-   loss is ``OVERSHOOT_LOSS`` times the loss before them. This is the explosion mechanism itself, seen from step 0 (a gradient far too
-   large for its weights at init, from the data scale or the learning rate) before any
-   baseline exists.
+   ``REWRITE`` of their norm, that layer's weights have at least doubled since (the steps feed
+   on themselves), and the loss is ``OVERSHOOT_LOSS`` times the loss before them — the
+   explosion mechanism itself, seen from step 0 before any baseline exists.
 
-A single spike that recovers satisfies none of these. While growth is underway the monitor
-also forecasts the steps left until float overflow (see :mod:`core.diagnostics.forecast`).
+Two transient events raise a *warning* alert once per run (kept with the alert steps when a
+long history is thinned, so every path sees them): a **setback** — the median of the last
+``RECENT`` losses harmed (at least half-way back from L* to L0, and twice L*) — and a **catapult** — the loss
+at least ``CATAPULT_JUMP`` times the first loss for three records from step 1 or 2, then back
+below the first loss.
+
+A run that loses what it learned without a large gradient (a ReLU classifier wrecked by a
+rate far too high) is not stopped: whether a long setback recovers is only known later, so
+the setback warning reports it and the final diagnosis judges it (``lost_progress``).
+
+What these leave out recovers by itself and is reported, not stopped: a single outlier batch
+(one record), a catapult (the loss jumps early, the norm a few times H, then both come back),
+edge-of-stability oscillation, Adam's late spikes on a converged net (the norm jumps from
+1e-6 toward, not past, its healthy scale). While growth is underway the monitor forecasts the
+steps left until float overflow (see :mod:`core.diagnostics.forecast`).
 """
 
 from __future__ import annotations
@@ -46,8 +64,8 @@ from __future__ import annotations
 import math
 from collections import deque
 
-from core.diagnostics.forecast import OverflowForecaster
-from core.diagnostics.report import Finding
+from core.diagnostics.forecast import OverflowForecaster, overflow_limit
+from core.diagnostics.report import Finding, fmt
 from core.diagnostics.series import safe_log
 from core.spec import TrainingSpec
 from core.telemetry import StepRecord, TensorKind
@@ -59,56 +77,104 @@ ALPHA = 0.05  # EMA weight of the baseline once warmed up (time constant ~20 rec
 MIN_SPREAD = math.log(1.25)
 MAX_SPREAD = math.log(2.0)  # a "normal band" wider than x8 (3 spreads) would not be one
 BAND_MIN = math.log(2.0)
-MIN_RUN = 3
+MIN_RUN = 3  # consecutive increases that make a growth warning
 RUN_GROWTH = math.log(4.0)
-FAST_GROWTH = math.log(100.0)
 FEEDBACK = 0.5
-LOSS_RISE = math.log(2.0)
-SUSTAINED = math.log(100.0)
-SUSTAINED_LOSS = math.log(10.0)
-SUSTAIN_STEPS = 3
+RUNAWAY = math.log(10.0)  # rule 3: an order of magnitude above the healthy scale H
+PERSIST = 2  # rules 3 and 4: a condition must hold on consecutive records (not one batch)
+HARM = 0.5  # share of the progress a harmed loss has undone
+RECENT = 21  # losses whose median is "the loss now" (an outlier batch cannot move it)
 REWRITE = 0.5
+CATAPULT_JUMP = 2.0
+CATAPULT_WINDOW = 50  # records in which a catapult can start and come back
 OVERSHOOT_LOSS = math.log(10.0)
 
 
 class MonitorState:
-    """Running baseline, normal band and growth run of the log global gradient norm."""
+    """Running baseline B, healthy scale H, normal band, loss levels and growth run."""
 
     __slots__ = (
-        "_sustain", "_warm", "base", "last_lg", "last_ll", "last_lu", "last_step", "loss_ref",
-        "n", "run_len", "run_max_inc", "run_start_lg", "run_start_ll", "run_start_lu",
-        "run_start_step", "spread",
+        "_loss_lavg",
+        "_persist_far",
+        "_persist_run",
+        "_warm",
+        "_warm_loss",
+        "base",
+        "best_loss",
+        "healthy",
+        "last_lg",
+        "last_ll",
+        "last_step",
+        "loss",
+        "loss_avg",
+        "loss_ref",
+        "n",
+        "recent",
+        "recent_steps",
+        "run_len",
+        "run_max_inc",
+        "run_start_lg",
+        "run_start_ll",
+        "run_start_step",
+        "spread",
+        "ubase",
+        "uhealthy",
     )
 
     def __init__(self) -> None:
         self.n = 0
         self._warm: list[float] = []
-        self._sustain: deque[tuple[float, float]] = deque(maxlen=SUSTAIN_STEPS)
+        self._warm_loss: list[float] = []
         self.base = math.nan
+        self.healthy = math.nan
         self.spread = MIN_SPREAD
-        self.loss_ref = math.nan
+        self.loss_ref = math.nan  # log L0
+        self.loss = math.nan  # the current loss (linear)
+        self.loss_avg = math.nan  # geometric moving average of the loss
+        self._loss_lavg = math.nan
+        self.best_loss = math.inf  # L* (linear)
         self.last_lg = math.nan
         self.last_ll = math.nan
-        self.last_lu = math.nan
         self.last_step = -1
         self.run_len = 0
         self.run_max_inc = 0.0
         self.run_start_lg = math.nan
         self.run_start_ll = math.nan
-        self.run_start_lu = math.nan
         self.run_start_step = 0
+        self.ubase = math.nan
+        self.uhealthy = math.nan
+        self.recent: deque[float] = deque(maxlen=RECENT)
+
+        self.recent_steps: deque[int] = deque(maxlen=RECENT)
+        self._persist_run = 0
+        self._persist_far = 0
 
     @property
     def upper(self) -> float:
         """Upper edge of the normal band (log scale)."""
         return self.base + max(3.0 * self.spread, BAND_MIN)
 
-    def update(self, step: int, lg: float, ll: float, lu: float) -> None:
-        """Feed one finite step: log global norm ``lg``, log loss ``ll``, log update norm ``lu``."""
+    @property
+    def initial_loss(self) -> float:
+        return _exp(self.loss_ref)
+
+    def loss_harm(self) -> float:
+        """Share of the progress (L0 - L*) the current loss has undone (see the module doc)."""
+        l0, best = _exp(self.loss_ref), self.best_loss
+        progress = l0 - best
+        if not progress > 0:
+            return math.inf if self.loss > l0 else 0.0
+        return (self.loss - best) / progress
+
+    def harmed(self) -> bool:
+        return self.loss_harm() >= HARM and self.loss >= 2.0 * self.best_loss
+
+    def update(self, step: int, lg: float, ll: float, loss: float, lu: float = math.nan) -> None:
+        """Feed one finite step: log global norm ``lg``, log loss ``ll``, the loss and the log
+        norm ``lu`` of the whole weight update (NaN when not recorded)."""
         if self.n > 0 and lg > self.last_lg:
             if self.run_len == 0:
                 self.run_start_lg, self.run_start_ll = self.last_lg, self.last_ll
-                self.run_start_lu = self.last_lu
                 self.run_start_step = self.last_step
                 self.run_max_inc = 0.0
             self.run_len += 1
@@ -122,9 +188,14 @@ class MonitorState:
             dev = sorted(abs(v - self.base) for v in w)
             mad = 1.4826 * dev[len(dev) // 2] if len(w) >= 3 else MIN_SPREAD
             self.spread = min(MAX_SPREAD, max(MIN_SPREAD, mad))
-            # the initial loss level: the largest of the first steps' (robust to a lucky batch)
-            if not self.loss_ref >= ll:
-                self.loss_ref = ll
+            # L0: the median loss of the first records (one lucky or unlucky batch cannot set it)
+            self._warm_loss.append(ll)
+            wl = sorted(self._warm_loss)
+            self.loss_ref = wl[(len(wl) - 1) // 2]
+            # H starts at the first record's norm: the warm-up median may already contain the
+            # growth of a run that explodes from step 0
+            if self.healthy != self.healthy:
+                self.healthy = lg
         else:
             d = lg - self.base
             if d <= self.upper - self.base:  # inside the band or below: track drift
@@ -132,46 +203,60 @@ class MonitorState:
                 self.base += ALPHA * max(-lim, min(lim, d))
                 self.spread += ALPHA * (min(abs(d), 3.0 * self.spread) - self.spread)
                 self.spread = min(MAX_SPREAD, max(self.spread, MIN_SPREAD))
-        self._sustain.append((lg, ll))
+            if self.base > self.healthy:
+                self.healthy = self.base
+        if self.n < WARMUP or lg <= self.upper:
+            # the update's own healthy scale, tracked on the records the baseline tracks
+            self.ubase = lu if self.ubase != self.ubase else self.ubase + ALPHA * (lu - self.ubase)
+            if not self.uhealthy >= self.ubase:
+                self.uhealthy = self.ubase
+        self.loss = loss
+        self.recent.append(loss)
+        self.recent_steps.append(step)
+        # geometric moving average: one outlier batch moves it by a factor, not by its size
+        self._loss_lavg = ll if self.n == 0 else self._loss_lavg + ALPHA * (ll - self._loss_lavg)
+        self.loss_avg = _exp(self._loss_lavg)
+        if self.n >= WARMUP and self.loss_avg < self.best_loss:
+            self.best_loss = self.loss_avg
+        elif self.n < WARMUP:
+            self.best_loss = min(self.best_loss, _exp(self.loss_ref))
         self.n += 1
-        self.last_lg, self.last_ll, self.last_lu, self.last_step = lg, ll, lu, step
+        self.last_lg, self.last_ll, self.last_step = lg, ll, step
+        harmed = self.harmed()
+        feeds = not (lu - self.uhealthy < FEEDBACK * (lg - self.healthy))  # NaN: no veto
+        far = lg - self.healthy >= RUNAWAY and lg > self.upper and feeds
+        self._persist_run = self._persist_run + 1 if far and harmed else 0
+        very_far = far and lg - self.healthy >= 2.0 * RUNAWAY
+        self._persist_far = self._persist_far + 1 if very_far and harmed else 0
 
-    def _growth(self) -> float:
-        """Log growth of the current run; once the baseline is established, counted from it
-        when the run started below it (climbing back from a low point is noise, not growth)."""
-        start = self.run_start_lg if self.n <= WARMUP else max(self.run_start_lg, self.base)
-        return self.last_lg - start
+    def overflow_course(self, limit: float) -> bool:
+        """Rule 2: the norm reached the square root of the overflow limit (log ``limit``)."""
+        return self.last_lg >= 0.5 * limit
 
     def runaway(self) -> bool:
-        """Rule 2: consecutive growth out of the band, with the loss rising alongside and the
-        updates growing with the gradient."""
-        growth = self._growth()
-        rise = self.last_ll - self.run_start_ll
-        if growth - self.run_max_inc < RUN_GROWTH:
-            return False
-        if self.run_len >= MIN_RUN and rise >= LOSS_RISE:
-            pass
-        elif not (self.run_len >= 2 and growth >= FAST_GROWTH and rise >= FAST_GROWTH):
-            return False
-        feedback = self.last_lu - self.run_start_lu
-        return (
-            self.last_lg > self.upper
-            and self.last_lg - self.base >= RUN_GROWTH
-            and not feedback < FEEDBACK * growth  # NaN (no update recorded) does not block
-        )
+        """Rule 3: an order of magnitude above H for PERSIST + 1 records (two for PERSIST),
+        the loss harmed."""
+        return (self._persist_run >= PERSIST + 1 or self._persist_far >= PERSIST) and self.n > 1
 
-    def sustained(self) -> bool:
-        """Rule 3: far above baseline, with a loss far above its initial level, for a while."""
-        if len(self._sustain) < SUSTAIN_STEPS or self.n <= WARMUP:
-            return False
-        return all(lg - self.base >= SUSTAINED and ll - self.loss_ref >= SUSTAINED_LOSS
-                   for lg, ll in self._sustain)
+    def setback(self) -> bool:
+        """The median of the last RECENT losses is harmed (see ``harmed``)."""
+        med = self.recent_median()
+        best, l0 = self.best_loss, _exp(self.loss_ref)
+        return med >= 2.0 * best and med >= best + HARM * max(l0 - best, 0.0)
+
+    def persist(self) -> int:
+        """Consecutive records the norm has been >= RUNAWAY x H with the loss harmed."""
+        return self._persist_run
+
+    def recent_median(self) -> float:
+        """Median of the last RECENT losses (NaN before there are that many)."""
+        return sorted(self.recent)[RECENT // 2] if len(self.recent) == RECENT else math.nan
 
     def growing(self) -> bool:
-        """Growth worth a warning: a run of increases out of the band (loss not yet rising)."""
-        growth = self._growth()
+        """Growth worth a warning: a run of increases out of the band, above H."""
+        growth = self.last_lg - max(self.run_start_lg, self.base)
         return (self.run_len >= MIN_RUN and growth - self.run_max_inc >= RUN_GROWTH
-                and self.last_lg > self.upper)
+                and self.last_lg > self.upper and self.last_lg > self.healthy)
 
 
 def _first_non_finite(record: StepRecord) -> tuple[int | None, TensorKind, str, list[int]] | None:
@@ -217,10 +302,14 @@ class Monitor:
         self.spec = spec
         self.state = MonitorState()
         self.forecaster = OverflowForecaster(spec)
+        self._log_limit = math.log(overflow_limit(spec.dtype))
         self.explosion_confirmed = False
         self.confirmed_at: int | None = None
         self.alerts: list[Finding] = []
         self._warned_growth = False
+        self._setback_seen = False
+        self._catapult: list[float] = []  # first loss, first norm, high streak, peak loss, step
+        self._catapult_seen = False
         self._non_finite_seen = False
         # overshoot: (step, log loss) of the record before the last update that rewrote weights
         self._prev_ll = math.nan
@@ -254,14 +343,14 @@ class Monitor:
         for lr in record.layers:
             usq += lr.update_norm * lr.update_norm
         lu = 0.5 * safe_log(usq) if record.layers else math.nan
-        st.update(record.step, lg, ll, lu)
+        st.update(record.step, lg, ll, record.loss, lu)
         self._track_overshoot(record, ll)
         self.forecaster.update(record, lg, st.run_len > 0)
         if self.explosion_confirmed:
             return []
         new: list[Finding] = []
-        runaway = st.runaway()
-        rule = ("runaway" if runaway else "sustained" if st.sustained()
+        rule = ("overflow_course" if st.overflow_course(self._log_limit)
+                else "runaway" if st.runaway()
                 else "overshoot" if self._overshoot is not None else None)
         if rule is not None:
             self.explosion_confirmed = True
@@ -270,8 +359,57 @@ class Monitor:
         elif not self._warned_growth and st.growing():
             self._warned_growth = True
             new.append(self._growth_warning(record))
+        if rule is None:
+            new += self._transients(record)
         self.alerts.extend(new)
         return new
+
+    def _transients(self, record: StepRecord) -> list[Finding]:
+        """The setback and catapult warnings (see the module doc), each once per run."""
+        st = self.state
+        out: list[Finding] = []
+        if not self._setback_seen and st.n > WARMUP + RECENT and st.setback():
+            self._setback_seen = True
+            ev = self.evidence(record)
+            adaptive = self.spec.optimizer.name in ("adam", "adamw", "rmsprop")
+            mech = ("adam_second_moment" if adaptive and st.healthy - st.base >= math.log(100.0)
+                    else "unknown")
+            ev.update({"mechanism": mech, "recent_median_loss": st.recent_median()})
+            # the setback started at the first harmed loss of the window
+            level = max(2.0 * st.best_loss,
+                        st.best_loss + HARM * max(st.initial_loss - st.best_loss, 0.0))
+            start = next((k for k, v in zip(st.recent_steps, st.recent, strict=True)
+                          if v >= level), record.step)
+            ev["setback_confirmed_at"] = record.step
+            out.append(Finding(
+                kind="gradient_spike", severity="warning", step=start, layers=[],
+                evidence=ev,
+                message=(f"Setback from step {start} (seen at step {record.step}): the median "
+                         f"of the last {RECENT} losses, "
+                         f"{fmt(ev['recent_median_loss'])}, is back above half-way between the "
+                         f"best {fmt(ev['best_loss'])} and the initial loss "
+                         f"{fmt(ev['initial_loss'])} (at least twice the best).")))
+        if not self._catapult_seen and st.n <= CATAPULT_WINDOW:
+            c = self._catapult
+            if not c:
+                c += [record.loss, record.grad_norm, 0.0, 0.0, -1.0]
+            elif record.loss >= CATAPULT_JUMP * c[0] and (c[2] > 0 or st.n <= 3):
+                c[2] += 1
+                if record.loss > c[3]:
+                    c[3], c[4] = record.loss, float(record.step)
+            elif c[2] >= 3 and record.loss < c[0]:
+                self._catapult_seen = True
+                out.append(Finding(
+                    kind="gradient_spike", severity="warning", step=1, layers=[],
+                    evidence={"mechanism": "catapult", "first_loss": c[0],
+                              "peak_loss": c[3], "peak_step": int(c[4]),
+                              "loss_jump": c[3] / c[0], "recovered_step": record.step},
+                    message=(f"The loss jumped {fmt(c[3] / c[0])}x from {fmt(c[0])} to "
+                             f"{fmt(c[3])} at step {int(c[4])} and was back below where it "
+                             f"started at step {record.step}: the catapult phase.")))
+            elif c[2] < 3:
+                c[2] = 0.0
+        return out
 
     def _track_overshoot(self, record: StepRecord, ll: float) -> None:
         """Rule 4 state: consecutive weight-rewriting updates and the loss before them."""
@@ -309,8 +447,7 @@ class Monitor:
             kind="non_finite", severity="critical", step=record.step,
             layers=layers or ([] if layer is None else [layer]),
             evidence={"tensor": tensor, "value": value, "layer": layer,
-                      "loss": record.loss, "grad_norm": record.grad_norm,
-                      "baseline_grad_norm": _exp(self.state.base)},
+                      **self.evidence(record)},
             message=f"First {what} at step {record.step} in {where}: the computation "
                     f"overflowed and nothing after it is meaningful.",
         )
@@ -321,70 +458,65 @@ class Monitor:
         self.alerts.extend(new)
         return new
 
+    def evidence(self, record: StepRecord) -> dict[str, float | int | str | None]:
+        """The monitor's quantities at ``record`` (names as defined in the module doc)."""
+        st = self.state
+        return {
+            "grad_norm": record.grad_norm,
+            "baseline_grad_norm": _exp(st.base),
+            "healthy_grad_norm": _exp(st.healthy),
+            "ratio_to_healthy": _ratio(record.grad_norm, _exp(st.healthy)),
+            "loss": record.loss,
+            "initial_loss": st.initial_loss,
+            "best_loss": st.best_loss,
+            "loss_harm": st.loss_harm(),
+        }
+
     def _explosion_finding(self, record: StepRecord, rule: str) -> Finding:
         st = self.state
         fc = self.forecaster.forecast(record.step)
+        ev = self.evidence(record)
+        ev.update({"rule": rule,
+                   "steps_to_overflow": fc.steps_to_overflow if fc else None,
+                   "predicted_overflow_step": fc.predicted_overflow_step if fc else None})
+        g, h = fmt(record.grad_norm), fmt(ev["healthy_grad_norm"])
+        harm = (f"the loss {fmt(record.loss)} has undone {fmt(ev['loss_harm'])} of the progress "
+                f"from {fmt(ev['initial_loss'])} to {fmt(ev['best_loss'])}")
         if rule == "overshoot" and self._overshoot is not None:
             start, ll0, _ll1 = self._overshoot
-            return Finding(
-                kind="gradient_explosion", severity="critical", step=record.step,
-                layers=_growing_layers(record),
-                evidence={"rule": rule, "growth_started_at": start,
-                          "loss_before": _exp(ll0), "loss": record.loss,
-                          "grad_norm": record.grad_norm,
-                          "baseline_grad_norm": _exp(st.base),
-                          "steps_to_overflow": fc.steps_to_overflow if fc else None,
-                          "predicted_overflow_step": fc.predicted_overflow_step if fc else None},
-                message=(f"Since step {start} every update has changed the weights by at least "
-                         f"{REWRITE:g} of their norm and the loss went from {_exp(ll0):.3g} to "
-                         f"{record.loss:.3g}: the gradient is too large for the weights and "
-                         "each step throws the network further." + (f" {fc.message}" if fc else "")),
-            )
-        span = max(1, record.step - st.run_start_step)
-        growth = math.exp((st.last_lg - st.run_start_lg) / span) if rule == "runaway" else None
-        evidence: dict[str, float | int | str | None] = {
-            "rule": rule,
-            "baseline_grad_norm": _exp(st.base),
-            "grad_norm": record.grad_norm,
-            "ratio_to_baseline": _exp(st.last_lg - st.base),
-            "growth_per_step": growth,
-            "growth_started_at": st.run_start_step if rule == "runaway" else None,
-            "loss": record.loss,
-            "loss_at_growth_start": _exp(st.run_start_ll) if rule == "runaway" else None,
-            "steps_to_overflow": fc.steps_to_overflow if fc else None,
-            "predicted_overflow_step": fc.predicted_overflow_step if fc else None,
-        }
-        if rule == "runaway":
-            msg = (f"Gradient norm grew {_exp(st.last_lg - st.run_start_lg):.3g}x in "
-                   f"{record.step - st.run_start_step} steps (x{growth:.3g}/step) to "
-                   f"{record.grad_norm:.3g}, {_exp(st.last_lg - st.base):.3g}x its baseline, "
-                   f"while the loss rose {_exp(st.last_ll - st.run_start_ll):.3g}x: runaway growth.")
-        else:
-            msg = (f"Gradient norm has stayed over {math.exp(SUSTAINED):.0f}x its baseline "
-                   f"({_exp(st.base):.3g}) with the loss over "
-                   f"{math.exp(SUSTAINED_LOSS):.0f}x its initial level for "
-                   f"{SUSTAIN_STEPS} steps.")
+            ev.update({"growth_started_at": start, "loss_before": _exp(ll0)})
+            msg = (f"Since step {start} every update has changed the weights by at least "
+                   f"{fmt(REWRITE)} of their norm and the loss went from {fmt(_exp(ll0))} to "
+                   f"{fmt(record.loss)}: the gradient is too large for the weights and each step "
+                   "throws the network further.")
+        elif rule == "overflow_course":
+            msg = (f"The gradient norm reached {g}, past the square root of the {self.spec.dtype} "
+                   f"overflow limit ({fmt(math.exp(0.5 * self._log_limit))}): it is on course to "
+                   "overflow.")
+        elif rule == "runaway":
+            ev["growth_started_at"] = st.run_start_step if st.run_len else record.step
+            msg = (f"The gradient norm {g} is {fmt(ev['ratio_to_healthy'])}x the run's healthy "
+                   f"scale {h}, far above it for {st.persist()} consecutive steps, and {harm}: "
+                   "runaway growth.")
         if fc is not None:
             msg += f" {fc.message}"
         return Finding(kind="gradient_explosion", severity="critical", step=record.step,
-                       layers=_growing_layers(record), evidence=evidence, message=msg)
+                       layers=_growing_layers(record), evidence=ev, message=msg)
 
     def _growth_warning(self, record: StepRecord) -> Finding:
         st = self.state
         fc = self.forecaster.forecast(record.step)
-        msg = (f"Gradient norm grew {_exp(st.last_lg - st.run_start_lg):.3g}x over "
-               f"{record.step - st.run_start_step} steps to {record.grad_norm:.3g} "
-               f"({_exp(st.last_lg - st.base):.3g}x baseline); the loss is not rising (yet).")
+        ev = self.evidence(record)
+        ev.update({"growth_started_at": st.run_start_step,
+                   "steps_to_overflow": fc.steps_to_overflow if fc else None})
+        msg = (f"The gradient norm grew {fmt(_exp(st.last_lg - st.run_start_lg))}x since step "
+               f"{st.run_start_step} to {fmt(record.grad_norm)}, "
+               f"{fmt(ev['ratio_to_healthy'])}x the run's healthy scale "
+               f"{fmt(ev['healthy_grad_norm'])}; not an explosion unless the loss is harmed.")
         if fc is not None:
             msg += f" {fc.message}"
-        return Finding(
-            kind="gradient_growth", severity="warning", step=record.step,
-            layers=_growing_layers(record),
-            evidence={"baseline_grad_norm": _exp(st.base), "grad_norm": record.grad_norm,
-                      "growth_started_at": st.run_start_step,
-                      "steps_to_overflow": fc.steps_to_overflow if fc else None},
-            message=msg,
-        )
+        return Finding(kind="gradient_growth", severity="warning", step=record.step,
+                       layers=_growing_layers(record), evidence=ev, message=msg)
 
 
 def _growing_layers(record: StepRecord) -> list[int]:
@@ -394,6 +526,12 @@ def _growing_layers(record: StepRecord) -> list[int]:
         return []
     top = max(norms)
     return [lr.layer for lr in record.layers if lr.grad_norm >= 0.5 * top]
+
+
+def _ratio(a: float | int | str | None, b: float | int | str | None) -> float:
+    if not isinstance(a, int | float) or not isinstance(b, int | float):
+        return math.nan
+    return a / b if b > 0 else math.inf
 
 
 def _exp(x: float) -> float:

@@ -2,8 +2,8 @@
 
 Analytic part (no data touched): parameter count, FLOPs per step, a memory estimate and the
 mean-field prediction of signal and gradient scale through the depth at initialisation
-(:mod:`core.diagnostics.analytic`). Probe part: the trainer is built (data + initial weights,
-as training would) and one forward/backward pass on one batch measures the per-layer gradient
+(:mod:`core.diagnostics.analytic`). Probe part: the problem is built (:mod:`core.problem`:
+data + initial weights, as training would) and one forward/backward pass on one batch measures the per-layer gradient
 norms and the update-to-weight ratio the first optimizer step would take, which checks the
 prediction and catches what it cannot see (data scale, learning rate, clipping).
 """
@@ -15,10 +15,14 @@ from typing import Any
 
 import numpy as np
 
+from core.clipping import clip_flat
 from core.diagnostics import recommend as R
 from core.diagnostics.analytic import LayerInit, init_profile
 from core.diagnostics.reference import data_scale
-from core.diagnostics.report import Finding, LayerPreflight, PreflightReport, RiskLevel
+from core.diagnostics.report import Finding, LayerPreflight, PreflightReport, RiskLevel, fmt
+from core.optimizers import make_optimizer
+from core.problem import Problem
+from core.schedules import make_schedule
 from core.spec import SGD, Adagrad, Adam, AdamW, RMSprop, TrainingSpec, data_shape
 
 __all__ = ["preflight"]
@@ -155,8 +159,6 @@ def _depth_gain(prof: list[LayerInit]) -> float:
 
 def _peak_lr(spec: TrainingSpec) -> tuple[float, int]:
     """The schedule's largest learning rate over the run and its first step."""
-    from core.schedules import make_schedule
-
     total = spec.total_steps()
     sched = make_schedule(spec.schedule, spec.optimizer.lr, total)
     n = min(total, 4000)
@@ -175,19 +177,15 @@ def _peak_lr(spec: TrainingSpec) -> tuple[float, int]:
 def _probe(spec: TrainingSpec) -> list[dict[str, float]] | None:
     """Per layer: measured weight-gradient norm, its ratio to the output layer's, and the
     update-to-weight ratio of the first optimizer step, on the first training batch."""
-    from core.clipping import clip_flat
-    from core.optimizers import make_optimizer
-    from core.trainer import Trainer
-
     try:
-        trainer = Trainer(spec, telemetry=False, monitor=False)
-        b = min(spec.training.batch_size, len(trainer.data.X_train))
-        X, y = trainer.data.X_train[:b], trainer.data.y_train[:b]
+        problem = Problem(spec)
+        b = min(spec.training.batch_size, len(problem.data.X_train))
+        X, y = problem.data.X_train[:b], problem.data.y_train[:b]
         with np.errstate(all="ignore"):
-            _, grads = trainer.gradients(X, y)
-            net = trainer.network
+            _, grads = problem.gradients(X, y)
+            net = problem.network
             layout = net.layout
-            names = [n for n, _ in trainer.parameters()]
+            names = [n for n, _ in problem.parameters()]
             flat_g = np.concatenate([g.reshape(-1) for g in grads]).astype(net.dtype)
             params = net.flat.copy()
             gsq = layout.layer_sumsq(flat_g)
@@ -212,6 +210,7 @@ def _probe(spec: TrainingSpec) -> list[dict[str, float]] | None:
 def _risks(spec: TrainingSpec, prof: list[LayerInit], depth_gain: float,
            layers: list[LayerPreflight], scale: Any) -> tuple[list[Finding], list[RiskLevel]]:
     risks: list[Finding] = []
+    measured = layers[0].measured_grad_norm_ratio if layers else None
     levels: list[RiskLevel] = []
     fwd = [li.forward_gain for li in prof[1:-1]]
     fwd_gm = float(np.exp(np.mean(np.log(fwd)))) if fwd and all(f > 0 for f in fwd) else 1.0
@@ -222,10 +221,16 @@ def _risks(spec: TrainingSpec, prof: list[LayerInit], depth_gain: float,
             kind="depth_amplification", severity="critical" if level == "critical" else "warning",
             step=0, layers=list(range(len(prof))),
             evidence={"predicted_depth_gain": depth_gain, "forward_gain_per_layer": fwd_gm,
-                      "predicted_output_rms": prof[-1].output_rms},
-            message=(f"At init the backpropagated gradient is predicted to grow {depth_gain:.3g}x "
-                     f"from the output to the first layer (activations x{fwd_gm:.3g} per layer): "
-                     "the initial weights are too large for their fan-in and activation."),
+                      "predicted_output_rms": prof[-1].output_rms,
+                      "measured_amplification": measured},
+            message=(f"At init the backpropagated gradient RMS is predicted to grow "
+                     f"{fmt(depth_gain)}x through the hidden layers (predicted_depth_gain; "
+                     f"activations x{fmt(fwd_gm)} per layer): the initial weights are too large "
+                     "for their fan-in and activation." + (
+                         f" Measured on the first batch, the first layer's weight gradient is "
+                         f"{fmt(measured)}x the output layer's (measured_amplification: the "
+                         "weight gradients also scale with each layer's input, which the "
+                         "depth gain does not count)." if measured is not None else "")),
         ))
     elif depth_gain <= DEPTH_GAIN_VANISH:
         levels.append("high")
@@ -270,9 +275,9 @@ def _risks(spec: TrainingSpec, prof: list[LayerInit], depth_gain: float,
                 risks.append(Finding(
                     kind="high_update_ratio", severity="warning", step=peak_step, layers=[],
                     evidence={"peak_lr": peak, "peak_step": peak_step, "scaled_update_ratio": scaled},
-                    message=(f"The schedule raises the learning rate to {peak:.3g} at step "
-                             f"{peak_step}: updates would then change the weights by ~{scaled:.2g} "
-                             "of their norm."),
+                    message=(f"The schedule raises the learning rate to {fmt(peak)} at step "
+                             f"{peak_step}: the update-to-weight ratio would then be "
+                             f"~{fmt(scaled)}."),
                 ))
         if top >= UPDATE_HIGH:
             level = "critical" if top >= UPDATE_CRITICAL else "high"
@@ -282,9 +287,11 @@ def _risks(spec: TrainingSpec, prof: list[LayerInit], depth_gain: float,
                 step=0, layers=[lp.layer for lp in layers
                                 if (lp.measured_update_ratio or 0) >= UPDATE_HIGH],
                 evidence={"first_update_ratio": top, "lr": spec.optimizer.lr},
-                message=(f"The first update would change a layer's weights by {top:.2g} of their "
-                         "norm (healthy: ~1e-3): the gradient is far too large for the learning "
-                         "rate and these weights."),
+                message=(f"The first update's update-to-weight ratio ||update|| / ||weight|| "
+                         f"would be {fmt(top)} in its largest layer (first_update_ratio, on the "
+                         "probe batch; healthy: ~1e-3): the gradient is far too large for the "
+                         "learning rate and these weights. A run's own ratio at step 0 is "
+                         "smaller when clipping or the optimizer's first steps bound it."),
             ))
         elif top >= UPDATE_MEDIUM:
             levels.append("medium")

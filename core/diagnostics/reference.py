@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.data import load_dataset
 from core.spec import TrainingSpec
 
 __all__ = ["DataScale", "data_scale"]
@@ -43,8 +44,6 @@ def data_scale(spec: TrainingSpec) -> DataScale | None:
 
 @functools.lru_cache(maxsize=64)
 def _data_scale(key: str) -> DataScale:
-    from core.data import load_dataset  # the data module builds on the spec; import lazily
-
     spec = TrainingSpec.model_validate(json.loads(key))
     ds = load_dataset(spec, np.random.default_rng(spec.seed))
     with np.errstate(all="ignore"):

@@ -7,6 +7,7 @@ These pydantic models are the HTTP API's response models too. Evidence numbers m
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,6 +28,7 @@ __all__ = [
     "RiskLevel",
     "Severity",
     "Verdict",
+    "fmt",
 ]
 
 Verdict = Literal["healthy", "exploding", "vanishing", "unstable", "stalled"]
@@ -57,8 +59,25 @@ Action = Literal[
     "weight_decay",
     "reset_bias",
     "raise_learning_rate",
+    "adam_epsilon",
+    "adam_beta2",
+    "decay_learning_rate",
+    "warmup",
 ]
 Evidence = dict[str, JsonFloat | int | str | None]
+
+
+def fmt(x: float | int | str | None) -> str:
+    """How every message prints a number: 3 significant digits; NaN/Inf as in JSON."""
+    if isinstance(x, str):
+        return x
+    if x is None or x != x:
+        return "NaN"
+    if isinstance(x, int) and not isinstance(x, bool):
+        return str(x)
+    if math.isinf(x):
+        return "Infinity" if x > 0 else "-Infinity"
+    return f"{x:.3g}"
 
 
 class _Report(BaseModel):
@@ -118,7 +137,11 @@ class LayerSummary(_Report):
 
     layer: int
     activation: str
-    baseline_grad_norm: JsonFloat = Field(description="Median pre-clip gradient norm of the early steps.")
+    baseline_grad_norm: JsonFloat = Field(
+        description="Median pre-clip gradient norm of this layer over the healthy steps (before "
+                    "the onset, the global norm inside the monitor's normal band): the same "
+                    "steps whose global median is the clipping recommendation's typical norm."
+    )
     peak_grad_norm: JsonFloat
     peak_step: int
     final_grad_norm: JsonFloat

@@ -24,7 +24,7 @@ from app.errors import install_error_handlers
 from app.executors import build_executor
 from app.middleware import BodySizeLimitMiddleware
 from app.migrate import head_revision, schema_is_current, upgrade
-from app.routers import events, histories, jobs, system
+from app.routers import events, histories, jobs, plots, system
 from app.routers.common import PROBLEM_SCHEMA
 from app.settings import Settings
 
@@ -55,6 +55,7 @@ TAGS = [
     {"name": "jobs", "description": "Submit, list, inspect, cancel, delete and repair jobs."},
     {"name": "histories", "description": "Recorded norms and metrics; the diagnosis."},
     {"name": "events", "description": "Live server-sent events of a job."},
+    {"name": "plots", "description": "The histories as pictures (PNG or SVG)."},
     {"name": "specs", "description": "Analyse a spec before training; the data sets."},
     {"name": "health", "description": "Liveness and readiness probes."},
 ]
@@ -120,6 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router, dependencies=auth)
     app.include_router(histories.router, dependencies=auth)
     app.include_router(events.router, dependencies=auth)
+    app.include_router(plots.router, dependencies=auth)  # issue 9: plots
     app.include_router(system.router)
     app.include_router(system.health_router)
 

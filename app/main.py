@@ -15,7 +15,6 @@ from typing import Any
 
 from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import RedirectResponse
 from pydantic import TypeAdapter
 
 from app.db import build_engine, build_sessionmaker
@@ -24,7 +23,8 @@ from app.errors import install_error_handlers
 from app.executors import build_executor
 from app.middleware import BodySizeLimitMiddleware
 from app.migrate import head_revision, schema_is_current, upgrade
-from app.routers import events, histories, jobs, plots, system
+from app.openapi_docs import document
+from app.routers import events, histories, jobs, pages, plots, system
 from app.routers.common import PROBLEM_SCHEMA
 from app.settings import Settings
 
@@ -113,6 +113,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_tags=TAGS,
         lifespan=lifespan,
         separate_input_output_schemas=False,
+        docs_url=None,  # served offline by app.routers.pages
+        redoc_url=None,
     )
     app.state.settings = settings
     install_error_handlers(app)
@@ -125,9 +127,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(system.router)
     app.include_router(system.health_router)
 
-    @app.get("/", include_in_schema=False)
-    def root() -> RedirectResponse:
-        return RedirectResponse("/docs")
+    app.include_router(pages.router)  # issue 9: dashboard, /docs, /redoc (no CDN)
+    app.mount("/static", pages.static_files(), name="static")
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
@@ -136,6 +137,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                              routes=app.routes, tags=app.openapi_tags)
         _add_spec_schema(schema)
         _problem_422(schema)
+        document(schema)  # issue 9: real examples, field and parameter descriptions
         app.openapi_schema = schema
         return schema
 

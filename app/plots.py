@@ -26,6 +26,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 __all__ = [
     "Format",
@@ -81,8 +82,12 @@ class Run:
     marks: Marks = field(default_factory=Marks)
 
 
-def _new_figure(height: float = 4.8) -> Figure:
-    fig = Figure(figsize=(9.6, height), dpi=100, layout="constrained")
+def _new_figure(height: float = 4.8, *, right: float = 0.77) -> Figure:
+    # Fixed margins (legend outside on the right): a layout engine would cost more than the
+    # drawing itself.
+    fig = Figure(figsize=(9.6, height), dpi=100)
+    fig.subplots_adjust(left=0.09, right=right, bottom=0.5 / height + 0.02,
+                        top=1 - 0.45 / height, hspace=0.12)
     return fig
 
 
@@ -108,7 +113,9 @@ def _draw_on_log_axis(ax: Axes, series: Sequence[Series], gids: Sequence[str],
                       widths: Sequence[float], colors: Sequence[str | None]) -> bool:
     """Lines on a log y axis with non-finite points at the top edge; True if any were drawn."""
     lo, hi = _finite_positive_range(series)
-    top = hi * 30.0
+    # Positions in decades, so the NaN/Inf band is the same share of any axis.
+    span = max(np.log10(hi) - np.log10(lo), 1.0)
+    top = 10 ** (np.log10(hi) + 0.12 * span)
     any_non_finite = False
     nf_steps: list[np.ndarray] = []
     nf_values: list[np.ndarray] = []
@@ -124,19 +131,23 @@ def _draw_on_log_axis(ax: Axes, series: Sequence[Series], gids: Sequence[str],
     if any_non_finite:
         steps = np.concatenate(nf_steps)
         values = np.concatenate(nf_values)
-        inf = np.isinf(values)
-        group = ax.scatter(steps[inf], np.full(inf.sum(), top), marker="^", s=36,
-                           color=_NON_FINITE_COLOR, zorder=5, label="+Inf (drawn at top)")
-        group.set_gid("non-finite-points")
-        nan = np.isnan(values)
-        group = ax.scatter(steps[nan], np.full(nan.sum(), top), marker="x", s=36,
-                           color=_NON_FINITE_COLOR, zorder=5, label="NaN (drawn at top)")
-        group.set_gid("non-finite-nan-points")
-        ax.axhspan(hi * 10.0, top * 3.0, color=_NON_FINITE_COLOR, alpha=0.08, lw=0)
+        for mask, marker, label, gid in ((np.isinf(values), "^", "+Inf (drawn at top)",
+                                          "non-finite-points"),
+                                         (np.isnan(values), "x", "NaN (drawn at top)",
+                                          "non-finite-nan-points")):
+            if mask.any():
+                group = ax.scatter(steps[mask], np.full(mask.sum(), top), marker=marker, s=40,
+                                   color=_NON_FINITE_COLOR, zorder=5, label=label,
+                                   clip_on=False)
+                group.set_gid(gid)
+        ax.axhspan(10 ** (np.log10(hi) + 0.06 * span), 10 ** (np.log10(hi) + 0.2 * span),
+                   color=_NON_FINITE_COLOR, alpha=0.08, lw=0)
         ax.text(0.005, 0.985, "NaN / Inf", transform=ax.transAxes, va="top", ha="left",
                 color=_NON_FINITE_COLOR, fontsize=9)
     ax.set_yscale("log", nonpositive="clip")
-    ax.set_ylim(lo / 3.0, (top * 3.0) if any_non_finite else hi * 3.0)
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_ylim(10 ** (np.log10(lo) - 0.04 * span),
+                10 ** (np.log10(hi) + (0.18 if any_non_finite else 0.04) * span))
     return any_non_finite
 
 
@@ -155,7 +166,8 @@ def _mark_steps(ax: Axes, marks: Marks) -> None:
 def _note(ax: Axes, note: str | None) -> None:
     if note:
         ax.text(0.995, 0.01, note, transform=ax.transAxes, ha="right", va="bottom",
-                fontsize=8, color="#555555")
+                fontsize=8, color="#333333",
+                bbox={"facecolor": "white", "alpha": 0.75, "linewidth": 0, "pad": 1.5})
 
 
 def gradients_plot(layers: Sequence[Series], marks: Marks, *, global_norm: Series | None = None,
@@ -219,7 +231,7 @@ def heatmap_plot(layers: Sequence[Series], marks: Marks, *, columns: int = 400,
     vmin = float(finite.min()) if finite.size else -3.0
     vmax = float(finite.max()) if finite.size else 0.0
     shown = np.where(np.isneginf(value), vmin, value)
-    fig = _new_figure(height=max(2.6, 1.0 + 0.45 * len(layers)))
+    fig = _new_figure(height=max(2.6, 1.0 + 0.45 * len(layers)), right=0.97)
     ax = fig.add_subplot()
     rows = np.arange(len(layers) + 1) - 0.5
     mesh = ax.pcolormesh(edges, rows, np.ma.masked_invalid(shown), cmap="viridis",

@@ -1,4 +1,5 @@
-"""Regenerate app/openapi_examples.json: the response examples Swagger UI and ReDoc show.
+"""Regenerate app/openapi_examples.json (the response examples Swagger UI and ReDoc show)
+and docs/images/exploding-gradients.png (the README's plot).
 
 Every example is a real response of a real run (not hand-written): a diverging job that
 reaches Infinity, its diagnosis, its repair and the comparison, the job's event stream, and
@@ -28,6 +29,7 @@ from app.settings import Settings  # noqa: E402
 from app.showcase import DIVERGING_SPEC  # noqa: E402
 
 OUT = ROOT / "app" / "openapi_examples.json"
+README_PLOT = ROOT / "docs" / "images" / "exploding-gradients.png"
 LONG = {"name": "long", "data": {"source": "synthetic", "name": "spirals", "n_samples": 400},
         "training": {"epochs": 2000, "batch_size": 8}, "monitor": {"stop_on_explosion": False}}
 INVALID = {"data": {"source": "synthetic", "name": "spirals"},
@@ -89,6 +91,8 @@ def generate(tmp: Path) -> dict[str, dict[str, Any]]:
         record(ex, "getMetricsHistory", http.get(f"/v1/jobs/{job['id']}/metrics",
                                                  params={"max_points": 10}))
         record(ex, "getDiagnostics", http.get(f"/v1/jobs/{job['id']}/diagnostics"))
+        README_PLOT.parent.mkdir(parents=True, exist_ok=True)
+        README_PLOT.write_bytes(http.get(f"/v1/jobs/{job['id']}/plots/gradients").content)
         ex["streamJobEvents"] = {"200": event_stream(http, job["id"])}
         repair = record(ex, "repairJob", http.post(f"/v1/jobs/{job['id']}/repair", json={},
                                                    headers={"Idempotency-Key": "example-2"}))
@@ -134,6 +138,7 @@ def main() -> None:
     OUT.write_text(json.dumps(examples, indent=1, sort_keys=True) + "\n")
     counts = {op: sorted(codes) for op, codes in sorted(examples.items())}
     print(f"wrote {OUT.relative_to(ROOT)}: {json.dumps(counts)}")
+    print(f"wrote {README_PLOT.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ GRADWATCH_API_KEY).
 Exit codes (stable, for scripts):
   0  done; a followed or diagnosed job is healthy
   1  the server answered with an error (problem+json printed to stderr), or it is unreachable
-  2  bad command line
+  2  bad command line, or the spec file cannot be read
   3  the job's verdict is exploding
   4  the job's verdict is vanishing, unstable or stalled
   5  the job failed (the service could not run it)
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -181,12 +182,13 @@ def _cmd_jobs(gw: Client, args: argparse.Namespace) -> int:
         print(json.dumps([j.model_dump(mode="json") for j in page.items], indent=2))
         return EXIT["ok"]
     table = Table()
-    for column in ("id", "name", "status", "verdict", "steps", "created"):
+    table.add_column("id", no_wrap=True)
+    for column in ("name", "status", "verdict", "steps", "created (UTC)"):
         table.add_column(column, overflow="fold")
     for j in page.items:
         steps = f"{j.progress.step}/{j.progress.total_steps}" if j.progress else "-"
-        table.add_row(j.id, j.name or "-", j.status, j.verdict or "-", steps,
-                      j.created_at or "-")
+        created = (j.created_at or "-")[:19].replace("T", " ")
+        table.add_row(j.id, j.name or "-", j.status, j.verdict or "-", steps, created)
     out.print(table)
     return EXIT["ok"]
 
@@ -196,9 +198,7 @@ def _cmd_preflight(gw: Client, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return EXIT["ok"]
-    out.print(f"risk [bold]{report.get('risk')}[/]: {report.get('summary')}")
-    out.print(f"parameters {report.get('parameter_count'):,}, steps {report.get('total_steps'):,}"
-              f", predicted gradient amplification {_fmt(report.get('predicted_amplification'))}")
+    out.print(str(report.get("summary")))
     for i, rec in enumerate(report.get("recommendations") or []):
         out.print(f"  {i}. {rec.get('action')}: {rec.get('rationale')} "
                   f"{json.dumps(rec.get('spec_patch'))}")
@@ -249,6 +249,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run a client sub-command; problem+json and connection errors become exit code 1."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # no line per request
     url = args.url or os.environ.get("GRADWATCH_URL") or "http://127.0.0.1:8000"
     key = args.api_key or os.environ.get("GRADWATCH_API_KEY") or None
     try:
@@ -260,6 +261,9 @@ def run(args: argparse.Namespace) -> int:
         for field in exc.errors:
             err.print(f"  {field.path}: {field.msg}")
         return EXIT["error"]
+    except (FileNotFoundError, IsADirectoryError, json.JSONDecodeError) as exc:
+        err.print(f"[red]error[/] cannot read the spec file: {exc}")
+        return EXIT["usage"]
     except (OSError, ConnectionError, httpx.HTTPError) as exc:
         err.print(f"[red]error[/] cannot reach {url}: {exc}")
         return EXIT["error"]

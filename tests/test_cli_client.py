@@ -89,7 +89,7 @@ def test_plot_jobs_and_preflight(live: LiveServer, exploded: str, tmp_path: Path
     table = gradwatch(live, "jobs", "--limit", "5")
     assert table.returncode == 0 and "status" in table.stdout
     pre = gradwatch(live, "preflight", str(spec_files["diverging"]))
-    assert pre.returncode == 0 and "risk" in pre.stdout
+    assert pre.returncode == 0 and "Risk" in pre.stdout and "standardize" in pre.stdout
 
 
 def test_errors_exit_1_with_the_field_path(live: LiveServer, spec_files: dict[str, Path]

@@ -13,11 +13,11 @@ from fastapi import APIRouter, Header, Path, Query, Response
 from app import plots
 from app.deps import ReadSessionDep, SettingsDep
 from app.errors import SpecValidationError
+from app.repositories import ReportRepository
 from app.routers.common import problems
 from app.services import (
     HistoryQuery,
     compare,
-    diagnostics,
     get_job,
     gradient_history,
     job_to_read,
@@ -84,12 +84,20 @@ def _clip(spec: dict[str, Any]) -> tuple[float | None, str]:
     return None, ""
 
 
-def _marks(job: dict[str, Any], report: dict[str, Any], note: str) -> plots.Marks:
+def _onset(session: Any, job_id: str) -> int | None:
+    """The stored (final) diagnosis' first bad step. A running job has no stored report and
+    its provisional one costs a diagnosis of the whole history: not worth it for a picture."""
+    row = ReportRepository(session).get(job_id)
+    step = row.report.get("first_bad_step") if row is not None else None
+    return int(step) if step is not None else None
+
+
+def _marks(session: Any, job: dict[str, Any], note: str) -> plots.Marks:
     threshold, label = _clip(job["spec"])
     nf = job.get("first_non_finite")
     return plots.Marks(clip_threshold=threshold, clip_label=label,
                        first_non_finite_step=nf["step"] if nf else None,
-                       first_bad_step=report.get("first_bad_step"), note=note)
+                       first_bad_step=_onset(session, job["id"]), note=note)
 
 
 def _title(job: dict[str, Any], what: str) -> str:
@@ -100,25 +108,24 @@ def _title(job: dict[str, Any], what: str) -> str:
 @router.get("/{job_id}/plots/gradients", operation_id="plotGradients",
             summary="Plot: per-layer gradient norms (log scale)",
             description="Per-layer pre-clip gradient norm vs step on a log scale (one line per "
-                        "layer, the global norm in black), the clip threshold, the diagnosis "
-                        "onset (`first_bad_step`) and the first NaN/Inf step. NaN/Inf points "
+                        "layer, the global norm in black), the clip threshold, the final diagnosis"
+                        " onset (`first_bad_step`) and the first NaN/Inf step. NaN/Inf points "
                         "are drawn at the top edge, not dropped.",
             response_class=Response, responses=_IMAGE_RESPONSES)
 def plot_gradients(job_id: JobId, session: ReadSessionDep, settings: SettingsDep,
                    fmt: FormatQuery = None, accept: AcceptHeader = None,
-                   max_points: MaxPoints = 2000) -> Response:
+                   max_points: MaxPoints = 1000) -> Response:
     q = _query(settings, max_points)
     job = job_to_read(get_job(session, job_id))
     history = gradient_history(session, job_id, q, layer=None, metrics=["grad_norm"])
     overall = metrics_history(session, job_id, q, metrics=["grad_norm"])
-    report = diagnostics(session, job_id, settings)
     layers = [plots.Series.of(ly["series"]["grad_norm"]["steps"],
                               ly["series"]["grad_norm"]["values"], f"layer {ly['layer']}")
               for ly in history["layers"]]
     g = overall["series"].get("grad_norm")
     global_norm = plots.Series.of(g["steps"], g["values"], "global") if g else None
     form = _format(fmt, accept)
-    return _image(plots.gradients_plot(layers, _marks(job, report, _note(history)),
+    return _image(plots.gradients_plot(layers, _marks(session, job, _note(history)),
                                        global_norm=global_norm,
                                        title=_title(job, "Gradient norms before clipping"),
                                        fmt=form), form)
@@ -132,16 +139,15 @@ def plot_gradients(job_id: JobId, session: ReadSessionDep, settings: SettingsDep
             response_class=Response, responses=_IMAGE_RESPONSES)
 def plot_heatmap(job_id: JobId, session: ReadSessionDep, settings: SettingsDep,
                  fmt: FormatQuery = None, accept: AcceptHeader = None,
-                 max_points: MaxPoints = 2000) -> Response:
+                 max_points: MaxPoints = 1000) -> Response:
     q = _query(settings, max_points)
     job = job_to_read(get_job(session, job_id))
     history = gradient_history(session, job_id, q, layer=None, metrics=["grad_norm"])
-    report = diagnostics(session, job_id, settings)
     layers = [plots.Series.of(ly["series"]["grad_norm"]["steps"],
                               ly["series"]["grad_norm"]["values"], f"layer {ly['layer']}")
               for ly in history["layers"]]
     form = _format(fmt, accept)
-    return _image(plots.heatmap_plot(layers, _marks(job, report, _note(history)),
+    return _image(plots.heatmap_plot(layers, _marks(session, job, _note(history)),
                                      title=_title(job, "log10 gradient norm"), fmt=form), form)
 
 
@@ -152,17 +158,16 @@ def plot_heatmap(job_id: JobId, session: ReadSessionDep, settings: SettingsDep,
             response_class=Response, responses=_IMAGE_RESPONSES)
 def plot_loss(job_id: JobId, session: ReadSessionDep, settings: SettingsDep,
               fmt: FormatQuery = None, accept: AcceptHeader = None,
-              max_points: MaxPoints = 2000) -> Response:
+              max_points: MaxPoints = 1000) -> Response:
     q = _query(settings, max_points)
     job = job_to_read(get_job(session, job_id))
     history = metrics_history(session, job_id, q, metrics=["loss"])
-    report = diagnostics(session, job_id, settings)
     loss = history["series"].get("loss") or {"steps": [], "values": []}
     epochs = history["epochs"]
     val = plots.Series.of(epochs["step"], epochs["val_loss"], "validation loss")
     form = _format(fmt, accept)
     return _image(plots.loss_plot(plots.Series.of(loss["steps"], loss["values"], "loss"),
-                                  _marks(job, report, _note(history)), val_loss=val,
+                                  _marks(session, job, _note(history)), val_loss=val,
                                   title=_title(job, "Loss"), fmt=form), form)
 
 
@@ -177,7 +182,7 @@ def plot_comparison(job_id: JobId, session: ReadSessionDep, settings: SettingsDe
                         description="The job to compare with (default: the repair of "
                                     "`job_id`, or its parent).")] = None,
                     fmt: FormatQuery = None, accept: AcceptHeader = None,
-                    max_points: MaxPoints = 2000) -> Response:
+                    max_points: MaxPoints = 1000) -> Response:
     q = _query(settings, max_points)
     pair = compare(session, job_id, settings, other=other)
     runs = []

@@ -199,20 +199,33 @@ def _add_examples(operation: dict[str, Any], examples: dict[str, Any]) -> None:
             media["example"] = value
 
 
+def _problems_by_status(examples: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One recorded problem+json per error status, for operations that have none of their
+    own (e.g. the 401 every /v1 operation can answer)."""
+    out: dict[str, Any] = {}
+    for operation in sorted(examples):
+        for status, value in examples[operation].items():
+            if status[0] in "45" and isinstance(value, dict):
+                out.setdefault(status, value)
+    return out
+
+
 def document(schema: dict[str, Any]) -> None:
     """Add examples and descriptions to the OpenAPI document in place."""
     _describe_schemas(schema.get("components", {}).get("schemas", {}))
     examples = _examples()
+    fallback = _problems_by_status(examples)
     for operation in _operations(schema):
         for parameter in operation.get("parameters", []):
             if not parameter.get("description") and parameter["name"] in PARAMETERS:
                 parameter["description"] = PARAMETERS[parameter["name"]]
-        _add_examples(operation, examples.get(operation.get("operationId", ""), {}))
+        own = examples.get(operation.get("operationId", ""), {})
+        _add_examples(operation, {**fallback, **own})
 
 
 def undocumented(schema: dict[str, Any]) -> list[str]:
-    """Fields and parameters without a description; operations without any example; JSON
-    success responses without an example."""
+    """Fields and parameters without a description; operations without any example; responses
+    (other than images) without an example."""
     missing: list[str] = []
     for name, definition in schema.get("components", {}).get("schemas", {}).items():
         missing += [f"schema {name}.{field}" for field, prop in
@@ -226,8 +239,8 @@ def undocumented(schema: dict[str, Any]) -> list[str]:
             for media_type, media in response.get("content", {}).items():
                 example = "example" in media or "examples" in media
                 has_example |= example
-                if status.startswith("2") and media_type == "application/json" and not example:
-                    missing.append(f"example {op_id} {status}")
+                if not example and not media_type.startswith("image/"):
+                    missing.append(f"example {op_id} {status} {media_type}")
         if not has_example:
             missing.append(f"example {op_id} (none at all)")
     return missing

@@ -109,9 +109,15 @@ def generate(tmp: Path) -> dict[str, dict[str, Any]]:
         wait(http, long["id"])
         record(ex, "cancelJob", http.post(f"/v1/jobs/{long['id']}/cancel"))
         record(ex, "cancelJob", http.post("/v1/jobs/00000000-0000-0000-0000-000000000000/cancel"))
-        for kind in ("Gradients", "Heatmap", "Loss", "Comparison"):
-            record(ex, f"plot{kind}", http.get(
-                "/v1/jobs/00000000-0000-0000-0000-000000000000/plots/" + kind.lower()))
+        unknown = "/v1/jobs/00000000-0000-0000-0000-000000000000"
+        for operation, method, suffix in [
+                ("plotGradients", "GET", "/plots/gradients"), ("plotHeatmap", "GET", "/plots/heatmap"),
+                ("plotLoss", "GET", "/plots/loss"), ("plotComparison", "GET", "/plots/comparison"),
+                ("getDiagnostics", "GET", "/diagnostics"), ("getGradientHistory", "GET", "/gradients"),
+                ("getMetricsHistory", "GET", "/metrics"), ("compareJobs", "GET", "/comparison"),
+                ("streamJobEvents", "GET", "/events"), ("repairJob", "POST", "/repair"),
+                ("deleteJob", "DELETE", "")]:
+            record(ex, operation, http.request(method, unknown + suffix))
         record(ex, "preflightSpec", http.post("/v1/preflight", json=EXPLODING_SPEC))
         record(ex, "preflightSpec", http.post("/v1/preflight", json=INVALID))
         catalog = record(ex, "listDatasets", http.get("/v1/datasets"))
@@ -123,9 +129,11 @@ def generate(tmp: Path) -> dict[str, dict[str, Any]]:
         ex["deleteJob"].pop("204", None)
     keyed = tmp / "keyed"
     keyed.mkdir()
-    with TestClient(create_app(settings(keyed, workers=0, api_key="example-key",
+    with TestClient(create_app(settings(keyed, workers=1, api_key="example-key",
                                         max_body_bytes=1024))) as http:
         record(ex, "listJobs", http.get("/v1/jobs"))
+        http.app.state.executor.shutdown(wait=True)  # type: ignore[attr-defined]
+        record(ex, "readyz", http.get("/readyz"))  # 503: the executor is not running
         record(ex, "createJob", http.post("/v1/jobs", content=b"{" + b" " * 4000 + b"}",
                                           headers={"X-API-Key": "example-key",
                                                    "Content-Type": "application/json"}))

@@ -58,7 +58,19 @@ def test_the_422_example_names_field_paths(openapi: dict[str, Any]) -> None:
     problem = _example(openapi, "createJob", "422")
     assert problem["status"] == 422
     assert ["body", "training", "epochs"] in [e["loc"] for e in problem["errors"]]
-    assert "example.com" not in json.dumps(openapi)
+
+
+def test_every_error_response_shows_a_real_problem_of_its_status(openapi: dict[str, Any]
+                                                                 ) -> None:
+    """No Swagger-invented `"type": "https://example.com/"` bodies: each error response
+    carries a recorded problem+json with that status."""
+    for path in openapi["paths"].values():
+        for op in path.values():
+            for status, response in op["responses"].items():
+                media = response.get("content", {}).get("application/problem+json")
+                if media is not None:
+                    assert media["example"]["status"] == int(status), (op["operationId"], status)
+                    assert media["example"]["type"].startswith("https://gradwatch.dev/problems/")
 
 
 @pytest.mark.parametrize(("operation_id", "status", "model"), [

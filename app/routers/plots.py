@@ -193,11 +193,13 @@ def plot_comparison(job_id: JobId, session: ReadSessionDep, settings: SettingsDe
         empty: dict[str, list[Any]] = {"steps": [], "values": []}
         g = history["series"].get("grad_norm", empty)
         loss = history["series"].get("loss", empty)
-        label = f"{role}: {job.get('name') or job['id'][:8]} ({job.get('verdict') or job['status']})"
+        label = f"{role} {job['id'][:8]} ({job.get('verdict') or job['status']})"
         nf = job.get("first_non_finite")
         runs.append(plots.Run(label, plots.Series.of(g["steps"], g["values"]),
                               plots.Series.of(loss["steps"], loss["values"]),
                               plots.Marks(first_non_finite_step=nf["step"] if nf else None)))
     form = _format(fmt, accept)
-    return _image(plots.comparison_plot(runs[0], runs[1], title=pair["summary"], fmt=form), form)
+    verdicts = [pair[r]["verdict"] or pair[r]["status"] for r in ("original", "repair")]
+    title = f"Before and after the repair: {verdicts[0]} → {verdicts[1]}"
+    return _image(plots.comparison_plot(runs[0], runs[1], title=title, fmt=form), form)
 

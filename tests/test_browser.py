@@ -135,6 +135,11 @@ def test_dashboard_runs_a_fix_and_shows_the_childs_verdict(
     row = page.locator(f'tr[data-job-id="{job["id"]}"]')
     row.wait_for()
     assert "exploding" in row.inner_text() and "succeeded" in row.inner_text()
+    page.select_option("#filter-verdict", "healthy")  # filters narrow the list ...
+    row.wait_for(state="detached")
+    page.select_option("#filter-verdict", "exploding")  # ... and keep the URL shareable
+    row.wait_for()
+    assert page.url.endswith("/?verdict=exploding")
 
     row.locator("a").click()
     page.wait_for_url(f"**/jobs/{job['id']}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import subprocess
 import sys
@@ -192,3 +193,27 @@ def test_async_client(live: LiveServer) -> None:
     status, kinds, values = asyncio.run(scenario())
     assert status == "succeeded" and kinds[-1] == "status"
     assert values.size > 0 and np.isfinite(values).all()
+
+
+def test_api_key_for_the_client_and_the_cli(tmp_path: Path) -> None:
+    from tests.conftest import make_settings
+
+    key = "client-test-key"
+    with LiveServer(make_settings(tmp_path, workers=0, api_key=key)) as server:
+        with Client(server.url, api_key=key) as keyed:
+            job = keyed.submit(SMALL_SPEC)
+            assert keyed.get(job.id).status == "queued"
+        with Client(server.url, retries=0) as anonymous, pytest.raises(ApiError) as info:
+            anonymous.list()
+        assert info.value.status == 401 and info.value.title
+        gradwatch = str(Path(sys.executable).parent / "gradwatch")
+        env = {**os.environ, "GRADWATCH_URL": server.url}
+        env.pop("GRADWATCH_API_KEY", None)
+        denied = subprocess.run([gradwatch, "jobs"], env=env, capture_output=True, text=True)
+        assert denied.returncode == 1 and "401" in denied.stderr
+        by_env = subprocess.run([gradwatch, "jobs", "--json"], capture_output=True, text=True,
+                                env={**env, "GRADWATCH_API_KEY": key})
+        assert by_env.returncode == 0 and job.id in by_env.stdout
+        by_flag = subprocess.run([gradwatch, "jobs", "--json", "--api-key", key], env=env,
+                                 capture_output=True, text=True)
+        assert by_flag.returncode == 0 and job.id in by_flag.stdout

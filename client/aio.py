@@ -44,7 +44,7 @@ class AsyncClient:
         self.base_url = base_url.rstrip("/")
         self._backoff = Backoff(retries, backoff)
         self._http = httpx.AsyncClient(base_url=self.base_url, headers=auth_headers(api_key),
-                                  timeout=timeout, transport=transport)
+                                       timeout=timeout, transport=transport)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -59,7 +59,7 @@ class AsyncClient:
         for attempt in self._backoff.attempts():
             try:
                 response = await self._http.request(call.method, call.path, params=call.params,
-                                              json=call.json, headers=call.headers)
+                                                    json=call.json, headers=call.headers)
             except RETRYABLE_ERRORS as exc:
                 if attempt.last or not (call.retry_safe or isinstance(exc, NOT_SENT)):
                     raise
@@ -73,7 +73,7 @@ class AsyncClient:
 
     # ------------------------------------------------------------------ jobs
     async def submit(self, spec: dict[str, Any] | str | Path, idempotency_key: str | None = None
-               ) -> Job:
+                     ) -> Job:
         """Submit a spec (a dict, or the path of a JSON file); the queued job."""
         return await self._call(ops.submit(spec, idempotency_key))
 
@@ -81,8 +81,8 @@ class AsyncClient:
         return await self._call(ops.get(job_id))
 
     async def list(self, *, status: StrList | str | None = None,
-             verdict: StrList | str | None = None, parent_id: str | None = None,
-             limit: int = 50, cursor: str | None = None) -> JobPage:
+                   verdict: StrList | str | None = None, parent_id: str | None = None,
+                   limit: int = 50, cursor: str | None = None) -> JobPage:
         """One page of jobs, newest first (``page.next_cursor`` for the next)."""
         return await self._call(ops.list(status=status, verdict=verdict, parent_id=parent_id,
                                    limit=limit, cursor=cursor))
@@ -94,8 +94,8 @@ class AsyncClient:
         await self._call(ops.delete(job_id))
 
     async def repair(self, job_id: str, recommendation: int | None = None,
-               spec_patch: dict[str, Any] | None = None, idempotency_key: str | None = None
-               ) -> Job:
+                     spec_patch: dict[str, Any] | None = None, idempotency_key: str | None = None
+                     ) -> Job:
         """Run a recommended fix (default: the first) or your own merge patch as a child job."""
         return await self._call(ops.repair(job_id, recommendation, spec_patch, idempotency_key))
 
@@ -124,9 +124,9 @@ class AsyncClient:
             if last is not None:
                 headers["Last-Event-ID"] = str(last)
             try:
-                async with self._http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers,
-                                       timeout=httpx.Timeout(self._http.timeout.connect,
-                                                             read=60.0)) as response:
+                timeout = httpx.Timeout(self._http.timeout.connect, read=60.0)
+                async with self._http.stream("GET", f"/v1/jobs/{job_id}/events",
+                                             headers=headers, timeout=timeout) as response:
                     if response.status_code != 200:
                         await response.aread()
                         if response.status_code != 503:
@@ -155,23 +155,24 @@ class AsyncClient:
     async def diagnostics(self, job_id: str) -> Diagnosis:
         return await self._call(ops.diagnostics(job_id))
 
-    async def gradients(self, job_id: str, *, layer: int | None = None, start_step: int | None = None,
-                  end_step: int | None = None, max_points: int = 1000,
-                  metrics: StrList | None = None) -> GradientHistory:
+    async def gradients(self, job_id: str, *, layer: int | None = None,
+                        start_step: int | None = None, end_step: int | None = None,
+                        max_points: int = 1000,
+                        metrics: StrList | None = None) -> GradientHistory:
         """Per-layer series as NumPy arrays (NaN/±Inf restored)."""
         return await self._call(ops.gradients(job_id, layer=layer, start_step=start_step,
                                         end_step=end_step, max_points=max_points,
                                         metrics=metrics))
 
     async def metrics(self, job_id: str, *, start_step: int | None = None,
-                end_step: int | None = None, max_points: int = 1000,
-                metrics: StrList | None = None) -> MetricsHistory:
+                      end_step: int | None = None, max_points: int = 1000,
+                      metrics: StrList | None = None) -> MetricsHistory:
         """Loss, global gradient norm, lr (and epoch figures) as NumPy arrays."""
         return await self._call(ops.metrics(job_id, start_step=start_step, end_step=end_step,
                                       max_points=max_points, metrics=metrics))
 
     async def plot(self, job_id: str, kind: str = "gradients", path: str | Path | None = None, *,
-             format: str | None = None, other: str | None = None) -> bytes:
+                   format: str | None = None, other: str | None = None) -> bytes:
         """A plot (``gradients``, ``heatmap``, ``loss``, ``comparison``); written to ``path``
         when given (SVG when it ends in .svg)."""
         fmt = plot_format(path, format)

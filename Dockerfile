@@ -16,13 +16,14 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 # dependencies first: this layer is rebuilt only when pyproject.toml changes
 COPY pyproject.toml README.md ./
-RUN mkdir -p core app migrations \
- && touch core/__init__.py app/__init__.py migrations/__init__.py \
+RUN mkdir -p core app client migrations \
+ && touch core/__init__.py app/__init__.py client/__init__.py migrations/__init__.py \
  && pip install --upgrade pip \
  && pip install . \
  && pip uninstall --yes gradwatch
 COPY core ./core
 COPY app ./app
+COPY client ./client
 COPY migrations ./migrations
 RUN pip install --no-deps . \
  && find /opt/venv -name "__pycache__" -prune -exec rm -rf {} +

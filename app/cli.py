@@ -1,4 +1,6 @@
-"""The ``gradwatch`` command: ``serve``, ``migrate``, ``worker``."""
+"""The ``gradwatch`` command: ``serve``, ``migrate``, ``worker``; and the client commands
+(``submit``, ``follow``, ``diagnose``, ``repair``, ``plot``, ``jobs``, ``preflight``) from
+:mod:`client.cli`."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import os
 import sys
 
 from app.settings import Settings
+from client.cli import register as register_client_commands
 
 __all__ = ["build_parser", "main"]
 
@@ -74,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--concurrency", type=int, default=None,
                         help="job processes (default GRADWATCH_WORKERS: one per core)")
     worker.set_defaults(func=_worker)
+    register_client_commands(sub)  # submit, follow, diagnose, ... (HTTP only)
     return parser
 
 

@@ -15,7 +15,6 @@ from typing import Any
 
 from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import RedirectResponse
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter
 
@@ -28,7 +27,8 @@ from app.executors import build_executor
 from app.metrics import HttpMetricsMiddleware, build_registry
 from app.middleware import BodySizeLimitMiddleware, RejectNulMiddleware
 from app.migrate import head_revision, schema_is_current, upgrade
-from app.routers import events, histories, jobs, metrics, system, webhooks
+from app.openapi_docs import document
+from app.routers import events, histories, jobs, metrics, pages, plots, system, webhooks
 from app.routers.common import PROBLEM_SCHEMA
 from app.settings import Settings
 
@@ -59,6 +59,7 @@ TAGS = [
     {"name": "jobs", "description": "Submit, list, inspect, cancel, delete and repair jobs."},
     {"name": "histories", "description": "Recorded norms and metrics; the diagnosis."},
     {"name": "events", "description": "Live server-sent events of a job."},
+    {"name": "plots", "description": "The histories as pictures (PNG or SVG)."},
     {"name": "specs", "description": "Analyse a spec before training; the data sets."},
     {"name": "webhooks", "description": "Signed notifications of job events to your URL."},
     {"name": "health", "description": "Liveness and readiness probes; Prometheus metrics."},
@@ -122,6 +123,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_tags=TAGS,
         lifespan=lifespan,
         separate_input_output_schemas=False,
+        docs_url=None,  # served offline by app.routers.pages
+        redoc_url=None,
     )
     app.state.settings = settings
     install_error_handlers(app)
@@ -137,12 +140,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router, dependencies=auth)
     app.include_router(webhooks.router, dependencies=auth)
     app.include_router(metrics.router, dependencies=auth)
+    app.include_router(plots.router, dependencies=auth)  # issue 9: plots
     app.include_router(system.router)
     app.include_router(system.health_router)
 
-    @app.get("/", include_in_schema=False)
-    def root() -> RedirectResponse:
-        return RedirectResponse("/docs")
+    app.include_router(pages.router)  # issue 9: dashboard, /docs, /redoc (no CDN)
+    app.mount("/static", pages.static_files(), name="static")
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
@@ -157,6 +160,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         _history_bounds(schema, settings)
         if not settings.api_key:  # nothing to send: do not make clients believe otherwise
             _drop_security(schema)
+        document(schema)  # issue 9: real examples, field and parameter descriptions
         app.openapi_schema = schema
         return schema
 

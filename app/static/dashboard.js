@@ -1,0 +1,416 @@
+// gradwatch dashboard: the job list and a job page with a live chart, the diagnosis,
+// "Run this fix" and the before/after comparison. Plain browser JavaScript, no build step;
+// every number comes from the /v1 API. Text is inserted with textContent only (no HTML
+// from the server is ever parsed).
+"use strict";
+
+const KEY = "gradwatch.apiKey";
+const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"];
+const VERDICTS = ["healthy", "exploding", "vanishing", "unstable", "stalled"];
+const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+  "#7f7f7f", "#bcbd22", "#17becf"];
+
+// ------------------------------------------------------------------ helpers
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else el.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+// replaceChildren, skipping the null/undefined of conditional parts (it would print "null")
+function fill(el, ...children) {
+  el.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined));
+}
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+// The API writes NaN and ±Inf as strings: back to numbers.
+function num(v) {
+  if (v === "NaN") return NaN;
+  if (v === "Infinity") return Infinity;
+  if (v === "-Infinity") return -Infinity;
+  return v;
+}
+function fmt(v) {
+  v = num(v);
+  if (v === null || v === undefined) return "–";
+  if (typeof v !== "number") return String(v);
+  if (!Number.isFinite(v)) return String(v);
+  return Math.abs(v) >= 1e4 || (Math.abs(v) < 1e-3 && v !== 0) ? v.toExponential(3) : String(+v.toPrecision(4));
+}
+const badge = (text) => h("span", { class: `badge ${text || ""}` }, text || "–");
+const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+
+class ApiError extends Error {
+  constructor(status, problem) {
+    super(`${status} ${problem.title || ""}: ${problem.detail || ""}`);
+    this.status = status;
+    this.problem = problem;
+  }
+}
+
+// ------------------------------------------------------------------ API key + fetch
+let keyPrompt = null;
+function askForKey(rejected) {
+  if (keyPrompt) return keyPrompt;
+  const dialog = document.getElementById("key-dialog");
+  document.getElementById("key-error").hidden = !rejected;
+  keyPrompt = new Promise((resolve) => {
+    document.getElementById("key-form").addEventListener("submit", () => {
+      sessionStorage.setItem(KEY, document.getElementById("key-input").value.trim());
+      document.getElementById("forget-key").hidden = false;
+      keyPrompt = null;
+      resolve();
+    }, { once: true });
+  });
+  dialog.showModal();
+  return keyPrompt;
+}
+
+async function api(path, opts = {}) {
+  const headers = new Headers(opts.headers || {});
+  const key = sessionStorage.getItem(KEY);
+  if (key) headers.set("X-API-Key", key); // a header, never the URL
+  const init = { method: opts.method || "GET", headers, signal: opts.signal };
+  if (opts.json !== undefined) {
+    headers.set("Content-Type", "application/json");
+    init.body = JSON.stringify(opts.json);
+  }
+  const resp = await fetch(path, init);
+  if (resp.status === 401) {
+    await askForKey(Boolean(key));
+    return api(path, opts);
+  }
+  if (!resp.ok) {
+    let problem = { title: resp.statusText };
+    try { problem = await resp.json(); } catch (e) { /* not JSON */ }
+    throw new ApiError(resp.status, problem);
+  }
+  return resp;
+}
+const getJSON = async (path, opts) => (await api(path, opts)).json();
+
+async function imageInto(img, path) {
+  const blob = await (await api(path)).blob();
+  if (img.dataset.url) URL.revokeObjectURL(img.dataset.url);
+  img.dataset.url = URL.createObjectURL(blob);
+  img.src = img.dataset.url;
+}
+
+// Server-sent events over fetch (EventSource cannot send the key header); resumes with
+// Last-Event-ID after a dropped connection. onEvent returning "stop" ends the stream.
+async function followEvents(jobId, onEvent, signal) {
+  let last = null;
+  while (!signal.aborted) {
+    const headers = { Accept: "text/event-stream" };
+    if (last !== null) headers["Last-Event-ID"] = String(last);
+    try {
+      const resp = await api(`/v1/jobs/${jobId}/events`, { headers, signal });
+      const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buf = "";
+      let ev = { event: "message", data: [], id: null };
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += value;
+        let i;
+        while ((i = buf.indexOf("\n")) >= 0) {
+          const line = buf.slice(0, i).replace(/\r$/, "");
+          buf = buf.slice(i + 1);
+          if (line === "") {
+            if (ev.data.length) {
+              if (ev.id !== null) last = Number(ev.id);
+              const stop = onEvent({ id: ev.id, event: ev.event, data: JSON.parse(ev.data.join("\n")) });
+              if (stop === "stop") return;
+            }
+            ev = { event: "message", data: [], id: null };
+          } else if (!line.startsWith(":")) {
+            const c = line.indexOf(":");
+            const name = c < 0 ? line : line.slice(0, c);
+            let val = c < 0 ? "" : line.slice(c + 1);
+            if (val.startsWith(" ")) val = val.slice(1);
+            if (name === "data") ev.data.push(val);
+            else if (name === "event") ev.event = val;
+            else if (name === "id") ev.id = val;
+          }
+        }
+      }
+    } catch (err) {
+      if (signal.aborted || (err instanceof ApiError && err.status !== 503)) return;
+    }
+    await sleep(1000);
+  }
+}
+
+// ------------------------------------------------------------------ job list
+async function showList(root) {
+  const params = new URLSearchParams(location.search);
+  const status = h("select", { id: "filter-status", onchange: () => applyFilters() },
+    h("option", { value: "" }, "any status"), STATUSES.map((s) => h("option", { value: s, selected: params.get("status") === s }, s)));
+  const verdict = h("select", { id: "filter-verdict", onchange: () => applyFilters() },
+    h("option", { value: "" }, "any verdict"), VERDICTS.map((v) => h("option", { value: v, selected: params.get("verdict") === v }, v)));
+  const body = h("tbody", { id: "job-rows" });
+  const spec = h("textarea", { id: "spec-input", spellcheck: "false" }, JSON.stringify(
+    { data: { source: "synthetic", name: "spirals" }, model: { hidden: [{ units: 32 }, { units: 32 }] } }, null, 2));
+  const submitError = h("p", { class: "error", hidden: true });
+  root.replaceChildren(
+    h("section", {}, h("h1", {}, "Jobs"),
+      h("div", { class: "filters" }, status, verdict, h("span", { class: "muted" }, "refreshes every 2 s")),
+      h("table", {}, h("thead", {}, h("tr", {}, ["name", "status", "verdict", "progress", "created", "id"].map((c) => h("th", {}, c)))), body)),
+    h("section", {}, h("h2", {}, "Submit a spec"), spec, submitError,
+      h("button", { class: "primary", id: "submit-spec", onclick: async () => {
+        try {
+          const job = await getJSON("/v1/jobs", { method: "POST", json: JSON.parse(spec.value) });
+          location.assign(`/jobs/${job.id}`);
+        } catch (err) { submitError.hidden = false; submitError.textContent = problemText(err); }
+      } }, "Submit")));
+
+  function applyFilters() {
+    const q = new URLSearchParams();
+    if (status.value) q.set("status", status.value);
+    if (verdict.value) q.set("verdict", verdict.value);
+    history.replaceState(null, "", q.toString() ? `/?${q}` : "/");
+    refresh();
+  }
+  async function refresh() {
+    const q = new URLSearchParams({ limit: "100" });
+    if (status.value) q.set("status", status.value);
+    if (verdict.value) q.set("verdict", verdict.value);
+    const page = await getJSON(`/v1/jobs?${q}`);
+    body.replaceChildren(...page.items.map((j) => h("tr", { "data-job-id": j.id },
+      h("td", {}, h("a", { href: `/jobs/${j.id}` }, j.name || "(unnamed)"), j.parent_id ? h("span", { class: "muted" }, " (repair)") : null),
+      h("td", {}, badge(j.status)), h("td", {}, badge(j.verdict)),
+      h("td", {}, `${j.progress.step} / ${j.progress.total_steps}`),
+      h("td", {}, new Date(j.created_at).toLocaleString()),
+      h("td", { class: "muted" }, j.id.slice(0, 8)))));
+    if (!page.items.length) body.replaceChildren(h("tr", {}, h("td", { colspan: 6, class: "muted" }, "No jobs yet.")));
+  }
+  for (;;) {
+    try { await refresh(); } catch (err) { body.replaceChildren(h("tr", {}, h("td", { colspan: 6, class: "error" }, problemText(err)))); }
+    await sleep(2000);
+  }
+}
+
+function problemText(err) {
+  if (!(err instanceof ApiError)) return String(err);
+  const fields = (err.problem.errors || []).map((e) => `${(e.loc || []).join(".")}: ${e.msg}`);
+  return [`${err.status} ${err.problem.title || ""}: ${err.problem.detail || ""}`, ...fields].join("\n");
+}
+
+// ------------------------------------------------------------------ live chart
+class LiveChart {
+  constructor(el, title, labels, yLabel) {
+    this.el = el;
+    this.index = new Map();
+    this.data = [[], ...labels.map(() => [])];
+    const series = [{ label: "step" }, ...labels.map((label, i) => ({
+      label, stroke: label === "global" ? "#101828" : PALETTE[i % PALETTE.length],
+      width: label === "global" ? 2.5 : 1.2, spanGaps: false }))];
+    this.plot = new uPlot({
+      title, width: Math.max(400, el.clientWidth || 900), height: 300,
+      scales: { x: { time: false }, y: { distr: 3 } },
+      axes: [{ label: "step" }, { label: yLabel, size: 72,
+        values: (u, ticks) => ticks.map((v) => (v === null ? "" : fmt(v))) }], series,
+    }, this.data, el);
+    el.dataset.points = "0";
+  }
+  // values: one per series; non-finite or non-positive values are gaps on a log axis
+  add(step, values) {
+    let row = this.index.get(step);
+    if (row === undefined) {
+      if (this.data[0].length && step < this.data[0][this.data[0].length - 1]) return; // out of order
+      row = this.data[0].length;
+      this.index.set(step, row);
+      this.data[0].push(step);
+      for (let s = 1; s < this.data.length; s++) this.data[s].push(null);
+    }
+    values.forEach((v, i) => {
+      v = num(v);
+      if (v !== null && v !== undefined) this.data[i + 1][row] = Number.isFinite(v) && v > 0 ? v : null;
+    });
+  }
+  draw() {
+    this.plot.setData(this.data);
+    this.el.dataset.points = String(this.data[0].length);
+  }
+  reset() {
+    this.index.clear();
+    this.data = this.data.map(() => []);
+  }
+}
+
+// ------------------------------------------------------------------ job page
+async function showJob(root, jobId) {
+  let job;
+  try { job = await getJSON(`/v1/jobs/${jobId}`); } catch (err) {
+    root.replaceChildren(h("section", {}, h("h1", {}, "Job not found"), h("p", { class: "error" }, problemText(err)), h("a", { href: "/" }, "All jobs")));
+    return;
+  }
+  const nLayers = job.spec.model.hidden.length + 1;
+  const head = h("section", { id: "job-head" });
+  const gradEl = h("div", { class: "chart", id: "grad-chart" });
+  const lossEl = h("div", { class: "chart", id: "loss-chart" });
+  const nonFinite = h("div", { class: "banner", id: "non-finite", hidden: true });
+  const diagnosis = h("section", { id: "diagnosis" }, h("h2", {}, "Diagnosis"), h("p", { class: "muted" }, "Waiting for the first records…"));
+  const comparison = h("section", { id: "comparison", hidden: true });
+  const gradPlot = h("img", { class: "plot", id: "gradients-plot", alt: "gradient norms plot" });
+  const heatPlot = h("img", { class: "plot", id: "heatmap-plot", alt: "gradient heatmap" });
+  root.replaceChildren(head,
+    h("section", {}, h("h2", {}, "Gradient norms before clipping (live)"), nonFinite, gradEl, lossEl),
+    diagnosis, comparison,
+    h("section", {}, h("h2", {}, "Plots"), gradPlot, heatPlot));
+  const layerLabels = Array.from({ length: nLayers }, (_, i) => `layer ${i}`);
+  const grad = new LiveChart(gradEl, "pre-clip gradient L2 norm", ["global", ...layerLabels], "norm (log)");
+  const loss = new LiveChart(lossEl, "training loss", ["loss"], "loss (log)");
+
+  renderHead(head, job);
+  await loadHistory(job, grad, loss);
+  if (TERMINAL.has(job.status)) {
+    await finished(job);
+    return;
+  }
+  const controller = new AbortController();
+  let lastDiagnosis = 0;
+  await followEvents(job.id, (ev) => {
+    const d = ev.data;
+    if (d.latest) {
+      grad.add(d.latest.step, [d.latest.grad_norm, ...(d.latest.layer_grad_norms || [])]);
+      loss.add(d.latest.step, [d.latest.loss]);
+      grad.draw(); loss.draw();
+    }
+    if (d.progress || d.status) {
+      job = { ...job, ...(ev.event === "snapshot" ? d : {}), status: d.status || job.status,
+              progress: d.progress || job.progress, latest: d.latest || job.latest };
+      renderHead(head, job);
+    }
+    if (ev.event === "alert" || Date.now() - lastDiagnosis > 3000) {
+      lastDiagnosis = Date.now();
+      renderDiagnosis(diagnosis, job).catch(() => {});
+    }
+    const terminal = ev.event === "snapshot" ? TERMINAL.has(d.status) : ev.event === "status" && d.terminal;
+    return terminal ? "stop" : undefined;
+  }, controller.signal);
+  job = await getJSON(`/v1/jobs/${job.id}`);
+  renderHead(head, job);
+  await loadHistory(job, grad, loss);
+  await finished(job);
+
+  async function finished(j) {
+    if (j.first_non_finite) {
+      const nf = j.first_non_finite;
+      nonFinite.hidden = false;
+      nonFinite.textContent = `First NaN/Inf at step ${nf.step}${nf.layer !== null ? `, layer ${nf.layer}` : ""}: ${nf.description}`;
+    }
+    await Promise.all([
+      renderDiagnosis(diagnosis, j),
+      renderComparison(comparison, j),
+      imageInto(gradPlot, `/v1/jobs/${j.id}/plots/gradients`),
+      imageInto(heatPlot, `/v1/jobs/${j.id}/plots/heatmap`),
+    ].map((p) => p.catch((err) => console.warn(err))));
+  }
+}
+
+async function loadHistory(job, grad, loss) {
+  const [g, m] = await Promise.all([
+    getJSON(`/v1/jobs/${job.id}/gradients?metrics=grad_norm&max_points=1000`),
+    getJSON(`/v1/jobs/${job.id}/metrics?metrics=grad_norm,loss&max_points=1000`),
+  ]);
+  grad.reset(); loss.reset();
+  const layerValues = g.layers.map((ly) => new Map(ly.series.grad_norm.steps.map((s, i) => [s, ly.series.grad_norm.values[i]])));
+  const gs = m.series.grad_norm || { steps: [], values: [] };
+  gs.steps.forEach((step, i) => grad.add(step, [gs.values[i], ...layerValues.map((mp) => mp.get(step) ?? null)]));
+  const ls = m.series.loss || { steps: [], values: [] };
+  ls.steps.forEach((step, i) => loss.add(step, [ls.values[i]]));
+  grad.draw(); loss.draw();
+}
+
+function renderHead(el, job) {
+  const p = job.progress || { step: 0, total_steps: 0 };
+  fill(el, 
+    h("h1", {}, job.name || "(unnamed job)", " ", badge(job.status), " ",
+      h("span", { id: "job-verdict", class: `badge ${job.verdict || ""}` }, job.verdict || "no verdict yet")),
+    h("p", { class: "muted" }, `id ${job.id}`, job.parent_id ? " · repair of " : "",
+      job.parent_id ? h("a", { href: `/jobs/${job.parent_id}`, id: "parent-link" }, job.parent_id.slice(0, 8)) : null),
+    h("p", { id: "job-progress" }, `step ${p.step} / ${p.total_steps}`,
+      job.latest ? ` · loss ${fmt(job.latest.loss)} · global gradient norm ${fmt(job.latest.grad_norm)}` : "",
+      job.stop_reason ? ` · stopped: ${job.stop_reason}` : "",
+      job.runtime_seconds ? ` · ${job.runtime_seconds.toFixed(2)} s` : ""),
+    job.error ? h("p", { class: "error" }, job.error) : null);
+}
+
+async function renderDiagnosis(el, job) {
+  const d = await getJSON(`/v1/jobs/${job.id}/diagnostics`);
+  const findings = h("ul", { class: "findings" }, d.findings.map((f) => h("li", {},
+    badge(f.severity), " ", h("strong", {}, f.kind.replaceAll("_", " ")),
+    f.step !== null ? ` at step ${f.step}` : "", f.layers.length ? ` in layer${f.layers.length > 1 ? "s" : ""} ${f.layers.join(", ")}` : "",
+    h("div", {}, f.message))));
+  const canRepair = TERMINAL.has(job.status);
+  const recs = h("ol", { class: "recs", start: 0 }, d.recommendations.map((r, i) => h("li", {},
+    h("strong", {}, r.action.replaceAll("_", " ")), " — ", r.rationale,
+    r.expected_effect ? h("div", { class: "muted" }, r.expected_effect) : null,
+    h("pre", {}, JSON.stringify(r.spec_patch, null, 1)),
+    h("button", { class: "primary run-fix", "data-recommendation": i, disabled: !canRepair,
+      title: canRepair ? "Run the job again with this change" : "Available when the job has finished",
+      onclick: (e) => runFix(e.target, job.id, i) }, "Run this fix"))));
+  fill(el, h("h2", {}, "Diagnosis", d.final ? "" : " (provisional)"),
+    h("p", {}, badge(d.verdict), " ", h("span", { id: "diagnosis-summary" }, d.summary)),
+    d.first_bad_step !== null ? h("p", {}, `Problem starts at step ${d.first_bad_step}.`) : null,
+    d.findings.length ? h("h3", {}, "Findings") : null, findings,
+    d.recommendations.length ? h("h3", {}, "Recommended fixes (best first)") : null, recs);
+}
+
+async function runFix(button, jobId, index) {
+  button.disabled = true;
+  button.textContent = "Starting…";
+  try {
+    const child = await getJSON(`/v1/jobs/${jobId}/repair`, { method: "POST", json: { recommendation: index } });
+    location.assign(`/jobs/${child.id}`);
+  } catch (err) {
+    button.disabled = false;
+    button.textContent = "Run this fix";
+    button.after(h("pre", { class: "error" }, problemText(err)));
+  }
+}
+
+async function renderComparison(el, job) {
+  let path = null;
+  if (job.parent_id) path = `/v1/jobs/${job.id}/comparison`;
+  else {
+    const children = await getJSON(`/v1/jobs?parent_id=${job.id}&limit=1`);
+    if (children.items.length) path = `/v1/jobs/${job.id}/comparison?other=${children.items[0].id}`;
+  }
+  if (!path) return;
+  const c = await getJSON(path);
+  const rows = [["verdict", "verdict"], ["status", "status"], ["stop reason", "stop_reason"],
+    ["final loss", "final_loss"], ["peak gradient norm", "max_grad_norm"], ["first bad step", "first_bad_step"],
+    ["first NaN/Inf step", "first_non_finite_step"], ["final validation loss", "final_val_loss"]];
+  const img = h("img", { class: "plot", id: "comparison-plot", alt: "before/after comparison" });
+  el.hidden = false;
+  fill(el, h("h2", {}, "Before and after the repair"),
+    h("p", { id: "comparison-summary" }, c.summary),
+    c.spec_patch ? h("pre", {}, JSON.stringify(c.spec_patch, null, 1)) : null,
+    h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, ""),
+      h("th", {}, h("a", { href: `/jobs/${c.original.job_id}` }, "original")),
+      h("th", {}, h("a", { href: `/jobs/${c.repair.job_id}` }, "repair")))),
+    h("tbody", {}, rows.map(([label, key]) => h("tr", {}, h("td", {}, label), h("td", {}, fmt(c.original[key])), h("td", {}, fmt(c.repair[key])))))),
+    img);
+  const other = job.parent_id ? "" : `?other=${c.repair.job_id}`;
+  await imageInto(img, `/v1/jobs/${job.id}/plots/comparison${other}`);
+}
+
+// ------------------------------------------------------------------ start
+document.getElementById("forget-key").hidden = !sessionStorage.getItem(KEY);
+document.getElementById("forget-key").addEventListener("click", () => {
+  sessionStorage.removeItem(KEY);
+  location.reload();
+});
+const match = location.pathname.match(/^\/jobs\/([^/]+)$/);
+const root = document.getElementById("app");
+(match ? showJob(root, decodeURIComponent(match[1])) : showList(root)).catch((err) => {
+  root.replaceChildren(h("section", {}, h("p", { class: "error" }, problemText(err))));
+});

@@ -1,0 +1,153 @@
+"""Regenerate app/openapi_examples.json (the response examples Swagger UI and ReDoc show)
+and docs/images/exploding-gradients.png (the README's plot).
+
+Every example is a real response of a real run (not hand-written): a diverging job that
+reaches Infinity, its diagnosis, its repair and the comparison, the job's event stream, and
+real errors (422 with field paths, 404, 409, 401, 413, 415). Run after changing a response
+model or the diagnosis:
+
+    .venv/bin/python bench/openapi_examples.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app.main import create_app  # noqa: E402
+from app.routers.examples import EXPLODING_SPEC  # noqa: E402
+from app.settings import Settings  # noqa: E402
+from app.showcase import DIVERGING_SPEC  # noqa: E402
+
+OUT = ROOT / "app" / "openapi_examples.json"
+README_PLOT = ROOT / "docs" / "images" / "exploding-gradients.png"
+LONG = {"name": "long", "data": {"source": "synthetic", "name": "spirals", "n_samples": 400},
+        "training": {"epochs": 2000, "batch_size": 8}, "monitor": {"stop_on_explosion": False}}
+INVALID = {"data": {"source": "synthetic", "name": "spirals"},
+           "optimizer": {"name": "sgd", "lr": -1.0}, "training": {"epochs": 0}}
+
+
+def settings(tmp: Path, **extra: Any) -> Settings:
+    return Settings(data_dir=tmp, database_url=f"sqlite:///{tmp / 'examples.db'}",
+                    flush_interval_seconds=0.2, progress_event_interval_seconds=0.2,
+                    events_poll_seconds=0.05, **extra)
+
+
+def wait(http: TestClient, job_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = http.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.1)
+    raise TimeoutError(job_id)
+
+
+def record(examples: dict[str, dict[str, Any]], operation: str, response: Any) -> Any:
+    body = response.json() if response.content else None
+    examples.setdefault(operation, {})[str(response.status_code)] = body
+    return body
+
+
+def event_stream(http: TestClient, job_id: str, keep: int = 6) -> str:
+    """The job's stream replayed from the start (Last-Event-ID: 0), shortened to ``keep``
+    events and the terminal one."""
+    with http.stream("GET", f"/v1/jobs/{job_id}/events",
+                     headers={"Last-Event-ID": "0"}) as response:
+        text = "".join(response.iter_text())
+    blocks = [b for b in text.replace("\r\n", "\n").split("\n\n") if b.strip()
+              and not b.startswith(":")]
+    if len(blocks) > keep + 1:
+        blocks = [*blocks[:keep], *blocks[-1:]]
+    return "\n\n".join(blocks) + "\n\n"
+
+
+def generate(tmp: Path) -> dict[str, dict[str, Any]]:
+    ex: dict[str, dict[str, Any]] = {}
+    with TestClient(create_app(settings(tmp, workers=1))) as http:
+        job = record(ex, "createJob", http.post("/v1/jobs", json=DIVERGING_SPEC,
+                                                headers={"Idempotency-Key": "example-1"}))
+        wait(http, job["id"])
+        record(ex, "createJob", http.post("/v1/jobs", json=DIVERGING_SPEC,
+                                          headers={"Idempotency-Key": "example-1"}))
+        record(ex, "createJob", http.post("/v1/jobs", json=INVALID))
+        record(ex, "createJob", http.post("/v1/jobs", content=b"spec", headers={
+            "Content-Type": "text/plain"}))
+        record(ex, "getJob", http.get(f"/v1/jobs/{job['id']}"))
+        record(ex, "getJob", http.get("/v1/jobs/00000000-0000-0000-0000-000000000000"))
+        record(ex, "getGradientHistory", http.get(f"/v1/jobs/{job['id']}/gradients",
+                                                  params={"max_points": 10}))
+        record(ex, "getGradientHistory", http.get(f"/v1/jobs/{job['id']}/gradients",
+                                                  params={"max_points": 5}))
+        record(ex, "getMetricsHistory", http.get(f"/v1/jobs/{job['id']}/metrics",
+                                                 params={"max_points": 10}))
+        record(ex, "getDiagnostics", http.get(f"/v1/jobs/{job['id']}/diagnostics"))
+        README_PLOT.parent.mkdir(parents=True, exist_ok=True)
+        README_PLOT.write_bytes(http.get(f"/v1/jobs/{job['id']}/plots/gradients").content)
+        ex["streamJobEvents"] = {"200": event_stream(http, job["id"])}
+        repair = record(ex, "repairJob", http.post(f"/v1/jobs/{job['id']}/repair", json={},
+                                                   headers={"Idempotency-Key": "example-2"}))
+        record(ex, "repairJob", http.post(f"/v1/jobs/{job['id']}/repair", json={},
+                                          headers={"Idempotency-Key": "example-2"}))
+        record(ex, "repairJob", http.post(f"/v1/jobs/{job['id']}/repair",
+                                          json={"recommendation": 99}))
+        wait(http, repair["id"])
+        record(ex, "compareJobs", http.get(f"/v1/jobs/{job['id']}/comparison"))
+        record(ex, "listJobs", http.get("/v1/jobs", params={"limit": 2}))
+        long = http.post("/v1/jobs", json=LONG).json()
+        record(ex, "deleteJob", http.delete(f"/v1/jobs/{long['id']}"))
+        record(ex, "cancelJob", http.post(f"/v1/jobs/{long['id']}/cancel"))
+        wait(http, long["id"])
+        record(ex, "cancelJob", http.post(f"/v1/jobs/{long['id']}/cancel"))
+        record(ex, "cancelJob", http.post("/v1/jobs/00000000-0000-0000-0000-000000000000/cancel"))
+        unknown = "/v1/jobs/00000000-0000-0000-0000-000000000000"
+        for operation, method, suffix in [
+                ("plotGradients", "GET", "/plots/gradients"), ("plotHeatmap", "GET", "/plots/heatmap"),
+                ("plotLoss", "GET", "/plots/loss"), ("plotComparison", "GET", "/plots/comparison"),
+                ("getDiagnostics", "GET", "/diagnostics"), ("getGradientHistory", "GET", "/gradients"),
+                ("getMetricsHistory", "GET", "/metrics"), ("compareJobs", "GET", "/comparison"),
+                ("streamJobEvents", "GET", "/events"), ("repairJob", "POST", "/repair"),
+                ("deleteJob", "DELETE", "")]:
+            record(ex, operation, http.request(method, unknown + suffix))
+        record(ex, "preflightSpec", http.post("/v1/preflight", json=EXPLODING_SPEC))
+        record(ex, "preflightSpec", http.post("/v1/preflight", json=INVALID))
+        catalog = record(ex, "listDatasets", http.get("/v1/datasets"))
+        catalog["datasets"] = catalog["datasets"][:3]
+        record(ex, "healthz", http.get("/healthz"))
+        record(ex, "readyz", http.get("/readyz"))
+        ex["deleteJob"].pop("204", None)
+        record(ex, "deleteJob", http.delete(f"/v1/jobs/{repair['id']}"))  # 204: no body
+        ex["deleteJob"].pop("204", None)
+    keyed = tmp / "keyed"
+    keyed.mkdir()
+    with TestClient(create_app(settings(keyed, workers=1, api_key="example-key",
+                                        max_body_bytes=1024))) as http:
+        record(ex, "listJobs", http.get("/v1/jobs"))
+        http.app.state.executor.shutdown(wait=True)  # type: ignore[attr-defined]
+        record(ex, "readyz", http.get("/readyz"))  # 503: the executor is not running
+        record(ex, "createJob", http.post("/v1/jobs", content=b"{" + b" " * 4000 + b"}",
+                                          headers={"X-API-Key": "example-key",
+                                                   "Content-Type": "application/json"}))
+    return ex
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        examples = generate(Path(tmp))
+    OUT.write_text(json.dumps(examples, indent=1, sort_keys=True) + "\n")
+    counts = {op: sorted(codes) for op, codes in sorted(examples.items())}
+    print(f"wrote {OUT.relative_to(ROOT)}: {json.dumps(counts)}")
+    print(f"wrote {README_PLOT.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

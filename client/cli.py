@@ -1,0 +1,283 @@
+"""The client half of the ``gradwatch`` command: submit, follow, diagnose, repair, plot, jobs,
+preflight. Talks to a server over HTTP only (``--url`` / GRADWATCH_URL, ``--api-key`` /
+GRADWATCH_API_KEY).
+
+Exit codes (stable, for scripts):
+  0  done; a followed or diagnosed job is healthy
+  1  the server answered with an error (problem+json printed to stderr), or it is unreachable
+  2  bad command line, or the spec file cannot be read
+  3  the job's verdict is exploding
+  4  the job's verdict is vanishing, unstable or stalled
+  5  the job failed (the service could not run it)
+  6  the job was cancelled
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from client.errors import ApiError
+from client.models import Diagnosis, Event, Job
+from client.sync import Client
+
+__all__ = ["EXIT", "register", "run"]
+
+EXIT = {"ok": 0, "error": 1, "usage": 2, "exploding": 3, "unhealthy": 4, "failed": 5,
+        "cancelled": 6}
+COMMANDS = ("submit", "follow", "diagnose", "repair", "plot", "jobs", "preflight")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+
+def exit_code(job: Job) -> int:
+    """The exit code a finished job maps to (see the module docstring)."""
+    if job.status == "failed":
+        return EXIT["failed"]
+    if job.status == "cancelled":
+        return EXIT["cancelled"]
+    return verdict_code(job.verdict)
+
+
+def verdict_code(verdict: str | None) -> int:
+    if verdict == "exploding":
+        return EXIT["exploding"]
+    if verdict in (None, "healthy"):
+        return EXIT["ok"]
+    return EXIT["unhealthy"]
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _follow(gw: Client, job: Job, *, quiet: bool = False) -> Job:
+    """Progress bar from the job's events (step, loss, latest global gradient norm)."""
+    total = job.progress.total_steps if job.progress else None
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
+               TextColumn("step {task.completed:.0f}/{task.total:.0f}"),
+               TextColumn("loss {task.fields[loss]}"),
+               TextColumn("grad norm {task.fields[grad_norm]}"), TimeElapsedColumn()]
+    with Progress(*columns, console=err, disable=quiet) as bar:
+        task = bar.add_task(job.name or job.id[:8], total=total or 1, loss="-", grad_norm="-")
+        for event in gw.follow(job.id):
+            _show(bar, task, event)
+    final = gw.get(job.id)
+    return final
+
+
+def _show(bar: Progress, task: Any, event: Event) -> None:
+    data = event.data
+    progress = data.get("progress") or {}
+    latest = data.get("latest") or {}
+    update: dict[str, Any] = {}
+    if progress:
+        update.update(completed=progress.get("step", 0), total=progress.get("total_steps") or 1)
+    if latest:
+        update.update(loss=_fmt(_float(latest.get("loss"))),
+                      grad_norm=_fmt(_float(latest.get("grad_norm"))))
+    if event.event == "alert":
+        bar.console.print(f"[yellow]alert[/] step {data.get('step')}: {data.get('message')}")
+    if update:
+        bar.update(task, **update)
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _print_outcome(gw: Client, job: Job) -> int:
+    line = f"job {job.id} {job.status}"
+    if job.verdict:
+        line += f": verdict [bold]{job.verdict}[/]"
+    if job.stop_reason:
+        line += f" (stop reason {job.stop_reason})"
+    if job.error:
+        line += f" — {job.error}"
+    out.print(line)
+    if job.status == "succeeded":
+        out.print(gw.diagnostics(job.id).summary)
+    return exit_code(job)
+
+
+def _cmd_submit(gw: Client, args: argparse.Namespace) -> int:
+    job = gw.submit(args.spec, idempotency_key=args.idempotency_key)
+    if not args.follow:
+        out.print(job.id)
+        return EXIT["ok"]
+    err.print(f"submitted job {job.id}")
+    return _print_outcome(gw, _follow(gw, job))
+
+
+def _cmd_follow(gw: Client, args: argparse.Namespace) -> int:
+    return _print_outcome(gw, _follow(gw, gw.get(args.job_id)))
+
+
+def _cmd_repair(gw: Client, args: argparse.Namespace) -> int:
+    child = gw.repair(args.job_id, recommendation=args.recommendation)
+    action = (child.repair or {}).get("action") or "spec patch"
+    if not args.follow:
+        out.print(child.id)
+        return EXIT["ok"]
+    err.print(f"repair job {child.id} ({action}) of {args.job_id}")
+    code = _print_outcome(gw, _follow(gw, child))
+    out.print(gw.compare(child.id).summary)
+    return code
+
+
+def _diagnosis_tables(diag: Diagnosis) -> Iterator[Table]:
+    findings = Table(title="Findings", show_lines=False)
+    for column in ("severity", "kind", "step", "layers", "message"):
+        findings.add_column(column, overflow="fold")
+    for f in diag.findings:
+        findings.add_row(f.severity, f.kind, _fmt(f.step), ",".join(map(str, f.layers)) or "-",
+                         f.message)
+    yield findings
+    recs = Table(title="Recommendations (gradwatch repair ID --recommendation N)")
+    for column in ("N", "action", "rationale", "spec patch"):
+        recs.add_column(column, overflow="fold")
+    for i, r in enumerate(diag.recommendations):
+        recs.add_row(str(i), r.action, r.rationale, json.dumps(r.spec_patch))
+    yield recs
+
+
+def _cmd_diagnose(gw: Client, args: argparse.Namespace) -> int:
+    diag = gw.diagnostics(args.job_id)
+    if args.json:
+        print(json.dumps(diag.model_dump(mode="json"), indent=2))
+    else:
+        state = "" if diag.final else " (provisional: the job is still running)"
+        out.print(f"verdict [bold]{diag.verdict}[/]{state}; first bad step "
+                  f"{_fmt(diag.first_bad_step)}")
+        out.print(diag.summary)
+        for table in _diagnosis_tables(diag):
+            out.print(table)
+    return verdict_code(diag.verdict)
+
+
+def _cmd_plot(gw: Client, args: argparse.Namespace) -> int:
+    data = gw.plot(args.job_id, args.kind, args.output, other=args.other)
+    err.print(f"wrote {args.output} ({len(data):,} bytes)")
+    return EXIT["ok"]
+
+
+def _cmd_jobs(gw: Client, args: argparse.Namespace) -> int:
+    page = gw.list(status=args.status, verdict=args.verdict, limit=args.limit)
+    if args.json:
+        print(json.dumps([j.model_dump(mode="json") for j in page.items], indent=2))
+        return EXIT["ok"]
+    table = Table()
+    table.add_column("id", no_wrap=True)
+    for column in ("name", "status", "verdict", "steps", "created (UTC)"):
+        table.add_column(column, overflow="fold")
+    for j in page.items:
+        steps = f"{j.progress.step}/{j.progress.total_steps}" if j.progress else "-"
+        created = (j.created_at or "-")[:19].replace("T", " ")
+        table.add_row(j.id, j.name or "-", j.status, j.verdict or "-", steps, created)
+    out.print(table)
+    return EXIT["ok"]
+
+
+def _cmd_preflight(gw: Client, args: argparse.Namespace) -> int:
+    report = gw.preflight(args.spec).model_dump(mode="json")
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return EXIT["ok"]
+    out.print(str(report.get("summary")))
+    for i, rec in enumerate(report.get("recommendations") or []):
+        out.print(f"  {i}. {rec.get('action')}: {rec.get('rationale')} "
+                  f"{json.dumps(rec.get('spec_patch'))}")
+    return EXIT["ok"]
+
+
+def register(sub: Any) -> None:
+    """Add the client sub-commands to an argparse sub-parser group."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=None,
+                        help="server (default $GRADWATCH_URL or http://127.0.0.1:8000)")
+    common.add_argument("--api-key", default=None, help="API key (default $GRADWATCH_API_KEY)")
+
+    def add(name: str, func: Callable[[Client, argparse.Namespace], int], help: str
+            ) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = sub.add_parser(name, parents=[common], help=help)
+        parser.set_defaults(func=run, client_command=func)
+        return parser
+
+    p = add("submit", _cmd_submit, "submit a spec (JSON file); --follow to watch it train")
+    p.add_argument("spec", help="a TrainingSpec JSON file")
+    p.add_argument("--follow", action="store_true", help="progress bar, then the verdict")
+    p.add_argument("--idempotency-key", default=None)
+    p = add("follow", _cmd_follow, "watch a job until it ends; exit code from its verdict")
+    p.add_argument("job_id")
+    p = add("diagnose", _cmd_diagnose, "the diagnosis: summary, findings, recommendations")
+    p.add_argument("job_id")
+    p.add_argument("--json", action="store_true", help="the report as JSON")
+    p = add("repair", _cmd_repair, "run a recommended fix as a new job")
+    p.add_argument("job_id")
+    p.add_argument("--recommendation", type=int, default=None, help="index (default 0)")
+    p.add_argument("--follow", action="store_true")
+    p = add("plot", _cmd_plot, "save a plot (PNG, or SVG when the file ends in .svg)")
+    p.add_argument("job_id")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--kind", default="gradients",
+                   choices=["gradients", "heatmap", "loss", "comparison"])
+    p.add_argument("--other", default=None, help="for --kind comparison: the other job")
+    p = add("jobs", _cmd_jobs, "list jobs, newest first")
+    p.add_argument("--status", action="append", default=None)
+    p.add_argument("--verdict", action="append", default=None)
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    p = add("preflight", _cmd_preflight, "analyse a spec without training it")
+    p.add_argument("spec")
+    p.add_argument("--json", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a client sub-command; problem+json and connection errors become exit code 1."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # no line per request
+    url = args.url or os.environ.get("GRADWATCH_URL") or "http://127.0.0.1:8000"
+    key = args.api_key or os.environ.get("GRADWATCH_API_KEY") or None
+    try:
+        with Client(url, api_key=key, retries=3) as gw:
+            code: int = args.client_command(gw, args)
+            return code
+    except ApiError as exc:
+        err.print(f"[red]error[/] {exc.status} {exc.title}: {exc.detail}")
+        for field in exc.errors:
+            err.print(f"  {field.path}: {field.msg}")
+        return EXIT["error"]
+    except (FileNotFoundError, IsADirectoryError, json.JSONDecodeError) as exc:
+        err.print(f"[red]error[/] cannot read the spec file: {exc}")
+        return EXIT["usage"]
+    except (OSError, ConnectionError, httpx.HTTPError) as exc:
+        err.print(f"[red]error[/] cannot reach {url}: {exc}")
+        return EXIT["error"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m client.cli``: the client commands without the server's."""
+    parser = argparse.ArgumentParser(prog="gradwatch", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""Typed views of the API's resources. Unknown fields are kept (servers may add fields).
+
+Floats accept the API's ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` strings and hold the real
+non-finite values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "TERMINAL",
+    "Comparison",
+    "Diagnosis",
+    "Event",
+    "Finding",
+    "GradientHistory",
+    "Job",
+    "JobPage",
+    "MetricsHistory",
+    "Preflight",
+    "Progress",
+    "Recommendation",
+    "SeriesArrays",
+]
+
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Progress(_Model):
+    step: int
+    total_steps: int
+    fraction: float = 0.0
+
+
+class LatestFigures(_Model):
+    step: int
+    loss: float
+    grad_norm: float
+    clipped_grad_norm: float | None = None
+    lr: float | None = None
+    layer_grad_norms: list[float] = Field(default_factory=list)
+
+
+class Job(_Model):
+    """A job (``spec`` is None in list items)."""
+
+    id: str
+    name: str | None = None
+    status: JobStatus
+    verdict: str | None = None
+    stop_reason: str | None = None
+    error: str | None = None
+    created_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    progress: Progress | None = None
+    latest: LatestFigures | None = None
+    first_non_finite: dict[str, Any] | None = None
+    runtime_seconds: float | None = None
+    parent_id: str | None = None
+    spec: dict[str, Any] | None = None
+    repair: dict[str, Any] | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+class JobPage(_Model):
+    items: list[Job]
+    next_cursor: str | None = None
+
+
+class Finding(_Model):
+    kind: str
+    severity: str
+    step: int | None = None
+    layers: list[int] = Field(default_factory=list)
+    evidence: dict[str, Any] = Field(default_factory=dict)
+    message: str = ""
+
+
+class Recommendation(_Model):
+    action: str
+    rationale: str = ""
+    spec_patch: dict[str, Any] = Field(default_factory=dict)
+    expected_effect: str | None = None
+
+
+class Diagnosis(_Model):
+    verdict: str
+    summary: str
+    first_bad_step: int | None = None
+    final: bool = True
+    stop_reason: str | None = None
+    findings: list[Finding] = Field(default_factory=list)
+    recommendations: list[Recommendation] = Field(default_factory=list)
+
+
+class Preflight(_Model):
+    """The preflight report; see the server's schema for every field."""
+
+
+class RunFigures(_Model):
+    job_id: str
+    status: str
+    verdict: str | None = None
+    final_loss: float | None = None
+    max_grad_norm: float | None = None
+    first_non_finite_step: int | None = None
+
+
+class Comparison(_Model):
+    original: RunFigures
+    repair: RunFigures
+    spec_patch: dict[str, Any] | None = None
+    summary: str
+
+
+@dataclass(frozen=True)
+class SeriesArrays:
+    """One series as NumPy arrays: ``values[i]`` at ``steps[i]``; NaN/±Inf restored, a value
+    that was not recorded (null) is NaN too."""
+
+    steps: np.ndarray
+    values: np.ndarray
+
+
+def _arrays(series: dict[str, Any]) -> SeriesArrays:
+    values = [np.nan if v is None else float(v) for v in series.get("values", [])]
+    return SeriesArrays(np.asarray(series.get("steps", []), dtype=np.int64),
+                        np.asarray(values, dtype=np.float64))
+
+
+@dataclass(frozen=True)
+class GradientHistory:
+    """Per layer, per series name (``grad_norm``, ...) the arrays; plus how it was sampled."""
+
+    job_id: str
+    layers: dict[int, dict[str, SeriesArrays]]
+    downsampled: bool
+    bucket_size: int | None
+    raw: dict[str, Any]
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> GradientHistory:
+        layers = {int(ly["layer"]): {name: _arrays(s) for name, s in ly["series"].items()}
+                  for ly in body.get("layers", [])}
+        return cls(body["job_id"], layers, bool(body.get("downsampled")),
+                   body.get("bucket_size"), body)
+
+
+@dataclass(frozen=True)
+class MetricsHistory:
+    """Per series name (``loss``, ``grad_norm``, ``clipped_grad_norm``, ``lr``) the arrays,
+    and the per-epoch columns as arrays."""
+
+    job_id: str
+    series: dict[str, SeriesArrays]
+    epochs: dict[str, np.ndarray]
+    downsampled: bool
+    raw: dict[str, Any]
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> MetricsHistory:
+        epochs = {k: np.asarray([np.nan if v is None else float(v) for v in col])
+                  for k, col in (body.get("epochs") or {}).items()}
+        return cls(body["job_id"], {k: _arrays(s) for k, s in body.get("series", {}).items()},
+                   epochs, bool(body.get("downsampled")), body)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One server-sent event: its id, type (``snapshot``, ``status``, ``progress``,
+    ``alert``, ...) and JSON data."""
+
+    id: int | None
+    event: str
+    data: dict[str, Any]
+
+    @property
+    def terminal(self) -> bool:
+        """True for the event after which the job's stream ends."""
+        if self.event == "snapshot":
+            return self.data.get("status") in TERMINAL
+        return self.event == "status" and bool(self.data.get("terminal"))

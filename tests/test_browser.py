@@ -1,0 +1,204 @@
+"""The pages in a real headless browser: Debian's chromium driven by Playwright.
+
+Every request a page makes is routed through a handler that lets requests to the test
+server through and records (and aborts) anything else: the pages must work with no request
+leaving the host. `make test` installs chromium when missing; without it these tests skip,
+and under CI=true they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from app.showcase import DIVERGING_SPEC
+from tests.conftest import LONG_SPEC, LiveServer, make_settings
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = os.environ.get("GRADWATCH_TEST_CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    path = CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium")
+    if not path:
+        message = (f"no chromium at {CHROMIUM}: `make test` installs Debian's chromium "
+                   "(apt-get install chromium)")
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail(f"{message}; under CI=true a missing browser is a failure", pytrace=False)
+        pytest.skip(message)
+    with playwright_api.sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=path, args=ARGS)
+        yield launched
+        launched.close()
+
+
+class Page:
+    """A browser page that records external requests, console errors and page errors."""
+
+    def __init__(self, browser: Any, base_url: str) -> None:
+        self.base_url = base_url
+        self.context = browser.new_context(viewport={"width": 1280, "height": 1600})
+        self.external: list[str] = []
+        self.errors: list[str] = []
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        self.context.route("**/*", self._route)
+        self.page = self.context.new_page()
+        self.page.set_default_timeout(60_000)
+        self.page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+
+    def _route(self, route: Any) -> None:
+        request = route.request
+        url = urlsplit(request.url)
+        if url.scheme in ("data", "blob") or url.hostname in LOCAL_HOSTS:
+            self.requests.append((request.url, dict(request.headers)))
+            route.continue_()
+        else:
+            self.external.append(request.url)
+            route.abort()
+
+    def goto(self, path: str) -> Any:
+        self.page.goto(self.base_url + path)
+        return self.page
+
+    def close(self) -> None:
+        self.context.close()
+
+
+@pytest.fixture
+def open_page(browser: Any) -> Iterator[Callable[[str], Page]]:
+    pages: list[Page] = []
+
+    def make(base_url: str) -> Page:
+        page = Page(browser, base_url)
+        pages.append(page)
+        return page
+
+    yield make
+    for page in pages:
+        page.close()
+
+
+def test_swagger_ui_renders_offline(live: LiveServer, open_page: Callable[[str], Page]) -> None:
+    p = open_page(live.url)
+    page = p.goto("/docs")
+    page.wait_for_selector(".opblock-summary", state="attached")
+    assert page.locator(".opblock").count() >= 15
+    assert "gradwatch" in page.locator(".info .title").inner_text()
+    page.locator("#operations-histories-getDiagnostics .opblock-summary").click()
+    page.wait_for_selector("#operations-histories-getDiagnostics .response-col_description")
+    assert "exploding" in page.locator("#operations-histories-getDiagnostics").inner_text()
+    assert p.external == []
+    assert p.errors == []
+
+
+def test_redoc_renders_offline(live: LiveServer, open_page: Callable[[str], Page]) -> None:
+    p = open_page(live.url)
+    page = p.goto("/redoc")
+    page.get_by_role("heading", name="Submit a training job").first.wait_for()
+    assert page.locator("[data-section-id]").count() >= 15
+    assert p.external == []
+    # ReDoc's sidebar links to its vendor with a logo hosted elsewhere: the page's CSP
+    # (img-src 'self') blocks it before any request is made; nothing else may fail.
+    assert [e for e in p.errors if "cdn.redoc.ly" not in e] == []
+
+
+def _chart_pixels(page: Any, selector: str) -> int:
+    return int(page.evaluate("""(sel) => {
+        const canvas = document.querySelector(sel + ' canvas');
+        if (!canvas) return 0;
+        const px = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+        let drawn = 0;
+        for (let i = 3; i < px.length; i += 4) if (px[i] > 0) drawn++;
+        return drawn;
+    }""", selector))
+
+
+def test_dashboard_runs_a_fix_and_shows_the_childs_verdict(
+        live: LiveServer, open_page: Callable[[str], Page]) -> None:
+    job = live.http.post("/v1/jobs", json=DIVERGING_SPEC).json()
+    live.wait_for(job["id"], {"succeeded"}, timeout=120)
+    p = open_page(live.url)
+    page = p.goto("/")
+    row = page.locator(f'tr[data-job-id="{job["id"]}"]')
+    row.wait_for()
+    assert "exploding" in row.inner_text() and "succeeded" in row.inner_text()
+    page.select_option("#filter-verdict", "healthy")  # filters narrow the list ...
+    row.wait_for(state="detached")
+    page.select_option("#filter-verdict", "exploding")  # ... and keep the URL shareable
+    row.wait_for()
+    assert page.url.endswith("/?verdict=exploding")
+
+    row.locator("a").click()
+    page.wait_for_url(f"**/jobs/{job['id']}")
+    page.wait_for_function(
+        "() => Number(document.querySelector('#grad-chart')?.dataset.points) > 10")
+    assert _chart_pixels(page, "#grad-chart") > 1000
+    page.locator("#non-finite").wait_for()  # the first Inf, in words
+    page.locator("#diagnosis-summary").wait_for()
+    assert "Exploding" in page.locator("#diagnosis").inner_text()
+
+    page.locator("button.run-fix").first.click()
+    page.wait_for_url(lambda url: "/jobs/" in url and job["id"] not in url)
+    child_id = page.url.rsplit("/", 1)[1]
+    verdict = page.locator("#job-verdict")
+    page.wait_for_function(
+        "() => !/no verdict/.test(document.querySelector('#job-verdict')?.textContent || 'no verdict')",
+        timeout=120_000)
+    child = live.http.get(f"/v1/jobs/{child_id}").json()
+    assert child["parent_id"] == job["id"] and child["verdict"]
+    assert verdict.inner_text() == child["verdict"]
+    page.locator("#comparison-summary").wait_for()
+    assert "verdict exploding ->" in page.locator("#comparison-summary").inner_text()
+    page.wait_for_function("() => document.querySelector('#comparison-plot')?.naturalWidth > 0")
+    assert p.external == [] and p.errors == []
+
+
+def test_job_page_chart_follows_a_running_job_live(
+        live: LiveServer, open_page: Callable[[str], Page]) -> None:
+    job = live.http.post("/v1/jobs", json=LONG_SPEC).json()
+    live.wait_for(job["id"], {"running"}, timeout=60)
+    p = open_page(live.url)
+    page = p.goto(f"/jobs/{job['id']}")
+    page.wait_for_function("() => document.querySelector('#grad-chart')?.dataset.points")
+    first = int(page.locator("#grad-chart").get_attribute("data-points") or 0)
+    page.wait_for_function(
+        f"() => Number(document.querySelector('#grad-chart').dataset.points) > {first} + 2",
+        timeout=60_000)
+    live.http.post(f"/v1/jobs/{job['id']}/cancel")
+    page.get_by_text("cancelled").first.wait_for(timeout=60_000)
+    assert p.external == [] and p.errors == []
+
+
+def test_dashboard_asks_for_the_api_key_once_and_never_puts_it_in_a_url(
+        tmp_path: Path, open_page: Callable[[str], Page]) -> None:
+    key = "browser-test-key-123"
+    with LiveServer(make_settings(tmp_path, workers=0, api_key=key)) as server:
+        server.http.headers["X-API-Key"] = key
+        job = server.http.post("/v1/jobs", json=LONG_SPEC).json()
+        p = open_page(server.url)
+        page = p.goto("/")
+        page.locator("#key-dialog[open]").wait_for()
+        page.fill("#key-input", key)
+        page.click("#key-form button[type=submit]")
+        page.locator(f'tr[data-job-id="{job["id"]}"]').wait_for()
+        page.goto(server.url + "/")  # a reload keeps the key for the tab: no second prompt
+        page.locator(f'tr[data-job-id="{job["id"]}"]').wait_for()
+        time.sleep(0.3)
+        assert page.locator("#key-dialog[open]").count() == 0
+        api_calls = [(u, h) for u, h in p.requests if "/v1/" in u]
+        assert api_calls and all(key not in u for u, _ in p.requests)
+        assert any(h.get("x-api-key") == key for _, h in api_calls)
+        assert p.external == []

@@ -1,0 +1,101 @@
+"""The `gradwatch` client commands, run as real processes against a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.showcase import DIVERGING_SPEC
+from client.cli import EXIT
+from tests.conftest import SMALL_SPEC, LiveServer
+
+GRADWATCH = str(Path(sys.executable).parent / "gradwatch")
+
+
+def gradwatch(live: LiveServer, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "GRADWATCH_URL": live.url, "COLUMNS": "200"}
+    env.pop("GRADWATCH_API_KEY", None)
+    return subprocess.run([GRADWATCH, *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def spec_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("specs")
+    files = {"diverging": DIVERGING_SPEC, "small": SMALL_SPEC,
+             "bad": {"data": {"source": "synthetic", "name": "spirals"},
+                     "training": {"epochs": 0}}}
+    out: dict[str, Any] = {}
+    for name, spec in files.items():
+        out[name] = tmp / f"{name}.json"
+        out[name].write_text(json.dumps(spec))
+    return out
+
+
+@pytest.fixture(scope="module")
+def exploded(live: LiveServer, spec_files: dict[str, Path]) -> str:
+    """`submit --follow` of a diverging spec: progress, verdict, exit code 3."""
+    result = gradwatch(live, "submit", str(spec_files["diverging"]), "--follow")
+    assert result.returncode == EXIT["exploding"] == 3, result.stderr
+    assert "verdict exploding" in result.stdout
+    job_id = result.stdout.split()[1]
+    assert live.http.get(f"/v1/jobs/{job_id}").json()["verdict"] == "exploding"
+    return job_id
+
+
+def test_submit_follow_exits_with_the_verdict(live: LiveServer, exploded: str,
+                                              spec_files: dict[str, Path]) -> None:
+    healthy = gradwatch(live, "submit", str(spec_files["small"]))
+    assert healthy.returncode == 0
+    job_id = healthy.stdout.strip()
+    follow = gradwatch(live, "follow", job_id)
+    verdict = live.http.get(f"/v1/jobs/{job_id}").json()["verdict"]
+    assert follow.returncode == (0 if verdict == "healthy" else EXIT["unhealthy"])
+    assert f"job {job_id} succeeded" in follow.stdout
+
+
+def test_diagnose_prints_tables_and_json(live: LiveServer, exploded: str) -> None:
+    table = gradwatch(live, "diagnose", exploded)
+    assert table.returncode == 3
+    assert "verdict exploding" in table.stdout
+    assert "Findings" in table.stdout and "Recommendations" in table.stdout
+    as_json = gradwatch(live, "diagnose", exploded, "--json")
+    report = json.loads(as_json.stdout)
+    assert report["verdict"] == "exploding" and report["recommendations"]
+
+
+def test_repair_follow_runs_the_fix_and_compares(live: LiveServer, exploded: str) -> None:
+    result = gradwatch(live, "repair", exploded, "--recommendation", "0", "--follow")
+    child = live.http.get("/v1/jobs", params={"parent_id": exploded}).json()["items"][0]
+    assert child["status"] == "succeeded"
+    expected = {"healthy": 0, "exploding": 3}.get(child["verdict"], EXIT["unhealthy"])
+    assert result.returncode == expected, result.stderr
+    assert "verdict exploding ->" in result.stdout  # the comparison's summary
+
+
+def test_plot_jobs_and_preflight(live: LiveServer, exploded: str, tmp_path: Path,
+                                 spec_files: dict[str, Path]) -> None:
+    out = tmp_path / "gradients.png"
+    result = gradwatch(live, "plot", exploded, "-o", str(out))
+    assert result.returncode == 0 and out.read_bytes()[:4] == b"\x89PNG"
+    jobs = gradwatch(live, "jobs", "--verdict", "exploding", "--json")
+    assert exploded in {j["id"] for j in json.loads(jobs.stdout)}
+    table = gradwatch(live, "jobs", "--limit", "5")
+    assert table.returncode == 0 and "status" in table.stdout
+    pre = gradwatch(live, "preflight", str(spec_files["diverging"]))
+    assert pre.returncode == 0 and "Risk" in pre.stdout and "standardize" in pre.stdout
+
+
+def test_errors_exit_1_with_the_field_path(live: LiveServer, spec_files: dict[str, Path]
+                                           ) -> None:
+    bad = gradwatch(live, "submit", str(spec_files["bad"]))
+    assert bad.returncode == EXIT["error"] == 1
+    assert "422" in bad.stderr and "training.epochs" in bad.stderr
+    missing = gradwatch(live, "diagnose", "00000000-0000-0000-0000-000000000000")
+    assert missing.returncode == 1 and "404" in missing.stderr

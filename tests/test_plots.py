@@ -1,0 +1,162 @@
+"""Plot endpoints: real runs in real workers, PNGs decoded, SVGs parsed for their marks."""
+
+from __future__ import annotations
+
+import io
+import xml.etree.ElementTree as ET
+from typing import Any
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from app import plots
+from app.showcase import DIVERGING_SPEC
+from tests.conftest import LiveServer
+
+CLIPPED_EXPLODING_SPEC: dict[str, Any] = {
+    "name": "deep-relu-normal-init-clipped",
+    "seed": 0,
+    "data": {"source": "synthetic", "name": "spirals", "n_samples": 200},
+    "model": {"hidden": [{"units": 32, "activation": "relu"}] * 5,
+              "init": {"scheme": "normal", "std": 1.0}},
+    "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
+    "clipping": {"mode": "global_norm", "max_norm": 5.0},
+    "training": {"epochs": 3, "batch_size": 32},
+}
+
+
+NON_FINITE_MARKS = {"non-finite-points", "non-finite-nan-points"}  # +-Inf / NaN markers
+
+
+def _finished(live: LiveServer, spec: dict[str, Any]) -> dict[str, Any]:
+    response = live.http.post("/v1/jobs", json=spec)
+    assert response.status_code == 202, response.text
+    return live.wait_for(response.json()["id"], {"succeeded"}, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def diverging(live: LiveServer) -> dict[str, Any]:
+    job = _finished(live, DIVERGING_SPEC)
+    assert job["verdict"] == "exploding" and job["first_non_finite"] is not None
+    return job
+
+
+@pytest.fixture(scope="module")
+def clipped(live: LiveServer) -> dict[str, Any]:
+    return _finished(live, CLIPPED_EXPLODING_SPEC)
+
+
+def _png(content: bytes) -> np.ndarray:
+    assert content[:8] == b"\x89PNG\r\n\x1a\n"
+    image: np.ndarray = imread(io.BytesIO(content), format="png")
+    return image
+
+
+def _assert_not_blank(image: np.ndarray) -> None:
+    rgb = image[..., :3]
+    assert image.shape[0] >= 200 and image.shape[1] >= 400
+    non_white = (rgb < 0.95).any(axis=-1).mean()
+    assert non_white > 0.02, f"only {non_white:.1%} of the pixels are drawn"
+    assert len(np.unique(rgb.reshape(-1, 3), axis=0)) > 20  # lines, text, colours
+
+
+def _red_pixels(image: np.ndarray) -> int:
+    r, g, b = image[..., 0], image[..., 1], image[..., 2]
+    return int(((r > 0.75) & (g < 0.3) & (b < 0.3)).sum())
+
+
+def _svg_ids(content: bytes) -> set[str]:
+    root = ET.fromstring(content)
+    assert root.tag.endswith("svg")
+    return {el.attrib["id"] for el in root.iter() if "id" in el.attrib}
+
+
+def test_gradient_plot_png_of_a_diverging_run_shows_its_infinite_points(
+        live: LiveServer, diverging: dict[str, Any]) -> None:
+    response = live.http.get(f"/v1/jobs/{diverging['id']}/plots/gradients")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/png"
+    image = _png(response.content)
+    _assert_not_blank(image)
+    assert _red_pixels(image) > 30  # the +Inf markers, the NaN/Inf band and the first-Inf line
+
+
+def test_gradient_plot_svg_carries_every_mark(live: LiveServer, diverging: dict[str, Any]
+                                              ) -> None:
+    response = live.http.get(f"/v1/jobs/{diverging['id']}/plots/gradients",
+                             headers={"Accept": "image/svg+xml"})
+    assert response.headers["content-type"].startswith("image/svg+xml")
+    ids = _svg_ids(response.content)
+    assert {"layer-0", "layer-1", "layer-2", "global-grad-norm", "first-non-finite",
+            "first-bad-step"} <= ids
+    assert ids & NON_FINITE_MARKS
+    assert "clip-threshold" not in ids  # this run does not clip
+    text = response.content.decode()
+    step = diverging["first_non_finite"]["step"]
+    assert f"first NaN/Inf (step {step})" in text
+    report = live.http.get(f"/v1/jobs/{diverging['id']}/diagnostics").json()
+    assert f"diagnosis onset (step {report['first_bad_step']})" in text
+
+
+def test_gradient_plot_draws_the_clip_threshold(live: LiveServer, clipped: dict[str, Any]
+                                                ) -> None:
+    response = live.http.get(f"/v1/jobs/{clipped['id']}/plots/gradients", params={"format": "svg"})
+    ids = _svg_ids(response.content)
+    assert "clip-threshold" in ids
+    assert "clip max_norm (global) = 5" in response.content.decode()
+
+
+@pytest.mark.parametrize("kind", ["heatmap", "loss"])
+def test_heatmap_and_loss_plots_are_valid_images(live: LiveServer, diverging: dict[str, Any],
+                                                 kind: str) -> None:
+    png = live.http.get(f"/v1/jobs/{diverging['id']}/plots/{kind}")
+    assert png.status_code == 200, png.text
+    image = _png(png.content)
+    _assert_not_blank(image)
+    assert _red_pixels(image) > 10  # NaN/Inf cells / markers
+    svg = live.http.get(f"/v1/jobs/{diverging['id']}/plots/{kind}", params={"format": "svg"})
+    ids = _svg_ids(svg.content)
+    assert ("non-finite-cells" in ids) if kind == "heatmap" else (ids & NON_FINITE_MARKS)
+
+
+def test_comparison_plot_overlays_a_job_and_its_repair(live: LiveServer,
+                                                       diverging: dict[str, Any]) -> None:
+    repair = live.http.post(f"/v1/jobs/{diverging['id']}/repair", json={})
+    assert repair.status_code == 202, repair.text
+    live.wait_for(repair.json()["id"], {"succeeded"}, timeout=120)
+    svg = live.http.get(f"/v1/jobs/{diverging['id']}/plots/comparison", params={"format": "svg"})
+    assert svg.status_code == 200, svg.text
+    assert {"original-grad-norm", "repair-grad-norm", "original-loss",
+            "repair-loss"} <= _svg_ids(svg.content)
+    png = live.http.get(f"/v1/jobs/{repair.json()['id']}/plots/comparison",
+                        params={"other": diverging["id"]})
+    _assert_not_blank(_png(png.content))
+
+
+def test_plot_errors_are_problem_json(live: LiveServer, diverging: dict[str, Any]) -> None:
+    missing = live.http.get("/v1/jobs/00000000-0000-0000-0000-000000000000/plots/gradients")
+    assert missing.status_code == 404
+    assert missing.headers["content-type"] == "application/problem+json"
+    bad = live.http.get(f"/v1/jobs/{diverging['id']}/plots/loss", params={"format": "gif"})
+    assert bad.status_code == 422
+    assert bad.json()["errors"][0]["loc"] == ["query", "format"]
+
+
+def test_plots_draw_downsampled_series_with_their_spikes() -> None:
+    """Pure function: 1M points downsampled by the history rule still show a one-step spike."""
+    from app.downsampling import Summary, downsample_points, plan_buckets
+
+    n = 1_000_000
+    steps = np.arange(n)
+    values = np.full((n, 1), 1.0)
+    values[777_777, 0] = 1e9
+    values[900_000, 0] = np.inf
+    plan = plan_buckets(0, n - 1, 2000)
+    units = Summary.from_points(steps, values, np.ones_like(values, dtype=bool))
+    edges = [(steps[[0, -1]], values[[0, -1], 0])]
+    (ds_steps, ds_values), = downsample_points(units, plan.bucket_size, edges)
+    assert ds_steps.size <= 2000 and 777_777 in ds_steps and 900_000 in ds_steps
+    svg = plots.gradients_plot([plots.Series(ds_steps, ds_values, "layer 0")],
+                               plots.Marks(first_non_finite_step=900_000), fmt="svg")
+    assert {"layer-0", "non-finite-points", "first-non-finite"} <= _svg_ids(svg)

@@ -168,7 +168,8 @@ class DatabaseSink:
                 for alert in alerts:
                     events.append(self.job_id, "alert", alert)
                     webhooks.monitor_alert(session, self.job_id, alert)
-                counters.count_flush(session, steps=len(rows.steps), layer_records=len(rows.layers),
+                counters.count_flush(session, steps=len(steps),
+                                     layer_records=len(steps) * chunk.n_layers,
                                      seconds=time.monotonic() - write_started)
                 if progress_event:
                     events.append(self.job_id, "progress", {

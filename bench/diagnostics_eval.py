@@ -163,12 +163,7 @@ def long_suite() -> None:
     print(f"long suite total {time.perf_counter() - t0:.1f} s")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seeds", type=int, default=3, help="seeds for the robustness re-runs")
-    ap.add_argument("--overhead-steps", type=int, default=200)
-    args = ap.parse_args()
-
+def short_suite(seeds: int) -> None:
     t0 = time.perf_counter()
     outs = [run_scenario(sc) for sc in SCENARIOS]
     n = len(outs)
@@ -236,10 +231,10 @@ def main() -> None:
               f"{o.repaired_patch} -> {o.repaired.verdict if o.repaired else None}, "
               f"learns: {o.repaired_learns}")
 
-    if args.seeds > 1:
-        print(f"== robustness: the suite at seeds 1..{args.seeds - 1} (labels from seed 0)")
+    if seeds > 1:
+        print(f"== robustness: the suite at seeds 1..{seeds - 1} (labels from seed 0)")
         total = hits = h_total = h_expl = h_wrong = 0
-        for seed in range(1, args.seeds):
+        for seed in range(1, seeds):
             for sc in SCENARIOS:
                 if sc.spec["data"]["source"] == "inline":
                     continue
@@ -255,7 +250,20 @@ def main() -> None:
         print(f"accuracy {hits}/{total} = {hits / total:.1%}; healthy runs {h_total}: "
               f"called exploding {h_expl}, wrong verdict {h_wrong}")
 
-    long_suite()
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, default=3, help="seeds for the robustness re-runs")
+    ap.add_argument("--overhead-steps", type=int, default=200)
+    ap.add_argument("--only", choices=("short", "long"), default=None,
+                    help="run one suite only (and the monitor's cost)")
+    args = ap.parse_args()
+
+    t0 = time.perf_counter()
+    if args.only != "long":
+        short_suite(args.seeds)
+    if args.only != "short":
+        long_suite()
 
     oh = overhead(args.overhead_steps)
     print("== monitor overhead, 784-256-256-10 ReLU, batch 128, float32 (SGD momentum)")

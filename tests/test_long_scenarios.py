@@ -26,6 +26,8 @@ from long_scenarios import (
 from core.diagnostics import diagnose
 from core.trainer import Trainer
 
+pytestmark = pytest.mark.slow  # ~2 minutes on an idle 2-core machine
+
 _CACHE: dict[str, LongOutcome] = {}
 
 

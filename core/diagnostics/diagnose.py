@@ -294,9 +294,10 @@ class _Diagnosis:
 
         if verdict == "exploding":
             at_start = expl is None or onset_index is None or onset_index <= 1
-            before = healthy & (np.arange(len(s)) >= (onset_index or 0) - 20)
-            if onset_index is not None and onset_index > 0 and before.any():
-                stable_lr = float(np.min(s.lr[before]))
+            # the rate the run trained well at (the lowest of its healthy steps: a slowly
+            # rising schedule crosses the stability limit long after it left that rate)
+            if onset_index is not None and onset_index > 0 and healthy.any():
+                stable_lr = float(np.min(s.lr[healthy]))
                 onset_lr = float(np.max(s.lr[max(onset_index - 1, 0):onset_index + 1]))
                 if onset_lr >= 2.0 * stable_lr:  # the schedule pushed it over the edge
                     recs.append(R.undo_lr_increase(spec, stable_lr, onset_lr,

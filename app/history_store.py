@@ -118,18 +118,14 @@ class StepColumns:
         values[:, :n_step] = np.array([_step_values(r) for r in records], dtype=np.float64)
         present = np.ones(values.shape, dtype=bool)
         if n_layers:
-            flat = [lr for r in records for lr in r.layers]
-            table = np.array([_layer_values(lr) for lr in flat], dtype=np.float64)  # None: NaN
+            tuples = [_layer_values(lr) for r in records for lr in r.layers]
+            table = np.array(tuples, dtype=np.float64)  # None becomes NaN here
             values[:, n_step:] = table.reshape(n, -1)
-            # a NaN may be a NaN or a None: look at the objects only where there is one
-            nan_rows, nan_cols = np.nonzero(np.isnan(table))
-            if nan_rows.size:
-                names = [LAYER_METRICS[c] for c in nan_cols.tolist()]
-                missing = np.fromiter((getattr(flat[i], name) is None
-                                       for i, name in zip(nan_rows.tolist(), names, strict=True)),
-                                      bool, nan_rows.size)
-                layer_present = np.ones(table.shape, dtype=bool)
-                layer_present[nan_rows[missing], nan_cols[missing]] = False
+            nan = np.isnan(table)
+            if nan.any():  # a NaN may be a NaN or a None: ask the objects where there is one
+                objects = np.array(tuples, dtype=object)
+                layer_present = ~nan
+                layer_present[nan] = np.not_equal(objects[nan], None)
                 present[:, n_step:] = layer_present.reshape(n, -1)
         return cls(n_layers, steps, epochs, clipped, values, present)
 

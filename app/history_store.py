@@ -125,7 +125,7 @@ class StepColumns:
             if nan.any():  # a NaN may be a NaN or a None: ask the objects where there is one
                 objects = np.array(tuples, dtype=object)
                 layer_present = ~nan
-                layer_present[nan] = np.not_equal(objects[nan], None)
+                layer_present[nan] = objects[nan] != None  # noqa: E711  (elementwise)
                 present[:, n_step:] = layer_present.reshape(n, -1)
         return cls(n_layers, steps, epochs, clipped, values, present)
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from operator import attrgetter
 
 import numpy as np
@@ -115,10 +116,10 @@ class StepColumns:
         clipped = np.fromiter((r.clipped for r in records), bool, n)
         values = np.empty((n, n_series(n_layers)), dtype=np.float64)
         n_step = len(STEP_METRICS)
-        values[:, :n_step] = np.array([_step_values(r) for r in records], dtype=np.float64)
+        values[:, :n_step] = np.array(list(map(_step_values, records)), dtype=np.float64)
         present = np.ones(values.shape, dtype=bool)
         if n_layers:
-            tuples = [_layer_values(lr) for r in records for lr in r.layers]
+            tuples = list(map(_layer_values, chain.from_iterable(r.layers for r in records)))
             table = np.array(tuples, dtype=np.float64)  # None becomes NaN here
             values[:, n_step:] = table.reshape(n, -1)
             nan = np.isnan(table)

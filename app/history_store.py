@@ -31,6 +31,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from operator import attrgetter
 
 import numpy as np
@@ -115,21 +116,17 @@ class StepColumns:
         clipped = np.fromiter((r.clipped for r in records), bool, n)
         values = np.empty((n, n_series(n_layers)), dtype=np.float64)
         n_step = len(STEP_METRICS)
-        values[:, :n_step] = np.array([_step_values(r) for r in records], dtype=np.float64)
+        values[:, :n_step] = np.array(list(map(_step_values, records)), dtype=np.float64)
         present = np.ones(values.shape, dtype=bool)
         if n_layers:
-            flat = [lr for r in records for lr in r.layers]
-            table = np.array([_layer_values(lr) for lr in flat], dtype=np.float64)  # None: NaN
+            tuples = list(map(_layer_values, chain.from_iterable(r.layers for r in records)))
+            table = np.array(tuples, dtype=np.float64)  # None becomes NaN here
             values[:, n_step:] = table.reshape(n, -1)
-            # a NaN may be a NaN or a None: look at the objects only where there is one
-            nan_rows, nan_cols = np.nonzero(np.isnan(table))
-            if nan_rows.size:
-                names = [LAYER_METRICS[c] for c in nan_cols.tolist()]
-                missing = np.fromiter((getattr(flat[i], name) is None
-                                       for i, name in zip(nan_rows.tolist(), names, strict=True)),
-                                      bool, nan_rows.size)
-                layer_present = np.ones(table.shape, dtype=bool)
-                layer_present[nan_rows[missing], nan_cols[missing]] = False
+            nan = np.isnan(table)
+            if nan.any():  # a NaN may be a NaN or a None: ask the objects where there is one
+                objects = np.array(tuples, dtype=object)
+                layer_present = ~nan
+                layer_present[nan] = objects[nan] != None  # noqa: E711  (elementwise)
                 present[:, n_step:] = layer_present.reshape(n, -1)
         return cls(n_layers, steps, epochs, clipped, values, present)
 

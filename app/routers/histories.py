@@ -11,7 +11,7 @@ from pydantic import Field
 from app.deps import ReadSessionDep, SettingsDep
 from app.downsampling import LAYER_METRICS, STEP_METRICS
 from app.errors import SpecValidationError
-from app.jsonutil import iter_json
+from app.jsonutil import in_blocks, iter_json
 from app.routers.common import MAX_STEP, problems
 from app.schemas import GradientHistory, MetricsHistory
 from app.services import HistoryQuery, diagnostics, gradient_history, metrics_history
@@ -54,7 +54,7 @@ def _query(settings: Any, start: int | None, end: int | None, max_points: int) -
 
 def _streamed(body: dict[str, Any]) -> StreamingResponse:
     """The history as JSON, encoded series by series (never one big string)."""
-    return StreamingResponse(iter_json(body), media_type="application/json")
+    return StreamingResponse(in_blocks(iter_json(body)), media_type="application/json")
 
 
 @router.get(

@@ -9,16 +9,17 @@ other's row locks; deleting a job never makes a counter go down.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, bindparam, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from app.models import MetricCounter
 
-__all__ = ["SHARDS", "add", "count_flush", "labels_text", "observe_db_write", "totals"]
+__all__ = ["SHARDS", "add", "add_many", "count_flush", "labels_text", "observe_db_write", "totals"]
 
 SHARDS = 64
 
@@ -46,39 +47,52 @@ def _shard() -> int:
     return os.getpid() % SHARDS
 
 
+def _upsert(dialect: str) -> Any:
+    """``INSERT ... ON CONFLICT DO UPDATE value = value + excluded.value``, built once per
+    dialect with bound parameters (built afresh per call it would be compiled every time)."""
+    if dialect not in _UPSERTS:
+        insert = pg_insert if dialect == "postgresql" else sqlite_insert
+        table: Table = MetricCounter.__table__  # type: ignore[assignment]  # Core: no ORM bulk path
+        stmt = insert(table).values(
+            name=bindparam("name"), labels=bindparam("labels"), shard=bindparam("shard"),
+            value=bindparam("value"))
+        _UPSERTS[dialect] = stmt.on_conflict_do_update(
+            index_elements=["name", "labels", "shard"],
+            set_={"value": table.c.value + stmt.excluded.value})
+    return _UPSERTS[dialect]
+
+
+_UPSERTS: dict[str, Any] = {}
+
+
 def add(session: Session, name: str, amount: float = 1.0,
         labels: Mapping[str, str] | None = None) -> None:
     """Add ``amount`` to counter ``name`` in the caller's transaction."""
-    if amount == 0:
+    add_many(session, [(name, amount, labels)])
+
+
+def add_many(session: Session,
+             items: Sequence[tuple[str, float, Mapping[str, str] | None]]) -> None:
+    """Add to several counters at once: ``(name, amount, labels)`` each (one statement)."""
+    shard = _shard()
+    params = [{"name": name, "labels": labels_text(labels), "shard": shard, "value": amount}
+              for name, amount, labels in items if amount != 0]
+    if not params:
         return
-    key = {"name": name, "labels": labels_text(labels), "shard": _shard()}
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        stmt = pg_insert(MetricCounter).values(**key, value=amount)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["name", "labels", "shard"],
-            set_={"value": MetricCounter.value + stmt.excluded.value})
-        session.execute(stmt)
-    elif dialect == "sqlite":
-        lite = sqlite_insert(MetricCounter).values(**key, value=amount)
-        lite = lite.on_conflict_do_update(
-            index_elements=["name", "labels", "shard"],
-            set_={"value": MetricCounter.value + lite.excluded.value})
-        session.execute(lite)
-    else:  # pragma: no cover - the two supported databases are above
-        row = session.get(MetricCounter, (name, key["labels"], key["shard"]))
-        if row is None:
-            session.add(MetricCounter(**key, value=amount))
-        else:
-            row.value += amount
+    # PostgreSQL and SQLite (the two supported databases) both have ON CONFLICT
+    upsert = _upsert(session.get_bind().dialect.name)
+    session.execute(upsert, params if len(params) > 1 else params[0])
+
+
+def _db_write(seconds: float) -> list[tuple[str, float, Mapping[str, str] | None]]:
+    bound = next((b for b in DB_WRITE_BUCKETS if seconds <= b), None)
+    return [(DB_WRITE_SECONDS_SUM, seconds, None), (DB_WRITE_SECONDS_COUNT, 1, None),
+            (DB_WRITE_SECONDS_BUCKET, 1, {"le": "+Inf" if bound is None else repr(bound)})]
 
 
 def observe_db_write(session: Session, seconds: float) -> None:
     """One database write of ``seconds`` into the write-latency histogram."""
-    add(session, DB_WRITE_SECONDS_SUM, seconds)
-    add(session, DB_WRITE_SECONDS_COUNT, 1)
-    bound = next((b for b in DB_WRITE_BUCKETS if seconds <= b), None)
-    add(session, DB_WRITE_SECONDS_BUCKET, 1, {"le": "+Inf" if bound is None else repr(bound)})
+    add_many(session, _db_write(seconds))
 
 
 def totals(session: Session) -> dict[tuple[str, str], float]:
@@ -93,6 +107,5 @@ def totals(session: Session) -> dict[tuple[str, str], float]:
 def count_flush(session: Session, *, steps: int, layer_records: int, seconds: float) -> None:
     """A worker's history flush, in its own transaction: the steps and layer records it
     stores and how long writing them took (up to this call; the commit follows)."""
-    add(session, STEPS_TRAINED, steps)
-    add(session, LAYER_VALUES_STORED, layer_records)
-    observe_db_write(session, seconds)
+    add_many(session, [(STEPS_TRAINED, steps, None), (LAYER_VALUES_STORED, layer_records, None),
+                       *_db_write(seconds)])

@@ -254,3 +254,30 @@ def test_the_readme_verification_snippet_accepts_ours_and_rejects_tampering() ->
     old = {**headers, "webhook-timestamp": str(now - 3600),
            "webhook-signature": sign(secret, "msg_2", now - 3600, body)}
     assert not namespace["verify"](secret, old, body)
+
+
+def test_a_confirmed_explosion_is_counted_and_announced_once_per_job(
+        make_client: Callable[..., TestClient]) -> None:
+    from app import counters
+    from app.db import unit_of_work
+    from app.repositories import EventRepository
+    from app.webhooks import monitor_alert
+
+    client = make_client()
+    hook = subscribe(client, "https://hooks.example.com/gw", ["diagnosis.exploding"])
+    job_id = client.post("/v1/jobs", json=SMALL_SPEC).json()["id"]
+    factory = client.app.state.sessionmaker  # type: ignore[attr-defined]
+    alerts = [{"kind": "gradient_growth", "severity": "warning", "step": 3, "layers": [1]},
+              {"kind": "gradient_explosion", "severity": "critical", "step": 9, "layers": [2],
+               "message": "runaway growth"},
+              {"kind": "non_finite", "severity": "critical", "step": 12, "layers": []}]
+    for alert in alerts:  # as the sink stores them: the event, then the hook
+        with unit_of_work(factory) as session:
+            EventRepository(session).append(job_id, "alert", alert)
+            monitor_alert(session, job_id, alert)
+    with factory() as session:
+        assert counters.totals(session)[(counters.EXPLOSIONS_DETECTED, "")] == 1
+    [delivery] = deliveries(client, hook["id"])
+    assert delivery["event"] == "diagnosis.exploding"
+    diagnosis = delivery["payload"]["data"]["diagnosis"]
+    assert (diagnosis["first_bad_step"], diagnosis["layer"]) == (9, 2)

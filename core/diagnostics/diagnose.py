@@ -250,7 +250,10 @@ class _Diagnosis:
         return Finding(
             kind="gradient_explosion", severity="critical" if not e.recovered else "warning",
             step=e.onset_step, layers=e.layers,
-            evidence={"baseline_grad_norm": e.baseline, "healthy_grad_norm": e.healthy,
+            # baseline_norm / peak_norm are the DESIGN contract's names (kept); the
+            # *_grad_norm keys say the same numbers in the README's vocabulary
+            evidence={"baseline_norm": e.baseline, "peak_norm": e.peak,
+                      "baseline_grad_norm": e.baseline, "healthy_grad_norm": e.healthy,
                       "peak_grad_norm": e.peak, "peak_step": e.peak_step,
                       "peak_to_healthy": ratio,
                       "growth_per_step": e.growth_per_step, "onset_step": e.onset_step,

@@ -101,8 +101,12 @@ def sqlite_nan(value: float | None) -> Any:
 
 def build_engine(url: str, *, busy_timeout_ms: int = 30_000, pool: bool = True,
                  pool_size: int = 5, max_overflow: int = 10, pool_timeout: float = 30.0,
-                 application_name: str = "gradwatch") -> Engine:
+                 application_name: str = "gradwatch", foreign_keys: bool = True) -> Engine:
     """An engine for ``url``; SQLite connections get WAL, busy timeout and foreign keys.
+
+    ``foreign_keys=False`` is for migrations only: SQLite's batch mode copies a table and
+    drops the old one, and with foreign keys on that DROP cascades into every child table
+    (a job's history, events and reports would vanish with an added column).
 
     On PostgreSQL the pool holds ``pool_size`` connections (plus ``max_overflow`` under
     bursts): size it to the threads that use it, since every process of every machine draws
@@ -125,11 +129,11 @@ def build_engine(url: str, *, busy_timeout_ms: int = 30_000, pool: bool = True,
                           pool_timeout=pool_timeout, pool_recycle=3600)
     engine = create_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
-        _configure_sqlite(engine, busy_timeout_ms)
+        _configure_sqlite(engine, busy_timeout_ms, foreign_keys)
     return engine
 
 
-def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
+def _configure_sqlite(engine: Engine, busy_timeout_ms: int, foreign_keys: bool = True) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy (not pysqlite) decide when transactions begin; see _on_begin.
@@ -138,7 +142,7 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
         try:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
             cursor.execute("PRAGMA synchronous=NORMAL")
         finally:
             cursor.close()

@@ -41,7 +41,8 @@ def run_migrations_online() -> None:
         return
     url = config.get_main_option("sqlalchemy.url")
     assert url, "sqlalchemy.url is not configured"
-    engine = build_engine(url, pool=False)
+    # foreign keys off while tables are copied and moved (see build_engine)
+    engine = build_engine(url, pool=False, foreign_keys=False)
     try:
         with engine.connect() as conn:
             _run(conn)

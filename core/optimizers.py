@@ -84,11 +84,18 @@ class Optimizer:
         raise NotImplementedError
 
     def keep_rows(self, rows: np.ndarray) -> None:
-        """Stacked use: keep only the networks ``rows`` of the parameters and of every state
-        array (each a ``(members, n_params)`` array), e.g. when some members stop."""
+        """Stacked use: keep only the networks ``rows`` (increasing) of the parameters and of
+        every state array (each ``(members, n_params)``), e.g. when some members stop.
+
+        Rows move up in place and the arrays become their leading rows (no new allocation:
+        a stack's buffers can be large).
+        """
         for name, value in list(vars(self).items()):
             if isinstance(value, np.ndarray) and value.ndim == 2:
-                setattr(self, name, np.ascontiguousarray(value[rows]))
+                for dst, src in enumerate(rows.tolist()):
+                    if dst != src:
+                        value[dst] = value[src]
+                setattr(self, name, value[:len(rows)])
 
     def _add_weight_decay(self, grad: np.ndarray, weight_decay: float, tmp: np.ndarray) -> None:
         """L2 penalty as torch: ``grad += weight_decay * params`` (``tmp`` is scratch)."""

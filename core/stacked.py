@@ -73,17 +73,17 @@ class StackedMLP:
             [net.running_mean[i] for net in networks])[:, None, :] for i in first.running_mean}
         self.running_var = {i: np.stack(
             [net.running_var[i] for net in networks])[:, None, :] for i in first.running_var}
-        self._bind(self.flat)
+        self._bind(self.flat, np.empty_like(self.flat))  # backward writes every slot
 
     @property
     def size(self) -> int:
         """Number of members K."""
         return int(self.flat.shape[0])
 
-    def _bind(self, flat: Array) -> None:
+    def _bind(self, flat: Array, grad: Array) -> None:
         """(Re)build the per-tensor views after the buffers changed."""
         self.flat = flat
-        self.grad = np.zeros_like(flat)
+        self.grad = grad
         K = self.size
         self.W: list[Array] = []
         self.b: list[Array] = []
@@ -115,7 +115,9 @@ class StackedMLP:
     def keep_rows(self, rows: Array, flat: Array | None = None) -> None:
         """Keep only members ``rows`` (in that order); ``flat`` is the kept parameter buffer
         when the optimizer already made it (it owns the parameters it updates)."""
-        self._bind(np.ascontiguousarray(self.flat[rows]) if flat is None else flat)
+        n = len(rows)
+        self._bind(np.ascontiguousarray(self.flat[rows]) if flat is None else flat,
+                   self.grad[:n])
         self.running_mean = {i: v[rows] for i, v in self.running_mean.items()}
         self.running_var = {i: v[rows] for i, v in self.running_var.items()}
 
@@ -235,19 +237,23 @@ class StackedMLP:
 
 def segment_sumsq_batched(flat: Array, bounds: Array) -> Array:
     """Sum of squares of ``flat[:, bounds[j]:bounds[j + 1]]`` per row and segment,
-    ``(K, len(bounds) - 1)`` float64; float32 sums that overflow are redone in float64."""
+    ``(K, len(bounds) - 1)`` float64; float32 sums that overflow are redone in float64 (for
+    the rows concerned only)."""
     K, n_seg = flat.shape[0], len(bounds) - 1
     if flat.shape[1] <= _FEW_ELEMENTS:
         out = np.add.reduceat(np.square(flat), bounds[:-1], axis=1).astype(np.float64)
         if flat.dtype != np.float64 and not np.isfinite(out).all():
-            out = np.add.reduceat(np.square(flat, dtype=np.float64), bounds[:-1], axis=1)
+            bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
+            out[bad] = np.add.reduceat(np.square(flat[bad], dtype=np.float64), bounds[:-1],
+                                       axis=1)
         return out
     out = np.empty((K, n_seg))
     for j in range(n_seg):
         seg = flat[:, int(bounds[j]):int(bounds[j + 1])]
         s = np.einsum("kp,kp->k", seg, seg)
-        if flat.dtype != np.float64 and not np.isfinite(s).all():
-            s64 = seg.astype(np.float64)
-            s = np.einsum("kp,kp->k", s64, s64)
         out[:, j] = s
+        if flat.dtype != np.float64 and not np.isfinite(s).all():
+            bad = np.flatnonzero(~np.isfinite(s))
+            s64 = seg[bad].astype(np.float64)
+            out[bad, j] = np.einsum("kp,kp->k", s64, s64)
     return out

@@ -24,7 +24,7 @@ from app.errors import install_error_handlers
 from app.executors import build_executor
 from app.middleware import BodySizeLimitMiddleware
 from app.migrate import head_revision, schema_is_current, upgrade
-from app.routers import events, histories, jobs, system
+from app.routers import events, histories, jobs, sweeps, system
 from app.routers.common import PROBLEM_SCHEMA
 from app.settings import Settings
 
@@ -120,6 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router, dependencies=auth)
     app.include_router(histories.router, dependencies=auth)
     app.include_router(events.router, dependencies=auth)
+    app.include_router(sweeps.router, dependencies=auth)
     app.include_router(system.router)
     app.include_router(system.health_router)
 

@@ -255,6 +255,7 @@ def job_to_summary(job: Job) -> dict[str, Any]:
         "latest": job.latest,
         "first_non_finite": {**nf, "description": describe_non_finite(nf)} if nf else None,
         "runtime_seconds": job.runtime_seconds, "parent_id": job.parent_id,
+        "parent_sweep_id": job.parent_sweep_id,
         "attempts": job.attempts, "links": job_links(job.id),
     }
 

@@ -458,6 +458,11 @@ def run_job(job_id: str, *, context: WorkerContext | None = None) -> str:
     given to another worker while this one ran it)."""
     ctx = context or _CONTEXT or configure_worker()
     settings, factory = ctx.settings, ctx.factory
+    from app.sweep_worker import run_sweep_group  # sweep members train batched, by group
+
+    grouped = run_sweep_group(job_id, ctx)
+    if grouped is not None:
+        return grouped
 
     def claim() -> tuple[Claim, dict[str, Any]] | None:
         with unit_of_work(factory) as session:

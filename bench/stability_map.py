@@ -34,8 +34,8 @@ BASE: dict[str, Any] = {
     "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
     "training": {"epochs": 20, "batch_size": 32},
 }
-AXES = [SweepAxis(path="model.init.std", log_range=(0.05, 1.0), points=8),
-        SweepAxis(path="optimizer.lr", log_range=(1e-3, 1.0), points=8)]
+AXES = [SweepAxis(path="model.init.std", log_range=[0.05, 1.0], points=8),
+        SweepAxis(path="optimizer.lr", log_range=[1e-3, 1.0], points=8)]
 
 
 def main() -> None:

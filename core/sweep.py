@@ -51,7 +51,7 @@ class SweepLimits:
 class SweepAxis(BaseModel):
     """One axis of a sweep: a dotted spec path and its values."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     path: str = Field(min_length=1, max_length=200,
                       description="Dotted path into the spec, e.g. `optimizer.lr`, "
@@ -60,10 +60,12 @@ class SweepAxis(BaseModel):
                       examples=["optimizer.lr"])
     values: list[AxisValue] | None = Field(None, min_length=1, max_length=1024,
                                            description="The values, in order.")
-    log_range: tuple[float, float] | None = Field(
-        None, description="`[low, high]`, both > 0: `points` log-spaced values, ends included.",
+    log_range: list[float] | None = Field(
+        None, min_length=2, max_length=2,
+        description="`[low, high]`, both > 0: `points` log-spaced values, ends included.",
         examples=[[1e-3, 1.0]])
-    points: int | None = Field(None, ge=2, le=1024, description="Number of `log_range` values.")
+    points: int | None = Field(None, ge=2, le=1024, strict=True,
+                               description="Number of `log_range` values.")
 
     @model_validator(mode="after")
     def _one_kind(self) -> SweepAxis:

@@ -15,7 +15,7 @@ from app.migrate import alembic_config, downgrade, head_revision, upgrade
 from app.settings import Settings
 
 TABLES = {"jobs", "step_metrics", "layer_stats", "epoch_metrics", "series_rollups",
-          "job_events", "diagnostic_reports"}
+          "job_events", "diagnostic_reports", "sweeps", "sweep_members"}
 
 
 def tables(url: str) -> set[str]:

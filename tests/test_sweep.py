@@ -23,12 +23,12 @@ BASE: dict[str, Any] = {
 
 
 def test_log_range_gives_log_spaced_values_with_both_ends() -> None:
-    axis = SweepAxis(path="optimizer.lr", log_range=(1e-3, 1.0), points=4)
+    axis = SweepAxis(path="optimizer.lr", log_range=[1e-3, 1.0], points=4)
     assert axis.grid() == [0.001, 0.01, 0.1, 1.0]
     with pytest.raises(ValidationError, match="either `values` or `log_range`"):
         SweepAxis(path="seed")
     with pytest.raises(ValidationError, match="> 0"):
-        SweepAxis(path="optimizer.lr", log_range=(0.0, 1.0), points=3)
+        SweepAxis(path="optimizer.lr", log_range=[0.0, 1.0], points=3)
 
 
 def test_members_are_the_grid_of_all_axes_first_axis_slowest() -> None:
@@ -52,7 +52,7 @@ def test_model_depth_repeats_the_first_hidden_layer() -> None:
 
 
 def test_limits_and_invalid_members_name_what_is_wrong() -> None:
-    axes = [SweepAxis(path="optimizer.lr", log_range=(1e-3, 1.0), points=40),
+    axes = [SweepAxis(path="optimizer.lr", log_range=[1e-3, 1.0], points=40),
             SweepAxis(path="seed", values=list(range(30)))]
     with pytest.raises(SweepError, match="max_members is 1024") as info:
         expand_sweep(BASE, axes)

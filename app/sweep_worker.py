@@ -1,0 +1,200 @@
+"""Training sweep members batched: the worker that picks up one member trains its group.
+
+When a worker gets a sweep member's job id, it claims that job and every still-queued sibling
+that can share its stack (``core.batched.stack_key``; at most ``MAX_GROUP``), trains them as
+one :class:`core.batched.BatchedTrainer` with one :class:`app.worker.DatabaseSink` per member
+(so each member's history, events, cancel flag and claim are exactly a job's), then diagnoses
+and finishes each member as ``run_job`` finishes a job. The workers that later receive the
+siblings' ids find them no longer queued and skip them; with several workers, each group is
+taken by whichever worker reaches one of its members first.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db import retry_on_locked, unit_of_work
+from app.models import Job, SweepMemberRow
+from app.repositories import Claim, EventRepository, JobRepository, db_now
+from app.worker import (
+    STATUS_FOR_STOP,
+    DatabaseSink,
+    Heartbeat,
+    WorkerContext,
+    _describe,
+    _finish,
+    _report_json,
+    progress_dict,
+)
+from core.batched import BatchedTrainer, stack_key
+from core.spec import TrainingSpec
+from core.stability import peak_to_baseline, predicted_risk
+from core.sweep import SweepMember
+from core.trainer import TrainingResult
+
+__all__ = ["MAX_GROUP", "run_sweep_group"]
+
+log = logging.getLogger(__name__)
+
+MAX_GROUP = 256
+
+
+def _sweep_of(factory: sessionmaker[Session], job_id: str) -> str | None:
+    with factory() as session:
+        return session.scalar(select(Job.parent_sweep_id).where(Job.id == job_id))
+
+
+def run_sweep_group(job_id: str, ctx: WorkerContext) -> str | None:
+    """Train ``job_id``'s group if it is a sweep member (its final status, or ``'skipped'``
+    when it was no longer queued); None when it is not a sweep member."""
+    factory, settings = ctx.factory, ctx.settings
+    sweep_id = _sweep_of(factory, job_id)
+    if sweep_id is None:
+        return None
+    claimed = retry_on_locked(lambda: _claim_group(factory, job_id, sweep_id, ctx.worker_id))
+    if not claimed or claimed[0][0] != job_id:
+        return "skipped"
+    beats = {jid: Heartbeat(jid, claim, factory, settings.heartbeat_interval_seconds)
+             for jid, claim, _ in claimed}
+    stop = threading.Event()
+    beater = threading.Thread(target=_beat_all, args=(factory, claimed, beats, stop,
+                                                      settings.heartbeat_interval_seconds),
+                              name=f"heartbeat-sweep-{sweep_id[:8]}", daemon=True)
+    beater.start()
+    try:
+        statuses = _train_group(ctx, claimed, beats)
+    finally:
+        stop.set()
+        beater.join(timeout=10)
+    return statuses.get(job_id, "failed")
+
+
+def _claim_group(factory: sessionmaker[Session], job_id: str, sweep_id: str,
+                 worker_id: str) -> list[tuple[str, Claim, dict[str, Any]]]:
+    """Claim ``job_id`` (first) and its queued siblings of the same stack key."""
+    with unit_of_work(factory) as session:
+        jobs = JobRepository(session)
+        own = jobs.get(job_id)
+        if own is None or own.status != "queued":
+            return []
+        key = stack_key(TrainingSpec.model_validate(own.spec))
+        siblings = session.scalars(
+            select(Job).where(Job.parent_sweep_id == sweep_id, Job.status == "queued",
+                              Job.id != job_id).order_by(Job.created_at, Job.id)).all()
+        group = [own] + [j for j in siblings
+                         if stack_key(TrainingSpec.model_validate(j.spec)) == key]
+        out = []
+        now = db_now(session)
+        for job in group[:MAX_GROUP]:
+            if not jobs.transition(job.id, "running", started_at=now, heartbeat_at=now,
+                                   worker_id=worker_id, attempts=Job.attempts + 1):
+                continue
+            job = jobs.refresh(job)
+            EventRepository(session).append(job.id, "status", {
+                "status": "running", "terminal": False, "attempt": job.attempts,
+                "progress": progress_dict(0, job.total_steps)})
+            out.append((job.id, Claim(worker_id, job.attempts),
+                        {"spec": job.spec, "total_steps": job.total_steps}))
+        return out
+
+
+def _beat_all(factory: sessionmaker[Session], claimed: list[tuple[str, Claim, dict[str, Any]]],
+              beats: dict[str, Heartbeat], stop: threading.Event, interval: float) -> None:
+    """One heartbeat thread for the whole group: one transaction stamps every member."""
+    while not stop.wait(interval):
+        try:
+            with unit_of_work(factory) as session:
+                jobs = JobRepository(session)
+                alive = {jid: jobs.heartbeat(jid, claim) for jid, claim, _ in claimed}
+        except Exception:  # the database is away: try again next beat
+            log.warning("sweep group heartbeat failed", exc_info=True)
+            continue
+        for jid, ok in alive.items():
+            if not ok and not stop.is_set():
+                beats[jid].lost.set()
+
+
+def _train_group(ctx: WorkerContext, claimed: list[tuple[str, Claim, dict[str, Any]]],
+                 beats: dict[str, Heartbeat]) -> dict[str, str]:
+    settings, factory = ctx.settings, ctx.factory
+    started = time.monotonic()
+    ids = [jid for jid, _, _ in claimed]
+    sinks: list[DatabaseSink] = []
+    try:
+        specs = [TrainingSpec.model_validate(row["spec"],
+                                             context={"limits": settings.spec_limits()})
+                 for _, _, row in claimed]
+        sinks = [DatabaseSink(
+            jid, factory, total_steps=row["total_steps"], flush_every=settings.flush_every_steps,
+            flush_interval=settings.flush_interval_seconds,
+            progress_interval=settings.progress_event_interval_seconds, claim=claim,
+            heartbeat=beats[jid]) for jid, claim, row in claimed]
+        trainer = BatchedTrainer(specs, max_runtime=settings.max_job_runtime_seconds)
+        results = trainer.run(sinks, max_records=settings.diagnosis_max_records)
+        for sink in sinks:
+            if not sink.given_up:
+                sink.close()
+    except Exception as exc:  # a training crash fails the group's jobs, never the worker
+        log.exception("sweep group %s failed", ids)
+        message = f"training failed: {_describe(exc)}"
+        for jid, claim, _ in claimed:
+            _finish(factory, jid, status="failed", stop_reason=None, error=message,
+                    report=None, first_non_finite=None, steps_completed=None,
+                    runtime=time.monotonic() - started, claim=claim)
+        return dict.fromkeys(ids, "failed")
+    statuses: dict[str, str] = {}
+    for (jid, claim, _), spec, sink, result in zip(claimed, specs, sinks, results, strict=True):
+        if sink.given_up:
+            statuses[jid] = "lost"  # given to another worker; that run records it
+            continue
+        statuses[jid] = _finish_member(ctx, jid, claim, spec, sink, result,
+                                       time.monotonic() - started)
+    return statuses
+
+
+def _finish_member(ctx: WorkerContext, job_id: str, claim: Claim, spec: TrainingSpec,
+                   sink: DatabaseSink, result: TrainingResult, runtime: float) -> str:
+    """Diagnose, store the member's figures and preflight's risk, finish its job."""
+    settings, factory = ctx.settings, ctx.factory
+    stop_reason = str(result.stop_reason)
+    status = STATUS_FOR_STOP.get(stop_reason, "succeeded")
+    error = None
+    if stop_reason == "max_runtime":
+        error = (f"the job exceeded the maximum runtime of {settings.max_job_runtime_seconds:g} s "
+                 "(GRADWATCH_MAX_JOB_RUNTIME_SECONDS) and was stopped")
+    report: dict[str, Any] | None = None
+    risk: str | None = None
+    try:
+        from core.diagnostics import diagnose
+
+        report = _report_json(diagnose(result))
+        risk = predicted_risk(SweepMember(0, {}, spec))
+    except Exception as exc:
+        log.exception("job %s: diagnosis failed", job_id)
+        if status == "succeeded":
+            status, error = "failed", f"diagnosis failed: {_describe(exc)}"
+    nf = result.first_non_finite
+    first_nf = ({"step": nf.step, "layer": nf.layer, "tensor": nf.tensor, "value": nf.value}
+                if nf is not None else None)
+
+    def store_figures() -> None:
+        with unit_of_work(factory) as session:
+            row = session.scalar(select(SweepMemberRow).where(SweepMemberRow.job_id == job_id))
+            if row is not None:
+                row.first_bad_step = report.get("first_bad_step") if report else None
+                row.peak_to_baseline = peak_to_baseline(result)
+                row.final_loss = result.final_loss
+                row.predicted_risk = risk
+
+    retry_on_locked(store_figures)
+    if not _finish(factory, job_id, status=status, stop_reason=stop_reason, error=error,
+                   report=report, first_non_finite=first_nf or sink.first_non_finite,
+                   steps_completed=int(result.steps_completed), runtime=runtime, claim=claim):
+        return "lost"
+    return status

@@ -43,6 +43,7 @@ __all__ = ["MAX_GROUP", "run_sweep_group"]
 log = logging.getLogger(__name__)
 
 MAX_GROUP = 256
+MAX_FLUSH_INTERVAL = 30.0
 
 
 def _sweep_of(factory: sessionmaker[Session], job_id: str) -> str | None:
@@ -57,7 +58,8 @@ def run_sweep_group(job_id: str, ctx: WorkerContext) -> str | None:
     sweep_id = _sweep_of(factory, job_id)
     if sweep_id is None:
         return None
-    claimed = retry_on_locked(lambda: _claim_group(factory, job_id, sweep_id, ctx.worker_id))
+    claimed = retry_on_locked(lambda: _claim_group(factory, job_id, sweep_id, ctx.worker_id,
+                                                   max(1, settings.workers)))
     if not claimed or claimed[0][0] != job_id:
         return "skipped"
     beats = {jid: Heartbeat(jid, claim, factory, settings.heartbeat_interval_seconds)
@@ -75,9 +77,11 @@ def run_sweep_group(job_id: str, ctx: WorkerContext) -> str | None:
     return statuses.get(job_id, "failed")
 
 
-def _claim_group(factory: sessionmaker[Session], job_id: str, sweep_id: str,
-                 worker_id: str) -> list[tuple[str, Claim, dict[str, Any]]]:
-    """Claim ``job_id`` (first) and its queued siblings of the same stack key."""
+def _claim_group(factory: sessionmaker[Session], job_id: str, sweep_id: str, worker_id: str,
+                 workers: int) -> list[tuple[str, Claim, dict[str, Any]]]:
+    """Claim ``job_id`` (first) and its queued siblings of the same stack key: an equal share
+    of them per worker (``workers``: how many share this queue), so that a large group
+    spreads over the workers instead of leaving them idle."""
     with unit_of_work(factory) as session:
         jobs = JobRepository(session)
         own = jobs.get(job_id)
@@ -89,9 +93,10 @@ def _claim_group(factory: sessionmaker[Session], job_id: str, sweep_id: str,
                               Job.id != job_id).order_by(Job.created_at, Job.id)).all()
         group = [own] + [j for j in siblings
                          if stack_key(TrainingSpec.model_validate(j.spec)) == key]
+        size = min(MAX_GROUP, -(-(len(group) + _running_siblings(session, sweep_id)) // workers))
         out = []
         now = db_now(session)
-        for job in group[:MAX_GROUP]:
+        for job in group[:max(size, 1)]:
             if not jobs.transition(job.id, "running", started_at=now, heartbeat_at=now,
                                    worker_id=worker_id, attempts=Job.attempts + 1):
                 continue
@@ -102,6 +107,12 @@ def _claim_group(factory: sessionmaker[Session], job_id: str, sweep_id: str,
             out.append((job.id, Claim(worker_id, job.attempts),
                         {"spec": job.spec, "total_steps": job.total_steps}))
         return out
+
+
+def _running_siblings(session: Session, sweep_id: str) -> int:
+    """Members of the sweep already running (their share was taken by other workers)."""
+    return len(session.scalars(select(Job.id).where(Job.parent_sweep_id == sweep_id,
+                                                    Job.status == "running")).all())
 
 
 def _beat_all(factory: sessionmaker[Session], claimed: list[tuple[str, Claim, dict[str, Any]]],
@@ -130,9 +141,12 @@ def _train_group(ctx: WorkerContext, claimed: list[tuple[str, Claim, dict[str, A
         specs = [TrainingSpec.model_validate(row["spec"],
                                              context={"limits": settings.spec_limits()})
                  for _, _, row in claimed]
+        # A group's step feeds every member's sink: each flushes on its step count, or after
+        # the interval times the group size, so the group writes about as often as one job.
+        interval = min(settings.flush_interval_seconds * len(claimed), MAX_FLUSH_INTERVAL)
         sinks = [DatabaseSink(
             jid, factory, total_steps=row["total_steps"], flush_every=settings.flush_every_steps,
-            flush_interval=settings.flush_interval_seconds,
+            flush_interval=max(interval, settings.flush_interval_seconds),
             progress_interval=settings.progress_event_interval_seconds, claim=claim,
             heartbeat=beats[jid]) for jid, claim, row in claimed]
         trainer = BatchedTrainer(specs, max_runtime=settings.max_job_runtime_seconds)

@@ -181,22 +181,26 @@ class StackedMLP:
     def predict(self, X: Array, rows: Array) -> Array:
         """Inference-mode outputs ``(len(rows), n, n_out)`` of members ``rows`` on ``X``
         (shared ``(n, n_in)``), in the chunks :meth:`core.network.MLP.predict` uses."""
-        W = [w[rows] for w in self.W]
-        b = [v[rows] for v in self.b]
-        outs = [self._predict_chunk(X[s:s + EVAL_CHUNK], W, b, rows)
+        every = len(rows) == self.size and bool(np.all(rows == np.arange(self.size)))
+        W = self.W if every else [w[rows] for w in self.W]  # no copy for the whole stack
+        b = self.b if every else [v[rows] for v in self.b]
+        outs = [self._predict_chunk(X[s:s + EVAL_CHUNK], W, b, None if every else rows)
                 for s in range(0, len(X), EVAL_CHUNK)]
         if not outs:
             return np.empty((len(rows), 0, self.sizes[-1]), dtype=self.dtype)
         return np.concatenate(outs, axis=1)
 
-    def _predict_chunk(self, x: Array, W: list[Array], b: list[Array], rows: Array) -> Array:
+    def _predict_chunk(self, x: Array, W: list[Array], b: list[Array],
+                       rows: Array | None) -> Array:
         for i in range(self.n_layers):
             z = affine_forward(x, W[i], b[i])
             if i == self.n_layers - 1:
                 return z
             if self.batch_norm[i]:
-                z = batchnorm_forward_eval(z, self.gamma[i][rows], self.beta[i][rows],
-                                           self.running_mean[i][rows], self.running_var[i][rows])
+                pick = slice(None) if rows is None else rows
+                z = batchnorm_forward_eval(z, self.gamma[i][pick], self.beta[i][pick],
+                                           self.running_mean[i][pick],
+                                           self.running_var[i][pick])
             x = self.activations[i].forward(z, np.empty_like(z))
         raise AssertionError("unreachable")  # pragma: no cover
 

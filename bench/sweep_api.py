@@ -1,7 +1,7 @@
 """A 64-member sweep end to end through the API vs the same 64 members as separate jobs.
 
 A real server (uvicorn, default settings but for a temporary SQLite database) with 2 local
-worker processes (this machine's cores). (1) ``POST /v1/sweeps`` with the small-MLP sweep of
+worker processes (this machine's cores), warmed up by a few tiny jobs first. (1) ``POST /v1/sweeps`` with the small-MLP sweep of
 ``bench/sweep_speed.py`` (2-32-32-1, lr x init std 8 x 8, float32), wait until every member
 finished, then ``GET /v1/sweeps/{id}/plots/stability``: wall time from the POST to the PNG.
 (2) the same 64 member specs as 64 ``POST /v1/jobs``, waiting until all finished.
@@ -50,6 +50,15 @@ def base_spec() -> dict[str, Any]:
     return spec
 
 
+def warm_up(http: httpx.Client, workers: int) -> None:
+    """Wait until every worker process has started and run a job (imports done)."""
+    tiny = {"data": {"source": "synthetic", "name": "moons", "n_samples": 40},
+            "model": {"hidden": [{"units": 4}]}, "training": {"epochs": 1, "batch_size": 8}}
+    ids = [http.post("/v1/jobs", json=tiny).json()["id"] for _ in range(2 * workers)]
+    while any(http.get(f"/v1/jobs/{i}").json()["status"] not in TERMINAL for i in ids):
+        time.sleep(0.1)
+
+
 def run_sweep(http: httpx.Client) -> tuple[float, dict[str, Any]]:
     body = {"spec": base_spec(), "axes": [{"path": "optimizer.lr", "values": LRS},
                                           {"path": "model.init.std", "values": STDS}]}
@@ -91,6 +100,7 @@ def main() -> None:
         server, thread, url = serve(settings)
         try:
             with httpx.Client(base_url=url, timeout=60) as http:
+                warm_up(http, args.workers)
                 t_sweep, data = run_sweep(http)
                 steps = data["progress"]["step"]
                 print(f"sweep through the API: 64 members, {steps} member-steps, "

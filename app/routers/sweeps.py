@@ -67,7 +67,11 @@ def get_sweep_endpoint(sweep_id: str, session: ReadSessionDep) -> Response:
 
 
 @router.post("/{sweep_id}/cancel", status_code=202, operation_id="cancelSweep",
-             summary="Cancel a sweep's unfinished members", responses=problems(404, 409))
+             summary="Cancel a sweep's unfinished members",
+             description="Queued members are cancelled now, running ones stop within one flush "
+                         "(each with stop reason `cancelled`); 409 when every member has "
+                         "finished. Answers 202 with the sweep.",
+             responses=problems(404, 409))
 def cancel_sweep_endpoint(sweep_id: str, session: SessionDep) -> Response:
     cancel_sweep(session, sweep_id)
     session.commit()
@@ -76,6 +80,8 @@ def cancel_sweep_endpoint(sweep_id: str, session: SessionDep) -> Response:
 
 @router.delete("/{sweep_id}", status_code=204, operation_id="deleteSweep",
                summary="Delete a finished sweep and its member jobs",
+               description="Deletes the sweep, its member jobs and their histories; 409 while "
+                           "a member is queued or running (cancel the sweep first).",
                responses=problems(404, 409))
 def delete_sweep_endpoint(sweep_id: str, session: SessionDep) -> Response:
     delete_sweep(session, sweep_id)
@@ -117,6 +123,9 @@ def stability_endpoint(sweep_id: str, request: Request, session: ReadSessionDep,
 
 @router.get("/{sweep_id}/plots/stability", operation_id="plotSweepStability",
             summary="The stability map (PNG, or SVG with ?format=svg)",
+            description="Cells coloured by the members' verdicts over axes `x` and `y`, the "
+                        "measured boundary (solid) and preflight's predicted one (dashed, "
+                        "hatched cells). SVG with `?format=svg` or `Accept: image/svg+xml`.",
             response_class=Response,
             responses={200: {"content": {"image/png": {}, "image/svg+xml": {}}},
                        **problems(404, 409, 422)})

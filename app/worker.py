@@ -1,5 +1,8 @@
 """``run_job(job_id)``: claim, train, store, diagnose, finish. Executors only call this.
 
+A sweep member is handed to :func:`app.sweep_worker.run_sweep_group`, which trains it batched
+with its queued siblings; both end runs through :mod:`app.run_end`.
+
 The worker never raises for a training problem: whatever happens, the job ends in
 ``succeeded``, ``failed`` (with a readable error) or ``cancelled`` — or, when its run is
 given up (the worker shuts down, or the recovery policy gave the job to another worker),

@@ -63,6 +63,9 @@ class Dispatcher:
         event.remove(self.factory, "after_transaction_end", self._after_transaction_end)
 
     def _after_commit(self, session: Session) -> None:
+        root = session.get_transaction()
+        if root is not None and root.is_active:
+            return  # a savepoint was released (submit_job's insert): the transaction goes on
         job_ids = session.info.pop(_PENDING, None)
         if job_ids:
             self.send(job_ids)

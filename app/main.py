@@ -28,7 +28,17 @@ from app.metrics import HttpMetricsMiddleware, build_registry
 from app.middleware import BodySizeLimitMiddleware, RejectNulMiddleware
 from app.migrate import head_revision, schema_is_current, upgrade
 from app.openapi_docs import document
-from app.routers import events, histories, jobs, metrics, pages, plots, system, webhooks
+from app.routers import (
+    events,
+    histories,
+    jobs,
+    metrics,
+    pages,
+    plots,
+    sweeps,
+    system,
+    webhooks,
+)
 from app.routers.common import PROBLEM_SCHEMA
 from app.settings import Settings
 
@@ -141,6 +151,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(webhooks.router, dependencies=auth)
     app.include_router(metrics.router, dependencies=auth)
     app.include_router(plots.router, dependencies=auth)  # issue 9: plots
+    app.include_router(sweeps.router, dependencies=auth)
     app.include_router(system.router)
     app.include_router(system.health_router)
 

@@ -32,6 +32,8 @@ __all__ = [
     "Job",
     "JobEvent",
     "MetricCounter",
+    "Sweep",
+    "SweepMemberRow",
     "Webhook",
     "WebhookDelivery",
     "utcnow",
@@ -81,6 +83,9 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # X-Request-ID of the request that created the job (app.correlation)
     request_id: Mapped[str | None] = mapped_column(String(128))
+    # a member of a sweep (app.sweeps): trained batched with its siblings of one architecture
+    parent_sweep_id: Mapped[str | None] = mapped_column(
+        ForeignKey("sweeps.id", ondelete="SET NULL"), index=True)
 
     __table_args__ = (
         Index("ix_jobs_created_at_id", "created_at", "id"),
@@ -247,3 +252,31 @@ class MetricCounter(Base):
     labels: Mapped[str] = mapped_column(String(200), primary_key=True)
     shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     value: Mapped[float] = mapped_column(Double)
+class Sweep(Base):
+    """A sweep: a base spec and axes; its members are jobs (``jobs.parent_sweep_id``)."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    axes: Mapped[list[dict[str, Any]]] = mapped_column(JSONType)
+    member_count: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class SweepMemberRow(Base):
+    """One grid point of a sweep: its axis values, its job, preflight's risk for its spec."""
+
+    __tablename__ = "sweep_members"
+
+    sweep_id: Mapped[str] = mapped_column(
+        ForeignKey("sweeps.id", ondelete="CASCADE"), primary_key=True)
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
+    axis_values: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    predicted_risk: Mapped[str | None] = mapped_column(String(16))
+    first_bad_step: Mapped[int | None] = mapped_column(Integer)
+    peak_to_baseline: Mapped[float | None] = mapped_column(NonFiniteFloat)
+    final_loss: Mapped[float | None] = mapped_column(NonFiniteFloat)

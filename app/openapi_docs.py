@@ -27,6 +27,11 @@ EXAMPLES_FILE = Path(__file__).resolve().parent / "openapi_examples.json"
 PARAMETERS = {
     "job_id": "The job's id: the UUID returned by `POST /v1/jobs` (also in its `Location` "
               "header).",
+    "sweep_id": "The sweep's id: the UUID returned by `POST /v1/sweeps` (also in its "
+                "`Location` header).",
+    "webhook_id": "The webhook's id: the `id` returned by `POST /v1/webhooks`, or a job's id "
+                  "for the job's own `notify` endpoint.",
+    "limit": "At most this many items per page.",
     "Last-Event-ID": "Resume the stream after this event id (the `id:` of the last event you "
                      "received); `0` replays the job's events from the start.",
 }
@@ -44,6 +49,15 @@ _JOB_FIELDS = {
                         "sentence (null if none).",
     "runtime_seconds": "Wall-clock training time (null until finished).",
     "repair": "For a repair job: which recommendation (or patch) of the parent it applies.",
+}
+
+_WEBHOOK_FIELDS = {
+    "id": "The webhook's id.",
+    "url": "Where the events are POSTed.",
+    "events": "The events delivered to it.",
+    "description": "Free-form label (null if none).",
+    "created_at": "When it was created (UTC, ISO 8601).",
+    "links": "Related resources: `self`, `deliveries`.",
 }
 
 FIELDS: dict[str, dict[str, str]] = {
@@ -141,6 +155,25 @@ FIELDS: dict[str, dict[str, str]] = {
         "recommendations": "Fixes with spec patches, best first.",
         "summary": "The analysis in plain language.",
     },
+    "WebhookRead": _WEBHOOK_FIELDS,
+    "WebhookCreated": _WEBHOOK_FIELDS,
+    "DeliveryAttempt": {"attempt": "Attempt number, from 1.",
+                        "at": "When the attempt was made (UTC, ISO 8601).",
+                        "error": "Why it failed (null when the receiver answered 2xx).",
+                        "duration_ms": "How long the attempt took."},
+    "WebhookDeliveryRead": {
+        "event": "The event delivered (`job.succeeded`, `job.failed`, ...).",
+        "job_id": "The job the event is about.",
+        "status": "`pending` (retries to come), `succeeded` or `failed` (gave up).",
+        "attempts": "Attempts made so far.",
+        "last_status_code": "The receiver's HTTP status at the last attempt (null: no answer).",
+        "last_error": "Why the last attempt failed (null if it succeeded).",
+        "created_at": "When the event happened.",
+        "finished_at": "When the delivery succeeded or was given up (null while pending).",
+        "attempt_log": "Every attempt, oldest first.",
+    },
+    "WebhookDeliveryPage": {"next_cursor": "Pass as `cursor` for the next page (null: last "
+                                           "page)."},
     "Problem": {
         "type": "A URI naming the kind of problem (stable; use it in code).",
         "title": "Short summary of the kind of problem.",

@@ -261,8 +261,9 @@ def loss_plot(loss: Series, marks: Marks, *, val_loss: Series | None = None,
     lo, hi = _finite_positive_range(series)
     all_values = np.concatenate([s.values for s in series])
     if hi / lo > 100 or not np.isfinite(all_values).all():
-        _draw_on_log_axis(ax, series, ["loss", "val-loss"][: len(series)], [1.2, 2.0],
-                          [None, "#9467bd"])
+        n = len(series)  # the validation series only when there is one
+        _draw_on_log_axis(ax, series, ["loss", "val-loss"][:n], [1.2, 2.0][:n],
+                          [None, "#9467bd"][:n])
     else:
         (line,) = ax.plot(loss.steps, loss.values, lw=1.2, label=loss.label or "loss")
         line.set_gid("loss")

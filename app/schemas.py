@@ -123,6 +123,7 @@ class JobSummary(ApiModel):
     first_non_finite: NonFiniteInfo | None
     runtime_seconds: float | None
     parent_id: str | None = Field(description="The job this one repairs.")
+    parent_sweep_id: str | None = Field(None, description="The sweep this job is a member of.")
     attempts: int = Field(
         0, description="How many times a worker started this job. A job whose worker was "
                        "lost goes back to the queue and starts over (its history too), up to "

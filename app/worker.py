@@ -1,5 +1,8 @@
 """``run_job(job_id)``: claim, train, store, diagnose, finish. Executors only call this.
 
+A sweep member is handed to :func:`app.sweep_worker.run_sweep_group`, which trains it batched
+with its queued siblings; both end runs through :mod:`app.run_end`.
+
 The worker never raises for a training problem: whatever happens, the job ends in
 ``succeeded``, ``failed`` (with a readable error) or ``cancelled`` — or, when its run is
 given up (the worker shuts down, or the recovery policy gave the job to another worker),
@@ -12,21 +15,19 @@ conditional on the job still running under that claim.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
-
-from sqlalchemy.orm import Session, sessionmaker
 
 from app.correlation import bind
 from app.db import retry_on_locked, unit_of_work
 from app.heartbeat import Heartbeat
 from app.lifecycle import move_job
-from app.models import Job, utcnow
-from app.recovery import hand_back
-from app.repositories import Claim, ReportRepository, db_now, owned_by
+from app.models import Job
+from app.repositories import Claim, db_now
+from app.run_end import conclude, describe, finish_run, first_non_finite, give_up
 from app.sink import DatabaseSink
+from app.sweep_worker import run_sweep_group
 from app.worker_process import WorkerContext, current_context, handback_due
 from core.spec import TrainingSpec
 
@@ -34,21 +35,15 @@ __all__ = ["run_job"]
 
 log = logging.getLogger(__name__)
 
-STATUS_FOR_STOP: dict[str, str] = {
-    "completed": "succeeded",
-    "non_finite": "succeeded",
-    "early_stop": "succeeded",
-    "explosion": "succeeded",
-    "cancelled": "cancelled",
-    "max_runtime": "failed",
-}
-
 
 def run_job(job_id: str, *, context: WorkerContext | None = None) -> str:
     """Run job ``job_id`` if it is still queued; returns its final status, ``'skipped'`` (it
     was not queued), ``'requeued'`` (handed back at shutdown) or ``'lost'`` (the job was
     given to another worker while this one ran it)."""
     ctx = context or current_context()
+    grouped = run_sweep_group(job_id, ctx)  # sweep members train batched, by group
+    if grouped is not None:
+        return grouped
     claimed = retry_on_locked(lambda: _claim(ctx, job_id))
     if claimed is None:
         log.info("job %s was not queued any more; skipped", job_id)
@@ -90,7 +85,7 @@ def _train(ctx: WorkerContext, job_id: str, run: Claim, job_row: dict[str, Any],
         # bounded memory for very long runs; the database still gets every record
         result = trainer.run(sink, max_records=settings.diagnosis_max_records)
         if sink.given_up:
-            return _give_up(factory, job_id, run, sink)
+            return give_up(factory, job_id, run, sink)
         sink.close()
     except Exception as exc:  # a training crash fails the job, never the worker
         log.exception("job %s failed", job_id)
@@ -99,81 +94,21 @@ def _train(ctx: WorkerContext, job_id: str, run: Claim, job_row: dict[str, Any],
                 sink.close()
             except Exception:
                 log.exception("job %s: could not store the last records", job_id)
-        _finish(factory, job_id, run, status="failed", stop_reason=None,
-                error=f"training failed: {_describe(exc)}", report=None,
-                first_non_finite=sink.first_non_finite if sink else None,
-                steps_completed=sink.steps_completed if sink else None,
-                runtime=time.monotonic() - started)
+        finish_run(factory, job_id, run, status="failed", stop_reason=None,
+                   error=f"training failed: {describe(exc)}", report=None,
+                   first_non_finite=sink.first_non_finite if sink else None,
+                   steps_completed=sink.steps_completed if sink else None,
+                   runtime=time.monotonic() - started)
         return "failed"
     if sink.lost:
         return "lost"
 
     stop_reason = str(result.stop_reason)
-    status = STATUS_FOR_STOP.get(stop_reason, "succeeded")
-    error: str | None = None
-    if stop_reason == "max_runtime":
-        error = (f"the job exceeded the maximum runtime of {settings.max_job_runtime_seconds:g} s "
-                 "(GRADWATCH_MAX_JOB_RUNTIME_SECONDS) and was stopped")
-    report: dict[str, Any] | None = None
-    try:
-        from core.diagnostics import diagnose
-
-        report = json.loads(diagnose(result).model_dump_json())
-    except Exception as exc:
-        log.exception("job %s: diagnosis failed", job_id)
-        if status == "succeeded":
-            status, error = "failed", f"diagnosis failed: {_describe(exc)}"
-    nf = result.first_non_finite  # the trainer's, as the sink stored it live
-    first_nf = ({"step": nf.step, "layer": nf.layer, "tensor": nf.tensor, "value": nf.value}
-                if nf is not None else sink.first_non_finite)
-    if not _finish(factory, job_id, run, status=status, stop_reason=stop_reason, error=error,
-                   report=report, first_non_finite=first_nf,
-                   steps_completed=int(result.steps_completed),
-                   runtime=time.monotonic() - started):
+    status, error, report = conclude(job_id, result, settings)
+    if not finish_run(factory, job_id, run, status=status, stop_reason=stop_reason, error=error,
+                      report=report, first_non_finite=first_non_finite(result, sink),
+                      steps_completed=int(result.steps_completed),
+                      runtime=time.monotonic() - started):
         log.warning("job %s was given to another worker before it finished here", job_id)
         return "lost"
     return status
-
-
-def _finish(factory: sessionmaker[Session], job_id: str, run: Claim, *, status: str,
-            stop_reason: str | None, error: str | None, report: dict[str, Any] | None,
-            first_non_finite: Any, steps_completed: int | None, runtime: float) -> bool:
-    """Move the job to its terminal ``status`` while it runs under ``run``; True if it moved."""
-    def write() -> bool:
-        with unit_of_work(factory) as session:
-            values: dict[str, Any] = {
-                "finished_at": utcnow(), "stop_reason": stop_reason, "error": error,
-                "heartbeat_at": db_now(session), "runtime_seconds": runtime,
-            }
-            if report is not None:
-                values["verdict"] = report.get("verdict")
-                ReportRepository(session).put(job_id, report)
-            if first_non_finite is not None:
-                values["first_non_finite"] = first_non_finite
-            if steps_completed is not None:
-                values["steps_completed"] = steps_completed
-            if move_job(session, job_id, status, where=owned_by(run), **values) is None:
-                session.rollback()  # the report too: the job is no longer this run's
-                return False
-            return True
-    return retry_on_locked(write)
-
-
-def _give_up(factory: sessionmaker[Session], job_id: str, run: Claim, sink: DatabaseSink) -> str:
-    if sink.lost:
-        log.warning("job %s was given to another worker; this run stops unrecorded", job_id)
-        return "lost"
-    outcome = hand_back(factory, job_id, run)
-    log.warning("worker shutting down: job %s %s", job_id, outcome or "was no longer ours")
-    return "requeued" if outcome == "requeued" else outcome or "lost"
-
-
-def _describe(exc: BaseException, limit: int = 500) -> str:
-    """A readable one-line description (database errors without their SQL and parameters)."""
-    from sqlalchemy.exc import DBAPIError
-
-    text = str(exc.orig) if isinstance(exc, DBAPIError) and exc.orig is not None else str(exc)
-    text = " ".join(text.split())
-    if len(text) > limit:
-        text = text[:limit] + "..."
-    return f"{type(exc).__name__}: {text}"

@@ -1,5 +1,6 @@
 """Regenerate app/openapi_examples.json (the response examples Swagger UI and ReDoc show)
-and docs/images/exploding-gradients.png (the README's plot).
+and docs/images/exploding-gradients.png (the README's plot). Also sweeps, webhooks and the
+metrics text.
 
 Every example is a real response of a real run (not hand-written): a diverging job that
 reaches Infinity, its diagnosis, its repair and the comparison, the job's event stream, and
@@ -71,9 +72,72 @@ def event_stream(http: TestClient, job_id: str, keep: int = 6) -> str:
     return "\n\n".join(blocks) + "\n\n"
 
 
+SWEEP = {"name": "lr x init std",
+         "spec": {"seed": 0, "data": {"source": "synthetic", "name": "spirals", "n_samples": 200},
+                  "model": {"hidden": [{"units": 16}] * 4,
+                            "init": {"scheme": "normal", "std": 0.3}},
+                  "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
+                  "training": {"epochs": 2, "batch_size": 32}},
+         "axes": [{"path": "model.init.std", "values": [0.3, 3.0]},
+                  {"path": "optimizer.lr", "log_range": [0.001, 1.0], "points": 2}]}
+# nothing listens on port 9 (discard) here: the deliveries show failed attempts
+HOOK = {"url": "http://127.0.0.1:9/gradwatch", "events": ["job.succeeded", "job.failed"],
+        "description": "example receiver"}
+UNKNOWN_ID = "00000000-0000-0000-0000-000000000000"
+
+
+def wait_sweep(http: TestClient, sweep_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        sweep: dict[str, Any] = http.get(f"/v1/sweeps/{sweep_id}").json()
+        if sweep["status"] not in ("queued", "running"):
+            return sweep
+        time.sleep(0.2)
+    raise TimeoutError(sweep_id)
+
+
+def sweeps_and_webhooks(http: TestClient, ex: dict[str, dict[str, Any]], hook_id: str) -> None:
+    """Sweeps, webhooks (deliveries of the jobs finished so far) and the metrics text."""
+    sweep = record(ex, "createSweep", http.post("/v1/sweeps", json=SWEEP))
+    record(ex, "createSweep", http.post("/v1/sweeps", json={
+        **SWEEP, "axes": [{"path": "optimizer.momentun", "values": [0.0, 0.9]}]}))
+    wait_sweep(http, sweep["id"])
+    record(ex, "getSweep", http.get(f"/v1/sweeps/{sweep['id']}"))
+    record(ex, "getSweep", http.get(f"/v1/sweeps/{UNKNOWN_ID}"))
+    record(ex, "getSweepStability", http.get(f"/v1/sweeps/{sweep['id']}/stability"))
+    record(ex, "cancelSweep", http.post(f"/v1/sweeps/{sweep['id']}/cancel"))  # 409: finished
+    long = http.post("/v1/sweeps", json={
+        "spec": LONG, "axes": [{"path": "seed", "values": [0, 1]}]}).json()
+    record(ex, "deleteSweep", http.delete(f"/v1/sweeps/{long['id']}"))  # 409: unfinished
+    record(ex, "cancelSweep", http.post(f"/v1/sweeps/{long['id']}/cancel"))
+    wait_sweep(http, long["id"])
+    record(ex, "deleteSweep", http.delete(f"/v1/sweeps/{long['id']}"))
+    ex["deleteSweep"].pop("204", None)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        deliveries = http.get(f"/v1/webhooks/{hook_id}/deliveries", params={"limit": 2}).json()
+        if deliveries["items"] and deliveries["items"][0]["attempts"] >= 1:
+            break
+        time.sleep(0.2)
+    record(ex, "listWebhookDeliveries", http.get(f"/v1/webhooks/{hook_id}/deliveries",
+                                                 params={"limit": 2}))
+    record(ex, "listWebhooks", http.get("/v1/webhooks"))
+    record(ex, "getWebhook", http.get(f"/v1/webhooks/{hook_id}"))
+    record(ex, "getWebhook", http.get(f"/v1/webhooks/{UNKNOWN_ID}"))
+    record(ex, "deleteWebhook", http.delete(f"/v1/webhooks/{UNKNOWN_ID}"))
+    text = http.get("/metrics").text
+    ex["prometheusMetrics"] = {"200": "\n".join(
+        line for line in text.splitlines() if line.startswith(("# HELP gradwatch_jobs",
+                                                                "# TYPE gradwatch_jobs",
+                                                                "gradwatch_jobs")))[:3000]
+        + "\n"}
+
+
 def generate(tmp: Path) -> dict[str, dict[str, Any]]:
     ex: dict[str, dict[str, Any]] = {}
-    with TestClient(create_app(settings(tmp, workers=1))) as http:
+    with TestClient(create_app(settings(tmp, workers=1, webhook_allow_private=True))) as http:
+        hook = record(ex, "createWebhook", http.post("/v1/webhooks", json=HOOK))
+        record(ex, "createWebhook", http.post("/v1/webhooks", json={**HOOK, "url": "ftp://x"}))
         job = record(ex, "createJob", http.post("/v1/jobs", json=DIVERGING_SPEC,
                                                 headers={"Idempotency-Key": "example-1"}))
         wait(http, job["id"])
@@ -127,6 +191,7 @@ def generate(tmp: Path) -> dict[str, dict[str, Any]]:
         ex["deleteJob"].pop("204", None)
         record(ex, "deleteJob", http.delete(f"/v1/jobs/{repair['id']}"))  # 204: no body
         ex["deleteJob"].pop("204", None)
+        sweeps_and_webhooks(http, ex, hook["id"])
     keyed = tmp / "keyed"
     keyed.mkdir()
     with TestClient(create_app(settings(keyed, workers=1, api_key="example-key",

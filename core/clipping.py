@@ -25,7 +25,13 @@ from core.spec import (
     ValueClipping,
 )
 
-__all__ = ["adaptive_clip_flat", "clip_flat", "clip_grad_norm_", "clip_grad_value_"]
+__all__ = [
+    "BatchedClipper",
+    "adaptive_clip_flat",
+    "clip_flat",
+    "clip_grad_norm_",
+    "clip_grad_value_",
+]
 
 _NORM_EPS = 1e-6  # torch clip_grad_norm_: coef = max_norm / (total + 1e-6)
 _AGC_GRAD_FLOOR = 1e-6  # timm adaptive_clip_grad: grad_norm.clamp(min=1e-6)
@@ -249,3 +255,96 @@ def adaptive_clip_flat(grad: np.ndarray, params: np.ndarray, layout: ParamLayout
         np.take(scale, index.unit_of, out=squares)
         np.multiply(grad, squares, out=grad)
     return True
+
+
+# --------------------------------------------------------------------------------------------
+# Stacked variant (core.batched): K networks' flat gradients as rows of a (K, n_params) array
+# --------------------------------------------------------------------------------------------
+
+
+class BatchedClipper:
+    """:func:`clip_flat` for a stack of networks that share a clipping mode, each with its own
+    threshold (``max_norm`` / ``clip_value`` / ``clip_factor`` and ``eps``).
+
+    Every member's gradient is clipped exactly as :func:`clip_flat` clips it alone (same
+    coefficients, same operations); only the post-clip norm may differ in the last bit.
+    """
+
+    def __init__(self, specs: list[ClippingSpec]) -> None:
+        modes = {s.mode for s in specs}
+        if len(modes) != 1:
+            raise ValueError(f"a stack shares one clipping mode, got {sorted(modes)}")
+        self.mode = specs[0].mode
+        self.threshold = np.asarray([getattr(s, "max_norm", getattr(s, "clip_value",
+                                                                    getattr(s, "clip_factor", 0.0)))
+                                     for s in specs], dtype=np.float64)
+        self.eps = np.asarray([getattr(s, "eps", 0.0) for s in specs], dtype=np.float64)
+
+    def keep_rows(self, rows: np.ndarray) -> None:
+        """Keep only the members ``rows`` (in that order)."""
+        self.threshold, self.eps = self.threshold[rows], self.eps[rows]
+
+    def __call__(self, grad: np.ndarray, params: np.ndarray, layout: ParamLayout,
+                 layer_sumsq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Clip ``grad`` ``(K, n_params)`` in place given ``layer_sumsq`` ``(K, n_layers)``;
+        returns ``(clipped_grad_norm (K,), clipped (K,) bool)`` as :func:`clip_flat` does."""
+        with np.errstate(all="ignore"):
+            total = np.sqrt(layer_sumsq.sum(axis=1))
+            if self.mode == "none":
+                return total, np.zeros(len(total), dtype=bool)
+            if self.mode == "global_norm":
+                coef = self.threshold / (total + _NORM_EPS)
+                coef = np.where((coef < 1.0) | np.isnan(coef), coef, 1.0)
+                np.multiply(grad, coef.astype(grad.dtype)[:, None], out=grad)
+                return total * coef, ~(coef >= 1.0)
+            if self.mode == "layer_norm":
+                coefs = np.minimum(self.threshold[:, None] / (np.sqrt(layer_sumsq) + _NORM_EPS),
+                                   1.0)
+                clipped = ~(coefs >= 1.0).all(axis=1)
+                if clipped.any():
+                    offsets = layout.layer_offsets
+                    for i in range(layout.n_layers):  # float64 coefficients, as clip_flat
+                        grad[:, int(offsets[i]):int(offsets[i + 1])] *= coefs[:, i:i + 1]
+                norm = np.where(clipped, np.sqrt((layer_sumsq * coefs * coefs).sum(axis=1)),
+                                total)
+                return norm, clipped
+            if self.mode == "value":
+                cv = self.threshold[:, None]
+                clipped = (np.fmax.reduce(grad, axis=1) > cv[:, 0]) | (
+                    np.fmin.reduce(grad, axis=1) < -cv[:, 0])
+                if clipped.any():
+                    rows = np.flatnonzero(clipped)
+                    bound = cv[rows].astype(grad.dtype)
+                    grad[rows] = np.clip(grad[rows], -bound, bound)
+                return np.where(clipped, _row_norms(grad), total), clipped
+            if self.mode == "adaptive":
+                clipped = self._adaptive(grad, params, layout)
+                return np.where(clipped, _row_norms(grad), total), clipped
+        raise ValueError(f"unknown clipping mode {self.mode!r}")
+
+    def _adaptive(self, grad: np.ndarray, params: np.ndarray,
+                  layout: ParamLayout) -> np.ndarray:
+        """:func:`adaptive_clip_flat` per row: one ``bincount`` over all members' units."""
+        index = _unit_index(layout)
+        K, n_units = grad.shape[0], index.n_units
+        unit_of = (index.unit_of[None, :] + n_units * np.arange(K)[:, None]).reshape(-1)
+        squares = np.square(grad, dtype=np.float64).reshape(-1)
+        grad_norm = np.sqrt(np.bincount(unit_of, weights=squares, minlength=K * n_units))
+        np.square(params.reshape(-1), out=squares, dtype=np.float64)
+        param_norm = np.sqrt(np.bincount(unit_of, weights=squares, minlength=K * n_units))
+        max_norm = (np.maximum(param_norm.reshape(K, n_units), self.eps[:, None])
+                    * self.threshold[:, None])
+        grad_norm = grad_norm.reshape(K, n_units)
+        scale = np.where(grad_norm < max_norm, 1.0,
+                         max_norm / np.maximum(grad_norm, _AGC_GRAD_FLOOR))
+        clipped: np.ndarray = np.any(scale != 1.0, axis=1)
+        if clipped.any():
+            np.take(scale.reshape(-1), unit_of, out=squares)
+            np.multiply(grad, squares.reshape(grad.shape), out=grad)
+        return clipped
+
+
+def _row_norms(grad: np.ndarray) -> np.ndarray:
+    """L2 norm of each row, accumulated in float64."""
+    g = grad if grad.dtype == np.float64 else grad.astype(np.float64)
+    return np.sqrt(np.einsum("kp,kp->k", g, g))

@@ -18,7 +18,20 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["LOSSES", "accuracy", "binary_cross_entropy", "cross_entropy", "get_loss", "mse"]
+__all__ = [
+    "BATCHED_LOSSES",
+    "LOSSES",
+    "accuracy",
+    "accuracy_batched",
+    "binary_cross_entropy",
+    "binary_cross_entropy_batched",
+    "cross_entropy",
+    "cross_entropy_batched",
+    "get_loss",
+    "loss_targets",
+    "mse",
+    "mse_batched",
+]
 
 Array = np.ndarray
 LossFn = Callable[[Array, Array], tuple[float, Array]]
@@ -119,3 +132,83 @@ def accuracy(outputs: Array, targets: Array, loss: str) -> float | None:
     if loss == "binary_cross_entropy":
         return float(np.mean((outputs[:, 0] > 0) == (targets[:, 0] > 0.5)))
     return None
+
+
+# --------------------------------------------------------------------------------------------
+# Stacked variants (core.batched): outputs of K networks, ``(K, n, k)``; targets shared
+# ``(n, ...)`` or per member ``(K, n, ...)``. Each returns ``(losses (K,) float64, d_outputs)``
+# with every member's numbers computed as the single-network function above computes them.
+# --------------------------------------------------------------------------------------------
+
+BatchedLossFn = Callable[[Array, Array], tuple[Array, Array]]
+
+
+def mse_batched(pred: Array, y: Array) -> tuple[Array, Array]:
+    """Stacked :func:`mse`."""
+    diff = pred - y
+    K = diff.shape[0]
+    rows = diff.reshape(K, 1, -1)
+    sq = np.matmul(rows, rows.transpose(0, 2, 1)).reshape(K).astype(np.float64)
+    if diff.dtype != np.float64 and not np.isfinite(sq).all():  # float32 overflow of squares
+        bad = ~np.isfinite(sq)
+        sq[bad] = np.square(diff[bad], dtype=np.float64).reshape(int(bad.sum()), -1).sum(axis=1)
+    size = diff[0].size
+    diff *= 2.0 / size
+    return sq / size, diff
+
+
+def cross_entropy_batched(logits: Array, labels: Array) -> tuple[Array, Array]:
+    """Stacked :func:`cross_entropy`: ``labels`` int ``(n,)`` shared or ``(K, n)``."""
+    K, n = logits.shape[0], logits.shape[1]
+    idx = np.broadcast_to(labels, (K, n))[:, :, None]
+    shifted = logits - logits.max(axis=2, keepdims=True)
+    exp = np.exp(shifted)
+    sum_exp = exp.sum(axis=2, keepdims=True)
+    log_probs_true = np.take_along_axis(shifted, idx, axis=2)[:, :, 0] - np.log(sum_exp[:, :, 0])
+    loss = np.asarray(-np.mean(log_probs_true, axis=1, dtype=np.float64))
+    exp /= sum_exp
+    np.put_along_axis(exp, idx, np.take_along_axis(exp, idx, axis=2) - 1, axis=2)
+    exp /= n
+    return loss, exp
+
+
+def binary_cross_entropy_batched(logits: Array, y: Array) -> tuple[Array, Array]:
+    """Stacked :func:`binary_cross_entropy`."""
+    e = np.exp(-np.abs(logits))
+    per = np.maximum(logits, 0) - logits * y + np.log1p(e)
+    K = logits.shape[0]
+    loss = np.asarray(np.mean(per.reshape(K, -1), axis=1, dtype=np.float64))
+    sig = np.where(logits >= 0, 1, e) / (1 + e)
+    grad = (sig - y) / logits[0].size
+    return loss, grad.astype(logits.dtype, copy=False)
+
+
+BATCHED_LOSSES: dict[str, BatchedLossFn] = {
+    "mse": mse_batched,
+    "cross_entropy": cross_entropy_batched,
+    "binary_cross_entropy": binary_cross_entropy_batched,
+}
+
+
+def accuracy_batched(outputs: Array, targets: Array, loss: str) -> Array | None:
+    """Stacked :func:`accuracy`: ``(K,)`` fractions (None for regression/mse)."""
+    if loss == "cross_entropy":
+        return np.mean(outputs.argmax(axis=2) == targets, axis=1)
+    if loss == "binary_cross_entropy":
+        return np.mean((outputs[..., 0] > 0) == (targets[..., 0] > 0.5), axis=-1)
+    return None
+
+
+def loss_targets(y: Array, loss: str, task: str, n_outputs: int, dtype: np.dtype) -> Array:
+    """Targets ``y`` (labels or values, ``(n,)`` / ``(n, k)``) in the form ``loss`` wants:
+    int64 labels for ``cross_entropy``, ``(n, 1)`` floats for ``binary_cross_entropy``,
+    one-hot rows for ``mse`` on class labels, ``(n, n_outputs)`` floats for regression."""
+    if loss == "cross_entropy":
+        return y.astype(np.int64, copy=False)
+    if loss == "binary_cross_entropy":
+        return y.reshape(len(y), 1).astype(dtype)
+    if task == "classification":
+        onehot = np.zeros((len(y), n_outputs), dtype=dtype)
+        onehot[np.arange(len(y)), y.astype(np.int64)] = 1
+        return onehot
+    return y.reshape(len(y), n_outputs).astype(dtype, copy=False)

@@ -12,6 +12,8 @@ schedule decides it), not state. NaN and Inf propagate as data: no warnings, no 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from core.spec import SGD as SGDSpec
@@ -30,7 +32,10 @@ class Optimizer:
     Parameters
     ----------
     params : ndarray of shape ``(n_params,)``
-        The live parameters (float32 or float64). Updated in place by :meth:`step`.
+        The live parameters (float32 or float64). Updated in place by :meth:`step`. A stack of
+        independent networks (:mod:`core.batched`) passes shape ``(members, n_params)`` and a
+        ``(members, 1)`` array of learning rates: every rule is elementwise, so each row is
+        updated exactly as it would be on its own.
 
     Attributes
     ----------
@@ -40,16 +45,17 @@ class Optimizer:
     """
 
     def __init__(self, params: np.ndarray) -> None:
-        if params.ndim != 1 or params.dtype not in (np.float32, np.float64):
+        if params.ndim not in (1, 2) or params.dtype not in (np.float32, np.float64):
             raise ValueError(
-                f"params must be a 1-D float32/float64 array (the flat buffer), "
+                f"params must be a 1-D float32/float64 array (the flat buffer; 2-D for a "
+                f"stack of networks), "
                 f"got shape {params.shape} dtype {params.dtype}"
             )
         self.params = params
         self.steps = 0
         self._delta = np.zeros_like(params)
 
-    def step(self, grad: np.ndarray, lr: float) -> np.ndarray:
+    def step(self, grad: np.ndarray, lr: float | np.ndarray) -> np.ndarray:
         """Apply one update; return the change ``delta`` (``params_new = params_old + delta``).
 
         Parameters
@@ -68,13 +74,28 @@ class Optimizer:
             raise ValueError(f"grad has shape {grad.shape}, params {self.params.shape}")
         self.steps += 1
         with np.errstate(all="ignore"):
-            self._update(grad, float(lr), self._delta)
+            rate: Any = lr if isinstance(lr, np.ndarray) else float(lr)  # (members, 1) when stacked
+            self._update(grad, rate, self._delta)
             np.add(self.params, self._delta, out=self.params)
         return self._delta
 
     def _update(self, grad: np.ndarray, lr: float, delta: np.ndarray) -> None:
         """Write this step's change of the parameters into ``delta`` (``self.steps`` >= 1)."""
         raise NotImplementedError
+
+    def keep_rows(self, rows: np.ndarray) -> None:
+        """Stacked use: keep only the networks ``rows`` (increasing) of the parameters and of
+        every state array (each ``(members, n_params)``), e.g. when some members stop.
+
+        Rows move up in place and the arrays become their leading rows (no new allocation:
+        a stack's buffers can be large).
+        """
+        for name, value in list(vars(self).items()):
+            if isinstance(value, np.ndarray) and value.ndim == 2:
+                for dst, src in enumerate(rows.tolist()):
+                    if dst != src:
+                        value[dst] = value[src]
+                setattr(self, name, value[:len(rows)])
 
     def _add_weight_decay(self, grad: np.ndarray, weight_decay: float, tmp: np.ndarray) -> None:
         """L2 penalty as torch: ``grad += weight_decay * params`` (``tmp`` is scratch)."""

@@ -202,3 +202,40 @@ def test_dashboard_asks_for_the_api_key_once_and_never_puts_it_in_a_url(
         assert api_calls and all(key not in u for u, _ in p.requests)
         assert any(h.get("x-api-key") == key for _, h in api_calls)
         assert p.external == []
+
+
+SWEEP_2X2 = {
+    "name": "browser sweep",
+    "spec": {"seed": 0, "data": {"source": "synthetic", "name": "spirals", "n_samples": 200},
+             "model": {"hidden": [{"units": 16}] * 4, "init": {"scheme": "normal", "std": 0.3}},
+             "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
+             "training": {"epochs": 2, "batch_size": 32}},
+    "axes": [{"path": "model.init.std", "values": [0.3, 3.0]},
+             {"path": "optimizer.lr", "values": [0.001, 1.0]}],
+}
+
+
+def test_sweep_page_maps_each_cell_to_its_member_job(
+        live: LiveServer, open_page: Callable[[str], Page]) -> None:
+    sweep = live.http.post("/v1/sweeps", json=SWEEP_2X2).json()
+    deadline = time.monotonic() + 120
+    while sweep["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, sweep["progress"]
+        time.sleep(0.3)
+        sweep = live.http.get(f"/v1/sweeps/{sweep['id']}").json()
+    assert sweep["status"] == "succeeded"
+    expected = {f"/jobs/{m['job_id']}": m["verdict"] for m in sweep["members"]}
+    assert all(expected.values())
+    p = open_page(live.url)
+    page = p.goto(f"/sweeps/{sweep['id']}")
+    page.wait_for_function("() => document.querySelector('#stability-plot')?.naturalWidth > 0")
+    links = page.locator("#stability-grid a.member-link")
+    assert links.count() == 4
+    shown = {links.nth(k).get_attribute("href"): links.nth(k).inner_text() for k in range(4)}
+    assert shown == expected
+    first = next(iter(expected))
+    page.click(f'#stability-grid a[href="{first}"]')
+    page.wait_for_url(f"**{first}")
+    page.locator("#sweep-link").wait_for()
+    assert page.locator("#sweep-link").get_attribute("href") == f"/sweeps/{sweep['id']}"
+    assert p.external == [] and p.errors == []

@@ -29,10 +29,11 @@ from app.migrate import upgrade
 from app.models import HistoryChunk, Job, utcnow
 from app.recovery import _settle, reap, requeue
 from app.repositories import Claim, EventRepository, JobRepository
+from app.run_end import finish_run as _finish
 from app.services import submit_job, validate_spec
 from app.settings import Settings
 from app.sink import DatabaseSink
-from app.worker import _finish, run_job
+from app.worker import run_job
 from app.worker_process import cancel_handback, configure_worker, request_handback
 from core.telemetry import LayerRecord, StepRecord
 

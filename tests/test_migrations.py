@@ -15,7 +15,7 @@ from app.migrate import alembic_config, downgrade, head_revision, upgrade
 from app.settings import Settings
 
 TABLES = {"jobs", "history_keys", "history_chunks", "history_rollups", "epoch_metrics",
-          "webhooks", "webhook_deliveries", "metric_counters",
+          "webhooks", "webhook_deliveries", "metric_counters", "sweeps", "sweep_members",
           "job_events", "diagnostic_reports"}
 
 

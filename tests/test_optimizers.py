@@ -207,7 +207,7 @@ def test_step_rejects_a_mismatched_gradient() -> None:
 
 def test_params_must_be_a_flat_float_buffer() -> None:
     with pytest.raises(ValueError, match="1-D"):
-        SGD(np.zeros((2, 2)))
+        SGD(np.zeros((2, 2, 2)))  # 2-D is a stack of networks (core.batched)
     with pytest.raises(ValueError, match="float"):
         SGD(np.zeros(3, dtype=np.int64))
 

@@ -160,3 +160,12 @@ def test_plots_draw_downsampled_series_with_their_spikes() -> None:
     svg = plots.gradients_plot([plots.Series(ds_steps, ds_values, "layer 0")],
                                plots.Marks(first_non_finite_step=900_000), fmt="svg")
     assert {"layer-0", "non-finite-points", "first-non-finite"} <= _svg_ids(svg)
+
+
+@pytest.mark.parametrize("values", [[], ["NaN", "Infinity"], [0.5, "Infinity"]])
+def test_loss_plot_without_validation_on_a_log_axis(values: list[Any]) -> None:
+    """A loss plot with no validation series on the log axis (no points yet, non-finite
+    points): a queued job's /plots/loss answered 500 (ValueError from a strict zip)."""
+    image = plots.loss_plot(plots.Series.of(list(range(len(values))), values, "loss"),
+                            plots.Marks())
+    assert image.startswith(b"\x89PNG")

@@ -50,6 +50,11 @@ def job_page(job_id: str) -> FileResponse:
     return _page("dashboard.html")
 
 
+@router.get("/sweeps/{sweep_id}")
+def sweep_page(sweep_id: str) -> FileResponse:
+    return _page("dashboard.html")
+
+
 @router.get("/docs")
 def swagger_ui() -> FileResponse:
     return _page("docs.html")

@@ -335,7 +335,9 @@ function renderHead(el, job) {
     h("h1", {}, job.name || "(unnamed job)", " ", badge(job.status), " ",
       h("span", { id: "job-verdict", class: `badge ${job.verdict || ""}` }, job.verdict || "no verdict yet")),
     h("p", { class: "muted" }, `id ${job.id}`, job.parent_id ? " · repair of " : "",
-      job.parent_id ? h("a", { href: `/jobs/${job.parent_id}`, id: "parent-link" }, job.parent_id.slice(0, 8)) : null),
+      job.parent_id ? h("a", { href: `/jobs/${job.parent_id}`, id: "parent-link" }, job.parent_id.slice(0, 8)) : null,
+      job.parent_sweep_id ? " · member of sweep " : "",
+      job.parent_sweep_id ? h("a", { href: `/sweeps/${job.parent_sweep_id}`, id: "sweep-link" }, job.parent_sweep_id.slice(0, 8)) : null),
     h("p", { id: "job-progress" }, `step ${p.step} / ${p.total_steps}`,
       job.latest ? ` · loss ${fmt(job.latest.loss)} · global gradient norm ${fmt(job.latest.grad_norm)}` : "",
       job.stop_reason ? ` · stopped: ${job.stop_reason}` : "",
@@ -410,7 +412,9 @@ document.getElementById("forget-key").addEventListener("click", () => {
   location.reload();
 });
 const match = location.pathname.match(/^\/jobs\/([^/]+)$/);
+const sweepMatch = location.pathname.match(/^\/sweeps\/([^/]+)$/);
 const root = document.getElementById("app");
-(match ? showJob(root, decodeURIComponent(match[1])) : showList(root)).catch((err) => {
+(match ? showJob(root, decodeURIComponent(match[1]))
+  : sweepMatch ? showSweep(root, decodeURIComponent(sweepMatch[1])) : showList(root)).catch((err) => {
   root.replaceChildren(h("section", {}, h("p", { class: "error" }, problemText(err))));
 });

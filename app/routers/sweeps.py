@@ -1,0 +1,201 @@
+"""/v1/sweeps: a spec swept over axes; every member is a job, trained batched by group."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+import anyio
+from anyio import to_thread
+from fastapi import APIRouter, Header, Query, Request, Response
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from app.deps import ReadSessionDep, SessionDep, SettingsDep
+from app.jsonutil import dumps
+from app.routers.common import problems
+from app.stability_plot import render_stability_map
+from app.sweeps import (
+    SweepCreate,
+    cancel_sweep,
+    create_sweep,
+    delete_sweep,
+    get_sweep,
+    stability,
+    sweep_to_read,
+)
+
+router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"])
+
+_JSON = "application/json"
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(dumps(data), status_code=status, media_type=_JSON, headers=headers)
+
+
+@router.post(
+    "", status_code=202, operation_id="createSweep", summary="Sweep a spec over axes",
+    description=(
+        "Each axis is a dotted spec path (`optimizer.lr`, `model.init.std`, `seed`, "
+        "`clipping.max_norm`, `model.depth` = repeat the first hidden layer n times, ...) with "
+        "`values` or `log_range` + `points`. Every grid point becomes a queued job with "
+        "`parent_sweep_id`; members of one architecture train as one batched computation. "
+        "The member count (`max_members`) and total steps (`max_total_steps`) are checked "
+        "before anything is created (422 naming the limit). Answers 202 with `Location`."),
+    responses=problems(413, 415, 422))
+def create_sweep_endpoint(body: SweepCreate, session: SessionDep,
+                          settings: SettingsDep) -> Response:
+    sweep, _ = create_sweep(session, body=body, settings=settings)
+    session.commit()  # the commit sends the member jobs to the executor (app.dispatch)
+    return _json(sweep_to_read(session, sweep), 202, {"Location": f"/v1/sweeps/{sweep.id}"})
+
+
+@router.get("/{sweep_id}", operation_id="getSweep", summary="Get a sweep and its members",
+            description="`status` and `progress` follow from the member jobs; `members` has one "
+                        "entry per grid point (job id, axis values, status, verdict, first bad "
+                        "step, peak-to-baseline gradient growth, final loss, stop reason, "
+                        "preflight's predicted risk).",
+            responses=problems(404))
+def get_sweep_endpoint(sweep_id: str, session: ReadSessionDep) -> Response:
+    return _json(sweep_to_read(session, get_sweep(session, sweep_id)))
+
+
+@router.post("/{sweep_id}/cancel", status_code=202, operation_id="cancelSweep",
+             summary="Cancel a sweep's unfinished members",
+             description="Queued members are cancelled now, running ones stop within one flush "
+                         "(each with stop reason `cancelled`); 409 when every member has "
+                         "finished. Answers 202 with the sweep.",
+             responses=problems(404, 409))
+def cancel_sweep_endpoint(sweep_id: str, session: SessionDep) -> Response:
+    cancel_sweep(session, sweep_id)
+    session.commit()
+    return _json(sweep_to_read(session, get_sweep(session, sweep_id)), 202)
+
+
+@router.delete("/{sweep_id}", status_code=204, operation_id="deleteSweep",
+               summary="Delete a finished sweep and its member jobs",
+               description="Deletes the sweep, its member jobs and their histories; 409 while "
+                           "a member is queued or running (cancel the sweep first).",
+               responses=problems(404, 409))
+def delete_sweep_endpoint(sweep_id: str, session: SessionDep) -> Response:
+    delete_sweep(session, sweep_id)
+    session.commit()
+    return Response(status_code=204)
+
+
+def _at(request: Request) -> dict[str, Any]:
+    """``at.<path>=<value>`` query parameters: where the other axes are held."""
+    out: dict[str, Any] = {}
+    for key, raw in request.query_params.items():
+        if key.startswith("at."):
+            try:
+                value: Any = int(raw)
+            except ValueError:
+                try:
+                    value = float(raw)
+                except ValueError:
+                    value = raw
+            out[key[3:]] = value
+    return out
+
+
+XQuery = Annotated[str | None, Query(description="Axis path across (default: the last axis).")]
+YQuery = Annotated[str | None, Query(description="Axis path up (default: the first axis).")]
+
+
+@router.get("/{sweep_id}/stability", operation_id="getSweepStability",
+            summary="The stability grid over two axes, its boundary and preflight calibration",
+            description="Per cell the verdict, preflight's risk and the member; per row (each "
+                        "`y` value) the largest healthy and the smallest exploding `x` "
+                        "(measured and predicted); how often preflight agreed. Other axes are "
+                        "held at their first value or at `at.<path>=<value>`.",
+            responses=problems(404, 409, 422))
+def stability_endpoint(sweep_id: str, request: Request, session: ReadSessionDep,
+                       x: XQuery = None, y: YQuery = None) -> Response:
+    return _json(stability(session, sweep_id, x, y, _at(request)).to_dict())
+
+
+@router.get("/{sweep_id}/plots/stability", operation_id="plotSweepStability",
+            summary="The stability map (PNG, or SVG with ?format=svg)",
+            description="Cells coloured by the members' verdicts over axes `x` and `y`, the "
+                        "measured boundary (solid) and preflight's predicted one (dashed, "
+                        "hatched cells). SVG with `?format=svg` or `Accept: image/svg+xml`.",
+            response_class=Response,
+            responses={200: {"content": {"image/png": {}, "image/svg+xml": {}}},
+                       **problems(404, 409, 422)})
+def stability_plot_endpoint(
+    sweep_id: str, request: Request, session: ReadSessionDep, x: XQuery = None,
+    y: YQuery = None,
+    format: Annotated[Literal["png", "svg"] | None, Query(description="png (default) or svg.")
+                      ] = None,
+) -> Response:
+    grid = stability(session, sweep_id, x, y, _at(request))
+    fmt: Literal["png", "svg"] = format or (
+        "svg" if "image/svg+xml" in request.headers.get("accept", "") else "png")
+    fixed = ", ".join(f"{k}={v}" for k, v in grid.fixed.items())
+    image = render_stability_map(grid.x, grid.y, grid.x_values, grid.y_values, grid.verdict,
+                                 grid.predicted_exploding(), fmt=fmt,
+                                 title=f"sweep {sweep_id[:8]}" + (f" ({fixed})" if fixed else ""))
+    return Response(image, media_type="image/svg+xml" if fmt == "svg" else "image/png")
+
+
+def _summary(factory: Any, sweep_id: str) -> dict[str, Any] | None:
+    with factory() as session:
+        from app.models import Sweep
+
+        sweep = session.get(Sweep, sweep_id)
+        if sweep is None:
+            return None
+        data = sweep_to_read(session, sweep)
+        verdicts: dict[str, int] = {}
+        for m in data["members"]:
+            if m["verdict"]:
+                verdicts[m["verdict"]] = verdicts.get(m["verdict"], 0) + 1
+        return {"id": sweep_id, "status": data["status"], "progress": data["progress"],
+                "verdicts": verdicts}
+
+
+@router.get("/{sweep_id}/events", operation_id="streamSweepEvents",
+            summary="Stream the sweep's progress (SSE)",
+            description="A `snapshot` event, then a `progress` event whenever the members' "
+                        "progress, statuses or verdicts change, then a terminal `status` "
+                        "event; ids increase. With `Last-Event-ID` the stream continues after "
+                        "that id (without a snapshot).",
+            response_class=EventSourceResponse, responses=problems(404))
+async def stream_sweep_events(
+    sweep_id: str, request: Request, settings: SettingsDep,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> EventSourceResponse:
+    factory = request.app.state.sessionmaker
+    first = await to_thread.run_sync(_summary, factory, sweep_id)
+    if first is None:
+        with factory() as session:
+            get_sweep(session, sweep_id)  # raises the 404
+    resume = int(last_event_id) if last_event_id and last_event_id.strip().isdigit() else None
+    poll = settings.events_poll_seconds
+
+    async def stream() -> AsyncIterator[ServerSentEvent]:
+        seq = resume or 0
+        summary = first
+        last: dict[str, Any] | None = None
+        while summary is not None:
+            terminal = summary["status"] not in ("queued", "running")
+            if resume is None and seq == 0:
+                seq += 1
+                yield ServerSentEvent(data=dumps(summary), event="snapshot", id=str(seq))
+            elif summary != last:
+                seq += 1
+                yield ServerSentEvent(data=dumps(summary), event="progress", id=str(seq))
+            last = summary
+            if terminal:
+                seq += 1
+                yield ServerSentEvent(data=dumps({**summary, "terminal": True}), event="status",
+                                      id=str(seq))
+                return
+            if await request.is_disconnected():
+                return
+            await anyio.sleep(poll)
+            summary = await to_thread.run_sync(_summary, factory, sweep_id)
+
+    return EventSourceResponse(stream(), ping=int(max(1, settings.events_ping_seconds)),
+                               headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

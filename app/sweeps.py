@@ -1,0 +1,198 @@
+"""Sweeps as a resource: create (every member a real job), read, cancel, delete, the map.
+
+A sweep row keeps the base spec and the axes; ``sweep_members`` keeps each grid point's axis
+values, its job and what the worker measured for it (first bad step, peak-to-baseline, final
+loss, preflight's risk); the member jobs carry ``parent_sweep_id``. Status and progress are
+derived from the member jobs, so nothing else has to move a sweep's state. Services never
+commit: the request does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.errors import ConflictError, NotFoundError, SpecValidationError
+from app.lifecycle import TERMINAL
+from app.models import Job, Sweep, SweepMemberRow, utcnow
+from app.repositories import JobRepository
+from app.services import cancel_job, submit_job, validate_spec
+from app.settings import Settings
+from core.stability import MemberOutcome, StabilityGrid, stability_grid
+from core.sweep import SweepAxis, SweepError, SweepLimits, expand_sweep
+
+__all__ = [
+    "SweepCreate",
+    "cancel_sweep",
+    "create_sweep",
+    "delete_sweep",
+    "get_sweep",
+    "stability",
+    "sweep_to_read",
+]
+
+
+class SweepCreate(BaseModel):
+    """`POST /v1/sweeps` body: a base spec and the axes to sweep it over."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, max_length=200, description="Free-form label.")
+    spec: dict[str, Any] = Field(description="The base TrainingSpec (as POSTed to /v1/jobs).")
+    axes: list[SweepAxis] = Field(min_length=1, description="Axes; members are their grid.")
+
+
+def create_sweep(session: Session, *, body: SweepCreate, settings: Settings,
+                 limits: SweepLimits | None = None) -> tuple[Sweep, list[str]]:
+    """Insert the sweep and one queued job per member; the caller commits, then enqueues."""
+    validate_spec(body.spec, settings, loc_prefix=("body", "spec"))
+    try:
+        members = expand_sweep(body.spec, body.axes, limits or SweepLimits(),
+                               settings.spec_limits())
+    except SweepError as exc:
+        kind = "limit_exceeded" if exc.limit else "value_error"
+        raise SpecValidationError(
+            str(exc), slug="limit-exceeded" if exc.limit else "validation-error",
+            errors=[{"loc": ["body", *exc.loc], "msg": str(exc), "type": kind}],
+            limit=exc.limit) from None
+    sweep = Sweep(id=str(uuid.uuid4()), name=body.name, spec=body.spec,
+                  axes=[a.model_dump(exclude_none=True) for a in body.axes],
+                  member_count=len(members), created_at=utcnow())
+    session.add(sweep)
+    session.flush()
+    job_ids = []
+    for m in members:
+        job = submit_job(session, spec=m.spec, settings=settings).job
+        job.parent_sweep_id = sweep.id
+        session.add(SweepMemberRow(sweep_id=sweep.id, idx=m.index, job_id=job.id,
+                                   axis_values=m.values))
+        job_ids.append(job.id)
+    session.flush()
+    return sweep, job_ids
+
+
+def get_sweep(session: Session, sweep_id: str) -> Sweep:
+    sweep = session.get(Sweep, sweep_id)
+    if sweep is None:
+        raise NotFoundError(f"sweep {sweep_id} does not exist (or was deleted)",
+                            slug="sweep-not-found")
+    return sweep
+
+
+def _members(session: Session, sweep_id: str) -> list[tuple[SweepMemberRow, Job | None]]:
+    rows = session.execute(
+        select(SweepMemberRow, Job).outerjoin(Job, Job.id == SweepMemberRow.job_id)
+        .where(SweepMemberRow.sweep_id == sweep_id).order_by(SweepMemberRow.idx)).all()
+    return [(r[0], r[1]) for r in rows]
+
+
+def _status(statuses: list[str]) -> str:
+    if statuses and all(s == "queued" for s in statuses):
+        return "queued"
+    if any(s not in TERMINAL for s in statuses):
+        return "running"
+    if "failed" in statuses:
+        return "failed"
+    if "cancelled" in statuses:
+        return "cancelled"
+    return "succeeded"
+
+
+def sweep_to_read(session: Session, sweep: Sweep) -> dict[str, Any]:
+    """The sweep resource: status and progress derived from the members, one entry each."""
+    members = _members(session, sweep.id)
+    statuses = [job.status if job is not None else "deleted" for _, job in members]
+    done = sum(s in TERMINAL or s == "deleted" for s in statuses)
+    steps = sum(job.steps_completed for _, job in members if job is not None)
+    total = sum(job.total_steps for _, job in members if job is not None)
+    base = f"/v1/sweeps/{sweep.id}"
+    return {
+        "id": sweep.id, "name": sweep.name, "created_at": sweep.created_at.isoformat(),
+        "status": _status([s for s in statuses if s != "deleted"]),
+        "progress": {"members_done": done, "members": len(members), "step": steps,
+                     "total_steps": total,
+                     "fraction": round(steps / total, 6) if total else 0.0},
+        "axes": sweep.axes, "spec": sweep.spec,
+        "members": [{
+            "index": row.idx, "job_id": row.job_id, "values": row.axis_values,
+            "status": job.status if job is not None else "deleted",
+            "verdict": job.verdict if job is not None else None,
+            "stop_reason": job.stop_reason if job is not None else None,
+            "first_bad_step": row.first_bad_step, "peak_to_baseline": row.peak_to_baseline,
+            "final_loss": row.final_loss, "predicted_risk": row.predicted_risk,
+        } for row, job in members],
+        "links": {"self": base, "cancel": f"{base}/cancel", "events": f"{base}/events",
+                  "stability": f"{base}/stability",
+                  "stability_plot": f"{base}/plots/stability"},
+    }
+
+
+def cancel_sweep(session: Session, sweep_id: str) -> None:
+    """Cancel every unfinished member (queued now, running within one flush); 409 if none."""
+    get_sweep(session, sweep_id)
+    open_jobs = [job.id for _, job in _members(session, sweep_id)
+                 if job is not None and job.status not in TERMINAL]
+    if not open_jobs:
+        raise ConflictError(f"sweep {sweep_id} has finished; only a sweep with queued or "
+                            "running members can be cancelled", slug="sweep-not-cancellable")
+    for job_id in open_jobs:
+        with contextlib.suppress(ConflictError):  # finished meanwhile
+            cancel_job(session, job_id)
+
+
+def delete_sweep(session: Session, sweep_id: str) -> None:
+    """Delete a finished sweep with its member jobs and their histories."""
+    get_sweep(session, sweep_id)
+    members = _members(session, sweep_id)
+    if any(job is not None and job.status not in TERMINAL for _, job in members):
+        raise ConflictError(f"sweep {sweep_id} has unfinished members; cancel it first",
+                            slug="sweep-not-finished")
+    jobs = JobRepository(session)
+    for _, job in members:
+        if job is not None:
+            jobs.delete(job.id, statuses=TERMINAL)
+    session.delete(get_sweep(session, sweep_id))
+    session.flush()
+
+
+def outcomes(session: Session, sweep_id: str) -> list[MemberOutcome]:
+    """The finished members' outcomes (verdicts from their jobs)."""
+    return [MemberOutcome(
+        index=row.idx, values=row.axis_values, verdict=job.verdict,
+        first_bad_step=row.first_bad_step, peak_to_baseline=row.peak_to_baseline,
+        final_loss=row.final_loss, stop_reason=job.stop_reason or "",
+        predicted_risk=row.predicted_risk)
+        for row, job in _members(session, sweep_id)
+        if job is not None and job.verdict is not None]
+
+
+def stability(session: Session, sweep_id: str, x: str | None, y: str | None,
+              at: dict[str, Any] | None = None) -> StabilityGrid:
+    """The grid over axes ``x`` (default: the last axis) and ``y`` (default: the first)."""
+    sweep = get_sweep(session, sweep_id)
+    paths = [a["path"] for a in sweep.axes]
+    if len(paths) < 2:
+        raise SpecValidationError("a stability map needs a sweep over at least two axes",
+                                  slug="validation-error")
+    x = x or paths[-1]
+    y = y or (paths[0] if paths[0] != x else paths[1])
+    for name, value in (("x", x), ("y", y)):
+        if value not in paths:
+            raise SpecValidationError(
+                f"{name}={value!r} is not an axis of this sweep; axes: {paths}",
+                errors=[{"loc": ["query", name], "msg": f"not one of {paths}",
+                         "type": "value_error"}])
+    if x == y:
+        raise SpecValidationError("x and y must be different axes",
+                                  errors=[{"loc": ["query", "y"], "msg": "same as x",
+                                           "type": "value_error"}])
+    done = outcomes(session, sweep_id)
+    if not done:
+        raise ConflictError(f"no member of sweep {sweep_id} has finished yet",
+                            slug="sweep-not-ready")
+    return stability_grid(done, x, y, at)

@@ -1,0 +1,408 @@
+"""Batched training: many members of one architecture trained as one stacked computation.
+
+A sweep over learning rate x initialisation (x seed, clipping threshold, schedule) trains
+networks that differ only in numbers. :class:`BatchedTrainer` trains K such members at once:
+parameters ``(K, n_params)`` (:class:`core.stacked.StackedMLP`), one batched ``matmul`` per
+layer, the optimizer's elementwise rules over all rows with a ``(K, 1)`` learning rate, and
+per-member clipping thresholds, optimizer state and random generators. Each member gets
+exactly what :class:`core.trainer.Trainer` would give it alone: the same initial weights and
+batches (from its own generator, seeded from its spec), the same step records, epoch records,
+monitor alerts, sink calls and stop reason. A member that stops (non-finite values, an
+explosion confirmed by :class:`core.Monitor`, its sink's request, early stopping, its last
+step) is taken out of the stack on its own; the others go on unaffected.
+
+Which specs can share a stack is :func:`stack_key`; :func:`train_specs` groups any list of
+specs by it and trains each group.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+import core
+from core.clipping import BatchedClipper
+from core.data import Dataset, load_dataset
+from core.losses import BATCHED_LOSSES, accuracy_batched, loss_targets
+from core.member import MemberRun
+from core.network import MLP
+from core.optimizers import make_optimizer
+from core.schedules import Constant, make_schedule
+from core.spec import TrainingSpec, data_shape
+from core.stacked import StackedMLP, segment_sumsq_batched
+from core.telemetry import LayerRecord, NonFiniteEvent, Sink, StepRecord
+from core.trainer import TrainingResult
+
+__all__ = ["BatchedTrainer", "stack_key", "train_specs"]
+
+Array = np.ndarray
+
+
+def stack_key(spec: TrainingSpec) -> str:
+    """What members of one stack must share: architecture, dtype, loss, data shape, batch
+    size, optimizer (all but ``lr``), clipping mode and which statistics are recorded.
+
+    Learning rate, schedule, initialisation, clipping thresholds, seed (hence data, weights
+    and batch order), epochs, early stopping and monitor settings may differ per member.
+    """
+    shape = data_shape(spec.data)
+    optimizer = spec.optimizer.model_dump()
+    optimizer.pop("lr")
+    return json.dumps({
+        "dtype": spec.dtype,
+        "sizes": spec.layer_sizes(),
+        "hidden": [[h.activation, h.batch_norm] for h in spec.model.hidden],
+        "loss": spec.loss,
+        "task": shape.task,
+        "n_train": spec.n_train_samples(),
+        "n_samples": shape.n_samples,
+        "batch_size": spec.training.batch_size,
+        "optimizer": optimizer,
+        "clipping": spec.clipping.mode,
+        "activation_stats": spec.monitor.activation_stats,
+    }, sort_keys=True)
+
+
+def _data_key(spec: TrainingSpec) -> str:
+    """What determines a member's data set (and its generator's state after loading it)."""
+    return json.dumps([spec.data.model_dump(mode="json"), spec.seed, spec.dtype,
+                       spec.n_train_samples(), spec.loss], sort_keys=True)
+
+
+class _Data:
+    """One data set shared by the members loaded from the same data key."""
+
+    def __init__(self, spec: TrainingSpec, rng: np.random.Generator, out_units: int) -> None:
+        self.dataset: Dataset = load_dataset(spec, rng)
+        self.rng_state = rng.bit_generator.state
+        loss = spec.loss or "mse"
+        self.y_train = loss_targets(self.dataset.y_train, loss, self.dataset.task, out_units,
+                                   np.dtype(spec.dtype))
+        self.y_val = loss_targets(self.dataset.y_val, loss, self.dataset.task, out_units,
+                                 np.dtype(spec.dtype))
+
+
+class BatchedTrainer:
+    """Trains members that share :func:`stack_key` as one stacked computation.
+
+    Parameters
+    ----------
+    specs : list of TrainingSpec
+        The members, in order; results come back in the same order.
+    max_runtime, telemetry, monitor
+        As for :class:`core.trainer.Trainer` (``max_runtime`` bounds the whole stack).
+    """
+
+    def __init__(self, specs: Sequence[TrainingSpec], *, max_runtime: float | None = None,
+                 telemetry: bool = True, monitor: bool = True) -> None:
+        if not specs:
+            raise ValueError("BatchedTrainer needs at least one spec")
+        keys = {stack_key(s) for s in specs}
+        if len(keys) != 1:
+            raise ValueError("these specs cannot share a stack (architecture, dtype, loss, data "
+                             "shape, batch size, optimizer settings other than lr or clipping "
+                             "mode differ); group them with core.batched.train_specs")
+        self.specs = list(specs)
+        self.max_runtime = max_runtime
+        self.telemetry = telemetry
+        self.use_monitor = monitor
+        first = self.specs[0]
+        self.loss_name = first.loss or "mse"
+        out_units = first.layer_sizes()[-1]
+        # Every member as Trainer builds it: one generator seeded from its spec, the data
+        # (loaded once per data key; the generator continues from the state loading left),
+        # then the initial weights.
+        self._data: list[_Data] = []
+        by_key: dict[str, int] = {}
+        self.rngs: list[np.random.Generator] = []
+        self.data_index: list[int] = []
+        networks = []
+        for spec in self.specs:
+            rng = np.random.default_rng(spec.seed)
+            key = _data_key(spec)
+            if key not in by_key:
+                by_key[key] = len(self._data)
+                self._data.append(_Data(spec, rng, out_units))
+            else:
+                rng.bit_generator.state = self._data[by_key[key]].rng_state
+            self.data_index.append(by_key[key])
+            networks.append(MLP(spec, rng))
+            self.rngs.append(rng)
+        self.network = StackedMLP(networks)
+        del networks
+        self.optimizer = make_optimizer(first.optimizer, self.network.flat)
+        self.clipper = BatchedClipper([s.clipping for s in self.specs])
+        self.schedules = [make_schedule(s.schedule, s.optimizer.lr, s.total_steps())
+                          for s in self.specs]
+        self._loss_fn = BATCHED_LOSSES[self.loss_name]
+        layout = self.network.layout
+        bounds: list[int] = []
+        for i in range(layout.n_layers):
+            bounds += [int(layout.weight_offsets[i]),
+                       int(layout.weight_offsets[i] + layout.weight_sizes[i])]
+        bounds.append(layout.size)
+        self._bounds = np.asarray(bounds, dtype=np.int64)
+        self._classifier = self._data[0].dataset.task == "classification"
+        self._active: list[MemberRun] = []
+        self._mse_labels = self.loss_name == "mse" and self._classifier
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, sinks: Sequence[Sink | None] | None = None, *, keep_records: bool = True,
+            max_records: int | None = None) -> list[TrainingResult]:
+        """Train every member; returns one :class:`TrainingResult` per spec, in order.
+
+        ``sinks[k]`` receives member k's records exactly as a sink given to
+        ``Trainer(specs[k]).run`` would; ``keep_records`` and ``max_records`` as there.
+        """
+        sinks = list(sinks) if sinks is not None else [None] * len(self.specs)
+        if len(sinks) != len(self.specs):
+            raise ValueError(f"{len(self.specs)} specs but {len(sinks)} sinks")
+        with np.errstate(all="ignore"):
+            return self._run(sinks, keep_records, max_records)
+
+    def _run(self, sinks: list[Sink | None], keep_records: bool,
+             max_records: int | None) -> list[TrainingResult]:
+        t0 = time.monotonic()
+        deadline = None if self.max_runtime is None else t0 + self.max_runtime
+        members = [
+            MemberRun(k, spec, sinks[k], self.rngs[k], self.schedules[k], self.data_index[k],
+                      core.Monitor(spec) if self.telemetry and self.use_monitor else None,
+                      keep_records, max_records)
+            for k, spec in enumerate(self.specs)]
+        results: list[TrainingResult | None] = [None] * len(members)
+        self._active = list(members)  # in stack row order
+        n_train = self.specs[0].n_train_samples()
+        batch_size = min(self.specs[0].training.batch_size, n_train)
+        step = 0
+        epoch = 0
+        while self._active:
+            for m in self._active:
+                m.start_epoch(n_train)
+            shared = self._shared_batches()
+            for start in range(0, n_train, batch_size):
+                # members past their last step, then those that stopped at the previous step,
+                # leave as the single trainer's loop does: epoch record, then out
+                done = [m for m in self._active if step >= m.total]
+                if done:
+                    self._end_epoch(done, epoch, step)
+                    self._remove(done, step, results, t0)
+                    if not self._active:
+                        break
+                    shared = self._shared_batches()
+                Xb, yb = self._batch(shared, start, batch_size)
+                self._step(step, epoch, Xb, yb, deadline)
+                step += 1
+                stopped = [m for m in self._active if m.stop is not None]
+                if stopped:
+                    self._end_epoch(stopped, epoch, step)
+                    self._remove(stopped, step, results, t0)
+                    if not self._active:
+                        break
+                    shared = self._shared_batches()
+            if not self._active:
+                break
+            self._end_epoch(self._active, epoch, step)
+            ended = [m for m in self._active if m.stop is not None or step >= m.total]
+            if ended:
+                self._remove(ended, step, results, t0)
+            epoch += 1
+        return [r for r in results if r is not None]
+
+    # ------------------------------------------------------------------ batches
+    def _shared_batches(self) -> bool:
+        """Whether all active members see the same batches (same data, same order)."""
+        first = self._active[0]
+        for m in self._active[1:]:
+            if m.data_index != first.data_index:
+                return False
+            if (m.order is None) != (first.order is None):
+                return False
+            if m.order is not None and first.order is not None and not np.array_equal(
+                    m.order, first.order):
+                return False
+        return True
+
+    def _batch(self, shared: bool, start: int, batch_size: int) -> tuple[Array, Array]:
+        """The step's inputs and targets: shared ``(m, ...)`` or per member ``(K, m, ...)``."""
+        if shared:
+            return self._member_batch(self._active[0], start, batch_size)
+        pairs = [self._member_batch(m, start, batch_size) for m in self._active]
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+    def _member_batch(self, m: MemberRun, start: int, batch_size: int) -> tuple[Array, Array]:
+        data = self._data[m.data_index]
+        X, y = data.dataset.X_train, data.y_train
+        if m.order is None:
+            return X[start:start + batch_size], y[start:start + batch_size]
+        idx = m.order[start:start + batch_size]
+        return np.take(X, idx, axis=0), np.take(y, idx, axis=0)
+
+    # ------------------------------------------------------------------ one step
+    def _lrs(self, active: list[MemberRun], step: int) -> list[float]:
+        return [m.schedule.base_lr if isinstance(m.schedule, Constant) else m.schedule(step)
+                for m in active]
+
+    def _step(self, step: int, epoch: int, Xb: Array, yb: Array,
+              deadline: float | None) -> None:
+        active = self._active
+        net = self.network
+        lrs = self._lrs(active, step)
+        out = net.forward(Xb)
+        losses, dout = self._loss_fn(out, yb)
+        net.backward(dout)
+        G = net.grad
+        if self.telemetry:
+            gsq = segment_sumsq_batched(G, self._bounds)
+            w_gsq = gsq[:, 0::2]
+            layer_gsq = w_gsq + gsq[:, 1::2]
+        else:
+            w_gsq = layer_gsq = segment_sumsq_batched(G, net.layout.layer_offsets)
+        grad_norm = np.sqrt(layer_gsq.sum(axis=1))
+        clipped_norm, clipped = self.clipper(G, net.flat, net.layout, layer_gsq)
+        delta = self.optimizer.step(G, np.asarray(lrs, dtype=net.dtype)[:, None])
+        m_rows = out.shape[1]
+        acc = self._accuracy(out, yb)
+        if self.telemetry:
+            layer_rows, finite = self._layer_records(layer_gsq, w_gsq, delta, out,
+                                                     losses, grad_norm)
+        now_late = deadline is not None and time.monotonic() > deadline
+        loss_l, gn_l = losses.tolist(), grad_norm.tolist()
+        cn_l, cl_l = clipped_norm.tolist(), clipped.tolist()
+        for r, m in enumerate(active):
+            loss = loss_l[r]
+            m.add_batch(loss, None if acc is None else float(acc[r]), m_rows)
+            if self.telemetry:
+                record = StepRecord(step, epoch, loss, gn_l[r], cn_l[r], float(lrs[r]),
+                                    bool(cl_l[r]), layer_rows[r])
+                nf_now = not finite[r]
+            else:
+                record = StepRecord(step, epoch, loss, gn_l[r], cn_l[r], float(lrs[r]),
+                                    bool(cl_l[r]), [])
+                nf_now = not (math.isfinite(loss) and math.isfinite(gn_l[r]))
+            if nf_now and m.first_nf is None:
+                m.first_nf = self._locate_non_finite(r, step, loss, out, layer_gsq,
+                                                     m.want_acts)
+            m.after_step(record, nf_now, now_late)
+
+    def _accuracy(self, out: Array, yb: Array) -> Array | None:
+        if self._mse_labels:
+            return np.mean(out.argmax(axis=2) == yb.argmax(axis=-1), axis=-1)
+        return accuracy_batched(out, yb, self.loss_name)
+
+    def _layer_records(self, layer_gsq: Array, w_gsq: Array, delta: Array, out: Array,
+                       losses: Array, grad_norm: Array) -> tuple[list[list[LayerRecord]], Array]:
+        """Per member: the step's layer records, and whether every recorded number is finite
+        (the same check as the single trainer's)."""
+        net = self.network
+        L = net.n_layers
+        wsq = segment_sumsq_batched(net.flat, self._bounds)[:, 0::2]
+        usq = segment_sumsq_batched(delta, self._bounds)[:, 0::2]
+        norms = np.sqrt(np.concatenate((layer_gsq, w_gsq, wsq, usq), axis=1))
+        check = losses + grad_norm + norms[:, 2 * L:3 * L].sum(axis=1)
+        want_acts = self.specs[0].monitor.activation_stats
+        rows = norms.tolist()
+        ids = range(L)
+        if not want_acts:
+            out_rows = [[LayerRecord(i, v[i], v[L + i], v[2 * L + i], v[3 * L + i]) for i in ids]
+                        for v in rows]
+            return out_rows, np.isfinite(check)
+        a_mean, a_std, dead, sat = net.activation_stats(out)
+        check = check + a_mean.sum(axis=1)
+        has_dead = [not math.isnan(x) for x in dead[0].tolist()] if len(dead) else []
+        has_sat = [not math.isnan(x) for x in sat[0].tolist()] if len(sat) else []
+        stats = np.concatenate((a_mean, a_std, dead, sat), axis=1).tolist()
+        out_rows = []
+        for v, s in zip(rows, stats, strict=True):
+            out_rows.append([LayerRecord(i, v[i], v[L + i], v[2 * L + i], v[3 * L + i],
+                                         s[i], s[L + i],
+                                         s[2 * L + i] if has_dead[i] else None,
+                                         s[3 * L + i] if has_sat[i] else None) for i in ids])
+        return out_rows, np.isfinite(check)
+
+    def _locate_non_finite(self, r: int, step: int, loss: float, out: Array, layer_gsq: Array,
+                           acts: bool) -> NonFiniteEvent:
+        """As the single trainer: activations (forward, by layer), the loss, gradients
+        (highest layer first), then the updated weights, of member row ``r``."""
+        net = self.network
+        if acts:
+            for i in range(net.n_layers - 1):
+                a = net.hidden_activation(i)[r]
+                if not np.isfinite(a).all():
+                    return NonFiniteEvent(step, i, "activation", _nan_or_inf(a))  # type: ignore[arg-type]
+        if not np.isfinite(out[r]).all():
+            return NonFiniteEvent(step, net.n_layers - 1, "activation", _nan_or_inf(out[r]))  # type: ignore[arg-type]
+        if not np.isfinite(loss):
+            return NonFiniteEvent(step, None, "loss", "nan" if np.isnan(loss) else "inf")
+        for i in range(net.n_layers - 1, -1, -1):
+            if not np.isfinite(layer_gsq[r, i]):
+                return NonFiniteEvent(step, i, "gradient",
+                                      "nan" if np.isnan(layer_gsq[r, i]) else "inf")
+        for i in range(net.n_layers):
+            w = net.layout.layer_segment(net.flat[r], i)
+            if not np.isfinite(w).all():
+                return NonFiniteEvent(step, i, "weight", _nan_or_inf(w))  # type: ignore[arg-type]
+        return NonFiniteEvent(step, None, "loss", "nan")
+
+    # ------------------------------------------------------------------ epochs and exits
+    def _end_epoch(self, members: list[MemberRun], epoch: int, step: int) -> None:
+        """Epoch records (validation in inference mode) of ``members``, still in the stack."""
+        row_of = {id(m): r for r, m in enumerate(self._active)}
+        by_data: dict[int, list[MemberRun]] = {}
+        for m in members:
+            if m.seen:
+                by_data.setdefault(m.data_index, []).append(m)
+        for d, group in by_data.items():
+            data = self._data[d]
+            val_loss: list[float | None] = [None] * len(group)
+            val_acc: list[float | None] = [None] * len(group)
+            if len(data.dataset.X_val):
+                rows = np.asarray([row_of[id(m)] for m in group], dtype=np.intp)
+                out = self.network.predict(data.dataset.X_val, rows)
+                losses, _ = self._loss_fn(out, data.y_val)
+                acc = self._accuracy(out, data.y_val)
+                val_loss = [float(v) for v in losses]
+                if acc is not None:
+                    val_acc = [float(a) for a in acc]
+            for m, vl, va in zip(group, val_loss, val_acc, strict=True):
+                m.end_epoch(epoch, step - 1, vl, va, self._classifier)
+
+    def _remove(self, leaving: list[MemberRun], step: int,
+                results: list[TrainingResult | None], t0: float) -> None:
+        """Finish ``leaving`` and take them out of the stack (parameters, optimizer state,
+        clipping thresholds); the others' rows move up, untouched."""
+        gone = {id(m) for m in leaving}
+        for m in leaving:
+            results[m.index] = m.result(step, time.monotonic() - t0)
+        keep = [r for r, m in enumerate(self._active) if id(m) not in gone]
+        if keep:
+            rows = np.asarray(keep, dtype=np.intp)
+            self.optimizer.keep_rows(rows)
+            self.network.keep_rows(rows, flat=self.optimizer.params)
+            self.clipper.keep_rows(rows)
+        self._active = [self._active[r] for r in keep]
+
+
+def _nan_or_inf(x: Array) -> str:
+    return "nan" if np.isnan(x).any() else "inf"
+
+
+def train_specs(specs: Sequence[TrainingSpec], sinks: Sequence[Sink | None] | None = None,
+                **options: Any) -> list[TrainingResult]:
+    """Train any specs: grouped by :func:`stack_key`, each group as one stack; results in the
+    order of ``specs``. ``options`` go to :class:`BatchedTrainer` (``max_runtime``,
+    ``telemetry``, ``monitor``)."""
+    sinks = list(sinks) if sinks is not None else [None] * len(specs)
+    groups: dict[str, list[int]] = {}
+    for k, spec in enumerate(specs):
+        groups.setdefault(stack_key(spec), []).append(k)
+    results: list[TrainingResult | None] = [None] * len(specs)
+    for ks in groups.values():
+        trainer = BatchedTrainer([specs[k] for k in ks], **options)
+        for k, res in zip(ks, trainer.run([sinks[k] for k in ks]), strict=True):
+            results[k] = res
+    return [r for r in results if r is not None]

@@ -1,0 +1,152 @@
+"""/v1/sweeps end to end: a real server, local worker processes, SQLite migrated by Alembic.
+
+Every member is a real job (parent_sweep_id) trained batched in a worker process; the sweep's
+members, its stability grid, its map and its events come back over HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from typing import Any
+
+import httpx
+import pytest
+from conftest import LiveServer
+
+from app.repositories import JobRepository
+from core import Trainer, TrainingSpec
+
+pytestmark = pytest.mark.timeout(180)
+
+BASE: dict[str, Any] = {
+    "seed": 0,
+    "data": {"source": "synthetic", "name": "spirals", "n_samples": 200},
+    "model": {"hidden": [{"units": 16}] * 6, "init": {"scheme": "normal", "std": 0.3}},
+    "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
+    "training": {"epochs": 4, "batch_size": 32},
+}
+SWEEP = {"name": "lr x std", "spec": BASE,
+         "axes": [{"path": "model.init.std", "values": [0.3, 2.0]},
+                  {"path": "optimizer.lr", "log_range": [1e-3, 1.0], "points": 3}]}
+
+
+def wait_sweep(live: LiveServer, sweep_id: str, timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        sweep: dict[str, Any] = live.http.get(f"/v1/sweeps/{sweep_id}").json()
+        if sweep["status"] not in ("queued", "running"):
+            return sweep
+        assert time.monotonic() < deadline, f"sweep still {sweep['status']}: {sweep['progress']}"
+        time.sleep(0.2)
+
+
+def sse(live: LiveServer, path: str, timeout: float = 60) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    current: dict[str, Any] = {}
+    with live.http.stream("GET", path, timeout=httpx.Timeout(timeout)) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if not line:
+                if "data" in current:
+                    current["data"] = json.loads(current["data"])
+                    events.append(current)
+                current = {}
+            elif not line.startswith(":"):
+                key, _, value = line.partition(":")
+                current[key] = value.strip()
+    return events
+
+
+def test_a_sweep_trains_its_members_as_jobs_and_draws_the_map(live: LiveServer) -> None:
+    r = live.http.post("/v1/sweeps", json=SWEEP)
+    assert r.status_code == 202, r.text
+    sweep_id = r.json()["id"]
+    assert r.headers["Location"] == f"/v1/sweeps/{sweep_id}"
+    assert len(r.json()["members"]) == 6
+
+    events = sse(live, f"/v1/sweeps/{sweep_id}/events")
+    assert events[0]["event"] == "snapshot" and events[-1]["event"] == "status"
+    assert [int(e["id"]) for e in events] == list(range(1, len(events) + 1))
+
+    sweep = wait_sweep(live, sweep_id)
+    assert sweep["status"] == "succeeded", sweep
+    assert sweep["progress"]["members_done"] == 6
+    members = sweep["members"]
+    assert [m["values"] for m in members[:3]] == [
+        {"model.init.std": 0.3, "optimizer.lr": v} for v in (0.001, 0.0316228, 1.0)]
+    for m in members:
+        job = live.http.get(f"/v1/jobs/{m['job_id']}").json()  # every member is a real job
+        assert job["parent_sweep_id"] == sweep_id and job["status"] == "succeeded"
+        assert m["verdict"] == job["verdict"] and m["stop_reason"] == job["stop_reason"]
+        assert m["predicted_risk"] in ("low", "medium", "high", "critical")
+        grads = live.http.get(f"/v1/jobs/{m['job_id']}/gradients").json()
+        assert len(grads["layers"]) == 7
+    assert all(m["verdict"] == "exploding" for m in members[3:])  # std 2.0 explodes
+    # one architecture: the worker that reaches a member first claims its share of the
+    # group (half, with 2 workers) and trains it batched; each member ran once
+    with live.app.state.sessionmaker() as session:
+        rows = [JobRepository(session).get(m["job_id"]) for m in members]
+    per_worker = Counter(row.worker_id for row in rows if row is not None)
+    assert max(per_worker.values()) >= 3 and None not in per_worker
+    assert all(row is not None and row.attempts == 1 for row in rows)
+    # a member trained in the sweep equals the same spec trained alone
+    alone = Trainer(TrainingSpec.model_validate(
+        {**BASE, "optimizer": {**BASE["optimizer"], "lr": 0.001}})).run()
+    assert members[0]["final_loss"] == pytest.approx(alone.final_loss, rel=1e-10)
+    assert members[0]["stop_reason"] == alone.stop_reason
+
+    grid = live.http.get(f"/v1/sweeps/{sweep_id}/stability").json()
+    assert grid["x"] == "optimizer.lr" and grid["y"] == "model.init.std"
+    assert grid["verdict"][1] == ["exploding"] * 3
+    assert grid["rows"][1]["smallest_exploding"] == 0.001
+    assert grid["calibration"]["cells"] == 6
+    png = live.http.get(f"/v1/sweeps/{sweep_id}/plots/stability")
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert png.content[:8] == b"\x89PNG\r\n\x1a\n"
+    svg = live.http.get(f"/v1/sweeps/{sweep_id}/plots/stability", params={"format": "svg"})
+    assert svg.headers["content-type"].startswith("image/svg+xml") and b"</svg>" in svg.content
+    bad = live.http.get(f"/v1/sweeps/{sweep_id}/stability", params={"x": "seed"})
+    assert bad.status_code == 422 and "not an axis" in bad.json()["detail"]
+
+    assert live.http.post(f"/v1/sweeps/{sweep_id}/cancel").status_code == 409
+    assert live.http.delete(f"/v1/sweeps/{sweep_id}").status_code == 204
+    assert live.http.get(f"/v1/sweeps/{sweep_id}").status_code == 404
+    assert live.http.get(f"/v1/jobs/{members[0]['job_id']}").status_code == 404
+
+
+def test_limits_and_bad_axes_are_422_naming_what_is_wrong(live: LiveServer) -> None:
+    too_many = {"spec": BASE, "axes": [{"path": "optimizer.lr", "log_range": [1e-4, 1.0],
+                                        "points": 40},
+                                       {"path": "seed", "values": list(range(30))}]}
+    r = live.http.post("/v1/sweeps", json=too_many)
+    assert r.status_code == 422
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert r.json()["limit"] == "max_members" and "1200" in r.json()["detail"]
+    r = live.http.post("/v1/sweeps", json={"spec": BASE, "axes": [
+        {"path": "model.init.std", "values": [0.1]}, {"path": "optimizer.lr"}]})
+    assert r.status_code == 422 and "log_range" in r.text
+    r = live.http.post("/v1/sweeps", json={"spec": {"data": {"source": "synthetic"}},
+                                           "axes": [{"path": "model.init.std",
+                                                     "values": [0.1]}]})
+    assert r.status_code == 422 and "model.init" in r.json()["detail"]
+    assert live.http.get("/v1/jobs", params={"limit": 200}).status_code == 200
+
+
+def test_cancelling_a_sweep_cancels_its_members(live: LiveServer) -> None:
+    long = {**BASE, "data": {"source": "synthetic", "name": "spirals", "n_samples": 2000},
+            "training": {"epochs": 200, "batch_size": 16}}
+    r = live.http.post("/v1/sweeps", json={"spec": long, "axes": [
+        {"path": "optimizer.lr", "values": [0.001, 0.002, 0.003]}]})
+    sweep_id = r.json()["id"]
+    deadline = time.monotonic() + 60
+    while live.http.get(f"/v1/sweeps/{sweep_id}").json()["progress"]["step"] == 0:
+        assert time.monotonic() < deadline, "the sweep never started"
+        time.sleep(0.1)
+    r = live.http.post(f"/v1/sweeps/{sweep_id}/cancel")
+    assert r.status_code == 202
+    sweep = wait_sweep(live, sweep_id, timeout=60)
+    assert sweep["status"] == "cancelled"
+    assert {m["status"] for m in sweep["members"]} == {"cancelled"}
+    assert all(m["stop_reason"] == "cancelled" for m in sweep["members"])

@@ -1,0 +1,57 @@
+"""A sweep on the scale-out setup: `gradwatch serve` + Celery workers, PostgreSQL, Redis.
+
+Members are jobs sent to Celery; the worker that reaches a member first trains its share of
+the group batched. Uses the cluster of tests/test_integration.py (its own database).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from test_integration import Cluster, cluster  # noqa: F401  (the module-scoped fixture)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+BASE: dict[str, Any] = {
+    "seed": 0,
+    "data": {"source": "synthetic", "name": "spirals", "n_samples": 200},
+    "model": {"hidden": [{"units": 16}] * 6, "init": {"scheme": "normal", "std": 0.3}},
+    "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
+    "training": {"epochs": 4, "batch_size": 32},
+}
+
+
+def test_a_sweep_runs_batched_on_celery_workers_against_postgres(
+        cluster: Cluster) -> None:  # noqa: F811
+    cluster.ensure_workers(2)
+    r = cluster.http.post("/v1/sweeps", json={
+        "spec": BASE, "axes": [{"path": "model.init.std", "values": [0.3, 2.0]},
+                               {"path": "optimizer.lr", "values": [0.001, 0.01, 1.0, 3.0]}]})
+    assert r.status_code == 202, r.text
+    sweep_id = r.json()["id"]
+    deadline = time.monotonic() + 180
+    while True:
+        sweep = cluster.http.get(f"/v1/sweeps/{sweep_id}").json()
+        if sweep["status"] not in ("queued", "running"):
+            break
+        assert time.monotonic() < deadline, sweep["progress"]
+        time.sleep(0.2)
+    assert sweep["status"] == "succeeded", sweep
+    members = sweep["members"]
+    assert all(m["verdict"] == "exploding" for m in members[4:])
+    rows = [cluster.row(m["job_id"]) for m in members]
+    assert all(r["parent_sweep_id"] == sweep_id and r["attempts"] == 1 for r in rows)
+    by_worker: dict[str, int] = {}
+    for row in rows:
+        by_worker[row["worker_id"]] = by_worker.get(row["worker_id"], 0) + 1
+    assert max(by_worker.values()) >= 2  # trained batched: a worker took several members
+    for m in members:  # every member's full history is stored, once
+        counts = cluster.history_counts(m["job_id"])
+        job = cluster.job(m["job_id"])
+        assert counts["rows"] == counts["distinct_steps"] == job["progress"]["step"]
+    grid = cluster.http.get(f"/v1/sweeps/{sweep_id}/stability").json()
+    assert grid["verdict"][1] == ["exploding"] * 4
+    png = cluster.http.get(f"/v1/sweeps/{sweep_id}/plots/stability")
+    assert png.status_code == 200 and png.content[:4] == b"\x89PNG"

@@ -14,8 +14,10 @@ from app.db import writer_bind
 from app.errors import ProblemError
 from app.executors import Executor
 from app.settings import Settings
+from app.tenancy import ADMIN, Principal
 
-__all__ = ["ExecutorDep", "ReadSessionDep", "SessionDep", "SettingsDep", "require_api_key"]
+__all__ = ["ExecutorDep", "PrincipalDep", "ReadSessionDep", "SessionDep", "SettingsDep",
+           "require_api_key"]
 
 
 def get_settings(request: Request) -> Settings:
@@ -58,11 +60,11 @@ def require_api_key(
     settings: SettingsDep,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     api_key: Annotated[str | None, Depends(_api_key_header)],
-) -> None:
-    """When GRADWATCH_API_KEY is set, every /v1 request must carry it."""
+) -> Principal:
+    """When GRADWATCH_API_KEY is set, every /v1 request must carry it; returns the caller."""
     expected = settings.api_key
     if not expected:
-        return
+        return ADMIN
     given = bearer.credentials if bearer is not None else api_key
     if given is None:
         raise ProblemError("this server requires an API key: send `Authorization: Bearer <key>` "
@@ -71,3 +73,9 @@ def require_api_key(
     if not hmac.compare_digest(given.encode(), expected.encode()):
         raise ProblemError("the API key is not valid", status=401, slug="unauthorized",
                            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+    return ADMIN
+
+
+# Handlers take `principal: PrincipalDep` and pass it to every lookup of an owned resource;
+# FastAPI resolves the dependency once per request (the router-level auth shares it).
+PrincipalDep = Annotated[Principal, Depends(require_api_key)]

@@ -1,0 +1,31 @@
+"""Who is calling: a tenant's key, or the admin.
+
+Every job, data set, sweep, webhook and model belongs to the tenant whose key created it
+(`tenant` column; ``None`` for what the admin created). A tenant sees only its own; another
+tenant's resource is answered with 404, exactly as if it did not exist. The admin (the
+`GRADWATCH_API_KEY`, or anyone when the server has no key at all) sees everything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["ADMIN", "Principal"]
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The caller of one request."""
+
+    tenant: str | None  # the tenant's name; None for the admin
+
+    @property
+    def is_admin(self) -> bool:
+        return self.tenant is None
+
+    def can_see(self, owner: str | None) -> bool:
+        """Whether a resource owned by `owner` exists for this caller."""
+        return self.tenant is None or owner == self.tenant
+
+
+ADMIN = Principal(tenant=None)

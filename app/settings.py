@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GRADWATCH_", extra="ignore", frozen=True)
 
     data_dir: Path = Field(Path("data"), description="Where the default SQLite database lives.")
+    blob_dir: Path | None = Field(
+        None, description="Where uploaded data sets and trained models are kept (default "
+                          "<data_dir>/blobs); with workers on other machines, a shared mount.")
     database_url: str | None = Field(
         None,
         validation_alias=AliasChoices("DATABASE_URL", "GRADWATCH_DATABASE_URL", "database_url"),
@@ -149,6 +152,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _default_database(self) -> Settings:
+        if self.blob_dir is None:
+            object.__setattr__(self, "blob_dir", self.data_dir / "blobs")
         if self.database_url is None:
             path = (self.data_dir / "gradwatch.db").resolve()
             object.__setattr__(self, "database_url", f"sqlite:///{path}")

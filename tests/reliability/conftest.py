@@ -1,0 +1,26 @@
+"""The reliability suite runs where the backend matters on both databases: `database_url` is
+None (the embedded SQLite default) or a fresh PostgreSQL database of this test's own (created
+on the test server, dropped at the end of the session; outside CI an unreachable server skips
+these cases with a message, under CI=true it fails — as the integration tests do)."""
+
+from __future__ import annotations
+
+import pytest
+
+BACKENDS = [pytest.param("sqlite", id="sqlite"),
+            pytest.param("postgresql", id="postgresql", marks=pytest.mark.integration)]
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    """None for SQLite (the server's default file), else a new empty PostgreSQL database
+    (the server migrates it at start-up)."""
+    if request.param == "sqlite":
+        return None
+    url: str = request.getfixturevalue("postgres").create_database()
+    return url
+
+
+def backend_env(database_url: str | None) -> dict[str, str]:
+    """The environment that points a `gradwatch serve` at ``database_url``."""
+    return {} if database_url is None else {"DATABASE_URL": database_url}

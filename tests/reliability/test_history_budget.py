@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from backends import database_url  # noqa: F401  (the fixture)
 from fastapi.testclient import TestClient
 
 from app.db import unit_of_work

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from backends import backend_env, database_url  # noqa: F401  (the fixture)
 
 GIB = 1024**3
 
@@ -25,8 +26,8 @@ HUGE_ACTIVATIONS: dict[str, Any] = {
 
 @pytest.mark.parametrize("path", ["/v1/jobs", "/v1/preflight"])
 def test_a_spec_over_the_memory_budget_is_422_naming_estimate_and_limit(
-        capped_server: Callable[..., Any], path: str) -> None:
-    server = capped_server(GRADWATCH_MAX_JOB_MEMORY_BYTES=GIB)
+        capped_server: Callable[..., Any], path: str, database_url: str | None) -> None:
+    server = capped_server(GRADWATCH_MAX_JOB_MEMORY_BYTES=GIB, **backend_env(database_url))
     r = server.http.post(path, json=HUGE_ACTIVATIONS)
     assert r.status_code == 422, r.text
     problem = r.json()

@@ -1,4 +1,6 @@
-"""The reliability suite runs where the backend matters on both databases: `database_url` is
+"""Backends of the reliability suite (import the fixture: `from backends import database_url`).
+
+The tests where the backend matters run on both databases: `database_url` is
 None (the embedded SQLite default) or a fresh PostgreSQL database of this test's own (created
 on the test server, dropped at the end of the session; outside CI an unreachable server skips
 these cases with a message, under CI=true it fails — as the integration tests do)."""

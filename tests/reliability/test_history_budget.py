@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from backends import database_url  # noqa: F401  (the fixture)
+from backends import database_url as database_url  # the fixture
 from fastapi.testclient import TestClient
 
 from app.db import unit_of_work

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
-from backends import database_url  # noqa: F401  (the fixture)
+from backends import database_url as database_url  # the fixture
 from fastapi.testclient import TestClient
 from test_history_budget import job_with_history, settings_for
 

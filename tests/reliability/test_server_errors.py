@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-from backends import database_url  # noqa: F401  (the fixture)
+from backends import database_url as database_url  # the fixture
 from conftest import LiveServer, make_settings
 
 

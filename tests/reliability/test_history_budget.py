@@ -11,8 +11,8 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from backends import database_url as database_url  # the fixture
 from fastapi.testclient import TestClient
+from reliability_backends import database_url as database_url  # the fixture
 
 from app.db import unit_of_work
 from app.jsonutil import iter_json

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
-from backends import database_url as database_url  # the fixture
 from fastapi.testclient import TestClient
+from reliability_backends import database_url as database_url  # the fixture
 from test_history_budget import job_with_history, settings_for
 
 from app.history_formats import ARROW_STREAM

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from backends import backend_env
-from backends import database_url as database_url  # the fixture
+from reliability_backends import backend_env
+from reliability_backends import database_url as database_url  # the fixture
 
 from app.input_guard import json_depth
 

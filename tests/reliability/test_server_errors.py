@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-from backends import database_url as database_url  # the fixture
 from conftest import LiveServer, make_settings
+from reliability_backends import database_url as database_url  # the fixture
 
 
 def test_a_500_says_connection_close_and_the_next_request_succeeds(

@@ -1,4 +1,4 @@
-"""Backends of the reliability suite (import the fixture: `from backends import database_url`).
+"""Backends of the reliability suite (import the fixture: `from reliability_backends import database_url`).
 
 The tests where the backend matters run on both databases: `database_url` is
 None (the embedded SQLite default) or a fresh PostgreSQL database of this test's own (created

@@ -6,12 +6,14 @@ size, and /healthz answers throughout. On SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import httpx
+import numpy as np
 import pyarrow as pa
 from reliability_backends import backend_env
 from reliability_backends import database_url as database_url  # the fixture
@@ -21,13 +23,14 @@ from app.db import build_engine, build_sessionmaker, unit_of_work
 from app.history_formats import ARROW_STREAM
 from app.lifecycle import move_job
 from app.sink import DatabaseSink
+from client import AsyncClient, Client
 
 N_STEPS = 200_000
 MIB = 1024**2
 
 
-def fill(server: Any, database_url: str | None) -> str:
-    """A job of ``server`` holding N_STEPS recorded steps, written as its worker would."""
+def fill(server: Any, database_url: str | None, n_steps: int = N_STEPS) -> str:
+    """A job of ``server`` holding ``n_steps`` recorded steps, written as its worker would."""
     job_id: str = server.http.post("/v1/jobs", json=SPEC).json()["id"]
     url = database_url or f"sqlite:///{server.env['GRADWATCH_DATA_DIR']}/gradwatch.db"
     engine = build_engine(url)
@@ -35,9 +38,9 @@ def fill(server: Any, database_url: str | None) -> str:
         factory = build_sessionmaker(engine)
         with unit_of_work(factory) as session:
             move_job(session, job_id, "running")
-        sink = DatabaseSink(job_id, factory, total_steps=N_STEPS, flush_every=10**6)
-        for start in range(0, N_STEPS, 50_000):
-            sink.write_steps([record(s) for s in range(start, start + 50_000)])
+        sink = DatabaseSink(job_id, factory, total_steps=n_steps, flush_every=10**6)
+        for start in range(0, n_steps, 50_000):
+            sink.write_steps([record(s) for s in range(start, min(n_steps, start + 50_000))])
         sink.close()
     finally:
         engine.dispose()
@@ -99,3 +102,27 @@ def test_every_point_of_a_long_run_is_served_in_bounded_memory(
     assert growth < 160 * MIB, (growth / MIB, largest / MIB)
     assert healthy and set(healthy) == {200}
     assert server.alive()
+
+
+def test_the_client_reads_every_page_into_one_arrow_table(
+        capped_server: Callable[..., Any]) -> None:
+    server = capped_server(GRADWATCH_MAX_HISTORY_VALUES=100_000)
+    job_id = fill(server, None, n_steps=30_000)
+    with Client(server.url) as gw:
+        table = gw.table(job_id, "gradients", layer=2, metrics=["grad_norm", "act_mean"])
+        assert table.column_names == ["step", "layers.2.grad_norm", "layers.2.act_mean"]
+        assert table.num_rows == 30_000 and table.column("layers.2.act_mean").null_count == 30_000
+        assert len(table.column("step").chunks) == 1  # 60,000 values: one page
+        first = gw.gradients(job_id, max_points=30_000)  # 24 series: paged
+        assert first.next_cursor is not None and len(first.layers[0]["grad_norm"].steps) == 4166
+    want = np.array([record(s).grad_norm for s in range(30_000)])
+
+    async def read_metrics() -> Any:
+        async with AsyncClient(server.url) as agw:
+            return await agw.table(job_id)  # metrics, every point: 2 pages of 25,000 steps
+
+    metrics = asyncio.run(read_metrics())
+    assert len(metrics.column("step").chunks) == 2
+    assert metrics.column("step").to_pylist() == list(range(30_000))
+    got = metrics.column("grad_norm").to_numpy()
+    assert got.tobytes() == want.tobytes()  # bit-exact, the Infinity at step 7 included

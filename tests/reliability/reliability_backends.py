@@ -1,9 +1,12 @@
 """Backends of the reliability suite (import the fixture: `from reliability_backends import database_url`).
 
-The tests where the backend matters run on both databases: `database_url` is
-None (the embedded SQLite default) or a fresh PostgreSQL database of this test's own (created
-on the test server, dropped at the end of the session; outside CI an unreachable server skips
-these cases with a message, under CI=true it fails — as the integration tests do)."""
+The tests where the backend matters run on both databases: `database_url` is None (the
+embedded SQLite default) or the test session's PostgreSQL database (`postgres_url` of
+tests/conftest.py: created on the test server, migrated, dropped at the end of the session;
+outside CI an unreachable server skips these cases with a message, under CI=true it fails —
+as the integration tests do). The database is shared with the session's other PostgreSQL
+tests (a database each would cost a slow DROP DATABASE apiece), so these tests look only at
+the jobs they created."""
 
 from __future__ import annotations
 
@@ -15,11 +18,11 @@ BACKENDS = [pytest.param("sqlite", id="sqlite"),
 
 @pytest.fixture(params=BACKENDS)
 def database_url(request: pytest.FixtureRequest) -> str | None:
-    """None for SQLite (the server's default file), else a new empty PostgreSQL database
-    (the server migrates it at start-up)."""
+    """None for SQLite (the server's default file, new for each test), else the session's
+    PostgreSQL database."""
     if request.param == "sqlite":
         return None
-    url: str = request.getfixturevalue("postgres").create_database()
+    url: str = request.getfixturevalue("postgres_url")
     return url
 
 

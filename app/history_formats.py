@@ -110,38 +110,49 @@ class HistoryPage:
 
 # ------------------------------------------------------------------------------------ JSON
 
-def _json_series(col: SeriesColumns) -> Iterator[bytes]:
-    n = len(col.steps)
-    yield b'{"steps":['
-    for a in range(0, n, _BLOCK):
-        yield (b"," if a else b"") + ",".join(map(str, col.steps[a:a + _BLOCK].tolist())).encode()
-    yield b'],"values":['
-    for a in range(0, n, _BLOCK):
+class _StepsJSON:
+    """The JSON of a steps array, block by block, encoded once for all the series that
+    share it (every series of a full-resolution read)."""
+
+    def __init__(self) -> None:
+        self._of: tuple[np.ndarray, list[bytes]] | None = None
+
+    def blocks(self, steps: np.ndarray) -> list[bytes]:
+        if self._of is None or self._of[0] is not steps:
+            self._of = (steps, [",".join(map(str, steps[a:a + _BLOCK].tolist())).encode()
+                                for a in range(0, len(steps), _BLOCK)])
+        return self._of[1]
+
+
+def _json_series(col: SeriesColumns, steps_json: _StepsJSON) -> Iterator[bytes]:
+    yield b'{"steps":[' + b",".join(steps_json.blocks(col.steps)) + b'],"values":['
+    for a in range(0, len(col.steps), _BLOCK):
         yield (b"," if a else b"") + dumps(col.values_list(a, a + _BLOCK))[1:-1].encode()
     yield b"]}"
 
 
-def _json_series_map(cols: list[SeriesColumns]) -> Iterator[bytes]:
+def _json_series_map(cols: list[SeriesColumns], steps_json: _StepsJSON) -> Iterator[bytes]:
     yield b"{"
     for i, col in enumerate(cols):
         yield (b"," if i else b"") + json.dumps(col.metric).encode() + b":"
-        yield from _json_series(col)
+        yield from _json_series(col, steps_json)
     yield b"}"
 
 
 def json_pieces(page: HistoryPage) -> Iterator[bytes]:
     """``page`` as the JSON of the OpenAPI schema, a few KiB at a time."""
     yield dumps(page.head())[:-1].encode()
+    steps_json = _StepsJSON()
     if page.kind == "gradients":
         yield b',"layers":['
         for i, (layer, cols) in enumerate(page.layers()):
             yield (b"," if i else b"") + b'{"layer":' + str(layer).encode() + b',"series":'
-            yield from _json_series_map(cols)
+            yield from _json_series_map(cols, steps_json)
             yield b"}"
         yield b"]"
     else:
         yield b',"series":'
-        yield from _json_series_map(page.columns)
+        yield from _json_series_map(page.columns, steps_json)
         yield b',"epochs":' + dumps(page.epochs).encode()
     yield b"," + dumps(page.sampling())[1:].encode()
 

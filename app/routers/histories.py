@@ -80,10 +80,31 @@ def _query(settings: Any, start: int | None, end: int | None, max_points: int,
                         max_points_limit=settings.max_history_points)
 
 
+def _prefers_arrow(accept: str) -> bool:
+    """True when the Accept header ranks the Arrow stream above JSON (RFC 9110 q-values;
+    JSON stands for itself, ``application/*`` and ``*/*``)."""
+    arrow = json_q = 0.0
+    for item in accept.split(","):
+        media, *params = (part.strip() for part in item.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        media = media.lower()
+        if media == ARROW_STREAM:
+            arrow = max(arrow, q)
+        elif media in ("application/json", "application/*", "*/*"):
+            json_q = max(json_q, q)
+    return arrow > json_q
+
+
 def _response(request: Request, page: HistoryPage, fmt: str | None) -> StreamingResponse:
     """The page, streamed as JSON (never one big string) or as an Arrow IPC stream."""
-    accept = request.headers.get("accept", "")
-    arrow = fmt == "arrow" or (fmt is None and ARROW_STREAM in accept)
+    arrow = fmt == "arrow" or (fmt is None and _prefers_arrow(request.headers.get("accept", "")))
     headers = {"Vary": "Accept"}
     if page.next_cursor is not None:
         url = request.url.include_query_params(cursor=page.next_cursor)

@@ -163,6 +163,20 @@ def test_the_arrow_stream_is_bit_exact_and_paged_alike(
     assert np.isposinf(column[7]) and np.isnan(column[9]) and np.isneginf(column[10])
 
 
+@pytest.mark.parametrize(("accept", "arrow"), [
+    (ARROW_STREAM, True), ("application/json", False), ("*/*", False), ("", False),
+    (f"application/json;q=0.5, {ARROW_STREAM}", True),
+    (f"{ARROW_STREAM};q=0.4, application/json", False),
+    (f"{ARROW_STREAM};q=0.9, */*;q=0.1", True)])
+def test_the_accept_header_chooses_arrow_or_json(paged: tuple[TestClient, str], accept: str,
+                                                  arrow: bool) -> None:
+    client, job_id = paged
+    r = client.get(f"/v1/jobs/{job_id}/metrics", params={"end_step": 99},
+                   headers={"Accept": accept} if accept else {})
+    assert r.status_code == 200 and r.headers["vary"] == "Accept"
+    assert r.headers["content-type"] == (ARROW_STREAM if arrow else "application/json")
+
+
 def test_a_downsampled_read_is_one_arrow_response_with_nulls_where_a_series_has_no_point(
         paged: tuple[TestClient, str]) -> None:
     client, job_id = paged

@@ -28,6 +28,8 @@ from app.downsampling import (
     plan_buckets,
 )
 from app.errors import NotFoundError, SpecValidationError
+from app.history_cursor import HistoryCursor, query_digest
+from app.history_formats import HistoryPage, SeriesColumns
 from app.history_store import (
     STORED_MIN_LEVEL,
     ChunkData,
@@ -44,11 +46,14 @@ from core.spec import TrainingSpec
 from core.telemetry import LayerRecord, StepRecord
 
 __all__ = [
+    "HistoryPage",
     "HistoryQuery",
     "HistoryWriter",
     "StoredHistory",
     "gradient_history",
+    "gradient_page",
     "metrics_history",
+    "metrics_page",
     "recorded_steps",
     "run_figures",
     "stored_history",
@@ -101,6 +106,21 @@ class _Stored:
                 total += len(self.points([], [(max(lo, first), min(hi, last))])[0])
         return total
 
+    def nth_step(self, lo: int, hi: int, k: int) -> int | None:
+        """The ``k``-th recorded step (from 1) within [lo, hi]; None when there are fewer.
+        Whole chunks are skipped by their count; only the chunk holding it is decoded."""
+        seen = 0
+        for first, last, n in self.repo.chunk_spans(self.key, lo, hi):
+            inside = lo <= first and last <= hi
+            if inside and seen + n < k:
+                seen += n
+                continue
+            steps = self.points([], [(max(lo, first), min(hi, last))])[0]
+            if seen + len(steps) >= k:
+                return int(steps[k - seen - 1])
+            seen += len(steps)
+        return None
+
     def bounds(self, lo: int, hi: int) -> tuple[int | None, int | None]:
         """First and last recorded step within [lo, hi]."""
         edges = []
@@ -151,29 +171,81 @@ class HistoryQuery:
     end_step: int | None
     max_points: int
     max_values: int | None = None  # response budget: points x series (None: unbounded)
+    cursor: str | None = None  # the previous page's next_cursor (paged reads)
+    max_points_limit: int | None = None  # a downsampled read keeps at most this many per series
 
 
-def _check_budget(q: HistoryQuery, points: int, n_series: int) -> None:
-    """422 when the response would carry more than ``q.max_values`` points in all."""
-    values = min(points, q.max_points) * n_series
+@dataclass(frozen=True)
+class _Span:
+    """What one response covers: steps [first, last], ``count`` recorded steps in the read
+    (to its end, for a paged read), downsampled or not, and the cursor of the next page."""
+
+    first: int
+    last: int
+    count: int
+    downsample: bool
+    next_cursor: str | None = None
+
+
+def _limit_exceeded(msg: str, *, limit: int, value: int, loc: list[str]) -> SpecValidationError:
+    return SpecValidationError(msg, slug="limit-exceeded", limit=limit, value=value,
+                               errors=[{"loc": loc, "msg": msg, "type": "limit_exceeded"}])
+
+
+def _check_downsampled(q: HistoryQuery, n_series: int) -> None:
+    """422 when a downsampled response would be over a limit: it is one response, not paged."""
+    if q.max_points_limit is not None and q.max_points > q.max_points_limit:
+        raise _limit_exceeded(
+            f"max_points is {q.max_points} and the range holds more steps, so it would be "
+            f"downsampled to more than the limit of {q.max_points_limit:,} points per series "
+            "(GRADWATCH_MAX_HISTORY_POINTS); ask for fewer, or for at least as many as the "
+            "range holds to read every point (paged)",
+            limit=q.max_points_limit, value=q.max_points, loc=["query", "max_points"])
+    values = q.max_points * n_series
     if q.max_values is not None and values > q.max_values:
-        msg = (f"this response would carry {values:,} points ({n_series} series of up to "
-               f"{min(points, q.max_points):,}); the limit is {q.max_values:,} "
-               "(GRADWATCH_MAX_HISTORY_VALUES): ask for one `layer`, fewer `metrics`, a "
-               "smaller `max_points` or a narrower step range")
-        raise SpecValidationError(msg, slug="limit-exceeded", limit=q.max_values, value=values,
-                                  errors=[{"loc": ["query"], "msg": msg,
-                                           "type": "limit_exceeded"}])
+        raise _limit_exceeded(
+            f"this downsampled response would carry {values:,} points ({n_series} series of "
+            f"up to {q.max_points:,}); the limit is {q.max_values:,} "
+            "(GRADWATCH_MAX_HISTORY_VALUES): ask for one `layer`, fewer `metrics` or a "
+            "smaller `max_points`", limit=q.max_values, value=values, loc=["query"])
 
 
-def _resolve_range(store: _Stored, job: Job, q: HistoryQuery) -> tuple[int, int, int] | None:
-    """(first recorded step, last recorded step, recorded steps) inside the requested range."""
-    lo = q.start_step if q.start_step is not None else 0
-    hi = q.end_step if q.end_step is not None else 2**31 - 1
+def _span(store: _Stored, job: Job, q: HistoryQuery, paging: _Paging, n_series: int
+          ) -> _Span | None:
+    """The steps this response covers; None when the range holds no recorded step.
+
+    A read that is not downsampled and would carry more than ``q.max_values`` points is
+    paged: this page ends at the last step that fits, and ``next_cursor`` resumes after it.
+    """
+    cursor = paging.cursor
+    if cursor is not None:
+        lo, hi = cursor.next_step, cursor.last_step
+    else:
+        lo = q.start_step if q.start_step is not None else 0
+        hi = q.end_step if q.end_step is not None else 2**31 - 1
+    resolved = _resolve_range(store, job, lo, hi, q.max_points)
+    if resolved is None:
+        return None
+    first, last, count = resolved
+    if cursor is None and count > q.max_points:
+        _check_downsampled(q, n_series)
+        return _Span(first, last, count, downsample=True)
+    if q.max_values is None or count * n_series <= q.max_values:
+        return _Span(first, last, count, downsample=False)
+    page_last = store.nth_step(first, last, max(1, q.max_values // n_series))
+    if page_last is None or page_last >= last:
+        return _Span(first, last, count, downsample=False)
+    return _Span(first, page_last, count, downsample=False,
+                 next_cursor=HistoryCursor(page_last + 1, last, paging.digest).encode())
+
+
+def _resolve_range(store: _Stored, job: Job, lo: int, hi: int, max_points: int
+                   ) -> tuple[int, int, int] | None:
+    """(first recorded step, last recorded step, recorded steps) inside [lo, hi]."""
     first, last = store.bounds(lo, hi)
     if first is None or last is None:
         return None
-    if last - first + 1 <= 4 * q.max_points:  # small ranges: counting is cheap
+    if last - first + 1 <= 4 * max_points:  # small ranges: counting is cheap
         return first, last, store.count(first, last)
     # large ranges: the recorded-step counts stored in the rollups (of the loss series)
     runs, raw_ranges = cover(first, last, MAX_LEVEL, store.rolled(job, MAX_LEVEL, last))
@@ -188,14 +260,6 @@ def _check_range(q: HistoryQuery) -> None:
             f"end_step ({q.end_step}) is before start_step ({q.start_step})", slug="invalid-range",
             errors=[{"loc": ["query", "end_step"], "msg": "must be >= start_step",
                      "type": "value_error"}])
-
-
-def _series(steps: np.ndarray, values: np.ndarray, present: np.ndarray | None = None
-            ) -> dict[str, Any]:
-    vals: list[float | None] = values.tolist()
-    if present is not None and not present.all():
-        vals = [v if p else None for v, p in zip(vals, present.tolist(), strict=True)]
-    return {"steps": steps.tolist(), "values": vals}
 
 
 def _downsample(store: _Stored, job: Job, groups: list[list[int]], first: int, last: int,
@@ -226,13 +290,6 @@ def _downsample(store: _Stored, job: Job, groups: list[list[int]], first: int, l
     return out, plan.bucket_size
 
 
-def _sampling(downsampled: bool, bucket_size: int | None, q: HistoryQuery, count: int
-              ) -> dict[str, Any]:
-    return {"downsampled": downsampled, "method": "minmax-buckets" if downsampled else None,
-            "bucket_size": bucket_size if downsampled else None, "max_points": q.max_points,
-            "points_in_range": count}
-
-
 def _check_metrics(metrics: list[str] | None, allowed: tuple[str, ...]) -> tuple[str, ...]:
     if not metrics:
         return allowed
@@ -249,79 +306,101 @@ def _check_metrics(metrics: list[str] | None, allowed: tuple[str, ...]) -> tuple
     return tuple(dict.fromkeys(names))
 
 
-def gradient_history(session: Session, job: Job, q: HistoryQuery, *, layer: int | None,
-                     metrics: list[str] | None) -> dict[str, Any]:
-    """Per-layer series, downsampled to at most ``max_points`` points per series."""
-    job_id = job.id
+def _fill(page: HistoryPage, store: _Stored, job: Job, span: _Span,
+          series: list[tuple[int | None, str, int]]) -> None:
+    """Read ``series`` (layer, metric, stored index) over ``span`` into ``page``."""
+    index = [s for _, _, s in series]
+    if span.downsample:
+        (picked,), bucket = _downsample(store, job, [index], span.first, span.last,
+                                        page.max_points)
+        page.columns = [SeriesColumns(ly, m, steps, values)
+                        for (ly, m, _), (steps, values) in zip(series, picked, strict=True)]
+        page.bucket_size = bucket
+    else:
+        steps, values, present = store.points(index, [(span.first, span.last)])
+        page.columns = [SeriesColumns(ly, m, steps, values[:, j], present[:, j])
+                        for j, (ly, m, _) in enumerate(series)]
+    page.start_step, page.end_step = span.first, span.last
+    page.downsampled, page.points_in_range = span.downsample, span.count
+    page.next_cursor = span.next_cursor
+
+
+@dataclass(frozen=True)
+class _Paging:
+    """The request's cursor (validated) and the digest the next cursor will carry."""
+
+    cursor: HistoryCursor | None
+    digest: bytes
+
+    @classmethod
+    def of(cls, q: HistoryQuery, *key: Any) -> _Paging:
+        digest = query_digest(*key, q.max_points, q.start_step, q.end_step)
+        cursor = None if q.cursor is None else HistoryCursor.decode(q.cursor, digest)
+        return cls(cursor, digest)
+
+
+def gradient_page(session: Session, job: Job, q: HistoryQuery, *, layer: int | None,
+                  metrics: list[str] | None) -> HistoryPage:
+    """Per-layer series: downsampled to at most ``max_points`` points per series, or every
+    point, paged past the response budget."""
     names = _check_metrics(metrics, LAYER_METRICS)
     _check_range(q)
+    paging = _Paging.of(q, job.id, "gradients", layer, names)
     layers = list(range(len(job.spec["model"]["hidden"]) + 1))  # hidden layers, then output
-    out: dict[str, Any] = {"job_id": job_id, "start_step": None, "end_step": None, "layers": [],
-                           **_sampling(False, None, q, 0)}
-    store = _Stored.of(session, job_id)
-    resolved = _resolve_range(store, job, q) if store is not None else None
-    if store is None or resolved is None:
-        return out
-    first, last, count = resolved
+    page = HistoryPage("gradients", job.id, q.max_points)
+    store = _Stored.of(session, job.id)
+    if store is None:
+        return page
     if layer is not None:
         if layer not in layers:
-            raise NotFoundError(f"job {job_id} has layers {layers[0]}..{layers[-1]}; "
+            raise NotFoundError(f"job {job.id} has layers {layers[0]}..{layers[-1]}; "
                                 f"no layer {layer}", slug="layer-not-found")
         layers = [layer]
-    _check_budget(q, count, len(layers) * len(names))
-    metric_idx = [LAYER_METRICS.index(m) for m in names]
-    groups = [[series_index(ly, m) for m in metric_idx] for ly in layers]
-    downsample = count > q.max_points
-    bucket_size: int | None = None
-    if downsample:
-        results, bucket_size = _downsample(store, job, groups, first, last, q.max_points)
-        for ly, picked in zip(layers, results, strict=True):
-            out["layers"].append({"layer": ly, "series": {
-                m: _series(*picked[j]) for j, m in enumerate(names)}})
-    else:
-        steps, values, present = store.points([s for g in groups for s in g], [(first, last)])
-        for i, ly in enumerate(layers):
-            base = i * len(names)
-            out["layers"].append({"layer": ly, "series": {
-                m: _series(steps, values[:, base + j], present[:, base + j])
-                for j, m in enumerate(names)}})
-    out.update(start_step=first, end_step=last, **_sampling(downsample, bucket_size, q, count))
-    return out
+    span = _span(store, job, q, paging, len(layers) * len(names))
+    if span is not None:
+        _fill(page, store, job, span, [(ly, m, series_index(ly, LAYER_METRICS.index(m)))
+                                       for ly in layers for m in names])
+    return page
+
+
+def metrics_page(session: Session, job: Job, q: HistoryQuery, *,
+                 metrics: list[str] | None) -> HistoryPage:
+    """Network-level series (loss, pre/post-clip global norm, lr) and, on the first page,
+    the epoch figures."""
+    names = _check_metrics(metrics, STEP_METRICS)
+    _check_range(q)
+    paging = _Paging.of(q, job.id, "metrics", None, names)
+    page = HistoryPage("metrics", job.id, q.max_points,
+                       epochs=_epochs(session, job.id, paging.cursor))
+    store = _Stored.of(session, job.id)
+    if store is None:
+        return page
+    span = _span(store, job, q, paging, len(names))
+    if span is not None:
+        _fill(page, store, job, span, [(None, m, series_index(-1, STEP_METRICS.index(m)))
+                                       for m in names])
+    return page
+
+
+def _epochs(session: Session, job_id: str, cursor: HistoryCursor | None) -> dict[str, list[Any]]:
+    """The job's epoch figures (never downsampled); later pages of a paged read: none."""
+    epochs = [] if cursor is not None else HistoryRepository(session).epochs(job_id)
+    return {"epoch": [e.epoch for e in epochs], "step": [e.step for e in epochs],
+            "train_loss": [e.train_loss for e in epochs], "val_loss": [e.val_loss for e in epochs],
+            "val_accuracy": [e.val_accuracy for e in epochs],
+            "train_accuracy": [e.train_accuracy for e in epochs]}
+
+
+def gradient_history(session: Session, job: Job, q: HistoryQuery, *, layer: int | None,
+                     metrics: list[str] | None) -> dict[str, Any]:
+    """:func:`gradient_page` as Python objects (lists)."""
+    return gradient_page(session, job, q, layer=layer, metrics=metrics).as_dict()
 
 
 def metrics_history(session: Session, job: Job, q: HistoryQuery, *,
                     metrics: list[str] | None) -> dict[str, Any]:
-    """Network-level series (loss, pre/post-clip global norm, lr) and epoch figures."""
-    job_id = job.id
-    names = _check_metrics(metrics, STEP_METRICS)
-    _check_range(q)
-    epochs = HistoryRepository(session).epochs(job_id)
-    out: dict[str, Any] = {
-        "job_id": job_id, "start_step": None, "end_step": None, "series": {},
-        "epochs": {
-            "epoch": [e.epoch for e in epochs], "step": [e.step for e in epochs],
-            "train_loss": [e.train_loss for e in epochs], "val_loss": [e.val_loss for e in epochs],
-            "val_accuracy": [e.val_accuracy for e in epochs],
-            "train_accuracy": [e.train_accuracy for e in epochs]},
-        **_sampling(False, None, q, 0)}
-    store = _Stored.of(session, job_id)
-    resolved = _resolve_range(store, job, q) if store is not None else None
-    if store is None or resolved is None:
-        return out
-    first, last, count = resolved
-    _check_budget(q, count, len(names))
-    series = [series_index(-1, STEP_METRICS.index(m)) for m in names]
-    downsample = count > q.max_points
-    bucket_size: int | None = None
-    if not downsample:
-        steps, values, present = store.points(series, [(first, last)])
-        out["series"] = {m: _series(steps, values[:, j], present[:, j])
-                         for j, m in enumerate(names)}
-    else:
-        results, bucket_size = _downsample(store, job, [series], first, last, q.max_points)
-        out["series"] = {m: _series(*results[0][j]) for j, m in enumerate(names)}
-    out.update(start_step=first, end_step=last, **_sampling(downsample, bucket_size, q, count))
-    return out
+    """:func:`metrics_page` as Python objects (lists)."""
+    return metrics_page(session, job, q, metrics=metrics).as_dict()
 
 
 def run_figures(session: Session, job_id: str) -> dict[str, Any]:

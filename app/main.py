@@ -271,11 +271,12 @@ def _no_nul_parameters(schema: dict[str, Any]) -> None:
 
 
 def _history_bounds(schema: dict[str, Any], settings: Settings) -> None:
-    """``max_points`` is bounded by a setting: show its value."""
+    """``max_points`` is bounded by a setting: show its value (the histories declare their
+    own bound: past the setting they read every point, paged, rather than downsample)."""
     for operation in _operations(schema):
         for parameter in operation.get("parameters", []):
             if parameter.get("name") == "max_points":
-                parameter["schema"]["maximum"] = settings.max_history_points
+                parameter["schema"].setdefault("maximum", settings.max_history_points)
 
 
 def _drop_security(schema: dict[str, Any]) -> None:

@@ -164,7 +164,13 @@ class Sampling(ApiModel):
     )
     bucket_size: int | None = Field(description="Steps per bucket (buckets align to multiples).")
     max_points: int = Field(description="Upper bound on points per series.")
-    points_in_range: int = Field(description="Recorded steps in the requested range.")
+    points_in_range: int = Field(description="Recorded steps in the requested range (of a "
+                                             "paged read: from this page's first step on).")
+    next_cursor: str | None = Field(
+        None, description="A full-resolution read past the response budget is paged: pass "
+                          "this as `cursor` (with the same other parameters) for the next "
+                          "page; null on the last page and for downsampled reads.",
+        examples=["AQABhqAAD0I_k2s1c0xVtEw"])
 
 
 class LayerHistory(ApiModel):

@@ -61,12 +61,14 @@ __all__ = [
     "diagnostics",
     "get_job",
     "gradient_history",
+    "gradient_page",
     "job_events",
     "job_snapshot",
     "job_to_read",
     "job_to_summary",
     "list_jobs",
     "metrics_history",
+    "metrics_page",
     "preflight_spec",
     "readiness",
     "repair_job",
@@ -261,6 +263,19 @@ def metrics_history(session: Session, job_id: str, q: HistoryQuery, *,
                     metrics: list[str] | None) -> dict[str, Any]:
     """Network-level series and epoch figures of a job (see :mod:`app.history`)."""
     return history.metrics_history(session, get_job(session, job_id), q, metrics=metrics)
+
+
+def gradient_page(session: Session, job_id: str, q: HistoryQuery, *, layer: int | None,
+                  metrics: list[str] | None) -> history.HistoryPage:
+    """One response of a job's per-layer series (see :func:`app.history.gradient_page`)."""
+    return history.gradient_page(session, get_job(session, job_id), q, layer=layer,
+                                 metrics=metrics)
+
+
+def metrics_page(session: Session, job_id: str, q: HistoryQuery, *,
+                 metrics: list[str] | None) -> history.HistoryPage:
+    """One response of a job's network-level series (see :func:`app.history.metrics_page`)."""
+    return history.metrics_page(session, get_job(session, job_id), q, metrics=metrics)
 
 
 def job_snapshot(factory: sessionmaker[Session], job_id: str) -> dict[str, Any]:

@@ -30,7 +30,12 @@ from client.models import (
 T = TypeVar("T")
 StrList = list[str]  # `list` is also a method name in the classes below
 
-__all__ = ["Call", "SSEParser", "ops", "plot_format"]
+__all__ = ["ARROW_STREAM", "EVERY_POINT", "Call", "SSEParser", "TablePage", "concat_tables", "ops",
+           "plot_format"]
+
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+#: ``max_points`` that asks for every recorded point (a range never holds more steps)
+EVERY_POINT = 2**31
 
 
 @dataclass
@@ -76,6 +81,33 @@ def plot_format(path: str | Path | None, fmt: str | None) -> str:
 
 def _params(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class TablePage:
+    """One page of a history read as Arrow: a ``pyarrow.Table`` and the next page's cursor."""
+
+    table: Any
+    next_cursor: str | None
+
+
+def _pyarrow() -> Any:
+    try:
+        import pyarrow
+    except ImportError:  # the client's only optional dependency
+        raise ImportError("history tables need pyarrow: pip install pyarrow") from None
+    return pyarrow
+
+
+def _table_page(response: httpx.Response) -> TablePage:
+    table = _pyarrow().ipc.open_stream(response.content).read_all()
+    meta = json.loads((table.schema.metadata or {}).get(b"gradwatch", b"{}"))
+    return TablePage(table, meta.get("next_cursor"))
+
+
+def concat_tables(pages: list[TablePage]) -> Any:
+    """The pages' tables as one ``pyarrow.Table`` (one chunk per page, no copy)."""
+    return _pyarrow().concat_tables([p.table for p in pages])
 
 
 class ops:  # a namespace of call builders
@@ -128,20 +160,31 @@ class ops:  # a namespace of call builders
 
     @staticmethod
     def gradients(job_id: str, *, layer: int | None, start_step: int | None,
-                  end_step: int | None, max_points: int, metrics: StrList | None
-                  ) -> Call[GradientHistory]:
+                  end_step: int | None, max_points: int, metrics: StrList | None,
+                  cursor: str | None = None) -> Call[GradientHistory]:
         return Call("GET", f"/v1/jobs/{job_id}/gradients",
                     lambda r: GradientHistory.from_json(r.json()),
                     params=_params(layer=layer, start_step=start_step, end_step=end_step,
-                                   max_points=max_points, metrics=metrics))
+                                   max_points=max_points, metrics=metrics, cursor=cursor))
 
     @staticmethod
     def metrics(job_id: str, *, start_step: int | None, end_step: int | None, max_points: int,
-                metrics: StrList | None) -> Call[MetricsHistory]:
+                metrics: StrList | None, cursor: str | None = None) -> Call[MetricsHistory]:
         return Call("GET", f"/v1/jobs/{job_id}/metrics",
                     lambda r: MetricsHistory.from_json(r.json()),
                     params=_params(start_step=start_step, end_step=end_step,
-                                   max_points=max_points, metrics=metrics))
+                                   max_points=max_points, metrics=metrics, cursor=cursor))
+
+    @staticmethod
+    def table(job_id: str, kind: str, *, layer: int | None, start_step: int | None,
+              end_step: int | None, max_points: int, metrics: StrList | None,
+              cursor: str | None) -> Call[TablePage]:
+        if kind not in ("gradients", "metrics"):
+            raise ValueError(f"kind is {kind!r}: choose 'gradients' or 'metrics'")
+        return Call("GET", f"/v1/jobs/{job_id}/{kind}", _table_page,
+                    params=_params(layer=layer, start_step=start_step, end_step=end_step,
+                                   max_points=max_points, metrics=metrics, cursor=cursor),
+                    headers={"Accept": ARROW_STREAM})
 
     @staticmethod
     def plot(job_id: str, kind: str, fmt: str, other: str | None) -> Call[bytes]:

@@ -159,6 +159,12 @@ class GradientHistory:
         return cls(body["job_id"], layers, bool(body.get("downsampled")),
                    body.get("bucket_size"), body)
 
+    @property
+    def next_cursor(self) -> str | None:
+        """The next page's cursor of a paged read (None: this was the last page)."""
+        cursor: str | None = self.raw.get("next_cursor")
+        return cursor
+
 
 @dataclass(frozen=True)
 class MetricsHistory:
@@ -177,6 +183,12 @@ class MetricsHistory:
                   for k, col in (body.get("epochs") or {}).items()}
         return cls(body["job_id"], {k: _arrays(s) for k, s in body.get("series", {}).items()},
                    epochs, bool(body.get("downsampled")), body)
+
+    @property
+    def next_cursor(self) -> str | None:
+        """The next page's cursor of a paged read (None: this was the last page)."""
+        cursor: str | None = self.raw.get("next_cursor")
+        return cursor
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,16 @@ from typing import Any, TypeVar
 
 import httpx
 
-from client._operations import Call, SSEParser, check, ops, plot_format
+from client._operations import (
+    EVERY_POINT,
+    Call,
+    SSEParser,
+    TablePage,
+    check,
+    concat_tables,
+    ops,
+    plot_format,
+)
 from client.errors import ApiError
 from client.models import (
     Comparison,
@@ -154,18 +163,40 @@ class Client:
 
     def gradients(self, job_id: str, *, layer: int | None = None, start_step: int | None = None,
                   end_step: int | None = None, max_points: int = 1000,
-                  metrics: StrList | None = None) -> GradientHistory:
-        """Per-layer series as NumPy arrays (NaN/±Inf restored)."""
+                  metrics: StrList | None = None, cursor: str | None = None
+                  ) -> GradientHistory:
+        """Per-layer series as NumPy arrays (NaN/±Inf restored); a full-resolution read past
+        the server's budget is paged: pass ``history.next_cursor`` as ``cursor``."""
         return self._call(ops.gradients(job_id, layer=layer, start_step=start_step,
                                         end_step=end_step, max_points=max_points,
-                                        metrics=metrics))
+                                        metrics=metrics, cursor=cursor))
 
     def metrics(self, job_id: str, *, start_step: int | None = None,
                 end_step: int | None = None, max_points: int = 1000,
-                metrics: StrList | None = None) -> MetricsHistory:
-        """Loss, global gradient norm, lr (and epoch figures) as NumPy arrays."""
+                metrics: StrList | None = None, cursor: str | None = None) -> MetricsHistory:
+        """Loss, global gradient norm, lr (and epoch figures) as NumPy arrays; paged as
+        :meth:`gradients`."""
         return self._call(ops.metrics(job_id, start_step=start_step, end_step=end_step,
-                                      max_points=max_points, metrics=metrics))
+                                      max_points=max_points, metrics=metrics, cursor=cursor))
+
+    def table(self, job_id: str, kind: str = "metrics", *, layer: int | None = None,
+              start_step: int | None = None, end_step: int | None = None,
+              max_points: int = EVERY_POINT, metrics: StrList | None = None) -> Any:
+        """A history (``kind`` ``metrics`` or ``gradients``) as one ``pyarrow.Table``, read as
+        Arrow IPC and every page followed: a ``step`` column and one float64 column per
+        series (``loss``, ``layers.0.grad_norm``, ...; null: no value at that step), NaN/±Inf
+        and -0.0 exactly as stored. Every point by default; a smaller ``max_points``
+        downsamples as the JSON reads do. Needs pyarrow; ``.to_pandas()`` for a DataFrame."""
+        pages: list[TablePage] = []
+        cursor: str | None = None
+        while True:
+            page = self._call(ops.table(job_id, kind, layer=layer, start_step=start_step,
+                                        end_step=end_step, max_points=max_points,
+                                        metrics=metrics, cursor=cursor))
+            pages.append(page)
+            if page.next_cursor is None:
+                return concat_tables(pages)
+            cursor = page.next_cursor
 
     def plot(self, job_id: str, kind: str = "gradients", path: str | Path | None = None, *,
              format: str | None = None, other: str | None = None) -> bytes:

@@ -1,5 +1,6 @@
 """Inputs that used to amplify, recurse or reach the database unchecked (issue 13, items 1,
-7, 8, 9): each gets a bounded 4xx problem+json, and the server keeps answering."""
+7, 8, 9): each gets a bounded 4xx problem+json, and the server keeps answering. What reaches
+the database (NUL characters, integers past the column types) on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from reliability_backends import backend_env
+from reliability_backends import database_url as database_url  # the fixture
 
 from app.input_guard import json_depth
 
@@ -64,8 +67,8 @@ def test_deeply_nested_json_is_422_before_parsing(capped_server: Callable[..., A
 
 
 def test_nul_characters_and_out_of_range_integers_are_422(
-        capped_server: Callable[..., Any]) -> None:
-    server = capped_server()
+        capped_server: Callable[..., Any], database_url: str | None) -> None:
+    server = capped_server(**backend_env(database_url))
     http = server.http
     job_id = http.post("/v1/jobs", json=SPEC).json()["id"]
     cases = [
@@ -76,6 +79,11 @@ def test_nul_characters_and_out_of_range_integers_are_422(
         http.get(f"/v1/jobs/{job_id}/metrics", params={"end_step": 10**19 + 1}),
         http.get(f"/v1/jobs/{job_id}/events", params={"last_event_id": "1" * 24}),
         http.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": str(2**63)}),
+        http.get(f"/v1/jobs/{job_id}/gradients", params={"start_step": 2**31}),  # PG: int4
+        http.get(f"/v1/jobs/{job_id}/gradients", params={"layer": 2**31}),
+        http.get(f"/v1/jobs/{job_id}/metrics", params={"max_points": 2**63}),
+        http.get(f"/v1/jobs/{job_id}/metrics", params={"cursor": "a\u0000b"}),
+        http.get(f"/v1/jobs/{job_id}/metrics", params={"cursor": "x" * 10_000}),
     ]
     for r in cases:
         assert r.status_code == 422, (r.request.url, r.text)

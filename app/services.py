@@ -48,7 +48,7 @@ from app.repositories import (
 )
 from app.settings import Settings
 from app.specs import echoed_spec, preflight_spec, spec_hash, validate_spec
-from core.spec import TrainingSpec
+from core.spec import TrainingSpec, UploadedData
 from core.telemetry import NonFiniteEvent
 
 __all__ = [
@@ -106,6 +106,7 @@ def submit_job(session: Session, *, spec: TrainingSpec, settings: Settings,
         executor=settings.executor, created_at=utcnow(), total_steps=spec.total_steps(),
         steps_completed=0, cancel_requested=False, event_seq=0,
         request_id=current_request_id(),
+        dataset_id=spec.data.id if isinstance(spec.data, UploadedData) else None,
     )
     try:
         with session.begin_nested():

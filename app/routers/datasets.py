@@ -6,7 +6,7 @@ from contextlib import ExitStack
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import Field
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -32,30 +32,32 @@ from app.uploads import invalid
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
-DatasetId = Annotated[str, Field(max_length=64)]
+DatasetId = Annotated[str, Path(max_length=64, description="The data set's id: the `id` "
+                                "returned by `POST /v1/datasets` (also in its `Location`).")]
 
 
 class DatasetRead(ApiModel):
     """An uploaded data set."""
 
-    id: str
-    source: Literal["uploaded"]
-    name: str
-    task: Literal["classification", "regression"]
+    id: str = Field(description="The data set's id (use it in a spec's `data`).")
+    source: Literal["uploaded"] = Field(description="Always `uploaded`.")
+    name: str = Field(description="Display name.")
+    task: Literal["classification", "regression"] = Field(description="What y holds.")
     format: Literal["csv", "npz", "npy"] = Field(description="What was uploaded.")
-    n_samples: int
+    n_samples: int = Field(description="Rows (examples).")
     n_features: int = Field(description="Input columns: the network's input width.")
     n_classes: int | None = Field(description="Classification: max label + 1.")
     n_targets: int = Field(description="Regression target columns (1 for classification).")
     dtype: str = Field(description="dtype of the uploaded inputs (stored as float64).")
-    feature_names: list[str] | None
-    target_name: str | None
+    feature_names: list[str] | None = Field(description="CSV: the input columns' names "
+                                                        "(null for .npz/.npy).")
+    target_name: str | None = Field(description="CSV: the target column (null for .npz/.npy).")
     sha256: str = Field(description="SHA-256 of the uploaded bytes (an .npy pair: X's bytes "
                                     "then y's).")
-    upload_bytes: int
+    upload_bytes: int = Field(description="Bytes of the uploaded file(s).")
     stored_bytes: int = Field(description="Size of the stored normalised .npz (counts "
                                           "towards the tenant's upload quota).")
-    created_at: datetime
+    created_at: datetime = Field(description="When it was uploaded (UTC, ISO 8601).")
     spec_data: dict[str, Any] = Field(description="What to put in a spec's `data`.")
 
 
@@ -95,7 +97,8 @@ async def upload_dataset(
     principal: PrincipalDep,
     settings: SettingsDep,
     name: Annotated[str | None, Query(max_length=200, description="Display name.")] = None,
-    task: Annotated[Literal["classification", "regression"] | None, Query()] = None,
+    task: Annotated[Literal["classification", "regression"] | None,
+                    Query(description="Required (here or as a form field).")] = None,
     target: Annotated[str | None, Query(max_length=200, description="CSV target column.")
                       ] = None,
     format: Annotated[Literal["csv", "npz", "npy"] | None,
@@ -149,7 +152,8 @@ def list_all(
     session: ReadSessionDep,
     principal: PrincipalDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    cursor: Annotated[str | None, Query(max_length=512, description="The `next_cursor` of "
+                                        "the previous page.")] = None,
 ) -> dict[str, Any]:
     from core.data import dataset_catalog
 
@@ -161,7 +165,10 @@ def list_all(
 
 
 @router.get("/{dataset_id}", response_model=DatasetRead, operation_id="getDataset",
-            summary="An uploaded data set's metadata", responses=problems(404))
+            summary="An uploaded data set's metadata",
+            description="Shape, task, classes, feature names, the SHA-256 of the uploaded "
+                        "bytes and sizes; another tenant's data set is a 404.",
+            responses=problems(404))
 def get_one(dataset_id: DatasetId, session: ReadSessionDep,
             principal: PrincipalDep) -> dict[str, Any]:
     return dataset_to_read(get_dataset(session, dataset_id, principal))

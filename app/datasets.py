@@ -31,7 +31,7 @@ from app.blobstore import BlobStore
 from app.errors import ConflictError, NotFoundError, ProblemError
 from app.models import Dataset, Job, utcnow
 from app.settings import Settings
-from app.tenancy import Principal
+from app.tenancy import ADMIN, Principal
 from app.upload_body import Received
 from app.uploads import (
     CsvPart,
@@ -46,7 +46,8 @@ from app.uploads import (
 from core.spec import TrainingSpec, UploadedData, UploadedShape
 
 __all__ = ["attach_uploaded", "blob_key", "dataset_to_read", "delete_dataset", "get_dataset",
-           "list_datasets", "load_dataset_arrays", "store_dataset", "upload_limits",
+           "list_datasets", "load_dataset_arrays", "parent_lookup", "store_dataset",
+           "upload_limits",
            "uploaded_lookup"]
 
 log = logging.getLogger(__name__)
@@ -267,6 +268,18 @@ def uploaded_lookup(session: Session, principal: Principal
         return UploadedShape(task=row.task,  # type: ignore[arg-type]
                              n_samples=row.n_samples, n_features=row.n_features,
                              n_classes=row.n_classes, n_targets=row.n_targets)
+
+    return lookup
+
+
+def parent_lookup(session: Session, dataset_id: str | None
+                  ) -> Callable[[str], UploadedShape | None]:
+    """For a repair: the parent job's own data set and no other (whoever may repair the parent
+    may use its data; a patch naming another data set is a 422)."""
+    own = uploaded_lookup(session, ADMIN)
+
+    def lookup(wanted: str) -> UploadedShape | None:
+        return own(wanted) if dataset_id is not None and wanted == dataset_id else None
 
     return lookup
 

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app import history, webhooks
 from app.correlation import current_request_id
+from app.datasets import parent_lookup
 from app.db import sqlite_writer_free
 from app.diagnosis_cache import PROVISIONAL
 from app.dispatch import request_enqueue
@@ -332,7 +333,8 @@ def repair_job(session: Session, job_id: str, settings: Settings, *,
         action = recs[index].get("action")
         recommendation = index
     patched = apply_merge_patch(parent.spec, spec_patch)
-    spec = validate_spec(patched, settings, loc_prefix=("patched_spec",))
+    spec = validate_spec(patched, settings, loc_prefix=("patched_spec",),
+                         uploaded=parent_lookup(session, parent.dataset_id))
     return submit_job(session, spec=spec, settings=settings, idempotency_key=idempotency_key,
                       parent_id=parent.id,
                       repair={"parent_id": parent.id, "recommendation": recommendation,

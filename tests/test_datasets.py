@@ -297,3 +297,24 @@ def test_delete_is_a_409_while_a_job_uses_it_then_removes_blob_and_row(
     assert client.get(f"/v1/datasets/{ds}").status_code == 404
     assert client.delete(f"/v1/datasets/{ds}").status_code == 404
     _nothing_left(client, before)
+
+
+def test_a_repair_may_use_its_parents_data_set_and_no_other(client: TestClient) -> None:
+    ds = upload_csv(client).json()["id"]
+    other = upload_csv(client).json()["id"]
+    parent = client.post("/v1/jobs", json={"data": {"source": "uploaded", "id": ds}}).json()
+    r = client.post(f"/v1/jobs/{parent['id']}/repair",
+                    json={"spec_patch": {"optimizer": {"lr": 0.001}}})
+    assert r.status_code == 202, r.text
+    assert r.json()["spec"]["data"]["id"] == ds
+    r = client.post(f"/v1/jobs/{parent['id']}/repair",
+                    json={"spec_patch": {"data": {"id": other}}})
+    assert r.status_code == 422 and "no uploaded data set" in r.json()["detail"]
+
+
+def test_sweeps_refuse_uploaded_data_for_now(client: TestClient) -> None:
+    ds = upload_csv(client).json()["id"]
+    r = client.post("/v1/sweeps", json={
+        "spec": {"data": {"source": "uploaded", "id": ds}},
+        "axes": [{"path": "optimizer.lr", "values": [0.1, 0.01]}]})
+    assert r.status_code == 422 and "sweeps" in r.json()["detail"], r.text

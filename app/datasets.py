@@ -93,6 +93,12 @@ def check_quota(session: Session, principal: Principal, settings: Settings, addi
     if principal.is_admin:
         return
     quota = settings.tenant_max_upload_bytes
+    if session.get_bind().dialect.name == "postgresql":
+        # one upload of a tenant at a time between this check and the commit (SQLite: the
+        # writer session already holds the database's write lock)
+        key = int.from_bytes(hashlib.sha256(f"upload:{principal.tenant}".encode()).digest()[:8],
+                             "big", signed=True)
+        session.execute(select(func.pg_advisory_xact_lock(key)))
     used = tenant_usage(session, principal.tenant)
     if used + adding > quota:
         raise ProblemError(

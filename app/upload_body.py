@@ -15,7 +15,7 @@ from typing import Any
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from app.errors import ProblemError
 from app.uploads import CsvPart, FilePart, Format, UploadLimits, invalid, too_large
@@ -92,12 +92,16 @@ async def receive_upload(request: Request, *, limits: UploadLimits, format_param
 async def _pump(request: Request, limits: UploadLimits, consume: Callable[[bytes], Any]) -> None:
     """Feed the body to ``consume`` chunk by chunk, counting bytes."""
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limits.max_bytes:
-            raise too_large(limits.max_bytes)
-        if chunk:
-            await run_in_threadpool(consume, chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limits.max_bytes:
+                raise too_large(limits.max_bytes)
+            if chunk:
+                await run_in_threadpool(consume, chunk)
+    except ClientDisconnect:  # nobody to answer; the caller's staging files are removed
+        raise ProblemError("the client disconnected before the upload was complete",
+                           status=400, slug="upload-incomplete") from None
 
 
 class _Form:

@@ -6,6 +6,7 @@ database row.
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Callable
 from typing import Any
@@ -13,11 +14,14 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from app.deps import require_api_key
 from app.models import Dataset, Job
 from app.tenancy import Principal
+from app.uploads import CsvPart, UploadLimits
 
 CSV = "a,b,label\n" + "".join(f"{i / 10},{(i % 7) - 3},{i % 3}\n" for i in range(60))
 
@@ -56,8 +60,6 @@ def _npy(a: Any) -> bytes:
 
 
 def test_csv_upload_is_stored_as_a_normalised_npz_with_its_hash(client: TestClient) -> None:
-    import hashlib
-
     r = upload_csv(client, name="toy set", target="label")
     assert r.status_code == 201, r.text
     body = r.json()
@@ -164,12 +166,12 @@ LIMITS: list[tuple[str, dict[str, Any], Callable[[], bytes], int, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("case", "settings", "make_body", "status", "needle"), LIMITS,
+@pytest.mark.parametrize(("case", "overrides", "make_body", "status", "needle"), LIMITS,
                          ids=[c[0] for c in LIMITS])
 def test_each_upload_limit_is_named_and_leaves_nothing_behind(
-        make_client: Callable[..., TestClient], case: str, settings: dict[str, Any],
+        make_client: Callable[..., TestClient], case: str, overrides: dict[str, Any],
         make_body: Callable[[], bytes], status: int, needle: str) -> None:
-    client = make_client(**settings)
+    client = make_client(**overrides)
     before = (_files(client), _rows(client))
     body = make_body()
     content_type = "application/x-npz" if body.startswith(b"PK") else "text/csv"
@@ -318,3 +320,27 @@ def test_sweeps_refuse_uploaded_data_for_now(client: TestClient) -> None:
         "spec": {"data": {"source": "uploaded", "id": ds}},
         "axes": [{"path": "optimizer.lr", "values": [0.1, 0.01]}]})
     assert r.status_code == 422 and "sweeps" in r.json()["detail"], r.text
+
+
+@settings(max_examples=60, deadline=None)
+@given(table=st.integers(2, 30).flatmap(lambda n: st.lists(
+           st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=3, max_size=3),
+           min_size=n, max_size=n)),
+       cuts=st.lists(st.integers(1, 97), max_size=20), crlf=st.booleans())
+def test_csv_parsing_is_exact_whatever_the_chunk_boundaries(
+        table: list[list[float]], cuts: list[int], crlf: bool) -> None:
+    end = "\r\n" if crlf else "\n"
+    text = ("p,q,target" + end + "".join(",".join(repr(v) for v in row) + end
+                                         for row in table)).encode()
+    part = CsvPart(UploadLimits(max_bytes=10**9, max_rows=1000, max_columns=10,
+                                max_line_bytes=10_000, max_values=10**6, max_classes=100))
+    position = 0
+    for cut in cuts:  # feed the body in arbitrary pieces, as a network would
+        part.write(text[position:position + cut])
+        position += cut
+    part.write(text[position:])
+    parsed = part.parsed("target")
+    expected = np.array(table, dtype=np.float64)
+    assert parsed.X.tobytes() == expected[:, :2].tobytes()  # bit for bit, -0.0 included
+    assert parsed.y.tobytes() == expected[:, 2].tobytes()
+    assert part.sha256.hexdigest() == hashlib.sha256(text).hexdigest()

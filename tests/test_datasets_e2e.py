@@ -11,6 +11,7 @@ from __future__ import annotations
 import select
 import socket
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -118,6 +119,12 @@ def test_a_2gb_upload_is_refused_early_and_leaves_nothing(
             status, text = _status(sock)
         assert status == 413 and "GRADWATCH_MAX_UPLOAD_BYTES" in text
         assert sent < 16 * limit  # stopped near the limit, nowhere near 2 GB
+    # a client that goes away halfway: nothing of its upload stays
+    for content_type in ("text/csv", "application/x-npz"):
+        with _request(server.port, {"Content-Type": content_type,
+                                    "Transfer-Encoding": "chunked"}) as sock:
+            _stream_until_answered(sock, 2 * 1024**2)
+    time.sleep(1)  # the server notices the disconnect
     assert server.alive()
     assert _leftovers(data_dir) == ([], 0)
     r = server.http.post("/v1/datasets", params={"task": "classification"},

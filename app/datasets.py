@@ -20,7 +20,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -32,7 +32,6 @@ from app.errors import ConflictError, NotFoundError, ProblemError
 from app.models import Dataset, Job, utcnow
 from app.settings import Settings
 from app.tenancy import ADMIN, Principal
-from app.upload_body import Received
 from app.uploads import (
     CsvPart,
     FilePart,
@@ -44,6 +43,9 @@ from app.uploads import (
     read_npz,
 )
 from core.spec import TrainingSpec, UploadedData, UploadedShape
+
+if TYPE_CHECKING:
+    from app.upload_body import Received
 
 __all__ = ["attach_uploaded", "blob_key", "dataset_to_read", "delete_dataset", "get_dataset",
            "list_datasets", "load_dataset_arrays", "parent_lookup", "store_dataset",

@@ -108,12 +108,45 @@ class CsvPart:
         self.sha256.update(chunk)
         self.size += len(chunk)
         self._pending += chunk
-        start = 0
-        while (end := self._pending.find(b"\n", start)) >= 0:
-            self._line(bytes(self._pending[start:end]))
-            start = end + 1
-        del self._pending[:start]
+        end = self._pending.rfind(b"\n")
+        if end >= 0:  # the complete lines so far
+            block = bytes(self._pending[:end])
+            del self._pending[:end + 1]
+            self._block(block.split(b"\n"))
         self._check_length(len(self._pending), self._line_no + 1)
+
+    def _block(self, lines: list[bytes]) -> None:
+        i = 0
+        while self.header is None and i < len(lines):
+            self._line(lines[i])
+            i += 1
+        rest = lines[i:]
+        if rest and not self._fast(rest):
+            for line in rest:  # the exact, line by line reading: it names what is wrong
+                self._line(line)
+
+    def _fast(self, lines: list[bytes]) -> bool:
+        """Parse plain numeric rows with NumPy's C reader; False (nothing consumed) whenever
+        anything is unusual, so that :meth:`_line` reads them and names the problem."""
+        assert self.header is not None
+        width = len(self.header)
+        if max(map(len, lines)) > self.limits.max_line_bytes:
+            return False
+        try:
+            text = b"\n".join(lines).decode("ascii")
+            table = np.loadtxt(text.split("\n"), delimiter=",", dtype=np.float64,
+                               comments=None, ndmin=2, quotechar=None)
+        except (ValueError, UnicodeDecodeError):
+            return False
+        n = table.shape[0]
+        if (n == 0 or table.shape[1] != width or self.rows + n > self.limits.max_rows
+                or (self.rows + n) * width > self.limits.max_values
+                or not np.isfinite(table).all()):
+            return False
+        self._values.frombytes(np.ascontiguousarray(table).tobytes())
+        self.rows += n
+        self._line_no += len(lines)
+        return True
 
     def close(self) -> None:
         """Nothing to release (the last, unterminated line is read by :meth:`parsed`)."""

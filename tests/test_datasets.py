@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from app.deps import require_api_key
+from app.errors import ProblemError
 from app.models import Dataset, Job
 from app.tenancy import Principal
 from app.uploads import CsvPart, UploadLimits
@@ -344,3 +345,28 @@ def test_csv_parsing_is_exact_whatever_the_chunk_boundaries(
     assert parsed.X.tobytes() == expected[:, :2].tobytes()  # bit for bit, -0.0 included
     assert parsed.y.tobytes() == expected[:, 2].tobytes()
     assert part.sha256.hexdigest() == hashlib.sha256(text).hexdigest()
+
+
+def test_a_bad_cell_deep_in_a_streamed_csv_is_named_by_its_line() -> None:
+    limits = UploadLimits(max_bytes=10**9, max_rows=10**6, max_columns=10,
+                          max_line_bytes=10_000, max_values=10**7, max_classes=100)
+    good = b"".join(b"%d,%d,%d\n" % (i, -i, i % 2) for i in range(5000))
+    body = b"a,b,c\n" + good + b"1,oops,0\n" + good
+    part = CsvPart(limits)
+    with pytest.raises(ProblemError) as caught:
+        for i in range(0, len(body), 4096):  # blocks of plain rows take the fast path
+            part.write(body[i:i + 4096])
+        part.parsed(None)
+    assert caught.value.detail == "line 5002, column 'b' holds 'oops', which is not a number"
+    ragged = b"a,b,c\n" + good + b"1,2\n"
+    part = CsvPart(limits)
+    with pytest.raises(ProblemError) as caught:
+        part.write(ragged)
+        part.parsed(None)
+    assert caught.value.detail.startswith("line 5002 has 2 values")
+
+
+def test_quoted_cells_and_crlf_lines_are_read_line_by_line(client: TestClient) -> None:
+    r = upload_csv(client, b'"a","b"\r\n"1.5","0"\r\n"2",1\r\n\r\n')
+    assert r.status_code == 201, r.text
+    assert r.json()["feature_names"] == ["a"] and r.json()["n_samples"] == 2

@@ -125,7 +125,8 @@ async def upload_dataset(
         fields = received.fields
         task_value = _one("task", task, fields.get("task"))
         if task_value not in ("classification", "regression"):
-            raise invalid("task is required: classification or regression", "task")
+            got = f" (got {task_value[:40]!r})" if task_value else ""
+            raise invalid(f"task must be classification or regression{got}", "task")
         row = await run_in_threadpool(
             store_dataset, writer, store, stack, received=received, principal=principal,
             settings=settings, name=check_name(_one("name", name, fields.get("name"))

@@ -370,3 +370,34 @@ def test_quoted_cells_and_crlf_lines_are_read_line_by_line(client: TestClient) -
     r = upload_csv(client, b'"a","b"\r\n"1.5","0"\r\n"2",1\r\n\r\n')
     assert r.status_code == 201, r.text
     assert r.json()["feature_names"] == ["a"] and r.json()["n_samples"] == 2
+
+
+X20 = np.random.default_rng(3).normal(size=(20, 3))
+BAD_FORMS: list[tuple[str, dict[str, Any], dict[str, Any], str]] = [
+    ("X without y", {"X": ("X.npy", _npy(X20))}, {}, "needs both parts"),
+    ("rows differ", {"X": ("X.npy", _npy(X20)), "y": ("y.npy", _npy(np.zeros(19)))}, {},
+     "X has 20 rows but y has shape (19,)"),
+    ("1-d X", {"X": ("X.npy", _npy(X20[:, 0])), "y": ("y.npy", _npy(np.arange(20) % 2))}, {},
+     "X must be 2-D"),
+    ("unknown part", {"photo": ("a.png", b"\x89PNG")}, {}, "unexpected form part 'photo'"),
+    ("format unknown", {"file": ("data.bin", b"a,b\n1,0\n")}, {}, "cannot tell the format"),
+    ("truncated npy", {"X": ("X.npy", _npy(X20)[:-40]), "y": ("y.npy", _npy(np.zeros(20)))},
+     {}, "truncated"),
+    ("task in the form, wrongly", {"file": ("d.csv", CSV.encode(), "text/csv")},
+     {"task": "clustering"}, "task must be classification or regression"),
+    ("path-like name in the form", {"file": ("d.csv", CSV.encode(), "text/csv")},
+     {"task": "classification", "name": "a/../../b"}, "not a path"),
+]
+
+
+@pytest.mark.parametrize(("case", "files", "form", "needle"), BAD_FORMS,
+                         ids=[c[0] for c in BAD_FORMS])
+def test_a_bad_multipart_upload_is_a_422_and_leaves_nothing_behind(
+        client: TestClient, case: str, files: dict[str, Any], form: dict[str, Any],
+        needle: str) -> None:
+    before = (_files(client), _rows(client))
+    params = {} if "task" in form else {"task": "classification"}
+    r = client.post("/v1/datasets", params=params, files=files, data=form)
+    assert r.status_code == 422, r.text
+    assert needle in r.json()["detail"], r.json()["detail"]
+    _nothing_left(client, before)

@@ -29,6 +29,7 @@ from app.middleware import BodySizeLimitMiddleware, RejectNulMiddleware
 from app.migrate import head_revision, schema_is_current, upgrade
 from app.openapi_docs import document
 from app.routers import (
+    datasets,
     events,
     histories,
     jobs,
@@ -70,7 +71,9 @@ TAGS = [
     {"name": "histories", "description": "Recorded norms and metrics; the diagnosis."},
     {"name": "events", "description": "Live server-sent events of a job."},
     {"name": "plots", "description": "The histories as pictures (PNG or SVG)."},
-    {"name": "specs", "description": "Analyse a spec before training; the data sets."},
+    {"name": "specs", "description": "Analyse a spec before training."},
+    {"name": "datasets", "description": "Built-in data sets; upload, list and delete your "
+                                        "own."},
     {"name": "webhooks", "description": "Signed notifications of job events to your URL."},
     {"name": "health", "description": "Liveness and readiness probes; Prometheus metrics."},
 ]
@@ -138,7 +141,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # uploads stream to disk under their own limit, GRADWATCH_MAX_UPLOAD_BYTES
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes,
+                       exempt_paths=frozenset({"/v1/datasets"}))
     app.add_middleware(RejectNulMiddleware)
     registry, http_latency = build_registry(lambda: getattr(app.state, "sessionmaker", None))
     app.state.metrics_registry = registry
@@ -152,6 +157,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics.router, dependencies=auth)
     app.include_router(plots.router, dependencies=auth)  # issue 9: plots
     app.include_router(sweeps.router, dependencies=auth)
+    app.include_router(datasets.router, dependencies=auth)  # issue 12: uploaded data sets
     app.include_router(system.router)
     app.include_router(system.health_router)
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Double,
@@ -24,6 +25,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.db import Base, NonFiniteFloat
 
 __all__ = [
+    "Dataset",
     "DiagnosticReportRow",
     "EpochMetric",
     "HistoryChunk",
@@ -86,6 +88,9 @@ class Job(Base):
     # a member of a sweep (app.sweeps): trained batched with its siblings of one architecture
     parent_sweep_id: Mapped[str | None] = mapped_column(
         ForeignKey("sweeps.id", ondelete="SET NULL"), index=True)
+    # the uploaded data set it trains on (spec data.source "uploaded"): a queued or running
+    # job keeps its data set from being deleted. No foreign key: a finished job keeps the id.
+    dataset_id: Mapped[str | None] = mapped_column(String(36), index=True)
 
     __table_args__ = (
         Index("ix_jobs_created_at_id", "created_at", "id"),
@@ -280,3 +285,29 @@ class SweepMemberRow(Base):
     first_bad_step: Mapped[int | None] = mapped_column(Integer)
     peak_to_baseline: Mapped[float | None] = mapped_column(NonFiniteFloat)
     final_loss: Mapped[float | None] = mapped_column(NonFiniteFloat)
+
+
+class Dataset(Base):
+    """An uploaded data set; its arrays are the blob ``blob_key`` (a normalised ``.npz``)."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant: Mapped[str | None] = mapped_column(String(64), index=True)  # None: the admin's
+    name: Mapped[str] = mapped_column(String(200))
+    task: Mapped[str] = mapped_column(String(16))
+    format: Mapped[str] = mapped_column(String(8))  # what was uploaded: csv | npz | npy
+    n_samples: Mapped[int] = mapped_column(Integer)
+    n_features: Mapped[int] = mapped_column(Integer)
+    n_classes: Mapped[int | None] = mapped_column(Integer)
+    n_targets: Mapped[int] = mapped_column(Integer)
+    dtype: Mapped[str] = mapped_column(String(16))  # of the uploaded values, e.g. float64
+    feature_names: Mapped[list[str] | None] = mapped_column(JSONType)
+    target_name: Mapped[str | None] = mapped_column(String(200))
+    sha256: Mapped[str] = mapped_column(String(64))  # of the uploaded bytes
+    upload_bytes: Mapped[int] = mapped_column(BigInteger)
+    stored_bytes: Mapped[int] = mapped_column(BigInteger)
+    blob_key: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_datasets_created_at_id", "created_at", "id"),)

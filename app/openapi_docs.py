@@ -89,8 +89,6 @@ FIELDS: dict[str, dict[str, str]] = {
         "final_val_accuracy": "Validation accuracy after the last epoch (classification).",
         "runtime_seconds": "Wall-clock training time.",
     },
-    "DatasetCatalog": {"datasets": "Name, source, task, size, input width, classes and "
-                                   "parameters with defaults, per data set."},
     "GradientHistory": {"job_id": "The job.", "end_step": "Last step of the range (null: no "
                                                           "data).",
                         "layers": "One entry per layer, layer 0 (first hidden) first."},
@@ -184,7 +182,8 @@ FIELDS: dict[str, dict[str, str]] = {
 }
 
 SCHEMAS = {
-    "DatasetCatalog": "The data sets a spec can name.",
+    "DatasetList": "The data sets a spec can name: synthetic, built-in, and your uploads.",
+    "DatasetRead": "An uploaded data set (`POST /v1/datasets`).",
     "EpochColumns": "Per-epoch figures, columnar: `train_loss[i]` belongs to `epoch[i]`.",
     "GradientHistory": "Per-layer series, columnar and possibly downsampled (see `method`).",
     "Health": "Health check result.",

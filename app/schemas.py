@@ -17,7 +17,6 @@ from core.telemetry import JsonFloat
 __all__ = [
     "ApiModel",
     "Comparison",
-    "DatasetCatalog",
     "GradientHistory",
     "Health",
     "JobPage",
@@ -243,10 +242,6 @@ class Comparison(ApiModel):
     repair: RunFigures
     spec_patch: dict[str, Any] | None = Field(description="What the repair changed.")
     summary: str
-
-
-class DatasetCatalog(ApiModel):
-    datasets: list[dict[str, Any]]
 
 
 class Health(ApiModel):

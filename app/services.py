@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app import history, webhooks
 from app.correlation import current_request_id
+from app.datasets import parent_lookup
 from app.db import sqlite_writer_free
 from app.diagnosis_cache import PROVISIONAL
 from app.dispatch import request_enqueue
@@ -48,7 +49,7 @@ from app.repositories import (
 )
 from app.settings import Settings
 from app.specs import echoed_spec, preflight_spec, spec_hash, validate_spec
-from core.spec import TrainingSpec
+from core.spec import TrainingSpec, UploadedData
 from core.telemetry import NonFiniteEvent
 
 __all__ = [
@@ -108,6 +109,7 @@ def submit_job(session: Session, *, spec: TrainingSpec, settings: Settings,
         executor=settings.executor, created_at=utcnow(), total_steps=spec.total_steps(),
         steps_completed=0, cancel_requested=False, event_seq=0,
         request_id=current_request_id(),
+        dataset_id=spec.data.id if isinstance(spec.data, UploadedData) else None,
     )
     try:
         with session.begin_nested():
@@ -346,7 +348,8 @@ def repair_job(session: Session, job_id: str, settings: Settings, *,
         action = recs[index].get("action")
         recommendation = index
     patched = apply_merge_patch(parent.spec, spec_patch)
-    spec = validate_spec(patched, settings, loc_prefix=("patched_spec",))
+    spec = validate_spec(patched, settings, loc_prefix=("patched_spec",),
+                         uploaded=parent_lookup(session, parent.dataset_id))
     return submit_job(session, spec=spec, settings=settings, idempotency_key=idempotency_key,
                       parent_id=parent.id,
                       repair={"parent_id": parent.id, "recommendation": recommendation,

@@ -127,6 +127,25 @@ class Settings(BaseSettings):
         1024**3, ge=0, description="What a worker process needs besides the job (the "
                                    "interpreter, NumPy, BLAS buffers, the database driver).")
 
+    # uploaded data sets (POST /v1/datasets; app.uploads, app.datasets)
+    max_upload_bytes: int = Field(
+        256 * 1024**2, ge=1024,
+        description="Largest data set upload (the file's bytes; multipart framing included). "
+                    "Checked against Content-Length before reading and again while reading; "
+                    "the upload route is exempt from GRADWATCH_MAX_BODY_BYTES.")
+    max_upload_rows: int = Field(SpecLimits.max_samples, ge=2,
+                                 description="Rows (examples) of an uploaded data set.")
+    max_upload_columns: int = Field(4096, ge=2, description="Columns of an uploaded data set "
+                                                            "(inputs plus targets).")
+    max_upload_line_bytes: int = Field(
+        1024**2, ge=64, description="Longest CSV line (the header included), checked while "
+                                    "reading.")
+    max_upload_classes: int = Field(10_000, ge=2, description="Classes (max label + 1) of an "
+                                                              "uploaded classification set.")
+    tenant_max_upload_bytes: int = Field(
+        1024**3, ge=0, description="Stored bytes of all data sets of one tenant (the admin "
+                                   "key is not limited); past it, uploads get a 429.")
+
     # integration: webhooks, logs (see app.webhooks, app.delivery, app.correlation)
     webhook_allow_private: bool = Field(
         False, description="Allow webhook destinations on private, loopback and link-local "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -13,24 +14,36 @@ from pydantic import ValidationError
 from app.errors import SpecValidationError, validation_errors
 from app.input_guard import check_inline_data
 from app.settings import Settings
-from core.spec import TrainingSpec
+from core.spec import TrainingSpec, UploadedShape
 
 __all__ = ["check_memory_budget", "echoed_spec", "preflight_spec", "spec_hash", "validate_spec"]
 
 
 
 
-def validate_spec(body: Any, settings: Settings, *, loc_prefix: tuple[str | int, ...] = ("body",)
+def _none(dataset_id: str) -> UploadedShape | None:
+    return None
+
+
+def validate_spec(body: Any, settings: Settings, *, loc_prefix: tuple[str | int, ...] = ("body",),
+                  uploaded: Callable[[str], UploadedShape | None] | None = None
                   ) -> TrainingSpec:
     """The validated spec, or a 422 naming each bad field (the first 50; and any exceeded
-    limit)."""
+    limit). ``uploaded`` finds the data sets the caller may use (app.datasets.uploaded_lookup);
+    without it (sweeps, for now) a spec naming one is a 422."""
     if not isinstance(body, dict):
         raise SpecValidationError(
             "the request body must be a JSON object (a TrainingSpec)",
             errors=[{"loc": list(loc_prefix), "msg": "expected a JSON object", "type": "dict_type"}])
     check_inline_data(body, max_values=settings.max_inline_values, loc=loc_prefix)
+    data = body.get("data")
+    if uploaded is None and isinstance(data, dict) and data.get("source") == "uploaded":
+        msg = "uploaded data sets cannot be used here yet (sweeps): submit jobs instead"
+        raise SpecValidationError(msg, errors=[{"loc": [*loc_prefix, "data", "source"],
+                                                "msg": msg, "type": "value_error"}])
     try:
-        spec = TrainingSpec.model_validate(body, context={"limits": settings.spec_limits()})
+        spec = TrainingSpec.model_validate(body, context={"limits": settings.spec_limits(),
+                                                          "uploaded": uploaded or _none})
     except ValidationError as exc:
         total = exc.error_count()
         errors = validation_errors(exc.errors(include_url=False), loc_prefix)

@@ -19,7 +19,9 @@ import logging
 import time
 from typing import Any
 
+from app.blobstore import blob_store
 from app.correlation import bind
+from app.datasets import attach_uploaded
 from app.db import retry_on_locked, unit_of_work
 from app.heartbeat import Heartbeat
 from app.lifecycle import move_job
@@ -74,6 +76,7 @@ def _train(ctx: WorkerContext, job_id: str, run: Claim, job_row: dict[str, Any],
     try:
         spec = TrainingSpec.model_validate(job_row["spec"],
                                            context={"limits": settings.spec_limits()})
+        attach_uploaded(spec, blob_store(settings))  # uploaded data: read via the blob store
         sink = DatabaseSink(
             job_id, factory, total_steps=job_row["total_steps"],
             flush_every=settings.flush_every_steps, flush_interval=settings.flush_interval_seconds,

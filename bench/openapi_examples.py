@@ -133,6 +133,40 @@ def sweeps_and_webhooks(http: TestClient, ex: dict[str, dict[str, Any]], hook_id
         + "\n"}
 
 
+def datasets(tmp: Path, ex: dict[str, dict[str, Any]]) -> None:
+    """Real responses of the data set endpoints (a tenant with a small quota for the 429)."""
+    from app.deps import require_api_key
+    from app.tenancy import Principal
+
+    rows = "".join(f"{i / 10:.1f},{(i * 7) % 5},{i % 3}\n" for i in range(60))
+    csv = ("sepal,petal,species\n" + rows).encode()
+    with TestClient(create_app(settings(tmp, workers=0, max_upload_bytes=64 * 1024,
+                                        tenant_max_upload_bytes=3000))) as http:
+        params = {"task": "classification", "target": "species", "name": "flowers"}
+        ds = record(ex, "uploadDataset", http.post("/v1/datasets", params=params, content=csv,
+                                                   headers={"Content-Type": "text/csv"}))
+        record(ex, "uploadDataset", http.post("/v1/datasets", params=params,
+                                              content=b"sepal,petal,species\n1,,0\n",
+                                              headers={"Content-Type": "text/csv"}))
+        record(ex, "uploadDataset", http.post("/v1/datasets", params=params,
+                                              content=csv * 200,
+                                              headers={"Content-Type": "text/csv"}))
+        record(ex, "uploadDataset", http.post("/v1/datasets", params=params, content=b"{}",
+                                              headers={"Content-Type": "application/json"}))
+        record(ex, "getDataset", http.get(f"/v1/datasets/{ds['id']}"))
+        record(ex, "getDataset", http.get(f"/v1/datasets/{UNKNOWN_ID}"))
+        listing = record(ex, "listDatasets", http.get("/v1/datasets"))
+        listing["datasets"] = [*listing["datasets"][:2], listing["datasets"][-1]]
+        job = http.post("/v1/jobs", json={"data": {"source": "uploaded", "id": ds["id"]}}).json()
+        record(ex, "deleteDataset", http.delete(f"/v1/datasets/{ds['id']}"))  # 409: queued job
+        http.post(f"/v1/jobs/{job['id']}/cancel")
+        record(ex, "deleteDataset", http.delete(f"/v1/datasets/{UNKNOWN_ID}"))
+        http.app.dependency_overrides[require_api_key] = lambda: Principal("acme")  # type: ignore[attr-defined]
+        http.post("/v1/datasets", params=params, content=csv, headers={"Content-Type": "text/csv"})
+        record(ex, "uploadDataset", http.post("/v1/datasets", params=params, content=csv,
+                                              headers={"Content-Type": "text/csv"}))  # 429
+
+
 def generate(tmp: Path) -> dict[str, dict[str, Any]]:
     ex: dict[str, dict[str, Any]] = {}
     with TestClient(create_app(settings(tmp, workers=1, webhook_allow_private=True))) as http:
@@ -184,14 +218,15 @@ def generate(tmp: Path) -> dict[str, dict[str, Any]]:
             record(ex, operation, http.request(method, unknown + suffix))
         record(ex, "preflightSpec", http.post("/v1/preflight", json=EXPLODING_SPEC))
         record(ex, "preflightSpec", http.post("/v1/preflight", json=INVALID))
-        catalog = record(ex, "listDatasets", http.get("/v1/datasets"))
-        catalog["datasets"] = catalog["datasets"][:3]
         record(ex, "healthz", http.get("/healthz"))
         record(ex, "readyz", http.get("/readyz"))
         ex["deleteJob"].pop("204", None)
         record(ex, "deleteJob", http.delete(f"/v1/jobs/{repair['id']}"))  # 204: no body
         ex["deleteJob"].pop("204", None)
         sweeps_and_webhooks(http, ex, hook["id"])
+    uploads = tmp / "uploads"
+    uploads.mkdir()
+    datasets(uploads, ex)
     keyed = tmp / "keyed"
     keyed.mkdir()
     with TestClient(create_app(settings(keyed, workers=1, api_key="example-key",

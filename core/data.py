@@ -1,8 +1,9 @@
-"""Training data: synthetic generators, bundled real data sets, inline data.
+"""Training data: synthetic generators, bundled real data sets, inline and uploaded data.
 
 :func:`load_dataset` turns a spec's ``data`` into arrays, always in the same order:
 
-1. build the examples in float64 (generate, read the bundled file, or take the body's arrays);
+1. build the examples in float64 (generate, read the bundled file, take the body's arrays, or
+   the arrays the server attached to an ``uploaded`` spec, see :meth:`UploadedData.attach`);
 2. shuffle them with one seeded permutation;
 3. split: the LAST ``floor(n * validation_split)`` permuted examples are the validation split,
    so ``len(X_train) == spec.n_train_samples()``;
@@ -35,6 +36,7 @@ from core.spec import (
     SyntheticData,
     Task,
     TrainingSpec,
+    UploadedData,
     data_shape,
 )
 
@@ -335,6 +337,13 @@ def load_dataset(spec: TrainingSpec, rng: np.random.Generator) -> Dataset:
             y = np.asarray(data.y, dtype=np.int64)
         else:
             y = np.asarray(data.y, dtype=np.float64).reshape(len(data.y), -1)
+    elif isinstance(data, UploadedData):
+        raw_X, raw_y = data.arrays()
+        X = np.array(raw_X, dtype=np.float64)  # a copy: the attached arrays stay untouched
+        if data.task == "classification":
+            y = np.array(raw_y, dtype=np.int64)
+        else:
+            y = np.array(raw_y, dtype=np.float64).reshape(len(raw_y), -1)
     else:  # pragma: no cover
         raise TypeError(f"unsupported data spec {type(data).__name__}")
     if X.shape != (shape.n_samples, shape.n_features):

@@ -21,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     model_validator,
@@ -46,6 +47,8 @@ __all__ = [
     "SyntheticData",
     "TrainingOptions",
     "TrainingSpec",
+    "UploadedData",
+    "UploadedShape",
     "data_shape",
 ]
 
@@ -344,7 +347,102 @@ class BuiltinData(_Strict):
     standardize: bool = Field(False, description="Standardise inputs (and regression targets).")
 
 
-DataSpec = Annotated[SyntheticData | InlineData | BuiltinData, Field(discriminator="source")]
+@dataclass(frozen=True)
+class UploadedShape:
+    """What the server knows about an uploaded data set (see :class:`UploadedData`)."""
+
+    task: Task
+    n_samples: int
+    n_features: int
+    n_classes: int | None  # classification: max label + 1; regression: None
+    n_targets: int = 1  # regression: target columns; classification: 1
+
+
+_UPLOADED_SHAPE_FIELDS = ("task", "n_samples", "n_features", "n_classes", "n_targets")
+
+
+class UploadedData(_Strict):
+    """A data set uploaded with ``POST /v1/datasets``, referred to by its id.
+
+    Core never reads the server's storage: the server fills in the shape fields from the data
+    set's record when it validates the spec (pass ``context={"uploaded": lookup}``, where
+    ``lookup(id)`` returns an :class:`UploadedShape` or ``None`` for an unknown or invisible
+    data set), and whoever trains it hands the arrays over with :meth:`attach` before the
+    data are built. Shape fields given in the body must agree with the data set.
+    """
+
+    source: Literal["uploaded"] = Field(description="A data set uploaded to this server.")
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$",
+                    description="The data set's id (`POST /v1/datasets`).")
+    task: Task | None = Field(None, description="Filled in from the data set.")
+    n_samples: int | None = Field(None, ge=2, description="Filled in from the data set.")
+    n_features: int | None = Field(None, ge=1, description="Filled in from the data set: the "
+                                                           "network's input width.")
+    n_classes: int | None = Field(None, ge=2, description="Filled in from the data set "
+                                                          "(classification: max label + 1).")
+    n_targets: int | None = Field(None, ge=1, description="Filled in from the data set: "
+                                                          "regression target columns.")
+    standardize: bool = Field(False, description="Standardise inputs (and regression targets).")
+    _arrays: tuple[Any, Any] | None = PrivateAttr(None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve(cls, data: Any, info: ValidationInfo) -> Any:
+        ctx = info.context if info is not None else None
+        lookup = ctx.get("uploaded") if isinstance(ctx, dict) else None
+        if lookup is None or not isinstance(data, dict) or not isinstance(data.get("id"), str):
+            return data
+        shape: UploadedShape | None = lookup(data["id"])
+        if shape is None:
+            raise _fail(("id",), f"there is no uploaded data set with id {data['id']!r}",
+                        value=data["id"])
+        data = dict(data)
+        for name in _UPLOADED_SHAPE_FIELDS:
+            actual = getattr(shape, name)
+            given = data.get(name)
+            if given is not None and given != actual:
+                raise _fail((name,), f"data set {data['id']} has {name}={actual!r} but the "
+                                     f"spec says {given!r}; leave it out to use the data set's",
+                            value=given)
+            data[name] = actual
+        return data
+
+    @model_validator(mode="after")
+    def _shape_known(self) -> UploadedData:
+        missing = [n for n in ("task", "n_samples", "n_features") if getattr(self, n) is None]
+        if missing:
+            raise _fail((missing[0],), f"the shape of uploaded data set {self.id} is unknown "
+                                       "here: submit the spec to the server that holds it, or "
+                                       "give task, n_samples and n_features")
+        if self.task == "classification" and self.n_classes is None:
+            raise _fail(("n_classes",), "a classification data set needs n_classes")
+        if self.task == "regression":
+            self.n_classes = None
+            if self.n_targets is None:
+                self.n_targets = 1
+        else:
+            self.n_targets = 1
+        return self
+
+    def attach(self, X: Any, y: Any) -> None:
+        """Hand over the data set's arrays: float ``X`` (n_samples, n_features) and int labels
+        (n,) or float targets (n, n_targets); their shapes must match the spec's."""
+        if X.shape != (self.n_samples, self.n_features) or len(y) != self.n_samples:
+            raise ValueError(f"uploaded data set {self.id}: arrays of shape {X.shape} / "
+                             f"{y.shape} do not match the spec's ({self.n_samples}, "
+                             f"{self.n_features})")
+        self._arrays = (X, y)
+
+    def arrays(self) -> tuple[Any, Any]:
+        """The attached ``(X, y)``; a clear error when nobody attached them."""
+        if self._arrays is None:
+            raise RuntimeError(f"uploaded data set {self.id} was not loaded: the server "
+                               "attaches its arrays (UploadedData.attach) before training")
+        return self._arrays
+
+
+DataSpec = Annotated[SyntheticData | InlineData | BuiltinData | UploadedData,
+                     Field(discriminator="source")]
 
 
 @dataclass(frozen=True)
@@ -358,7 +456,7 @@ class DataShape:
     n_outputs_regression: int = 1
 
 
-def data_shape(data: SyntheticData | InlineData | BuiltinData) -> DataShape:
+def data_shape(data: SyntheticData | InlineData | BuiltinData | UploadedData) -> DataShape:
     """Task, sample count, input width and class count implied by a data spec."""
     if isinstance(data, SyntheticData):
         meta = SYNTHETIC_DATASETS[data.name]
@@ -367,6 +465,11 @@ def data_shape(data: SyntheticData | InlineData | BuiltinData) -> DataShape:
     if isinstance(data, InlineData):
         return DataShape(data.task, len(data.X), len(data.X[0]), data.n_classes,
                          data.n_outputs if data.task == "regression" else 1)
+    if isinstance(data, UploadedData):
+        assert data.task is not None and data.n_samples is not None
+        assert data.n_features is not None  # checked by the model's validator
+        return DataShape(data.task, data.n_samples, data.n_features, data.n_classes,
+                         data.n_targets or 1)
     meta = BUILTIN_DATASETS[data.name]
     return DataShape(meta["task"], meta["n_samples"], meta["n_features"], meta["n_classes"])
 

@@ -6,7 +6,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Response
 
-from app.deps import ReadSessionDep, SessionDep, SettingsDep
+from app.datasets import uploaded_lookup
+from app.deps import PrincipalDep, ReadSessionDep, SessionDep, SettingsDep
 from app.routers.common import SPEC_REQUEST_BODY, json_body, problems
 from app.schemas import Comparison, JobPage, JobRead, JobStatus, RepairRequest, Verdict
 from app.services import (
@@ -56,10 +57,11 @@ def create_job(
     body: Annotated[Any, Depends(json_body)],
     session: SessionDep,
     settings: SettingsDep,
+    principal: PrincipalDep,
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> dict[str, Any]:
-    spec = validate_spec(body, settings)
+    spec = validate_spec(body, settings, uploaded=uploaded_lookup(session, principal))
     submitted = submit_job(session, spec=spec, settings=settings, idempotency_key=idempotency_key)
     session.commit()  # the commit sends the new job to the executor (app.dispatch)
     return _submitted(submitted, response)

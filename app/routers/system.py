@@ -1,4 +1,4 @@
-"""Health, readiness, preflight and the dataset catalogue."""
+"""Health, readiness and preflight (the data sets: app.routers.datasets)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 
-from app.deps import SettingsDep, require_api_key
+from app.blobstore import blob_store
+from app.datasets import attach_uploaded, uploaded_lookup
+from app.deps import PrincipalDep, ReadSessionDep, SettingsDep, require_api_key
 from app.routers.common import SPEC_REQUEST_BODY, json_body, problems
-from app.schemas import DatasetCatalog, Health
+from app.schemas import Health
 from app.services import readiness
 from app.specs import preflight_spec, validate_spec
 from core.diagnostics import PreflightReport
@@ -51,19 +53,8 @@ def readyz(request: Request) -> dict[str, Any]:
     responses=problems(413, 415, 422),
     openapi_extra=SPEC_REQUEST_BODY,
 )
-def preflight_endpoint(body: Annotated[Any, Depends(json_body)], settings: SettingsDep) -> Any:
-    return preflight_spec(validate_spec(body, settings), settings)
+def preflight_endpoint(body: Annotated[Any, Depends(json_body)], settings: SettingsDep,
+                       session: ReadSessionDep, principal: PrincipalDep) -> Any:
+    spec = validate_spec(body, settings, uploaded=uploaded_lookup(session, principal))
+    return preflight_spec(attach_uploaded(spec, blob_store(settings)), settings)
 
-
-@router.get(
-    "/datasets",
-    response_model=DatasetCatalog,
-    operation_id="listDatasets",
-    summary="Built-in and synthetic data sets",
-    description="What `data.source: synthetic` and `data.source: builtin` accept, with task, "
-                "size, input width, classes and defaults.",
-)
-def datasets() -> dict[str, Any]:
-    from core.data import dataset_catalog
-
-    return {"datasets": dataset_catalog()}

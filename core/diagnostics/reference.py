@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.data import load_dataset
-from core.spec import TrainingSpec
+from core.spec import TrainingSpec, UploadedData
 
 __all__ = ["DataScale", "data_scale"]
 
@@ -36,6 +36,8 @@ class DataScale:
 def data_scale(spec: TrainingSpec) -> DataScale | None:
     """The data's scale and chance-level loss for ``spec``, or None if the data cannot be built."""
     try:
+        if isinstance(spec.data, UploadedData):  # its arrays live on this spec object only
+            return _measure(spec)
         return _data_scale(spec.model_dump_json(include={"seed", "dtype", "data", "loss",
                                                          "training"}))
     except Exception:
@@ -44,7 +46,10 @@ def data_scale(spec: TrainingSpec) -> DataScale | None:
 
 @functools.lru_cache(maxsize=64)
 def _data_scale(key: str) -> DataScale:
-    spec = TrainingSpec.model_validate(json.loads(key))
+    return _measure(TrainingSpec.model_validate(json.loads(key)))
+
+
+def _measure(spec: TrainingSpec) -> DataScale:
     ds = load_dataset(spec, np.random.default_rng(spec.seed))
     with np.errstate(all="ignore"):
         X = ds.X_train.astype(np.float64)

@@ -278,9 +278,10 @@ class BatchedTrainer:
             nf_l = (~finite).tolist()
         else:
             nf_l = [not (math.isfinite(a) and math.isfinite(b)) for a, b in zip(loss_l, gn_l, strict=True)]
-        records = [StepRecord(step, epoch, loss_l[r], gn_l[r], cn_l[r], float(lrs[r]),
-                              bool(cl_l[r]), layer_rows[r] if self.telemetry else [])
-                   for r in range(len(active))]
+        K = len(active)
+        records = list(map(StepRecord, [step] * K, [epoch] * K, loss_l, gn_l, cn_l,
+                           map(float, lrs), map(bool, cl_l),
+                           layer_rows if self.telemetry else ([] for _ in range(K))))
         alerts: dict[int, list[Any]] = {}
         confirmed: list[bool] = [False] * len(active)
         if self._monitor is not None:
@@ -317,23 +318,27 @@ class BatchedTrainer:
         norms = np.sqrt(np.concatenate((layer_gsq, w_gsq, wsq, usq), axis=1))
         check = losses + grad_norm + norms[:, 2 * L:3 * L].sum(axis=1)
         want_acts = self.specs[0].monitor.activation_stats
-        rows = norms.tolist()
-        ids = range(L)
-        if not want_acts:
-            out_rows = [[LayerRecord(i, v[i], v[L + i], v[2 * L + i], v[3 * L + i]) for i in ids]
-                        for v in rows]
-            return out_rows, np.isfinite(check), norms, None
-        a_mean, a_std, dead, sat = net.activation_stats(out)
-        check = check + a_mean.sum(axis=1)
-        has_dead = [not math.isnan(x) for x in dead[0].tolist()] if len(dead) else []
-        has_sat = [not math.isnan(x) for x in sat[0].tolist()] if len(sat) else []
-        stats = np.concatenate((a_mean, a_std, dead, sat), axis=1).tolist()
-        out_rows = []
-        for v, s in zip(rows, stats, strict=True):
-            out_rows.append([LayerRecord(i, v[i], v[L + i], v[2 * L + i], v[3 * L + i],
-                                         s[i], s[L + i],
-                                         s[2 * L + i] if has_dead[i] else None,
-                                         s[3 * L + i] if has_sat[i] else None) for i in ids])
+        K = norms.shape[0]
+        # the records' fields as flat member-major columns: one LayerRecord(...) call each
+        cols: list[list[Any]] = [list(range(L)) * K]
+        cols += [norms[:, j * L:(j + 1) * L].ravel().tolist() for j in range(4)]
+        a_std = None
+        if want_acts:
+            a_mean, a_std, dead, sat = net.activation_stats(out)
+            check = check + a_mean.sum(axis=1)
+            cols += [a_mean.ravel().tolist(), a_std.ravel().tolist()]
+            for stat in (dead, sat):
+                applies = [not math.isnan(x) for x in stat[0].tolist()] if len(stat) else []
+                if all(applies):
+                    cols.append(stat.ravel().tolist())
+                elif not any(applies):
+                    cols.append([None] * (K * L))
+                else:
+                    cols.append([x if on else None
+                                 for x, on in zip(stat.ravel().tolist(), applies * K,
+                                                  strict=True)])
+        flat = list(map(LayerRecord, *cols))
+        out_rows = [flat[k * L:(k + 1) * L] for k in range(K)]
         return out_rows, np.isfinite(check), norms, a_std
 
     def _locate_non_finite(self, r: int, step: int, loss: float, out: Array, layer_gsq: Array,

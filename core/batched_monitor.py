@@ -135,6 +135,13 @@ class StackMonitor:
         """Feed every row's record of ``step`` (loss, global norm and ``(K, L)`` per-layer
         norms as in its :class:`StepRecord`; ``record(r)`` builds row r's record when a real
         monitor must see it). Returns the new alerts by row (rows without any left out)."""
+        with np.errstate(all="ignore"):  # rows past a non-finite value compute NaN/Inf
+            return self._observe(step, loss, grad_norm, layer_grad, weight, update, act_std,
+                                 record)
+
+    def _observe(self, step: int, loss: Array, grad_norm: Array, layer_grad: Array,
+                 weight: Array, update: Array, act_std: Array | None,
+                 record: Callable[[int], StepRecord]) -> dict[int, list[Finding]]:
         s = self.s
         K, L = weight.shape
         if self.rw_weights.shape[1] != L:

@@ -7,9 +7,11 @@ layer, the optimizer's elementwise rules over all rows with a ``(K, 1)`` learnin
 per-member clipping thresholds, optimizer state and random generators. Each member gets
 exactly what :class:`core.trainer.Trainer` would give it alone: the same initial weights and
 batches (from its own generator, seeded from its spec), the same step records, epoch records,
-monitor alerts, sink calls and stop reason. A member that stops (non-finite values, an
-explosion confirmed by :class:`core.Monitor`, its sink's request, early stopping, its last
-step) is taken out of the stack on its own; the others go on unaffected.
+monitor alerts, sink calls and stop reason. The online monitor runs over the whole stack as
+arrays (:class:`core.batched_monitor.StackMonitor`, alert for alert the scalar
+:class:`core.Monitor`). A member that stops (non-finite values, a confirmed explosion, its
+sink's request, early stopping, its last step) is taken out of the stack on its own; the
+others go on unaffected.
 
 Which specs can share a stack is :func:`stack_key`; :func:`train_specs` groups any list of
 specs by it and trains each group.

@@ -71,16 +71,18 @@ def sweep(key: str) -> tuple[str, list[TrainingSpec]]:
     return title, specs
 
 
-def run_batched(specs: list[TrainingSpec], full: bool) -> tuple[float, list[TrainingResult]]:
-    t0 = time.perf_counter()
+def run_batched(specs: list[TrainingSpec],
+                full: bool) -> tuple[float, float, list[TrainingResult]]:
+    t0, c0 = time.perf_counter(), time.process_time()
     results = BatchedTrainer(specs, telemetry=full, monitor=full).run(keep_records=full)
-    return time.perf_counter() - t0, results
+    return time.perf_counter() - t0, time.process_time() - c0, results
 
 
-def run_single(specs: list[TrainingSpec], full: bool) -> tuple[float, list[TrainingResult]]:
-    t0 = time.perf_counter()
+def run_single(specs: list[TrainingSpec],
+               full: bool) -> tuple[float, float, list[TrainingResult]]:
+    t0, c0 = time.perf_counter(), time.process_time()
     results = [Trainer(s, telemetry=full, monitor=full).run(keep_records=full) for s in specs]
-    return time.perf_counter() - t0, results
+    return time.perf_counter() - t0, time.process_time() - c0, results
 
 
 def main() -> None:
@@ -101,11 +103,13 @@ def main() -> None:
             for full in (True, False):
                 mode = "telemetry + monitor" if full else "telemetry off"
                 times: dict[str, list[float]] = {"batched": [], "single": []}
+                cpu: dict[str, list[float]] = {"batched": [], "single": []}
                 res: dict[str, list[TrainingResult]] = {}
                 for _ in range(args.repeats):  # interleaved
                     for name, fn in (("batched", run_batched), ("single", run_single)):
-                        t, res[name] = fn(specs, full)
+                        t, c, res[name] = fn(specs, full)
                         times[name].append(t)
+                        cpu[name].append(c)
                 steps = sum(r.steps_completed for r in res["single"])
                 assert steps == sum(r.steps_completed for r in res["batched"])
                 same_stop = sum(a.stop_reason == b.stop_reason
@@ -121,6 +125,9 @@ def main() -> None:
                       f"{', '.join(f'{t:.2f}' for t in times['batched'])})")
                 print(f"    single  {steps / ts:10,.0f} member-steps/s  ({ts:.2f} s; runs "
                       f"{', '.join(f'{t:.2f}' for t in times['single'])})")
+                cb, cs = statistics.median(cpu["batched"]), statistics.median(cpu["single"])
+                print(f"    CPU time (this process; less sensitive to the other users): "
+                      f"batched {cb:.2f} s, single {cs:.2f} s, ratio {cs / cb:.1f}x")
                 print(f"    speed-up {ts / tb:.1f}x; same stop reason {same_stop}/{len(specs)}; "
                       f"final loss max rel. difference {max(rel) if rel else float('nan'):.1e}")
 

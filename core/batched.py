@@ -7,9 +7,11 @@ layer, the optimizer's elementwise rules over all rows with a ``(K, 1)`` learnin
 per-member clipping thresholds, optimizer state and random generators. Each member gets
 exactly what :class:`core.trainer.Trainer` would give it alone: the same initial weights and
 batches (from its own generator, seeded from its spec), the same step records, epoch records,
-monitor alerts, sink calls and stop reason. A member that stops (non-finite values, an
-explosion confirmed by :class:`core.Monitor`, its sink's request, early stopping, its last
-step) is taken out of the stack on its own; the others go on unaffected.
+monitor alerts, sink calls and stop reason. The online monitor runs over the whole stack as
+arrays (:class:`core.batched_monitor.StackMonitor`, alert for alert the scalar
+:class:`core.Monitor`). A member that stops (non-finite values, a confirmed explosion, its
+sink's request, early stopping, its last step) is taken out of the stack on its own; the
+others go on unaffected.
 
 Which specs can share a stack is :func:`stack_key`; :func:`train_specs` groups any list of
 specs by it and trains each group.
@@ -25,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-import core
+from core.batched_monitor import StackMonitor
 from core.clipping import BatchedClipper
 from core.data import Dataset, load_dataset
 from core.losses import BATCHED_LOSSES, accuracy_batched, loss_targets
@@ -149,6 +151,7 @@ class BatchedTrainer:
         self._bounds = np.asarray(bounds, dtype=np.int64)
         self._classifier = self._data[0].dataset.task == "classification"
         self._active: list[MemberRun] = []
+        self._monitor: StackMonitor | None = None
         self._mse_labels = self.loss_name == "mse" and self._classifier
 
     # ------------------------------------------------------------------ the loop
@@ -171,9 +174,10 @@ class BatchedTrainer:
         deadline = None if self.max_runtime is None else t0 + self.max_runtime
         members = [
             MemberRun(k, spec, sinks[k], self.rngs[k], self.schedules[k], self.data_index[k],
-                      core.Monitor(spec) if self.telemetry and self.use_monitor else None,
-                      keep_records, max_records)
+                      None, keep_records, max_records)
             for k, spec in enumerate(self.specs)]
+        self._monitor = (StackMonitor(self.specs) if self.telemetry and self.use_monitor
+                         else None)
         results: list[TrainingResult | None] = [None] * len(members)
         self._active = list(members)  # in stack row order
         n_train = self.specs[0].n_train_samples()
@@ -267,27 +271,35 @@ class BatchedTrainer:
         delta = self.optimizer.step(G, np.asarray(lrs, dtype=net.dtype)[:, None])
         m_rows = out.shape[1]
         acc = self._accuracy(out, yb)
-        if self.telemetry:
-            layer_rows, finite = self._layer_records(layer_gsq, w_gsq, delta, out,
-                                                     losses, grad_norm)
         now_late = deadline is not None and time.monotonic() > deadline
         loss_l, gn_l = losses.tolist(), grad_norm.tolist()
         cn_l, cl_l = clipped_norm.tolist(), clipped.tolist()
+        if self.telemetry:
+            layer_rows, finite, norms, a_std = self._layer_records(layer_gsq, w_gsq, delta, out,
+                                                                   losses, grad_norm)
+            nf_l = (~finite).tolist()
+        else:
+            nf_l = [not (math.isfinite(a) and math.isfinite(b)) for a, b in zip(loss_l, gn_l, strict=True)]
+        K = len(active)
+        records = list(map(StepRecord, [step] * K, [epoch] * K, loss_l, gn_l, cn_l,
+                           map(float, lrs), map(bool, cl_l),
+                           layer_rows if self.telemetry else ([] for _ in range(K))))
+        alerts: dict[int, list[Any]] = {}
+        confirmed: list[bool] = [False] * len(active)
+        if self._monitor is not None:
+            L = net.n_layers
+            alerts = self._monitor.observe(
+                step, losses.astype(np.float64), grad_norm, norms[:, :L], norms[:, 2 * L:3 * L],
+                norms[:, 3 * L:], a_std, records.__getitem__)
+            confirmed = self._monitor.confirmed.tolist()
+        acc_l = None if acc is None else acc.tolist()
         for r, m in enumerate(active):
-            loss = loss_l[r]
-            m.add_batch(loss, None if acc is None else float(acc[r]), m_rows)
-            if self.telemetry:
-                record = StepRecord(step, epoch, loss, gn_l[r], cn_l[r], float(lrs[r]),
-                                    bool(cl_l[r]), layer_rows[r])
-                nf_now = not finite[r]
-            else:
-                record = StepRecord(step, epoch, loss, gn_l[r], cn_l[r], float(lrs[r]),
-                                    bool(cl_l[r]), [])
-                nf_now = not (math.isfinite(loss) and math.isfinite(gn_l[r]))
+            m.add_batch(loss_l[r], None if acc_l is None else float(acc_l[r]), m_rows)
+            nf_now = nf_l[r]
             if nf_now and m.first_nf is None:
-                m.first_nf = self._locate_non_finite(r, step, loss, out, layer_gsq,
+                m.first_nf = self._locate_non_finite(r, step, loss_l[r], out, layer_gsq,
                                                      m.want_acts)
-            m.after_step(record, nf_now, now_late)
+            m.after_step(records[r], nf_now, now_late, alerts.get(r), confirmed[r])
 
     def _accuracy(self, out: Array, yb: Array) -> Array | None:
         if self._mse_labels:
@@ -295,9 +307,12 @@ class BatchedTrainer:
         return accuracy_batched(out, yb, self.loss_name)
 
     def _layer_records(self, layer_gsq: Array, w_gsq: Array, delta: Array, out: Array,
-                       losses: Array, grad_norm: Array) -> tuple[list[list[LayerRecord]], Array]:
-        """Per member: the step's layer records, and whether every recorded number is finite
-        (the same check as the single trainer's)."""
+                       losses: Array, grad_norm: Array
+                       ) -> tuple[list[list[LayerRecord]], Array, Array, Array | None]:
+        """Per member: the step's layer records, whether every recorded number is finite
+        (the same check as the single trainer's), the ``(K, 4L)`` norms (layer gradient,
+        weight gradient, weight, update) and the ``(K, L)`` activation stds (None when not
+        recorded)."""
         net = self.network
         L = net.n_layers
         wsq = segment_sumsq_batched(net.flat, self._bounds)[:, 0::2]
@@ -305,24 +320,28 @@ class BatchedTrainer:
         norms = np.sqrt(np.concatenate((layer_gsq, w_gsq, wsq, usq), axis=1))
         check = losses + grad_norm + norms[:, 2 * L:3 * L].sum(axis=1)
         want_acts = self.specs[0].monitor.activation_stats
-        rows = norms.tolist()
-        ids = range(L)
-        if not want_acts:
-            out_rows = [[LayerRecord(i, v[i], v[L + i], v[2 * L + i], v[3 * L + i]) for i in ids]
-                        for v in rows]
-            return out_rows, np.isfinite(check)
-        a_mean, a_std, dead, sat = net.activation_stats(out)
-        check = check + a_mean.sum(axis=1)
-        has_dead = [not math.isnan(x) for x in dead[0].tolist()] if len(dead) else []
-        has_sat = [not math.isnan(x) for x in sat[0].tolist()] if len(sat) else []
-        stats = np.concatenate((a_mean, a_std, dead, sat), axis=1).tolist()
-        out_rows = []
-        for v, s in zip(rows, stats, strict=True):
-            out_rows.append([LayerRecord(i, v[i], v[L + i], v[2 * L + i], v[3 * L + i],
-                                         s[i], s[L + i],
-                                         s[2 * L + i] if has_dead[i] else None,
-                                         s[3 * L + i] if has_sat[i] else None) for i in ids])
-        return out_rows, np.isfinite(check)
+        K = norms.shape[0]
+        # the records' fields as flat member-major columns: one LayerRecord(...) call each
+        cols: list[list[Any]] = [list(range(L)) * K]
+        cols += [norms[:, j * L:(j + 1) * L].ravel().tolist() for j in range(4)]
+        a_std = None
+        if want_acts:
+            a_mean, a_std, dead, sat = net.activation_stats(out)
+            check = check + a_mean.sum(axis=1)
+            cols += [a_mean.ravel().tolist(), a_std.ravel().tolist()]
+            for stat in (dead, sat):
+                applies = [not math.isnan(x) for x in stat[0].tolist()] if len(stat) else []
+                if all(applies):
+                    cols.append(stat.ravel().tolist())
+                elif not any(applies):
+                    cols.append([None] * (K * L))
+                else:
+                    cols.append([x if on else None
+                                 for x, on in zip(stat.ravel().tolist(), applies * K,
+                                                  strict=True)])
+        flat = list(map(LayerRecord, *cols))
+        out_rows = [flat[k * L:(k + 1) * L] for k in range(K)]
+        return out_rows, np.isfinite(check), norms, a_std
 
     def _locate_non_finite(self, r: int, step: int, loss: float, out: Array, layer_gsq: Array,
                            acts: bool) -> NonFiniteEvent:
@@ -384,6 +403,8 @@ class BatchedTrainer:
             self.optimizer.keep_rows(rows)
             self.network.keep_rows(rows, flat=self.optimizer.params)
             self.clipper.keep_rows(rows)
+            if self._monitor is not None:
+                self._monitor.keep_rows(rows)
         self._active = [self._active[r] for r in keep]
 
 

@@ -87,18 +87,23 @@ class MemberRun:
                        or r is record]
             self._limit = max(self._limit, 2 * len(kept))
 
-    def after_step(self, record: StepRecord, nf_now: bool, late: bool) -> None:
-        """Monitor, stop reasons, emission and the sink's stop request for one step."""
-        new_alerts: list[Any] = []
+    def after_step(self, record: StepRecord, nf_now: bool, late: bool,
+                   new_alerts: list[Any] | None = None, confirmed: bool = False) -> None:
+        """Monitor, stop reasons, emission and the sink's stop request for one step.
+
+        ``new_alerts`` and ``confirmed`` are the step's monitor outcome when the stack's
+        :class:`core.batched_monitor.StackMonitor` observed it (this member has no monitor of
+        its own then)."""
         if self.monitor is not None:
             new_alerts = self.monitor.observe(record)
-            if new_alerts:
-                self.alerts.extend(new_alerts)
-                if self._write_alert is not None:
-                    for a in new_alerts:
-                        self._write_alert(a)
-            if self.spec.monitor.stop_on_explosion and self.monitor.explosion_confirmed:
-                self.stop = "explosion"
+            confirmed = self.monitor.explosion_confirmed
+        if new_alerts:
+            self.alerts.extend(new_alerts)
+            if self._write_alert is not None:
+                for a in new_alerts:
+                    self._write_alert(a)
+        if confirmed and self.spec.monitor.stop_on_explosion:
+            self.stop = "explosion"
         if nf_now and self.spec.monitor.stop_on_non_finite:
             self.stop = "non_finite"
         if late:

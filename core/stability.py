@@ -87,14 +87,17 @@ EXPLOSION_FINDINGS = ("depth_amplification", "high_update_ratio")
 
 def predicted_risk(member: SweepMember) -> str:
     """Preflight's risk of an *explosion* for the member's spec (analysis + one probe batch):
-    ``critical``/``high`` from its critical/warning explosion findings (gradient amplification
-    through the depth, a first update too large for the weights), else ``medium`` or ``low``
-    as its overall risk says. Vanishing, dead or saturated units are risks, not explosions."""
+    ``critical`` from a critical explosion finding (gradient amplification through the depth
+    past 1e3, a first update rewriting the weights), ``high`` from a first update too large
+    for the weights (``high_update_ratio``), else ``medium`` or ``low`` as its overall risk
+    says. A depth gain below 1e3 alone is a medium risk (calibrated on measured sweeps, see
+    ``core.diagnostics.preflight``); vanishing, dead or saturated units are risks, not
+    explosions."""
     report = core.preflight(member.spec)
-    severities = {f.severity for f in report.risks if f.kind in EXPLOSION_FINDINGS}
-    if "critical" in severities:
+    found = [f for f in report.risks if f.kind in EXPLOSION_FINDINGS]
+    if any(f.severity == "critical" for f in found):
         return "critical"
-    if severities:
+    if any(f.kind == "high_update_ratio" for f in found):
         return "high"
     return "medium" if report.risk != "low" else "low"
 

@@ -116,8 +116,13 @@ class StackedMLP:
         """Keep only members ``rows`` (in that order); ``flat`` is the kept parameter buffer
         when the optimizer already made it (it owns the parameters it updates)."""
         n = len(rows)
+        buffers = self._buffers
         self._bind(np.ascontiguousarray(self.flat[rows]) if flat is None else flat,
                    self.grad[:n])
+        # the work arrays' leading rows serve the smaller stack (no new large allocation)
+        self._buffers = {bs: _Buffers([z[:n] for z in b.z], [a[:n] for a in b.act],
+                                      [d[:n] if d.shape[0] else d for d in b.dx])
+                         for bs, b in buffers.items()}
         self.running_mean = {i: v[rows] for i, v in self.running_mean.items()}
         self.running_var = {i: v[rows] for i, v in self.running_var.items()}
 

@@ -1,0 +1,370 @@
+"""The online monitor (:class:`core.Monitor`) run over every member of a stack at once.
+
+:class:`core.batched.BatchedTrainer` feeds all members one step at a time, so their monitors
+advance in lockstep (the same step, the same record count). :class:`StackMonitor` keeps each
+quantity of :class:`core.diagnostics.monitor.MonitorState` (and the monitor's overshoot,
+catapult, setback and forecast state) as one array over the members and updates them with
+whole-stack array operations, in the scalar monitor's order of operations (logs and exps
+through :mod:`math`, so every number equals the scalar monitor's bit for bit).
+
+Whenever something can happen at a step for a member — its warm-up records, a non-finite
+value, an explosion rule, a growth warning, a setback or a catapult — that member's step is
+*replayed* by a real :class:`core.Monitor` rebuilt from the arrays as they were before the
+step, and its state written back: the alerts (their messages, evidence and forecasts) are the
+scalar monitor's own, and the common quiet step costs no per-member Python at all.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from core.diagnostics.forecast import WINDOW, overflow_limit
+from core.diagnostics.monitor import (
+    ALPHA,
+    BAND_MIN,
+    CATAPULT_JUMP,
+    CATAPULT_WINDOW,
+    FEEDBACK,
+    HARM,
+    MAX_SPREAD,
+    MIN_RUN,
+    MIN_SPREAD,
+    OVERSHOOT_LOSS,
+    PERSIST,
+    RECENT,
+    REWRITE,
+    RUN_GROWTH,
+    RUNAWAY,
+    WARMUP,
+    Monitor,
+)
+from core.diagnostics.report import Finding
+from core.spec import TrainingSpec
+from core.telemetry import StepRecord
+
+__all__ = ["StackMonitor"]
+
+Array = np.ndarray
+# per-member scalars of the monitor and its state, as float64 arrays (ints stored exactly)
+_FLOATS = ("base", "healthy", "spread", "loss_ref", "loss", "loss_avg", "lavg", "best",
+           "last_lg", "last_ll", "run_max_inc", "run_start_lg", "run_start_ll", "ubase",
+           "uhealthy", "prev_ll", "rw_from_ll", "c0", "c1", "c2", "c3", "c4", "ov1", "ov2")
+_INTS = ("run_len", "run_start_step", "persist_run", "persist_far", "confirmed_at",
+         "rw_from_step", "ov0")
+_BOOLS = ("confirmed", "warned", "setback_seen", "catapult_seen", "nf_seen", "ov_set",
+          "has_prev")
+_SERIES = ("grad_norm", "activation", "loss")
+
+
+def _log(v: Array) -> Array:
+    """:func:`core.diagnostics.series.safe_log` of each element (math.log: bitwise equal)."""
+    return np.array([math.log(x) if x > 0.0 else (-745.0 if x == 0.0 else math.nan)
+                     for x in v.tolist()])
+
+
+def _exp(v: Array) -> Array:
+    out = []
+    for x in v.tolist():
+        try:
+            out.append(math.exp(x))
+        except OverflowError:
+            out.append(math.inf)
+    return np.array(out)
+
+
+def _pymax(a: Array | float, b: Array | float) -> Array:
+    """Python's ``max(a, b)`` elementwise (``b`` only if ``b > a``: NaN handling included)."""
+    return np.where(np.asarray(b) > a, b, a)
+
+
+def _pymin(a: Array | float, b: Array | float) -> Array:
+    return np.where(np.asarray(b) < a, b, a)
+
+
+class StackMonitor:
+    """One :class:`core.Monitor` per member of a stack, as arrays over the stack's rows."""
+
+    def __init__(self, specs: Sequence[TrainingSpec]) -> None:
+        self.specs = list(specs)
+        K = len(self.specs)
+        self._mse = self.specs[0].loss == "mse"
+        self._limit = math.log(overflow_limit(self.specs[0].dtype))
+        # the first WARMUP records of every member run through a real monitor
+        self._live: list[Monitor | None] = [Monitor(s) for s in self.specs]
+        self.s: dict[str, Array] = {}
+        for f in _FLOATS:
+            self.s[f] = np.full(K, math.nan)
+        for f in _INTS:
+            self.s[f] = np.full(K, -1, dtype=np.int64)
+        for f in _BOOLS:
+            self.s[f] = np.zeros(K, dtype=bool)
+        self.l0 = np.full(K, math.nan)
+        self.recent = np.full((K, RECENT), math.nan)
+        self.fc = np.full((len(_SERIES), K, WINDOW), math.nan)
+        self.rw_weights = np.zeros((K, 0))
+        self.prev_w = np.zeros((K, 0))
+        self.n = 0  # records every member has observed (they observe in lockstep)
+        self.last_step = -1
+        self.recent_steps: deque[int] = deque(maxlen=RECENT)
+        self.fc_steps: deque[int] = deque(maxlen=WINDOW)
+
+    @property
+    def confirmed(self) -> Array:
+        """Per row: explosion confirmed (``Monitor.explosion_confirmed``)."""
+        return self.s["confirmed"]
+
+    def keep_rows(self, rows: Array) -> None:
+        self.specs = [self.specs[r] for r in rows.tolist()]
+        self._live = [self._live[r] for r in rows.tolist()]
+        self.s = {k: v[rows] for k, v in self.s.items()}
+        self.l0 = self.l0[rows]
+        self.recent = self.recent[rows]
+        self.fc = self.fc[:, rows]
+        self.rw_weights = self.rw_weights[rows]
+        self.prev_w = self.prev_w[rows]
+
+    # ------------------------------------------------------------------ one step
+    def observe(self, step: int, loss: Array, grad_norm: Array, layer_grad: Array,
+                weight: Array, update: Array, act_std: Array | None,
+                record: Callable[[int], StepRecord]) -> dict[int, list[Finding]]:
+        """Feed every row's record of ``step`` (loss, global norm and ``(K, L)`` per-layer
+        norms as in its :class:`StepRecord`; ``record(r)`` builds row r's record when a real
+        monitor must see it). Returns the new alerts by row (rows without any left out)."""
+        with np.errstate(all="ignore"):  # rows past a non-finite value compute NaN/Inf
+            return self._observe(step, loss, grad_norm, layer_grad, weight, update, act_std,
+                                 record)
+
+    def _observe(self, step: int, loss: Array, grad_norm: Array, layer_grad: Array,
+                 weight: Array, update: Array, act_std: Array | None,
+                 record: Callable[[int], StepRecord]) -> dict[int, list[Finding]]:
+        s = self.s
+        K, L = weight.shape
+        if self.rw_weights.shape[1] != L:
+            self.rw_weights = np.zeros((K, L))
+            self.prev_w = np.zeros((K, L))
+        finite = np.isfinite(loss) & np.isfinite(grad_norm)
+        for a in (weight, update, layer_grad) + (() if act_std is None else (act_std,)):
+            finite &= np.isfinite(a).all(axis=1)
+        lg, ll = _log(grad_norm), _log(loss)
+        usq = np.zeros(K)
+        for i in range(L):
+            usq = usq + update[:, i] * update[:, i]
+        lu = 0.5 * _log(usq) if L else np.full(K, math.nan)
+        new, rw_new, prev_new = self._update(step, lg, ll, loss, lu, weight, update)
+        act = np.zeros(K) if act_std is None else _pymax(0.0, act_std.max(axis=1))
+        fc = np.stack([lg, _log(act), 0.5 * ll if self._mse else ll])
+        fc_new = np.concatenate((self.fc[:, :, 1:], fc[:, :, None]), axis=2)
+        recent_new = np.concatenate((self.recent[:, 1:], loss[:, None]), axis=1)
+        event = self._events(step, new, recent_new, loss, lg) | ~finite
+        event &= ~s["nf_seen"]
+        live = [r for r, m in enumerate(self._live) if m is not None]
+        replay = sorted(set(np.flatnonzero(event).tolist()) | set(live))
+        alerts: dict[int, list[Finding]] = {}
+        for r in replay:
+            m = self._live[r] or self._scalar(r)
+            found = m.observe(record(r))
+            if found:
+                alerts[r] = found
+            self._load(r, m, new, recent_new, fc_new, rw_new, prev_new)
+            # past its warm-up, the arrays carry it on (a member still warming up keeps it)
+            self._live[r] = m if m.state.n < WARMUP else None
+        self.s, self.recent, self.fc = new, recent_new, fc_new
+        self.rw_weights, self.prev_w = rw_new, prev_new
+        self.n += 1
+        self.last_step = step
+        self.recent_steps.append(step)
+        self.fc_steps.append(step)
+        return alerts
+
+    def _update(self, step: int, lg: Array, ll: Array, loss: Array, lu: Array, w: Array,
+                u: Array) -> tuple[dict[str, Array], Array, Array]:
+        """``MonitorState.update`` and ``Monitor._track_overshoot`` past the warm-up, for all
+        rows (rows still warming up or replayed are overwritten afterwards)."""
+        s = self.s
+        new = dict(s)
+        last_lg = s["last_lg"]
+        inc = lg > last_lg
+        start = inc & (s["run_len"] == 0)
+        new["run_start_lg"] = np.where(start, last_lg, s["run_start_lg"])
+        new["run_start_ll"] = np.where(start, s["last_ll"], s["run_start_ll"])
+        new["run_start_step"] = np.where(start, self.last_step, s["run_start_step"])
+        rmi = np.where(start, 0.0, s["run_max_inc"])
+        new["run_max_inc"] = np.where(inc, _pymax(rmi, lg - last_lg), rmi)
+        new["run_len"] = np.where(inc, s["run_len"] + 1, 0)
+        base, spread, healthy = s["base"], s["spread"], s["healthy"]
+        d = lg - base
+        inside = d <= (base + _pymax(3.0 * spread, BAND_MIN)) - base
+        lim = 2.0 * spread
+        b_new = np.where(inside, base + ALPHA * _pymax(-lim, _pymin(lim, d)), base)
+        sp = spread + ALPHA * (_pymin(np.abs(d), 3.0 * spread) - spread)
+        sp = _pymin(MAX_SPREAD, _pymax(sp, MIN_SPREAD))
+        sp_new = np.where(inside, sp, spread)
+        h_new = np.where(b_new > healthy, b_new, healthy)
+        upper = b_new + _pymax(3.0 * sp_new, BAND_MIN)
+        track = lg <= upper
+        ub = s["ubase"]
+        ub_new = np.where(track, np.where(ub != ub, lu, ub + ALPHA * (lu - ub)), ub)
+        uh = s["uhealthy"]
+        uh_new = np.where(track & ~(uh >= ub_new), ub_new, uh)
+        new.update(base=b_new, spread=sp_new, healthy=h_new, ubase=ub_new, uhealthy=uh_new)
+        new["loss"] = loss
+        lavg = s["lavg"] + ALPHA * (ll - s["lavg"])
+        avg = _exp(lavg)
+        best = np.where(avg < s["best"], avg, s["best"])
+        new.update(lavg=lavg, loss_avg=avg, best=best, last_lg=lg, last_ll=ll)
+        l0 = self.l0
+        progress = l0 - best
+        harm = np.where(progress > 0, (loss - best) / progress,
+                        np.where(loss > l0, math.inf, 0.0))
+        harmed = (harm >= HARM) & (loss >= 2.0 * best)
+        feeds = ~(lu - uh_new < FEEDBACK * (lg - h_new))
+        far = (lg - h_new >= RUNAWAY) & (lg > upper) & feeds
+        new["persist_run"] = np.where(far & harmed, s["persist_run"] + 1, 0)
+        very_far = far & (lg - h_new >= 2.0 * RUNAWAY)
+        new["persist_far"] = np.where(very_far & harmed, s["persist_far"] + 1, 0)
+        # Monitor._track_overshoot
+        pos = w > 0
+        ratio = np.where(pos, u / np.where(pos, w, 1.0), 0.0)
+        rewrite = _pymax(0.0, ratio.max(axis=1)) if ratio.shape[1] else np.zeros(len(lg))
+        rw = rewrite >= REWRITE
+        fresh = rw & (s["rw_from_step"] < 0)
+        later = rw & ~fresh
+        grew = ((w >= 2.0 * self.rw_weights) & (2.0 * self.rw_weights > 0)).any(axis=1)
+        over = later & (step > s["rw_from_step"]) & (ll - s["rw_from_ll"] >= OVERSHOOT_LOSS) & grew
+        new["ov_set"] = s["ov_set"] | over
+        new["ov0"] = np.where(over, s["rw_from_step"], s["ov0"])
+        new["ov1"] = np.where(over, s["rw_from_ll"], s["ov1"])
+        new["ov2"] = np.where(over, ll, s["ov2"])
+        new["rw_from_step"] = np.where(fresh, step, np.where(rw, s["rw_from_step"], -1))
+        new["rw_from_ll"] = np.where(fresh, ll, s["rw_from_ll"])
+        start_w = np.where(s["has_prev"][:, None], self.prev_w, _pymax(w - u, 0.0))
+        new["prev_ll"] = ll
+        new["has_prev"] = np.ones(len(lg), dtype=bool)
+        return new, np.where(fresh[:, None], start_w, self.rw_weights), w.copy()
+
+    def _events(self, step: int, new: dict[str, Array], recent: Array, loss: Array,
+                lg: Array) -> Array:
+        """Rows whose monitor may raise an alert at this step (and the catapult state of the
+        others): an explosion rule, a growth warning, a setback or a catapult."""
+        s = self.s
+        n = self.n + 1  # the state's record count after this step
+        quiet = s["confirmed"].copy()
+        limit = self._limit
+        rule = (lg >= 0.5 * limit) | (((new["persist_run"] >= PERSIST + 1)
+                                       | (new["persist_far"] >= PERSIST)) & (n > 1))
+        rule |= new["ov_set"]
+        upper = new["base"] + _pymax(3.0 * new["spread"], BAND_MIN)
+        growth = lg - _pymax(new["run_start_lg"], new["base"])
+        growing = ((new["run_len"] >= MIN_RUN) & (growth - new["run_max_inc"] >= RUN_GROWTH)
+                   & (lg > upper) & (lg > new["healthy"]))
+        event = ~quiet & (rule | (~s["warned"] & growing))
+        if n > WARMUP + RECENT:
+            med = np.sort(recent, axis=1)[:, RECENT // 2]
+            best = new["best"]
+            setback = (med >= 2.0 * best) & (med >= best + HARM * _pymax(self.l0 - best, 0.0))
+            event |= ~quiet & ~s["setback_seen"] & setback
+        if n <= CATAPULT_WINDOW:
+            on = ~quiet & ~s["catapult_seen"]
+            c0, c2, c3 = s["c0"], s["c2"], s["c3"]
+            high = on & (loss >= CATAPULT_JUMP * c0) & ((c2 > 0) | (n <= 3))
+            back = on & ~high & (c2 >= 3) & (loss < c0)
+            reset = on & ~high & ~back & (c2 < 3)
+            peak = high & (loss > c3)
+            new["c2"] = np.where(high, c2 + 1, np.where(reset, 0.0, c2))
+            new["c3"] = np.where(peak, loss, c3)
+            new["c4"] = np.where(peak, float(step), s["c4"])
+            event |= back
+        return event
+
+    # ------------------------------------------------------------------ scalar round trip
+    def _scalar(self, r: int) -> Monitor:
+        """A real monitor for row ``r`` with the state before this step."""
+        s = self.s
+        m = Monitor(self.specs[r])
+        st = m.state
+        st.n = self.n
+        st._warm, st._warm_loss = [], []
+        for attr, key in (("base", "base"), ("healthy", "healthy"), ("spread", "spread"),
+                          ("loss_ref", "loss_ref"), ("loss", "loss"), ("loss_avg", "loss_avg"),
+                          ("_loss_lavg", "lavg"), ("best_loss", "best"), ("last_lg", "last_lg"),
+                          ("last_ll", "last_ll"), ("run_max_inc", "run_max_inc"),
+                          ("run_start_lg", "run_start_lg"), ("run_start_ll", "run_start_ll"),
+                          ("ubase", "ubase"), ("uhealthy", "uhealthy")):
+            setattr(st, attr, float(s[key][r]))
+        st.last_step = self.last_step
+        st.run_len = int(s["run_len"][r])
+        st.run_start_step = int(s["run_start_step"][r])
+        st._persist_run = int(s["persist_run"][r])
+        st._persist_far = int(s["persist_far"][r])
+        cnt = min(self.n, RECENT)
+        st.recent = deque(self.recent[r, RECENT - cnt:].tolist(), maxlen=RECENT)
+        st.recent_steps = deque(self.recent_steps, maxlen=RECENT)
+        cnt = min(self.n, WINDOW)
+        steps = list(self.fc_steps)
+        for j, name in enumerate(_SERIES):
+            m.forecaster._hist[name] = deque(
+                zip(steps, self.fc[j, r, WINDOW - cnt:].tolist(), strict=True), maxlen=WINDOW)
+        m.explosion_confirmed = bool(s["confirmed"][r])
+        at = int(s["confirmed_at"][r])
+        m.confirmed_at = at if m.explosion_confirmed else None
+        m._warned_growth = bool(s["warned"][r])
+        m._setback_seen = bool(s["setback_seen"][r])
+        m._catapult_seen = bool(s["catapult_seen"][r])
+        m._non_finite_seen = bool(s["nf_seen"][r])
+        m._catapult = [float(s[c][r]) for c in ("c0", "c1", "c2", "c3", "c4")]
+        m._prev_ll = float(s["prev_ll"][r])
+        m._rewrite_from_ll = float(s["rw_from_ll"][r])
+        m._rewrite_from_step = int(s["rw_from_step"][r])
+        m._rewrite_weights = self.rw_weights[r].tolist()
+        m._prev_weights = self.prev_w[r].tolist() if s["has_prev"][r] else []
+        m._overshoot = ((int(s["ov0"][r]), float(s["ov1"][r]), float(s["ov2"][r]))
+                        if s["ov_set"][r] else None)
+        return m
+
+    def _load(self, r: int, m: Monitor, new: dict[str, Array], recent: Array, fc: Array,
+              rw: Array, prev: Array) -> None:
+        """Write monitor ``m``'s state (after this step) into row ``r`` of the new arrays."""
+        st = m.state
+        vals: dict[str, Any] = {
+            "base": st.base, "healthy": st.healthy, "spread": st.spread,
+            "loss_ref": st.loss_ref, "loss": st.loss, "loss_avg": st.loss_avg,
+            "lavg": st._loss_lavg, "best": st.best_loss, "last_lg": st.last_lg,
+            "last_ll": st.last_ll, "run_max_inc": st.run_max_inc,
+            "run_start_lg": st.run_start_lg, "run_start_ll": st.run_start_ll,
+            "ubase": st.ubase, "uhealthy": st.uhealthy, "run_len": st.run_len,
+            "run_start_step": st.run_start_step, "persist_run": st._persist_run,
+            "persist_far": st._persist_far, "confirmed": m.explosion_confirmed,
+            "confirmed_at": -1 if m.confirmed_at is None else m.confirmed_at,
+            "warned": m._warned_growth, "setback_seen": m._setback_seen,
+            "catapult_seen": m._catapult_seen, "nf_seen": m._non_finite_seen,
+            "prev_ll": m._prev_ll, "rw_from_ll": m._rewrite_from_ll,
+            "rw_from_step": m._rewrite_from_step, "ov_set": m._overshoot is not None,
+            "has_prev": bool(m._prev_weights),
+        }
+        if m._catapult:
+            vals.update(zip(("c0", "c1", "c2", "c3", "c4"), m._catapult, strict=True))
+        if m._overshoot is not None:
+            vals.update(ov0=m._overshoot[0], ov1=m._overshoot[1], ov2=m._overshoot[2])
+        for key, v in vals.items():
+            if new[key] is self.s[key]:
+                new[key] = new[key].copy()
+            new[key][r] = v
+        self.l0[r] = st.initial_loss
+        cnt = min(len(st.recent), RECENT)
+        recent[r] = math.nan
+        if cnt:
+            recent[r, RECENT - cnt:] = list(st.recent)
+        for j, name in enumerate(_SERIES):
+            h = m.forecaster._hist[name]
+            fc[j, r] = math.nan
+            if h:
+                fc[j, r, WINDOW - len(h):] = [v for _, v in h]
+        if m._rewrite_weights:
+            rw[r] = m._rewrite_weights
+        if m._prev_weights:
+            prev[r] = m._prev_weights

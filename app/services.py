@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import history, webhooks
+from app.artifacts import forget_models
 from app.correlation import current_request_id
 from app.db import sqlite_writer_free
 from app.diagnosis_cache import PROVISIONAL
@@ -213,6 +214,7 @@ def delete_job(session: Session, job_id: str) -> None:
     if not JobRepository(session).delete(job_id, statuses=TERMINAL):
         raise ConflictError(f"job {job_id} is {job.status}; cancel it first — only finished jobs "
                             "can be deleted", slug="job-not-finished", status_now=job.status)
+    forget_models(session, job_id)  # its model files go once the deletion commits
 
 
 def job_links(job_id: str) -> dict[str, str]:

@@ -30,6 +30,7 @@ from core.clipping import BatchedClipper
 from core.data import Dataset, load_dataset
 from core.losses import BATCHED_LOSSES, accuracy_batched, loss_targets
 from core.member import MemberRun
+from core.model_io import NetworkCopy
 from core.network import MLP
 from core.optimizers import make_optimizer
 from core.schedules import Constant, make_schedule
@@ -149,6 +150,7 @@ class BatchedTrainer:
         self._bounds = np.asarray(bounds, dtype=np.int64)
         self._classifier = self._data[0].dataset.task == "classification"
         self._active: list[MemberRun] = []
+        self.final_networks: dict[int, NetworkCopy] = {}  # member -> parameters at its end
         self._mse_labels = self.loss_name == "mse" and self._classifier
 
     # ------------------------------------------------------------------ the loop
@@ -212,6 +214,10 @@ class BatchedTrainer:
                 self._remove(ended, step, results, t0)
             epoch += 1
         return [r for r in results if r is not None]
+
+    def member_data(self, k: int) -> Dataset:
+        """Member ``k``'s data set (with the standardisation its pipeline applied)."""
+        return self._data[self.data_index[k]].dataset
 
     # ------------------------------------------------------------------ batches
     def _shared_batches(self) -> bool:
@@ -378,6 +384,9 @@ class BatchedTrainer:
         gone = {id(m) for m in leaving}
         for m in leaving:
             results[m.index] = m.result(step, time.monotonic() - t0)
+        for r, m in enumerate(self._active):
+            if id(m) in gone:
+                self.final_networks[m.index] = NetworkCopy.of(self.network, row=r)
         keep = [r for r, m in enumerate(self._active) if id(m) not in gone]
         if keep:
             rows = np.asarray(keep, dtype=np.intp)

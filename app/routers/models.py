@@ -11,7 +11,7 @@ import math
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import Field
 
 from app.artifacts import Which, iter_blob, model_key, open_model, read_model, read_model_info
@@ -170,7 +170,7 @@ def download_model(job_id: str, session: ReadSessionDep, store: StoreDep,
 def predict(job_id: str, body: Annotated[Any, Depends(json_body)], session: ReadSessionDep,
             store: StoreDep, settings: SettingsDep, principal: PrincipalDep,
             which: WhichQuery = "final",
-            allow_non_finite: AllowNonFinite = False) -> Prediction:
+            allow_non_finite: AllowNonFinite = False) -> Response:
     name, rows = _rows(body, settings)
     info = _model_info(session, store, job_id, which, allow_non_finite)
     width = info["layer_sizes"][0]
@@ -180,7 +180,9 @@ def predict(job_id: str, body: Annotated[Any, Depends(json_body)], session: Read
     model = read_model(store, job_id, which)
     if model is None:
         raise NotFoundError(f"job {job_id} has no {which} model", slug="model-not-found")
-    return _predict(job_id, model, rows)
+    # NaN/Inf outputs of an exploded model as "NaN"/"Infinity" (model_dump_json's rule)
+    return Response(_predict(job_id, model, rows).model_dump_json(),
+                    media_type="application/json")
 
 
 def _predict(job_id: str, model: Model, rows: list[list[float]]) -> Prediction:

@@ -30,10 +30,10 @@ from core.clipping import BatchedClipper
 from core.data import Dataset, load_dataset
 from core.losses import BATCHED_LOSSES, accuracy_batched, loss_targets
 from core.member import MemberRun
-from core.model_io import NetworkCopy
 from core.network import MLP
 from core.optimizers import make_optimizer
 from core.schedules import Constant, make_schedule
+from core.snapshot import NetworkCopy
 from core.spec import TrainingSpec, data_shape
 from core.stacked import StackedMLP, segment_sumsq_batched
 from core.telemetry import LayerRecord, NonFiniteEvent, Sink, StepRecord

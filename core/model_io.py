@@ -31,19 +31,16 @@ import os
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any, Protocol
 
 import numpy as np
 from pydantic import ValidationError
 
+from core.data import Dataset
 from core.layout import ParamLayout
 from core.network import EVAL_CHUNK, MLP
+from core.snapshot import BestParameters, NetworkCopy
 from core.spec import SpecLimits, TrainingSpec, data_shape
-
-if TYPE_CHECKING:
-    from core.batched import BatchedTrainer
-    from core.data import Dataset
-    from core.trainer import Trainer
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "Model", "ModelFileError", "load_model", "save_model"]
 
@@ -55,6 +52,20 @@ _NORMALISATION = ("x_mean", "x_std", "y_mean", "y_std")
 _UNBOUNDED = SpecLimits(max_parameters=2**62, max_layers=2**62, max_units=2**62,
                         max_steps=2**62, max_samples=2**62, max_data_values=2**62,
                         max_inline_values=2**62, max_batch_size=2**62)
+
+
+class _Trainer(Protocol):  # core.trainer.Trainer, as far as a model needs it
+    spec: TrainingSpec
+    network: MLP
+    data: Dataset
+    best: BestParameters | None
+
+
+class _StackedTrainer(Protocol):  # core.batched.BatchedTrainer
+    specs: list[TrainingSpec]
+    final_networks: dict[int, NetworkCopy]
+
+    def member_data(self, k: int) -> Dataset: ...
 
 
 class ModelFileError(ValueError):
@@ -106,7 +117,7 @@ class Model:
                    {"which": "final", **info})
 
     @classmethod
-    def from_trainer(cls, trainer: Trainer, which: str = "final", **info: Any) -> Model:
+    def from_trainer(cls, trainer: _Trainer, which: str = "final", **info: Any) -> Model:
         """The trainer's current (``final``) parameters, or the ``best`` it kept by
         validation loss (``Trainer(spec, keep_best=True)``; ValueError if there is none)."""
         if which == "final":
@@ -123,7 +134,7 @@ class Model:
         return model
 
     @classmethod
-    def from_member(cls, trainer: BatchedTrainer, k: int, **info: Any) -> Model:
+    def from_member(cls, trainer: _StackedTrainer, k: int, **info: Any) -> Model:
         """Member ``k``'s final parameters after :meth:`core.batched.BatchedTrainer.run`."""
         final = trainer.final_networks.get(k)
         if final is None:
@@ -247,36 +258,6 @@ class Model:
     def save(self, file: str | os.PathLike[str] | IO[bytes]) -> None:
         """Write the model as an ``.npz`` (see the module docstring)."""
         save_model(self, file)
-
-
-@dataclass
-class BestParameters:
-    """The parameters a trainer kept at its lowest validation loss."""
-
-    network: Any  # an object with flat, layout, running_mean, running_var (a network copy)
-    epoch: int
-    step: int
-    val_loss: float
-
-
-@dataclass
-class NetworkCopy:
-    """The state of a network (or one stacked member, ``row``) at one moment."""
-
-    flat: Array
-    layout: ParamLayout
-    running_mean: dict[int, Array]
-    running_var: dict[int, Array]
-
-    @classmethod
-    def of(cls, network: Any, row: int | None = None) -> NetworkCopy:
-        if row is None:
-            return cls(network.flat.copy(), network.layout,
-                       {i: v.copy() for i, v in network.running_mean.items()},
-                       {i: v.copy() for i, v in network.running_var.items()})
-        return cls(network.flat[row].copy(), network.layout,
-                   {i: v[row, 0].copy() for i, v in network.running_mean.items()},
-                   {i: v[row, 0].copy() for i, v in network.running_var.items()})
 
 
 def _layout(spec: TrainingSpec) -> ParamLayout:

@@ -17,10 +17,10 @@ import numpy as np
 
 from core.clipping import clip_flat
 from core.diagnostics.monitor import Monitor
-from core.model_io import BestParameters, NetworkCopy
 from core.optimizers import make_optimizer
 from core.problem import Problem
 from core.schedules import make_schedule
+from core.snapshot import BestParameters, NetworkCopy
 from core.spec import TrainingSpec
 from core.telemetry import (
     EpochRecord,

@@ -236,7 +236,7 @@ def test_foreign_and_damaged_npz_files_are_clear_errors(tmp_path: Path) -> None:
     plain = io.BytesIO()
     np.save(plain, np.zeros(3))
     plain.seek(0)
-    with pytest.raises(core.ModelFileError, match="single .npy"):
+    with pytest.raises(core.ModelFileError, match=r"single \.npy"):
         core.load_model(plain)
     # a member whose bytes were damaged inside the zip
     broken = bytearray(good)

@@ -325,7 +325,11 @@ class Trainer(Problem):
         """Copy the parameters when ``ep`` has the lowest finite validation loss so far."""
         v = ep.val_loss
         if v is not None and math.isfinite(v) and (self.best is None or v < self.best.val_loss):
-            self.best = BestParameters(NetworkCopy.of(self.network), ep.epoch, ep.step, v)
+            self.best = None  # free the older copy first
+            try:
+                self.best = BestParameters(NetworkCopy.of(self.network), ep.epoch, ep.step, v)
+            except MemoryError:  # a copy is a convenience: never fail the run for it
+                self.keep_best = False
 
     def _step_record(self, step: int, epoch: int, loss: float, lr: float, grad_norm: float,
                      clipped_norm: float, clipped: bool, layer_gsq: Array, w_gsq: Array,

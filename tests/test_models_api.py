@@ -108,6 +108,12 @@ def test_regression_predictions_are_in_the_targets_scale_and_equal_offline(
     assert abs(float(np.mean(body["predictions"])) - float(y.mean())) < 3 * float(y.std())
     r = live.http.get(f"/v1/jobs/{job_id}/model", params={"which": "best"})
     assert r.status_code == 404 and "no validation split" in r.json()["detail"]
+    # a stored file damaged after the worker wrote it: a clear problem, never a 500
+    stored = Path(live.settings.blob_dir) / "models" / job_id / "final.npz"  # type: ignore[arg-type]
+    stored.write_bytes(stored.read_bytes()[:100])
+    for r in (live.http.get(f"/v1/jobs/{job_id}/model"),
+              live.http.post(f"/v1/jobs/{job_id}/predict", json={"X": X[:1].tolist()})):
+        assert r.status_code == 409 and r.json()["type"].endswith("/model-damaged")
 
 
 def test_an_exploded_runs_model_is_409_unless_asked_for(live: LiveServer) -> None:

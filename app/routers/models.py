@@ -8,6 +8,8 @@ from the same file, so the API and an offline notebook give the same numbers.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
@@ -23,7 +25,7 @@ from app.routers.common import json_body, problems
 from app.schemas import ApiModel, JsonFloat
 from app.services import get_job
 from app.settings import Settings
-from core.model_io import Model
+from core.model_io import Model, ModelFileError
 
 __all__ = ["ModelInfo", "Prediction", "router"]
 
@@ -104,7 +106,8 @@ def _model_info(session: Any, store: BlobStore, job_id: str, which: Which,
     if job.status not in TERMINAL:
         raise NotFoundError(f"job {job_id} is {job.status}: its model is kept when it "
                             "finishes", slug="model-not-ready", status_now=job.status)
-    info = read_model_info(store, job_id, which)
+    with _damaged_as_conflict(job_id, which):
+        info = read_model_info(store, job_id, which)
     if info is None:
         why = ("it has no validation split (or no finite validation loss)" if which == "best"
                else "it ended before training started" if job.status != "succeeded"
@@ -118,6 +121,15 @@ def _model_info(session: Any, store: BlobStore, job_id: str, which: Which,
             "allow_non_finite=true to get it anyway", slug="model-non-finite",
             non_finite=bad)
     return info
+
+
+@contextmanager
+def _damaged_as_conflict(job_id: str, which: str) -> Iterator[None]:
+    try:
+        yield
+    except ModelFileError as exc:  # the stored file was damaged after the worker wrote it
+        raise ConflictError(f"job {job_id}'s stored {which} model cannot be read ({exc}); "
+                            "run the job again", slug="model-damaged") from None
 
 
 @router.get(
@@ -177,7 +189,8 @@ def predict(job_id: str, body: Annotated[Any, Depends(json_body)], session: Read
     if len(rows[0]) != width:
         raise _invalid([name, 0], f"the model takes {width} input columns; got {len(rows[0])}",
                        expected=width, given=len(rows[0]))
-    model = read_model(store, job_id, which)
+    with _damaged_as_conflict(job_id, which):
+        model = read_model(store, job_id, which)
     if model is None:
         raise NotFoundError(f"job {job_id} has no {which} model", slug="model-not-found")
     # NaN/Inf outputs of an exploded model as "NaN"/"Infinity" (model_dump_json's rule)
@@ -209,13 +222,18 @@ def _invalid(loc: list[Any], msg: str, type_: str = "value_error", slug: str = "
                                **extra)
 
 
+# The forms of a predict body. Another source of rows (an uploaded data set's id) is one more
+# name here and one branch in _rows returning that set's X.
+_INPUT_FIELDS = ("X", "inputs")
+
+
 def _rows(body: Any, settings: Settings) -> tuple[str, list[list[float]]]:
     """The body's rows: counted against the inline limit and checked to be finite numbers in
     one pass, before anything else looks at them; rectangular, at least one."""
     if not isinstance(body, dict):
         raise _invalid([], "must be a JSON object with `X`", "model_type")
-    names = [n for n in ("X", "inputs") if n in body]
-    unknown = [k for k in body if k not in ("X", "inputs")]
+    names = [n for n in _INPUT_FIELDS if n in body]
+    unknown = [k for k in body if k not in _INPUT_FIELDS]
     if unknown:
         raise _invalid([unknown[0]], "unknown field; send `X` (or `inputs`)", "extra_forbidden")
     if len(names) != 1:

@@ -35,7 +35,9 @@ CSV_COLUMNS: dict[str, tuple[str, ...]] = {
     "metrics": ("step", "epoch", *STEP_METRICS, "clipped"),
     "gradients": ("step", "epoch", "layer", *LAYER_METRICS),
 }
-WINDOW = 64  # chunks read per session (a chunk holds one flush: up to flush_every steps)
+# Chunks read per query (a chunk holds one flush: up to flush_every steps, all series): what
+# the export holds in memory at once, whatever the job's length (bench/export_bench.py).
+WINDOW = 8
 
 
 def _cells(values: np.ndarray, present: np.ndarray) -> list[list[str]]:

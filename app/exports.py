@@ -40,28 +40,30 @@ CSV_COLUMNS: dict[str, tuple[str, ...]] = {
 WINDOW = 8
 
 
-def _cells(values: np.ndarray, present: np.ndarray) -> list[list[str]]:
-    """Rows of text cells: ``repr`` of each float (``nan``/``inf``/``-inf``), empty when absent."""
-    text = [[repr(v) for v in row] for row in values.tolist()]
-    if not present.all():
-        for i, j in zip(*np.nonzero(~present), strict=True):
-            text[i][j] = ""
-    return text
+def _cells(values: np.ndarray, present: np.ndarray) -> list[str]:
+    """Every value as text, row-major: ``repr`` (``nan``/``inf``/``-inf``), empty when absent."""
+    cells = list(map(repr, values.ravel().tolist()))
+    for i in np.flatnonzero(~present.ravel()).tolist():
+        cells[i] = ""
+    return cells
 
 
-def _metrics_lines(d: ChunkData) -> Iterator[str]:
+def _metrics_text(d: ChunkData) -> str:
+    k = d.values.shape[1]
     cells = _cells(d.values, d.present)
-    for step, epoch, clipped, row in zip(d.steps.tolist(), d.epochs.tolist(),
-                                         d.clipped.tolist(), cells, strict=True):
-        yield f"{step},{epoch},{','.join(row)},{'true' if clipped else 'false'}\n"
+    return "".join(
+        f"{step},{epoch},{','.join(cells[i * k:(i + 1) * k])},{'true' if clipped else 'false'}\n"
+        for i, (step, epoch, clipped) in enumerate(zip(d.steps.tolist(), d.epochs.tolist(),
+                                                       d.clipped.tolist(), strict=True)))
 
 
-def _gradient_lines(d: ChunkData, n_layers: int) -> Iterator[str]:
+def _gradients_text(d: ChunkData, n_layers: int) -> str:
     k = len(LAYER_METRICS)
-    cells = _cells(d.values, d.present)
-    for step, epoch, row in zip(d.steps.tolist(), d.epochs.tolist(), cells, strict=True):
-        for layer in range(n_layers):
-            yield f"{step},{epoch},{layer},{','.join(row[layer * k:(layer + 1) * k])}\n"
+    cells = _cells(d.values, d.present)  # per step: layer 0's k metrics, layer 1's, ...
+    prefixes = [f"{step},{epoch},{layer},"
+                for step, epoch in zip(d.steps.tolist(), d.epochs.tolist(), strict=True)
+                for layer in range(n_layers)]
+    return "".join(f"{p}{','.join(cells[i * k:(i + 1) * k])}\n" for i, p in enumerate(prefixes))
 
 
 def _series(table: Table, n_layers: int) -> Sequence[int]:
@@ -87,5 +89,5 @@ def csv_rows(factory: sessionmaker[Session], job_id: str, table: Table) -> Itera
             chunks = HistoryRepository(session).chunks(key, window[0][0], window[-1][1])
         for _, _, _, data in chunks:  # one flush's steps per piece of the response
             d = decode_chunk(data, series)
-            lines = _metrics_lines(d) if table == "metrics" else _gradient_lines(d, n_layers)
-            yield "".join(lines).encode()
+            text = _metrics_text(d) if table == "metrics" else _gradients_text(d, n_layers)
+            yield text.encode()

@@ -222,7 +222,9 @@ def job_links(job_id: str) -> dict[str, str]:
     return {"self": base, "gradients": f"{base}/gradients", "metrics": f"{base}/metrics",
             "diagnostics": f"{base}/diagnostics", "events": f"{base}/events",
             "cancel": f"{base}/cancel", "repair": f"{base}/repair",
-            "comparison": f"{base}/comparison"}
+            "comparison": f"{base}/comparison", "model": f"{base}/model",
+            "predict": f"{base}/predict", "metrics_csv": f"{base}/metrics.csv",
+            "gradients_csv": f"{base}/gradients.csv"}
 
 
 def job_to_summary(job: Job) -> dict[str, Any]:

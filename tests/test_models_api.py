@@ -58,6 +58,10 @@ def as_floats(values: list[Any]) -> np.ndarray:
 def test_a_trained_classifier_downloads_and_predicts_the_same_through_the_api_and_offline(
         live: LiveServer) -> None:
     job_id = finished(live, CLASSIFIER)
+    links = live.http.get(f"/v1/jobs/{job_id}").json()["links"]
+    assert links["model"] == f"/v1/jobs/{job_id}/model"
+    assert links["predict"] == f"/v1/jobs/{job_id}/predict"
+    assert links["gradients_csv"] == f"/v1/jobs/{job_id}/gradients.csv"
     model = download(live, job_id)
     assert model.info["which"] == "final" and model.info["job_id"] == job_id
     assert model.spec.model_dump()["data"]["standardize"] is True

@@ -187,6 +187,12 @@ def test_every_sweep_member_keeps_its_model(live: LiveServer) -> None:
         alone.run()
         for name, value in alone.parameters():
             np.testing.assert_allclose(model.arrays[name], value, rtol=1e-9, atol=1e-12)
+    # deleting the sweep deletes its members' models
+    models = Path(live.settings.blob_dir) / "models"  # type: ignore[arg-type]
+    members = [m["job_id"] for m in live.http.get(f"/v1/sweeps/{sweep_id}").json()["members"]]
+    assert all((models / j / "final.npz").exists() for j in members)
+    assert live.http.delete(f"/v1/sweeps/{sweep_id}").status_code == 204
+    assert not any((models / j / "final.npz").exists() for j in members)
 
 
 def test_a_job_failed_at_its_runtime_limit_keeps_its_model(tmp_path: Path) -> None:

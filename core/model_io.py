@@ -101,18 +101,15 @@ class Model:
 
     # ---------------------------------------------------------------- construction
     @classmethod
-    def from_network(cls, spec: TrainingSpec, network: Any, data: Dataset, *,
-                     row: int | None = None, **info: Any) -> Model:
-        """A copy of ``network``'s current parameters and running statistics (``row``: one
-        member of a :class:`core.stacked.StackedMLP`) with ``data``'s standardisation."""
-        flat = network.flat if row is None else network.flat[row]
-        arrays = {s.name: network.layout.view(flat, s).copy() for s in network.layout.slots}
-        for i in network.running_mean:
-            mean, var = network.running_mean[i], network.running_var[i]
-            if row is not None:  # stacked: (K, 1, units)
-                mean, var = mean[row, 0], var[row, 0]
-            arrays[f"layers.{i}.running_mean"] = np.array(mean, copy=True)
-            arrays[f"layers.{i}.running_var"] = np.array(var, copy=True)
+    def from_network(cls, spec: TrainingSpec, network: MLP | NetworkCopy, data: Dataset,
+                     **info: Any) -> Model:
+        """A copy of ``network``'s parameters and batch-norm running statistics, with the
+        standardisation ``data``'s pipeline applied; ``info`` is recorded in the file."""
+        state = NetworkCopy.of(network)
+        arrays = {s.name: state.layout.view(state.flat, s) for s in state.layout.slots}
+        for i in state.running_mean:
+            arrays[f"layers.{i}.running_mean"] = state.running_mean[i]
+            arrays[f"layers.{i}.running_var"] = state.running_var[i]
         return cls(spec, arrays, data.x_mean, data.x_std, data.y_mean, data.y_std,
                    {"which": "final", **info})
 
@@ -372,18 +369,7 @@ def load_model(file: str | os.PathLike[str] | IO[bytes]) -> Model:
                  info)
 
 
-class _Opened:
-    def __init__(self, npz: Any) -> None:
-        self.npz = npz
-
-    def __enter__(self) -> Any:
-        return self.npz
-
-    def __exit__(self, *exc: object) -> None:
-        self.npz.close()
-
-
-def _open(file: str | os.PathLike[str] | IO[bytes]) -> _Opened:
+def _open(file: str | os.PathLike[str] | IO[bytes]) -> np.lib.npyio.NpzFile:
     try:
         npz = np.load(file, allow_pickle=False)
     except FileNotFoundError:
@@ -393,7 +379,7 @@ def _open(file: str | os.PathLike[str] | IO[bytes]) -> _Opened:
                              ) from None
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise ModelFileError("not a gradwatch model file (a single .npy array, not an .npz)")
-    return _Opened(npz)
+    return npz
 
 
 def _read(npz: Any, name: str) -> Array:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from conftest import LONG_SPEC, LiveServer, make_settings
 from fastapi.testclient import TestClient
+from test_integration import Cluster, cluster  # noqa: F401  (the scale-out fixture)
 
 import core
 from app.showcase import DIVERGING_SPEC
@@ -203,6 +204,31 @@ def test_a_job_failed_at_its_runtime_limit_keeps_its_model(tmp_path: Path) -> No
         assert job["status"] == "failed" and job["stop_reason"] == "max_runtime"
         model = download(server, job_id)
         assert model.info["stop_reason"] == "max_runtime" and model.finite
+
+
+@pytest.mark.integration
+def test_celery_workers_on_postgresql_keep_the_model_and_export_the_history(
+        cluster: Cluster) -> None:  # noqa: F811
+    """The scale-out setup: `gradwatch worker` processes write the model to the shared blob
+    directory; the API serves it, predicts with it, exports from PostgreSQL, deletes it."""
+    job_id = cluster.submit({**CLASSIFIER, "training": {"epochs": 3, "batch_size": 32,
+                                                        "validation_split": 0.25}})
+    job = cluster.wait_terminal(job_id)
+    assert job["status"] == "succeeded", job["error"]
+    r = cluster.http.get(f"/v1/jobs/{job_id}/model")
+    assert r.status_code == 200, r.text
+    model = core.load_model(io.BytesIO(r.content))
+    X = np.random.default_rng(3).uniform(-40, 40, size=(20, 2))
+    body = cluster.http.post(f"/v1/jobs/{job_id}/predict", json={"X": X.tolist()}).json()
+    assert np.array_equal(np.array(body["probabilities"]), model.predict(X))
+    assert cluster.http.get(f"/v1/jobs/{job_id}/model", params={"which": "best"}
+                            ).status_code == 200
+    csv_text = cluster.http.get(f"/v1/jobs/{job_id}/metrics.csv").text
+    assert len(csv_text.splitlines()) == 1 + job["progress"]["total_steps"]
+    stored = cluster.tmp / "blobs" / "models" / job_id / "final.npz"
+    assert stored.exists()
+    assert cluster.http.delete(f"/v1/jobs/{job_id}").status_code == 204
+    assert not stored.exists()
 
 
 @pytest.mark.parametrize(("body", "where", "message"), [

@@ -18,6 +18,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter
 
+from app.artifacts import ModelCleanup
 from app.correlation import RequestIdMiddleware
 from app.db import build_engine, build_sessionmaker
 from app.deps import require_api_key
@@ -31,9 +32,11 @@ from app.openapi_docs import document
 from app.routers import (
     datasets,
     events,
+    exports,
     histories,
     jobs,
     metrics,
+    models,
     pages,
     plots,
     sweeps,
@@ -74,6 +77,8 @@ TAGS = [
     {"name": "specs", "description": "Analyse a spec before training."},
     {"name": "datasets", "description": "Built-in data sets; upload, list and delete your "
                                         "own."},
+    {"name": "models", "description": "Download a job's trained model; predict with it."},
+    {"name": "exports", "description": "Every recorded point of a history as CSV."},
     {"name": "webhooks", "description": "Signed notifications of job events to your URL."},
     {"name": "health", "description": "Liveness and readiness probes; Prometheus metrics."},
 ]
@@ -110,6 +115,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     executor = build_executor(settings, app.state.sessionmaker)
     dispatcher = Dispatcher(settings, app.state.sessionmaker, executor)
     dispatcher.install()  # committed jobs go to the executor (see app.dispatch)
+    cleanup = ModelCleanup(settings, app.state.sessionmaker)
+    cleanup.install()  # a deleted job's model files go after the commit (see app.artifacts)
     app.state.executor, app.state.dispatcher = executor, dispatcher
     executor.start()
     dispatcher.start()
@@ -123,6 +130,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         dispatcher.stop()
         executor.shutdown(wait=True)
         dispatcher.uninstall()
+        cleanup.uninstall()
         engine.dispose()
 
 
@@ -158,6 +166,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(plots.router, dependencies=auth)  # issue 9: plots
     app.include_router(sweeps.router, dependencies=auth)
     app.include_router(datasets.router, dependencies=auth)  # issue 12: uploaded data sets
+    app.include_router(models.router, dependencies=auth)  # issue 12: models out
+    app.include_router(exports.router, dependencies=auth)  # issue 12: history export
     app.include_router(system.router)
     app.include_router(system.health_router)
 

@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import history, webhooks
+from app.artifacts import forget_models
 from app.correlation import current_request_id
 from app.datasets import parent_lookup
 from app.db import sqlite_writer_free
@@ -217,6 +218,7 @@ def delete_job(session: Session, job_id: str) -> None:
     if not JobRepository(session).delete(job_id, statuses=TERMINAL):
         raise ConflictError(f"job {job_id} is {job.status}; cancel it first — only finished jobs "
                             "can be deleted", slug="job-not-finished", status_now=job.status)
+    forget_models(session, job_id)  # its model files go once the deletion commits
 
 
 def job_links(job_id: str) -> dict[str, str]:
@@ -224,7 +226,9 @@ def job_links(job_id: str) -> dict[str, str]:
     return {"self": base, "gradients": f"{base}/gradients", "metrics": f"{base}/metrics",
             "diagnostics": f"{base}/diagnostics", "events": f"{base}/events",
             "cancel": f"{base}/cancel", "repair": f"{base}/repair",
-            "comparison": f"{base}/comparison"}
+            "comparison": f"{base}/comparison", "model": f"{base}/model",
+            "predict": f"{base}/predict", "metrics_csv": f"{base}/metrics.csv",
+            "gradients_csv": f"{base}/gradients.csv"}
 
 
 def job_to_summary(job: Job) -> dict[str, Any]:

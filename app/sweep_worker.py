@@ -15,11 +15,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from functools import partial
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.artifacts import keep_models
 from app.db import retry_on_locked, unit_of_work
 from app.heartbeat import Heartbeat
 from app.lifecycle import move_job
@@ -29,6 +31,7 @@ from app.run_end import conclude, describe, finish_run, first_non_finite, give_u
 from app.sink import DatabaseSink
 from app.worker_process import WorkerContext, handback_due
 from core.batched import BatchedTrainer, stack_key
+from core.model_io import Model
 from core.spec import TrainingSpec
 from core.stability import peak_to_baseline, predicted_risk
 from core.sweep import SweepMember
@@ -156,10 +159,14 @@ def _train_group(ctx: WorkerContext, claimed: list[tuple[str, Claim, dict[str, A
                        runtime=time.monotonic() - started)
         return dict.fromkeys(ids, "failed")
     statuses: dict[str, str] = {}
-    for (jid, claim, _), spec, sink, result in zip(claimed, specs, sinks, results, strict=True):
+    for k, ((jid, claim, _), spec, sink, result) in enumerate(
+            zip(claimed, specs, sinks, results, strict=True)):
         if sink.given_up:  # given to another worker, or handed back at shutdown
             statuses[jid] = give_up(factory, jid, claim, sink)
             continue
+        keep_models(settings, jid, partial(Model.from_member, trainer, k, job_id=jid,
+                                           step=int(result.steps_completed),
+                                           stop_reason=str(result.stop_reason)))
         statuses[jid] = _finish_member(ctx, jid, claim, spec, sink, result,
                                        time.monotonic() - started)
     return statuses

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.artifacts import forget_models
 from app.errors import ConflictError, NotFoundError, SpecValidationError
 from app.lifecycle import TERMINAL
 from app.models import Job, Sweep, SweepMemberRow, utcnow
@@ -156,6 +157,7 @@ def delete_sweep(session: Session, sweep_id: str) -> None:
     for _, job in members:
         if job is not None:
             jobs.delete(job.id, statuses=TERMINAL)
+            forget_models(session, job.id)
     session.delete(get_sweep(session, sweep_id))
     session.flush()
 

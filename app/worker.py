@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 from app.blobstore import blob_store
+from app.artifacts import keep_trainer_models
 from app.correlation import bind
 from app.datasets import attach_uploaded
 from app.db import retry_on_locked, unit_of_work
@@ -73,6 +74,7 @@ def _train(ctx: WorkerContext, job_id: str, run: Claim, job_row: dict[str, Any],
     settings, factory = ctx.settings, ctx.factory
     started = time.monotonic()
     sink: DatabaseSink | None = None
+    trainer: Any = None
     try:
         spec = TrainingSpec.model_validate(job_row["spec"],
                                            context={"limits": settings.spec_limits()})
@@ -84,7 +86,7 @@ def _train(ctx: WorkerContext, job_id: str, run: Claim, job_row: dict[str, Any],
             heartbeat=heartbeat, handback_due=handback_due)
         from core import Trainer  # the trainer is imported only where jobs run
 
-        trainer = Trainer(spec, max_runtime=settings.max_job_runtime_seconds)
+        trainer = Trainer(spec, max_runtime=settings.max_job_runtime_seconds, keep_best=True)
         # bounded memory for very long runs; the database still gets every record
         result = trainer.run(sink, max_records=settings.diagnosis_max_records)
         if sink.given_up:
@@ -97,6 +99,8 @@ def _train(ctx: WorkerContext, job_id: str, run: Claim, job_row: dict[str, Any],
                 sink.close()
             except Exception:
                 log.exception("job %s: could not store the last records", job_id)
+        if trainer is not None:  # the weights as the crash left them
+            keep_trainer_models(settings, job_id, trainer, stop_reason=None)
         finish_run(factory, job_id, run, status="failed", stop_reason=None,
                    error=f"training failed: {describe(exc)}", report=None,
                    first_non_finite=sink.first_non_finite if sink else None,
@@ -108,6 +112,8 @@ def _train(ctx: WorkerContext, job_id: str, run: Claim, job_row: dict[str, Any],
 
     stop_reason = str(result.stop_reason)
     status, error, report = conclude(job_id, result, settings)
+    keep_trainer_models(settings, job_id, trainer, step=int(result.steps_completed),
+                        stop_reason=stop_reason)  # before the terminal move: then downloadable
     if not finish_run(factory, job_id, run, status=status, stop_reason=stop_reason, error=error,
                       report=report, first_non_finite=first_non_finite(result, sink),
                       steps_completed=int(result.steps_completed),

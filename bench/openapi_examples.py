@@ -8,6 +8,7 @@ real errors (422 with field paths, 404, 409, 401, 413, 415). Run after changing 
 model or the diagnosis:
 
     .venv/bin/python bench/openapi_examples.py
+    .venv/bin/python bench/openapi_examples.py --only-models   # models and CSV exports only
 """
 
 from __future__ import annotations
@@ -167,6 +168,49 @@ def datasets(tmp: Path, ex: dict[str, dict[str, Any]]) -> None:
                                               headers={"Content-Type": "text/csv"}))  # 429
 
 
+CLASSIFIER = {"name": "spirals-standardised",
+              "data": {"source": "synthetic", "name": "spirals", "n_samples": 300,
+                       "standardize": True},
+              "model": {"hidden": [{"units": 16}, {"units": 16}]},
+              "optimizer": {"name": "adam", "lr": 0.01},
+              "training": {"epochs": 5, "batch_size": 32, "validation_split": 0.2}}
+
+
+def shortened_csv(text: str, head: int = 3, tail: int = 2) -> str:
+    lines = text.splitlines()
+    return "\n".join([*lines[:1 + head], *lines[-tail:]]) + "\n"
+
+
+def models_and_exports(http: TestClient, ex: dict[str, dict[str, Any]]) -> None:
+    """Model download and predictions (a trained classifier; the diverging run's non-finite
+    weights: 409), the CSV exports of the diverging run (its last rows hold inf and nan)."""
+    import io
+
+    import numpy as np
+
+    good = http.post("/v1/jobs", json=CLASSIFIER).json()
+    bad = http.post("/v1/jobs", json=DIVERGING_SPEC).json()
+    wait(http, good["id"])
+    wait(http, bad["id"])
+    model = http.get(f"/v1/jobs/{good['id']}/model")
+    with np.load(io.BytesIO(model.content)) as npz:
+        ex["getJobModel"] = {"200": f"(binary NumPy .npz, {len(model.content)} bytes: "
+                                    f"{', '.join(npz.files)})"}
+    record(ex, "getJobModel", http.get(f"/v1/jobs/{bad['id']}/model"))
+    record(ex, "getJobModel", http.get(f"/v1/jobs/{good['id']}/model", params={"which": "x"}))
+    record(ex, "getJobModel", http.get(f"/v1/jobs/{UNKNOWN_ID}/model"))
+    record(ex, "predictJob", http.post(f"/v1/jobs/{good['id']}/predict",
+                                       json={"X": [[0.1, -0.4], [0.7, 0.2]]}))
+    record(ex, "predictJob", http.post(f"/v1/jobs/{good['id']}/predict",
+                                       json={"X": [[0.1, -0.4, 2.0]]}))
+    record(ex, "predictJob", http.post(f"/v1/jobs/{bad['id']}/predict", json={"X": [[0.0] * 8]}))
+    record(ex, "predictJob", http.post(f"/v1/jobs/{UNKNOWN_ID}/predict", json={"X": [[0.0]]}))
+    for operation, table in (("exportMetricsCsv", "metrics"), ("exportGradientsCsv", "gradients")):
+        text = http.get(f"/v1/jobs/{bad['id']}/{table}.csv").text
+        ex[operation] = {"200": shortened_csv(text, tail=2 if table == "metrics" else 3)}
+        record(ex, operation, http.get(f"/v1/jobs/{UNKNOWN_ID}/{table}.csv"))
+
+
 def generate(tmp: Path) -> dict[str, dict[str, Any]]:
     ex: dict[str, dict[str, Any]] = {}
     with TestClient(create_app(settings(tmp, workers=1, webhook_allow_private=True))) as http:
@@ -224,6 +268,7 @@ def generate(tmp: Path) -> dict[str, dict[str, Any]]:
         record(ex, "deleteJob", http.delete(f"/v1/jobs/{repair['id']}"))  # 204: no body
         ex["deleteJob"].pop("204", None)
         sweeps_and_webhooks(http, ex, hook["id"])
+        models_and_exports(http, ex)
     uploads = tmp / "uploads"
     uploads.mkdir()
     datasets(uploads, ex)
@@ -242,11 +287,17 @@ def generate(tmp: Path) -> dict[str, dict[str, Any]]:
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        examples = generate(Path(tmp))
+        if "--only-models" in sys.argv:  # refresh the models/exports examples only
+            examples = json.loads(OUT.read_text())
+            with TestClient(create_app(settings(Path(tmp), workers=1))) as http:
+                models_and_exports(http, examples)
+        else:
+            examples = generate(Path(tmp))
     OUT.write_text(json.dumps(examples, indent=1, sort_keys=True) + "\n")
     counts = {op: sorted(codes) for op, codes in sorted(examples.items())}
     print(f"wrote {OUT.relative_to(ROOT)}: {json.dumps(counts)}")
-    print(f"wrote {README_PLOT.relative_to(ROOT)}")
+    if "--only-models" not in sys.argv:
+        print(f"wrote {README_PLOT.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -8,9 +8,12 @@ The public API (see DESIGN.md "Contracts")::
     result = trainer.run()              # core.TrainingResult: per-step, per-layer records
     report = core.diagnose(result)      # verdict, findings, ranked fixes as spec patches
     core.preflight(spec)                # risk analysis without training
+    core.Model.from_trainer(trainer).save("model.npz")
+    core.load_model("model.npz").predict(X)   # raw inputs in, probabilities/outputs out
 """
 
 from core.diagnostics import DiagnosticReport, Monitor, PreflightReport, diagnose, preflight
+from core.model_io import Model, ModelFileError, load_model, save_model
 from core.spec import SpecLimits, TrainingSpec
 from core.telemetry import EpochRecord, LayerRecord, MemorySink, NonFiniteEvent, Sink, StepRecord
 from core.trainer import Trainer, TrainingResult
@@ -20,6 +23,8 @@ __all__ = [
     "EpochRecord",
     "LayerRecord",
     "MemorySink",
+    "Model",
+    "ModelFileError",
     "Monitor",
     "NonFiniteEvent",
     "PreflightReport",
@@ -30,5 +35,7 @@ __all__ = [
     "TrainingResult",
     "TrainingSpec",
     "diagnose",
+    "load_model",
     "preflight",
+    "save_model",
 ]

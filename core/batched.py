@@ -35,6 +35,7 @@ from core.member import MemberRun
 from core.network import MLP
 from core.optimizers import make_optimizer
 from core.schedules import Constant, make_schedule
+from core.snapshot import NetworkCopy
 from core.spec import TrainingSpec, data_shape
 from core.stacked import StackedMLP, segment_sumsq_batched
 from core.telemetry import LayerRecord, NonFiniteEvent, Sink, StepRecord
@@ -152,6 +153,7 @@ class BatchedTrainer:
         self._classifier = self._data[0].dataset.task == "classification"
         self._active: list[MemberRun] = []
         self._monitor: StackMonitor | None = None
+        self.final_networks: dict[int, NetworkCopy] = {}  # member -> parameters at its end
         self._mse_labels = self.loss_name == "mse" and self._classifier
 
     # ------------------------------------------------------------------ the loop
@@ -216,6 +218,10 @@ class BatchedTrainer:
                 self._remove(ended, step, results, t0)
             epoch += 1
         return [r for r in results if r is not None]
+
+    def member_data(self, k: int) -> Dataset:
+        """Member ``k``'s data set (with the standardisation its pipeline applied)."""
+        return self._data[self.data_index[k]].dataset
 
     # ------------------------------------------------------------------ batches
     def _shared_batches(self) -> bool:
@@ -397,6 +403,9 @@ class BatchedTrainer:
         gone = {id(m) for m in leaving}
         for m in leaving:
             results[m.index] = m.result(step, time.monotonic() - t0)
+        for r, m in enumerate(self._active):
+            if id(m) in gone:
+                self.final_networks[m.index] = NetworkCopy.of(self.network, row=r)
         keep = [r for r, m in enumerate(self._active) if id(m) not in gone]
         if keep:
             rows = np.asarray(keep, dtype=np.intp)

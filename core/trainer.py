@@ -20,6 +20,7 @@ from core.diagnostics.monitor import Monitor
 from core.optimizers import make_optimizer
 from core.problem import Problem
 from core.schedules import make_schedule
+from core.snapshot import BestParameters, NetworkCopy
 from core.spec import TrainingSpec
 from core.telemetry import (
     EpochRecord,
@@ -105,11 +106,16 @@ class Trainer(Problem):
     monitor : bool
         Feed every step to the online :class:`core.diagnostics.Monitor` (default; needed for
         ``stop_on_explosion`` and live alerts). Requires ``telemetry``.
+    keep_best : bool
+        Keep a copy of the parameters at the lowest finite validation loss seen at an epoch's
+        end (``self.best``; needs a validation split): ``core.Model.from_trainer(t, "best")``.
     """
 
     def __init__(self, spec: TrainingSpec, *, max_runtime: float | None = None,
-                 telemetry: bool = True, monitor: bool = True) -> None:
+                 telemetry: bool = True, monitor: bool = True, keep_best: bool = False) -> None:
         super().__init__(spec)
+        self.keep_best = keep_best
+        self.best: BestParameters | None = None
         self.use_monitor = monitor
         self.max_runtime = max_runtime
         self.telemetry = telemetry
@@ -297,6 +303,8 @@ class Trainer(Problem):
                                 emit(pending)
                                 pending = None
                 epochs.append(ep)
+                if self.keep_best:
+                    self._keep_if_best(ep)
                 if sink is not None:
                     sink.write_epoch(ep)
             epoch += 1
@@ -312,6 +320,16 @@ class Trainer(Problem):
             alerts=alerts,
             runtime_seconds=time.monotonic() - t0,
         )
+
+    def _keep_if_best(self, ep: EpochRecord) -> None:
+        """Copy the parameters when ``ep`` has the lowest finite validation loss so far."""
+        v = ep.val_loss
+        if v is not None and math.isfinite(v) and (self.best is None or v < self.best.val_loss):
+            self.best = None  # free the older copy first
+            try:
+                self.best = BestParameters(NetworkCopy.of(self.network), ep.epoch, ep.step, v)
+            except MemoryError:  # a copy is a convenience: never fail the run for it
+                self.keep_best = False
 
     def _step_record(self, step: int, epoch: int, loss: float, lr: float, grad_norm: float,
                      clipped_norm: float, clipped: bool, layer_gsq: Array, w_gsq: Array,

@@ -1,0 +1,70 @@
+"""/v1/jobs/{id}/metrics.csv and /gradients.csv: every recorded point, streamed as CSV."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from app.deps import PrincipalDep, ReadSessionDep
+from app.exports import CSV_COLUMNS, Table, csv_rows
+from app.routers.common import problems
+from app.services import get_job
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1/jobs", tags=["exports"])
+
+_FORMAT = (
+    "Streamed, never downsampled: every recorded step, header row first. Numbers read back "
+    "to the same float64 (shortest round-trip text); NaN and ±Inf are written `nan`, `inf`, "
+    "`-inf` (`pandas.read_csv` and `float()` read them); an empty cell is a statistic that "
+    "was not recorded. A running job's export holds the steps stored when it began."
+)
+
+
+def _csv_response(columns: str) -> dict[int | str, dict[str, Any]]:
+    return {200: {"description": "CSV with a header row.",
+                  "content": {"text/csv": {"schema": {"type": "string"},
+                                           "example": columns}}},
+            **problems(404, 422)}
+
+
+def _stream(request: Request, job_id: str, table: Table) -> StreamingResponse:
+    return StreamingResponse(
+        csv_rows(request.app.state.sessionmaker, job_id, table),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{job_id}-{table}.csv"'})
+
+
+@router.get(
+    "/{job_id}/metrics.csv",
+    operation_id="exportMetricsCsv",
+    summary="Export the step metrics as CSV",
+    description="One row per recorded step: `" + ",".join(CSV_COLUMNS["metrics"]) + "` "
+                "(`clipped`: `true`/`false`). " + _FORMAT,
+    response_class=StreamingResponse,
+    responses=_csv_response(",".join(CSV_COLUMNS["metrics"]) + "\n"),
+)
+def export_metrics(job_id: str, request: Request, session: ReadSessionDep,
+                   principal: PrincipalDep) -> StreamingResponse:
+    get_job(session, job_id)  # 404 before the download starts
+    return _stream(request, job_id, "metrics")
+
+
+@router.get(
+    "/{job_id}/gradients.csv",
+    operation_id="exportGradientsCsv",
+    summary="Export the per-layer gradient history as CSV",
+    description="Long format, one row per recorded step and layer: `"
+                + ",".join(CSV_COLUMNS["gradients"]) + "` (layer 0 is the first hidden layer, "
+                "the last the output layer; `df.pivot(index=\"step\", columns=\"layer\", "
+                "values=\"grad_norm\")` gives one column per layer). " + _FORMAT,
+    response_class=StreamingResponse,
+    responses=_csv_response(",".join(CSV_COLUMNS["gradients"]) + "\n"),
+)
+def export_gradients(job_id: str, request: Request, session: ReadSessionDep,
+                     principal: PrincipalDep) -> StreamingResponse:
+    get_job(session, job_id)
+    return _stream(request, job_id, "gradients")

@@ -19,8 +19,8 @@ import logging
 import time
 from typing import Any
 
-from app.blobstore import blob_store
 from app.artifacts import keep_trainer_models
+from app.blobstore import blob_store
 from app.correlation import bind
 from app.datasets import attach_uploaded
 from app.db import retry_on_locked, unit_of_work

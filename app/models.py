@@ -24,6 +24,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.db import Base, NonFiniteFloat
 
 __all__ = [
+    "ApiKey",
     "DiagnosticReportRow",
     "EpochMetric",
     "HistoryChunk",
@@ -86,10 +87,13 @@ class Job(Base):
     # a member of a sweep (app.sweeps): trained batched with its siblings of one architecture
     parent_sweep_id: Mapped[str | None] = mapped_column(
         ForeignKey("sweeps.id", ondelete="SET NULL"), index=True)
+    # the tenant whose key created the job (app.tenancy); None: the admin's
+    tenant: Mapped[str | None] = mapped_column(String(100))
 
     __table_args__ = (
         Index("ix_jobs_created_at_id", "created_at", "id"),
         Index("ix_jobs_status_created_at", "status", "created_at"),
+        Index("ix_jobs_tenant_status", "tenant", "status"),
     )
 
 
@@ -263,6 +267,7 @@ class Sweep(Base):
     axes: Mapped[list[dict[str, Any]]] = mapped_column(JSONType)
     member_count: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    tenant: Mapped[str | None] = mapped_column(String(100), index=True)
 
 
 class SweepMemberRow(Base):
@@ -280,3 +285,16 @@ class SweepMemberRow(Base):
     first_bad_step: Mapped[int | None] = mapped_column(Integer)
     peak_to_baseline: Mapped[float | None] = mapped_column(NonFiniteFloat)
     final_loss: Mapped[float | None] = mapped_column(NonFiniteFloat)
+
+
+class ApiKey(Base):
+    """A tenant's API key (app.keys): only its scrypt hash is stored, never the key."""
+
+    __tablename__ = "api_keys"
+
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)  # public, in the key
+    tenant: Mapped[str] = mapped_column(String(100), index=True)
+    key_hash: Mapped[str] = mapped_column(String(200))  # scrypt$n$r$p$salt$hash (base64)
+    label: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -91,9 +91,13 @@ class JobRepository:
     def page(
         self, *, limit: int, statuses: Sequence[str] = (), verdicts: Sequence[str] = (),
         parent_id: str | None = None, after: tuple[datetime, str] | None = None,
+        tenant: str | None = None,
     ) -> list[Job]:
-        """Newest first; ``after`` = (created_at, id) of the last item of the previous page."""
+        """Newest first; ``after`` = (created_at, id) of the last item of the previous page;
+        ``tenant``: only that tenant's jobs (None: everyone's)."""
         query = select(Job)
+        if tenant is not None:
+            query = query.where(Job.tenant == tenant)
         if statuses:
             query = query.where(Job.status.in_(statuses))
         if verdicts:
@@ -107,6 +111,17 @@ class JobRepository:
             )
         query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
         return list(self.session.scalars(query))
+
+    def count_of_tenant(self, tenant: str, status: str) -> int:
+        """How many of ``tenant``'s jobs are in ``status`` (index ix_jobs_tenant_status)."""
+        return int(self.session.scalar(select(func.count()).select_from(Job)
+                                       .where(Job.tenant == tenant, Job.status == status)) or 0)
+
+    def defer(self, job_id: str) -> None:
+        """Leave a queued job for later: the sweeper sends it to the executor again."""
+        self.session.execute(
+            update(Job).where(Job.id == job_id, Job.status == "queued")
+            .values(enqueued_at=None).execution_options(synchronize_session=False))
 
     def flag_cancel(self, job_id: str) -> bool:
         """Set the cancel flag of a running job; False if it is not running or already set."""

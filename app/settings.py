@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core.spec import SpecLimits
 
@@ -54,7 +55,31 @@ class Settings(BaseSettings):
         True, description="Run `alembic upgrade head` at start-up; when false, refuse to start "
                           "on an out-of-date schema."
     )
-    api_key: str | None = Field(None, description="When set, /v1 requires this key.")
+    api_key: str | None = Field(
+        None, description="The admin key: when set, /v1 requires a key (this one, which sees "
+                          "every tenant, or a tenant key from `gradwatch keys create`). An "
+                          "empty value is refused at start-up (unset the variable instead).")
+    key_cache_seconds: float = Field(
+        5.0, ge=0, le=300,
+        description="How long each API process remembers a verified tenant key (and a "
+                    "rejected one) so that a request does not pay the scrypt hash: a revoked "
+                    "key stops working within this many seconds.")
+    docs_public: bool = Field(
+        True, description="Serve /docs, /redoc and /openapi.json without a key (they hold no "
+                          "data); false: /openapi.json needs a key like /v1 (the pages load, "
+                          "then ask for it).")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Browser origins allowed to call the API from other sites (CORS), e.g. "
+                    '`["https://notebooks.example.org"]`; empty (default): CORS is off.')
+    tenant_max_running_jobs: int = Field(
+        4, ge=1, description="Jobs one tenant may have running at once; more stay queued "
+                             "(workers do not start them until one finishes). The admin key "
+                             "has no quota.")
+    tenant_max_queued_jobs: int = Field(
+        100, ge=1, description="Jobs one tenant may have waiting (queued) at once; a "
+                               "submission past it (sweep members count) is a 429 with "
+                               "Retry-After.")
 
     # worker behaviour
     flush_every_steps: int = Field(500, ge=1)
@@ -149,6 +174,28 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = Field(
         "json", description="`json`: one JSON object per line with request_id, job_id and "
                             "tenant; `text`: plain lines.")
+
+    @field_validator("api_key")
+    @classmethod
+    def _no_empty_key(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()  # (a stray newline from a secrets file)
+        if not value:  # never echo a key in this message: only an empty one gets here
+            raise ValueError(
+                "GRADWATCH_API_KEY is set but empty: it would not "
+                "protect anything. Unset it to run without an admin key, or set a real key "
+                "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> Any:
+        if isinstance(value, str):  # a JSON list, or a comma-separated one
+            if value.strip().startswith("["):
+                return json.loads(value)
+            return [o.strip() for o in value.split(",") if o.strip()]
+        return value
 
     @model_validator(mode="after")
     def _default_database(self) -> Settings:

@@ -27,5 +27,10 @@ class Principal:
         """Whether a resource owned by `owner` exists for this caller."""
         return self.tenant is None or owner == self.tenant
 
+    def scope(self, requested: str | None = None) -> str | None:
+        """The tenant a list is restricted to: a tenant's own (whatever it asks for); for the
+        admin, ``requested`` (None: every tenant's and the admin's own)."""
+        return self.tenant if self.tenant is not None else requested
+
 
 ADMIN = Principal(tenant=None)

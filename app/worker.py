@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Literal
 
 from app.correlation import bind
 from app.db import retry_on_locked, unit_of_work
 from app.heartbeat import Heartbeat
 from app.lifecycle import move_job
 from app.models import Job
+from app.quotas import start_allowance
 from app.repositories import Claim, db_now
 from app.run_end import conclude, describe, finish_run, first_non_finite, give_up
 from app.sink import DatabaseSink
@@ -45,6 +46,9 @@ def run_job(job_id: str, *, context: WorkerContext | None = None) -> str:
     if grouped is not None:
         return grouped
     claimed = retry_on_locked(lambda: _claim(ctx, job_id))
+    if claimed == "deferred":
+        log.info("job %s waits: its tenant runs as many jobs as its quota allows", job_id)
+        return "deferred"
     if claimed is None:
         log.info("job %s was not queued any more; skipped", job_id)
         return "skipped"
@@ -54,8 +58,11 @@ def run_job(job_id: str, *, context: WorkerContext | None = None) -> str:
         return _train(ctx, job_id, run, job_row, beat)
 
 
-def _claim(ctx: WorkerContext, job_id: str) -> tuple[Claim, dict[str, Any]] | None:
+def _claim(ctx: WorkerContext, job_id: str
+           ) -> tuple[Claim, dict[str, Any]] | Literal["deferred"] | None:
     with unit_of_work(ctx.factory) as session:
+        if not start_allowance(session, job_id, ctx.settings):  # the tenant's running quota
+            return "deferred"
         now = db_now(session)
         job = move_job(session, job_id, "running", started_at=now, heartbeat_at=now,
                        worker_id=ctx.worker_id, attempts=Job.attempts + 1)

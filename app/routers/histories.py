@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 from pydantic import Field
 
-from app.deps import ReadSessionDep, SettingsDep
+from app.deps import PrincipalDep, ReadSessionDep, SettingsDep
 from app.downsampling import LAYER_METRICS, STEP_METRICS
 from app.errors import SpecValidationError
 from app.jsonutil import in_blocks, iter_json
@@ -71,6 +71,7 @@ def gradients(
     job_id: str,
     session: ReadSessionDep,
     settings: SettingsDep,
+    principal: PrincipalDep,
     layer: Annotated[int | None, Query(ge=0, le=MAX_STEP,
                                        description="Only this layer (0 = first hidden).")] = None,
     start_step: StartStep = None,
@@ -81,7 +82,8 @@ def gradients(
     )] = None,
 ) -> StreamingResponse:
     q = _query(settings, start_step, end_step, max_points)
-    return _streamed(gradient_history(session, job_id, q, layer=layer, metrics=metrics))
+    return _streamed(gradient_history(session, job_id, q, principal=principal, layer=layer,
+                                      metrics=metrics))
 
 
 @router.get(
@@ -98,6 +100,7 @@ def metrics(
     job_id: str,
     session: ReadSessionDep,
     settings: SettingsDep,
+    principal: PrincipalDep,
     start_step: StartStep = None,
     end_step: EndStep = None,
     max_points: MaxPoints = 1000,
@@ -106,7 +109,7 @@ def metrics(
     )] = None,
 ) -> StreamingResponse:
     q = _query(settings, start_step, end_step, max_points)
-    return _streamed(metrics_history(session, job_id, q, metrics=metrics))
+    return _streamed(metrics_history(session, job_id, q, principal=principal, metrics=metrics))
 
 
 @router.get(
@@ -121,5 +124,6 @@ def metrics(
                 "report (`final: false`) from the records so far.",
     responses=problems(404),
 )
-def get_diagnostics(job_id: str, session: ReadSessionDep, settings: SettingsDep) -> Any:
-    return diagnostics(session, job_id, settings)
+def get_diagnostics(job_id: str, session: ReadSessionDep, settings: SettingsDep,
+                    principal: PrincipalDep) -> Any:
+    return diagnostics(session, job_id, settings, principal)

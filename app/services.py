@@ -49,7 +49,7 @@ from app.repositories import (
 )
 from app.settings import Settings
 from app.specs import echoed_spec, preflight_spec, spec_hash, validate_spec
-from app.tenancy import Principal
+from app.tenancy import ADMIN, Principal
 from core.spec import TrainingSpec
 from core.telemetry import NonFiniteEvent
 
@@ -92,7 +92,7 @@ class Submitted:
 
 
 def submit_job(session: Session, *, spec: TrainingSpec, settings: Settings,
-               tenant: str | None, idempotency_key: str | None = None,
+               tenant: str | None = None, idempotency_key: str | None = None,
                parent_id: str | None = None, repair: dict[str, Any] | None = None,
                quota_checked: bool = False) -> Submitted:
     """Insert a queued job owned by ``tenant`` (None: the admin) and request its enqueueing
@@ -270,15 +270,15 @@ def job_to_read(job: Job) -> dict[str, Any]:
     return {**job_to_summary(job), "spec": job.spec, "repair": job.repair}
 
 
-def gradient_history(session: Session, job_id: str, q: HistoryQuery, *, principal: Principal,
-                     layer: int | None, metrics: list[str] | None) -> dict[str, Any]:
+def gradient_history(session: Session, job_id: str, q: HistoryQuery, *, layer: int | None,
+                     metrics: list[str] | None, principal: Principal = ADMIN) -> dict[str, Any]:
     """Per-layer series of a job (see :func:`app.history.gradient_history`)."""
     return history.gradient_history(session, get_job(session, job_id, principal), q,
                                     layer=layer, metrics=metrics)
 
 
-def metrics_history(session: Session, job_id: str, q: HistoryQuery, *, principal: Principal,
-                    metrics: list[str] | None) -> dict[str, Any]:
+def metrics_history(session: Session, job_id: str, q: HistoryQuery, *,
+                    metrics: list[str] | None, principal: Principal = ADMIN) -> dict[str, Any]:
     """Network-level series and epoch figures of a job (see :mod:`app.history`)."""
     return history.metrics_history(session, get_job(session, job_id, principal), q,
                                    metrics=metrics)
@@ -302,8 +302,8 @@ def job_events(factory: sessionmaker[Session], job_id: str, after_seq: int
         return events, JobRepository(session).status_of(job_id)
 
 
-def diagnostics(session: Session, job_id: str, settings: Settings, principal: Principal
-                ) -> dict[str, Any]:
+def diagnostics(session: Session, job_id: str, settings: Settings,
+                principal: Principal = ADMIN) -> dict[str, Any]:
     """The stored final report, or a provisional one built from the records so far (one
     computation per job and point of progress, shared by concurrent readers)."""
     job = get_job(session, job_id, principal)

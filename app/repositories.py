@@ -64,6 +64,11 @@ def db_now(session: Session) -> Any:
     return utcnow()
 
 
+# jobs.enqueued_at of a queued job a worker left for later (its tenant's running quota is
+# used up): the sweeper keeps handing it out until one starts it (app.quotas)
+DEFERRED = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def as_utc(value: datetime) -> datetime:
     """SQLite returns naive datetimes; they are stored in UTC."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
@@ -118,10 +123,12 @@ class JobRepository:
                                        .where(Job.tenant == tenant, Job.status == status)) or 0)
 
     def defer(self, job_id: str) -> None:
-        """Leave a queued job for later: the sweeper sends it to the executor again."""
+        """Leave a queued job for later (a tenant's running quota): it is marked
+        :data:`DEFERRED`, which :meth:`mark_enqueued` keeps, so the sweeper sends it to the
+        executor again at every pass (:meth:`unsent`) until a worker starts it."""
         self.session.execute(
             update(Job).where(Job.id == job_id, Job.status == "queued")
-            .values(enqueued_at=None).execution_options(synchronize_session=False))
+            .values(enqueued_at=DEFERRED).execution_options(synchronize_session=False))
 
     def flag_cancel(self, job_id: str) -> bool:
         """Set the cancel flag of a running job; False if it is not running or already set."""
@@ -135,7 +142,8 @@ class JobRepository:
     def mark_enqueued(self, job_id: str) -> None:
         """Record that the executor accepted the queued job's id (see app.dispatch)."""
         self.session.execute(
-            update(Job).where(Job.id == job_id, Job.status == "queued")
+            update(Job).where(Job.id == job_id, Job.status == "queued",
+                              or_(Job.enqueued_at.is_(None), Job.enqueued_at != DEFERRED))
             .values(enqueued_at=utcnow()).execution_options(synchronize_session=False)
         )
 
@@ -181,10 +189,12 @@ class JobRepository:
 
     def unsent(self, executor: str, created_before: datetime, limit: int = 500) -> list[str]:
         """Queued jobs of ``executor`` whose id no executor accepted yet (the API stopped
-        between commit and send, or the broker was down), created before ``created_before``."""
+        between commit and send, or the broker was down) or that a worker left for later
+        (:meth:`defer`), created before ``created_before``."""
         return list(self.session.scalars(
             select(Job.id).where(Job.status == "queued", Job.executor == executor,
-                                 Job.enqueued_at.is_(None), Job.created_at < created_before)
+                                 or_(Job.enqueued_at.is_(None), Job.enqueued_at == DEFERRED),
+                                 Job.created_at < created_before)
             .order_by(Job.created_at, Job.id).limit(limit)
         ))
 

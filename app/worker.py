@@ -53,7 +53,8 @@ def run_job(job_id: str, *, context: WorkerContext | None = None) -> str:
         log.info("job %s was not queued any more; skipped", job_id)
         return "skipped"
     run, job_row = claimed
-    with (bind(request_id=job_row["request_id"], job_id=job_id),  # in every log line
+    with (bind(request_id=job_row["request_id"], job_id=job_id,  # in every log line
+               tenant=job_row["tenant"]),
           Heartbeat(job_id, run, ctx.factory, ctx.settings.heartbeat_interval_seconds) as beat):
         return _train(ctx, job_id, run, job_row, beat)
 
@@ -70,7 +71,8 @@ def _claim(ctx: WorkerContext, job_id: str
             return None
         return Claim(ctx.worker_id, job.attempts), {"spec": job.spec,
                                                      "total_steps": job.total_steps,
-                                                     "request_id": job.request_id}
+                                                     "request_id": job.request_id,
+                                                     "tenant": job.tenant}
 
 
 def _train(ctx: WorkerContext, job_id: str, run: Claim, job_row: dict[str, Any],

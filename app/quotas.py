@@ -53,7 +53,8 @@ def check_queued(session: Session, tenant: str | None, settings: Settings, new_j
     if queued + new_jobs > limit:
         what = f"{new_jobs} more jobs" if new_jobs > 1 else "another job"
         raise QuotaExceededError(
-            f"tenant {tenant!r} has {queued} queued jobs; the quota is {limit} "
+            f"tenant {tenant!r} has {queued} queued job{'' if queued == 1 else 's'}; the quota "
+            f"is {limit} "
             f"(GRADWATCH_TENANT_MAX_QUEUED_JOBS), so {what} cannot be queued now: retry when "
             "some have started, or cancel some",
             headers={"Retry-After": str(QUEUED_RETRY_AFTER_SECONDS)},

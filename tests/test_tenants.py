@@ -8,9 +8,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from conftest import LONG_SPEC, SMALL_SPEC, LiveServer, make_settings
 from fastapi.testclient import TestClient
@@ -279,3 +281,25 @@ def test_workers_never_run_more_of_a_tenants_jobs_than_its_running_quota(tmp_pat
             assert time.monotonic() < deadline, statuses()
             time.sleep(0.1)
         assert http.post(f"/v1/jobs/{second}/cancel", headers=a).status_code == 202
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
+def test_concurrent_submissions_never_exceed_the_queued_quota(
+        tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    extra: dict[str, Any] = {}
+    if backend == "postgres":
+        url = request.getfixturevalue("postgres").create_database()
+        extra["database_url"] = url
+    settings = make_settings(tmp_path, workers=0, api_key="adm", tenant_max_queued_jobs=5,
+                             **extra)
+    with LiveServer(settings) as server:
+        a = _bearer(create_key(settings, "team-a").key)
+        def submit(_: int) -> int:
+            with httpx.Client(base_url=server.url, timeout=60) as http:
+                return http.post("/v1/jobs", json=SMALL_SPEC, headers=a).status_code
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            codes = list(pool.map(submit, range(24)))
+        assert sorted(codes) == [202] * 5 + [429] * 19, codes
+        listed = server.http.get("/v1/jobs", params={"limit": 100}, headers=a).json()["items"]
+        assert len(listed) == 5

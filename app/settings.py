@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -27,7 +28,10 @@ def _default_job_memory() -> int:
 class Settings(BaseSettings):
     """Every knob of the service. The embedded default needs no configuration at all."""
 
-    model_config = SettingsConfigDict(env_prefix="GRADWATCH_", extra="ignore", frozen=True)
+    # hide_input_in_errors: a refused value (a key, a database URL with its password) is never
+    # echoed in the error that stops the server
+    model_config = SettingsConfigDict(env_prefix="GRADWATCH_", extra="ignore", frozen=True,
+                                      hide_input_in_errors=True)
 
     data_dir: Path = Field(Path("data"), description="Where the default SQLite database lives.")
     blob_dir: Path | None = Field(
@@ -186,6 +190,11 @@ class Settings(BaseSettings):
                 "GRADWATCH_API_KEY is set but empty: it would not "
                 "protect anything. Unset it to run without an admin key, or set a real key "
                 "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
+        if re.fullmatch(r"gw_[0-9a-f]{12}_[A-Za-z0-9_-]{43}", value):
+            raise ValueError(
+                "GRADWATCH_API_KEY holds a tenant key (gw_...): on a server it is the admin key, "
+                "which sees every tenant. Give the server an admin key of its own; tenant keys "
+                "belong in clients")
         return value
 
     @field_validator("cors_origins", mode="before")

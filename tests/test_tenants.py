@@ -184,6 +184,10 @@ def test_an_empty_admin_key_refuses_to_start(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="empty"):
         make_settings(tmp_path, api_key="  \n")
     assert make_settings(tmp_path, api_key=" key\n").api_key == "key"
+    tenant_key = "gw_0123456789ab_" + "S" * 43
+    with pytest.raises(ValidationError, match="holds a tenant key") as refused:
+        make_settings(tmp_path, api_key=tenant_key)
+    assert "S" * 43 not in str(refused.value)  # a refused value is never echoed
     settings = make_settings(tmp_path)
     for command in (["migrate"], ["serve", "--port", "1"]):
         r = _cli(settings, *command, GRADWATCH_API_KEY="")

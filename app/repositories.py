@@ -125,7 +125,7 @@ class JobRepository:
     def defer(self, job_id: str) -> None:
         """Leave a queued job for later (a tenant's running quota): it is marked
         :data:`DEFERRED`, which :meth:`mark_enqueued` keeps, so the sweeper sends it to the
-        executor again at every pass (:meth:`unsent`) until a worker starts it."""
+        executor again at every pass (:meth:`deferred`) until a worker starts it."""
         self.session.execute(
             update(Job).where(Job.id == job_id, Job.status == "queued")
             .values(enqueued_at=DEFERRED).execution_options(synchronize_session=False))
@@ -189,12 +189,19 @@ class JobRepository:
 
     def unsent(self, executor: str, created_before: datetime, limit: int = 500) -> list[str]:
         """Queued jobs of ``executor`` whose id no executor accepted yet (the API stopped
-        between commit and send, or the broker was down) or that a worker left for later
-        (:meth:`defer`), created before ``created_before``."""
+        between commit and send, or the broker was down), created before ``created_before``."""
         return list(self.session.scalars(
             select(Job.id).where(Job.status == "queued", Job.executor == executor,
-                                 or_(Job.enqueued_at.is_(None), Job.enqueued_at == DEFERRED),
-                                 Job.created_at < created_before)
+                                 Job.enqueued_at.is_(None), Job.created_at < created_before)
+            .order_by(Job.created_at, Job.id).limit(limit)
+        ))
+
+    def deferred(self, executor: str, limit: int = 500) -> list[str]:
+        """Queued jobs of ``executor`` that a worker left for later (:meth:`defer`), oldest
+        first: the sweeper hands them out again."""
+        return list(self.session.scalars(
+            select(Job.id).where(Job.status == "queued", Job.executor == executor,
+                                 Job.enqueued_at == DEFERRED)
             .order_by(Job.created_at, Job.id).limit(limit)
         ))
 

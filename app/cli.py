@@ -18,8 +18,9 @@ from client.cli import register as register_client_commands
 
 if TYPE_CHECKING:
     from app.keys import NewKey
+    from app.quotas import Limits
 
-__all__ = ["build_parser", "create_key", "main"]
+__all__ = ["build_parser", "create_key", "main", "set_quota"]
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -154,6 +155,49 @@ def _keys_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def set_quota(settings: Settings, tenant: str, *, max_running: int | None = None,
+              max_queued: int | None = None, reset: bool = False) -> Limits:
+    """``gradwatch tenants quota``: change what is given (``reset``: back to the settings);
+    returns the quotas now in force."""
+    from app.keys import validate_tenant
+    from app.models import TenantQuota
+    from app.quotas import limits, set_limits
+
+    validate_tenant(tenant)
+    engine, factory = _keys_session(settings)
+    try:
+        with factory() as session:
+            row = session.get(TenantQuota, tenant)
+            running = None if reset or row is None else row.max_running_jobs
+            queued = None if reset or row is None else row.max_queued_jobs
+            if reset or max_running is not None or max_queued is not None:
+                set_limits(session, tenant,
+                           max_running_jobs=running if max_running is None else max_running,
+                           max_queued_jobs=queued if max_queued is None else max_queued)
+                session.commit()
+            return limits(session, tenant, settings)
+    finally:
+        engine.dispose()
+
+
+def _tenants_quota(args: argparse.Namespace) -> int:
+    from app.keys import TenantNameError
+
+    try:
+        now = set_quota(Settings(), args.tenant, max_running=args.max_running,
+                        max_queued=args.max_queued, reset=args.reset)
+    except (TenantNameError, ValueError) as exc:
+        print(f"gradwatch: {exc}", file=sys.stderr)
+        return 2
+    def origin(own: bool) -> str:
+        return "its own" if own else "the setting"
+
+    print(f"tenant {args.tenant!r}: at most {now.max_running_jobs} running jobs "
+          f"({origin(now.own_running)}), {now.max_queued_jobs} queued jobs "
+          f"({origin(now.own_queued)})")
+    return 0
+
+
 def _add_keys_commands(sub: Any) -> None:
     keys = sub.add_parser("keys", help="tenant API keys: create, revoke, list (run where the "
                                        "server's DATABASE_URL is set)")
@@ -170,6 +214,25 @@ def _add_keys_commands(sub: Any) -> None:
     listing.add_argument("--tenant", default=None, help="only this tenant's keys")
     listing.add_argument("--json", action="store_true", help="JSON instead of a table")
     listing.set_defaults(func=_keys_list)
+    tenants = sub.add_parser("tenants", help="per-tenant settings (quotas)")
+    tenant_actions = tenants.add_subparsers(dest="tenants_command", required=True)
+    quota = tenant_actions.add_parser(
+        "quota", help="show or change a tenant's quotas (default: the GRADWATCH_TENANT_* "
+                      "settings)")
+    quota.add_argument("tenant")
+    quota.add_argument("--max-running", type=_count, default=None, metavar="N",
+                       help="jobs of the tenant that run at once")
+    quota.add_argument("--max-queued", type=_count, default=None, metavar="N",
+                       help="queued jobs of the tenant (more is a 429)")
+    quota.add_argument("--reset", action="store_true", help="back to the settings")
+    quota.set_defaults(func=_tenants_quota)
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("a number of jobs, 0 or more")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,6 +35,7 @@ __all__ = [
     "MetricCounter",
     "Sweep",
     "SweepMemberRow",
+    "TenantQuota",
     "Webhook",
     "WebhookDelivery",
     "utcnow",
@@ -298,3 +299,14 @@ class ApiKey(Base):
     label: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class TenantQuota(Base):
+    """A tenant's own quotas (``gradwatch tenants quota``); a null column: the setting's."""
+
+    __tablename__ = "tenant_quotas"
+
+    tenant: Mapped[str] = mapped_column(String(100), primary_key=True)
+    max_running_jobs: Mapped[int | None] = mapped_column(Integer)
+    max_queued_jobs: Mapped[int | None] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -9,23 +9,27 @@ worker claims a job).
   executor again by the sweeper (within ``GRADWATCH_REAPER_INTERVAL_SECONDS``). Submissions
   are never refused for this one: waiting is what the queue is for.
 
-The admin (``tenant`` None) has no quota. Counting and inserting happen in one transaction;
+``gradwatch tenants quota NAME --max-running N --max-queued M`` gives one tenant limits of its
+own (table ``tenant_quotas``; unset: the settings). The admin (``tenant`` None) has no
+quota. Counting and inserting happen in one transaction;
 on PostgreSQL a transaction-scoped advisory lock per tenant orders concurrent submissions and
 claims (SQLite's write lock already does).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from app.errors import ProblemError
-from app.models import Job
+from app.models import Job, TenantQuota, utcnow
 from app.repositories import JobRepository
 from app.settings import Settings
 
-__all__ = ["QUEUED_RETRY_AFTER_SECONDS", "QuotaExceededError", "check_queued",
-           "start_allowance"]
+__all__ = ["QUEUED_RETRY_AFTER_SECONDS", "Limits", "QuotaExceededError", "check_queued",
+           "limits", "set_limits", "start_allowance"]
 
 QUEUED_RETRY_AFTER_SECONDS = 30
 
@@ -34,6 +38,41 @@ class QuotaExceededError(ProblemError):
     """429: a tenant quota is used up; ``quota`` names the setting."""
 
     status, slug = 429, "quota-exceeded"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A tenant's quotas in force, and whether each is the tenant's own."""
+
+    max_running_jobs: int
+    max_queued_jobs: int
+    own_running: bool = False
+    own_queued: bool = False
+
+
+def limits(session: Session, tenant: str, settings: Settings) -> Limits:
+    """``tenant``'s quotas: its own (``tenant_quotas``) where set, else the settings'."""
+    row = session.get(TenantQuota, tenant)
+    running = row.max_running_jobs if row is not None else None
+    queued = row.max_queued_jobs if row is not None else None
+    return Limits(settings.tenant_max_running_jobs if running is None else running,
+                  settings.tenant_max_queued_jobs if queued is None else queued,
+                  running is not None, queued is not None)
+
+
+def set_limits(session: Session, tenant: str, *, max_running_jobs: int | None,
+               max_queued_jobs: int | None) -> None:
+    """Give ``tenant`` quotas of its own (None: back to the setting); the caller commits."""
+    for value in (max_running_jobs, max_queued_jobs):
+        if value is not None and value < 0:
+            raise ValueError("a quota is a number of jobs, 0 or more")
+    row = session.get(TenantQuota, tenant)
+    if row is None:
+        row = TenantQuota(tenant=tenant)
+        session.add(row)
+    row.max_running_jobs, row.max_queued_jobs = max_running_jobs, max_queued_jobs
+    row.updated_at = utcnow()
+    session.flush()
 
 
 def _lock(session: Session, tenant: str) -> None:
@@ -48,14 +87,17 @@ def check_queued(session: Session, tenant: str | None, settings: Settings, new_j
     if tenant is None:
         return
     _lock(session, tenant)
-    limit = settings.tenant_max_queued_jobs
+    own = limits(session, tenant, settings)
+    limit = own.max_queued_jobs
+    setting = ("its own quota (gradwatch tenants quota)" if own.own_queued
+               else "GRADWATCH_TENANT_MAX_QUEUED_JOBS")
     queued = JobRepository(session).count_of_tenant(tenant, "queued")
     if queued + new_jobs > limit:
         what = f"{new_jobs} more jobs" if new_jobs > 1 else "another job"
         raise QuotaExceededError(
             f"tenant {tenant!r} has {queued} queued job{'' if queued == 1 else 's'}; the quota "
             f"is {limit} "
-            f"(GRADWATCH_TENANT_MAX_QUEUED_JOBS), so {what} cannot be queued now: retry when "
+            f"({setting}), so {what} cannot be queued now: retry when "
             "some have started, or cancel some",
             headers={"Retry-After": str(QUEUED_RETRY_AFTER_SECONDS)},
             quota="tenant_max_queued_jobs", limit=limit, current=queued, requested=new_jobs)
@@ -72,7 +114,8 @@ def start_allowance(session: Session, job_id: str, settings: Settings, wanted: i
     tenant: str = row[0]
     _lock(session, tenant)
     jobs = JobRepository(session)
-    allowed = settings.tenant_max_running_jobs - jobs.count_of_tenant(tenant, "running")
+    allowed = (limits(session, tenant, settings).max_running_jobs
+               - jobs.count_of_tenant(tenant, "running"))
     if allowed <= 0:
         jobs.defer(job_id)
         return 0

@@ -307,3 +307,24 @@ def test_concurrent_submissions_never_exceed_the_queued_quota(
         assert sorted(codes) == [202] * 5 + [429] * 19, codes
         listed = server.http.get("/v1/jobs", params={"limit": 100}, headers=a).json()["items"]
         assert len(listed) == 5
+
+
+def test_a_tenant_can_have_quotas_of_its_own(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(api_key="adm", tenant_max_queued_jobs=5)
+    settings = client.app.state.settings
+    a = _bearer(create_key(settings, "team-a").key)
+    shown = _cli(settings, "tenants", "quota", "team-a", "--max-queued", "1")
+    assert shown.returncode == 0, shown.stderr
+    assert "1 queued jobs (its own)" in shown.stdout and "4 running jobs (the setting)" in \
+        shown.stdout
+    assert client.post("/v1/jobs", json=SMALL_SPEC, headers=a).status_code == 202
+    r = client.post("/v1/jobs", json=SMALL_SPEC, headers=a)
+    assert r.status_code == 429 and r.json()["limit"] == 1 and "its own quota" in r.json()["detail"]
+    assert _cli(settings, "tenants", "quota", "team-a", "--max-running", "2").returncode == 0
+    assert "2 running jobs (its own), 1 queued" in _cli(settings, "tenants", "quota",
+                                                       "team-a").stdout  # kept the other
+    assert _cli(settings, "tenants", "quota", "team-a", "--reset").returncode == 0
+    assert client.post("/v1/jobs", json=SMALL_SPEC, headers=a).status_code == 202
+    bad = _cli(settings, "tenants", "quota", "team-a", "--max-queued", "-1")
+    assert bad.returncode == 2 and "0 or more" in bad.stderr
+    assert _cli(settings, "tenants", "quota", "Team A").returncode == 2

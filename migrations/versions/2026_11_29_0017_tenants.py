@@ -1,4 +1,4 @@
-"""tenants: api_keys (hashed tenant keys), a tenant column on jobs and sweeps
+"""tenants: api_keys (hashed tenant keys), tenant_quotas, a tenant column on jobs and sweeps
 
 Revision ID: 0017_tenants
 Revises: 0016_sweeps
@@ -30,6 +30,14 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("key_id", name=op.f("pk_api_keys")),
     )
     op.create_index(op.f("ix_api_keys_tenant"), "api_keys", ["tenant"])
+    op.create_table(
+        "tenant_quotas",
+        sa.Column("tenant", sa.String(100), nullable=False),
+        sa.Column("max_running_jobs", sa.Integer(), nullable=True),
+        sa.Column("max_queued_jobs", sa.Integer(), nullable=True),
+        sa.Column("updated_at", TS, nullable=False),
+        sa.PrimaryKeyConstraint("tenant", name=op.f("pk_tenant_quotas")),
+    )
     with op.batch_alter_table("jobs") as batch:
         batch.add_column(sa.Column("tenant", sa.String(100), nullable=True))
         batch.create_index("ix_jobs_tenant_status", ["tenant", "status"])
@@ -46,5 +54,6 @@ def downgrade() -> None:
     with op.batch_alter_table("jobs") as batch:
         batch.drop_index("ix_jobs_tenant_status")
         batch.drop_column("tenant")
+    op.drop_table("tenant_quotas")
     op.drop_index(op.f("ix_api_keys_tenant"), table_name="api_keys")
     op.drop_table("api_keys")

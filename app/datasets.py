@@ -211,7 +211,7 @@ def dataset_to_read(row: Dataset) -> dict[str, Any]:
         "n_classes": row.n_classes, "n_targets": row.n_targets, "dtype": row.dtype,
         "feature_names": row.feature_names, "target_name": row.target_name,
         "sha256": row.sha256, "upload_bytes": row.upload_bytes,
-        "stored_bytes": row.stored_bytes, "created_at": row.created_at,
+        "stored_bytes": row.stored_bytes, "created_at": row.created_at, "tenant": row.tenant,
         "spec_data": {"source": "uploaded", "id": row.id},
     }
 

@@ -100,9 +100,12 @@ class Dispatcher:
         before = utcnow() - timedelta(seconds=self.settings.enqueue_retry_seconds)
         with self.factory() as session:
             unsent = JobRepository(session).unsent(self.executor.name, before)
+            deferred = JobRepository(session).deferred(self.executor.name)
         if unsent:
             log.warning("re-sending %d job(s) never accepted by the executor", len(unsent))
             self.send(unsent)
+        if deferred:  # waiting for their tenant's running quota (app.quotas): try again
+            self.send(deferred)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="gradwatch-sweeper", daemon=True)

@@ -14,7 +14,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter
 
@@ -25,6 +27,7 @@ from app.deps import require_api_key
 from app.dispatch import Dispatcher
 from app.errors import install_error_handlers
 from app.executors import build_executor
+from app.keys import KeyVerifier
 from app.metrics import HttpMetricsMiddleware, build_registry
 from app.middleware import BodySizeLimitMiddleware, RejectNulMiddleware
 from app.migrate import head_revision, schema_is_current, upgrade
@@ -65,8 +68,11 @@ verdict and machine-applicable fixes from `/diagnostics`, and run a fix with `/r
 * Every error is RFC 9457 `application/problem+json` with a `detail`; validation errors (422)
   list each field path in `errors`.
 * Steps and layers count from 0 (layer 0 is the first hidden layer, the last is the output).
-* When the server has an API key (GRADWATCH_API_KEY), `/v1` needs
-  `Authorization: Bearer <key>` or `X-API-Key: <key>`.
+* When the server has keys, `/v1` needs `Authorization: Bearer <key>` or `X-API-Key: <key>`:
+  a **tenant key** (`gw_...`, from `gradwatch keys create --tenant NAME`) sees, lists and
+  changes only its tenant's jobs, sweeps and webhooks — another tenant's are **404**, exactly
+  like missing ones — and is bound by the tenant quotas (**429** with `Retry-After`); the
+  **admin key** (GRADWATCH_API_KEY) sees everything and has no quota.
 """
 
 TAGS = [
@@ -112,6 +118,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                           application_name="gradwatch-api")
     app.state.engine = engine
     app.state.sessionmaker = build_sessionmaker(engine)
+    app.state.keys = KeyVerifier(app.state.sessionmaker, settings.key_cache_seconds)
     executor = build_executor(settings, app.state.sessionmaker)
     dispatcher = Dispatcher(settings, app.state.sessionmaker, executor)
     dispatcher.install()  # committed jobs go to the executor (see app.dispatch)
@@ -146,6 +153,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         separate_input_output_schemas=False,
         docs_url=None,  # served offline by app.routers.pages
         redoc_url=None,
+        openapi_url="/openapi.json" if settings.docs_public else None,
     )
     app.state.settings = settings
     install_error_handlers(app)
@@ -156,6 +164,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     registry, http_latency = build_registry(lambda: getattr(app.state, "sessionmaker", None))
     app.state.metrics_registry = registry
     app.add_middleware(HttpMetricsMiddleware, histogram=http_latency)
+    if settings.cors_origins:  # off by default: browsers on other sites get no access
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=False,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key",
+                           "Last-Event-ID", "X-Request-ID", "Accept"],
+            expose_headers=["Location", "Retry-After", "X-Request-ID", "WWW-Authenticate"],
+            max_age=600)
     app.add_middleware(RequestIdMiddleware)  # outermost: every response carries the id
     auth = [Depends(require_api_key)]
     app.include_router(jobs.router, dependencies=auth)
@@ -173,10 +189,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(pages.router)  # issue 9: dashboard, /docs, /redoc (no CDN)
     app.mount("/static", pages.static_files(), name="static")
+    if not settings.docs_public:  # GRADWATCH_DOCS_PUBLIC=false: the description needs a key
+        @app.get("/openapi.json", include_in_schema=False, dependencies=auth)
+        def openapi_json() -> JSONResponse:
+            return JSONResponse(app.openapi())
+
+    schemas: dict[bool, dict[str, Any]] = {}  # by "does this server ask for keys"
 
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema:
-            return app.openapi_schema
+        keyed = _server_has_keys(app)
+        if keyed in schemas:
+            return schemas[keyed]
         schema = get_openapi(title=app.title, version=app.version, description=app.description,
                              routes=app.routes, tags=app.openapi_tags)
         _add_spec_schema(schema)
@@ -185,14 +208,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         _optional_parameters(schema)
         _no_nul_parameters(schema)
         _history_bounds(schema, settings)
-        if not settings.api_key:  # nothing to send: do not make clients believe otherwise
+        if not keyed:  # nothing to send: do not make clients believe otherwise
             _drop_security(schema)
         document(schema)  # issue 9: real examples, field and parameter descriptions
-        app.openapi_schema = schema
+        schemas[keyed] = schema
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _server_has_keys(app: FastAPI) -> bool:
+    """Whether /v1 asks for a key: an admin key is set, or a tenant key was created."""
+    if app.state.settings.api_key:
+        return True
+    verifier: KeyVerifier | None = getattr(app.state, "keys", None)
+    return verifier is not None and verifier.tenant_keys_exist()
 
 
 def _add_spec_schema(schema: dict[str, Any]) -> None:

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.db import Base, NonFiniteFloat
 
 __all__ = [
+    "ApiKey",
     "Dataset",
     "DiagnosticReportRow",
     "EpochMetric",
@@ -36,6 +37,7 @@ __all__ = [
     "MetricCounter",
     "Sweep",
     "SweepMemberRow",
+    "TenantQuota",
     "Webhook",
     "WebhookDelivery",
     "utcnow",
@@ -91,10 +93,13 @@ class Job(Base):
     # the uploaded data set it trains on (spec data.source "uploaded"): a queued or running
     # job keeps its data set from being deleted. No foreign key: a finished job keeps the id.
     dataset_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    # the tenant whose key created the job (app.tenancy); None: the admin's
+    tenant: Mapped[str | None] = mapped_column(String(100))
 
     __table_args__ = (
         Index("ix_jobs_created_at_id", "created_at", "id"),
         Index("ix_jobs_status_created_at", "status", "created_at"),
+        Index("ix_jobs_tenant_status", "tenant", "status"),
     )
 
 
@@ -268,6 +273,7 @@ class Sweep(Base):
     axes: Mapped[list[dict[str, Any]]] = mapped_column(JSONType)
     member_count: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    tenant: Mapped[str | None] = mapped_column(String(100), index=True)
 
 
 class SweepMemberRow(Base):
@@ -311,3 +317,25 @@ class Dataset(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (Index("ix_datasets_created_at_id", "created_at", "id"),)
+class ApiKey(Base):
+    """A tenant's API key (app.keys): only its scrypt hash is stored, never the key."""
+
+    __tablename__ = "api_keys"
+
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)  # public, in the key
+    tenant: Mapped[str] = mapped_column(String(100), index=True)
+    key_hash: Mapped[str] = mapped_column(String(200))  # scrypt$n$r$p$salt$hash (base64)
+    label: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class TenantQuota(Base):
+    """A tenant's own quotas (``gradwatch tenants quota``); a null column: the setting's."""
+
+    __tablename__ = "tenant_quotas"
+
+    tenant: Mapped[str] = mapped_column(String(100), primary_key=True)
+    max_running_jobs: Mapped[int | None] = mapped_column(Integer)
+    max_queued_jobs: Mapped[int | None] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -64,6 +64,11 @@ def db_now(session: Session) -> Any:
     return utcnow()
 
 
+# jobs.enqueued_at of a queued job a worker left for later (its tenant's running quota is
+# used up): the sweeper keeps handing it out until one starts it (app.quotas)
+DEFERRED = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def as_utc(value: datetime) -> datetime:
     """SQLite returns naive datetimes; they are stored in UTC."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
@@ -91,9 +96,13 @@ class JobRepository:
     def page(
         self, *, limit: int, statuses: Sequence[str] = (), verdicts: Sequence[str] = (),
         parent_id: str | None = None, after: tuple[datetime, str] | None = None,
+        tenant: str | None = None,
     ) -> list[Job]:
-        """Newest first; ``after`` = (created_at, id) of the last item of the previous page."""
+        """Newest first; ``after`` = (created_at, id) of the last item of the previous page;
+        ``tenant``: only that tenant's jobs (None: everyone's)."""
         query = select(Job)
+        if tenant is not None:
+            query = query.where(Job.tenant == tenant)
         if statuses:
             query = query.where(Job.status.in_(statuses))
         if verdicts:
@@ -108,6 +117,19 @@ class JobRepository:
         query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
         return list(self.session.scalars(query))
 
+    def count_of_tenant(self, tenant: str, status: str) -> int:
+        """How many of ``tenant``'s jobs are in ``status`` (index ix_jobs_tenant_status)."""
+        return int(self.session.scalar(select(func.count()).select_from(Job)
+                                       .where(Job.tenant == tenant, Job.status == status)) or 0)
+
+    def defer(self, job_id: str) -> None:
+        """Leave a queued job for later (a tenant's running quota): it is marked
+        :data:`DEFERRED`, which :meth:`mark_enqueued` keeps, so the sweeper sends it to the
+        executor again at every pass (:meth:`deferred`) until a worker starts it."""
+        self.session.execute(
+            update(Job).where(Job.id == job_id, Job.status == "queued")
+            .values(enqueued_at=DEFERRED).execution_options(synchronize_session=False))
+
     def flag_cancel(self, job_id: str) -> bool:
         """Set the cancel flag of a running job; False if it is not running or already set."""
         result = self.session.execute(
@@ -120,7 +142,8 @@ class JobRepository:
     def mark_enqueued(self, job_id: str) -> None:
         """Record that the executor accepted the queued job's id (see app.dispatch)."""
         self.session.execute(
-            update(Job).where(Job.id == job_id, Job.status == "queued")
+            update(Job).where(Job.id == job_id, Job.status == "queued",
+                              or_(Job.enqueued_at.is_(None), Job.enqueued_at != DEFERRED))
             .values(enqueued_at=utcnow()).execution_options(synchronize_session=False)
         )
 
@@ -170,6 +193,15 @@ class JobRepository:
         return list(self.session.scalars(
             select(Job.id).where(Job.status == "queued", Job.executor == executor,
                                  Job.enqueued_at.is_(None), Job.created_at < created_before)
+            .order_by(Job.created_at, Job.id).limit(limit)
+        ))
+
+    def deferred(self, executor: str, limit: int = 500) -> list[str]:
+        """Queued jobs of ``executor`` that a worker left for later (:meth:`defer`), oldest
+        first: the sweeper hands them out again."""
+        return list(self.session.scalars(
+            select(Job.id).where(Job.status == "queued", Job.executor == executor,
+                                 Job.enqueued_at == DEFERRED)
             .order_by(Job.created_at, Job.id).limit(limit)
         ))
 

@@ -130,6 +130,9 @@ class JobSummary(ApiModel):
     request_id: str | None = Field(
         None, description="X-Request-ID of the request that created the job (correlate "
                           "with your logs and ours).")
+    tenant: str | None = Field(
+        None, description="The tenant whose key created the job (a repair or sweep member: "
+                          "its parent's); null for the admin's.")
     links: dict[str, str] = Field(description="Related resources.")
 
 
@@ -277,6 +280,7 @@ class WebhookRead(ApiModel):
     events: list[WebhookEvent]
     description: str | None
     job_id: str | None = Field(description="Set for a job's own `notify` endpoint.")
+    tenant: str | None = Field(None, description="The owning tenant; null for the admin's.")
     created_at: Timestamp
     links: dict[str, str]
 

@@ -8,6 +8,7 @@ session's after-commit hook sends it.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import uuid
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import history, webhooks
+from app import history, quotas, webhooks
 from app.artifacts import forget_models
 from app.correlation import current_request_id
 from app.datasets import parent_lookup
@@ -50,6 +51,7 @@ from app.repositories import (
 )
 from app.settings import Settings
 from app.specs import echoed_spec, preflight_spec, spec_hash, validate_spec
+from app.tenancy import ADMIN, Principal
 from core.spec import TrainingSpec, UploadedData
 from core.telemetry import NonFiniteEvent
 
@@ -94,22 +96,27 @@ class Submitted:
 
 
 def submit_job(session: Session, *, spec: TrainingSpec, settings: Settings,
-               idempotency_key: str | None = None, parent_id: str | None = None,
-               repair: dict[str, Any] | None = None) -> Submitted:
-    """Insert a queued job and request its enqueueing (sent when the caller commits)."""
+               tenant: str | None = None, idempotency_key: str | None = None,
+               parent_id: str | None = None, repair: dict[str, Any] | None = None,
+               quota_checked: bool = False) -> Submitted:
+    """Insert a queued job owned by ``tenant`` (None: the admin) and request its enqueueing
+    (sent when the caller commits); 429 past the tenant's queued-jobs quota."""
     spec_json = echoed_spec(spec)
     digest = spec_hash(spec_json)
     jobs = JobRepository(session)
+    idempotency_key = _scoped_key(idempotency_key, tenant)
     if idempotency_key is not None:
         existing = jobs.by_idempotency_key(idempotency_key)
         if existing is not None:
             return Submitted(_replay(existing, digest, parent_id), created=False)
+    if not quota_checked:
+        quotas.check_queued(session, tenant, settings)
     job = Job(
         id=str(uuid.uuid4()), status="queued", name=spec.name, spec=spec_json, spec_hash=digest,
         idempotency_key=idempotency_key, parent_id=parent_id, repair=repair,
         executor=settings.executor, created_at=utcnow(), total_steps=spec.total_steps(),
         steps_completed=0, cancel_requested=False, event_seq=0,
-        request_id=current_request_id(),
+        request_id=current_request_id(), tenant=tenant,
         dataset_id=spec.data.id if isinstance(spec.data, UploadedData) else None,
     )
     try:
@@ -141,7 +148,15 @@ def _notify(session: Session, job: Job, spec: TrainingSpec, settings: Settings) 
             errors=[{"loc": ["body", "notify", "url"], "msg": str(exc),
                      "type": "url_refused"}]) from None
     return webhooks.WebhookRepository(session).create(
-        url=spec.notify.url, events=spec.notify.events, job_id=job.id).secret
+        url=spec.notify.url, events=spec.notify.events, job_id=job.id, tenant=job.tenant).secret
+
+
+def _scoped_key(idempotency_key: str | None, tenant: str | None) -> str | None:
+    """Idempotency keys are per tenant (two tenants may both send "retry-1"): a tenant's is
+    stored as ``<tenant>:<sha256 of the key>``; the admin's as given."""
+    if idempotency_key is None or tenant is None:
+        return idempotency_key
+    return f"{tenant}:{hashlib.sha256(idempotency_key.encode()).hexdigest()}"
 
 
 def _replay(existing: Job, digest: str, parent_id: str | None) -> Job:
@@ -161,9 +176,11 @@ def _replay(existing: Job, digest: str, parent_id: str | None) -> Job:
     return existing
 
 
-def get_job(session: Session, job_id: str) -> Job:
+def get_job(session: Session, job_id: str, principal: Principal) -> Job:
+    """The job, if ``principal`` may see it; otherwise the same 404 as for a missing job.
+    Every look-up of a job by id from a request goes through here."""
     job = JobRepository(session).get(job_id)
-    if job is None:
+    if job is None or not principal.can_see(job.tenant):
         raise NotFoundError(f"job {job_id} does not exist (or was deleted)", slug="job-not-found")
     return job
 
@@ -188,20 +205,23 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         ) from None
 
 
-def list_jobs(session: Session, *, limit: int, cursor: str | None, statuses: Sequence[str],
-              verdicts: Sequence[str], parent_id: str | None) -> tuple[list[Job], str | None]:
+def list_jobs(session: Session, *, principal: Principal, limit: int, cursor: str | None,
+              statuses: Sequence[str], verdicts: Sequence[str], parent_id: str | None,
+              tenant: str | None = None) -> tuple[list[Job], str | None]:
+    """A page of the jobs ``principal`` may see (the admin: all, or ``tenant``'s)."""
     after = _decode_cursor(cursor) if cursor else None
     if after is not None and after[0].tzinfo is not None and session.get_bind().dialect.name == "sqlite":
         after = (after[0].replace(tzinfo=None), after[1])
     items = JobRepository(session).page(limit=limit + 1, statuses=statuses, verdicts=verdicts,
-                                        parent_id=parent_id, after=after)
+                                        parent_id=parent_id, after=after,
+                                        tenant=principal.scope(tenant))
     next_cursor = _encode_cursor(items[limit - 1]) if len(items) > limit else None
     return items[:limit], next_cursor
 
 
-def cancel_job(session: Session, job_id: str) -> Job:
+def cancel_job(session: Session, job_id: str, principal: Principal) -> Job:
     """Cancel a queued job now, or flag a running one (its worker stops within one flush)."""
-    get_job(session, job_id)
+    get_job(session, job_id, principal)
     job = (move_job(session, job_id, "cancelled", expect=["queued"], finished_at=utcnow(),
                     stop_reason="cancelled")
            or request_cancel(session, job_id))
@@ -212,9 +232,9 @@ def cancel_job(session: Session, job_id: str) -> Job:
     return job
 
 
-def delete_job(session: Session, job_id: str) -> None:
+def delete_job(session: Session, job_id: str, principal: Principal) -> None:
     """Delete a terminal job and its history; frees its Idempotency-Key."""
-    job = get_job(session, job_id)
+    job = get_job(session, job_id, principal)
     if not JobRepository(session).delete(job_id, statuses=TERMINAL):
         raise ConflictError(f"job {job_id} is {job.status}; cancel it first — only finished jobs "
                             "can be deleted", slug="job-not-finished", status_now=job.status)
@@ -247,7 +267,7 @@ def job_to_summary(job: Job) -> dict[str, Any]:
         "first_non_finite": {**nf, "description": NonFiniteEvent(**nf).describe()} if nf else None,
         "runtime_seconds": job.runtime_seconds, "parent_id": job.parent_id,
         "parent_sweep_id": job.parent_sweep_id,
-        "attempts": job.attempts, "request_id": job.request_id,
+        "attempts": job.attempts, "request_id": job.request_id, "tenant": job.tenant,
         "links": {**job_links(job.id),
                   **({"webhook": f"/v1/webhooks/{job.id}"} if job.spec.get("notify") else {})},
     }
@@ -259,36 +279,38 @@ def job_to_read(job: Job) -> dict[str, Any]:
 
 
 def gradient_history(session: Session, job_id: str, q: HistoryQuery, *, layer: int | None,
-                     metrics: list[str] | None) -> dict[str, Any]:
+                     metrics: list[str] | None, principal: Principal = ADMIN) -> dict[str, Any]:
     """Per-layer series of a job (see :func:`app.history.gradient_history`)."""
-    return history.gradient_history(session, get_job(session, job_id), q, layer=layer,
-                                    metrics=metrics)
+    return history.gradient_history(session, get_job(session, job_id, principal), q,
+                                    layer=layer, metrics=metrics)
 
 
 def metrics_history(session: Session, job_id: str, q: HistoryQuery, *,
-                    metrics: list[str] | None) -> dict[str, Any]:
+                    metrics: list[str] | None, principal: Principal = ADMIN) -> dict[str, Any]:
     """Network-level series and epoch figures of a job (see :mod:`app.history`)."""
-    return history.metrics_history(session, get_job(session, job_id), q, metrics=metrics)
+    return history.metrics_history(session, get_job(session, job_id, principal), q,
+                                   metrics=metrics)
 
 
-def gradient_page(session: Session, job_id: str, q: HistoryQuery, *, layer: int | None,
-                  metrics: list[str] | None) -> history.HistoryPage:
+def gradient_page(session: Session, job_id: str, q: HistoryQuery, *, principal: Principal,
+                  layer: int | None, metrics: list[str] | None) -> history.HistoryPage:
     """One response of a job's per-layer series (see :func:`app.history.gradient_page`)."""
-    return history.gradient_page(session, get_job(session, job_id), q, layer=layer,
+    return history.gradient_page(session, get_job(session, job_id, principal), q, layer=layer,
                                  metrics=metrics)
 
 
-def metrics_page(session: Session, job_id: str, q: HistoryQuery, *,
+def metrics_page(session: Session, job_id: str, q: HistoryQuery, *, principal: Principal,
                  metrics: list[str] | None) -> history.HistoryPage:
     """One response of a job's network-level series (see :func:`app.history.metrics_page`)."""
-    return history.metrics_page(session, get_job(session, job_id), q, metrics=metrics)
+    return history.metrics_page(session, get_job(session, job_id, principal), q, metrics=metrics)
 
 
-def job_snapshot(factory: sessionmaker[Session], job_id: str) -> dict[str, Any]:
+def job_snapshot(factory: sessionmaker[Session], job_id: str, principal: Principal
+                 ) -> dict[str, Any]:
     """The job as ``GET /v1/jobs/{id}`` shows it, read in a session of its own (for a stream
-    that outlives its request); 404 if it does not exist."""
+    that outlives its request); 404 if it does not exist (for ``principal``)."""
     with factory() as session:
-        return job_to_summary(get_job(session, job_id))
+        return job_to_summary(get_job(session, job_id, principal))
 
 
 def job_events(factory: sessionmaker[Session], job_id: str, after_seq: int
@@ -301,10 +323,11 @@ def job_events(factory: sessionmaker[Session], job_id: str, after_seq: int
         return events, JobRepository(session).status_of(job_id)
 
 
-def diagnostics(session: Session, job_id: str, settings: Settings) -> dict[str, Any]:
+def diagnostics(session: Session, job_id: str, settings: Settings,
+                principal: Principal = ADMIN) -> dict[str, Any]:
     """The stored final report, or a provisional one built from the records so far (one
     computation per job and point of progress, shared by concurrent readers)."""
-    job = get_job(session, job_id)
+    job = get_job(session, job_id, principal)
     stored = ReportRepository(session).get(job_id)
     if stored is not None:
         return stored.report
@@ -323,20 +346,21 @@ def diagnostics(session: Session, job_id: str, settings: Settings) -> dict[str, 
     return result
 
 
-def repair_job(session: Session, job_id: str, settings: Settings, *,
+def repair_job(session: Session, job_id: str, settings: Settings, *, principal: Principal,
                recommendation: int | None, spec_patch: dict[str, Any] | None,
                idempotency_key: str | None) -> Submitted:
-    """A child job running the parent's spec with a recommendation's merge patch applied."""
+    """A child job running the parent's spec with a recommendation's merge patch applied;
+    it belongs to the parent's tenant (also when the admin asks for it)."""
     from core.diagnostics import apply_merge_patch
 
-    parent = get_job(session, job_id)
+    parent = get_job(session, job_id, principal)
     if spec_patch is not None and recommendation is not None:
         raise SpecValidationError("give either recommendation or spec_patch, not both",
                                   slug="validation-error")
     action: str | None = None
     if spec_patch is None:
         index = recommendation or 0
-        report = diagnostics(session, job_id, settings)
+        report = diagnostics(session, job_id, settings, principal)
         recs = report.get("recommendations") or []
         if not recs:
             raise ConflictError(
@@ -354,8 +378,8 @@ def repair_job(session: Session, job_id: str, settings: Settings, *,
     patched = apply_merge_patch(parent.spec, spec_patch)
     spec = validate_spec(patched, settings, loc_prefix=("patched_spec",),
                          uploaded=parent_lookup(session, parent.dataset_id))
-    return submit_job(session, spec=spec, settings=settings, idempotency_key=idempotency_key,
-                      parent_id=parent.id,
+    return submit_job(session, spec=spec, settings=settings, tenant=parent.tenant,
+                      idempotency_key=idempotency_key, parent_id=parent.id,
                       repair={"parent_id": parent.id, "recommendation": recommendation,
                               "action": action, "spec_patch": spec_patch})
 
@@ -378,17 +402,18 @@ def _figures(session: Session, job: Job, settings: Settings) -> dict[str, Any]:
     return figures_json
 
 
-def compare(session: Session, job_id: str, settings: Settings, *, other: str | None
-            ) -> dict[str, Any]:
-    """A job and its repair (or ``other``) side by side."""
-    job = get_job(session, job_id)
+def compare(session: Session, job_id: str, settings: Settings, *, principal: Principal,
+            other: str | None) -> dict[str, Any]:
+    """A job and its repair (or ``other``) side by side; both must be visible."""
+    job = get_job(session, job_id, principal)
     if other is not None:
-        second = get_job(session, other)
+        second = get_job(session, other, principal)
         original, repair = (second, job) if job.parent_id == second.id else (job, second)
     elif job.parent_id is not None:
-        original, repair = get_job(session, job.parent_id), job
+        original, repair = get_job(session, job.parent_id, principal), job
     else:
-        children = JobRepository(session).page(limit=1, parent_id=job.id)
+        children = JobRepository(session).page(limit=1, parent_id=job.id,
+                                               tenant=principal.scope(None))
         if not children:
             raise NotFoundError(f"job {job_id} has no repair job to compare with; create one "
                                 f"with POST /v1/jobs/{job_id}/repair", slug="no-repair")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core.spec import SpecLimits
 
@@ -26,7 +28,10 @@ def _default_job_memory() -> int:
 class Settings(BaseSettings):
     """Every knob of the service. The embedded default needs no configuration at all."""
 
-    model_config = SettingsConfigDict(env_prefix="GRADWATCH_", extra="ignore", frozen=True)
+    # hide_input_in_errors: a refused value (a key, a database URL with its password) is never
+    # echoed in the error that stops the server
+    model_config = SettingsConfigDict(env_prefix="GRADWATCH_", extra="ignore", frozen=True,
+                                      hide_input_in_errors=True)
 
     data_dir: Path = Field(Path("data"), description="Where the default SQLite database lives.")
     blob_dir: Path | None = Field(
@@ -54,7 +59,31 @@ class Settings(BaseSettings):
         True, description="Run `alembic upgrade head` at start-up; when false, refuse to start "
                           "on an out-of-date schema."
     )
-    api_key: str | None = Field(None, description="When set, /v1 requires this key.")
+    api_key: str | None = Field(
+        None, description="The admin key: when set, /v1 requires a key (this one, which sees "
+                          "every tenant, or a tenant key from `gradwatch keys create`). An "
+                          "empty value is refused at start-up (unset the variable instead).")
+    key_cache_seconds: float = Field(
+        5.0, ge=0, le=300,
+        description="How long each API process remembers a verified tenant key (and a "
+                    "rejected one) so that a request does not pay the scrypt hash: a revoked "
+                    "key stops working within this many seconds.")
+    docs_public: bool = Field(
+        True, description="Serve /docs, /redoc and /openapi.json without a key (they hold no "
+                          "data); false: /openapi.json needs a key like /v1 (the pages load, "
+                          "then ask for it).")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Browser origins allowed to call the API from other sites (CORS), e.g. "
+                    '`["https://notebooks.example.org"]`; empty (default): CORS is off.')
+    tenant_max_running_jobs: int = Field(
+        4, ge=1, description="Jobs one tenant may have running at once; more stay queued "
+                             "(workers do not start them until one finishes). The admin key "
+                             "has no quota.")
+    tenant_max_queued_jobs: int = Field(
+        100, ge=1, description="Jobs one tenant may have waiting (queued) at once; a "
+                               "submission past it (sweep members count) is a 429 with "
+                               "Retry-After.")
 
     # worker behaviour
     flush_every_steps: int = Field(500, ge=1)
@@ -168,6 +197,33 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = Field(
         "json", description="`json`: one JSON object per line with request_id, job_id and "
                             "tenant; `text`: plain lines.")
+
+    @field_validator("api_key")
+    @classmethod
+    def _no_empty_key(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()  # (a stray newline from a secrets file)
+        if not value:  # never echo a key in this message: only an empty one gets here
+            raise ValueError(
+                "GRADWATCH_API_KEY is set but empty: it would not "
+                "protect anything. Unset it to run without an admin key, or set a real key "
+                "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
+        if re.fullmatch(r"gw_[0-9a-f]{12}_[A-Za-z0-9_-]{43}", value):
+            raise ValueError(
+                "GRADWATCH_API_KEY holds a tenant key (gw_...): on a server it is the admin key, "
+                "which sees every tenant. Give the server an admin key of its own; tenant keys "
+                "belong in clients")
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> Any:
+        if isinstance(value, str):  # a JSON list, or a comma-separated one
+            if value.strip().startswith("["):
+                return json.loads(value)
+            return [o.strip() for o in value.split(",") if o.strip()]
+        return value
 
     @model_validator(mode="after")
     def _default_database(self) -> Settings:

@@ -26,8 +26,10 @@ from app.db import retry_on_locked, unit_of_work
 from app.heartbeat import Heartbeat
 from app.lifecycle import move_job
 from app.models import Job, SweepMemberRow
+from app.quotas import start_allowance
 from app.repositories import Claim, JobRepository, db_now
 from app.run_end import conclude, describe, finish_run, first_non_finite, give_up
+from app.settings import Settings
 from app.sink import DatabaseSink
 from app.worker_process import WorkerContext, handback_due
 from core.batched import BatchedTrainer, stack_key
@@ -58,7 +60,7 @@ def run_sweep_group(job_id: str, ctx: WorkerContext) -> str | None:
     if sweep_id is None:
         return None
     claimed = retry_on_locked(lambda: _claim_group(factory, job_id, sweep_id, ctx.worker_id,
-                                                   max(1, settings.workers)))
+                                                   max(1, settings.workers), settings))
     if not claimed or claimed[0][0] != job_id:
         return "skipped"
     beats = {jid: Heartbeat(jid, claim, factory, settings.heartbeat_interval_seconds)
@@ -77,7 +79,7 @@ def run_sweep_group(job_id: str, ctx: WorkerContext) -> str | None:
 
 
 def _claim_group(factory: sessionmaker[Session], job_id: str, sweep_id: str, worker_id: str,
-                 workers: int) -> list[tuple[str, Claim, dict[str, Any]]]:
+                 workers: int, settings: Settings) -> list[tuple[str, Claim, dict[str, Any]]]:
     """Claim ``job_id`` (first) and its queued siblings of the same stack key: an equal share
     of them per worker (``workers``: how many share this queue), so that a large group
     spreads over the workers instead of leaving them idle."""
@@ -92,6 +94,9 @@ def _claim_group(factory: sessionmaker[Session], job_id: str, sweep_id: str, wor
         group = [own] + [j for j in siblings
                          if stack_key(TrainingSpec.model_validate(j.spec)) == key]
         size = min(MAX_GROUP, -(-(len(group) + _running_siblings(session, sweep_id)) // workers))
+        size = start_allowance(session, job_id, settings, max(size, 1))  # tenant's quota
+        if size == 0:
+            return []
         out = []
         now = db_now(session)
         for job in group[:max(size, 1)]:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app import quotas
 from app.artifacts import forget_models
 from app.errors import ConflictError, NotFoundError, SpecValidationError
 from app.lifecycle import TERMINAL
@@ -24,6 +25,7 @@ from app.models import Job, Sweep, SweepMemberRow, utcnow
 from app.repositories import JobRepository
 from app.services import cancel_job, submit_job, validate_spec
 from app.settings import Settings
+from app.tenancy import Principal
 from core.stability import MemberOutcome, StabilityGrid, stability_grid
 from core.sweep import SweepAxis, SweepError, SweepLimits, expand_sweep
 
@@ -49,8 +51,11 @@ class SweepCreate(BaseModel):
 
 
 def create_sweep(session: Session, *, body: SweepCreate, settings: Settings,
-                 limits: SweepLimits | None = None) -> tuple[Sweep, list[str]]:
-    """Insert the sweep and one queued job per member; the caller commits, then enqueues."""
+                 principal: Principal, limits: SweepLimits | None = None
+                 ) -> tuple[Sweep, list[str]]:
+    """Insert the sweep and one queued job per member, all owned by ``principal``'s tenant;
+    the caller commits, then enqueues. Every member counts against the queued-jobs quota
+    (429 before anything is inserted)."""
     validate_spec(body.spec, settings, loc_prefix=("body", "spec"))
     try:
         members = expand_sweep(body.spec, body.axes, limits or SweepLimits(),
@@ -61,14 +66,16 @@ def create_sweep(session: Session, *, body: SweepCreate, settings: Settings,
             str(exc), slug="limit-exceeded" if exc.limit else "validation-error",
             errors=[{"loc": ["body", *exc.loc], "msg": str(exc), "type": kind}],
             limit=exc.limit) from None
+    quotas.check_queued(session, principal.tenant, settings, len(members))
     sweep = Sweep(id=str(uuid.uuid4()), name=body.name, spec=body.spec,
                   axes=[a.model_dump(exclude_none=True) for a in body.axes],
-                  member_count=len(members), created_at=utcnow())
+                  member_count=len(members), created_at=utcnow(), tenant=principal.tenant)
     session.add(sweep)
     session.flush()
     job_ids = []
     for m in members:
-        job = submit_job(session, spec=m.spec, settings=settings).job
+        job = submit_job(session, spec=m.spec, settings=settings, tenant=sweep.tenant,
+                         quota_checked=True).job
         job.parent_sweep_id = sweep.id
         session.add(SweepMemberRow(sweep_id=sweep.id, idx=m.index, job_id=job.id,
                                    axis_values=m.values))
@@ -77,9 +84,11 @@ def create_sweep(session: Session, *, body: SweepCreate, settings: Settings,
     return sweep, job_ids
 
 
-def get_sweep(session: Session, sweep_id: str) -> Sweep:
+def get_sweep(session: Session, sweep_id: str, principal: Principal) -> Sweep:
+    """The sweep, if ``principal`` may see it; otherwise the 404 of a missing sweep. Every
+    look-up of a sweep by id from a request goes through here."""
     sweep = session.get(Sweep, sweep_id)
-    if sweep is None:
+    if sweep is None or not principal.can_see(sweep.tenant):
         raise NotFoundError(f"sweep {sweep_id} does not exist (or was deleted)",
                             slug="sweep-not-found")
     return sweep
@@ -114,6 +123,7 @@ def sweep_to_read(session: Session, sweep: Sweep) -> dict[str, Any]:
     base = f"/v1/sweeps/{sweep.id}"
     return {
         "id": sweep.id, "name": sweep.name, "created_at": sweep.created_at.isoformat(),
+        "tenant": sweep.tenant,
         "status": _status([s for s in statuses if s != "deleted"]),
         "progress": {"members_done": done, "members": len(members), "step": steps,
                      "total_steps": total,
@@ -133,9 +143,9 @@ def sweep_to_read(session: Session, sweep: Sweep) -> dict[str, Any]:
     }
 
 
-def cancel_sweep(session: Session, sweep_id: str) -> None:
+def cancel_sweep(session: Session, sweep_id: str, principal: Principal) -> None:
     """Cancel every unfinished member (queued now, running within one flush); 409 if none."""
-    get_sweep(session, sweep_id)
+    get_sweep(session, sweep_id, principal)
     open_jobs = [job.id for _, job in _members(session, sweep_id)
                  if job is not None and job.status not in TERMINAL]
     if not open_jobs:
@@ -143,12 +153,12 @@ def cancel_sweep(session: Session, sweep_id: str) -> None:
                             "running members can be cancelled", slug="sweep-not-cancellable")
     for job_id in open_jobs:
         with contextlib.suppress(ConflictError):  # finished meanwhile
-            cancel_job(session, job_id)
+            cancel_job(session, job_id, principal)
 
 
-def delete_sweep(session: Session, sweep_id: str) -> None:
+def delete_sweep(session: Session, sweep_id: str, principal: Principal) -> None:
     """Delete a finished sweep with its member jobs and their histories."""
-    get_sweep(session, sweep_id)
+    sweep = get_sweep(session, sweep_id, principal)
     members = _members(session, sweep_id)
     if any(job is not None and job.status not in TERMINAL for _, job in members):
         raise ConflictError(f"sweep {sweep_id} has unfinished members; cancel it first",
@@ -158,7 +168,7 @@ def delete_sweep(session: Session, sweep_id: str) -> None:
         if job is not None:
             jobs.delete(job.id, statuses=TERMINAL)
             forget_models(session, job.id)
-    session.delete(get_sweep(session, sweep_id))
+    session.delete(sweep)
     session.flush()
 
 
@@ -174,9 +184,9 @@ def outcomes(session: Session, sweep_id: str) -> list[MemberOutcome]:
 
 
 def stability(session: Session, sweep_id: str, x: str | None, y: str | None,
-              at: dict[str, Any] | None = None) -> StabilityGrid:
+              at: dict[str, Any] | None = None, *, principal: Principal) -> StabilityGrid:
     """The grid over axes ``x`` (default: the last axis) and ``y`` (default: the first)."""
-    sweep = get_sweep(session, sweep_id)
+    sweep = get_sweep(session, sweep_id, principal)
     paths = [a["path"] for a in sweep.axes]
     if len(paths) < 2:
         raise SpecValidationError("a stability map needs a sweep over at least two axes",

@@ -165,12 +165,12 @@ class WebhookRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def create(self, *, url: str, events: Sequence[str], description: str | None = None,
-               job_id: str | None = None) -> Webhook:
+    def create(self, *, url: str, events: Sequence[str], tenant: str | None,
+               description: str | None = None, job_id: str | None = None) -> Webhook:
         # a job's own webhook has the job's id: its link needs no look-up
         webhook = Webhook(id=job_id or str(uuid.uuid4()), url=url, events=list(dict.fromkeys(events)),
                           secret=new_secret(), description=description, job_id=job_id,
-                          tenant=None, created_at=utcnow())
+                          tenant=tenant, created_at=utcnow())
         self.session.add(webhook)
         self.session.flush()
         return webhook
@@ -178,10 +178,12 @@ class WebhookRepository:
     def get(self, webhook_id: str) -> Webhook | None:
         return self.session.get(Webhook, webhook_id)
 
-    def all(self) -> list[Webhook]:
-        return list(self.session.scalars(
-            select(Webhook).where(Webhook.job_id.is_(None))
-            .order_by(Webhook.created_at, Webhook.id)))
+    def all(self, tenant: str | None = None) -> list[Webhook]:
+        """Subscriptions to every job (``tenant``'s only, when given)."""
+        query = select(Webhook).where(Webhook.job_id.is_(None))
+        if tenant is not None:
+            query = query.where(Webhook.tenant == tenant)
+        return list(self.session.scalars(query.order_by(Webhook.created_at, Webhook.id)))
 
     def delete(self, webhook_id: str) -> bool:
         webhook = self.get(webhook_id)
@@ -194,10 +196,15 @@ class WebhookRepository:
     def of_job(self, job_id: str) -> list[Webhook]:
         return list(self.session.scalars(select(Webhook).where(Webhook.job_id == job_id)))
 
-    def subscribed(self, job_id: str, event: str) -> list[Webhook]:
-        """Subscriptions that want ``event`` of ``job_id``: every-job ones and the job's own."""
+    def subscribed(self, job_id: str, event: str, tenant: str | None) -> list[Webhook]:
+        """Subscriptions that want ``event`` of ``job_id`` (a job of ``tenant``): the job's
+        own, the admin's every-job ones, and the tenant's every-job ones — never another
+        tenant's."""
+        every_job = and_(Webhook.job_id.is_(None),
+                         Webhook.tenant.is_(None) if tenant is None
+                         else or_(Webhook.tenant.is_(None), Webhook.tenant == tenant))
         hooks = self.session.scalars(
-            select(Webhook).where(or_(Webhook.job_id.is_(None), Webhook.job_id == job_id))
+            select(Webhook).where(or_(every_job, Webhook.job_id == job_id))
             .order_by(Webhook.created_at, Webhook.id))
         return [h for h in hooks if event in (h.events or [])]
 
@@ -272,7 +279,8 @@ def diagnosis_summary(report: dict[str, Any]) -> dict[str, Any]:
 def _emit(session: Session, job: Job, event: str, diagnosis: dict[str, Any] | None) -> int:
     hooks = WebhookRepository(session)
     data = _job_data(job, diagnosis)
-    return sum(hooks.enqueue(hook, job.id, event, data) for hook in hooks.subscribed(job.id, event))
+    return sum(hooks.enqueue(hook, job.id, event, data)
+               for hook in hooks.subscribed(job.id, event, job.tenant))
 
 
 def monitor_alert(session: Session, job_id: str, alert: dict[str, Any]) -> None:

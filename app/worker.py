@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Literal
 
 from app.artifacts import keep_trainer_models
 from app.blobstore import blob_store
@@ -27,6 +27,7 @@ from app.db import retry_on_locked, unit_of_work
 from app.heartbeat import Heartbeat
 from app.lifecycle import move_job
 from app.models import Job
+from app.quotas import start_allowance
 from app.repositories import Claim, db_now
 from app.run_end import conclude, describe, finish_run, first_non_finite, give_up
 from app.sink import DatabaseSink
@@ -48,17 +49,24 @@ def run_job(job_id: str, *, context: WorkerContext | None = None) -> str:
     if grouped is not None:
         return grouped
     claimed = retry_on_locked(lambda: _claim(ctx, job_id))
+    if claimed == "deferred":
+        log.info("job %s waits: its tenant runs as many jobs as its quota allows", job_id)
+        return "deferred"
     if claimed is None:
         log.info("job %s was not queued any more; skipped", job_id)
         return "skipped"
     run, job_row = claimed
-    with (bind(request_id=job_row["request_id"], job_id=job_id),  # in every log line
+    with (bind(request_id=job_row["request_id"], job_id=job_id,  # in every log line
+               tenant=job_row["tenant"]),
           Heartbeat(job_id, run, ctx.factory, ctx.settings.heartbeat_interval_seconds) as beat):
         return _train(ctx, job_id, run, job_row, beat)
 
 
-def _claim(ctx: WorkerContext, job_id: str) -> tuple[Claim, dict[str, Any]] | None:
+def _claim(ctx: WorkerContext, job_id: str
+           ) -> tuple[Claim, dict[str, Any]] | Literal["deferred"] | None:
     with unit_of_work(ctx.factory) as session:
+        if not start_allowance(session, job_id, ctx.settings):  # the tenant's running quota
+            return "deferred"
         now = db_now(session)
         job = move_job(session, job_id, "running", started_at=now, heartbeat_at=now,
                        worker_id=ctx.worker_id, attempts=Job.attempts + 1)
@@ -66,7 +74,8 @@ def _claim(ctx: WorkerContext, job_id: str) -> tuple[Claim, dict[str, Any]] | No
             return None
         return Claim(ctx.worker_id, job.attempts), {"spec": job.spec,
                                                      "total_steps": job.total_steps,
-                                                     "request_id": job.request_id}
+                                                     "request_id": job.request_id,
+                                                     "tenant": job.tenant}
 
 
 def _train(ctx: WorkerContext, job_id: str, run: Claim, job_row: dict[str, Any],

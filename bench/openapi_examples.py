@@ -282,7 +282,25 @@ def generate(tmp: Path) -> dict[str, dict[str, Any]]:
         record(ex, "createJob", http.post("/v1/jobs", content=b"{" + b" " * 4000 + b"}",
                                           headers={"X-API-Key": "example-key",
                                                    "Content-Type": "application/json"}))
+    tenant_examples(tmp, ex)
     return ex
+
+
+def tenant_examples(tmp: Path, ex: dict[str, dict[str, Any]]) -> None:
+    """A tenant's key past its queued-jobs quota (429) and on a server-wide endpoint (403)."""
+    from app.cli import create_key
+
+    home = tmp / "tenants"
+    home.mkdir()
+    config = settings(home, workers=0, api_key="example-key", tenant_max_queued_jobs=1)
+    with TestClient(create_app(config)) as http:
+        key = {"X-API-Key": create_key(config, "team-vision").key}
+        job = http.post("/v1/jobs", json=DIVERGING_SPEC, headers=key).json()
+        record(ex, "createJob", http.post("/v1/jobs", json=DIVERGING_SPEC, headers=key))
+        record(ex, "repairJob", http.post(f"/v1/jobs/{job['id']}/repair", headers=key,
+                                          json={"spec_patch": {"optimizer": {"lr": 0.01}}}))
+        record(ex, "createSweep", http.post("/v1/sweeps", json=SWEEP, headers=key))
+        record(ex, "prometheusMetrics", http.get("/metrics", headers=key))
 
 
 def main() -> None:

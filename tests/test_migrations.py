@@ -16,7 +16,8 @@ from app.settings import Settings
 
 TABLES = {"jobs", "history_keys", "history_chunks", "history_rollups", "epoch_metrics",
           "webhooks", "webhook_deliveries", "metric_counters", "sweeps", "sweep_members",
-          "job_events", "diagnostic_reports", "datasets"}
+          "job_events", "diagnostic_reports", "datasets", "api_keys",
+          "tenant_quotas"}
 
 
 def tables(url: str) -> set[str]:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Query, Request
 
 from app.errors import PROBLEM_JSON, ProblemError, SpecValidationError
 from app.input_guard import check_json_depth, check_no_nul
@@ -36,14 +36,23 @@ PROBLEM_SCHEMA: dict[str, Any] = {
     "required": ["type", "title", "status", "detail"],
 }
 
+TenantFilter = Annotated[str | None, Query(
+    max_length=40, pattern="^[a-z0-9-]+$",
+    description="Admin only: just this tenant's. A tenant's key always lists its own.")]
+
 _DESCRIPTIONS = {
-    401: "Missing or wrong API key (when GRADWATCH_API_KEY is set).",
-    404: "No such job (or it was deleted).",
+    401: "Missing, wrong or revoked API key (when the server has keys: GRADWATCH_API_KEY or "
+         "tenant keys).",
+    403: "Only the admin key (GRADWATCH_API_KEY) may do this.",
+    404: "No such resource, it was deleted, or it belongs to another tenant (answered exactly "
+         "like a missing one).",
     409: "The job's state does not allow this.",
     413: "The request body exceeds GRADWATCH_MAX_BODY_BYTES.",
     415: "The body is not JSON.",
     422: "Invalid input; `errors` lists each field path. Exceeded limits have type "
          "`limit_exceeded` and name the limit and the value.",
+    429: "A tenant quota is used up (`quota` names it, with `limit` and `current`); retry "
+         "after the Retry-After header.",
     503: "The database is busy or unavailable; retry after the Retry-After header.",
 }
 
@@ -54,6 +63,10 @@ def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
     for code in sorted({*codes, 401, 503}):
         out[code] = {"description": _DESCRIPTIONS.get(code, "Error."),
                      "content": {PROBLEM_JSON: {"schema": PROBLEM_SCHEMA}}}
+        if code in (429, 503):
+            out[code]["headers"] = {"Retry-After": {
+                "description": "Seconds to wait before retrying.",
+                "schema": {"type": "integer", "minimum": 0}}}
     return out
 
 

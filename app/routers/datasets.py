@@ -58,6 +58,7 @@ class DatasetRead(ApiModel):
     stored_bytes: int = Field(description="Size of the stored normalised .npz (counts "
                                           "towards the tenant's upload quota).")
     created_at: datetime = Field(description="When it was uploaded (UTC, ISO 8601).")
+    tenant: str | None = Field(None, description="The owning tenant; null for the admin's.")
     spec_data: dict[str, Any] = Field(description="What to put in a spec's `data`.")
 
 

@@ -10,7 +10,7 @@ from anyio import to_thread
 from fastapi import APIRouter, Header, Query, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from app.deps import SettingsDep
+from app.deps import PrincipalDep, SettingsDep
 from app.jsonutil import dumps
 from app.lifecycle import TERMINAL
 from app.routers.common import MAX_EVENT_ID, problems
@@ -67,6 +67,7 @@ async def stream_events(
     job_id: str,
     request: Request,
     settings: SettingsDep,
+    principal: PrincipalDep,
     last_event_id_header: Annotated[str | None, Header(
         alias="Last-Event-ID", pattern=r"^[0-9]{0,9}$",
         description="Resume after this event id (the `id` of the last event received).")] = None,
@@ -78,7 +79,8 @@ async def stream_events(
     resume = last_event_id
     if last_event_id_header:
         resume = int(last_event_id_header)
-    snapshot = await to_thread.run_sync(job_snapshot, factory, job_id)  # 404 if there is none
+    # 404 if there is none (or it is another tenant's)
+    snapshot = await to_thread.run_sync(job_snapshot, factory, job_id, principal)
     poll = settings.events_poll_seconds
 
     async def stream() -> AsyncIterator[ServerSentEvent]:

@@ -49,7 +49,7 @@ def _stream(request: Request, job_id: str, table: Table) -> StreamingResponse:
 )
 def export_metrics(job_id: str, request: Request, session: ReadSessionDep,
                    principal: PrincipalDep) -> StreamingResponse:
-    get_job(session, job_id)  # 404 before the download starts
+    get_job(session, job_id, principal)  # 404 before the download starts
     return _stream(request, job_id, "metrics")
 
 
@@ -66,5 +66,5 @@ def export_metrics(job_id: str, request: Request, session: ReadSessionDep,
 )
 def export_gradients(job_id: str, request: Request, session: ReadSessionDep,
                      principal: PrincipalDep) -> StreamingResponse:
-    get_job(session, job_id)
+    get_job(session, job_id, principal)
     return _stream(request, job_id, "gradients")

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import Field
 
-from app.deps import ReadSessionDep, SettingsDep
+from app.deps import PrincipalDep, ReadSessionDep, SettingsDep
 from app.downsampling import LAYER_METRICS, STEP_METRICS
 from app.history_cursor import MAX_CURSOR_LENGTH
 from app.history_formats import ARROW_STREAM, HistoryPage, arrow_stream, json_pieces
@@ -130,6 +130,7 @@ def gradients(
     job_id: str,
     session: ReadSessionDep,
     settings: SettingsDep,
+    principal: PrincipalDep,
     layer: Annotated[int | None, Query(ge=0, le=MAX_STEP,
                                        description="Only this layer (0 = first hidden).")] = None,
     start_step: StartStep = None,
@@ -142,7 +143,7 @@ def gradients(
     format: Format = None,
 ) -> StreamingResponse:
     q = _query(settings, start_step, end_step, max_points, cursor)
-    page = gradient_page(session, job_id, q, layer=layer, metrics=metrics)
+    page = gradient_page(session, job_id, q, principal=principal, layer=layer, metrics=metrics)
     return _response(request, page, format)
 
 
@@ -162,6 +163,7 @@ def metrics(
     job_id: str,
     session: ReadSessionDep,
     settings: SettingsDep,
+    principal: PrincipalDep,
     start_step: StartStep = None,
     end_step: EndStep = None,
     max_points: MaxPoints = 1000,
@@ -172,7 +174,7 @@ def metrics(
     format: Format = None,
 ) -> StreamingResponse:
     q = _query(settings, start_step, end_step, max_points, cursor)
-    return _response(request, metrics_page(session, job_id, q, metrics=metrics), format)
+    return _response(request, metrics_page(session, job_id, q, principal=principal, metrics=metrics), format)
 
 
 @router.get(
@@ -187,5 +189,6 @@ def metrics(
                 "report (`final: false`) from the records so far.",
     responses=problems(404),
 )
-def get_diagnostics(job_id: str, session: ReadSessionDep, settings: SettingsDep) -> Any:
-    return diagnostics(session, job_id, settings)
+def get_diagnostics(job_id: str, session: ReadSessionDep, settings: SettingsDep,
+                    principal: PrincipalDep) -> Any:
+    return diagnostics(session, job_id, settings, principal)

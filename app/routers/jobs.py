@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Depends, Header, Query, Response
 
 from app.datasets import uploaded_lookup
 from app.deps import PrincipalDep, ReadSessionDep, SessionDep, SettingsDep
-from app.routers.common import SPEC_REQUEST_BODY, json_body, problems
+from app.routers.common import SPEC_REQUEST_BODY, TenantFilter, json_body, problems
 from app.schemas import Comparison, JobPage, JobRead, JobStatus, RepairRequest, Verdict
 from app.services import (
     Submitted,
@@ -46,11 +46,13 @@ IdempotencyKey = Annotated[
         "Validates the spec (422 with field paths; limits are checked before anything is "
         "allocated), stores a `queued` job and hands it to a worker. Answers **202** with the "
         "job and a `Location` header; poll it, or stream `/events`. The job's `spec` echoes "
-        "every default. With `Idempotency-Key`, a retry returns the existing job with **200**."
+        "every default. With `Idempotency-Key`, a retry returns the existing job with **200**. "
+        "The job belongs to the key's tenant; past the tenant's queued-jobs quota, **429** "
+        "with `Retry-After`."
     ),
     responses={200: {"description": "Idempotent replay: the job created by an earlier request "
                                     "with the same Idempotency-Key.", "model": JobRead},
-               **problems(409, 413, 415, 422)},
+               **problems(409, 413, 415, 422, 429)},
     openapi_extra=SPEC_REQUEST_BODY,
 )
 def create_job(
@@ -62,7 +64,8 @@ def create_job(
     idempotency_key: IdempotencyKey = None,
 ) -> dict[str, Any]:
     spec = validate_spec(body, settings, uploaded=uploaded_lookup(session, principal))
-    submitted = submit_job(session, spec=spec, settings=settings, idempotency_key=idempotency_key)
+    submitted = submit_job(session, spec=spec, settings=settings, tenant=principal.tenant,
+                           idempotency_key=idempotency_key)
     session.commit()  # the commit sends the new job to the executor (app.dispatch)
     return _submitted(submitted, response)
 
@@ -82,19 +85,24 @@ def _submitted(submitted: Submitted, response: Response) -> dict[str, Any]:
     summary="List jobs, newest first",
     description="Filter by `status` and `verdict` (repeat a parameter for several values) or "
                 "by `parent_id` (the repairs of a job). Pages with an opaque `cursor`: pass "
-                "the previous page's `next_cursor`. Items omit the spec; GET the job for it.",
+                "the previous page's `next_cursor`. Items omit the spec; GET the job for it. "
+                "A tenant's key lists that tenant's jobs only; the admin sees every job (or "
+                "one tenant's with `tenant`).",
     responses=problems(422),
 )
 def list_jobs_endpoint(
     session: ReadSessionDep,
+    principal: PrincipalDep,
     limit: Annotated[int, Query(ge=1, le=200, description="Page size.")] = 50,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
     status: Annotated[list[JobStatus] | None, Query(description="Only these statuses.")] = None,
     verdict: Annotated[list[Verdict] | None, Query(description="Only these verdicts.")] = None,
     parent_id: Annotated[str | None, Query(description="Only repairs of this job.")] = None,
+    tenant: TenantFilter = None,
 ) -> dict[str, Any]:
-    items, next_cursor = list_jobs(session, limit=limit, cursor=cursor, statuses=status or [],
-                                   verdicts=verdict or [], parent_id=parent_id)
+    items, next_cursor = list_jobs(session, principal=principal, limit=limit, cursor=cursor,
+                                   statuses=status or [], verdicts=verdict or [],
+                                   parent_id=parent_id, tenant=tenant)
     return {"items": [job_to_summary(j) for j in items], "next_cursor": next_cursor}
 
 
@@ -107,8 +115,9 @@ def list_jobs_endpoint(
                 "first non-finite value seen, stop reason, verdict, error and the echoed spec.",
     responses=problems(404),
 )
-def get_job_endpoint(job_id: str, session: ReadSessionDep) -> dict[str, Any]:
-    return job_to_read(get_job(session, job_id))
+def get_job_endpoint(job_id: str, session: ReadSessionDep, principal: PrincipalDep
+                     ) -> dict[str, Any]:
+    return job_to_read(get_job(session, job_id, principal))
 
 
 @router.post(
@@ -123,8 +132,9 @@ def get_job_endpoint(job_id: str, session: ReadSessionDep) -> dict[str, Any]:
                 "job already finished.",
     responses=problems(404, 409),
 )
-def cancel_job_endpoint(job_id: str, session: SessionDep) -> dict[str, Any]:
-    job = cancel_job(session, job_id)
+def cancel_job_endpoint(job_id: str, session: SessionDep, principal: PrincipalDep
+                        ) -> dict[str, Any]:
+    job = cancel_job(session, job_id, principal)
     session.commit()
     return job_to_read(job)
 
@@ -139,8 +149,8 @@ def cancel_job_endpoint(job_id: str, session: SessionDep) -> dict[str, Any]:
                 "running job first (409 otherwise). Afterwards the job is 404.",
     responses=problems(404, 409),
 )
-def delete_job_endpoint(job_id: str, session: SessionDep) -> Response:
-    delete_job(session, job_id)
+def delete_job_endpoint(job_id: str, session: SessionDep, principal: PrincipalDep) -> Response:
+    delete_job(session, job_id, principal)
     session.commit()
     return Response(status_code=204)
 
@@ -156,12 +166,13 @@ def delete_job_endpoint(job_id: str, session: SessionDep) -> Response:
                 "`spec_patch`, to the job's spec and submits the result as a child job "
                 "(`parent_id` links it). Compare the two with `/comparison`.",
     responses={200: {"description": "Idempotent replay.", "model": JobRead},
-               **problems(404, 409, 422)},
+               **problems(404, 409, 422, 429)},
 )
 def repair_job_endpoint(
     job_id: str,
     session: SessionDep,
     settings: SettingsDep,
+    principal: PrincipalDep,
     response: Response,
     request: Annotated[RepairRequest | None, Body(openapi_examples={
         "first recommendation": {"summary": "Apply the top recommendation", "value": {}},
@@ -173,7 +184,8 @@ def repair_job_endpoint(
     idempotency_key: IdempotencyKey = None,
 ) -> dict[str, Any]:
     req = request or RepairRequest()
-    submitted = repair_job(session, job_id, settings, recommendation=req.recommendation,
+    submitted = repair_job(session, job_id, settings, principal=principal,
+                           recommendation=req.recommendation,
                            spec_patch=req.spec_patch, idempotency_key=idempotency_key)
     session.commit()
     return _submitted(submitted, response)
@@ -192,7 +204,7 @@ def repair_job_endpoint(
     responses=problems(404),
 )
 def compare_endpoint(
-    job_id: str, session: ReadSessionDep, settings: SettingsDep,
+    job_id: str, session: ReadSessionDep, settings: SettingsDep, principal: PrincipalDep,
     other: Annotated[str | None, Query(description="The job to compare with.")] = None,
 ) -> dict[str, Any]:
-    return compare(session, job_id, settings, other=other)
+    return compare(session, job_id, settings, principal=principal, other=other)

@@ -25,6 +25,7 @@ from app.routers.common import json_body, problems
 from app.schemas import ApiModel, JsonFloat
 from app.services import get_job
 from app.settings import Settings
+from app.tenancy import Principal
 from core.model_io import Model, ModelFileError
 
 __all__ = ["ModelInfo", "Prediction", "router"]
@@ -99,10 +100,10 @@ def _store(settings: SettingsDep) -> BlobStore:
 StoreDep = Annotated[BlobStore, Depends(_store)]
 
 
-def _model_info(session: Any, store: BlobStore, job_id: str, which: Which,
-                allow_non_finite: bool) -> dict[str, Any]:
+def _model_info(session: Any, store: BlobStore, job_id: str, principal: Principal,
+                which: Which, allow_non_finite: bool) -> dict[str, Any]:
     """The job's model info; 404 while it has none, 409 when its weights are non-finite."""
-    job = get_job(session, job_id)
+    job = get_job(session, job_id, principal)
     if job.status not in TERMINAL:
         raise NotFoundError(f"job {job_id} is {job.status}: its model is kept when it "
                             "finishes", slug="model-not-ready", status_now=job.status)
@@ -150,7 +151,7 @@ def _damaged_as_conflict(job_id: str, which: str) -> Iterator[None]:
 def download_model(job_id: str, session: ReadSessionDep, store: StoreDep,
                    principal: PrincipalDep, which: WhichQuery = "final",
                    allow_non_finite: AllowNonFinite = False) -> StreamingResponse:
-    _model_info(session, store, job_id, which, allow_non_finite)
+    _model_info(session, store, job_id, principal, which, allow_non_finite)
     try:
         f = open_model(store, job_id, which)
     except FileNotFoundError:  # deleted meanwhile
@@ -184,7 +185,7 @@ def predict(job_id: str, body: Annotated[Any, Depends(json_body)], session: Read
             which: WhichQuery = "final",
             allow_non_finite: AllowNonFinite = False) -> Response:
     name, rows = _rows(body, settings)
-    info = _model_info(session, store, job_id, which, allow_non_finite)
+    info = _model_info(session, store, job_id, principal, which, allow_non_finite)
     width = info["layer_sizes"][0]
     if len(rows[0]) != width:
         raise _invalid([name, 0], f"the model takes {width} input columns; got {len(rows[0])}",

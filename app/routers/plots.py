@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header, Path, Query, Response
 
 from app import plots
-from app.deps import ReadSessionDep, SettingsDep
+from app.deps import PrincipalDep, ReadSessionDep, SettingsDep
 from app.errors import SpecValidationError
 from app.repositories import ReportRepository
 from app.routers.common import problems
@@ -113,12 +113,14 @@ def _title(job: dict[str, Any], what: str) -> str:
                         "are drawn at the top edge, not dropped.",
             response_class=Response, responses=_IMAGE_RESPONSES)
 def plot_gradients(job_id: JobId, session: ReadSessionDep, settings: SettingsDep,
+                   principal: PrincipalDep,
                    fmt: FormatQuery = None, accept: AcceptHeader = None,
                    max_points: MaxPoints = 1000) -> Response:
     q = _query(settings, max_points)
-    job = job_to_read(get_job(session, job_id))
-    history = gradient_history(session, job_id, q, layer=None, metrics=["grad_norm"])
-    overall = metrics_history(session, job_id, q, metrics=["grad_norm"])
+    job = job_to_read(get_job(session, job_id, principal))
+    history = gradient_history(session, job_id, q, principal=principal, layer=None,
+                               metrics=["grad_norm"])
+    overall = metrics_history(session, job_id, q, principal=principal, metrics=["grad_norm"])
     layers = [plots.Series.of(ly["series"]["grad_norm"]["steps"],
                               ly["series"]["grad_norm"]["values"], f"layer {ly['layer']}")
               for ly in history["layers"]]
@@ -138,11 +140,13 @@ def plot_gradients(job_id: JobId, session: ReadSessionDep, settings: SettingsDep
                         "range; NaN/Inf cells are solid red.",
             response_class=Response, responses=_IMAGE_RESPONSES)
 def plot_heatmap(job_id: JobId, session: ReadSessionDep, settings: SettingsDep,
+                   principal: PrincipalDep,
                  fmt: FormatQuery = None, accept: AcceptHeader = None,
                  max_points: MaxPoints = 1000) -> Response:
     q = _query(settings, max_points)
-    job = job_to_read(get_job(session, job_id))
-    history = gradient_history(session, job_id, q, layer=None, metrics=["grad_norm"])
+    job = job_to_read(get_job(session, job_id, principal))
+    history = gradient_history(session, job_id, q, principal=principal, layer=None,
+                               metrics=["grad_norm"])
     layers = [plots.Series.of(ly["series"]["grad_norm"]["steps"],
                               ly["series"]["grad_norm"]["values"], f"layer {ly['layer']}")
               for ly in history["layers"]]
@@ -157,11 +161,12 @@ def plot_heatmap(job_id: JobId, session: ReadSessionDep, settings: SettingsDep,
                         "when the loss spans more than 100× or holds NaN/Inf.",
             response_class=Response, responses=_IMAGE_RESPONSES)
 def plot_loss(job_id: JobId, session: ReadSessionDep, settings: SettingsDep,
+                   principal: PrincipalDep,
               fmt: FormatQuery = None, accept: AcceptHeader = None,
               max_points: MaxPoints = 1000) -> Response:
     q = _query(settings, max_points)
-    job = job_to_read(get_job(session, job_id))
-    history = metrics_history(session, job_id, q, metrics=["loss"])
+    job = job_to_read(get_job(session, job_id, principal))
+    history = metrics_history(session, job_id, q, principal=principal, metrics=["loss"])
     loss = history["series"].get("loss") or {"steps": [], "values": []}
     epochs = history["epochs"]
     val = plots.Series.of(epochs["step"], epochs["val_loss"], "validation loss")
@@ -178,18 +183,20 @@ def plot_loss(job_id: JobId, session: ReadSessionDep, settings: SettingsDep,
                         "repair; `other` picks the second job explicitly.",
             response_class=Response, responses=_IMAGE_RESPONSES)
 def plot_comparison(job_id: JobId, session: ReadSessionDep, settings: SettingsDep,
+                   principal: PrincipalDep,
                     other: Annotated[str | None, Query(
                         description="The job to compare with (default: the repair of "
                                     "`job_id`, or its parent).")] = None,
                     fmt: FormatQuery = None, accept: AcceptHeader = None,
                     max_points: MaxPoints = 1000) -> Response:
     q = _query(settings, max_points)
-    pair = compare(session, job_id, settings, other=other)
+    pair = compare(session, job_id, settings, principal=principal, other=other)
     runs = []
     for role in ("original", "repair"):
         figures = pair[role]
-        job = job_to_read(get_job(session, figures["job_id"]))
-        history = metrics_history(session, figures["job_id"], q, metrics=["grad_norm", "loss"])
+        job = job_to_read(get_job(session, figures["job_id"], principal))
+        history = metrics_history(session, figures["job_id"], q, principal=principal,
+                                  metrics=["grad_norm", "loss"])
         empty: dict[str, list[Any]] = {"steps": [], "values": []}
         g = history["series"].get("grad_norm", empty)
         loss = history["series"].get("loss", empty)

@@ -10,7 +10,8 @@ from anyio import to_thread
 from fastapi import APIRouter, Header, Query, Request, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from app.deps import ReadSessionDep, SessionDep, SettingsDep
+from app.deps import PrincipalDep, ReadSessionDep, SessionDep, SettingsDep
+from app.errors import NotFoundError
 from app.jsonutil import dumps
 from app.routers.common import problems
 from app.stability_plot import render_stability_map
@@ -23,6 +24,7 @@ from app.sweeps import (
     stability,
     sweep_to_read,
 )
+from app.tenancy import Principal
 
 router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"])
 
@@ -41,11 +43,13 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
         "`values` or `log_range` + `points`. Every grid point becomes a queued job with "
         "`parent_sweep_id`; members of one architecture train as one batched computation. "
         "The member count (`max_members`) and total steps (`max_total_steps`) are checked "
-        "before anything is created (422 naming the limit). Answers 202 with `Location`."),
-    responses=problems(413, 415, 422))
-def create_sweep_endpoint(body: SweepCreate, session: SessionDep,
-                          settings: SettingsDep) -> Response:
-    sweep, _ = create_sweep(session, body=body, settings=settings)
+        "before anything is created (422 naming the limit). Every member counts against the "
+        "tenant's queued-jobs quota (429 with `Retry-After`, nothing created). Answers 202 "
+        "with `Location`."),
+    responses=problems(413, 415, 422, 429))
+def create_sweep_endpoint(body: SweepCreate, session: SessionDep, settings: SettingsDep,
+                          principal: PrincipalDep) -> Response:
+    sweep, _ = create_sweep(session, body=body, settings=settings, principal=principal)
     session.commit()  # the commit sends the member jobs to the executor (app.dispatch)
     return _json(sweep_to_read(session, sweep), 202, {"Location": f"/v1/sweeps/{sweep.id}"})
 
@@ -56,8 +60,9 @@ def create_sweep_endpoint(body: SweepCreate, session: SessionDep,
                         "step, peak-to-baseline gradient growth, final loss, stop reason, "
                         "preflight's predicted risk).",
             responses=problems(404))
-def get_sweep_endpoint(sweep_id: str, session: ReadSessionDep) -> Response:
-    return _json(sweep_to_read(session, get_sweep(session, sweep_id)))
+def get_sweep_endpoint(sweep_id: str, session: ReadSessionDep, principal: PrincipalDep
+                       ) -> Response:
+    return _json(sweep_to_read(session, get_sweep(session, sweep_id, principal)))
 
 
 @router.post("/{sweep_id}/cancel", status_code=202, operation_id="cancelSweep",
@@ -66,10 +71,11 @@ def get_sweep_endpoint(sweep_id: str, session: ReadSessionDep) -> Response:
                          "(each with stop reason `cancelled`); 409 when every member has "
                          "finished. Answers 202 with the sweep.",
              responses=problems(404, 409))
-def cancel_sweep_endpoint(sweep_id: str, session: SessionDep) -> Response:
-    cancel_sweep(session, sweep_id)
+def cancel_sweep_endpoint(sweep_id: str, session: SessionDep, principal: PrincipalDep
+                          ) -> Response:
+    cancel_sweep(session, sweep_id, principal)
     session.commit()
-    return _json(sweep_to_read(session, get_sweep(session, sweep_id)), 202)
+    return _json(sweep_to_read(session, get_sweep(session, sweep_id, principal)), 202)
 
 
 @router.delete("/{sweep_id}", status_code=204, operation_id="deleteSweep",
@@ -77,8 +83,9 @@ def cancel_sweep_endpoint(sweep_id: str, session: SessionDep) -> Response:
                description="Deletes the sweep, its member jobs and their histories; 409 while "
                            "a member is queued or running (cancel the sweep first).",
                responses=problems(404, 409))
-def delete_sweep_endpoint(sweep_id: str, session: SessionDep) -> Response:
-    delete_sweep(session, sweep_id)
+def delete_sweep_endpoint(sweep_id: str, session: SessionDep, principal: PrincipalDep
+                          ) -> Response:
+    delete_sweep(session, sweep_id, principal)
     session.commit()
     return Response(status_code=204)
 
@@ -111,8 +118,9 @@ YQuery = Annotated[str | None, Query(description="Axis path up (default: the fir
                         "held at their first value or at `at.<path>=<value>`.",
             responses=problems(404, 409, 422))
 def stability_endpoint(sweep_id: str, request: Request, session: ReadSessionDep,
-                       x: XQuery = None, y: YQuery = None) -> Response:
-    return _json(stability(session, sweep_id, x, y, _at(request)).to_dict())
+                       principal: PrincipalDep, x: XQuery = None, y: YQuery = None) -> Response:
+    return _json(stability(session, sweep_id, x, y, _at(request),
+                           principal=principal).to_dict())
 
 
 @router.get("/{sweep_id}/plots/stability", operation_id="plotSweepStability",
@@ -124,12 +132,12 @@ def stability_endpoint(sweep_id: str, request: Request, session: ReadSessionDep,
             responses={200: {"content": {"image/png": {}, "image/svg+xml": {}}},
                        **problems(404, 409, 422)})
 def stability_plot_endpoint(
-    sweep_id: str, request: Request, session: ReadSessionDep, x: XQuery = None,
-    y: YQuery = None,
+    sweep_id: str, request: Request, session: ReadSessionDep, principal: PrincipalDep,
+    x: XQuery = None, y: YQuery = None,
     format: Annotated[Literal["png", "svg"] | None, Query(description="png (default) or svg.")
                       ] = None,
 ) -> Response:
-    grid = stability(session, sweep_id, x, y, _at(request))
+    grid = stability(session, sweep_id, x, y, _at(request), principal=principal)
     fmt: Literal["png", "svg"] = format or (
         "svg" if "image/svg+xml" in request.headers.get("accept", "") else "png")
     fixed = ", ".join(f"{k}={v}" for k, v in grid.fixed.items())
@@ -139,12 +147,13 @@ def stability_plot_endpoint(
     return Response(image, media_type="image/svg+xml" if fmt == "svg" else "image/png")
 
 
-def _summary(factory: Any, sweep_id: str) -> dict[str, Any] | None:
+def _summary(factory: Any, sweep_id: str, principal: Principal) -> dict[str, Any] | None:
+    """The sweep's status, progress and verdict counts; None when it is gone (or, for
+    ``principal``, never was)."""
     with factory() as session:
-        from app.models import Sweep
-
-        sweep = session.get(Sweep, sweep_id)
-        if sweep is None:
+        try:
+            sweep = get_sweep(session, sweep_id, principal)
+        except NotFoundError:
             return None
         data = sweep_to_read(session, sweep)
         verdicts: dict[str, int] = {}
@@ -163,14 +172,14 @@ def _summary(factory: Any, sweep_id: str) -> dict[str, Any] | None:
                         "that id (without a snapshot).",
             response_class=EventSourceResponse, responses=problems(404))
 async def stream_sweep_events(
-    sweep_id: str, request: Request, settings: SettingsDep,
+    sweep_id: str, request: Request, settings: SettingsDep, principal: PrincipalDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> EventSourceResponse:
     factory = request.app.state.sessionmaker
-    first = await to_thread.run_sync(_summary, factory, sweep_id)
+    first = await to_thread.run_sync(_summary, factory, sweep_id, principal)
     if first is None:
         with factory() as session:
-            get_sweep(session, sweep_id)  # raises the 404
+            get_sweep(session, sweep_id, principal)  # raises the 404
     resume = int(last_event_id) if last_event_id and last_event_id.strip().isdigit() else None
     poll = settings.events_poll_seconds
 
@@ -195,7 +204,7 @@ async def stream_sweep_events(
             if await request.is_disconnected():
                 return
             await anyio.sleep(poll)
-            summary = await to_thread.run_sync(_summary, factory, sweep_id)
+            summary = await to_thread.run_sync(_summary, factory, sweep_id, principal)
 
     return EventSourceResponse(stream(), ping=int(max(1, settings.events_ping_seconds)),
                                headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

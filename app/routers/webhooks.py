@@ -7,11 +7,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 
-from app.deps import ReadSessionDep, SessionDep, SettingsDep
+from app.deps import PrincipalDep, ReadSessionDep, SessionDep, SettingsDep
 from app.errors import NotFoundError, SpecValidationError
 from app.models import Webhook, WebhookDelivery
-from app.routers.common import problems
+from app.routers.common import TenantFilter, problems
 from app.schemas import WebhookCreate, WebhookCreated, WebhookDeliveryPage, WebhookRead
+from app.tenancy import Principal
 from app.webhooks import DestinationRefused, WebhookRepository, check_destination
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
@@ -20,7 +21,7 @@ router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 def webhook_to_read(webhook: Webhook) -> dict[str, Any]:
     return {"id": webhook.id, "url": webhook.url, "events": webhook.events,
             "description": webhook.description, "job_id": webhook.job_id,
-            "created_at": webhook.created_at,
+            "tenant": webhook.tenant, "created_at": webhook.created_at,
             "links": {"self": f"/v1/webhooks/{webhook.id}",
                       "deliveries": f"/v1/webhooks/{webhook.id}/deliveries"}}
 
@@ -44,9 +45,11 @@ def checked_url(url: str, allow_private: bool, loc: list[str | int]) -> str:
                                            "type": "url_refused"}]) from None
 
 
-def _get(session: Any, webhook_id: str) -> Webhook:
+def _get(session: Any, webhook_id: str, principal: Principal) -> Webhook:
+    """The subscription, if ``principal`` may see it; else the 404 of a missing one. Every
+    look-up of a webhook by id goes through here."""
     webhook = WebhookRepository(session).get(webhook_id)
-    if webhook is None:
+    if webhook is None or not principal.can_see(webhook.tenant):
         raise NotFoundError(f"webhook {webhook_id} does not exist (or was deleted)",
                             slug="webhook-not-found")
     return webhook
@@ -59,12 +62,14 @@ def _get(session: Any, webhook_id: str) -> Webhook:
                 "Standard Webhooks way (`webhook-id`, `webhook-timestamp`, "
                 "`webhook-signature: v1,<base64 HMAC-SHA256>`) with the `secret` returned "
                 "here **once**. At least once, retried with exponential backoff; see "
-                "`/deliveries`.",
+                "`/deliveries`. A tenant's subscription gets that tenant's job events only; "
+                "the admin's gets every job's.",
     responses=problems(422))
 def create_webhook(body: WebhookCreate, session: SessionDep, settings: SettingsDep,
-                   response: Response) -> dict[str, Any]:
+                   principal: PrincipalDep, response: Response) -> dict[str, Any]:
     url = checked_url(body.url, settings.webhook_allow_private, ["body", "url"])
     webhook = WebhookRepository(session).create(url=url, events=body.events,
+                                                tenant=principal.tenant,
                                                 description=body.description)
     session.commit()
     response.headers["Location"] = f"/v1/webhooks/{webhook.id}"
@@ -74,24 +79,29 @@ def create_webhook(body: WebhookCreate, session: SessionDep, settings: SettingsD
 @router.get("", response_model=list[WebhookRead], operation_id="listWebhooks",
             summary="List subscriptions to every job's events",
             description="Oldest first; secrets are never shown again. A job's own `notify` "
-                        "webhook is at `/v1/webhooks/{job_id}` and not listed here.")
-def list_webhooks(session: ReadSessionDep) -> list[dict[str, Any]]:
-    return [webhook_to_read(w) for w in WebhookRepository(session).all()]
+                        "webhook is at `/v1/webhooks/{job_id}` and not listed here. A tenant's "
+                        "key lists its own; the admin's every one (or a tenant's with "
+                        "`tenant`).")
+def list_webhooks(session: ReadSessionDep, principal: PrincipalDep,
+                  tenant: TenantFilter = None) -> list[dict[str, Any]]:
+    return [webhook_to_read(w)
+            for w in WebhookRepository(session).all(tenant=principal.scope(tenant))]
 
 
 @router.get("/{webhook_id}", response_model=WebhookRead, operation_id="getWebhook",
             summary="Get a subscription", description="URL, events and links; not the secret.",
             responses=problems(404))
-def get_webhook(webhook_id: str, session: ReadSessionDep) -> dict[str, Any]:
-    return webhook_to_read(_get(session, webhook_id))
+def get_webhook(webhook_id: str, session: ReadSessionDep, principal: PrincipalDep
+                ) -> dict[str, Any]:
+    return webhook_to_read(_get(session, webhook_id, principal))
 
 
 @router.delete("/{webhook_id}", status_code=204, operation_id="deleteWebhook",
                summary="Delete a subscription and its delivery records",
                description="Nothing more is sent to it, pending deliveries included.",
                responses=problems(404))
-def delete_webhook(webhook_id: str, session: SessionDep) -> Response:
-    if not WebhookRepository(session).delete(_get(session, webhook_id).id):
+def delete_webhook(webhook_id: str, session: SessionDep, principal: PrincipalDep) -> Response:
+    if not WebhookRepository(session).delete(_get(session, webhook_id, principal).id):
         raise NotFoundError(f"webhook {webhook_id} does not exist", slug="webhook-not-found")
     session.commit()
     return Response(status_code=204)
@@ -103,11 +113,11 @@ def delete_webhook(webhook_id: str, session: SessionDep) -> Response:
                         "`failed`), attempts with the receiver's status codes, and the body.",
             responses=problems(404, 422))
 def list_deliveries(
-    webhook_id: str, session: ReadSessionDep,
+    webhook_id: str, session: ReadSessionDep, principal: PrincipalDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
 ) -> dict[str, Any]:
-    _get(session, webhook_id)
+    _get(session, webhook_id, principal)
     before: int | None = None
     if cursor is not None:
         if not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 18):

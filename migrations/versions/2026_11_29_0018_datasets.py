@@ -1,7 +1,7 @@
 """datasets: uploaded data sets (metadata; the arrays are blobs), jobs.dataset_id
 
 Revision ID: 0018_datasets
-Revises: 0016_sweeps
+Revises: 0017_tenants
 Create Date: 2026-11-29
 """
 
@@ -12,7 +12,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0018_datasets"
-down_revision: str | None = "0016_sweeps"
+down_revision: str | None = "0017_tenants"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import io
 import select
 import socket
 import sqlite3
@@ -15,6 +16,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
+import core
 from tests.conftest import LiveServer, Server
 
 GiB = 1024**3
@@ -41,6 +45,25 @@ def test_train_a_job_on_an_uploaded_csv(live: LiveServer) -> None:
     assert norms["steps"] == list(range(40)) and all(v > 0 for v in norms["values"])
     metrics = live.http.get(f"/v1/jobs/{job['id']}/metrics").json()
     assert len(metrics["epochs"]["epoch"]) == 5
+    # the trained model: downloaded, read offline by core alone, and asked through the API
+    # (inline rows, and the uploaded set itself) — the same numbers everywhere
+    r = live.http.get(f"/v1/jobs/{job['id']}/model")
+    assert r.status_code == 200, r.text
+    model = core.load_model(io.BytesIO(r.content))
+    data = model.spec.model_dump()["data"]  # self-contained: validates offline, no server
+    assert (data["source"], data["id"], data["n_features"]) == ("uploaded", ds["id"], 2)
+    X = np.array([[float(v) for v in line.split(",")[:2]] for line in rows.splitlines()])
+    offline = model.predict(X)
+    assert offline.shape == (200, 2) and np.all(np.isfinite(offline))
+    inline = live.http.post(f"/v1/jobs/{job['id']}/predict", json={"X": X.tolist()}).json()
+    assert np.array_equal(np.array(inline["probabilities"]), offline)  # bit for bit
+    by_set = live.http.post(f"/v1/jobs/{job['id']}/predict", json={"dataset_id": ds["id"]})
+    assert by_set.status_code == 200, by_set.text
+    assert np.array_equal(np.array(by_set.json()["probabilities"]), offline)
+    assert by_set.json()["predictions"] == offline.argmax(axis=1).tolist()
+    unknown = live.http.post(f"/v1/jobs/{job['id']}/predict",
+                             json={"dataset_id": "00000000-0000-0000-0000-000000000000"})
+    assert unknown.status_code == 404, unknown.text
     # finished: the data set may go now, the job and its history stay
     assert live.http.delete(f"/v1/datasets/{ds['id']}").status_code == 204
     assert live.http.get(f"/v1/jobs/{job['id']}/gradients").status_code == 200

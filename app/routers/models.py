@@ -12,12 +12,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, Literal
 
+import numpy as np
+import numpy.typing as npt
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response, StreamingResponse
 from pydantic import Field
 
 from app.artifacts import Which, iter_blob, model_key, open_model, read_model, read_model_info
 from app.blobstore import BlobStore, blob_store
+from app.datasets import get_dataset, load_dataset_arrays
 from app.deps import PrincipalDep, ReadSessionDep, SettingsDep
 from app.errors import ConflictError, NotFoundError, SpecValidationError
 from app.lifecycle import TERMINAL
@@ -79,13 +82,15 @@ class Prediction(ApiModel):
 
 _BODY_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "description": "Rows to predict: `X` (or its synonym `inputs`), raw inputs as in the "
-                   "training data; standardisation (if the spec asked for it) is applied for "
+    "description": "Rows to predict: `X` (or its synonym `inputs`) or `dataset_id`, raw "
+                   "inputs as in the training data; standardisation (if the spec asked for it) is applied for "
                    "you. Every number finite; at most GRADWATCH_MAX_INLINE_VALUES values.",
     "properties": {name: {"type": "array", "minItems": 1, "description": text,
                           "items": {"type": "array", "items": {"type": "number"}}}
                    for name, text in (("X", "Inputs, one row per example."),
-                                      ("inputs", "Synonym of `X`."))},
+                                      ("inputs", "Synonym of `X`."))}
+    | {"dataset_id": {"type": "string", "description": "Instead of `X`: predict every row of "
+                      "an uploaded data set (`POST /v1/datasets`) you can see."}},
     "additionalProperties": False,
     "example": {"X": [[0.1, -0.4], [0.7, 0.2]]},
 }
@@ -184,7 +189,11 @@ def predict(job_id: str, body: Annotated[Any, Depends(json_body)], session: Read
             store: StoreDep, settings: SettingsDep, principal: PrincipalDep,
             which: WhichQuery = "final",
             allow_non_finite: AllowNonFinite = False) -> Response:
-    name, rows = _rows(body, settings)
+    rows: list[list[float]] | npt.NDArray[np.float64]
+    if isinstance(body, dict) and "dataset_id" in body:
+        name, rows = _dataset_rows(body, session, store, settings, principal)
+    else:
+        name, rows = _rows(body, settings)
     info = _model_info(session, store, job_id, principal, which, allow_non_finite)
     width = info["layer_sizes"][0]
     if len(rows[0]) != width:
@@ -199,7 +208,8 @@ def predict(job_id: str, body: Annotated[Any, Depends(json_body)], session: Read
                     media_type="application/json")
 
 
-def _predict(job_id: str, model: Model, rows: list[list[float]]) -> Prediction:
+def _predict(job_id: str, model: Model, rows: list[list[float]] | npt.NDArray[np.float64]
+             ) -> Prediction:
     out = model.predict(rows)
     info = {**model.info, "task": model.task, "loss": model.loss, "dtype": model.spec.dtype,
             "n_features": model.n_features, "n_outputs": model.n_outputs,
@@ -223,9 +233,31 @@ def _invalid(loc: list[Any], msg: str, type_: str = "value_error", slug: str = "
                                **extra)
 
 
-# The forms of a predict body. Another source of rows (an uploaded data set's id) is one more
-# name here and one branch in _rows returning that set's X.
+# The forms of a predict body: inline rows (`X` or `inputs`), or an uploaded data set's id.
 _INPUT_FIELDS = ("X", "inputs")
+
+
+def _dataset_rows(body: dict[str, Any], session: Any, store: BlobStore, settings: Settings,
+                  principal: Principal) -> tuple[str, npt.NDArray[np.float64]]:
+    """`{"dataset_id": ...}`: the inputs of a data set the caller can see (404 otherwise), at
+    most GRADWATCH_MAX_INLINE_VALUES values (a bigger set: download the model, predict
+    offline)."""
+    unknown = [k for k in body if k != "dataset_id"]
+    if unknown:
+        raise _invalid([unknown[0]], "send either `dataset_id` or `X`, not both",
+                       "extra_forbidden")
+    dataset_id = body["dataset_id"]
+    if not isinstance(dataset_id, str):
+        raise _invalid(["dataset_id"], "must be a data set id (a string)", "string_type")
+    row = get_dataset(session, dataset_id, principal)
+    limit = settings.max_inline_values
+    if row.n_samples * row.n_features > limit:
+        raise _invalid(["dataset_id"], f"data set {dataset_id} holds "
+                       f"{row.n_samples * row.n_features} input values, more than {limit} "
+                       "(GRADWATCH_MAX_INLINE_VALUES): download the model and predict with "
+                       "core.load_model", "limit_exceeded", slug="limit-exceeded", limit=limit)
+    X, _ = load_dataset_arrays(session, store, dataset_id, principal)
+    return "dataset_id", X
 
 
 def _rows(body: Any, settings: Settings) -> tuple[str, list[list[float]]]:

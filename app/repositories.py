@@ -336,6 +336,17 @@ class HistoryRepository:
             .order_by(HistoryChunk.first_step)).all()
         return [(int(a), int(b), int(n)) for a, b, n in rows]
 
+    def chunk_totals(self, key: int, lo: int, hi: int) -> tuple[int | None, int | None, int]:
+        """(first step, last step, steps) of the chunks lying wholly inside steps [lo, hi]."""
+        row = self.session.execute(
+            select(func.min(HistoryChunk.first_step), func.max(HistoryChunk.last_step),
+                   func.coalesce(func.sum(HistoryChunk.n_steps), 0))
+            .where(HistoryChunk.job_key == key, HistoryChunk.first_step >= lo,
+                   HistoryChunk.last_step <= hi)).one()
+        first, last, count = row
+        return (None if first is None else int(first), None if last is None else int(last),
+                int(count))
+
     def edge_chunk(self, key: int, lo: int, hi: int, *, last: bool
                    ) -> tuple[int, int, int, bytes] | None:
         """The first (or ``last``) chunk overlapping steps [lo, hi]."""

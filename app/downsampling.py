@@ -153,6 +153,9 @@ def reduce_segments(units: Summary, starts: np.ndarray) -> Summary:
 
 def _reduce(units: Summary, starts: np.ndarray) -> Summary:
     n = len(units)
+    k = n // len(starts) if len(starts) else 0
+    if k and n % k == 0 and starts[0] == 0 and (np.diff(starts) == k).all():
+        return _reduce_equal(units, k)
     seg_of_row = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, n)))
     has_min = units.min_step >= 0
     with np.errstate(invalid="ignore"):
@@ -172,6 +175,49 @@ def _reduce(units: Summary, starts: np.ndarray) -> Summary:
         max_value=_pick(units.max_value, i_max, np.nan),
         nf_step=_pick(units.nf_step, i_nf, _NONE),
         nf_value=_pick(units.nf_value, i_nf, np.nan),
+    )
+
+
+def _first_true(mask: np.ndarray) -> np.ndarray:
+    """Per segment and series (axis 1 of ``(n_seg, k, s)``), the first True's row, or -1."""
+    first = np.argmax(mask, axis=1)
+    return np.where(mask.any(axis=1), first, -1)
+
+
+def _extreme(has: np.ndarray, key: np.ndarray, pick: str) -> np.ndarray:
+    """Row of each segment's smallest (``pick`` "min") or largest key among ``has`` rows,
+    the earliest on ties, -1 when none: argmin/argmax, corrected where an absent row (its key
+    set to +-inf) tied with a present +-inf."""
+    row = np.argmin(key, axis=1) if pick == "min" else np.argmax(key, axis=1)
+    ok = np.take_along_axis(has, row[:, None, :], axis=1)[:, 0, :]
+    row = np.where(ok, row, np.argmax(has, axis=1))
+    return np.where(has.any(axis=1), row, -1)
+
+
+def _reduce_equal(units: Summary, k: int) -> Summary:
+    """:func:`reduce_segments` for segments of ``k`` units each (whole blocks of points or of
+    smaller blocks, the common case): reductions along an axis instead of ``reduceat``."""
+    n_seg, s = len(units) // k, units.n_series
+
+    def shaped(a: np.ndarray) -> np.ndarray:
+        return a.reshape(n_seg, k, s)
+
+    has_min = shaped(units.min_step >= 0)
+    with np.errstate(invalid="ignore"):
+        i_min = _extreme(has_min, np.where(has_min, shaped(units.min_value), np.inf), "min")
+        i_max = _extreme(has_min, np.where(has_min, shaped(units.max_value), -np.inf), "max")
+    i_nf = _first_true(shaped(units.nf_step >= 0))
+
+    def pick(a: np.ndarray, i: np.ndarray, fill: float | int) -> np.ndarray:
+        got = np.take_along_axis(shaped(a), np.maximum(i, 0)[:, None, :], axis=1)[:, 0, :]
+        return np.where(i >= 0, got, fill)
+
+    return Summary(
+        start=units.start[::k],
+        count=shaped(units.count).sum(axis=1),
+        min_step=pick(units.min_step, i_min, _NONE), min_value=pick(units.min_value, i_min, np.nan),
+        max_step=pick(units.max_step, i_max, _NONE), max_value=pick(units.max_value, i_max, np.nan),
+        nf_step=pick(units.nf_step, i_nf, _NONE), nf_value=pick(units.nf_value, i_nf, np.nan),
     )
 
 

@@ -65,6 +65,7 @@ class StepRecorder:
         self._epochs = np.empty(BLOCK_ROWS, dtype=np.int64)
         self._clipped = np.empty(BLOCK_ROWS, dtype=bool)
         self._values = np.empty((BLOCK_ROWS, n_values(self.n_layers)), dtype=np.float64)
+        self._values[:, ~self.present] = np.nan  # figures that do not apply: never written
         self._n = 0
         self.row = self._values[0]
 

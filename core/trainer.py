@@ -332,9 +332,8 @@ class Trainer(Problem):
         np.sqrt(wsq, out=norms[2])
         np.sqrt(usq, out=norms[3])
         check = loss + grad_norm + sum(norms[2].tolist())
-        if want_acts:
-            stats = net.activation_stat_array(out)
-            layers[:, 4:] = stats
+        if want_acts:  # written into the row (its absent statistics stay NaN)
+            stats = net.activation_stat_array(out, layers[:, 4:])
             check += sum(stats[:, 0].tolist())
         return math.isfinite(check)
 

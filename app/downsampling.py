@@ -377,7 +377,9 @@ def _candidates(buckets: Summary) -> tuple[list[np.ndarray], list[np.ndarray]]:
     drop_lo = extra & numeric & (lo_v != -np.inf)  # the NaN takes the minimum's place ...
     drop_hi = extra & numeric & ~drop_lo & (hi_v != np.inf)  # ... or the maximum's
     keep_lo = numeric & ~drop_lo
-    keep_hi = numeric & ~drop_hi & (hi_s != lo_s)
+    # one point that is both minimum and maximum is shown once, also when the NaN took the
+    # minimum's place (it then stays as the maximum: the bucket shows it and the NaN)
+    keep_hi = numeric & ~drop_hi & ((hi_s != lo_s) | drop_lo)
     steps = [np.where(extra, nf_s, _BIG), np.where(keep_lo, lo_s, _BIG),
              np.where(keep_hi, hi_s, _BIG)]
     return steps, [buckets.nf_value, lo_v, hi_v]

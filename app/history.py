@@ -19,7 +19,6 @@ from sqlalchemy.orm import Session
 
 from app.downsampling import (
     LAYER_METRICS,
-    MAX_LEVEL,
     STEP_METRICS,
     Summary,
     cover,

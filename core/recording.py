@@ -15,7 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from core.telemetry import LAYER_FIELDS, STEP_FIELDS, Sink, StepBlock, StepRecord, record_from_values
+from core.telemetry import (
+    LAYER_FIELDS,
+    STEP_FIELDS,
+    Sink,
+    StepBlock,
+    StepRecord,
+    record_from_values,
+)
 
 __all__ = ["BLOCK_ROWS", "BLOCK_SECONDS", "StepRecorder", "n_values"]
 

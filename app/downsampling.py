@@ -253,15 +253,30 @@ class RollupBuilder:
         self.n_series = n_series
         self.min_level = min_level  # the smallest block built
         self._pending: dict[int, tuple[np.ndarray, Summary]] = {}  # level -> (child ids, units)
-        self._points: Summary = Summary.empty(n_series)
+        # points of the open smallest block(s), as given (summarised once their block closes)
+        self._raw: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._last_step = -1
 
     def add(self, steps: np.ndarray, values: np.ndarray, present: np.ndarray) -> list[RollupBlocks]:
         if len(steps) == 0:
             return []
-        self._points = Summary.concat([self._points, Summary.from_points(steps, values, present)])
+        self._raw.append((np.asarray(steps, dtype=np.int64), values, present))
         self._last_step = int(steps[-1])
         return self._roll(final=False)
+
+    def _closed_points(self, final: bool) -> Summary:
+        """The points of every smallest block that is complete (all when ``final``), as
+        units; the rest stay raw."""
+        if not self._raw:
+            return Summary.empty(self.n_series)
+        parts = self._raw
+        steps, values, present = ((parts[0][k] if len(parts) == 1 else
+                                   np.concatenate([p[k] for p in parts])) for k in range(3))
+        n_done = len(steps) if final else int(
+            np.searchsorted(steps >> self.min_level, (self._last_step + 1) >> self.min_level))
+        self._raw = [(steps[n_done:], values[n_done:], present[n_done:])] if n_done < len(
+            steps) else []
+        return Summary.from_points(steps[:n_done], values[:n_done], present[:n_done])
 
     def finish(self) -> list[RollupBlocks]:
         return self._roll(final=True)
@@ -273,16 +288,15 @@ class RollupBuilder:
         carry, carry_ids = Summary.empty(self.n_series), no_ids
         for level in range(self.min_level, MAX_LEVEL + 1):
             if level == self.min_level:
-                units, ids = self._points, self._points.start >> level
+                units = self._closed_points(final)
+                ids = units.start >> level
             else:
                 prev_ids, prev = self._pending.get(level, (no_ids, Summary.empty(self.n_series)))
                 units = Summary.concat([prev, carry])
                 ids = np.concatenate([prev_ids, carry_ids >> 1])
             # ids are sorted, so the complete blocks are a prefix
             n_done = len(ids) if final else int(np.searchsorted(ids, known >> level))
-            if level == self.min_level:
-                self._points = units.take(slice(n_done, None))
-            else:
+            if level > self.min_level:
                 self._pending[level] = (ids[n_done:], units.take(slice(n_done, None)))
             carry, carry_ids = Summary.empty(self.n_series), no_ids
             if n_done:

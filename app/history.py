@@ -118,11 +118,13 @@ class _Stored:
         chunks inside the range by their stored spans (one query), the (at most two) chunks
         that straddle its ends from their decoded steps."""
         first, last, count = self.repo.chunk_totals(self.key, lo, hi)
+        seen: set[int] = set()
         for edge in {lo, hi} - {0, 2**31 - 1}:  # no chunk straddles step 0 or the last
             for chunk_first, data in self._fetch(edge, edge):
                 chunk_last = self._chunks[chunk_first][0]
-                if lo <= chunk_first and chunk_last <= hi:
-                    continue  # inside the range: counted by its span
+                if (lo <= chunk_first and chunk_last <= hi) or chunk_first in seen:
+                    continue  # inside the range (counted by its span), or counted already
+                seen.add(chunk_first)
                 steps = self._decode(chunk_first, data, []).steps
                 steps = steps[(steps >= lo) & (steps <= hi)]
                 if steps.size:

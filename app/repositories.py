@@ -347,18 +347,6 @@ class HistoryRepository:
         return (None if first is None else int(first), None if last is None else int(last),
                 int(count))
 
-    def edge_chunk(self, key: int, lo: int, hi: int, *, last: bool
-                   ) -> tuple[int, int, int, bytes] | None:
-        """The first (or ``last``) chunk overlapping steps [lo, hi]."""
-        order = HistoryChunk.first_step.desc() if last else HistoryChunk.first_step
-        row = self.session.execute(
-            select(HistoryChunk.first_step, HistoryChunk.last_step, HistoryChunk.n_steps,
-                   HistoryChunk.data)
-            .where(HistoryChunk.job_key == key, self._from_chunk_holding(key, lo),
-                   HistoryChunk.first_step <= hi, HistoryChunk.last_step >= lo)
-            .order_by(order).limit(1)).first()
-        return None if row is None else (int(row[0]), int(row[1]), int(row[2]), bytes(row[3]))
-
     def rolled_until(self, key: int) -> dict[int, int]:
         """Per stored level: the last block (not step) covered."""
         rows = self.session.execute(

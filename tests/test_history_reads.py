@@ -9,12 +9,14 @@ edge points; missing values are no points.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.downsampling import Summary, downsample_points, group_starts, reduce_segments
+from app.models import Job
 
 
 def reference(steps: list[int], values: list[float], present: list[bool], bucket_size: int,
@@ -85,3 +87,45 @@ def test_whole_blocks_reduce_as_any_segments_do(values: list[float], k: int) -> 
         np.testing.assert_array_equal(getattr(whole, field), getattr(merged, field))
     for field in ("min_value", "max_value", "nf_value"):
         np.testing.assert_array_equal(getattr(whole, field), getattr(merged, field))
+
+
+def test_a_range_inside_one_chunk_counts_its_steps_once(session_factory: Any) -> None:
+    """A range whose both ends fall in the same chunk (the extent decodes that chunk's steps
+    once), and ranges straddling two chunks, report exactly the recorded steps in them."""
+    from app.db import unit_of_work
+    from app.lifecycle import move_job
+    from app.services import HistoryQuery, gradient_history
+    from app.sink import DatabaseSink
+    from core.telemetry import StepBlock
+    from tests.test_storage import add_job
+
+    n, n_layers = 3_000, 2
+    steps = np.arange(0, 2 * n, 2)  # every other step recorded
+    width = 4 + 8 * n_layers
+    values = np.random.default_rng(0).lognormal(size=(n, width))
+    job_id = add_job(session_factory, status="running", total_steps=2 * n)
+    with unit_of_work(session_factory) as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.spec = {"model": {"hidden": [{}]}}
+    sink = DatabaseSink(job_id, session_factory, total_steps=2 * n, flush_every=500,
+                        flush_interval=3600)
+    for i in range(0, n, 64):  # as the trainer hands blocks over
+        sink.write_block(StepBlock(n_layers, steps[i:i + 64], steps[i:i + 64] // 100,
+                                   np.zeros(len(steps[i:i + 64]), bool), values[i:i + 64],
+                                   np.ones((len(steps[i:i + 64]), width), bool)))
+    sink.close()
+    with unit_of_work(session_factory) as session:
+        move_job(session, job_id, "succeeded")
+    for lo, hi in [(1234, 1300), (1001, 1001), (990, 1010), (5, 5_990), (1999, 2001)]:
+        with session_factory() as session:
+            got = gradient_history(session, job_id, HistoryQuery(lo, hi, 10_000), layer=0,
+                                   metrics=["grad_norm"])
+        inside = steps[(steps >= lo) & (steps <= hi)]
+        assert got["points_in_range"] == len(inside)
+        if not inside.size:  # a range between two recorded steps holds nothing
+            assert got["layers"] == [] and got["start_step"] is None
+            continue
+        series = got["layers"][0]["series"]["grad_norm"]
+        assert series["steps"] == inside.tolist()
+        np.testing.assert_array_equal(series["values"], values[inside // 2, 4])

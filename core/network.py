@@ -98,6 +98,7 @@ class MLP:
         self._starts = self.col_offsets[:-1]
         self._counts = [h.units for h in hidden]
         self._count_array = np.array(self._counts, dtype=np.float64)
+        self._scratch: dict[tuple[int, ...], Array] = {}  # saturation masks, per batch shape
         self._relu_layers = [i for i, a in enumerate(self.activations) if a.family == "relu"]
         self._tanh_layers = [i for i, a in enumerate(self.activations) if a.name == "tanh"]
         self._sigmoid_layers = [i for i, a in enumerate(self.activations) if a.name == "sigmoid"]
@@ -275,7 +276,15 @@ class MLP:
         for layers, center, half in ((self._tanh_layers, 0.0, 0.99),
                                      (self._sigmoid_layers, 0.5, 0.49)):
             if layers:
-                shifted = np.abs(act - center) if center else np.abs(act)
-                in_tail = (shifted > half).astype(act.dtype)
+                # |a - center| > half as 1.0 / 0.0 in two passes over reused scratch buffers
+                scratch = self._scratch.get(act.shape)
+                if scratch is None:
+                    scratch = self._scratch[act.shape] = np.empty_like(act)
+                if center:
+                    np.subtract(act, center, out=scratch)
+                    np.abs(scratch, out=scratch)
+                else:
+                    np.abs(act, out=scratch)
+                in_tail = np.greater(scratch, half, out=scratch, casting="unsafe")
                 cnt = np.add.reduceat(ones @ in_tail, self._starts).astype(np.float64)
                 table[layers, 3] = cnt[layers] / (self._count_array[layers] * act.shape[0])

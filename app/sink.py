@@ -83,6 +83,7 @@ class DatabaseSink:
         self._last_flush = time.monotonic()
         self._last_progress_event = 0.0
         self._latest: dict[str, Any] | None = None
+        self._key: int | None = None  # the job's history key, once a flush committed it
 
     # ---- Sink protocol ----
     def write_steps(self, records: list[StepRecord]) -> None:
@@ -172,6 +173,8 @@ class DatabaseSink:
             self._last_progress_event = now
         latest = self._latest
 
+        written_key: list[int | None] = [None]
+
         def write() -> bool:
             write_started = time.monotonic()
             with unit_of_work(self.factory) as session:
@@ -182,7 +185,9 @@ class DatabaseSink:
                     first_non_finite=self.first_non_finite, claim=self.claim)
                 history = HistoryRepository(session)
                 if chunk.data is not None or chunk.rollups:
-                    key = history.ensure_key(self.job_id, chunk.n_layers)
+                    key = self._key  # known after the first committed flush: no query
+                    if key is None:
+                        key = written_key[0] = history.ensure_key(self.job_id, chunk.n_layers)
                     if chunk.data is not None:
                         history.insert_chunk(key, chunk.first_step, chunk.last_step,
                                              chunk.n_steps, chunk.data)
@@ -204,6 +209,8 @@ class DatabaseSink:
 
         try:
             self.cancelled = retry_on_locked(write) or self.cancelled
+            if written_key[0] is not None:
+                self._key = written_key[0]
         except JobLostError:
             log.warning("job %s is no longer ours (%s): its run stops unrecorded",
                         self.job_id, self.claim)

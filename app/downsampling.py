@@ -132,6 +132,30 @@ def reduce_segments(units: Summary, starts: np.ndarray) -> Summary:
     """
     starts = np.asarray(starts, dtype=np.int64)
     n = len(units)
+    lengths = np.diff(np.append(starts, n))
+    single = lengths == 1
+    if single.all():  # every unit is a segment of its own (a bucket is one stored block)
+        return units
+    if single.sum() * 4 > len(starts):  # mostly whole blocks: merge only the longer segments
+        multi = ~single
+        merged = _reduce(units.take(np.repeat(multi, lengths)),
+                         np.concatenate(([0], np.cumsum(lengths[multi])[:-1])))
+        alone = units.take(starts[single])
+        out = []
+        for f in _FIELDS:
+            a, m = getattr(alone, f), getattr(merged, f)
+            column = np.empty((len(starts), *a.shape[1:]), dtype=a.dtype)
+            column[single], column[multi] = a, m
+            out.append(column)
+        return Summary(*out)
+    return _reduce(units, starts)
+
+
+def _reduce(units: Summary, starts: np.ndarray) -> Summary:
+    n = len(units)
+    k = n // len(starts) if len(starts) else 0
+    if k and n % k == 0 and starts[0] == 0 and (np.diff(starts) == k).all():
+        return _reduce_equal(units, k)
     seg_of_row = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, n)))
     has_min = units.min_step >= 0
     with np.errstate(invalid="ignore"):
@@ -151,6 +175,49 @@ def reduce_segments(units: Summary, starts: np.ndarray) -> Summary:
         max_value=_pick(units.max_value, i_max, np.nan),
         nf_step=_pick(units.nf_step, i_nf, _NONE),
         nf_value=_pick(units.nf_value, i_nf, np.nan),
+    )
+
+
+def _first_true(mask: np.ndarray) -> np.ndarray:
+    """Per segment and series (axis 1 of ``(n_seg, k, s)``), the first True's row, or -1."""
+    first = np.argmax(mask, axis=1)
+    return np.where(mask.any(axis=1), first, -1)
+
+
+def _extreme(has: np.ndarray, key: np.ndarray, pick: str) -> np.ndarray:
+    """Row of each segment's smallest (``pick`` "min") or largest key among ``has`` rows,
+    the earliest on ties, -1 when none: argmin/argmax, corrected where an absent row (its key
+    set to +-inf) tied with a present +-inf."""
+    row = np.argmin(key, axis=1) if pick == "min" else np.argmax(key, axis=1)
+    ok = np.take_along_axis(has, row[:, None, :], axis=1)[:, 0, :]
+    row = np.where(ok, row, np.argmax(has, axis=1))
+    return np.where(has.any(axis=1), row, -1)
+
+
+def _reduce_equal(units: Summary, k: int) -> Summary:
+    """:func:`reduce_segments` for segments of ``k`` units each (whole blocks of points or of
+    smaller blocks, the common case): reductions along an axis instead of ``reduceat``."""
+    n_seg, s = len(units) // k, units.n_series
+
+    def shaped(a: np.ndarray) -> np.ndarray:
+        return a.reshape(n_seg, k, s)
+
+    has_min = shaped(units.min_step >= 0)
+    with np.errstate(invalid="ignore"):
+        i_min = _extreme(has_min, np.where(has_min, shaped(units.min_value), np.inf), "min")
+        i_max = _extreme(has_min, np.where(has_min, shaped(units.max_value), -np.inf), "max")
+    i_nf = _first_true(shaped(units.nf_step >= 0))
+
+    def pick(a: np.ndarray, i: np.ndarray, fill: float | int) -> np.ndarray:
+        got = np.take_along_axis(shaped(a), np.maximum(i, 0)[:, None, :], axis=1)[:, 0, :]
+        return np.where(i >= 0, got, fill)
+
+    return Summary(
+        start=units.start[::k],
+        count=shaped(units.count).sum(axis=1),
+        min_step=pick(units.min_step, i_min, _NONE), min_value=pick(units.min_value, i_min, np.nan),
+        max_step=pick(units.max_step, i_max, _NONE), max_value=pick(units.max_value, i_max, np.nan),
+        nf_step=pick(units.nf_step, i_nf, _NONE), nf_value=pick(units.nf_value, i_nf, np.nan),
     )
 
 
@@ -186,15 +253,30 @@ class RollupBuilder:
         self.n_series = n_series
         self.min_level = min_level  # the smallest block built
         self._pending: dict[int, tuple[np.ndarray, Summary]] = {}  # level -> (child ids, units)
-        self._points: Summary = Summary.empty(n_series)
+        # points of the open smallest block(s), as given (summarised once their block closes)
+        self._raw: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._last_step = -1
 
     def add(self, steps: np.ndarray, values: np.ndarray, present: np.ndarray) -> list[RollupBlocks]:
         if len(steps) == 0:
             return []
-        self._points = Summary.concat([self._points, Summary.from_points(steps, values, present)])
+        self._raw.append((np.asarray(steps, dtype=np.int64), values, present))
         self._last_step = int(steps[-1])
         return self._roll(final=False)
+
+    def _closed_points(self, final: bool) -> Summary:
+        """The points of every smallest block that is complete (all when ``final``), as
+        units; the rest stay raw."""
+        if not self._raw:
+            return Summary.empty(self.n_series)
+        parts = self._raw
+        steps, values, present = ((parts[0][k] if len(parts) == 1 else
+                                   np.concatenate([p[k] for p in parts])) for k in range(3))
+        n_done = len(steps) if final else int(
+            np.searchsorted(steps >> self.min_level, (self._last_step + 1) >> self.min_level))
+        self._raw = [(steps[n_done:], values[n_done:], present[n_done:])] if n_done < len(
+            steps) else []
+        return Summary.from_points(steps[:n_done], values[:n_done], present[:n_done])
 
     def finish(self) -> list[RollupBlocks]:
         return self._roll(final=True)
@@ -206,16 +288,15 @@ class RollupBuilder:
         carry, carry_ids = Summary.empty(self.n_series), no_ids
         for level in range(self.min_level, MAX_LEVEL + 1):
             if level == self.min_level:
-                units, ids = self._points, self._points.start >> level
+                units = self._closed_points(final)
+                ids = units.start >> level
             else:
                 prev_ids, prev = self._pending.get(level, (no_ids, Summary.empty(self.n_series)))
                 units = Summary.concat([prev, carry])
                 ids = np.concatenate([prev_ids, carry_ids >> 1])
             # ids are sorted, so the complete blocks are a prefix
             n_done = len(ids) if final else int(np.searchsorted(ids, known >> level))
-            if level == self.min_level:
-                self._points = units.take(slice(n_done, None))
-            else:
+            if level > self.min_level:
                 self._pending[level] = (ids[n_done:], units.take(slice(n_done, None)))
             carry, carry_ids = Summary.empty(self.n_series), no_ids
             if n_done:
@@ -299,20 +380,43 @@ def in_step_order(parts: Sequence[Summary]) -> Summary:
     return units
 
 
-def select_points(buckets: Summary, series: int) -> tuple[np.ndarray, np.ndarray]:
-    """The points the buckets contribute for series ``series`` (steps, values), unsorted."""
-    lo_s, hi_s = buckets.min_step[:, series], buckets.max_step[:, series]
-    lo_v, hi_v = buckets.min_value[:, series], buckets.max_value[:, series]
-    nf_s, nf_v = buckets.nf_step[:, series], buckets.nf_value[:, series]
+def _candidates(buckets: Summary) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each bucket's points for every series: (steps, values) planes of shape
+    ``(n_buckets, n_series)`` for its extra non-finite point, its minimum and its maximum, in
+    that order; a step of ``_BIG`` means the bucket contributes no such point."""
+    lo_s, hi_s, nf_s = buckets.min_step, buckets.max_step, buckets.nf_step
+    lo_v, hi_v = buckets.min_value, buckets.max_value
     extra = (nf_s >= 0) & (nf_s != lo_s) & (nf_s != hi_s)  # a NaN that min/max ignored
     numeric = lo_s >= 0
     drop_lo = extra & numeric & (lo_v != -np.inf)  # the NaN takes the minimum's place ...
     drop_hi = extra & numeric & ~drop_lo & (hi_v != np.inf)  # ... or the maximum's
     keep_lo = numeric & ~drop_lo
-    keep_hi = numeric & ~drop_hi & (hi_s != lo_s)
-    steps = np.concatenate([nf_s[extra], lo_s[keep_lo], hi_s[keep_hi]])
-    values = np.concatenate([nf_v[extra], lo_v[keep_lo], hi_v[keep_hi]])
-    return steps, values
+    # one point that is both minimum and maximum is shown once, also when the NaN took the
+    # minimum's place (it then stays as the maximum: the bucket shows it and the NaN)
+    keep_hi = numeric & ~drop_hi & ((hi_s != lo_s) | drop_lo)
+    steps = [np.where(extra, nf_s, _BIG), np.where(keep_lo, lo_s, _BIG),
+             np.where(keep_hi, hi_s, _BIG)]
+    return steps, [buckets.nf_value, lo_v, hi_v]
+
+
+def select_points(buckets: Summary, series: int) -> tuple[np.ndarray, np.ndarray]:
+    """The points the buckets contribute for series ``series`` (steps, values), unsorted."""
+    steps, values = _candidates(buckets)
+    col_s = [p[:, series] for p in steps]
+    col_v = [p[:, series] for p in values]
+    keep = [c != _BIG for c in col_s]
+    return (np.concatenate([c[k] for c, k in zip(col_s, keep, strict=True)]),
+            np.concatenate([v[k] for v, k in zip(col_v, keep, strict=True)]))
+
+
+def _sorted_in_bucket(steps: list[np.ndarray], values: list[np.ndarray]) -> None:
+    """Sort each bucket's candidates (three ``(n_buckets, n_series)`` planes) by step, in
+    place: a three-comparator sorting network, so no per-series sort is needed."""
+    for a, b in ((0, 1), (1, 2), (0, 1)):
+        swap = steps[a] > steps[b]
+        steps[a], steps[b] = np.where(swap, steps[b], steps[a]), np.where(swap, steps[a], steps[b])
+        values[a], values[b] = (np.where(swap, values[b], values[a]),
+                                np.where(swap, values[a], values[b]))
 
 
 def downsample_points(
@@ -322,18 +426,53 @@ def downsample_points(
 
     ``edges[s]`` = (steps, values) that must be kept for series ``s`` (first and last point
     of the range). Returns per series (steps, values), sorted by step, without duplicates.
+
+    All series at once: each bucket's (at most three) points are sorted within the bucket,
+    buckets are disjoint and in step order, so the bucket-major flattening is in step order.
     """
-    result: list[tuple[np.ndarray, np.ndarray]] = []
-    buckets = reduce_segments(units, group_starts(units.start // bucket_size)) if len(units) \
-        else None
-    for s in range(units.n_series):
-        parts_s, parts_v = [edges[s][0]], [edges[s][1]]
-        if buckets is not None:
-            steps, values = select_points(buckets, s)
-            parts_s.append(steps)
-            parts_v.append(values)
-        all_s = np.concatenate(parts_s).astype(np.int64)
-        all_v = np.concatenate(parts_v).astype(np.float64)
-        uniq, first = np.unique(all_s, return_index=True)
-        result.append((uniq, all_v[first]))
+    n_series = units.n_series
+    if not len(units):
+        return [_merged_edges(np.empty(0, np.int64), np.empty(0), *edge) for edge in edges]
+    buckets = reduce_segments(units, group_starts(units.start // bucket_size))
+    steps, values = _candidates(buckets)
+    _sorted_in_bucket(steps, values)
+    lo_step, hi_step = int(units.start[0]), int(buckets.start[-1])
+    first_s = np.full(n_series, _BIG)
+    first_v = np.full(n_series, np.nan)
+    last_s, last_v = first_s.copy(), first_v.copy()
+    generic: list[int] = []  # series whose edges are not the range's first and last points
+    for s, (e_s, e_v) in enumerate(edges):
+        for step, value in zip(np.asarray(e_s).tolist(), np.asarray(e_v).tolist(), strict=True):
+            if step <= lo_step:
+                first_s[s], first_v[s] = step, value
+            elif step >= hi_step:
+                last_s[s], last_v[s] = step, value
+            else:
+                generic.append(s)
+    n_b = len(buckets)
+    # the edges as a fifth candidate before bucket 0's and after the last bucket's points
+    before_s = np.full((n_b, n_series), _BIG)
+    after_s = before_s.copy()
+    before_s[0], after_s[-1] = first_s, last_s
+    before_v = np.full((n_b, n_series), np.nan)
+    after_v = before_v.copy()
+    before_v[0], after_v[-1] = first_v, last_v
+    for plane in steps:  # a point that is also an edge is kept once
+        plane[0][plane[0] == first_s] = _BIG
+        plane[-1][plane[-1] == last_s] = _BIG
+    cand_s = np.stack([before_s, *steps, after_s], axis=1).reshape(-1, n_series).T
+    cand_v = np.stack([before_v, *values, after_v], axis=1).reshape(-1, n_series).T
+    valid = cand_s != _BIG
+    result = [(cand_s[s][valid[s]], cand_v[s][valid[s]]) for s in range(n_series)]
+    for s in set(generic):
+        result[s] = _merged_edges(*result[s], *edges[s])
     return result
+
+
+def _merged_edges(steps: np.ndarray, values: np.ndarray, edge_steps: np.ndarray,
+                  edge_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted points with the edge points added (each step once)."""
+    all_s = np.concatenate((np.asarray(edge_steps, dtype=np.int64), steps))
+    all_v = np.concatenate((np.asarray(edge_values, dtype=np.float64), values))
+    uniq, first = np.unique(all_s, return_index=True)
+    return uniq, all_v[first]

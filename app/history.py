@@ -19,7 +19,6 @@ from sqlalchemy.orm import Session
 
 from app.downsampling import (
     LAYER_METRICS,
-    MAX_LEVEL,
     STEP_METRICS,
     Summary,
     cover,
@@ -66,7 +65,8 @@ class _Stored:
 
     def __init__(self, repo: HistoryRepository, key: int, n_layers: int) -> None:
         self.repo, self.key, self.n_layers = repo, key, n_layers
-        self._chunks: dict[int, bytes] = {}
+        self._chunks: dict[int, tuple[int, bytes]] = {}  # first step -> (last step, data)
+        self._decoded: dict[tuple[int, tuple[int, ...] | None], ChunkData] = {}
 
     @classmethod
     def of(cls, session: Session, job_id: str) -> _Stored | None:
@@ -74,9 +74,24 @@ class _Stored:
         found = repo.key_of(job_id)
         return None if found is None else cls(repo, *found)
 
-    def _fetch(self, lo: int, hi: int) -> list[bytes]:
-        return [self._chunks.setdefault(first, data)
-                for first, _, _, data in self.repo.chunks(self.key, lo, hi)]
+    def _fetch(self, lo: int, hi: int) -> list[tuple[int, bytes]]:
+        """(first step, data) of the chunks overlapping [lo, hi]; a range inside a chunk
+        already fetched by this request costs no query."""
+        for first, (last, data) in self._chunks.items():
+            if first <= lo and hi <= last:
+                return [(first, data)]
+        rows = self.repo.chunks(self.key, lo, hi)
+        for first, last, _, data in rows:
+            self._chunks[first] = (last, data)
+        return [(first, data) for first, _, _, data in rows]
+
+    def _decode(self, first: int, data: bytes, series: Sequence[int] | None) -> ChunkData:
+        """A chunk's ``series``, decoded once per request."""
+        key = (first, None if series is None else tuple(series))
+        found = self._decoded.get(key)
+        if found is None:
+            found = self._decoded[key] = decode_chunk(data, series)
+        return found
 
     def points(self, series: Sequence[int], ranges: Sequence[tuple[int, int]]
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -85,26 +100,23 @@ class _Stored:
         for lo, hi in ranges:
             if lo > hi:
                 continue
-            for data in self._fetch(lo, hi):
-                d = decode_chunk(data, series)
-                keep = (d.steps >= lo) & (d.steps <= hi)
-                steps.append(d.steps[keep])
-                values.append(d.values[keep])
-                present.append(d.present[keep])
+            for first, data in self._fetch(lo, hi):
+                d = self._decode(first, data, series)
+                if lo <= d.steps[0] and d.steps[-1] <= hi:
+                    steps.append(d.steps)
+                    values.append(d.values)
+                    present.append(d.present)
+                    continue
+                a, b = np.searchsorted(d.steps, [lo, hi + 1])
+                steps.append(d.steps[a:b])
+                values.append(d.values[a:b])
+                present.append(d.present[a:b])
         if not steps:
             k = len(series)
             return np.empty(0, np.int64), np.empty((0, k)), np.empty((0, k), dtype=bool)
+        if len(steps) == 1:
+            return steps[0], values[0], present[0]
         return np.concatenate(steps), np.concatenate(values), np.concatenate(present)
-
-    def count(self, lo: int, hi: int) -> int:
-        """Recorded steps in [lo, hi]: whole chunks by their count, the ends decoded."""
-        total = 0
-        for first, last, n in self.repo.chunk_spans(self.key, lo, hi):
-            if lo <= first and last <= hi:
-                total += n
-            else:
-                total += len(self.points([], [(max(lo, first), min(hi, last))])[0])
-        return total
 
     def nth_step(self, lo: int, hi: int, k: int) -> int | None:
         """The ``k``-th recorded step (from 1) within [lo, hi]; None when there are fewer.
@@ -121,24 +133,31 @@ class _Stored:
             seen += len(steps)
         return None
 
-    def bounds(self, lo: int, hi: int) -> tuple[int | None, int | None]:
-        """First and last recorded step within [lo, hi]."""
-        edges = []
-        for last in (False, True):
-            chunk = self.repo.edge_chunk(self.key, lo, hi, last=last)
-            if chunk is None:
-                return None, None
-            steps = decode_chunk(chunk[3], []).steps
-            steps = steps[(steps >= lo) & (steps <= hi)]
-            if not steps.size:  # the range falls between two recorded steps of the chunk
-                steps = self.points([], [(lo, hi)])[0]
-                if not steps.size:
-                    return None, None
-            edges.append(int(steps[-1] if last else steps[0]))
-        return edges[0], edges[1]
+    def extent(self, lo: int, hi: int) -> tuple[int, int, int] | None:
+        """(first recorded step, last recorded step, recorded steps) within [lo, hi]: the
+        chunks inside the range by their stored spans (one query), the (at most two) chunks
+        that straddle its ends from their decoded steps."""
+        first, last, count = self.repo.chunk_totals(self.key, lo, hi)
+        seen: set[int] = set()
+        for edge in {lo, hi} - {0, 2**31 - 1}:  # no chunk straddles step 0 or the last
+            for chunk_first, data in self._fetch(edge, edge):
+                chunk_last = self._chunks[chunk_first][0]
+                if (lo <= chunk_first and chunk_last <= hi) or chunk_first in seen:
+                    continue  # inside the range (counted by its span), or counted already
+                seen.add(chunk_first)
+                steps = self._decode(chunk_first, data, []).steps
+                steps = steps[(steps >= lo) & (steps <= hi)]
+                if steps.size:
+                    count += int(steps.size)
+                    first = int(steps[0]) if first is None else min(first, int(steps[0]))
+                    last = int(steps[-1]) if last is None else max(last, int(steps[-1]))
+        if first is None or last is None:
+            return None
+        return first, last, count
 
     def last_step(self) -> int | None:
-        return self.bounds(0, 2**31 - 1)[1]
+        found = self.extent(0, 2**31 - 1)
+        return None if found is None else found[1]
 
     def n_steps(self) -> int:
         return sum(n for _, _, n in self.repo.chunk_spans(self.key, 0, 2**31 - 1))
@@ -223,7 +242,7 @@ def _span(store: _Stored, job: Job, q: HistoryQuery, paging: _Paging, n_series: 
     else:
         lo = q.start_step if q.start_step is not None else 0
         hi = q.end_step if q.end_step is not None else 2**31 - 1
-    resolved = _resolve_range(store, job, lo, hi, q.max_points)
+    resolved = store.extent(lo, hi)
     if resolved is None:
         return None
     first, last, count = resolved
@@ -237,21 +256,6 @@ def _span(store: _Stored, job: Job, q: HistoryQuery, paging: _Paging, n_series: 
         return _Span(first, last, count, downsample=False)
     return _Span(first, page_last, count, downsample=False,
                  next_cursor=HistoryCursor(page_last + 1, last, paging.digest).encode())
-
-
-def _resolve_range(store: _Stored, job: Job, lo: int, hi: int, max_points: int
-                   ) -> tuple[int, int, int] | None:
-    """(first recorded step, last recorded step, recorded steps) inside [lo, hi]."""
-    first, last = store.bounds(lo, hi)
-    if first is None or last is None:
-        return None
-    if last - first + 1 <= 4 * max_points:  # small ranges: counting is cheap
-        return first, last, store.count(first, last)
-    # large ranges: the recorded-step counts stored in the rollups (of the loss series)
-    runs, raw_ranges = cover(first, last, MAX_LEVEL, store.rolled(job, MAX_LEVEL, last))
-    count = sum(store.count(a, b) for a, b in raw_ranges)
-    count += int(store.summaries(runs, [0]).count.sum())
-    return first, last, count
 
 
 def _check_range(q: HistoryQuery) -> None:

@@ -119,7 +119,8 @@ class HistoryChunk(Base):
     """Every series of a job over steps ``first_step..last_step``: one flush of its worker.
 
     ``data`` is written and read only by :mod:`app.history_store` (compact columns, NaN and
-    +-Inf bit for bit).
+    +-Inf bit for bit). A rowid table on SQLite (migration 0020): its rows are large, and
+    finding them by step must not read them.
     """
 
     __tablename__ = "history_chunks"
@@ -131,8 +132,6 @@ class HistoryChunk(Base):
     last_step: Mapped[int] = mapped_column(Integer)
     n_steps: Mapped[int] = mapped_column(Integer)
     data: Mapped[bytes] = mapped_column(LargeBinary)
-
-    __table_args__ = ({"sqlite_with_rowid": False},)
 
 
 class EpochMetric(Base):

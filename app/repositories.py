@@ -368,17 +368,16 @@ class HistoryRepository:
             .order_by(HistoryChunk.first_step)).all()
         return [(int(a), int(b), int(n)) for a, b, n in rows]
 
-    def edge_chunk(self, key: int, lo: int, hi: int, *, last: bool
-                   ) -> tuple[int, int, int, bytes] | None:
-        """The first (or ``last``) chunk overlapping steps [lo, hi]."""
-        order = HistoryChunk.first_step.desc() if last else HistoryChunk.first_step
+    def chunk_totals(self, key: int, lo: int, hi: int) -> tuple[int | None, int | None, int]:
+        """(first step, last step, steps) of the chunks lying wholly inside steps [lo, hi]."""
         row = self.session.execute(
-            select(HistoryChunk.first_step, HistoryChunk.last_step, HistoryChunk.n_steps,
-                   HistoryChunk.data)
-            .where(HistoryChunk.job_key == key, self._from_chunk_holding(key, lo),
-                   HistoryChunk.first_step <= hi, HistoryChunk.last_step >= lo)
-            .order_by(order).limit(1)).first()
-        return None if row is None else (int(row[0]), int(row[1]), int(row[2]), bytes(row[3]))
+            select(func.min(HistoryChunk.first_step), func.max(HistoryChunk.last_step),
+                   func.coalesce(func.sum(HistoryChunk.n_steps), 0))
+            .where(HistoryChunk.job_key == key, HistoryChunk.first_step >= lo,
+                   HistoryChunk.last_step <= hi)).one()
+        first, last, count = row
+        return (None if first is None else int(first), None if last is None else int(last),
+                int(count))
 
     def rolled_until(self, key: int) -> dict[int, int]:
         """Per stored level: the last block (not step) covered."""

@@ -13,25 +13,26 @@ from sqlalchemy.orm import Session, sessionmaker
 from app import counters, webhooks
 from app.db import retry_on_locked, unit_of_work
 from app.heartbeat import Heartbeat
-from app.history_store import HistoryWriter
+from app.history_store import HistoryWriter, StepColumns
 from app.jsonutil import encode_non_finite
 from app.lifecycle import progress_dict
 from app.repositories import Claim, EventRepository, HistoryRepository, JobLostError, JobRepository
-from core.telemetry import EpochRecord, NonFiniteEvent, StepRecord, StopReason
+from core.telemetry import EpochRecord, NonFiniteEvent, StepBlock, StepRecord, StopReason
 
 __all__ = ["DatabaseSink", "latest_figures"]
 
 log = logging.getLogger(__name__)
 
 
-def latest_figures(record: StepRecord) -> dict[str, Any]:
-    """``latest`` of a job: the figures of its most recent recorded step. ``step`` is that
-    step's index (steps count from 0), so it is ``progress.step - 1`` when the last completed
-    step was recorded."""
+def latest_figures(cols: StepColumns) -> dict[str, Any]:
+    """``latest`` of a job: the figures of its most recent recorded step (the last of
+    ``cols``). ``step`` is that step's index (steps count from 0), so it is
+    ``progress.step - 1`` when the last completed step was recorded."""
+    row, present = cols.values[-1], cols.present[-1]
+    vals = [v if p else None for v, p in zip(row.tolist(), present.tolist(), strict=True)]
     figures: dict[str, Any] = encode_non_finite({
-        "step": record.step, "loss": record.loss, "grad_norm": record.grad_norm,
-        "clipped_grad_norm": record.clipped_grad_norm, "lr": record.lr,
-        "layer_grad_norms": [lr.grad_norm for lr in record.layers],
+        "step": int(cols.steps[-1]), "loss": vals[0], "grad_norm": vals[1],
+        "clipped_grad_norm": vals[2], "lr": vals[3], "layer_grad_norms": vals[4::8],
     })
     return figures
 
@@ -41,7 +42,10 @@ def _never() -> bool:
 
 
 class DatabaseSink:
-    """A :class:`core.telemetry.Sink` that batch-inserts records every N steps or T seconds.
+    """A :class:`core.telemetry.BlockSink` that batch-inserts records every N steps or T seconds.
+
+    The trainer hands it blocks of rows (:meth:`write_block`), stored as they come (no
+    per-record conversion); :meth:`write_steps` takes StepRecords (other producers).
 
     Each flush is one short transaction: the records as one chunk, the completed rollup blocks, progress
     and heartbeat, a (throttled) progress event; it reads the cancel flag, which
@@ -71,17 +75,30 @@ class DatabaseSink:
         self.cancelled = False
         self.rows_written = 0
         self._steps: list[StepRecord] = []
+        self._blocks: list[StepColumns] = []
+        self._buffered = 0  # steps in _steps and _blocks
         self._epochs: list[EpochRecord] = []
         self._alerts: list[dict[str, Any]] = []
         self._writer = HistoryWriter()
         self._last_flush = time.monotonic()
         self._last_progress_event = 0.0
-        self._last_record: StepRecord | None = None
+        self._latest: dict[str, Any] | None = None
+        self._key: int | None = None  # the job's history key, once a flush committed it
 
     # ---- Sink protocol ----
     def write_steps(self, records: list[StepRecord]) -> None:
         self._steps.extend(records)
-        if (len(self._steps) >= self.flush_every
+        self._buffered += len(records)
+        self._maybe_flush()
+
+    def write_block(self, block: StepBlock) -> None:
+        """Rows of emitted steps as arrays (the trainer's preallocated blocks)."""
+        self._blocks.append(StepColumns.from_block(block))
+        self._buffered += len(block)
+        self._maybe_flush()
+
+    def _maybe_flush(self) -> None:
+        if (self._buffered >= self.flush_every
                 or time.monotonic() - self._last_flush >= self.flush_interval):
             self.flush()
 
@@ -128,25 +145,35 @@ class DatabaseSink:
         self.flush(final=True)
 
     def flush(self, *, final: bool = False) -> None:
-        steps, epochs, alerts = self._steps, self._epochs, self._alerts
-        self._steps, self._epochs, self._alerts = [], [], []
+        records, blocks, epochs, alerts = self._steps, self._blocks, self._epochs, self._alerts
+        self._steps, self._blocks, self._epochs, self._alerts = [], [], [], []
+        self._buffered = 0
         self._last_flush = time.monotonic()
         if self.given_up:
             return
-        chunk = self._writer.chunk(steps, final=final)
+        if records:
+            n_layers = self._writer.n_layers
+            blocks.append(StepColumns.from_records(
+                records, len(records[0].layers) if n_layers is None else n_layers))
+        cols = StepColumns.concat(blocks) if blocks else None
+        chunk = self._writer.chunk_columns(cols, final=final)
         epoch_rows = [{
             "job_id": self.job_id, "epoch": e.epoch, "step": e.step, "train_loss": e.train_loss,
             "val_loss": e.val_loss, "val_accuracy": e.val_accuracy,
             "train_accuracy": e.train_accuracy} for e in epochs]
-        if steps:
-            self._last_record = steps[-1]
-            self.steps_completed = max(self.steps_completed, steps[-1].step + 1)
+        n_steps = 0 if cols is None else len(cols)
+        if n_steps:
+            assert cols is not None
+            self._latest = latest_figures(cols)
+            self.steps_completed = max(self.steps_completed, int(cols.steps[-1]) + 1)
         now = time.monotonic()
-        progress_event = bool(steps) and (final or now - self._last_progress_event
-                                          >= self.progress_interval)
+        progress_event = bool(n_steps) and (final or now - self._last_progress_event
+                                            >= self.progress_interval)
         if progress_event:
             self._last_progress_event = now
-        latest = latest_figures(self._last_record) if self._last_record is not None else None
+        latest = self._latest
+
+        written_key: list[int | None] = [None]
 
         def write() -> bool:
             write_started = time.monotonic()
@@ -158,7 +185,9 @@ class DatabaseSink:
                     first_non_finite=self.first_non_finite, claim=self.claim)
                 history = HistoryRepository(session)
                 if chunk.data is not None or chunk.rollups:
-                    key = history.ensure_key(self.job_id, chunk.n_layers)
+                    key = self._key  # known after the first committed flush: no query
+                    if key is None:
+                        key = written_key[0] = history.ensure_key(self.job_id, chunk.n_layers)
                     if chunk.data is not None:
                         history.insert_chunk(key, chunk.first_step, chunk.last_step,
                                              chunk.n_steps, chunk.data)
@@ -168,8 +197,8 @@ class DatabaseSink:
                 for alert in alerts:
                     events.append(self.job_id, "alert", alert)
                     webhooks.monitor_alert(session, self.job_id, alert)
-                counters.count_flush(session, steps=len(steps),
-                                     layer_records=len(steps) * chunk.n_layers,
+                counters.count_flush(session, steps=n_steps,
+                                     layer_records=n_steps * chunk.n_layers,
                                      seconds=time.monotonic() - write_started)
                 if progress_event:
                     events.append(self.job_id, "progress", {
@@ -180,6 +209,8 @@ class DatabaseSink:
 
         try:
             self.cancelled = retry_on_locked(write) or self.cancelled
+            if written_key[0] is not None:
+                self._key = written_key[0]
         except JobLostError:
             log.warning("job %s is no longer ours (%s): its run stops unrecorded",
                         self.job_id, self.claim)

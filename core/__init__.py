@@ -15,10 +15,20 @@ The public API (see DESIGN.md "Contracts")::
 from core.diagnostics import DiagnosticReport, Monitor, PreflightReport, diagnose, preflight
 from core.model_io import Model, ModelFileError, load_model, save_model
 from core.spec import SpecLimits, TrainingSpec
-from core.telemetry import EpochRecord, LayerRecord, MemorySink, NonFiniteEvent, Sink, StepRecord
+from core.telemetry import (
+    BlockSink,
+    EpochRecord,
+    LayerRecord,
+    MemorySink,
+    NonFiniteEvent,
+    Sink,
+    StepBlock,
+    StepRecord,
+)
 from core.trainer import Trainer, TrainingResult
 
 __all__ = [
+    "BlockSink",
     "DiagnosticReport",
     "EpochRecord",
     "LayerRecord",
@@ -30,6 +40,7 @@ __all__ = [
     "PreflightReport",
     "Sink",
     "SpecLimits",
+    "StepBlock",
     "StepRecord",
     "Trainer",
     "TrainingResult",

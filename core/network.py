@@ -97,6 +97,8 @@ class MLP:
         self._bs = 0
         self._starts = self.col_offsets[:-1]
         self._counts = [h.units for h in hidden]
+        self._count_array = np.array(self._counts, dtype=np.float64)
+        self._scratch: dict[tuple[int, ...], Array] = {}  # saturation masks, per batch shape
         self._relu_layers = [i for i, a in enumerate(self.activations) if a.family == "relu"]
         self._tanh_layers = [i for i, a in enumerate(self.activations) if a.name == "tanh"]
         self._sigmoid_layers = [i for i, a in enumerate(self.activations) if a.name == "sigmoid"]
@@ -193,55 +195,96 @@ class MLP:
                                                           list[float | None],
                                                           list[float | None]]:
         """Per-layer ``(mean, std, dead_fraction, saturated_fraction)`` of the last training
-        forward pass: hidden layers, then the outputs; None where a statistic does not apply.
+        forward pass: hidden layers, then the outputs; None where a statistic does not apply
+        (:meth:`activation_stat_array` as lists)."""
+        table = self.activation_stat_array(outputs)
+        mask = self.activation_stat_mask()
+        cols = [[v if m else None for v, m in zip(table[:, k].tolist(), mask[:, k].tolist(),
+                                                   strict=True)] for k in range(4)]
+        return cols[0], cols[1], cols[2], cols[3]  # type: ignore[return-value]
 
-        A few whole-buffer NumPy calls whatever the depth: column sums and sums of squares of
-        the activation buffer, reduced per layer with ``reduceat``.
+    def activation_stat_mask(self) -> Array:
+        """``(n_layers, 4)`` bool: which of (mean, std, dead, saturated) apply to each layer."""
+        mask = np.zeros((self.n_layers, 4), dtype=bool)
+        mask[:, :2] = True
+        mask[self._relu_layers, 2] = True
+        mask[self._tanh_layers + self._sigmoid_layers, 3] = True
+        return mask
+
+    def activation_stat_array(self, outputs: Array, out: Array | None = None) -> Array:
+        """``(n_layers, 4)`` float64: per layer (mean, std, dead_fraction,
+        saturated_fraction) of the last training forward pass, hidden layers then the outputs;
+        NaN where a statistic does not apply (:meth:`activation_stat_mask`). With ``out``
+        (e.g. a view of a telemetry row whose absent entries are already NaN) only the
+        statistics that apply are written, into it.
+
+        A fixed handful of whole-buffer NumPy calls whatever the depth: column sums and sums
+        of squares of the activation buffer, reduced per layer with ``reduceat``.
         """
-        mean: list[float] = []
-        std: list[float] = []
-        dead: list[float | None] = [None] * self.n_layers
-        sat: list[float | None] = [None] * self.n_layers
-        if self.n_layers > 1:
-            buf = self._buffers[self._bs]
-            act, ones = buf.act, buf.ones
-            n = act.shape[0]
-            if self.n_layers == 2:  # one hidden layer: whole-buffer sums
-                sums = [float(act.sum(dtype=np.float64))]
-                sqs = [sumsq(act.reshape(-1))]
-            else:
-                # Column sums as a BLAS matrix-vector product (much faster than a strided
-                # reduction), then per-layer sums with reduceat.
-                col_sq = np.einsum("ij,ij->j", act, act)
-                if col_sq.dtype != np.float64 and not np.isfinite(col_sq).all():
-                    a64 = act.astype(np.float64)  # float32 overflow of the squares
-                    col_sq = np.einsum("ij,ij->j", a64, a64)
-                col_sum = ones @ act
-                if not np.isfinite(col_sum).all():
-                    col_sum = act.sum(axis=0, dtype=np.float64)
-                sums = np.add.reduceat(col_sum, self._starts).tolist()
-                sqs = np.add.reduceat(col_sq, self._starts).tolist()
-            for s_, q_, c in zip(sums, sqs, self._counts, strict=True):
-                m = s_ / (c * n)
-                mean.append(m)
-                std.append(math.sqrt(max(q_ / (c * n) - m * m, 0.0)) if math.isfinite(q_) else q_)
-            if self._relu_layers:
-                # a unit is dead on this batch when its output is <= 0 for every example
-                alive = np.add.reduceat(act.max(axis=0) > 0, self._starts).tolist()
-                for i in self._relu_layers:
-                    dead[i] = 1.0 - alive[i] / self._counts[i]
-            for layers, center, half in ((self._tanh_layers, 0.0, 0.99),
-                                         (self._sigmoid_layers, 0.5, 0.49)):
-                if layers:
-                    shifted = np.abs(act - center) if center else np.abs(act)
-                    in_tail = (shifted > half).astype(act.dtype)
-                    cnt = np.add.reduceat(ones @ in_tail, self._starts).tolist()
-                    for i in layers:
-                        sat[i] = cnt[i] / (self._counts[i] * n)
+        L = self.n_layers
+        table = np.full((L, 4), np.nan) if out is None else out
+        if L == 2:  # one hidden layer: whole-buffer sums, scalar arithmetic
+            act = self._buffers[self._bs].act
+            c = self._counts[0] * act.shape[0]
+            m0 = float(act.sum(dtype=np.float64)) / c
+            q0 = sumsq(act.reshape(-1))
+            table[0, 0] = m0
+            table[0, 1] = math.sqrt(max(q0 / c - m0 * m0, 0.0)) if math.isfinite(q0) else q0
+            if self._relu_layers:  # dead: output <= 0 for every example of the batch
+                table[0, 2] = 1.0 - int(np.count_nonzero(act.max(axis=0) > 0)) / self._counts[0]
+            self._saturation(table)
+        elif L > 2:
+            self._hidden_stats(table)
         flat_out = outputs.reshape(-1)
         k = flat_out.size
         m = float(flat_out.sum(dtype=np.float64)) / k
-        q = sumsq(flat_out) / k
-        mean.append(m)
-        std.append(math.sqrt(max(q - m * m, 0.0)) if math.isfinite(q) else q)
-        return mean, std, dead, sat
+        q_out = sumsq(flat_out) / k
+        table[-1, 0] = m
+        table[-1, 1] = math.sqrt(max(q_out - m * m, 0.0)) if math.isfinite(q_out) else q_out
+        return table
+
+    def _hidden_stats(self, table: Array) -> None:
+        """:meth:`activation_stat_array`'s hidden rows for two or more hidden layers."""
+        act, ones = self._buffers[self._bs].act, self._buffers[self._bs].ones
+        # Column sums as a BLAS matrix-vector product (much faster than a strided
+        # reduction), then per-layer sums with reduceat.
+        col_sq = np.einsum("ij,ij->j", act, act)
+        if col_sq.dtype != np.float64 and not np.isfinite(col_sq).all():
+            a64 = act.astype(np.float64)  # float32 overflow of the squares
+            col_sq = np.einsum("ij,ij->j", a64, a64)
+        col_sum = ones @ act
+        if not np.isfinite(col_sum).all():
+            col_sum = act.sum(axis=0, dtype=np.float64)
+        sums = np.add.reduceat(col_sum, self._starts).astype(np.float64)
+        sqs = np.add.reduceat(col_sq, self._starts).astype(np.float64)
+        cn = self._count_array * act.shape[0]
+        mean = sums / cn
+        table[:-1, 0] = mean
+        with np.errstate(invalid="ignore"):
+            spread = np.sqrt(np.maximum(sqs / cn - mean * mean, 0.0))
+        table[:-1, 1] = np.where(np.isfinite(sqs), spread, sqs)
+        if self._relu_layers:
+            # a unit is dead on this batch when its output is <= 0 for every example
+            alive = np.add.reduceat(act.max(axis=0) > 0, self._starts)
+            rl = self._relu_layers
+            table[rl, 2] = 1.0 - alive[rl] / self._count_array[rl]
+        self._saturation(table)
+
+    def _saturation(self, table: Array) -> None:
+        """Saturated fractions of the tanh and sigmoid hidden layers into ``table[:, 3]``."""
+        act, ones = self._buffers[self._bs].act, self._buffers[self._bs].ones
+        for layers, center, half in ((self._tanh_layers, 0.0, 0.99),
+                                     (self._sigmoid_layers, 0.5, 0.49)):
+            if layers:
+                # |a - center| > half as 1.0 / 0.0 in two passes over reused scratch buffers
+                scratch = self._scratch.get(act.shape)
+                if scratch is None:
+                    scratch = self._scratch[act.shape] = np.empty_like(act)
+                if center:
+                    np.subtract(act, center, out=scratch)
+                    np.abs(scratch, out=scratch)
+                else:
+                    np.abs(act, out=scratch)
+                in_tail = np.greater(scratch, half, out=scratch, casting="unsafe")
+                cnt = np.add.reduceat(ones @ in_tail, self._starts).astype(np.float64)
+                table[layers, 3] = cnt[layers] / (self._count_array[layers] * act.shape[0])

@@ -24,19 +24,25 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
+import numpy as np
 from pydantic import WithJsonSchema
 
 __all__ = [
+    "LAYER_FIELDS",
     "NON_FINITE_STRINGS",
+    "STEP_FIELDS",
+    "BlockSink",
     "EpochRecord",
     "JsonFloat",
     "LayerRecord",
     "MemorySink",
     "NonFiniteEvent",
     "Sink",
+    "StepBlock",
     "StepRecord",
     "StopReason",
     "TensorKind",
+    "record_from_values",
 ]
 
 NON_FINITE_STRINGS = ["NaN", "Infinity", "-Infinity"]
@@ -88,6 +94,58 @@ class StepRecord:
         return asdict(self)
 
 
+STEP_FIELDS: tuple[str, ...] = ("loss", "grad_norm", "clipped_grad_norm", "lr")
+"""The per-step figures of a :class:`StepBlock` row, in order."""
+LAYER_FIELDS: tuple[str, ...] = (
+    "grad_norm", "weight_grad_norm", "weight_norm", "update_norm",
+    "act_mean", "act_std", "dead_fraction", "saturated_fraction",
+)
+"""Each layer's figures of a :class:`StepBlock` row, in order (LayerRecord's fields)."""
+
+
+def record_from_values(step: int, epoch: int, clipped: bool, vals: list[Any],
+                       n_layers: int) -> StepRecord:
+    """A StepRecord from one row of figures in :class:`StepBlock` order (None: absent)."""
+    n_step, n_layer = len(STEP_FIELDS), len(LAYER_FIELDS)
+    layers = [LayerRecord(ly, *vals[n_step + ly * n_layer:n_step + (ly + 1) * n_layer])
+              for ly in range(n_layers)]
+    return StepRecord(step, epoch, vals[0], vals[1], vals[2], vals[3], clipped, layers)
+
+
+@dataclass
+class StepBlock:
+    """Consecutive emitted steps as arrays: what a :class:`BlockSink` receives.
+
+    ``values`` is ``(n, 4 + 8 * n_layers)`` float64: per row the :data:`STEP_FIELDS`, then
+    layer 0's :data:`LAYER_FIELDS`, layer 1's, ...; ``present`` (same shape, bool, possibly a
+    read-only broadcast) is False where a statistic does not apply (None in a
+    :class:`StepRecord`; the value there is NaN). ``n_layers`` is 0 without telemetry.
+    """
+
+    n_layers: int
+    steps: np.ndarray  # (n,) int64
+    epochs: np.ndarray  # (n,) int64
+    clipped: np.ndarray  # (n,) bool
+    values: np.ndarray
+    present: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.steps.shape[0])
+
+    def record(self, i: int) -> StepRecord:
+        """Row ``i`` as a :class:`StepRecord` (built on demand)."""
+        vals: list[Any] = self.values[i].tolist()
+        present = self.present[i]
+        if not present.all():
+            for k in np.flatnonzero(~present).tolist():
+                vals[k] = None
+        return record_from_values(int(self.steps[i]), int(self.epochs[i]),
+                                  bool(self.clipped[i]), vals, self.n_layers)
+
+    def records(self) -> list[StepRecord]:
+        return [self.record(i) for i in range(len(self))]
+
+
 @dataclass(slots=True)
 class EpochRecord:
     """End-of-epoch summary: mean training loss and validation figures (None without a split)."""
@@ -130,6 +188,15 @@ class Sink(Protocol):
     def write_epoch(self, record: EpochRecord) -> None: ...
 
     def should_stop(self) -> StopReason | None: ...
+
+
+@runtime_checkable
+class BlockSink(Sink, Protocol):
+    """A sink that also takes records as arrays: the trainer then hands it
+    :class:`StepBlock` s (every few dozen emitted steps, and before an epoch record, an
+    alert or the end of the run) instead of calling :meth:`Sink.write_steps` per step."""
+
+    def write_block(self, block: StepBlock) -> None: ...
 
 
 class MemorySink:

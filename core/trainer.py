@@ -19,12 +19,12 @@ from core.clipping import clip_flat
 from core.diagnostics.monitor import Monitor
 from core.optimizers import make_optimizer
 from core.problem import Problem
+from core.recording import StepRecorder, n_values
 from core.schedules import make_schedule
 from core.snapshot import BestParameters, NetworkCopy
 from core.spec import TrainingSpec
 from core.telemetry import (
     EpochRecord,
-    LayerRecord,
     NonFiniteEvent,
     Sink,
     StepRecord,
@@ -168,7 +168,6 @@ class Trainer(Problem):
         monitor = Monitor(spec) if self.telemetry and self.use_monitor else None
         write_alert = getattr(sink, "write_alert", None)
 
-        kept: list[StepRecord] = []
         epochs: list[EpochRecord] = []
         alerts: list[Any] = []
         first_nf: NonFiniteEvent | None = None
@@ -180,30 +179,12 @@ class Trainer(Problem):
         best_val = np.inf
         bad_epochs = 0
         epoch = 0
-        pending: StepRecord | None = None
-
-        stride = 1
-        limit = max_records
-        important: set[int] = set()
-
-        def emit(record: StepRecord, notable: bool = False) -> None:
-            nonlocal stride, limit
-            if sink is not None:
-                sink.write_steps([record])
-            if not keep_records:
-                kept[:] = [record]
-                return
-            if notable:
-                important.add(record.step)
-            if kept and kept[-1].step % stride and kept[-1].step not in important:
-                kept.pop()  # the previous record was only kept as the latest one
-            kept.append(record)
-            if limit is not None and len(kept) > limit:
-                stride *= 2
-                kept[:] = [r for i, r in enumerate(kept)
-                           if i == 0 or r.step % stride == 0 or r.step in important
-                           or r is record]
-                limit = max(limit, 2 * len(kept))
+        pending = False  # the current row is a step computed but not emitted yet
+        pending_at = (0, 0, False)
+        n_rec = layout.n_layers if self.telemetry else 0
+        recorder = StepRecorder(n_rec, self._present_mask(n_rec, want_acts), sink,
+                                keep_records=keep_records, max_records=max_records)
+        build_records = monitor is not None
 
         while step < total and stop is None:
             order = self.rng.permutation(n_train) if spec.training.shuffle else None
@@ -242,15 +223,16 @@ class Trainer(Problem):
                 if acc is not None:
                     correct += acc * m
 
+                row = recorder.row
                 if self.telemetry:
-                    record, finite = self._step_record(step, epoch, loss, lr, grad_norm,
-                                                       clipped_norm, clipped, layer_gsq, w_gsq,
-                                                       delta, out, want_acts)
+                    finite = self._fill_row(row, loss, lr, grad_norm, clipped_norm, layer_gsq,
+                                            w_gsq, delta, out, want_acts)
                     nf_now = not finite
                 else:
-                    record = StepRecord(step, epoch, loss, grad_norm, float(clipped_norm),
-                                        float(lr), bool(clipped), [])
+                    row[0], row[1], row[2], row[3] = loss, grad_norm, clipped_norm, lr
                     nf_now = not (math.isfinite(loss) and math.isfinite(grad_norm))
+                clipped = bool(clipped)
+                record = recorder.record(step, epoch, clipped) if build_records else None
                 if nf_now and first_nf is None:
                     first_nf = self._locate_non_finite(step, loss, out, layer_gsq, want_acts)
                     write_nf = getattr(sink, "write_non_finite", None)
@@ -258,10 +240,12 @@ class Trainer(Problem):
                         write_nf(first_nf)
 
                 if monitor is not None:
+                    assert record is not None
                     new_alerts = monitor.observe(record)
                     if new_alerts:
                         alerts.extend(new_alerts)
                         if write_alert is not None:
+                            recorder.hand_over()  # the steps before the alert are written first
                             for a in new_alerts:
                                 write_alert(a)
                     if spec.monitor.stop_on_explosion and monitor.explosion_confirmed:
@@ -274,16 +258,16 @@ class Trainer(Problem):
                 # The first, the last, every record_every-th and every non-finite step are
                 # emitted; a step that turns out to be the last (the sink asks to stop after
                 # receiving the previous one, or early stopping at the epoch end) is emitted then.
-                pending = record
+                pending, pending_at = True, (step, epoch, clipped)
                 notable = nf_now or bool(monitor is not None and new_alerts)
                 if step % record_every == 0 or step == total - 1 or stop is not None or nf_now:
-                    emit(record, notable)
-                    pending = None
+                    recorder.emit(step, epoch, clipped, record, notable)
+                    pending = False
                 if sink is not None and stop is None:
                     stop = sink.should_stop()
-                    if stop is not None and pending is not None:
-                        emit(pending)
-                        pending = None
+                    if stop is not None and pending:
+                        recorder.emit(*pending_at, record)
+                        pending = False
                 step += 1
                 if stop is not None:
                     break
@@ -299,19 +283,21 @@ class Trainer(Problem):
                         bad_epochs += 1
                         if bad_epochs >= es_patience:
                             stop = "early_stop"
-                            if pending is not None:
-                                emit(pending)
-                                pending = None
+                            if pending:
+                                recorder.emit(*pending_at, record)
+                                pending = False
                 epochs.append(ep)
                 if self.keep_best:
                     self._keep_if_best(ep)
                 if sink is not None:
+                    recorder.hand_over()  # the epoch's steps are written before its figures
                     sink.write_epoch(ep)
             epoch += 1
 
+        recorder.hand_over()
         return TrainingResult(
             spec=spec,
-            steps=kept,
+            steps=recorder.result_steps(),
             epochs=epochs,
             stop_reason=stop or "completed",
             steps_completed=step,
@@ -331,11 +317,23 @@ class Trainer(Problem):
             except MemoryError:  # a copy is a convenience: never fail the run for it
                 self.keep_best = False
 
-    def _step_record(self, step: int, epoch: int, loss: float, lr: float, grad_norm: float,
-                     clipped_norm: float, clipped: bool, layer_gsq: Array, w_gsq: Array,
-                     delta: Array, out: Array, want_acts: bool) -> tuple[StepRecord, bool]:
-        """The step's record (norms after the update, activation statistics) and whether
-        every recorded number is finite."""
+    def _present_mask(self, n_layers: int, want_acts: bool) -> Array:
+        """Which figures of a row apply: all but the activation statistics that do not."""
+        present = np.ones(n_values(n_layers), dtype=bool)
+        if n_layers:
+            layer_part = present[4:].reshape(n_layers, 8)
+            if want_acts:
+                layer_part[:, 4:] = self.network.activation_stat_mask()
+            else:
+                layer_part[:, 4:] = False
+        return present
+
+    def _fill_row(self, row: Array, loss: float, lr: float, grad_norm: float,
+                  clipped_norm: float, layer_gsq: Array, w_gsq: Array, delta: Array,
+                  out: Array, want_acts: bool) -> bool:
+        """Write the step's figures into ``row`` (norms after the update, activation
+        statistics: a fixed handful of NumPy calls whatever the depth); True when every
+        recorded number is finite."""
         net = self.network
         if net.flat.size <= _FUSE_MAX:  # one pass over [weights | update] for small nets
             both = _norm_segments(np.concatenate((net.flat, delta)), self._bounds2)
@@ -344,21 +342,18 @@ class Trainer(Problem):
             wsq = _norm_segments(net.flat, self._bounds)[0::2]
             usq = _norm_segments(delta, self._bounds)[0::2]
         L = len(layer_gsq)
-        norms = np.sqrt(np.concatenate((layer_gsq, w_gsq, wsq, usq))).tolist()
-        layer_g, w_g, w_n, u_n = norms[:L], norms[L:2 * L], norms[2 * L:3 * L], norms[3 * L:]
-        check = loss + grad_norm + sum(w_n)
-        if want_acts:
-            a_mean, a_std, a_dead, a_sat = net.activation_stats(out)
-            check += sum(a_mean)
-            layers = [LayerRecord(*row) for row in zip(
-                self._layer_ids, layer_g, w_g, w_n, u_n, a_mean, a_std, a_dead, a_sat,
-                strict=True)]
-        else:
-            layers = [LayerRecord(*row) for row in zip(self._layer_ids, layer_g, w_g, w_n, u_n,
-                                                       strict=True)]
-        record = StepRecord(step, epoch, loss, grad_norm, float(clipped_norm), float(lr),
-                            bool(clipped), layers)
-        return record, math.isfinite(check)
+        row[0], row[1], row[2], row[3] = loss, grad_norm, clipped_norm, lr
+        layers = row[4:].reshape(L, 8)
+        norms = layers[:, :4].T  # (4, L) view: grad, weight grad, weight, update norms
+        np.sqrt(layer_gsq, out=norms[0])
+        np.sqrt(w_gsq, out=norms[1])
+        np.sqrt(wsq, out=norms[2])
+        np.sqrt(usq, out=norms[3])
+        check = loss + grad_norm + sum(norms[2].tolist())
+        if want_acts:  # written into the row (its absent statistics stay NaN)
+            stats = net.activation_stat_array(out, layers[:, 4:])
+            check += sum(stats[:, 0].tolist())
+        return math.isfinite(check)
 
     def _gather(self, X: Array, y: Array, idx: Array) -> tuple[Array, Array]:
         """``X[idx], y[idx]`` into buffers reused across steps (no per-step allocation)."""

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from app.blobstore import BlobStore
 from app.errors import ConflictError, NotFoundError, ProblemError
 from app.models import Dataset, Job, utcnow
+from app.repositories import as_utc
 from app.settings import Settings
 from app.tenancy import ADMIN, Principal
 from app.uploads import (
@@ -211,7 +212,8 @@ def dataset_to_read(row: Dataset) -> dict[str, Any]:
         "n_classes": row.n_classes, "n_targets": row.n_targets, "dtype": row.dtype,
         "feature_names": row.feature_names, "target_name": row.target_name,
         "sha256": row.sha256, "upload_bytes": row.upload_bytes,
-        "stored_bytes": row.stored_bytes, "created_at": row.created_at, "tenant": row.tenant,
+        "stored_bytes": row.stored_bytes, "created_at": as_utc(row.created_at),
+        "tenant": row.tenant,
         "spec_data": {"source": "uploaded", "id": row.id},
     }
 

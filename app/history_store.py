@@ -48,6 +48,7 @@ from app.downsampling import (
 from core.telemetry import LAYER_FIELDS, STEP_FIELDS, StepBlock, StepRecord
 
 __all__ = [
+    "MAX_CHUNK_STEPS",
     "STORED_MIN_LEVEL",
     "Chunk",
     "ChunkData",
@@ -104,6 +105,11 @@ class StepColumns:
 
     def __len__(self) -> int:
         return int(self.steps.shape[0])
+
+    def part(self, a: int, b: int) -> StepColumns:
+        """Rows ``a:b`` (views, no copy)."""
+        return StepColumns(self.n_layers, self.steps[a:b], self.epochs[a:b], self.clipped[a:b],
+                           self.values[a:b], self.present[a:b])
 
     @classmethod
     def from_block(cls, block: StepBlock) -> StepColumns:
@@ -312,6 +318,9 @@ def decode_rollups(n_layers: int, rows: Sequence[tuple[int, int, bytes]],
 # --------------------------------------------------------------------------------------------
 
 
+MAX_CHUNK_STEPS = 4096  # steps in one stored chunk (a flush of more is split)
+
+
 @dataclass
 class Chunk:
     """What one flush stores: a chunk (None without new steps) and the completed rollups."""
@@ -337,6 +346,16 @@ class HistoryWriter:
             self.n_layers = len(records[0].layers)
         cols = StepColumns.from_records(records, self.n_layers or 0) if records else None
         return self.chunk_columns(cols, final=final)
+
+    def chunks_of(self, cols: StepColumns | None, *, final: bool = False) -> list[Chunk]:
+        """:meth:`chunk_columns` over at most MAX_CHUNK_STEPS steps each: a read decodes whole
+        chunks, so however much one flush holds, a page of history costs a bounded amount."""
+        n = 0 if cols is None else len(cols)
+        if cols is None or n <= MAX_CHUNK_STEPS:
+            return [self.chunk_columns(cols, final=final)]
+        return [self.chunk_columns(cols.part(a, a + MAX_CHUNK_STEPS),
+                                   final=final and a + MAX_CHUNK_STEPS >= n)
+                for a in range(0, n, MAX_CHUNK_STEPS)]
 
     def chunk_columns(self, cols: StepColumns | None, *, final: bool = False) -> Chunk:
         if cols is not None and self.n_layers is None:

@@ -156,7 +156,8 @@ class DatabaseSink:
             blocks.append(StepColumns.from_records(
                 records, len(records[0].layers) if n_layers is None else n_layers))
         cols = StepColumns.concat(blocks) if blocks else None
-        chunk = self._writer.chunk_columns(cols, final=final)
+        chunks = self._writer.chunks_of(cols, final=final)
+        n_layers = chunks[0].n_layers
         epoch_rows = [{
             "job_id": self.job_id, "epoch": e.epoch, "step": e.step, "train_loss": e.train_loss,
             "val_loss": e.val_loss, "val_accuracy": e.val_accuracy,
@@ -184,10 +185,12 @@ class DatabaseSink:
                     self.job_id, steps_completed=self.steps_completed, latest=latest,
                     first_non_finite=self.first_non_finite, claim=self.claim)
                 history = HistoryRepository(session)
-                if chunk.data is not None or chunk.rollups:
-                    key = self._key  # known after the first committed flush: no query
+                key = self._key  # known after the first committed flush: no query
+                for chunk in chunks:
+                    if chunk.data is None and not chunk.rollups:
+                        continue
                     if key is None:
-                        key = written_key[0] = history.ensure_key(self.job_id, chunk.n_layers)
+                        key = written_key[0] = history.ensure_key(self.job_id, n_layers)
                     if chunk.data is not None:
                         history.insert_chunk(key, chunk.first_step, chunk.last_step,
                                              chunk.n_steps, chunk.data)
@@ -198,7 +201,7 @@ class DatabaseSink:
                     events.append(self.job_id, "alert", alert)
                     webhooks.monitor_alert(session, self.job_id, alert)
                 counters.count_flush(session, steps=n_steps,
-                                     layer_records=n_steps * chunk.n_layers,
+                                     layer_records=n_steps * n_layers,
                                      seconds=time.monotonic() - write_started)
                 if progress_event:
                     events.append(self.job_id, "progress", {
@@ -216,4 +219,4 @@ class DatabaseSink:
                         self.job_id, self.claim)
             self.lost = True
             return
-        self.rows_written += chunk.n_steps * (1 + chunk.n_layers)  # steps + layer-steps
+        self.rows_written += n_steps * (1 + n_layers)  # steps + layer-steps

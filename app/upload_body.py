@@ -74,7 +74,12 @@ async def receive_upload(request: Request, *, limits: UploadLimits, format_param
             raise invalid("multipart/form-data without a boundary")
         return await _receive_multipart(request, boundary, limits, wanted, stage)
     fmt = _RAW_TYPES.get(media_type)
-    if fmt is None and media_type in ("application/octet-stream", "") and wanted:
+    if fmt is None and media_type in ("application/octet-stream", ""):
+        if not wanted:  # a documented media type, with its required parameter missing
+            msg = (f"a {media_type or 'untyped'} body needs ?format=csv|npz (or send text/csv, "
+                   "application/x-npz, or multipart/form-data)")
+            raise ProblemError(msg, status=422, slug="invalid-dataset", errors=[
+                {"loc": ["query", "format"], "msg": msg, "type": "missing"}])
         fmt = wanted
     if fmt is None:
         raise _unsupported(media_type)

@@ -129,6 +129,8 @@ BAD_UPLOADS: list[tuple[str, dict[str, Any], bytes, str, int, str]] = [
     ("npz 3-d", {}, _npz(X=np.ones((2, 2, 2)), y=np.ones(2)), "application/x-npz", 422,
      "dimensions"),
     ("json body", {}, b"{}", "application/json", 415, "multipart"),
+    ("octet-stream without format", {}, b"a,b\n1,2\n3,4\n", "application/octet-stream", 422,
+     "needs ?format=csv|npz"),
 ]
 
 

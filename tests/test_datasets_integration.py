@@ -41,4 +41,4 @@ def test_a_worker_elsewhere_trains_on_an_uploaded_data_set_read_through_the_blob
     assert job["progress"]["step"] == 3 * 3  # 3 epochs x (96 training rows / 32)
     assert not (elsewhere / "blobs").exists()  # the worker read the shared directory only
     assert cluster.http.delete(f"/v1/datasets/{ds}").status_code == 204
-    assert not list(shared.rglob("*.npz"))
+    assert not list((shared / "datasets").rglob("*.npz"))  # models stay with their job

@@ -89,9 +89,28 @@ Use it in a spec as `"data": {"source": "uploaded", "id": "<id>"}`.
 """
 
 
+_BINARY = {"type": "string", "format": "binary"}
+# The body is read as a stream by the handler (never parsed by FastAPI): documented here so
+# that Swagger UI offers the upload and clients see every accepted form.
+UPLOAD_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "properties": {
+        "file": {**_BINARY, "description": "A CSV (header row) or an .npz with X and y."},
+        "X": {**_BINARY, "description": "An .npy pair: the inputs (rows, columns)."},
+        "y": {**_BINARY, "description": "An .npy pair: the targets."},
+        "name": {"type": "string", "maxLength": 200},
+        "task": {"type": "string", "enum": ["classification", "regression"]},
+        "target": {"type": "string", "maxLength": 200}}}},
+    "text/csv": {"schema": {"type": "string"},
+                 "example": "sepal,petal,species\n5.1,1.4,0\n6.2,4.5,1\n"},
+    "application/x-npz": {"schema": _BINARY},
+    "application/octet-stream": {"schema": _BINARY},
+}}}
+
+
 @router.post("", status_code=201, response_model=DatasetRead, operation_id="uploadDataset",
              summary="Upload a data set (CSV, .npz, or an .npy pair)",
-             description=_UPLOAD_DESCRIPTION, responses=problems(413, 415, 422, 429))
+             description=_UPLOAD_DESCRIPTION, responses=problems(413, 415, 422, 429),
+             openapi_extra=UPLOAD_BODY)
 async def upload_dataset(
     request: Request,
     response: Response,

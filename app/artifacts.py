@@ -14,10 +14,10 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
-from sqlalchemy import event
-from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.blobstore import BlobStore, blob_store
+from app.db import AfterCommit
 from app.settings import Settings
 from core.model_io import Model, load_model, read_info
 
@@ -107,35 +107,26 @@ def iter_blob(f: Any, block: int = 1 << 20) -> Iterator[bytes]:
 
 def forget_models(session: Session, job_id: str) -> None:
     """Delete ``job_id``'s models once ``session``'s transaction has committed."""
-    session.info.setdefault(_PENDING, []).append(job_id)
+    AfterCommit.queue(session, _PENDING, job_id)
 
 
 class ModelCleanup:
     """Deletes the models of jobs deleted by committed transactions of ``factory``."""
 
     def __init__(self, settings: Settings, factory: sessionmaker[Session]) -> None:
-        self.store, self.factory = blob_store(settings), factory
+        self.store = blob_store(settings)
+        self._after_commit = AfterCommit(factory, _PENDING, self.delete)
 
     def install(self) -> None:
-        event.listen(self.factory, "after_commit", self._after_commit)
-        event.listen(self.factory, "after_transaction_end", self._after_transaction_end)
+        self._after_commit.install()
 
     def uninstall(self) -> None:
-        event.remove(self.factory, "after_commit", self._after_commit)
-        event.remove(self.factory, "after_transaction_end", self._after_transaction_end)
+        self._after_commit.uninstall()
 
-    def _after_commit(self, session: Session) -> None:
-        root = session.get_transaction()
-        if root is not None and root.is_active:
-            return  # a savepoint was released: the transaction goes on
-        for job_id in dict.fromkeys(session.info.pop(_PENDING, ())):
+    def delete(self, job_ids: list[str]) -> None:
+        for job_id in job_ids:
             for which in MODEL_KINDS:
                 try:
                     self.store.delete(model_key(job_id, which))
                 except OSError:
                     log.exception("job %s: could not delete its %s model", job_id, which)
-
-    @staticmethod
-    def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
-        if transaction.parent is None:  # the outermost transaction ended without a commit
-            session.info.pop(_PENDING, None)

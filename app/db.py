@@ -18,11 +18,12 @@ from typing import Any, TypeVar
 from sqlalchemy import Double, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Session, SessionTransaction, sessionmaker
 from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
 
 __all__ = [
+    "AfterCommit",
     "Base",
     "NonFiniteFloat",
     "build_engine",
@@ -221,3 +222,41 @@ def retry_on_locked(fn: Callable[[], T], *, attempts: int = 5, delay: float = 0.
             log.warning("database locked; retrying (%d/%d)", attempt + 1, attempts)
             time.sleep(delay * (2**attempt))
     raise AssertionError("unreachable")
+
+
+class AfterCommit:
+    """Runs ``action(items)`` with what a transaction queued (:meth:`queue`) once the
+    transaction has committed — never for a rolled-back one, never at a savepoint's release.
+
+    For side effects outside the database that must follow the data they describe: sending a
+    job to the executor, deleting a deleted job's files.
+    """
+
+    def __init__(self, factory: sessionmaker[Session], key: str,
+                 action: Callable[[list[Any]], object]) -> None:
+        self.factory, self.key, self.action = factory, key, action
+
+    @staticmethod
+    def queue(session: Session, key: str, item: Any) -> None:
+        session.info.setdefault(key, []).append(item)
+
+    def install(self) -> None:
+        """Hook into every session ``factory`` makes."""
+        event.listen(self.factory, "after_commit", self._after_commit)
+        event.listen(self.factory, "after_transaction_end", self._after_transaction_end)
+
+    def uninstall(self) -> None:
+        event.remove(self.factory, "after_commit", self._after_commit)
+        event.remove(self.factory, "after_transaction_end", self._after_transaction_end)
+
+    def _after_commit(self, session: Session) -> None:
+        root = session.get_transaction()
+        if root is not None and root.is_active:
+            return  # a savepoint was released: the transaction goes on
+        items = session.info.pop(self.key, None)
+        if items:
+            self.action(list(dict.fromkeys(items)))
+
+    def _after_transaction_end(self, session: Session, transaction: SessionTransaction) -> None:
+        if transaction.parent is None:  # the outermost transaction ended without a commit
+            session.info.pop(self.key, None)

@@ -21,10 +21,9 @@ import threading
 from collections.abc import Iterable
 from datetime import timedelta
 
-from sqlalchemy import event
-from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
-from app.db import unit_of_work
+from app.db import AfterCommit, unit_of_work
 from app.executors.base import Executor
 from app.models import utcnow
 from app.recovery import reap
@@ -40,7 +39,7 @@ _PENDING = "gradwatch.enqueue"
 
 def request_enqueue(session: Session, job_id: str) -> None:
     """Send ``job_id`` to the executor once ``session``'s transaction has committed."""
-    session.info.setdefault(_PENDING, []).append(job_id)
+    AfterCommit.queue(session, _PENDING, job_id)
 
 
 class Dispatcher:
@@ -49,31 +48,16 @@ class Dispatcher:
     def __init__(self, settings: Settings, factory: sessionmaker[Session],
                  executor: Executor) -> None:
         self.settings, self.factory, self.executor = settings, factory, executor
+        self._after_commit = AfterCommit(factory, _PENDING, self.send)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
-    # ---- after commit ----
     def install(self) -> None:
-        """Hook into every session ``factory`` makes."""
-        event.listen(self.factory, "after_commit", self._after_commit)
-        event.listen(self.factory, "after_transaction_end", self._after_transaction_end)
+        """Send the ids requested by every committed session ``factory`` makes."""
+        self._after_commit.install()
 
     def uninstall(self) -> None:
-        event.remove(self.factory, "after_commit", self._after_commit)
-        event.remove(self.factory, "after_transaction_end", self._after_transaction_end)
-
-    def _after_commit(self, session: Session) -> None:
-        root = session.get_transaction()
-        if root is not None and root.is_active:
-            return  # a savepoint was released (submit_job's insert): the transaction goes on
-        job_ids = session.info.pop(_PENDING, None)
-        if job_ids:
-            self.send(job_ids)
-
-    @staticmethod
-    def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
-        if transaction.parent is None:  # the outermost transaction ended without a commit
-            session.info.pop(_PENDING, None)
+        self._after_commit.uninstall()
 
     def send(self, job_ids: Iterable[str]) -> int:
         """Hand ``job_ids`` to the executor; stamp ``enqueued_at`` on those it accepted.

@@ -84,7 +84,7 @@ TAGS = [
     {"name": "datasets", "description": "Built-in data sets; upload, list and delete your "
                                         "own."},
     {"name": "models", "description": "Download a job's trained model; predict with it."},
-    {"name": "exports", "description": "Every recorded point of a history as CSV."},
+    {"name": "exports", "description": "Every recorded point of a history as CSV or Parquet."},
     {"name": "webhooks", "description": "Signed notifications of job events to your URL."},
     {"name": "health", "description": "Liveness and readiness probes; Prometheus metrics."},
 ]

@@ -3,10 +3,12 @@
     .venv/bin/python bench/export_bench.py [--steps 100000] [--repeats 3]
 
 - export: a ``--steps``-step, 10-layer job ingested through the workers' sink (SQLite), then
-  ``metrics.csv`` and ``gradients.csv`` (one row per step and layer) downloaded through the
-  HTTP API (in-process client, streamed): median seconds, rows/s, MB; and the peak of Python
-  allocations while the export's generator makes the whole CSV (tracemalloc, a separate run:
-  it slows the code), which must not grow with the job (a window of chunks at a time);
+  ``metrics.csv`` and ``gradients.csv`` (one row per step and layer), and the same as
+  ``.parquet``, downloaded through the HTTP API (in-process client, streamed): median
+  seconds, rows/s, MB; and the peak of Python allocations while the export's generator makes
+  the whole file (tracemalloc, a separate run: it slows the code), plus for Parquet the peak
+  of Arrow's memory pool, neither of which may grow with the job (a window of chunks at a
+  time);
 - predict: a 2-64-64-3 classifier kept as a job's model; ``POST /predict`` with 1, 100 and
   10,000 rows (median ms, the file is read per request) and ``core.load_model(...).predict``
   on the same rows offline.
@@ -36,7 +38,7 @@ import core  # noqa: E402
 from app.artifacts import store_model  # noqa: E402
 from app.blobstore import blob_store  # noqa: E402
 from app.db import build_engine, build_sessionmaker, unit_of_work  # noqa: E402
-from app.exports import Table, csv_rows  # noqa: E402
+from app.exports import Table, csv_rows, parquet_file  # noqa: E402
 from app.lifecycle import move_job  # noqa: E402
 from app.main import create_app  # noqa: E402
 from app.migrate import upgrade  # noqa: E402
@@ -63,15 +65,32 @@ def download(client: TestClient, url: str) -> tuple[float, float, int, int]:
     return time.perf_counter() - t0, time.process_time() - c0, size, lines
 
 
-def peak_alloc(factory: Any, job_id: str, table: Table) -> int:
-    """Peak Python allocations while the export's generator makes the whole CSV."""
+def peak_alloc(factory: Any, job_id: str, table: Table, fmt: str = "csv") -> int:
+    """Peak Python allocations while the export's generator makes the whole file."""
+    make = parquet_file if fmt == "parquet" else csv_rows
     tracemalloc.start()
     try:
-        for _ in csv_rows(factory, job_id, table):
+        for _ in make(factory, job_id, table):
             pass
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
+
+
+def arrow_peak(factory: Any, job_id: str, table: Table) -> int:
+    """Peak of Arrow's memory pool while the Parquet export is made (a fresh pool)."""
+    import pyarrow as pa
+
+    pool = pa.system_memory_pool()
+    previous = pa.default_memory_pool()
+    pa.set_memory_pool(pool)
+    try:
+        start = pool.max_memory() or 0
+        for _ in parquet_file(factory, job_id, table):
+            pass
+        return int(pool.max_memory() or 0) - int(start)
+    finally:
+        pa.set_memory_pool(previous)
 
 
 def model_job(settings: Settings) -> str:
@@ -114,17 +133,27 @@ def main() -> None:
             print(f"export of a {args.steps:,}-step {N_LAYERS}-layer job (SQLite, in-process "
                   f"client; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
             tables: tuple[Table, ...] = ("metrics", "gradients")
+            factory = client.app.state.sessionmaker  # type: ignore[attr-defined]
             for table in tables:
                 url = f"/v1/jobs/{job_id}/{table}.csv"
                 runs = [download(client, url) for _ in range(args.repeats)]
                 seconds = statistics.median(r[0] for r in runs)
                 cpu = statistics.median(r[1] for r in runs)
                 size, lines = runs[0][2], runs[0][3]
-                peak = peak_alloc(client.app.state.sessionmaker, job_id, table)  # type: ignore[attr-defined]
+                peak = peak_alloc(factory, job_id, table)
                 print(f"  {table}.csv: {lines - 1:,} rows, {size / 1e6:.1f} MB in "
                       f"{seconds:.2f} s (median of {args.repeats}) = "
                       f"{(lines - 1) / seconds:,.0f} rows/s, {(lines - 1) / cpu:,.0f} rows per CPU s;"
                       f" peak Python allocations while making it {peak / 1e6:.1f} MB")
+                rows = lines - 1
+                runs = [download(client, f"/v1/jobs/{job_id}/{table}.parquet")
+                        for _ in range(args.repeats)]
+                seconds = statistics.median(r[0] for r in runs)
+                cpu = statistics.median(r[1] for r in runs)
+                print(f"  {table}.parquet: {runs[0][2] / 1e6:.1f} MB in {seconds:.2f} s = "
+                      f"{rows / seconds:,.0f} rows/s, {rows / cpu:,.0f} rows per CPU s; peak "
+                      f"Python allocations {peak_alloc(factory, job_id, table, 'parquet') / 1e6:.1f}"
+                      f" MB, Arrow pool {arrow_peak(factory, job_id, table) / 1e6:.1f} MB")
             X = np.random.default_rng(0).normal(size=(10_000, 2))
             with client.stream("GET", f"/v1/jobs/{model_id}/model") as response:
                 model = core.load_model(io.BytesIO(response.read()))

@@ -188,6 +188,8 @@ def models_and_exports(http: TestClient, ex: dict[str, dict[str, Any]]) -> None:
 
     import numpy as np
 
+    from app.exports import CSV_COLUMNS
+
     good = http.post("/v1/jobs", json=CLASSIFIER).json()
     bad = http.post("/v1/jobs", json=DIVERGING_SPEC).json()
     wait(http, good["id"])
@@ -209,6 +211,12 @@ def models_and_exports(http: TestClient, ex: dict[str, dict[str, Any]]) -> None:
         text = http.get(f"/v1/jobs/{bad['id']}/{table}.csv").text
         ex[operation] = {"200": shortened_csv(text, tail=2 if table == "metrics" else 3)}
         record(ex, operation, http.get(f"/v1/jobs/{UNKNOWN_ID}/{table}.csv"))
+    for operation, table in (("exportMetricsParquet", "metrics"),
+                             ("exportGradientsParquet", "gradients")):
+        columns = ", ".join(CSV_COLUMNS[table])  # type: ignore[index]
+        ex[operation] = {"200": "(binary Parquet file, zstd, one row group per window of "
+                                f"stored steps: {columns})"}
+        record(ex, operation, http.get(f"/v1/jobs/{UNKNOWN_ID}/{table}.parquet"))
 
 
 def generate(tmp: Path) -> dict[str, dict[str, Any]]:

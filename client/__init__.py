@@ -13,6 +13,7 @@ from client.aio import AsyncClient
 from client.errors import ApiError, FieldError
 from client.models import (
     Comparison,
+    Dataset,
     Diagnosis,
     Event,
     Finding,
@@ -20,6 +21,7 @@ from client.models import (
     Job,
     JobPage,
     MetricsHistory,
+    Prediction,
     Preflight,
     Recommendation,
     SeriesArrays,
@@ -31,6 +33,7 @@ __all__ = [
     "AsyncClient",
     "Client",
     "Comparison",
+    "Dataset",
     "Diagnosis",
     "Event",
     "FieldError",
@@ -39,6 +42,7 @@ __all__ = [
     "Job",
     "JobPage",
     "MetricsHistory",
+    "Prediction",
     "Preflight",
     "Recommendation",
     "SeriesArrays",

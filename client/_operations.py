@@ -1,37 +1,45 @@
-"""Every API operation as a request to send and a parser for its answer.
+"""Every API operation as a request to send and a parser for its answer, and everything
+about sending it that does not depend on how it is sent.
 
 The sync :class:`~client.Client` and the :class:`~client.AsyncClient` share these, so the
-two never disagree about paths, parameters or types; they differ only in how they send.
+two never disagree about paths, parameters, types, retries, streamed bodies and downloads;
+they differ only in how they send (``send`` vs ``await send``) and sleep.
 """
 
 from __future__ import annotations
 
 import json
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
+from os import PathLike
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, BinaryIO, Generic, TypeVar
 
 import httpx
+import numpy as np
 
 from client.errors import ApiError
 from client.models import (
     Comparison,
+    Dataset,
     Diagnosis,
     Event,
     GradientHistory,
     Job,
     JobPage,
     MetricsHistory,
+    Prediction,
     Preflight,
 )
+from client.transport import NOT_SENT, UPLOAD_TYPES, Attempt, Backoff, Download, FileBody
 
 T = TypeVar("T")
 StrList = list[str]  # `list` is also a method name in the classes below
 
-__all__ = ["ARROW_STREAM", "EVERY_POINT", "Call", "SSEParser", "TablePage", "concat_tables", "ops",
-           "plot_format"]
+__all__ = ["ARROW_STREAM", "EVERY_POINT", "Call", "EventStream", "Plan", "SSEParser", "TablePage",
+           "concat_tables", "ops", "plot_format"]
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 #: ``max_points`` that asks for every recorded point (a range never holds more steps)
@@ -51,12 +59,86 @@ class Call(Generic[T]):
     ok: tuple[int, ...] = (200, 201, 202)
     #: safe to resend after a dropped connection (GETs, and POSTs with an Idempotency-Key)
     retry_safe: bool = True
+    #: a body streamed from a file (instead of ``json``)
+    upload: FileBody | None = None
+    #: stream a successful response's body into this file (``parse`` then gets the response)
+    download: Download | None = None
+
+    def request(self, http: httpx.Client | httpx.AsyncClient, *, sync: bool) -> httpx.Request:
+        """The request of one attempt (an upload's body is read afresh for each)."""
+        content: Any = None
+        if self.upload is not None:
+            content = self.upload.chunks() if sync else self.upload.achunks()
+        return http.build_request(self.method, self.path, params=self.params, json=self.json,
+                                  headers=self.headers, content=content)
+
+    def sink(self, response: httpx.Response) -> Download | None:
+        """Where this response's body goes: :attr:`download` for a success (else None: read
+        it whole, e.g. a problem+json)."""
+        return self.download if response.status_code in self.ok else None
+
+    def after_error(self, attempt: Attempt, exc: Exception) -> float:
+        """Seconds to wait before resending after a transport error; re-raises it when the
+        request must not be resent (the last attempt, or a non-idempotent request that may
+        have reached the server)."""
+        if attempt.last or not (self.retry_safe or isinstance(exc, NOT_SENT)):
+            raise exc
+        return attempt.delay()
+
+
+class Retry(float):
+    """Seconds to wait before resending (kept apart from any parsed answer)."""
+
+
+def finish(call: Call[T], response: httpx.Response, attempt: Attempt) -> Retry | T:
+    """A 503 before the last attempt: :class:`Retry`; else the parsed answer or ApiError."""
+    if response.status_code == 503 and not attempt.last:
+        return Retry(attempt.delay(response.headers.get("Retry-After")))
+    return call.parse(check(response, call.ok))
 
 
 def check(response: httpx.Response, ok: tuple[int, ...]) -> httpx.Response:
     if response.status_code not in ok:
         raise ApiError.from_response(response)
     return response
+
+
+#: a multi-request operation: yields calls (is sent each one's answer) and waits (seconds to
+#: sleep, sent None), returns the result; the clients run plans with their own send and sleep
+Plan = Generator["Call[Any] | float", Any, T]
+
+
+def wait_plan(job_id: str, timeout: float | None, poll: float) -> Plan[Job]:
+    """The job once it is terminal; TimeoutError after ``timeout`` seconds."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        job: Job = yield ops.get(job_id)
+        if job.terminal:
+            return job
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"job {job_id} is still {job.status} after {timeout} s")
+        yield poll
+
+
+def plot_plan(job_id: str, kind: str, path: str | Path | None, fmt: str | None,
+              other: str | None) -> Plan[bytes]:
+    """A plot's bytes, also written to ``path`` when given (SVG when it ends in .svg)."""
+    data: bytes = yield ops.plot(job_id, kind, plot_format(path, fmt), other)
+    if path is not None:
+        Path(path).write_bytes(data)
+    return data
+
+
+def table_plan(first: Callable[[str | None], Call[TablePage]]) -> Plan[Any]:
+    """Every page of an Arrow history, followed by cursor, as one table."""
+    pages: list[TablePage] = []
+    cursor: str | None = None
+    while True:
+        page: TablePage = yield first(cursor)
+        pages.append(page)
+        if page.next_cursor is None:
+            return concat_tables(pages)
+        cursor = page.next_cursor
 
 
 def _json(response: httpx.Response) -> Any:
@@ -199,6 +281,107 @@ class ops:  # a namespace of call builders
     @staticmethod
     def datasets() -> Call[Any]:
         return Call("GET", "/v1/datasets", _json)
+
+    @staticmethod
+    def upload_dataset(source: str | PathLike[str] | BinaryIO, *, name: str, task: str,
+                       target: str | None, format: str | None) -> Call[Dataset]:
+        body = FileBody(source)
+        fmt = format or Path(body.name).suffix.lower().lstrip(".")
+        if fmt not in UPLOAD_TYPES:
+            raise ValueError(f"cannot tell the format of {body.name or 'the file'!r}: pass "
+                             f"format={' or '.join(map(repr, UPLOAD_TYPES))}")
+        # not resent once it may have reached the server: a second upload is a second set
+        return Call("POST", "/v1/datasets", lambda r: Dataset.model_validate(r.json()),
+                    params=_params(name=name, task=task, target=target),
+                    headers={"Content-Type": UPLOAD_TYPES[fmt]}, upload=body, retry_safe=False)
+
+    @staticmethod
+    def dataset(dataset_id: str) -> Call[Dataset]:
+        return Call("GET", f"/v1/datasets/{dataset_id}",
+                    lambda r: Dataset.model_validate(r.json()))
+
+    @staticmethod
+    def delete_dataset(dataset_id: str) -> Call[None]:
+        return Call("DELETE", f"/v1/datasets/{dataset_id}", lambda r: None, ok=(204,),
+                    retry_safe=False)
+
+    @staticmethod
+    def download_model(job_id: str, path: str | PathLike[str], *, which: str,
+                       allow_non_finite: bool) -> Call[Path]:
+        sink = Download(path)
+        return Call("GET", f"/v1/jobs/{job_id}/model", lambda r: sink.path,
+                    params={"which": which, "allow_non_finite": str(allow_non_finite).lower()},
+                    download=sink)
+
+    @staticmethod
+    def predict(job_id: str, X: Any, *, which: str, allow_non_finite: bool
+                ) -> Call[Prediction]:
+        rows = np.asarray(X, dtype=np.float64)
+        if rows.ndim != 2:
+            raise ValueError(f"X must be 2-D (rows, columns); got shape {rows.shape}")
+        # the model answers the same rows the same way: safe to resend
+        return Call("POST", f"/v1/jobs/{job_id}/predict",
+                    lambda r: Prediction.model_validate(r.json()), json={"X": rows.tolist()},
+                    params={"which": which, "allow_non_finite": str(allow_non_finite).lower()})
+
+    @staticmethod
+    def export(job_id: str, kind: str, path: str | PathLike[str], fmt: str) -> Call[Path]:
+        if kind not in EXPORT_KINDS:
+            raise ValueError(f"kind is {kind!r}: choose 'gradients' or 'metrics'")
+        if fmt not in EXPORT_FORMATS:
+            raise ValueError(f"format is {fmt!r}: choose 'csv' or 'parquet'")
+        sink = Download(path)
+        return Call("GET", f"/v1/jobs/{job_id}/{kind}.{fmt}", lambda r: sink.path,
+                    download=sink)
+
+
+EXPORT_KINDS: Sequence[str] = ("gradients", "metrics")
+EXPORT_FORMATS: Sequence[str] = ("csv", "parquet")
+
+
+class EventStream:
+    """The state of following a job's events across reconnections: the last event id (sent
+    as ``Last-Event-ID``, so no event is lost or repeated) and the drops in a row."""
+
+    def __init__(self, job_id: str, last_event_id: int | None, backoff: Backoff) -> None:
+        self.job_id = job_id
+        self.path = f"/v1/jobs/{job_id}/events"
+        self.last = last_event_id
+        self.failures = 0
+        self.backoff = backoff
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Accept": "text/event-stream"}
+        if self.last is not None:
+            headers["Last-Event-ID"] = str(self.last)
+        return headers
+
+    @staticmethod
+    def timeout(http: httpx.Client | httpx.AsyncClient) -> httpx.Timeout:
+        return httpx.Timeout(http.timeout.connect, read=60.0)
+
+    @staticmethod
+    def refuse(response: httpx.Response) -> None:
+        """A non-200 answer (its body read): ApiError, or a 503 to reconnect after."""
+        if response.status_code != 503:
+            raise ApiError.from_response(response)
+        raise httpx.RemoteProtocolError("503")
+
+    def feed(self, parser: SSEParser, line: str) -> Event | None:
+        event = parser.feed(line)
+        if event is not None:
+            self.failures = 0
+            if event.id is not None:
+                self.last = event.id
+        return event
+
+    def dropped(self) -> float:
+        """Dropped, or ended without a terminal event: the wait before resuming."""
+        self.failures += 1
+        if self.failures > self.backoff.retries:
+            raise ConnectionError(f"lost the event stream of job {self.job_id} "
+                                  f"{self.failures} times in a row")
+        return self.backoff.delay(self.failures)
 
 
 class SSEParser:

@@ -4,35 +4,39 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
+from os import PathLike
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import httpx
 
 from client._operations import (
     EVERY_POINT,
     Call,
+    EventStream,
+    Plan,
+    Retry,
     SSEParser,
-    TablePage,
-    check,
-    concat_tables,
+    finish,
     ops,
-    plot_format,
+    plot_plan,
+    table_plan,
+    wait_plan,
 )
-from client.errors import ApiError
 from client.models import (
     Comparison,
+    Dataset,
     Diagnosis,
     Event,
     GradientHistory,
     Job,
     JobPage,
     MetricsHistory,
+    Prediction,
     Preflight,
 )
-from client.transport import NOT_SENT, RETRYABLE_ERRORS, Backoff, auth_headers
+from client.transport import RETRYABLE_ERRORS, Backoff, auth_headers
 
 T = TypeVar("T")
 StrList = list[str]  # `list` is also a method name in the classes below
@@ -67,22 +71,44 @@ class AsyncClient:
     async def _call(self, call: Call[T]) -> T:
         for attempt in self._backoff.attempts():
             try:
-                response = await self._http.request(call.method, call.path, params=call.params,
-                                                    json=call.json, headers=call.headers)
+                response = await self._http.send(call.request(self._http, sync=False),
+                                                 stream=True)
+                try:
+                    if (sink := call.sink(response)) is not None:
+                        with sink.open() as f:
+                            async for chunk in response.aiter_bytes():
+                                f.write(chunk)
+                    else:
+                        await response.aread()
+                finally:
+                    await response.aclose()
             except RETRYABLE_ERRORS as exc:
-                if attempt.last or not (call.retry_safe or isinstance(exc, NOT_SENT)):
-                    raise
-                await asyncio.sleep(attempt.delay())
+                await asyncio.sleep(call.after_error(attempt, exc))
                 continue
-            if response.status_code == 503 and not attempt.last:
-                await asyncio.sleep(attempt.delay(response.headers.get("Retry-After")))
+            result = finish(call, response, attempt)
+            if isinstance(result, Retry):
+                await asyncio.sleep(result)
                 continue
-            return call.parse(check(response, call.ok))
+            return result
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _run(self, plan: Plan[T]) -> T:
+        """Run a multi-request operation: send its calls, sleep its waits."""
+        try:
+            step = next(plan)
+            while True:
+                if isinstance(step, Call):
+                    step = plan.send(await self._call(step))
+                else:
+                    await asyncio.sleep(step)
+                    step = plan.send(None)
+        except StopIteration as done:
+            result: T = done.value
+            return result
 
     # ------------------------------------------------------------------ jobs
     async def submit(self, spec: dict[str, Any] | str | Path, idempotency_key: str | None = None
-                     ) -> Job:
+               ) -> Job:
         """Submit a spec (a dict, or the path of a JSON file); the queued job."""
         return await self._call(ops.submit(spec, idempotency_key))
 
@@ -90,8 +116,8 @@ class AsyncClient:
         return await self._call(ops.get(job_id))
 
     async def list(self, *, status: StrList | str | None = None,
-                   verdict: StrList | str | None = None, parent_id: str | None = None,
-                   limit: int = 50, cursor: str | None = None) -> JobPage:
+             verdict: StrList | str | None = None, parent_id: str | None = None,
+             limit: int = 50, cursor: str | None = None) -> JobPage:
         """One page of jobs, newest first (``page.next_cursor`` for the next)."""
         return await self._call(ops.list(status=status, verdict=verdict, parent_id=parent_id,
                                    limit=limit, cursor=cursor))
@@ -103,8 +129,8 @@ class AsyncClient:
         await self._call(ops.delete(job_id))
 
     async def repair(self, job_id: str, recommendation: int | None = None,
-                     spec_patch: dict[str, Any] | None = None, idempotency_key: str | None = None
-                     ) -> Job:
+               spec_patch: dict[str, Any] | None = None, idempotency_key: str | None = None
+               ) -> Job:
         """Run a recommended fix (default: the first) or your own merge patch as a child job."""
         return await self._call(ops.repair(job_id, recommendation, spec_patch, idempotency_key))
 
@@ -113,52 +139,30 @@ class AsyncClient:
 
     async def wait(self, job_id: str, timeout: float | None = None, poll: float = 0.25) -> Job:
         """The job once it is terminal; TimeoutError after ``timeout`` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            job = await self.get(job_id)
-            if job.terminal:
-                return job
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} is still {job.status} after {timeout} s")
-            await asyncio.sleep(poll)
+        return await self._run(wait_plan(job_id, timeout, poll))
 
     async def follow(self, job_id: str, last_event_id: int | None = None
                      ) -> AsyncIterator[Event]:
         """The job's server-sent events until its terminal event; reconnects after a dropped
         connection with ``Last-Event-ID``, so no event is lost or repeated."""
-        last = last_event_id
-        failures = 0
+        stream = EventStream(job_id, last_event_id, self._backoff)
         while True:
-            headers = {"Accept": "text/event-stream"}
-            if last is not None:
-                headers["Last-Event-ID"] = str(last)
             try:
-                timeout = httpx.Timeout(self._http.timeout.connect, read=60.0)
-                async with self._http.stream("GET", f"/v1/jobs/{job_id}/events",
-                                             headers=headers, timeout=timeout) as response:
+                async with self._http.stream("GET", stream.path, headers=stream.headers(),
+                                             timeout=stream.timeout(self._http)) as response:
                     if response.status_code != 200:
                         await response.aread()
-                        if response.status_code != 503:
-                            raise ApiError.from_response(response)
-                        raise httpx.RemoteProtocolError("503")
+                        stream.refuse(response)
                     parser = SSEParser()
                     async for line in response.aiter_lines():
-                        event = parser.feed(line)
-                        if event is None:
-                            continue
-                        failures = 0
-                        if event.id is not None:
-                            last = event.id
-                        yield event
-                        if event.terminal:
-                            return
+                        event = stream.feed(parser, line)
+                        if event is not None:
+                            yield event
+                            if event.terminal:
+                                return
             except RETRYABLE_ERRORS:
                 pass
-            failures += 1  # dropped, or ended without a terminal event: resume
-            if failures > self._backoff.retries:
-                raise ConnectionError(f"lost the event stream of job {job_id} "
-                                      f"{failures} times in a row")
-            await asyncio.sleep(self._backoff.delay(failures))
+            await asyncio.sleep(stream.dropped())
 
     # ------------------------------------------------------------------ histories
     async def diagnostics(self, job_id: str) -> Diagnosis:
@@ -171,47 +175,34 @@ class AsyncClient:
         """Per-layer series as NumPy arrays (NaN/±Inf restored); a full-resolution read past
         the server's budget is paged: pass ``history.next_cursor`` as ``cursor``."""
         return await self._call(ops.gradients(job_id, layer=layer, start_step=start_step,
-                                              end_step=end_step, max_points=max_points,
-                                              metrics=metrics, cursor=cursor))
+                                        end_step=end_step, max_points=max_points,
+                                        metrics=metrics, cursor=cursor))
 
     async def metrics(self, job_id: str, *, start_step: int | None = None,
-                      end_step: int | None = None, max_points: int = 1000,
-                      metrics: StrList | None = None, cursor: str | None = None
-                      ) -> MetricsHistory:
+                end_step: int | None = None, max_points: int = 1000,
+                metrics: StrList | None = None, cursor: str | None = None) -> MetricsHistory:
         """Loss, global gradient norm, lr (and epoch figures) as NumPy arrays; paged as
         :meth:`gradients`."""
         return await self._call(ops.metrics(job_id, start_step=start_step, end_step=end_step,
-                                            max_points=max_points, metrics=metrics,
-                                            cursor=cursor))
+                                      max_points=max_points, metrics=metrics, cursor=cursor))
 
     async def table(self, job_id: str, kind: str = "metrics", *, layer: int | None = None,
-                      start_step: int | None = None, end_step: int | None = None,
-                      max_points: int = EVERY_POINT, metrics: StrList | None = None) -> Any:
+              start_step: int | None = None, end_step: int | None = None,
+              max_points: int = EVERY_POINT, metrics: StrList | None = None) -> Any:
         """A history (``kind`` ``metrics`` or ``gradients``) as one ``pyarrow.Table``, read as
         Arrow IPC and every page followed: a ``step`` column and one float64 column per
         series (``loss``, ``layers.0.grad_norm``, ...; null: no value at that step), NaN/±Inf
         and -0.0 exactly as stored. Every point by default; a smaller ``max_points``
         downsamples as the JSON reads do. Needs pyarrow; ``.to_pandas()`` for a DataFrame."""
-        pages: list[TablePage] = []
-        cursor: str | None = None
-        while True:
-            page = await self._call(ops.table(job_id, kind, layer=layer, start_step=start_step,
-                                              end_step=end_step, max_points=max_points,
-                                              metrics=metrics, cursor=cursor))
-            pages.append(page)
-            if page.next_cursor is None:
-                return concat_tables(pages)
-            cursor = page.next_cursor
+        return await self._run(table_plan(lambda cursor: ops.table(
+            job_id, kind, layer=layer, start_step=start_step, end_step=end_step,
+            max_points=max_points, metrics=metrics, cursor=cursor)))
 
     async def plot(self, job_id: str, kind: str = "gradients", path: str | Path | None = None, *,
-                   format: str | None = None, other: str | None = None) -> bytes:
+             format: str | None = None, other: str | None = None) -> bytes:
         """A plot (``gradients``, ``heatmap``, ``loss``, ``comparison``); written to ``path``
         when given (SVG when it ends in .svg)."""
-        fmt = plot_format(path, format)
-        data = await self._call(ops.plot(job_id, kind, fmt, other))
-        if path is not None:
-            Path(path).write_bytes(data)
-        return data
+        return await self._run(plot_plan(job_id, kind, path, format, other))
 
     # ------------------------------------------------------------------ specs
     async def preflight(self, spec: dict[str, Any] | str | Path) -> Preflight:
@@ -219,3 +210,45 @@ class AsyncClient:
 
     async def datasets(self) -> Any:
         return await self._call(ops.datasets())
+
+    # ------------------------------------------------------------------ data sets
+    async def upload_dataset(self, path_or_file: str | PathLike[str] | BinaryIO, *, name: str,
+                       task: str, target: str | None = None, format: str | None = None
+                       ) -> Dataset:
+        """Upload a CSV (header row; ``target`` names the target column, default the last) or
+        an .npz (arrays ``X``, ``y``), streamed from the file, never read whole; ``task`` is
+        ``classification`` or ``regression``; ``format`` (``csv``/``npz``) defaults to the
+        file name's suffix. Use it in a spec as ``"data": dataset.spec_data``."""
+        return await self._call(ops.upload_dataset(path_or_file, name=name, task=task,
+                                             target=target, format=format))
+
+    async def dataset(self, dataset_id: str) -> Dataset:
+        return await self._call(ops.dataset(dataset_id))
+
+    async def delete_dataset(self, dataset_id: str) -> None:
+        """Delete an uploaded data set (409 while a queued or running job trains on it)."""
+        await self._call(ops.delete_dataset(dataset_id))
+
+    # ------------------------------------------------------------------ models and exports
+    async def download_model(self, job_id: str, path: str | PathLike[str], *, which: str = "final",
+                       allow_non_finite: bool = False) -> Path:
+        """Stream the job's trained model (``which``: ``final`` or ``best``) to ``path`` (an
+        .npz; ``core.load_model(path)`` reads it offline); ``path`` is only written once the
+        whole file arrived. An exploded run's model is a 409 unless ``allow_non_finite``."""
+        return await self._call(ops.download_model(job_id, path, which=which,
+                                             allow_non_finite=allow_non_finite))
+
+    async def predict(self, job_id: str, X: Any, *, which: str = "final",
+                allow_non_finite: bool = False) -> Prediction:
+        """The job's model's predictions for the rows of ``X`` (2-D, raw inputs)."""
+        return await self._call(ops.predict(job_id, X, which=which,
+                                      allow_non_finite=allow_non_finite))
+
+    async def export_csv(self, job_id: str, kind: str, path: str | PathLike[str]) -> Path:
+        """Stream every recorded point of a history (``gradients`` or ``metrics``) as CSV to
+        ``path`` (NaN/Inf as ``nan``/``inf``/``-inf``)."""
+        return await self._call(ops.export(job_id, kind, path, "csv"))
+
+    async def export_parquet(self, job_id: str, kind: str, path: str | PathLike[str]) -> Path:
+        """As :meth:`export_csv`, as Parquet (the same columns; NaN/Inf kept)."""
+        return await self._call(ops.export(job_id, kind, path, "parquet"))

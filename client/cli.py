@@ -1,5 +1,5 @@
 """The client half of the ``gradwatch`` command: submit, follow, diagnose, repair, plot, jobs,
-preflight. Talks to a server over HTTP only (``--url`` / GRADWATCH_URL, ``--api-key`` /
+preflight, datasets, model, predict, export. Talks to a server over HTTP only (``--url`` / GRADWATCH_URL, ``--api-key`` /
 GRADWATCH_API_KEY).
 
 Exit codes (stable, for scripts):
@@ -35,7 +35,8 @@ __all__ = ["EXIT", "register", "run"]
 
 EXIT = {"ok": 0, "error": 1, "usage": 2, "exploding": 3, "unhealthy": 4, "failed": 5,
         "cancelled": 6}
-COMMANDS = ("submit", "follow", "diagnose", "repair", "plot", "jobs", "preflight")
+COMMANDS = ("submit", "follow", "diagnose", "repair", "plot", "jobs", "preflight", "datasets",
+            "model", "predict", "export")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False)
@@ -212,11 +213,15 @@ def register(sub: Any) -> None:
                         help="server (default $GRADWATCH_URL or http://127.0.0.1:8000)")
     common.add_argument("--api-key", default=None, help="API key (default $GRADWATCH_API_KEY)")
 
-    def add(name: str, func: Callable[[Client, argparse.Namespace], int], help: str
-            ) -> argparse.ArgumentParser:
+    def add(name: str, func: Callable[[Client, argparse.Namespace], int], help: str,
+            sub: Any = sub) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = sub.add_parser(name, parents=[common], help=help)
         parser.set_defaults(func=run, client_command=func)
         return parser
+
+    def nest(name: str, help: str) -> Any:
+        group: argparse.ArgumentParser = sub.add_parser(name, help=help)
+        return group.add_subparsers(dest=f"{name}_command", required=True)
 
     p = add("submit", _cmd_submit, "submit a spec (JSON file); --follow to watch it train")
     p.add_argument("spec", help="a TrainingSpec JSON file")
@@ -245,6 +250,9 @@ def register(sub: Any) -> None:
     p = add("preflight", _cmd_preflight, "analyse a spec without training it")
     p.add_argument("spec")
     p.add_argument("--json", action="store_true")
+    from client.cli_artifacts import register_artifacts  # it imports this module
+
+    register_artifacts(add, nest)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -261,8 +269,8 @@ def run(args: argparse.Namespace) -> int:
         for field in exc.errors:
             err.print(f"  {field.path}: {field.msg}")
         return EXIT["error"]
-    except (FileNotFoundError, IsADirectoryError, json.JSONDecodeError) as exc:
-        err.print(f"[red]error[/] cannot read the spec file: {exc}")
+    except (FileNotFoundError, IsADirectoryError, json.JSONDecodeError, ValueError) as exc:
+        err.print(f"[red]error[/] cannot read the input: {exc}")
         return EXIT["usage"]
     except (OSError, ConnectionError, httpx.HTTPError) as exc:
         err.print(f"[red]error[/] cannot reach {url}: {exc}")

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = [
     "TERMINAL",
     "Comparison",
+    "Dataset",
     "Diagnosis",
     "Event",
     "Finding",
@@ -22,6 +23,7 @@ __all__ = [
     "Job",
     "JobPage",
     "MetricsHistory",
+    "Prediction",
     "Preflight",
     "Progress",
     "Recommendation",
@@ -125,6 +127,44 @@ class Comparison(_Model):
     repair: RunFigures
     spec_patch: dict[str, Any] | None = None
     summary: str
+
+
+class Dataset(_Model):
+    """An uploaded data set; ``spec_data`` is what to put in a spec's ``data``."""
+
+    id: str
+    source: str = "uploaded"
+    name: str
+    task: Literal["classification", "regression"]
+    format: str
+    n_samples: int
+    n_features: int
+    n_classes: int | None = None
+    n_targets: int = 1
+    dtype: str | None = None
+    feature_names: list[str] | None = None
+    target_name: str | None = None
+    sha256: str | None = None
+    upload_bytes: int | None = None
+    stored_bytes: int | None = None
+    created_at: str | None = None
+    spec_data: dict[str, Any] = Field(default_factory=dict)
+
+
+class Prediction(_Model):
+    """A model's answer for rows of X: classification, the class per row and (for a
+    probabilistic loss) the probabilities; regression, each row's outputs. NaN/±Inf outputs
+    of an exploded model are real floats."""
+
+    job_id: str
+    predictions: list[int] | list[list[float]]
+    probabilities: list[list[float]] | None = None
+    model: dict[str, Any] = Field(default_factory=dict)
+
+    def as_array(self) -> np.ndarray:
+        """``predictions`` as a NumPy array (int64 labels, or float64 rows)."""
+        dtype = np.int64 if self.model.get("task") == "classification" else np.float64
+        return np.asarray(self.predictions, dtype=dtype)
 
 
 @dataclass(frozen=True)

@@ -4,33 +4,38 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from os import PathLike
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import httpx
 
 from client._operations import (
     EVERY_POINT,
     Call,
+    EventStream,
+    Plan,
+    Retry,
     SSEParser,
-    TablePage,
-    check,
-    concat_tables,
+    finish,
     ops,
-    plot_format,
+    plot_plan,
+    table_plan,
+    wait_plan,
 )
-from client.errors import ApiError
 from client.models import (
     Comparison,
+    Dataset,
     Diagnosis,
     Event,
     GradientHistory,
     Job,
     JobPage,
     MetricsHistory,
+    Prediction,
     Preflight,
 )
-from client.transport import NOT_SENT, RETRYABLE_ERRORS, Backoff, auth_headers
+from client.transport import RETRYABLE_ERRORS, Backoff, auth_headers
 
 T = TypeVar("T")
 StrList = list[str]  # `list` is also a method name in the classes below
@@ -65,18 +70,39 @@ class Client:
     def _call(self, call: Call[T]) -> T:
         for attempt in self._backoff.attempts():
             try:
-                response = self._http.request(call.method, call.path, params=call.params,
-                                              json=call.json, headers=call.headers)
+                response = self._http.send(call.request(self._http, sync=True), stream=True)
+                try:
+                    if (sink := call.sink(response)) is not None:
+                        with sink.open() as f:
+                            for chunk in response.iter_bytes():
+                                f.write(chunk)
+                    else:
+                        response.read()
+                finally:
+                    response.close()
             except RETRYABLE_ERRORS as exc:
-                if attempt.last or not (call.retry_safe or isinstance(exc, NOT_SENT)):
-                    raise
-                time.sleep(attempt.delay())
+                time.sleep(call.after_error(attempt, exc))
                 continue
-            if response.status_code == 503 and not attempt.last:
-                time.sleep(attempt.delay(response.headers.get("Retry-After")))
+            result = finish(call, response, attempt)
+            if isinstance(result, Retry):
+                time.sleep(result)
                 continue
-            return call.parse(check(response, call.ok))
+            return result
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _run(self, plan: Plan[T]) -> T:
+        """Run a multi-request operation: send its calls, sleep its waits."""
+        try:
+            step = next(plan)
+            while True:
+                if isinstance(step, Call):
+                    step = plan.send(self._call(step))
+                else:
+                    time.sleep(step)
+                    step = plan.send(None)
+        except StopIteration as done:
+            result: T = done.value
+            return result
 
     # ------------------------------------------------------------------ jobs
     def submit(self, spec: dict[str, Any] | str | Path, idempotency_key: str | None = None
@@ -111,51 +137,29 @@ class Client:
 
     def wait(self, job_id: str, timeout: float | None = None, poll: float = 0.25) -> Job:
         """The job once it is terminal; TimeoutError after ``timeout`` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            job = self.get(job_id)
-            if job.terminal:
-                return job
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} is still {job.status} after {timeout} s")
-            time.sleep(poll)
+        return self._run(wait_plan(job_id, timeout, poll))
 
     def follow(self, job_id: str, last_event_id: int | None = None) -> Iterator[Event]:
         """The job's server-sent events until its terminal event; reconnects after a dropped
         connection with ``Last-Event-ID``, so no event is lost or repeated."""
-        last = last_event_id
-        failures = 0
+        stream = EventStream(job_id, last_event_id, self._backoff)
         while True:
-            headers = {"Accept": "text/event-stream"}
-            if last is not None:
-                headers["Last-Event-ID"] = str(last)
             try:
-                with self._http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers,
-                                       timeout=httpx.Timeout(self._http.timeout.connect,
-                                                             read=60.0)) as response:
+                with self._http.stream("GET", stream.path, headers=stream.headers(),
+                                       timeout=stream.timeout(self._http)) as response:
                     if response.status_code != 200:
                         response.read()
-                        if response.status_code != 503:
-                            raise ApiError.from_response(response)
-                        raise httpx.RemoteProtocolError("503")
+                        stream.refuse(response)
                     parser = SSEParser()
                     for line in response.iter_lines():
-                        event = parser.feed(line)
-                        if event is None:
-                            continue
-                        failures = 0
-                        if event.id is not None:
-                            last = event.id
-                        yield event
-                        if event.terminal:
-                            return
+                        event = stream.feed(parser, line)
+                        if event is not None:
+                            yield event
+                            if event.terminal:
+                                return
             except RETRYABLE_ERRORS:
                 pass
-            failures += 1  # dropped, or ended without a terminal event: resume
-            if failures > self._backoff.retries:
-                raise ConnectionError(f"lost the event stream of job {job_id} "
-                                      f"{failures} times in a row")
-            time.sleep(self._backoff.delay(failures))
+            time.sleep(stream.dropped())
 
     # ------------------------------------------------------------------ histories
     def diagnostics(self, job_id: str) -> Diagnosis:
@@ -187,26 +191,15 @@ class Client:
         series (``loss``, ``layers.0.grad_norm``, ...; null: no value at that step), NaN/±Inf
         and -0.0 exactly as stored. Every point by default; a smaller ``max_points``
         downsamples as the JSON reads do. Needs pyarrow; ``.to_pandas()`` for a DataFrame."""
-        pages: list[TablePage] = []
-        cursor: str | None = None
-        while True:
-            page = self._call(ops.table(job_id, kind, layer=layer, start_step=start_step,
-                                        end_step=end_step, max_points=max_points,
-                                        metrics=metrics, cursor=cursor))
-            pages.append(page)
-            if page.next_cursor is None:
-                return concat_tables(pages)
-            cursor = page.next_cursor
+        return self._run(table_plan(lambda cursor: ops.table(
+            job_id, kind, layer=layer, start_step=start_step, end_step=end_step,
+            max_points=max_points, metrics=metrics, cursor=cursor)))
 
     def plot(self, job_id: str, kind: str = "gradients", path: str | Path | None = None, *,
              format: str | None = None, other: str | None = None) -> bytes:
         """A plot (``gradients``, ``heatmap``, ``loss``, ``comparison``); written to ``path``
         when given (SVG when it ends in .svg)."""
-        fmt = plot_format(path, format)
-        data = self._call(ops.plot(job_id, kind, fmt, other))
-        if path is not None:
-            Path(path).write_bytes(data)
-        return data
+        return self._run(plot_plan(job_id, kind, path, format, other))
 
     # ------------------------------------------------------------------ specs
     def preflight(self, spec: dict[str, Any] | str | Path) -> Preflight:
@@ -214,3 +207,45 @@ class Client:
 
     def datasets(self) -> Any:
         return self._call(ops.datasets())
+
+    # ------------------------------------------------------------------ data sets
+    def upload_dataset(self, path_or_file: str | PathLike[str] | BinaryIO, *, name: str,
+                       task: str, target: str | None = None, format: str | None = None
+                       ) -> Dataset:
+        """Upload a CSV (header row; ``target`` names the target column, default the last) or
+        an .npz (arrays ``X``, ``y``), streamed from the file, never read whole; ``task`` is
+        ``classification`` or ``regression``; ``format`` (``csv``/``npz``) defaults to the
+        file name's suffix. Use it in a spec as ``"data": dataset.spec_data``."""
+        return self._call(ops.upload_dataset(path_or_file, name=name, task=task,
+                                             target=target, format=format))
+
+    def dataset(self, dataset_id: str) -> Dataset:
+        return self._call(ops.dataset(dataset_id))
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        """Delete an uploaded data set (409 while a queued or running job trains on it)."""
+        self._call(ops.delete_dataset(dataset_id))
+
+    # ------------------------------------------------------------------ models and exports
+    def download_model(self, job_id: str, path: str | PathLike[str], *, which: str = "final",
+                       allow_non_finite: bool = False) -> Path:
+        """Stream the job's trained model (``which``: ``final`` or ``best``) to ``path`` (an
+        .npz; ``core.load_model(path)`` reads it offline); ``path`` is only written once the
+        whole file arrived. An exploded run's model is a 409 unless ``allow_non_finite``."""
+        return self._call(ops.download_model(job_id, path, which=which,
+                                             allow_non_finite=allow_non_finite))
+
+    def predict(self, job_id: str, X: Any, *, which: str = "final",
+                allow_non_finite: bool = False) -> Prediction:
+        """The job's model's predictions for the rows of ``X`` (2-D, raw inputs)."""
+        return self._call(ops.predict(job_id, X, which=which,
+                                      allow_non_finite=allow_non_finite))
+
+    def export_csv(self, job_id: str, kind: str, path: str | PathLike[str]) -> Path:
+        """Stream every recorded point of a history (``gradients`` or ``metrics``) as CSV to
+        ``path`` (NaN/Inf as ``nan``/``inf``/``-inf``)."""
+        return self._call(ops.export(job_id, kind, path, "csv"))
+
+    def export_parquet(self, job_id: str, kind: str, path: str | PathLike[str]) -> Path:
+        """As :meth:`export_csv`, as Parquet (the same columns; NaN/Inf kept)."""
+        return self._call(ops.export(job_id, kind, path, "parquet"))

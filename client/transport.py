@@ -1,13 +1,21 @@
-"""Retry policy and headers shared by the sync and async clients."""
+"""Retry policy, headers, streamed request bodies and downloads shared by the sync and async
+clients."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+from typing import BinaryIO
 
 import httpx
 
-__all__ = ["NOT_SENT", "RETRYABLE_ERRORS", "Attempt", "Backoff", "auth_headers"]
+__all__ = ["NOT_SENT", "RETRYABLE_ERRORS", "UPLOAD_TYPES", "Attempt", "Backoff", "Download",
+           "FileBody", "auth_headers"]
 
 #: a request that failed with one of these never reached the application, or its answer was
 #: lost: resend (GETs, and POSTs that carry an Idempotency-Key)
@@ -49,3 +57,69 @@ class Backoff:
     def attempts(self) -> Iterator[Attempt]:
         for n in range(1, self.retries + 2):
             yield Attempt(n, n == self.retries + 1, self)
+
+
+CHUNK = 1 << 16
+#: a data set file's media type by its format (what ``POST /v1/datasets`` reads)
+UPLOAD_TYPES = {"csv": "text/csv", "npz": "application/x-npz"}
+
+
+class FileBody:
+    """A request body read from a file a chunk at a time, never whole; every attempt (a
+    retry) reads it again from the start: a path is reopened, an open file sought back."""
+
+    def __init__(self, source: str | PathLike[str] | BinaryIO) -> None:
+        if isinstance(source, str | PathLike):
+            self.path: Path | None = Path(source)
+            self.file: BinaryIO | None = None
+            self.start = 0
+            if not self.path.is_file():
+                raise FileNotFoundError(f"no such file: {self.path}")
+        else:
+            self.path, self.file = None, source
+            self.start = source.tell() if source.seekable() else -1
+
+    @property
+    def name(self) -> str:
+        return str(self.path if self.path is not None else getattr(self.file, "name", ""))
+
+    @contextmanager
+    def _opened(self) -> Iterator[BinaryIO]:
+        if self.path is not None:
+            with self.path.open("rb") as f:
+                yield f
+            return
+        assert self.file is not None
+        if self.start >= 0:
+            self.file.seek(self.start)
+        yield self.file
+
+    def chunks(self) -> Iterator[bytes]:
+        with self._opened() as f:
+            while chunk := f.read(CHUNK):
+                yield chunk
+
+    async def achunks(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks():  # local file reads: short, and one chunk at a time
+            yield chunk
+
+
+class Download:
+    """Where a streamed response goes: a temporary file next to ``path``, renamed onto it only
+    once the whole body arrived (never a half-written file at ``path``)."""
+
+    def __init__(self, path: str | PathLike[str]) -> None:
+        self.path = Path(path)
+
+    @contextmanager
+    def open(self) -> Iterator[BinaryIO]:
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part",
+                                   dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                yield f
+            os.replace(tmp, self.path)
+        except BaseException:
+            with suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise

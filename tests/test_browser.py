@@ -239,3 +239,48 @@ def test_sweep_page_maps_each_cell_to_its_member_job(
     page.locator("#sweep-link").wait_for()
     assert page.locator("#sweep-link").get_attribute("href") == f"/sweeps/{sweep['id']}"
     assert p.external == [] and p.errors == []
+
+
+def test_a_finished_jobs_page_downloads_its_model_and_exports(
+        live: LiveServer, open_page: Callable[[str], Page], tmp_path: Path) -> None:
+    import core
+    from tests.conftest import SMALL_SPEC
+
+    job = live.http.post("/v1/jobs", json=SMALL_SPEC).json()
+    live.wait_for(job["id"], {"succeeded"}, timeout=120)
+    p = open_page(live.url)
+    page = p.goto(f"/jobs/{job['id']}")
+    model_link = page.locator("#download-model")
+    model_link.wait_for()
+    for table in ("metrics", "gradients"):
+        for fmt in ("csv", "parquet"):
+            link = page.locator(f"#export-{table}-{fmt}")
+            assert link.get_attribute("href") == f"/v1/jobs/{job['id']}/{table}.{fmt}"
+    with page.expect_download() as info:
+        model_link.click()
+    download = info.value
+    assert download.suggested_filename == f"{job['id']}-final.npz"
+    saved = tmp_path / download.suggested_filename
+    download.save_as(saved)
+    model = core.load_model(saved)  # a valid model file, the same the API serves
+    assert model.finite and saved.read_bytes() == live.http.get(
+        f"/v1/jobs/{job['id']}/model").content
+    with page.expect_download() as info:
+        page.locator("#export-metrics-csv").click()
+    csv_file = tmp_path / "metrics.csv"
+    info.value.save_as(csv_file)
+    assert csv_file.read_bytes() == live.http.get(f"/v1/jobs/{job['id']}/metrics.csv").content
+    assert p.external == [] and p.errors == []
+
+
+def test_an_exploded_jobs_model_link_shows_the_409_instead_of_a_file(
+        live: LiveServer, open_page: Callable[[str], Page]) -> None:
+    job = live.http.post("/v1/jobs", json=DIVERGING_SPEC).json()
+    live.wait_for(job["id"], {"succeeded"}, timeout=120)
+    p = open_page(live.url)
+    page = p.goto(f"/jobs/{job['id']}")
+    page.locator("#download-model").click()
+    error = page.locator("#downloads .error")
+    error.wait_for()
+    assert "409" in error.inner_text() and "non-finite" in error.inner_text()
+    assert p.external == []

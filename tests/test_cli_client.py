@@ -99,3 +99,82 @@ def test_errors_exit_1_with_the_field_path(live: LiveServer, spec_files: dict[st
     assert "422" in bad.stderr and "training.epochs" in bad.stderr
     missing = gradwatch(live, "diagnose", "00000000-0000-0000-0000-000000000000")
     assert missing.returncode == 1 and "404" in missing.stderr
+
+
+def test_datasets_upload_list_train_predict_export_and_delete(live: LiveServer,
+                                                               tmp_path: Path) -> None:
+    import csv
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    import core
+
+    rng = np.random.default_rng(3)
+    y = np.arange(80) % 2
+    X = rng.normal(size=(80, 2)) + 3.0 * y[:, None]
+    data = tmp_path / "blobs.csv"
+    data.write_text("x1,x2,label\n" + "".join(f"{a!r},{b!r},{c}\n" for (a, b), c in
+                                              zip(X.tolist(), y, strict=True)))
+    up = gradwatch(live, "datasets", "upload", str(data), "--name", "cli-blobs",
+                   "--task", "classification", "--target", "label")
+    assert up.returncode == 0, up.stderr
+    ds_id = up.stdout.strip()
+    assert "80 rows, 2 features" in up.stderr and ds_id in up.stderr
+    listed = gradwatch(live, "datasets", "list", "--uploaded", "--json")
+    assert ds_id in {d["id"] for d in json.loads(listed.stdout)}
+    table = gradwatch(live, "datasets", "list")
+    assert table.returncode == 0 and "cli-blobs" in table.stdout and "spirals" in table.stdout
+
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"data": {"source": "uploaded", "id": ds_id},
+                                "model": {"hidden": [{"units": 8}]},
+                                "training": {"epochs": 3, "batch_size": 16}}))
+    trained = gradwatch(live, "submit", str(spec), "--follow")
+    job_id = trained.stdout.split()[1]
+    assert live.http.get(f"/v1/jobs/{job_id}").json()["status"] == "succeeded"
+    unknown = gradwatch(live, "datasets", "delete", "00000000-0000-0000-0000-000000000000")
+    assert unknown.returncode == EXIT["error"] and "404" in unknown.stderr
+
+    model_file = tmp_path / "m.npz"
+    got = gradwatch(live, "model", "download", job_id, "-o", str(model_file))
+    assert got.returncode == 0 and str(model_file) in got.stderr
+    model = core.load_model(model_file)
+    best = gradwatch(live, "model", "download", job_id, "--best", "-o", str(tmp_path / "b.npz"))
+    assert best.returncode == 0 and core.load_model(tmp_path / "b.npz").n_features == 2
+
+    rows = tmp_path / "rows.csv"
+    rows.write_text("x1,x2\n0.0,0.1\n3.1,2.8\n")
+    shown = gradwatch(live, "predict", job_id, "--input", str(rows))
+    assert shown.returncode == 0, shown.stderr
+    lines = list(csv.reader(shown.stdout.splitlines()))
+    expected = model.predict(np.array([[0.0, 0.1], [3.1, 2.8]]))
+    assert lines[0] == ["prediction", "p_0", "p_1"]
+    assert [int(r[0]) for r in lines[1:]] == expected.argmax(axis=1).tolist()
+    assert np.array_equal(np.array([[float(v) for v in r[1:]] for r in lines[1:]]), expected)
+    npy = tmp_path / "rows.npy"
+    np.save(npy, np.array([[0.0, 0.1], [3.1, 2.8]]))
+    written = tmp_path / "pred.csv"
+    assert gradwatch(live, "predict", job_id, "-i", str(npy), "-o", str(written)).returncode == 0
+    assert written.read_text() == shown.stdout
+    wide = gradwatch(live, "predict", job_id, "-i", str(data))  # 3 columns: a clear 422
+    assert wide.returncode == EXIT["error"] and "422" in wide.stderr and "input columns" in \
+        wide.stderr
+
+    words = tmp_path / "words.csv"
+    words.write_text("x1,x2\n0.0,abc\n")
+    unreadable = gradwatch(live, "predict", job_id, "-i", str(words))
+    assert unreadable.returncode == EXIT["usage"] and "must be a number" in unreadable.stderr
+
+    exported = gradwatch(live, "export", job_id, "metrics")
+    assert exported.returncode == 0
+    assert exported.stdout == live.http.get(f"/v1/jobs/{job_id}/metrics.csv").text
+    out = tmp_path / "g.parquet"
+    assert gradwatch(live, "export", job_id, "gradients", "-o", str(out)).returncode == 0
+    assert pq.read_table(out).num_rows == 2 * (len(exported.stdout.splitlines()) - 1)
+    missing = gradwatch(live, "export", "00000000-0000-0000-0000-000000000000", "metrics")
+    assert missing.returncode == EXIT["error"] and "404" in missing.stderr
+
+    deleted = gradwatch(live, "datasets", "delete", ds_id)
+    assert deleted.returncode == 0
+    assert live.http.get(f"/v1/datasets/{ds_id}").status_code == 404

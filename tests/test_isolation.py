@@ -150,6 +150,8 @@ OPERATIONS: dict[str, list[Op]] = {
     "predictJob": [owned("POST", JOB + "/predict", json={"X": [[0.0, 0.0]]})],
     "exportMetricsCsv": [owned("GET", JOB + "/metrics.csv")],
     "exportGradientsCsv": [owned("GET", JOB + "/gradients.csv")],
+    "exportMetricsParquet": [owned("GET", JOB + "/metrics.parquet")],
+    "exportGradientsParquet": [owned("GET", JOB + "/gradients.parquet")],
     # server-wide, stateless, public
     "prometheusMetrics": [Op("admin", "GET", "/metrics")],
     "preflightSpec": [Op("shared", "POST", "/v1/preflight", json=TINY)],

@@ -1,4 +1,5 @@
-"""/v1/jobs/{id}/metrics.csv and /gradients.csv: every recorded point, streamed as CSV."""
+"""/v1/jobs/{id}/metrics.csv and /gradients.csv (and .parquet): every recorded point,
+streamed as CSV or Parquet."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from app.deps import PrincipalDep, ReadSessionDep
-from app.exports import CSV_COLUMNS, Table, csv_rows
+from app.exports import CSV_COLUMNS, PARQUET, Table, csv_rows, parquet_file
 from app.routers.common import problems
 from app.services import get_job
 
@@ -68,3 +69,56 @@ def export_gradients(job_id: str, request: Request, session: ReadSessionDep,
                      principal: PrincipalDep) -> StreamingResponse:
     get_job(session, job_id, principal)
     return _stream(request, job_id, "gradients")
+
+
+_PARQUET_FORMAT = (
+    "The same rows and columns as the CSV export, as an Apache Parquet file (zstd), typed: "
+    "`step`, `epoch`, `layer` int64, the statistics float64 (NaN, ±Inf and -0.0 exactly as "
+    "stored), `clipped` bool; null is a statistic that was not recorded. Streamed, never "
+    "downsampled, written a bounded window of steps (one row group) at a time; "
+    "`pandas.read_parquet` or `pyarrow.parquet.read_table` read it. A running job's export "
+    "holds the steps stored when it began."
+)
+
+
+def _parquet_response() -> dict[int | str, dict[str, Any]]:
+    return {200: {"description": "A Parquet file.",
+                  "content": {PARQUET: {"schema": {"type": "string", "format": "binary"}}}},
+            **problems(404, 422)}
+
+
+def _stream_parquet(request: Request, job_id: str, table: Table) -> StreamingResponse:
+    return StreamingResponse(
+        parquet_file(request.app.state.sessionmaker, job_id, table), media_type=PARQUET,
+        headers={"Content-Disposition": f'attachment; filename="{job_id}-{table}.parquet"'})
+
+
+@router.get(
+    "/{job_id}/metrics.parquet",
+    operation_id="exportMetricsParquet",
+    summary="Export the step metrics as Parquet",
+    description="One row per recorded step: `" + ", ".join(CSV_COLUMNS["metrics"]) + "`. "
+                + _PARQUET_FORMAT,
+    response_class=StreamingResponse,
+    responses=_parquet_response(),
+)
+def export_metrics_parquet(job_id: str, request: Request, session: ReadSessionDep,
+                           principal: PrincipalDep) -> StreamingResponse:
+    get_job(session, job_id, principal)  # 404 before the download starts
+    return _stream_parquet(request, job_id, "metrics")
+
+
+@router.get(
+    "/{job_id}/gradients.parquet",
+    operation_id="exportGradientsParquet",
+    summary="Export the per-layer gradient history as Parquet",
+    description="Long format, one row per recorded step and layer: `"
+                + ", ".join(CSV_COLUMNS["gradients"]) + "` (as the CSV export). "
+                + _PARQUET_FORMAT,
+    response_class=StreamingResponse,
+    responses=_parquet_response(),
+)
+def export_gradients_parquet(job_id: str, request: Request, session: ReadSessionDep,
+                             principal: PrincipalDep) -> StreamingResponse:
+    get_job(session, job_id, principal)
+    return _stream_parquet(request, job_id, "gradients")

@@ -258,11 +258,12 @@ async function showJob(root, jobId) {
   const nonFinite = h("div", { class: "banner", id: "non-finite", hidden: true });
   const diagnosis = h("section", { id: "diagnosis" }, h("h2", {}, "Diagnosis"), h("p", { class: "muted" }, "Waiting for the first records…"));
   const comparison = h("section", { id: "comparison", hidden: true });
+  const downloads = h("section", { id: "downloads", hidden: true });
   const gradPlot = h("img", { class: "plot", id: "gradients-plot", alt: "gradient norms plot" });
   const heatPlot = h("img", { class: "plot", id: "heatmap-plot", alt: "gradient heatmap" });
   root.replaceChildren(head,
     h("section", {}, h("h2", {}, "Gradient norms before clipping (live)"), nonFinite, gradEl, lossEl),
-    diagnosis, comparison,
+    diagnosis, downloads, comparison,
     h("section", {}, h("h2", {}, "Plots"), gradPlot, heatPlot));
   const layerLabels = Array.from({ length: nLayers }, (_, i) => `layer ${i}`);
   const grad = new LiveChart(gradEl, "pre-clip gradient L2 norm", ["global", ...layerLabels], "norm (log)");
@@ -306,12 +307,50 @@ async function showJob(root, jobId) {
       nonFinite.hidden = false;
       nonFinite.textContent = `First NaN/Inf at step ${nf.step}${nf.layer !== null ? `, layer ${nf.layer}` : ""}: ${nf.description}`;
     }
+    renderDownloads(downloads, j);
     await Promise.all([
       renderDiagnosis(diagnosis, j),
       renderComparison(comparison, j),
       imageInto(gradPlot, `/v1/jobs/${j.id}/plots/gradients`),
       imageInto(heatPlot, `/v1/jobs/${j.id}/plots/heatmap`),
     ].map((p) => p.catch((err) => console.warn(err))));
+  }
+}
+
+// A finished job's files. The links are plain downloads (the server names the file); with an
+// API key they are fetched with the key header instead (never in a URL) and saved from a blob.
+// The model is always fetched first, so a missing or exploded model shows the server's problem
+// detail here instead of downloading it as a file.
+function renderDownloads(el, job) {
+  const link = (id, path, file, text, always) => h("a", { id, href: path, download: file,
+    class: "download", onclick: (e) => {
+      if (!always && !sessionStorage.getItem(KEY)) return; // the browser streams it
+      e.preventDefault();
+      saveFrom(e.currentTarget, path, file);
+    } }, text);
+  const exports = ["metrics", "gradients"].flatMap((t) => [
+    link(`export-${t}-csv`, `/v1/jobs/${job.id}/${t}.csv`, `${job.id}-${t}.csv`, `${t}.csv`),
+    " ",
+    link(`export-${t}-parquet`, `/v1/jobs/${job.id}/${t}.parquet`, `${job.id}-${t}.parquet`, `${t}.parquet`),
+    " "]);
+  el.hidden = false;
+  fill(el, h("h2", {}, "Downloads"),
+    h("p", {}, link("download-model", `/v1/jobs/${job.id}/model`, `${job.id}-final.npz`, "Download model", true),
+      h("span", { class: "muted" }, " (.npz; load it with core.load_model)")),
+    h("p", {}, "Export CSV / Parquet (every recorded point): ", ...exports));
+}
+
+async function saveFrom(a, path, file) {
+  a.parentElement.querySelectorAll(".error").forEach((e) => e.remove());
+  try {
+    const url = URL.createObjectURL(await (await api(path)).blob());
+    const save = h("a", { href: url, download: file, hidden: true });
+    document.body.append(save);
+    save.click();
+    save.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+  } catch (err) {
+    a.parentElement.append(h("span", { class: "error" }, " ", problemText(err)));
   }
 }
 

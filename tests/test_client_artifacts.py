@@ -1,0 +1,148 @@
+"""The client's data sets, models, predictions and exports against a real server with real
+workers: uploads stream from a file, downloads land whole on disk, answers match the API."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+import core
+from app.showcase import DIVERGING_SPEC
+from client import ApiError, AsyncClient, Client
+from tests.conftest import LiveServer
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def blobs_csv(path: Path, n: int = 120) -> Path:
+    rng = np.random.default_rng(7)
+    y = np.arange(n) % 2
+    X = rng.normal(size=(n, 2)) + 3.0 * y[:, None]
+    lines = ["a,b,label"] + [f"{a!r},{b!r},{c}" for (a, b), c in zip(X.tolist(), y, strict=True)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def spec_for(dataset: dict[str, Any]) -> dict[str, Any]:
+    return {"name": "uploaded-blobs", "data": dataset,
+            "model": {"hidden": [{"units": 8}]}, "optimizer": {"name": "adam", "lr": 0.01},
+            "training": {"epochs": 3, "batch_size": 16}}
+
+
+@pytest.fixture(scope="module")
+def gw(live: LiveServer) -> Any:
+    with Client(live.url) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def trained(gw: Client, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A data set uploaded from a path (streamed) and a job trained on it: (dataset, job)."""
+    path = blobs_csv(tmp_path_factory.mktemp("data") / "blobs.csv")
+    ds = gw.upload_dataset(path, name="blobs", task="classification")
+    assert (ds.n_samples, ds.n_features, ds.n_classes, ds.format) == (120, 2, 2, "csv")
+    assert ds.feature_names == ["a", "b"] and ds.target_name == "label"
+    job = gw.wait(gw.submit(spec_for(ds.spec_data)).id, timeout=120)
+    assert job.status == "succeeded", job.error
+    return ds.id, job.id
+
+
+def test_upload_list_get_and_delete_a_data_set(gw: Client, tmp_path: Path,
+                                               trained: tuple[str, str]) -> None:
+    ds_id, _ = trained
+    assert gw.dataset(ds_id).name == "blobs"
+    listed = gw.datasets()["datasets"]
+    assert ds_id in {d.get("id") for d in listed}
+    assert any(d.get("source") == "synthetic" for d in listed)
+    # an open file, read from where it stands, with the target named
+    path = blobs_csv(tmp_path / "named.txt", n=30)
+    with path.open("rb") as f:
+        other = gw.upload_dataset(f, name="from-file", task="regression", target="a",
+                                  format="csv")
+    assert other.target_name == "a" and other.feature_names == ["b", "label"]
+    gw.delete_dataset(other.id)
+    with pytest.raises(ApiError) as info:
+        gw.dataset(other.id)
+    assert info.value.status == 404
+    with pytest.raises(ApiError) as bad:  # the server's problem detail, not a traceback
+        gw.upload_dataset(path, name="x", task="classification", target="nope", format="csv")
+    assert bad.value.status == 422 and "nope" in str(bad.value)
+    with pytest.raises(ValueError, match="format"):
+        gw.upload_dataset(path, name="x", task="classification")
+
+
+def test_download_model_and_predict_agree_with_the_model_offline(
+        gw: Client, tmp_path: Path, trained: tuple[str, str]) -> None:
+    _, job_id = trained
+    path = gw.download_model(job_id, tmp_path / "model.npz")
+    assert path == tmp_path / "model.npz" and [p.name for p in tmp_path.iterdir()] == \
+        ["model.npz"]  # no temporary file left behind
+    model = core.load_model(path)
+    X = np.array([[0.0, 0.1], [3.2, 2.9], [1.5, 1.5]])
+    prediction = gw.predict(job_id, X)
+    offline = model.predict(X)
+    assert prediction.as_array().tolist() == offline.argmax(axis=1).tolist()
+    assert prediction.probabilities is not None
+    np.testing.assert_array_equal(np.asarray(prediction.probabilities), offline)
+    best = core.load_model(gw.download_model(job_id, tmp_path / "best.npz", which="best"))
+    assert best.n_features == 2
+    with pytest.raises(ApiError) as info:
+        gw.download_model("00000000-0000-0000-0000-000000000000", tmp_path / "none.npz")
+    assert info.value.status == 404 and not (tmp_path / "none.npz").exists()
+    with pytest.raises(ApiError) as wide:
+        gw.predict(job_id, [[1.0, 2.0, 3.0]])
+    assert wide.value.status == 422 and wide.value.errors
+
+
+def test_a_non_finite_model_is_a_409_unless_allowed(gw: Client, tmp_path: Path) -> None:
+    job = gw.wait(gw.submit(DIVERGING_SPEC).id, timeout=120)
+    target = tmp_path / "exploded.npz"
+    with pytest.raises(ApiError) as info:
+        gw.download_model(job.id, target)
+    assert info.value.status == 409 and not target.exists()
+    gw.download_model(job.id, target, allow_non_finite=True)
+    assert not core.load_model(target).finite
+
+
+def test_exports_stream_to_disk_equal_to_the_api(gw: Client, live: LiveServer, tmp_path: Path,
+                                                 trained: tuple[str, str]) -> None:
+    _, job_id = trained
+    for kind in ("metrics", "gradients"):
+        csv_path = gw.export_csv(job_id, kind, tmp_path / f"{kind}.csv")
+        assert csv_path.read_bytes() == live.http.get(f"/v1/jobs/{job_id}/{kind}.csv").content
+        pq_path = gw.export_parquet(job_id, kind, tmp_path / f"{kind}.parquet")
+        table = pq.read_table(pq_path)
+        assert table.column_names == csv_path.read_text().splitlines()[0].split(",")
+        assert table.num_rows == len(csv_path.read_text().splitlines()) - 1
+    with pytest.raises(ValueError, match="kind"):
+        gw.export_csv(job_id, "loss", tmp_path / "x.csv")
+
+
+def test_the_async_client_does_the_same(live: LiveServer, tmp_path: Path,
+                                        trained: tuple[str, str]) -> None:
+    _, job_id = trained
+    path = blobs_csv(tmp_path / "blobs.csv", n=40)
+
+    async def scenario() -> tuple[Any, ...]:
+        async with AsyncClient(live.url) as agw:
+            ds = await agw.upload_dataset(path, name="async", task="classification")
+            got = await agw.dataset(ds.id)
+            await agw.delete_dataset(ds.id)
+            model = await agw.download_model(job_id, tmp_path / "m.npz")
+            prediction = await agw.predict(job_id, [[0.0, 0.0]])
+            csv_path = await agw.export_csv(job_id, "metrics", tmp_path / "m.csv")
+            return ds, got, model, prediction, csv_path
+
+    ds, got, model, prediction, csv_path = asyncio.run(scenario())
+    assert got.id == ds.id and ds.n_samples == 40
+    with pytest.raises(ApiError):
+        Client(live.url).dataset(ds.id)
+    offline = core.load_model(io.BytesIO(model.read_bytes())).predict(np.array([[0.0, 0.0]]))
+    assert prediction.as_array().tolist() == offline.argmax(axis=1).tolist()
+    assert csv_path.read_text().startswith("step,epoch,loss")

@@ -29,6 +29,7 @@ min, max and non-finite values.
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import chain
@@ -69,8 +70,23 @@ _HEADER = struct.Struct("<4sBBHI")
 _CODEC_RAW, _CODEC_ZSTD = 0, 1
 _ABSENT, _F32, _F64 = 0, 1, 2
 _ZSTD_LEVEL = 1  # level 3..12 gain < 1 % on noisy float64 statistics and cost up to 3x the time
-_compressor = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
-_decompressor = zstandard.ZstdDecompressor()
+# zstandard's (de)compressor objects must not be used by two threads at once, and the API
+# decodes chunks in its thread pool: one pair per thread.
+_codecs = threading.local()
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    found: zstandard.ZstdCompressor | None = getattr(_codecs, "compressor", None)
+    if found is None:
+        found = _codecs.compressor = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
+    return found
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    found: zstandard.ZstdDecompressor | None = getattr(_codecs, "decompressor", None)
+    if found is None:
+        found = _codecs.decompressor = zstandard.ZstdDecompressor()
+    return found
 _layer_values = attrgetter(*LAYER_METRICS)
 _step_values = attrgetter(*STEP_METRICS)
 
@@ -204,7 +220,7 @@ def encode_chunk(cols: StepColumns) -> bytes:
     parts.append(_shuffled(filled[:, modes == _F64].T.astype("<f8"), np.uint64))
     body = b"".join(parts)
     codec = _CODEC_RAW
-    packed = _compressor.compress(body)
+    packed = _compressor().compress(body)
     if len(packed) < len(body):
         body, codec = packed, _CODEC_ZSTD
     return _HEADER.pack(_MAGIC, codec, int(partial), cols.n_layers, n) + body
@@ -228,7 +244,7 @@ def decode_chunk(data: bytes, series: Sequence[int] | None = None) -> ChunkData:
         raise ValueError("not a gradwatch history chunk")
     body = memoryview(data)[_HEADER.size:]
     if codec == _CODEC_ZSTD:
-        body = memoryview(_decompressor.decompress(body))
+        body = memoryview(_decompressor().decompress(body))
     s_total = n_series(n_layers)
     wanted = np.arange(s_total) if series is None else np.asarray(series, dtype=np.int64)
     pos = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import uuid
 from typing import Any
 
@@ -21,6 +22,7 @@ from app.downsampling import (
 )
 from app.history import stored_history
 from app.history_store import (
+    MAX_CHUNK_STEPS,
     StepColumns,
     decode_chunk,
     decode_rollups,
@@ -128,6 +130,57 @@ def test_a_chunk_decodes_to_what_was_encoded_whatever_the_mix_of_values() -> Non
     picked = decode_chunk(data, [11, 0, 5])
     assert picked.values.view(np.uint64).tolist() == want[:, [11, 0, 5]].view(np.uint64).tolist()
     np.testing.assert_array_equal(picked.present, present[:, [11, 0, 5]])
+
+
+def test_chunks_decode_correctly_from_many_threads_at_once() -> None:
+    """The API decodes chunks in its thread pool: codec state must not be shared between
+    threads (a shared zstd decompressor failed with 'Destination buffer is too small')."""
+    rng = np.random.default_rng(9)
+    n_layers = 4
+    chunks = []
+    for n in (4096, 37, 1500, 2048):
+        cols = StepColumns(n_layers, np.arange(n), np.zeros(n, dtype=np.int64),
+                           np.zeros(n, dtype=bool), rng.lognormal(size=(n, n_series(n_layers))),
+                           np.ones((n, n_series(n_layers)), dtype=bool))
+        chunks.append((encode_chunk(cols), cols.values.view(np.uint64)))
+    errors: list[BaseException] = []
+
+    def decode_all() -> None:
+        try:
+            for _ in range(25):
+                for data, want in chunks:
+                    got = decode_chunk(data).values.view(np.uint64)
+                    assert np.array_equal(got, want)
+        except BaseException as err:  # reported below, with the thread's failure
+            errors.append(err)
+
+    threads = [threading.Thread(target=decode_all) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_a_long_flush_is_stored_as_chunks_of_at_most_max_chunk_steps(
+        session_factory: Any) -> None:
+    """A page of history decodes whole chunks: however much one flush holds, a chunk holds
+    at most MAX_CHUNK_STEPS steps."""
+    n = 2 * MAX_CHUNK_STEPS + 10
+    job_id = add_job(session_factory, total_steps=n)
+    sink = DatabaseSink(job_id, session_factory, total_steps=n, flush_every=10**9,
+                        flush_interval=3600)
+    sink.write_steps([record(step, 1.0 + step % 5) for step in range(n)])
+    sink.close()
+    with session_factory() as session:
+        repo = HistoryRepository(session)
+        found = repo.key_of(job_id)
+        assert found is not None
+        assert [c[2] for c in repo.chunk_spans(found[0], 0, 10**9)] == [
+            MAX_CHUNK_STEPS, MAX_CHUNK_STEPS, 10]
+        steps = np.concatenate([decode_chunk(data).steps
+                                for *_, data in repo.chunks(found[0], 0, 10**9)])
+        assert steps.tolist() == list(range(n))
 
 
 def test_the_sink_writes_one_chunk_per_flush_and_the_rollups_of_completed_blocks(

@@ -32,8 +32,8 @@ from core.data import Dataset, load_dataset
 from core.losses import BATCHED_LOSSES, accuracy_batched, loss_targets
 from core.member import MemberRun
 from core.network import MLP
-from core.recording import n_values
 from core.optimizers import make_optimizer
+from core.recording import n_values
 from core.schedules import Constant, make_schedule
 from core.snapshot import NetworkCopy
 from core.spec import TrainingSpec, data_shape

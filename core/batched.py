@@ -45,6 +45,7 @@ from core.trainer import TrainingResult
 __all__ = ["BatchedTrainer", "stack_key", "train_specs"]
 
 Array = np.ndarray
+_FUSE_MAX = 32 * 1024  # parameters per member up to which weights and update are summed at once
 
 
 def stack_key(spec: TrainingSpec) -> str:
@@ -152,6 +153,8 @@ class BatchedTrainer:
                        int(layout.weight_offsets[i] + layout.weight_sizes[i])]
         bounds.append(layout.size)
         self._bounds = np.asarray(bounds, dtype=np.int64)
+        # the same bounds over [weights | update] (both of size P): one pass for small nets
+        self._bounds2 = np.concatenate((self._bounds[:-1], self._bounds + layout.size))
         self._classifier = self._data[0].dataset.task == "classification"
         self._active: list[MemberRun] = []
         self._monitor: StackMonitor | None = None
@@ -166,6 +169,7 @@ class BatchedTrainer:
         self._seen = np.zeros(K, dtype=np.int64)
         self._rows = np.arange(K)  # the member index of each stack row
         self._recorder: StackRecorder | None = None
+        self._constant_lrs = all(isinstance(s, Constant) for s in self.schedules)
 
     # ------------------------------------------------------------------ the loop
     def run(self, sinks: Sequence[Sink | None] | None = None, *, keep_records: bool = True,
@@ -273,6 +277,8 @@ class BatchedTrainer:
 
     # ------------------------------------------------------------------ one step
     def _lrs(self, active: list[MemberRun], step: int) -> list[float]:
+        if self._constant_lrs:
+            return [m.schedule.base_lr for m in active]
         return [m.schedule.base_lr if isinstance(m.schedule, Constant) else m.schedule(step)
                 for m in active]
 
@@ -370,8 +376,14 @@ class BatchedTrainer:
         net = self.network
         K, L = vals.shape[0], net.n_layers
         layers = vals[:, 4:].reshape(K, L, 8)
-        wsq = segment_sumsq_batched(net.flat, self._bounds)[:, 0::2]
-        usq = segment_sumsq_batched(delta, self._bounds)[:, 0::2]
+        if net.flat.shape[1] <= _FUSE_MAX:  # as the single trainer: one pass over both
+            both = segment_sumsq_batched(np.concatenate((net.flat, delta), axis=1),
+                                         self._bounds2)
+            half = both.shape[1] // 2
+            wsq, usq = both[:, 0:half:2], both[:, half::2]
+        else:
+            wsq = segment_sumsq_batched(net.flat, self._bounds)[:, 0::2]
+            usq = segment_sumsq_batched(delta, self._bounds)[:, 0::2]
         np.sqrt(layer_gsq, out=layers[:, :, 0])
         np.sqrt(w_gsq, out=layers[:, :, 1])
         np.sqrt(wsq, out=layers[:, :, 2])

@@ -59,7 +59,9 @@ class _History:
 
     def __init__(self, keep_records: bool, max_records: int | None) -> None:
         self.keep_records = keep_records
-        self.blocks: list[StepBlock] = []  # all rows kept (no limit) or the last block
+        # every block (no limit), the last one (only the last row kept), or those that hold
+        # a kept row (None in place of the others, so that numbers stay valid)
+        self.blocks: list[StepBlock | None] = []
         self.kept: list[tuple[int, int, int]] = []  # (step, block number, row) with a limit
         self._limit = max_records
         self._stride = 1
@@ -74,11 +76,13 @@ class _History:
             return
         b = len(self.blocks)
         self.blocks.append(block)
+        stride = self._stride
         for i, (step, note) in enumerate(zip(block.steps.tolist(), notable.tolist(),
                                              strict=True)):
             self._keep(step, b, i, note)
-        used = {b for _, b, _ in self.kept}
-        self.blocks = [blk if j in used else None for j, blk in enumerate(self.blocks)]  # type: ignore[misc]
+        if self._stride != stride:  # thinned: let go of the blocks no kept row is in
+            used = {b for _, b, _ in self.kept}
+            self.blocks = [blk if j in used else None for j, blk in enumerate(self.blocks)]
 
     def _keep(self, step: int, b: int, i: int, notable: bool) -> None:
         kept = self.kept
@@ -102,7 +106,7 @@ class _History:
             last = self.blocks[-1] if self.blocks else None
             return [last.record(len(last) - 1)] if last is not None and len(last) else []
         if self._limit is None:
-            return [r for blk in self.blocks for r in records_of(blk)]
+            return [r for blk in self.blocks if blk is not None for r in records_of(blk)]
         out = []
         for _, b, i in self.kept:
             blk = self.blocks[b]

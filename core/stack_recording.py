@@ -41,16 +41,24 @@ def records_of(block: StepBlock) -> list[StepRecord]:
     n, L = len(block), block.n_layers
     if not n:
         return []
-    cols: list[list[Any]] = block.values.T.tolist()
-    present = block.present[0]
-    for j in np.flatnonzero(~present).tolist():
-        cols[j] = [None] * n
     ns, nl = len(STEP_FIELDS), len(LAYER_FIELDS)
-    per_layer = [list(map(LayerRecord, [ly] * n, *cols[ns + ly * nl:ns + (ly + 1) * nl]))
-                 for ly in range(L)]
-    layers = [list(t) for t in zip(*per_layer, strict=True)] if L else [[] for _ in range(n)]
-    return list(map(StepRecord, block.steps.tolist(), block.epochs.tolist(), cols[0], cols[1],
-                    cols[2], cols[3], block.clipped.tolist(), layers))
+    present = block.present[0]
+    step_cols: list[list[Any]] = block.values[:, :ns].T.tolist()
+    layers: list[list[LayerRecord]]
+    if L:
+        # every layer record of the block in one constructor map: (n * L) rows of figures
+        cols: list[list[Any]] = block.values[:, ns:].reshape(n * L, nl).T.tolist()
+        applies = present[ns:].reshape(L, nl)
+        for j in range(nl):
+            if not applies[:, j].all():
+                on = applies[:, j].tolist() * n
+                cols[j] = [v if o else None for v, o in zip(cols[j], on, strict=True)]
+        flat = list(map(LayerRecord, list(range(L)) * n, *cols))
+        layers = [flat[i:i + L] for i in range(0, n * L, L)]
+    else:
+        layers = [[] for _ in range(n)]
+    return list(map(StepRecord, block.steps.tolist(), block.epochs.tolist(), step_cols[0],
+                    step_cols[1], step_cols[2], step_cols[3], block.clipped.tolist(), layers))
 
 
 class _History:

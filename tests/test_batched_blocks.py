@@ -135,3 +135,29 @@ def test_without_telemetry_a_block_holds_the_step_figures_only() -> None:
         Trainer(spec, telemetry=False, monitor=False).run(own)
         assert sink.blocks[0].n_layers == 0 and sink.blocks[0].values.shape[1] == 4
         assert_same_store(own, sink)
+
+
+def test_statistics_that_apply_to_some_layers_only_are_none_where_they_do_not() -> None:
+    # relu (dead fraction), tanh and sigmoid (saturated fraction) layers in one network
+    spec = {"data": {"source": "synthetic", "name": "spirals", "n_samples": 100},
+            "model": {"hidden": [{"units": 8, "activation": "relu"},
+                                 {"units": 8, "activation": "tanh"},
+                                 {"units": 8, "activation": "sigmoid"}]},
+            "training": {"epochs": 2, "batch_size": 16}}
+    specs = [TrainingSpec.model_validate({**spec, "seed": s}) for s in (0, 1)]
+    sinks = [LoggingBlockSink(), LoggingBlockSink()]
+    stacked = BatchedTrainer(specs).run(sinks)
+    for s, sink, res in zip(specs, sinks, stacked, strict=True):
+        own = LoggingBlockSink()
+        single = Trainer(s).run(own)
+        assert_same_store(own, sink)
+        for x, y in zip(single.steps, res.steps, strict=True):
+            for lx, ly in zip(x.layers, y.layers, strict=True):
+                for f in ("act_mean", "act_std", "dead_fraction", "saturated_fraction"):
+                    a, b = getattr(lx, f), getattr(ly, f)
+                    assert (a is None) == (b is None), f
+                    if a is not None:
+                        assert b == pytest.approx(a, rel=RTOL, nan_ok=True)
+        last = res.steps[-1].layers
+        assert [ly.dead_fraction is None for ly in last] == [False, True, True, True]
+        assert [ly.saturated_fraction is None for ly in last] == [True, False, False, True]

@@ -34,6 +34,7 @@ __all__ = ["StackedMLP", "segment_sumsq_batched"]
 
 Array = np.ndarray
 _FEW_ELEMENTS = 64 * 1024
+_NON_NEGATIVE = ("relu", "sigmoid")  # activations whose outputs are >= 0 (or NaN)
 
 
 @dataclass(slots=True)
@@ -217,7 +218,7 @@ class StackedMLP:
 
     # ---------------------------------------------------------------- statistics
     def _ones(self, a: Array) -> Array:
-        """A ``(1, batch)`` row of ones in ``a``'s dtype (cached)."""
+        """A ``(1, n)`` row of ones in ``a``'s dtype, ``n`` = ``a.shape[1]`` (cached)."""
         ones = self._ones_rows.get((a.shape[1], a.dtype))
         if ones is None:
             ones = self._ones_rows[(a.shape[1], a.dtype)] = np.ones((1, a.shape[1]), a.dtype)
@@ -236,7 +237,15 @@ class StackedMLP:
         for i, a in enumerate(layers):
             rows = a.reshape(K, -1)
             count = rows.shape[1]
-            s = rows.sum(axis=1, dtype=np.float64)
+            if i < L - 1 and self.activations[i].name in _NON_NEGATIVE:
+                # one matrix-vector product for every member's sum (as the single network's
+                # column sums; no cancellation in a sum of non-negative outputs), the float64
+                # sum where the training dtype overflowed
+                s = (rows @ self._ones(rows)[0]).astype(np.float64)
+                if not np.isfinite(s).all():
+                    s = rows.sum(axis=1, dtype=np.float64)
+            else:
+                s = rows.sum(axis=1, dtype=np.float64)
             q = np.einsum("ki,ki->k", rows, rows).astype(np.float64)
             if rows.dtype != np.float64 and not np.isfinite(q).all():
                 r64 = rows.astype(np.float64)

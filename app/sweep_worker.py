@@ -3,7 +3,8 @@
 When a worker gets a sweep member's job id, it claims that job and every still-queued sibling
 that can share its stack (``core.batched.stack_key``; at most ``MAX_GROUP``), trains them as
 one :class:`core.batched.BatchedTrainer` with one :class:`app.sink.DatabaseSink` per member
-(so each member's history, events, cancel flag, claim and hand-back are exactly a job's), then
+(so each member's history, events, cancel flag, claim and hand-back are exactly a job's;
+the sinks take the stack's rows as blocks, ``DatabaseSink.write_block``), then
 diagnoses and finishes each member as ``run_job`` finishes a job (:mod:`app.run_end`). Every
 member moves through :func:`app.lifecycle.move_job`, as every job does. The workers that later receive the
 siblings' ids find them no longer queued and skip them; with several workers, each group is

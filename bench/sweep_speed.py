@@ -105,6 +105,7 @@ def main() -> None:
                 times: dict[str, list[float]] = {"batched": [], "single": []}
                 cpu: dict[str, list[float]] = {"batched": [], "single": []}
                 res: dict[str, list[TrainingResult]] = {}
+                load_before = os.getloadavg()[0]
                 for _ in range(args.repeats):  # interleaved
                     for name, fn in (("batched", run_batched), ("single", run_single)):
                         t, c, res[name] = fn(specs, full)
@@ -118,9 +119,11 @@ def main() -> None:
                        for a, b in zip(res["single"], res["batched"], strict=True)
                        if a.final_loss is not None and b.final_loss is not None
                        and np.isfinite(a.final_loss) and np.isfinite(b.final_loss)]
+                load = os.getloadavg()[0]
                 tb, ts = statistics.median(times["batched"]), statistics.median(times["single"])
                 stops = sorted({r.stop_reason for r in res["single"]})
-                print(f"  [{mode}] member-steps {steps} (stops: {stops})")
+                print(f"  [{mode}] member-steps {steps} (stops: {stops}); load average "
+                      f"{load_before:.1f} before, {load:.1f} after")
                 print(f"    batched {steps / tb:10,.0f} member-steps/s  ({tb:.2f} s; runs "
                       f"{', '.join(f'{t:.2f}' for t in times['batched'])})")
                 print(f"    single  {steps / ts:10,.0f} member-steps/s  ({ts:.2f} s; runs "

@@ -20,7 +20,6 @@ specs by it and trains each group.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -34,16 +33,19 @@ from core.losses import BATCHED_LOSSES, accuracy_batched, loss_targets
 from core.member import MemberRun
 from core.network import MLP
 from core.optimizers import make_optimizer
+from core.recording import n_values
 from core.schedules import Constant, make_schedule
 from core.snapshot import NetworkCopy
 from core.spec import TrainingSpec, data_shape
+from core.stack_recording import StackRecorder
 from core.stacked import StackedMLP, segment_sumsq_batched
-from core.telemetry import LayerRecord, NonFiniteEvent, Sink, StepRecord
+from core.telemetry import NonFiniteEvent, Sink
 from core.trainer import TrainingResult
 
 __all__ = ["BatchedTrainer", "stack_key", "train_specs"]
 
 Array = np.ndarray
+_FUSE_MAX = 32 * 1024  # parameters per member up to which weights and update are summed at once
 
 
 def stack_key(spec: TrainingSpec) -> str:
@@ -137,6 +139,7 @@ class BatchedTrainer:
             networks.append(MLP(spec, rng))
             self.rngs.append(rng)
         self.network = StackedMLP(networks)
+        self._stat_mask = networks[0].activation_stat_mask()
         del networks
         self.optimizer = make_optimizer(first.optimizer, self.network.flat)
         self.clipper = BatchedClipper([s.clipping for s in self.specs])
@@ -150,11 +153,23 @@ class BatchedTrainer:
                        int(layout.weight_offsets[i] + layout.weight_sizes[i])]
         bounds.append(layout.size)
         self._bounds = np.asarray(bounds, dtype=np.int64)
+        # the same bounds over [weights | update] (both of size P): one pass for small nets
+        self._bounds2 = np.concatenate((self._bounds[:-1], self._bounds + layout.size))
         self._classifier = self._data[0].dataset.task == "classification"
         self._active: list[MemberRun] = []
         self._monitor: StackMonitor | None = None
         self.final_networks: dict[int, NetworkCopy] = {}  # member -> parameters at its end
         self._mse_labels = self.loss_name == "mse" and self._classifier
+        K = len(self.specs)
+        # per member (indexed by member, not by stack row): what the common step decides with
+        self._record_every = np.array([s.monitor.record_every for s in self.specs])
+        self._total = np.array([s.total_steps() for s in self.specs])
+        self._loss_sum = np.zeros(K)
+        self._correct = np.zeros(K)
+        self._seen = np.zeros(K, dtype=np.int64)
+        self._rows = np.arange(K)  # the member index of each stack row
+        self._recorder: StackRecorder | None = None
+        self._constant_lrs = all(isinstance(s, Constant) for s in self.schedules)
 
     # ------------------------------------------------------------------ the loop
     def run(self, sinks: Sequence[Sink | None] | None = None, *, keep_records: bool = True,
@@ -174,9 +189,14 @@ class BatchedTrainer:
              max_records: int | None) -> list[TrainingResult]:
         t0 = time.monotonic()
         deadline = None if self.max_runtime is None else t0 + self.max_runtime
+        n_rec = self.network.n_layers if self.telemetry else 0
+        rec = self._recorder = StackRecorder(
+            len(self.specs), n_rec, self._present_mask(n_rec), sinks,
+            keep_records=keep_records, max_records=max_records)
+        self._has_sink = np.array([s is not None for s in sinks], dtype=bool)
         members = [
             MemberRun(k, spec, sinks[k], self.rngs[k], self.schedules[k], self.data_index[k],
-                      None, keep_records, max_records)
+                      rec)
             for k, spec in enumerate(self.specs)]
         self._monitor = (StackMonitor(self.specs) if self.telemetry and self.use_monitor
                          else None)
@@ -189,6 +209,9 @@ class BatchedTrainer:
         while self._active:
             for m in self._active:
                 m.start_epoch(n_train)
+            self._loss_sum[self._rows] = 0.0
+            self._correct[self._rows] = 0.0
+            self._seen[self._rows] = 0
             shared = self._shared_batches()
             for start in range(0, n_train, batch_size):
                 # members past their last step, then those that stopped at the previous step,
@@ -254,13 +277,25 @@ class BatchedTrainer:
 
     # ------------------------------------------------------------------ one step
     def _lrs(self, active: list[MemberRun], step: int) -> list[float]:
+        if self._constant_lrs:
+            return [m.schedule.base_lr for m in active]
         return [m.schedule.base_lr if isinstance(m.schedule, Constant) else m.schedule(step)
                 for m in active]
+
+    def _present_mask(self, n_layers: int) -> Array:
+        """Which figures of a row apply (as the single trainer's ``_present_mask``)."""
+        present = np.ones(n_values(n_layers), dtype=bool)
+        if n_layers:
+            layer_part = present[4:].reshape(n_layers, 8)
+            layer_part[:, 4:] = (self._stat_mask if self.specs[0].monitor.activation_stats
+                                 else False)
+        return present
 
     def _step(self, step: int, epoch: int, Xb: Array, yb: Array,
               deadline: float | None) -> None:
         active = self._active
         net = self.network
+        rows = self._rows
         lrs = self._lrs(active, step)
         out = net.forward(Xb)
         losses, dout = self._loss_fn(out, yb)
@@ -276,78 +311,92 @@ class BatchedTrainer:
         clipped_norm, clipped = self.clipper(G, net.flat, net.layout, layer_gsq)
         delta = self.optimizer.step(G, np.asarray(lrs, dtype=net.dtype)[:, None])
         m_rows = out.shape[1]
+        loss64 = losses.astype(np.float64)
+        self._loss_sum[rows] += loss64 * m_rows  # float64, as the single trainer's sums
+        self._seen[rows] += m_rows
         acc = self._accuracy(out, yb)
-        now_late = deadline is not None and time.monotonic() > deadline
-        loss_l, gn_l = losses.tolist(), grad_norm.tolist()
-        cn_l, cl_l = clipped_norm.tolist(), clipped.tolist()
+        if acc is not None:
+            self._correct[rows] += acc.astype(np.float64) * m_rows
+        late = deadline is not None and time.monotonic() > deadline
+
+        rec = self._recorder
+        assert rec is not None
+        rec.begin(step, epoch)
+        K, L = len(active), net.n_layers
+        vals = np.empty((K, rec.values.shape[2]))
+        vals[:, 0], vals[:, 1], vals[:, 2], vals[:, 3] = loss64, grad_norm, clipped_norm, lrs
+        a_std = None
         if self.telemetry:
-            layer_rows, finite, norms, a_std = self._layer_records(layer_gsq, w_gsq, delta, out,
-                                                                   losses, grad_norm)
-            nf_l = (~finite).tolist()
+            finite, a_std = self._fill_layers(vals, layer_gsq, w_gsq, delta, out, loss64,
+                                              grad_norm)
         else:
-            nf_l = [not (math.isfinite(a) and math.isfinite(b)) for a, b in zip(loss_l, gn_l, strict=True)]
-        K = len(active)
-        records = list(map(StepRecord, [step] * K, [epoch] * K, loss_l, gn_l, cn_l,
-                           map(float, lrs), map(bool, cl_l),
-                           layer_rows if self.telemetry else ([] for _ in range(K))))
+            finite = np.isfinite(loss64) & np.isfinite(grad_norm)
+        rec.write(rows, vals, clipped)
+        nf = ~finite
+
         alerts: dict[int, list[Any]] = {}
-        confirmed: list[bool] = [False] * len(active)
+        slow = nf | self._has_sink[rows]
         if self._monitor is not None:
-            L = net.n_layers
+            layers = vals[:, 4:].reshape(K, L, 8)
             alerts = self._monitor.observe(
-                step, losses.astype(np.float64), grad_norm, norms[:, :L], norms[:, 2 * L:3 * L],
-                norms[:, 3 * L:], a_std, records.__getitem__)
-            confirmed = self._monitor.confirmed.tolist()
-        acc_l = None if acc is None else acc.tolist()
-        for r, m in enumerate(active):
-            m.add_batch(loss_l[r], None if acc_l is None else float(acc_l[r]), m_rows)
-            nf_now = nf_l[r]
+                step, loss64, grad_norm, layers[:, :, 0], layers[:, :, 2], layers[:, :, 3],
+                a_std, lambda r: rec.record(int(rows[r])))
+            confirmed = self._monitor.confirmed
+            slow |= confirmed
+            if alerts:
+                slow[list(alerts)] = True
+        else:
+            confirmed = np.zeros(K, dtype=bool)
+        if late:
+            slow[:] = True
+        # the common case, for the whole stack at once: which quiet members emit this step
+        quiet = rows[~slow]
+        if len(quiet):
+            rec.emit(quiet[(step % self._record_every[quiet] == 0)
+                           | (step == self._total[quiet] - 1)])
+        for r in np.flatnonzero(slow).tolist():
+            m = active[r]
+            nf_now = bool(nf[r])
             if nf_now and m.first_nf is None:
-                m.first_nf = self._locate_non_finite(r, step, loss_l[r], out, layer_gsq,
-                                                     m.want_acts)
-            m.after_step(records[r], nf_now, now_late, alerts.get(r), confirmed[r])
+                m.found_non_finite(self._locate_non_finite(r, step, float(loss64[r]), out,
+                                                           layer_gsq, m.want_acts))
+            m.after_step(step, nf_now, late, alerts.get(r), bool(confirmed[r]))
 
     def _accuracy(self, out: Array, yb: Array) -> Array | None:
         if self._mse_labels:
             return np.mean(out.argmax(axis=2) == yb.argmax(axis=-1), axis=-1)
         return accuracy_batched(out, yb, self.loss_name)
 
-    def _layer_records(self, layer_gsq: Array, w_gsq: Array, delta: Array, out: Array,
-                       losses: Array, grad_norm: Array
-                       ) -> tuple[list[list[LayerRecord]], Array, Array, Array | None]:
-        """Per member: the step's layer records, whether every recorded number is finite
-        (the same check as the single trainer's), the ``(K, 4L)`` norms (layer gradient,
-        weight gradient, weight, update) and the ``(K, L)`` activation stds (None when not
+    def _fill_layers(self, vals: Array, layer_gsq: Array, w_gsq: Array, delta: Array,
+                     out: Array, losses: Array, grad_norm: Array) -> tuple[Array, Array | None]:
+        """Write every member's per-layer figures into ``vals`` ``(K, n_values)`` (a fixed
+        number of whole-stack NumPy calls); returns whether every recorded number of a row is
+        finite (the single trainer's check) and the ``(K, L)`` activation stds (None when not
         recorded)."""
         net = self.network
-        L = net.n_layers
-        wsq = segment_sumsq_batched(net.flat, self._bounds)[:, 0::2]
-        usq = segment_sumsq_batched(delta, self._bounds)[:, 0::2]
-        norms = np.sqrt(np.concatenate((layer_gsq, w_gsq, wsq, usq), axis=1))
-        check = losses + grad_norm + norms[:, 2 * L:3 * L].sum(axis=1)
-        want_acts = self.specs[0].monitor.activation_stats
-        K = norms.shape[0]
-        # the records' fields as flat member-major columns: one LayerRecord(...) call each
-        cols: list[list[Any]] = [list(range(L)) * K]
-        cols += [norms[:, j * L:(j + 1) * L].ravel().tolist() for j in range(4)]
-        a_std = None
-        if want_acts:
-            a_mean, a_std, dead, sat = net.activation_stats(out)
-            check = check + a_mean.sum(axis=1)
-            cols += [a_mean.ravel().tolist(), a_std.ravel().tolist()]
-            for stat in (dead, sat):
-                applies = [not math.isnan(x) for x in stat[0].tolist()] if len(stat) else []
-                if all(applies):
-                    cols.append(stat.ravel().tolist())
-                elif not any(applies):
-                    cols.append([None] * (K * L))
-                else:
-                    cols.append([x if on else None
-                                 for x, on in zip(stat.ravel().tolist(), applies * K,
-                                                  strict=True)])
-        flat = list(map(LayerRecord, *cols))
-        out_rows = [flat[k * L:(k + 1) * L] for k in range(K)]
-        return out_rows, np.isfinite(check), norms, a_std
+        K, L = vals.shape[0], net.n_layers
+        layers = vals[:, 4:].reshape(K, L, 8)
+        if net.flat.shape[1] <= _FUSE_MAX:  # as the single trainer: one pass over both
+            both = segment_sumsq_batched(np.concatenate((net.flat, delta), axis=1),
+                                         self._bounds2)
+            half = both.shape[1] // 2
+            wsq, usq = both[:, 0:half:2], both[:, half::2]
+        else:
+            wsq = segment_sumsq_batched(net.flat, self._bounds)[:, 0::2]
+            usq = segment_sumsq_batched(delta, self._bounds)[:, 0::2]
+        np.sqrt(layer_gsq, out=layers[:, :, 0])
+        np.sqrt(w_gsq, out=layers[:, :, 1])
+        np.sqrt(wsq, out=layers[:, :, 2])
+        np.sqrt(usq, out=layers[:, :, 3])
+        check = losses + grad_norm + layers[:, :, 2].sum(axis=1)
+        if not self.specs[0].monitor.activation_stats:
+            layers[:, :, 4:] = np.nan
+            return np.isfinite(check), None
+        a_mean, a_std, dead, sat = net.activation_stats(out)
+        layers[:, :, 4], layers[:, :, 5], layers[:, :, 6], layers[:, :, 7] = (
+            a_mean, a_std, dead, sat)
+        check += a_mean.sum(axis=1)
+        return np.isfinite(check), layers[:, :, 5]
 
     def _locate_non_finite(self, r: int, step: int, loss: float, out: Array, layer_gsq: Array,
                            acts: bool) -> NonFiniteEvent:
@@ -377,6 +426,10 @@ class BatchedTrainer:
     def _end_epoch(self, members: list[MemberRun], epoch: int, step: int) -> None:
         """Epoch records (validation in inference mode) of ``members``, still in the stack."""
         row_of = {id(m): r for r, m in enumerate(self._active)}
+        for m in members:  # the epoch sums the stack kept for them
+            k = m.index
+            m.loss_sum, m.correct = float(self._loss_sum[k]), float(self._correct[k])
+            m.seen = int(self._seen[k])
         by_data: dict[int, list[MemberRun]] = {}
         for m in members:
             if m.seen:
@@ -415,6 +468,7 @@ class BatchedTrainer:
             if self._monitor is not None:
                 self._monitor.keep_rows(rows)
         self._active = [self._active[r] for r in keep]
+        self._rows = self._rows[keep]
 
 
 def _nan_or_inf(x: Array) -> str:

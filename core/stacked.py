@@ -34,6 +34,7 @@ __all__ = ["StackedMLP", "segment_sumsq_batched"]
 
 Array = np.ndarray
 _FEW_ELEMENTS = 64 * 1024
+_NON_NEGATIVE = ("relu", "sigmoid")  # activations whose outputs are >= 0 (or NaN)
 
 
 @dataclass(slots=True)
@@ -74,6 +75,7 @@ class StackedMLP:
         self.running_var = {i: np.stack(
             [net.running_var[i] for net in networks])[:, None, :] for i in first.running_var}
         self._bind(self.flat, np.empty_like(self.flat))  # backward writes every slot
+        self._ones_rows: dict[tuple[int, np.dtype], Array] = {}
 
     @property
     def size(self) -> int:
@@ -178,8 +180,13 @@ class StackedMLP:
                 if self.batch_norm[i]:
                     dz = batchnorm_backward_batched(dz, self.gamma[i], self._bn_cache[i],
                                                     self.dgamma[i], self.dbeta[i])
+            outer = i > 0 and dz.shape[-1] == 1
             dx = affine_backward_batched(dz, inputs[i], self.W[i], self.dW[i], self.db[i],
-                                         need_dx=i > 0, dx_out=buf.dx[i])
+                                         need_dx=i > 0 and not outer, dx_out=buf.dx[i])
+            if outer:
+                # one output unit: dz @ W.T is an outer product, one rounded multiply per
+                # element whatever computes it (the same numbers), ~3x faster than K gemms
+                dx = np.multiply(dz, np.swapaxes(self.W[i], -1, -2), out=buf.dx[i])
             if dx is not None:
                 dz = dx
 
@@ -210,6 +217,13 @@ class StackedMLP:
         raise AssertionError("unreachable")  # pragma: no cover
 
     # ---------------------------------------------------------------- statistics
+    def _ones(self, a: Array) -> Array:
+        """A ``(1, n)`` row of ones in ``a``'s dtype, ``n`` = ``a.shape[1]`` (cached)."""
+        ones = self._ones_rows.get((a.shape[1], a.dtype))
+        if ones is None:
+            ones = self._ones_rows[(a.shape[1], a.dtype)] = np.ones((1, a.shape[1]), a.dtype)
+        return ones
+
     def activation_stats(self, outputs: Array) -> tuple[Array, Array, Array, Array]:
         """Per member and layer ``(mean, std, dead_fraction, saturated_fraction)``, each
         ``(K, n_layers)`` float64 (NaN where a statistic does not apply), of the last training
@@ -223,7 +237,15 @@ class StackedMLP:
         for i, a in enumerate(layers):
             rows = a.reshape(K, -1)
             count = rows.shape[1]
-            s = rows.sum(axis=1, dtype=np.float64)
+            if i < L - 1 and self.activations[i].name in _NON_NEGATIVE:
+                # one matrix-vector product for every member's sum (as the single network's
+                # column sums; no cancellation in a sum of non-negative outputs), the float64
+                # sum where the training dtype overflowed
+                s = (rows @ self._ones(rows)[0]).astype(np.float64)
+                if not np.isfinite(s).all():
+                    s = rows.sum(axis=1, dtype=np.float64)
+            else:
+                s = rows.sum(axis=1, dtype=np.float64)
             q = np.einsum("ki,ki->k", rows, rows).astype(np.float64)
             if rows.dtype != np.float64 and not np.isfinite(q).all():
                 r64 = rows.astype(np.float64)
@@ -235,7 +257,13 @@ class StackedMLP:
                 break
             act_fn = self.activations[i]
             units = a.shape[2]
-            if act_fn.family == "relu":
+            if act_fn.name == "relu":
+                # a unit is alive when its output is > 0 for some example: for outputs >= 0
+                # (or NaN), exactly when their column sum is > 0, which one batched matmul
+                # gives far faster than a reduction over the middle axis
+                alive = (np.matmul(self._ones(a), a)[:, 0, :] > 0).sum(axis=1)
+                dead[:, i] = 1.0 - alive / units
+            elif act_fn.family == "relu":
                 alive = (a.max(axis=1) > 0).sum(axis=1)
                 dead[:, i] = 1.0 - alive / units
             elif act_fn.name in ("tanh", "sigmoid"):

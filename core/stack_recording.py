@@ -1,0 +1,231 @@
+"""The emitted steps of a stacked run: one preallocated ``(steps, K, n_values)`` block for
+all members, handed to each member's sink as that member's :class:`core.telemetry.StepBlock`.
+
+:class:`core.batched.BatchedTrainer` computes a step's figures for every member as one
+``(K, n_values)`` array (the row layout of :mod:`core.recording`) and writes it into the
+block's next slot; emitting marks ``(slot, member)`` cells. A member's emitted rows are handed
+over (to its sink's ``write_block`` and to its kept history) when the block is full, every
+:data:`core.recording.BLOCK_SECONDS`, before one of its alerts or epoch records, and when it
+leaves the stack. :class:`core.telemetry.StepRecord` objects are built only where something
+consumes them: the monitor's replays, per-record sinks (``write_steps``, called as the single
+trainer calls it) and the kept history (``TrainingResult.steps``), column-wise at the end.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from core.recording import BLOCK_ROWS, BLOCK_SECONDS, n_values
+from core.telemetry import (
+    LAYER_FIELDS,
+    STEP_FIELDS,
+    LayerRecord,
+    Sink,
+    StepBlock,
+    StepRecord,
+    record_from_values,
+)
+
+__all__ = ["StackRecorder", "records_of"]
+
+Array = np.ndarray
+
+
+def records_of(block: StepBlock) -> list[StepRecord]:
+    """Every row of ``block`` as a :class:`StepRecord` (column-wise: one constructor call per
+    record, none per figure)."""
+    n, L = len(block), block.n_layers
+    if not n:
+        return []
+    ns, nl = len(STEP_FIELDS), len(LAYER_FIELDS)
+    present = block.present[0]
+    step_cols: list[list[Any]] = block.values[:, :ns].T.tolist()
+    layers: list[list[LayerRecord]]
+    if L:
+        # every layer record of the block in one constructor map: (n * L) rows of figures
+        cols: list[list[Any]] = block.values[:, ns:].reshape(n * L, nl).T.tolist()
+        applies = present[ns:].reshape(L, nl)
+        for j in range(nl):
+            if not applies[:, j].all():
+                on = applies[:, j].tolist() * n
+                cols[j] = [v if o else None for v, o in zip(cols[j], on, strict=True)]
+        flat = list(map(LayerRecord, list(range(L)) * n, *cols))
+        layers = [flat[i:i + L] for i in range(0, n * L, L)]
+    else:
+        layers = [[] for _ in range(n)]
+    return list(map(StepRecord, block.steps.tolist(), block.epochs.tolist(), step_cols[0],
+                    step_cols[1], step_cols[2], step_cols[3], block.clipped.tolist(), layers))
+
+
+class _History:
+    """One member's kept rows, thinned as :meth:`core.recording.StepRecorder._keep` thins
+    records (the same rule over step numbers)."""
+
+    def __init__(self, keep_records: bool, max_records: int | None) -> None:
+        self.keep_records = keep_records
+        # every block (no limit), the last one (only the last row kept), or those that hold
+        # a kept row (None in place of the others, so that numbers stay valid)
+        self.blocks: list[StepBlock | None] = []
+        self.kept: list[tuple[int, int, int]] = []  # (step, block number, row) with a limit
+        self._limit = max_records
+        self._stride = 1
+        self._important: set[int] = set()
+
+    def add(self, block: StepBlock, notable: Array) -> None:
+        if not self.keep_records:
+            self.blocks = [block]
+            return
+        if self._limit is None:  # every emitted row is kept: nothing to decide per row
+            self.blocks.append(block)
+            return
+        b = len(self.blocks)
+        self.blocks.append(block)
+        stride = self._stride
+        for i, (step, note) in enumerate(zip(block.steps.tolist(), notable.tolist(),
+                                             strict=True)):
+            self._keep(step, b, i, note)
+        if self._stride != stride:  # thinned: let go of the blocks no kept row is in
+            used = {b for _, b, _ in self.kept}
+            self.blocks = [blk if j in used else None for j, blk in enumerate(self.blocks)]
+
+    def _keep(self, step: int, b: int, i: int, notable: bool) -> None:
+        kept = self.kept
+        if notable:
+            self._important.add(step)
+        if kept and kept[-1][0] % self._stride and kept[-1][0] not in self._important:
+            kept.pop()  # the previous row was only kept as the latest one
+        entry = (step, b, i)
+        kept.append(entry)
+        assert self._limit is not None
+        if len(kept) > self._limit:
+            self._stride *= 2
+            stride, important = self._stride, self._important
+            kept[:] = [e for j, e in enumerate(kept)
+                       if j == 0 or e[0] % stride == 0 or e[0] in important or e is entry]
+            self._limit = max(self._limit, 2 * len(kept))
+
+    def steps(self) -> list[StepRecord]:
+        """What ``TrainingResult.steps`` holds."""
+        if not self.keep_records:
+            last = self.blocks[-1] if self.blocks else None
+            return [last.record(len(last) - 1)] if last is not None and len(last) else []
+        if self._limit is None:
+            return [r for blk in self.blocks if blk is not None for r in records_of(blk)]
+        out = []
+        for _, b, i in self.kept:
+            blk = self.blocks[b]
+            assert blk is not None
+            out.append(blk.record(i))
+        return out
+
+
+class StackRecorder:
+    """Rows of emitted steps of ``n_members`` members, their kept histories and their sinks.
+
+    Parameters
+    ----------
+    n_members, n_layers : int
+    present : ndarray of shape ``(n_values(n_layers),)``, bool
+        Which figures apply (the same for every member of a stack).
+    sinks : list of Sink or None, one per member
+    keep_records, max_records :
+        As :meth:`core.Trainer.run`.
+    """
+
+    def __init__(self, n_members: int, n_layers: int, present: Array,
+                 sinks: Sequence[Sink | None], *, keep_records: bool,
+                 max_records: int | None) -> None:
+        K = n_members
+        self.n_layers = n_layers
+        self.present = present
+        self._absent = np.flatnonzero(~present).tolist()
+        self.sinks = list(sinks)
+        self._write_block = [getattr(s, "write_block", None) for s in self.sinks]
+        # members whose sink takes records one at a time (as the single trainer calls it)
+        self.record_sink = np.array([s is not None and w is None
+                                     for s, w in zip(self.sinks, self._write_block,
+                                                     strict=True)], dtype=bool)
+        self.histories = [_History(keep_records, max_records) for _ in range(K)]
+        nv = n_values(n_layers)
+        self.values = np.full((BLOCK_ROWS, K, nv), np.nan)
+        self.steps = np.zeros(BLOCK_ROWS, dtype=np.int64)
+        self.epochs = np.zeros(BLOCK_ROWS, dtype=np.int64)
+        self.clipped = np.zeros((BLOCK_ROWS, K), dtype=bool)
+        self.emitted = np.zeros((BLOCK_ROWS, K), dtype=bool)
+        self.notable = np.zeros((BLOCK_ROWS, K), dtype=bool)
+        self.pending = np.zeros(K, dtype=bool)  # current step's row written, not emitted
+        self.t = -1  # the current step's slot
+        self._handed_at = time.monotonic()
+
+    # ------------------------------------------------------------------ one step
+    def begin(self, step: int, epoch: int) -> Array:
+        """Open a slot for ``step``; returns its ``(K, n_values)`` rows (indexed by member)."""
+        t = self.t + 1
+        if t == BLOCK_ROWS or (t and time.monotonic() - self._handed_at >= BLOCK_SECONDS):
+            self.hand_over_all()
+            t = 0
+        self.t = t
+        self.steps[t], self.epochs[t] = step, epoch
+        self.emitted[t] = False
+        self.notable[t] = False
+        return self.values[t]
+
+    def write(self, members: Array, values: Array, clipped: Array) -> None:
+        """The current step's figures of ``members`` (member indices, in row order)."""
+        t = self.t
+        self.values[t, members] = values
+        self.clipped[t, members] = clipped
+        self.pending[members] = True
+
+    def emit(self, members: Array, notable: Array | bool = False) -> None:
+        """Commit the current step's rows of ``members`` as emitted steps."""
+        t = self.t
+        self.emitted[t, members] = True
+        self.notable[t, members] = notable
+        self.pending[members] = False
+        for k in members[self.record_sink[members]].tolist():
+            sink = self.sinks[k]
+            assert sink is not None
+            sink.write_steps([self.record(k)])
+
+    def record(self, k: int) -> StepRecord:
+        """Member ``k``'s row of the current step as a StepRecord."""
+        t = self.t
+        vals: list[Any] = self.values[t, k].tolist()
+        for j in self._absent:
+            vals[j] = None
+        return record_from_values(int(self.steps[t]), int(self.epochs[t]),
+                                  bool(self.clipped[t, k]), vals, self.n_layers)
+
+    # ------------------------------------------------------------------ hand-over
+    def hand_over(self, k: int) -> None:
+        """Give member ``k``'s emitted rows not handed over yet to its block sink and history."""
+        n = self.t + 1
+        rows = np.flatnonzero(self.emitted[:n, k])
+        if not len(rows):
+            return
+        self.emitted[rows, k] = False
+        block = StepBlock(self.n_layers, self.steps[rows], self.epochs[rows],
+                          self.clipped[rows, k], self.values[rows, k],
+                          np.broadcast_to(self.present, (len(rows), self.present.shape[0])))
+        self.histories[k].add(block, self.notable[rows, k])
+        write_block = self._write_block[k]
+        if write_block is not None:
+            write_block(block)
+
+    def hand_over_all(self) -> None:
+        self._handed_at = time.monotonic()
+        n = self.t + 1
+        if n <= 0:
+            return
+        for k in np.flatnonzero(self.emitted[:n].any(axis=0)).tolist():
+            self.hand_over(k)
+
+    def result_steps(self, k: int) -> list[StepRecord]:
+        """Member ``k``'s ``TrainingResult.steps`` (its rows handed over first)."""
+        self.hand_over(k)
+        return self.histories[k].steps()

@@ -314,6 +314,17 @@ def load_dataset_arrays(session: Session, store: BlobStore, dataset_id: str,
     return read_blob_arrays(store, dataset_id)
 
 
+def attach_uploaded_once(specs: list[TrainingSpec], store: BlobStore) -> None:
+    """:func:`attach_uploaded` for a sweep group: each data set read once, its arrays shared
+    by the members (read-only: the trainers copy what they standardise or shuffle)."""
+    arrays: dict[str, tuple[npt.NDArray[np.float64], npt.NDArray[Any]]] = {}
+    for spec in specs:
+        if isinstance(spec.data, UploadedData):
+            if spec.data.id not in arrays:
+                arrays[spec.data.id] = read_blob_arrays(store, spec.data.id)
+            spec.data.attach(*arrays[spec.data.id])
+
+
 def attach_uploaded(spec: TrainingSpec, store: BlobStore) -> TrainingSpec:
     """Give an ``uploaded`` spec its arrays (workers, preflight); other specs pass through."""
     if isinstance(spec.data, UploadedData):

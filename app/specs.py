@@ -30,17 +30,12 @@ def validate_spec(body: Any, settings: Settings, *, loc_prefix: tuple[str | int,
                   ) -> TrainingSpec:
     """The validated spec, or a 422 naming each bad field (the first 50; and any exceeded
     limit). ``uploaded`` finds the data sets the caller may use (app.datasets.uploaded_lookup);
-    without it (sweeps, for now) a spec naming one is a 422."""
+    without it, a spec naming one must carry the data set's shape itself."""
     if not isinstance(body, dict):
         raise SpecValidationError(
             "the request body must be a JSON object (a TrainingSpec)",
             errors=[{"loc": list(loc_prefix), "msg": "expected a JSON object", "type": "dict_type"}])
     check_inline_data(body, max_values=settings.max_inline_values, loc=loc_prefix)
-    data = body.get("data")
-    if uploaded is None and isinstance(data, dict) and data.get("source") == "uploaded":
-        msg = "uploaded data sets cannot be used here yet (sweeps): submit jobs instead"
-        raise SpecValidationError(msg, errors=[{"loc": [*loc_prefix, "data", "source"],
-                                                "msg": msg, "type": "value_error"}])
     try:
         spec = TrainingSpec.model_validate(body, context={"limits": settings.spec_limits(),
                                                           "uploaded": uploaded or _none})

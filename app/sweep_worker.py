@@ -23,6 +23,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.artifacts import keep_models
+from app.blobstore import blob_store
+from app.datasets import attach_uploaded_once
 from app.db import retry_on_locked, unit_of_work
 from app.heartbeat import Heartbeat
 from app.lifecycle import move_job
@@ -151,6 +153,7 @@ def _train_group(ctx: WorkerContext, claimed: list[tuple[str, Claim, dict[str, A
             flush_interval=max(interval, settings.flush_interval_seconds),
             progress_interval=settings.progress_event_interval_seconds, claim=claim,
             heartbeat=beats[jid], handback_due=handback_due) for jid, claim, row in claimed]
+        attach_uploaded_once(specs, blob_store(settings))
         trainer = BatchedTrainer(specs, max_runtime=settings.max_job_runtime_seconds)
         results = trainer.run(sinks, max_records=settings.diagnosis_max_records)
         for sink in sinks:

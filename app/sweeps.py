@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from app import quotas
 from app.artifacts import forget_models
+from app.datasets import uploaded_lookup
 from app.errors import ConflictError, NotFoundError, SpecValidationError
 from app.lifecycle import TERMINAL
 from app.models import Job, Sweep, SweepMemberRow, utcnow
@@ -26,6 +27,7 @@ from app.repositories import JobRepository
 from app.services import cancel_job, submit_job, validate_spec
 from app.settings import Settings
 from app.tenancy import Principal
+from core.spec import UploadedData
 from core.stability import MemberOutcome, StabilityGrid, stability_grid
 from core.sweep import SweepAxis, SweepError, SweepLimits, expand_sweep
 
@@ -56,9 +58,13 @@ def create_sweep(session: Session, *, body: SweepCreate, settings: Settings,
     """Insert the sweep and one queued job per member, all owned by ``principal``'s tenant;
     the caller commits, then enqueues. Every member counts against the queued-jobs quota
     (429 before anything is inserted)."""
-    validate_spec(body.spec, settings, loc_prefix=("body", "spec"))
+    base = validate_spec(body.spec, settings, loc_prefix=("body", "spec"),
+                         uploaded=uploaded_lookup(session, principal))
+    spec = body.spec
+    if isinstance(base.data, UploadedData):  # members carry the data set's shape, filled in
+        spec = {**spec, "data": base.data.model_dump(mode="json")}
     try:
-        members = expand_sweep(body.spec, body.axes, limits or SweepLimits(),
+        members = expand_sweep(spec, body.axes, limits or SweepLimits(),
                                settings.spec_limits())
     except SweepError as exc:
         kind = "limit_exceeded" if exc.limit else "value_error"

@@ -317,12 +317,23 @@ def test_a_repair_may_use_its_parents_data_set_and_no_other(client: TestClient) 
     assert r.status_code == 422 and "no uploaded data set" in r.json()["detail"]
 
 
-def test_sweeps_refuse_uploaded_data_for_now(client: TestClient) -> None:
+def test_a_sweep_on_an_uploaded_data_set_gives_every_member_its_shape(
+        client: TestClient) -> None:
     ds = upload_csv(client).json()["id"]
     r = client.post("/v1/sweeps", json={
-        "spec": {"data": {"source": "uploaded", "id": ds}},
+        "spec": {"data": {"source": "uploaded", "id": ds}, "optimizer": {"name": "sgd"}},
         "axes": [{"path": "optimizer.lr", "values": [0.1, 0.01]}]})
-    assert r.status_code == 422 and "sweeps" in r.json()["detail"], r.text
+    assert r.status_code == 202, r.text
+    for member in r.json()["members"]:
+        job = client.get(f"/v1/jobs/{member['job_id']}").json()
+        data = job["spec"]["data"]
+        assert (data["id"], data["n_features"], data["n_classes"]) == (ds, 2, 3)
+    # queued members use the data set: it cannot go
+    assert client.delete(f"/v1/datasets/{ds}").status_code == 409
+    r = client.post("/v1/sweeps", json={
+        "spec": {"data": {"source": "uploaded", "id": "nope"}, "optimizer": {"name": "sgd"}},
+        "axes": [{"path": "optimizer.lr", "values": [0.1, 0.01]}]})
+    assert r.status_code == 422 and "no uploaded data set with id 'nope'" in r.json()["detail"]
 
 
 @settings(max_examples=60, deadline=None)

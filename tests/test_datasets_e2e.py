@@ -69,6 +69,24 @@ def test_train_a_job_on_an_uploaded_csv(live: LiveServer) -> None:
     assert live.http.get(f"/v1/jobs/{job['id']}/gradients").status_code == 200
 
 
+def test_a_sweep_trains_on_an_uploaded_data_set(live: LiveServer) -> None:
+    """Members on an uploaded set train batched in a real worker (the set read once)."""
+    rows = "".join(f"{x / 10:.2f},{(x * 3 % 11) / 11:.3f},{int(x % 16 >= 8)}\n"
+                   for x in range(96))
+    ds = live.http.post("/v1/datasets", params={"task": "classification"},
+                        content="a,b,c\n" + rows, headers={"Content-Type": "text/csv"}).json()
+    r = live.http.post("/v1/sweeps", json={
+        "spec": {"data": {"source": "uploaded", "id": ds["id"], "standardize": True},
+                 "optimizer": {"name": "sgd"}, "training": {"epochs": 2, "batch_size": 16}},
+        "axes": [{"path": "optimizer.lr", "values": [0.01, 0.1]},
+                 {"path": "seed", "values": [0, 1]}]})
+    assert r.status_code == 202, r.text
+    for member in r.json()["members"]:
+        job = live.wait_for(member["job_id"], {"succeeded", "failed", "cancelled"}, timeout=120)
+        assert job["status"] == "succeeded", job
+        assert job["progress"]["step"] == 2 * 5  # 2 epochs x ceil(77 training rows / 16)
+
+
 def _request(port: int, headers: dict[str, str]) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
     head = "POST /v1/datasets?task=classification HTTP/1.1\r\nHost: x\r\n" + "".join(

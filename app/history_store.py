@@ -35,6 +35,7 @@ min, max and non-finite values.
 from __future__ import annotations
 
 import struct
+from functools import lru_cache
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import chain
@@ -169,17 +170,22 @@ class StepColumns:
 # --------------------------------------------------------------------------------------------
 
 
-def _shuffled(block: np.ndarray, uint: type[np.unsignedinteger]) -> bytes:
-    """Column-major ``(k, n)`` floats, XOR-ed with their predecessor, byte-shuffled."""
-    bits = np.ascontiguousarray(block).view(uint)
+def _xor_delta(block: np.ndarray, dtype: str) -> np.ndarray:
+    """Column-major ``(k, n)`` floats as ``dtype``, each XOR-ed with its predecessor (bits)."""
+    bits = np.ascontiguousarray(block, dtype=dtype).view(f"<u{np.dtype(dtype).itemsize}")
     delta = bits.copy()
     delta[:, 1:] ^= bits[:, :-1]
-    itemsize = bits.dtype.itemsize
-    return delta.view(np.uint8).reshape(*bits.shape, itemsize).transpose(2, 0, 1).tobytes()
+    return delta
+
+
+def _planes(delta: np.ndarray) -> bytes:
+    """``(k, n)`` words byte-shuffled: byte 0 of every word, then byte 1, ..."""
+    return delta.view(np.uint8).reshape(*delta.shape, delta.dtype.itemsize).transpose(
+        2, 0, 1).tobytes()
 
 
 def _unshuffled(data: memoryview, k: int, n: int, dtype: str, cols: np.ndarray) -> np.ndarray:
-    """Rows ``cols`` of a block written by :func:`_shuffled`, as ``(len(cols), n)`` float64."""
+    """Rows ``cols`` of a block written by :func:`_xor_delta` and :func:`_planes`, as ``(len(cols), n)`` float64."""
     itemsize = np.dtype(dtype).itemsize
     raw = np.frombuffer(data, dtype=np.uint8, count=k * n * itemsize).reshape(itemsize, k, n)
     uint = np.uint32 if itemsize == 4 else np.uint64
@@ -189,6 +195,7 @@ def _unshuffled(data: memoryview, k: int, n: int, dtype: str, cols: np.ndarray) 
     return bits.view(dtype).astype(np.float64)
 
 
+@lru_cache(maxsize=64)
 def _groups(n_layers: int) -> np.ndarray:
     """The frame each series is stored in (GWH2): 0 for the step metrics, 1 + i for layer i."""
     return np.concatenate([np.zeros(len(STEP_METRICS), np.int64),
@@ -223,21 +230,19 @@ def encode_chunk(cols: StepColumns, *, framed: bool = True) -> bytes:
             np.packbits(cols.clipped).tobytes()]
     if partial:
         head.append(np.packbits(present.T).tobytes())
-    by_column = filled.T
+    f32, f64 = modes == _F32, modes == _F64
+    d32, d64 = _xor_delta(filled[:, f32].T, "<f4"), _xor_delta(filled[:, f64].T, "<f8")
     if not framed:
-        body, length = _frame(b"".join([*head, _shuffled(by_column[modes == _F32].astype("<f4"),
-                                                          np.uint32),
-                                         _shuffled(by_column[modes == _F64].astype("<f8"),
-                                                   np.uint64)]))
+        body, length = _frame(b"".join([*head, _planes(d32), _planes(d64)]))
         codec = _CODEC_RAW if length & _RAW_FRAME else _CODEC_ZSTD
         return _HEADER.pack(_MAGIC, codec, int(partial), cols.n_layers, n) + body
     frames = [_frame(b"".join(head))]
-    group = _groups(cols.n_layers)  # (S, n) views; each group's columns are gathered below
+    group, edges = _groups(cols.n_layers), np.arange(cols.n_layers + 2)
+    at32 = np.searchsorted(group[f32], edges).tolist()  # series are in group order
+    at64 = np.searchsorted(group[f64], edges).tolist()
     for g in range(cols.n_layers + 1):
-        mine = group == g
-        f32, f64 = mine & (modes == _F32), mine & (modes == _F64)
-        frames.append(_frame(_shuffled(by_column[f32].astype("<f4"), np.uint32)
-                             + _shuffled(by_column[f64].astype("<f8"), np.uint64)))
+        frames.append(_frame(_planes(d32[at32[g]:at32[g + 1]])
+                             + _planes(d64[at64[g]:at64[g + 1]])))
     table = np.array([length for _, length in frames], dtype="<u4").tobytes()
     return b"".join([_HEADER.pack(_MAGIC2, _CODEC_FRAMES, int(partial), cols.n_layers, n),
                      table, *(data for data, _ in frames)])
@@ -323,7 +328,8 @@ def decode_chunk(data: bytes, series: Sequence[int] | None = None) -> ChunkData:
     if bitmap is not None:
         present = bitmap.reshape(s_total, n)[wanted].T.astype(bool) & stored
     else:
-        present = np.broadcast_to(want_modes != _ABSENT, (n, len(wanted))).copy()
+        present = np.empty((n, len(wanted)), dtype=bool)
+        present[:] = want_modes != _ABSENT
     values = np.full((n, len(wanted)), np.nan)
     if magic == _MAGIC:
         _read_floats(frames[0], pos, n, modes, wanted, want_modes, np.arange(len(wanted)),
@@ -331,8 +337,10 @@ def decode_chunk(data: bytes, series: Sequence[int] | None = None) -> ChunkData:
         return ChunkData(steps, epochs, clipped, values, present)
     group = _groups(n_layers)
     want_group = np.where(want_modes != _ABSENT, group[wanted], -1)
-    for g in np.unique(want_group[want_group >= 0]).tolist():
-        members = np.flatnonzero(group == g)  # consecutive series
+    n_step = len(STEP_METRICS)
+    for g in sorted(set(want_group.tolist()) - {-1}):
+        members = np.arange(0, n_step) if g == 0 else np.arange(
+            n_step + (g - 1) * len(LAYER_METRICS), n_step + g * len(LAYER_METRICS))
         cols = np.flatnonzero(want_group == g)
         _read_floats(frame(g + 1), 0, n, modes[members], wanted[cols] - members[0],
                      want_modes[cols], cols, values)

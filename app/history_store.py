@@ -35,9 +35,9 @@ min, max and non-finite values.
 from __future__ import annotations
 
 import struct
-from functools import lru_cache
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from itertools import chain
 from operator import attrgetter
 
@@ -337,14 +337,44 @@ def decode_chunk(data: bytes, series: Sequence[int] | None = None) -> ChunkData:
         return ChunkData(steps, epochs, clipped, values, present)
     group = _groups(n_layers)
     want_group = np.where(want_modes != _ABSENT, group[wanted], -1)
-    n_step = len(STEP_METRICS)
-    for g in sorted(set(want_group.tolist()) - {-1}):
+    n_step, n_metric = len(STEP_METRICS), len(LAYER_METRICS)
+    groups = sorted(set(want_group.tolist()) - {-1})
+    layer_modes = modes[n_step:].reshape(n_layers, n_metric)
+    if len(groups) > 1 and groups[0] > 0 and (layer_modes[np.array(groups) - 1]
+                                              == layer_modes[groups[0] - 1]).all():
+        # several layers stored alike (the usual case): their frames side by side, one pass
+        stack = np.frombuffer(b"".join(frame(g + 1) for g in groups), np.uint8).reshape(
+            len(groups), -1)
+        _read_stacked(stack, n, layer_modes[groups[0] - 1], np.searchsorted(groups, want_group),
+                      (wanted - n_step) % n_metric, want_modes, values)
+        return ChunkData(steps, epochs, clipped, values, present)
+    for g in groups:
         members = np.arange(0, n_step) if g == 0 else np.arange(
-            n_step + (g - 1) * len(LAYER_METRICS), n_step + g * len(LAYER_METRICS))
+            n_step + (g - 1) * n_metric, n_step + g * n_metric)
         cols = np.flatnonzero(want_group == g)
         _read_floats(frame(g + 1), 0, n, modes[members], wanted[cols] - members[0],
                      want_modes[cols], cols, values)
     return ChunkData(steps, epochs, clipped, values, present)
+
+
+def _read_stacked(stack: np.ndarray, n: int, modes: np.ndarray, frame_of: np.ndarray,
+                  metric: np.ndarray, want_modes: np.ndarray, values: np.ndarray) -> None:
+    """:func:`_read_floats` over layer frames of the same modes, ``stack[i]`` the i-th:
+    wanted column j is metric ``metric[j]`` of frame ``frame_of[j]``."""
+    pos = 0
+    for mode, dtype, uint in ((_F32, "<f4", np.uint32), (_F64, "<f8", np.uint64)):
+        members = np.flatnonzero(modes == mode)
+        itemsize = np.dtype(dtype).itemsize
+        size = members.size * n * itemsize
+        picked = np.flatnonzero(want_modes == mode)
+        if picked.size:
+            block = stack[:, pos:pos + size].reshape(len(stack), itemsize, members.size, n)
+            rows = np.searchsorted(members, metric[picked])
+            raw = block[frame_of[picked], :, rows, :]  # (picked, itemsize, n)
+            bits = np.ascontiguousarray(raw.transpose(0, 2, 1)).view(uint).reshape(-1, n)
+            np.bitwise_xor.accumulate(bits, axis=1, out=bits)
+            values[:, picked] = bits.view(dtype).astype(np.float64).T
+        pos += size
 
 
 # --------------------------------------------------------------------------------------------

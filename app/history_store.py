@@ -65,6 +65,7 @@ __all__ = [
     "decode_rollups",
     "encode_chunk",
     "n_series",
+    "recode_chunk",
     "series_index",
 ]
 
@@ -375,6 +376,16 @@ def _read_stacked(stack: np.ndarray, n: int, modes: np.ndarray, frame_of: np.nda
             np.bitwise_xor.accumulate(bits, axis=1, out=bits)
             values[:, picked] = bits.view(dtype).astype(np.float64).T
         pos += size
+
+
+def recode_chunk(data: bytes, *, framed: bool = True) -> bytes:
+    """The same chunk as GWH2 (``framed``) or GWH1: what migration 0021 converts."""
+    if data[:4] == (_MAGIC2 if framed else _MAGIC):
+        return data
+    n_layers = _HEADER.unpack_from(data)[3]
+    d = decode_chunk(data)
+    return encode_chunk(StepColumns(n_layers, d.steps, d.epochs, d.clipped, d.values, d.present),
+                        framed=framed)
 
 
 # --------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ __all__ = [
     "plan_buckets",
     "reduce_segments",
     "select_points",
+    "summarize_blocks",
 ]
 
 LAYER_METRICS: tuple[str, ...] = (
@@ -221,6 +222,33 @@ def _reduce_equal(units: Summary, k: int) -> Summary:
     )
 
 
+def summarize_blocks(steps: np.ndarray, values: np.ndarray, present: np.ndarray, k: int
+                     ) -> Summary:
+    """``reduce_segments(Summary.from_points(steps, values, present), starts every k)`` for
+    ``len(steps)`` a multiple of ``k``, computed from the points directly (the worker's whole
+    blocks of consecutive steps): no per-point units are built."""
+    m, s = len(steps) // k, values.shape[1]
+    steps = np.asarray(steps, dtype=np.int64).reshape(m, k)
+    v = np.asarray(values, dtype=np.float64).reshape(m, k, s)
+    p = np.asarray(present, dtype=bool).reshape(m, k, s)
+    numeric = p & ~np.isnan(v)
+    i_min = _extreme(numeric, np.where(numeric, v, np.inf), "min")
+    i_max = _extreme(numeric, np.where(numeric, v, -np.inf), "max")
+    i_nf = _first_true(p & ~np.isfinite(v))
+
+    def step_at(i: np.ndarray) -> np.ndarray:
+        return np.where(i >= 0, np.take_along_axis(steps, np.maximum(i, 0), axis=1), _NONE)
+
+    def value_at(i: np.ndarray) -> np.ndarray:
+        got = np.take_along_axis(v, np.maximum(i, 0)[:, None, :], axis=1)[:, 0, :]
+        return np.where(i >= 0, got, np.nan)
+
+    return Summary(start=steps[:, 0].copy(), count=p.sum(axis=1, dtype=np.int64),
+                   min_step=step_at(i_min), min_value=value_at(i_min),
+                   max_step=step_at(i_max), max_value=value_at(i_max),
+                   nf_step=step_at(i_nf), nf_value=value_at(i_nf))
+
+
 def group_starts(keys: np.ndarray) -> np.ndarray:
     """Start index of each run of equal values in the sorted ``keys``."""
     if keys.size == 0:
@@ -265,8 +293,8 @@ class RollupBuilder:
         return self._roll(final=False)
 
     def _closed_points(self, final: bool) -> Summary:
-        """The points of every smallest block that is complete (all when ``final``), as
-        units; the rest stay raw."""
+        """The points of every smallest block that is complete (all when ``final``),
+        summarised per block; the rest stay raw."""
         if not self._raw:
             return Summary.empty(self.n_series)
         parts = self._raw
@@ -276,7 +304,12 @@ class RollupBuilder:
             np.searchsorted(steps >> self.min_level, (self._last_step + 1) >> self.min_level))
         self._raw = [(steps[n_done:], values[n_done:], present[n_done:])] if n_done < len(
             steps) else []
-        return Summary.from_points(steps[:n_done], values[:n_done], present[:n_done])
+        steps, values, present = steps[:n_done], values[:n_done], present[:n_done]
+        k = 1 << self.min_level
+        if n_done and n_done % k == 0 and steps[0] % k == 0 and steps[-1] - steps[0] == n_done - 1:
+            return summarize_blocks(steps, values, present, k)  # every step of whole blocks
+        units = Summary.from_points(steps, values, present)
+        return reduce_segments(units, group_starts(units.start >> self.min_level))
 
     def finish(self) -> list[RollupBlocks]:
         return self._roll(final=True)
@@ -287,17 +320,20 @@ class RollupBuilder:
         no_ids = np.empty(0, dtype=np.int64)
         carry, carry_ids = Summary.empty(self.n_series), no_ids
         for level in range(self.min_level, MAX_LEVEL + 1):
-            if level == self.min_level:
-                units = self._closed_points(final)
-                ids = units.start >> level
-            else:
-                prev_ids, prev = self._pending.get(level, (no_ids, Summary.empty(self.n_series)))
-                units = Summary.concat([prev, carry])
-                ids = np.concatenate([prev_ids, carry_ids >> 1])
+            if level == self.min_level:  # the closed blocks of points, summarised
+                done = self._closed_points(final)
+                if len(done):
+                    ids = done.start >> level
+                    done.start = ids << level
+                    out.append(RollupBlocks(level, ids, done))
+                carry, carry_ids = done, done.start >> level
+                continue
+            prev_ids, prev = self._pending.get(level, (no_ids, Summary.empty(self.n_series)))
+            units = Summary.concat([prev, carry])
+            ids = np.concatenate([prev_ids, carry_ids >> 1])
             # ids are sorted, so the complete blocks are a prefix
             n_done = len(ids) if final else int(np.searchsorted(ids, known >> level))
-            if level > self.min_level:
-                self._pending[level] = (ids[n_done:], units.take(slice(n_done, None)))
+            self._pending[level] = (ids[n_done:], units.take(slice(n_done, None)))
             carry, carry_ids = Summary.empty(self.n_series), no_ids
             if n_done:
                 done_ids = ids[:n_done]

@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+import orjson
 import pyarrow as pa
 
-from app.jsonutil import dumps
+from app.jsonutil import dumps, float_or_string
 
 __all__ = ["ARROW_STREAM", "HistoryPage", "SeriesColumns", "arrow_stream", "json_pieces"]
 
@@ -110,6 +111,31 @@ class HistoryPage:
 
 # ------------------------------------------------------------------------------------ JSON
 
+def _numbers_json(values: np.ndarray) -> bytes:
+    """The JSON of finite numbers (int or float64 array) without the brackets: shortest
+    round-trip forms, so each parses to the same float64 bits as Python's ``repr``."""
+    return orjson.dumps(np.ascontiguousarray(values), option=orjson.OPT_SERIALIZE_NUMPY)[1:-1]
+
+
+def _values_json(values: np.ndarray, present: np.ndarray | None) -> bytes:
+    """The JSON of one block of a series' values (no brackets): NaN/+-Inf as their strings,
+    a missing value as ``null``."""
+    values = values.astype(np.float64, copy=False)
+    finite = np.isfinite(values)
+    if present is None or present.all():
+        if finite.all():
+            return _numbers_json(values)
+        special = np.flatnonzero(~finite)
+    elif not present.any():
+        return b",".join([b"null"] * len(values))
+    else:
+        special = np.flatnonzero(~(finite & present))
+    listed: list[float | str | None] = values.tolist()
+    for i in special.tolist():
+        listed[i] = float_or_string(values[i]) if present is None or present[i] else None
+    return orjson.dumps(listed)[1:-1]
+
+
 class _StepsJSON:
     """The JSON of a steps array, block by block, encoded once for all the series that
     share it (every series of a full-resolution read)."""
@@ -119,15 +145,18 @@ class _StepsJSON:
 
     def blocks(self, steps: np.ndarray) -> list[bytes]:
         if self._of is None or self._of[0] is not steps:
-            self._of = (steps, [",".join(map(str, steps[a:a + _BLOCK].tolist())).encode()
+            self._of = (steps, [_numbers_json(steps[a:a + _BLOCK])
                                 for a in range(0, len(steps), _BLOCK)])
         return self._of[1]
 
 
 def _json_series(col: SeriesColumns, steps_json: _StepsJSON) -> Iterator[bytes]:
     yield b'{"steps":[' + b",".join(steps_json.blocks(col.steps)) + b'],"values":['
+    present = col.present
     for a in range(0, len(col.steps), _BLOCK):
-        yield (b"," if a else b"") + dumps(col.values_list(a, a + _BLOCK))[1:-1].encode()
+        block = _values_json(col.values[a:a + _BLOCK],
+                             None if present is None else present[a:a + _BLOCK])
+        yield (b"," if a else b"") + block
     yield b"]}"
 
 

@@ -104,6 +104,14 @@ def time_torch(torch: Any, spec: TrainingSpec, steps: int, trainer: Trainer) -> 
         if i < len(spec.model.hidden):
             mods.append(act[spec.model.hidden[i].activation]())
     model = nn.Sequential(*mods)
+    # the same starting point as gradwatch's run (torch's default init is ~2.4x smaller per
+    # layer than He normal: on (c) it kept the logits small where gradwatch's softmax
+    # saturated and its gradients went float32-subnormal, i.e. a different computation)
+    linears = [m for m in mods if isinstance(m, nn.Linear)]
+    with torch.no_grad():
+        for lin, W, b in zip(linears, trainer.network.W, trainer.network.b, strict=True):
+            lin.weight.copy_(torch.from_numpy(np.ascontiguousarray(W.T)))
+            lin.bias.copy_(torch.from_numpy(b.reshape(-1)))
     opt = torch.optim.SGD(model.parameters(), lr=spec.optimizer.lr)
     loss_fn = nn.CrossEntropyLoss() if spec.loss == "cross_entropy" else nn.MSELoss()
     X = torch.from_numpy(trainer.data.X_train)

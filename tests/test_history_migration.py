@@ -1,5 +1,5 @@
 """Migration 0003: row-format histories become columnar chunks, and back, with every history
-endpoint answering exactly as before."""
+endpoint answering exactly as before; migration 0021: GWH2 chunks become GWH1 and back."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from app.db import build_engine, build_sessionmaker, unit_of_work
+from app.history_store import decode_chunk
 from app.lifecycle import move_job
 from app.main import create_app
 from app.migrate import downgrade, upgrade
@@ -138,3 +139,35 @@ def test_row_histories_convert_both_ways_and_every_history_endpoint_answers_the_
 
     upgrade(settings.url)  # and forward again: the row-format histories are converted
     assert answers(settings, jobs) == columnar
+
+
+def chunk_bytes(settings: Settings) -> dict[tuple[int, int], bytes]:
+    engine = build_engine(settings.url, pool=False)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT job_key, first_step, data FROM history_chunks")).all()
+    engine.dispose()
+    return {(k, f): bytes(d) for k, f, d in rows}
+
+
+def test_chunks_change_layout_both_ways_and_every_history_endpoint_answers_the_same(
+        tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, migrate_on_start=False)
+    upgrade(settings.url)
+    jobs = seed(settings)
+    framed = chunk_bytes(settings)
+    assert framed and all(d[:4] == b"GWH2" for d in framed.values())
+    before = answers(settings, jobs)
+
+    downgrade(settings.url, "0020_store")  # what the code before GWH2 reads
+    single = chunk_bytes(settings)
+    assert single.keys() == framed.keys()
+    assert all(d[:4] == b"GWH1" for d in single.values())
+    for key, data in framed.items():  # the same figures, bit for bit
+        a, b = decode_chunk(data), decode_chunk(single[key])
+        for field in ("steps", "epochs", "clipped", "values", "present"):
+            x, y = getattr(a, field), getattr(b, field)
+            assert x.dtype == y.dtype and x.tobytes() == y.tobytes(), field
+
+    upgrade(settings.url)
+    assert chunk_bytes(settings) == framed  # the same bytes as written by the sink
+    assert answers(settings, jobs) == before

@@ -15,7 +15,14 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.downsampling import Summary, downsample_points, group_starts, reduce_segments
+from app.downsampling import (
+    RollupBuilder,
+    Summary,
+    downsample_points,
+    group_starts,
+    reduce_segments,
+    summarize_blocks,
+)
 from app.models import Job
 
 
@@ -87,6 +94,68 @@ def test_whole_blocks_reduce_as_any_segments_do(values: list[float], k: int) -> 
         np.testing.assert_array_equal(getattr(whole, field), getattr(merged, field))
     for field in ("min_value", "max_value", "nf_value"):
         np.testing.assert_array_equal(getattr(whole, field), getattr(merged, field))
+
+
+def _same_summary(a: Summary, b: Summary) -> None:
+    for field in ("start", "count", "min_step", "max_step", "nf_step", "min_value", "max_value",
+                  "nf_value"):
+        x, y = getattr(a, field), getattr(b, field)
+        assert x.dtype == y.dtype and x.shape == y.shape, field
+        assert x.tobytes() == y.tobytes(), field  # NaN payloads and -0.0 included
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(finite_or_not, st.booleans(), finite_or_not, st.booleans()),
+                min_size=1, max_size=64),
+       st.sampled_from([1, 2, 4, 8]), st.integers(0, 3))
+def test_blocks_summarised_from_points_directly_match_the_units_reduced(
+        rows: list[tuple[float, bool, float, bool]], k: int, first_block: int) -> None:
+    n = len(rows) - len(rows) % k or k
+    rows = (rows * k)[:n]
+    values = np.array([[a, c] for a, _, c, _ in rows])
+    present = np.array([[not b, not d] for _, b, _, d in rows])
+    steps = np.arange(first_block * k, first_block * k + n)
+    units = Summary.from_points(steps, values, present)
+    _same_summary(summarize_blocks(steps, values, present, k),
+                  reduce_segments(units, np.arange(0, n, k)))
+
+
+def test_the_rollup_builder_gives_the_same_blocks_whatever_the_flushes() -> None:
+    """Whole blocks of consecutive steps take the direct path, ragged or sparse ones the units:
+    flushed either way (and all at once), the blocks of every level are the same."""
+    rng = np.random.default_rng(3)
+    n, s = 3000, 3
+    values = rng.lognormal(size=(n, s))
+    values[rng.random((n, s)) < 0.01] = math.nan
+    values[rng.random((n, s)) < 0.005] = math.inf
+    present = rng.random((n, s)) > 0.02
+    steps = np.arange(n)
+    sparse = rng.random(n) < 0.8
+
+    def blocks(flush: int, keep: np.ndarray) -> list[tuple[int, list[int], Summary]]:
+        builder = RollupBuilder(s, min_level=4)
+        out = []
+        st_, v, p = steps[keep], values[keep], present[keep]
+        for a in range(0, len(st_), flush):
+            out += builder.add(st_[a:a + flush], v[a:a + flush], p[a:a + flush])
+        out += builder.finish()
+        merged: dict[int, list[Summary]] = {}
+        for b in out:
+            merged.setdefault(b.level, []).append(b.summary)
+        return [(lv, [], Summary.concat(parts)) for lv, parts in sorted(merged.items())]
+
+    for keep in (np.ones(n, dtype=bool), sparse):
+        whole = blocks(n, keep)
+        for flush in (16, 48, 37, 500):
+            got = blocks(flush, keep)
+            assert [lv for lv, _, _ in got] == [lv for lv, _, _ in whole]
+            for (_, _, a), (_, _, b) in zip(got, whole, strict=True):
+                _same_summary(a, b)
+    # the smallest level's blocks are the points' units reduced 16 by 16
+    full = n - n % 16
+    units = Summary.from_points(steps[:full], values[:full], present[:full])
+    level4 = blocks(500, np.ones(n, dtype=bool))[0][2]
+    _same_summary(level4.take(slice(0, full // 16)), reduce_segments(units, np.arange(0, full, 16)))
 
 
 def test_a_range_inside_one_chunk_counts_its_steps_once(session_factory: Any) -> None:

@@ -106,12 +106,14 @@ def test_nan_and_infinities_round_trip_bit_for_bit_through_the_store(
     assert all(r.layers[0].dead_fraction is None for r in stored.steps)  # None is not NaN
 
 
-def test_a_chunk_decodes_to_what_was_encoded_whatever_the_mix_of_values() -> None:
+@pytest.mark.parametrize("framed", [True, False], ids=["GWH2", "GWH1"])
+def test_a_chunk_decodes_to_what_was_encoded_whatever_the_mix_of_values(framed: bool) -> None:
     rng = np.random.default_rng(5)
     n, n_layers = 300, 3
     s = n_series(n_layers)
     values = rng.lognormal(size=(n, s))
     values[:, 5] = values[:, 5].astype(np.float32)  # a float32-exact series
+    values[:, [6, 14, 22]] = values[:, [6, 14, 22]].astype(np.float32)  # in every layer
     values[rng.random((n, s)) < 0.01] = NAN
     values[10, 7], values[11, 7] = INF, -INF
     present = np.ones((n, s), dtype=bool)
@@ -119,7 +121,8 @@ def test_a_chunk_decodes_to_what_was_encoded_whatever_the_mix_of_values() -> Non
     present[::7, 11] = False  # and one that sometimes is missing
     cols = StepColumns(n_layers, np.arange(0, 3 * n, 3), np.arange(n) // 50,
                        rng.random(n) < 0.5, values, present)
-    data = encode_chunk(cols)
+    data = encode_chunk(cols, framed=framed)
+    assert data[:4] == (b"GWH2" if framed else b"GWH1")
     got = decode_chunk(data)
     np.testing.assert_array_equal(got.steps, cols.steps)
     np.testing.assert_array_equal(got.epochs, cols.epochs)
@@ -130,6 +133,19 @@ def test_a_chunk_decodes_to_what_was_encoded_whatever_the_mix_of_values() -> Non
     picked = decode_chunk(data, [11, 0, 5])
     assert picked.values.view(np.uint64).tolist() == want[:, [11, 0, 5]].view(np.uint64).tolist()
     np.testing.assert_array_equal(picked.present, present[:, [11, 0, 5]])
+    # any selection, in any order, repeated, across frames, with series the run did not record
+    layers_alike = [[20, 12, 14, 22, 13, 12], [14, 22], [27, 19, s + 1, 16]]  # layers 1 and 2
+    for i in range(23):
+        which = layers_alike[i] if i < 3 else rng.integers(0, s + 3, rng.integers(0, 12)).tolist()
+        picked = decode_chunk(data, which)
+        stored = [w for w in which if w < s]
+        inside = [j for j, w in enumerate(which) if w < s]
+        assert (picked.values[:, inside].view(np.uint64).tolist()
+                == want[:, stored].view(np.uint64).tolist())
+        np.testing.assert_array_equal(picked.present[:, inside], present[:, stored])
+        outside = [j for j, w in enumerate(which) if w >= s]
+        assert not picked.present[:, outside].any()
+        assert np.isnan(picked.values[:, outside]).all()
 
 
 def test_chunks_decode_correctly_from_many_threads_at_once() -> None:

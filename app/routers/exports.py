@@ -3,7 +3,7 @@ streamed as CSV or Parquet."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
@@ -12,6 +12,7 @@ from app.deps import PrincipalDep, ReadSessionDep
 from app.exports import CSV_COLUMNS, PARQUET, Table, csv_rows, parquet_file
 from app.routers.common import problems
 from app.services import get_job
+from app.tenancy import Principal
 
 __all__ = ["router"]
 
@@ -32,11 +33,16 @@ def _csv_response(columns: str) -> dict[int | str, dict[str, Any]]:
             **problems(404, 422)}
 
 
-def _stream(request: Request, job_id: str, table: Table) -> StreamingResponse:
+def _download(request: Request, session: Any, principal: Principal, job_id: str, table: Table,
+              kind: Literal["csv", "parquet"]) -> StreamingResponse:
+    """The job's ``table`` streamed as a ``kind`` file (404 before the download starts)."""
+    get_job(session, job_id, principal)
+    factory = request.app.state.sessionmaker
+    body = csv_rows(factory, job_id, table) if kind == "csv" else parquet_file(factory, job_id,
+                                                                              table)
     return StreamingResponse(
-        csv_rows(request.app.state.sessionmaker, job_id, table),
-        media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": f'attachment; filename="{job_id}-{table}.csv"'})
+        body, media_type="text/csv; charset=utf-8" if kind == "csv" else PARQUET,
+        headers={"Content-Disposition": f'attachment; filename="{job_id}-{table}.{kind}"'})
 
 
 @router.get(
@@ -50,8 +56,7 @@ def _stream(request: Request, job_id: str, table: Table) -> StreamingResponse:
 )
 def export_metrics(job_id: str, request: Request, session: ReadSessionDep,
                    principal: PrincipalDep) -> StreamingResponse:
-    get_job(session, job_id, principal)  # 404 before the download starts
-    return _stream(request, job_id, "metrics")
+    return _download(request, session, principal, job_id, "metrics", "csv")
 
 
 @router.get(
@@ -67,8 +72,7 @@ def export_metrics(job_id: str, request: Request, session: ReadSessionDep,
 )
 def export_gradients(job_id: str, request: Request, session: ReadSessionDep,
                      principal: PrincipalDep) -> StreamingResponse:
-    get_job(session, job_id, principal)
-    return _stream(request, job_id, "gradients")
+    return _download(request, session, principal, job_id, "gradients", "csv")
 
 
 _PARQUET_FORMAT = (
@@ -87,12 +91,6 @@ def _parquet_response() -> dict[int | str, dict[str, Any]]:
             **problems(404, 422)}
 
 
-def _stream_parquet(request: Request, job_id: str, table: Table) -> StreamingResponse:
-    return StreamingResponse(
-        parquet_file(request.app.state.sessionmaker, job_id, table), media_type=PARQUET,
-        headers={"Content-Disposition": f'attachment; filename="{job_id}-{table}.parquet"'})
-
-
 @router.get(
     "/{job_id}/metrics.parquet",
     operation_id="exportMetricsParquet",
@@ -104,8 +102,7 @@ def _stream_parquet(request: Request, job_id: str, table: Table) -> StreamingRes
 )
 def export_metrics_parquet(job_id: str, request: Request, session: ReadSessionDep,
                            principal: PrincipalDep) -> StreamingResponse:
-    get_job(session, job_id, principal)  # 404 before the download starts
-    return _stream_parquet(request, job_id, "metrics")
+    return _download(request, session, principal, job_id, "metrics", "parquet")
 
 
 @router.get(
@@ -120,5 +117,4 @@ def export_metrics_parquet(job_id: str, request: Request, session: ReadSessionDe
 )
 def export_gradients_parquet(job_id: str, request: Request, session: ReadSessionDep,
                              principal: PrincipalDep) -> StreamingResponse:
-    get_job(session, job_id, principal)
-    return _stream_parquet(request, job_id, "gradients")
+    return _download(request, session, principal, job_id, "gradients", "parquet")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Response
+from sqlalchemy.orm import Session
 
 from app import plots
 from app.deps import PrincipalDep, ReadSessionDep, SettingsDep
@@ -23,6 +24,7 @@ from app.services import (
     job_to_read,
     metrics_history,
 )
+from app.tenancy import Principal
 
 __all__ = ["router"]
 
@@ -100,6 +102,17 @@ def _marks(session: Any, job: dict[str, Any], note: str) -> plots.Marks:
                        first_bad_step=_onset(session, job["id"]), note=note)
 
 
+def _layer_norms(session: Session, job_id: str, q: HistoryQuery, principal: Principal
+                 ) -> tuple[dict[str, Any], list[plots.Series]]:
+    """The job's per-layer pre-clip gradient norms (downsampled by ``q``): the history and
+    one series per layer."""
+    history = gradient_history(session, job_id, q, principal=principal, layer=None,
+                               metrics=["grad_norm"])
+    return history, [plots.Series.of(ly["series"]["grad_norm"]["steps"],
+                                     ly["series"]["grad_norm"]["values"], f"layer {ly['layer']}")
+                     for ly in history["layers"]]
+
+
 def _title(job: dict[str, Any], what: str) -> str:
     verdict = job.get("verdict") or job["status"]
     return f"{what} — {job.get('name') or job['id'][:8]} ({verdict})"
@@ -118,12 +131,8 @@ def plot_gradients(job_id: JobId, session: ReadSessionDep, settings: SettingsDep
                    max_points: MaxPoints = 1000) -> Response:
     q = _query(settings, max_points)
     job = job_to_read(get_job(session, job_id, principal))
-    history = gradient_history(session, job_id, q, principal=principal, layer=None,
-                               metrics=["grad_norm"])
+    history, layers = _layer_norms(session, job_id, q, principal)
     overall = metrics_history(session, job_id, q, principal=principal, metrics=["grad_norm"])
-    layers = [plots.Series.of(ly["series"]["grad_norm"]["steps"],
-                              ly["series"]["grad_norm"]["values"], f"layer {ly['layer']}")
-              for ly in history["layers"]]
     g = overall["series"].get("grad_norm")
     global_norm = plots.Series.of(g["steps"], g["values"], "global") if g else None
     form = _format(fmt, accept)
@@ -140,16 +149,12 @@ def plot_gradients(job_id: JobId, session: ReadSessionDep, settings: SettingsDep
                         "range; NaN/Inf cells are solid red.",
             response_class=Response, responses=_IMAGE_RESPONSES)
 def plot_heatmap(job_id: JobId, session: ReadSessionDep, settings: SettingsDep,
-                   principal: PrincipalDep,
+                 principal: PrincipalDep,
                  fmt: FormatQuery = None, accept: AcceptHeader = None,
                  max_points: MaxPoints = 1000) -> Response:
     q = _query(settings, max_points)
     job = job_to_read(get_job(session, job_id, principal))
-    history = gradient_history(session, job_id, q, principal=principal, layer=None,
-                               metrics=["grad_norm"])
-    layers = [plots.Series.of(ly["series"]["grad_norm"]["steps"],
-                              ly["series"]["grad_norm"]["values"], f"layer {ly['layer']}")
-              for ly in history["layers"]]
+    history, layers = _layer_norms(session, job_id, q, principal)
     form = _format(fmt, accept)
     return _image(plots.heatmap_plot(layers, _marks(session, job, _note(history)),
                                      title=_title(job, "log10 gradient norm"), fmt=form), form)
@@ -161,7 +166,7 @@ def plot_heatmap(job_id: JobId, session: ReadSessionDep, settings: SettingsDep,
                         "when the loss spans more than 100× or holds NaN/Inf.",
             response_class=Response, responses=_IMAGE_RESPONSES)
 def plot_loss(job_id: JobId, session: ReadSessionDep, settings: SettingsDep,
-                   principal: PrincipalDep,
+              principal: PrincipalDep,
               fmt: FormatQuery = None, accept: AcceptHeader = None,
               max_points: MaxPoints = 1000) -> Response:
     q = _query(settings, max_points)
@@ -183,7 +188,7 @@ def plot_loss(job_id: JobId, session: ReadSessionDep, settings: SettingsDep,
                         "repair; `other` picks the second job explicitly.",
             response_class=Response, responses=_IMAGE_RESPONSES)
 def plot_comparison(job_id: JobId, session: ReadSessionDep, settings: SettingsDep,
-                   principal: PrincipalDep,
+                    principal: PrincipalDep,
                     other: Annotated[str | None, Query(
                         description="The job to compare with (default: the repair of "
                                     "`job_id`, or its parent).")] = None,

@@ -43,8 +43,8 @@ LRS = np.geomspace(1e-3, 3.0, 8).tolist()
 STDS = np.geomspace(0.01, 1.0, 8).tolist()
 
 
-def sweep(key: str) -> tuple[str, list[TrainingSpec]]:
-    """The 64 member specs of one configuration."""
+def sweep(key: str, standardize: bool = False) -> tuple[str, list[TrainingSpec]]:
+    """The 64 member specs of one configuration (``standardize``: data.standardize on)."""
     if key == "small":
         title = "2-32-32-1 (moons, BCE, batch 32, 300 steps)"
         base: dict[str, Any] = {
@@ -61,6 +61,9 @@ def sweep(key: str) -> tuple[str, list[TrainingSpec]]:
             "model": {"hidden": [{"units": 256}, {"units": 256}]},
             "training": {"epochs": 100, "batch_size": 128, "max_steps": 40},
         }
+    if standardize:  # --standardize: inputs at unit scale, softmax unsaturated
+        base = {**base, "data": {**base["data"], "standardize": True}}
+        title += ", data.standardize"
     specs = []
     for lr in LRS:
         for std in STDS:
@@ -90,6 +93,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", default="small,large")
+    parser.add_argument("--standardize", action="store_true",
+                        help="the same sweeps with data.standardize: true (the large sweep's "
+                             "softmax then stays unsaturated, no float32-subnormal gradients)")
     parser.add_argument("--keep-openblas-env", action="store_true",
                         help="keep OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE as set (slower kernel)")
     args = parser.parse_args()
@@ -98,7 +104,7 @@ def main() -> None:
           f"{[(b['internal_api'], b.get('architecture')) for b in blas]} threads {args.threads}")
     with threadpool_limits(args.threads):
         for key in args.only.split(","):
-            title, specs = sweep(key)
+            title, specs = sweep(key, args.standardize)
             print(f"\n== {key}: {title}, {len(specs)} members (lr x init std, 8 x 8)")
             for full in (True, False):
                 mode = "telemetry + monitor" if full else "telemetry off"

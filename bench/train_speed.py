@@ -47,13 +47,15 @@ class Config:
     target: float  # required gradwatch/torch ratio
 
 
-def _configs() -> list[Config]:
+def _configs(standardize: bool = False) -> list[Config]:
     common = {"seed": 0, "dtype": "float32", "schedule": {"name": "constant"},
               "clipping": {"mode": "none"},
               "monitor": {"stop_on_explosion": False, "stop_on_non_finite": False}}
 
     def spec(data: dict[str, Any], hidden: list[dict[str, Any]], batch: int, loss: str,
              lr: float, init: str = "he_normal") -> dict[str, Any]:
+        if standardize:  # --standardize: unsaturated softmax, no float32-subnormal gradients
+            data = {**data, "standardize": True}
         return {**common, "data": data, "loss": loss,
                 "model": {"hidden": hidden, "init": {"scheme": init}},
                 "optimizer": {"name": "sgd", "lr": lr},
@@ -162,6 +164,10 @@ def main() -> None:
     ap.add_argument("--only", default="abcd", help="configs to run, e.g. 'ad'")
     ap.add_argument("--keep-openblas-env", action="store_true",
                     help="keep OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE as set (slower kernel)")
+    ap.add_argument("--standardize", action="store_true",
+                    help="the same configs with data.standardize: true (inputs at unit "
+                         "scale: (c)'s softmax stays unsaturated, so its float32 gradients "
+                         "do not go subnormal; bench/README.md explains)")
     ap.add_argument("--cpu-time", action="store_true",
                     help="time with this process's CPU time, not the wall clock: on a "
                          "loaded shared machine, with --threads 1 (torch's spinning OpenMP "
@@ -180,9 +186,9 @@ def main() -> None:
           f"; torch {torch.__version__}; threads {args.threads};"
           f" OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')};"
           f" clock {'CPU time' if args.cpu_time else 'wall'}; load average"
-          f" {os.getloadavg()[0]:.1f}")
+          f" {os.getloadavg()[0]:.1f}; data.standardize {args.standardize}")
     with threadpool_limits(args.threads):
-        for cfg in _configs():
+        for cfg in _configs(args.standardize):
             if cfg.key not in args.only:
                 continue
             spec = TrainingSpec.model_validate(cfg.spec)

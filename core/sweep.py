@@ -7,7 +7,8 @@ ends included). ``model.depth`` is special: "repeat the first hidden layer n tim
 members are the grid of all axes' values (the first axis varies slowest); every member is a
 complete :class:`~core.spec.TrainingSpec`, validated with the same limits as a job, and
 :class:`SweepLimits` bounds the member count and the sweep's total optimizer steps before
-anything is built.
+anything is built. An object on an axis's path that the base spec leaves out starts, per
+member, from the one the spec would use there (:mod:`core.sweep_paths`).
 """
 
 from __future__ import annotations
@@ -21,22 +22,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from core.spec import SpecLimits, TrainingSpec
+from core.sweep_paths import SweepError, assign, resolve
 
 __all__ = ["SweepAxis", "SweepError", "SweepLimits", "SweepMember", "expand_sweep", "set_path"]
 
 AxisValue = float | int | str | bool
-DEPTH = "model.depth"
-
-
-class SweepError(ValueError):
-    """A sweep that cannot be built; ``loc`` says where (``("axes", 1, "values", 3)``),
-    ``limit`` names the exceeded limit if that is the reason."""
-
-    def __init__(self, message: str, loc: tuple[str | int, ...] = (),
-                 limit: str | None = None) -> None:
-        super().__init__(message)
-        self.loc = loc
-        self.limit = limit
 
 
 @dataclass(frozen=True)
@@ -56,7 +46,9 @@ class SweepAxis(BaseModel):
     path: str = Field(min_length=1, max_length=200,
                       description="Dotted path into the spec, e.g. `optimizer.lr`, "
                                   "`model.init.std`, `seed`, `model.depth` (repeat the first "
-                                  "hidden layer n times).",
+                                  "hidden layer n times). An object the base spec leaves out "
+                                  "starts from the spec's default (`optimizer.lr` without "
+                                  "`optimizer`: the default SGD).",
                       examples=["optimizer.lr"])
     values: list[AxisValue] | None = Field(None, min_length=1, max_length=1024,
                                            description="The values, in order.")
@@ -105,38 +97,11 @@ class SweepMember:
 
 def set_path(spec: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     """A copy of the spec dict with ``path`` set to ``value`` (``model.depth``: the first
-    hidden layer repeated ``value`` times; intermediate objects are created as needed)."""
+    hidden layer repeated ``value`` times). An object on the path that the spec leaves out
+    starts from the one the spec would use by default (see :mod:`core.sweep_paths`)."""
     out = copy.deepcopy(spec)
-    if path == DEPTH:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise SweepError(f"model.depth must be an integer >= 1, got {value!r}")
-        model = out.setdefault("model", {})
-        hidden = model.get("hidden") or [{}]
-        model["hidden"] = [copy.deepcopy(hidden[0]) for _ in range(value)]
-        return out
-    keys = path.split(".")
-    node: Any = out
-    for i, key in enumerate(keys[:-1]):
-        nxt = keys[i + 1]
-        if isinstance(node, list):
-            if not key.isdigit() or int(key) >= len(node):
-                raise SweepError(f"{path}: {'.'.join(keys[:i + 1])} is not an item of the list")
-            node = node[int(key)]
-            continue
-        if not isinstance(node, dict):
-            raise SweepError(f"{path}: {'.'.join(keys[:i])} is not an object")
-        if key not in node or node[key] is None:
-            node[key] = [] if nxt.isdigit() else {}
-        node = node[key]
-    last = keys[-1]
-    if isinstance(node, list):
-        if not last.isdigit() or int(last) >= len(node):
-            raise SweepError(f"{path}: no list item {last}")
-        node[int(last)] = value
-    elif isinstance(node, dict):
-        node[last] = value
-    else:
-        raise SweepError(f"{path}: {'.'.join(keys[:-1])} is not an object")
+    assign(out, path, value)
+    resolve(out)
     return out
 
 
@@ -165,9 +130,10 @@ def expand_sweep(spec: dict[str, Any], axes: list[SweepAxis],
     members: list[SweepMember] = []
     total_steps = 0
     for index, combo in enumerate(itertools.product(*grids)):
-        body = spec
-        for a, value in zip(axes, combo, strict=True):
-            body = set_path(body, a.path, value)
+        body = copy.deepcopy(spec)
+        for i, (a, value) in enumerate(zip(axes, combo, strict=True)):
+            assign(body, a.path, value, axis=i)
+        resolve(body)  # left-out objects, once all of this member's values are set
         try:
             member = TrainingSpec.model_validate(body, context=context)
         except ValidationError as exc:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from core import Trainer
+from core import Trainer, TrainingSpec
 from core.stability import calibration, member_outcome, stability_grid, train_sweep
 from core.sweep import SweepAxis, SweepError, SweepLimits, expand_sweep, set_path
 
@@ -67,6 +67,83 @@ def test_limits_and_invalid_members_name_what_is_wrong() -> None:
     with pytest.raises(SweepError, match="twice"):
         expand_sweep(BASE, [SweepAxis(path="seed", values=[1]),
                             SweepAxis(path="seed", values=[2])])
+
+
+DATA_ONLY: dict[str, Any] = {"data": {"source": "synthetic", "name": "spirals", "n_samples": 100},
+                             "training": {"epochs": 2}}
+
+
+def test_an_axis_into_an_object_the_base_leaves_out_starts_from_its_default() -> None:
+    # no optimizer, model, clipping or schedule: each starts from what the spec would use
+    members = expand_sweep(DATA_ONLY, [SweepAxis(path="optimizer.lr", values=[0.1, 0.2]),
+                                       SweepAxis(path="model.init.std", values=[0.5]),
+                                       SweepAxis(path="clipping.clip_value", values=[2.0]),
+                                       SweepAxis(path="schedule.step_size", values=[7])])
+    assert [m.spec.optimizer.lr for m in members] == [0.1, 0.2]
+    explicit = TrainingSpec.model_validate({
+        **DATA_ONLY, "optimizer": {"name": "sgd", "lr": 0.2, "momentum": 0.9},
+        "model": {"init": {"scheme": "normal", "std": 0.5}},
+        "clipping": {"mode": "value", "clip_value": 2.0},
+        "schedule": {"name": "step", "step_size": 7}})
+    assert members[1].spec == explicit  # the default SGD (momentum 0.9) with lr 0.2, ...
+    assert members[1].spec.optimizer == TrainingSpec.model_fields["optimizer"].default.model_copy(
+        update={"lr": 0.2})
+    # a list the base leaves out is the default one (two 64-unit ReLU layers), then indexed
+    (member,) = expand_sweep(DATA_ONLY, [SweepAxis(path="model.hidden.1.units", values=[5])])
+    assert [(h.units, h.activation) for h in member.spec.model.hidden] == [(64, "relu"),
+                                                                          (5, "relu")]
+    # an axis that names the kind picks it: the default object only when it is that kind
+    members = expand_sweep(DATA_ONLY, [SweepAxis(path="optimizer.name", values=["sgd", "adam"]),
+                                       SweepAxis(path="clipping.mode",
+                                                 values=["global_norm", "layer_norm"]),
+                                       SweepAxis(path="clipping.max_norm", values=[3.0])])
+    assert [(m.spec.optimizer.name, m.spec.optimizer.lr) for m in members[::2]] == [
+        ("sgd", 0.01), ("adam", 0.001)]
+    assert members[0].spec.optimizer.momentum == 0.9  # type: ignore[union-attr]
+    assert [m.spec.clipping.model_dump() for m in members[:2]] == [
+        {"mode": "global_norm", "max_norm": 3.0}, {"mode": "layer_norm", "max_norm": 3.0}]
+    assert set_path({}, "optimizer.lr", 0.3) == {
+        "optimizer": {"name": "sgd", "lr": 0.3, "momentum": 0.9}}
+
+
+def test_left_out_objects_and_dependent_defaults_are_resolved_per_member() -> None:
+    # defaults that depend on other fields follow each member's own values: the generator's
+    # class count and the loss (cross_entropy for classification, mse for regression)
+    members = expand_sweep(DATA_ONLY, [SweepAxis(path="data.name",
+                                                 values=["spirals", "moons", "sine"]),
+                                       SweepAxis(path="optimizer.lr", values=[0.05])])
+    assert [(m.spec.data.n_classes, m.spec.loss) for m in members] == [  # type: ignore[union-attr]
+        (3, "cross_entropy"), (2, "cross_entropy"), (None, "mse")]
+    assert all(m.spec.optimizer.lr == 0.05 for m in members)
+    # a hidden layer's init (null: model.init) starts from the member's own model.init, set by
+    # a later axis, whatever the order of the axes
+    base = {**DATA_ONLY, "model": {"init": {"scheme": "normal", "std": 0.3, "bias": 0.1}}}
+    members = expand_sweep(base, [SweepAxis(path="model.hidden.0.init.bias", values=[0.5]),
+                                  SweepAxis(path="model.init.std", values=[0.2, 0.8])])
+    assert [m.spec.model.hidden[0].init.model_dump() for m in members] == [  # type: ignore[union-attr]
+        {"scheme": "normal", "std": s, "bias": 0.5} for s in (0.2, 0.8)]
+    assert members[1].spec.model.hidden[1].init is None
+    # a kind the path implies keeps the member's own values that kind has (bias here)
+    base = {**DATA_ONLY, "model": {"init": {"scheme": "he_normal", "bias": 0.25}}}
+    (member,) = expand_sweep(base, [SweepAxis(path="model.hidden.0.init.std", values=[0.4])])
+    assert member.spec.model.hidden[0].init.model_dump() == {  # type: ignore[union-attr]
+        "scheme": "normal", "std": 0.4, "bias": 0.25}
+
+
+def test_an_ambiguous_left_out_object_is_an_error_naming_the_axis_and_the_field_to_add() -> None:
+    for path, add, kinds in (("clipping.max_norm", "clipping.mode", "global_norm, layer_norm"),
+                             ("optimizer.beta1", "optimizer.name", "adam, adamw"),
+                             ("schedule.gamma", "schedule.name", "step, exponential")):
+        with pytest.raises(SweepError) as info:
+            expand_sweep(DATA_ONLY, [SweepAxis(path="seed", values=[0]),
+                                     SweepAxis(path=path, values=[1.0])])
+        assert f"axis {path!r}" in str(info.value) and f"add `{add}`" in str(info.value)
+        assert kinds in str(info.value) and info.value.loc == ("axes", 1, "path")
+    with pytest.raises(SweepError, match="no optimizer name has `nope`") as info:
+        expand_sweep(DATA_ONLY, [SweepAxis(path="optimizer.nope", values=[1])])
+    assert info.value.loc == ("axes", 0, "path")
+    with pytest.raises(SweepError, match="add `data` to the base spec"):
+        expand_sweep({}, [SweepAxis(path="data.noise", values=[0.1])])
 
 
 def test_outcomes_grid_boundary_and_calibration_of_a_real_sweep() -> None:

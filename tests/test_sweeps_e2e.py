@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import LiveServer
+from fastapi.testclient import TestClient
 
 from app.repositories import JobRepository
 from core import Trainer, TrainingSpec
@@ -128,10 +129,37 @@ def test_limits_and_bad_axes_are_422_naming_what_is_wrong(live: LiveServer) -> N
         {"path": "model.init.std", "values": [0.1]}, {"path": "optimizer.lr"}]})
     assert r.status_code == 422 and "log_range" in r.text
     r = live.http.post("/v1/sweeps", json={"spec": {"data": {"source": "synthetic"}},
-                                           "axes": [{"path": "model.init.std",
+                                           "axes": [{"path": "clipping.max_norm",
                                                      "values": [0.1]}]})
-    assert r.status_code == 422 and "model.init" in r.json()["detail"]
+    assert r.status_code == 422 and "add `clipping.mode`" in r.json()["detail"]
     assert live.http.get("/v1/jobs", params={"limit": 200}).status_code == 200
+
+
+def test_axes_into_objects_the_base_spec_leaves_out(client: TestClient) -> None:
+    # no optimizer, no model.init, no clipping: the members vary the defaults
+    spec = {"data": {"source": "synthetic", "name": "moons", "n_samples": 60},
+            "training": {"max_steps": 2}}
+    r = client.post("/v1/sweeps", json={"spec": spec, "axes": [
+        {"path": "optimizer.lr", "values": [0.1, 0.3]},
+        {"path": "model.init.std", "values": [0.5]},
+        {"path": "clipping.clip_value", "values": [2.0]}]})
+    assert r.status_code == 202, r.text
+    members = r.json()["members"]
+    specs = [client.get(f"/v1/jobs/{m['job_id']}").json()["spec"] for m in members]
+    assert [m["values"]["optimizer.lr"] for m in members] == [0.1, 0.3]
+    assert [s["optimizer"] for s in specs] == [
+        {"name": "sgd", "lr": lr, "momentum": 0.9, "nesterov": False, "weight_decay": 0.0}
+        for lr in (0.1, 0.3)]
+    assert specs[0]["model"]["init"] == {"scheme": "normal", "std": 0.5, "bias": 0.0}
+    assert specs[0]["clipping"] == {"mode": "value", "clip_value": 2.0}
+    # ambiguous: Adam and AdamW both have beta1, and the default optimizer is SGD
+    r = client.post("/v1/sweeps", json={"spec": spec, "axes": [
+        {"path": "seed", "values": [1]}, {"path": "optimizer.beta1", "values": [0.5]}]})
+    assert r.status_code == 422 and r.headers["content-type"].startswith(
+        "application/problem+json")
+    body = r.json()
+    assert "axis 'optimizer.beta1'" in body["detail"] and "add `optimizer.name`" in body["detail"]
+    assert body["errors"][0]["loc"] == ["body", "axes", 1, "path"]
 
 
 def test_cancelling_a_sweep_cancels_its_members(live: LiveServer) -> None:

@@ -246,9 +246,14 @@ def _inherited_start(spec: dict[str, Any], p: _Pending) -> Any:
     return _default_json((outer_cls or ModelSpec).model_fields[name])
 
 
+def _holds_objects(shape: _Shape) -> bool:
+    return isinstance(shape, _Model | _Union) or (
+        isinstance(shape, _List) and _holds_objects(shape.item))
+
+
 def _walk(node: Any, shape: _Shape, inherited: list[_Pending]) -> None:
     if isinstance(shape, _List):
-        if isinstance(node, list):
+        if isinstance(node, list) and _holds_objects(shape.item):  # not inline data's rows
             for item in node:
                 _walk(item, shape.item, inherited)
         return

@@ -1,0 +1,139 @@
+"""How fast can batching make a sweep at most? The GEMM share of one-at-a-time training.
+
+A batched sweep (``core.batched.BatchedTrainer``) computes each member's layer products with
+the same BLAS ``gemm`` call per member as the member's own ``core.Trainer`` does (that is what
+keeps every member's numbers bit-identical to its single run), so batching can only remove
+the rest of a step: Python and per-call overhead, elementwise passes, telemetry. So no
+bit-identical batched trainer can be faster than its own layer ``matmul``s: the speed-up over
+one member at a time is at most (one-at-a-time CPU time) / (the batched run's matmul CPU time)
+(Amdahl's law). This script trains the same 64 members as ``bench/sweep_speed.py`` both ways
+with a timer around every layer ``matmul`` of core's affine layers (``core.layers``) and
+prints each side's matmul share and that bound. It also times the one form that could beat
+per-member ``gemm``s for a shared input: one large ``gemm`` over all members' first-layer
+weights side by side.
+
+    python bench/sweep_bound.py [--only small,large] [--standardize] [--threads 1]
+
+Not a test: figures go in bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import timeit
+import types
+from pathlib import Path
+from typing import Any
+
+if os.environ.get("OPENBLAS_CORETYPE") and "--keep-openblas-env" not in sys.argv:
+    _env = {k: v for k, v in os.environ.items()
+            if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    os.execve(sys.executable, [sys.executable, *sys.argv], _env)
+
+import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from sweep_speed import sweep
+
+import core.layers
+from core import Trainer
+from core.batched import BatchedTrainer
+
+
+class _TimedNumpy(types.ModuleType):
+    """``numpy`` for ``core.layers``, with its ``matmul`` timed (process CPU time)."""
+
+    def __init__(self) -> None:
+        super().__init__("numpy")
+        self.seconds = 0.0
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(np, name)
+
+    def matmul(self, *args: Any, **kwargs: Any) -> Any:
+        t0 = time.process_time()
+        out = np.matmul(*args, **kwargs)
+        self.seconds += time.process_time() - t0
+        self.calls += 1
+        return out
+
+
+def _timed_run(fn: Any) -> tuple[float, float, int]:
+    """(total CPU, CPU inside core.layers' matmuls, their calls) of ``fn()``."""
+    timed = _TimedNumpy()
+    saved = core.layers.np
+    core.layers.np = timed  # type: ignore[assignment]
+    try:
+        c0 = time.process_time()
+        fn()
+        total = time.process_time() - c0
+    finally:
+        core.layers.np = saved
+    return total, timed.seconds, timed.calls
+
+
+def gemm_share(key: str, standardize: bool, full: bool) -> None:
+    _, specs = sweep(key, standardize)
+    for s in specs[:2]:  # warm-up
+        Trainer(s, telemetry=full, monitor=full).run(keep_records=full)
+    single, single_gemm, n_single = _timed_run(lambda: [
+        Trainer(s, telemetry=full, monitor=full).run(keep_records=full) for s in specs])
+    batched, batched_gemm, n_batched = _timed_run(
+        lambda: BatchedTrainer(specs, telemetry=full, monitor=full).run(keep_records=full))
+    mode = "telemetry + monitor" if full else "telemetry off"
+    print(f"  [{mode}]")
+    print(f"    one at a time: {single:.2f} s CPU, of which layer matmuls {single_gemm:.2f} s "
+          f"({n_single} calls, {single_gemm / single:.0%})")
+    print(f"    batched:       {batched:.2f} s CPU, of which layer matmuls {batched_gemm:.2f} s "
+          f"({n_batched} calls, {batched_gemm / batched:.0%}); speed-up {single / batched:.1f}x")
+    print(f"    bound: a bit-identical batched trainer (the same gemm per member) is at most "
+          f"{single / batched_gemm:.1f}x faster than one at a time")
+
+
+def one_big_gemm(n_in: int, batch: int, units: int, k: int = 64) -> None:
+    rng = np.random.default_rng(0)
+    f = np.float32
+    X = rng.standard_normal((batch, n_in)).astype(f)
+    W = rng.standard_normal((k, n_in, units)).astype(f)
+    Wc = np.ascontiguousarray(W.transpose(1, 0, 2).reshape(n_in, k * units))
+    out, outc = np.empty((k, batch, units), f), np.empty((batch, k * units), f)
+    a = min(timeit.repeat(lambda: np.matmul(X, W, out=out), number=3, repeat=3)) / 3
+    b = min(timeit.repeat(lambda: np.matmul(X, Wc, out=outc), number=3, repeat=3)) / 3
+    flops = 2 * batch * n_in * units * k
+    print(f"  first layer, shared input ({batch}x{n_in} @ {n_in}x{units}, {k} members): "
+          f"{k} gemms {a * 1e3:.2f} ms ({flops / a / 1e9:.0f} GFLOP/s), one {batch}x{n_in} @ "
+          f"{n_in}x{k * units} gemm {b * 1e3:.2f} ms ({flops / b / 1e9:.0f} GFLOP/s)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", default="small,large")
+    parser.add_argument("--standardize", action="store_true")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--keep-openblas-env", action="store_true")
+    args = parser.parse_args()
+    blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    print(f"numpy {np.__version__} BLAS "
+          f"{[(b['internal_api'], b.get('architecture')) for b in blas]} threads {args.threads}"
+          f"; load average {os.getloadavg()[0]:.1f}")
+    with threadpool_limits(args.threads):
+        for key in args.only.split(","):
+            title, _ = sweep(key, args.standardize)
+            print(f"\n== {key}: {title}")
+            for full in (True, False):
+                gemm_share(key, args.standardize, full)
+            if key == "large":
+                one_big_gemm(784, 128, 256)
+            else:
+                one_big_gemm(2, 32, 32)
+
+
+if __name__ == "__main__":
+    main()

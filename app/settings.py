@@ -68,6 +68,21 @@ class Settings(BaseSettings):
         description="How long each API process remembers a verified tenant key (and a "
                     "rejected one) so that a request does not pay the scrypt hash: a revoked "
                     "key stops working within this many seconds.")
+    auth_max_failures: int = Field(
+        10, ge=0,
+        description="Wrong secrets for one tenant key id that each API process hashes within "
+                    "GRADWATCH_AUTH_FAILURE_WINDOW_SECONDS; past it, that key id gets a 429 "
+                    "with Retry-After (no scrypt hash) until the window closes. 0: no limit.")
+    auth_max_address_failures: int = Field(
+        100, ge=0,
+        description="Failed authentications (wrong, unknown or revoked keys) from one client "
+                    "address that each API process answers within the window; past it, that "
+                    "address gets a 429 with Retry-After. 0: no limit.")
+    auth_failure_window_seconds: float = Field(
+        300.0, gt=0, le=86_400,
+        description="The window of GRADWATCH_AUTH_MAX_FAILURES and "
+                    "GRADWATCH_AUTH_MAX_ADDRESS_FAILURES: it opens at a key id's (an "
+                    "address's) first failure; a refused one is tried again once it closes.")
     docs_public: bool = Field(
         True, description="Serve /docs, /redoc and /openapi.json without a key (they hold no "
                           "data); false: /openapi.json needs a key like /v1 (the pages load, "

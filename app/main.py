@@ -2,8 +2,9 @@
 
 The lifespan migrates the database (``alembic upgrade head``; with
 GRADWATCH_MIGRATE_ON_START=false it refuses to start on an out-of-date schema instead),
-builds the engine and session factory, and starts the executor, which re-submits queued
-jobs and recovers orphaned running ones.
+builds the engine and session factory, removes what a crash left in the blob store
+(:mod:`app.blob_gc`), and starts the executor, which re-submits queued jobs and recovers
+orphaned running ones.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pydantic import TypeAdapter
 
 from app.artifacts import ModelCleanup
 from app.auth_throttle import AuthThrottle
+from app.blob_gc import collect_at_start
 from app.correlation import RequestIdMiddleware
 from app.db import build_engine, build_sessionmaker
 from app.deps import require_api_key
@@ -121,6 +123,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.sessionmaker = build_sessionmaker(engine)
     app.state.keys = KeyVerifier(app.state.sessionmaker, settings.key_cache_seconds,
                                  app.state.auth_throttle)
+    if settings.blob_gc_on_start:  # what a crash left in the blob store (see app.blob_gc)
+        collect_at_start(settings, app.state.sessionmaker)
     executor = build_executor(settings, app.state.sessionmaker)
     dispatcher = Dispatcher(settings, app.state.sessionmaker, executor)
     dispatcher.install()  # committed jobs go to the executor (see app.dispatch)

@@ -190,6 +190,16 @@ class Settings(BaseSettings):
         1024**3, ge=0, description="Stored bytes of all data sets of one tenant (the admin "
                                    "key is not limited); past it, uploads get a 429.")
 
+    blob_gc_on_start: bool = Field(
+        True, description="At start-up, each API process removes from the blob store what a "
+                          "crash left behind (`gradwatch gc` does it on demand): blobs no data "
+                          "set or job refers to, abandoned upload staging files, empty model "
+                          "directories — all older than GRADWATCH_BLOB_GC_GRACE_SECONDS.")
+    blob_gc_grace_seconds: float = Field(
+        3600.0, ge=60,
+        description="Files younger than this are never removed by the garbage collection "
+                    "(an upload may be between publishing its blob and committing its row).")
+
     # integration: webhooks, logs (see app.webhooks, app.delivery, app.correlation)
     webhook_allow_private: bool = Field(
         False, description="Allow webhook destinations on private, loopback and link-local "

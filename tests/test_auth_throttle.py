@@ -163,7 +163,7 @@ def test_the_counter_tables_are_bounded() -> None:
     for n in range(10_000):  # an attacker cycling addresses (or real key ids)
         throttle.attempt("address", f"10.0.{n // 256}.{n % 256}")
         now[0] += 0.0001
-    assert throttle.tracked("address") == 100
+    assert 90 <= throttle.tracked("address") <= 100
     for _ in range(3):
         throttle.attempt("key", "0123456789ab")
     with pytest.raises(AuthThrottled) as refused:

@@ -10,7 +10,8 @@ hashing anything until its window closes; then the next attempt is tried again. 
 never clears another key id's or address's counter.
 
 An attempt is counted *before* the work it guards (:meth:`AuthThrottle.attempt`) and handed
-back when it succeeds (:meth:`AuthThrottle.succeeded`), so concurrent requests cannot get
+back when it succeeds or fails without deciding anything, e.g. the database is down
+(:meth:`AuthThrottle.release`), so concurrent requests cannot get
 more scrypt hashes through than the limit. Each counter table holds at most ``max_entries``
 names: when full, expired windows are dropped first, then the least recently failed names,
 so an attacker cycling random key ids or addresses cannot grow the process's memory.
@@ -73,8 +74,8 @@ class _Counter:
             log.warning("%d failed authentications for %s %s within %g s: refusing it for the "
                         "rest of the window", self.limit, self.scope, name, self.window)
 
-    def succeeded(self, name: str, now: float) -> None:
-        """Hand back the attempt counted for a success."""
+    def release(self, name: str, now: float) -> None:
+        """Hand back an attempt that was not a failure."""
         current = self.windows.get(name)
         if current is not None and now - current.opened < self.window and current.failures:
             current.failures -= 1
@@ -121,13 +122,14 @@ class AuthThrottle:
                 self.throttled[scope] += 1
                 raise
 
-    def succeeded(self, scope: Scope, name: str | None) -> None:
-        """The attempt counted for ``name`` succeeded: it is not a failure."""
+    def release(self, scope: Scope, name: str | None) -> None:
+        """The attempt counted for ``name`` was not a failure (it succeeded, or an error
+        decided nothing): hand it back."""
         counter = self._counters.get(scope)
         if counter is None or name is None:
             return
         with self._lock:
-            counter.succeeded(name, self._clock())
+            counter.release(name, self._clock())
 
     def tracked(self, scope: Scope) -> int:
         """How many names ``scope``'s table holds (bounded by ``max_entries``)."""

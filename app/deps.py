@@ -131,17 +131,22 @@ def _authenticate(request: Request, settings: Settings, verifier: KeyVerifier,
     if remembered is not None:  # verified by this process lately: no hash to protect
         return Principal(tenant=remembered)
     address = request.client.host if request.client is not None else None
-    try:
-        if throttle is not None:
-            throttle.attempt("address", address)
+    if throttle is None:
         tenant = verifier.tenant_for(given)
-    except AuthThrottled as exc:
-        raise _throttled(exc) from None
+    else:
+        try:
+            throttle.attempt("address", address)
+            tenant = verifier.tenant_for(given)
+        except AuthThrottled as exc:
+            raise _throttled(exc) from None
+        except BaseException:  # e.g. the database is down: nothing was decided
+            throttle.release("address", address)
+            raise
+        if tenant is not None:
+            throttle.release("address", address)
     if tenant is None:
         raise _unauthorized("the API key is not valid (or was revoked)",
                             'Bearer error="invalid_token"')
-    if throttle is not None:
-        throttle.succeeded("address", address)
     return Principal(tenant=tenant)
 
 

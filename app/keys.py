@@ -196,12 +196,17 @@ class KeyVerifier:
             if row is None or row.revoked_at is not None:
                 return None
             tenant, stored = row.tenant, row.key_hash
-        if self.throttle is not None:
-            self.throttle.attempt("key", key_id)  # counted before the hash: see auth_throttle
-        if not verify_secret(secret, stored):
+        if self.throttle is None:
+            return tenant if verify_secret(secret, stored) else None
+        self.throttle.attempt("key", key_id)  # counted before the hash: see auth_throttle
+        try:
+            valid = verify_secret(secret, stored)
+        except BaseException:
+            self.throttle.release("key", key_id)
+            raise
+        if not valid:
             return None
-        if self.throttle is not None:
-            self.throttle.succeeded("key", key_id)
+        self.throttle.release("key", key_id)
         return tenant
 
     def tenant_keys_exist(self) -> bool:

@@ -24,6 +24,7 @@ import app.keys
 from app.auth_throttle import AuthThrottle, AuthThrottled
 from app.cli import create_key
 from app.correlation import JsonFormatter
+from app.db import build_engine, build_sessionmaker
 from app.main import create_app
 
 ADMIN = "admin-key-for-throttle-tests"
@@ -138,6 +139,24 @@ def test_failures_from_one_address_are_throttled_across_keys(
     elsewhere = TestClient(client.app, client=("203.0.113.7", 40000))
     assert elsewhere.get("/v1/jobs", headers=_bearer(key.key)).status_code == 200
     assert elsewhere.get("/v1/jobs", headers=_bearer("guess")).status_code == 401
+
+
+def test_a_database_outage_is_not_counted_as_failed_authentications(
+        make_client: Callable[..., TestClient], tmp_path: Any) -> None:
+    client = make_client(api_key=ADMIN, auth_max_address_failures=2, auth_max_failures=2)
+    key = create_key(client.app.state.settings, "team-a")  # type: ignore[attr-defined]
+    verifier = client.app.state.keys  # type: ignore[attr-defined]
+    working = verifier.factory
+    gone = build_engine(f"sqlite:///{tmp_path / 'missing' / 'nowhere.db'}")
+    verifier.factory = build_sessionmaker(gone)
+    try:
+        codes = [client.get("/v1/jobs", headers=_bearer(_wrong(key.key, n))).status_code
+                 for n in range(5)]
+    finally:
+        verifier.factory = working
+        gone.dispose()
+    assert codes == [503] * 5  # the database could not say: not a failure
+    assert client.get("/v1/jobs", headers=_bearer(key.key)).status_code == 200
 
 
 def test_random_key_ids_do_not_grow_the_key_table_and_throttled_requests_are_counted(

@@ -1,4 +1,4 @@
-"""The ``gradwatch`` command: ``serve``, ``migrate``, ``worker``, ``keys``; and the client commands
+"""The ``gradwatch`` command: ``serve``, ``migrate``, ``worker``, ``keys``, ``gc``; and the client commands
 (``submit``, ``follow``, ``diagnose``, ``repair``, ``plot``, ``jobs``, ``preflight``) from
 :mod:`client.cli`."""
 
@@ -155,6 +155,26 @@ def _keys_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gc(args: argparse.Namespace) -> int:
+    from app.blob_gc import collect_garbage
+    from app.blobstore import blob_store
+
+    settings = Settings()
+    grace = settings.blob_gc_grace_seconds if args.grace_seconds is None else args.grace_seconds
+    engine, factory = _keys_session(settings)
+    try:
+        report = collect_garbage(blob_store(settings), factory, grace_seconds=grace,
+                                 dry_run=args.dry_run, force=args.force)
+    finally:
+        engine.dispose()
+    verb = "would remove" if args.dry_run else "removed"
+    for item in report.removed:
+        age = f", {item.age_seconds / 3600:.1f} h old" if item.kind != "directory" else ""
+        print(f"{verb} {item.kind} {item.name} ({item.size} bytes{age}): {item.reason}")
+    print(f"gradwatch gc ({settings.blob_dir}): {report.summary(args.dry_run)}")
+    return 1 if report.refused else 0
+
+
 def set_quota(settings: Settings, tenant: str, *, max_running: int | None = None,
               max_queued: int | None = None, reset: bool = False) -> Limits:
     """``gradwatch tenants quota``: change what is given (``reset``: back to the settings);
@@ -235,6 +255,13 @@ def _count(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError("a number of seconds, 0 or more")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line (also used by the tests to check the Docker image's commands)."""
     parser = argparse.ArgumentParser(prog="gradwatch", description=__doc__)
@@ -253,6 +280,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="job processes (default GRADWATCH_WORKERS: one per core)")
     worker.set_defaults(func=_worker)
     _add_keys_commands(sub)
+    gc = sub.add_parser(
+        "gc", help="remove from the blob store what a crash left behind: blobs no data set or "
+                   "job refers to, abandoned upload staging files, empty model directories "
+                   "(the server does it at start-up)")
+    gc.add_argument("--grace-seconds", type=_seconds, default=None, metavar="S",
+                    help="never touch files younger than this (default "
+                         "GRADWATCH_BLOB_GC_GRACE_SECONDS, 3600)")
+    gc.add_argument("--dry-run", action="store_true", help="list, remove nothing")
+    gc.add_argument("--force", action="store_true",
+                    help="remove blobs even when the database holds no job and no data set")
+    gc.set_defaults(func=_gc)
     register_client_commands(sub)  # submit, follow, diagnose, ... (HTTP only)
     return parser
 

@@ -4,7 +4,11 @@ A request's id is the client's ``X-Request-ID`` when it is a sane token (1-128 c
 of letters, digits and ``._:-``), else a new UUID. It is kept in a context variable for the
 request's duration, so every log line written while serving it names it; the job created by
 the request stores it (``jobs.request_id``) and the worker that runs the job logs it with
-the job id (:func:`bind`). ``tenant`` is null until tenants exist.
+the job id (:func:`bind`), with the job's tenant. The access log line (uvicorn's, written
+when the response starts) carries the tenant of an authenticated request: the auth dependency
+runs in a worker thread, where a context variable would not outlive it, so it leaves the
+tenant in ``request.state.tenant`` (the request's ``scope["state"]``) and
+:class:`RequestIdMiddleware` sets the context variable from it around the response start.
 """
 
 from __future__ import annotations
@@ -62,7 +66,8 @@ def bind(*, request_id: str | None = None, job_id: str | None = None,
 
 
 class RequestIdMiddleware:
-    """Echo a valid ``X-Request-ID`` or generate one; set it for the request's log lines."""
+    """Echo a valid ``X-Request-ID`` or generate one; set it for the request's log lines, and
+    the authenticated tenant (``request.state.tenant``) for its access log line."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -79,9 +84,18 @@ class RequestIdMiddleware:
         request_id = given if given and _VALID.fullmatch(given) else uuid.uuid4().hex
 
         async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                MutableHeaders(scope=message)[HEADER] = request_id
-            await send(message)
+            if message["type"] != "http.response.start":
+                await send(message)
+                return
+            MutableHeaders(scope=message)[HEADER] = request_id
+            # the server writes its access log line inside this call
+            tenant = scope.get("state", {}).get("tenant")
+            token = _tenant.set(tenant) if tenant is not None else None
+            try:
+                await send(message)
+            finally:
+                if token is not None:
+                    _tenant.reset(token)
 
         token = _request_id.set(request_id)
         try:

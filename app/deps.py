@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from app.auth_throttle import AuthThrottle, AuthThrottled
 from app.db import writer_bind
 from app.errors import ProblemError
 from app.executors import Executor
@@ -68,6 +69,21 @@ def _unauthorized(detail: str, challenge: str) -> ProblemError:
                         headers={"WWW-Authenticate": challenge})
 
 
+def _throttled(exc: AuthThrottled) -> ProblemError:
+    setting, who = (("GRADWATCH_AUTH_MAX_FAILURES", "for this key id") if exc.scope == "key"
+                    else ("GRADWATCH_AUTH_MAX_ADDRESS_FAILURES", "from this address"))
+    return ProblemError(
+        f"too many failed authentications {who}: at most {exc.limit} within "
+        f"{exc.window:g} s ({setting}, GRADWATCH_AUTH_FAILURE_WINDOW_SECONDS); retry after "
+        f"{exc.retry_after} s", status=429, slug="auth-throttled", limit=exc.limit,
+        window_seconds=exc.window, headers={"Retry-After": str(exc.retry_after)})
+
+
+def get_auth_throttle(request: Request) -> AuthThrottle | None:
+    throttle: AuthThrottle | None = getattr(request.app.state, "auth_throttle", None)
+    return throttle
+
+
 def get_key_verifier(request: Request) -> KeyVerifier:
     verifier: KeyVerifier | None = getattr(request.app.state, "keys", None)
     if verifier is None:  # an app used without its lifespan
@@ -76,8 +92,10 @@ def get_key_verifier(request: Request) -> KeyVerifier:
 
 
 def require_api_key(
+    request: Request,
     settings: SettingsDep,
     verifier: Annotated[KeyVerifier, Depends(get_key_verifier)],
+    throttle: Annotated[AuthThrottle | None, Depends(get_auth_throttle)],
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     api_key: Annotated[str | None, Depends(_api_key_header)],
 ) -> Principal:
@@ -86,23 +104,50 @@ def require_api_key(
     * the admin key (GRADWATCH_API_KEY) -> the admin; a valid tenant key -> that tenant;
     * no key: the admin when the server has no admin key and no tenant key was ever
       created (the embedded default), otherwise 401;
-    * a wrong key: 401 — except that a server without any key ignores a non-tenant key.
+    * a wrong key: 401 — except that a server without any key ignores a non-tenant key;
+    * too many wrong keys for one key id or from one address: 429 (:mod:`app.auth_throttle`).
+
+    The tenant also goes on ``request.state.tenant``, where the access log line finds it
+    (this function runs in a worker thread: a context variable set here would not reach it).
     """
+    principal = _authenticate(request, settings, verifier, throttle,
+                              bearer.credentials if bearer is not None else api_key)
+    request.state.tenant = principal.tenant
+    return principal
+
+
+def _authenticate(request: Request, settings: Settings, verifier: KeyVerifier,
+                  throttle: AuthThrottle | None, given: str | None) -> Principal:
     admin_key = settings.api_key
-    given = bearer.credentials if bearer is not None else api_key
     if given is None:
         if admin_key or verifier.tenant_keys_exist():
             raise _unauthorized(_MISSING, 'Bearer realm="gradwatch"')
         return ADMIN
     if admin_key and hmac.compare_digest(given.encode(), admin_key.encode()):
         return ADMIN
-    tenant = verifier.tenant_for(given)
-    if tenant is not None:
-        return Principal(tenant=tenant)
     if not admin_key and parse_key(given) is None and not verifier.tenant_keys_exist():
         return ADMIN  # an open server: a stray non-tenant key changes nothing
-    raise _unauthorized("the API key is not valid (or was revoked)",
-                        'Bearer error="invalid_token"')
+    remembered = verifier.remembered(given)
+    if remembered is not None:  # verified by this process lately: no hash to protect
+        return Principal(tenant=remembered)
+    address = request.client.host if request.client is not None else None
+    if throttle is None:
+        tenant = verifier.tenant_for(given)
+    else:
+        try:
+            throttle.attempt("address", address)
+            tenant = verifier.tenant_for(given)
+        except AuthThrottled as exc:
+            raise _throttled(exc) from None
+        except BaseException:  # e.g. the database is down: nothing was decided
+            throttle.release("address", address)
+            raise
+        if tenant is not None:
+            throttle.release("address", address)
+    if tenant is None:
+        raise _unauthorized("the API key is not valid (or was revoked)",
+                            'Bearer error="invalid_token"')
+    return Principal(tenant=tenant)
 
 
 # Handlers take `principal: PrincipalDep` and pass it to every lookup of an owned resource;

@@ -9,7 +9,9 @@ and never stored, logged or echoed.
 scrypt costs tens of milliseconds on purpose, far too much per request, so each API process
 keeps a :class:`KeyVerifier` that remembers the outcome for a presented key (under the
 SHA-256 of the key, never the key) for ``GRADWATCH_KEY_CACHE_SECONDS`` (default 5): a
-revoked key stops working within that bound in every process.
+revoked key stops working within that bound in every process. With an
+:class:`~app.auth_throttle.AuthThrottle`, a real key id whose wrong secrets keep coming is
+refused without hashing once its failures fill the window (see :mod:`app.auth_throttle`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from datetime import datetime
 from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.auth_throttle import AuthThrottle
 from app.models import ApiKey, utcnow
 
 __all__ = [
@@ -147,15 +150,27 @@ class KeyVerifier:
     make the process hash it again and again within ``ttl``.
     """
 
-    def __init__(self, factory: sessionmaker[Session] | None, ttl: float) -> None:
+    def __init__(self, factory: sessionmaker[Session] | None, ttl: float,
+                 throttle: AuthThrottle | None = None) -> None:
         self.factory = factory
         self.ttl = ttl
+        self.throttle = throttle
         self._lock = threading.Lock()
         self._cache: dict[bytes, tuple[str | None, float]] = {}
         self._keys_exist: tuple[bool, float] = (False, 0.0)
 
+    def remembered(self, presented: str) -> str | None:
+        """The tenant of a key this process verified within the ttl (costs one SHA-256);
+        None when it has not, or remembers it as wrong."""
+        fingerprint = hashlib.sha256(presented.encode()).digest()
+        with self._lock:
+            hit = self._cache.get(fingerprint)
+        return hit[0] if hit is not None and hit[1] > time.monotonic() else None
+
     def tenant_for(self, presented: str) -> str | None:
-        """The tenant of a valid, unrevoked key; None for anything else."""
+        """The tenant of a valid, unrevoked key; None for anything else. Raises
+        :class:`~app.auth_throttle.AuthThrottled` instead of hashing a secret for a key id
+        whose failures filled its window."""
         parsed = parse_key(presented)
         if parsed is None or self.factory is None:
             return None
@@ -181,7 +196,18 @@ class KeyVerifier:
             if row is None or row.revoked_at is not None:
                 return None
             tenant, stored = row.tenant, row.key_hash
-        return tenant if verify_secret(secret, stored) else None
+        if self.throttle is None:
+            return tenant if verify_secret(secret, stored) else None
+        self.throttle.attempt("key", key_id)  # counted before the hash: see auth_throttle
+        try:
+            valid = verify_secret(secret, stored)
+        except BaseException:
+            self.throttle.release("key", key_id)
+            raise
+        if not valid:
+            return None
+        self.throttle.release("key", key_id)
+        return tenant
 
     def tenant_keys_exist(self) -> bool:
         """Whether any tenant key was ever created here (revoked ones count: revoking every

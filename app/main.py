@@ -2,8 +2,9 @@
 
 The lifespan migrates the database (``alembic upgrade head``; with
 GRADWATCH_MIGRATE_ON_START=false it refuses to start on an out-of-date schema instead),
-builds the engine and session factory, and starts the executor, which re-submits queued
-jobs and recovers orphaned running ones.
+builds the engine and session factory, removes what a crash left in the blob store
+(:mod:`app.blob_gc`), and starts the executor, which re-submits queued jobs and recovers
+orphaned running ones.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from fastapi.routing import APIRoute
 from pydantic import TypeAdapter
 
 from app.artifacts import ModelCleanup
+from app.auth_throttle import AuthThrottle
+from app.blob_gc import collect_at_start
 from app.correlation import RequestIdMiddleware
 from app.db import build_engine, build_sessionmaker
 from app.deps import require_api_key
@@ -46,7 +49,7 @@ from app.routers import (
     system,
     webhooks,
 )
-from app.routers.common import PROBLEM_SCHEMA
+from app.routers.common import AUTH_THROTTLED, PROBLEM_SCHEMA
 from app.settings import Settings
 
 __all__ = ["SchemaOutOfDateError", "create_app"]
@@ -118,7 +121,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                           application_name="gradwatch-api")
     app.state.engine = engine
     app.state.sessionmaker = build_sessionmaker(engine)
-    app.state.keys = KeyVerifier(app.state.sessionmaker, settings.key_cache_seconds)
+    app.state.keys = KeyVerifier(app.state.sessionmaker, settings.key_cache_seconds,
+                                 app.state.auth_throttle)
+    if settings.blob_gc_on_start:  # what a crash left in the blob store (see app.blob_gc)
+        collect_at_start(settings, app.state.sessionmaker)
     executor = build_executor(settings, app.state.sessionmaker)
     dispatcher = Dispatcher(settings, app.state.sessionmaker, executor)
     dispatcher.install()  # committed jobs go to the executor (see app.dispatch)
@@ -161,7 +167,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes,
                        exempt_paths=frozenset({"/v1/datasets"}))
     app.add_middleware(RejectNulMiddleware)
-    registry, http_latency = build_registry(lambda: getattr(app.state, "sessionmaker", None))
+    app.state.auth_throttle = AuthThrottle(
+        max_key_failures=settings.auth_max_failures,
+        max_address_failures=settings.auth_max_address_failures,
+        window=settings.auth_failure_window_seconds)
+    registry, http_latency = build_registry(lambda: getattr(app.state, "sessionmaker", None),
+                                            app.state.auth_throttle)
     app.state.metrics_registry = registry
     app.add_middleware(HttpMetricsMiddleware, histogram=http_latency)
     if settings.cors_origins:  # off by default: browsers on other sites get no access
@@ -327,10 +338,13 @@ def _history_bounds(schema: dict[str, Any], settings: Settings) -> None:
 
 
 def _drop_security(schema: dict[str, Any]) -> None:
-    """Without GRADWATCH_API_KEY no operation needs a key."""
+    """Without GRADWATCH_API_KEY no operation needs a key (nor is refused for wrong ones)."""
     for operation in _operations(schema):
         operation.pop("security", None)
-        operation.get("responses", {}).pop("401", None)
+        responses = operation.get("responses", {})
+        responses.pop("401", None)
+        if responses.get("429", {}).get("description") == AUTH_THROTTLED:
+            del responses["429"]
     schema.get("components", {}).pop("securitySchemes", None)
 
 

@@ -10,7 +10,8 @@ files and no push gateway:
   stops, webhook delivery attempts by outcome, the workers' database-write latency). Every
   API process reports the same cluster-wide values.
 * **this process**: the HTTP request latency histogram, by route template
-  (``/v1/jobs/{job_id}``, never the raw path) — scrape every API process for it.
+  (``/v1/jobs/{job_id}``, never the raw path), and the requests refused by the
+  failed-authentication throttle (:mod:`app.auth_throttle`) — scrape every API process.
 """
 
 from __future__ import annotations
@@ -32,10 +33,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import counters
+from app.auth_throttle import AuthThrottle
 from app.models import Job, utcnow
 from app.repositories import as_utc
 
-__all__ = ["DatabaseCollector", "HttpMetricsMiddleware", "build_registry"]
+__all__ = ["AuthThrottleCollector", "DatabaseCollector", "HttpMetricsMiddleware",
+           "build_registry"]
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 VERDICTS = ("healthy", "exploding", "vanishing", "unstable", "stalled")
@@ -132,6 +135,23 @@ class DatabaseCollector(Collector):
         return family
 
 
+class AuthThrottleCollector(Collector):
+    """Requests this process refused for too many failed authentications, by scope."""
+
+    def __init__(self, throttle: AuthThrottle) -> None:
+        self._throttle = throttle
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "gradwatch_auth_throttled_requests",
+            "Requests this API process answered 429 for too many failed authentications: "
+            "scope `key` (one tenant key id), `address` (one client address).",
+            labels=["scope"])
+        for scope, count in sorted(self._throttle.throttled.items()):
+            family.add_metric([scope], count)
+        yield family
+
+
 def _pairs(labels: str) -> Iterator[tuple[str, str]]:
     for pair in labels.split(","):
         if "=" in pair:
@@ -168,8 +188,8 @@ class HttpMetricsMiddleware:
                 time.perf_counter() - started)
 
 
-def build_registry(factory: Callable[[], sessionmaker[Session] | None]
-                   ) -> tuple[CollectorRegistry, Histogram]:
+def build_registry(factory: Callable[[], sessionmaker[Session] | None],
+                   throttle: AuthThrottle | None = None) -> tuple[CollectorRegistry, Histogram]:
     """A registry of its own per app (so several apps in one process never collide)."""
     registry = CollectorRegistry(auto_describe=True)
     histogram = Histogram(
@@ -178,4 +198,6 @@ def build_registry(factory: Callable[[], sessionmaker[Session] | None]
         labelnames=["method", "route", "status"], registry=registry,
         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
     registry.register(DatabaseCollector(factory))
+    if throttle is not None:
+        registry.register(AuthThrottleCollector(throttle))
     return registry, histogram

@@ -242,18 +242,21 @@ def _problems_by_status(examples: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """One recorded problem+json per error status, for operations that have none of their
     own (e.g. the 401 every /v1 operation can answer)."""
     out: dict[str, Any] = {}
-    for operation in sorted(examples):
+    for operation in sorted(set(examples) - {ANY_OPERATION}):
         for status, value in examples[operation].items():
             if status[0] in "45" and isinstance(value, dict):
                 out.setdefault(status, value)
     return out
 
 
+ANY_OPERATION = "*"  # examples (by status) for operations without one of their own
+
+
 def document(schema: dict[str, Any]) -> None:
     """Add examples and descriptions to the OpenAPI document in place."""
     _describe_schemas(schema.get("components", {}).get("schemas", {}))
     examples = _examples()
-    fallback = _problems_by_status(examples)
+    fallback = {**_problems_by_status(examples), **examples.get(ANY_OPERATION, {})}
     for operation in _operations(schema):
         for parameter in operation.get("parameters", []):
             if not parameter.get("description") and parameter["name"] in PARAMETERS:

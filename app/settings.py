@@ -68,6 +68,21 @@ class Settings(BaseSettings):
         description="How long each API process remembers a verified tenant key (and a "
                     "rejected one) so that a request does not pay the scrypt hash: a revoked "
                     "key stops working within this many seconds.")
+    auth_max_failures: int = Field(
+        10, ge=0,
+        description="Wrong secrets for one tenant key id that each API process hashes within "
+                    "GRADWATCH_AUTH_FAILURE_WINDOW_SECONDS; past it, that key id gets a 429 "
+                    "with Retry-After (no scrypt hash) until the window closes. 0: no limit.")
+    auth_max_address_failures: int = Field(
+        100, ge=0,
+        description="Failed authentications (wrong, unknown or revoked keys) from one client "
+                    "address that each API process answers within the window; past it, that "
+                    "address gets a 429 with Retry-After. 0: no limit.")
+    auth_failure_window_seconds: float = Field(
+        300.0, gt=0, le=86_400,
+        description="The window of GRADWATCH_AUTH_MAX_FAILURES and "
+                    "GRADWATCH_AUTH_MAX_ADDRESS_FAILURES: it opens at a key id's (an "
+                    "address's) first failure; a refused one is tried again once it closes.")
     docs_public: bool = Field(
         True, description="Serve /docs, /redoc and /openapi.json without a key (they hold no "
                           "data); false: /openapi.json needs a key like /v1 (the pages load, "
@@ -174,6 +189,16 @@ class Settings(BaseSettings):
     tenant_max_upload_bytes: int = Field(
         1024**3, ge=0, description="Stored bytes of all data sets of one tenant (the admin "
                                    "key is not limited); past it, uploads get a 429.")
+
+    blob_gc_on_start: bool = Field(
+        True, description="At start-up, each API process removes from the blob store what a "
+                          "crash left behind (`gradwatch gc` does it on demand): blobs no data "
+                          "set or job refers to, abandoned upload staging files, empty model "
+                          "directories — all older than GRADWATCH_BLOB_GC_GRACE_SECONDS.")
+    blob_gc_grace_seconds: float = Field(
+        3600.0, ge=60,
+        description="Files younger than this are never removed by the garbage collection "
+                    "(an upload may be between publishing its blob and committing its row).")
 
     # integration: webhooks, logs (see app.webhooks, app.delivery, app.correlation)
     webhook_allow_private: bool = Field(

@@ -9,6 +9,7 @@ model or the diagnosis:
 
     .venv/bin/python bench/openapi_examples.py
     .venv/bin/python bench/openapi_examples.py --only-models   # models and CSV exports only
+    .venv/bin/python bench/openapi_examples.py --only-auth     # the auth-throttled 429 only
 """
 
 from __future__ import annotations
@@ -291,7 +292,20 @@ def generate(tmp: Path) -> dict[str, dict[str, Any]]:
                                           headers={"X-API-Key": "example-key",
                                                    "Content-Type": "application/json"}))
     tenant_examples(tmp, ex)
+    auth_throttle_examples(tmp, ex)
     return ex
+
+
+def auth_throttle_examples(tmp: Path, ex: dict[str, dict[str, Any]]) -> None:
+    """The 429 any keyed operation answers an address past its failed authentications (the
+    example of every operation without a 429 of its own)."""
+    home = tmp / "throttle"
+    home.mkdir()
+    config = settings(home, workers=0, api_key="example-key", auth_max_address_failures=2)
+    with TestClient(create_app(config)) as http:
+        for _ in range(2):
+            http.get("/v1/jobs", headers={"X-API-Key": "a-wrong-key"})
+        record(ex, "*", http.get("/v1/jobs", headers={"X-API-Key": "a-wrong-key"}))
 
 
 def tenant_examples(tmp: Path, ex: dict[str, dict[str, Any]]) -> None:
@@ -317,12 +331,15 @@ def main() -> None:
             examples = json.loads(OUT.read_text())
             with TestClient(create_app(settings(Path(tmp), workers=1))) as http:
                 models_and_exports(http, examples)
+        elif "--only-auth" in sys.argv:  # refresh the auth-throttled 429 only
+            examples = json.loads(OUT.read_text())
+            auth_throttle_examples(Path(tmp), examples)
         else:
             examples = generate(Path(tmp))
     OUT.write_text(json.dumps(examples, indent=1, sort_keys=True) + "\n")
     counts = {op: sorted(codes) for op, codes in sorted(examples.items())}
     print(f"wrote {OUT.relative_to(ROOT)}: {json.dumps(counts)}")
-    if "--only-models" not in sys.argv:
+    if "--only-models" not in sys.argv and "--only-auth" not in sys.argv:
         print(f"wrote {README_PLOT.relative_to(ROOT)}")
 
 

@@ -51,17 +51,28 @@ _DESCRIPTIONS = {
     415: "The body is not JSON.",
     422: "Invalid input; `errors` lists each field path. Exceeded limits have type "
          "`limit_exceeded` and name the limit and the value.",
-    429: "A tenant quota is used up (`quota` names it, with `limit` and `current`); retry "
-         "after the Retry-After header.",
+    429: "A tenant quota is used up (`quota` names it, with `limit` and `current`), or too "
+         "many failed authentications for the key's id or from this address "
+         "(`auth-throttled`); retry after the Retry-After header.",
     503: "The database is busy or unavailable; retry after the Retry-After header.",
 }
 
 
-def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` entries for the given error codes (plus 401 and 503)."""
+AUTH_THROTTLED = ("Too many failed authentications for the key's id "
+                  "(GRADWATCH_AUTH_MAX_FAILURES) or from this address "
+                  "(GRADWATCH_AUTH_MAX_ADDRESS_FAILURES) within "
+                  "GRADWATCH_AUTH_FAILURE_WINDOW_SECONDS; retry after the Retry-After header.")
+
+
+def problems(*codes: int, keyed: bool = True) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries for the given error codes, plus 503 and, for an operation
+    behind the key check (``keyed``), 401 and 429."""
     out: dict[int | str, dict[str, Any]] = {}
-    for code in sorted({*codes, 401, 503}):
-        out[code] = {"description": _DESCRIPTIONS.get(code, "Error."),
+    for code in sorted({*codes, 503, *((401, 429) if keyed else ())}):
+        description = _DESCRIPTIONS.get(code, "Error.")
+        if code == 429 and 429 not in codes:
+            description = AUTH_THROTTLED
+        out[code] = {"description": description,
                      "content": {PROBLEM_JSON: {"schema": PROBLEM_SCHEMA}}}
         if code in (429, 503):
             out[code]["headers"] = {"Retry-After": {

@@ -32,7 +32,7 @@ def healthz() -> dict[str, Any]:
                                "write lock is free within 1 s (SQLite: no stuck writer), the "
                                "executor accepts jobs and the sweeper runs; otherwise 503 "
                                "problem+json naming what is wrong.",
-                   responses=problems(503))
+                   responses=problems(503, keyed=False))
 def readyz(request: Request) -> dict[str, Any]:
     state = request.app.state
     return readiness(state.sessionmaker, state.settings, head_revision=state.head_revision,

@@ -114,8 +114,10 @@ class MemberRun:
             self.sink.write_epoch(ep)
 
     def result(self, steps_completed: int, runtime: float) -> TrainingResult:
-        return TrainingResult(
-            spec=self.spec, steps=self.recorder.result_steps(self.index), epochs=self.epochs,
+        result = TrainingResult(
+            spec=self.spec, steps=[], epochs=self.epochs,
             stop_reason=self.stop or "completed", steps_completed=steps_completed,
             total_steps=self.total, first_non_finite=self.first_nf, alerts=self.alerts,
             runtime_seconds=runtime)
+        result.defer_steps(self.recorder.result_steps(self.index))  # built when first read
+        return result

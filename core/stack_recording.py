@@ -14,7 +14,7 @@ trainer calls it) and the kept history (``TrainingResult.steps``), column-wise a
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -61,19 +61,51 @@ def records_of(block: StepBlock) -> list[StepRecord]:
                     step_cols[1], step_cols[2], step_cols[3], block.clipped.tolist(), layers))
 
 
+class _Shared:
+    """The emitted rows of a whole stack at one hand-over, shared by the histories of the
+    members that only keep them (no block sink, no thinning): a member's
+    :class:`StepBlock` is cut from it when its history is read."""
+
+    __slots__ = ("clipped", "emitted", "epochs", "present", "steps", "values")
+
+    def __init__(self, steps: Array, epochs: Array, clipped: Array, values: Array,
+                 emitted: Array, present: Array) -> None:
+        self.steps, self.epochs, self.clipped = steps, epochs, clipped
+        self.values, self.emitted, self.present = values, emitted, present
+
+    def block(self, n_layers: int, col: int) -> StepBlock:
+        rows = np.flatnonzero(self.emitted[:, col])
+        return StepBlock(n_layers, self.steps[rows], self.epochs[rows], self.clipped[rows, col],
+                         self.values[rows, col],
+                         np.broadcast_to(self.present, (len(rows), self.present.shape[0])))
+
+
 class _History:
     """One member's kept rows, thinned as :meth:`core.recording.StepRecorder._keep` thins
     records (the same rule over step numbers)."""
 
-    def __init__(self, keep_records: bool, max_records: int | None) -> None:
+    def __init__(self, n_layers: int, keep_records: bool, max_records: int | None) -> None:
+        self.n_layers = n_layers
         self.keep_records = keep_records
         # every block (no limit), the last one (only the last row kept), or those that hold
-        # a kept row (None in place of the others, so that numbers stay valid)
-        self.blocks: list[StepBlock | None] = []
+        # a kept row (None in place of the others, so that numbers stay valid); without a
+        # limit, also (shared rows, column) pairs
+        self.blocks: list[StepBlock | tuple[_Shared, int] | None] = []
         self.kept: list[tuple[int, int, int]] = []  # (step, block number, row) with a limit
         self._limit = max_records
         self._stride = 1
         self._important: set[int] = set()
+
+    def add_shared(self, shared: _Shared, col: int) -> None:
+        """Rows in column ``col`` of ``shared`` (only without a limit on kept records)."""
+        if self.keep_records:
+            self.blocks.append((shared, col))
+        else:
+            self.blocks = [(shared, col)]
+
+    def _block(self, b: int) -> StepBlock | None:
+        blk = self.blocks[b]
+        return blk[0].block(self.n_layers, blk[1]) if isinstance(blk, tuple) else blk
 
     def add(self, block: StepBlock, notable: Array) -> None:
         if not self.keep_records:
@@ -111,14 +143,15 @@ class _History:
     def steps(self) -> list[StepRecord]:
         """What ``TrainingResult.steps`` holds."""
         if not self.keep_records:
-            last = self.blocks[-1] if self.blocks else None
+            last = self._block(len(self.blocks) - 1) if self.blocks else None
             return [last.record(len(last) - 1)] if last is not None and len(last) else []
         if self._limit is None:
-            return [r for blk in self.blocks if blk is not None for r in records_of(blk)]
+            blocks = [self._block(b) for b in range(len(self.blocks))]
+            return [r for blk in blocks if blk is not None for r in records_of(blk)]
         out = []
         for _, b, i in self.kept:
             blk = self.blocks[b]
-            assert blk is not None
+            assert isinstance(blk, StepBlock)
             out.append(blk.record(i))
         return out
 
@@ -149,7 +182,10 @@ class StackRecorder:
         self.record_sink = np.array([s is not None and w is None
                                      for s, w in zip(self.sinks, self._write_block,
                                                      strict=True)], dtype=bool)
-        self.histories = [_History(keep_records, max_records) for _ in range(K)]
+        self.histories = [_History(n_layers, keep_records, max_records) for _ in range(K)]
+        # members whose rows only go to their history, unthinned: handed over all at once
+        self._shared = np.array([w is None for w in self._write_block], dtype=bool) & (
+            not keep_records or max_records is None)
         nv = n_values(n_layers)
         self.values = np.full((BLOCK_ROWS, K, nv), np.nan)
         self.steps = np.zeros(BLOCK_ROWS, dtype=np.int64)
@@ -222,10 +258,22 @@ class StackRecorder:
         n = self.t + 1
         if n <= 0:
             return
-        for k in np.flatnonzero(self.emitted[:n].any(axis=0)).tolist():
+        emitted = self.emitted[:n]
+        members = np.flatnonzero(emitted.any(axis=0))
+        shared = members[self._shared[members]]
+        if len(shared):  # one copy of the stack's rows instead of one block per member
+            cols = slice(None) if len(shared) == emitted.shape[1] else shared
+            rows = _Shared(self.steps[:n].copy(), self.epochs[:n].copy(),
+                           self.clipped[:n, cols].copy(), self.values[:n, cols].copy(),
+                           emitted[:, cols].copy(), self.present)
+            emitted[:, shared] = False
+            for col, k in enumerate(shared.tolist()):
+                self.histories[k].add_shared(rows, col)
+        for k in members[~self._shared[members]].tolist():
             self.hand_over(k)
 
-    def result_steps(self, k: int) -> list[StepRecord]:
-        """Member ``k``'s ``TrainingResult.steps`` (its rows handed over first)."""
+    def result_steps(self, k: int) -> Callable[[], list[StepRecord]]:
+        """What builds member ``k``'s ``TrainingResult.steps`` (its rows handed over first:
+        its history holds them as arrays from then on, and its sink has had them all)."""
         self.hand_over(k)
-        return self.histories[k].steps()
+        return self.histories[k].steps

@@ -62,12 +62,20 @@ _SERIES = ("grad_norm", "activation", "loss")
 
 
 def _log(v: Array) -> Array:
-    """:func:`core.diagnostics.series.safe_log` of each element (math.log: bitwise equal)."""
-    return np.array([math.log(x) if x > 0.0 else (-745.0 if x == 0.0 else math.nan)
-                     for x in v.tolist()])
+    """:func:`core.diagnostics.series.safe_log` of each element (math.log: bitwise equal;
+    NumPy's own log differs from the C library's in the last bit for some inputs)."""
+    try:  # the common case: every element > 0 (or NaN, whose log is NaN either way)
+        return np.fromiter(map(math.log, v.tolist()), np.float64, len(v))
+    except ValueError:  # zero or negative elements
+        return np.array([math.log(x) if x > 0.0 else (-745.0 if x == 0.0 else math.nan)
+                         for x in v.tolist()])
 
 
 def _exp(v: Array) -> Array:
+    try:
+        return np.fromiter(map(math.exp, v.tolist()), np.float64, len(v))
+    except OverflowError:
+        pass
     out = []
     for x in v.tolist():
         try:
@@ -79,11 +87,11 @@ def _exp(v: Array) -> Array:
 
 def _pymax(a: Array | float, b: Array | float) -> Array:
     """Python's ``max(a, b)`` elementwise (``b`` only if ``b > a``: NaN handling included)."""
-    return np.where(np.asarray(b) > a, b, a)
+    return np.where(b > a, b, a)
 
 
 def _pymin(a: Array | float, b: Array | float) -> Array:
-    return np.where(np.asarray(b) < a, b, a)
+    return np.where(b < a, b, a)
 
 
 class StackMonitor:
@@ -96,6 +104,7 @@ class StackMonitor:
         self._limit = math.log(overflow_limit(self.specs[0].dtype))
         # the first WARMUP records of every member run through a real monitor
         self._live: list[Monitor | None] = [Monitor(s) for s in self.specs]
+        self._n_live = K
         self.s: dict[str, Array] = {}
         for f in _FLOATS:
             self.s[f] = np.full(K, math.nan)
@@ -121,6 +130,7 @@ class StackMonitor:
     def keep_rows(self, rows: Array) -> None:
         self.specs = [self.specs[r] for r in rows.tolist()]
         self._live = [self._live[r] for r in rows.tolist()]
+        self._n_live = sum(m is not None for m in self._live)
         self.s = {k: v[rows] for k, v in self.s.items()}
         self.l0 = self.l0[rows]
         self.recent = self.recent[rows]
@@ -147,14 +157,21 @@ class StackMonitor:
         if self.rw_weights.shape[1] != L:
             self.rw_weights = np.zeros((K, L))
             self.prev_w = np.zeros((K, L))
-        finite = np.isfinite(loss) & np.isfinite(grad_norm)
+        # a row with a non-finite number has a non-finite sum (a finite sum that overflows
+        # only sends a row through the scalar monitor, which decides)
+        total = loss + grad_norm
         for a in (weight, update, layer_grad) + (() if act_std is None else (act_std,)):
-            finite &= np.isfinite(a).all(axis=1)
+            total += a.sum(axis=1)
+        finite = np.isfinite(total)
         lg, ll = _log(grad_norm), _log(loss)
-        usq = np.zeros(K)
-        for i in range(L):
-            usq = usq + update[:, i] * update[:, i]
-        lu = 0.5 * _log(usq) if L else np.full(K, math.nan)
+        if L:
+            sq = update * update
+            usq = sq[:, 0].copy()  # 0.0 + x is x: the scalar loop's sum, layer by layer
+            for i in range(1, L):
+                usq += sq[:, i]
+            lu = 0.5 * _log(usq)
+        else:
+            lu = np.full(K, math.nan)
         new, rw_new, prev_new = self._update(step, lg, ll, loss, lu, weight, update)
         act = np.zeros(K) if act_std is None else _pymax(0.0, act_std.max(axis=1))
         fc = np.stack([lg, _log(act), 0.5 * ll if self._mse else ll])
@@ -162,8 +179,10 @@ class StackMonitor:
         recent_new = np.concatenate((self.recent[:, 1:], loss[:, None]), axis=1)
         event = self._events(step, new, recent_new, loss, lg) | ~finite
         event &= ~s["nf_seen"]
-        live = [r for r, m in enumerate(self._live) if m is not None]
-        replay = sorted(set(np.flatnonzero(event).tolist()) | set(live))
+        replay = np.flatnonzero(event).tolist()
+        if self._n_live:
+            live = [r for r, m in enumerate(self._live) if m is not None]
+            replay = sorted(set(replay) | set(live))
         alerts: dict[int, list[Finding]] = {}
         for r in replay:
             m = self._live[r] or self._scalar(r)
@@ -173,6 +192,7 @@ class StackMonitor:
             self._load(r, m, new, recent_new, fc_new, rw_new, prev_new)
             # past its warm-up, the arrays carry it on (a member still warming up keeps it)
             self._live[r] = m if m.state.n < WARMUP else None
+        self._n_live = sum(m is not None for m in self._live) if self._n_live else 0
         self.s, self.recent, self.fc = new, recent_new, fc_new
         self.rw_weights, self.prev_w = rw_new, prev_new
         self.n += 1
@@ -198,14 +218,17 @@ class StackMonitor:
         new["run_len"] = np.where(inc, s["run_len"] + 1, 0)
         base, spread, healthy = s["base"], s["spread"], s["healthy"]
         d = lg - base
-        inside = d <= (base + _pymax(3.0 * spread, BAND_MIN)) - base
+        spread3 = 3.0 * spread
+        # max(x, c) and min(c, x) of a constant c > 0: np.maximum (NaN stays NaN) and
+        # np.fmin (NaN gives c), as Python's max and min
+        inside = d <= (base + np.maximum(spread3, BAND_MIN)) - base
         lim = 2.0 * spread
         b_new = np.where(inside, base + ALPHA * _pymax(-lim, _pymin(lim, d)), base)
-        sp = spread + ALPHA * (_pymin(np.abs(d), 3.0 * spread) - spread)
-        sp = _pymin(MAX_SPREAD, _pymax(sp, MIN_SPREAD))
+        sp = spread + ALPHA * (_pymin(np.abs(d), spread3) - spread)
+        sp = np.fmin(np.maximum(sp, MIN_SPREAD), MAX_SPREAD)
         sp_new = np.where(inside, sp, spread)
         h_new = np.where(b_new > healthy, b_new, healthy)
-        upper = b_new + _pymax(3.0 * sp_new, BAND_MIN)
+        upper = b_new + np.maximum(3.0 * sp_new, BAND_MIN)
         track = lg <= upper
         ub = s["ubase"]
         ub_new = np.where(track, np.where(ub != ub, lu, ub + ALPHA * (lu - ub)), ub)
@@ -234,7 +257,8 @@ class StackMonitor:
         rw = rewrite >= REWRITE
         fresh = rw & (s["rw_from_step"] < 0)
         later = rw & ~fresh
-        grew = ((w >= 2.0 * self.rw_weights) & (2.0 * self.rw_weights > 0)).any(axis=1)
+        rw2 = 2.0 * self.rw_weights
+        grew = ((w >= rw2) & (rw2 > 0)).any(axis=1)
         over = later & (step > s["rw_from_step"]) & (ll - s["rw_from_ll"] >= OVERSHOOT_LOSS) & grew
         new["ov_set"] = s["ov_set"] | over
         new["ov0"] = np.where(over, s["rw_from_step"], s["ov0"])
@@ -258,7 +282,7 @@ class StackMonitor:
         rule = (lg >= 0.5 * limit) | (((new["persist_run"] >= PERSIST + 1)
                                        | (new["persist_far"] >= PERSIST)) & (n > 1))
         rule |= new["ov_set"]
-        upper = new["base"] + _pymax(3.0 * new["spread"], BAND_MIN)
+        upper = new["base"] + np.maximum(3.0 * new["spread"], BAND_MIN)
         growth = lg - _pymax(new["run_start_lg"], new["base"])
         growing = ((new["run_len"] >= MIN_RUN) & (growth - new["run_max_inc"] >= RUN_GROWTH)
                    & (lg > upper) & (lg > new["healthy"]))

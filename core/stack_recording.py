@@ -48,11 +48,11 @@ def records_of(block: StepBlock) -> list[StepRecord]:
     if L:
         # every layer record of the block in one constructor map: (n * L) rows of figures
         cols: list[list[Any]] = block.values[:, ns:].reshape(n * L, nl).T.tolist()
-        applies = present[ns:].reshape(L, nl)
-        for j in range(nl):
-            if not applies[:, j].all():
-                on = applies[:, j].tolist() * n
-                cols[j] = [v if o else None for v, o in zip(cols[j], on, strict=True)]
+        applies = present[ns:].reshape(L, nl).tolist()
+        for ly, row in enumerate(applies):
+            for j, on in enumerate(row):
+                if not on:  # that layer's entries of column j (every L-th, from ly)
+                    cols[j][ly::L] = [None] * n
         flat = list(map(LayerRecord, list(range(L)) * n, *cols))
         layers = [flat[i:i + L] for i in range(0, n * L, L)]
     else:

@@ -163,19 +163,25 @@ class StackMonitor:
         for a in (weight, update, layer_grad) + (() if act_std is None else (act_std,)):
             total += a.sum(axis=1)
         finite = np.isfinite(total)
-        lg, ll = _log(grad_norm), _log(loss)
+        # every log of the step in one pass: norm, loss, largest activation std, update norm
+        parts = [grad_norm, loss]
+        if act_std is not None:
+            parts.append(_pymax(0.0, act_std.max(axis=1)))
         if L:
             sq = update * update
             usq = sq[:, 0].copy()  # 0.0 + x is x: the scalar loop's sum, layer by layer
             for i in range(1, L):
                 usq += sq[:, i]
-            lu = 0.5 * _log(usq)
-        else:
-            lu = np.full(K, math.nan)
+            parts.append(usq)
+        logs = _log(np.concatenate(parts))
+        lg, ll = logs[:K], logs[K:2 * K]
+        lu = 0.5 * logs[-K:] if L else np.full(K, math.nan)
         new, rw_new, prev_new = self._update(step, lg, ll, loss, lu, weight, update)
-        act = np.zeros(K) if act_std is None else _pymax(0.0, act_std.max(axis=1))
-        fc = np.stack([lg, _log(act), 0.5 * ll if self._mse else ll])
-        fc_new = np.concatenate((self.fc[:, :, 1:], fc[:, :, None]), axis=2)
+        fc_new = np.empty_like(self.fc)
+        fc_new[:, :, :-1] = self.fc[:, :, 1:]
+        fc_new[0, :, -1] = lg
+        fc_new[1, :, -1] = logs[2 * K:3 * K] if act_std is not None else -745.0  # log(0)
+        fc_new[2, :, -1] = 0.5 * ll if self._mse else ll
         recent_new = np.concatenate((self.recent[:, 1:], loss[:, None]), axis=1)
         event = self._events(step, new, recent_new, loss, lg) | ~finite
         event &= ~s["nf_seen"]

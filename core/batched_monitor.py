@@ -117,6 +117,7 @@ class StackMonitor:
         self.fc = np.full((len(_SERIES), K, WINDOW), math.nan)
         self.rw_weights = np.zeros((K, 0))
         self.prev_w = np.zeros((K, 0))
+        self._upper = np.zeros(K)  # the band's top of the step being observed
         self.n = 0  # records every member has observed (they observe in lockstep)
         self.last_step = -1
         self.recent_steps: deque[int] = deque(maxlen=RECENT)
@@ -234,7 +235,7 @@ class StackMonitor:
         sp = np.fmin(np.maximum(sp, MIN_SPREAD), MAX_SPREAD)
         sp_new = np.where(inside, sp, spread)
         h_new = np.where(b_new > healthy, b_new, healthy)
-        upper = b_new + np.maximum(3.0 * sp_new, BAND_MIN)
+        upper = self._upper = b_new + np.maximum(3.0 * sp_new, BAND_MIN)
         track = lg <= upper
         ub = s["ubase"]
         ub_new = np.where(track, np.where(ub != ub, lu, ub + ALPHA * (lu - ub)), ub)
@@ -261,6 +262,11 @@ class StackMonitor:
         ratio = np.where(pos, u / np.where(pos, w, 1.0), 0.0)
         rewrite = _pymax(0.0, ratio.max(axis=1)) if ratio.shape[1] else np.zeros(len(lg))
         rw = rewrite >= REWRITE
+        new["prev_ll"] = ll
+        new["has_prev"] = np.ones(len(lg), dtype=bool)
+        if not rw.any():  # no row rewrites its weights: no overshoot can start or end
+            new["rw_from_step"] = np.full(len(lg), -1, dtype=np.int64)
+            return new, self.rw_weights.copy(), w.copy()
         fresh = rw & (s["rw_from_step"] < 0)
         later = rw & ~fresh
         rw2 = 2.0 * self.rw_weights
@@ -273,8 +279,6 @@ class StackMonitor:
         new["rw_from_step"] = np.where(fresh, step, np.where(rw, s["rw_from_step"], -1))
         new["rw_from_ll"] = np.where(fresh, ll, s["rw_from_ll"])
         start_w = np.where(s["has_prev"][:, None], self.prev_w, _pymax(w - u, 0.0))
-        new["prev_ll"] = ll
-        new["has_prev"] = np.ones(len(lg), dtype=bool)
         return new, np.where(fresh[:, None], start_w, self.rw_weights), w.copy()
 
     def _events(self, step: int, new: dict[str, Array], recent: Array, loss: Array,
@@ -288,7 +292,7 @@ class StackMonitor:
         rule = (lg >= 0.5 * limit) | (((new["persist_run"] >= PERSIST + 1)
                                        | (new["persist_far"] >= PERSIST)) & (n > 1))
         rule |= new["ov_set"]
-        upper = new["base"] + np.maximum(3.0 * new["spread"], BAND_MIN)
+        upper = self._upper  # the band's top after this step, from _update
         growth = lg - _pymax(new["run_start_lg"], new["base"])
         growing = ((new["run_len"] >= MIN_RUN) & (growth - new["run_max_inc"] >= RUN_GROWTH)
                    & (lg > upper) & (lg > new["healthy"]))

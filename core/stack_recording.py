@@ -6,9 +6,11 @@ all members, handed to each member's sink as that member's :class:`core.telemetr
 block's next slot; emitting marks ``(slot, member)`` cells. A member's emitted rows are handed
 over (to its sink's ``write_block`` and to its kept history) when the block is full, every
 :data:`core.recording.BLOCK_SECONDS`, before one of its alerts or epoch records, and when it
-leaves the stack. :class:`core.telemetry.StepRecord` objects are built only where something
-consumes them: the monitor's replays, per-record sinks (``write_steps``, called as the single
-trainer calls it) and the kept history (``TrainingResult.steps``), column-wise at the end.
+leaves the stack; members without a block sink whose history is not thinned share one copy
+of the stack's rows per hand-over instead. :class:`core.telemetry.StepRecord` objects are
+built only where something consumes them: the monitor's replays, per-record sinks
+(``write_steps``, called as the single trainer calls it) and the kept history
+(``TrainingResult.steps``), column-wise when it is first read.
 """
 
 from __future__ import annotations

@@ -162,12 +162,12 @@ class StackMonitor:
         # only sends a row through the scalar monitor, which decides)
         total = loss + grad_norm
         for a in (weight, update, layer_grad) + (() if act_std is None else (act_std,)):
-            total += a.sum(axis=1)
+            total += np.add.reduce(a, axis=1)
         finite = np.isfinite(total)
         # every log of the step in one pass: norm, loss, largest activation std, update norm
         parts = [grad_norm, loss]
         if act_std is not None:
-            parts.append(_pymax(0.0, act_std.max(axis=1)))
+            parts.append(_pymax(0.0, np.maximum.reduce(act_std, axis=1)))
         if L:
             sq = update * update
             usq = sq[:, 0].copy()  # 0.0 + x is x: the scalar loop's sum, layer by layer
@@ -287,7 +287,7 @@ class StackMonitor:
         others): an explosion rule, a growth warning, a setback or a catapult."""
         s = self.s
         n = self.n + 1  # the state's record count after this step
-        quiet = s["confirmed"].copy()
+        watch = ~s["confirmed"]  # a confirmed explosion raises nothing more
         limit = self._limit
         rule = (lg >= 0.5 * limit) | (((new["persist_run"] >= PERSIST + 1)
                                        | (new["persist_far"] >= PERSIST)) & (n > 1))
@@ -296,14 +296,14 @@ class StackMonitor:
         growth = lg - _pymax(new["run_start_lg"], new["base"])
         growing = ((new["run_len"] >= MIN_RUN) & (growth - new["run_max_inc"] >= RUN_GROWTH)
                    & (lg > upper) & (lg > new["healthy"]))
-        event = ~quiet & (rule | (~s["warned"] & growing))
+        event = watch & (rule | (~s["warned"] & growing))
         if n > WARMUP + RECENT:
             med = np.sort(recent, axis=1)[:, RECENT // 2]
             best = new["best"]
             setback = (med >= 2.0 * best) & (med >= best + HARM * _pymax(self.l0 - best, 0.0))
-            event |= ~quiet & ~s["setback_seen"] & setback
+            event |= watch & ~s["setback_seen"] & setback
         if n <= CATAPULT_WINDOW:
-            on = ~quiet & ~s["catapult_seen"]
+            on = watch & ~s["catapult_seen"]
             c0, c2, c3 = s["c0"], s["c2"], s["c3"]
             high = on & (loss >= CATAPULT_JUMP * c0) & ((c2 > 0) | (n <= 3))
             back = on & ~high & (c2 >= 3) & (loss < c0)

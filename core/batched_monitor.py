@@ -242,7 +242,7 @@ class StackMonitor:
         uh = s["uhealthy"]
         uh_new = np.where(track & ~(uh >= ub_new), ub_new, uh)
         new.update(base=b_new, spread=sp_new, healthy=h_new, ubase=ub_new, uhealthy=uh_new)
-        new["loss"] = loss
+        new["loss"] = loss.copy()  # replays write into it: not into the caller's array
         lavg = s["lavg"] + ALPHA * (ll - s["lavg"])
         avg = _exp(lavg)
         best = np.where(avg < s["best"], avg, s["best"])

@@ -103,7 +103,8 @@ def test_a_replayed_step_leaves_the_callers_arrays_alone() -> None:
         arrays = [loss, np.array([r.grad_norm for r in recs]), col("grad_norm"),
                   col("weight_norm"), col("update_norm"), col("act_std")]
         before = [a.copy() for a in arrays]
-        got = mon.observe(t, *arrays, recs.__getitem__)
+        got = mon.observe(t, arrays[0], arrays[1], arrays[2], arrays[3], arrays[4], arrays[5],
+                          recs.__getitem__)
         for a, b in zip(arrays, before, strict=True):
             assert np.array_equal(a, b)
         for k, (m, rec) in enumerate(zip(scalar, recs, strict=True)):

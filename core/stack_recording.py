@@ -119,6 +119,13 @@ class _History:
         b = len(self.blocks)
         self.blocks.append(block)
         stride = self._stride
+        n = len(block)
+        if stride == 1 and len(self.kept) + n <= self._limit:  # nothing to thin yet
+            steps = block.steps.tolist()
+            self.kept.extend(zip(steps, [b] * n, range(n), strict=True))
+            if notable.any():
+                self._important.update(block.steps[notable].tolist())
+            return
         for i, (step, note) in enumerate(zip(block.steps.tolist(), notable.tolist(),
                                              strict=True)):
             self._keep(step, b, i, note)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from itertools import groupby
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -157,11 +159,15 @@ class _History:
         if self._limit is None:
             blocks = [self._block(b) for b in range(len(self.blocks))]
             return [r for blk in blocks if blk is not None for r in records_of(blk)]
-        out = []
-        for _, b, i in self.kept:
+        out: list[StepRecord] = []
+        for b, group in groupby(self.kept, key=itemgetter(1)):  # kept rows block by block
             blk = self.blocks[b]
             assert isinstance(blk, StepBlock)
-            out.append(blk.record(i))
+            rows = [i for _, _, i in group]
+            if len(rows) < len(blk):
+                blk = StepBlock(blk.n_layers, blk.steps[rows], blk.epochs[rows],
+                                blk.clipped[rows], blk.values[rows], blk.present[rows])
+            out += records_of(blk)
         return out
 
 

@@ -332,7 +332,7 @@ class BatchedTrainer:
         nf = ~finite
 
         alerts: dict[int, list[Any]] = {}
-        slow = nf | self._has_sink[rows]
+        slow = nf.copy()  # members something happened to: the member's own bookkeeping
         if self._monitor is not None:
             layers = vals[:, 4:].reshape(K, L, 8)
             alerts = self._monitor.observe(
@@ -351,6 +351,9 @@ class BatchedTrainer:
         if len(quiet):
             rec.emit(quiet[(step % self._record_every[quiet] == 0)
                            | (step == self._total[quiet] - 1)])
+            # then their sinks' stop requests, as after any step (MemberRun.after_step)
+            for r in np.flatnonzero(self._has_sink[rows] & ~slow).tolist():
+                active[r].poll_sink()
         for r in np.flatnonzero(slow).tolist():
             m = active[r]
             nf_now = bool(nf[r])

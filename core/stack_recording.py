@@ -210,6 +210,7 @@ class StackRecorder:
         self.notable = np.zeros((BLOCK_ROWS, K), dtype=bool)
         self.pending = np.zeros(K, dtype=bool)  # current step's row written, not emitted
         self.t = -1  # the current step's slot
+        self._present_rows: dict[int, Array] = {}
         self._handed_at = time.monotonic()
 
     # ------------------------------------------------------------------ one step
@@ -255,14 +256,19 @@ class StackRecorder:
     # ------------------------------------------------------------------ hand-over
     def hand_over(self, k: int) -> None:
         """Give member ``k``'s emitted rows not handed over yet to its block sink and history."""
-        n = self.t + 1
-        rows = np.flatnonzero(self.emitted[:n, k])
+        self._hand_over_rows(k, np.flatnonzero(self.emitted[:self.t + 1, k]))
+
+    def _hand_over_rows(self, k: int, rows: Array) -> None:
+        """Member ``k``'s emitted rows ``rows`` (of the current block) to its sink and history."""
         if not len(rows):
             return
         self.emitted[rows, k] = False
+        present = self._present_rows.get(len(rows))
+        if present is None:  # a read-only view, shared by the blocks of that many rows
+            present = self._present_rows[len(rows)] = np.broadcast_to(
+                self.present, (len(rows), self.present.shape[0]))
         block = StepBlock(self.n_layers, self.steps[rows], self.epochs[rows],
-                          self.clipped[rows, k], self.values[rows, k],
-                          np.broadcast_to(self.present, (len(rows), self.present.shape[0])))
+                          self.clipped[rows, k], self.values[rows, k], present)
         self.histories[k].add(block, self.notable[rows, k])
         write_block = self._write_block[k]
         if write_block is not None:
@@ -284,8 +290,11 @@ class StackRecorder:
             emitted[:, shared] = False
             for col, k in enumerate(shared.tolist()):
                 self.histories[k].add_shared(rows, col)
-        for k in members[~self._shared[members]].tolist():
-            self.hand_over(k)
+        own = members[~self._shared[members]]
+        if len(own):  # each its own block (for its sink), rows found for all at once
+            marks = np.ascontiguousarray(emitted[:, own].T)
+            for k, mark in zip(own.tolist(), marks, strict=True):
+                self._hand_over_rows(k, np.flatnonzero(mark))
 
     def result_steps(self, k: int) -> Callable[[], list[StepRecord]]:
         """What builds member ``k``'s ``TrainingResult.steps`` (its rows handed over first:

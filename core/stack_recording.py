@@ -229,6 +229,11 @@ class StackRecorder:
     def write(self, members: Array, values: Array, clipped: Array) -> None:
         """The current step's figures of ``members`` (member indices, in row order)."""
         t = self.t
+        if len(members) == self.values.shape[1]:  # every member (rows in member order)
+            self.values[t] = values
+            self.clipped[t] = clipped
+            self.pending[:] = True
+            return
         self.values[t, members] = values
         self.clipped[t, members] = clipped
         self.pending[members] = True

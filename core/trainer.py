@@ -60,8 +60,8 @@ class TrainingResult:
         return self.steps[-1].loss if self.steps else None
 
     def defer_steps(self, build: Callable[[], list[StepRecord]]) -> None:
-        """Let ``steps`` be built by ``build()`` on first access (a stacked run keeps its
-        members' rows as arrays; most runs' records are never all read)."""
+        """Let ``steps`` be built by ``build()`` on first access (a stacked run keeps each
+        member's rows as arrays until something reads its records; many callers never do)."""
         self.__dict__["_build_steps"] = build
 
     def __getstate__(self) -> dict[str, Any]:

@@ -247,16 +247,20 @@ class StackMonitor:
         avg = _exp(lavg)
         best = np.where(avg < s["best"], avg, s["best"])
         new.update(lavg=lavg, loss_avg=avg, best=best, last_lg=lg, last_ll=ll)
-        l0 = self.l0
-        progress = l0 - best
-        harm = np.where(progress > 0, (loss - best) / progress,
-                        np.where(loss > l0, math.inf, 0.0))
-        harmed = (harm >= HARM) & (loss >= 2.0 * best)
         feeds = ~(lu - uh_new < FEEDBACK * (lg - h_new))
         far = (lg - h_new >= RUNAWAY) & (lg > upper) & feeds
-        new["persist_run"] = np.where(far & harmed, s["persist_run"] + 1, 0)
-        very_far = far & (lg - h_new >= 2.0 * RUNAWAY)
-        new["persist_far"] = np.where(very_far & harmed, s["persist_far"] + 1, 0)
+        if far.any():
+            l0 = self.l0
+            progress = l0 - best
+            harm = np.where(progress > 0, (loss - best) / progress,
+                            np.where(loss > l0, math.inf, 0.0))
+            harmed = (harm >= HARM) & (loss >= 2.0 * best)
+            new["persist_run"] = np.where(far & harmed, s["persist_run"] + 1, 0)
+            very_far = far & (lg - h_new >= 2.0 * RUNAWAY)
+            new["persist_far"] = np.where(very_far & harmed, s["persist_far"] + 1, 0)
+        else:  # no row far above its band: both runs end
+            new["persist_run"] = np.zeros(len(lg), dtype=np.int64)
+            new["persist_far"] = np.zeros(len(lg), dtype=np.int64)
         # Monitor._track_overshoot
         pos = w > 0
         ratio = np.where(pos, u / np.where(pos, w, 1.0), 0.0)

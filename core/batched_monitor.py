@@ -67,8 +67,9 @@ def _log(v: Array) -> Array:
     try:  # the common case: every element > 0 (or NaN, whose log is NaN either way)
         return np.fromiter(map(math.log, v.tolist()), np.float64, len(v))
     except ValueError:  # zero or negative elements
-        return np.array([math.log(x) if x > 0.0 else (-745.0 if x == 0.0 else math.nan)
-                         for x in v.tolist()])
+        pos = v > 0.0
+        out = np.fromiter(map(math.log, np.where(pos, v, 1.0).tolist()), np.float64, len(v))
+        return np.where(pos, out, np.where(v == 0.0, -745.0, math.nan))
 
 
 def _exp(v: Array) -> Array:

@@ -9,6 +9,7 @@ identical, message and evidence included, as must the stop reasons and steps com
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -110,3 +111,17 @@ def test_a_replayed_step_leaves_the_callers_arrays_alone() -> None:
         for k, (m, rec) in enumerate(zip(scalar, recs, strict=True)):
             assert repr(got.get(k, [])) == repr(m.observe(rec))
     assert loss[0] == np.inf and any(f.kind == "non_finite" for f in got[0])
+
+
+def test_logs_and_exps_of_a_stack_are_the_scalar_monitors_bit_for_bit() -> None:
+    from core.batched_monitor import _exp, _log
+    from core.diagnostics.series import safe_log
+
+    rng = np.random.default_rng(0)
+    special = [0.0, -0.0, -1.0, np.nan, np.inf, -np.inf, 5e-324, 1.0, 1e300]
+    for v in (np.exp(rng.uniform(-700, 700, 2000)), np.array(special),
+              np.concatenate((rng.uniform(0.5, 2.0, 500), [0.0]))):  # all > 0, and not
+        assert repr(_log(v).tolist()) == repr([safe_log(x) for x in v.tolist()])
+    x = np.concatenate((rng.uniform(-745.0, 709.0, 2000), [710.0, -np.inf, np.nan]))
+    want = [math.exp(v) if v < 709.8 or v != v else math.inf for v in x.tolist()]
+    assert repr(_exp(x).tolist()) == repr(want)

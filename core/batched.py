@@ -45,7 +45,6 @@ from core.trainer import TrainingResult
 __all__ = ["BatchedTrainer", "stack_key", "train_specs"]
 
 Array = np.ndarray
-_FUSE_MAX = 32 * 1024  # parameters per member up to which weights and update are summed at once
 
 
 def stack_key(spec: TrainingSpec) -> str:
@@ -153,8 +152,6 @@ class BatchedTrainer:
                        int(layout.weight_offsets[i] + layout.weight_sizes[i])]
         bounds.append(layout.size)
         self._bounds = np.asarray(bounds, dtype=np.int64)
-        # the same bounds over [weights | update] (both of size P): one pass for small nets
-        self._bounds2 = np.concatenate((self._bounds[:-1], self._bounds + layout.size))
         self._classifier = self._data[0].dataset.task == "classification"
         self._active: list[MemberRun] = []
         self._monitor: StackMonitor | None = None
@@ -335,7 +332,7 @@ class BatchedTrainer:
         nf = ~finite
 
         alerts: dict[int, list[Any]] = {}
-        slow = nf | self._has_sink[rows]
+        slow = nf.copy()  # members something happened to: the member's own bookkeeping
         if self._monitor is not None:
             layers = vals[:, 4:].reshape(K, L, 8)
             alerts = self._monitor.observe(
@@ -354,6 +351,9 @@ class BatchedTrainer:
         if len(quiet):
             rec.emit(quiet[(step % self._record_every[quiet] == 0)
                            | (step == self._total[quiet] - 1)])
+            # then their sinks' stop requests, as after any step (MemberRun.after_step)
+            for r in np.flatnonzero(self._has_sink[rows] & ~slow).tolist():
+                active[r].poll_sink()
         for r in np.flatnonzero(slow).tolist():
             m = active[r]
             nf_now = bool(nf[r])
@@ -376,14 +376,10 @@ class BatchedTrainer:
         net = self.network
         K, L = vals.shape[0], net.n_layers
         layers = vals[:, 4:].reshape(K, L, 8)
-        if net.flat.shape[1] <= _FUSE_MAX:  # as the single trainer: one pass over both
-            both = segment_sumsq_batched(np.concatenate((net.flat, delta), axis=1),
-                                         self._bounds2)
-            half = both.shape[1] // 2
-            wsq, usq = both[:, 0:half:2], both[:, half::2]
-        else:
-            wsq = segment_sumsq_batched(net.flat, self._bounds)[:, 0::2]
-            usq = segment_sumsq_batched(delta, self._bounds)[:, 0::2]
+        # one pass each (the same sums as over [weights | update] side by side, without
+        # copying both into one buffer first)
+        wsq = segment_sumsq_batched(net.flat, self._bounds)[:, 0::2]
+        usq = segment_sumsq_batched(delta, self._bounds)[:, 0::2]
         np.sqrt(layer_gsq, out=layers[:, :, 0])
         np.sqrt(w_gsq, out=layers[:, :, 1])
         np.sqrt(wsq, out=layers[:, :, 2])
@@ -392,11 +388,9 @@ class BatchedTrainer:
         if not self.specs[0].monitor.activation_stats:
             layers[:, :, 4:] = np.nan
             return np.isfinite(check), None
-        a_mean, a_std, dead, sat = net.activation_stats(out)
-        layers[:, :, 4], layers[:, :, 5], layers[:, :, 6], layers[:, :, 7] = (
-            a_mean, a_std, dead, sat)
+        a_mean, a_std, _, _ = net.activation_stats(out, out=layers[:, :, 4:])
         check += a_mean.sum(axis=1)
-        return np.isfinite(check), layers[:, :, 5]
+        return np.isfinite(check), a_std
 
     def _locate_non_finite(self, r: int, step: int, loss: float, out: Array, layer_gsq: Array,
                            acts: bool) -> NonFiniteEvent:

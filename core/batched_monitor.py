@@ -62,12 +62,21 @@ _SERIES = ("grad_norm", "activation", "loss")
 
 
 def _log(v: Array) -> Array:
-    """:func:`core.diagnostics.series.safe_log` of each element (math.log: bitwise equal)."""
-    return np.array([math.log(x) if x > 0.0 else (-745.0 if x == 0.0 else math.nan)
-                     for x in v.tolist()])
+    """:func:`core.diagnostics.series.safe_log` of each element (math.log: bitwise equal;
+    NumPy's own log differs from the C library's in the last bit for some inputs)."""
+    try:  # the common case: every element > 0 (or NaN, whose log is NaN either way)
+        return np.fromiter(map(math.log, v.tolist()), np.float64, len(v))
+    except ValueError:  # zero or negative elements
+        pos = v > 0.0
+        out = np.fromiter(map(math.log, np.where(pos, v, 1.0).tolist()), np.float64, len(v))
+        return np.where(pos, out, np.where(v == 0.0, -745.0, math.nan))
 
 
 def _exp(v: Array) -> Array:
+    try:
+        return np.fromiter(map(math.exp, v.tolist()), np.float64, len(v))
+    except OverflowError:
+        pass
     out = []
     for x in v.tolist():
         try:
@@ -79,11 +88,11 @@ def _exp(v: Array) -> Array:
 
 def _pymax(a: Array | float, b: Array | float) -> Array:
     """Python's ``max(a, b)`` elementwise (``b`` only if ``b > a``: NaN handling included)."""
-    return np.where(np.asarray(b) > a, b, a)
+    return np.where(b > a, b, a)
 
 
 def _pymin(a: Array | float, b: Array | float) -> Array:
-    return np.where(np.asarray(b) < a, b, a)
+    return np.where(b < a, b, a)
 
 
 class StackMonitor:
@@ -96,6 +105,7 @@ class StackMonitor:
         self._limit = math.log(overflow_limit(self.specs[0].dtype))
         # the first WARMUP records of every member run through a real monitor
         self._live: list[Monitor | None] = [Monitor(s) for s in self.specs]
+        self._n_live = K
         self.s: dict[str, Array] = {}
         for f in _FLOATS:
             self.s[f] = np.full(K, math.nan)
@@ -108,6 +118,7 @@ class StackMonitor:
         self.fc = np.full((len(_SERIES), K, WINDOW), math.nan)
         self.rw_weights = np.zeros((K, 0))
         self.prev_w = np.zeros((K, 0))
+        self._upper = np.zeros(K)  # the band's top of the step being observed
         self.n = 0  # records every member has observed (they observe in lockstep)
         self.last_step = -1
         self.recent_steps: deque[int] = deque(maxlen=RECENT)
@@ -121,6 +132,7 @@ class StackMonitor:
     def keep_rows(self, rows: Array) -> None:
         self.specs = [self.specs[r] for r in rows.tolist()]
         self._live = [self._live[r] for r in rows.tolist()]
+        self._n_live = sum(m is not None for m in self._live)
         self.s = {k: v[rows] for k, v in self.s.items()}
         self.l0 = self.l0[rows]
         self.recent = self.recent[rows]
@@ -147,23 +159,38 @@ class StackMonitor:
         if self.rw_weights.shape[1] != L:
             self.rw_weights = np.zeros((K, L))
             self.prev_w = np.zeros((K, L))
-        finite = np.isfinite(loss) & np.isfinite(grad_norm)
+        # a row with a non-finite number has a non-finite sum (a finite sum that overflows
+        # only sends a row through the scalar monitor, which decides)
+        total = loss + grad_norm
         for a in (weight, update, layer_grad) + (() if act_std is None else (act_std,)):
-            finite &= np.isfinite(a).all(axis=1)
-        lg, ll = _log(grad_norm), _log(loss)
-        usq = np.zeros(K)
-        for i in range(L):
-            usq = usq + update[:, i] * update[:, i]
-        lu = 0.5 * _log(usq) if L else np.full(K, math.nan)
+            total += np.add.reduce(a, axis=1)
+        finite = np.isfinite(total)
+        # every log of the step in one pass: norm, loss, largest activation std, update norm
+        parts = [grad_norm, loss]
+        if act_std is not None:
+            parts.append(_pymax(0.0, np.maximum.reduce(act_std, axis=1)))
+        if L:
+            sq = update * update
+            usq = sq[:, 0].copy()  # 0.0 + x is x: the scalar loop's sum, layer by layer
+            for i in range(1, L):
+                usq += sq[:, i]
+            parts.append(usq)
+        logs = _log(np.concatenate(parts))
+        lg, ll = logs[:K], logs[K:2 * K]
+        lu = 0.5 * logs[-K:] if L else np.full(K, math.nan)
         new, rw_new, prev_new = self._update(step, lg, ll, loss, lu, weight, update)
-        act = np.zeros(K) if act_std is None else _pymax(0.0, act_std.max(axis=1))
-        fc = np.stack([lg, _log(act), 0.5 * ll if self._mse else ll])
-        fc_new = np.concatenate((self.fc[:, :, 1:], fc[:, :, None]), axis=2)
+        fc_new = np.empty_like(self.fc)
+        fc_new[:, :, :-1] = self.fc[:, :, 1:]
+        fc_new[0, :, -1] = lg
+        fc_new[1, :, -1] = logs[2 * K:3 * K] if act_std is not None else -745.0  # log(0)
+        fc_new[2, :, -1] = 0.5 * ll if self._mse else ll
         recent_new = np.concatenate((self.recent[:, 1:], loss[:, None]), axis=1)
         event = self._events(step, new, recent_new, loss, lg) | ~finite
         event &= ~s["nf_seen"]
-        live = [r for r, m in enumerate(self._live) if m is not None]
-        replay = sorted(set(np.flatnonzero(event).tolist()) | set(live))
+        replay = np.flatnonzero(event).tolist()
+        if self._n_live:
+            live = [r for r, m in enumerate(self._live) if m is not None]
+            replay = sorted(set(replay) | set(live))
         alerts: dict[int, list[Finding]] = {}
         for r in replay:
             m = self._live[r] or self._scalar(r)
@@ -173,6 +200,7 @@ class StackMonitor:
             self._load(r, m, new, recent_new, fc_new, rw_new, prev_new)
             # past its warm-up, the arrays carry it on (a member still warming up keeps it)
             self._live[r] = m if m.state.n < WARMUP else None
+        self._n_live = sum(m is not None for m in self._live) if self._n_live else 0
         self.s, self.recent, self.fc = new, recent_new, fc_new
         self.rw_weights, self.prev_w = rw_new, prev_new
         self.n += 1
@@ -198,43 +226,56 @@ class StackMonitor:
         new["run_len"] = np.where(inc, s["run_len"] + 1, 0)
         base, spread, healthy = s["base"], s["spread"], s["healthy"]
         d = lg - base
-        inside = d <= (base + _pymax(3.0 * spread, BAND_MIN)) - base
+        spread3 = 3.0 * spread
+        # max(x, c) and min(c, x) of a constant c > 0: np.maximum (NaN stays NaN) and
+        # np.fmin (NaN gives c), as Python's max and min
+        inside = d <= (base + np.maximum(spread3, BAND_MIN)) - base
         lim = 2.0 * spread
         b_new = np.where(inside, base + ALPHA * _pymax(-lim, _pymin(lim, d)), base)
-        sp = spread + ALPHA * (_pymin(np.abs(d), 3.0 * spread) - spread)
-        sp = _pymin(MAX_SPREAD, _pymax(sp, MIN_SPREAD))
+        sp = spread + ALPHA * (_pymin(np.abs(d), spread3) - spread)
+        sp = np.fmin(np.maximum(sp, MIN_SPREAD), MAX_SPREAD)
         sp_new = np.where(inside, sp, spread)
         h_new = np.where(b_new > healthy, b_new, healthy)
-        upper = b_new + _pymax(3.0 * sp_new, BAND_MIN)
+        upper = self._upper = b_new + np.maximum(3.0 * sp_new, BAND_MIN)
         track = lg <= upper
         ub = s["ubase"]
         ub_new = np.where(track, np.where(ub != ub, lu, ub + ALPHA * (lu - ub)), ub)
         uh = s["uhealthy"]
         uh_new = np.where(track & ~(uh >= ub_new), ub_new, uh)
         new.update(base=b_new, spread=sp_new, healthy=h_new, ubase=ub_new, uhealthy=uh_new)
-        new["loss"] = loss
+        new["loss"] = loss.copy()  # replays write into it: not into the caller's array
         lavg = s["lavg"] + ALPHA * (ll - s["lavg"])
         avg = _exp(lavg)
         best = np.where(avg < s["best"], avg, s["best"])
         new.update(lavg=lavg, loss_avg=avg, best=best, last_lg=lg, last_ll=ll)
-        l0 = self.l0
-        progress = l0 - best
-        harm = np.where(progress > 0, (loss - best) / progress,
-                        np.where(loss > l0, math.inf, 0.0))
-        harmed = (harm >= HARM) & (loss >= 2.0 * best)
         feeds = ~(lu - uh_new < FEEDBACK * (lg - h_new))
         far = (lg - h_new >= RUNAWAY) & (lg > upper) & feeds
-        new["persist_run"] = np.where(far & harmed, s["persist_run"] + 1, 0)
-        very_far = far & (lg - h_new >= 2.0 * RUNAWAY)
-        new["persist_far"] = np.where(very_far & harmed, s["persist_far"] + 1, 0)
+        if far.any():
+            l0 = self.l0
+            progress = l0 - best
+            harm = np.where(progress > 0, (loss - best) / progress,
+                            np.where(loss > l0, math.inf, 0.0))
+            harmed = (harm >= HARM) & (loss >= 2.0 * best)
+            new["persist_run"] = np.where(far & harmed, s["persist_run"] + 1, 0)
+            very_far = far & (lg - h_new >= 2.0 * RUNAWAY)
+            new["persist_far"] = np.where(very_far & harmed, s["persist_far"] + 1, 0)
+        else:  # no row far above its band: both runs end
+            new["persist_run"] = np.zeros(len(lg), dtype=np.int64)
+            new["persist_far"] = np.zeros(len(lg), dtype=np.int64)
         # Monitor._track_overshoot
         pos = w > 0
         ratio = np.where(pos, u / np.where(pos, w, 1.0), 0.0)
         rewrite = _pymax(0.0, ratio.max(axis=1)) if ratio.shape[1] else np.zeros(len(lg))
         rw = rewrite >= REWRITE
+        new["prev_ll"] = ll
+        new["has_prev"] = np.ones(len(lg), dtype=bool)
+        if not rw.any():  # no row rewrites its weights: no overshoot can start or end
+            new["rw_from_step"] = np.full(len(lg), -1, dtype=np.int64)
+            return new, self.rw_weights.copy(), w.copy()
         fresh = rw & (s["rw_from_step"] < 0)
         later = rw & ~fresh
-        grew = ((w >= 2.0 * self.rw_weights) & (2.0 * self.rw_weights > 0)).any(axis=1)
+        rw2 = 2.0 * self.rw_weights
+        grew = ((w >= rw2) & (rw2 > 0)).any(axis=1)
         over = later & (step > s["rw_from_step"]) & (ll - s["rw_from_ll"] >= OVERSHOOT_LOSS) & grew
         new["ov_set"] = s["ov_set"] | over
         new["ov0"] = np.where(over, s["rw_from_step"], s["ov0"])
@@ -243,8 +284,6 @@ class StackMonitor:
         new["rw_from_step"] = np.where(fresh, step, np.where(rw, s["rw_from_step"], -1))
         new["rw_from_ll"] = np.where(fresh, ll, s["rw_from_ll"])
         start_w = np.where(s["has_prev"][:, None], self.prev_w, _pymax(w - u, 0.0))
-        new["prev_ll"] = ll
-        new["has_prev"] = np.ones(len(lg), dtype=bool)
         return new, np.where(fresh[:, None], start_w, self.rw_weights), w.copy()
 
     def _events(self, step: int, new: dict[str, Array], recent: Array, loss: Array,
@@ -253,23 +292,23 @@ class StackMonitor:
         others): an explosion rule, a growth warning, a setback or a catapult."""
         s = self.s
         n = self.n + 1  # the state's record count after this step
-        quiet = s["confirmed"].copy()
+        watch = ~s["confirmed"]  # a confirmed explosion raises nothing more
         limit = self._limit
         rule = (lg >= 0.5 * limit) | (((new["persist_run"] >= PERSIST + 1)
                                        | (new["persist_far"] >= PERSIST)) & (n > 1))
         rule |= new["ov_set"]
-        upper = new["base"] + _pymax(3.0 * new["spread"], BAND_MIN)
+        upper = self._upper  # the band's top after this step, from _update
         growth = lg - _pymax(new["run_start_lg"], new["base"])
         growing = ((new["run_len"] >= MIN_RUN) & (growth - new["run_max_inc"] >= RUN_GROWTH)
                    & (lg > upper) & (lg > new["healthy"]))
-        event = ~quiet & (rule | (~s["warned"] & growing))
+        event = watch & (rule | (~s["warned"] & growing))
         if n > WARMUP + RECENT:
             med = np.sort(recent, axis=1)[:, RECENT // 2]
             best = new["best"]
             setback = (med >= 2.0 * best) & (med >= best + HARM * _pymax(self.l0 - best, 0.0))
-            event |= ~quiet & ~s["setback_seen"] & setback
+            event |= watch & ~s["setback_seen"] & setback
         if n <= CATAPULT_WINDOW:
-            on = ~quiet & ~s["catapult_seen"]
+            on = watch & ~s["catapult_seen"]
             c0, c2, c3 = s["c0"], s["c2"], s["c3"]
             high = on & (loss >= CATAPULT_JUMP * c0) & ((c2 > 0) | (n <= 3))
             back = on & ~high & (c2 >= 3) & (loss < c0)

@@ -89,9 +89,14 @@ class MemberRun:
                 or nf_now):
             self._emit(nf_now or bool(new_alerts))
         if self.sink is not None and self.stop is None:
-            self.stop = self.sink.should_stop()
-            if self.stop is not None and self.pending:
-                self._emit()
+            self.poll_sink()
+
+    def poll_sink(self) -> None:
+        """The sink's stop request after a step (this step's row emitted if it stops)."""
+        assert self.sink is not None
+        self.stop = self.sink.should_stop()
+        if self.stop is not None and self.pending:
+            self._emit()
 
     def end_epoch(self, epoch: int, last_step: int, val_loss: float | None,
                   val_acc: float | None, classifier: bool) -> None:
@@ -114,8 +119,10 @@ class MemberRun:
             self.sink.write_epoch(ep)
 
     def result(self, steps_completed: int, runtime: float) -> TrainingResult:
-        return TrainingResult(
-            spec=self.spec, steps=self.recorder.result_steps(self.index), epochs=self.epochs,
+        result = TrainingResult(
+            spec=self.spec, steps=[], epochs=self.epochs,
             stop_reason=self.stop or "completed", steps_completed=steps_completed,
             total_steps=self.total, first_non_finite=self.first_nf, alerts=self.alerts,
             runtime_seconds=runtime)
+        result.defer_steps(self.recorder.result_steps(self.index))  # built when first read
+        return result

@@ -6,15 +6,19 @@ all members, handed to each member's sink as that member's :class:`core.telemetr
 block's next slot; emitting marks ``(slot, member)`` cells. A member's emitted rows are handed
 over (to its sink's ``write_block`` and to its kept history) when the block is full, every
 :data:`core.recording.BLOCK_SECONDS`, before one of its alerts or epoch records, and when it
-leaves the stack. :class:`core.telemetry.StepRecord` objects are built only where something
-consumes them: the monitor's replays, per-record sinks (``write_steps``, called as the single
-trainer calls it) and the kept history (``TrainingResult.steps``), column-wise at the end.
+leaves the stack; members without a block sink whose history is not thinned share one copy
+of the stack's rows per hand-over instead. :class:`core.telemetry.StepRecord` objects are
+built only where something consumes them: the monitor's replays, per-record sinks
+(``write_steps``, called as the single trainer calls it) and the kept history
+(``TrainingResult.steps``), column-wise when it is first read.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from itertools import groupby
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -48,11 +52,11 @@ def records_of(block: StepBlock) -> list[StepRecord]:
     if L:
         # every layer record of the block in one constructor map: (n * L) rows of figures
         cols: list[list[Any]] = block.values[:, ns:].reshape(n * L, nl).T.tolist()
-        applies = present[ns:].reshape(L, nl)
-        for j in range(nl):
-            if not applies[:, j].all():
-                on = applies[:, j].tolist() * n
-                cols[j] = [v if o else None for v, o in zip(cols[j], on, strict=True)]
+        applies = present[ns:].reshape(L, nl).tolist()
+        for ly, row in enumerate(applies):
+            for j, on in enumerate(row):
+                if not on:  # that layer's entries of column j (every L-th, from ly)
+                    cols[j][ly::L] = [None] * n
         flat = list(map(LayerRecord, list(range(L)) * n, *cols))
         layers = [flat[i:i + L] for i in range(0, n * L, L)]
     else:
@@ -61,19 +65,51 @@ def records_of(block: StepBlock) -> list[StepRecord]:
                     step_cols[1], step_cols[2], step_cols[3], block.clipped.tolist(), layers))
 
 
+class _Shared:
+    """The emitted rows of a whole stack at one hand-over, shared by the histories of the
+    members that only keep them (no block sink, no thinning): a member's
+    :class:`StepBlock` is cut from it when its history is read."""
+
+    __slots__ = ("clipped", "emitted", "epochs", "present", "steps", "values")
+
+    def __init__(self, steps: Array, epochs: Array, clipped: Array, values: Array,
+                 emitted: Array, present: Array) -> None:
+        self.steps, self.epochs, self.clipped = steps, epochs, clipped
+        self.values, self.emitted, self.present = values, emitted, present
+
+    def block(self, n_layers: int, col: int) -> StepBlock:
+        rows = np.flatnonzero(self.emitted[:, col])
+        return StepBlock(n_layers, self.steps[rows], self.epochs[rows], self.clipped[rows, col],
+                         self.values[rows, col],
+                         np.broadcast_to(self.present, (len(rows), self.present.shape[0])))
+
+
 class _History:
     """One member's kept rows, thinned as :meth:`core.recording.StepRecorder._keep` thins
     records (the same rule over step numbers)."""
 
-    def __init__(self, keep_records: bool, max_records: int | None) -> None:
+    def __init__(self, n_layers: int, keep_records: bool, max_records: int | None) -> None:
+        self.n_layers = n_layers
         self.keep_records = keep_records
         # every block (no limit), the last one (only the last row kept), or those that hold
-        # a kept row (None in place of the others, so that numbers stay valid)
-        self.blocks: list[StepBlock | None] = []
+        # a kept row (None in place of the others, so that numbers stay valid); without a
+        # limit, also (shared rows, column) pairs
+        self.blocks: list[StepBlock | tuple[_Shared, int] | None] = []
         self.kept: list[tuple[int, int, int]] = []  # (step, block number, row) with a limit
         self._limit = max_records
         self._stride = 1
         self._important: set[int] = set()
+
+    def add_shared(self, shared: _Shared, col: int) -> None:
+        """Rows in column ``col`` of ``shared`` (only without a limit on kept records)."""
+        if self.keep_records:
+            self.blocks.append((shared, col))
+        else:
+            self.blocks = [(shared, col)]
+
+    def _block(self, b: int) -> StepBlock | None:
+        blk = self.blocks[b]
+        return blk[0].block(self.n_layers, blk[1]) if isinstance(blk, tuple) else blk
 
     def add(self, block: StepBlock, notable: Array) -> None:
         if not self.keep_records:
@@ -85,6 +121,13 @@ class _History:
         b = len(self.blocks)
         self.blocks.append(block)
         stride = self._stride
+        n = len(block)
+        if stride == 1 and len(self.kept) + n <= self._limit:  # nothing to thin yet
+            steps = block.steps.tolist()
+            self.kept.extend(zip(steps, [b] * n, range(n), strict=True))
+            if notable.any():
+                self._important.update(block.steps[notable].tolist())
+            return
         for i, (step, note) in enumerate(zip(block.steps.tolist(), notable.tolist(),
                                              strict=True)):
             self._keep(step, b, i, note)
@@ -111,15 +154,20 @@ class _History:
     def steps(self) -> list[StepRecord]:
         """What ``TrainingResult.steps`` holds."""
         if not self.keep_records:
-            last = self.blocks[-1] if self.blocks else None
+            last = self._block(len(self.blocks) - 1) if self.blocks else None
             return [last.record(len(last) - 1)] if last is not None and len(last) else []
         if self._limit is None:
-            return [r for blk in self.blocks if blk is not None for r in records_of(blk)]
-        out = []
-        for _, b, i in self.kept:
+            blocks = [self._block(b) for b in range(len(self.blocks))]
+            return [r for blk in blocks if blk is not None for r in records_of(blk)]
+        out: list[StepRecord] = []
+        for b, group in groupby(self.kept, key=itemgetter(1)):  # kept rows block by block
             blk = self.blocks[b]
-            assert blk is not None
-            out.append(blk.record(i))
+            assert isinstance(blk, StepBlock)
+            rows = [i for _, _, i in group]
+            if len(rows) < len(blk):
+                blk = StepBlock(blk.n_layers, blk.steps[rows], blk.epochs[rows],
+                                blk.clipped[rows], blk.values[rows], blk.present[rows])
+            out += records_of(blk)
         return out
 
 
@@ -149,7 +197,10 @@ class StackRecorder:
         self.record_sink = np.array([s is not None and w is None
                                      for s, w in zip(self.sinks, self._write_block,
                                                      strict=True)], dtype=bool)
-        self.histories = [_History(keep_records, max_records) for _ in range(K)]
+        self.histories = [_History(n_layers, keep_records, max_records) for _ in range(K)]
+        # members whose rows only go to their history, unthinned: handed over all at once
+        self._shared = np.array([w is None for w in self._write_block], dtype=bool) & (
+            not keep_records or max_records is None)
         nv = n_values(n_layers)
         self.values = np.full((BLOCK_ROWS, K, nv), np.nan)
         self.steps = np.zeros(BLOCK_ROWS, dtype=np.int64)
@@ -159,6 +210,7 @@ class StackRecorder:
         self.notable = np.zeros((BLOCK_ROWS, K), dtype=bool)
         self.pending = np.zeros(K, dtype=bool)  # current step's row written, not emitted
         self.t = -1  # the current step's slot
+        self._present_rows: dict[int, Array] = {}
         self._handed_at = time.monotonic()
 
     # ------------------------------------------------------------------ one step
@@ -177,6 +229,11 @@ class StackRecorder:
     def write(self, members: Array, values: Array, clipped: Array) -> None:
         """The current step's figures of ``members`` (member indices, in row order)."""
         t = self.t
+        if len(members) == self.values.shape[1]:  # every member (rows in member order)
+            self.values[t] = values
+            self.clipped[t] = clipped
+            self.pending[:] = True
+            return
         self.values[t, members] = values
         self.clipped[t, members] = clipped
         self.pending[members] = True
@@ -204,14 +261,19 @@ class StackRecorder:
     # ------------------------------------------------------------------ hand-over
     def hand_over(self, k: int) -> None:
         """Give member ``k``'s emitted rows not handed over yet to its block sink and history."""
-        n = self.t + 1
-        rows = np.flatnonzero(self.emitted[:n, k])
+        self._hand_over_rows(k, np.flatnonzero(self.emitted[:self.t + 1, k]))
+
+    def _hand_over_rows(self, k: int, rows: Array) -> None:
+        """Member ``k``'s emitted rows ``rows`` (of the current block) to its sink and history."""
         if not len(rows):
             return
         self.emitted[rows, k] = False
+        present = self._present_rows.get(len(rows))
+        if present is None:  # a read-only view, shared by the blocks of that many rows
+            present = self._present_rows[len(rows)] = np.broadcast_to(
+                self.present, (len(rows), self.present.shape[0]))
         block = StepBlock(self.n_layers, self.steps[rows], self.epochs[rows],
-                          self.clipped[rows, k], self.values[rows, k],
-                          np.broadcast_to(self.present, (len(rows), self.present.shape[0])))
+                          self.clipped[rows, k], self.values[rows, k], present)
         self.histories[k].add(block, self.notable[rows, k])
         write_block = self._write_block[k]
         if write_block is not None:
@@ -222,10 +284,25 @@ class StackRecorder:
         n = self.t + 1
         if n <= 0:
             return
-        for k in np.flatnonzero(self.emitted[:n].any(axis=0)).tolist():
-            self.hand_over(k)
+        emitted = self.emitted[:n]
+        members = np.flatnonzero(emitted.any(axis=0))
+        shared = members[self._shared[members]]
+        if len(shared):  # one copy of the stack's rows instead of one block per member
+            cols = slice(None) if len(shared) == emitted.shape[1] else shared
+            rows = _Shared(self.steps[:n].copy(), self.epochs[:n].copy(),
+                           self.clipped[:n, cols].copy(), self.values[:n, cols].copy(),
+                           emitted[:, cols].copy(), self.present)
+            emitted[:, shared] = False
+            for col, k in enumerate(shared.tolist()):
+                self.histories[k].add_shared(rows, col)
+        own = members[~self._shared[members]]
+        if len(own):  # each its own block (for its sink), rows found for all at once
+            marks = np.ascontiguousarray(emitted[:, own].T)
+            for k, mark in zip(own.tolist(), marks, strict=True):
+                self._hand_over_rows(k, np.flatnonzero(mark))
 
-    def result_steps(self, k: int) -> list[StepRecord]:
-        """Member ``k``'s ``TrainingResult.steps`` (its rows handed over first)."""
+    def result_steps(self, k: int) -> Callable[[], list[StepRecord]]:
+        """What builds member ``k``'s ``TrainingResult.steps`` (its rows handed over first:
+        its history holds them as arrays from then on, and its sink has had them all)."""
         self.hand_over(k)
-        return self.histories[k].steps()
+        return self.histories[k].steps

@@ -224,35 +224,41 @@ class StackedMLP:
             ones = self._ones_rows[(a.shape[1], a.dtype)] = np.ones((1, a.shape[1]), a.dtype)
         return ones
 
-    def activation_stats(self, outputs: Array) -> tuple[Array, Array, Array, Array]:
+    def activation_stats(self, outputs: Array, out: Array | None = None
+                         ) -> tuple[Array, Array, Array, Array]:
         """Per member and layer ``(mean, std, dead_fraction, saturated_fraction)``, each
         ``(K, n_layers)`` float64 (NaN where a statistic does not apply), of the last training
-        pass: as :meth:`core.network.MLP.activation_stats` computes them per network."""
+        pass: as :meth:`core.network.MLP.activation_stats` computes them per network.
+
+        ``out`` (``(K, n_layers, 4)`` float64, e.g. a view of the telemetry rows) receives
+        them in place; the four returned arrays are then its columns."""
         K, L = self.size, self.n_layers
-        mean = np.empty((K, L))
-        std = np.empty((K, L))
-        dead = np.full((K, L), np.nan)
-        sat = np.full((K, L), np.nan)
+        if out is None:
+            out = np.empty((K, L, 4))
+        out[:, :, 2:] = np.nan
+        sums = np.empty((K, L))
+        sqs = np.empty((K, L))
+        counts = np.empty(L)
         layers = [*(self.hidden_activation(i) for i in range(L - 1)), outputs]
         for i, a in enumerate(layers):
             rows = a.reshape(K, -1)
-            count = rows.shape[1]
+            counts[i] = rows.shape[1]
             if i < L - 1 and self.activations[i].name in _NON_NEGATIVE:
                 # one matrix-vector product for every member's sum (as the single network's
                 # column sums; no cancellation in a sum of non-negative outputs), the float64
                 # sum where the training dtype overflowed
-                s = (rows @ self._ones(rows)[0]).astype(np.float64)
-                if not np.isfinite(s).all():
-                    s = rows.sum(axis=1, dtype=np.float64)
+                s = rows @ self._ones(rows)[0]
+                if np.isfinite(s).all():
+                    sums[:, i] = s
+                else:
+                    rows.sum(axis=1, dtype=np.float64, out=sums[:, i])
             else:
-                s = rows.sum(axis=1, dtype=np.float64)
-            q = np.einsum("ki,ki->k", rows, rows).astype(np.float64)
+                rows.sum(axis=1, dtype=np.float64, out=sums[:, i])
+            q = np.einsum("ki,ki->k", rows, rows)
             if rows.dtype != np.float64 and not np.isfinite(q).all():
                 r64 = rows.astype(np.float64)
                 q = np.einsum("ki,ki->k", r64, r64)
-            m = s / count
-            mean[:, i] = m
-            std[:, i] = np.where(np.isfinite(q), np.sqrt(np.maximum(q / count - m * m, 0.0)), q)
+            sqs[:, i] = q
             if i == L - 1:
                 break
             act_fn = self.activations[i]
@@ -262,14 +268,18 @@ class StackedMLP:
                 # (or NaN), exactly when their column sum is > 0, which one batched matmul
                 # gives far faster than a reduction over the middle axis
                 alive = (np.matmul(self._ones(a), a)[:, 0, :] > 0).sum(axis=1)
-                dead[:, i] = 1.0 - alive / units
+                out[:, i, 2] = 1.0 - alive / units
             elif act_fn.family == "relu":
                 alive = (a.max(axis=1) > 0).sum(axis=1)
-                dead[:, i] = 1.0 - alive / units
+                out[:, i, 2] = 1.0 - alive / units
             elif act_fn.name in ("tanh", "sigmoid"):
                 in_tail = np.abs(a - act_fn.saturation_center) > act_fn.saturation_halfwidth
-                sat[:, i] = in_tail.reshape(K, -1).sum(axis=1) / count
-        return mean, std, dead, sat
+                out[:, i, 3] = in_tail.reshape(K, -1).sum(axis=1) / rows.shape[1]
+        # every layer's mean and std at once (elementwise: the numbers of a layer at a time)
+        m = np.divide(sums, counts, out=out[:, :, 0])
+        spread = np.sqrt(np.maximum(sqs / counts - m * m, 0.0))
+        out[:, :, 1] = np.where(np.isfinite(sqs), spread, sqs)
+        return out[:, :, 0], out[:, :, 1], out[:, :, 2], out[:, :, 3]
 
 
 def segment_sumsq_batched(flat: Array, bounds: Array) -> Array:

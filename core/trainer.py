@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +58,36 @@ class TrainingResult:
     @property
     def final_loss(self) -> float | None:
         return self.steps[-1].loss if self.steps else None
+
+    def defer_steps(self, build: Callable[[], list[StepRecord]]) -> None:
+        """Let ``steps`` be built by ``build()`` on first access (a stacked run keeps each
+        member's rows as arrays until something reads its records; many callers never do)."""
+        self.__dict__["_build_steps"] = build
+
+    def __getstate__(self) -> dict[str, Any]:
+        self.steps  # noqa: B018 (built before pickling: the builder holds the run's arrays)
+        return dict(self.__dict__)
+
+
+class _Steps:
+    """``TrainingResult.steps``: a plain list (what was set), or built once by the builder
+    :meth:`TrainingResult.defer_steps` left, on first access."""
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        if obj is None:
+            return self
+        d = obj.__dict__
+        build = d.pop("_build_steps", None)
+        if build is not None:
+            d["steps"] = build()
+        return d["steps"]
+
+    def __set__(self, obj: Any, value: list[StepRecord]) -> None:
+        obj.__dict__.pop("_build_steps", None)
+        obj.__dict__["steps"] = value
+
+
+TrainingResult.steps = _Steps()  # type: ignore[assignment]
 
 
 def _norm_segments(flat: Array, bounds: Array) -> Array:

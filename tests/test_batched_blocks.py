@@ -9,6 +9,7 @@ between them) is what the same sink stores from ``core.Trainer`` training that m
 from __future__ import annotations
 
 import copy
+import pickle
 from typing import Any
 
 import numpy as np
@@ -161,3 +162,23 @@ def test_statistics_that_apply_to_some_layers_only_are_none_where_they_do_not() 
         last = res.steps[-1].layers
         assert [ly.dead_fraction is None for ly in last] == [False, True, True, True]
         assert [ly.saturated_fraction is None for ly in last] == [True, False, False, True]
+
+
+@pytest.mark.parametrize("keep_records", [True, False])
+def test_a_members_kept_history_is_a_plain_list_of_records(keep_records: bool) -> None:
+    # without sinks the stack keeps the rows as arrays and builds the records when read
+    specs = SPECS[:3]
+    unread = BatchedTrainer(specs).run(keep_records=keep_records)
+    pickled = [pickle.loads(pickle.dumps(r)) for r in unread]  # before anything read them
+    for spec, res, back in zip(specs, BatchedTrainer(specs).run(keep_records=keep_records),
+                               pickled, strict=True):
+        single = Trainer(spec).run(keep_records=keep_records)
+        steps = res.steps
+        assert type(steps) is list and res.steps is steps  # built once
+        assert all(type(r) is StepRecord for r in steps)
+        assert [r.step for r in steps] == [r.step for r in single.steps]
+        assert repr(back.steps) == repr(steps)  # NaN figures too
+        assert repr(back.final_loss) == repr(res.final_loss)
+    res = unread[0]
+    res.steps = []  # an assigned list replaces the rows not read yet
+    assert res.steps == [] and res.final_loss is None

@@ -9,6 +9,7 @@ identical, message and evidence included, as must the stop reasons and steps com
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -81,3 +82,46 @@ def test_rows_follow_the_stack_and_quiet_steps_stay_in_arrays() -> None:
             scalar = [scalar[0], scalar[2]]
             results = [results[0], results[2]]
     assert mon._live == [None] * len(scalar)  # past the warm-up, no member keeps a Monitor
+
+
+def test_a_replayed_step_leaves_the_callers_arrays_alone() -> None:
+    # member 0's loss turns infinite at step 11 (its other figures finite): its step is
+    # replayed through a real Monitor, whose state keeps the last finite loss; the trainer
+    # still reads the step's own loss from its array afterwards (to locate the non-finite)
+    specs = sweep(True)[:2]
+    mon = StackMonitor(specs)
+    scalar = [Monitor(s) for s in specs]
+    results = [Trainer(s, monitor=False).run() for s in specs]
+    for t in range(12):
+        recs = [results[0].steps[t], results[1].steps[t]]
+        if t == 11:
+            recs[0].loss = float("inf")
+        loss = np.array([r.loss for r in recs])
+
+        def col(field: str, recs: list[Any] = recs) -> np.ndarray:
+            return np.array([[getattr(lr, field) for lr in r.layers] for r in recs])
+
+        arrays = [loss, np.array([r.grad_norm for r in recs]), col("grad_norm"),
+                  col("weight_norm"), col("update_norm"), col("act_std")]
+        before = [a.copy() for a in arrays]
+        got = mon.observe(t, arrays[0], arrays[1], arrays[2], arrays[3], arrays[4], arrays[5],
+                          recs.__getitem__)
+        for a, b in zip(arrays, before, strict=True):
+            assert np.array_equal(a, b)
+        for k, (m, rec) in enumerate(zip(scalar, recs, strict=True)):
+            assert repr(got.get(k, [])) == repr(m.observe(rec))
+    assert loss[0] == np.inf and any(f.kind == "non_finite" for f in got[0])
+
+
+def test_logs_and_exps_of_a_stack_are_the_scalar_monitors_bit_for_bit() -> None:
+    from core.batched_monitor import _exp, _log
+    from core.diagnostics.series import safe_log
+
+    rng = np.random.default_rng(0)
+    special = [0.0, -0.0, -1.0, np.nan, np.inf, -np.inf, 5e-324, 1.0, 1e300]
+    for v in (np.exp(rng.uniform(-700, 700, 2000)), np.array(special),
+              np.concatenate((rng.uniform(0.5, 2.0, 500), [0.0]))):  # all > 0, and not
+        assert repr(_log(v).tolist()) == repr([safe_log(x) for x in v.tolist()])
+    x = np.concatenate((rng.uniform(-745.0, 709.0, 2000), [710.0, -np.inf, np.nan]))
+    want = [math.exp(v) if v < 709.8 or v != v else math.inf for v in x.tolist()]
+    assert repr(_exp(x).tolist()) == repr(want)

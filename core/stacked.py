@@ -186,18 +186,21 @@ class StackedMLP:
 
     def _new_buffers(self, batch: int, K: int, backward: bool = True) -> _Buffers:
         dt, hidden = self.dtype, self.sizes[1:-1]
-        # Which layout gives each member exactly its single network's numbers: a gradient
-        # of one unit is summed pairwise by the single network (member-major here, where the
-        # reduction does the same); BLAS's vector products (a layer of one unit) differ in the
-        # last bit between a contiguous and a strided matrix, and the single network's
-        # activations are contiguous in inference and with one hidden layer, strided columns
-        # of its (batch, all hidden units) array otherwise. Training with 2+ hidden layers
-        # is batch-major, the rest as the single network's.
-        strided = backward and len(hidden) > 1
-        zs = [_work_array(K, batch, n, dt, strided and n > 1, strided) for n in hidden]
-        acts = [_work_array(K, batch, n, dt, strided and n > 1, strided) for n in hidden]
-        dxs = [_work_array(K, batch, n, dt, strided and n > 1, strided)
-               for n in hidden] if backward else []
+        # Which layout gives each member exactly its single network's numbers. The single
+        # network sums a one-unit gradient pairwise (member-major here, whose reduction does
+        # the same). BLAS's matrix-vector products (into one unit, or from one input unit)
+        # differ in the last bit between a contiguous and a strided matrix: the single
+        # network's activations are strided columns of one (batch, all hidden units) array in
+        # training with 2+ hidden layers, contiguous otherwise; its gradients contiguous.
+        sizes = self.sizes
+        strided = backward and len(hidden) > 1  # the single network's activations
+        major = [n > 1 and (strided or sizes[i + 2] > 1)
+                 and not (backward and i > 0 and sizes[i] == 1)
+                 for i, n in enumerate(hidden)]
+        zs = [_work_array(K, batch, n, dt, bm, strided) for n, bm in zip(hidden, major, strict=True)]
+        acts = [_work_array(K, batch, n, dt, bm, strided) for n, bm in zip(hidden, major, strict=True)]
+        dxs = [_work_array(K, batch, n, dt, bm, strided and bm)
+               for n, bm in zip(hidden, major, strict=True)] if backward else []
         vec = [np.zeros(z2.shape[1] if z2 is not None else K * n, dtype=dt)
                for (_, z2), n in zip(zs, hidden, strict=True)]
         no_dx: list[Array | None] = [None]
@@ -279,10 +282,24 @@ class StackedMLP:
             if dz.shape[-1] == 1:
                 # one output unit: dz @ W.T is an outer product, one rounded multiply per
                 # element whatever computes it (the same numbers), ~3x faster than K gemms
-                np.multiply(dz, np.swapaxes(self.W[i], -1, -2), out=buf.dx[i])
+                self._outer(dz, self.W[i], buf.dx[i], buf.dx2[i])
             else:
                 np.matmul(dz, np.swapaxes(self.W[i], -1, -2), out=buf.dx[i])
             dz, dz2 = buf.dx[i], buf.dx2[i]
+
+    @staticmethod
+    def _outer(dz: Array, W: Array, dx: Array, dx2: Array | None) -> None:
+        """``dx = dz * W.T``: ``dz`` ``(K, batch, 1)``, ``W`` ``(K, units, 1)``. Into a
+        batch-major ``dx`` as ``(batch, K*units)`` rows: each example's gradient repeated
+        ``units`` times times the contiguous weights (one pass with long rows instead of
+        ``K*batch`` rows of ``units``); the same products."""
+        if dx2 is None:
+            np.multiply(dz, np.swapaxes(W, -1, -2), out=dx)
+            return
+        K, _, units = dx.shape
+        rows = np.repeat(np.ascontiguousarray(dz[:, :, 0].T), units, axis=1)
+        np.multiply(rows, np.ascontiguousarray(W[:, :, 0]).reshape(-1),
+                    out=dx2[:, :K * units])
 
     def predict(self, X: Array, rows: Array) -> Array:
         """Inference-mode outputs ``(len(rows), n, n_out)`` of members ``rows`` on ``X``

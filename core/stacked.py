@@ -161,6 +161,8 @@ class StackedMLP:
         self._bn_cache: dict[int, BatchNormCache] = {}
         self._bs = 0
         self._predict_key: tuple[int, int] | None = None
+        self._contiguous_acts: list[Array | None] = []
+        self._act_copies: dict[tuple[int, int], Array] = {}
         self._predict_buffers: _Buffers | None = None
 
     def keep_rows(self, rows: Array, flat: Array | None = None) -> None:
@@ -212,8 +214,20 @@ class StackedMLP:
 
     def hidden_activation(self, i: int) -> Array:
         """Hidden layer ``i``'s activations of the last training pass, ``(K, batch, units)``
-        (a batch-major view when ``units > 1``)."""
-        return self._buffers[self._bs].act[i]
+        C-contiguous (a copy of the batch-major work array, made once per pass: the
+        per-member statistics read each member's block as one row)."""
+        acts = self._contiguous_acts
+        a = acts[i]
+        if a is None:
+            a = self._buffers[self._bs].act[i]
+            if not a.flags.c_contiguous:
+                copy = self._act_copies.get((self._bs, i))
+                if copy is None:
+                    copy = self._act_copies[(self._bs, i)] = np.empty(a.shape, a.dtype)
+                np.copyto(copy, a)
+                a = copy
+            acts[i] = a
+        return a
 
     def _hidden(self, x: Array, i: int, buf: _Buffers, W: Array, b: Array,
                 batch_norm: Callable[[Array], Array] | None) -> Array:
@@ -241,6 +255,7 @@ class StackedMLP:
         self._bs = n
         buf = self._buffers_for(n)
         inputs = self._inputs = [X]
+        self._contiguous_acts = [None] * (self.n_layers - 1)
         x = X
         for i in range(self.n_layers - 1):
             bn = None

@@ -73,6 +73,21 @@ def test_regression_members_with_their_own_batches_equal_their_single_runs() -> 
     _assert_bit_identical(specs)
 
 
+@pytest.mark.parametrize("optimizer", [
+    {"name": "sgd", "momentum": 0.9, "nesterov": True, "weight_decay": 0.01},
+    {"name": "adamw", "weight_decay": 0.05},
+    {"name": "rmsprop", "momentum": 0.5, "centered": True},
+    {"name": "adagrad", "lr_decay": 0.01},
+], ids=["sgd_nesterov", "adamw", "rmsprop", "adagrad"])
+def test_optimizers_and_batch_norm_keep_members_bit_identical(optimizer: dict[str, Any]) -> None:
+    specs = [_spec(seed=seed, loss="cross_entropy",
+                   data={"source": "synthetic", "name": "spirals", "n_samples": 150},
+                   model={"hidden": [{"units": 16}, {"units": 16, "batch_norm": True}]},
+                   optimizer={**optimizer, "lr": lr}, training={"epochs": 2, "batch_size": 16})
+             for seed in (0, 1) for lr in (0.003, 0.3)]
+    _assert_bit_identical(specs)
+
+
 def test_inference_of_any_members_equals_their_networks() -> None:
     specs = [_spec(model={"hidden": [{"units": 8}, {"units": 12}, {"units": 8}]},
                    optimizer={"name": "sgd", "lr": lr}) for lr in (0.01, 0.1, 1.0)]

@@ -14,6 +14,7 @@ generator), so a member starts exactly where its single-network run starts.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -50,6 +51,7 @@ class _Buffers:
     dx2: list[Array | None]  # the same for dx (per layer, as dx)
     vec: list[Array]  # per hidden layer: a batch-major row (bias, then bias gradient)
     vec3: list[Array]  # its (K, units) view
+    storage: list[Array]  # the flat arrays behind the work arrays
 
 
 def _row_length(n: int, itemsize: int, strided: bool) -> int:
@@ -62,8 +64,29 @@ def _row_length(n: int, itemsize: int, strided: bool) -> int:
     return n
 
 
-def _work_array(K: int, batch: int, units: int, dtype: np.dtype, batch_major: bool,
-                strided: bool = False) -> tuple[Array, Array | None]:
+class _Storage:
+    """Where work arrays come from: the flat arrays a larger stack used (best fit, each at
+    most once; their contents are garbage, every work array is written before it is read),
+    else new ones. A shrinking stack then needs no new large allocation."""
+
+    def __init__(self, pool: list[Array]) -> None:
+        self.pool = sorted(pool, key=lambda a: a.size)
+        self.used: list[Array] = []
+
+    def take(self, shape: tuple[int, ...], dtype: np.dtype) -> Array:
+        n = math.prod(shape)
+        for j, a in enumerate(self.pool):
+            if a.size >= n and a.dtype == dtype:
+                flat = self.pool.pop(j)
+                break
+        else:
+            flat = np.zeros(n, dtype=dtype)
+        self.used.append(flat)
+        return flat[:n].reshape(shape)
+
+
+def _work_array(store: _Storage, K: int, batch: int, units: int, dtype: np.dtype,
+                batch_major: bool, strided: bool = False) -> tuple[Array, Array | None]:
     """A ``(K, batch, units)`` work array and, when batch-major, the whole array.
 
     Batch-major: one C-contiguous ``(batch, row)`` array whose row holds every member's
@@ -81,9 +104,9 @@ def _work_array(K: int, batch: int, units: int, dtype: np.dtype, batch_major: bo
     """
     itemsize = np.dtype(dtype).itemsize
     if not batch_major and not strided:
-        return np.zeros((K, batch, units), dtype=dtype), None
+        return store.take((K, batch, units), dtype), None
     n = K * units
-    whole = np.zeros((batch, _row_length(n, itemsize, strided and n == units)), dtype=dtype)
+    whole = store.take((batch, _row_length(n, itemsize, strided and n == units)), dtype)
     view = whole[:, :n].reshape(batch, K, units).transpose(1, 0, 2)
     return view, whole if batch_major else None
 
@@ -156,6 +179,8 @@ class StackedMLP:
                 self.gamma[slot.layer], self.dgamma[slot.layer] = p, g
             else:
                 self.beta[slot.layer], self.dbeta[slot.layer] = p, g
+        old = [*getattr(self, "_buffers", {}).values(), getattr(self, "_predict_buffers", None)]
+        self._pool: list[Array] = [a for b in old if b is not None for a in b.storage]
         self._buffers: dict[int, _Buffers] = {}
         self._inputs: list[Array] = []
         self._bn_cache: dict[int, BatchNormCache] = {}
@@ -188,6 +213,7 @@ class StackedMLP:
 
     def _new_buffers(self, batch: int, K: int, backward: bool = True) -> _Buffers:
         dt, hidden = self.dtype, self.sizes[1:-1]
+        store = _Storage(self._pool)
         # Which layout gives each member exactly its single network's numbers. The single
         # network sums a one-unit gradient pairwise (member-major here, whose reduction does
         # the same). BLAS's matrix-vector products (into one unit, or from one input unit)
@@ -199,18 +225,23 @@ class StackedMLP:
         major = [n > 1 and (strided or sizes[i + 2] > 1)
                  and not (backward and i > 0 and sizes[i] == 1)
                  for i, n in enumerate(hidden)]
-        zs = [_work_array(K, batch, n, dt, bm, strided) for n, bm in zip(hidden, major, strict=True)]
-        acts = [_work_array(K, batch, n, dt, bm, strided) for n, bm in zip(hidden, major, strict=True)]
-        dxs = [_work_array(K, batch, n, dt, bm, strided and bm)
+        zs = [_work_array(store, K, batch, n, dt, bm, strided)
+              for n, bm in zip(hidden, major, strict=True)]
+        acts = [_work_array(store, K, batch, n, dt, bm, strided)
+                for n, bm in zip(hidden, major, strict=True)]
+        dxs = [_work_array(store, K, batch, n, dt, bm, strided and bm)
                for n, bm in zip(hidden, major, strict=True)] if backward else []
         vec = [np.zeros(z2.shape[1] if z2 is not None else K * n, dtype=dt)
                for (_, z2), n in zip(zs, hidden, strict=True)]
         no_dx: list[Array | None] = [None]
+        out = store.take((K, batch, self.sizes[-1]), dt)
+        self._pool = store.pool
         return _Buffers(
-            [z for z, _ in zs] + [np.empty((K, batch, self.sizes[-1]), dtype=dt)],
+            [z for z, _ in zs] + [out],
             [a for a, _ in acts], [np.empty((0, 0, 0), dtype=dt)] + [d for d, _ in dxs],
             [z2 for _, z2 in zs], [a2 for _, a2 in acts], no_dx + [d2 for _, d2 in dxs],
-            vec, [v[:K * n].reshape(K, n) for v, n in zip(vec, hidden, strict=True)])
+            vec, [v[:K * n].reshape(K, n) for v, n in zip(vec, hidden, strict=True)],
+            store.used)
 
     def hidden_activation(self, i: int) -> Array:
         """Hidden layer ``i``'s activations of the last training pass, ``(K, batch, units)``

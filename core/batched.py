@@ -306,7 +306,7 @@ class BatchedTrainer:
             w_gsq = layer_gsq = segment_sumsq_batched(G, net.layout.layer_offsets)
         grad_norm = np.sqrt(layer_gsq.sum(axis=1))
         clipped_norm, clipped = self.clipper(G, net.flat, net.layout, layer_gsq)
-        delta = self.optimizer.step(G, np.asarray(lrs, dtype=net.dtype)[:, None])
+        delta = self.optimizer.step(G, np.asarray(lrs, dtype=np.float64)[:, None])
         m_rows = out.shape[1]
         loss64 = losses.astype(np.float64)
         self._loss_sum[rows] += loss64 * m_rows  # float64, as the single trainer's sums

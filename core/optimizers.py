@@ -63,7 +63,8 @@ class Optimizer:
         grad : ndarray of shape ``(n_params,)``
             Gradient in the layout of ``params``. Used as scratch: it may be overwritten.
         lr : float
-            Learning rate of this step.
+            Learning rate of this step (a stack: ``(members, 1)`` float64 rates, cast to the
+            parameters' dtype where they meet them, as a Python float is).
 
         Returns
         -------
@@ -82,6 +83,13 @@ class Optimizer:
     def _update(self, grad: np.ndarray, lr: float, delta: np.ndarray) -> None:
         """Write this step's change of the parameters into ``delta`` (``self.steps`` >= 1)."""
         raise NotImplementedError
+
+    def _scalar(self, x: Any) -> Any:
+        """A learning-rate expression as it meets the parameter arrays. A Python float (one
+        network) is cast to their dtype by NumPy after being computed in float64; a stack's
+        float64 ``(members, 1)`` values are cast the same way here, so that a float32 member
+        gets exactly its single network's numbers."""
+        return x.astype(self.params.dtype, copy=False) if isinstance(x, np.ndarray) else x
 
     def keep_rows(self, rows: np.ndarray) -> None:
         """Stacked use: keep only the networks ``rows`` (increasing) of the parameters and of
@@ -150,7 +158,7 @@ class SGD(Optimizer):
                 grad += delta
             else:
                 direction = self._buf
-        np.multiply(direction, -lr, out=delta)
+        np.multiply(direction, self._scalar(-lr), out=delta)
 
 
 class Adam(Optimizer):
@@ -194,10 +202,10 @@ class Adam(Optimizer):
         denom /= bias_correction2_sqrt
         denom += self.eps
         np.divide(m, denom, out=delta)
-        delta *= -step_size
+        delta *= self._scalar(-step_size)
         if self.decoupled and self.weight_decay != 0:
             # torch applies p *= 1 - lr * wd before the Adam step; the same change, as a delta
-            np.multiply(self.params, lr * self.weight_decay, out=tmp)
+            np.multiply(self.params, self._scalar(lr * self.weight_decay), out=tmp)
             delta -= tmp
 
 
@@ -261,10 +269,10 @@ class RMSprop(Optimizer):
             self._buf *= self.momentum
             np.divide(grad, avg, out=tmp)
             self._buf += tmp
-            np.multiply(self._buf, -lr, out=delta)
+            np.multiply(self._buf, self._scalar(-lr), out=delta)
         else:
             np.divide(grad, avg, out=delta)
-            delta *= -lr
+            delta *= self._scalar(-lr)
 
 
 class Adagrad(Optimizer):
@@ -295,7 +303,7 @@ class Adagrad(Optimizer):
         std = np.sqrt(s, out=tmp)
         std += self.eps
         np.divide(grad, std, out=delta)
-        delta *= -clr
+        delta *= self._scalar(-clr)
 
 
 def make_optimizer(spec: OptimizerSpec, params: np.ndarray) -> Optimizer:

@@ -14,6 +14,8 @@ generator), so a member starts exactly where its single-network run starts.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +23,6 @@ import numpy as np
 from core.activations import ActivationFn
 from core.layers import (
     BatchNormCache,
-    affine_backward_batched,
     affine_forward,
     batchnorm_backward_batched,
     batchnorm_forward_eval,
@@ -34,16 +35,85 @@ __all__ = ["StackedMLP", "segment_sumsq_batched"]
 
 Array = np.ndarray
 _FEW_ELEMENTS = 64 * 1024
-_NON_NEGATIVE = ("relu", "sigmoid")  # activations whose outputs are >= 0 (or NaN)
+_NON_NEGATIVE = ("relu", "sigmoid")
+_PREDICT_CACHE = 8 * 1024 * 1024  # elements of inference work arrays kept between calls  # activations whose outputs are >= 0 (or NaN)
 
 
 @dataclass(slots=True)
 class _Buffers:
-    """Per-batch-size work arrays reused across steps."""
+    """Per-batch-size work arrays reused across steps (see :func:`_work_array`)."""
 
     z: list[Array]  # per layer (K, batch, fan_out): pre-activation (after batch norm)
     act: list[Array]  # per hidden layer (K, batch, units): activations
     dx: list[Array]  # per layer (K, batch, fan_in): gradient w.r.t. the input (layer 0: none)
+    z2: list[Array | None]  # per hidden layer: the whole batch-major array of z (or None)
+    act2: list[Array | None]  # the same for act
+    dx2: list[Array | None]  # the same for dx (per layer, as dx)
+    vec: list[Array]  # per hidden layer: a batch-major row (bias, then bias gradient)
+    vec3: list[Array]  # its (K, units) view
+    storage: list[Array]  # the flat arrays behind the work arrays
+
+
+def _row_length(n: int, itemsize: int, strided: bool) -> int:
+    """Elements per row of a batch-major array holding ``n``: ``n``, padded to an odd number
+    of 64-byte lines when it is a whole even number of them (rows a power of two apart fall on
+    the same L1 sets, which makes BLAS ~2x slower on a member's strided block), and padded
+    anyway when ``strided`` asks for rows longer than ``n``."""
+    if (n * itemsize) % 128 == 0 or strided:
+        return n + max(1, 64 // itemsize)
+    return n
+
+
+class _Storage:
+    """Where work arrays come from: the flat arrays a larger stack used (best fit, each at
+    most once; their contents are garbage, every work array is written before it is read),
+    else new ones. A shrinking stack then needs no new large allocation."""
+
+    def __init__(self, pool: list[Array]) -> None:
+        self.pool = sorted(pool, key=lambda a: a.size)
+        self.used: list[Array] = []
+
+    def take(self, shape: tuple[int, ...], dtype: np.dtype) -> Array:
+        n = math.prod(shape)
+        for j, a in enumerate(self.pool):
+            if a.size >= n and a.dtype == dtype:
+                flat = self.pool.pop(j)
+                break
+        else:
+            flat = np.zeros(n, dtype=dtype)
+        self.used.append(flat)
+        return flat[:n].reshape(shape)
+
+
+def _work_array(store: _Storage, K: int, batch: int, units: int, dtype: np.dtype,
+                batch_major: bool, strided: bool = False) -> tuple[Array, Array | None]:
+    """A ``(K, batch, units)`` work array and, when batch-major, the whole array.
+
+    Batch-major: one C-contiguous ``(batch, row)`` array whose row holds every member's
+    ``units`` side by side (then a few padding elements, see :func:`_row_length`); member
+    ``k`` is the strided ``(batch, units)`` block at column ``k*units``. The ``(K, batch,
+    units)`` view feeds the batched ``matmul`` (each member is still a BLAS matrix, with a
+    larger leading dimension: the same routine, the same numbers), the whole array the
+    elementwise work (bias add, activations: one contiguous pass instead of ``K*batch`` rows
+    of ``units``; NumPy is ~2.5x slower on row-strided arrays, hence the padding is computed
+    along) and the bias gradient (a sum over axis 0: row after row, the order of the single
+    network's ``np.add.reduce(dz, axis=0)`` over ``(batch, units)``).
+
+    Member-major ``(K, batch, units)`` otherwise; ``strided`` makes each member's block
+    strided all the same (no whole array then).
+    """
+    itemsize = np.dtype(dtype).itemsize
+    if not batch_major and not strided:
+        return store.take((K, batch, units), dtype), None
+    n = K * units
+    whole = store.take((batch, _row_length(n, itemsize, strided and n == units)), dtype)
+    view = whole[:, :n].reshape(batch, K, units).transpose(1, 0, 2)
+    return view, whole if batch_major else None
+
+
+def _members(whole: Array, K: int, units: int) -> Array:
+    """The ``(K, batch, units)`` view of a batch-major array ``whole``."""
+    return whole[:, :K * units].reshape(whole.shape[0], K, units).transpose(1, 0, 2)
 
 
 class StackedMLP:
@@ -109,22 +179,22 @@ class StackedMLP:
                 self.gamma[slot.layer], self.dgamma[slot.layer] = p, g
             else:
                 self.beta[slot.layer], self.dbeta[slot.layer] = p, g
+        old = [*getattr(self, "_buffers", {}).values(), getattr(self, "_predict_buffers", None)]
+        self._pool: list[Array] = [a for b in old if b is not None for a in b.storage]
         self._buffers: dict[int, _Buffers] = {}
         self._inputs: list[Array] = []
         self._bn_cache: dict[int, BatchNormCache] = {}
         self._bs = 0
+        self._predict_key: tuple[int, int] | None = None
+        self._contiguous_acts: list[Array | None] = []
+        self._act_copies: dict[tuple[int, int], Array] = {}
+        self._predict_buffers: _Buffers | None = None
 
     def keep_rows(self, rows: Array, flat: Array | None = None) -> None:
         """Keep only members ``rows`` (in that order); ``flat`` is the kept parameter buffer
         when the optimizer already made it (it owns the parameters it updates)."""
-        n = len(rows)
-        buffers = self._buffers
         self._bind(np.ascontiguousarray(self.flat[rows]) if flat is None else flat,
-                   self.grad[:n])
-        # the work arrays' leading rows serve the smaller stack (no new large allocation)
-        self._buffers = {bs: _Buffers([z[:n] for z in b.z], [a[:n] for a in b.act],
-                                      [d[:n] if d.shape[0] else d for d in b.dx])
-                         for bs, b in buffers.items()}
+                   self.grad[:len(rows)])
         self.running_mean = {i: v[rows] for i, v in self.running_mean.items()}
         self.running_var = {i: v[rows] for i, v in self.running_var.items()}
 
@@ -138,17 +208,76 @@ class StackedMLP:
         if buf is None:
             if len(self._buffers) > 4:
                 self._buffers.clear()
-            K, dt = self.size, self.dtype
-            z = [np.empty((K, batch, n), dtype=dt) for n in self.sizes[1:]]
-            act = [np.empty((K, batch, n), dtype=dt) for n in self.sizes[1:-1]]
-            dx = [np.empty((K, batch, n) if i else (0, 0, 0), dtype=dt)
-                  for i, n in enumerate(self.sizes[:-1])]
-            buf = self._buffers[batch] = _Buffers(z, act, dx)
+            buf = self._buffers[batch] = self._new_buffers(batch, self.size)
         return buf
 
+    def _new_buffers(self, batch: int, K: int, backward: bool = True) -> _Buffers:
+        dt, hidden = self.dtype, self.sizes[1:-1]
+        store = _Storage(self._pool)
+        # Which layout gives each member exactly its single network's numbers. The single
+        # network sums a one-unit gradient pairwise (member-major here, whose reduction does
+        # the same). BLAS's matrix-vector products (into one unit, or from one input unit)
+        # differ in the last bit between a contiguous and a strided matrix: the single
+        # network's activations are strided columns of one (batch, all hidden units) array in
+        # training with 2+ hidden layers, contiguous otherwise; its gradients contiguous.
+        sizes = self.sizes
+        strided = backward and len(hidden) > 1  # the single network's activations
+        major = [n > 1 and (strided or sizes[i + 2] > 1)
+                 and not (backward and i > 0 and sizes[i] == 1)
+                 for i, n in enumerate(hidden)]
+        zs = [_work_array(store, K, batch, n, dt, bm, strided)
+              for n, bm in zip(hidden, major, strict=True)]
+        acts = [_work_array(store, K, batch, n, dt, bm, strided)
+                for n, bm in zip(hidden, major, strict=True)]
+        dxs = [_work_array(store, K, batch, n, dt, bm, strided and bm)
+               for n, bm in zip(hidden, major, strict=True)] if backward else []
+        vec = [np.zeros(z2.shape[1] if z2 is not None else K * n, dtype=dt)
+               for (_, z2), n in zip(zs, hidden, strict=True)]
+        no_dx: list[Array | None] = [None]
+        out = store.take((K, batch, self.sizes[-1]), dt)
+        self._pool = store.pool
+        return _Buffers(
+            [z for z, _ in zs] + [out],
+            [a for a, _ in acts], [np.empty((0, 0, 0), dtype=dt)] + [d for d, _ in dxs],
+            [z2 for _, z2 in zs], [a2 for _, a2 in acts], no_dx + [d2 for _, d2 in dxs],
+            vec, [v[:K * n].reshape(K, n) for v, n in zip(vec, hidden, strict=True)],
+            store.used)
+
     def hidden_activation(self, i: int) -> Array:
-        """Hidden layer ``i``'s activations of the last training pass, ``(K, batch, units)``."""
-        return self._buffers[self._bs].act[i]
+        """Hidden layer ``i``'s activations of the last training pass, ``(K, batch, units)``
+        C-contiguous (a copy of the batch-major work array, made once per pass: the
+        per-member statistics read each member's block as one row)."""
+        acts = self._contiguous_acts
+        a = acts[i]
+        if a is None:
+            a = self._buffers[self._bs].act[i]
+            if not a.flags.c_contiguous:
+                copy = self._act_copies.get((self._bs, i))
+                if copy is None:
+                    copy = self._act_copies[(self._bs, i)] = np.empty(a.shape, a.dtype)
+                np.copyto(copy, a)
+                a = copy
+            acts[i] = a
+        return a
+
+    def _hidden(self, x: Array, i: int, buf: _Buffers, W: Array, b: Array,
+                batch_norm: Callable[[Array], Array] | None) -> Array:
+        """Hidden layer ``i`` on ``x`` into ``buf``: ``act(norm(x @ W + b))``; returns the
+        activations ``(K, batch, units)``."""
+        z, z2, act2 = buf.z[i], buf.z2[i], buf.act2[i]
+        np.matmul(x, W, out=z)
+        if z2 is None:
+            z += b
+        else:  # the bias as one batch-major row (its padding stays 0): contiguous rows
+            np.copyto(buf.vec3[i], b[:, 0, :])
+            np.add(z2, buf.vec[i], out=z2)
+        if batch_norm is not None:
+            np.copyto(z, batch_norm(z))
+        if z2 is None or act2 is None:
+            self.activations[i].forward(z, buf.act[i])
+        else:
+            self.activations[i].forward(z2, act2)
+        return buf.act[i]
 
     def forward(self, X: Array, update_running: bool = True) -> Array:
         """Training-mode forward pass of every member; ``X`` shared ``(batch, n_in)`` or per
@@ -157,38 +286,67 @@ class StackedMLP:
         self._bs = n
         buf = self._buffers_for(n)
         inputs = self._inputs = [X]
+        self._contiguous_acts = [None] * (self.n_layers - 1)
         x = X
         for i in range(self.n_layers - 1):
-            z = affine_forward(x, self.W[i], self.b[i], out=buf.z[i])
+            bn = None
             if self.batch_norm[i]:
-                z, self._bn_cache[i] = batchnorm_forward_train_batched(
-                    z, self.gamma[i], self.beta[i], self.running_mean[i],
-                    self.running_var[i], update_running)
-                buf.z[i] = z
-            x = self.activations[i].forward(z, buf.act[i])
+                def bn(z: Array, i: int = i) -> Array:
+                    y, self._bn_cache[i] = batchnorm_forward_train_batched(
+                        z, self.gamma[i], self.beta[i], self.running_mean[i],
+                        self.running_var[i], update_running)
+                    return y
+            x = self._hidden(x, i, buf, self.W[i], self.b[i], bn)
             inputs.append(x)
         return affine_forward(x, self.W[-1], self.b[-1], out=buf.z[-1])
 
     def backward(self, dout: Array) -> None:
         """Back-propagates ``dout`` ``(K, batch, n_out)`` into ``self.grad``."""
         buf = self._buffers[self._bs]
-        inputs, last = self._inputs, self.n_layers - 1
-        dz = dout
+        inputs, last, K = self._inputs, self.n_layers - 1, self.size
+        dz, dz2 = dout, None  # the gradient, and its whole batch-major array (or None)
         for i in range(last, -1, -1):
             if i < last:
-                dz = self.activations[i].backward(dz, buf.z[i], inputs[i + 1])
+                z2, act2 = buf.z2[i], buf.act2[i]
+                if dz2 is not None and z2 is not None and act2 is not None:
+                    dz2 = self.activations[i].backward(dz2, z2, act2)
+                    dz = _members(dz2, K, dz.shape[2])
+                else:
+                    dz = self.activations[i].backward(dz, buf.z[i], inputs[i + 1])
                 if self.batch_norm[i]:
                     dz = batchnorm_backward_batched(dz, self.gamma[i], self._bn_cache[i],
                                                     self.dgamma[i], self.dbeta[i])
-            outer = i > 0 and dz.shape[-1] == 1
-            dx = affine_backward_batched(dz, inputs[i], self.W[i], self.dW[i], self.db[i],
-                                         need_dx=i > 0 and not outer, dx_out=buf.dx[i])
-            if outer:
+                    dz2 = None
+            x = inputs[i]
+            np.matmul(x.swapaxes(-1, -2), dz, out=self.dW[i])
+            if dz2 is None:
+                np.add.reduce(dz, axis=1, out=self.db[i][:, 0, :])
+            else:
+                np.add.reduce(dz2, axis=0, out=buf.vec[i])
+                np.copyto(self.db[i][:, 0, :], buf.vec3[i])
+            if i == 0:
+                break
+            if dz.shape[-1] == 1:
                 # one output unit: dz @ W.T is an outer product, one rounded multiply per
                 # element whatever computes it (the same numbers), ~3x faster than K gemms
-                dx = np.multiply(dz, np.swapaxes(self.W[i], -1, -2), out=buf.dx[i])
-            if dx is not None:
-                dz = dx
+                self._outer(dz, self.W[i], buf.dx[i], buf.dx2[i])
+            else:
+                np.matmul(dz, self.W[i].swapaxes(1, 2), out=buf.dx[i])
+            dz, dz2 = buf.dx[i], buf.dx2[i]
+
+    @staticmethod
+    def _outer(dz: Array, W: Array, dx: Array, dx2: Array | None) -> None:
+        """``dx = dz * W.T``: ``dz`` ``(K, batch, 1)``, ``W`` ``(K, units, 1)``. Into a
+        batch-major ``dx`` as ``(batch, K*units)`` rows: each example's gradient repeated
+        ``units`` times times the contiguous weights (one pass with long rows instead of
+        ``K*batch`` rows of ``units``); the same products."""
+        if dx2 is None:
+            np.multiply(dz, W.swapaxes(1, 2), out=dx)
+            return
+        K, _, units = dx.shape
+        rows = np.repeat(np.ascontiguousarray(dz[:, :, 0].T), units, axis=1)
+        np.multiply(rows, np.ascontiguousarray(W[:, :, 0]).reshape(-1),
+                    out=dx2[:, :K * units])
 
     def predict(self, X: Array, rows: Array) -> Array:
         """Inference-mode outputs ``(len(rows), n, n_out)`` of members ``rows`` on ``X``
@@ -204,17 +362,22 @@ class StackedMLP:
 
     def _predict_chunk(self, x: Array, W: list[Array], b: list[Array],
                        rows: Array | None) -> Array:
-        for i in range(self.n_layers):
-            z = affine_forward(x, W[i], b[i])
-            if i == self.n_layers - 1:
-                return z
+        K, n = W[0].shape[0], x.shape[0]
+        buf = self._predict_buffers if self._predict_key == (n, K) else None
+        if buf is None:
+            buf = self._new_buffers(n, K, backward=False)
+            if 2 * n * K * sum(self.sizes[1:-1]) <= _PREDICT_CACHE:  # kept for the next epoch
+                self._predict_key, self._predict_buffers = (n, K), buf
+        pick = slice(None) if rows is None else rows
+        for i in range(self.n_layers - 1):
+            bn = None
             if self.batch_norm[i]:
-                pick = slice(None) if rows is None else rows
-                z = batchnorm_forward_eval(z, self.gamma[i][pick], self.beta[i][pick],
-                                           self.running_mean[i][pick],
-                                           self.running_var[i][pick])
-            x = self.activations[i].forward(z, np.empty_like(z))
-        raise AssertionError("unreachable")  # pragma: no cover
+                def bn(z: Array, i: int = i) -> Array:
+                    return batchnorm_forward_eval(z, self.gamma[i][pick], self.beta[i][pick],
+                                                  self.running_mean[i][pick],
+                                                  self.running_var[i][pick])
+            x = self._hidden(x, i, buf, W[i], b[i], bn)
+        return affine_forward(x, W[-1], b[-1])
 
     # ---------------------------------------------------------------- statistics
     def _ones(self, a: Array) -> Array:

@@ -1,0 +1,130 @@
+"""The stacked kernels give each float32 member exactly its single run's bits.
+
+:class:`core.stacked.StackedMLP` keeps hidden work arrays batch-major (contiguous rows over
+all members), adds biases and sums bias gradients over those rows, reproduces the single
+network's contiguity where BLAS's matrix-vector products depend on it, and runs ReLU against a
+shared zeros array. None of this may change a number: these tests compare bytes, not
+tolerances.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from core import Trainer, TrainingResult, TrainingSpec
+from core.activations import get_activation
+from core.batched import BatchedTrainer
+
+
+def _spec(**over: Any) -> TrainingSpec:
+    base: dict[str, Any] = {
+        "seed": 0, "dtype": "float32", "loss": "binary_cross_entropy",
+        "data": {"source": "synthetic", "name": "moons", "n_samples": 240},
+        "model": {"hidden": [{"units": 32}, {"units": 32}]},
+        "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
+        "training": {"epochs": 3, "batch_size": 32},
+    }
+    base.update(over)
+    return TrainingSpec.model_validate(base)
+
+
+def _bits(res: TrainingResult) -> list[Any]:
+    """Everything a run without telemetry reports, as exact representations."""
+    return [res.stop_reason, res.steps_completed, repr(res.first_non_finite),
+            [(r.step, r.loss.hex() if isinstance(r.loss, float) else r.loss,
+              float(r.grad_norm).hex(), float(r.clipped_grad_norm).hex()) for r in res.steps],
+            [repr(e) for e in res.epochs]]
+
+
+def _assert_bit_identical(specs: list[TrainingSpec]) -> None:
+    trainer = BatchedTrainer(specs, telemetry=False, monitor=False)
+    results = trainer.run()
+    for k, (spec, res) in enumerate(zip(specs, results, strict=True)):
+        single = Trainer(spec, telemetry=False, monitor=False)
+        own = single.run()
+        assert _bits(res) == _bits(own), f"member {k}"
+        assert trainer.final_networks[k].flat.tobytes() == single.network.flat.tobytes()
+
+
+LRS = [0.01, 0.3, 3.0, 30.0]  # the large ones overflow: members leave, down to one
+
+
+@pytest.mark.parametrize("model", [
+    {"hidden": [{"units": 32}, {"units": 32}]},
+    {"hidden": [{"units": 8}, {"units": 12}, {"units": 8}]},  # narrow: BLAS vector products
+    {"hidden": [{"units": 8}]},  # one hidden layer: contiguous activations
+    {"hidden": [{"units": 5}, {"units": 7, "activation": "tanh"}]},
+], ids=["32-32", "8-12-8", "8", "5-7tanh"])
+def test_members_equal_their_single_runs_bit_for_bit(model: dict[str, Any]) -> None:
+    specs = [_spec(model={**model, "init": {"scheme": "normal", "std": 1.0}},
+                   optimizer={"name": "sgd", "lr": lr, "momentum": 0.9}) for lr in LRS]
+    _assert_bit_identical(specs)
+
+
+def test_regression_members_with_their_own_batches_equal_their_single_runs() -> None:
+    specs = [_spec(seed=seed, loss="mse",
+                   data={"source": "synthetic", "name": "sine", "n_samples": 150},
+                   model={"hidden": [{"units": 16}, {"units": 16}]},
+                   optimizer={"name": "adam", "lr": lr}, training={"epochs": 2, "batch_size": 10})
+             for seed in (0, 1) for lr in (0.001, 0.1)]
+    _assert_bit_identical(specs)
+
+
+@pytest.mark.parametrize("optimizer", [
+    {"name": "sgd", "momentum": 0.9, "nesterov": True, "weight_decay": 0.01},
+    {"name": "adamw", "weight_decay": 0.05},
+    {"name": "rmsprop", "momentum": 0.5, "centered": True},
+    {"name": "adagrad", "lr_decay": 0.01},
+], ids=["sgd_nesterov", "adamw", "rmsprop", "adagrad"])
+def test_optimizers_and_batch_norm_keep_members_bit_identical(optimizer: dict[str, Any]) -> None:
+    specs = [_spec(seed=seed, loss="cross_entropy",
+                   data={"source": "synthetic", "name": "spirals", "n_samples": 150},
+                   model={"hidden": [{"units": 16}, {"units": 16, "batch_norm": True}]},
+                   optimizer={**optimizer, "lr": lr}, training={"epochs": 2, "batch_size": 16})
+             for seed in (0, 1) for lr in (0.003, 0.3)]
+    _assert_bit_identical(specs)
+
+
+def test_inference_of_any_members_equals_their_networks() -> None:
+    specs = [_spec(model={"hidden": [{"units": 8}, {"units": 12}, {"units": 8}]},
+                   optimizer={"name": "sgd", "lr": lr}) for lr in (0.01, 0.1, 1.0)]
+    trainer = BatchedTrainer(specs, telemetry=False, monitor=False)
+    net = trainer.network
+    rng = np.random.default_rng(3)
+    net.flat[...] = rng.standard_normal(net.flat.shape).astype(np.float32)
+    singles = [Trainer(s, telemetry=False, monitor=False).network for s in specs]
+    for k, single in enumerate(singles):
+        single.flat[...] = net.flat[k]
+    X = trainer.member_data(0).X_val
+    with np.errstate(all="ignore"):
+        for rows in (np.arange(3), np.array([0, 2]), np.array([1])):
+            out = net.predict(X, rows)
+            for j, k in enumerate(rows.tolist()):
+                assert out[j].tobytes() == singles[k].predict(X).tobytes()
+        # training mode too, and the activations handed to the statistics
+        Xb = X[:10]
+        out = net.forward(Xb)
+        for k, single in enumerate(singles):
+            assert out[k].tobytes() == single.forward(Xb).tobytes()
+            for i in range(3):
+                a = net.hidden_activation(i)
+                assert a.flags.c_contiguous
+                assert a[k].tobytes() == np.ascontiguousarray(single.hidden_activation(i)).tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_equals_maximum_with_zero_on_special_values(dtype: type) -> None:
+    relu = get_activation("relu")
+    rng = np.random.default_rng(0)
+    specials = np.array([np.nan, -np.nan, -0.0, 0.0, np.inf, -np.inf, 5e-324, -5e-324, -1.0])
+    for shape in [(1,), (7,), (3, 33), (32, 64), (5, 300_000)]:  # the last one: past the cache
+        z: np.ndarray = rng.standard_normal(shape).astype(dtype)
+        flat = z.reshape(-1)
+        flat[rng.integers(0, flat.size, 40)] = rng.choice(specials, 40).astype(dtype)
+        for x in (z, z[..., ::2]):
+            out = np.empty_like(x)
+            assert relu.forward(x, out) is out
+            assert out.tobytes() == np.maximum(x, 0).tobytes()

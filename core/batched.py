@@ -29,6 +29,7 @@ import numpy as np
 from core.batched_monitor import StackMonitor
 from core.clipping import BatchedClipper
 from core.data import Dataset, load_dataset
+from core.layout import FUSED_NORMS_MAX
 from core.losses import BATCHED_LOSSES, accuracy_batched, loss_targets
 from core.member import MemberRun
 from core.network import MLP
@@ -376,10 +377,12 @@ class BatchedTrainer:
         net = self.network
         K, L = vals.shape[0], net.n_layers
         layers = vals[:, 4:].reshape(K, L, 8)
-        # one pass each (the same sums as over [weights | update] side by side, without
-        # copying both into one buffer first)
-        wsq = segment_sumsq_batched(net.flat, self._bounds)[:, 0::2]
-        usq = segment_sumsq_batched(delta, self._bounds)[:, 0::2]
+        # one pass each: the same sums as the single trainer's over [weights | update] side by
+        # side (up to FUSED_NORMS_MAX parameters), without copying both into one buffer
+        P, n_seg = net.flat.shape[1], len(self._bounds) - 1
+        fused = (2 * P, 2 * n_seg) if P <= FUSED_NORMS_MAX else None
+        wsq = segment_sumsq_batched(net.flat, self._bounds, fused)[:, 0::2]
+        usq = segment_sumsq_batched(delta, self._bounds, fused)[:, 0::2]
         np.sqrt(layer_gsq, out=layers[:, :, 0])
         np.sqrt(w_gsq, out=layers[:, :, 1])
         np.sqrt(wsq, out=layers[:, :, 2])

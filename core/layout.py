@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["ParamLayout", "TensorSlot", "segment_sumsq", "sumsq"]
+__all__ = ["FUSED_NORMS_MAX", "ParamLayout", "TensorSlot", "norms_by_reduceat", "segment_sumsq",
+           "sumsq"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +100,21 @@ class ParamLayout:
     def layer_sumsq(self, flat: np.ndarray) -> np.ndarray:
         """Per-layer sum of squares of ``flat``, accumulated in float64, shape (n_layers,)."""
         return segment_sumsq(flat, self.layer_offsets)
+
+
+# networks up to this many parameters sum the squares of weights and update in one pass over
+# both side by side (the single trainer); the stacked trainer then applies the rule below to
+# that pass's size
+FUSED_NORMS_MAX = 64 * 1024
+
+
+def norms_by_reduceat(size: int, n_segments: int) -> bool:
+    """How the trainers sum the squares of ``size`` elements in ``n_segments`` segments: one
+    square + ``reduceat`` for small buffers or many small segments (deep narrow nets), else one
+    BLAS dot per segment. One rule for the single and the stacked trainer, so that a member's
+    norms are the same numbers as its single run's (a float32 dot and ``reduceat`` sum in
+    different orders)."""
+    return size <= 64 * 1024 or size // max(n_segments, 1) < 16 * 1024
 
 
 def sumsq(x: np.ndarray) -> float:

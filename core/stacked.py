@@ -28,13 +28,12 @@ from core.layers import (
     batchnorm_forward_eval,
     batchnorm_forward_train_batched,
 )
-from core.layout import ParamLayout
+from core.layout import ParamLayout, norms_by_reduceat
 from core.network import EVAL_CHUNK, MLP
 
 __all__ = ["StackedMLP", "segment_sumsq_batched"]
 
 Array = np.ndarray
-_FEW_ELEMENTS = 64 * 1024
 _NON_NEGATIVE = ("relu", "sigmoid")
 _PREDICT_CACHE = 8 * 1024 * 1024  # elements of inference work arrays kept between calls  # activations whose outputs are >= 0 (or NaN)
 
@@ -445,12 +444,18 @@ class StackedMLP:
         return out[:, :, 0], out[:, :, 1], out[:, :, 2], out[:, :, 3]
 
 
-def segment_sumsq_batched(flat: Array, bounds: Array) -> Array:
+def segment_sumsq_batched(flat: Array, bounds: Array, as_single: tuple[int, int] | None = None
+                          ) -> Array:
     """Sum of squares of ``flat[:, bounds[j]:bounds[j + 1]]`` per row and segment,
-    ``(K, len(bounds) - 1)`` float64; float32 sums that overflow are redone in float64 (for
-    the rows concerned only)."""
+    ``(K, len(bounds) - 1)`` float64, each row the numbers the single trainer's
+    ``_norm_segments`` gives for that member: the same rule picks ``reduceat`` or one BLAS dot
+    per segment (:func:`core.layout.norms_by_reduceat`, on ``as_single`` = (elements,
+    segments) of the single trainer's call when it sums another buffer, e.g. weights and
+    update side by side), and float32 sums that overflow are redone in float64 the same way
+    (for the rows concerned only)."""
     K, n_seg = flat.shape[0], len(bounds) - 1
-    if flat.shape[1] <= _FEW_ELEMENTS:
+    size, segments = as_single or (flat.shape[1], n_seg)
+    if norms_by_reduceat(size, segments):
         out = np.add.reduceat(np.square(flat), bounds[:-1], axis=1).astype(np.float64)
         if flat.dtype != np.float64 and not np.isfinite(out).all():
             bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
@@ -460,10 +465,9 @@ def segment_sumsq_batched(flat: Array, bounds: Array) -> Array:
     out = np.empty((K, n_seg))
     for j in range(n_seg):
         seg = flat[:, int(bounds[j]):int(bounds[j + 1])]
-        s = np.einsum("kp,kp->k", seg, seg)
-        out[:, j] = s
-        if flat.dtype != np.float64 and not np.isfinite(s).all():
-            bad = np.flatnonzero(~np.isfinite(s))
-            s64 = seg[bad].astype(np.float64)
-            out[bad, j] = np.einsum("kp,kp->k", s64, s64)
+        for k in range(K):  # one BLAS dot per member, as the single trainer's
+            s = float(np.dot(seg[k], seg[k]))
+            if not math.isfinite(s):
+                s = float(np.square(seg[k], dtype=np.float64).sum())
+            out[k, j] = s
     return out

@@ -18,6 +18,7 @@ import numpy as np
 
 from core.clipping import clip_flat
 from core.diagnostics.monitor import Monitor
+from core.layout import FUSED_NORMS_MAX, norms_by_reduceat
 from core.optimizers import make_optimizer
 from core.problem import Problem
 from core.recording import StepRecorder, n_values
@@ -98,7 +99,7 @@ def _norm_segments(flat: Array, bounds: Array) -> Array:
     overflows it is recomputed in float64, so a finite gradient never reports an infinite norm.
     """
     n_seg = len(bounds) - 1
-    if flat.size <= 64 * 1024 or flat.size // max(n_seg, 1) < 16 * 1024:
+    if norms_by_reduceat(flat.size, n_seg):
         out = np.add.reduceat(np.square(flat), bounds[:-1]).astype(np.float64)
         if flat.dtype != np.float64 and not np.isfinite(out).all():
             out = np.add.reduceat(np.square(flat, dtype=np.float64), bounds[:-1])
@@ -112,8 +113,6 @@ def _norm_segments(flat: Array, bounds: Array) -> Array:
         out[k] = s
     return out
 
-
-_FUSE_MAX = 64 * 1024
 
 
 def _nan_or_inf(x: Array) -> str:
@@ -366,7 +365,7 @@ class Trainer(Problem):
         statistics: a fixed handful of NumPy calls whatever the depth); True when every
         recorded number is finite."""
         net = self.network
-        if net.flat.size <= _FUSE_MAX:  # one pass over [weights | update] for small nets
+        if net.flat.size <= FUSED_NORMS_MAX:  # one pass over [weights | update] for small nets
             both = _norm_segments(np.concatenate((net.flat, delta)), self._bounds2)
             wsq, usq = both[0:len(both) // 2:2], both[len(both) // 2::2]
         else:

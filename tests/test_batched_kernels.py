@@ -128,3 +128,40 @@ def test_relu_equals_maximum_with_zero_on_special_values(dtype: type) -> None:
             out = np.empty_like(x)
             assert relu.forward(x, out) is out
             assert out.tobytes() == np.maximum(x, 0).tobytes()
+
+
+def _norm_bits(res: TrainingResult) -> list[Any]:
+    """Every recorded loss and norm, per step and layer, as exact representations."""
+    return [res.stop_reason, res.steps_completed, repr(res.first_non_finite)] + [
+        (r.step, float(r.loss).hex(), float(r.grad_norm).hex(),
+         [(float(ly.grad_norm).hex(), float(ly.weight_grad_norm).hex(),
+           float(ly.weight_norm).hex(), float(ly.update_norm).hex()) for ly in r.layers])
+        for r in res.steps]
+
+
+def _act_stats(res: TrainingResult) -> Any:
+    return np.array([[(ly.act_mean, ly.act_std) for ly in r.layers] for r in res.steps],
+                    dtype=float)
+
+
+@pytest.mark.parametrize("features,hidden", [
+    (256, [256]),  # 67k parameters in 4 segments: one BLAS dot per segment (single trainer)
+    (180, [128, 128]),  # 41k: weights and update summed side by side (82k, 12 segments)
+    (2, [32, 32]),  # small: reduceat
+], ids=["dot", "fused", "reduceat"])
+def test_float32_norms_are_the_single_runs_bits(features: int, hidden: list[int]) -> None:
+    """The stacked norms take the single trainer's path (reduceat or one dot per segment,
+    :func:`core.layout.norms_by_reduceat`): a float32 dot and a reduction sum in different
+    orders, so any other path differs in the last bits). The activation statistics are summed
+    in other orders by the two trainers: equal to float32 rounding."""
+    specs = [TrainingSpec.model_validate({
+        "seed": 0, "dtype": "float32",
+        "data": {"source": "synthetic", "name": "blobs", "n_samples": 256,
+                 "n_features": features, "n_classes": 4},
+        "model": {"hidden": [{"units": u} for u in hidden]},
+        "optimizer": {"name": "sgd", "lr": lr, "momentum": 0.9},
+        "training": {"epochs": 1, "batch_size": 64}}) for lr in (0.01, 0.1)]
+    for spec, res in zip(specs, BatchedTrainer(specs).run(), strict=True):
+        single = Trainer(spec).run()
+        assert _norm_bits(res) == _norm_bits(single)
+        np.testing.assert_allclose(_act_stats(res), _act_stats(single), rtol=1e-5, atol=1e-6)

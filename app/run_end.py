@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -68,10 +69,14 @@ def first_non_finite(result: TrainingResult, sink: DatabaseSink) -> dict[str, An
 
 def finish_run(factory: sessionmaker[Session], job_id: str, run: Claim, *, status: str,
                stop_reason: str | None, error: str | None, report: dict[str, Any] | None,
-               first_non_finite: Any, steps_completed: int | None, runtime: float) -> bool:
-    """Move the job to its terminal ``status`` while it runs under ``run``; True if it moved."""
+               first_non_finite: Any, steps_completed: int | None, runtime: float,
+               also: Callable[[Session], None] | None = None) -> bool:
+    """Move the job to its terminal ``status`` while it runs under ``run``; True if it moved.
+    ``also`` writes more of the run's results in the same transaction (kept only if it moved)."""
     def write() -> bool:
         with unit_of_work(factory) as session:
+            if also is not None:
+                also(session)
             values: dict[str, Any] = {
                 "finished_at": utcnow(), "stop_reason": stop_reason, "error": error,
                 "heartbeat_at": db_now(session), "runtime_seconds": runtime,
@@ -84,7 +89,7 @@ def finish_run(factory: sessionmaker[Session], job_id: str, run: Claim, *, statu
             if steps_completed is not None:
                 values["steps_completed"] = steps_completed
             if move_job(session, job_id, status, where=owned_by(run), **values) is None:
-                session.rollback()  # the report too: the job is no longer this run's
+                session.rollback()  # the report (and `also`) too: the job is no longer this run's
                 return False
             return True
     return retry_on_locked(write)

@@ -19,7 +19,7 @@ import time
 from functools import partial
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.artifacts import keep_models
@@ -50,18 +50,23 @@ MAX_GROUP = 256
 MAX_FLUSH_INTERVAL = 30.0
 
 
-def _sweep_of(factory: sessionmaker[Session], job_id: str) -> str | None:
+def _sweep_of(factory: sessionmaker[Session], job_id: str) -> tuple[str | None, str | None]:
+    """(sweep id, status) of job ``job_id`` (Nones if it does not exist): one read."""
     with factory() as session:
-        return session.scalar(select(Job.parent_sweep_id).where(Job.id == job_id))
+        row = session.execute(select(Job.parent_sweep_id, Job.status)
+                              .where(Job.id == job_id)).first()
+        return (None, None) if row is None else (row[0], row[1])
 
 
 def run_sweep_group(job_id: str, ctx: WorkerContext) -> str | None:
     """Train ``job_id``'s group if it is a sweep member (its final status, or ``'skipped'``
     when it was no longer queued); None when it is not a sweep member."""
     factory, settings = ctx.factory, ctx.settings
-    sweep_id = _sweep_of(factory, job_id)
+    sweep_id, status = _sweep_of(factory, job_id)
     if sweep_id is None:
         return None
+    if status != "queued":  # trained in a sibling's group: no write transaction to find out
+        return "skipped"  # (re-queued later, it is sent again: app.recovery, app.dispatch)
     claimed = retry_on_locked(lambda: _claim_group(factory, job_id, sweep_id, ctx.worker_id,
                                                    max(1, settings.workers), settings))
     if not claimed or claimed[0][0] != job_id:
@@ -192,19 +197,18 @@ def _finish_member(ctx: WorkerContext, job_id: str, claim: Claim, spec: Training
     except Exception:
         log.exception("job %s: preflight risk failed", job_id)
 
-    def store_figures() -> None:
-        with unit_of_work(factory) as session:
-            row = session.scalar(select(SweepMemberRow).where(SweepMemberRow.job_id == job_id))
-            if row is not None:
-                row.first_bad_step = report.get("first_bad_step") if report else None
-                row.peak_to_baseline = peak_to_baseline(result)
-                row.final_loss = result.final_loss
-                row.predicted_risk = risk
+    figures = {"first_bad_step": report.get("first_bad_step") if report else None,
+               "peak_to_baseline": peak_to_baseline(result), "final_loss": result.final_loss,
+               "predicted_risk": risk}
 
-    retry_on_locked(store_figures)
+    def store_figures(session: Session) -> None:  # in the transaction that finishes the job
+        session.execute(update(SweepMemberRow).where(SweepMemberRow.job_id == job_id)
+                        .values(**figures).execution_options(synchronize_session=False))
+
     if not finish_run(factory, job_id, claim, status=status, stop_reason=str(result.stop_reason),
                       error=error, report=report,
                       first_non_finite=first_non_finite(result, sink),
-                      steps_completed=int(result.steps_completed), runtime=runtime):
+                      steps_completed=int(result.steps_completed), runtime=runtime,
+                      also=store_figures):
         return "lost"
     return status

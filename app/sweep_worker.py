@@ -5,7 +5,8 @@ that can share its stack (``core.batched.stack_key``; at most ``MAX_GROUP``), tr
 one :class:`core.batched.BatchedTrainer` with one :class:`app.sink.DatabaseSink` per member
 (so each member's history, events, cancel flag, claim and hand-back are exactly a job's;
 the sinks take the stack's rows as blocks, ``DatabaseSink.write_block``), then
-diagnoses and finishes each member as ``run_job`` finishes a job (:mod:`app.run_end`). Every
+diagnoses and finishes each member as ``run_job`` finishes a job (:mod:`app.run_end`; up to
+``FINISH_BATCH`` members per transaction, each in its own savepoint). Every
 member moves through :func:`app.lifecycle.move_job`, as every job does. The workers that later receive the
 siblings' ids find them no longer queued and skip them; with several workers, each group is
 taken by whichever worker reaches one of its members first.
@@ -31,7 +32,15 @@ from app.lifecycle import move_job
 from app.models import Job, SweepMemberRow
 from app.quotas import start_allowance
 from app.repositories import Claim, JobRepository, db_now
-from app.run_end import conclude, describe, finish_run, first_non_finite, give_up
+from app.run_end import (
+    Finish,
+    conclude,
+    describe,
+    finish_run,
+    finish_runs,
+    first_non_finite,
+    give_up,
+)
 from app.settings import Settings
 from app.sink import DatabaseSink
 from app.worker_process import WorkerContext, handback_due
@@ -48,6 +57,8 @@ log = logging.getLogger(__name__)
 
 MAX_GROUP = 256
 MAX_FLUSH_INTERVAL = 30.0
+# members finished per transaction: one write lock and commit for many, held briefly
+FINISH_BATCH = 16
 
 
 def _sweep_of(factory: sessionmaker[Session], job_id: str) -> tuple[str | None, str | None]:
@@ -173,6 +184,7 @@ def _train_group(ctx: WorkerContext, claimed: list[tuple[str, Claim, dict[str, A
                        runtime=time.monotonic() - started)
         return dict.fromkeys(ids, "failed")
     statuses: dict[str, str] = {}
+    pending: list[Finish] = []
     for k, ((jid, claim, _), spec, sink, result) in enumerate(
             zip(claimed, specs, sinks, results, strict=True)):
         if sink.given_up:  # given to another worker, or handed back at shutdown
@@ -181,16 +193,28 @@ def _train_group(ctx: WorkerContext, claimed: list[tuple[str, Claim, dict[str, A
         keep_models(settings, jid, partial(Model.from_member, trainer, k, job_id=jid,
                                            step=int(result.steps_completed),
                                            stop_reason=str(result.stop_reason)))
-        statuses[jid] = _finish_member(ctx, jid, claim, spec, sink, result,
-                                       time.monotonic() - started)
+        pending.append(_conclude_member(ctx, jid, claim, spec, sink, result,
+                                        time.monotonic() - started))
+        if len(pending) == FINISH_BATCH:
+            _finish_members(factory, pending, statuses)
+            pending = []
+    _finish_members(factory, pending, statuses)
     return statuses
 
 
-def _finish_member(ctx: WorkerContext, job_id: str, claim: Claim, spec: TrainingSpec,
-                   sink: DatabaseSink, result: TrainingResult, runtime: float) -> str:
-    """Diagnose, store the member's figures and preflight's risk, finish its job."""
-    settings, factory = ctx.settings, ctx.factory
-    status, error, report = conclude(job_id, result, settings)
+def _finish_members(factory: sessionmaker[Session], pending: list[Finish],
+                    statuses: dict[str, str]) -> None:
+    """Finish diagnosed members together (one transaction); their statuses into ``statuses``."""
+    if not pending:
+        return
+    for f, moved in zip(pending, finish_runs(factory, pending), strict=True):
+        statuses[f.job_id] = f.status if moved else "lost"
+
+
+def _conclude_member(ctx: WorkerContext, job_id: str, claim: Claim, spec: TrainingSpec,
+                     sink: DatabaseSink, result: TrainingResult, runtime: float) -> Finish:
+    """Diagnose a member; what finishing it writes, with its figures and preflight's risk."""
+    status, error, report = conclude(job_id, result, ctx.settings)
     risk: str | None = None
     try:
         risk = predicted_risk(SweepMember(0, {}, spec))
@@ -205,10 +229,6 @@ def _finish_member(ctx: WorkerContext, job_id: str, claim: Claim, spec: Training
         session.execute(update(SweepMemberRow).where(SweepMemberRow.job_id == job_id)
                         .values(**figures).execution_options(synchronize_session=False))
 
-    if not finish_run(factory, job_id, claim, status=status, stop_reason=str(result.stop_reason),
-                      error=error, report=report,
-                      first_non_finite=first_non_finite(result, sink),
-                      steps_completed=int(result.steps_completed), runtime=runtime,
-                      also=store_figures):
-        return "lost"
-    return status
+    return Finish(job_id, claim, status, str(result.stop_reason), error, report,
+                  first_non_finite(result, sink), int(result.steps_completed), runtime,
+                  store_figures)

@@ -4,7 +4,8 @@ When a worker gets a sweep member's job id, it claims that job and every still-q
 that can share its stack (``core.batched.stack_key``; at most ``MAX_GROUP``), trains them as
 one :class:`core.batched.BatchedTrainer` with one :class:`app.sink.DatabaseSink` per member
 (so each member's history, events, cancel flag, claim and hand-back are exactly a job's;
-the sinks take the stack's rows as blocks, ``DatabaseSink.write_block``), then
+the sinks take the stack's rows as blocks, ``DatabaseSink.write_block``; a member's last
+records are written with its terminal move, ``DatabaseSink.close(session)``), then
 diagnoses and finishes each member as ``run_job`` finishes a job (:mod:`app.run_end`; up to
 ``FINISH_BATCH`` members per transaction, each in its own savepoint). Every
 member moves through :func:`app.lifecycle.move_job`, as every job does. The workers that later receive the
@@ -172,9 +173,6 @@ def _train_group(ctx: WorkerContext, claimed: list[tuple[str, Claim, dict[str, A
         attach_uploaded_once(specs, blob_store(settings))
         trainer = BatchedTrainer(specs, max_runtime=settings.max_job_runtime_seconds)
         results = trainer.run(sinks, max_records=settings.diagnosis_max_records)
-        for sink in sinks:
-            if not sink.given_up:
-                sink.close()
     except Exception as exc:  # a training crash fails the group's jobs, never the worker
         log.exception("sweep group %s failed", ids)
         message = f"training failed: {describe(exc)}"
@@ -225,7 +223,8 @@ def _conclude_member(ctx: WorkerContext, job_id: str, claim: Claim, spec: Traini
                "peak_to_baseline": peak_to_baseline(result), "final_loss": result.final_loss,
                "predicted_risk": risk}
 
-    def store_figures(session: Session) -> None:  # in the transaction that finishes the job
+    def store_figures(session: Session) -> None:  # in the transaction that finishes the job:
+        sink.close(session)  # the last records, then the figures (a lost run keeps none)
         session.execute(update(SweepMemberRow).where(SweepMemberRow.job_id == job_id)
                         .values(**figures).execution_options(synchronize_session=False))
 

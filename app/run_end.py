@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -21,8 +23,8 @@ from app.sink import DatabaseSink
 if TYPE_CHECKING:  # the trainer is imported only where jobs run
     from core.trainer import TrainingResult
 
-__all__ = ["STATUS_FOR_STOP", "conclude", "describe", "finish_run", "first_non_finite",
-           "give_up"]
+__all__ = ["STATUS_FOR_STOP", "Finish", "conclude", "describe", "finish_run", "finish_runs",
+           "first_non_finite", "give_up"]
 
 log = logging.getLogger(__name__)
 
@@ -66,28 +68,84 @@ def first_non_finite(result: TrainingResult, sink: DatabaseSink) -> dict[str, An
     return {"step": nf.step, "layer": nf.layer, "tensor": nf.tensor, "value": nf.value}
 
 
+@dataclass
+class Finish:
+    """What :func:`finish_run` writes for one run (see there)."""
+
+    job_id: str
+    run: Claim
+    status: str
+    stop_reason: str | None
+    error: str | None
+    report: dict[str, Any] | None
+    first_non_finite: Any
+    steps_completed: int | None
+    runtime: float
+    also: Callable[[Session], None] | None = None
+
+
+def _finish_in(session: Session, f: Finish) -> bool:
+    """Write ``f`` in ``session``'s transaction; False (nothing to keep) if the job no longer
+    runs under ``f.run``."""
+    if f.also is not None:
+        f.also(session)
+    values: dict[str, Any] = {
+        "finished_at": utcnow(), "stop_reason": f.stop_reason, "error": f.error,
+        "heartbeat_at": db_now(session), "runtime_seconds": f.runtime,
+    }
+    if f.report is not None:
+        values["verdict"] = f.report.get("verdict")
+        ReportRepository(session).put(f.job_id, f.report)
+    if f.first_non_finite is not None:
+        values["first_non_finite"] = f.first_non_finite
+    if f.steps_completed is not None:
+        values["steps_completed"] = f.steps_completed
+    return move_job(session, f.job_id, f.status, where=owned_by(f.run), **values) is not None
+
+
 def finish_run(factory: sessionmaker[Session], job_id: str, run: Claim, *, status: str,
                stop_reason: str | None, error: str | None, report: dict[str, Any] | None,
-               first_non_finite: Any, steps_completed: int | None, runtime: float) -> bool:
-    """Move the job to its terminal ``status`` while it runs under ``run``; True if it moved."""
+               first_non_finite: Any, steps_completed: int | None, runtime: float,
+               also: Callable[[Session], None] | None = None) -> bool:
+    """Move the job to its terminal ``status`` while it runs under ``run``; True if it moved.
+    ``also`` writes more of the run's results in the same transaction (kept only if it moved)."""
+    f = Finish(job_id, run, status, stop_reason, error, report, first_non_finite,
+               steps_completed, runtime, also)
+
     def write() -> bool:
         with unit_of_work(factory) as session:
-            values: dict[str, Any] = {
-                "finished_at": utcnow(), "stop_reason": stop_reason, "error": error,
-                "heartbeat_at": db_now(session), "runtime_seconds": runtime,
-            }
-            if report is not None:
-                values["verdict"] = report.get("verdict")
-                ReportRepository(session).put(job_id, report)
-            if first_non_finite is not None:
-                values["first_non_finite"] = first_non_finite
-            if steps_completed is not None:
-                values["steps_completed"] = steps_completed
-            if move_job(session, job_id, status, where=owned_by(run), **values) is None:
-                session.rollback()  # the report too: the job is no longer this run's
+            if not _finish_in(session, f):
+                session.rollback()  # the report (and `also`) too: the job is no longer this run's
                 return False
             return True
     return retry_on_locked(write)
+
+
+def finish_runs(factory: sessionmaker[Session], finishes: list[Finish]) -> list[bool]:
+    """:func:`finish_run` for several runs in one transaction (one write lock, one commit),
+    each in its own savepoint: a run whose job is no longer its own keeps nothing, the others
+    are unaffected. If the batch fails, each run is finished on its own."""
+    def write() -> list[bool]:
+        moved: list[bool] = []
+        with unit_of_work(factory) as session:
+            for f in finishes:
+                savepoint = session.begin_nested()
+                ok = _finish_in(session, f)
+                if ok:
+                    savepoint.commit()
+                else:
+                    savepoint.rollback()
+                moved.append(ok)
+        return moved
+    try:
+        return retry_on_locked(write)
+    except Exception:
+        log.warning("finishing %d runs together failed; finishing them one by one",
+                    len(finishes), exc_info=True)
+    return [finish_run(factory, f.job_id, f.run, status=f.status, stop_reason=f.stop_reason,
+                       error=f.error, report=f.report, first_non_finite=f.first_non_finite,
+                       steps_completed=f.steps_completed, runtime=f.runtime, also=f.also)
+            for f in finishes]
 
 
 def give_up(factory: sessionmaker[Session], job_id: str, run: Claim, sink: DatabaseSink) -> str:

@@ -84,6 +84,9 @@ class DatabaseSink:
         self._last_progress_event = 0.0
         self._latest: dict[str, Any] | None = None
         self._key: int | None = None  # the job's history key, once a flush committed it
+        self._pending_rows = 0  # rows the flush being written holds
+        self._final_write: Callable[[Session], tuple[bool, int | None]] | None = None
+        self._final_counted = False
 
     # ---- Sink protocol ----
     def write_steps(self, records: list[StepRecord]) -> None:
@@ -140,17 +143,69 @@ class DatabaseSink:
         return self.lost or self.handed_back
 
     # ---- flushing ----
-    def close(self) -> None:
-        """Flush what is buffered and close every open rollup block."""
-        self.flush(final=True)
+    def close(self, session: Session | None = None) -> None:
+        """Flush what is buffered and close every open rollup block; with ``session``, in a
+        savepoint of the caller's transaction (the caller commits; called again, e.g. when
+        the caller retries its transaction, it writes the same records again)."""
+        if session is None:
+            self.flush(final=True)
+            return
+        if self._final_write is None:
+            self._final_write = self._prepare(final=True)
+        if self._final_write is None:  # given up: nothing to write
+            return
+        savepoint = session.begin_nested()
+        try:
+            cancel, _ = self._final_write(session)
+        except JobLostError:
+            savepoint.rollback()
+            self._lose()
+            return
+        savepoint.commit()
+        # the caller's transaction may still fail and be retried: the key stays unknown (the
+        # retry looks it up again) and the rows count once
+        self.cancelled = cancel or self.cancelled
+        if not self._final_counted:
+            self._final_counted = True
+            self.rows_written += self._pending_rows
 
     def flush(self, *, final: bool = False) -> None:
+        write = self._prepare(final=final)
+        if write is None:
+            return
+
+        def own_transaction() -> tuple[bool, int | None]:
+            with unit_of_work(self.factory) as session:
+                return write(session)
+
+        try:
+            cancel, key = retry_on_locked(own_transaction)
+        except JobLostError:
+            self._lose()
+            return
+        self._written(cancel, key)
+
+    def _lose(self) -> None:
+        log.warning("job %s is no longer ours (%s): its run stops unrecorded",
+                    self.job_id, self.claim)
+        self.lost = True
+
+    def _written(self, cancel: bool, key: int | None) -> None:
+        """After a flush's transaction: the cancel flag read and the history key created."""
+        self.cancelled = cancel or self.cancelled
+        if key is not None:
+            self._key = key
+        self.rows_written += self._pending_rows
+
+    def _prepare(self, *, final: bool
+                 ) -> Callable[[Session], tuple[bool, int | None]] | None:
+        """Take what is buffered; the write of it into a session (None once given up)."""
         records, blocks, epochs, alerts = self._steps, self._blocks, self._epochs, self._alerts
         self._steps, self._blocks, self._epochs, self._alerts = [], [], [], []
         self._buffered = 0
         self._last_flush = time.monotonic()
         if self.given_up:
-            return
+            return None
         if records:
             n_layers = self._writer.n_layers
             blocks.append(StepColumns.from_records(
@@ -174,49 +229,40 @@ class DatabaseSink:
             self._last_progress_event = now
         latest = self._latest
 
-        written_key: list[int | None] = [None]
+        self._pending_rows = n_steps * (1 + n_layers)  # steps + layer-steps
 
-        def write() -> bool:
+        def write(session: Session) -> tuple[bool, int | None]:
             write_started = time.monotonic()
-            with unit_of_work(self.factory) as session:
-                # first: the claim check takes the job's row lock (nothing is written for a
-                # run that was given up), then the records
-                cancel = JobRepository(session).record_progress(
-                    self.job_id, steps_completed=self.steps_completed, latest=latest,
-                    first_non_finite=self.first_non_finite, claim=self.claim)
-                history = HistoryRepository(session)
-                key = self._key  # known after the first committed flush: no query
-                for chunk in chunks:
-                    if chunk.data is None and not chunk.rollups:
-                        continue
-                    if key is None:
-                        key = written_key[0] = history.ensure_key(self.job_id, n_layers)
-                    if chunk.data is not None:
-                        history.insert_chunk(key, chunk.first_step, chunk.last_step,
-                                             chunk.n_steps, chunk.data)
-                    history.insert_rollups(key, chunk.rollups)
-                history.insert_epochs(epoch_rows)
-                events = EventRepository(session)
-                for alert in alerts:
-                    events.append(self.job_id, "alert", alert)
-                    webhooks.monitor_alert(session, self.job_id, alert)
-                counters.count_flush(session, steps=n_steps,
-                                     layer_records=n_steps * n_layers,
-                                     seconds=time.monotonic() - write_started)
-                if progress_event:
-                    events.append(self.job_id, "progress", {
-                        "status": "running",
-                        "progress": progress_dict(self.steps_completed, self.total_steps),
-                        "latest": latest})
-                return cancel
+            written_key: int | None = None
+            # first: the claim check takes the job's row lock (nothing is written for a
+            # run that was given up), then the records
+            cancel = JobRepository(session).record_progress(
+                self.job_id, steps_completed=self.steps_completed, latest=latest,
+                first_non_finite=self.first_non_finite, claim=self.claim)
+            history = HistoryRepository(session)
+            key = self._key  # known after the first committed flush: no query
+            for chunk in chunks:
+                if chunk.data is None and not chunk.rollups:
+                    continue
+                if key is None:
+                    key = written_key = history.ensure_key(self.job_id, n_layers)
+                if chunk.data is not None:
+                    history.insert_chunk(key, chunk.first_step, chunk.last_step,
+                                         chunk.n_steps, chunk.data)
+                history.insert_rollups(key, chunk.rollups)
+            history.insert_epochs(epoch_rows)
+            events = EventRepository(session)
+            for alert in alerts:
+                events.append(self.job_id, "alert", alert)
+                webhooks.monitor_alert(session, self.job_id, alert)
+            counters.count_flush(session, steps=n_steps,
+                                 layer_records=n_steps * n_layers,
+                                 seconds=time.monotonic() - write_started)
+            if progress_event:
+                events.append(self.job_id, "progress", {
+                    "status": "running",
+                    "progress": progress_dict(self.steps_completed, self.total_steps),
+                    "latest": latest})
+            return cancel, written_key
 
-        try:
-            self.cancelled = retry_on_locked(write) or self.cancelled
-            if written_key[0] is not None:
-                self._key = written_key[0]
-        except JobLostError:
-            log.warning("job %s is no longer ours (%s): its run stops unrecorded",
-                        self.job_id, self.claim)
-            self.lost = True
-            return
-        self.rows_written += n_steps * (1 + n_layers)  # steps + layer-steps
+        return write

@@ -4,8 +4,10 @@ When a worker gets a sweep member's job id, it claims that job and every still-q
 that can share its stack (``core.batched.stack_key``; at most ``MAX_GROUP``), trains them as
 one :class:`core.batched.BatchedTrainer` with one :class:`app.sink.DatabaseSink` per member
 (so each member's history, events, cancel flag, claim and hand-back are exactly a job's;
-the sinks take the stack's rows as blocks, ``DatabaseSink.write_block``), then
-diagnoses and finishes each member as ``run_job`` finishes a job (:mod:`app.run_end`). Every
+the sinks take the stack's rows as blocks, ``DatabaseSink.write_block``; a member's last
+records are written with its terminal move, ``DatabaseSink.close(session)``), then
+diagnoses and finishes each member as ``run_job`` finishes a job (:mod:`app.run_end`; up to
+``FINISH_BATCH`` members per transaction, each in its own savepoint). Every
 member moves through :func:`app.lifecycle.move_job`, as every job does. The workers that later receive the
 siblings' ids find them no longer queued and skip them; with several workers, each group is
 taken by whichever worker reaches one of its members first.
@@ -19,7 +21,7 @@ import time
 from functools import partial
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.artifacts import keep_models
@@ -31,7 +33,15 @@ from app.lifecycle import move_job
 from app.models import Job, SweepMemberRow
 from app.quotas import start_allowance
 from app.repositories import Claim, JobRepository, db_now
-from app.run_end import conclude, describe, finish_run, first_non_finite, give_up
+from app.run_end import (
+    Finish,
+    conclude,
+    describe,
+    finish_run,
+    finish_runs,
+    first_non_finite,
+    give_up,
+)
 from app.settings import Settings
 from app.sink import DatabaseSink
 from app.worker_process import WorkerContext, handback_due
@@ -48,20 +58,27 @@ log = logging.getLogger(__name__)
 
 MAX_GROUP = 256
 MAX_FLUSH_INTERVAL = 30.0
+# members finished per transaction: one write lock and commit for many, held briefly
+FINISH_BATCH = 16
 
 
-def _sweep_of(factory: sessionmaker[Session], job_id: str) -> str | None:
+def _sweep_of(factory: sessionmaker[Session], job_id: str) -> tuple[str | None, str | None]:
+    """(sweep id, status) of job ``job_id`` (Nones if it does not exist): one read."""
     with factory() as session:
-        return session.scalar(select(Job.parent_sweep_id).where(Job.id == job_id))
+        row = session.execute(select(Job.parent_sweep_id, Job.status)
+                              .where(Job.id == job_id)).first()
+        return (None, None) if row is None else (row[0], row[1])
 
 
 def run_sweep_group(job_id: str, ctx: WorkerContext) -> str | None:
     """Train ``job_id``'s group if it is a sweep member (its final status, or ``'skipped'``
     when it was no longer queued); None when it is not a sweep member."""
     factory, settings = ctx.factory, ctx.settings
-    sweep_id = _sweep_of(factory, job_id)
+    sweep_id, status = _sweep_of(factory, job_id)
     if sweep_id is None:
         return None
+    if status != "queued":  # trained in a sibling's group: no write transaction to find out
+        return "skipped"  # (re-queued later, it is sent again: app.recovery, app.dispatch)
     claimed = retry_on_locked(lambda: _claim_group(factory, job_id, sweep_id, ctx.worker_id,
                                                    max(1, settings.workers), settings))
     if not claimed or claimed[0][0] != job_id:
@@ -156,9 +173,6 @@ def _train_group(ctx: WorkerContext, claimed: list[tuple[str, Claim, dict[str, A
         attach_uploaded_once(specs, blob_store(settings))
         trainer = BatchedTrainer(specs, max_runtime=settings.max_job_runtime_seconds)
         results = trainer.run(sinks, max_records=settings.diagnosis_max_records)
-        for sink in sinks:
-            if not sink.given_up:
-                sink.close()
     except Exception as exc:  # a training crash fails the group's jobs, never the worker
         log.exception("sweep group %s failed", ids)
         message = f"training failed: {describe(exc)}"
@@ -168,6 +182,7 @@ def _train_group(ctx: WorkerContext, claimed: list[tuple[str, Claim, dict[str, A
                        runtime=time.monotonic() - started)
         return dict.fromkeys(ids, "failed")
     statuses: dict[str, str] = {}
+    pending: list[Finish] = []
     for k, ((jid, claim, _), spec, sink, result) in enumerate(
             zip(claimed, specs, sinks, results, strict=True)):
         if sink.given_up:  # given to another worker, or handed back at shutdown
@@ -176,35 +191,43 @@ def _train_group(ctx: WorkerContext, claimed: list[tuple[str, Claim, dict[str, A
         keep_models(settings, jid, partial(Model.from_member, trainer, k, job_id=jid,
                                            step=int(result.steps_completed),
                                            stop_reason=str(result.stop_reason)))
-        statuses[jid] = _finish_member(ctx, jid, claim, spec, sink, result,
-                                       time.monotonic() - started)
+        pending.append(_conclude_member(ctx, jid, claim, spec, sink, result,
+                                        time.monotonic() - started))
+        if len(pending) == FINISH_BATCH:
+            _finish_members(factory, pending, statuses)
+            pending = []
+    _finish_members(factory, pending, statuses)
     return statuses
 
 
-def _finish_member(ctx: WorkerContext, job_id: str, claim: Claim, spec: TrainingSpec,
-                   sink: DatabaseSink, result: TrainingResult, runtime: float) -> str:
-    """Diagnose, store the member's figures and preflight's risk, finish its job."""
-    settings, factory = ctx.settings, ctx.factory
-    status, error, report = conclude(job_id, result, settings)
+def _finish_members(factory: sessionmaker[Session], pending: list[Finish],
+                    statuses: dict[str, str]) -> None:
+    """Finish diagnosed members together (one transaction); their statuses into ``statuses``."""
+    if not pending:
+        return
+    for f, moved in zip(pending, finish_runs(factory, pending), strict=True):
+        statuses[f.job_id] = f.status if moved else "lost"
+
+
+def _conclude_member(ctx: WorkerContext, job_id: str, claim: Claim, spec: TrainingSpec,
+                     sink: DatabaseSink, result: TrainingResult, runtime: float) -> Finish:
+    """Diagnose a member; what finishing it writes, with its figures and preflight's risk."""
+    status, error, report = conclude(job_id, result, ctx.settings)
     risk: str | None = None
     try:
         risk = predicted_risk(SweepMember(0, {}, spec))
     except Exception:
         log.exception("job %s: preflight risk failed", job_id)
 
-    def store_figures() -> None:
-        with unit_of_work(factory) as session:
-            row = session.scalar(select(SweepMemberRow).where(SweepMemberRow.job_id == job_id))
-            if row is not None:
-                row.first_bad_step = report.get("first_bad_step") if report else None
-                row.peak_to_baseline = peak_to_baseline(result)
-                row.final_loss = result.final_loss
-                row.predicted_risk = risk
+    figures = {"first_bad_step": report.get("first_bad_step") if report else None,
+               "peak_to_baseline": peak_to_baseline(result), "final_loss": result.final_loss,
+               "predicted_risk": risk}
 
-    retry_on_locked(store_figures)
-    if not finish_run(factory, job_id, claim, status=status, stop_reason=str(result.stop_reason),
-                      error=error, report=report,
-                      first_non_finite=first_non_finite(result, sink),
-                      steps_completed=int(result.steps_completed), runtime=runtime):
-        return "lost"
-    return status
+    def store_figures(session: Session) -> None:  # in the transaction that finishes the job:
+        sink.close(session)  # the last records, then the figures (a lost run keeps none)
+        session.execute(update(SweepMemberRow).where(SweepMemberRow.job_id == job_id)
+                        .values(**figures).execution_options(synchronize_session=False))
+
+    return Finish(job_id, claim, status, str(result.stop_reason), error, report,
+                  first_non_finite(result, sink), int(result.steps_completed), runtime,
+                  store_figures)

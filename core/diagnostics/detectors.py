@@ -307,15 +307,20 @@ def _step_windows(s: RunSeries, frac: float) -> list[np.ndarray]:
     return [w for w in np.split(np.arange(len(s)), cuts) if w.size]
 
 
+def _initial_loss(s: RunSeries) -> float:
+    """The initial level of :func:`loss_levels`."""
+    first = np.flatnonzero(s.step < s.step[0] + 5)  # steps 0-4: the monitor's L0
+    if first.size < 3:
+        first = np.arange(min(3, len(s)))
+    return median(s.loss[first])
+
+
 def loss_levels(s: RunSeries) -> tuple[float, float, float]:
     """(initial, best, final) loss: the median over steps 0-4 (the monitor's ``initial_loss``;
     at least 3 records on a thinned history), the lowest median over windows of 1% of the steps, and the
     median over the last 5% of the steps (at least 3 records)."""
     wins = _step_windows(s, LOST_WINDOW)
-    first = np.flatnonzero(s.step < s.step[0] + 5)  # steps 0-4: the monitor's L0
-    if first.size < 3:
-        first = np.arange(min(3, len(s)))
-    initial = median(s.loss[first])
+    initial = _initial_loss(s)
     meds = np.array([median(s.loss[w]) for w in wins])
     best = float(np.nanmin(meds)) if np.isfinite(meds).any() else math.nan
     tail = s.step >= s.step[-1] - LOST_TAIL * (s.step[-1] - s.step[0])
@@ -541,7 +546,7 @@ def detect_flat_loss(ctx: Context) -> Finding | None:
         return None
     # the loss at the start (the first 1% of the steps) against the last 10% of the records:
     # on a long run the first 5% of the records may already be converged
-    first, _, _ = loss_levels(s)
+    first = _initial_loss(s)  # loss_levels' initial level (its windows are not needed)
     last = median(s.loss[segment(s, 0.1, tail=True)])
     if not (math.isfinite(first) and math.isfinite(last)) or first <= 0:
         return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -52,22 +53,8 @@ class RunSeries:
         for r in records:
             by_step[r.step] = r
         ordered = [by_step[s] for s in sorted(by_step)]
-        n = len(ordered)
         n_layers = len(spec.model.hidden) + 1
-        layer: dict[str, np.ndarray] = {}
-        present: dict[str, np.ndarray] = {}
-        for name in _LAYER_FIELDS:
-            arr = np.full((n, n_layers), np.nan)
-            have = np.zeros((n, n_layers), dtype=bool)
-            for i, r in enumerate(ordered):
-                for lr_ in r.layers:
-                    if 0 <= lr_.layer < n_layers:
-                        v: Any = getattr(lr_, name)
-                        if v is not None:
-                            arr[i, lr_.layer] = v
-                            have[i, lr_.layer] = True
-            layer[name] = arr
-            present[name] = have
+        layer, present = _layer_columns(ordered, n_layers)
         return cls(
             spec=spec,
             step=np.array([r.step for r in ordered], dtype=np.int64),
@@ -100,6 +87,60 @@ class RunSeries:
             vals = self.layer[name]
             ok &= np.all(np.isfinite(vals) | ~self.present[name], axis=1)
         return ok
+
+
+_GETTERS = {name: attrgetter(name) for name in ("layer", *_LAYER_FIELDS)}
+
+
+def _layer_columns(ordered: Sequence[StepRecord], n_layers: int
+                   ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per-layer fields as ``(n, n_layers)`` columns (NaN where absent) and their presence.
+
+    The usual records (every step holds layers ``0..n_layers-1`` in order) are read a field
+    at a time (C-speed attribute reads, None -> NaN in the conversion); anything else goes
+    cell by cell. Both give the same arrays."""
+    n = len(ordered)
+    flat = [lr_ for r in ordered for lr_ in r.layers]
+    if list(map(_GETTERS["layer"], flat)) != list(range(n_layers)) * n:
+        return _layer_columns_per_cell(ordered, n_layers)
+    layer: dict[str, np.ndarray] = {}
+    present: dict[str, np.ndarray] = {}
+    for name in _LAYER_FIELDS:
+        vals: list[Any] = list(map(_GETTERS[name], flat))
+        absent = vals.count(None)
+        if absent == len(vals):
+            arr = np.full((n, n_layers), np.nan)
+            have = np.zeros((n, n_layers), dtype=bool)
+        else:
+            arr = np.array(vals, dtype=np.float64).reshape(n, n_layers)  # None -> NaN
+            if absent:
+                have = np.array([v is not None for v in vals], dtype=bool).reshape(n, n_layers)
+            else:
+                have = np.ones((n, n_layers), dtype=bool)
+        layer[name] = arr
+        present[name] = have
+    return layer, present
+
+
+def _layer_columns_per_cell(ordered: Sequence[StepRecord], n_layers: int
+                            ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """:func:`_layer_columns` cell by cell: records holding a layer more than once."""
+    n = len(ordered)
+    layer: dict[str, np.ndarray] = {}
+    present: dict[str, np.ndarray] = {}
+    for name in _LAYER_FIELDS:
+        arr = np.full((n, n_layers), np.nan)
+        have = np.zeros((n, n_layers), dtype=bool)
+        for i, r in enumerate(ordered):
+            for lr_ in r.layers:
+                if 0 <= lr_.layer < n_layers:
+                    v: Any = getattr(lr_, name)
+                    if v is not None:
+                        arr[i, lr_.layer] = v
+                        have[i, lr_.layer] = True
+        layer[name] = arr
+        present[name] = have
+    return layer, present
 
 
 def safe_log(x: float) -> float:

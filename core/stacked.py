@@ -248,8 +248,8 @@ class StackedMLP:
 
     def hidden_activation(self, i: int) -> Array:
         """Hidden layer ``i``'s activations of the last training pass, ``(K, batch, units)``
-        C-contiguous (a copy of the batch-major work array, made once per pass: the
-        per-member statistics read each member's block as one row)."""
+        C-contiguous (a copy of the batch-major work array, made once per pass: with one
+        hidden layer the per-member statistics read each member's block as one row)."""
         acts = self._contiguous_acts
         a = acts[i]
         if a is None:
@@ -434,8 +434,10 @@ class StackedMLP:
         key = (self.size, self._bs)
         whole = self._hidden_copies.get(key)
         if whole is None:
-            whole = np.empty((*key, self._col_offsets[-1]), self.dtype)
-            self._hidden_copies = {key: whole}
+            if len(self._hidden_copies) > 2:  # e.g. full and last batches: both kept
+                self._hidden_copies.clear()
+            whole = self._hidden_copies[key] = np.empty((*key, self._col_offsets[-1]),
+                                                        self.dtype)
         for i, (lo, hi) in enumerate(itertools.pairwise(self._col_offsets)):
             np.copyto(whole[:, :, lo:hi], buf.act[i])
         return whole

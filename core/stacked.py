@@ -14,6 +14,7 @@ generator), so a member starts exactly where its single-network run starts.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,8 +35,7 @@ from core.network import EVAL_CHUNK, MLP
 __all__ = ["StackedMLP", "segment_sumsq_batched"]
 
 Array = np.ndarray
-_NON_NEGATIVE = ("relu", "sigmoid")
-_PREDICT_CACHE = 8 * 1024 * 1024  # elements of inference work arrays kept between calls  # activations whose outputs are >= 0 (or NaN)
+_PREDICT_CACHE = 8 * 1024 * 1024  # elements of inference work arrays kept between calls
 
 
 @dataclass(slots=True)
@@ -145,6 +145,9 @@ class StackedMLP:
             [net.running_var[i] for net in networks])[:, None, :] for i in first.running_var}
         self._bind(self.flat, np.empty_like(self.flat))  # backward writes every slot
         self._ones_rows: dict[tuple[int, np.dtype], Array] = {}
+        # column ranges of each hidden layer in the single network's activation buffer
+        self._col_offsets = [int(c) for c in first.col_offsets]
+        self._starts = first.col_offsets[:-1]
 
     @property
     def size(self) -> int:
@@ -187,6 +190,7 @@ class StackedMLP:
         self._predict_key: tuple[int, int] | None = None
         self._contiguous_acts: list[Array | None] = []
         self._act_copies: dict[tuple[int, int], Array] = {}
+        self._hidden_copies: dict[tuple[int, int], Array] = {}
         self._predict_buffers: _Buffers | None = None
 
     def keep_rows(self, rows: Array, flat: Array | None = None) -> None:
@@ -244,8 +248,8 @@ class StackedMLP:
 
     def hidden_activation(self, i: int) -> Array:
         """Hidden layer ``i``'s activations of the last training pass, ``(K, batch, units)``
-        C-contiguous (a copy of the batch-major work array, made once per pass: the
-        per-member statistics read each member's block as one row)."""
+        C-contiguous (a copy of the batch-major work array, made once per pass: with one
+        hidden layer the per-member statistics read each member's block as one row)."""
         acts = self._contiguous_acts
         a = acts[i]
         if a is None:
@@ -379,18 +383,29 @@ class StackedMLP:
         return affine_forward(x, W[-1], b[-1])
 
     # ---------------------------------------------------------------- statistics
-    def _ones(self, a: Array) -> Array:
-        """A ``(1, n)`` row of ones in ``a``'s dtype, ``n`` = ``a.shape[1]`` (cached)."""
-        ones = self._ones_rows.get((a.shape[1], a.dtype))
+    def _ones(self, n: int) -> Array:
+        """``n`` ones in the training dtype (cached): column sums as a matrix-vector product,
+        the single network's ``ones``."""
+        ones = self._ones_rows.get((n, self.dtype))
         if ones is None:
-            ones = self._ones_rows[(a.shape[1], a.dtype)] = np.ones((1, a.shape[1]), a.dtype)
+            ones = self._ones_rows[(n, self.dtype)] = np.ones(n, self.dtype)
         return ones
 
     def activation_stats(self, outputs: Array, out: Array | None = None
                          ) -> tuple[Array, Array, Array, Array]:
         """Per member and layer ``(mean, std, dead_fraction, saturated_fraction)``, each
         ``(K, n_layers)`` float64 (NaN where a statistic does not apply), of the last training
-        pass: as :meth:`core.network.MLP.activation_stats` computes them per network.
+        pass: for every member exactly the numbers (bits) of
+        :meth:`core.network.MLP.activation_stat_array` on its own network.
+
+        The single network's sums are reproduced call for call, batched over the members
+        (each batched call runs the same routine per member on the same shape and strides):
+        with one hidden layer, each layer's whole-buffer float64 sum and BLAS dot; with two
+        or more, the column sums of the ``(batch, all hidden units)`` buffer as a BLAS
+        matrix-vector product and the column sums of squares with ``einsum`` on that very
+        layout (a member-major copy, :meth:`_hidden_buffer`), reduced per layer with
+        ``reduceat``; the outputs as one flat buffer. Dead and saturated fractions are
+        counts, exact whichever way they are counted.
 
         ``out`` (``(K, n_layers, 4)`` float64, e.g. a view of the telemetry rows) receives
         them in place; the four returned arrays are then its columns."""
@@ -398,51 +413,90 @@ class StackedMLP:
         if out is None:
             out = np.empty((K, L, 4))
         out[:, :, 2:] = np.nan
-        sums = np.empty((K, L))
-        sqs = np.empty((K, L))
-        counts = np.empty(L)
-        layers = [*(self.hidden_activation(i) for i in range(L - 1)), outputs]
-        for i, a in enumerate(layers):
-            rows = a.reshape(K, -1)
-            counts[i] = rows.shape[1]
-            if i < L - 1 and self.activations[i].name in _NON_NEGATIVE:
-                # one matrix-vector product for every member's sum (as the single network's
-                # column sums; no cancellation in a sum of non-negative outputs), the float64
-                # sum where the training dtype overflowed
-                s = rows @ self._ones(rows)[0]
-                if np.isfinite(s).all():
-                    sums[:, i] = s
-                else:
-                    rows.sum(axis=1, dtype=np.float64, out=sums[:, i])
-            else:
-                rows.sum(axis=1, dtype=np.float64, out=sums[:, i])
-            q = np.einsum("ki,ki->k", rows, rows)
-            if rows.dtype != np.float64 and not np.isfinite(q).all():
-                r64 = rows.astype(np.float64)
-                q = np.einsum("ki,ki->k", r64, r64)
-            sqs[:, i] = q
-            if i == L - 1:
-                break
-            act_fn = self.activations[i]
-            units = a.shape[2]
-            if act_fn.name == "relu":
-                # a unit is alive when its output is > 0 for some example: for outputs >= 0
-                # (or NaN), exactly when their column sum is > 0, which one batched matmul
-                # gives far faster than a reduction over the middle axis
-                alive = (np.matmul(self._ones(a), a)[:, 0, :] > 0).sum(axis=1)
-                out[:, i, 2] = 1.0 - alive / units
-            elif act_fn.family == "relu":
-                alive = (a.max(axis=1) > 0).sum(axis=1)
-                out[:, i, 2] = 1.0 - alive / units
-            elif act_fn.name in ("tanh", "sigmoid"):
-                in_tail = np.abs(a - act_fn.saturation_center) > act_fn.saturation_halfwidth
-                out[:, i, 3] = in_tail.reshape(K, -1).sum(axis=1) / rows.shape[1]
-        # every layer's mean and std at once (elementwise: the numbers of a layer at a time)
-        m = np.divide(sums, counts, out=out[:, :, 0])
-        spread = np.sqrt(np.maximum(sqs / counts - m * m, 0.0))
-        out[:, :, 1] = np.where(np.isfinite(sqs), spread, sqs)
+        if L == 2:
+            a = self.hidden_activation(0)
+            _flat_stats(a.reshape(K, -1), out[:, 0])
+            col_sum = None
+            if self.activations[0].name == "relu":  # alive units: column sums > 0 (below)
+                col_sum = np.matmul(self._ones(a.shape[1]), a)
+            self._unit_stats(0, a, col_sum, out)
+        elif L > 2:
+            self._hidden_stats(out)
+        _flat_stats(outputs.reshape(K, -1), out[:, L - 1])
         return out[:, :, 0], out[:, :, 1], out[:, :, 2], out[:, :, 3]
 
+    def _hidden_buffer(self) -> Array:
+        """Every member's hidden activations of the last training pass in the single
+        network's layout: ``(K, batch, all hidden units)``, member ``k``'s block a
+        C-contiguous ``(batch, all hidden units)`` array with the layers side by side (one
+        copy per pass into a buffer reused across steps)."""
+        buf = self._buffers[self._bs]
+        key = (self.size, self._bs)
+        whole = self._hidden_copies.get(key)
+        if whole is None:
+            if len(self._hidden_copies) > 2:  # e.g. full and last batches: both kept
+                self._hidden_copies.clear()
+            whole = self._hidden_copies[key] = np.empty((*key, self._col_offsets[-1]),
+                                                        self.dtype)
+        for i, (lo, hi) in enumerate(itertools.pairwise(self._col_offsets)):
+            np.copyto(whole[:, :, lo:hi], buf.act[i])
+        return whole
+
+    def _hidden_stats(self, out: Array) -> None:
+        """:meth:`activation_stats`' hidden rows for two or more hidden layers: the single
+        network's ``_hidden_stats`` for every member at once (fallbacks per member)."""
+        act = self._hidden_buffer()
+        batch = act.shape[1]
+        starts = self._starts
+        col_sq = np.einsum("kij,kij->kj", act, act)
+        sqs = np.add.reduceat(col_sq, starts, axis=1).astype(np.float64)
+        if act.dtype != np.float64:
+            for k in np.flatnonzero(~np.isfinite(col_sq).all(axis=1)).tolist():
+                a64 = act[k].astype(np.float64)  # float32 overflow of the squares
+                sqs[k] = np.add.reduceat(np.einsum("ij,ij->j", a64, a64), starts)
+        col_sum = np.matmul(self._ones(batch), act)
+        sums = np.add.reduceat(col_sum, starts, axis=1).astype(np.float64)
+        for k in np.flatnonzero(~np.isfinite(col_sum).all(axis=1)).tolist():
+            sums[k] = np.add.reduceat(act[k].sum(axis=0, dtype=np.float64), starts)
+        cn = np.array(self.sizes[1:-1], dtype=np.float64) * batch
+        mean = np.divide(sums, cn, out=out[:, :-1, 0])
+        spread = np.sqrt(np.maximum(sqs / cn - mean * mean, 0.0))
+        out[:, :-1, 1] = np.where(np.isfinite(sqs), spread, sqs)
+        for i, (lo, hi) in enumerate(itertools.pairwise(self._col_offsets)):
+            self._unit_stats(i, act[:, :, lo:hi], col_sum[:, lo:hi], out)
+
+    def _unit_stats(self, i: int, a: Array, col_sum: Array | None, out: Array) -> None:
+        """Dead or saturated fraction of hidden layer ``i`` (activations ``a``, ``(K, batch,
+        units)``; ``col_sum`` its column sums when known) into ``out[:, i]``: counts of units
+        or outputs, the same numbers however they are counted."""
+        act_fn = self.activations[i]
+        units = a.shape[2]
+        if act_fn.name == "relu" and col_sum is not None:
+            # a unit is dead on this batch when its output is <= 0 for every example: for
+            # outputs >= 0 (or NaN), exactly when their column sum is not > 0
+            out[:, i, 2] = 1.0 - np.count_nonzero(col_sum > 0, axis=1) / units
+        elif act_fn.family == "relu":
+            out[:, i, 2] = 1.0 - np.count_nonzero(a.max(axis=1) > 0, axis=1) / units
+        elif act_fn.family == "saturating":
+            in_tail = np.abs(a - act_fn.saturation_center) > act_fn.saturation_halfwidth
+            out[:, i, 3] = np.count_nonzero(in_tail, axis=(1, 2)) / (units * a.shape[1])
+
+
+def _flat_stats(rows: Array, out: Array) -> None:
+    """Mean and std of each row of ``rows`` ``(K, n)`` into ``out[:, 0]`` and ``out[:, 1]``:
+    per row the single network's flat statistics of one buffer (a float64 sum, and
+    :func:`core.layout.sumsq`: one BLAS dot, redone in float64 where float32 overflows)."""
+    n = rows.shape[1]
+    sums = rows.sum(axis=1, dtype=np.float64)
+    q = np.matmul(rows[:, None, :], rows[:, :, None])[:, 0, 0].astype(np.float64)
+    if rows.dtype != np.float64:
+        bad = np.flatnonzero(~np.isfinite(q))
+        if bad.size:
+            r64 = rows[bad].astype(np.float64)
+            q[bad] = np.matmul(r64[:, None, :], r64[:, :, None])[:, 0, 0]
+    mean = np.divide(sums, n, out=out[:, 0])
+    spread = np.sqrt(np.maximum(q / n - mean * mean, 0.0))
+    out[:, 1] = np.where(np.isfinite(q), spread, q)
 
 def segment_sumsq_batched(flat: Array, bounds: Array, as_single: tuple[int, int] | None = None
                           ) -> Array:

@@ -17,6 +17,9 @@ import pytest
 from core import Trainer, TrainingResult, TrainingSpec
 from core.activations import get_activation
 from core.batched import BatchedTrainer
+from core.network import MLP
+from core.stacked import StackedMLP
+from core.telemetry import LayerRecord
 
 
 def _spec(**over: Any) -> TrainingSpec:
@@ -139,9 +142,15 @@ def _norm_bits(res: TrainingResult) -> list[Any]:
         for r in res.steps]
 
 
-def _act_stats(res: TrainingResult) -> Any:
-    return np.array([[(ly.act_mean, ly.act_std) for ly in r.layers] for r in res.steps],
-                    dtype=float)
+def _hex(x: float | None) -> str | None:
+    return None if x is None else float(x).hex()  # NaN -> 'nan', inf -> 'inf'
+
+
+def _layer_bits(res: TrainingResult) -> list[Any]:
+    """Every field of every recorded layer, per step, as exact representations."""
+    return [(r.step, [tuple(_hex(getattr(ly, f)) if f != "layer" else ly.layer
+                            for f in LayerRecord.__slots__) for ly in r.layers])
+            for r in res.steps]
 
 
 @pytest.mark.parametrize("features,hidden", [
@@ -152,8 +161,8 @@ def _act_stats(res: TrainingResult) -> Any:
 def test_float32_norms_are_the_single_runs_bits(features: int, hidden: list[int]) -> None:
     """The stacked norms take the single trainer's path (reduceat or one dot per segment,
     :func:`core.layout.norms_by_reduceat`): a float32 dot and a reduction sum in different
-    orders, so any other path differs in the last bits). The activation statistics are summed
-    in other orders by the two trainers: equal to float32 rounding."""
+    orders, so any other path differs in the last bits). So do the activation statistics
+    (whole-buffer sums and dots, or BLAS column sums of the single network's layout)."""
     specs = [TrainingSpec.model_validate({
         "seed": 0, "dtype": "float32",
         "data": {"source": "synthetic", "name": "blobs", "n_samples": 256,
@@ -164,4 +173,67 @@ def test_float32_norms_are_the_single_runs_bits(features: int, hidden: list[int]
     for spec, res in zip(specs, BatchedTrainer(specs).run(), strict=True):
         single = Trainer(spec).run()
         assert _norm_bits(res) == _norm_bits(single)
-        np.testing.assert_allclose(_act_stats(res), _act_stats(single), rtol=1e-5, atol=1e-6)
+        assert _layer_bits(res) == _layer_bits(single)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("model,features", [
+    ({"hidden": [{"units": 64}]}, 256),  # one hidden layer: whole-buffer sums and dots
+    ({"hidden": [{"units": 32}, {"units": 32}]}, 2),  # BLAS column sums, reduceat
+    ({"hidden": [{"units": 8, "activation": "leaky_relu"}, {"units": 3, "activation": "tanh"},
+                 {"units": 5, "activation": "sigmoid"}]}, 2),  # narrow columns
+    ({"hidden": [{"units": 24, "activation": "tanh", "batch_norm": True},
+                 {"units": 16, "activation": "elu"}]}, 5),
+    ({"hidden": [{"units": 9, "activation": "sigmoid"}]}, 3),
+    ({"hidden": [{"units": 12, "activation": "gelu", "batch_norm": True},
+                 {"units": 1, "activation": "relu"}]}, 4),
+], ids=["256-64", "2-32-32", "leaky-tanh-sigmoid", "bn-tanh-elu", "sigmoid", "bn-gelu-1relu"])
+def test_every_layer_record_is_the_single_runs_bits(model: dict[str, Any], features: int,
+                                                   dtype: str) -> None:
+    """Every per-layer figure (norms, activation mean/std, dead and saturated fractions, None
+    where absent) of every member is its single run's, bit for bit; the large learning rates
+    drive members to overflow (the statistics' non-finite paths) and out of the stack."""
+    specs = [TrainingSpec.model_validate({
+        "seed": seed, "dtype": dtype,
+        "data": {"source": "synthetic", "name": "blobs", "n_samples": 192,
+                 "n_features": features, "n_classes": 3},
+        "model": {**model, "init": {"scheme": "normal", "std": std}},
+        "optimizer": {"name": "sgd", "lr": lr, "momentum": 0.9},
+        "training": {"epochs": 2, "batch_size": 48}})
+        for seed, std, lr in [(0, 0.1, 0.01), (1, 1.0, 0.3), (0, 3.0, 30.0)]]
+    for spec, res in zip(specs, BatchedTrainer(specs).run(), strict=True):
+        single = Trainer(spec).run()
+        assert res.steps_completed == single.steps_completed
+        assert _layer_bits(res) == _layer_bits(single)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("hidden", [
+    [{"units": 6, "activation": "linear"}],
+    [{"units": 6, "activation": "linear"}, {"units": 4, "activation": "relu"}],
+    [{"units": 7, "activation": "tanh"}, {"units": 5, "activation": "linear"},
+     {"units": 3, "activation": "leaky_relu"}],
+], ids=["1", "2", "3"])
+def test_statistics_of_overflowing_members_are_the_single_networks(hidden: list[dict[str, Any]],
+                                                                   dtype: str) -> None:
+    """Members whose activations overflow at every stage (float32 squares, float32 column
+    sums, values themselves, NaN) take the single network's fallbacks, member by member."""
+    spec = TrainingSpec.model_validate({
+        "seed": 0, "dtype": dtype,
+        "data": {"source": "synthetic", "name": "blobs", "n_samples": 64, "n_features": 3},
+        "model": {"hidden": hidden}, "training": {"batch_size": 16}})
+    scales = [1.0, 1e6, 4e8, 6e8, 1e12, 1e19, 1e30, 1e80, 1e160]
+    nets = [MLP(spec, np.random.default_rng(k)) for k in range(len(scales))]
+    for net, scale in zip(nets, scales, strict=True):
+        net.W[0][...] *= scale
+    stack = StackedMLP(nets)
+    X = np.random.default_rng(9).standard_normal((16, 3)).astype(dtype)
+    X[3:5, 1] = 1e30 if dtype == "float32" else 5e299  # column sums overflow, not the values
+    with np.errstate(all="ignore"):
+        out = stack.forward(X)
+        mean, std, dead, sat = stack.activation_stats(out)
+        for k, net in enumerate(nets):
+            table = net.activation_stat_array(net.forward(X))
+            got = np.stack([mean[k], std[k], dead[k], sat[k]], axis=1)
+            assert [v.hex() for v in got.ravel().tolist()] == [
+                v.hex() for v in table.ravel().tolist()], f"member {k} (scale {scales[k]})"

@@ -15,9 +15,7 @@ generator), so a member starts exactly where its single-network run starts.
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -29,90 +27,15 @@ from core.layers import (
     batchnorm_forward_eval,
     batchnorm_forward_train_batched,
 )
-from core.layout import ParamLayout, norms_by_reduceat
+from core.layout import ParamLayout
 from core.network import EVAL_CHUNK, MLP
+from core.stack_buffers import Buffers, Storage, members_view, work_array
+from core.stack_sums import flat_stats, segment_sumsq_batched
 
 __all__ = ["StackedMLP", "segment_sumsq_batched"]
 
 Array = np.ndarray
 _PREDICT_CACHE = 8 * 1024 * 1024  # elements of inference work arrays kept between calls
-
-
-@dataclass(slots=True)
-class _Buffers:
-    """Per-batch-size work arrays reused across steps (see :func:`_work_array`)."""
-
-    z: list[Array]  # per layer (K, batch, fan_out): pre-activation (after batch norm)
-    act: list[Array]  # per hidden layer (K, batch, units): activations
-    dx: list[Array]  # per layer (K, batch, fan_in): gradient w.r.t. the input (layer 0: none)
-    z2: list[Array | None]  # per hidden layer: the whole batch-major array of z (or None)
-    act2: list[Array | None]  # the same for act
-    dx2: list[Array | None]  # the same for dx (per layer, as dx)
-    vec: list[Array]  # per hidden layer: a batch-major row (bias, then bias gradient)
-    vec3: list[Array]  # its (K, units) view
-    storage: list[Array]  # the flat arrays behind the work arrays
-
-
-def _row_length(n: int, itemsize: int, strided: bool) -> int:
-    """Elements per row of a batch-major array holding ``n``: ``n``, padded to an odd number
-    of 64-byte lines when it is a whole even number of them (rows a power of two apart fall on
-    the same L1 sets, which makes BLAS ~2x slower on a member's strided block), and padded
-    anyway when ``strided`` asks for rows longer than ``n``."""
-    if (n * itemsize) % 128 == 0 or strided:
-        return n + max(1, 64 // itemsize)
-    return n
-
-
-class _Storage:
-    """Where work arrays come from: the flat arrays a larger stack used (best fit, each at
-    most once; their contents are garbage, every work array is written before it is read),
-    else new ones. A shrinking stack then needs no new large allocation."""
-
-    def __init__(self, pool: list[Array]) -> None:
-        self.pool = sorted(pool, key=lambda a: a.size)
-        self.used: list[Array] = []
-
-    def take(self, shape: tuple[int, ...], dtype: np.dtype) -> Array:
-        n = math.prod(shape)
-        for j, a in enumerate(self.pool):
-            if a.size >= n and a.dtype == dtype:
-                flat = self.pool.pop(j)
-                break
-        else:
-            flat = np.zeros(n, dtype=dtype)
-        self.used.append(flat)
-        return flat[:n].reshape(shape)
-
-
-def _work_array(store: _Storage, K: int, batch: int, units: int, dtype: np.dtype,
-                batch_major: bool, strided: bool = False) -> tuple[Array, Array | None]:
-    """A ``(K, batch, units)`` work array and, when batch-major, the whole array.
-
-    Batch-major: one C-contiguous ``(batch, row)`` array whose row holds every member's
-    ``units`` side by side (then a few padding elements, see :func:`_row_length`); member
-    ``k`` is the strided ``(batch, units)`` block at column ``k*units``. The ``(K, batch,
-    units)`` view feeds the batched ``matmul`` (each member is still a BLAS matrix, with a
-    larger leading dimension: the same routine, the same numbers), the whole array the
-    elementwise work (bias add, activations: one contiguous pass instead of ``K*batch`` rows
-    of ``units``; NumPy is ~2.5x slower on row-strided arrays, hence the padding is computed
-    along) and the bias gradient (a sum over axis 0: row after row, the order of the single
-    network's ``np.add.reduce(dz, axis=0)`` over ``(batch, units)``).
-
-    Member-major ``(K, batch, units)`` otherwise; ``strided`` makes each member's block
-    strided all the same (no whole array then).
-    """
-    itemsize = np.dtype(dtype).itemsize
-    if not batch_major and not strided:
-        return store.take((K, batch, units), dtype), None
-    n = K * units
-    whole = store.take((batch, _row_length(n, itemsize, strided and n == units)), dtype)
-    view = whole[:, :n].reshape(batch, K, units).transpose(1, 0, 2)
-    return view, whole if batch_major else None
-
-
-def _members(whole: Array, K: int, units: int) -> Array:
-    """The ``(K, batch, units)`` view of a batch-major array ``whole``."""
-    return whole[:, :K * units].reshape(whole.shape[0], K, units).transpose(1, 0, 2)
 
 
 class StackedMLP:
@@ -183,7 +106,7 @@ class StackedMLP:
                 self.beta[slot.layer], self.dbeta[slot.layer] = p, g
         old = [*getattr(self, "_buffers", {}).values(), getattr(self, "_predict_buffers", None)]
         self._pool: list[Array] = [a for b in old if b is not None for a in b.storage]
-        self._buffers: dict[int, _Buffers] = {}
+        self._buffers: dict[int, Buffers] = {}
         self._inputs: list[Array] = []
         self._bn_cache: dict[int, BatchNormCache] = {}
         self._bs = 0
@@ -191,7 +114,7 @@ class StackedMLP:
         self._contiguous_acts: list[Array | None] = []
         self._act_copies: dict[tuple[int, int], Array] = {}
         self._hidden_copies: dict[tuple[int, int], Array] = {}
-        self._predict_buffers: _Buffers | None = None
+        self._predict_buffers: Buffers | None = None
 
     def keep_rows(self, rows: Array, flat: Array | None = None) -> None:
         """Keep only members ``rows`` (in that order); ``flat`` is the kept parameter buffer
@@ -206,7 +129,7 @@ class StackedMLP:
         return [(s.name, self.layout.view(self.flat[k], s)) for s in self.layout.slots]
 
     # ---------------------------------------------------------------- passes
-    def _buffers_for(self, batch: int) -> _Buffers:
+    def _buffers_for(self, batch: int) -> Buffers:
         buf = self._buffers.get(batch)
         if buf is None:
             if len(self._buffers) > 4:
@@ -214,9 +137,9 @@ class StackedMLP:
             buf = self._buffers[batch] = self._new_buffers(batch, self.size)
         return buf
 
-    def _new_buffers(self, batch: int, K: int, backward: bool = True) -> _Buffers:
+    def _new_buffers(self, batch: int, K: int, backward: bool = True) -> Buffers:
         dt, hidden = self.dtype, self.sizes[1:-1]
-        store = _Storage(self._pool)
+        store = Storage(self._pool)
         # Which layout gives each member exactly its single network's numbers. The single
         # network sums a one-unit gradient pairwise (member-major here, whose reduction does
         # the same). BLAS's matrix-vector products (into one unit, or from one input unit)
@@ -228,18 +151,18 @@ class StackedMLP:
         major = [n > 1 and (strided or sizes[i + 2] > 1)
                  and not (backward and i > 0 and sizes[i] == 1)
                  for i, n in enumerate(hidden)]
-        zs = [_work_array(store, K, batch, n, dt, bm, strided)
+        zs = [work_array(store, K, batch, n, dt, bm, strided)
               for n, bm in zip(hidden, major, strict=True)]
-        acts = [_work_array(store, K, batch, n, dt, bm, strided)
+        acts = [work_array(store, K, batch, n, dt, bm, strided)
                 for n, bm in zip(hidden, major, strict=True)]
-        dxs = [_work_array(store, K, batch, n, dt, bm, strided and bm)
+        dxs = [work_array(store, K, batch, n, dt, bm, strided and bm)
                for n, bm in zip(hidden, major, strict=True)] if backward else []
         vec = [np.zeros(z2.shape[1] if z2 is not None else K * n, dtype=dt)
                for (_, z2), n in zip(zs, hidden, strict=True)]
         no_dx: list[Array | None] = [None]
         out = store.take((K, batch, self.sizes[-1]), dt)
         self._pool = store.pool
-        return _Buffers(
+        return Buffers(
             [z for z, _ in zs] + [out],
             [a for a, _ in acts], [np.empty((0, 0, 0), dtype=dt)] + [d for d, _ in dxs],
             [z2 for _, z2 in zs], [a2 for _, a2 in acts], no_dx + [d2 for _, d2 in dxs],
@@ -263,7 +186,7 @@ class StackedMLP:
             acts[i] = a
         return a
 
-    def _hidden(self, x: Array, i: int, buf: _Buffers, W: Array, b: Array,
+    def _hidden(self, x: Array, i: int, buf: Buffers, W: Array, b: Array,
                 batch_norm: Callable[[Array], Array] | None) -> Array:
         """Hidden layer ``i`` on ``x`` into ``buf``: ``act(norm(x @ W + b))``; returns the
         activations ``(K, batch, units)``."""
@@ -313,7 +236,7 @@ class StackedMLP:
                 z2, act2 = buf.z2[i], buf.act2[i]
                 if dz2 is not None and z2 is not None and act2 is not None:
                     dz2 = self.activations[i].backward(dz2, z2, act2)
-                    dz = _members(dz2, K, dz.shape[2])
+                    dz = members_view(dz2, K, dz.shape[2])
                 else:
                     dz = self.activations[i].backward(dz, buf.z[i], inputs[i + 1])
                 if self.batch_norm[i]:
@@ -415,14 +338,14 @@ class StackedMLP:
         out[:, :, 2:] = np.nan
         if L == 2:
             a = self.hidden_activation(0)
-            _flat_stats(a.reshape(K, -1), out[:, 0])
+            flat_stats(a.reshape(K, -1), out[:, 0])
             col_sum = None
             if self.activations[0].name == "relu":  # alive units: column sums > 0 (below)
                 col_sum = np.matmul(self._ones(a.shape[1]), a)
             self._unit_stats(0, a, col_sum, out)
         elif L > 2:
             self._hidden_stats(out)
-        _flat_stats(outputs.reshape(K, -1), out[:, L - 1])
+        flat_stats(outputs.reshape(K, -1), out[:, L - 1])
         return out[:, :, 0], out[:, :, 1], out[:, :, 2], out[:, :, 3]
 
     def _hidden_buffer(self) -> Array:
@@ -480,48 +403,3 @@ class StackedMLP:
         elif act_fn.family == "saturating":
             in_tail = np.abs(a - act_fn.saturation_center) > act_fn.saturation_halfwidth
             out[:, i, 3] = np.count_nonzero(in_tail, axis=(1, 2)) / (units * a.shape[1])
-
-
-def _flat_stats(rows: Array, out: Array) -> None:
-    """Mean and std of each row of ``rows`` ``(K, n)`` into ``out[:, 0]`` and ``out[:, 1]``:
-    per row the single network's flat statistics of one buffer (a float64 sum, and
-    :func:`core.layout.sumsq`: one BLAS dot, redone in float64 where float32 overflows)."""
-    n = rows.shape[1]
-    sums = rows.sum(axis=1, dtype=np.float64)
-    q = np.matmul(rows[:, None, :], rows[:, :, None])[:, 0, 0].astype(np.float64)
-    if rows.dtype != np.float64:
-        bad = np.flatnonzero(~np.isfinite(q))
-        if bad.size:
-            r64 = rows[bad].astype(np.float64)
-            q[bad] = np.matmul(r64[:, None, :], r64[:, :, None])[:, 0, 0]
-    mean = np.divide(sums, n, out=out[:, 0])
-    spread = np.sqrt(np.maximum(q / n - mean * mean, 0.0))
-    out[:, 1] = np.where(np.isfinite(q), spread, q)
-
-def segment_sumsq_batched(flat: Array, bounds: Array, as_single: tuple[int, int] | None = None
-                          ) -> Array:
-    """Sum of squares of ``flat[:, bounds[j]:bounds[j + 1]]`` per row and segment,
-    ``(K, len(bounds) - 1)`` float64, each row the numbers the single trainer's
-    ``_norm_segments`` gives for that member: the same rule picks ``reduceat`` or one BLAS dot
-    per segment (:func:`core.layout.norms_by_reduceat`, on ``as_single`` = (elements,
-    segments) of the single trainer's call when it sums another buffer, e.g. weights and
-    update side by side), and float32 sums that overflow are redone in float64 the same way
-    (for the rows concerned only)."""
-    K, n_seg = flat.shape[0], len(bounds) - 1
-    size, segments = as_single or (flat.shape[1], n_seg)
-    if norms_by_reduceat(size, segments):
-        out = np.add.reduceat(np.square(flat), bounds[:-1], axis=1).astype(np.float64)
-        if flat.dtype != np.float64 and not np.isfinite(out).all():
-            bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
-            out[bad] = np.add.reduceat(np.square(flat[bad], dtype=np.float64), bounds[:-1],
-                                       axis=1)
-        return out
-    out = np.empty((K, n_seg))
-    for j in range(n_seg):
-        seg = flat[:, int(bounds[j]):int(bounds[j + 1])]
-        for k in range(K):  # one BLAS dot per member, as the single trainer's
-            s = float(np.dot(seg[k], seg[k]))
-            if not math.isfinite(s):
-                s = float(np.square(seg[k], dtype=np.float64).sum())
-            out[k, j] = s
-    return out

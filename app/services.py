@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app import history, quotas, webhooks
 from app.artifacts import forget_models
 from app.correlation import current_request_id
+from app.data_scale import uploaded_scale
 from app.datasets import parent_lookup
 from app.db import sqlite_writer_free
 from app.diagnosis_cache import PROVISIONAL
@@ -336,7 +337,9 @@ def diagnostics(session: Session, job_id: str, settings: Settings,
     def compute() -> dict[str, Any]:
         from core.diagnostics import diagnose
 
-        report = diagnose(stored_history(session, job, settings))
+        stored_run = stored_history(session, job, settings)
+        # an uploaded data set's scale, as the worker's diagnosis has it (cached per data set)
+        report = diagnose(stored_run, scale=uploaded_scale(stored_run.spec, settings))
         data: dict[str, Any] = json.loads(report.model_dump_json())
         if job.status in TERMINAL:
             data["final"] = True

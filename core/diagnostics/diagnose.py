@@ -30,7 +30,7 @@ from core.diagnostics import detectors as D
 from core.diagnostics import recommend as R
 from core.diagnostics import transients as T
 from core.diagnostics.analytic import init_profile
-from core.diagnostics.reference import data_scale
+from core.diagnostics.reference import DataScale, data_scale
 from core.diagnostics.report import (
     DiagnosticReport,
     Finding,
@@ -48,13 +48,15 @@ __all__ = ["diagnose"]
 _SEVERITY = {"critical": 0, "warning": 1, "info": 2}
 
 
-def diagnose(history: Any) -> DiagnosticReport:
+def diagnose(history: Any, *, scale: DataScale | None = None) -> DiagnosticReport:
     """Diagnose a run: a :class:`~core.trainer.TrainingResult` or any object with ``spec``,
     ``steps`` (StepRecords, possibly thinned), ``epochs``, ``stop_reason`` (None while the run
     is in progress: the report is then provisional, ``final=False``) and
     ``first_non_finite`` (may be None: non-finite values are found in the records too).
     Optional ``alerts`` (the online monitor's findings, objects or their JSON) let a thinned
-    history keep what the monitor saw on every step."""
+    history keep what the monitor saw on every step. ``scale``: the data's scale and chance
+    loss when the caller measured them (an ``uploaded`` spec without its arrays attached);
+    None measures them from the spec."""
     spec = history.spec
     if not isinstance(spec, TrainingSpec):
         spec = TrainingSpec.model_validate(spec)
@@ -71,7 +73,8 @@ def diagnose(history: Any) -> DiagnosticReport:
     replay = D.replay_monitor(spec, records)
     _merge_online_alerts(replay, getattr(history, "alerts", None) or [])
     ctx = D.Context(spec=spec, records=records, s=s, replay=replay,
-                    scale=data_scale(spec), stop_reason=stop_reason, first_non_finite=nf_event)
+                    scale=scale if scale is not None else data_scale(spec),
+                    stop_reason=stop_reason, first_non_finite=nf_event)
     return _Diagnosis(ctx, final).report()
 
 

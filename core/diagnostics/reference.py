@@ -4,7 +4,9 @@ The *chance-level loss* is what the best constant prediction scores on the train
 the entropy of the class frequencies for cross-entropy and BCE, the mean target variance for
 MSE. A loss that stays there is not learning, whatever its gradients do. Both come from
 regenerating the training data from the spec (deterministic: the trainer draws the data first
-from its seeded generator), cached per spec.
+from its seeded generator), cached per spec. An ``uploaded`` spec is measured only once its
+arrays are attached (core never reads the server's storage): a server that diagnoses without
+them passes the scale it measured (:func:`scale_key` names what it depends on).
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import numpy as np
 from core.data import load_dataset
 from core.spec import TrainingSpec, UploadedData
 
-__all__ = ["DataScale", "data_scale"]
+__all__ = ["DataScale", "data_scale", "scale_key"]
+
+_SCALE_FIELDS = {"seed", "dtype", "data", "loss", "training"}
 
 
 @dataclass(frozen=True)
@@ -38,10 +42,15 @@ def data_scale(spec: TrainingSpec) -> DataScale | None:
     try:
         if isinstance(spec.data, UploadedData):  # its arrays live on this spec object only
             return _measure(spec)
-        return _data_scale(spec.model_dump_json(include={"seed", "dtype", "data", "loss",
-                                                         "training"}))
+        return _data_scale(scale_key(spec))
     except Exception:
         return None
+
+
+def scale_key(spec: TrainingSpec) -> str:
+    """The spec fields the data's scale depends on, as JSON (for an uploaded data set, its id
+    stands for its arrays: equal keys, equal scales)."""
+    return spec.model_dump_json(include=_SCALE_FIELDS)
 
 
 @functools.lru_cache(maxsize=64)

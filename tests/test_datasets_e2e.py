@@ -1,6 +1,7 @@
 """Uploaded data sets end to end: a real server, real worker processes, real sockets.
 
 * upload a CSV, train a job on it in a local worker process, read its history;
+* the API's provisional diagnosis of such a job knows the data's scale, as the worker's does;
 * a 2 GB upload (declared, or streamed chunked with no length) against a `gradwatch serve`
   process capped by RLIMIT_DATA: refused with 413 after at most a few MB, the server alive,
   nothing left on disk or in the database.
@@ -85,6 +86,33 @@ def test_a_sweep_trains_on_an_uploaded_data_set(live: LiveServer) -> None:
         job = live.wait_for(member["job_id"], {"succeeded", "failed", "cancelled"}, timeout=120)
         assert job["status"] == "succeeded", job
         assert job["progress"]["step"] == 2 * 5  # 2 epochs x ceil(77 training rows / 16)
+
+
+def test_the_provisional_diagnosis_knows_the_uploaded_data_sets_scale(live: LiveServer) -> None:
+    """Unstandardised inputs of order 1e3: the API's diagnosis of the running job (no arrays
+    in its spec) carries the same data-scale finding as the worker's final one."""
+    rows = "".join(f"{1000 + 10 * x},{500 * (x % 7)},{x % 2}\n" for x in range(100))
+    ds = live.http.post("/v1/datasets", params={"task": "classification"},
+                        content="a,b,c\n" + rows, headers={"Content-Type": "text/csv"}).json()
+    spec = {"data": {"source": "uploaded", "id": ds["id"]},
+            "model": {"hidden": [{"units": 8, "activation": "tanh"}]},
+            "optimizer": {"name": "adam", "lr": 0.001},
+            "training": {"epochs": 5000, "batch_size": 10, "validation_split": 0.0},
+            "monitor": {"stop_on_explosion": False}}
+    job = live.http.post("/v1/jobs", json=spec).json()
+    deadline = time.monotonic() + 60
+    while live.http.get(f"/v1/jobs/{job['id']}").json()["progress"]["step"] < 50:
+        assert time.monotonic() < deadline, "the job made no progress"
+        time.sleep(0.05)
+    provisional = live.http.get(f"/v1/jobs/{job['id']}/diagnostics").json()
+    assert live.http.post(f"/v1/jobs/{job['id']}/cancel").status_code in (200, 202)
+    done = live.wait_for(job["id"], {"succeeded", "failed", "cancelled"}, timeout=60)
+    assert done["status"] == "cancelled", done
+    final = live.http.get(f"/v1/jobs/{job['id']}/diagnostics").json()
+    assert provisional["final"] is False and final["final"] is True
+    scale = [f for f in provisional["findings"] if f["kind"] == "data_scale"]
+    assert scale == [f for f in final["findings"] if f["kind"] == "data_scale"]
+    assert scale and scale[0]["evidence"]["input_rms"] > 1000, provisional["findings"]
 
 
 def _request(port: int, headers: dict[str, str]) -> socket.socket:

@@ -25,13 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-# As bench/train_speed.py: this machine's OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE force a slower
-# kernel on a current NumPy; benchmark the native one unless asked not to.
-if os.environ.get("OPENBLAS_CORETYPE") and "--keep-openblas-env" not in sys.argv:
-    _env = {k: v for k, v in os.environ.items()
-            if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
-    os.execve(sys.executable, [sys.executable, *sys.argv], _env)
-
+import native_blas  # noqa: F401  (re-exec without a forced OpenBLAS kernel, before NumPy)
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 

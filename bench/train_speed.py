@@ -22,14 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# This machine sets OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE for old OpenBLAS builds; they force a
-# slower kernel on a current NumPy. Benchmark NumPy's native kernel (printed below) unless
-# asked not to: re-exec once without both variables, for this command alone.
-if os.environ.get("OPENBLAS_CORETYPE") and "--keep-openblas-env" not in sys.argv:
-    _env = {k: v for k, v in os.environ.items()
-            if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
-    os.execve(sys.executable, [sys.executable, *sys.argv], _env)
-
+import native_blas  # noqa: F401  (re-exec without a forced OpenBLAS kernel, before NumPy)
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 

@@ -15,8 +15,10 @@ built only where something consumes them: the monitor's replays, per-record sink
 
 from __future__ import annotations
 
+import gc
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from itertools import groupby
 from operator import itemgetter
 from typing import Any
@@ -42,27 +44,50 @@ Array = np.ndarray
 def records_of(block: StepBlock) -> list[StepRecord]:
     """Every row of ``block`` as a :class:`StepRecord` (column-wise: one constructor call per
     record, none per figure)."""
-    n, L = len(block), block.n_layers
-    if not n:
+    if not len(block):
         return []
+    with _gc_paused():
+        return _records(block.n_layers, block.steps, block.epochs, block.clipped, block.values,
+                        block.present[0])
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while records are built: the records hold no cycles,
+    and building tens of thousands of them would otherwise set off collection after
+    collection (each traversing every tracked object), several times the construction's cost."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _records(n_layers: int, steps: Array, epochs: Array, clipped: Array, values: Array,
+             present: Array) -> list[StepRecord]:
+    """The rows of ``values`` (``(n, n_values)``, ``present``: which figures apply, one row for
+    all) as StepRecords."""
+    n, L = len(steps), n_layers
     ns, nl = len(STEP_FIELDS), len(LAYER_FIELDS)
-    present = block.present[0]
-    step_cols: list[list[Any]] = block.values[:, :ns].T.tolist()
-    layers: list[list[LayerRecord]]
+    step_cols: list[list[Any]] = values[:, :ns].T.tolist()
+    layers: list[list[LayerRecord]] | Iterator[list[LayerRecord]]
     if L:
-        # every layer record of the block in one constructor map: (n * L) rows of figures
-        cols: list[list[Any]] = block.values[:, ns:].reshape(n * L, nl).T.tolist()
+        # every layer record of the rows in one constructor map: (n * L) rows of figures
+        cols: list[list[Any]] = values[:, ns:].reshape(n * L, nl).T.tolist()
         applies = present[ns:].reshape(L, nl).tolist()
         for ly, row in enumerate(applies):
             for j, on in enumerate(row):
                 if not on:  # that layer's entries of column j (every L-th, from ly)
                     cols[j][ly::L] = [None] * n
         flat = list(map(LayerRecord, list(range(L)) * n, *cols))
-        layers = [flat[i:i + L] for i in range(0, n * L, L)]
+        layers = map(flat.__getitem__, map(slice, range(0, n * L, L), range(L, n * L + L, L)))
     else:
-        layers = [[] for _ in range(n)]
-    return list(map(StepRecord, block.steps.tolist(), block.epochs.tolist(), step_cols[0],
-                    step_cols[1], step_cols[2], step_cols[3], block.clipped.tolist(), layers))
+        layers = ([] for _ in range(n))
+    return list(map(StepRecord, steps.tolist(), epochs.tolist(), step_cols[0], step_cols[1],
+                    step_cols[2], step_cols[3], clipped.tolist(), layers))
 
 
 class _Shared:
@@ -78,10 +103,52 @@ class _Shared:
         self.values, self.emitted, self.present = values, emitted, present
 
     def block(self, n_layers: int, col: int) -> StepBlock:
+        steps, epochs, clipped, values, present = self.part(col)
+        return StepBlock(n_layers, steps, epochs, clipped, values,
+                         np.broadcast_to(present, (len(steps), present.shape[0])))
+
+    def part(self, col: int) -> _Part:
+        """Column ``col``'s emitted rows: steps, epochs, clipped, values, present (one row)."""
         rows = np.flatnonzero(self.emitted[:, col])
-        return StepBlock(n_layers, self.steps[rows], self.epochs[rows], self.clipped[rows, col],
-                         self.values[rows, col],
-                         np.broadcast_to(self.present, (len(rows), self.present.shape[0])))
+        return (self.steps[rows], self.epochs[rows], self.clipped[rows, col],
+                self.values[rows, col], self.present)
+
+
+_Part = tuple[Array, Array, Array, Array, Array]
+
+
+def _part(block: StepBlock, rows: list[int] | None = None) -> _Part:
+    """``block``'s rows (those listed, or all) as a :data:`_Part`."""
+    if not len(block):  # no row to take ``present`` from (and none to build)
+        return block.steps, block.epochs, block.clipped, block.values, block.present
+    if rows is None or len(rows) == len(block):
+        return block.steps, block.epochs, block.clipped, block.values, block.present[0]
+    return (block.steps[rows], block.epochs[rows], block.clipped[rows], block.values[rows],
+            block.present[0])
+
+
+def _records_of_parts(n_layers: int, parts: list[_Part]) -> list[StepRecord]:
+    """The rows of ``parts``, in order, as StepRecords: consecutive parts with the same
+    ``present`` row joined, so that their records are built in one pass."""
+    out: list[StepRecord] = []
+    parts = [p for p in parts if len(p[0])]
+    with _gc_paused():
+        i = 0
+        while i < len(parts):
+            j = i + 1
+            present = parts[i][4]
+            while j < len(parts) and (parts[j][4] is present
+                                      or np.array_equal(parts[j][4], present)):
+                j += 1
+            run = parts[i:j]
+            if len(run) == 1:
+                steps, epochs, clipped, values, _ = run[0]
+            else:
+                steps, epochs, clipped, values = (np.concatenate([p[f] for p in run])
+                                                  for f in range(4))
+            out += _records(n_layers, steps, epochs, clipped, values, present)
+            i = j
+    return out
 
 
 class _History:
@@ -157,18 +224,15 @@ class _History:
             last = self._block(len(self.blocks) - 1) if self.blocks else None
             return [last.record(len(last) - 1)] if last is not None and len(last) else []
         if self._limit is None:
-            blocks = [self._block(b) for b in range(len(self.blocks))]
-            return [r for blk in blocks if blk is not None for r in records_of(blk)]
-        out: list[StepRecord] = []
+            parts = [blk[0].part(blk[1]) if isinstance(blk, tuple) else _part(blk)
+                     for blk in self.blocks if blk is not None]
+            return _records_of_parts(self.n_layers, parts)
+        parts = []
         for b, group in groupby(self.kept, key=itemgetter(1)):  # kept rows block by block
             blk = self.blocks[b]
             assert isinstance(blk, StepBlock)
-            rows = [i for _, _, i in group]
-            if len(rows) < len(blk):
-                blk = StepBlock(blk.n_layers, blk.steps[rows], blk.epochs[rows],
-                                blk.clipped[rows], blk.values[rows], blk.present[rows])
-            out += records_of(blk)
-        return out
+            parts.append(_part(blk, [i for _, _, i in group]))
+        return _records_of_parts(self.n_layers, parts)
 
 
 class StackRecorder:

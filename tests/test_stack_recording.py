@@ -1,0 +1,59 @@
+"""core.stack_recording: a member's kept history, built in one pass from all its hand-overs,
+holds the records block-by-block building gives, and leaves the garbage collector as found."""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import pytest
+
+from core.recording import n_values
+from core.stack_recording import _part, _records_of_parts, records_of
+from core.telemetry import StepBlock
+
+
+def _block(rng: np.random.Generator, start: int, n: int, present: np.ndarray) -> StepBlock:
+    values = rng.normal(size=(n, len(present)))
+    values[rng.random(values.shape) < 0.05] = np.nan
+    values[:, ~present] = np.nan
+    return StepBlock(3, np.arange(start, start + n), np.arange(start, start + n) // 7,
+                     rng.random(n) < 0.5, values,
+                     np.broadcast_to(present, (n, len(present))))
+
+
+def test_parts_joined_give_the_records_of_each_block() -> None:
+    rng = np.random.default_rng(0)
+    present = np.ones(n_values(3), dtype=bool)
+    present[4 + 6::8] = False  # dead_fraction absent in every layer
+    other = present.copy()
+    other[4 + 8 + 7] = False  # a block whose layer 1 also lacks saturated_fraction
+    blocks = [_block(rng, 0, 5, present), _block(rng, 5, 0, present),
+              _block(rng, 5, 9, present.copy()), _block(rng, 14, 4, other),
+              _block(rng, 18, 3, present)]
+    want = [r for b in blocks for r in records_of(b)]
+    got = _records_of_parts(3, [_part(b) for b in blocks])
+    assert repr(got) == repr(want)  # NaN figures and None where absent too
+    assert [len(r.layers) for r in got] == [3] * 21
+    assert len({id(r.layers) for r in got}) == len(got)  # a list of its own each
+    # a selection of rows of a block
+    assert repr(_records_of_parts(3, [_part(blocks[2], [0, 3, 8])])) == repr(
+        [want[5], want[8], want[13]])
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_building_records_leaves_the_collector_as_found(enabled: bool) -> None:
+    rng = np.random.default_rng(1)
+    block = _block(rng, 0, 6, np.ones(n_values(3), dtype=bool))
+    was = gc.isenabled()
+    try:
+        if not enabled:
+            gc.disable()
+        assert len(records_of(block)) == 6
+        assert gc.isenabled() is enabled
+        with pytest.raises(ValueError):  # a present row of the wrong length
+            _records_of_parts(3, [(*_part(block)[:4], np.ones(2, dtype=bool))])
+        assert gc.isenabled() is enabled
+    finally:
+        if was:
+            gc.enable()

@@ -11,7 +11,12 @@ Whenever something can happen at a step for a member — its warm-up records, a 
 value, an explosion rule, a growth warning, a setback or a catapult — that member's step is
 *replayed* by a real :class:`core.Monitor` rebuilt from the arrays as they were before the
 step, and its state written back: the alerts (their messages, evidence and forecasts) are the
-scalar monitor's own, and the common quiet step costs no per-member Python at all.
+scalar monitor's own, and the common quiet step costs no per-member Python at all. A member's
+first ``WARMUP`` records go through its own real monitor, whose state is written into the
+arrays once, when its warm-up is over. The quiet step skips what no row needs (a band
+left, a run far above H, weights rewritten, a setback within reach), deciding that for the
+whole stack at once; the largest activation std is kept as it is and logged only for a
+monitor being rebuilt.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from core.diagnostics.monitor import (
     Monitor,
 )
 from core.diagnostics.report import Finding
+from core.diagnostics.series import safe_log
 from core.spec import TrainingSpec
 from core.telemetry import StepRecord
 
@@ -154,21 +160,19 @@ class StackMonitor:
     def _observe(self, step: int, loss: Array, grad_norm: Array, layer_grad: Array,
                  weight: Array, update: Array, act_std: Array | None,
                  record: Callable[[int], StepRecord]) -> dict[int, list[Finding]]:
-        s = self.s
         K, L = weight.shape
         if self.rw_weights.shape[1] != L:
             self.rw_weights = np.zeros((K, L))
             self.prev_w = np.zeros((K, L))
         # a row with a non-finite number has a non-finite sum (a finite sum that overflows
         # only sends a row through the scalar monitor, which decides)
-        total = loss + grad_norm
-        for a in (weight, update, layer_grad) + (() if act_std is None else (act_std,)):
-            total += np.add.reduce(a, axis=1)
-        finite = np.isfinite(total)
-        # every log of the step in one pass: norm, loss, largest activation std, update norm
-        parts = [grad_norm, loss]
+        cols = [loss[:, None], grad_norm[:, None], weight, update, layer_grad]
         if act_std is not None:
-            parts.append(_pymax(0.0, np.maximum.reduce(act_std, axis=1)))
+            cols.append(act_std)
+        finite = np.isfinite(np.add.reduce(np.concatenate(cols, axis=1), axis=1))
+        # every log of the step in one pass: norm, loss, update norm (the largest activation
+        # std is kept as it is: its log is only wanted when a real monitor is rebuilt)
+        parts = [grad_norm, loss]
         if L:
             sq = update * update
             usq = sq[:, 0].copy()  # 0.0 + x is x: the scalar loop's sum, layer by layer
@@ -177,16 +181,18 @@ class StackMonitor:
             parts.append(usq)
         logs = _log(np.concatenate(parts))
         lg, ll = logs[:K], logs[K:2 * K]
-        lu = 0.5 * logs[-K:] if L else np.full(K, math.nan)
+        lu = 0.5 * logs[2 * K:] if L else np.full(K, math.nan)
         new, rw_new, prev_new = self._update(step, lg, ll, loss, lu, weight, update)
         fc_new = np.empty_like(self.fc)
         fc_new[:, :, :-1] = self.fc[:, :, 1:]
         fc_new[0, :, -1] = lg
-        fc_new[1, :, -1] = logs[2 * K:3 * K] if act_std is not None else -745.0  # log(0)
+        fc_new[1, :, -1] = (_pymax(0.0, np.maximum.reduce(act_std, axis=1))
+                            if act_std is not None else 0.0)
         fc_new[2, :, -1] = 0.5 * ll if self._mse else ll
         recent_new = np.concatenate((self.recent[:, 1:], loss[:, None]), axis=1)
-        event = self._events(step, new, recent_new, loss, lg) | ~finite
-        event &= ~s["nf_seen"]
+        event = self._events(step, new, recent_new, loss, lg)
+        event |= ~finite
+        event &= ~self.s["nf_seen"]
         replay = np.flatnonzero(event).tolist()
         if self._n_live:
             live = [r for r, m in enumerate(self._live) if m is not None]
@@ -197,9 +203,18 @@ class StackMonitor:
             found = m.observe(record(r))
             if found:
                 alerts[r] = found
-            self._load(r, m, new, recent_new, fc_new, rw_new, prev_new)
-            # past its warm-up, the arrays carry it on (a member still warming up keeps it)
-            self._live[r] = m if m.state.n < WARMUP else None
+            if m.state.n < WARMUP:
+                # still warming up: the monitor carries the row on (its arrays are loaded
+                # when it is done); only what the trainer reads is written meanwhile
+                self._live[r] = m
+                for key, v in (("confirmed", m.explosion_confirmed),
+                               ("nf_seen", m._non_finite_seen)):
+                    if new[key] is self.s[key]:
+                        new[key] = new[key].copy()
+                    new[key][r] = v
+            else:  # past its warm-up, the arrays carry it on
+                self._load(r, m, new, recent_new, fc_new, rw_new, prev_new)
+                self._live[r] = None
         self._n_live = sum(m is not None for m in self._live) if self._n_live else 0
         self.s, self.recent, self.fc = new, recent_new, fc_new
         self.rw_weights, self.prev_w = rw_new, prev_new
@@ -217,13 +232,17 @@ class StackMonitor:
         new = dict(s)
         last_lg = s["last_lg"]
         inc = lg > last_lg
-        start = inc & (s["run_len"] == 0)
-        new["run_start_lg"] = np.where(start, last_lg, s["run_start_lg"])
-        new["run_start_ll"] = np.where(start, s["last_ll"], s["run_start_ll"])
-        new["run_start_step"] = np.where(start, self.last_step, s["run_start_step"])
-        rmi = np.where(start, 0.0, s["run_max_inc"])
-        new["run_max_inc"] = np.where(inc, _pymax(rmi, lg - last_lg), rmi)
-        new["run_len"] = np.where(inc, s["run_len"] + 1, 0)
+        run_len = s["run_len"]
+        start = inc & (run_len == 0)
+        rmi = s["run_max_inc"]
+        if start.any():
+            new["run_start_lg"] = np.where(start, last_lg, s["run_start_lg"])
+            new["run_start_ll"] = np.where(start, s["last_ll"], s["run_start_ll"])
+            new["run_start_step"] = np.where(start, self.last_step, s["run_start_step"])
+            rmi = np.where(start, 0.0, rmi)
+        dlg = lg - last_lg
+        new["run_max_inc"] = np.where(inc & (dlg > rmi), dlg, rmi)  # max(rmi, dlg) if inc
+        new["run_len"] = (run_len + 1) * inc
         base, spread, healthy = s["base"], s["spread"], s["healthy"]
         d = lg - base
         spread3 = 3.0 * spread
@@ -231,25 +250,35 @@ class StackMonitor:
         # np.fmin (NaN gives c), as Python's max and min
         inside = d <= (base + np.maximum(spread3, BAND_MIN)) - base
         lim = 2.0 * spread
-        b_new = np.where(inside, base + ALPHA * _pymax(-lim, _pymin(lim, d)), base)
-        sp = spread + ALPHA * (_pymin(np.abs(d), spread3) - spread)
-        sp = np.fmin(np.maximum(sp, MIN_SPREAD), MAX_SPREAD)
-        sp_new = np.where(inside, sp, spread)
+        b_new = base + ALPHA * _pymax(-lim, _pymin(lim, d))
+        sp_new = spread + ALPHA * (_pymin(np.abs(d), spread3) - spread)
+        sp_new = np.fmin(np.maximum(sp_new, MIN_SPREAD), MAX_SPREAD)
+        if not inside.all():  # (usually every row is inside its band or below)
+            b_new = np.where(inside, b_new, base)
+            sp_new = np.where(inside, sp_new, spread)
         h_new = np.where(b_new > healthy, b_new, healthy)
         upper = self._upper = b_new + np.maximum(3.0 * sp_new, BAND_MIN)
         track = lg <= upper
         ub = s["ubase"]
-        ub_new = np.where(track, np.where(ub != ub, lu, ub + ALPHA * (lu - ub)), ub)
+        ub_new = ub + ALPHA * (lu - ub)
+        if np.isnan(ub).any():
+            ub_new = np.where(ub != ub, lu, ub_new)
         uh = s["uhealthy"]
-        uh_new = np.where(track & ~(uh >= ub_new), ub_new, uh)
+        if track.all():
+            uh_new = np.where(~(uh >= ub_new), ub_new, uh)
+        else:
+            ub_new = np.where(track, ub_new, ub)
+            uh_new = np.where(track & ~(uh >= ub_new), ub_new, uh)
         new.update(base=b_new, spread=sp_new, healthy=h_new, ubase=ub_new, uhealthy=uh_new)
         new["loss"] = loss.copy()  # replays write into it: not into the caller's array
         lavg = s["lavg"] + ALPHA * (ll - s["lavg"])
         avg = _exp(lavg)
         best = np.where(avg < s["best"], avg, s["best"])
         new.update(lavg=lavg, loss_avg=avg, best=best, last_lg=lg, last_ll=ll)
-        feeds = ~(lu - uh_new < FEEDBACK * (lg - h_new))
-        far = (lg - h_new >= RUNAWAY) & (lg > upper) & feeds
+        above = lg - h_new
+        far = above >= RUNAWAY  # then also above the band, with the update feeding it
+        if far.any():
+            far &= (lg > upper) & ~(lu - uh_new < FEEDBACK * above)
         if far.any():
             l0 = self.l0
             progress = l0 - best
@@ -257,20 +286,28 @@ class StackMonitor:
                             np.where(loss > l0, math.inf, 0.0))
             harmed = (harm >= HARM) & (loss >= 2.0 * best)
             new["persist_run"] = np.where(far & harmed, s["persist_run"] + 1, 0)
-            very_far = far & (lg - h_new >= 2.0 * RUNAWAY)
+            very_far = far & (above >= 2.0 * RUNAWAY)
             new["persist_far"] = np.where(very_far & harmed, s["persist_far"] + 1, 0)
         else:  # no row far above its band: both runs end
-            new["persist_run"] = np.zeros(len(lg), dtype=np.int64)
-            new["persist_far"] = np.zeros(len(lg), dtype=np.int64)
+            for key in ("persist_run", "persist_far"):
+                if s[key].any():
+                    new[key] = np.zeros(len(lg), dtype=np.int64)
         # Monitor._track_overshoot
-        pos = w > 0
-        ratio = np.where(pos, u / np.where(pos, w, 1.0), 0.0)
-        rewrite = _pymax(0.0, ratio.max(axis=1)) if ratio.shape[1] else np.zeros(len(lg))
-        rw = rewrite >= REWRITE
         new["prev_ll"] = ll
-        new["has_prev"] = np.ones(len(lg), dtype=bool)
-        if not rw.any():  # no row rewrites its weights: no overshoot can start or end
-            new["rw_from_step"] = np.full(len(lg), -1, dtype=np.int64)
+        if not s["has_prev"].all():
+            new["has_prev"] = np.ones(len(lg), dtype=bool)
+        # a ratio u / w >= REWRITE needs u >= 0.4 w (w > 0; a NaN row is replayed): none such,
+        # no row rewrites its weights and no overshoot can start or end
+        if not (u >= (0.8 * REWRITE) * w).any():
+            rw = None
+        else:
+            pos = w > 0
+            ratio = np.where(pos, u / np.where(pos, w, 1.0), 0.0)
+            rewrite = _pymax(0.0, ratio.max(axis=1)) if ratio.shape[1] else np.zeros(len(lg))
+            rw = rewrite >= REWRITE
+        if rw is None or not rw.any():
+            if (s["rw_from_step"] != -1).any():
+                new["rw_from_step"] = np.full(len(lg), -1, dtype=np.int64)
             return new, self.rw_weights.copy(), w.copy()
         fresh = rw & (s["rw_from_step"] < 0)
         later = rw & ~fresh
@@ -293,20 +330,31 @@ class StackMonitor:
         s = self.s
         n = self.n + 1  # the state's record count after this step
         watch = ~s["confirmed"]  # a confirmed explosion raises nothing more
-        limit = self._limit
-        rule = (lg >= 0.5 * limit) | (((new["persist_run"] >= PERSIST + 1)
-                                       | (new["persist_far"] >= PERSIST)) & (n > 1))
+        rule = lg >= 0.5 * self._limit
+        # (the runs' arrays are the state's own only while all zero: see _update)
+        if n > 1 and (new["persist_run"] is not s["persist_run"]
+                      or new["persist_far"] is not s["persist_far"]):
+            rule |= (new["persist_run"] >= PERSIST + 1) | (new["persist_far"] >= PERSIST)
         rule |= new["ov_set"]
-        upper = self._upper  # the band's top after this step, from _update
-        growth = lg - _pymax(new["run_start_lg"], new["base"])
-        growing = ((new["run_len"] >= MIN_RUN) & (growth - new["run_max_inc"] >= RUN_GROWTH)
-                   & (lg > upper) & (lg > new["healthy"]))
-        event = watch & (rule | (~s["warned"] & growing))
+        run_len = new["run_len"]
+        long_run = (run_len >= MIN_RUN) & ~s["warned"]
+        if long_run.any():  # a growth warning needs a run of increases
+            upper = self._upper  # the band's top after this step, from _update
+            growth = lg - _pymax(new["run_start_lg"], new["base"])
+            rule |= (long_run & (growth - new["run_max_inc"] >= RUN_GROWTH) & (lg > upper)
+                     & (lg > new["healthy"]))
+        event = watch & rule
         if n > WARMUP + RECENT:
-            med = np.sort(recent, axis=1)[:, RECENT // 2]
             best = new["best"]
-            setback = (med >= 2.0 * best) & (med >= best + HARM * _pymax(self.l0 - best, 0.0))
-            event |= watch & ~s["setback_seen"] & setback
+            # the median of the recent losses is at most their largest (NaN: at the end)
+            level = _pymax(2.0 * best, best + HARM * _pymax(self.l0 - best, 0.0))
+            maybe = watch & ~s["setback_seen"] & (np.fmax.reduce(recent, axis=1) >= level)
+            if maybe.any():  # the median of those rows only
+                rows = np.flatnonzero(maybe)
+                med = np.sort(recent[rows], axis=1)[:, RECENT // 2]
+                best = best[rows]
+                event[rows] |= (med >= 2.0 * best) & (
+                    med >= best + HARM * _pymax(self.l0[rows] - best, 0.0))
         if n <= CATAPULT_WINDOW:
             on = watch & ~s["catapult_seen"]
             c0, c2, c3 = s["c0"], s["c2"], s["c3"]
@@ -346,8 +394,10 @@ class StackMonitor:
         cnt = min(self.n, WINDOW)
         steps = list(self.fc_steps)
         for j, name in enumerate(_SERIES):
-            m.forecaster._hist[name] = deque(
-                zip(steps, self.fc[j, r, WINDOW - cnt:].tolist(), strict=True), maxlen=WINDOW)
+            vals = self.fc[j, r, WINDOW - cnt:].tolist()
+            if name == "activation":  # kept as the largest std itself
+                vals = [safe_log(v) for v in vals]
+            m.forecaster._hist[name] = deque(zip(steps, vals, strict=True), maxlen=WINDOW)
         m.explosion_confirmed = bool(s["confirmed"][r])
         at = int(s["confirmed_at"][r])
         m.confirmed_at = at if m.explosion_confirmed else None
@@ -399,11 +449,11 @@ class StackMonitor:
         if cnt:
             recent[r, RECENT - cnt:] = list(st.recent)
         for j, name in enumerate(_SERIES):
+            if name == "activation":  # the arrays' own (the largest std, every step)
+                continue
             h = m.forecaster._hist[name]
             fc[j, r] = math.nan
             if h:
                 fc[j, r, WINDOW - len(h):] = [v for _, v in h]
-        if m._rewrite_weights:
-            rw[r] = m._rewrite_weights
-        if m._prev_weights:
-            prev[r] = m._prev_weights
+        rw[r] = m._rewrite_weights or 0.0
+        prev[r] = m._prev_weights or 0.0

@@ -18,6 +18,8 @@ import pytest
 from core import Monitor, Trainer, TrainingSpec
 from core.batched import BatchedTrainer
 from core.batched_monitor import StackMonitor
+from core.diagnostics.monitor import WARMUP
+from core.telemetry import LayerRecord, StepRecord
 
 BASE: dict[str, Any] = {
     "seed": 0,
@@ -125,3 +127,77 @@ def test_logs_and_exps_of_a_stack_are_the_scalar_monitors_bit_for_bit() -> None:
     x = np.concatenate((rng.uniform(-745.0, 709.0, 2000), [710.0, -np.inf, np.nan]))
     want = [math.exp(v) if v < 709.8 or v != v else math.inf for v in x.tolist()]
     assert repr(_exp(x).tolist()) == repr(want)
+
+
+def _stream(T: int = 140) -> list[tuple[Any, ...]]:
+    """Six members' records: five quiet (noisy, the loss falling) but for one episode each —
+    member 1 leaves its band and grows, member 2 runs far above H with its loss harmed,
+    member 3 rewrites nearly half of its weights for a while (below the overshoot rule's
+    ratio) and later more than half as its weights double and its loss climbs, member 4
+    has a NaN loss in its warm-up, member 5 loses its progress (a setback)."""
+    rng = np.random.default_rng(0)
+    K, L = 6, 3
+    w = np.full((K, L), 10.0)
+    out = []
+    for t in range(T):
+        g = np.exp(rng.normal(0, 0.1, (K, L)))
+        loss = 0.98 ** t * np.exp(rng.normal(0, 0.05, K)) + 0.01
+        u = 0.1 * np.exp(rng.normal(0, 0.1, (K, L)))
+        if 40 <= t < 46:
+            g[1] *= 3.0 ** (t - 39)
+        if 60 <= t < 68:
+            g[2] *= 100.0 * 2 ** (t - 60)
+            u[2] *= 30 * 2 ** (t - 60)
+            loss[2] = 2.0
+        if 30 <= t < 36:
+            u[3] = 0.45 * w[3]
+        if 70 <= t < 76:
+            u[3] = 1.2 * w[3]
+            w[3] = 1.9 * w[3]
+            loss[3] = 0.5 * 30.0 ** (t - 69)
+        if t == 2:
+            loss[4] = math.nan
+        if t >= 80:
+            loss[5] = 1.5 * math.exp(rng.normal(0, 0.05))
+        act = np.exp(rng.normal(0, 0.1, (K, L)))
+        w = w * (1 + rng.normal(0, 0.001, (K, L)))
+        gn = np.sqrt((g * g).sum(1))
+        recs = [StepRecord(t, 0, float(loss[k]), float(gn[k]), float(gn[k]), 0.1, False,
+                           [LayerRecord(i, float(g[k, i]), float(g[k, i]), float(w[k, i]),
+                                        float(u[k, i]), 0.0, float(act[k, i]))
+                            for i in range(L)]) for k in range(K)]
+        out.append((t, loss.copy(), gn, g, w.copy(), u.copy(), act, recs))
+    return out
+
+
+def test_one_member_leaving_the_quiet_path_while_the_others_stay_on_it() -> None:
+    # the stack's shortcuts for steps where every row is inside its band, tracks its update
+    # scale, is far from H, rewrites little of its weights, cannot be in a setback, or is
+    # still warming up, each crossed by one member while the others stay quiet: alerts,
+    # confirmation and the state itself stay the scalar monitor's
+    specs = sweep(True)[:6]
+    mon = StackMonitor(specs)
+    scalar = [Monitor(s) for s in specs]
+    fields = {"base": "base", "spread": "spread", "healthy": "healthy", "ubase": "ubase",
+              "uhealthy": "uhealthy", "best": "best_loss", "loss_avg": "loss_avg",
+              "run_len": "run_len", "run_max_inc": "run_max_inc",
+              "persist_run": "_persist_run", "persist_far": "_persist_far"}
+    kinds = set()
+    for t, loss, gn, g, w, u, act, recs in _stream():
+        got = mon.observe(t, loss, gn, g, w, u, act, recs.__getitem__)
+        for k, m in enumerate(scalar):
+            want = m.observe(recs[k])
+            assert repr(got.get(k, [])) == repr(want), (t, k)
+            assert bool(mon.confirmed[k]) == m.explosion_confirmed, (t, k)
+            kinds |= {(k, a.kind, a.evidence.get("rule") or a.evidence.get("mechanism"))
+                      for a in want}
+            if m.state.n >= WARMUP and not m._non_finite_seen:
+                st = m.state
+                for key, attr in fields.items():
+                    assert repr(float(mon.s[key][k])) == repr(float(getattr(st, attr))), (
+                        t, k, key)
+                assert int(mon.s["rw_from_step"][k]) == m._rewrite_from_step, (t, k)
+    assert kinds == {(1, "gradient_growth", None), (2, "gradient_explosion", "runaway"),
+                     (3, "gradient_explosion", "overshoot"), (4, "non_finite", None),
+                     (5, "gradient_spike", "unknown")}
+    assert bool(mon.confirmed[4])  # from its warm-up on

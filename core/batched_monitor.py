@@ -11,11 +11,11 @@ Whenever something can happen at a step for a member — its warm-up records, a 
 value, an explosion rule, a growth warning, a setback or a catapult — that member's step is
 *replayed* by a real :class:`core.Monitor` rebuilt from the arrays as they were before the
 step, and its state written back: the alerts (their messages, evidence and forecasts) are the
-scalar monitor's own, and the common quiet step costs no per-member Python at all. A member's
-first ``WARMUP`` records go through its own real monitor, whose state is written into the
-arrays once, when its warm-up is over. The quiet step skips what no row needs (a band
-left, a run far above H, weights rewritten, a setback within reach), deciding that for the
-whole stack at once; the largest activation std is kept as it is and logged only for a
+scalar monitor's own, and the common quiet step costs no per-member Python at all. A
+member's first ``WARMUP`` records go through its own real monitor, whose state is written into
+the arrays once, when its warm-up is over. The quiet step skips what no row needs (a band
+left, a run far above H, weights rewritten, a growth warning within reach), deciding that for
+the whole stack at once; the largest activation std is kept as it is and logged only for a
 monitor being rebuilt.
 """
 
@@ -345,16 +345,10 @@ class StackMonitor:
                      & (lg > new["healthy"]))
         event = watch & rule
         if n > WARMUP + RECENT:
+            med = np.sort(recent, axis=1)[:, RECENT // 2]
             best = new["best"]
-            # the median of the recent losses is at most their largest (NaN: at the end)
-            level = _pymax(2.0 * best, best + HARM * _pymax(self.l0 - best, 0.0))
-            maybe = watch & ~s["setback_seen"] & (np.fmax.reduce(recent, axis=1) >= level)
-            if maybe.any():  # the median of those rows only
-                rows = np.flatnonzero(maybe)
-                med = np.sort(recent[rows], axis=1)[:, RECENT // 2]
-                best = best[rows]
-                event[rows] |= (med >= 2.0 * best) & (
-                    med >= best + HARM * _pymax(self.l0[rows] - best, 0.0))
+            setback = (med >= 2.0 * best) & (med >= best + HARM * _pymax(self.l0 - best, 0.0))
+            event |= watch & ~s["setback_seen"] & setback
         if n <= CATAPULT_WINDOW:
             on = watch & ~s["catapult_seen"]
             c0, c2, c3 = s["c0"], s["c2"], s["c3"]

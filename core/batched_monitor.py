@@ -92,6 +92,15 @@ def _exp(v: Array) -> Array:
     return np.array(out)
 
 
+def _any(m: Array) -> bool:
+    """``m.any()`` of a bool vector (counting is cheaper than NumPy's reduction machinery)."""
+    return bool(np.count_nonzero(m))
+
+
+def _all(m: Array) -> bool:
+    return int(np.count_nonzero(m)) == m.shape[0]
+
+
 def _pymax(a: Array | float, b: Array | float) -> Array:
     """Python's ``max(a, b)`` elementwise (``b`` only if ``b > a``: NaN handling included)."""
     return np.where(b > a, b, a)
@@ -186,14 +195,19 @@ class StackMonitor:
         fc_new = np.empty_like(self.fc)
         fc_new[:, :, :-1] = self.fc[:, :, 1:]
         fc_new[0, :, -1] = lg
-        fc_new[1, :, -1] = (_pymax(0.0, np.maximum.reduce(act_std, axis=1))
-                            if act_std is not None else 0.0)
+        if act_std is not None:  # the largest std of each row (NaN if any is)
+            top = act_std[:, 0]
+            for i in range(1, act_std.shape[1]):
+                top = np.maximum(top, act_std[:, i])
+            fc_new[1, :, -1] = _pymax(0.0, top)
+        else:
+            fc_new[1, :, -1] = 0.0
         fc_new[2, :, -1] = 0.5 * ll if self._mse else ll
         recent_new = np.concatenate((self.recent[:, 1:], loss[:, None]), axis=1)
         event = self._events(step, new, recent_new, loss, lg)
         event |= ~finite
         event &= ~self.s["nf_seen"]
-        replay = np.flatnonzero(event).tolist()
+        replay = event.nonzero()[0].tolist()
         if self._n_live:
             live = [r for r, m in enumerate(self._live) if m is not None]
             replay = sorted(set(replay) | set(live))
@@ -235,7 +249,7 @@ class StackMonitor:
         run_len = s["run_len"]
         start = inc & (run_len == 0)
         rmi = s["run_max_inc"]
-        if start.any():
+        if _any(start):
             new["run_start_lg"] = np.where(start, last_lg, s["run_start_lg"])
             new["run_start_ll"] = np.where(start, s["last_ll"], s["run_start_ll"])
             new["run_start_step"] = np.where(start, self.last_step, s["run_start_step"])
@@ -253,7 +267,7 @@ class StackMonitor:
         b_new = base + ALPHA * _pymax(-lim, _pymin(lim, d))
         sp_new = spread + ALPHA * (_pymin(np.abs(d), spread3) - spread)
         sp_new = np.fmin(np.maximum(sp_new, MIN_SPREAD), MAX_SPREAD)
-        if not inside.all():  # (usually every row is inside its band or below)
+        if not _all(inside):  # (usually every row is inside its band or below)
             b_new = np.where(inside, b_new, base)
             sp_new = np.where(inside, sp_new, spread)
         h_new = np.where(b_new > healthy, b_new, healthy)
@@ -261,10 +275,10 @@ class StackMonitor:
         track = lg <= upper
         ub = s["ubase"]
         ub_new = ub + ALPHA * (lu - ub)
-        if np.isnan(ub).any():
+        if _any(ub != ub):
             ub_new = np.where(ub != ub, lu, ub_new)
         uh = s["uhealthy"]
-        if track.all():
+        if _all(track):
             uh_new = np.where(~(uh >= ub_new), ub_new, uh)
         else:
             ub_new = np.where(track, ub_new, ub)
@@ -277,9 +291,9 @@ class StackMonitor:
         new.update(lavg=lavg, loss_avg=avg, best=best, last_lg=lg, last_ll=ll)
         above = lg - h_new
         far = above >= RUNAWAY  # then also above the band, with the update feeding it
-        if far.any():
+        if _any(far):
             far &= (lg > upper) & ~(lu - uh_new < FEEDBACK * above)
-        if far.any():
+        if _any(far):
             l0 = self.l0
             progress = l0 - best
             harm = np.where(progress > 0, (loss - best) / progress,
@@ -290,23 +304,23 @@ class StackMonitor:
             new["persist_far"] = np.where(very_far & harmed, s["persist_far"] + 1, 0)
         else:  # no row far above its band: both runs end
             for key in ("persist_run", "persist_far"):
-                if s[key].any():
+                if _any(s[key]):
                     new[key] = np.zeros(len(lg), dtype=np.int64)
         # Monitor._track_overshoot
         new["prev_ll"] = ll
-        if not s["has_prev"].all():
+        if not _all(s["has_prev"]):
             new["has_prev"] = np.ones(len(lg), dtype=bool)
         # a ratio u / w >= REWRITE needs u >= 0.4 w (w > 0; a NaN row is replayed): none such,
         # no row rewrites its weights and no overshoot can start or end
-        if not (u >= (0.8 * REWRITE) * w).any():
+        if not _any(u >= (0.8 * REWRITE) * w):
             rw = None
         else:
             pos = w > 0
             ratio = np.where(pos, u / np.where(pos, w, 1.0), 0.0)
             rewrite = _pymax(0.0, ratio.max(axis=1)) if ratio.shape[1] else np.zeros(len(lg))
             rw = rewrite >= REWRITE
-        if rw is None or not rw.any():
-            if (s["rw_from_step"] != -1).any():
+        if rw is None or not _any(rw):
+            if _any(s["rw_from_step"] != -1):
                 new["rw_from_step"] = np.full(len(lg), -1, dtype=np.int64)
             return new, self.rw_weights.copy(), w.copy()
         fresh = rw & (s["rw_from_step"] < 0)
@@ -338,7 +352,7 @@ class StackMonitor:
         rule |= new["ov_set"]
         run_len = new["run_len"]
         long_run = (run_len >= MIN_RUN) & ~s["warned"]
-        if long_run.any():  # a growth warning needs a run of increases
+        if _any(long_run):  # a growth warning needs a run of increases
             upper = self._upper  # the band's top after this step, from _update
             growth = lg - _pymax(new["run_start_lg"], new["base"])
             rule |= (long_run & (growth - new["run_max_inc"] >= RUN_GROWTH) & (lg > upper)

@@ -109,7 +109,7 @@ class _Shared:
 
     def part(self, col: int) -> _Part:
         """Column ``col``'s emitted rows: steps, epochs, clipped, values, present (one row)."""
-        rows = np.flatnonzero(self.emitted[:, col])
+        rows = self.emitted[:, col].nonzero()[0]
         return (self.steps[rows], self.epochs[rows], self.clipped[rows, col],
                 self.values[rows, col], self.present)
 

@@ -65,6 +65,9 @@ _INTS = ("run_len", "run_start_step", "persist_run", "persist_far", "confirmed_a
 _BOOLS = ("confirmed", "warned", "setback_seen", "catapult_seen", "nf_seen", "ov_set",
           "has_prev")
 _SERIES = ("grad_norm", "activation", "loss")
+# MonitorState's and Monitor's starting values (other floats NaN, other ints -1)
+_START = {"spread": MIN_SPREAD, "best": math.inf, "run_max_inc": 0.0, "run_len": 0,
+          "run_start_step": 0, "persist_run": 0, "persist_far": 0}
 
 
 def _log(v: Array) -> Array:
@@ -118,17 +121,16 @@ class StackMonitor:
         K = len(self.specs)
         self._mse = self.specs[0].loss == "mse"
         self._limit = math.log(overflow_limit(self.specs[0].dtype))
-        # the first WARMUP records of every member run through a real monitor
-        self._live: list[Monitor | None] = [Monitor(s) for s in self.specs]
-        self._n_live = K
-        self.s: dict[str, Array] = {}
+        self.s: dict[str, Array] = {}  # a new Monitor's state (an empty catapult list: NaN)
         for f in _FLOATS:
-            self.s[f] = np.full(K, math.nan)
+            self.s[f] = np.full(K, _START.get(f, math.nan))
         for f in _INTS:
-            self.s[f] = np.full(K, -1, dtype=np.int64)
+            self.s[f] = np.full(K, _START.get(f, -1), dtype=np.int64)
         for f in _BOOLS:
             self.s[f] = np.zeros(K, dtype=bool)
         self.l0 = np.full(K, math.nan)
+        # the warm-up's log norms and log losses (MonitorState._warm, _warm_loss)
+        self.warm = np.full((2, K, WARMUP), math.nan)
         self.recent = np.full((K, RECENT), math.nan)
         self.fc = np.full((len(_SERIES), K, WINDOW), math.nan)
         self.rw_weights = np.zeros((K, 0))
@@ -146,8 +148,7 @@ class StackMonitor:
 
     def keep_rows(self, rows: Array) -> None:
         self.specs = [self.specs[r] for r in rows.tolist()]
-        self._live = [self._live[r] for r in rows.tolist()]
-        self._n_live = sum(m is not None for m in self._live)
+        self.warm = self.warm[:, rows]
         self.s = {k: v[rows] for k, v in self.s.items()}
         self.l0 = self.l0[rows]
         self.recent = self.recent[rows]
@@ -191,6 +192,7 @@ class StackMonitor:
         logs = _log(np.concatenate(parts))
         lg, ll = logs[:K], logs[K:2 * K]
         lu = 0.5 * logs[2 * K:] if L else np.full(K, math.nan)
+        self._grad_norm = grad_norm
         new, rw_new, prev_new = self._update(step, lg, ll, loss, lu, weight, update)
         fc_new = np.empty_like(self.fc)
         fc_new[:, :, :-1] = self.fc[:, :, 1:]
@@ -207,29 +209,13 @@ class StackMonitor:
         event = self._events(step, new, recent_new, loss, lg)
         event |= ~finite
         event &= ~self.s["nf_seen"]
-        replay = event.nonzero()[0].tolist()
-        if self._n_live:
-            live = [r for r, m in enumerate(self._live) if m is not None]
-            replay = sorted(set(replay) | set(live))
         alerts: dict[int, list[Finding]] = {}
-        for r in replay:
-            m = self._live[r] or self._scalar(r)
+        for r in event.nonzero()[0].tolist():
+            m = self._scalar(r)
             found = m.observe(record(r))
             if found:
                 alerts[r] = found
-            if m.state.n < WARMUP:
-                # still warming up: the monitor carries the row on (its arrays are loaded
-                # when it is done); only what the trainer reads is written meanwhile
-                self._live[r] = m
-                for key, v in (("confirmed", m.explosion_confirmed),
-                               ("nf_seen", m._non_finite_seen)):
-                    if new[key] is self.s[key]:
-                        new[key] = new[key].copy()
-                    new[key][r] = v
-            else:  # past its warm-up, the arrays carry it on
-                self._load(r, m, new, recent_new, fc_new, rw_new, prev_new)
-                self._live[r] = None
-        self._n_live = sum(m is not None for m in self._live) if self._n_live else 0
+            self._load(r, m, new, recent_new, fc_new, rw_new, prev_new)
         self.s, self.recent, self.fc = new, recent_new, fc_new
         self.rw_weights, self.prev_w = rw_new, prev_new
         self.n += 1
@@ -258,6 +244,8 @@ class StackMonitor:
         new["run_max_inc"] = np.where(inc & (dlg > rmi), dlg, rmi)  # max(rmi, dlg) if inc
         new["run_len"] = (run_len + 1) * inc
         base, spread, healthy = s["base"], s["spread"], s["healthy"]
+        if self.n < WARMUP:
+            return self._warm_up(new, step, lg, ll, loss, lu, w, u)
         d = lg - base
         spread3 = 3.0 * spread
         # max(x, c) and min(c, x) of a constant c > 0: np.maximum (NaN stays NaN) and
@@ -289,6 +277,49 @@ class StackMonitor:
         avg = _exp(lavg)
         best = np.where(avg < s["best"], avg, s["best"])
         new.update(lavg=lavg, loss_avg=avg, best=best, last_lg=lg, last_ll=ll)
+        return self._persist_and_overshoot(new, step, lg, ll, loss, lu, w, u, upper)
+
+    def _warm_up(self, new: dict[str, Array], step: int, lg: Array, ll: Array, loss: Array,
+                 lu: Array, w: Array, u: Array) -> tuple[dict[str, Array], Array, Array]:
+        """The rest of ``MonitorState.update`` for a record of the warm-up (the median norm
+        and loss so far, no band yet), then as past it."""
+        s = self.s
+        n = self.n + 1  # records in the warm-up with this one
+        warm = self.warm.copy()  # (the state before this step stays as it was)
+        warm[0, :, n - 1] = lg
+        warm[1, :, n - 1] = ll
+        wl = np.sort(warm[0, :, :n], axis=1)
+        base = wl[:, n // 2] if n % 2 else 0.5 * (wl[:, n // 2 - 1] + wl[:, n // 2])
+        if n >= 3:
+            dev = np.sort(np.abs(warm[0, :, :n] - base[:, None]), axis=1)
+            mad: Array | float = 1.4826 * dev[:, n // 2]
+            spread = _pymin(MAX_SPREAD, _pymax(MIN_SPREAD, mad))
+        else:
+            spread = np.full(len(lg), min(MAX_SPREAD, max(MIN_SPREAD, MIN_SPREAD)))
+        loss_ref = np.sort(warm[1, :, :n], axis=1)[:, (n - 1) // 2]
+        h = s["healthy"]
+        healthy = np.where(h != h, lg, h)
+        ub = s["ubase"]
+        ub_new = np.where(ub != ub, lu, ub + ALPHA * (lu - ub))
+        uh = s["uhealthy"]
+        uh_new = np.where(~(uh >= ub_new), ub_new, uh)
+        lavg = ll.copy() if n == 1 else s["lavg"] + ALPHA * (ll - s["lavg"])
+        l0 = _exp(loss_ref)
+        best = s["best"]
+        new.update(base=base, spread=spread, healthy=healthy, ubase=ub_new, uhealthy=uh_new,
+                   loss_ref=loss_ref, lavg=lavg, loss_avg=_exp(lavg),
+                   best=np.where(l0 < best, l0, best), last_lg=lg, last_ll=ll)
+        new["loss"] = loss.copy()
+        self.warm, self.l0 = warm, l0  # (the state before the step does not hold them)
+        upper = self._upper = base + np.maximum(3.0 * spread, BAND_MIN)
+        return self._persist_and_overshoot(new, step, lg, ll, loss, lu, w, u, upper)
+
+    def _persist_and_overshoot(self, new: dict[str, Array], step: int, lg: Array, ll: Array,
+                               loss: Array, lu: Array, w: Array, u: Array,
+                               upper: Array) -> tuple[dict[str, Array], Array, Array]:
+        """The runaway runs of ``MonitorState.update`` and ``Monitor._track_overshoot``."""
+        s = self.s
+        best, h_new, uh_new = new["best"], new["healthy"], new["uhealthy"]
         above = lg - h_new
         far = above >= RUNAWAY  # then also above the band, with the update feeding it
         if _any(far):
@@ -363,7 +394,11 @@ class StackMonitor:
             best = new["best"]
             setback = (med >= 2.0 * best) & (med >= best + HARM * _pymax(self.l0 - best, 0.0))
             event |= watch & ~s["setback_seen"] & setback
-        if n <= CATAPULT_WINDOW:
+        if n == 1:  # the first record starts every row's catapult watch (an explosion
+            # confirmed at once leaves it empty: that row is replayed)
+            new.update(c0=loss.copy(), c1=self._grad_norm.copy(), c2=np.zeros(len(loss)),
+                       c3=np.zeros(len(loss)), c4=np.full(len(loss), -1.0))
+        elif n <= CATAPULT_WINDOW:
             on = watch & ~s["catapult_seen"]
             c0, c2, c3 = s["c0"], s["c2"], s["c3"]
             high = on & (loss >= CATAPULT_JUMP * c0) & ((c2 > 0) | (n <= 3))
@@ -383,7 +418,9 @@ class StackMonitor:
         m = Monitor(self.specs[r])
         st = m.state
         st.n = self.n
-        st._warm, st._warm_loss = [], []
+        n_warm = min(self.n, WARMUP)
+        st._warm = self.warm[0, r, :n_warm].tolist()
+        st._warm_loss = self.warm[1, r, :n_warm].tolist()
         for attr, key in (("base", "base"), ("healthy", "healthy"), ("spread", "spread"),
                           ("loss_ref", "loss_ref"), ("loss", "loss"), ("loss_avg", "loss_avg"),
                           ("_loss_lavg", "lavg"), ("best_loss", "best"), ("last_lg", "last_lg"),
@@ -413,7 +450,9 @@ class StackMonitor:
         m._setback_seen = bool(s["setback_seen"][r])
         m._catapult_seen = bool(s["catapult_seen"][r])
         m._non_finite_seen = bool(s["nf_seen"][r])
-        m._catapult = [float(s[c][r]) for c in ("c0", "c1", "c2", "c3", "c4")]
+        c0 = float(s["c0"][r])
+        m._catapult = ([] if c0 != c0 else  # not started (NaN: not a first loss either)
+                       [c0] + [float(s[c][r]) for c in ("c1", "c2", "c3", "c4")])
         m._prev_ll = float(s["prev_ll"][r])
         m._rewrite_from_ll = float(s["rw_from_ll"][r])
         m._rewrite_from_step = int(s["rw_from_step"][r])
@@ -443,8 +482,8 @@ class StackMonitor:
             "rw_from_step": m._rewrite_from_step, "ov_set": m._overshoot is not None,
             "has_prev": bool(m._prev_weights),
         }
-        if m._catapult:
-            vals.update(zip(("c0", "c1", "c2", "c3", "c4"), m._catapult, strict=True))
+        vals.update(zip(("c0", "c1", "c2", "c3", "c4"), m._catapult or [math.nan] * 5,
+                        strict=True))
         if m._overshoot is not None:
             vals.update(ov0=m._overshoot[0], ov1=m._overshoot[1], ov2=m._overshoot[2])
         for key, v in vals.items():
@@ -452,6 +491,9 @@ class StackMonitor:
                 new[key] = new[key].copy()
             new[key][r] = v
         self.l0[r] = st.initial_loss
+        if st._warm:
+            self.warm[0, r, :len(st._warm)] = st._warm
+            self.warm[1, r, :len(st._warm_loss)] = st._warm_loss
         cnt = min(len(st.recent), RECENT)
         recent[r] = math.nan
         if cnt:

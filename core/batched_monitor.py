@@ -7,16 +7,16 @@ catapult, setback and forecast state) as one array over the members and updates 
 whole-stack array operations, in the scalar monitor's order of operations (logs and exps
 through :mod:`math`, so every number equals the scalar monitor's bit for bit).
 
-Whenever something can happen at a step for a member — its warm-up records, a non-finite
-value, an explosion rule, a growth warning, a setback or a catapult — that member's step is
-*replayed* by a real :class:`core.Monitor` rebuilt from the arrays as they were before the
-step, and its state written back: the alerts (their messages, evidence and forecasts) are the
-scalar monitor's own, and the common quiet step costs no per-member Python at all. A
-member's first ``WARMUP`` records go through its own real monitor, whose state is written into
-the arrays once, when its warm-up is over. The quiet step skips what no row needs (a band
-left, a run far above H, weights rewritten, a growth warning within reach), deciding that for
-the whole stack at once; the largest activation std is kept as it is and logged only for a
-monitor being rebuilt.
+Whenever something can happen at a step for a member — a non-finite value, an explosion
+rule, a growth warning, a setback or a catapult — that member's step is *replayed* by a real
+:class:`core.Monitor` rebuilt from the arrays as they were before the step, and its state
+written back: the alerts (their messages, evidence and forecasts) are the scalar monitor's
+own, and the common quiet step costs no per-member Python at all. The warm-up is arrays too
+(the median norm and loss of the records so far, the spread from their deviations, kept
+per row for a rebuilt monitor). The quiet step skips what no row needs (a band left, a run
+far above H, weights rewritten, a growth warning within reach), deciding that for the whole
+stack at once; the largest activation std is kept as it is and logged only for a monitor
+being rebuilt.
 """
 
 from __future__ import annotations

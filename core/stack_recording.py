@@ -5,12 +5,13 @@ all members, handed to each member's sink as that member's :class:`core.telemetr
 ``(K, n_values)`` array (the row layout of :mod:`core.recording`) and writes it into the
 block's next slot; emitting marks ``(slot, member)`` cells. A member's emitted rows are handed
 over (to its sink's ``write_block`` and to its kept history) when the block is full, every
-:data:`core.recording.BLOCK_SECONDS`, before one of its alerts or epoch records, and when it
-leaves the stack; members without a block sink whose history is not thinned share one copy
-of the stack's rows per hand-over instead. :class:`core.telemetry.StepRecord` objects are
-built only where something consumes them: the monitor's replays, per-record sinks
-(``write_steps``, called as the single trainer calls it) and the kept history
-(``TrainingResult.steps``), column-wise when it is first read.
+:data:`core.recording.BLOCK_SECONDS` (if any member has a block sink), before one of its
+alerts or epoch records, and when it leaves the stack; members without a block sink whose
+history is not thinned share one copy of the stack's rows per hand-over instead.
+:class:`core.telemetry.StepRecord` objects are built only where something consumes them: the
+monitor's replays, per-record sinks (``write_steps``, called as the single trainer calls it)
+and the kept history (``TrainingResult.steps``), column-wise when it is first read, all of a
+member's hand-overs in one pass.
 """
 
 from __future__ import annotations
@@ -257,6 +258,9 @@ class StackRecorder:
         self._absent = np.flatnonzero(~present).tolist()
         self.sinks = list(sinks)
         self._write_block = [getattr(s, "write_block", None) for s in self.sinks]
+        # rows are handed over every BLOCK_SECONDS only for block sinks (a history is read
+        # after the run): without any, only a full block is handed over
+        self._timed = any(w is not None for w in self._write_block)
         # members whose sink takes records one at a time (as the single trainer calls it)
         self.record_sink = np.array([s is not None and w is None
                                      for s, w in zip(self.sinks, self._write_block,
@@ -281,7 +285,8 @@ class StackRecorder:
     def begin(self, step: int, epoch: int) -> Array:
         """Open a slot for ``step``; returns its ``(K, n_values)`` rows (indexed by member)."""
         t = self.t + 1
-        if t == BLOCK_ROWS or (t and time.monotonic() - self._handed_at >= BLOCK_SECONDS):
+        if t == BLOCK_ROWS or (t and self._timed
+                               and time.monotonic() - self._handed_at >= BLOCK_SECONDS):
             self.hand_over_all()
             t = 0
         self.t = t

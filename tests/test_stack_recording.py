@@ -4,12 +4,14 @@ holds the records block-by-block building gives, and leaves the garbage collecto
 from __future__ import annotations
 
 import gc
+from typing import Any
 
 import numpy as np
 import pytest
 
+from core import stack_recording
 from core.recording import n_values
-from core.stack_recording import _part, _records_of_parts, records_of
+from core.stack_recording import StackRecorder, _part, _records_of_parts, records_of
 from core.telemetry import StepBlock
 
 
@@ -57,3 +59,42 @@ def test_building_records_leaves_the_collector_as_found(enabled: bool) -> None:
     finally:
         if was:
             gc.enable()
+
+
+class _BlockSink:
+    def __init__(self) -> None:
+        self.blocks: list[StepBlock] = []
+
+    def write_block(self, block: StepBlock) -> None:
+        self.blocks.append(block)
+
+    def write_steps(self, records: list[Any]) -> None:  # pragma: no cover
+        raise AssertionError("a block sink gets blocks")
+
+    def write_epoch(self, record: Any) -> None:  # pragma: no cover
+        pass
+
+    def should_stop(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize("block_sink", [True, False])
+def test_rows_are_handed_over_on_time_only_for_block_sinks(
+        block_sink: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stack_recording, "BLOCK_SECONDS", 0.0)  # every step is late
+    nv = n_values(1)
+    sink = _BlockSink()
+    rec = StackRecorder(2, 1, np.ones(nv, dtype=bool), [sink if block_sink else None, None],
+                        keep_records=True, max_records=None)
+    members = np.arange(2)
+    for step in range(5):
+        rec.begin(step, 0)
+        rec.write(members, np.full((2, nv), float(step)), np.zeros(2, dtype=bool))
+        rec.emit(members)
+    # with a block sink, each step's rows went out at the next step; without, none yet
+    assert len(sink.blocks) == (4 if block_sink else 0)
+    assert [len(h.blocks) for h in rec.histories] == ([4, 4] if block_sink else [0, 0])
+    for k in range(2):
+        steps = rec.result_steps(k)()
+        assert [r.step for r in steps] == list(range(5))
+        assert [r.loss for r in steps] == [float(s) for s in range(5)]

@@ -325,9 +325,10 @@ class StackedMLP:
         (each batched call runs the same routine per member on the same shape and strides):
         with one hidden layer, each layer's whole-buffer float64 sum and BLAS dot; with two
         or more, the column sums of the ``(batch, all hidden units)`` buffer as a BLAS
-        matrix-vector product and the column sums of squares with ``einsum`` on that very
-        layout (a member-major copy, :meth:`_hidden_buffer`), reduced per layer with
-        ``reduceat``; the outputs as one flat buffer. Means and stds of all layers then come
+        matrix-vector product on that very layout (a member-major copy,
+        :meth:`_hidden_buffer`) and the column sums of squares with ``einsum`` (the same
+        numbers from each layer's work array, :meth:`_column_squares`), reduced per layer
+        with ``reduceat``; the outputs as one flat buffer. Means and stds of all layers then come
         from the single network's float64 formulas in one pass
         (:func:`core.stack_sums.moments`). Dead and saturated fractions are counts, exact
         whichever way they are counted.

@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 
 from core.layout import sumsq
+from core.network import MLP
+from core.spec import TrainingSpec
 from core.stack_sums import flat_moments, moments, segment_sumsq_batched, segment_sumsq_pair
+from core.stacked import StackedMLP
 from core.trainer import _norm_segments
 
 BOUNDS = np.array([0, 64, 96, 1120, 1152, 1184, 1185])  # 2-32-32-1: weight, bias per layer
@@ -95,3 +98,29 @@ def test_flat_moments_and_moments_are_the_single_networks_formulas(dtype: type) 
             q = sumsq(row) / n
             s = math.sqrt(max(q - m * m, 0.0)) if math.isfinite(q) else q
             assert (mean[k].hex(), std[k].hex()) == (m.hex(), float(s).hex()), f"row {k}"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("hidden", [
+    [13, 32, 7],  # odd widths: vector tails at other places in a long batch-major row
+    [2, 64],
+    [32, 1, 5],  # a one-unit layer: the column squares of the copy
+], ids=["13-32-7", "2-64", "32-1-5"])
+def test_activation_statistics_of_many_members_are_their_networks(hidden: list[int],
+                                                                  dtype: str) -> None:
+    """Per-layer column sums of squares taken on each layer's own work array (members side
+    by side) give every member its own network's statistics, bit for bit."""
+    spec = TrainingSpec.model_validate({
+        "seed": 0, "dtype": dtype,
+        "data": {"source": "synthetic", "name": "blobs", "n_samples": 64, "n_features": 3},
+        "model": {"hidden": [{"units": u} for u in hidden],
+                  "init": {"scheme": "normal", "std": 0.7}}})
+    nets = [MLP(spec, np.random.default_rng(k)) for k in range(37)]
+    stack = StackedMLP(nets)
+    X = np.random.default_rng(9).standard_normal((29, 3)).astype(dtype)
+    with np.errstate(all="ignore"):
+        out = stack.forward(X)
+        got = np.stack(stack.activation_stats(out), axis=2)
+        for k, net in enumerate(nets):
+            table = net.activation_stat_array(net.forward(X))
+            assert _hex(got[k]) == _hex(table), f"member {k}"

@@ -325,10 +325,9 @@ class StackedMLP:
         (each batched call runs the same routine per member on the same shape and strides):
         with one hidden layer, each layer's whole-buffer float64 sum and BLAS dot; with two
         or more, the column sums of the ``(batch, all hidden units)`` buffer as a BLAS
-        matrix-vector product on that very layout (a member-major copy,
-        :meth:`_hidden_buffer`) and the column sums of squares with ``einsum`` (the same
-        numbers from each layer's work array, :meth:`_column_squares`), reduced per layer
-        with ``reduceat``; the outputs as one flat buffer. Means and stds of all layers then come
+        matrix-vector product and the column sums of squares with ``einsum`` on that very
+        layout (a member-major copy, :meth:`_hidden_buffer`), reduced per layer with
+        ``reduceat`` (both in one call); the outputs as one flat buffer. Means and stds of all layers then come
         from the single network's float64 formulas in one pass
         (:func:`core.stack_sums.moments`). Dead and saturated fractions are counts, exact
         whichever way they are counted.
@@ -382,7 +381,7 @@ class StackedMLP:
         columns = np.empty((2 * K, units), act.dtype)
         col_sum, col_sq = columns[:K], columns[K:]
         np.matmul(self._ones(batch), act, out=col_sum)
-        self._column_squares(act, col_sq)
+        np.einsum("kij,kij->kj", act, act, out=col_sq)
         per_layer = np.add.reduceat(columns, starts, axis=1)
         sums[:, :-1] = per_layer[:K]
         sqs[:, :-1] = per_layer[K:]
@@ -399,22 +398,6 @@ class StackedMLP:
         for i, (lo, hi) in enumerate(itertools.pairwise(self._col_offsets)):
             if i not in relu:
                 self._unit_stats(i, act[:, :, lo:hi], None, out)
-
-    def _column_squares(self, act: Array, out: Array) -> None:
-        """Column sums of squares of :meth:`_hidden_buffer` ``act`` into ``out`` ``(K, all
-        hidden units)``, as the single network's ``einsum("ij,ij->j")`` on its buffer.
-
-        That ``einsum`` adds each column's products example after example, a vectorised
-        multiply-add over the row of units per example: every column's number depends only on
-        its own elements, in that order, whatever the row. So each layer's own work array
-        gives the same numbers, in one pass over long rows where it is batch-major (members
-        side by side); a layer of one unit would drop its units axis, the examples becoming
-        the inner loop of another (reducing) kernel, hence the copy then."""
-        if min(self.sizes[1:-1]) < 2:
-            np.einsum("kij,kij->kj", act, act, out=out)
-            return
-        acts = self._buffers[self._bs].act
-        np.concatenate([np.einsum("kij,kij->kj", a, a) for a in acts], axis=1, out=out)
 
     def _redo_overflowing(self, act: Array, columns: Array, per_layer: Array, sums: Array,
                           sqs: Array) -> None:

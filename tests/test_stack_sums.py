@@ -102,14 +102,15 @@ def test_flat_moments_and_moments_are_the_single_networks_formulas(dtype: type) 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("hidden", [
-    [13, 32, 7],  # odd widths: vector tails at other places in a long batch-major row
+    [13, 32, 7],
     [2, 64],
-    [32, 1, 5],  # a one-unit layer: the column squares of the copy
+    [32, 1, 5],
 ], ids=["13-32-7", "2-64", "32-1-5"])
 def test_activation_statistics_of_many_members_are_their_networks(hidden: list[int],
                                                                   dtype: str) -> None:
-    """Per-layer column sums of squares taken on each layer's own work array (members side
-    by side) give every member its own network's statistics, bit for bit."""
+    """Many members, odd widths, a one-unit layer: every member's activation statistics
+    (column sums and sums of squares reduced per layer for the whole stack at once) are its
+    own network's, bit for bit."""
     spec = TrainingSpec.model_validate({
         "seed": 0, "dtype": dtype,
         "data": {"source": "synthetic", "name": "blobs", "n_samples": 64, "n_features": 3},

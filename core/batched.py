@@ -39,6 +39,7 @@ from core.schedules import Constant, make_schedule
 from core.snapshot import NetworkCopy
 from core.spec import TrainingSpec, data_shape
 from core.stack_recording import StackRecorder
+from core.stack_sums import segment_sumsq_pair
 from core.stacked import StackedMLP, segment_sumsq_batched
 from core.telemetry import NonFiniteEvent, Sink
 from core.trainer import TrainingResult
@@ -377,16 +378,13 @@ class BatchedTrainer:
         net = self.network
         K, L = vals.shape[0], net.n_layers
         layers = vals[:, 4:].reshape(K, L, 8)
-        # one pass each: the same sums as the single trainer's over [weights | update] side by
-        # side (up to FUSED_NORMS_MAX parameters), without copying both into one buffer
-        P, n_seg = net.flat.shape[1], len(self._bounds) - 1
-        fused = (2 * P, 2 * n_seg) if P <= FUSED_NORMS_MAX else None
-        wsq = segment_sumsq_batched(net.flat, self._bounds, fused)[:, 0::2]
-        usq = segment_sumsq_batched(delta, self._bounds, fused)[:, 0::2]
+        # the single trainer's sums over [weights | update] side by side (up to
+        # FUSED_NORMS_MAX parameters): (K, 2, segments), weights then update
+        both = segment_sumsq_pair(net.flat, delta, self._bounds,
+                                  net.flat.shape[1] <= FUSED_NORMS_MAX)
         np.sqrt(layer_gsq, out=layers[:, :, 0])
         np.sqrt(w_gsq, out=layers[:, :, 1])
-        np.sqrt(wsq, out=layers[:, :, 2])
-        np.sqrt(usq, out=layers[:, :, 3])
+        np.sqrt(both[:, :, 0::2].transpose(0, 2, 1), out=layers[:, :, 2:4])
         check = losses + grad_norm + layers[:, :, 2].sum(axis=1)
         if not self.specs[0].monitor.activation_stats:
             layers[:, :, 4:] = np.nan

@@ -1,5 +1,12 @@
-"""Whole-stack sums that give each member its single run's bits: the flat activation
-statistics of one buffer and the per-segment sums of squares of the norms."""
+"""Whole-stack sums that give each member its single run's bits: the per-segment sums of
+squares of the norms and the moments (mean, std) of the activation statistics.
+
+Every function here sums each member's numbers exactly as the single trainer sums its own
+(the same NumPy or BLAS routine on the same elements, lengths and layout), one call for the
+whole stack; a float32 sum that overflows is redone in float64 for the members concerned,
+as the single trainer does. The common case (everything finite) is checked with one sum of
+the results: a sum of floats is finite only when every term is.
+"""
 
 from __future__ import annotations
 
@@ -9,26 +16,44 @@ import numpy as np
 
 from core.layout import norms_by_reduceat
 
-__all__ = ["flat_stats", "segment_sumsq_batched"]
+__all__ = ["all_finite", "flat_moments", "moments", "segment_sumsq_batched",
+           "segment_sumsq_pair"]
 
 Array = np.ndarray
 
 
-def flat_stats(rows: Array, out: Array) -> None:
-    """Mean and std of each row of ``rows`` ``(K, n)`` into ``out[:, 0]`` and ``out[:, 1]``:
-    per row the single network's flat statistics of one buffer (a float64 sum, and
-    :func:`core.layout.sumsq`: one BLAS dot, redone in float64 where float32 overflows)."""
-    n = rows.shape[1]
-    sums = rows.sum(axis=1, dtype=np.float64)
-    q = np.matmul(rows[:, None, :], rows[:, :, None])[:, 0, 0].astype(np.float64)
-    if rows.dtype != np.float64:
+def all_finite(x: Array) -> bool:
+    """Whether every element of ``x`` is finite, from one sum (a sum of finite terms may
+    overflow: then the caller's exact check decides)."""
+    return math.isfinite(float(x.sum()))
+
+
+def flat_moments(rows: Array, sums: Array, sqs: Array) -> None:
+    """Sum and sum of squares of each row of ``rows`` ``(K, n)`` into ``sums`` and ``sqs``
+    ``(K,)`` float64: per row the single network's flat statistics of one buffer (a float64
+    sum, and :func:`core.layout.sumsq`: one BLAS dot, redone in float64 where float32
+    overflows)."""
+    sums[...] = rows.sum(axis=1, dtype=np.float64)
+    q = np.matmul(rows[:, None, :], rows[:, :, None])[:, 0, 0]
+    if rows.dtype != np.float64 and not all_finite(q):
+        q = q.astype(np.float64)
         bad = np.flatnonzero(~np.isfinite(q))
-        if bad.size:
-            r64 = rows[bad].astype(np.float64)
-            q[bad] = np.matmul(r64[:, None, :], r64[:, :, None])[:, 0, 0]
-    mean = np.divide(sums, n, out=out[:, 0])
-    spread = np.sqrt(np.maximum(q / n - mean * mean, 0.0))
-    out[:, 1] = np.where(np.isfinite(q), spread, q)
+        r64 = rows[bad].astype(np.float64)
+        q[bad] = np.matmul(r64[:, None, :], r64[:, :, None])[:, 0, 0]
+    sqs[...] = q
+
+
+def moments(sums: Array, sqs: Array, counts: Array, mean: Array, std: Array) -> None:
+    """``mean = sums / counts`` and ``std = sqrt(max(sqs / counts - mean**2, 0))`` (``sqs``
+    itself where it is not finite), elementwise into ``mean`` and ``std``: the single
+    network's formulas for every member and layer at once (the same float64 operations)."""
+    np.divide(sums, counts, out=mean)
+    var = sqs / counts
+    var -= mean * mean
+    np.maximum(var, 0.0, out=var)
+    np.sqrt(var, out=std)
+    if not all_finite(sqs):
+        std[...] = np.where(np.isfinite(sqs), std, sqs)
 
 
 def segment_sumsq_batched(flat: Array, bounds: Array, as_single: tuple[int, int] | None = None
@@ -37,14 +62,14 @@ def segment_sumsq_batched(flat: Array, bounds: Array, as_single: tuple[int, int]
     ``(K, len(bounds) - 1)`` float64, each row the numbers the single trainer's
     ``_norm_segments`` gives for that member: the same rule picks ``reduceat`` or one BLAS dot
     per segment (:func:`core.layout.norms_by_reduceat`, on ``as_single`` = (elements,
-    segments) of the single trainer's call when it sums another buffer, e.g. weights and
-    update side by side), and float32 sums that overflow are redone in float64 the same way
-    (for the rows concerned only)."""
+    segments) of the single trainer's call when it sums another buffer), and float32 sums that
+    overflow are redone in float64 the same way (for the rows concerned only)."""
     K, n_seg = flat.shape[0], len(bounds) - 1
     size, segments = as_single or (flat.shape[1], n_seg)
     if norms_by_reduceat(size, segments):
-        out = np.add.reduceat(np.square(flat), bounds[:-1], axis=1).astype(np.float64)
-        if flat.dtype != np.float64 and not np.isfinite(out).all():
+        sums = np.add.reduceat(np.square(flat), bounds[:-1], axis=1)
+        out = sums.astype(np.float64)
+        if flat.dtype != np.float64 and not all_finite(sums):
             bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
             out[bad] = np.add.reduceat(np.square(flat[bad], dtype=np.float64), bounds[:-1],
                                        axis=1)
@@ -57,4 +82,29 @@ def segment_sumsq_batched(flat: Array, bounds: Array, as_single: tuple[int, int]
             if not math.isfinite(s):
                 s = float(np.square(seg[k], dtype=np.float64).sum())
             out[k, j] = s
+    return out
+
+
+def segment_sumsq_pair(a: Array, b: Array, bounds: Array, fused: bool) -> Array:
+    """The per-segment sums of squares of ``a`` and of ``b`` (both ``(K, n)``, segments
+    ``bounds``), ``(K, 2, len(bounds) - 1)`` float64: member ``k``'s numbers of the single
+    trainer's ``_norm_segments(np.concatenate((a[k], b[k])), bounds2)`` when ``fused`` (its
+    one pass over weights and update side by side: where it sums with ``reduceat``, a float32
+    overflow anywhere in the row redoes the whole row in float64), else of its two calls on
+    ``a[k]`` and ``b[k]``. Each buffer is squared and summed on its own (a segment's sum
+    depends only on its elements; squaring into one strided array is slower)."""
+    K, n = a.shape
+    n_seg = len(bounds) - 1
+    as_single = (2 * n, 2 * n_seg) if fused else None
+    if not (fused and norms_by_reduceat(2 * n, 2 * n_seg)):
+        return np.stack([segment_sumsq_batched(a, bounds, as_single),
+                         segment_sumsq_batched(b, bounds, as_single)], axis=1)
+    out = np.empty((K, 2, n_seg))
+    sums = out[:, 0], out[:, 1]
+    for x, o in zip((a, b), sums, strict=True):
+        o[...] = np.add.reduceat(np.square(x), bounds[:-1], axis=1)
+    if a.dtype != np.float64 and not all_finite(out):
+        for k in np.flatnonzero(~np.isfinite(out).all(axis=(1, 2))).tolist():
+            for x, o in zip((a, b), sums, strict=True):
+                o[k] = np.add.reduceat(np.square(x[k], dtype=np.float64), bounds[:-1])
     return out

@@ -30,7 +30,7 @@ from core.layers import (
 from core.layout import ParamLayout
 from core.network import EVAL_CHUNK, MLP
 from core.stack_buffers import Buffers, Storage, members_view, work_array
-from core.stack_sums import flat_stats, segment_sumsq_batched
+from core.stack_sums import all_finite, flat_moments, moments, segment_sumsq_batched
 
 __all__ = ["StackedMLP", "segment_sumsq_batched"]
 
@@ -327,8 +327,10 @@ class StackedMLP:
         or more, the column sums of the ``(batch, all hidden units)`` buffer as a BLAS
         matrix-vector product and the column sums of squares with ``einsum`` on that very
         layout (a member-major copy, :meth:`_hidden_buffer`), reduced per layer with
-        ``reduceat``; the outputs as one flat buffer. Dead and saturated fractions are
-        counts, exact whichever way they are counted.
+        ``reduceat`` (both in one call); the outputs as one flat buffer. Means and stds of all layers then come
+        from the single network's float64 formulas in one pass
+        (:func:`core.stack_sums.moments`). Dead and saturated fractions are counts, exact
+        whichever way they are counted.
 
         ``out`` (``(K, n_layers, 4)`` float64, e.g. a view of the telemetry rows) receives
         them in place; the four returned arrays are then its columns."""
@@ -336,16 +338,19 @@ class StackedMLP:
         if out is None:
             out = np.empty((K, L, 4))
         out[:, :, 2:] = np.nan
+        sums, sqs = np.empty((2, K, L))  # per member and layer: sum, sum of squares
         if L == 2:
             a = self.hidden_activation(0)
-            flat_stats(a.reshape(K, -1), out[:, 0])
+            flat_moments(a.reshape(K, -1), sums[:, 0], sqs[:, 0])
             col_sum = None
             if self.activations[0].name == "relu":  # alive units: column sums > 0 (below)
                 col_sum = np.matmul(self._ones(a.shape[1]), a)
             self._unit_stats(0, a, col_sum, out)
         elif L > 2:
-            self._hidden_stats(out)
-        flat_stats(outputs.reshape(K, -1), out[:, L - 1])
+            self._hidden_stats(sums, sqs, out)
+        flat_moments(outputs.reshape(K, -1), sums[:, L - 1], sqs[:, L - 1])
+        counts = np.array(self.sizes[1:], dtype=np.float64) * outputs.shape[1]
+        moments(sums, sqs, counts, out[:, :, 0], out[:, :, 1])
         return out[:, :, 0], out[:, :, 1], out[:, :, 2], out[:, :, 3]
 
     def _hidden_buffer(self) -> Array:
@@ -365,28 +370,52 @@ class StackedMLP:
             np.copyto(whole[:, :, lo:hi], buf.act[i])
         return whole
 
-    def _hidden_stats(self, out: Array) -> None:
-        """:meth:`activation_stats`' hidden rows for two or more hidden layers: the single
-        network's ``_hidden_stats`` for every member at once (fallbacks per member)."""
+    def _hidden_stats(self, sums: Array, sqs: Array, out: Array) -> None:
+        """:meth:`activation_stats`' hidden layers for two or more of them: per member the
+        single network's ``_hidden_stats`` sums into ``sums[:, :-1]`` and ``sqs[:, :-1]``
+        (fallbacks per member), dead and saturated fractions into ``out``."""
         act = self._hidden_buffer()
-        batch = act.shape[1]
-        starts = self._starts
-        col_sq = np.einsum("kij,kij->kj", act, act)
-        sqs = np.add.reduceat(col_sq, starts, axis=1).astype(np.float64)
-        if act.dtype != np.float64:
-            for k in np.flatnonzero(~np.isfinite(col_sq).all(axis=1)).tolist():
-                a64 = act[k].astype(np.float64)  # float32 overflow of the squares
-                sqs[k] = np.add.reduceat(np.einsum("ij,ij->j", a64, a64), starts)
-        col_sum = np.matmul(self._ones(batch), act)
-        sums = np.add.reduceat(col_sum, starts, axis=1).astype(np.float64)
-        for k in np.flatnonzero(~np.isfinite(col_sum).all(axis=1)).tolist():
-            sums[k] = np.add.reduceat(act[k].sum(axis=0, dtype=np.float64), starts)
-        cn = np.array(self.sizes[1:-1], dtype=np.float64) * batch
-        mean = np.divide(sums, cn, out=out[:, :-1, 0])
-        spread = np.sqrt(np.maximum(sqs / cn - mean * mean, 0.0))
-        out[:, :-1, 1] = np.where(np.isfinite(sqs), spread, sqs)
+        K, batch, units = act.shape
+        L, starts = self.n_layers, self._starts
+        # column sums, then column sums of squares: reduced per layer in one call
+        columns = np.empty((2 * K, units), act.dtype)
+        col_sum, col_sq = columns[:K], columns[K:]
+        np.matmul(self._ones(batch), act, out=col_sum)
+        np.einsum("kij,kij->kj", act, act, out=col_sq)
+        per_layer = np.add.reduceat(columns, starts, axis=1)
+        sums[:, :-1] = per_layer[:K]
+        sqs[:, :-1] = per_layer[K:]
+        if not all_finite(per_layer):
+            self._redo_overflowing(act, columns, per_layer, sums, sqs)
+        relu = [i for i, a in enumerate(self.activations) if a.name == "relu"]
+        if relu:  # alive units: column sums > 0 (as in _unit_stats), every layer at once
+            alive = np.add.reduceat(col_sum > 0, starts, axis=1)
+            dead = np.divide(alive, self.sizes[1:-1])
+            if len(relu) == L - 1:
+                np.subtract(1.0, dead, out=out[:, :-1, 2])
+            else:
+                out[:, relu, 2] = 1.0 - dead[:, relu]
         for i, (lo, hi) in enumerate(itertools.pairwise(self._col_offsets)):
-            self._unit_stats(i, act[:, :, lo:hi], col_sum[:, lo:hi], out)
+            if i not in relu:
+                self._unit_stats(i, act[:, :, lo:hi], None, out)
+
+    def _redo_overflowing(self, act: Array, columns: Array, per_layer: Array, sums: Array,
+                          sqs: Array) -> None:
+        """Redo in float64, from their activations, the per-layer sums (``sums[:, :-1]``) of
+        members whose column sums are not all finite, and the sums of squares of those whose
+        float32 column sums of squares are not (``columns``: the column sums then sums of
+        squares, ``per_layer`` their reductions), as the single network does. Only rows with
+        a non-finite reduction are looked at: a non-finite column makes its layer's sum so."""
+        K, starts = act.shape[0], self._starts
+        for r in np.flatnonzero(~np.isfinite(per_layer).all(axis=1)).tolist():
+            k = r % K
+            if np.isfinite(columns[r]).all():
+                continue  # finite columns whose sum overflows: as they are
+            if r < K:
+                sums[k, :-1] = np.add.reduceat(act[k].sum(axis=0, dtype=np.float64), starts)
+            elif act.dtype != np.float64:
+                a64 = act[k].astype(np.float64)  # float32 overflow of the squares
+                sqs[k, :-1] = np.add.reduceat(np.einsum("ij,ij->j", a64, a64), starts)
 
     def _unit_stats(self, i: int, a: Array, col_sum: Array | None, out: Array) -> None:
         """Dead or saturated fraction of hidden layer ``i`` (activations ``a``, ``(K, batch,

@@ -168,6 +168,7 @@ class BatchedTrainer:
         self._rows = np.arange(K)  # the member index of each stack row
         self._recorder: StackRecorder | None = None
         self._constant_lrs = all(isinstance(s, Constant) for s in self.schedules)
+        self._lr_col: Array | None = None  # the constant rates' column (see _lr_column)
 
     # ------------------------------------------------------------------ the loop
     def run(self, sinks: Sequence[Sink | None] | None = None, *, keep_records: bool = True,
@@ -192,6 +193,7 @@ class BatchedTrainer:
             len(self.specs), n_rec, self._present_mask(n_rec), sinks,
             keep_records=keep_records, max_records=max_records)
         self._has_sink = np.array([s is not None for s in sinks], dtype=bool)
+        self._any_sink = bool(self._has_sink.any())
         members = [
             MemberRun(k, spec, sinks[k], self.rngs[k], self.schedules[k], self.data_index[k],
                       rec)
@@ -207,30 +209,36 @@ class BatchedTrainer:
         while self._active:
             for m in self._active:
                 m.start_epoch(n_train)
-            self._loss_sum[self._rows] = 0.0
-            self._correct[self._rows] = 0.0
-            self._seen[self._rows] = 0
+            rix = self._row_index()
+            self._loss_sum[rix] = 0.0
+            self._correct[rix] = 0.0
+            self._seen[rix] = 0
             shared = self._shared_batches()
+            first_end = min(m.total for m in self._active)
             for start in range(0, n_train, batch_size):
                 # members past their last step, then those that stopped at the previous step,
                 # leave as the single trainer's loop does: epoch record, then out
-                done = [m for m in self._active if step >= m.total]
-                if done:
+                if step >= first_end:
+                    done = [m for m in self._active if step >= m.total]
                     self._end_epoch(done, epoch, step)
                     self._remove(done, step, results, t0)
                     if not self._active:
                         break
                     shared = self._shared_batches()
+                    first_end = min(m.total for m in self._active)
                 Xb, yb = self._batch(shared, start, batch_size)
-                self._step(step, epoch, Xb, yb, deadline)
+                maybe_stopped = self._step(step, epoch, Xb, yb, deadline)
                 step += 1
-                stopped = [m for m in self._active if m.stop is not None]
+                # a member stops only where _step took its own path (or polled its sink)
+                stopped = ([m for m in self._active if m.stop is not None] if maybe_stopped
+                           else None)
                 if stopped:
                     self._end_epoch(stopped, epoch, step)
                     self._remove(stopped, step, results, t0)
                     if not self._active:
                         break
                     shared = self._shared_batches()
+                    first_end = min(m.total for m in self._active)
             if not self._active:
                 break
             self._end_epoch(self._active, epoch, step)
@@ -289,12 +297,31 @@ class BatchedTrainer:
                                  else False)
         return present
 
+    def _row_index(self) -> Array | slice:
+        """The stack rows' places in the per-member arrays: a slice while every member is in
+        the stack (rows in member order; the same elements as the index array, cheaper)."""
+        return slice(None) if len(self._rows) == len(self.specs) else self._rows
+
+    def _lr_column(self, step: int) -> Array:
+        """The active members' learning rates as a float64 ``(K, 1)`` column (kept while the
+        rates are constant and the stack unchanged)."""
+        if self._constant_lrs:
+            col = self._lr_col
+            if col is None or len(col) != len(self._active):
+                col = self._lr_col = np.asarray(self._lrs(self._active, step),
+                                                dtype=np.float64)[:, None]
+            return col
+        return np.asarray(self._lrs(self._active, step), dtype=np.float64)[:, None]
+
     def _step(self, step: int, epoch: int, Xb: Array, yb: Array,
-              deadline: float | None) -> None:
+              deadline: float | None) -> bool:
+        """One training step of the stack; returns whether some member may have stopped
+        (one took its own path or its sink was asked)."""
         active = self._active
         net = self.network
         rows = self._rows
-        lrs = self._lrs(active, step)
+        rix = self._row_index()
+        lr_col = self._lr_column(step)
         out = net.forward(Xb)
         losses, dout = self._loss_fn(out, yb)
         net.backward(dout)
@@ -307,14 +334,14 @@ class BatchedTrainer:
             w_gsq = layer_gsq = segment_sumsq_batched(G, net.layout.layer_offsets)
         grad_norm = np.sqrt(layer_gsq.sum(axis=1))
         clipped_norm, clipped = self.clipper(G, net.flat, net.layout, layer_gsq)
-        delta = self.optimizer.step(G, np.asarray(lrs, dtype=np.float64)[:, None])
+        delta = self.optimizer.step(G, lr_col)
         m_rows = out.shape[1]
-        loss64 = losses.astype(np.float64)
-        self._loss_sum[rows] += loss64 * m_rows  # float64, as the single trainer's sums
-        self._seen[rows] += m_rows
+        loss64 = losses.astype(np.float64, copy=False)
+        self._loss_sum[rix] += loss64 * m_rows  # float64, as the single trainer's sums
+        self._seen[rix] += m_rows
         acc = self._accuracy(out, yb)
         if acc is not None:
-            self._correct[rows] += acc.astype(np.float64) * m_rows
+            self._correct[rix] += acc.astype(np.float64, copy=False) * m_rows
         late = deadline is not None and time.monotonic() > deadline
 
         rec = self._recorder
@@ -322,7 +349,8 @@ class BatchedTrainer:
         rec.begin(step, epoch)
         K, L = len(active), net.n_layers
         vals = np.empty((K, rec.values.shape[2]))
-        vals[:, 0], vals[:, 1], vals[:, 2], vals[:, 3] = loss64, grad_norm, clipped_norm, lrs
+        vals[:, 0], vals[:, 1], vals[:, 2], vals[:, 3] = (loss64, grad_norm, clipped_norm,
+                                                          lr_col[:, 0])
         a_std = None
         if self.telemetry:
             finite, a_std = self._fill_layers(vals, layer_gsq, w_gsq, delta, out, loss64,
@@ -348,20 +376,25 @@ class BatchedTrainer:
         if late:
             slow[:] = True
         # the common case, for the whole stack at once: which quiet members emit this step
-        quiet = rows[~slow]
+        slow_rows = np.flatnonzero(slow).tolist()
+        quiet = rows[~slow] if slow_rows else rows
+        polled = False
         if len(quiet):
             rec.emit(quiet[(step % self._record_every[quiet] == 0)
                            | (step == self._total[quiet] - 1)])
             # then their sinks' stop requests, as after any step (MemberRun.after_step)
-            for r in np.flatnonzero(self._has_sink[rows] & ~slow).tolist():
-                active[r].poll_sink()
-        for r in np.flatnonzero(slow).tolist():
+            if self._any_sink:
+                for r in np.flatnonzero(self._has_sink[rows] & ~slow).tolist():
+                    active[r].poll_sink()
+                    polled = True
+        for r in slow_rows:
             m = active[r]
             nf_now = bool(nf[r])
             if nf_now and m.first_nf is None:
                 m.found_non_finite(self._locate_non_finite(r, step, float(loss64[r]), out,
                                                            layer_gsq, m.want_acts))
             m.after_step(step, nf_now, late, alerts.get(r), bool(confirmed[r]))
+        return polled or bool(slow_rows)
 
     def _accuracy(self, out: Array, yb: Array) -> Array | None:
         if self._mse_labels:
@@ -466,6 +499,7 @@ class BatchedTrainer:
                 self._monitor.keep_rows(rows)
         self._active = [self._active[r] for r in keep]
         self._rows = self._rows[keep]
+        self._lr_col = None
 
 
 def _nan_or_inf(x: Array) -> str:

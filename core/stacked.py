@@ -153,8 +153,10 @@ class StackedMLP:
                  for i, n in enumerate(hidden)]
         zs = [work_array(store, K, batch, n, dt, bm, strided)
               for n, bm in zip(hidden, major, strict=True)]
-        acts = [work_array(store, K, batch, n, dt, bm, strided)
-                for n, bm in zip(hidden, major, strict=True)]
+        # ReLU runs in place: its backward needs only where z > 0, which is where its output
+        # a = max(z, 0) > 0 (NaN in neither); one array less to keep in cache
+        acts = [z if act.name == "relu" else work_array(store, K, batch, n, dt, bm, strided)
+                for n, bm, z, act in zip(hidden, major, zs, self.activations, strict=True)]
         dxs = [work_array(store, K, batch, n, dt, bm, strided and bm)
                for n, bm in zip(hidden, major, strict=True)] if backward else []
         vec = [np.zeros(z2.shape[1] if z2 is not None else K * n, dtype=dt)

@@ -36,6 +36,7 @@ __all__ = ["StackedMLP", "segment_sumsq_batched"]
 
 Array = np.ndarray
 _PREDICT_CACHE = 8 * 1024 * 1024  # elements of inference work arrays kept between calls
+_PREDICT_GROUP = 512 * 1024  # bytes of one hidden layer's inference work array per group
 
 
 class StackedMLP:
@@ -104,17 +105,17 @@ class StackedMLP:
                 self.gamma[slot.layer], self.dgamma[slot.layer] = p, g
             else:
                 self.beta[slot.layer], self.dbeta[slot.layer] = p, g
-        old = [*getattr(self, "_buffers", {}).values(), getattr(self, "_predict_buffers", None)]
+        old = [*getattr(self, "_buffers", {}).values(),
+               *getattr(self, "_predict_buffers", {}).values()]
         self._pool: list[Array] = [a for b in old if b is not None for a in b.storage]
         self._buffers: dict[int, Buffers] = {}
         self._inputs: list[Array] = []
         self._bn_cache: dict[int, BatchNormCache] = {}
         self._bs = 0
-        self._predict_key: tuple[int, int] | None = None
         self._contiguous_acts: list[Array | None] = []
         self._act_copies: dict[tuple[int, int], Array] = {}
         self._hidden_copies: dict[tuple[int, int], Array] = {}
-        self._predict_buffers: Buffers | None = None
+        self._predict_buffers: dict[tuple[int, int], Buffers] = {}
 
     def keep_rows(self, rows: Array, flat: Array | None = None) -> None:
         """Keep only members ``rows`` (in that order); ``flat`` is the kept parameter buffer
@@ -278,25 +279,37 @@ class StackedMLP:
 
     def predict(self, X: Array, rows: Array) -> Array:
         """Inference-mode outputs ``(len(rows), n, n_out)`` of members ``rows`` on ``X``
-        (shared ``(n, n_in)``), in the chunks :meth:`core.network.MLP.predict` uses."""
+        (shared ``(n, n_in)``), in the chunks :meth:`core.network.MLP.predict` uses.
+
+        Members go through in groups whose work arrays stay cache-sized (each member's
+        products are BLAS calls of their own: the same numbers in any group)."""
         every = len(rows) == self.size and bool(np.all(rows == np.arange(self.size)))
-        W = self.W if every else [w[rows] for w in self.W]  # no copy for the whole stack
-        b = self.b if every else [v[rows] for v in self.b]
-        outs = [self._predict_chunk(X[s:s + EVAL_CHUNK], W, b, None if every else rows)
-                for s in range(0, len(X), EVAL_CHUNK)]
-        if not outs:
-            return np.empty((len(rows), 0, self.sizes[-1]), dtype=self.dtype)
-        return np.concatenate(outs, axis=1)
+        n_out = self.sizes[-1]
+        out = np.empty((len(rows), len(X), n_out), dtype=self.dtype)
+        if not len(X) or not len(rows):
+            return out
+        per_member = min(len(X), EVAL_CHUNK) * max(self.sizes[1:-1], default=1)
+        group = max(1, _PREDICT_GROUP // (per_member * self.dtype.itemsize))
+        for k0 in range(0, len(rows), group):
+            k1 = min(k0 + group, len(rows))
+            pick: slice | Array = slice(k0, k1) if every else rows[k0:k1]
+            W = [w[pick] for w in self.W]  # views for a slice, copies of the group otherwise
+            b = [v[pick] for v in self.b]
+            for s in range(0, len(X), EVAL_CHUNK):
+                out[k0:k1, s:s + EVAL_CHUNK] = self._predict_chunk(
+                    X[s:s + EVAL_CHUNK], W, b, pick)
+        return out
 
     def _predict_chunk(self, x: Array, W: list[Array], b: list[Array],
-                       rows: Array | None) -> Array:
+                       pick: slice | Array) -> Array:
         K, n = W[0].shape[0], x.shape[0]
-        buf = self._predict_buffers if self._predict_key == (n, K) else None
+        buf = self._predict_buffers.get((n, K))
         if buf is None:
             buf = self._new_buffers(n, K, backward=False)
             if 2 * n * K * sum(self.sizes[1:-1]) <= _PREDICT_CACHE:  # kept for the next epoch
-                self._predict_key, self._predict_buffers = (n, K), buf
-        pick = slice(None) if rows is None else rows
+                if len(self._predict_buffers) > 1:  # a group size and the last group's
+                    self._predict_buffers.clear()
+                self._predict_buffers[(n, K)] = buf
         for i in range(self.n_layers - 1):
             bn = None
             if self.batch_norm[i]:
@@ -305,7 +318,7 @@ class StackedMLP:
                                                   self.running_mean[i][pick],
                                                   self.running_var[i][pick])
             x = self._hidden(x, i, buf, W[i], b[i], bn)
-        return affine_forward(x, W[-1], b[-1])
+        return affine_forward(x, W[-1], b[-1], out=buf.z[-1])
 
     # ---------------------------------------------------------------- statistics
     def _ones(self, n: int) -> Array:

@@ -275,10 +275,9 @@ class BatchedClipper:
         if len(modes) != 1:
             raise ValueError(f"a stack shares one clipping mode, got {sorted(modes)}")
         self.mode = specs[0].mode
-        self.threshold = np.asarray([getattr(s, "max_norm", getattr(s, "clip_value",
-                                                                    getattr(s, "clip_factor", 0.0)))
+        self.threshold = np.asarray([_field(s, "max_norm", "clip_value", "clip_factor")
                                      for s in specs], dtype=np.float64)
-        self.eps = np.asarray([getattr(s, "eps", 0.0) for s in specs], dtype=np.float64)
+        self.eps = np.asarray([_field(s, "eps") for s in specs], dtype=np.float64)
 
     def keep_rows(self, rows: np.ndarray) -> None:
         """Keep only the members ``rows`` (in that order)."""
@@ -342,6 +341,16 @@ class BatchedClipper:
             np.take(scale.reshape(-1), unit_of, out=squares)
             np.multiply(grad, squares.reshape(grad.shape), out=grad)
         return clipped
+
+
+def _field(spec: ClippingSpec, *names: str) -> float:
+    """The first of the fields ``names`` that ``spec`` has (0.0 if none): looked up in the
+    model's fields, not by a failing attribute access (slow on a pydantic model)."""
+    fields = type(spec).model_fields
+    for name in names:
+        if name in fields:
+            return float(getattr(spec, name))
+    return 0.0
 
 
 def _row_norms(grad: np.ndarray) -> np.ndarray:

@@ -118,6 +118,45 @@ def test_inference_of_any_members_equals_their_networks() -> None:
                 assert a[k].tobytes() == np.ascontiguousarray(single.hidden_activation(i)).tobytes()
 
 
+@pytest.mark.parametrize("hidden", [
+    [{"units": 8}, {"units": 12, "batch_norm": True}],
+    [{"units": 16}],
+    [{"units": 6, "activation": "tanh"}, {"units": 10}],
+], ids=["8-12bn", "16", "6tanh-10"])
+def test_inference_in_member_groups_equals_their_networks(
+        hidden: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    # inference runs the members in cache-sized groups: force groups of 1, 2 and 3 members
+    # (the last group smaller), on all members, a subset and one, float32 and float64
+    import core.stacked as stacked
+    for dtype in ("float32", "float64"):
+        specs = [_spec(dtype=dtype, model={"hidden": hidden}, optimizer={"name": "sgd", "lr": lr})
+                 for lr in (0.01, 0.1, 1.0, 0.5, 0.2)]
+        trainer = BatchedTrainer(specs, telemetry=False, monitor=False)
+        net = trainer.network
+        rng = np.random.default_rng(5)
+        net.flat[...] = rng.standard_normal(net.flat.shape).astype(dtype)
+        for i in net.running_mean:
+            net.running_mean[i][...] = rng.standard_normal(net.running_mean[i].shape)
+            net.running_var[i][...] = rng.uniform(0.5, 2.0, net.running_var[i].shape)
+        singles = [Trainer(s, telemetry=False, monitor=False).network for s in specs]
+        for k, single in enumerate(singles):
+            single.flat[...] = net.flat[k]
+            for i in single.running_mean:
+                single.running_mean[i][...] = net.running_mean[i][k, 0]
+                single.running_var[i][...] = net.running_var[i][k, 0]
+        X = trainer.member_data(0).X_val
+        expected = [single.predict(X).tobytes() for single in singles]
+        per_member = len(X) * max(h["units"] for h in hidden) * np.dtype(dtype).itemsize
+        with np.errstate(all="ignore"):
+            for group in (1, 2, 3, 64):
+                monkeypatch.setattr(stacked, "_PREDICT_GROUP", group * per_member)
+                for rows in (np.arange(5), np.array([4, 0, 2]), np.array([3])):
+                    out = net.predict(X, rows)
+                    assert out.shape == (len(rows), len(X), 1)
+                    for j, k in enumerate(rows.tolist()):
+                        assert out[j].tobytes() == expected[k], (dtype, group, rows, k)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_relu_equals_maximum_with_zero_on_special_values(dtype: type) -> None:
     relu = get_activation("relu")

@@ -333,7 +333,7 @@ class BatchedTrainer:
         else:
             w_gsq = layer_gsq = segment_sumsq_batched(G, net.layout.layer_offsets)
         grad_norm = np.sqrt(layer_gsq.sum(axis=1))
-        clipped_norm, clipped = self.clipper(G, net.flat, net.layout, layer_gsq)
+        clipped_norm, clipped = self.clipper(G, net.flat, net.layout, layer_gsq, grad_norm)
         delta = self.optimizer.step(G, lr_col)
         m_rows = out.shape[1]
         loss64 = losses.astype(np.float64, copy=False)

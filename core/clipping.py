@@ -284,13 +284,17 @@ class BatchedClipper:
         self.threshold, self.eps = self.threshold[rows], self.eps[rows]
 
     def __call__(self, grad: np.ndarray, params: np.ndarray, layout: ParamLayout,
-                 layer_sumsq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Clip ``grad`` ``(K, n_params)`` in place given ``layer_sumsq`` ``(K, n_layers)``;
+                 layer_sumsq: np.ndarray, total: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """Clip ``grad`` ``(K, n_params)`` in place given ``layer_sumsq`` ``(K, n_layers)``
+        (and ``total``, ``sqrt(layer_sumsq.sum(axis=1))``, when the caller has it);
         returns ``(clipped_grad_norm (K,), clipped (K,) bool)`` as :func:`clip_flat` does."""
+        if total is None:
+            with np.errstate(all="ignore"):
+                total = np.sqrt(layer_sumsq.sum(axis=1))
+        if self.mode == "none":
+            return total, np.zeros(len(total), dtype=bool)
         with np.errstate(all="ignore"):
-            total = np.sqrt(layer_sumsq.sum(axis=1))
-            if self.mode == "none":
-                return total, np.zeros(len(total), dtype=bool)
             if self.mode == "global_norm":
                 coef = self.threshold / (total + _NORM_EPS)
                 coef = np.where((coef < 1.0) | np.isnan(coef), coef, 1.0)

@@ -169,6 +169,7 @@ class BatchedTrainer:
         self._recorder: StackRecorder | None = None
         self._constant_lrs = all(isinstance(s, Constant) for s in self.schedules)
         self._lr_col: Array | None = None  # the constant rates' column (see _lr_column)
+        self._emit_rule: tuple[int, int] | None = None  # see _due
 
     # ------------------------------------------------------------------ the loop
     def run(self, sinks: Sequence[Sink | None] | None = None, *, keep_records: bool = True,
@@ -380,8 +381,11 @@ class BatchedTrainer:
         quiet = rows[~slow] if slow_rows else rows
         polled = False
         if len(quiet):
-            rec.emit(quiet[(step % self._record_every[quiet] == 0)
-                           | (step == self._total[quiet] - 1)])
+            due = (quiet[(step % self._record_every[quiet] == 0)
+                         | (step == self._total[quiet] - 1)] if slow_rows
+                   else self._due(step))
+            if len(due):
+                rec.emit(due)
             # then their sinks' stop requests, as after any step (MemberRun.after_step)
             if self._any_sink:
                 for r in np.flatnonzero(self._has_sink[rows] & ~slow).tolist():
@@ -395,6 +399,20 @@ class BatchedTrainer:
                                                            layer_gsq, m.want_acts))
             m.after_step(step, nf_now, late, alerts.get(r), bool(confirmed[r]))
         return polled or bool(slow_rows)
+
+    def _due(self, step: int) -> Array:
+        """The members whose rows are emitted at ``step`` when all are quiet: every
+        ``record_every``-th step and the last (one rule for the stack when they share it)."""
+        rule = self._emit_rule
+        if rule is None:
+            every, total = self._record_every[self._rows], self._total[self._rows]
+            uniform = bool((every == every[0]).all() and (total == total[0]).all())
+            rule = self._emit_rule = (int(every[0]), int(total[0])) if uniform else (0, 0)
+        every, total = rule
+        if every:
+            return self._rows if step % every == 0 or step == total - 1 else self._rows[:0]
+        rows = self._rows
+        return rows[(step % self._record_every[rows] == 0) | (step == self._total[rows] - 1)]
 
     def _accuracy(self, out: Array, yb: Array) -> Array | None:
         if self._mse_labels:
@@ -500,6 +518,7 @@ class BatchedTrainer:
         self._active = [self._active[r] for r in keep]
         self._rows = self._rows[keep]
         self._lr_col = None
+        self._emit_rule = None
 
 
 def _nan_or_inf(x: Array) -> str:

@@ -257,13 +257,14 @@ class BatchedTrainer:
     def _shared_batches(self) -> bool:
         """Whether all active members see the same batches (same data, same order)."""
         first = self._active[0]
+        order = first.order
         for m in self._active[1:]:
             if m.data_index != first.data_index:
                 return False
-            if (m.order is None) != (first.order is None):
+            if (m.order is None) != (order is None):
                 return False
-            if m.order is not None and first.order is not None and not np.array_equal(
-                    m.order, first.order):
+            if m.order is not None and order is not None and m.order is not order and not (
+                    m.order.shape == order.shape and (m.order == order).all()):
                 return False
         return True
 

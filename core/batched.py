@@ -406,9 +406,9 @@ class BatchedTrainer:
         ``record_every``-th step and the last (one rule for the stack when they share it)."""
         rule = self._emit_rule
         if rule is None:
-            every, total = self._record_every[self._rows], self._total[self._rows]
-            uniform = bool((every == every[0]).all() and (total == total[0]).all())
-            rule = self._emit_rule = (int(every[0]), int(total[0])) if uniform else (0, 0)
+            each, totals = self._record_every[self._rows], self._total[self._rows]
+            uniform = bool((each == each[0]).all() and (totals == totals[0]).all())
+            rule = self._emit_rule = (int(each[0]), int(totals[0])) if uniform else (0, 0)
         every, total = rule
         if every:
             return self._rows if step % every == 0 or step == total - 1 else self._rows[:0]

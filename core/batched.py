@@ -39,7 +39,7 @@ from core.schedules import Constant, make_schedule
 from core.snapshot import NetworkCopy
 from core.spec import TrainingSpec, data_shape
 from core.stack_recording import StackRecorder
-from core.stacked import StackedMLP, segment_sumsq_batched
+from core.stacked import StackedMLP, initial_parameters, segment_sumsq_batched
 from core.telemetry import NonFiniteEvent, Sink
 from core.trainer import TrainingResult
 
@@ -126,8 +126,11 @@ class BatchedTrainer:
         by_key: dict[str, int] = {}
         self.rngs: list[np.random.Generator] = []
         self.data_index: list[int] = []
-        networks = []
-        for spec in self.specs:
+        # (the first member as a whole network: the architecture; the others' parameters drawn
+        # as that network draws them, straight into the stack's buffer)
+        proto: MLP | None = None
+        flat: Array | None = None
+        for k, spec in enumerate(self.specs):
             rng = np.random.default_rng(spec.seed)
             key = _data_key(spec)
             if key not in by_key:
@@ -136,11 +139,16 @@ class BatchedTrainer:
             else:
                 rng.bit_generator.state = self._data[by_key[key]].rng_state
             self.data_index.append(by_key[key])
-            networks.append(MLP(spec, rng))
+            if proto is None or flat is None:
+                proto = MLP(spec, rng)
+                flat = np.empty((len(self.specs), proto.layout.size), dtype=proto.dtype)
+                flat[0] = proto.flat
+            else:
+                initial_parameters(spec, rng, proto, flat[k])
             self.rngs.append(rng)
-        self.network = StackedMLP(networks)
-        self._stat_mask = networks[0].activation_stat_mask()
-        del networks
+        assert proto is not None and flat is not None
+        self.network = StackedMLP([proto], flat)
+        self._stat_mask = proto.activation_stat_mask()
         self.optimizer = make_optimizer(first.optimizer, self.network.flat)
         self.clipper = BatchedClipper([s.clipping for s in self.specs])
         self.schedules = [make_schedule(s.schedule, s.optimizer.lr, s.total_steps())

@@ -20,6 +20,7 @@ from collections.abc import Callable
 import numpy as np
 
 from core.activations import ActivationFn
+from core.initializers import init_bias, init_weight
 from core.layers import (
     BatchNormCache,
     affine_forward,
@@ -29,14 +30,35 @@ from core.layers import (
 )
 from core.layout import ParamLayout
 from core.network import EVAL_CHUNK, MLP
+from core.spec import TrainingSpec
 from core.stack_buffers import Buffers, Storage, members_view, work_array
 from core.stack_sums import flat_stats, segment_sumsq_batched
 
-__all__ = ["StackedMLP", "segment_sumsq_batched"]
+__all__ = ["StackedMLP", "initial_parameters", "segment_sumsq_batched"]
 
 Array = np.ndarray
 _PREDICT_CACHE = 8 * 1024 * 1024  # elements of inference work arrays kept between calls
 _PREDICT_GROUP = 512 * 1024  # bytes of one hidden layer's inference work array per group
+
+
+def initial_parameters(spec: TrainingSpec, rng: np.random.Generator, like: MLP,
+                       out: Array) -> None:
+    """The initial parameters :class:`core.network.MLP` draws for ``spec`` from ``rng`` (the
+    same calls in the same order: the same numbers and the same generator state after), into
+    ``out`` (flat, in the layout of ``like``, a network of the same architecture): without
+    building a whole network per member."""
+    hidden = spec.model.hidden
+    sizes, dtype, layout = like.sizes, like.dtype, like.layout
+    out[...] = 0
+    slots = {(s.layer, s.kind): s for s in layout.slots}
+    for i in range(like.n_layers):
+        init = (hidden[i].init if i < len(hidden) else None) or spec.model.init
+        act_name = hidden[i].activation if i < len(hidden) else "linear"
+        layout.view(out, slots[(i, "weight")])[...] = init_weight(
+            init, sizes[i], sizes[i + 1], act_name, rng, dtype)
+        layout.view(out, slots[(i, "bias")])[...] = init_bias(init, sizes[i + 1], dtype)
+        if like.batch_norm[i]:
+            layout.view(out, slots[(i, "bn_gamma")])[...] = 1
 
 
 class StackedMLP:
@@ -48,7 +70,10 @@ class StackedMLP:
         Parameters and gradients of all members; row ``k`` is member ``k``'s flat buffer.
     """
 
-    def __init__(self, networks: list[MLP]) -> None:
+    def __init__(self, networks: list[MLP], flat: Array | None = None) -> None:
+        """``flat`` (``(K, n_params)``): the members' parameters when ``networks`` is only
+        their architecture (one network, e.g. the first member's; every member's batch-norm
+        running statistics then are a new network's, as those of networks just built)."""
         first = networks[0]
         for net in networks[1:]:
             if (net.sizes != first.sizes or net.batch_norm != first.batch_norm
@@ -62,11 +87,22 @@ class StackedMLP:
         self.batch_norm = first.batch_norm
         self.activations: list[ActivationFn] = first.activations
         self.layout: ParamLayout = first.layout
-        self.flat = np.stack([net.flat for net in networks])
-        self.running_mean = {i: np.stack(
-            [net.running_mean[i] for net in networks])[:, None, :] for i in first.running_mean}
-        self.running_var = {i: np.stack(
-            [net.running_var[i] for net in networks])[:, None, :] for i in first.running_var}
+        if flat is None:
+            self.flat = np.stack([net.flat for net in networks])
+            self.running_mean = {i: np.stack([net.running_mean[i] for net in networks])[
+                :, None, :] for i in first.running_mean}
+            self.running_var = {i: np.stack([net.running_var[i] for net in networks])[
+                :, None, :] for i in first.running_var}
+        else:
+            if len(networks) != 1 or flat.shape[1:] != first.flat.shape or flat.dtype != self.dtype:
+                raise ValueError("parameters for one architecture: one network and a "
+                                 "(members, n_params) buffer of its dtype")
+            K = flat.shape[0]
+            self.flat = flat
+            self.running_mean = {i: np.zeros((K, 1, v.shape[0]), dtype=v.dtype)
+                                 for i, v in first.running_mean.items()}
+            self.running_var = {i: np.ones((K, 1, v.shape[0]), dtype=v.dtype)
+                                for i, v in first.running_var.items()}
         self._bind(self.flat, np.empty_like(self.flat))  # backward writes every slot
         self._ones_rows: dict[tuple[int, np.dtype], Array] = {}
         # column ranges of each hidden layer in the single network's activation buffer

@@ -190,8 +190,9 @@ class StackedMLP:
                  for i, n in enumerate(hidden)]
         zs = [work_array(store, K, batch, n, dt, bm, strided)
               for n, bm in zip(hidden, major, strict=True)]
-        # ReLU runs in place: its backward needs only where z > 0, which is where its output
-        # a = max(z, 0) > 0 (NaN in neither); one array less to keep in cache
+        # ReLU runs in place: its backward needs only where z > 0, which is exactly where its
+        # output a = max(z, 0) is > 0 (a NaN z gives a NaN a: False in both); one work array
+        # less per layer to keep in cache
         acts = [z if act.name == "relu" else work_array(store, K, batch, n, dt, bm, strided)
                 for n, bm, z, act in zip(hidden, major, zs, self.activations, strict=True)]
         dxs = [work_array(store, K, batch, n, dt, bm, strided and bm)

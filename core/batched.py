@@ -40,7 +40,7 @@ from core.snapshot import NetworkCopy
 from core.spec import TrainingSpec, data_shape
 from core.stack_recording import StackRecorder
 from core.stack_sums import segment_sumsq_pair
-from core.stacked import StackedMLP, segment_sumsq_batched
+from core.stacked import StackedMLP, initial_parameters, segment_sumsq_batched
 from core.telemetry import NonFiniteEvent, Sink
 from core.trainer import TrainingResult
 
@@ -127,8 +127,11 @@ class BatchedTrainer:
         by_key: dict[str, int] = {}
         self.rngs: list[np.random.Generator] = []
         self.data_index: list[int] = []
-        networks = []
-        for spec in self.specs:
+        # (the first member as a whole network: the architecture; the others' parameters drawn
+        # as that network draws them, straight into the stack's buffer)
+        proto: MLP | None = None
+        flat: Array | None = None
+        for k, spec in enumerate(self.specs):
             rng = np.random.default_rng(spec.seed)
             key = _data_key(spec)
             if key not in by_key:
@@ -137,11 +140,16 @@ class BatchedTrainer:
             else:
                 rng.bit_generator.state = self._data[by_key[key]].rng_state
             self.data_index.append(by_key[key])
-            networks.append(MLP(spec, rng))
+            if proto is None or flat is None:
+                proto = MLP(spec, rng)
+                flat = np.empty((len(self.specs), proto.layout.size), dtype=proto.dtype)
+                flat[0] = proto.flat
+            else:
+                initial_parameters(spec, rng, proto, flat[k])
             self.rngs.append(rng)
-        self.network = StackedMLP(networks)
-        self._stat_mask = networks[0].activation_stat_mask()
-        del networks
+        assert proto is not None and flat is not None
+        self.network = StackedMLP([proto], flat)
+        self._stat_mask = proto.activation_stat_mask()
         self.optimizer = make_optimizer(first.optimizer, self.network.flat)
         self.clipper = BatchedClipper([s.clipping for s in self.specs])
         self.schedules = [make_schedule(s.schedule, s.optimizer.lr, s.total_steps())
@@ -169,6 +177,8 @@ class BatchedTrainer:
         self._rows = np.arange(K)  # the member index of each stack row
         self._recorder: StackRecorder | None = None
         self._constant_lrs = all(isinstance(s, Constant) for s in self.schedules)
+        self._lr_col: Array | None = None  # the constant rates' column (see _lr_column)
+        self._emit_rule: tuple[int, int] | None = None  # see _due
 
     # ------------------------------------------------------------------ the loop
     def run(self, sinks: Sequence[Sink | None] | None = None, *, keep_records: bool = True,
@@ -193,6 +203,7 @@ class BatchedTrainer:
             len(self.specs), n_rec, self._present_mask(n_rec), sinks,
             keep_records=keep_records, max_records=max_records)
         self._has_sink = np.array([s is not None for s in sinks], dtype=bool)
+        self._any_sink = bool(self._has_sink.any())
         members = [
             MemberRun(k, spec, sinks[k], self.rngs[k], self.schedules[k], self.data_index[k],
                       rec)
@@ -208,30 +219,36 @@ class BatchedTrainer:
         while self._active:
             for m in self._active:
                 m.start_epoch(n_train)
-            self._loss_sum[self._rows] = 0.0
-            self._correct[self._rows] = 0.0
-            self._seen[self._rows] = 0
+            rix = self._row_index()
+            self._loss_sum[rix] = 0.0
+            self._correct[rix] = 0.0
+            self._seen[rix] = 0
             shared = self._shared_batches()
+            first_end = min(m.total for m in self._active)
             for start in range(0, n_train, batch_size):
                 # members past their last step, then those that stopped at the previous step,
                 # leave as the single trainer's loop does: epoch record, then out
-                done = [m for m in self._active if step >= m.total]
-                if done:
+                if step >= first_end:
+                    done = [m for m in self._active if step >= m.total]
                     self._end_epoch(done, epoch, step)
                     self._remove(done, step, results, t0)
                     if not self._active:
                         break
                     shared = self._shared_batches()
+                    first_end = min(m.total for m in self._active)
                 Xb, yb = self._batch(shared, start, batch_size)
-                self._step(step, epoch, Xb, yb, deadline)
+                maybe_stopped = self._step(step, epoch, Xb, yb, deadline)
                 step += 1
-                stopped = [m for m in self._active if m.stop is not None]
+                # a member stops only where _step took its own path (or polled its sink)
+                stopped = ([m for m in self._active if m.stop is not None] if maybe_stopped
+                           else None)
                 if stopped:
                     self._end_epoch(stopped, epoch, step)
                     self._remove(stopped, step, results, t0)
                     if not self._active:
                         break
                     shared = self._shared_batches()
+                    first_end = min(m.total for m in self._active)
             if not self._active:
                 break
             self._end_epoch(self._active, epoch, step)
@@ -249,13 +266,14 @@ class BatchedTrainer:
     def _shared_batches(self) -> bool:
         """Whether all active members see the same batches (same data, same order)."""
         first = self._active[0]
+        order = first.order
         for m in self._active[1:]:
             if m.data_index != first.data_index:
                 return False
-            if (m.order is None) != (first.order is None):
+            if (m.order is None) != (order is None):
                 return False
-            if m.order is not None and first.order is not None and not np.array_equal(
-                    m.order, first.order):
+            if m.order is not None and order is not None and m.order is not order and not (
+                    m.order.shape == order.shape and (m.order == order).all()):
                 return False
         return True
 
@@ -290,12 +308,31 @@ class BatchedTrainer:
                                  else False)
         return present
 
+    def _row_index(self) -> Array | slice:
+        """The stack rows' places in the per-member arrays: a slice while every member is in
+        the stack (rows in member order; the same elements as the index array, cheaper)."""
+        return slice(None) if len(self._rows) == len(self.specs) else self._rows
+
+    def _lr_column(self, step: int) -> Array:
+        """The active members' learning rates as a float64 ``(K, 1)`` column (kept while the
+        rates are constant and the stack unchanged)."""
+        if self._constant_lrs:
+            col = self._lr_col
+            if col is None or len(col) != len(self._active):
+                col = self._lr_col = np.asarray(self._lrs(self._active, step),
+                                                dtype=np.float64)[:, None]
+            return col
+        return np.asarray(self._lrs(self._active, step), dtype=np.float64)[:, None]
+
     def _step(self, step: int, epoch: int, Xb: Array, yb: Array,
-              deadline: float | None) -> None:
+              deadline: float | None) -> bool:
+        """One training step of the stack; returns whether some member may have stopped
+        (one took its own path or its sink was asked)."""
         active = self._active
         net = self.network
         rows = self._rows
-        lrs = self._lrs(active, step)
+        rix = self._row_index()
+        lr_col = self._lr_column(step)
         out = net.forward(Xb)
         losses, dout = self._loss_fn(out, yb)
         net.backward(dout)
@@ -307,15 +344,15 @@ class BatchedTrainer:
         else:
             w_gsq = layer_gsq = segment_sumsq_batched(G, net.layout.layer_offsets)
         grad_norm = np.sqrt(layer_gsq.sum(axis=1))
-        clipped_norm, clipped = self.clipper(G, net.flat, net.layout, layer_gsq)
-        delta = self.optimizer.step(G, np.asarray(lrs, dtype=np.float64)[:, None])
+        clipped_norm, clipped = self.clipper(G, net.flat, net.layout, layer_gsq, grad_norm)
+        delta = self.optimizer.step(G, lr_col)
         m_rows = out.shape[1]
-        loss64 = losses.astype(np.float64)
-        self._loss_sum[rows] += loss64 * m_rows  # float64, as the single trainer's sums
-        self._seen[rows] += m_rows
+        loss64 = losses.astype(np.float64, copy=False)
+        self._loss_sum[rix] += loss64 * m_rows  # float64, as the single trainer's sums
+        self._seen[rix] += m_rows
         acc = self._accuracy(out, yb)
         if acc is not None:
-            self._correct[rows] += acc.astype(np.float64) * m_rows
+            self._correct[rix] += acc.astype(np.float64, copy=False) * m_rows
         late = deadline is not None and time.monotonic() > deadline
 
         rec = self._recorder
@@ -323,7 +360,8 @@ class BatchedTrainer:
         rec.begin(step, epoch)
         K, L = len(active), net.n_layers
         vals = np.empty((K, rec.values.shape[2]))
-        vals[:, 0], vals[:, 1], vals[:, 2], vals[:, 3] = loss64, grad_norm, clipped_norm, lrs
+        vals[:, 0], vals[:, 1], vals[:, 2], vals[:, 3] = (loss64, grad_norm, clipped_norm,
+                                                          lr_col[:, 0])
         a_std = None
         if self.telemetry:
             finite, a_std = self._fill_layers(vals, layer_gsq, w_gsq, delta, out, loss64,
@@ -349,20 +387,42 @@ class BatchedTrainer:
         if late:
             slow[:] = True
         # the common case, for the whole stack at once: which quiet members emit this step
-        quiet = rows[~slow]
+        slow_rows = np.flatnonzero(slow).tolist()
+        quiet = rows[~slow] if slow_rows else rows
+        polled = False
         if len(quiet):
-            rec.emit(quiet[(step % self._record_every[quiet] == 0)
-                           | (step == self._total[quiet] - 1)])
+            due = (quiet[(step % self._record_every[quiet] == 0)
+                         | (step == self._total[quiet] - 1)] if slow_rows
+                   else self._due(step))
+            if len(due):
+                rec.emit(due)
             # then their sinks' stop requests, as after any step (MemberRun.after_step)
-            for r in np.flatnonzero(self._has_sink[rows] & ~slow).tolist():
-                active[r].poll_sink()
-        for r in np.flatnonzero(slow).tolist():
+            if self._any_sink:
+                for r in np.flatnonzero(self._has_sink[rows] & ~slow).tolist():
+                    active[r].poll_sink()
+                    polled = True
+        for r in slow_rows:
             m = active[r]
             nf_now = bool(nf[r])
             if nf_now and m.first_nf is None:
                 m.found_non_finite(self._locate_non_finite(r, step, float(loss64[r]), out,
                                                            layer_gsq, m.want_acts))
             m.after_step(step, nf_now, late, alerts.get(r), bool(confirmed[r]))
+        return polled or bool(slow_rows)
+
+    def _due(self, step: int) -> Array:
+        """The members whose rows are emitted at ``step`` when all are quiet: every
+        ``record_every``-th step and the last (one rule for the stack when they share it)."""
+        rule = self._emit_rule
+        if rule is None:
+            each, totals = self._record_every[self._rows], self._total[self._rows]
+            uniform = bool((each == each[0]).all() and (totals == totals[0]).all())
+            rule = self._emit_rule = (int(each[0]), int(totals[0])) if uniform else (0, 0)
+        every, total = rule
+        if every:
+            return self._rows if step % every == 0 or step == total - 1 else self._rows[:0]
+        rows = self._rows
+        return rows[(step % self._record_every[rows] == 0) | (step == self._total[rows] - 1)]
 
     def _accuracy(self, out: Array, yb: Array) -> Array | None:
         if self._mse_labels:
@@ -464,6 +524,8 @@ class BatchedTrainer:
                 self._monitor.keep_rows(rows)
         self._active = [self._active[r] for r in keep]
         self._rows = self._rows[keep]
+        self._lr_col = None
+        self._emit_rule = None
 
 
 def _nan_or_inf(x: Array) -> str:

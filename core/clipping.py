@@ -275,23 +275,26 @@ class BatchedClipper:
         if len(modes) != 1:
             raise ValueError(f"a stack shares one clipping mode, got {sorted(modes)}")
         self.mode = specs[0].mode
-        self.threshold = np.asarray([getattr(s, "max_norm", getattr(s, "clip_value",
-                                                                    getattr(s, "clip_factor", 0.0)))
+        self.threshold = np.asarray([_field(s, "max_norm", "clip_value", "clip_factor")
                                      for s in specs], dtype=np.float64)
-        self.eps = np.asarray([getattr(s, "eps", 0.0) for s in specs], dtype=np.float64)
+        self.eps = np.asarray([_field(s, "eps") for s in specs], dtype=np.float64)
 
     def keep_rows(self, rows: np.ndarray) -> None:
         """Keep only the members ``rows`` (in that order)."""
         self.threshold, self.eps = self.threshold[rows], self.eps[rows]
 
     def __call__(self, grad: np.ndarray, params: np.ndarray, layout: ParamLayout,
-                 layer_sumsq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Clip ``grad`` ``(K, n_params)`` in place given ``layer_sumsq`` ``(K, n_layers)``;
+                 layer_sumsq: np.ndarray, total: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """Clip ``grad`` ``(K, n_params)`` in place given ``layer_sumsq`` ``(K, n_layers)``
+        (and ``total``, ``sqrt(layer_sumsq.sum(axis=1))``, when the caller has it);
         returns ``(clipped_grad_norm (K,), clipped (K,) bool)`` as :func:`clip_flat` does."""
+        if total is None:
+            with np.errstate(all="ignore"):
+                total = np.sqrt(layer_sumsq.sum(axis=1))
+        if self.mode == "none":
+            return total, np.zeros(len(total), dtype=bool)
         with np.errstate(all="ignore"):
-            total = np.sqrt(layer_sumsq.sum(axis=1))
-            if self.mode == "none":
-                return total, np.zeros(len(total), dtype=bool)
             if self.mode == "global_norm":
                 coef = self.threshold / (total + _NORM_EPS)
                 coef = np.where((coef < 1.0) | np.isnan(coef), coef, 1.0)
@@ -342,6 +345,16 @@ class BatchedClipper:
             np.take(scale.reshape(-1), unit_of, out=squares)
             np.multiply(grad, squares.reshape(grad.shape), out=grad)
         return clipped
+
+
+def _field(spec: ClippingSpec, *names: str) -> float:
+    """The first of the fields ``names`` that ``spec`` has (0.0 if none): looked up in the
+    model's fields, not by a failing attribute access (slow on a pydantic model)."""
+    fields = type(spec).model_fields
+    for name in names:
+        if name in fields:
+            return float(getattr(spec, name))
+    return 0.0
 
 
 def _row_norms(grad: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ depth. A layer's tensors are contiguous: layer ``i`` occupies
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,7 +30,7 @@ class TensorSlot:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape))
+        return int(math.prod(self.shape))
 
     @property
     def stop(self) -> int:

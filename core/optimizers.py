@@ -54,6 +54,8 @@ class Optimizer:
         self.params = params
         self.steps = 0
         self._delta = np.zeros_like(params)
+        self._rate_key = b""  # a stack's last rate column (bytes) and its whole-buffer copy
+        self._rate_full: np.ndarray | None = None
 
     def step(self, grad: np.ndarray, lr: float | np.ndarray) -> np.ndarray:
         """Apply one update; return the change ``delta`` (``params_new = params_old + delta``).
@@ -88,8 +90,25 @@ class Optimizer:
         """A learning-rate expression as it meets the parameter arrays. A Python float (one
         network) is cast to their dtype by NumPy after being computed in float64; a stack's
         float64 ``(members, 1)`` values are cast the same way here, so that a float32 member
-        gets exactly its single network's numbers."""
-        return x.astype(self.params.dtype, copy=False) if isinstance(x, np.ndarray) else x
+        gets exactly its single network's numbers.
+
+        A stack's column is returned spread over the parameters' shape (kept while the rates
+        do not change): NumPy multiplies two whole arrays ~1.7x faster than an array by a
+        ``(members, 1)`` column, with the same products."""
+        if not isinstance(x, np.ndarray):
+            return x
+        rate = x.astype(self.params.dtype, copy=False)
+        if rate.shape != (self.params.shape[0], 1) or self.params.ndim != 2:
+            return rate
+        key = rate.tobytes()
+        full = self._rate_full
+        if full is None or full.shape != self.params.shape:
+            full = self._rate_full = np.empty_like(self.params)
+        elif key == self._rate_key:
+            return full
+        np.copyto(full, rate)
+        self._rate_key = key
+        return full
 
     def keep_rows(self, rows: np.ndarray) -> None:
         """Stacked use: keep only the networks ``rows`` (increasing) of the parameters and of

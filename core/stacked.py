@@ -20,6 +20,7 @@ from collections.abc import Callable
 import numpy as np
 
 from core.activations import ActivationFn
+from core.initializers import init_bias, init_weight
 from core.layers import (
     BatchNormCache,
     affine_forward,
@@ -29,13 +30,35 @@ from core.layers import (
 )
 from core.layout import ParamLayout
 from core.network import EVAL_CHUNK, MLP
+from core.spec import TrainingSpec
 from core.stack_buffers import Buffers, Storage, members_view, work_array
 from core.stack_sums import all_finite, flat_moments, moments, segment_sumsq_batched
 
-__all__ = ["StackedMLP", "segment_sumsq_batched"]
+__all__ = ["StackedMLP", "initial_parameters", "segment_sumsq_batched"]
 
 Array = np.ndarray
 _PREDICT_CACHE = 8 * 1024 * 1024  # elements of inference work arrays kept between calls
+_PREDICT_GROUP = 512 * 1024  # bytes of one hidden layer's inference work array per group
+
+
+def initial_parameters(spec: TrainingSpec, rng: np.random.Generator, like: MLP,
+                       out: Array) -> None:
+    """The initial parameters :class:`core.network.MLP` draws for ``spec`` from ``rng`` (the
+    same calls in the same order: the same numbers and the same generator state after), into
+    ``out`` (flat, in the layout of ``like``, a network of the same architecture): without
+    building a whole network per member."""
+    hidden = spec.model.hidden
+    sizes, dtype, layout = like.sizes, like.dtype, like.layout
+    out[...] = 0
+    slots = {(s.layer, s.kind): s for s in layout.slots}
+    for i in range(like.n_layers):
+        init = (hidden[i].init if i < len(hidden) else None) or spec.model.init
+        act_name = hidden[i].activation if i < len(hidden) else "linear"
+        layout.view(out, slots[(i, "weight")])[...] = init_weight(
+            init, sizes[i], sizes[i + 1], act_name, rng, dtype)
+        layout.view(out, slots[(i, "bias")])[...] = init_bias(init, sizes[i + 1], dtype)
+        if like.batch_norm[i]:
+            layout.view(out, slots[(i, "bn_gamma")])[...] = 1
 
 
 class StackedMLP:
@@ -47,7 +70,10 @@ class StackedMLP:
         Parameters and gradients of all members; row ``k`` is member ``k``'s flat buffer.
     """
 
-    def __init__(self, networks: list[MLP]) -> None:
+    def __init__(self, networks: list[MLP], flat: Array | None = None) -> None:
+        """``flat`` (``(K, n_params)``): the members' parameters when ``networks`` is only
+        their architecture (one network, e.g. the first member's; every member's batch-norm
+        running statistics then are a new network's, as those of networks just built)."""
         first = networks[0]
         for net in networks[1:]:
             if (net.sizes != first.sizes or net.batch_norm != first.batch_norm
@@ -61,11 +87,22 @@ class StackedMLP:
         self.batch_norm = first.batch_norm
         self.activations: list[ActivationFn] = first.activations
         self.layout: ParamLayout = first.layout
-        self.flat = np.stack([net.flat for net in networks])
-        self.running_mean = {i: np.stack(
-            [net.running_mean[i] for net in networks])[:, None, :] for i in first.running_mean}
-        self.running_var = {i: np.stack(
-            [net.running_var[i] for net in networks])[:, None, :] for i in first.running_var}
+        if flat is None:
+            self.flat = np.stack([net.flat for net in networks])
+            self.running_mean = {i: np.stack([net.running_mean[i] for net in networks])[
+                :, None, :] for i in first.running_mean}
+            self.running_var = {i: np.stack([net.running_var[i] for net in networks])[
+                :, None, :] for i in first.running_var}
+        else:
+            if len(networks) != 1 or flat.shape[1:] != first.flat.shape or flat.dtype != self.dtype:
+                raise ValueError("parameters for one architecture: one network and a "
+                                 "(members, n_params) buffer of its dtype")
+            K = flat.shape[0]
+            self.flat = flat
+            self.running_mean = {i: np.zeros((K, 1, v.shape[0]), dtype=v.dtype)
+                                 for i, v in first.running_mean.items()}
+            self.running_var = {i: np.ones((K, 1, v.shape[0]), dtype=v.dtype)
+                                for i, v in first.running_var.items()}
         self._bind(self.flat, np.empty_like(self.flat))  # backward writes every slot
         self._ones_rows: dict[tuple[int, np.dtype], Array] = {}
         # column ranges of each hidden layer in the single network's activation buffer
@@ -104,17 +141,17 @@ class StackedMLP:
                 self.gamma[slot.layer], self.dgamma[slot.layer] = p, g
             else:
                 self.beta[slot.layer], self.dbeta[slot.layer] = p, g
-        old = [*getattr(self, "_buffers", {}).values(), getattr(self, "_predict_buffers", None)]
+        old = [*getattr(self, "_buffers", {}).values(),
+               *getattr(self, "_predict_buffers", {}).values()]
         self._pool: list[Array] = [a for b in old if b is not None for a in b.storage]
         self._buffers: dict[int, Buffers] = {}
         self._inputs: list[Array] = []
         self._bn_cache: dict[int, BatchNormCache] = {}
         self._bs = 0
-        self._predict_key: tuple[int, int] | None = None
         self._contiguous_acts: list[Array | None] = []
         self._act_copies: dict[tuple[int, int], Array] = {}
         self._hidden_copies: dict[tuple[int, int], Array] = {}
-        self._predict_buffers: Buffers | None = None
+        self._predict_buffers: dict[tuple[int, int], Buffers] = {}
 
     def keep_rows(self, rows: Array, flat: Array | None = None) -> None:
         """Keep only members ``rows`` (in that order); ``flat`` is the kept parameter buffer
@@ -153,8 +190,11 @@ class StackedMLP:
                  for i, n in enumerate(hidden)]
         zs = [work_array(store, K, batch, n, dt, bm, strided)
               for n, bm in zip(hidden, major, strict=True)]
-        acts = [work_array(store, K, batch, n, dt, bm, strided)
-                for n, bm in zip(hidden, major, strict=True)]
+        # ReLU runs in place: its backward needs only where z > 0, which is exactly where its
+        # output a = max(z, 0) is > 0 (a NaN z gives a NaN a: False in both); one work array
+        # less per layer to keep in cache
+        acts = [z if act.name == "relu" else work_array(store, K, batch, n, dt, bm, strided)
+                for n, bm, z, act in zip(hidden, major, zs, self.activations, strict=True)]
         dxs = [work_array(store, K, batch, n, dt, bm, strided and bm)
                for n, bm in zip(hidden, major, strict=True)] if backward else []
         vec = [np.zeros(z2.shape[1] if z2 is not None else K * n, dtype=dt)
@@ -276,25 +316,37 @@ class StackedMLP:
 
     def predict(self, X: Array, rows: Array) -> Array:
         """Inference-mode outputs ``(len(rows), n, n_out)`` of members ``rows`` on ``X``
-        (shared ``(n, n_in)``), in the chunks :meth:`core.network.MLP.predict` uses."""
+        (shared ``(n, n_in)``), in the chunks :meth:`core.network.MLP.predict` uses.
+
+        Members go through in groups whose work arrays stay cache-sized (each member's
+        products are BLAS calls of their own: the same numbers in any group)."""
         every = len(rows) == self.size and bool(np.all(rows == np.arange(self.size)))
-        W = self.W if every else [w[rows] for w in self.W]  # no copy for the whole stack
-        b = self.b if every else [v[rows] for v in self.b]
-        outs = [self._predict_chunk(X[s:s + EVAL_CHUNK], W, b, None if every else rows)
-                for s in range(0, len(X), EVAL_CHUNK)]
-        if not outs:
-            return np.empty((len(rows), 0, self.sizes[-1]), dtype=self.dtype)
-        return np.concatenate(outs, axis=1)
+        n_out = self.sizes[-1]
+        out = np.empty((len(rows), len(X), n_out), dtype=self.dtype)
+        if not len(X) or not len(rows):
+            return out
+        per_member = min(len(X), EVAL_CHUNK) * max(self.sizes[1:-1], default=1)
+        group = max(1, _PREDICT_GROUP // (per_member * self.dtype.itemsize))
+        for k0 in range(0, len(rows), group):
+            k1 = min(k0 + group, len(rows))
+            pick: slice | Array = slice(k0, k1) if every else rows[k0:k1]
+            W = [w[pick] for w in self.W]  # views for a slice, copies of the group otherwise
+            b = [v[pick] for v in self.b]
+            for s in range(0, len(X), EVAL_CHUNK):
+                out[k0:k1, s:s + EVAL_CHUNK] = self._predict_chunk(
+                    X[s:s + EVAL_CHUNK], W, b, pick)
+        return out
 
     def _predict_chunk(self, x: Array, W: list[Array], b: list[Array],
-                       rows: Array | None) -> Array:
+                       pick: slice | Array) -> Array:
         K, n = W[0].shape[0], x.shape[0]
-        buf = self._predict_buffers if self._predict_key == (n, K) else None
+        buf = self._predict_buffers.get((n, K))
         if buf is None:
             buf = self._new_buffers(n, K, backward=False)
             if 2 * n * K * sum(self.sizes[1:-1]) <= _PREDICT_CACHE:  # kept for the next epoch
-                self._predict_key, self._predict_buffers = (n, K), buf
-        pick = slice(None) if rows is None else rows
+                if len(self._predict_buffers) > 1:  # a group size and the last group's
+                    self._predict_buffers.clear()
+                self._predict_buffers[(n, K)] = buf
         for i in range(self.n_layers - 1):
             bn = None
             if self.batch_norm[i]:
@@ -303,7 +355,7 @@ class StackedMLP:
                                                   self.running_mean[i][pick],
                                                   self.running_var[i][pick])
             x = self._hidden(x, i, buf, W[i], b[i], bn)
-        return affine_forward(x, W[-1], b[-1])
+        return affine_forward(x, W[-1], b[-1], out=buf.z[-1])
 
     # ---------------------------------------------------------------- statistics
     def _ones(self, n: int) -> Array:

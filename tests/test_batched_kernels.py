@@ -18,7 +18,7 @@ from core import Trainer, TrainingResult, TrainingSpec
 from core.activations import get_activation
 from core.batched import BatchedTrainer
 from core.network import MLP
-from core.stacked import StackedMLP
+from core.stacked import StackedMLP, initial_parameters
 from core.telemetry import LayerRecord
 
 
@@ -116,6 +116,81 @@ def test_inference_of_any_members_equals_their_networks() -> None:
                 a = net.hidden_activation(i)
                 assert a.flags.c_contiguous
                 assert a[k].tobytes() == np.ascontiguousarray(single.hidden_activation(i)).tobytes()
+
+
+@pytest.mark.parametrize("hidden", [
+    [{"units": 8}, {"units": 12, "batch_norm": True}],
+    [{"units": 16}],
+    [{"units": 6, "activation": "tanh"}, {"units": 10}],
+], ids=["8-12bn", "16", "6tanh-10"])
+def test_inference_in_member_groups_equals_their_networks(
+        hidden: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    # inference runs the members in cache-sized groups: force groups of 1, 2 and 3 members
+    # (the last group smaller), on all members, a subset and one, float32 and float64
+    import core.stacked as stacked
+    for dtype in ("float32", "float64"):
+        specs = [_spec(dtype=dtype, model={"hidden": hidden}, optimizer={"name": "sgd", "lr": lr})
+                 for lr in (0.01, 0.1, 1.0, 0.5, 0.2)]
+        trainer = BatchedTrainer(specs, telemetry=False, monitor=False)
+        net = trainer.network
+        rng = np.random.default_rng(5)
+        net.flat[...] = rng.standard_normal(net.flat.shape).astype(dtype)
+        for i in net.running_mean:
+            net.running_mean[i][...] = rng.standard_normal(net.running_mean[i].shape)
+            net.running_var[i][...] = rng.uniform(0.5, 2.0, net.running_var[i].shape)
+        singles = [Trainer(s, telemetry=False, monitor=False).network for s in specs]
+        for k, single in enumerate(singles):
+            single.flat[...] = net.flat[k]
+            for i in single.running_mean:
+                single.running_mean[i][...] = net.running_mean[i][k, 0]
+                single.running_var[i][...] = net.running_var[i][k, 0]
+        X = trainer.member_data(0).X_val
+        expected = [single.predict(X).tobytes() for single in singles]
+        per_member = len(X) * max(h["units"] for h in hidden) * np.dtype(dtype).itemsize
+        with np.errstate(all="ignore"):
+            for group in (1, 2, 3, 64):
+                monkeypatch.setattr(stacked, "_PREDICT_GROUP", group * per_member)
+                for rows in (np.arange(5), np.array([4, 0, 2]), np.array([3])):
+                    out = net.predict(X, rows)
+                    assert out.shape == (len(rows), len(X), 1)
+                    for j, k in enumerate(rows.tolist()):
+                        assert out[j].tobytes() == expected[k], (dtype, group, rows, k)
+
+
+@pytest.mark.parametrize("model", [
+    {"hidden": [{"units": 8, "init": {"scheme": "orthogonal", "bias": 0.1}},
+                {"units": 5, "batch_norm": True, "activation": "tanh"}],
+     "init": {"scheme": "xavier_uniform"}},
+    {"hidden": [{"units": 6, "activation": "selu", "init": {"scheme": "lecun_normal"}},
+                {"units": 7, "init": {"scheme": "uniform", "scale": 0.3}}],
+     "init": {"scheme": "he_uniform", "bias": -0.5}},
+    {"hidden": [{"units": 4}], "init": {"scheme": "normal", "std": 0.3, "bias": 2.0}},
+], ids=["orthogonal-bn", "lecun-uniform", "normal"])
+def test_members_start_from_their_networks_parameters(model: dict[str, Any]) -> None:
+    # the stack draws its members' parameters without building a network each: the same
+    # numbers as core.network.MLP, and the generator left where MLP leaves it
+    for dtype in ("float32", "float64"):
+        spec = _spec(dtype=dtype, model=model, data={"source": "synthetic", "name": "blobs",
+                                                     "n_samples": 60, "n_classes": 3},
+                     loss="cross_entropy")
+        like = MLP(spec, np.random.default_rng(99))
+        for seed in (0, 1):
+            own = MLP(spec, r1 := np.random.default_rng(seed))
+            out = np.full_like(own.flat, np.nan)
+            initial_parameters(spec, r2 := np.random.default_rng(seed), like, out)
+            assert out.tobytes() == own.flat.tobytes()
+            assert r1.bit_generator.state == r2.bit_generator.state
+        specs = [_spec(dtype=dtype, model=model, seed=seed, optimizer={"name": "sgd", "lr": lr})
+                 for seed in (0, 3) for lr in (0.1, 0.2)]
+        trainer = BatchedTrainer(specs, telemetry=False, monitor=False)
+        net = trainer.network
+        for k, s in enumerate(specs):
+            single = Trainer(s, telemetry=False, monitor=False).network
+            assert net.flat[k].tobytes() == single.flat.tobytes()
+            for i in single.running_mean:
+                assert net.running_mean[i][k, 0].tobytes() == single.running_mean[i].tobytes()
+                assert net.running_var[i][k, 0].tobytes() == single.running_var[i].tobytes()
+            assert trainer.rngs[k].bit_generator.state == Trainer(s).rng.bit_generator.state
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

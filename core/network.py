@@ -27,7 +27,7 @@ from core.layers import (
 from core.layout import ParamLayout, sumsq
 from core.spec import TrainingSpec
 
-__all__ = ["MLP"]
+__all__ = ["MLP", "draw_parameters"]
 
 Array = np.ndarray
 EVAL_CHUNK = 4096
@@ -42,6 +42,25 @@ class _Buffers:
     ones: Array  # (batch,) of ones: column sums as a matrix-vector product
     z: list[Array]  # per layer pre-activation (after batch norm for hidden layers)
     dx: list[Array]  # per layer gradient w.r.t. its input (layer 0 needs none)
+
+
+def draw_parameters(spec: TrainingSpec, rng: np.random.Generator, layout: ParamLayout,
+                    sizes: list[int], batch_norm: list[bool], flat: Array) -> None:
+    """Draw the initial parameters of ``spec``'s network from ``rng`` into ``flat`` (zeros, in
+    ``layout``): each layer's weights then biases in layer order, batch-norm scales at 1. The
+    one place that order lives: :class:`MLP` and the stacked trainer's members
+    (:func:`core.stacked.initial_parameters`) draw through it, so a member's numbers and its
+    generator's state are its single run's."""
+    hidden = spec.model.hidden
+    slots = {(s.layer, s.kind): s for s in layout.slots}
+    for i in range(len(sizes) - 1):
+        init = (hidden[i].init if i < len(hidden) else None) or spec.model.init
+        act_name = hidden[i].activation if i < len(hidden) else "linear"
+        layout.view(flat, slots[(i, "weight")])[...] = init_weight(
+            init, sizes[i], sizes[i + 1], act_name, rng, flat.dtype)
+        layout.view(flat, slots[(i, "bias")])[...] = init_bias(init, sizes[i + 1], flat.dtype)
+        if batch_norm[i]:
+            layout.view(flat, slots[(i, "bn_gamma")])[...] = 1
 
 
 class MLP:
@@ -79,14 +98,9 @@ class MLP:
                 self.gamma[slot.layer], self.dgamma[slot.layer] = p, g
             else:
                 self.beta[slot.layer], self.dbeta[slot.layer] = p, g
+        draw_parameters(spec, rng, self.layout, self.sizes, self.batch_norm, self.flat)
         for i in range(self.n_layers):
-            init = (hidden[i].init if i < len(hidden) else None) or spec.model.init
-            act_name = hidden[i].activation if i < len(hidden) else "linear"
-            self.W[i][...] = init_weight(init, self.sizes[i], self.sizes[i + 1], act_name, rng,
-                                         self.dtype)
-            self.b[i][...] = init_bias(init, self.sizes[i + 1], self.dtype)
             if self.batch_norm[i]:
-                self.gamma[i][...] = 1
                 self.running_mean[i] = np.zeros(self.sizes[i + 1], dtype=self.dtype)
                 self.running_var[i] = np.ones(self.sizes[i + 1], dtype=self.dtype)
         # Column ranges of each hidden layer inside the activation buffer.

@@ -20,7 +20,6 @@ from collections.abc import Callable
 import numpy as np
 
 from core.activations import ActivationFn
-from core.initializers import init_bias, init_weight
 from core.layers import (
     BatchNormCache,
     affine_forward,
@@ -29,7 +28,7 @@ from core.layers import (
     batchnorm_forward_train_batched,
 )
 from core.layout import ParamLayout
-from core.network import EVAL_CHUNK, MLP
+from core.network import EVAL_CHUNK, MLP, draw_parameters
 from core.spec import TrainingSpec
 from core.stack_buffers import Buffers, Storage, members_view, work_array
 from core.stack_sums import all_finite, flat_moments, moments, segment_sumsq_batched
@@ -47,18 +46,8 @@ def initial_parameters(spec: TrainingSpec, rng: np.random.Generator, like: MLP,
     same calls in the same order: the same numbers and the same generator state after), into
     ``out`` (flat, in the layout of ``like``, a network of the same architecture): without
     building a whole network per member."""
-    hidden = spec.model.hidden
-    sizes, dtype, layout = like.sizes, like.dtype, like.layout
     out[...] = 0
-    slots = {(s.layer, s.kind): s for s in layout.slots}
-    for i in range(like.n_layers):
-        init = (hidden[i].init if i < len(hidden) else None) or spec.model.init
-        act_name = hidden[i].activation if i < len(hidden) else "linear"
-        layout.view(out, slots[(i, "weight")])[...] = init_weight(
-            init, sizes[i], sizes[i + 1], act_name, rng, dtype)
-        layout.view(out, slots[(i, "bias")])[...] = init_bias(init, sizes[i + 1], dtype)
-        if like.batch_norm[i]:
-            layout.view(out, slots[(i, "bn_gamma")])[...] = 1
+    draw_parameters(spec, rng, like.layout, like.sizes, like.batch_norm, out)
 
 
 class StackedMLP:

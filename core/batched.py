@@ -14,7 +14,9 @@ sink's request, early stopping, its last step) is taken out of the stack on its 
 others go on unaffected.
 
 Which specs can share a stack is :func:`stack_key`; :func:`train_specs` groups any list of
-specs by it and trains each group.
+specs by it and trains each group. The members' data and batches are :mod:`core.stack_data`,
+a step's per-layer figures :mod:`core.stack_figures`, the epochs' sums and validation
+:mod:`core.stack_epochs`.
 """
 
 from __future__ import annotations
@@ -28,20 +30,20 @@ import numpy as np
 
 from core.batched_monitor import StackMonitor
 from core.clipping import BatchedClipper
-from core.data import Dataset, load_dataset
-from core.layout import FUSED_NORMS_MAX
-from core.losses import BATCHED_LOSSES, accuracy_batched, loss_targets
+from core.data import Dataset
+from core.losses import BATCHED_LOSSES, accuracy_batched
 from core.member import MemberRun
 from core.network import MLP
 from core.optimizers import make_optimizer
-from core.recording import n_values
 from core.schedules import Constant, make_schedule
 from core.snapshot import NetworkCopy
 from core.spec import TrainingSpec, data_shape
+from core.stack_data import load_member_data, shared_batches, step_batch
+from core.stack_epochs import EpochSums, validate
+from core.stack_figures import layer_figures, locate_non_finite, present_mask
 from core.stack_recording import StackRecorder
-from core.stack_sums import segment_sumsq_pair
 from core.stacked import StackedMLP, initial_parameters, segment_sumsq_batched
-from core.telemetry import NonFiniteEvent, Sink
+from core.telemetry import Sink
 from core.trainer import TrainingResult
 
 __all__ = ["BatchedTrainer", "stack_key", "train_specs"]
@@ -74,25 +76,6 @@ def stack_key(spec: TrainingSpec) -> str:
     }, sort_keys=True)
 
 
-def _data_key(spec: TrainingSpec) -> str:
-    """What determines a member's data set (and its generator's state after loading it)."""
-    return json.dumps([spec.data.model_dump(mode="json"), spec.seed, spec.dtype,
-                       spec.n_train_samples(), spec.loss], sort_keys=True)
-
-
-class _Data:
-    """One data set shared by the members loaded from the same data key."""
-
-    def __init__(self, spec: TrainingSpec, rng: np.random.Generator, out_units: int) -> None:
-        self.dataset: Dataset = load_dataset(spec, rng)
-        self.rng_state = rng.bit_generator.state
-        loss = spec.loss or "mse"
-        self.y_train = loss_targets(self.dataset.y_train, loss, self.dataset.task, out_units,
-                                   np.dtype(spec.dtype))
-        self.y_val = loss_targets(self.dataset.y_val, loss, self.dataset.task, out_units,
-                                 np.dtype(spec.dtype))
-
-
 class BatchedTrainer:
     """Trains members that share :func:`stack_key` as one stacked computation.
 
@@ -122,32 +105,14 @@ class BatchedTrainer:
         out_units = first.layer_sizes()[-1]
         # Every member as Trainer builds it: one generator seeded from its spec, the data
         # (loaded once per data key; the generator continues from the state loading left),
-        # then the initial weights.
-        self._data: list[_Data] = []
-        by_key: dict[str, int] = {}
-        self.rngs: list[np.random.Generator] = []
-        self.data_index: list[int] = []
-        # (the first member as a whole network: the architecture; the others' parameters drawn
-        # as that network draws them, straight into the stack's buffer)
-        proto: MLP | None = None
-        flat: Array | None = None
-        for k, spec in enumerate(self.specs):
-            rng = np.random.default_rng(spec.seed)
-            key = _data_key(spec)
-            if key not in by_key:
-                by_key[key] = len(self._data)
-                self._data.append(_Data(spec, rng, out_units))
-            else:
-                rng.bit_generator.state = self._data[by_key[key]].rng_state
-            self.data_index.append(by_key[key])
-            if proto is None or flat is None:
-                proto = MLP(spec, rng)
-                flat = np.empty((len(self.specs), proto.layout.size), dtype=proto.dtype)
-                flat[0] = proto.flat
-            else:
-                initial_parameters(spec, rng, proto, flat[k])
-            self.rngs.append(rng)
-        assert proto is not None and flat is not None
+        # then the initial weights: the first member as a whole network (the architecture),
+        # the others' parameters drawn as that network draws them, into the stack's buffer.
+        self._data, self.data_index, self.rngs = load_member_data(self.specs, out_units)
+        proto = MLP(first, self.rngs[0])
+        flat = np.empty((len(self.specs), proto.layout.size), dtype=proto.dtype)
+        flat[0] = proto.flat
+        for k in range(1, len(self.specs)):
+            initial_parameters(self.specs[k], self.rngs[k], proto, flat[k])
         self.network = StackedMLP([proto], flat)
         self._stat_mask = proto.activation_stat_mask()
         self.optimizer = make_optimizer(first.optimizer, self.network.flat)
@@ -171,9 +136,7 @@ class BatchedTrainer:
         # per member (indexed by member, not by stack row): what the common step decides with
         self._record_every = np.array([s.monitor.record_every for s in self.specs])
         self._total = np.array([s.total_steps() for s in self.specs])
-        self._loss_sum = np.zeros(K)
-        self._correct = np.zeros(K)
-        self._seen = np.zeros(K, dtype=np.int64)
+        self._sums = EpochSums(K)
         self._rows = np.arange(K)  # the member index of each stack row
         self._recorder: StackRecorder | None = None
         self._constant_lrs = all(isinstance(s, Constant) for s in self.schedules)
@@ -200,7 +163,8 @@ class BatchedTrainer:
         deadline = None if self.max_runtime is None else t0 + self.max_runtime
         n_rec = self.network.n_layers if self.telemetry else 0
         rec = self._recorder = StackRecorder(
-            len(self.specs), n_rec, self._present_mask(n_rec), sinks,
+            len(self.specs), n_rec,
+            present_mask(n_rec, self._stat_mask, self.specs[0].monitor.activation_stats), sinks,
             keep_records=keep_records, max_records=max_records)
         self._has_sink = np.array([s is not None for s in sinks], dtype=bool)
         self._any_sink = bool(self._has_sink.any())
@@ -220,10 +184,8 @@ class BatchedTrainer:
             for m in self._active:
                 m.start_epoch(n_train)
             rix = self._row_index()
-            self._loss_sum[rix] = 0.0
-            self._correct[rix] = 0.0
-            self._seen[rix] = 0
-            shared = self._shared_batches()
+            self._sums.start(rix)
+            shared = shared_batches(self._active)
             first_end = min(m.total for m in self._active)
             for start in range(0, n_train, batch_size):
                 # members past their last step, then those that stopped at the previous step,
@@ -234,9 +196,9 @@ class BatchedTrainer:
                     self._remove(done, step, results, t0)
                     if not self._active:
                         break
-                    shared = self._shared_batches()
+                    shared = shared_batches(self._active)
                     first_end = min(m.total for m in self._active)
-                Xb, yb = self._batch(shared, start, batch_size)
+                Xb, yb = step_batch(self._active, self._data, shared, start, batch_size)
                 maybe_stopped = self._step(step, epoch, Xb, yb, deadline)
                 step += 1
                 # a member stops only where _step took its own path (or polled its sink)
@@ -247,7 +209,7 @@ class BatchedTrainer:
                     self._remove(stopped, step, results, t0)
                     if not self._active:
                         break
-                    shared = self._shared_batches()
+                    shared = shared_batches(self._active)
                     first_end = min(m.total for m in self._active)
             if not self._active:
                 break
@@ -262,51 +224,12 @@ class BatchedTrainer:
         """Member ``k``'s data set (with the standardisation its pipeline applied)."""
         return self._data[self.data_index[k]].dataset
 
-    # ------------------------------------------------------------------ batches
-    def _shared_batches(self) -> bool:
-        """Whether all active members see the same batches (same data, same order)."""
-        first = self._active[0]
-        order = first.order
-        for m in self._active[1:]:
-            if m.data_index != first.data_index:
-                return False
-            if (m.order is None) != (order is None):
-                return False
-            if m.order is not None and order is not None and m.order is not order and not (
-                    m.order.shape == order.shape and (m.order == order).all()):
-                return False
-        return True
-
-    def _batch(self, shared: bool, start: int, batch_size: int) -> tuple[Array, Array]:
-        """The step's inputs and targets: shared ``(m, ...)`` or per member ``(K, m, ...)``."""
-        if shared:
-            return self._member_batch(self._active[0], start, batch_size)
-        pairs = [self._member_batch(m, start, batch_size) for m in self._active]
-        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
-
-    def _member_batch(self, m: MemberRun, start: int, batch_size: int) -> tuple[Array, Array]:
-        data = self._data[m.data_index]
-        X, y = data.dataset.X_train, data.y_train
-        if m.order is None:
-            return X[start:start + batch_size], y[start:start + batch_size]
-        idx = m.order[start:start + batch_size]
-        return np.take(X, idx, axis=0), np.take(y, idx, axis=0)
-
     # ------------------------------------------------------------------ one step
     def _lrs(self, active: list[MemberRun], step: int) -> list[float]:
         if self._constant_lrs:
             return [m.schedule.base_lr for m in active]
         return [m.schedule.base_lr if isinstance(m.schedule, Constant) else m.schedule(step)
                 for m in active]
-
-    def _present_mask(self, n_layers: int) -> Array:
-        """Which figures of a row apply (as the single trainer's ``_present_mask``)."""
-        present = np.ones(n_values(n_layers), dtype=bool)
-        if n_layers:
-            layer_part = present[4:].reshape(n_layers, 8)
-            layer_part[:, 4:] = (self._stat_mask if self.specs[0].monitor.activation_stats
-                                 else False)
-        return present
 
     def _row_index(self) -> Array | slice:
         """The stack rows' places in the per-member arrays: a slice while every member is in
@@ -348,11 +271,7 @@ class BatchedTrainer:
         delta = self.optimizer.step(G, lr_col)
         m_rows = out.shape[1]
         loss64 = losses.astype(np.float64, copy=False)
-        self._loss_sum[rix] += loss64 * m_rows  # float64, as the single trainer's sums
-        self._seen[rix] += m_rows
-        acc = self._accuracy(out, yb)
-        if acc is not None:
-            self._correct[rix] += acc.astype(np.float64, copy=False) * m_rows
+        self._sums.add(rix, loss64, self._accuracy(out, yb), m_rows)
         late = deadline is not None and time.monotonic() > deadline
 
         rec = self._recorder
@@ -364,8 +283,9 @@ class BatchedTrainer:
                                                           lr_col[:, 0])
         a_std = None
         if self.telemetry:
-            finite, a_std = self._fill_layers(vals, layer_gsq, w_gsq, delta, out, loss64,
-                                              grad_norm)
+            finite, a_std = layer_figures(net, vals, self._bounds, layer_gsq, w_gsq, delta,
+                                          out, loss64, grad_norm,
+                                          self.specs[0].monitor.activation_stats)
         else:
             finite = np.isfinite(loss64) & np.isfinite(grad_norm)
         rec.write(rows, vals, clipped)
@@ -405,8 +325,8 @@ class BatchedTrainer:
             m = active[r]
             nf_now = bool(nf[r])
             if nf_now and m.first_nf is None:
-                m.found_non_finite(self._locate_non_finite(r, step, float(loss64[r]), out,
-                                                           layer_gsq, m.want_acts))
+                m.found_non_finite(locate_non_finite(net, r, step, float(loss64[r]), out,
+                                                     layer_gsq, m.want_acts))
             m.after_step(step, nf_now, late, alerts.get(r), bool(confirmed[r]))
         return polled or bool(slow_rows)
 
@@ -429,78 +349,19 @@ class BatchedTrainer:
             return np.mean(out.argmax(axis=2) == yb.argmax(axis=-1), axis=-1)
         return accuracy_batched(out, yb, self.loss_name)
 
-    def _fill_layers(self, vals: Array, layer_gsq: Array, w_gsq: Array, delta: Array,
-                     out: Array, losses: Array, grad_norm: Array) -> tuple[Array, Array | None]:
-        """Write every member's per-layer figures into ``vals`` ``(K, n_values)`` (a fixed
-        number of whole-stack NumPy calls); returns whether every recorded number of a row is
-        finite (the single trainer's check) and the ``(K, L)`` activation stds (None when not
-        recorded)."""
-        net = self.network
-        K, L = vals.shape[0], net.n_layers
-        layers = vals[:, 4:].reshape(K, L, 8)
-        # the single trainer's sums over [weights | update] side by side (up to
-        # FUSED_NORMS_MAX parameters): (K, 2, segments), weights then update
-        both = segment_sumsq_pair(net.flat, delta, self._bounds,
-                                  net.flat.shape[1] <= FUSED_NORMS_MAX)
-        np.sqrt(layer_gsq, out=layers[:, :, 0])
-        np.sqrt(w_gsq, out=layers[:, :, 1])
-        np.sqrt(both[:, :, 0::2].transpose(0, 2, 1), out=layers[:, :, 2:4])
-        check = losses + grad_norm + layers[:, :, 2].sum(axis=1)
-        if not self.specs[0].monitor.activation_stats:
-            layers[:, :, 4:] = np.nan
-            return np.isfinite(check), None
-        a_mean, a_std, _, _ = net.activation_stats(out, out=layers[:, :, 4:])
-        check += a_mean.sum(axis=1)
-        return np.isfinite(check), a_std
-
-    def _locate_non_finite(self, r: int, step: int, loss: float, out: Array, layer_gsq: Array,
-                           acts: bool) -> NonFiniteEvent:
-        """As the single trainer: activations (forward, by layer), the loss, gradients
-        (highest layer first), then the updated weights, of member row ``r``."""
-        net = self.network
-        if acts:
-            for i in range(net.n_layers - 1):
-                a = net.hidden_activation(i)[r]
-                if not np.isfinite(a).all():
-                    return NonFiniteEvent(step, i, "activation", _nan_or_inf(a))  # type: ignore[arg-type]
-        if not np.isfinite(out[r]).all():
-            return NonFiniteEvent(step, net.n_layers - 1, "activation", _nan_or_inf(out[r]))  # type: ignore[arg-type]
-        if not np.isfinite(loss):
-            return NonFiniteEvent(step, None, "loss", "nan" if np.isnan(loss) else "inf")
-        for i in range(net.n_layers - 1, -1, -1):
-            if not np.isfinite(layer_gsq[r, i]):
-                return NonFiniteEvent(step, i, "gradient",
-                                      "nan" if np.isnan(layer_gsq[r, i]) else "inf")
-        for i in range(net.n_layers):
-            w = net.layout.layer_segment(net.flat[r], i)
-            if not np.isfinite(w).all():
-                return NonFiniteEvent(step, i, "weight", _nan_or_inf(w))  # type: ignore[arg-type]
-        return NonFiniteEvent(step, None, "loss", "nan")
-
     # ------------------------------------------------------------------ epochs and exits
     def _end_epoch(self, members: list[MemberRun], epoch: int, step: int) -> None:
         """Epoch records (validation in inference mode) of ``members``, still in the stack."""
         row_of = {id(m): r for r, m in enumerate(self._active)}
-        for m in members:  # the epoch sums the stack kept for them
-            k = m.index
-            m.loss_sum, m.correct = float(self._loss_sum[k]), float(self._correct[k])
-            m.seen = int(self._seen[k])
+        self._sums.hand_over(members)
         by_data: dict[int, list[MemberRun]] = {}
         for m in members:
             if m.seen:
                 by_data.setdefault(m.data_index, []).append(m)
         for d, group in by_data.items():
-            data = self._data[d]
-            val_loss: list[float | None] = [None] * len(group)
-            val_acc: list[float | None] = [None] * len(group)
-            if len(data.dataset.X_val):
-                rows = np.asarray([row_of[id(m)] for m in group], dtype=np.intp)
-                out = self.network.predict(data.dataset.X_val, rows)
-                losses, _ = self._loss_fn(out, data.y_val)
-                acc = self._accuracy(out, data.y_val)
-                val_loss = [float(v) for v in losses]
-                if acc is not None:
-                    val_acc = [float(a) for a in acc]
+            rows = np.asarray([row_of[id(m)] for m in group], dtype=np.intp)
+            val_loss, val_acc = validate(self.network, self._data[d], rows, self._loss_fn,
+                                         self._accuracy)
             for m, vl, va in zip(group, val_loss, val_acc, strict=True):
                 m.end_epoch(epoch, step - 1, vl, va, self._classifier)
 
@@ -526,10 +387,6 @@ class BatchedTrainer:
         self._rows = self._rows[keep]
         self._lr_col = None
         self._emit_rule = None
-
-
-def _nan_or_inf(x: Array) -> str:
-    return "nan" if np.isnan(x).any() else "inf"
 
 
 def train_specs(specs: Sequence[TrainingSpec], sinks: Sequence[Sink | None] | None = None,

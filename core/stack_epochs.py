@@ -1,0 +1,71 @@
+"""A stack's epochs per member: the running sums of the training steps and the validation.
+
+:class:`EpochSums` keeps, for every member of a stack, the sums its epoch record is made of
+(float64, as the single trainer's) and hands them to the member at the epoch's end;
+:func:`validate` scores members that share a data set on its validation split, in
+inference mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from core.losses import BatchedLossFn
+from core.member import MemberRun
+from core.stack_data import MemberData
+from core.stacked import StackedMLP
+
+__all__ = ["EpochSums", "validate"]
+
+Array = np.ndarray
+
+
+class EpochSums:
+    """Each member's loss sum, correct count and examples seen over its current epoch,
+    indexed by member (not by stack row)."""
+
+    def __init__(self, n_members: int) -> None:
+        self.loss_sum = np.zeros(n_members)
+        self.correct = np.zeros(n_members)
+        self.seen = np.zeros(n_members, dtype=np.int64)
+
+    def start(self, rix: Array | slice) -> None:
+        """A new epoch for the members at ``rix``."""
+        self.loss_sum[rix] = 0.0
+        self.correct[rix] = 0.0
+        self.seen[rix] = 0
+
+    def add(self, rix: Array | slice, losses: Array, accuracy: Array | None,
+            m_rows: int) -> None:
+        """One step's mean losses (float64) and accuracies over ``m_rows`` examples."""
+        self.loss_sum[rix] += losses * m_rows  # float64, as the single trainer's sums
+        self.seen[rix] += m_rows
+        if accuracy is not None:
+            self.correct[rix] += accuracy.astype(np.float64, copy=False) * m_rows
+
+    def hand_over(self, members: list[MemberRun]) -> None:
+        """Set each member's epoch sums to those kept for it."""
+        for m in members:
+            k = m.index
+            m.loss_sum, m.correct = float(self.loss_sum[k]), float(self.correct[k])
+            m.seen = int(self.seen[k])
+
+
+def validate(network: StackedMLP, data: MemberData, rows: Array,
+             loss_fn: BatchedLossFn,
+             accuracy: Callable[[Array, Array], Array | None]
+             ) -> tuple[list[float | None], list[float | None]]:
+    """Validation loss and accuracy of stack rows ``rows`` on ``data`` (in inference mode),
+    one per row; None where there is no validation split (or no accuracy)."""
+    val_loss: list[float | None] = [None] * len(rows)
+    val_acc: list[float | None] = [None] * len(rows)
+    if len(data.dataset.X_val):
+        out = network.predict(data.dataset.X_val, rows)
+        losses, _ = loss_fn(out, data.y_val)
+        acc = accuracy(out, data.y_val)
+        val_loss = [float(v) for v in losses]
+        if acc is not None:
+            val_acc = [float(a) for a in acc]
+    return val_loss, val_acc

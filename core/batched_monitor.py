@@ -5,18 +5,19 @@ advance in lockstep (the same step, the same record count). :class:`StackMonitor
 quantity of :class:`core.diagnostics.monitor.MonitorState` (and the monitor's overshoot,
 catapult, setback and forecast state) as one array over the members and updates them with
 whole-stack array operations, in the scalar monitor's order of operations (logs and exps
-through :mod:`math`, so every number equals the scalar monitor's bit for bit).
+through :mod:`math`: :mod:`core.monitor_math`), so every number equals the scalar monitor's
+bit for bit.
 
 Whenever something can happen at a step for a member — a non-finite value, an explosion
 rule, a growth warning, a setback or a catapult — that member's step is *replayed* by a real
 :class:`core.Monitor` rebuilt from the arrays as they were before the step, and its state
-written back: the alerts (their messages, evidence and forecasts) are the scalar monitor's
-own, and the common quiet step costs no per-member Python at all. The warm-up is arrays too
-(the median norm and loss of the records so far, the spread from their deviations, kept
-per row for a rebuilt monitor). The quiet step skips what no row needs (a band left, a run
-far above H, weights rewritten, a growth warning within reach), deciding that for the whole
-stack at once; the largest activation std is kept as it is and logged only for a monitor
-being rebuilt.
+written back (:mod:`core.monitor_replay`): the alerts (their messages, evidence and
+forecasts) are the scalar monitor's own, and the common quiet step costs no per-member
+Python at all. The warm-up is arrays too (the median norm and loss of the records so far,
+the spread from their deviations, kept per row for a rebuilt monitor). The quiet step skips
+what no row needs (a band left, a run far above H, weights rewritten, a growth warning
+within reach), deciding that for the whole stack at once; the largest activation std is
+kept as it is and logged only for a monitor being rebuilt.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 
@@ -46,10 +46,15 @@ from core.diagnostics.monitor import (
     RUN_GROWTH,
     RUNAWAY,
     WARMUP,
-    Monitor,
 )
 from core.diagnostics.report import Finding
-from core.diagnostics.series import safe_log
+from core.monitor_math import all_true as _all
+from core.monitor_math import any_true as _any
+from core.monitor_math import exp_each as _exp
+from core.monitor_math import log_each as _log
+from core.monitor_math import py_max as _pymax
+from core.monitor_math import py_min as _pymin
+from core.monitor_replay import FORECAST_SERIES, ScalarReplay
 from core.spec import TrainingSpec
 from core.telemetry import StepRecord
 
@@ -64,56 +69,12 @@ _INTS = ("run_len", "run_start_step", "persist_run", "persist_far", "confirmed_a
          "rw_from_step", "ov0")
 _BOOLS = ("confirmed", "warned", "setback_seen", "catapult_seen", "nf_seen", "ov_set",
           "has_prev")
-_SERIES = ("grad_norm", "activation", "loss")
 # MonitorState's and Monitor's starting values (other floats NaN, other ints -1)
 _START = {"spread": MIN_SPREAD, "best": math.inf, "run_max_inc": 0.0, "run_len": 0,
           "run_start_step": 0, "persist_run": 0, "persist_far": 0}
 
 
-def _log(v: Array) -> Array:
-    """:func:`core.diagnostics.series.safe_log` of each element (math.log: bitwise equal;
-    NumPy's own log differs from the C library's in the last bit for some inputs)."""
-    try:  # the common case: every element > 0 (or NaN, whose log is NaN either way)
-        return np.fromiter(map(math.log, v.tolist()), np.float64, len(v))
-    except ValueError:  # zero or negative elements
-        pos = v > 0.0
-        out = np.fromiter(map(math.log, np.where(pos, v, 1.0).tolist()), np.float64, len(v))
-        return np.where(pos, out, np.where(v == 0.0, -745.0, math.nan))
-
-
-def _exp(v: Array) -> Array:
-    try:
-        return np.fromiter(map(math.exp, v.tolist()), np.float64, len(v))
-    except OverflowError:
-        pass
-    out = []
-    for x in v.tolist():
-        try:
-            out.append(math.exp(x))
-        except OverflowError:
-            out.append(math.inf)
-    return np.array(out)
-
-
-def _any(m: Array) -> bool:
-    """``m.any()`` of a bool vector (counting is cheaper than NumPy's reduction machinery)."""
-    return bool(np.count_nonzero(m))
-
-
-def _all(m: Array) -> bool:
-    return int(np.count_nonzero(m)) == m.shape[0]
-
-
-def _pymax(a: Array | float, b: Array | float) -> Array:
-    """Python's ``max(a, b)`` elementwise (``b`` only if ``b > a``: NaN handling included)."""
-    return np.where(b > a, b, a)
-
-
-def _pymin(a: Array | float, b: Array | float) -> Array:
-    return np.where(b < a, b, a)
-
-
-class StackMonitor:
+class StackMonitor(ScalarReplay):
     """One :class:`core.Monitor` per member of a stack, as arrays over the stack's rows."""
 
     def __init__(self, specs: Sequence[TrainingSpec]) -> None:
@@ -132,7 +93,7 @@ class StackMonitor:
         # the warm-up's log norms and log losses (MonitorState._warm, _warm_loss)
         self.warm = np.full((2, K, WARMUP), math.nan)
         self.recent = np.full((K, RECENT), math.nan)
-        self.fc = np.full((len(_SERIES), K, WINDOW), math.nan)
+        self.fc = np.full((len(FORECAST_SERIES), K, WINDOW), math.nan)
         self.rw_weights = np.zeros((K, 0))
         self.prev_w = np.zeros((K, 0))
         self._upper = np.zeros(K)  # the band's top of the step being observed
@@ -410,100 +371,3 @@ class StackMonitor:
             new["c4"] = np.where(peak, float(step), s["c4"])
             event |= back
         return event
-
-    # ------------------------------------------------------------------ scalar round trip
-    def _scalar(self, r: int) -> Monitor:
-        """A real monitor for row ``r`` with the state before this step."""
-        s = self.s
-        m = Monitor(self.specs[r])
-        st = m.state
-        st.n = self.n
-        n_warm = min(self.n, WARMUP)
-        st._warm = self.warm[0, r, :n_warm].tolist()
-        st._warm_loss = self.warm[1, r, :n_warm].tolist()
-        for attr, key in (("base", "base"), ("healthy", "healthy"), ("spread", "spread"),
-                          ("loss_ref", "loss_ref"), ("loss", "loss"), ("loss_avg", "loss_avg"),
-                          ("_loss_lavg", "lavg"), ("best_loss", "best"), ("last_lg", "last_lg"),
-                          ("last_ll", "last_ll"), ("run_max_inc", "run_max_inc"),
-                          ("run_start_lg", "run_start_lg"), ("run_start_ll", "run_start_ll"),
-                          ("ubase", "ubase"), ("uhealthy", "uhealthy")):
-            setattr(st, attr, float(s[key][r]))
-        st.last_step = self.last_step
-        st.run_len = int(s["run_len"][r])
-        st.run_start_step = int(s["run_start_step"][r])
-        st._persist_run = int(s["persist_run"][r])
-        st._persist_far = int(s["persist_far"][r])
-        cnt = min(self.n, RECENT)
-        st.recent = deque(self.recent[r, RECENT - cnt:].tolist(), maxlen=RECENT)
-        st.recent_steps = deque(self.recent_steps, maxlen=RECENT)
-        cnt = min(self.n, WINDOW)
-        steps = list(self.fc_steps)
-        for j, name in enumerate(_SERIES):
-            vals = self.fc[j, r, WINDOW - cnt:].tolist()
-            if name == "activation":  # kept as the largest std itself
-                vals = [safe_log(v) for v in vals]
-            m.forecaster._hist[name] = deque(zip(steps, vals, strict=True), maxlen=WINDOW)
-        m.explosion_confirmed = bool(s["confirmed"][r])
-        at = int(s["confirmed_at"][r])
-        m.confirmed_at = at if m.explosion_confirmed else None
-        m._warned_growth = bool(s["warned"][r])
-        m._setback_seen = bool(s["setback_seen"][r])
-        m._catapult_seen = bool(s["catapult_seen"][r])
-        m._non_finite_seen = bool(s["nf_seen"][r])
-        c0 = float(s["c0"][r])
-        m._catapult = ([] if c0 != c0 else  # not started (NaN: not a first loss either)
-                       [c0] + [float(s[c][r]) for c in ("c1", "c2", "c3", "c4")])
-        m._prev_ll = float(s["prev_ll"][r])
-        m._rewrite_from_ll = float(s["rw_from_ll"][r])
-        m._rewrite_from_step = int(s["rw_from_step"][r])
-        m._rewrite_weights = self.rw_weights[r].tolist()
-        m._prev_weights = self.prev_w[r].tolist() if s["has_prev"][r] else []
-        m._overshoot = ((int(s["ov0"][r]), float(s["ov1"][r]), float(s["ov2"][r]))
-                        if s["ov_set"][r] else None)
-        return m
-
-    def _load(self, r: int, m: Monitor, new: dict[str, Array], recent: Array, fc: Array,
-              rw: Array, prev: Array) -> None:
-        """Write monitor ``m``'s state (after this step) into row ``r`` of the new arrays."""
-        st = m.state
-        vals: dict[str, Any] = {
-            "base": st.base, "healthy": st.healthy, "spread": st.spread,
-            "loss_ref": st.loss_ref, "loss": st.loss, "loss_avg": st.loss_avg,
-            "lavg": st._loss_lavg, "best": st.best_loss, "last_lg": st.last_lg,
-            "last_ll": st.last_ll, "run_max_inc": st.run_max_inc,
-            "run_start_lg": st.run_start_lg, "run_start_ll": st.run_start_ll,
-            "ubase": st.ubase, "uhealthy": st.uhealthy, "run_len": st.run_len,
-            "run_start_step": st.run_start_step, "persist_run": st._persist_run,
-            "persist_far": st._persist_far, "confirmed": m.explosion_confirmed,
-            "confirmed_at": -1 if m.confirmed_at is None else m.confirmed_at,
-            "warned": m._warned_growth, "setback_seen": m._setback_seen,
-            "catapult_seen": m._catapult_seen, "nf_seen": m._non_finite_seen,
-            "prev_ll": m._prev_ll, "rw_from_ll": m._rewrite_from_ll,
-            "rw_from_step": m._rewrite_from_step, "ov_set": m._overshoot is not None,
-            "has_prev": bool(m._prev_weights),
-        }
-        vals.update(zip(("c0", "c1", "c2", "c3", "c4"), m._catapult or [math.nan] * 5,
-                        strict=True))
-        if m._overshoot is not None:
-            vals.update(ov0=m._overshoot[0], ov1=m._overshoot[1], ov2=m._overshoot[2])
-        for key, v in vals.items():
-            if new[key] is self.s[key]:
-                new[key] = new[key].copy()
-            new[key][r] = v
-        self.l0[r] = st.initial_loss
-        if st._warm:
-            self.warm[0, r, :len(st._warm)] = st._warm
-            self.warm[1, r, :len(st._warm_loss)] = st._warm_loss
-        cnt = min(len(st.recent), RECENT)
-        recent[r] = math.nan
-        if cnt:
-            recent[r, RECENT - cnt:] = list(st.recent)
-        for j, name in enumerate(_SERIES):
-            if name == "activation":  # the arrays' own (the largest std, every step)
-                continue
-            h = m.forecaster._hist[name]
-            fc[j, r] = math.nan
-            if h:
-                fc[j, r, WINDOW - len(h):] = [v for _, v in h]
-        rw[r] = m._rewrite_weights or 0.0
-        prev[r] = m._prev_weights or 0.0

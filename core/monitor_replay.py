@@ -1,0 +1,140 @@
+"""A row of :class:`core.batched_monitor.StackMonitor` as a real :class:`core.Monitor`, and back.
+
+Whenever something can happen at a step for a member, the stack monitor replays that
+member's step with a real monitor rebuilt from the arrays as they were before the step
+(:meth:`ScalarReplay._scalar`), then writes the monitor's state after the step into the
+member's row of the new arrays (:meth:`ScalarReplay._load`): the alerts are the scalar
+monitor's own, and the arrays go on from exactly its state.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from core.diagnostics.forecast import WINDOW
+from core.diagnostics.monitor import RECENT, WARMUP, Monitor
+from core.diagnostics.series import safe_log
+from core.spec import TrainingSpec
+
+__all__ = ["FORECAST_SERIES", "ScalarReplay"]
+
+Array = np.ndarray
+FORECAST_SERIES = ("grad_norm", "activation", "loss")  # the forecaster's, in the arrays' order
+
+
+class ScalarReplay:
+    """The scalar round trip of :class:`core.batched_monitor.StackMonitor`, a mixin: the
+    stack monitor owns the arrays and counters declared here."""
+
+    specs: list[TrainingSpec]
+    s: dict[str, Array]  # the monitors' scalars, one array each over the rows
+    l0: Array
+    warm: Array
+    recent: Array
+    fc: Array
+    rw_weights: Array
+    prev_w: Array
+    n: int
+    last_step: int
+    recent_steps: deque[int]
+    fc_steps: deque[int]
+
+    def _scalar(self, r: int) -> Monitor:
+        """A real monitor for row ``r`` with the state before this step."""
+        s = self.s
+        m = Monitor(self.specs[r])
+        st = m.state
+        st.n = self.n
+        n_warm = min(self.n, WARMUP)
+        st._warm = self.warm[0, r, :n_warm].tolist()
+        st._warm_loss = self.warm[1, r, :n_warm].tolist()
+        for attr, key in (("base", "base"), ("healthy", "healthy"), ("spread", "spread"),
+                          ("loss_ref", "loss_ref"), ("loss", "loss"), ("loss_avg", "loss_avg"),
+                          ("_loss_lavg", "lavg"), ("best_loss", "best"), ("last_lg", "last_lg"),
+                          ("last_ll", "last_ll"), ("run_max_inc", "run_max_inc"),
+                          ("run_start_lg", "run_start_lg"), ("run_start_ll", "run_start_ll"),
+                          ("ubase", "ubase"), ("uhealthy", "uhealthy")):
+            setattr(st, attr, float(s[key][r]))
+        st.last_step = self.last_step
+        st.run_len = int(s["run_len"][r])
+        st.run_start_step = int(s["run_start_step"][r])
+        st._persist_run = int(s["persist_run"][r])
+        st._persist_far = int(s["persist_far"][r])
+        cnt = min(self.n, RECENT)
+        st.recent = deque(self.recent[r, RECENT - cnt:].tolist(), maxlen=RECENT)
+        st.recent_steps = deque(self.recent_steps, maxlen=RECENT)
+        cnt = min(self.n, WINDOW)
+        steps = list(self.fc_steps)
+        for j, name in enumerate(FORECAST_SERIES):
+            vals = self.fc[j, r, WINDOW - cnt:].tolist()
+            if name == "activation":  # kept as the largest std itself
+                vals = [safe_log(v) for v in vals]
+            m.forecaster._hist[name] = deque(zip(steps, vals, strict=True), maxlen=WINDOW)
+        m.explosion_confirmed = bool(s["confirmed"][r])
+        at = int(s["confirmed_at"][r])
+        m.confirmed_at = at if m.explosion_confirmed else None
+        m._warned_growth = bool(s["warned"][r])
+        m._setback_seen = bool(s["setback_seen"][r])
+        m._catapult_seen = bool(s["catapult_seen"][r])
+        m._non_finite_seen = bool(s["nf_seen"][r])
+        c0 = float(s["c0"][r])
+        m._catapult = ([] if c0 != c0 else  # not started (NaN: not a first loss either)
+                       [c0] + [float(s[c][r]) for c in ("c1", "c2", "c3", "c4")])
+        m._prev_ll = float(s["prev_ll"][r])
+        m._rewrite_from_ll = float(s["rw_from_ll"][r])
+        m._rewrite_from_step = int(s["rw_from_step"][r])
+        m._rewrite_weights = self.rw_weights[r].tolist()
+        m._prev_weights = self.prev_w[r].tolist() if s["has_prev"][r] else []
+        m._overshoot = ((int(s["ov0"][r]), float(s["ov1"][r]), float(s["ov2"][r]))
+                        if s["ov_set"][r] else None)
+        return m
+
+    def _load(self, r: int, m: Monitor, new: dict[str, Array], recent: Array, fc: Array,
+              rw: Array, prev: Array) -> None:
+        """Write monitor ``m``'s state (after this step) into row ``r`` of the new arrays."""
+        st = m.state
+        vals: dict[str, Any] = {
+            "base": st.base, "healthy": st.healthy, "spread": st.spread,
+            "loss_ref": st.loss_ref, "loss": st.loss, "loss_avg": st.loss_avg,
+            "lavg": st._loss_lavg, "best": st.best_loss, "last_lg": st.last_lg,
+            "last_ll": st.last_ll, "run_max_inc": st.run_max_inc,
+            "run_start_lg": st.run_start_lg, "run_start_ll": st.run_start_ll,
+            "ubase": st.ubase, "uhealthy": st.uhealthy, "run_len": st.run_len,
+            "run_start_step": st.run_start_step, "persist_run": st._persist_run,
+            "persist_far": st._persist_far, "confirmed": m.explosion_confirmed,
+            "confirmed_at": -1 if m.confirmed_at is None else m.confirmed_at,
+            "warned": m._warned_growth, "setback_seen": m._setback_seen,
+            "catapult_seen": m._catapult_seen, "nf_seen": m._non_finite_seen,
+            "prev_ll": m._prev_ll, "rw_from_ll": m._rewrite_from_ll,
+            "rw_from_step": m._rewrite_from_step, "ov_set": m._overshoot is not None,
+            "has_prev": bool(m._prev_weights),
+        }
+        vals.update(zip(("c0", "c1", "c2", "c3", "c4"), m._catapult or [math.nan] * 5,
+                        strict=True))
+        if m._overshoot is not None:
+            vals.update(ov0=m._overshoot[0], ov1=m._overshoot[1], ov2=m._overshoot[2])
+        for key, v in vals.items():
+            if new[key] is self.s[key]:
+                new[key] = new[key].copy()
+            new[key][r] = v
+        self.l0[r] = st.initial_loss
+        if st._warm:
+            self.warm[0, r, :len(st._warm)] = st._warm
+            self.warm[1, r, :len(st._warm_loss)] = st._warm_loss
+        cnt = min(len(st.recent), RECENT)
+        recent[r] = math.nan
+        if cnt:
+            recent[r, RECENT - cnt:] = list(st.recent)
+        for j, name in enumerate(FORECAST_SERIES):
+            if name == "activation":  # the arrays' own (the largest std, every step)
+                continue
+            h = m.forecaster._hist[name]
+            fc[j, r] = math.nan
+            if h:
+                fc[j, r, WINDOW - len(h):] = [v for _, v in h]
+        rw[r] = m._rewrite_weights or 0.0
+        prev[r] = m._prev_weights or 0.0

@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sweep_speed import sweep
 
 import core.layers
+import core.stack_activations
 import core.stacked
 from core import Trainer
 from core.batched import BatchedTrainer
@@ -63,7 +64,9 @@ class _TimedNumpy(types.ModuleType):
         return out
 
 
-_MODULES = (core.layers, core.stacked)  # where the layer products are computed
+# where the layer products are computed (and the stack's activation column sums, timed with
+# them since they were computed in core.stacked)
+_MODULES = (core.layers, core.stacked, core.stack_activations)
 
 
 def _timed_run(fn: Any) -> tuple[float, float, int]:

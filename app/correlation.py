@@ -4,11 +4,16 @@ A request's id is the client's ``X-Request-ID`` when it is a sane token (1-128 c
 of letters, digits and ``._:-``), else a new UUID. It is kept in a context variable for the
 request's duration, so every log line written while serving it names it; the job created by
 the request stores it (``jobs.request_id``) and the worker that runs the job logs it with
-the job id (:func:`bind`), with the job's tenant. The access log line (uvicorn's, written
-when the response starts) carries the tenant of an authenticated request: the auth dependency
-runs in a worker thread, where a context variable would not outlive it, so it leaves the
-tenant in ``request.state.tenant`` (the request's ``scope["state"]``) and
-:class:`RequestIdMiddleware` sets the context variable from it around the response start.
+the job id (:func:`bind`), with the job's tenant.
+
+The tenant of an authenticated request is a context variable too: the principal dependency
+(:func:`app.deps.require_api_key`, async; the key check itself runs in a worker thread) sets
+it with :func:`set_request_tenant` in the request's task, so every later line of the request
+names it — sync dependencies and endpoints (the thread pool runs them in a copy of the
+task's context), async code and uvicorn's access line (written when the response starts).
+:class:`RequestIdMiddleware` owns the request's scope: it starts every request with no
+tenant and resets both variables when the request ends, so a tenant never reaches the next
+request (keep-alive connections included).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ __all__ = [
     "bind",
     "configure_logging",
     "current_request_id",
+    "set_request_tenant",
 ]
 
 HEADER = "X-Request-ID"
@@ -52,6 +58,16 @@ def current_request_id() -> str | None:
     return _request_id.get()
 
 
+def set_request_tenant(tenant: str | None) -> None:
+    """The request being served is the ``tenant``'s (None: the admin or an open server).
+
+    Call it in the request's task (an async dependency), not in a worker thread: a thread
+    runs in a copy of the task's context, so what it sets is lost when it returns. It lasts
+    until the request ends (:class:`RequestIdMiddleware` resets it).
+    """
+    _tenant.set(tenant)
+
+
 @contextmanager
 def bind(*, request_id: str | None = None, job_id: str | None = None,
          tenant: str | None = None) -> Iterator[None]:
@@ -66,8 +82,10 @@ def bind(*, request_id: str | None = None, job_id: str | None = None,
 
 
 class RequestIdMiddleware:
-    """Echo a valid ``X-Request-ID`` or generate one; set it for the request's log lines, and
-    the authenticated tenant (``request.state.tenant``) for its access log line."""
+    """Echo a valid ``X-Request-ID`` or generate one; set it for the request's log lines.
+
+    Every request starts with no tenant (:func:`set_request_tenant` names it once the key is
+    checked); both variables are reset when the request ends."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -84,24 +102,17 @@ class RequestIdMiddleware:
         request_id = given if given and _VALID.fullmatch(given) else uuid.uuid4().hex
 
         async def send_with_id(message: Message) -> None:
-            if message["type"] != "http.response.start":
-                await send(message)
-                return
-            MutableHeaders(scope=message)[HEADER] = request_id
-            # the server writes its access log line inside this call
-            tenant = scope.get("state", {}).get("tenant")
-            token = _tenant.set(tenant) if tenant is not None else None
-            try:
-                await send(message)
-            finally:
-                if token is not None:
-                    _tenant.reset(token)
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)[HEADER] = request_id
+            await send(message)
 
-        token = _request_id.set(request_id)
+        request_token = _request_id.set(request_id)
+        tenant_token = _tenant.set(None)  # whatever the task's context held before
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            _request_id.reset(token)
+            _tenant.reset(tenant_token)
+            _request_id.reset(request_token)
 
 
 class JsonFormatter(logging.Formatter):

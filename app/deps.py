@@ -1,4 +1,11 @@
-"""Typed dependencies: settings, sessions, the executor, API-key auth."""
+"""Typed dependencies: settings, sessions, the executor, API-key auth.
+
+:func:`require_api_key` is async so that it runs in the request's task: the tenant it names
+(:func:`app.correlation.set_request_tenant`) then reaches every later log line of the
+request, in sync dependencies and endpoints too (the thread pool copies the task's context).
+The key check itself (a database look-up, scrypt: ~46 ms) runs in the thread pool, off the
+event loop.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +16,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from app.auth_throttle import AuthThrottle, AuthThrottled
+from app.correlation import set_request_tenant
 from app.db import writer_bind
 from app.errors import ProblemError
 from app.executors import Executor
@@ -91,7 +100,7 @@ def get_key_verifier(request: Request) -> KeyVerifier:
     return verifier
 
 
-def require_api_key(
+async def require_api_key(
     request: Request,
     settings: SettingsDep,
     verifier: Annotated[KeyVerifier, Depends(get_key_verifier)],
@@ -107,12 +116,13 @@ def require_api_key(
     * a wrong key: 401 — except that a server without any key ignores a non-tenant key;
     * too many wrong keys for one key id or from one address: 429 (:mod:`app.auth_throttle`).
 
-    The tenant also goes on ``request.state.tenant``, where the access log line finds it
-    (this function runs in a worker thread: a context variable set here would not reach it).
+    The check runs in a worker thread (it may hash); the tenant is then set here, in the
+    request's task, for the rest of the request's log lines (the access line included).
     """
-    principal = _authenticate(request, settings, verifier, throttle,
-                              bearer.credentials if bearer is not None else api_key)
-    request.state.tenant = principal.tenant
+    principal = await run_in_threadpool(
+        _authenticate, request, settings, verifier, throttle,
+        bearer.credentials if bearer is not None else api_key)
+    set_request_tenant(principal.tenant)
     return principal
 
 

@@ -1,18 +1,31 @@
-"""Request ids on every response and in JSON log lines; /metrics guarded like /v1."""
+"""Request ids on every response and in JSON log lines (with the request's tenant, in sync
+dependencies and endpoints too); /metrics guarded like /v1."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
+import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
-from conftest import SMALL_SPEC
+import uvicorn
+from conftest import SMALL_SPEC, make_settings
+from fastapi import APIRouter, Depends, Request
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.types import Message
 
-from app.correlation import JsonFormatter, bind
+from app.cli import create_key
+from app.correlation import JsonFormatter, RequestIdMiddleware, bind, set_request_tenant
+from app.deps import PrincipalDep, require_api_key
+from app.main import create_app
 
 
 def test_every_response_carries_a_request_id(client: TestClient) -> None:
@@ -63,6 +76,128 @@ def test_log_lines_are_json_with_the_request_id(client: TestClient) -> None:
     assert lines[0]["message"] == "handling it" and lines[0]["request_id"] == "trace-1"
     assert lines[0]["job_id"] is None and "tenant" in lines[0] and lines[0]["level"] == "info"
     assert lines[1]["request_id"] == "r-2" and lines[1]["job_id"] == "job-3"
+
+
+def _json_lines(*loggers: str) -> tuple[io.StringIO, Callable[[], None]]:
+    """Lines of these loggers as `gradwatch serve` writes them, and how to stop collecting."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    for name in loggers:
+        logging.getLogger(name).addHandler(handler)
+
+    def stop() -> None:
+        for name in loggers:
+            logging.getLogger(name).removeHandler(handler)
+    return stream, stop
+
+
+def test_lines_of_sync_dependencies_and_endpoints_name_the_tenant_of_their_request(
+        tmp_path: Path) -> None:
+    """A real server; one keep-alive connection; a tenant's request, then the admin's, another
+    tenant's, a refused one and an unauthenticated route: each line names its own request's
+    tenant (never the previous one's) and request id."""
+    admin = "admin-key-for-correlation-tests"
+    settings = make_settings(tmp_path, api_key=admin)
+    application = create_app(settings)
+    logger = logging.getLogger("gradwatch.test.tenant")
+    logger.setLevel(logging.INFO)
+
+    def checking(request: Request) -> None:  # a sync dependency: runs in a worker thread
+        logger.info("dependency of %s", request.url.path)
+
+    router = APIRouter(dependencies=[Depends(require_api_key)])  # as app.main's routers
+
+    @router.get("/v1/_log_tenant", dependencies=[Depends(checking)])
+    def log_tenant(principal: PrincipalDep) -> dict[str, Any]:
+        logger.info("endpoint for %s", principal.tenant)  # a sync endpoint: a worker thread
+        return {"tenant": principal.tenant}
+
+    application.include_router(router)
+    config = uvicorn.Config(application, host="127.0.0.1", port=0, log_config=None,
+                            log_level="info", access_log=True, lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    stream, stop = _json_lines("gradwatch.test.tenant", "uvicorn.access")
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+            time.sleep(0.02)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        vision, audio = create_key(settings, "team-vision"), create_key(settings, "team-audio")
+        requests = [("t-vision", "/v1/_log_tenant", vision.key, 200),
+                    ("t-admin", "/v1/_log_tenant", admin, 200),
+                    ("t-audio", "/v1/_log_tenant", audio.key, 200),
+                    ("t-nokey", "/v1/_log_tenant", None, 401),
+                    ("t-health", "/healthz", None, 200)]
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}",
+                          limits=httpx.Limits(max_connections=1)) as http:
+            for request_id, path, key, status in requests:
+                headers = {"X-Request-ID": request_id}
+                if key is not None:
+                    headers["Authorization"] = f"Bearer {key}"
+                assert http.get(path, headers=headers).status_code == status
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        stop()
+    lines: list[dict[str, Any]] = [json.loads(line) for line in stream.getvalue().splitlines()]
+    access = [line for line in lines if line["logger"] == "uvicorn.access"]
+    assert [line["request_id"] for line in access] == [r[0] for r in requests], lines
+    # one connection served them all (keep-alive): the same client address and port
+    assert len({line["message"].split(" - ")[0] for line in access}) == 1, access
+    ours = [(line["request_id"], line["message"], line["tenant"]) for line in lines
+            if line["logger"] == "gradwatch.test.tenant"]
+    assert ours == [
+        ("t-vision", "dependency of /v1/_log_tenant", "team-vision"),
+        ("t-vision", "endpoint for team-vision", "team-vision"),
+        ("t-admin", "dependency of /v1/_log_tenant", None),
+        ("t-admin", "endpoint for None", None),
+        ("t-audio", "dependency of /v1/_log_tenant", "team-audio"),
+        ("t-audio", "endpoint for team-audio", "team-audio")], lines
+    assert [line["tenant"] for line in access] == ["team-vision", None, "team-audio", None,
+                                                   None]
+
+
+def test_the_middleware_starts_each_request_without_a_tenant_and_resets_it_at_the_end() -> None:
+    """Requests served one after another in one task (one context) do not pass a tenant on."""
+    formatter = JsonFormatter()
+
+    def tenant_now() -> Any:
+        return json.loads(formatter.format(logging.makeLogRecord({"msg": "x"})))["tenant"]
+
+    seen: list[Any] = []
+
+    async def endpoint(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(tenant_now())
+        if scope["path"] == "/tenant":
+            set_request_tenant("acme")
+            seen.append(tenant_now())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def serve_in_one_task() -> list[Any]:
+        middleware = RequestIdMiddleware(endpoint)
+        sent: list[Message] = []
+
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        after = []
+        for path in ("/tenant", "/other", "/tenant"):
+            await middleware({"type": "http", "path": path, "headers": []}, receive, send)
+            after.append(tenant_now())
+        return after
+
+    with bind(tenant="outer"):  # e.g. a worker's binding: not the request's tenant
+        after = asyncio.run(serve_in_one_task())
+    assert seen == [None, "acme", None, None, "acme"]  # never "outer", nor the last "acme"
+    assert after == ["outer", "outer", "outer"]  # each request's end restores what was there
 
 
 def test_metrics_need_the_api_key_when_one_is_set(make_client: Callable[..., TestClient]) -> None:

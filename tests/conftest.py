@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -97,33 +98,42 @@ def client(make_client: Callable[..., TestClient]) -> TestClient:
     return make_client()
 
 
+@contextmanager
+def served(app: Any, **config: Any) -> Iterator[str]:
+    """uvicorn serving ``app`` in a thread on a free port (``config``: more
+    ``uvicorn.Config`` options); yields its base URL, stops it on exit."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on",
+                                           **config))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("the live server did not start")
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
 class LiveServer:
     """uvicorn serving a real app (with local worker processes) on a free port."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.app = create_app(settings)
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning",
-                                lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self._served = served(self.app, log_level="warning")
 
     def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the live server did not start")
-            time.sleep(0.02)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = self._served.__enter__()
         self.http = httpx.Client(base_url=self.url, timeout=30)
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.http.close()
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
+        self._served.__exit__(None, None, None)
 
     def wait_for(self, job_id: str, statuses: set[str], timeout: float = 60) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

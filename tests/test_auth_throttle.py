@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,8 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from conftest import make_settings
+from conftest import make_settings, served
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -227,28 +225,15 @@ def test_the_access_log_line_names_the_tenant_of_the_request(
         tmp_path: Any, access_log: io.StringIO) -> None:
     settings = make_settings(tmp_path, api_key=ADMIN)
     application = create_app(settings)
-    config = uvicorn.Config(application, host="127.0.0.1", port=0, log_config=None,
-                            log_level="info", access_log=True, lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-            time.sleep(0.02)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        key = create_key(settings, "team-vision")
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as http:
-            for path, headers, status in [
-                    ("/v1/jobs?as=tenant", {**_bearer(key.key), "X-Request-ID": "t-1"}, 200),
-                    ("/v1/jobs?as=admin", {**_bearer(ADMIN), "X-Request-ID": "t-2"}, 200),
-                    ("/v1/jobs?as=nobody", {"X-Request-ID": "t-3"}, 401),
-                    ("/healthz", {"X-Request-ID": "t-4"}, 200)]:
-                assert http.get(path, headers=headers).status_code == status
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    with served(application, log_config=None, log_level="info", access_log=True) as url, \
+            httpx.Client(base_url=url) as http:
+        key = create_key(settings, "team-vision")  # the server has migrated the database
+        for path, headers, status in [
+                ("/v1/jobs?as=tenant", {**_bearer(key.key), "X-Request-ID": "t-1"}, 200),
+                ("/v1/jobs?as=admin", {**_bearer(ADMIN), "X-Request-ID": "t-2"}, 200),
+                ("/v1/jobs?as=nobody", {"X-Request-ID": "t-3"}, 401),
+                ("/healthz", {"X-Request-ID": "t-4"}, 200)]:
+            assert http.get(path, headers=headers).status_code == status
     lines: list[dict[str, Any]] = [json.loads(line) for line in access_log.getvalue().splitlines()]
     by_request = {line["request_id"]: line for line in lines}
     assert set(by_request) == {"t-1", "t-2", "t-3", "t-4"}, lines

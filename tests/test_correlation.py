@@ -7,16 +7,13 @@ import asyncio
 import io
 import json
 import logging
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from conftest import SMALL_SPEC, make_settings
+from conftest import SMALL_SPEC, make_settings, served
 from fastapi import APIRouter, Depends, Request
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -114,34 +111,24 @@ def test_lines_of_sync_dependencies_and_endpoints_name_the_tenant_of_their_reque
         return {"tenant": principal.tenant}
 
     application.include_router(router)
-    config = uvicorn.Config(application, host="127.0.0.1", port=0, log_config=None,
-                            log_level="info", access_log=True, lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
     stream, stop = _json_lines("gradwatch.test.tenant", "uvicorn.access")
-    thread.start()
     try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-            time.sleep(0.02)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        vision, audio = create_key(settings, "team-vision"), create_key(settings, "team-audio")
-        requests = [("t-vision", "/v1/_log_tenant", vision.key, 200),
-                    ("t-admin", "/v1/_log_tenant", admin, 200),
-                    ("t-audio", "/v1/_log_tenant", audio.key, 200),
-                    ("t-nokey", "/v1/_log_tenant", None, 401),
-                    ("t-health", "/healthz", None, 200)]
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}",
-                          limits=httpx.Limits(max_connections=1)) as http:
+        with served(application, log_config=None, log_level="info", access_log=True) as url, \
+                httpx.Client(base_url=url, limits=httpx.Limits(max_connections=1)) as http:
+            # keys once the server has migrated the database
+            vision = create_key(settings, "team-vision")
+            audio = create_key(settings, "team-audio")
+            requests = [("t-vision", "/v1/_log_tenant", vision.key, 200),
+                        ("t-admin", "/v1/_log_tenant", admin, 200),
+                        ("t-audio", "/v1/_log_tenant", audio.key, 200),
+                        ("t-nokey", "/v1/_log_tenant", None, 401),
+                        ("t-health", "/healthz", None, 200)]
             for request_id, path, key, status in requests:
                 headers = {"X-Request-ID": request_id}
                 if key is not None:
                     headers["Authorization"] = f"Bearer {key}"
                 assert http.get(path, headers=headers).status_code == status
     finally:
-        server.should_exit = True
-        thread.join(timeout=30)
         stop()
     lines: list[dict[str, Any]] = [json.loads(line) for line in stream.getvalue().splitlines()]
     access = [line for line in lines if line["logger"] == "uvicorn.access"]

@@ -13,7 +13,9 @@ names it — sync dependencies and endpoints (the thread pool runs them in a cop
 task's context), async code and uvicorn's access line (written when the response starts).
 :class:`RequestIdMiddleware` owns the request's scope: it starts every request with no
 tenant and resets both variables when the request ends, so a tenant never reaches the next
-request (keep-alive connections included).
+request (keep-alive connections included). An exception nothing inside handled is answered
+there too (the app's 500, ``on_error``), before the variables are reset: the 500 carries the
+request's ``X-Request-ID`` and its "unhandled error" log line the id and the tenant.
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ import logging
 import re
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 from starlette.datastructures import MutableHeaders
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
@@ -43,6 +47,7 @@ __all__ = [
 ]
 
 HEADER = "X-Request-ID"
+ErrorResponder = Callable[[Request, Exception], Awaitable[Response]]
 _VALID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -87,8 +92,12 @@ class RequestIdMiddleware:
     Every request starts with no tenant (:func:`set_request_tenant` names it once the key is
     checked); both variables are reset when the request ends."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, on_error: ErrorResponder | None = None) -> None:
+        """``on_error``: the response to an exception nothing inside handled (the app's 500),
+        sent from here while the request's id and tenant are still set, so that the 500 and
+        its log line carry them (Starlette's own handler runs outside every middleware)."""
         self.app = app
+        self.on_error = on_error
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -101,8 +110,12 @@ class RequestIdMiddleware:
                 break
         request_id = given if given and _VALID.fullmatch(given) else uuid.uuid4().hex
 
+        started = False
+
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 MutableHeaders(scope=message)[HEADER] = request_id
             await send(message)
 
@@ -110,6 +123,11 @@ class RequestIdMiddleware:
         tenant_token = _tenant.set(None)  # whatever the task's context held before
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            if self.on_error is None or started:
+                raise  # (a response under way cannot be replaced: the server logs it)
+            response = await self.on_error(Request(scope), exc)
+            await response(scope, receive, send_with_id)
         finally:
             _tenant.reset(tenant_token)
             _request_id.reset(request_token)

@@ -202,11 +202,15 @@ def install_error_handlers(app: FastAPI) -> None:
                                 slug="database-unavailable", headers={"Retry-After": "5"},
                                 instance=request.url.path)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        # the server closes the connection after an unhandled error: say so, so that a
-        # keep-alive client opens a new one instead of failing its next request
-        return problem_response(500, f"unexpected {type(exc).__name__}; the error was logged",
-                                slug="internal-error", instance=request.url.path,
-                                headers={"Connection": "close"})
+    # a fallback: RequestIdMiddleware answers unhandled errors first (with the request's id)
+    app.add_exception_handler(Exception, unexpected_error)
+
+
+async def unexpected_error(request: Request, exc: Exception) -> Response:
+    """The 500 for a bug: logged with its traceback, answered as problem+json."""
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    # the connection is closed after an unhandled error: say so, so that a keep-alive client
+    # opens a new one instead of failing its next request
+    return problem_response(500, f"unexpected {type(exc).__name__}; the error was logged",
+                            slug="internal-error", instance=request.url.path,
+                            headers={"Connection": "close"})

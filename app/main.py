@@ -28,7 +28,7 @@ from app.correlation import RequestIdMiddleware
 from app.db import build_engine, build_sessionmaker
 from app.deps import require_api_key
 from app.dispatch import Dispatcher
-from app.errors import install_error_handlers
+from app.errors import install_error_handlers, unexpected_error
 from app.executors import build_executor
 from app.keys import KeyVerifier
 from app.metrics import HttpMetricsMiddleware, build_registry
@@ -183,7 +183,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            "Last-Event-ID", "X-Request-ID", "Accept"],
             expose_headers=["Location", "Retry-After", "X-Request-ID", "WWW-Authenticate"],
             max_age=600)
-    app.add_middleware(RequestIdMiddleware)  # outermost: every response carries the id
+    # outermost: every response carries the id, a 500 included
+    app.add_middleware(RequestIdMiddleware, on_error=unexpected_error)
     auth = [Depends(require_api_key)]
     app.include_router(jobs.router, dependencies=auth)
     app.include_router(histories.router, dependencies=auth)

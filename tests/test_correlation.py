@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.types import Message
 
 from app.cli import create_key
-from app.correlation import JsonFormatter, RequestIdMiddleware, bind, set_request_tenant
+from app.correlation import HEADER, JsonFormatter, RequestIdMiddleware, bind, set_request_tenant
 from app.deps import PrincipalDep, require_api_key
 from app.main import create_app
 
@@ -206,3 +206,41 @@ def test_queue_depth_and_age_come_from_the_database(client: TestClient, queued: 
                for s in f.samples if not s.labels}
     assert samples["gradwatch_queue_depth"] == queued
     assert (samples["gradwatch_queue_oldest_age_seconds"] > 0) == (queued > 0)
+
+
+def test_a_500_and_its_log_line_carry_the_request_id_and_tenant(tmp_path: Path) -> None:
+    """A bug in an endpoint: the problem+json 500 echoes the request's X-Request-ID (it is
+    answered inside the request, not by Starlette's outermost handler) and the "unhandled
+    error" line names the request id and the tenant; the connection closes, the next request
+    on a new one succeeds."""
+    admin = "admin-key-for-correlation-tests"
+    settings = make_settings(tmp_path, api_key=admin)
+    application = create_app(settings)
+    router = APIRouter(dependencies=[Depends(require_api_key)])
+
+    @router.get("/v1/_boom")
+    def boom() -> None:
+        raise RuntimeError("a bug")
+
+    application.include_router(router)
+    stream, stop = _json_lines("app.errors")
+    try:
+        with served(application, log_level="warning") as url, \
+                httpx.Client(base_url=url) as http:
+            key = create_key(settings, "team-vision")
+            r = http.get("/v1/_boom", headers={"X-Request-ID": "boom-1",
+                                               "Authorization": f"Bearer {key.key}"})
+            assert r.status_code == 500, r.text
+            assert r.headers["content-type"].startswith("application/problem+json")
+            assert r.headers[HEADER] == "boom-1" and r.headers["connection"] == "close"
+            assert r.json()["detail"] == "unexpected RuntimeError; the error was logged"
+            r = http.get("/v1/_boom", headers={"Authorization": f"Bearer {admin}"})
+            assert r.status_code == 500 and len(r.headers[HEADER]) == 32  # a generated id
+            generated = r.headers[HEADER]
+            assert http.get("/healthz").status_code == 200
+    finally:
+        stop()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    errors = [(line["request_id"], line["tenant"], "RuntimeError: a bug" in line["exception"])
+              for line in lines if line["message"] == "unhandled error on GET /v1/_boom"]
+    assert errors == [("boom-1", "team-vision", True), (generated, None, True)], lines

@@ -1,32 +1,25 @@
 """Units of work behind the endpoints. Services never commit: the caller's session does.
 
-A new job's id is handed to the executor only after the transaction that created it
-committed: :func:`submit_job` requests it (:func:`app.dispatch.request_enqueue`) and the
-session's after-commit hook sends it.
+Creating a job (:func:`submit_job`: its id is enqueued only after the caller commits) lives
+in :mod:`app.submission`, the readiness checks in :mod:`app.readiness`; both are re-exported
+here, where the endpoints import them.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import history, quotas, webhooks
+from app import history
 from app.artifacts import forget_models
-from app.correlation import current_request_id
 from app.data_scale import uploaded_scale
 from app.datasets import parent_lookup
-from app.db import sqlite_writer_free
 from app.diagnosis_cache import PROVISIONAL
-from app.dispatch import request_enqueue
 from app.errors import (
     ConflictError,
     NotFoundError,
@@ -37,23 +30,22 @@ from app.history import HistoryQuery, stored_history
 from app.jsonutil import encode_non_finite
 from app.lifecycle import (
     TERMINAL,
-    announce_created,
     move_job,
     progress_dict,
     request_cancel,
 )
 from app.models import Job, utcnow
+from app.readiness import readiness
 from app.repositories import (
     EventRepository,
     HistoryRepository,
     JobRepository,
     ReportRepository,
-    SystemRepository,
 )
 from app.settings import Settings
-from app.specs import echoed_spec, preflight_spec, spec_hash, validate_spec
+from app.specs import preflight_spec, validate_spec
+from app.submission import Submitted, submit_job
 from app.tenancy import ADMIN, Principal
-from core.spec import TrainingSpec, UploadedData
 from core.telemetry import NonFiniteEvent
 
 __all__ = [
@@ -81,100 +73,9 @@ __all__ = [
     "validate_spec",
 ]
 
-IDEMPOTENCY_IN_FLIGHT = timedelta(seconds=30)
-
-
 # --------------------------------------------------------------------------------------------
 # Jobs
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Submitted:
-    job: Job
-    created: bool  # False: an earlier request with the same Idempotency-Key made it
-    notify_secret: str | None = None  # the secret of the spec's `notify` webhook (shown once)
-
-
-def submit_job(session: Session, *, spec: TrainingSpec, settings: Settings,
-               tenant: str | None = None, idempotency_key: str | None = None,
-               parent_id: str | None = None, repair: dict[str, Any] | None = None,
-               quota_checked: bool = False) -> Submitted:
-    """Insert a queued job owned by ``tenant`` (None: the admin) and request its enqueueing
-    (sent when the caller commits); 429 past the tenant's queued-jobs quota."""
-    spec_json = echoed_spec(spec)
-    digest = spec_hash(spec_json)
-    jobs = JobRepository(session)
-    idempotency_key = _scoped_key(idempotency_key, tenant)
-    if idempotency_key is not None:
-        existing = jobs.by_idempotency_key(idempotency_key)
-        if existing is not None:
-            return Submitted(_replay(existing, digest, parent_id), created=False)
-    if not quota_checked:
-        quotas.check_queued(session, tenant, settings)
-    job = Job(
-        id=str(uuid.uuid4()), status="queued", name=spec.name, spec=spec_json, spec_hash=digest,
-        idempotency_key=idempotency_key, parent_id=parent_id, repair=repair,
-        executor=settings.executor, created_at=utcnow(), total_steps=spec.total_steps(),
-        steps_completed=0, cancel_requested=False, event_seq=0,
-        request_id=current_request_id(), tenant=tenant,
-        dataset_id=spec.data.id if isinstance(spec.data, UploadedData) else None,
-    )
-    try:
-        with session.begin_nested():
-            jobs.add(job)
-    except IntegrityError:
-        # a concurrent request with the same key won the insert
-        existing = jobs.by_idempotency_key(idempotency_key) if idempotency_key else None
-        if existing is None:
-            raise ConflictError(
-                "a request with this Idempotency-Key is still being processed; retry shortly",
-                slug="idempotency-in-flight", headers={"Retry-After": "1"}) from None
-        return Submitted(_replay(existing, digest, parent_id), created=False)
-    secret = _notify(session, job, spec, settings)
-    announce_created(session, job)
-    request_enqueue(session, job.id)
-    return Submitted(job, created=True, notify_secret=secret)
-
-
-def _notify(session: Session, job: Job, spec: TrainingSpec, settings: Settings) -> str | None:
-    """The job's own webhook from ``spec.notify`` (422 for a refused URL); its secret."""
-    if spec.notify is None:
-        return None
-    try:
-        webhooks.check_destination(spec.notify.url, allow_private=settings.webhook_allow_private)
-    except webhooks.DestinationRefused as exc:
-        raise SpecValidationError(
-            f"notify.url: {exc}", slug="webhook-url-refused",
-            errors=[{"loc": ["body", "notify", "url"], "msg": str(exc),
-                     "type": "url_refused"}]) from None
-    return webhooks.WebhookRepository(session).create(
-        url=spec.notify.url, events=spec.notify.events, job_id=job.id, tenant=job.tenant).secret
-
-
-def _scoped_key(idempotency_key: str | None, tenant: str | None) -> str | None:
-    """Idempotency keys are per tenant (two tenants may both send "retry-1"): a tenant's is
-    stored as ``<tenant>:<sha256 of the key>``; the admin's as given."""
-    if idempotency_key is None or tenant is None:
-        return idempotency_key
-    return f"{tenant}:{hashlib.sha256(idempotency_key.encode()).hexdigest()}"
-
-
-def _replay(existing: Job, digest: str, parent_id: str | None) -> Job:
-    if existing.spec_hash != digest or existing.parent_id != parent_id:
-        raise SpecValidationError(
-            f"Idempotency-Key was already used for job {existing.id} with a different spec; "
-            "use a new key for a different request",
-            slug="idempotency-key-reused", job_id=existing.id)
-    if existing.enqueued_at is None and existing.status == "queued":
-        created = existing.created_at
-        if created.tzinfo is None:
-            created = created.replace(tzinfo=utcnow().tzinfo)
-        if utcnow() - created < IDEMPOTENCY_IN_FLIGHT:
-            raise ConflictError(
-                "the first request with this Idempotency-Key is still being processed; "
-                "retry shortly", slug="idempotency-in-flight", headers={"Retry-After": "1"})
-    return existing
 
 
 def get_job(session: Session, job_id: str, principal: Principal) -> Job:
@@ -447,35 +348,3 @@ def _compare_summary(a: dict[str, Any], b: dict[str, Any]) -> str:
     if a["first_non_finite_step"] is not None and b["first_non_finite_step"] is None:
         parts.append("the repair has no NaN/Inf")
     return "; ".join(parts)
-
-
-
-
-def readiness(factory: sessionmaker[Session], settings: Settings, *,
-              head_revision: str | None, executor: Any, dispatcher: Any) -> dict[str, Any]:
-    """The readiness checks (database, schema, a free write lock, executor, sweeper); 503
-    naming the first that fails."""
-    checks: dict[str, str] = {}
-    try:
-        with factory() as session:
-            revision = SystemRepository(session).schema_revision()
-        checks["database"] = "ok"
-    except Exception as exc:
-        raise ProblemError(f"database not reachable: {type(exc).__name__}", status=503,
-                           slug="not-ready") from None
-    if revision != head_revision:
-        raise ProblemError(f"database schema is at {revision}, the code needs {head_revision}: "
-                           "run `gradwatch migrate`", status=503, slug="not-ready")
-    checks["schema"] = str(revision)
-    if not sqlite_writer_free(factory.kw["bind"], 1000, settings.sqlite_busy_timeout_ms):
-        raise ProblemError("the database's write lock has been held for more than 1 s: a "
-                           "writer is stuck (a frozen worker?); writes wait, then fail with 503",
-                           status=503, slug="not-ready", headers={"Retry-After": "5"})
-    checks["writer"] = "ok"
-    if not executor.healthy():
-        raise ProblemError("the job executor is not running", status=503, slug="not-ready")
-    checks["executor"] = executor.name
-    if not dispatcher.alive():
-        raise ProblemError("the sweeper that re-sends unsent jobs is not running", status=503,
-                           slug="not-ready")
-    return {"status": "ok", "checks": checks}

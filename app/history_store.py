@@ -8,7 +8,7 @@ A job's history is kept per job under a small integer key (``history_keys``) as
   (layer, metric) to a series, layer -1 being the step metrics.
 - **rollups** (``history_rollups``): per aligned block of ``2**level`` steps (levels
   :data:`STORED_MIN_LEVEL` .. :data:`MAX_LEVEL`), every series' count, min, max and first
-  non-finite point (:class:`app.downsampling.Summary`), from which a downsampled read is
+  non-finite point (:class:`app.summaries.Summary`), from which a downsampled read is
   answered without decoding the chunks it covers.
 
 Chunk layout (little-endian): a 12-byte header: magic, codec, flags (bit 0: a presence bitmap

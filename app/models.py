@@ -51,7 +51,7 @@ def utcnow() -> datetime:
 
 
 class Job(Base):
-    """One training job; ``status`` moves only along :data:`app.services.TRANSITIONS`."""
+    """One training job; ``status`` moves only along :data:`app.lifecycle.TRANSITIONS`."""
 
     __tablename__ = "jobs"
 

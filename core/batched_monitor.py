@@ -48,12 +48,7 @@ from core.diagnostics.monitor import (
     WARMUP,
 )
 from core.diagnostics.report import Finding
-from core.monitor_math import all_true as _all
-from core.monitor_math import any_true as _any
-from core.monitor_math import exp_each as _exp
-from core.monitor_math import log_each as _log
-from core.monitor_math import py_max as _pymax
-from core.monitor_math import py_min as _pymin
+from core.monitor_math import all_true, any_true, exp_each, log_each, py_max, py_min
 from core.monitor_replay import FORECAST_SERIES, ScalarReplay
 from core.spec import TrainingSpec
 from core.telemetry import StepRecord
@@ -150,7 +145,7 @@ class StackMonitor(ScalarReplay):
             for i in range(1, L):
                 usq += sq[:, i]
             parts.append(usq)
-        logs = _log(np.concatenate(parts))
+        logs = log_each(np.concatenate(parts))
         lg, ll = logs[:K], logs[K:2 * K]
         lu = 0.5 * logs[2 * K:] if L else np.full(K, math.nan)
         self._grad_norm = grad_norm
@@ -162,7 +157,7 @@ class StackMonitor(ScalarReplay):
             top = act_std[:, 0]
             for i in range(1, act_std.shape[1]):
                 top = np.maximum(top, act_std[:, i])
-            fc_new[1, :, -1] = _pymax(0.0, top)
+            fc_new[1, :, -1] = py_max(0.0, top)
         else:
             fc_new[1, :, -1] = 0.0
         fc_new[2, :, -1] = 0.5 * ll if self._mse else ll
@@ -196,7 +191,7 @@ class StackMonitor(ScalarReplay):
         run_len = s["run_len"]
         start = inc & (run_len == 0)
         rmi = s["run_max_inc"]
-        if _any(start):
+        if any_true(start):
             new["run_start_lg"] = np.where(start, last_lg, s["run_start_lg"])
             new["run_start_ll"] = np.where(start, s["last_ll"], s["run_start_ll"])
             new["run_start_step"] = np.where(start, self.last_step, s["run_start_step"])
@@ -213,10 +208,10 @@ class StackMonitor(ScalarReplay):
         # np.fmin (NaN gives c), as Python's max and min
         inside = d <= (base + np.maximum(spread3, BAND_MIN)) - base
         lim = 2.0 * spread
-        b_new = base + ALPHA * _pymax(-lim, _pymin(lim, d))
-        sp_new = spread + ALPHA * (_pymin(np.abs(d), spread3) - spread)
+        b_new = base + ALPHA * py_max(-lim, py_min(lim, d))
+        sp_new = spread + ALPHA * (py_min(np.abs(d), spread3) - spread)
         sp_new = np.fmin(np.maximum(sp_new, MIN_SPREAD), MAX_SPREAD)
-        if not _all(inside):  # (usually every row is inside its band or below)
+        if not all_true(inside):  # (usually every row is inside its band or below)
             b_new = np.where(inside, b_new, base)
             sp_new = np.where(inside, sp_new, spread)
         h_new = np.where(b_new > healthy, b_new, healthy)
@@ -224,10 +219,10 @@ class StackMonitor(ScalarReplay):
         track = lg <= upper
         ub = s["ubase"]
         ub_new = ub + ALPHA * (lu - ub)
-        if _any(ub != ub):
+        if any_true(ub != ub):
             ub_new = np.where(ub != ub, lu, ub_new)
         uh = s["uhealthy"]
-        if _all(track):
+        if all_true(track):
             uh_new = np.where(~(uh >= ub_new), ub_new, uh)
         else:
             ub_new = np.where(track, ub_new, ub)
@@ -235,7 +230,7 @@ class StackMonitor(ScalarReplay):
         new.update(base=b_new, spread=sp_new, healthy=h_new, ubase=ub_new, uhealthy=uh_new)
         new["loss"] = loss.copy()  # replays write into it: not into the caller's array
         lavg = s["lavg"] + ALPHA * (ll - s["lavg"])
-        avg = _exp(lavg)
+        avg = exp_each(lavg)
         best = np.where(avg < s["best"], avg, s["best"])
         new.update(lavg=lavg, loss_avg=avg, best=best, last_lg=lg, last_ll=ll)
         return self._persist_and_overshoot(new, step, lg, ll, loss, lu, w, u, upper)
@@ -254,7 +249,7 @@ class StackMonitor(ScalarReplay):
         if n >= 3:
             dev = np.sort(np.abs(warm[0, :, :n] - base[:, None]), axis=1)
             mad: Array | float = 1.4826 * dev[:, n // 2]
-            spread = _pymin(MAX_SPREAD, _pymax(MIN_SPREAD, mad))
+            spread = py_min(MAX_SPREAD, py_max(MIN_SPREAD, mad))
         else:
             spread = np.full(len(lg), min(MAX_SPREAD, max(MIN_SPREAD, MIN_SPREAD)))
         loss_ref = np.sort(warm[1, :, :n], axis=1)[:, (n - 1) // 2]
@@ -265,10 +260,10 @@ class StackMonitor(ScalarReplay):
         uh = s["uhealthy"]
         uh_new = np.where(~(uh >= ub_new), ub_new, uh)
         lavg = ll.copy() if n == 1 else s["lavg"] + ALPHA * (ll - s["lavg"])
-        l0 = _exp(loss_ref)
+        l0 = exp_each(loss_ref)
         best = s["best"]
         new.update(base=base, spread=spread, healthy=healthy, ubase=ub_new, uhealthy=uh_new,
-                   loss_ref=loss_ref, lavg=lavg, loss_avg=_exp(lavg),
+                   loss_ref=loss_ref, lavg=lavg, loss_avg=exp_each(lavg),
                    best=np.where(l0 < best, l0, best), last_lg=lg, last_ll=ll)
         new["loss"] = loss.copy()
         self.warm, self.l0 = warm, l0  # (the state before the step does not hold them)
@@ -283,9 +278,9 @@ class StackMonitor(ScalarReplay):
         best, h_new, uh_new = new["best"], new["healthy"], new["uhealthy"]
         above = lg - h_new
         far = above >= RUNAWAY  # then also above the band, with the update feeding it
-        if _any(far):
+        if any_true(far):
             far &= (lg > upper) & ~(lu - uh_new < FEEDBACK * above)
-        if _any(far):
+        if any_true(far):
             l0 = self.l0
             progress = l0 - best
             harm = np.where(progress > 0, (loss - best) / progress,
@@ -296,23 +291,23 @@ class StackMonitor(ScalarReplay):
             new["persist_far"] = np.where(very_far & harmed, s["persist_far"] + 1, 0)
         else:  # no row far above its band: both runs end
             for key in ("persist_run", "persist_far"):
-                if _any(s[key]):
+                if any_true(s[key]):
                     new[key] = np.zeros(len(lg), dtype=np.int64)
         # Monitor._track_overshoot
         new["prev_ll"] = ll
-        if not _all(s["has_prev"]):
+        if not all_true(s["has_prev"]):
             new["has_prev"] = np.ones(len(lg), dtype=bool)
         # a ratio u / w >= REWRITE needs u >= 0.4 w (w > 0; a NaN row is replayed): none such,
         # no row rewrites its weights and no overshoot can start or end
-        if not _any(u >= (0.8 * REWRITE) * w):
+        if not any_true(u >= (0.8 * REWRITE) * w):
             rw = None
         else:
             pos = w > 0
             ratio = np.where(pos, u / np.where(pos, w, 1.0), 0.0)
-            rewrite = _pymax(0.0, ratio.max(axis=1)) if ratio.shape[1] else np.zeros(len(lg))
+            rewrite = py_max(0.0, ratio.max(axis=1)) if ratio.shape[1] else np.zeros(len(lg))
             rw = rewrite >= REWRITE
-        if rw is None or not _any(rw):
-            if _any(s["rw_from_step"] != -1):
+        if rw is None or not any_true(rw):
+            if any_true(s["rw_from_step"] != -1):
                 new["rw_from_step"] = np.full(len(lg), -1, dtype=np.int64)
             return new, self.rw_weights.copy(), w.copy()
         fresh = rw & (s["rw_from_step"] < 0)
@@ -326,7 +321,7 @@ class StackMonitor(ScalarReplay):
         new["ov2"] = np.where(over, ll, s["ov2"])
         new["rw_from_step"] = np.where(fresh, step, np.where(rw, s["rw_from_step"], -1))
         new["rw_from_ll"] = np.where(fresh, ll, s["rw_from_ll"])
-        start_w = np.where(s["has_prev"][:, None], self.prev_w, _pymax(w - u, 0.0))
+        start_w = np.where(s["has_prev"][:, None], self.prev_w, py_max(w - u, 0.0))
         return new, np.where(fresh[:, None], start_w, self.rw_weights), w.copy()
 
     def _events(self, step: int, new: dict[str, Array], recent: Array, loss: Array,
@@ -344,16 +339,16 @@ class StackMonitor(ScalarReplay):
         rule |= new["ov_set"]
         run_len = new["run_len"]
         long_run = (run_len >= MIN_RUN) & ~s["warned"]
-        if _any(long_run):  # a growth warning needs a run of increases
+        if any_true(long_run):  # a growth warning needs a run of increases
             upper = self._upper  # the band's top after this step, from _update
-            growth = lg - _pymax(new["run_start_lg"], new["base"])
+            growth = lg - py_max(new["run_start_lg"], new["base"])
             rule |= (long_run & (growth - new["run_max_inc"] >= RUN_GROWTH) & (lg > upper)
                      & (lg > new["healthy"]))
         event = watch & rule
         if n > WARMUP + RECENT:
             med = np.sort(recent, axis=1)[:, RECENT // 2]
             best = new["best"]
-            setback = (med >= 2.0 * best) & (med >= best + HARM * _pymax(self.l0 - best, 0.0))
+            setback = (med >= 2.0 * best) & (med >= best + HARM * py_max(self.l0 - best, 0.0))
             event |= watch & ~s["setback_seen"] & setback
         if n == 1:  # the first record starts every row's catapult watch (an explosion
             # confirmed at once leaves it empty: that row is replayed)

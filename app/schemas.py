@@ -28,6 +28,9 @@ __all__ = [
     "RepairRequest",
     "RunFigures",
     "Series",
+    "SweepPage",
+    "SweepStatus",
+    "SweepSummary",
     "WebhookCreate",
     "WebhookCreated",
     "WebhookDeliveryPage",
@@ -318,3 +321,43 @@ class WebhookDeliveryRead(ApiModel):
 class WebhookDeliveryPage(ApiModel):
     items: list[WebhookDeliveryRead] = Field(description="Newest first.")
     next_cursor: str | None
+
+
+SweepStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class SweepProgress(ApiModel):
+    members_done: int = Field(description="Members that finished (or whose job was deleted).")
+    members: int = Field(description="Grid points.")
+    step: int = Field(description="Optimizer steps completed, summed over the members.")
+    total_steps: int = Field(description="Steps the members' specs ask for, summed.")
+    fraction: float = Field(description="step / total_steps, 0..1.")
+
+
+class SweepSummary(ApiModel):
+    """A sweep without its members and spec (what the list returns); GET the sweep for them."""
+
+    id: str = Field(description="UUID.")
+    name: str | None = Field(description="The sweep's `name` (a free-form label), if any.")
+    created_at: Timestamp = Field(description="When the sweep was created (UTC, ISO 8601).")
+    tenant: str | None = Field(description="The tenant whose key created the sweep; null for "
+                                            "the admin's.")
+    status: SweepStatus = Field(
+        description="Derived from the member jobs, as `GET /v1/sweeps/{id}` reports it: "
+                    "`queued` while every member is queued, `running` while any is unfinished, "
+                    "then `failed` if any failed, else `cancelled` if any was cancelled, else "
+                    "`succeeded`.")
+    progress: SweepProgress = Field(description="Members done and steps done, over all "
+                                                "members.")
+    axes: list[dict[str, Any]] = Field(description="The axes as created: `path` with `values` "
+                                                   "or `log_range` + `points`.")
+    member_count: int = Field(description="Grid points (member jobs).")
+    verdicts: dict[str, int] = Field(description="Verdict -> members with that verdict (members "
+                                                 "without a verdict yet are not counted).")
+    links: dict[str, str] = Field(description="Related resources: `self`.")
+
+
+class SweepPage(ApiModel):
+    items: list[SweepSummary] = Field(description="Newest first.")
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at "
+                                                "the end.")

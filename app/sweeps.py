@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, and_, case, func, or_, select
 from sqlalchemy.orm import Session
 
 from app import quotas
@@ -24,7 +25,13 @@ from app.errors import ConflictError, NotFoundError, SpecValidationError
 from app.lifecycle import TERMINAL
 from app.models import Job, Sweep, SweepMemberRow, utcnow
 from app.repositories import JobRepository
-from app.services import cancel_job, submit_job, validate_spec
+from app.services import (
+    _cursor_position,
+    _encode_cursor,
+    cancel_job,
+    submit_job,
+    validate_spec,
+)
 from app.settings import Settings
 from app.tenancy import Principal
 from core.spec import UploadedData
@@ -37,7 +44,9 @@ __all__ = [
     "create_sweep",
     "delete_sweep",
     "get_sweep",
+    "list_sweeps",
     "stability",
+    "sweep_summaries",
     "sweep_to_read",
 ]
 
@@ -147,6 +156,88 @@ def sweep_to_read(session: Session, sweep: Sweep) -> dict[str, Any]:
                   "stability": f"{base}/stability",
                   "stability_plot": f"{base}/plots/stability"},
     }
+
+
+def _derived_status() -> ColumnElement[str]:
+    """:func:`_status` in SQL, correlated to ``sweeps``: the sweep's status from its member
+    jobs (deleted members left out), for filtering a list before its LIMIT."""
+    live = func.count(Job.id)
+
+    def n(condition: ColumnElement[bool]) -> ColumnElement[int]:
+        return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+    return (select(case(
+        (and_(live > 0, n(Job.status == "queued") == live), "queued"),
+        (n(Job.status.not_in(sorted(TERMINAL))) > 0, "running"),
+        (n(Job.status == "failed") > 0, "failed"),
+        (n(Job.status == "cancelled") > 0, "cancelled"),
+        else_="succeeded"))
+        .select_from(SweepMemberRow).outerjoin(Job, Job.id == SweepMemberRow.job_id)
+        .where(SweepMemberRow.sweep_id == Sweep.id).correlate(Sweep).scalar_subquery())
+
+
+def list_sweeps(session: Session, *, principal: Principal, limit: int, cursor: str | None,
+                statuses: Sequence[str] = (), tenant: str | None = None
+                ) -> tuple[list[Sweep], str | None]:
+    """A page of the sweeps ``principal`` may see (the admin: all, or ``tenant``'s), newest
+    first, paged as :func:`app.services.list_jobs` (the same opaque cursor); ``statuses``
+    filters on the derived status (computed in the query, so pages stay full)."""
+    after = _cursor_position(session, cursor)
+    query = select(Sweep)
+    scope = principal.scope(tenant)
+    if scope is not None:
+        query = query.where(Sweep.tenant == scope)
+    if statuses:
+        query = query.where(_derived_status().in_(statuses))
+    if after is not None:
+        created, last_id = after
+        query = query.where(or_(Sweep.created_at < created,
+                                and_(Sweep.created_at == created, Sweep.id < last_id)))
+    query = query.order_by(Sweep.created_at.desc(), Sweep.id.desc()).limit(limit + 1)
+    items = list(session.scalars(query))
+    next_cursor = _encode_cursor(items[limit - 1]) if len(items) > limit else None
+    return items[:limit], next_cursor
+
+
+def sweep_summaries(session: Session, sweeps: Sequence[Sweep]) -> list[dict[str, Any]]:
+    """List items: each sweep without its members, its status and progress as
+    :func:`sweep_to_read` derives them, and its members' verdict counts. One aggregate query
+    over the member jobs of the whole page."""
+    counts: dict[str, dict[str, Any]] = {
+        s.id: {"members": 0, "done": 0, "step": 0, "total": 0, "statuses": set(),
+               "verdicts": {}} for s in sweeps}
+    if sweeps:
+        rows = session.execute(
+            select(SweepMemberRow.sweep_id, Job.status, Job.verdict,
+                   func.count(SweepMemberRow.idx), func.coalesce(func.sum(Job.steps_completed), 0),
+                   func.coalesce(func.sum(Job.total_steps), 0))
+            .outerjoin(Job, Job.id == SweepMemberRow.job_id)
+            .where(SweepMemberRow.sweep_id.in_(list(counts)))
+            .group_by(SweepMemberRow.sweep_id, Job.status, Job.verdict)).all()
+        for sweep_id, status, verdict, n, steps, total in rows:
+            c = counts[sweep_id]
+            c["members"] += n
+            c["done"] += n if status is None or status in TERMINAL else 0
+            c["step"] += int(steps)
+            c["total"] += int(total)
+            if status is not None:  # None: the member's job was deleted
+                c["statuses"].add(status)
+            if verdict is not None:
+                c["verdicts"][verdict] = c["verdicts"].get(verdict, 0) + n
+    out = []
+    for sweep in sweeps:
+        c = counts[sweep.id]
+        out.append({
+            "id": sweep.id, "name": sweep.name, "created_at": sweep.created_at,
+            "tenant": sweep.tenant, "status": _status(sorted(c["statuses"])),
+            "progress": {"members_done": c["done"], "members": c["members"], "step": c["step"],
+                         "total_steps": c["total"],
+                         "fraction": round(c["step"] / c["total"], 6) if c["total"] else 0.0},
+            "axes": sweep.axes, "member_count": sweep.member_count,
+            "verdicts": dict(sorted(c["verdicts"].items())),
+            "links": {"self": f"/v1/sweeps/{sweep.id}"},
+        })
+    return out
 
 
 def cancel_sweep(session: Session, sweep_id: str, principal: Principal) -> None:

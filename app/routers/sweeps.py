@@ -13,7 +13,8 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from app.deps import PrincipalDep, ReadSessionDep, SessionDep, SettingsDep
 from app.errors import NotFoundError
 from app.jsonutil import dumps
-from app.routers.common import problems
+from app.routers.common import TenantFilter, problems
+from app.schemas import SweepPage, SweepStatus
 from app.stability_plot import render_stability_map
 from app.sweeps import (
     SweepCreate,
@@ -21,7 +22,9 @@ from app.sweeps import (
     create_sweep,
     delete_sweep,
     get_sweep,
+    list_sweeps,
     stability,
+    sweep_summaries,
     sweep_to_read,
 )
 from app.tenancy import Principal
@@ -52,6 +55,31 @@ def create_sweep_endpoint(body: SweepCreate, session: SessionDep, settings: Sett
     sweep, _ = create_sweep(session, body=body, settings=settings, principal=principal)
     session.commit()  # the commit sends the member jobs to the executor (app.dispatch)
     return _json(sweep_to_read(session, sweep), 202, {"Location": f"/v1/sweeps/{sweep.id}"})
+
+
+@router.get(
+    "",
+    response_model=SweepPage,
+    operation_id="listSweeps",
+    summary="List sweeps, newest first",
+    description="Filter by the derived `status` (repeat it for several values). Pages with an "
+                "opaque `cursor`: pass the previous page's `next_cursor`. Items omit the "
+                "members and the spec (GET the sweep for them) and count the members' "
+                "verdicts. A tenant's key lists that tenant's sweeps only; the admin sees "
+                "every sweep (or one tenant's with `tenant`).",
+    responses=problems(422),
+)
+def list_sweeps_endpoint(
+    session: ReadSessionDep,
+    principal: PrincipalDep,
+    limit: Annotated[int, Query(ge=1, le=200, description="Page size.")] = 50,
+    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
+    status: Annotated[list[SweepStatus] | None, Query(description="Only these statuses.")] = None,
+    tenant: TenantFilter = None,
+) -> dict[str, Any]:
+    items, next_cursor = list_sweeps(session, principal=principal, limit=limit, cursor=cursor,
+                                     statuses=status or [], tenant=tenant)
+    return {"items": sweep_summaries(session, items), "next_cursor": next_cursor}
 
 
 @router.get("/{sweep_id}", operation_id="getSweep", summary="Get a sweep and its members",

@@ -1,0 +1,195 @@
+"""GET /v1/sweeps: newest first, paged with the jobs list's opaque cursor, scoped to the
+caller's tenant, each item's status/progress as GET /v1/sweeps/{id} derives them (computed for
+a whole page in a bounded number of queries), filtered by the derived status."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from conftest import LONG_SPEC, SMALL_SPEC
+from fastapi.testclient import TestClient
+from sqlalchemy import event
+
+from app.cli import create_key
+
+PROBLEM = "application/problem+json"
+
+pytestmark = pytest.mark.timeout(180)
+
+TINY: dict[str, Any] = {**SMALL_SPEC, "training": {"epochs": 1, "batch_size": 60}}
+
+
+def _sweep(client: TestClient, name: str, spec: dict[str, Any] = TINY, seeds: int = 2,
+           headers: dict[str, str] | None = None) -> dict[str, Any]:
+    r = client.post("/v1/sweeps", headers=headers, json={
+        "name": name, "spec": spec, "axes": [{"path": "seed", "values": list(range(seeds))}]})
+    assert r.status_code == 202, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def _all(client: TestClient, headers: dict[str, str] | None = None, **params: Any
+         ) -> list[dict[str, Any]]:
+    """Every item, page by page (limit 2), asserting each page is full but the last."""
+    items: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        q = {"limit": 2, **params, **({"cursor": cursor} if cursor else {})}
+        r = client.get("/v1/sweeps", params=q, headers=headers)
+        assert r.status_code == 200, r.text
+        page = r.json()
+        items += page["items"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            assert len(page["items"]) <= 2
+            return items
+        assert len(page["items"]) == 2
+
+
+def _bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_sweeps_are_listed_newest_first_across_pages_with_what_get_reports(
+        client: TestClient) -> None:
+    assert client.get("/v1/sweeps").json() == {"items": [], "next_cursor": None}
+    made = [_sweep(client, f"sweep {i}", seeds=1 + i % 3) for i in range(5)]
+    first = client.get("/v1/sweeps", params={"limit": 2}).json()
+    assert [s["id"] for s in first["items"]] == [made[4]["id"], made[3]["id"]]
+    assert first["next_cursor"]
+    listed = _all(client)
+    assert [s["id"] for s in listed] == [s["id"] for s in reversed(made)]  # no gap, no repeat
+    for item in listed:
+        full = client.get(f"/v1/sweeps/{item['id']}").json()
+        assert "members" not in item and "spec" not in item
+        assert item["name"] == full["name"] and item["axes"] == full["axes"]
+        assert item["status"] == full["status"] == "queued"  # no workers: members stay queued
+        assert item["progress"] == full["progress"]
+        assert item["member_count"] == len(full["members"]) == item["progress"]["members"]
+        assert item["verdicts"] == {} and item["links"]["self"] == f"/v1/sweeps/{item['id']}"
+    assert [s["member_count"] for s in listed] == [2, 1, 3, 2, 1]
+    # the default page holds them all; a cancelled sweep shows as such
+    client.post(f"/v1/sweeps/{made[0]['id']}/cancel")
+    page = client.get("/v1/sweeps").json()
+    assert len(page["items"]) == 5 and page["next_cursor"] is None
+    assert page["items"][-1]["status"] == "cancelled"
+    assert page["items"][-1]["progress"]["members_done"] == 1
+
+
+@pytest.mark.parametrize("query", ["cursor=%25%25%25", "cursor=bm90LWpzb24", "limit=0",
+                                   "limit=201", "limit=abc", "status=bogus", "tenant=Team%20A"])
+def test_bad_list_parameters_are_a_422_problem(client: TestClient, query: str) -> None:
+    r = client.get(f"/v1/sweeps?{query}")
+    assert r.status_code == 422 and r.headers["content-type"].startswith(PROBLEM), r.text
+    name = query.split("=")[0]
+    assert [name] == [e["loc"][1] for e in r.json()["errors"]]  # ["query", name, ...]
+
+
+def test_a_tenant_lists_its_own_sweeps_and_the_admin_every_one(
+        make_client: Callable[..., TestClient]) -> None:
+    client = make_client(api_key="adm")
+    settings = client.app.state.settings  # type: ignore[attr-defined]
+    a = _bearer(create_key(settings, "team-a").key)
+    b = _bearer(create_key(settings, "team-b").key)
+    admin = {"X-API-Key": "adm"}
+    made_a = [_sweep(client, f"a{i}", headers=a)["id"] for i in range(3)]
+    made_b = [_sweep(client, f"b{i}", headers=b)["id"] for i in range(2)]
+    mine = _sweep(client, "admin's", headers=admin)["id"]
+
+    assert [s["id"] for s in _all(client, a)] == made_a[::-1]
+    assert [s["id"] for s in _all(client, b)] == made_b[::-1]
+    assert {s["tenant"] for s in _all(client, b)} == {"team-b"}
+    # a tenant asking for another tenant's still gets its own only
+    assert [s["id"] for s in _all(client, a, tenant="team-b")] == made_a[::-1]
+    everything = [s["id"] for s in _all(client, admin)]
+    assert everything == [mine, *made_b[::-1], *made_a[::-1]]
+    assert [s["id"] for s in _all(client, admin, tenant="team-a")] == made_a[::-1]
+    assert _all(client, admin, tenant="team-c") == []
+    # a cursor is a position only: another tenant's cursor shows nothing of that tenant's
+    page = client.get("/v1/sweeps", params={"limit": 1}, headers=b).json()
+    rest = client.get("/v1/sweeps", params={"cursor": page["next_cursor"]}, headers=a).json()
+    assert [s["id"] for s in rest["items"]] == made_a[::-1]
+    assert client.get("/v1/sweeps").status_code == 401
+
+
+@contextmanager
+def _counting(client: TestClient) -> Iterator[list[str]]:
+    statements: list[str] = []
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+
+
+def test_a_page_costs_the_same_queries_however_many_sweeps_it_holds(
+        client: TestClient) -> None:
+    _sweep(client, "one", seeds=3)
+    with _counting(client) as one:
+        assert len(client.get("/v1/sweeps").json()["items"]) == 1
+    for i in range(6):
+        _sweep(client, f"more {i}", seeds=3)
+    with _counting(client) as seven:
+        assert len(client.get("/v1/sweeps").json()["items"]) == 7
+    assert len(seven) == len(one) <= 4, seven
+    assert sum("sweep_members" in s for s in seven) == 1
+
+
+def _wait(client: TestClient, sweep_id: str, statuses: set[str], timeout: float = 120
+          ) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        sweep: dict[str, Any] = client.get(f"/v1/sweeps/{sweep_id}").json()
+        if sweep["status"] in statuses:
+            return sweep
+        assert time.monotonic() < deadline, (sweep["status"], sweep["progress"])
+        time.sleep(0.1)
+
+
+def test_the_status_filter_selects_by_the_status_get_reports(
+        make_client: Callable[..., TestClient]) -> None:
+    client = make_client(workers=1)
+    done = _sweep(client, "done")["id"]
+    finished = _wait(client, done, {"succeeded", "failed", "cancelled"})
+    assert finished["status"] == "succeeded"
+    long = _sweep(client, "long", spec=LONG_SPEC)["id"]
+    _wait(client, long, {"running"})
+    waiting = _sweep(client, "waiting")["id"]  # the only worker is busy with `long`
+    by_status = {s["id"]: s for s in _all(client)}
+    assert {i: by_status[i]["status"] for i in (done, long, waiting)} == {
+        done: "succeeded", long: "running", waiting: "queued"}
+    item = by_status[done]
+    assert item["progress"] == finished["progress"] and item["progress"]["fraction"] == 1.0
+    verdicts: dict[str, int] = {}
+    for m in finished["members"]:
+        verdicts[m["verdict"]] = verdicts.get(m["verdict"], 0) + 1
+    assert item["verdicts"] == verdicts and sum(verdicts.values()) == 2
+
+    def listed(*statuses: str) -> list[str]:
+        return [s["id"] for s in _all(client, status=list(statuses))]
+
+    assert listed("queued") == [waiting]
+    assert listed("running") == [long]
+    assert listed("succeeded") == [done]
+    assert listed("queued", "succeeded") == [waiting, done]  # paged: one full page, then one
+    assert listed("failed") == listed("cancelled") == []
+    client.post(f"/v1/sweeps/{long}/cancel")
+    client.post(f"/v1/sweeps/{waiting}/cancel")
+    _wait(client, long, {"cancelled"})
+    assert listed("cancelled") == [waiting, long]
+    assert listed("running", "queued") == []
+    # a member job deleted: the sweep still lists, with what GET reports
+    client.delete(f"/v1/jobs/{finished['members'][0]['job_id']}")
+    item = next(s for s in _all(client, status=["succeeded"]) if s["id"] == done)
+    again = client.get(f"/v1/sweeps/{done}").json()
+    assert item["status"] == again["status"] and item["progress"] == again["progress"]
+    assert sum(item["verdicts"].values()) == 1

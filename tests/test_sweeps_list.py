@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from conftest import LONG_SPEC, SMALL_SPEC
+from conftest import LONG_SPEC, SMALL_SPEC, PostgresServer
 from fastapi.testclient import TestClient
 from sqlalchemy import event
 
@@ -193,3 +193,20 @@ def test_the_status_filter_selects_by_the_status_get_reports(
     again = client.get(f"/v1/sweeps/{done}").json()
     assert item["status"] == again["status"] and item["progress"] == again["progress"]
     assert sum(item["verdicts"].values()) == 1
+
+
+@pytest.mark.integration
+def test_the_list_and_its_status_filter_on_postgres(
+        make_client: Callable[..., TestClient], postgres: PostgresServer) -> None:
+    client = make_client(database_url=postgres.create_database())
+    made = [_sweep(client, f"pg {i}", seeds=1 + i % 2)["id"] for i in range(5)]
+    client.post(f"/v1/sweeps/{made[1]}/cancel")
+    client.post(f"/v1/sweeps/{made[3]}/cancel")
+    listed = _all(client)
+    assert [s["id"] for s in listed] == made[::-1]
+    for item in listed:
+        full = client.get(f"/v1/sweeps/{item['id']}").json()
+        assert (item["status"], item["progress"]) == (full["status"], full["progress"])
+    assert [s["id"] for s in _all(client, status=["cancelled"])] == [made[3], made[1]]
+    assert [s["id"] for s in _all(client, status=["queued"])] == [made[4], made[2], made[0]]
+    assert client.get("/v1/sweeps?cursor=bm90LWpzb24").status_code == 422

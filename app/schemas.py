@@ -327,6 +327,8 @@ SweepStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
 class SweepProgress(ApiModel):
+    """Members done and optimizer steps done, over all of a sweep's members."""
+
     members_done: int = Field(description="Members that finished (or whose job was deleted).")
     members: int = Field(description="Grid points.")
     step: int = Field(description="Optimizer steps completed, summed over the members.")
@@ -358,6 +360,8 @@ class SweepSummary(ApiModel):
 
 
 class SweepPage(ApiModel):
+    """One page of sweeps, newest first."""
+
     items: list[SweepSummary] = Field(description="Newest first.")
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at "
                                                 "the end.")

@@ -10,6 +10,7 @@ model or the diagnosis:
     .venv/bin/python bench/openapi_examples.py
     .venv/bin/python bench/openapi_examples.py --only-models   # models and CSV exports only
     .venv/bin/python bench/openapi_examples.py --only-auth     # the auth-throttled 429 only
+    .venv/bin/python bench/openapi_examples.py --only-sweep-list  # GET /v1/sweeps only
 """
 
 from __future__ import annotations
@@ -98,6 +99,23 @@ def wait_sweep(http: TestClient, sweep_id: str) -> dict[str, Any]:
     raise TimeoutError(sweep_id)
 
 
+def sweep_list(http: TestClient, ex: dict[str, dict[str, Any]]) -> None:
+    """The sweep list (a cancelled and a finished sweep) and its 422 for a bad cursor."""
+    record(ex, "listSweeps", http.get("/v1/sweeps", params={"limit": 2}))
+    record(ex, "listSweeps", http.get("/v1/sweeps", params={"cursor": "not-a-cursor"}))
+
+
+def only_sweep_list(http: TestClient, ex: dict[str, dict[str, Any]]) -> None:
+    """``--only-sweep-list``: the sweeps of :func:`sweeps_and_webhooks`, then the list."""
+    sweep = http.post("/v1/sweeps", json=SWEEP).json()
+    wait_sweep(http, sweep["id"])
+    long = http.post("/v1/sweeps", json={
+        "spec": LONG, "axes": [{"path": "seed", "values": [0, 1]}]}).json()
+    http.post(f"/v1/sweeps/{long['id']}/cancel")
+    wait_sweep(http, long["id"])
+    sweep_list(http, ex)
+
+
 def sweeps_and_webhooks(http: TestClient, ex: dict[str, dict[str, Any]], hook_id: str) -> None:
     """Sweeps, webhooks (deliveries of the jobs finished so far) and the metrics text."""
     sweep = record(ex, "createSweep", http.post("/v1/sweeps", json=SWEEP))
@@ -113,6 +131,7 @@ def sweeps_and_webhooks(http: TestClient, ex: dict[str, dict[str, Any]], hook_id
     record(ex, "deleteSweep", http.delete(f"/v1/sweeps/{long['id']}"))  # 409: unfinished
     record(ex, "cancelSweep", http.post(f"/v1/sweeps/{long['id']}/cancel"))
     wait_sweep(http, long["id"])
+    sweep_list(http, ex)
     record(ex, "deleteSweep", http.delete(f"/v1/sweeps/{long['id']}"))
     ex["deleteSweep"].pop("204", None)
     deadline = time.monotonic() + 60
@@ -331,6 +350,10 @@ def main() -> None:
             examples = json.loads(OUT.read_text())
             with TestClient(create_app(settings(Path(tmp), workers=1))) as http:
                 models_and_exports(http, examples)
+        elif "--only-sweep-list" in sys.argv:  # refresh the sweep list's examples only
+            examples = json.loads(OUT.read_text())
+            with TestClient(create_app(settings(Path(tmp), workers=1))) as http:
+                only_sweep_list(http, examples)
         elif "--only-auth" in sys.argv:  # refresh the auth-throttled 429 only
             examples = json.loads(OUT.read_text())
             auth_throttle_examples(Path(tmp), examples)
@@ -339,7 +362,7 @@ def main() -> None:
     OUT.write_text(json.dumps(examples, indent=1, sort_keys=True) + "\n")
     counts = {op: sorted(codes) for op, codes in sorted(examples.items())}
     print(f"wrote {OUT.relative_to(ROOT)}: {json.dumps(counts)}")
-    if "--only-models" not in sys.argv and "--only-auth" not in sys.argv:
+    if not {"--only-models", "--only-auth", "--only-sweep-list"} & set(sys.argv):
         print(f"wrote {README_PLOT.relative_to(ROOT)}")
 
 

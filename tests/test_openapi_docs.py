@@ -14,7 +14,14 @@ from pydantic import BaseModel
 
 from app.openapi_docs import EXAMPLES_FILE, undocumented
 from app.routers.pages import STATIC_DIR
-from app.schemas import Comparison, GradientHistory, JobPage, JobRead, MetricsHistory
+from app.schemas import (
+    Comparison,
+    GradientHistory,
+    JobPage,
+    JobRead,
+    MetricsHistory,
+    SweepPage,
+)
 from core.diagnostics import DiagnosticReport, PreflightReport
 
 
@@ -78,6 +85,7 @@ def test_every_error_response_shows_a_real_problem_of_its_status(openapi: dict[s
     ("repairJob", "202", JobRead), ("compareJobs", "200", Comparison),
     ("getGradientHistory", "200", GradientHistory), ("getMetricsHistory", "200", MetricsHistory),
     ("getDiagnostics", "200", DiagnosticReport), ("preflightSpec", "200", PreflightReport),
+    ("listSweeps", "200", SweepPage),
 ])
 def test_examples_still_match_the_response_models(
         openapi: dict[str, Any], operation_id: str, status: str, model: type[BaseModel]) -> None:

@@ -1,4 +1,4 @@
-// gradwatch dashboard: the job list and a job page with a live chart, the diagnosis,
+// gradwatch dashboard: the job and sweep lists and a job page with a live chart, the diagnosis,
 // "Run this fix" and the before/after comparison. Plain browser JavaScript, no build step;
 // every number comes from the /v1 API. Text is inserted with textContent only (no HTML
 // from the server is ever parsed).
@@ -155,6 +155,7 @@ async function showList(root) {
   const verdict = h("select", { id: "filter-verdict", onchange: () => applyFilters() },
     h("option", { value: "" }, "any verdict"), VERDICTS.map((v) => h("option", { value: v, selected: params.get("verdict") === v }, v)));
   const body = h("tbody", { id: "job-rows" });
+  const sweepBody = h("tbody", { id: "sweep-rows" });
   const spec = h("textarea", { id: "spec-input", spellcheck: "false" }, JSON.stringify(
     { data: { source: "synthetic", name: "spirals" }, model: { hidden: [{ units: 32 }, { units: 32 }] } }, null, 2));
   const submitError = h("p", { class: "error", hidden: true });
@@ -162,6 +163,8 @@ async function showList(root) {
     h("section", {}, h("h1", {}, "Jobs"),
       h("div", { class: "filters" }, status, verdict, h("span", { class: "muted" }, "refreshes every 2 s")),
       h("table", {}, h("thead", {}, h("tr", {}, ["name", "status", "verdict", "progress", "created", "id"].map((c) => h("th", {}, c)))), body)),
+    h("section", { id: "sweeps" }, h("h2", {}, "Recent sweeps"),
+      h("table", {}, h("thead", {}, h("tr", {}, ["name", "status", "progress", "members", "verdicts", "created"].map((c) => h("th", {}, c)))), sweepBody)),
     h("section", {}, h("h2", {}, "Submit a spec"), spec, submitError,
       h("button", { class: "primary", id: "submit-spec", onclick: async () => {
         try {
@@ -190,8 +193,21 @@ async function showList(root) {
       h("td", { class: "muted" }, j.id.slice(0, 8)))));
     if (!page.items.length) body.replaceChildren(h("tr", {}, h("td", { colspan: 6, class: "muted" }, "No jobs yet.")));
   }
+  // the 20 newest sweeps (GET /v1/sweeps), each linking to its page (/sweeps/{id})
+  async function refreshSweeps() {
+    const page = await getJSON("/v1/sweeps?limit=20");
+    sweepBody.replaceChildren(...page.items.map((s) => h("tr", { "data-sweep-id": s.id },
+      h("td", {}, h("a", { href: `/sweeps/${s.id}`, class: "sweep-link" }, s.name || "(unnamed sweep)")),
+      h("td", {}, badge(s.status)),
+      h("td", {}, `${s.progress.members_done} / ${s.progress.members} done · ${Math.round(100 * s.progress.fraction)}% of steps`),
+      h("td", {}, s.member_count),
+      h("td", {}, Object.entries(s.verdicts).flatMap(([v, n]) => [badge(v), ` ${n} `])),
+      h("td", {}, new Date(s.created_at).toLocaleString()))));
+    if (!page.items.length) sweepBody.replaceChildren(h("tr", {}, h("td", { colspan: 6, class: "muted" }, "No sweeps yet (POST /v1/sweeps).")));
+  }
   for (;;) {
     try { await refresh(); } catch (err) { body.replaceChildren(h("tr", {}, h("td", { colspan: 6, class: "error" }, problemText(err)))); }
+    try { await refreshSweeps(); } catch (err) { sweepBody.replaceChildren(h("tr", {}, h("td", { colspan: 6, class: "error" }, problemText(err)))); }
     await sleep(2000);
   }
 }

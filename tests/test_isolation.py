@@ -126,6 +126,7 @@ OPERATIONS: dict[str, list[Op]] = {
                              params={"other": "{job_id}"})],
     # sweeps
     "createSweep": [Op("create", "POST", "/v1/sweeps", json=SWEEP, check=_created_sweep_is_bs)],
+    "listSweeps": [listing("/v1/sweeps"), listing("/v1/sweeps", params={"tenant": "team-a"})],
     "getSweep": [owned("GET", SWEEP_PATH)],
     "deleteSweep": [owned("DELETE", SWEEP_PATH)],
     "cancelSweep": [owned("POST", SWEEP_PATH + "/cancel")],

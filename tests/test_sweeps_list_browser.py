@@ -62,7 +62,7 @@ def test_the_home_page_lists_a_tenants_sweeps_and_links_to_the_sweep_page(
 
 
 def test_a_finished_sweep_shows_its_verdicts_on_the_home_page(
-        live: LiveServer, open_page: Callable[[str], Page]) -> None:
+        live: LiveServer, open_page: Callable[[str], Page]) -> None:  # noqa: F811
     sweep = live.http.post("/v1/sweeps", json={
         "name": "finished seeds", "spec": TINY,
         "axes": [{"path": "seed", "values": [0, 1]}]}).json()

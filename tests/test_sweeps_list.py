@@ -15,6 +15,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import event
 
 from app.cli import create_key
+from app.lifecycle import move_job
+from app.models import utcnow
 
 PROBLEM = "application/problem+json"
 
@@ -210,3 +212,30 @@ def test_the_list_and_its_status_filter_on_postgres(
     assert [s["id"] for s in _all(client, status=["cancelled"])] == [made[3], made[1]]
     assert [s["id"] for s in _all(client, status=["queued"])] == [made[4], made[2], made[0]]
     assert client.get("/v1/sweeps?cursor=bm90LWpzb24").status_code == 422
+
+
+def test_a_failed_member_makes_the_sweep_failed_in_the_list_and_the_filter(
+        client: TestClient) -> None:
+    """A member failed (the moves a worker makes when it cannot run a job): the sweep is
+    `running` while another member is queued, `failed` once the rest is cancelled."""
+    sweep = _sweep(client, "one fails", seeds=3)
+    other = _sweep(client, "untouched")["id"]
+    failing = sweep["members"][0]["job_id"]
+    factory = client.app.state.sessionmaker  # type: ignore[attr-defined]
+    with factory() as session:
+        assert move_job(session, failing, "running", started_at=utcnow()) is not None
+        assert move_job(session, failing, "failed", finished_at=utcnow(),
+                        error="test: the worker could not run it") is not None
+        session.commit()
+
+    def check(expected: str) -> None:
+        item = next(s for s in _all(client) if s["id"] == sweep["id"])
+        full = client.get(f"/v1/sweeps/{sweep['id']}").json()
+        assert item["status"] == full["status"] == expected
+        assert item["progress"] == full["progress"]
+        assert [s["id"] for s in _all(client, status=[expected])] == [sweep["id"]]
+        assert [s["id"] for s in _all(client, status=["queued"])] == [other]
+
+    check("running")  # failed + queued: unfinished
+    client.post(f"/v1/sweeps/{sweep['id']}/cancel")
+    check("failed")  # failed + cancelled

@@ -35,9 +35,11 @@ __all__ = [
     "WebhookCreated",
     "WebhookDeliveryPage",
     "WebhookRead",
+    "utc_text",
 ]
 
-def _utc(value: datetime | None) -> str | None:
+def utc_text(value: datetime | None) -> str | None:
+    """A stored time as RFC 3339 UTC text (``...Z``); None stays None."""
     if value is None:
         return None
     if value.tzinfo is None:  # SQLite returns naive datetimes; they are stored in UTC
@@ -47,7 +49,7 @@ def _utc(value: datetime | None) -> str | None:
 
 Timestamp = Annotated[
     datetime,
-    PlainSerializer(_utc, return_type=str | None, when_used="json"),
+    PlainSerializer(utc_text, return_type=str | None, when_used="json"),
     WithJsonSchema({"type": "string", "format": "date-time"}),
 ]
 

@@ -87,7 +87,7 @@ def get_job(session: Session, job_id: str, principal: Principal) -> Job:
     return job
 
 
-def _encode_cursor(job: Job | Sweep) -> str:
+def encode_cursor(job: Job | Sweep) -> str:
     raw = json.dumps([job.created_at.isoformat(), job.id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
@@ -107,7 +107,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         ) from None
 
 
-def _cursor_position(session: Session, cursor: str | None) -> tuple[datetime, str] | None:
+def cursor_position(session: Session, cursor: str | None) -> tuple[datetime, str] | None:
     """The (created_at, id) a ``cursor`` points after, comparable with the database's
     column (SQLite stores naive UTC); None without a cursor; 422 for a bad one."""
     after = _decode_cursor(cursor) if cursor else None
@@ -120,11 +120,11 @@ def list_jobs(session: Session, *, principal: Principal, limit: int, cursor: str
               statuses: Sequence[str], verdicts: Sequence[str], parent_id: str | None,
               tenant: str | None = None) -> tuple[list[Job], str | None]:
     """A page of the jobs ``principal`` may see (the admin: all, or ``tenant``'s)."""
-    after = _cursor_position(session, cursor)
+    after = cursor_position(session, cursor)
     items = JobRepository(session).page(limit=limit + 1, statuses=statuses, verdicts=verdicts,
                                         parent_id=parent_id, after=after,
                                         tenant=principal.scope(tenant))
-    next_cursor = _encode_cursor(items[limit - 1]) if len(items) > limit else None
+    next_cursor = encode_cursor(items[limit - 1]) if len(items) > limit else None
     return items[:limit], next_cursor
 
 

@@ -25,10 +25,11 @@ from app.errors import ConflictError, NotFoundError, SpecValidationError
 from app.lifecycle import TERMINAL
 from app.models import Job, Sweep, SweepMemberRow, utcnow
 from app.repositories import JobRepository
+from app.schemas import utc_text
 from app.services import (
-    _cursor_position,
-    _encode_cursor,
     cancel_job,
+    cursor_position,
+    encode_cursor,
     submit_job,
     validate_spec,
 )
@@ -137,7 +138,7 @@ def sweep_to_read(session: Session, sweep: Sweep) -> dict[str, Any]:
     total = sum(job.total_steps for _, job in members if job is not None)
     base = f"/v1/sweeps/{sweep.id}"
     return {
-        "id": sweep.id, "name": sweep.name, "created_at": sweep.created_at.isoformat(),
+        "id": sweep.id, "name": sweep.name, "created_at": utc_text(sweep.created_at),
         "tenant": sweep.tenant,
         "status": _status([s for s in statuses if s != "deleted"]),
         "progress": {"members_done": done, "members": len(members), "step": steps,
@@ -182,7 +183,7 @@ def list_sweeps(session: Session, *, principal: Principal, limit: int, cursor: s
     """A page of the sweeps ``principal`` may see (the admin: all, or ``tenant``'s), newest
     first, paged as :func:`app.services.list_jobs` (the same opaque cursor); ``statuses``
     filters on the derived status (computed in the query, so pages stay full)."""
-    after = _cursor_position(session, cursor)
+    after = cursor_position(session, cursor)
     query = select(Sweep)
     scope = principal.scope(tenant)
     if scope is not None:
@@ -195,7 +196,7 @@ def list_sweeps(session: Session, *, principal: Principal, limit: int, cursor: s
                                 and_(Sweep.created_at == created, Sweep.id < last_id)))
     query = query.order_by(Sweep.created_at.desc(), Sweep.id.desc()).limit(limit + 1)
     items = list(session.scalars(query))
-    next_cursor = _encode_cursor(items[limit - 1]) if len(items) > limit else None
+    next_cursor = encode_cursor(items[limit - 1]) if len(items) > limit else None
     return items[:limit], next_cursor
 
 

@@ -69,6 +69,7 @@ def test_sweeps_are_listed_newest_first_across_pages_with_what_get_reports(
         full = client.get(f"/v1/sweeps/{item['id']}").json()
         assert "members" not in item and "spec" not in item
         assert item["name"] == full["name"] and item["axes"] == full["axes"]
+        assert item["created_at"] == full["created_at"] and full["created_at"].endswith("Z")
         assert item["status"] == full["status"] == "queued"  # no workers: members stay queued
         assert item["progress"] == full["progress"]
         assert item["member_count"] == len(full["members"]) == item["progress"]["members"]

@@ -124,10 +124,12 @@ def render_stability_map(
         i, j = recommended
         if not (0 <= i < nx and 0 <= j < ny):
             raise ValueError(f"recommended cell {recommended} is outside the {nx} x {ny} grid")
-        star = {"marker": "*", "markersize": 20, "markerfacecolor": RECOMMENDED_COLOR,
-                "markeredgecolor": "white", "markeredgewidth": 1.4, "linestyle": "none"}
-        ax.plot([i], [j], zorder=5, gid="recommended", **star)  # type: ignore[arg-type]
-        handles.append(Line2D([], [], label="recommended", **star))  # type: ignore[arg-type]
+        ax.plot([i], [j], marker="*", markersize=20, markerfacecolor=RECOMMENDED_COLOR,
+                markeredgecolor="white", markeredgewidth=1.4, linestyle="none", zorder=5,
+                gid="recommended")
+        handles.append(Line2D([], [], marker="*", markersize=14,
+                              markerfacecolor=RECOMMENDED_COLOR, markeredgecolor="white",
+                              markeredgewidth=1.0, linestyle="none", label="recommended"))
     ax.set_xticks(range(nx), [_label(v) for v in x_values], rotation=45, ha="right")
     ax.set_yticks(range(ny), [_label(v) for v in y_values])
     ax.set_xlabel(x_label)

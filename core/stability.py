@@ -283,7 +283,7 @@ def _numeric(values: Sequence[AxisValue]) -> bool:
 def _sorted_if_numeric(values: list[AxisValue]) -> list[AxisValue] | None:
     """An ordered (numeric) axis's values in order; None for an unordered axis (a scheme, a
     flag), along which "one step away" means nothing."""
-    return sorted(values) if _numeric(values) else None  # type: ignore[type-var]
+    return sorted(values) if _numeric(values) else None
 
 
 def _name(path: str) -> str:

@@ -128,7 +128,9 @@ class StabilityGrid:
     """Verdicts over axes ``x`` (columns) and ``y`` (rows), other axes held at ``fixed``.
 
     ``verdict[j][i]`` / ``risk[j][i]`` / ``member[j][i]`` belong to ``y_values[j]``,
-    ``x_values[i]`` (None where no member has those values).
+    ``x_values[i]`` (None where no member has those values). ``recommended``: the member of
+    this slice to launch the real run like (:func:`recommend`), None when no member is
+    healthy; ``recommended_reason``: its one-sentence reason, or why there is none.
     """
 
     x: str
@@ -356,19 +358,21 @@ def recommend(outcomes: Sequence[MemberOutcome], x: str, y: str) -> Recommendati
     return Recommendation(
         index=best.index, values=dict(best.values), job_id=best.job_id,
         final_loss=best.final_loss, margin=margin, boundary=boundary,
-        reason=_reason(best, x, y, boundary, touches))
+        reason=_reason(best, x, y, boundary, touches, xs is not None))
 
 
 def _reason(o: MemberOutcome, x: str, y: str, boundary: dict[str, Any] | None,
-            touches: list[tuple[str, AxisValue, MemberOutcome]]) -> str:
+            touches: list[tuple[str, AxisValue, MemberOutcome]], ordered_x: bool) -> str:
     """One sentence: the setting, why it, and how far it is from the boundary."""
     head = (f"{_name(x)} {_fmt(o.values[x])} with {_name(y)} {_fmt(o.values[y])}: lowest "
             f"final loss ({_fmt(o.final_loss)}) among healthy runs")
     if touches:
         path, value, n = touches[0]
-        return (f"{head}, but every healthy run borders an exploding or unstable one (this one "
-                f"the {n.verdict} run at {_name(path)} {_fmt(value)}): no safety margin")
+        return (f"{head}, but every healthy run borders an exploding or unstable one (this one: "
+                f"{n.verdict} at {_name(path)} {_fmt(value)}): no safety margin")
     head += " clear of the boundary"
+    if not ordered_x:
+        return f"{head} ({_name(x)} has no order, so no margin is measured along it)"
     if boundary is None:
         return (f"{head}; no run at {_name(y)} {_fmt(o.values[y])} exploded or turned unstable "
                 f"at any {_name(x)} swept (the boundary along {_name(x)} was not reached)")

@@ -98,7 +98,7 @@ def test_unstable_is_part_of_the_boundary_stalled_and_vanishing_are_not() -> Non
     rec = recommend(outcomes, "optimizer.lr", "model.init.std")
     # both healthy runs touch the unstable lr 0.1: the better one, without margin
     assert rec is not None and rec.values["optimizer.lr"] == 1.0 and rec.margin == "none"
-    assert "the unstable run at lr 0.1" in rec.reason
+    assert "(this one: unstable at lr 0.1): no safety margin" in rec.reason
     outcomes = grid([[S, H, S, H],
                      [V, S, S, S],
                      [S, S, S, S]],
@@ -184,6 +184,7 @@ def test_an_unordered_x_axis_has_no_neighbours_along_it() -> None:
     # along lr it touches nothing (xavier at lr 0.1 is healthy)
     assert rec is not None and rec.values == {"optimizer.lr": 0.01, "model.init.scheme": "he"}
     assert rec.margin is None and rec.boundary is None
+    assert rec.reason.endswith("(init scheme has no order, so no margin is measured along it)")
 
 
 def test_the_grid_recommends_within_the_slice_it_shows() -> None:

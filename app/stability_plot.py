@@ -2,7 +2,8 @@
 
 One cell per grid point of two sweep axes, coloured by the measured verdict; a solid black
 line is the measured boundary (between exploding cells and the others), a dashed purple line
-is preflight's predicted boundary, and hatched cells are those preflight predicted to explode.
+is preflight's predicted boundary, and hatched cells are those preflight predicted to explode;
+a white-edged indigo star marks the recommended cell (``core.stability.recommend``).
 Pure: no database, no HTTP, no global pyplot state (a ``Figure`` per call), so it is safe in
 worker processes and threads.
 """
@@ -18,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
-__all__ = ["VERDICT_COLORS", "render_stability_map"]
+__all__ = ["RECOMMENDED_COLOR", "VERDICT_COLORS", "render_stability_map"]
 
 VERDICT_COLORS: dict[str, str] = {
     "healthy": "#43a047",
@@ -30,6 +31,7 @@ VERDICT_COLORS: dict[str, str] = {
 _MISSING = "#ffffff"
 _MEASURED = "#000000"
 _PREDICTED = "#7b1fa2"
+RECOMMENDED_COLOR = "#1a237e"  # the star's face (white edge): no verdict or line uses it
 
 Value = float | int | str | bool
 
@@ -64,6 +66,7 @@ def render_stability_map(
     verdict: Sequence[Sequence[str | None]],
     predicted_exploding: Sequence[Sequence[bool | None]] | None = None,
     *,
+    recommended: tuple[int, int] | None = None,
     title: str = "",
     fmt: Literal["png", "svg"] = "png",
     dpi: int = 110,
@@ -78,6 +81,8 @@ def render_stability_map(
         :data:`VERDICT_COLORS`'s keys, or None (no member: a white cell).
     predicted_exploding : same shape; True where preflight predicts an explosion (None: no
         prediction). Omitted: no predicted boundary.
+    recommended : ``(i, j)``, the recommended cell (``StabilityGrid.recommended_cell()``):
+        a white-edged star there and a legend entry "recommended". None: no star.
     """
     ny, nx = len(y_values), len(x_values)
     if len(verdict) != ny or any(len(row) != nx for row in verdict):
@@ -115,6 +120,16 @@ def render_stability_map(
                               label="preflight boundary"))
         handles.append(Patch(facecolor="none", edgecolor=_PREDICTED, hatch="///",
                              label="preflight: will explode"))
+    if recommended is not None:
+        i, j = recommended
+        if not (0 <= i < nx and 0 <= j < ny):
+            raise ValueError(f"recommended cell {recommended} is outside the {nx} x {ny} grid")
+        ax.plot([i], [j], marker="*", markersize=20, markerfacecolor=RECOMMENDED_COLOR,
+                markeredgecolor="white", markeredgewidth=1.4, linestyle="none", zorder=5,
+                gid="recommended")
+        handles.append(Line2D([], [], marker="*", markersize=14,
+                              markerfacecolor=RECOMMENDED_COLOR, markeredgecolor="white",
+                              markeredgewidth=1.0, linestyle="none", label="recommended"))
     ax.set_xticks(range(nx), [_label(v) for v in x_values], rotation=45, ha="right")
     ax.set_yticks(range(ny), [_label(v) for v in y_values])
     ax.set_xlabel(x_label)

@@ -276,7 +276,7 @@ def outcomes(session: Session, sweep_id: str) -> list[MemberOutcome]:
         index=row.idx, values=row.axis_values, verdict=job.verdict,
         first_bad_step=row.first_bad_step, peak_to_baseline=row.peak_to_baseline,
         final_loss=row.final_loss, stop_reason=job.stop_reason or "",
-        predicted_risk=row.predicted_risk)
+        predicted_risk=row.predicted_risk, job_id=row.job_id)
         for row, job in _members(session, sweep_id)
         if job is not None and job.verdict is not None]
 

@@ -11,6 +11,7 @@ model or the diagnosis:
     .venv/bin/python bench/openapi_examples.py --only-models   # models and CSV exports only
     .venv/bin/python bench/openapi_examples.py --only-auth     # the auth-throttled 429 only
     .venv/bin/python bench/openapi_examples.py --only-sweep-list  # GET /v1/sweeps only
+    .venv/bin/python bench/openapi_examples.py --only-stability  # a sweep's stability grid only
 """
 
 from __future__ import annotations
@@ -357,12 +358,20 @@ def main() -> None:
         elif "--only-auth" in sys.argv:  # refresh the auth-throttled 429 only
             examples = json.loads(OUT.read_text())
             auth_throttle_examples(Path(tmp), examples)
+        elif "--only-stability" in sys.argv:  # refresh the stability grid's 200 only
+            examples = json.loads(OUT.read_text())
+            with TestClient(create_app(settings(Path(tmp), workers=1))) as http:
+                sweep = http.post("/v1/sweeps", json=SWEEP).json()
+                wait_sweep(http, sweep["id"])
+                record(examples, "getSweepStability",
+                       http.get(f"/v1/sweeps/{sweep['id']}/stability"))
         else:
             examples = generate(Path(tmp))
     OUT.write_text(json.dumps(examples, indent=1, sort_keys=True) + "\n")
     counts = {op: sorted(codes) for op, codes in sorted(examples.items())}
     print(f"wrote {OUT.relative_to(ROOT)}: {json.dumps(counts)}")
-    if not {"--only-models", "--only-auth", "--only-sweep-list"} & set(sys.argv):
+    if not {"--only-models", "--only-auth", "--only-sweep-list",
+            "--only-stability"} & set(sys.argv):
         print(f"wrote {README_PLOT.relative_to(ROOT)}")
 
 

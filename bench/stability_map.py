@@ -2,9 +2,9 @@
 
 Expands the sweep (:mod:`core.sweep`), trains all 64 members as one batched computation
 (:mod:`core.batched`), diagnoses each, asks preflight for each spec's risk, and renders the
-map with preflight's predicted boundary (``app.stability_plot``) to
-``docs/images/stability-map.png``. Prints the timings, the boundary per init std and the
-preflight calibration.
+map with preflight's predicted boundary and the recommended cell (``app.stability_plot``) to
+``docs/images/stability-map.png``. Prints the timings, the boundary per init std, the
+preflight calibration and the recommendation.
 
     python bench/stability_map.py [--out docs/images/stability-map.png] [--svg]
 """
@@ -57,6 +57,7 @@ def main() -> None:
     png = render_stability_map(
         "learning rate (optimizer.lr)", "init std (model.init.std)", grid.x_values,
         grid.y_values, grid.verdict, grid.predicted_exploding(),
+        recommended=grid.recommended_cell(),
         title="8 x 32 ReLU, spirals, SGD momentum 0.9, 20 epochs: verdict per member")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_bytes(png)
@@ -71,6 +72,7 @@ def main() -> None:
         print(f"  std {std:<8}: " + " ".join(f"{(v or '-')[:4]:>4}" for v in grid.verdict[j])
               + "  | " + " ".join(f"{(r or '-')[:4]:>4}" for r in grid.risk[j]))
     print("calibration:", calibration([(o.verdict, o.predicted_risk or "low") for o in outcomes]))
+    print("recommended:", grid.recommended_reason)
 
 
 if __name__ == "__main__":

@@ -233,6 +233,14 @@ def test_sweep_page_maps_each_cell_to_its_member_job(
     assert links.count() == 4
     shown = {links.nth(k).get_attribute("href"): links.nth(k).inner_text() for k in range(4)}
     assert shown == expected
+    # the recommended setting above the map, linking to its member's job; its cell outlined
+    rec = live.http.get(f"/v1/sweeps/{sweep['id']}/stability").json()["recommended"]
+    assert rec is not None and expected[f"/jobs/{rec['job_id']}"] == "healthy"
+    line = page.locator("#sweep-recommended")
+    assert line.locator("a#recommended-link").get_attribute("href") == f"/jobs/{rec['job_id']}"
+    assert line.inner_text().startswith("Recommended") and rec["reason"] in line.inner_text()
+    marked = page.locator("#stability-grid td.recommended a.member-link")
+    assert marked.count() == 1 and marked.get_attribute("href") == f"/jobs/{rec['job_id']}"
     first = next(iter(expected))
     page.click(f'#stability-grid a[href="{first}"]')
     page.wait_for_url(f"**{first}")

@@ -93,6 +93,21 @@ def test_examples_still_match_the_response_models(
     model.model_validate(_example(openapi, operation_id, status))
 
 
+def test_the_stability_example_shows_the_recommendation(openapi: dict[str, Any]) -> None:
+    """Fails when the stability grid gains a field and `bench/openapi_examples.py
+    --only-stability` was not re-run."""
+    from dataclasses import fields
+
+    from core.stability import Recommendation, StabilityGrid
+
+    grid = _example(openapi, "getSweepStability", "200")
+    assert {f.name for f in fields(StabilityGrid)} | {"calibration"} == set(grid)
+    rec = grid["recommended"]
+    assert {f.name for f in fields(Recommendation)} == set(rec)
+    assert rec["reason"] == grid["recommended_reason"]
+    assert rec["index"] in [m for row in grid["member"] for m in row]
+
+
 def test_the_success_status_is_documented_with_its_example(openapi: dict[str, Any]) -> None:
     create = _operation(openapi, "createJob")["responses"]
     assert _example(openapi, "createJob", "202")["status"] in ("queued", "running", "succeeded")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from app.stability_plot import VERDICT_COLORS, render_stability_map
+from app.stability_plot import RECOMMENDED_COLOR, VERDICT_COLORS, render_stability_map
 
 X = [0.001, 0.01, 0.1, 1.0]
 Y = [0.1, 1.0]
@@ -47,3 +47,64 @@ def test_shape_and_verdict_errors_are_explicit() -> None:
         render_stability_map("lr", "std", X, Y, [["boom"] * 4, ["healthy"] * 4])
     with pytest.raises(ValueError, match="predicted_exploding must be"):
         render_stability_map("lr", "std", X, Y, VERDICT, [[True]])
+
+
+def _rgb255(color: str) -> np.ndarray:
+    h = color.lstrip("#")
+    return np.array([int(h[i:i + 2], 16) for i in (0, 2, 4)])
+
+
+def star_cells(png: bytes, nx: int, ny: int, verdicts: set[str]) -> tuple[set[tuple[int, int]],
+                                                                          int]:
+    """The grid cells ``(i, j)`` (j = 0 at the bottom) holding pixels of the recommended
+    marker's colour, and how many such pixels lie outside the grid (the legend's star).
+    The grid is found as the rows and columns mostly covered by ``verdicts``' colours (so:
+    a grid with no empty cells)."""
+    pixels = np.round(imread(io.BytesIO(png))[..., :3] * 255).astype(int)
+
+    def near(color: str, tol: int = 6) -> np.ndarray:
+        return np.all(np.abs(pixels - _rgb255(color)) <= tol, axis=-1)
+
+    star = near(RECOMMENDED_COLOR)
+    cell = star.copy()
+    for v in verdicts:
+        cell |= near(VERDICT_COLORS[v])
+    by_col, by_row = cell.mean(axis=0), cell.mean(axis=1)
+    cols = np.flatnonzero(by_col > 0.5 * by_col.max())
+    rows = np.flatnonzero(by_row > 0.5 * by_row.max())
+    x0, x1, y0, y1 = cols.min(), cols.max() + 1, rows.min(), rows.max() + 1
+    inside = np.zeros_like(star)
+    inside[y0:y1, x0:x1] = True
+    found = set()
+    for r, c in zip(*np.nonzero(star & inside), strict=True):
+        found.add((int((c - x0) * nx // (x1 - x0)), int(ny - 1 - (r - y0) * ny // (y1 - y0))))
+    return found, int((star & ~inside).sum())
+
+
+FULL = [["healthy", "healthy", "unstable", "exploding"],
+        ["healthy", "exploding", "exploding", "exploding"],
+        ["stalled", "healthy", "healthy", "exploding"]]
+
+
+@pytest.mark.parametrize("cell", [(1, 0), (0, 1), (2, 2), (3, 1)])
+def test_png_marks_the_recommended_cell_with_a_star_and_a_legend_entry(
+        cell: tuple[int, int]) -> None:
+    ys = [0.1, 0.3, 1.0]
+    verdicts = {v for row in FULL for v in row}
+    png = render_stability_map("lr", "std", X, ys, FULL, recommended=cell)
+    cells, in_legend = star_cells(png, len(X), len(ys), verdicts)
+    assert cells == {cell}
+    assert in_legend > 20
+    plain = render_stability_map("lr", "std", X, ys, FULL)
+    assert star_cells(plain, len(X), len(ys), verdicts) == (set(), 0)
+
+
+def test_svg_carries_the_star_and_its_legend_entry() -> None:
+    svg = render_stability_map("lr", "std", X, Y, VERDICT, PREDICTED, recommended=(1, 0),
+                               fmt="svg").decode()
+    assert '<g id="recommended">' in svg and "recommended" in svg.split("measured boundary")[1]
+    assert RECOMMENDED_COLOR in svg
+    plain = render_stability_map("lr", "std", X, Y, VERDICT, PREDICTED, fmt="svg").decode()
+    assert 'id="recommended"' not in plain and RECOMMENDED_COLOR not in plain
+    with pytest.raises(ValueError, match="outside the 4 x 2 grid"):
+        render_stability_map("lr", "std", X, Y, VERDICT, recommended=(4, 0))

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from conftest import LiveServer
 from fastapi.testclient import TestClient
+from test_stability_plot import star_cells
 
 from app.repositories import JobRepository
 from core import Trainer, TrainingSpec
@@ -103,11 +104,26 @@ def test_a_sweep_trains_its_members_as_jobs_and_draws_the_map(live: LiveServer) 
     assert grid["verdict"][1] == ["exploding"] * 3
     assert grid["rows"][1]["smallest_exploding"] == 0.001
     assert grid["calibration"]["cells"] == 6
+    # the recommendation: a real, healthy member of the slice, with its job
+    rec = grid["recommended"]
+    assert rec is not None, grid["recommended_reason"]
+    chosen = next(m for m in members if m["job_id"] == rec["job_id"])
+    assert chosen["verdict"] == "healthy" and chosen["values"] == rec["values"]
+    assert rec["final_loss"] == chosen["final_loss"] == min(
+        m["final_loss"] for m in members if m["verdict"] == "healthy")
+    assert rec["margin"] == "none"  # every healthy run sits under an exploding std 2.0 run
+    assert rec["reason"] == grid["recommended_reason"] and "no safety margin" in rec["reason"]
+    cell = (grid["x_values"].index(rec["values"]["optimizer.lr"]),
+            grid["y_values"].index(rec["values"]["model.init.std"]))
+    assert grid["member"][cell[1]][cell[0]] == chosen["index"]
     png = live.http.get(f"/v1/sweeps/{sweep_id}/plots/stability")
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
     assert png.content[:8] == b"\x89PNG\r\n\x1a\n"
+    verdicts = {v for row in grid["verdict"] for v in row}
+    assert star_cells(png.content, 3, 2, verdicts)[0] == {cell}
     svg = live.http.get(f"/v1/sweeps/{sweep_id}/plots/stability", params={"format": "svg"})
     assert svg.headers["content-type"].startswith("image/svg+xml") and b"</svg>" in svg.content
+    assert b'<g id="recommended">' in svg.content
     bad = live.http.get(f"/v1/sweeps/{sweep_id}/stability", params={"x": "seed"})
     assert bad.status_code == 422 and "not an axis" in bad.json()["detail"]
 

@@ -143,7 +143,14 @@ YQuery = Annotated[str | None, Query(description="Axis path up (default: the fir
             description="Per cell the verdict, preflight's risk and the member; per row (each "
                         "`y` value) the largest healthy and the smallest exploding `x` "
                         "(measured and predicted); how often preflight agreed. Other axes are "
-                        "held at their first value or at `at.<path>=<value>`.",
+                        "held at their first value or at `at.<path>=<value>`. `recommended`: "
+                        "the member to launch the real run like (`values`, `job_id`, "
+                        "`final_loss`, `margin`, `boundary`, a one-sentence `reason`): the "
+                        "healthy member with the lowest final loss that touches no exploding "
+                        "or unstable member (one step along either axis); `margin` = steps "
+                        "along `x` to the nearest one, `\"none\"` when every healthy member "
+                        "touches one; null (no healthy member) with `recommended_reason` "
+                        "saying why.",
             responses=problems(404, 409, 422))
 def stability_endpoint(sweep_id: str, request: Request, session: ReadSessionDep,
                        principal: PrincipalDep, x: XQuery = None, y: YQuery = None) -> Response:
@@ -155,7 +162,8 @@ def stability_endpoint(sweep_id: str, request: Request, session: ReadSessionDep,
             summary="The stability map (PNG, or SVG with ?format=svg)",
             description="Cells coloured by the members' verdicts over axes `x` and `y`, the "
                         "measured boundary (solid) and preflight's predicted one (dashed, "
-                        "hatched cells). SVG with `?format=svg` or `Accept: image/svg+xml`.",
+                        "hatched cells), a star on the recommended cell. SVG with "
+                        "`?format=svg` or `Accept: image/svg+xml`.",
             response_class=Response,
             responses={200: {"content": {"image/png": {}, "image/svg+xml": {}}},
                        **problems(404, 409, 422)})
@@ -171,6 +179,7 @@ def stability_plot_endpoint(
     fixed = ", ".join(f"{k}={v}" for k, v in grid.fixed.items())
     image = render_stability_map(grid.x, grid.y, grid.x_values, grid.y_values, grid.verdict,
                                  grid.predicted_exploding(), fmt=fmt,
+                                 recommended=grid.recommended_cell(),
                                  title=f"sweep {sweep_id[:8]}" + (f" ({fixed})" if fixed else ""))
     return Response(image, media_type="image/svg+xml" if fmt == "svg" else "image/png")
 

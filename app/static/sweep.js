@@ -1,5 +1,5 @@
-// The sweep page (/sweeps/{id}): its stability map as a grid of cells, each a link to its
-// member job. Uses h(), getJSON(), fmt() and problemText() from dashboard.js (loaded after
+// The sweep page (/sweeps/{id}): the recommended setting (a line linking to its member job),
+// then its stability map as a grid of cells, each a link to its member job. Uses h(), getJSON(), fmt() and problemText() from dashboard.js (loaded after
 // this file; they are only called once the page starts).
 "use strict";
 
@@ -13,26 +13,29 @@ async function showSweep(root, sweepId) {
   const sweep = await getJSON(`/v1/sweeps/${sweepId}`);
   const title = h("h1", {}, sweep.name || `sweep ${sweep.id.slice(0, 8)}`);
   const status = h("p", { id: "sweep-status" });
+  const recommended = h("p", { id: "sweep-recommended" });
   const grid = h("div", { id: "stability-grid" });
   const img = h("img", { id: "stability-plot", alt: "stability map" });
-  root.replaceChildren(h("section", {}, title, status, grid, img));
+  root.replaceChildren(h("section", {}, title, status, recommended, grid, img));
   for (;;) {
     const s = await getJSON(`/v1/sweeps/${sweepId}`);
     status.textContent = `${s.status}: ${s.progress.members_done} / ${s.progress.members} members done`;
-    if (s.axes.length >= 2 || s.status !== "queued") await renderGrid(grid, s);
+    if (s.axes.length >= 2 || s.status !== "queued") await renderGrid(grid, s, recommended);
     if (s.status !== "queued" && s.status !== "running") break;
     await new Promise((resolve) => setTimeout(resolve, 2000));
   }
   if (sweep.axes.length >= 2) await imageInto(img, `/v1/sweeps/${sweepId}/plots/stability`);
 }
 
-async function renderGrid(el, sweep) {
+async function renderGrid(el, sweep, recEl) {
   if (sweep.axes.length < 2) {
     fill(el, h("p", { class: "muted" }, "A stability map needs two axes."));
     return;
   }
   const grid = await getJSON(`/v1/sweeps/${sweep.id}/stability`);
   const jobOf = new Map(sweep.members.map((m) => [m.index, m]));
+  renderRecommendation(recEl, grid, jobOf, sweep.status);
+  const star = grid.recommended ? grid.recommended.index : null;
   const head = h("tr", {}, h("th", {}, `${grid.y} \\ ${grid.x}`),
     ...grid.x_values.map((x) => h("th", {}, fmt(x))));
   const rows = grid.y_values.map((y, j) => h("tr", {}, h("th", {}, fmt(y)),
@@ -41,9 +44,28 @@ async function renderGrid(el, sweep) {
       const verdict = grid.verdict[j][i];
       if (!member || !member.job_id) return h("td", { class: "cell" }, "");
       const label = verdict || member.status;
-      return h("td", { class: "cell", style: `background:${VERDICT_COLORS[verdict] || "#fff"}` },
+      const mark = member.index === star ? ";outline:3px solid #1a237e;outline-offset:-3px" : "";
+      return h("td", { class: member.index === star ? "cell recommended" : "cell",
+                       style: `background:${VERDICT_COLORS[verdict] || "#fff"}${mark}` },
         h("a", { href: `/jobs/${member.job_id}`, class: "member-link",
                  title: `${grid.x}=${fmt(x)}, ${grid.y}=${fmt(y)}: ${label}` }, label));
     })));
   fill(el, h("table", { class: "stability" }, h("thead", {}, head), h("tbody", {}, ...rows)));
+}
+
+// "Recommended: lr 0.00268, init std 0.277" linking to that member's job, then the reason
+// (core.stability.recommend); or why there is none. While members still run: "so far".
+function renderRecommendation(el, grid, jobOf, status) {
+  const rec = grid.recommended;
+  const sofar = status === "queued" || status === "running" ? " (so far)" : "";
+  if (!rec) {
+    fill(el, `No recommendation${sofar}: ${grid.recommended_reason}.`);
+    return;
+  }
+  const jobId = rec.job_id || (jobOf.get(rec.index) || {}).job_id;
+  const setting = [grid.x, grid.y].map((p) => `${p} = ${fmt(rec.values[p])}`).join(", ");
+  const link = jobId ? h("a", { href: `/jobs/${jobId}`, id: "recommended-link" }, setting)
+    : h("span", {}, setting);
+  const margin = rec.margin === "none" ? " (no safety margin)" : "";
+  fill(el, h("strong", {}, `Recommended${sofar}${margin}: `), link, ` — ${rec.reason}.`);
 }

@@ -77,7 +77,7 @@ def _at_value(text: str) -> tuple[str, AxisValue]:
 
 
 def _member_table(sweep: Sweep) -> Table:
-    table = Table(title=f"sweep {sweep.id}" + (f" ({sweep.name})" if sweep.name else ""))
+    table = Table()
     table.add_column("#", justify="right")
     paths = sweep.paths
     for column in (*paths, "status", "verdict", "first bad step", "final loss"):
@@ -96,7 +96,8 @@ def _summary(sweep: Sweep) -> str:
     counts = ", ".join(f"{n} {v}" for v, n in sorted(verdicts.items())) or "no verdicts yet"
     done = (f"{sweep.progress.members_done}/{sweep.progress.members} members done"
             if sweep.progress else f"{len(sweep.members)} members")
-    return f"sweep {sweep.id} {sweep.status}: {done}; {counts}"
+    name = f" ({sweep.name})" if sweep.name else ""
+    return f"sweep {sweep.id}{name} {sweep.status}: {done}; {counts}"
 
 
 def _show(sweep: Sweep, as_json: bool) -> None:
@@ -124,8 +125,10 @@ def _follow(gw: Client, sweep: Sweep, *, quiet: bool) -> Sweep:
         for event in gw.follow_sweep(sweep.id):
             progress = event.data.get("progress") or {}
             verdicts = event.data.get("verdicts") or {}
-            bar.update(task, completed=progress.get("step", 0),
-                       total=progress.get("total_steps") or 1,
+            total = progress.get("total_steps") or 1
+            # a member that stopped early never reaches its total: a finished sweep is full
+            bar.update(task, completed=total if event.terminal else progress.get("step", 0),
+                       total=total,
                        done=f"{progress.get('members_done', 0)}/{progress.get('members', 0)}",
                        verdicts=" ".join(f"{v} {n}" for v, n in sorted(verdicts.items())))
     return gw.sweep(sweep.id)

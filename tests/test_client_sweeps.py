@@ -4,6 +4,7 @@ end against a real server with real worker processes."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import io
 import json
 import os
@@ -187,6 +188,17 @@ def test_the_async_client_sweeps(live: LiveServer, tmp_path: Path) -> None:
     assert kinds[0] == "snapshot" and kinds[-1] == "status"
     assert_grid_matches_members(grid, done)
     assert_png(png) and (tmp_path / "a.png").read_bytes() == png
+
+
+def test_the_async_client_has_every_method_of_the_sync_one() -> None:
+    for name, method in inspect.getmembers(Client, inspect.isfunction):
+        if name.startswith("_") or name == "close":  # AsyncClient.aclose
+            continue
+        twin = getattr(AsyncClient, name)
+        assert inspect.signature(twin).parameters.keys() == \
+            inspect.signature(method).parameters.keys(), name
+        streams = name.startswith("follow")  # async iterators, not coroutines
+        assert inspect.iscoroutinefunction(twin) != streams, name
 
 
 # ------------------------------------------------------------------------------- the CLI

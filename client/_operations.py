@@ -362,7 +362,6 @@ class ops:  # a namespace of call builders
         return Call("GET", f"/v1/jobs/{job_id}/{kind}.{fmt}", lambda r: sink.path,
                     download=sink)
 
-
     # ---------------------------------------------------------------- sweeps
     @staticmethod
     def submit_sweep(spec: dict[str, Any] | str | Path, axes: Sequence[dict[str, Any]],

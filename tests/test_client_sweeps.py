@@ -7,6 +7,7 @@ import asyncio
 import inspect
 import io
 import json
+import math
 import os
 import re
 import subprocess
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 from matplotlib import image as mpimg
 
-from client import ApiError, AsyncClient, Client, StabilityMap, Sweep
+from client import ApiError, AsyncClient, Client, StabilityMap, Sweep, SweepMember
 from client.cli import EXIT
 from client.cli_sweeps import axis_value, log_axis, values_axis
 from tests.conftest import LONG_SPEC, LiveServer
@@ -58,6 +59,11 @@ def assert_svg(data: bytes) -> None:
     assert root.tag.endswith("svg"), root.tag
 
 
+def same(a: Sweep, b: Sweep) -> bool:
+    """Equal as the API gave them (a NaN final loss equals itself)."""
+    return a.model_dump(mode="json") == b.model_dump(mode="json")
+
+
 def assert_grid_matches_members(grid: StabilityMap, sweep: Sweep) -> None:
     """Every cell of the map holds the verdict of the member at its values."""
     assert len(grid.verdict) == len(grid.y_values)
@@ -77,9 +83,13 @@ def test_a_sweep_is_submitted_followed_read_and_mapped(gw: Client, tmp_path: Pat
     assert events[0].event == "snapshot" and events[-1].event == "status"
     assert events[-1].terminal and events[-1].data["status"] == "succeeded"
     assert [e.id for e in events] == list(range(1, len(events) + 1))
+    last = events[-1].id
+    assert last is not None
+    resumed = list(gw.follow_sweep(submitted.id, last_event_id=last))  # sends Last-Event-ID
+    assert resumed[0].event != "snapshot" and resumed[0].id == last + 1
 
     sweep = gw.wait_sweep(submitted.id, timeout=120)
-    assert sweep == gw.sweep(submitted.id)
+    assert same(sweep, gw.sweep(submitted.id))
     assert sweep.status == "succeeded" and sweep.terminal
     assert sweep.progress is not None and sweep.progress.members_done == 4
     assert [m.values for m in sweep.members] == [
@@ -184,10 +194,21 @@ def test_the_async_client_sweeps(live: LiveServer, tmp_path: Path) -> None:
             return done, again, kinds, grid, png
 
     done, again, kinds, grid, png = asyncio.run(scenario())
-    assert done.status == "succeeded" and done == again and done.name == "async"
-    assert kinds[0] == "snapshot" and kinds[-1] == "status"
+    assert done.status == "succeeded" and done.name == "async", done
+    assert same(done, again)
+    assert kinds[0] == "snapshot" and kinds[-1] == "status", kinds
     assert_grid_matches_members(grid, done)
     assert_png(png) and (tmp_path / "a.png").read_bytes() == png
+
+
+def test_member_figures_keep_the_apis_non_finite_values() -> None:
+    member = SweepMember.model_validate({
+        "index": 0, "job_id": "j", "status": "succeeded", "verdict": "exploding",
+        "values": {"seed": 1, "optimizer.lr": 0.5, "model.init.scheme": "he_normal",
+                   "data.standardize": True},
+        "peak_to_baseline": "Infinity", "final_loss": "NaN"})
+    assert member.peak_to_baseline == math.inf and math.isnan(member.final_loss or 0.0)
+    assert [type(v) for v in member.values.values()] == [int, float, str, bool]
 
 
 def test_the_async_client_has_every_method_of_the_sync_one() -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from matplotlib import image as mpimg
 
-from client import ApiError, AsyncClient, Client, StabilityMap, Sweep, SweepMember
+from client import ApiError, AsyncClient, Client, Event, StabilityMap, Sweep, SweepMember
 from client.cli import EXIT
 from client.cli_sweeps import axis_value, log_axis, values_axis
 from tests.conftest import LONG_SPEC, LiveServer
@@ -80,8 +80,10 @@ def test_a_sweep_is_submitted_followed_read_and_mapped(gw: Client, tmp_path: Pat
     assert submitted.progress.members == 4
 
     events = list(gw.follow_sweep(submitted.id))
-    assert events[0].event == "snapshot" and events[-1].event == "status"
-    assert events[-1].terminal and events[-1].data["status"] == "succeeded"
+    # ends at the terminal `status` event, or at once when the snapshot is terminal already
+    assert events[0].event == "snapshot" and events[-1].terminal
+    assert events[-1].data["status"] == "succeeded"
+    assert all(not e.terminal for e in events[:-1])
     assert [e.id for e in events] == list(range(1, len(events) + 1))
     last = events[-1].id
     assert last is not None
@@ -182,21 +184,22 @@ def test_a_bad_axis_is_a_problem_with_the_field(gw: Client) -> None:
 
 
 def test_the_async_client_sweeps(live: LiveServer, tmp_path: Path) -> None:
-    async def scenario() -> tuple[Sweep, Sweep, list[str], StabilityMap, bytes]:
+    async def scenario() -> tuple[Sweep, Sweep, list[Event], StabilityMap, bytes]:
         async with AsyncClient(live.url) as agw:
             sweep = await agw.submit_sweep(TINY, AXES, name="async")
-            kinds = [e.event async for e in agw.follow_sweep(sweep.id)]
+            events = [e async for e in agw.follow_sweep(sweep.id)]
             done = await agw.wait_sweep(sweep.id, timeout=120)
             again = await agw.sweep(sweep.id)
             grid = await agw.stability(sweep.id)
             png = await agw.plot_stability(sweep.id, tmp_path / "a.png")
             await agw.delete_sweep(sweep.id)
-            return done, again, kinds, grid, png
+            return done, again, events, grid, png
 
-    done, again, kinds, grid, png = asyncio.run(scenario())
+    done, again, events, grid, png = asyncio.run(scenario())
     assert done.status == "succeeded" and done.name == "async", done
     assert same(done, again)
-    assert kinds[0] == "snapshot" and kinds[-1] == "status", kinds
+    assert events[0].event == "snapshot" and events[-1].terminal, events
+    assert events[-1].data["status"] == "succeeded"
     assert_grid_matches_members(grid, done)
     assert_png(png) and (tmp_path / "a.png").read_bytes() == png
 

@@ -251,7 +251,8 @@ class StabilityMap(_Model):
     calibration: dict[str, Any] = Field(default_factory=dict)
 
     def verdict_at(self, x: AxisValue, y: AxisValue) -> str | None:
-        """The verdict of the cell at ``x``, ``y`` (None: no finished member there)."""
+        """The verdict of the cell at ``x``, ``y`` (None: no finished member there);
+        ValueError when either is not one of its axis's values."""
         return self.verdict[self.y_values.index(y)][self.x_values.index(x)]
 
 

@@ -25,6 +25,10 @@ from client.models import (
     Preflight,
     Recommendation,
     SeriesArrays,
+    StabilityMap,
+    StabilityRow,
+    Sweep,
+    SweepMember,
 )
 from client.sync import Client
 
@@ -46,4 +50,8 @@ __all__ = [
     "Preflight",
     "Recommendation",
     "SeriesArrays",
+    "StabilityMap",
+    "StabilityRow",
+    "Sweep",
+    "SweepMember",
 ]

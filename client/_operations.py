@@ -32,6 +32,8 @@ from client.models import (
     MetricsHistory,
     Prediction,
     Preflight,
+    StabilityMap,
+    Sweep,
 )
 from client.transport import NOT_SENT, UPLOAD_TYPES, Attempt, Backoff, Download, FileBody
 
@@ -39,7 +41,7 @@ T = TypeVar("T")
 StrList = list[str]  # `list` is also a method name in the classes below
 
 __all__ = ["ARROW_STREAM", "EVERY_POINT", "Call", "EventStream", "Plan", "SSEParser", "TablePage",
-           "concat_tables", "ops", "plot_format"]
+           "concat_tables", "ops", "plot_format", "written"]
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 #: ``max_points`` that asks for every recorded point (a range never holds more steps)
@@ -120,13 +122,33 @@ def wait_plan(job_id: str, timeout: float | None, poll: float) -> Plan[Job]:
         yield poll
 
 
-def plot_plan(job_id: str, kind: str, path: str | Path | None, fmt: str | None,
-              other: str | None) -> Plan[bytes]:
-    """A plot's bytes, also written to ``path`` when given (SVG when it ends in .svg)."""
-    data: bytes = yield ops.plot(job_id, kind, plot_format(path, fmt), other)
+def wait_sweep_plan(sweep_id: str, timeout: float | None, poll: float) -> Plan[Sweep]:
+    """The sweep once every member is terminal; TimeoutError after ``timeout`` seconds."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        sweep: Sweep = yield ops.sweep(sweep_id)
+        if sweep.terminal:
+            return sweep
+        if deadline is not None and time.monotonic() > deadline:
+            p = sweep.progress
+            done = f"{p.members_done}/{p.members} members done" if p else "no progress"
+            raise TimeoutError(f"sweep {sweep_id} is still {sweep.status} after {timeout} s "
+                               f"({done})")
+        yield poll
+
+
+def written(call: Call[bytes], path: str | Path | None) -> Plan[bytes]:
+    """The answer's bytes, also written to ``path`` when given."""
+    data: bytes = yield call
     if path is not None:
         Path(path).write_bytes(data)
     return data
+
+
+def plot_plan(job_id: str, kind: str, path: str | Path | None, fmt: str | None,
+              other: str | None) -> Plan[bytes]:
+    """A plot's bytes, also written to ``path`` when given (SVG when it ends in .svg)."""
+    return written(ops.plot(job_id, kind, plot_format(path, fmt), other), path)
 
 
 def table_plan(first: Callable[[str | None], Call[TablePage]]) -> Plan[Any]:
@@ -163,6 +185,12 @@ def plot_format(path: str | Path | None, fmt: str | None) -> str:
 
 def _params(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
+
+
+def _at_params(at: dict[str, Any] | None) -> dict[str, str]:
+    """``at.<path>=<value>`` query parameters (the server reads an int, a float, else a
+    string)."""
+    return {f"at.{path}": str(value) for path, value in (at or {}).items()}
 
 
 @dataclass(frozen=True)
@@ -334,18 +362,60 @@ class ops:  # a namespace of call builders
         return Call("GET", f"/v1/jobs/{job_id}/{kind}.{fmt}", lambda r: sink.path,
                     download=sink)
 
+    # ---------------------------------------------------------------- sweeps
+    @staticmethod
+    def submit_sweep(spec: dict[str, Any] | str | Path, axes: Sequence[dict[str, Any]],
+                     name: str | None, idempotency_key: str | None) -> Call[Sweep]:
+        # The 202 carries the whole sweep (members included): no need to follow Location.
+        # The server keeps no Idempotency-Key for sweeps (yet), so a POST that may have
+        # reached it is never resent: that would create a second sweep and its jobs.
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return Call("POST", "/v1/sweeps", lambda r: Sweep.model_validate(r.json()),
+                    json=_params(name=name, spec=_spec(spec), axes=[dict(a) for a in axes]),
+                    headers=headers, retry_safe=False)
+
+    @staticmethod
+    def sweep(sweep_id: str) -> Call[Sweep]:
+        return Call("GET", f"/v1/sweeps/{sweep_id}", lambda r: Sweep.model_validate(r.json()))
+
+    @staticmethod
+    def cancel_sweep(sweep_id: str) -> Call[Sweep]:
+        return Call("POST", f"/v1/sweeps/{sweep_id}/cancel",
+                    lambda r: Sweep.model_validate(r.json()), retry_safe=False)
+
+    @staticmethod
+    def delete_sweep(sweep_id: str) -> Call[None]:
+        return Call("DELETE", f"/v1/sweeps/{sweep_id}", lambda r: None, ok=(204,),
+                    retry_safe=False)
+
+    @staticmethod
+    def stability(sweep_id: str, x: str | None, y: str | None, at: dict[str, Any] | None
+                  ) -> Call[StabilityMap]:
+        return Call("GET", f"/v1/sweeps/{sweep_id}/stability",
+                    lambda r: StabilityMap.model_validate(r.json()),
+                    params={**_params(x=x, y=y), **_at_params(at)})
+
+    @staticmethod
+    def plot_stability(sweep_id: str, fmt: str, x: str | None, y: str | None,
+                       at: dict[str, Any] | None) -> Call[bytes]:
+        return Call("GET", f"/v1/sweeps/{sweep_id}/plots/stability", lambda r: r.content,
+                    params={**_params(x=x, y=y, format=fmt), **_at_params(at)})
+
 
 EXPORT_KINDS: Sequence[str] = ("gradients", "metrics")
 EXPORT_FORMATS: Sequence[str] = ("csv", "parquet")
 
 
 class EventStream:
-    """The state of following a job's events across reconnections: the last event id (sent
-    as ``Last-Event-ID``, so no event is lost or repeated) and the drops in a row."""
+    """The state of following a job's (or, ``kind="sweep"``, a sweep's) events across
+    reconnections: the last event id (sent as ``Last-Event-ID``, so no event is lost or
+    repeated) and the drops in a row."""
 
-    def __init__(self, job_id: str, last_event_id: int | None, backoff: Backoff) -> None:
+    def __init__(self, job_id: str, last_event_id: int | None, backoff: Backoff, *,
+                 kind: str = "job") -> None:
         self.job_id = job_id
-        self.path = f"/v1/jobs/{job_id}/events"
+        self.kind = kind
+        self.path = f"/v1/{kind}s/{job_id}/events"
         self.last = last_event_id
         self.failures = 0
         self.backoff = backoff
@@ -379,7 +449,7 @@ class EventStream:
         """Dropped, or ended without a terminal event: the wait before resuming."""
         self.failures += 1
         if self.failures > self.backoff.retries:
-            raise ConnectionError(f"lost the event stream of job {self.job_id} "
+            raise ConnectionError(f"lost the event stream of {self.kind} {self.job_id} "
                                   f"{self.failures} times in a row")
         return self.backoff.delay(self.failures)
 

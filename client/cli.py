@@ -1,5 +1,5 @@
 """The client half of the ``gradwatch`` command: submit, follow, diagnose, repair, plot, jobs,
-preflight, datasets, model, predict, export. Talks to a server over HTTP only (``--url`` / GRADWATCH_URL, ``--api-key`` /
+preflight, datasets, model, predict, export, sweep. Talks to a server over HTTP only (``--url`` / GRADWATCH_URL, ``--api-key`` /
 GRADWATCH_API_KEY).
 
 Exit codes (stable, for scripts):
@@ -10,6 +10,7 @@ Exit codes (stable, for scripts):
   4  the job's verdict is vanishing, unstable or stalled
   5  the job failed (the service could not run it)
   6  the job was cancelled
+(A waited sweep: 0 once every member ran, whatever the verdicts; 5 failed; 6 cancelled.)
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ __all__ = ["EXIT", "register", "run"]
 EXIT = {"ok": 0, "error": 1, "usage": 2, "exploding": 3, "unhealthy": 4, "failed": 5,
         "cancelled": 6}
 COMMANDS = ("submit", "follow", "diagnose", "repair", "plot", "jobs", "preflight", "datasets",
-            "model", "predict", "export")
+            "model", "predict", "export", "sweep")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False)
@@ -250,9 +251,11 @@ def register(sub: Any) -> None:
     p = add("preflight", _cmd_preflight, "analyse a spec without training it")
     p.add_argument("spec")
     p.add_argument("--json", action="store_true")
-    from client.cli_artifacts import register_artifacts  # it imports this module
+    from client.cli_artifacts import register_artifacts  # they import this module
+    from client.cli_sweeps import register_sweeps
 
     register_artifacts(add, nest)
+    register_sweeps(add, nest)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "TERMINAL",
+    "AxisValue",
     "Comparison",
     "Dataset",
     "Diagnosis",
@@ -28,10 +29,17 @@ __all__ = [
     "Progress",
     "Recommendation",
     "SeriesArrays",
+    "StabilityMap",
+    "StabilityRow",
+    "Sweep",
+    "SweepMember",
+    "SweepProgress",
 ]
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+#: one value of a sweep axis (``bool`` first, so ``True`` never reads as ``1``)
+AxisValue = bool | int | float | str
 
 
 class _Model(BaseModel):
@@ -165,6 +173,87 @@ class Prediction(_Model):
         """``predictions`` as a NumPy array (int64 labels, or float64 rows)."""
         dtype = np.int64 if self.model.get("task") == "classification" else np.float64
         return np.asarray(self.predictions, dtype=dtype)
+
+
+class SweepProgress(_Model):
+    members_done: int
+    members: int
+    step: int = 0
+    total_steps: int = 0
+    fraction: float = 0.0
+
+
+class SweepMember(_Model):
+    """One grid point of a sweep: its job, its axis values (path -> value) and what its run
+    gave (``status`` is ``deleted`` once its job was deleted on its own)."""
+
+    index: int
+    job_id: str
+    values: dict[str, AxisValue]
+    status: JobStatus | Literal["deleted"]
+    verdict: str | None = None
+    stop_reason: str | None = None
+    first_bad_step: int | None = None
+    peak_to_baseline: float | None = None
+    final_loss: float | None = None
+    predicted_risk: str | None = None
+
+
+class Sweep(_Model):
+    """A sweep: the base spec, its axes and one member (a job) per grid point; ``status`` and
+    ``progress`` follow from the member jobs."""
+
+    id: str
+    name: str | None = None
+    status: JobStatus
+    created_at: str | None = None
+    progress: SweepProgress | None = None
+    axes: list[dict[str, Any]] = Field(default_factory=list)
+    spec: dict[str, Any] | None = None
+    members: list[SweepMember] = Field(default_factory=list)
+    links: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def paths(self) -> list[str]:
+        """The axes' spec paths, in order."""
+        return [str(a["path"]) for a in self.axes]
+
+
+class StabilityRow(_Model):
+    """One row (``y`` value) of a stability map: the largest healthy and the smallest
+    exploding ``x``, measured, and the smallest ``x`` preflight predicts to explode."""
+
+    y: AxisValue
+    largest_healthy: AxisValue | None = None
+    smallest_exploding: AxisValue | None = None
+    smallest_predicted_exploding: AxisValue | None = None
+
+
+class StabilityMap(_Model):
+    """A sweep's verdicts over axes ``x`` (columns) and ``y`` (rows), the other axes held at
+    ``fixed``: ``verdict[j][i]``, ``risk[j][i]`` (preflight's) and ``member[j][i]`` (the
+    member's index) belong to ``y_values[j]``, ``x_values[i]`` (None: no finished member);
+    ``rows`` the boundary per row; ``calibration`` how often preflight agreed."""
+
+    x: str
+    y: str
+    x_values: list[AxisValue]
+    y_values: list[AxisValue]
+    fixed: dict[str, AxisValue] = Field(default_factory=dict)
+    verdict: list[list[str | None]]
+    risk: list[list[str | None]] = Field(default_factory=list)
+    member: list[list[int | None]] = Field(default_factory=list)
+    rows: list[StabilityRow] = Field(default_factory=list)
+    calibration: dict[str, Any] = Field(default_factory=dict)
+
+    def verdict_at(self, x: AxisValue, y: AxisValue) -> str | None:
+        """The verdict of the cell at ``x``, ``y`` (None: no finished member there);
+        ValueError when either is not one of its axis's values."""
+        return self.verdict[self.y_values.index(y)][self.x_values.index(x)]
 
 
 @dataclass(frozen=True)

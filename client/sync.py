@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -19,9 +19,12 @@ from client._operations import (
     SSEParser,
     finish,
     ops,
+    plot_format,
     plot_plan,
     table_plan,
     wait_plan,
+    wait_sweep_plan,
+    written,
 )
 from client.models import (
     Comparison,
@@ -34,6 +37,8 @@ from client.models import (
     MetricsHistory,
     Prediction,
     Preflight,
+    StabilityMap,
+    Sweep,
 )
 from client.transport import RETRYABLE_ERRORS, Backoff, auth_headers
 
@@ -142,7 +147,9 @@ class Client:
     def follow(self, job_id: str, last_event_id: int | None = None) -> Iterator[Event]:
         """The job's server-sent events until its terminal event; reconnects after a dropped
         connection with ``Last-Event-ID``, so no event is lost or repeated."""
-        stream = EventStream(job_id, last_event_id, self._backoff)
+        return self._events(EventStream(job_id, last_event_id, self._backoff))
+
+    def _events(self, stream: EventStream) -> Iterator[Event]:
         while True:
             try:
                 with self._http.stream("GET", stream.path, headers=stream.headers(),
@@ -160,6 +167,53 @@ class Client:
             except RETRYABLE_ERRORS:
                 pass
             time.sleep(stream.dropped())
+
+    # ------------------------------------------------------------------ sweeps
+    def submit_sweep(self, spec: dict[str, Any] | str | Path, axes: Sequence[dict[str, Any]],
+                     name: str | None = None, idempotency_key: str | None = None) -> Sweep:
+        """Sweep a spec (a dict, or the path of a JSON file) over ``axes``, each
+        ``{"path": "optimizer.lr", "values": [...]}`` or ``{"path": ..., "log_range": [lo,
+        hi], "points": n}``; the queued sweep with one member job per grid point. Resent
+        only when it never reached the server (the server keeps no Idempotency-Key for
+        sweeps; a key given here is sent along)."""
+        return self._call(ops.submit_sweep(spec, axes, name, idempotency_key))
+
+    def sweep(self, sweep_id: str) -> Sweep:
+        """The sweep: status, progress and every member's values, status and verdict."""
+        return self._call(ops.sweep(sweep_id))
+
+    def wait_sweep(self, sweep_id: str, timeout: float | None = None, poll: float = 0.5
+                   ) -> Sweep:
+        """The sweep once every member is terminal; TimeoutError after ``timeout`` seconds."""
+        return self._run(wait_sweep_plan(sweep_id, timeout, poll))
+
+    def follow_sweep(self, sweep_id: str, last_event_id: int | None = None) -> Iterator[Event]:
+        """The sweep's server-sent events (``snapshot``, ``progress``: status, members done,
+        verdict counts; a terminal ``status``); resumes as :meth:`follow` does."""
+        return self._events(EventStream(sweep_id, last_event_id, self._backoff, kind="sweep"))
+
+    def cancel_sweep(self, sweep_id: str) -> Sweep:
+        """Cancel the unfinished members (409 when every member has finished)."""
+        return self._call(ops.cancel_sweep(sweep_id))
+
+    def delete_sweep(self, sweep_id: str) -> None:
+        """Delete a finished sweep and its member jobs (409 while a member is unfinished)."""
+        self._call(ops.delete_sweep(sweep_id))
+
+    def stability(self, sweep_id: str, x: str | None = None, y: str | None = None,
+                  at: dict[str, Any] | None = None) -> StabilityMap:
+        """The verdicts over axes ``x`` (default: the last axis) and ``y`` (default: the
+        first), the boundary per row and preflight's calibration; other axes held at their
+        first value or at ``at`` (path -> value). 409 until a member has finished."""
+        return self._call(ops.stability(sweep_id, x, y, at))
+
+    def plot_stability(self, sweep_id: str, path: str | Path | None = None, *,
+                       format: str | None = None, x: str | None = None, y: str | None = None,
+                       at: dict[str, Any] | None = None) -> bytes:
+        """The stability map as PNG (or SVG: ``format="svg"`` or a path ending in .svg);
+        written to ``path`` when given. Axes as :meth:`stability`."""
+        return self._run(written(ops.plot_stability(sweep_id, plot_format(path, format), x, y,
+                                                    at), path))
 
     # ------------------------------------------------------------------ histories
     def diagnostics(self, job_id: str) -> Diagnosis:

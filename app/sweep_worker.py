@@ -81,7 +81,7 @@ def run_sweep_group(job_id: str, ctx: WorkerContext) -> str | None:
         return "skipped"  # (re-queued later, it is sent again: app.recovery, app.dispatch)
     claimed = retry_on_locked(lambda: _claim_group(factory, job_id, sweep_id, ctx.worker_id,
                                                    max(1, settings.workers), settings))
-    if not claimed or claimed[0][0] != job_id:
+    if not claimed:
         return "skipped"
     beats = {jid: Heartbeat(jid, claim, factory, settings.heartbeat_interval_seconds)
              for jid, claim, _ in claimed}
@@ -123,6 +123,8 @@ def _claim_group(factory: sessionmaker[Session], job_id: str, sweep_id: str, wor
             moved = move_job(session, job.id, "running", started_at=now, heartbeat_at=now,
                              worker_id=worker_id, attempts=Job.attempts + 1)
             if moved is None:
+                if job is own:  # another worker's group took it since it was read: that
+                    return []  # worker trains it; claim nothing (no orphaned sibling)
                 continue
             job = moved
             out.append((job.id, Claim(worker_id, job.attempts),

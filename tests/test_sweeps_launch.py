@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import SMALL_SPEC, LiveServer
+from conftest import SMALL_SPEC, LiveServer, PostgresServer
 from fastapi.testclient import TestClient
 
 from app.cli import create_key
@@ -106,6 +106,35 @@ def test_deleting_the_sweep_frees_its_key(client: TestClient) -> None:
     assert second.status_code == 202, second.text
     assert second.json()["id"] != first["id"]
     assert client.post("/v1/sweeps", json=SEEDS, headers=key).json()["id"] == second.json()["id"]
+
+
+@pytest.mark.integration
+def test_sweep_keys_and_launch_on_postgres(make_client: Callable[..., TestClient],
+                                           postgres: PostgresServer) -> None:
+    """The unique key and the replay's comparison of the stored (JSONB) request, and a
+    launch (queued members: an explicit index) with its launched_from, on PostgreSQL."""
+    client = make_client(database_url=postgres.create_database())
+    body = {**SEEDS, "axes": [{"path": "optimizer.lr", "log_range": [1e-3, 1.0], "points": 3}]}
+    key = {"Idempotency-Key": "pg-1"}
+    first = client.post("/v1/sweeps", json=body, headers=key)
+    again = client.post("/v1/sweeps", json=body, headers=key)
+    assert (first.status_code, again.status_code) == (202, 200), again.text
+    assert again.json()["id"] == first.json()["id"] and len(_job_ids(client)) == 3
+    other = client.post("/v1/sweeps", json={**body, "name": "x"}, headers=key)
+    assert other.status_code == 422
+    sid = first.json()["id"]
+    r = client.post(f"/v1/sweeps/{sid}/launch", headers={"Idempotency-Key": "pg-l"},
+                    json={"member": 2, "spec_patch": {"training": {"epochs": 2}}})
+    assert r.status_code == 202, r.text
+    assert r.json()["launched_from"]["values"] == {"optimizer.lr": 1.0}
+    assert client.post(f"/v1/sweeps/{sid}/launch", headers={"Idempotency-Key": "pg-l"},
+                       json={"member": 2, "spec_patch": {"training": {"epochs": 2}}}
+                       ).json()["id"] == r.json()["id"]
+    assert client.get(f"/v1/sweeps/{sid}").json()["progress"]["members"] == 3
+    assert client.post(f"/v1/sweeps/{sid}/cancel").status_code == 202
+    assert client.delete(f"/v1/sweeps/{sid}").status_code == 204
+    assert client.post("/v1/sweeps", json=body, headers=key).status_code == 202
+    assert client.get(f"/v1/jobs/{r.json()['id']}").json()["launched_from"]["sweep_id"] == sid
 
 
 def test_a_replay_before_the_members_were_handed_over_is_in_flight(client: TestClient) -> None:
@@ -274,4 +303,7 @@ def test_a_tenant_cannot_launch_another_tenants_sweep(
                       headers={"X-API-Key": "adm"})
     assert adm.status_code == 202 and adm.json()["tenant"] == "team-a", adm.text
     assert mine.json()["id"] not in _job_ids(client, b)
+    # a one-axis sweep has no stability grid, so no recommendation: the grid's 422
+    one_axis = client.post(f"/v1/sweeps/{sweep['id']}/launch", json={}, headers=a)
+    assert one_axis.status_code == 422 and "two axes" in one_axis.json()["detail"]
     assert {mine.json()["id"], adm.json()["id"]} <= _job_ids(client, a)

@@ -189,7 +189,7 @@ class AsyncClient:
         its status, progress and members' verdict counts, no members (``sweep(id)``).
         ``status`` filters on the derived status; ``tenant``: the admin's view of one."""
         return await self._call(ops.list_sweeps(status=status, tenant=tenant, limit=limit,
-                                             cursor=cursor))
+                                                cursor=cursor))
 
     async def launch_sweep(self, sweep_id: str, member: int | str = "recommended",
                            spec_patch: dict[str, Any] | None = None, x: str | None = None,
@@ -200,9 +200,9 @@ class AsyncClient:
         spec — ``"recommended"`` (the stability grid's over ``x``/``y``/``at``; 409 when
         there is none) or a member index — and ``spec_patch`` (RFC 7396 merge patch) merged
         in. ``job.launched_from`` says where it came from. Safe to resend (Idempotency-Key)."""
-        return await self._call(ops.launch_sweep(sweep_id, member=member, spec_patch=spec_patch,
-                                              x=x, y=y, at=at, name=name,
-                                              idempotency_key=idempotency_key))
+        return await self._call(ops.launch_sweep(
+            sweep_id, member=member, spec_patch=spec_patch, x=x, y=y, at=at, name=name,
+            idempotency_key=idempotency_key))
 
     async def sweep(self, sweep_id: str) -> Sweep:
         """The sweep: status, progress and every member's values, status and verdict."""

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from sqlalchemy import ColumnElement, and_, case, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -371,7 +371,7 @@ def stability(session: Session, sweep_id: str, x: str | None, y: str | None,
     return stability_grid(done, x, y, at)
 
 
-MemberIndex = Annotated[int, Field(ge=0)]
+MemberIndex = Annotated[StrictInt, Field(ge=0)]
 
 
 class SweepLaunch(BaseModel):

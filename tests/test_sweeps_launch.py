@@ -240,6 +240,8 @@ def test_launching_an_explicit_member_named(live: LiveServer, finished: dict[str
     ({"member": 99}, ["body", "member"]),
     ({"member": -1}, ["body", "member"]),
     ({"member": "best"}, ["body", "member"]),
+    ({"member": True}, ["body", "member"]),
+    ({"member": "2"}, ["body", "member"]),
     ({"spec_patch": [1, 2]}, ["body", "spec_patch"]),
     ({"spec_patch": {"optimizer": {"lr": -1.0}}}, ["patched_spec", "optimizer"]),
     ({"member": 0, "spec_patch": {"training": {"epochs": "many"}}},
@@ -307,3 +309,16 @@ def test_a_tenant_cannot_launch_another_tenants_sweep(
     one_axis = client.post(f"/v1/sweeps/{sweep['id']}/launch", json={}, headers=a)
     assert one_axis.status_code == 422 and "two axes" in one_axis.json()["detail"]
     assert {mine.json()["id"], adm.json()["id"]} <= _job_ids(client, a)
+
+
+def test_a_member_whose_job_was_deleted_cannot_be_launched(client: TestClient) -> None:
+    sweep = client.post("/v1/sweeps", json=SEEDS).json()
+    assert client.post(f"/v1/sweeps/{sweep['id']}/cancel").status_code == 202
+    gone = sweep["members"][1]["job_id"]
+    assert client.delete(f"/v1/jobs/{gone}").status_code == 204
+    r = client.post(f"/v1/sweeps/{sweep['id']}/launch", json={"member": 1})
+    assert r.status_code == 409 and r.headers["content-type"] == PROBLEM
+    assert r.json()["type"].endswith("member-deleted") and "member 1" in r.json()["detail"]
+    # the others still launch, even from a cancelled sweep
+    ok = client.post(f"/v1/sweeps/{sweep['id']}/launch", json={"member": 2})
+    assert ok.status_code == 202 and ok.json()["spec"]["seed"] == 2

@@ -95,6 +95,10 @@ class Job(Base):
     dataset_id: Mapped[str | None] = mapped_column(String(36), index=True)
     # the tenant whose key created the job (app.tenancy); None: the admin's
     tenant: Mapped[str | None] = mapped_column(String(100))
+    # launched like a sweep's member (POST /v1/sweeps/{id}/launch): {"sweep_id", "member",
+    # "job_id", "values", "recommended", "spec_patch"}; a plain JSON record, no foreign key,
+    # so the job keeps it after the sweep is deleted. The job is not a member.
+    launched_from: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
 
     __table_args__ = (
         Index("ix_jobs_created_at_id", "created_at", "id"),
@@ -273,6 +277,8 @@ class Sweep(Base):
     member_count: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     tenant: Mapped[str | None] = mapped_column(String(100), index=True)
+    # Idempotency-Key of the request that created it, scoped as jobs' (app.submission)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
 
 
 class SweepMemberRow(Base):

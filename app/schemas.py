@@ -102,6 +102,18 @@ class RepairInfo(ApiModel):
     spec_patch: dict[str, Any] = Field(description="RFC 7396 merge patch applied to the parent's spec.")
 
 
+class LaunchedFrom(ApiModel):
+    """The sweep member a job was launched like (``POST /v1/sweeps/{id}/launch``)."""
+
+    sweep_id: str = Field(description="The sweep (kept after the sweep is deleted).")
+    member: int = Field(description="The member's index in the sweep.")
+    job_id: str = Field(description="The member's job, whose spec the patch was applied to.")
+    values: dict[str, Any] = Field(description="The member's axis values (path -> value).")
+    recommended: bool = Field(description="Chosen as the stability grid's `recommended`.")
+    spec_patch: dict[str, Any] | None = Field(
+        description="RFC 7396 merge patch applied to the member's spec.")
+
+
 class JobSummary(ApiModel):
     """A job without its spec (what the list returns)."""
 
@@ -128,6 +140,8 @@ class JobSummary(ApiModel):
     runtime_seconds: float | None
     parent_id: str | None = Field(description="The job this one repairs.")
     parent_sweep_id: str | None = Field(None, description="The sweep this job is a member of.")
+    launched_from: LaunchedFrom | None = Field(
+        None, description="The sweep member this job was launched like (not a member itself).")
     attempts: int = Field(
         0, description="How many times a worker started this job. A job whose worker was "
                        "lost goes back to the queue and starts over (its history too), up to "

@@ -175,7 +175,7 @@ def job_to_summary(job: Job) -> dict[str, Any]:
         "latest": job.latest,
         "first_non_finite": {**nf, "description": NonFiniteEvent(**nf).describe()} if nf else None,
         "runtime_seconds": job.runtime_seconds, "parent_id": job.parent_id,
-        "parent_sweep_id": job.parent_sweep_id,
+        "parent_sweep_id": job.parent_sweep_id, "launched_from": job.launched_from,
         "attempts": job.attempts, "request_id": job.request_id, "tenant": job.tenant,
         "links": {**job_links(job.id),
                   **({"webhook": f"/v1/webhooks/{job.id}"} if job.spec.get("notify") else {})},

@@ -12,21 +12,23 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from sqlalchemy import ColumnElement, and_, case, func, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import quotas
 from app.artifacts import forget_models
-from app.datasets import uploaded_lookup
+from app.datasets import parent_lookup, uploaded_lookup
 from app.errors import ConflictError, NotFoundError, SpecValidationError
 from app.lifecycle import TERMINAL
 from app.models import Job, Sweep, SweepMemberRow, utcnow
 from app.repositories import JobRepository
 from app.schemas import utc_text
 from app.services import (
+    Submitted,
     cancel_job,
     cursor_position,
     encode_cursor,
@@ -34,6 +36,7 @@ from app.services import (
     validate_spec,
 )
 from app.settings import Settings
+from app.submission import IDEMPOTENCY_IN_FLIGHT, _scoped_key
 from app.tenancy import Principal
 from core.spec import UploadedData
 from core.stability import MemberOutcome, StabilityGrid, stability_grid
@@ -41,12 +44,15 @@ from core.sweep import SweepAxis, SweepError, SweepLimits, expand_sweep
 
 __all__ = [
     "SweepCreate",
+    "SweepLaunch",
     "cancel_sweep",
     "create_sweep",
     "delete_sweep",
     "get_sweep",
+    "launch_member",
     "list_sweeps",
     "stability",
+    "submit_sweep",
     "sweep_summaries",
     "sweep_to_read",
 ]
@@ -62,12 +68,63 @@ class SweepCreate(BaseModel):
     axes: list[SweepAxis] = Field(min_length=1, description="Axes; members are their grid.")
 
 
+class _KeyTaken(Exception):
+    """The sweep's Idempotency-Key is held by another row (a concurrent request's)."""
+
+
+def submit_sweep(session: Session, *, body: SweepCreate, settings: Settings,
+                 principal: Principal, idempotency_key: str | None = None,
+                 limits: SweepLimits | None = None) -> tuple[Sweep, bool]:
+    """:func:`create_sweep` with ``POST /v1/jobs``'s Idempotency-Key semantics
+    (:func:`app.submission.submit_job`): keys are per tenant; the same key with the same
+    request (name, spec, axes) answers the sweep it created (``created`` False) and creates
+    no member; with a different request, 422; while the first request's members are not
+    yet handed to the executor, or its insert has not committed, 409
+    ``idempotency-in-flight``. The key is freed when the sweep is deleted."""
+    key = _scoped_key(idempotency_key, principal.tenant)
+    if key is not None:
+        existing = session.scalars(select(Sweep).where(Sweep.idempotency_key == key)).first()
+        if existing is not None:
+            return _replay_sweep(session, existing, body), False
+    try:
+        sweep, _ = create_sweep(session, body=body, settings=settings, principal=principal,
+                                limits=limits, idempotency_key=key)
+    except _KeyTaken:
+        existing = session.scalars(select(Sweep).where(Sweep.idempotency_key == key)).first()
+        if existing is None:
+            raise ConflictError(
+                "a request with this Idempotency-Key is still being processed; retry shortly",
+                slug="idempotency-in-flight", headers={"Retry-After": "1"}) from None
+        return _replay_sweep(session, existing, body), False
+    return sweep, True
+
+
+def _replay_sweep(session: Session, existing: Sweep, body: SweepCreate) -> Sweep:
+    axes = [a.model_dump(exclude_none=True) for a in body.axes]
+    if (existing.name, existing.spec, existing.axes) != (body.name, body.spec, axes):
+        raise SpecValidationError(
+            f"Idempotency-Key was already used for sweep {existing.id} with a different "
+            "request; use a new key for a different request",
+            slug="idempotency-key-reused", sweep_id=existing.id)
+    created = existing.created_at
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=utcnow().tzinfo)
+    if utcnow() - created < IDEMPOTENCY_IN_FLIGHT and any(
+            job is not None and job.status == "queued" and job.enqueued_at is None
+            for _, job in _members(session, existing.id)):
+        raise ConflictError(
+            "the first request with this Idempotency-Key is still being processed; "
+            "retry shortly", slug="idempotency-in-flight", headers={"Retry-After": "1"})
+    return existing
+
+
 def create_sweep(session: Session, *, body: SweepCreate, settings: Settings,
-                 principal: Principal, limits: SweepLimits | None = None
-                 ) -> tuple[Sweep, list[str]]:
+                 principal: Principal, limits: SweepLimits | None = None,
+                 idempotency_key: str | None = None) -> tuple[Sweep, list[str]]:
     """Insert the sweep and one queued job per member, all owned by ``principal``'s tenant;
     the caller commits, then enqueues. Every member counts against the queued-jobs quota
-    (429 before anything is inserted)."""
+    (429 before anything is inserted). ``idempotency_key``: already scoped (see
+    :func:`submit_sweep`); :class:`_KeyTaken` when another sweep holds it."""
     base = validate_spec(body.spec, settings, loc_prefix=("body", "spec"),
                          uploaded=uploaded_lookup(session, principal))
     spec = body.spec
@@ -85,9 +142,15 @@ def create_sweep(session: Session, *, body: SweepCreate, settings: Settings,
     quotas.check_queued(session, principal.tenant, settings, len(members))
     sweep = Sweep(id=str(uuid.uuid4()), name=body.name, spec=body.spec,
                   axes=[a.model_dump(exclude_none=True) for a in body.axes],
-                  member_count=len(members), created_at=utcnow(), tenant=principal.tenant)
-    session.add(sweep)
-    session.flush()
+                  member_count=len(members), created_at=utcnow(), tenant=principal.tenant,
+                  idempotency_key=idempotency_key)
+    try:
+        with session.begin_nested():
+            session.add(sweep)
+    except IntegrityError:
+        if idempotency_key is None:
+            raise
+        raise _KeyTaken from None
     job_ids = []
     for m in members:
         job = submit_job(session, spec=m.spec, settings=settings, tenant=sweep.tenant,
@@ -306,3 +369,90 @@ def stability(session: Session, sweep_id: str, x: str | None, y: str | None,
         raise ConflictError(f"no member of sweep {sweep_id} has finished yet",
                             slug="sweep-not-ready")
     return stability_grid(done, x, y, at)
+
+
+MemberIndex = Annotated[StrictInt, Field(ge=0)]
+
+
+class SweepLaunch(BaseModel):
+    """`POST /v1/sweeps/{id}/launch` body: which member to launch the real run like, and what
+    to change in its spec."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    member: MemberIndex | Literal["recommended"] = Field(
+        "recommended", description="A member index, or `recommended`: the stability grid's "
+                                   "recommended member (409 when it has none).")
+    x: str | None = Field(None, description="With `recommended`: the grid's x axis, as "
+                                            "`/stability` takes it.")
+    y: str | None = Field(None, description="With `recommended`: the grid's y axis.")
+    at: dict[str, Any] | None = Field(
+        None, description="With `recommended`: where the other axes are held (path -> value), "
+                          "as `/stability`'s `at.<path>`.")
+    spec_patch: dict[str, Any] | None = Field(
+        None, description="RFC 7396 merge patch applied to the member's spec, e.g. "
+                          '`{"training": {"epochs": 200}}`.')
+    name: str | None = Field(None, max_length=200,
+                             description="The new job's name (default: the member's).")
+
+
+def launch_member(session: Session, sweep_id: str, body: SweepLaunch, settings: Settings, *,
+                  principal: Principal, idempotency_key: str | None = None) -> Submitted:
+    """A new job running a member's spec with ``body.spec_patch`` merged in (the repair
+    path's :func:`core.diagnostics.apply_merge_patch`), owned by the sweep's tenant.
+
+    It is *not* a member: no ``parent_sweep_id`` and no ``sweep_members`` row, so the
+    sweep's status and progress do not see it. Where it came from is the job's
+    ``launched_from`` (its own JSON column rather than ``repair``, which means "a fix of
+    ``parent_id``" to the comparison endpoint and the list's ``parent_id`` filter):
+    ``{"sweep_id", "member", "job_id", "values", "recommended", "spec_patch"}``, kept after
+    the sweep is deleted. ``idempotency_key`` as for ``POST /v1/jobs``; a key that made a job
+    launched from another member (or not launched at all) is a 422.
+    """
+    from core.diagnostics import apply_merge_patch
+
+    sweep = get_sweep(session, sweep_id, principal)
+    recommended = body.member == "recommended"
+    if isinstance(body.member, int):
+        index = body.member
+    else:
+        grid = stability(session, sweep_id, body.x, body.y, body.at or None,
+                         principal=principal)
+        if grid.recommended is None:
+            raise ConflictError(
+                f"sweep {sweep_id} has no recommended member to launch: "
+                f"{grid.recommended_reason} Pass a member index instead.",
+                slug="no-recommendation", recommended_reason=grid.recommended_reason)
+        index = grid.recommended.index
+    row = session.get(SweepMemberRow, (sweep.id, index))
+    if row is None:
+        raise SpecValidationError(
+            f"member {index} does not exist; sweep {sweep_id} has members "
+            f"0..{sweep.member_count - 1}",
+            errors=[{"loc": ["body", "member"], "msg": "no such member",
+                     "type": "value_error"}])
+    member_job = session.get(Job, row.job_id) if row.job_id is not None else None
+    if member_job is None:
+        raise ConflictError(f"member {index}'s job was deleted; its spec is gone",
+                            slug="member-deleted")
+    patched = apply_merge_patch(member_job.spec, body.spec_patch or {})
+    if body.name is not None:
+        patched["name"] = body.name
+    spec = validate_spec(patched, settings, loc_prefix=("patched_spec",),
+                         uploaded=parent_lookup(session, member_job.dataset_id))
+    origin = {"sweep_id": sweep.id, "member": index, "job_id": member_job.id,
+              "values": row.axis_values, "recommended": recommended,
+              "spec_patch": body.spec_patch}
+    submitted = submit_job(session, spec=spec, settings=settings, tenant=sweep.tenant,
+                           idempotency_key=idempotency_key)
+    if submitted.created:
+        submitted.job.launched_from = origin
+    else:
+        before = submitted.job.launched_from or {}
+        if (before.get("sweep_id"), before.get("member")) != (sweep.id, index):
+            raise SpecValidationError(
+                f"Idempotency-Key was already used for job {submitted.job.id}, not launched "
+                f"from member {index} of sweep {sweep.id}; use a new key for a different "
+                "request", slug="idempotency-key-reused", job_id=submitted.job.id)
+    session.flush()
+    return submitted

@@ -12,6 +12,7 @@ model or the diagnosis:
     .venv/bin/python bench/openapi_examples.py --only-auth     # the auth-throttled 429 only
     .venv/bin/python bench/openapi_examples.py --only-sweep-list  # GET /v1/sweeps only
     .venv/bin/python bench/openapi_examples.py --only-stability  # a sweep's stability grid only
+    .venv/bin/python bench/openapi_examples.py --only-launch  # POST /v1/sweeps/{id}/launch only
 """
 
 from __future__ import annotations
@@ -117,6 +118,17 @@ def only_sweep_list(http: TestClient, ex: dict[str, dict[str, Any]]) -> None:
     sweep_list(http, ex)
 
 
+def launch(http: TestClient, ex: dict[str, dict[str, Any]], sweep_id: str) -> None:
+    """A finished sweep's recommended member launched with more epochs (202), its replay
+    (200), and the 404 and 422 (no such member) problems."""
+    key = {"Idempotency-Key": "launch-example"}
+    body = {"member": "recommended", "spec_patch": {"training": {"epochs": 20}}}
+    record(ex, "launchSweep", http.post(f"/v1/sweeps/{sweep_id}/launch", json=body, headers=key))
+    record(ex, "launchSweep", http.post(f"/v1/sweeps/{sweep_id}/launch", json=body, headers=key))
+    record(ex, "launchSweep", http.post(f"/v1/sweeps/{UNKNOWN_ID}/launch", json={}))
+    record(ex, "launchSweep", http.post(f"/v1/sweeps/{sweep_id}/launch", json={"member": 99}))
+
+
 def sweeps_and_webhooks(http: TestClient, ex: dict[str, dict[str, Any]], hook_id: str) -> None:
     """Sweeps, webhooks (deliveries of the jobs finished so far) and the metrics text."""
     sweep = record(ex, "createSweep", http.post("/v1/sweeps", json=SWEEP))
@@ -126,6 +138,7 @@ def sweeps_and_webhooks(http: TestClient, ex: dict[str, dict[str, Any]], hook_id
     record(ex, "getSweep", http.get(f"/v1/sweeps/{sweep['id']}"))
     record(ex, "getSweep", http.get(f"/v1/sweeps/{UNKNOWN_ID}"))
     record(ex, "getSweepStability", http.get(f"/v1/sweeps/{sweep['id']}/stability"))
+    launch(http, ex, sweep["id"])
     record(ex, "cancelSweep", http.post(f"/v1/sweeps/{sweep['id']}/cancel"))  # 409: finished
     long = http.post("/v1/sweeps", json={
         "spec": LONG, "axes": [{"path": "seed", "values": [0, 1]}]}).json()
@@ -365,13 +378,19 @@ def main() -> None:
                 wait_sweep(http, sweep["id"])
                 record(examples, "getSweepStability",
                        http.get(f"/v1/sweeps/{sweep['id']}/stability"))
+        elif "--only-launch" in sys.argv:  # refresh launchSweep's examples only
+            examples = json.loads(OUT.read_text())
+            with TestClient(create_app(settings(Path(tmp), workers=1))) as http:
+                sweep = http.post("/v1/sweeps", json=SWEEP).json()
+                wait_sweep(http, sweep["id"])
+                launch(http, examples, sweep["id"])
         else:
             examples = generate(Path(tmp))
     OUT.write_text(json.dumps(examples, indent=1, sort_keys=True) + "\n")
     counts = {op: sorted(codes) for op, codes in sorted(examples.items())}
     print(f"wrote {OUT.relative_to(ROOT)}: {json.dumps(counts)}")
     if not {"--only-models", "--only-auth", "--only-sweep-list",
-            "--only-stability"} & set(sys.argv):
+            "--only-stability", "--only-launch"} & set(sys.argv):
         print(f"wrote {README_PLOT.relative_to(ROOT)}")
 
 

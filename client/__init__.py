@@ -29,6 +29,8 @@ from client.models import (
     StabilityRow,
     Sweep,
     SweepMember,
+    SweepPage,
+    SweepSummary,
 )
 from client.sync import Client
 
@@ -54,4 +56,6 @@ __all__ = [
     "StabilityRow",
     "Sweep",
     "SweepMember",
+    "SweepPage",
+    "SweepSummary",
 ]

@@ -34,6 +34,7 @@ from client.models import (
     Preflight,
     StabilityMap,
     Sweep,
+    SweepPage,
 )
 from client.transport import NOT_SENT, UPLOAD_TYPES, Attempt, Backoff, Download, FileBody
 
@@ -367,12 +368,29 @@ class ops:  # a namespace of call builders
     def submit_sweep(spec: dict[str, Any] | str | Path, axes: Sequence[dict[str, Any]],
                      name: str | None, idempotency_key: str | None) -> Call[Sweep]:
         # The 202 carries the whole sweep (members included): no need to follow Location.
-        # The server keeps no Idempotency-Key for sweeps (yet), so a POST that may have
-        # reached it is never resent: that would create a second sweep and its jobs.
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        # A key of our own makes the POST safe to resend (the server answers the sweep the
+        # first attempt created, as for jobs).
+        key = idempotency_key or f"client-{uuid.uuid4()}"
         return Call("POST", "/v1/sweeps", lambda r: Sweep.model_validate(r.json()),
                     json=_params(name=name, spec=_spec(spec), axes=[dict(a) for a in axes]),
-                    headers=headers, retry_safe=False)
+                    headers={"Idempotency-Key": key})
+
+    @staticmethod
+    def list_sweeps(*, status: StrList | str | None, tenant: str | None, limit: int,
+                    cursor: str | None) -> Call[SweepPage]:
+        return Call("GET", "/v1/sweeps", lambda r: SweepPage.model_validate(r.json()),
+                    params=_params(status=status, tenant=tenant, limit=limit, cursor=cursor))
+
+    @staticmethod
+    def launch_sweep(sweep_id: str, *, member: int | str, spec_patch: dict[str, Any] | None,
+                     x: str | None, y: str | None, at: dict[str, Any] | None,
+                     name: str | None, idempotency_key: str | None) -> Call[Job]:
+        key = idempotency_key or f"client-{uuid.uuid4()}"
+        return Call("POST", f"/v1/sweeps/{sweep_id}/launch",
+                    lambda r: Job.model_validate(r.json()),
+                    json=_params(member=member, spec_patch=spec_patch, x=x, y=y, at=at,
+                                 name=name),
+                    headers={"Idempotency-Key": key})
 
     @staticmethod
     def sweep(sweep_id: str) -> Call[Sweep]:

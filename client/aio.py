@@ -40,6 +40,7 @@ from client.models import (
     Preflight,
     StabilityMap,
     Sweep,
+    SweepPage,
 )
 from client.transport import RETRYABLE_ERRORS, Backoff, auth_headers
 
@@ -176,10 +177,32 @@ class AsyncClient:
                            idempotency_key: str | None = None) -> Sweep:
         """Sweep a spec (a dict, or the path of a JSON file) over ``axes``, each
         ``{"path": "optimizer.lr", "values": [...]}`` or ``{"path": ..., "log_range": [lo,
-        hi], "points": n}``; the queued sweep with one member job per grid point. Resent
-        only when it never reached the server (the server keeps no Idempotency-Key for
-        sweeps; a key given here is sent along)."""
+        hi], "points": n}``; the queued sweep with one member job per grid point. Sent with
+        an Idempotency-Key (``idempotency_key``, or one of its own), so a resend after a
+        dropped connection answers the sweep the first attempt created."""
         return await self._call(ops.submit_sweep(spec, axes, name, idempotency_key))
+
+    async def list_sweeps(self, *, limit: int = 50, cursor: str | None = None,
+                          status: StrList | str | None = None, tenant: str | None = None
+                          ) -> SweepPage:
+        """One page of sweeps, newest first (``page.next_cursor`` for the next): each with
+        its status, progress and members' verdict counts, no members (``sweep(id)``).
+        ``status`` filters on the derived status; ``tenant``: the admin's view of one."""
+        return await self._call(ops.list_sweeps(status=status, tenant=tenant, limit=limit,
+                                                cursor=cursor))
+
+    async def launch_sweep(self, sweep_id: str, member: int | str = "recommended",
+                           spec_patch: dict[str, Any] | None = None, x: str | None = None,
+                           y: str | None = None, at: dict[str, Any] | None = None,
+                           name: str | None = None, idempotency_key: str | None = None
+                           ) -> Job:
+        """Launch the real run like a member: a new job (not a member) with the member's
+        spec — ``"recommended"`` (the stability grid's over ``x``/``y``/``at``; 409 when
+        there is none) or a member index — and ``spec_patch`` (RFC 7396 merge patch) merged
+        in. ``job.launched_from`` says where it came from. Safe to resend (Idempotency-Key)."""
+        return await self._call(ops.launch_sweep(
+            sweep_id, member=member, spec_patch=spec_patch, x=x, y=y, at=at, name=name,
+            idempotency_key=idempotency_key))
 
     async def sweep(self, sweep_id: str) -> Sweep:
         """The sweep: status, progress and every member's values, status and verdict."""

@@ -1,4 +1,5 @@
-"""``gradwatch sweep submit|get|wait|cancel|delete|map``: stability maps from the command line
+"""``gradwatch sweep submit|list|get|wait|cancel|delete|map|launch``: stability maps from the
+command line
 (see :mod:`client.cli` for the exit codes; a waited sweep exits 0 once every member ran,
 whatever their verdicts, 5 when a member failed, 6 when it was cancelled)."""
 
@@ -13,11 +14,13 @@ from typing import Any
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from client.cli import EXIT, _fmt, err, out
-from client.models import AxisValue, StabilityMap, Sweep
+from client.cli import EXIT, _fmt, _print_outcome, err, exit_code, out
+from client.cli import _follow as _follow_job
+from client.models import AxisValue, StabilityMap, Sweep, SweepSummary
 from client.sync import Client
 
-__all__ = ["axis_value", "log_axis", "register_sweeps", "values_axis"]
+__all__ = ["axis_value", "log_axis", "member_choice", "patch_json", "register_sweeps",
+           "values_axis"]
 
 
 def axis_value(text: str) -> AxisValue:
@@ -74,6 +77,38 @@ def log_axis(text: str) -> dict[str, Any]:
 def _at_value(text: str) -> tuple[str, AxisValue]:
     path, rest = _split(text, "--at", "PATH=VALUE (another axis held at VALUE)")
     return path, axis_value(rest.strip())
+
+
+def member_choice(text: str) -> int | str:
+    """``--member``: a member index, or ``recommended``."""
+    if text.strip().lower() == "recommended":
+        return "recommended"
+    try:
+        index = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected a member index (0, 1, ...) or 'recommended'") from None
+    if index < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a member index is 0 or more")
+    return index
+
+
+def patch_json(text: str) -> dict[str, Any]:
+    """``--patch``: a JSON object (RFC 7396 merge patch), inline or ``@FILE``."""
+    source = text
+    if text.startswith("@"):
+        try:
+            with open(text[1:], encoding="utf-8") as f:
+                source = f.read()
+        except OSError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r}: {exc.strerror}") from None
+    try:
+        patch = json.loads(source)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not JSON: {exc}") from None
+    if not isinstance(patch, dict):
+        raise argparse.ArgumentTypeError(f"{text!r}: a merge patch is a JSON object")
+    return patch
 
 
 def _member_table(sweep: Sweep) -> Table:
@@ -185,6 +220,55 @@ def _finish(gw: Client, sweep: Sweep, args: argparse.Namespace) -> int:
     return _exit_code(sweep)
 
 
+def _verdict_counts(verdicts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {v}" for v, n in sorted(verdicts.items())) or "-"
+
+
+def _cmd_list(gw: Client, args: argparse.Namespace) -> int:
+    page = gw.list_sweeps(status=args.status, limit=args.limit)
+    if args.json:
+        print(json.dumps([s.model_dump(mode="json") for s in page.items], indent=2))
+        return EXIT["ok"]
+    out.print(_sweep_table(page.items))
+    return EXIT["ok"]
+
+
+def _sweep_table(sweeps: list[SweepSummary]) -> Table:
+    table = Table()
+    table.add_column("id", no_wrap=True)
+    for column in ("name", "status", "members", "verdicts", "created (UTC)"):
+        table.add_column(column, overflow="fold")
+    for s in sweeps:
+        members = (f"{s.progress.members_done}/{s.progress.members}" if s.progress
+                   else str(s.member_count))
+        created = (s.created_at or "-")[:19].replace("T", " ")
+        table.add_row(s.id, s.name or "-", s.status, members, _verdict_counts(s.verdicts),
+                      created)
+    return table
+
+
+def _cmd_launch(gw: Client, args: argparse.Namespace) -> int:
+    job = gw.launch_sweep(args.sweep_id, member=args.member, spec_patch=args.patch,
+                          x=args.x, y=args.y, at=dict(args.at) if args.at else None,
+                          name=args.name, idempotency_key=args.idempotency_key)
+    origin = job.launched_from or {}
+    how = "the recommended member" if origin.get("recommended") else "member"
+    values = ", ".join(f"{k}={_fmt(v)}" for k, v in (origin.get("values") or {}).items())
+    err.print(f"launched job {job.id} like {how} {origin.get('member')} ({values}) of sweep "
+              f"{args.sweep_id}")
+    if not args.wait:
+        if args.json:
+            print(json.dumps(job.model_dump(mode="json"), indent=2))
+        else:
+            out.print(job.id)
+        return EXIT["ok"]
+    final = _follow_job(gw, job, quiet=args.json)
+    if args.json:
+        print(json.dumps(final.model_dump(mode="json"), indent=2))
+        return exit_code(final)
+    return _print_outcome(gw, final)
+
+
 def _cmd_get(gw: Client, args: argparse.Namespace) -> int:
     _show(gw.sweep(args.sweep_id), args.json)
     return EXIT["ok"]
@@ -226,7 +310,7 @@ def _map_options(p: argparse.ArgumentParser) -> None:
 
 def register_sweeps(add: Callable[..., argparse.ArgumentParser], nest: Callable[..., Any]
                     ) -> None:
-    """sweep submit|get|wait|cancel|delete|map."""
+    """sweep submit|list|get|wait|cancel|delete|map|launch."""
     sweep = nest("sweep", "stability maps: sweep a spec over axes, every member a job")
     p = add("submit", _cmd_submit, "sweep a spec (JSON file) over axes", sub=sweep)
     p.add_argument("spec", help="the base TrainingSpec JSON file")
@@ -258,3 +342,22 @@ def register_sweeps(add: Callable[..., argparse.ArgumentParser], nest: Callable[
     p.add_argument("output", metavar="FILE")
     _map_options(p)
     p.add_argument("--json", action="store_true", help="the grid as JSON (not the boundary)")
+    p = add("list", _cmd_list, "list sweeps, newest first", sub=sweep)
+    p.add_argument("--status", action="append", default=None,
+                   choices=["queued", "running", "succeeded", "failed", "cancelled"],
+                   help="only sweeps in this status; repeatable")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--json", action="store_true", help="the sweeps as JSON")
+    p = add("launch", _cmd_launch, "launch the real run like a member (default: the "
+                                   "recommended one) as a new job", sub=sweep)
+    p.add_argument("sweep_id")
+    p.add_argument("--member", type=member_choice, default="recommended", metavar="N",
+                   help="a member index, or 'recommended' (default)")
+    p.add_argument("--patch", type=patch_json, default=None, metavar="JSON|@FILE",
+                   help='merge patch for the member\'s spec, e.g. \'{"training": {"epochs": '
+                        '200}}\' or @patch.json')
+    p.add_argument("--name", default=None, help="the new job's name")
+    p.add_argument("--idempotency-key", default=None)
+    _map_options(p)
+    p.add_argument("--wait", action="store_true", help="follow the job, then its outcome")
+    p.add_argument("--json", action="store_true", help="the job as JSON")

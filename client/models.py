@@ -33,7 +33,9 @@ __all__ = [
     "StabilityRow",
     "Sweep",
     "SweepMember",
+    "SweepPage",
     "SweepProgress",
+    "SweepSummary",
 ]
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
@@ -78,6 +80,10 @@ class Job(_Model):
     first_non_finite: dict[str, Any] | None = None
     runtime_seconds: float | None = None
     parent_id: str | None = None
+    parent_sweep_id: str | None = None
+    #: the sweep member it was launched like (``launch_sweep``): ``sweep_id``, ``member``,
+    #: ``job_id``, ``values``, ``recommended``, ``spec_patch``; None for any other job
+    launched_from: dict[str, Any] | None = None
     spec: dict[str, Any] | None = None
     repair: dict[str, Any] | None = None
 
@@ -221,6 +227,31 @@ class Sweep(_Model):
     def paths(self) -> list[str]:
         """The axes' spec paths, in order."""
         return [str(a["path"]) for a in self.axes]
+
+
+class SweepSummary(_Model):
+    """A sweep as the list gives it: no members and no spec (``sweep(id)`` for them), its
+    members' verdict counts (verdict -> members)."""
+
+    id: str
+    name: str | None = None
+    status: JobStatus
+    created_at: str | None = None
+    tenant: str | None = None
+    progress: SweepProgress | None = None
+    axes: list[dict[str, Any]] = Field(default_factory=list)
+    member_count: int = 0
+    verdicts: dict[str, int] = Field(default_factory=dict)
+    links: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+class SweepPage(_Model):
+    items: list[SweepSummary]
+    next_cursor: str | None = None
 
 
 class StabilityRow(_Model):

@@ -125,11 +125,14 @@ OPERATIONS: dict[str, list[Op]] = {
                        owned("GET", "/v1/jobs/{b_job_id}/plots/comparison",
                              params={"other": "{job_id}"})],
     # sweeps
-    "createSweep": [Op("create", "POST", "/v1/sweeps", json=SWEEP, check=_created_sweep_is_bs)],
+    "createSweep": [Op("create", "POST", "/v1/sweeps", json=SWEEP,
+                       headers={"Idempotency-Key": "shared-sweep-key"},
+                       check=_created_sweep_is_bs)],
     "listSweeps": [listing("/v1/sweeps"), listing("/v1/sweeps", params={"tenant": "team-a"})],
     "getSweep": [owned("GET", SWEEP_PATH)],
     "deleteSweep": [owned("DELETE", SWEEP_PATH)],
     "cancelSweep": [owned("POST", SWEEP_PATH + "/cancel")],
+    "launchSweep": [owned("POST", SWEEP_PATH + "/launch", json={"member": 0})],
     "getSweepStability": [owned("GET", SWEEP_PATH + "/stability")],
     "plotSweepStability": [owned("GET", SWEEP_PATH + "/plots/stability")],
     "streamSweepEvents": [owned("GET", SWEEP_PATH + "/events")],
@@ -249,7 +252,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TenantResources]
                       json={"spec_patch": {"optimizer": {"lr": 0.05}}}, headers=ha)
         assert repair.status_code == 202 and repair.json()["tenant"] == "team-a", repair.text
         a.ids["repair_id"] = repair.json()["id"]
-        sweep = post("/v1/sweeps", json=SWEEP, headers=ha)
+        sweep = post("/v1/sweeps", json=SWEEP,
+                     headers={**ha, "Idempotency-Key": "shared-sweep-key"})
         assert sweep.status_code == 202, sweep.text
         a.ids["sweep_id"] = sweep.json()["id"]
         a.ids.update({f"member_{m['index']}": m["job_id"] for m in sweep.json()["members"]})

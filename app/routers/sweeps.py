@@ -7,23 +7,26 @@ from typing import Annotated, Any, Literal
 
 import anyio
 from anyio import to_thread
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Body, Header, Query, Request, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.deps import PrincipalDep, ReadSessionDep, SessionDep, SettingsDep
 from app.errors import NotFoundError
 from app.jsonutil import dumps
 from app.routers.common import TenantFilter, problems
-from app.schemas import SweepPage, SweepStatus
+from app.schemas import JobRead, SweepPage, SweepStatus
+from app.services import job_to_read
 from app.stability_plot import render_stability_map
 from app.sweeps import (
     SweepCreate,
+    SweepLaunch,
     cancel_sweep,
-    create_sweep,
     delete_sweep,
     get_sweep,
+    launch_member,
     list_sweeps,
     stability,
+    submit_sweep,
     sweep_summaries,
     sweep_to_read,
 )
@@ -32,6 +35,16 @@ from app.tenancy import Principal
 router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"])
 
 _JSON = "application/json"
+
+SweepIdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", min_length=1, max_length=255,
+           description="Makes the request safe to retry, as on `POST /v1/jobs`: the same key "
+                       "with the same request returns what the first one created (200); with a "
+                       "different request, 422; while the first request is still being "
+                       "created, 409. Keys are per tenant; a key lives as long as what it "
+                       "created."),
+]
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -48,13 +61,19 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
         "The member count (`max_members`) and total steps (`max_total_steps`) are checked "
         "before anything is created (422 naming the limit). Every member counts against the "
         "tenant's queued-jobs quota (429 with `Retry-After`, nothing created). Answers 202 "
-        "with `Location`."),
-    responses=problems(413, 415, 422, 429))
+        "with `Location`. With `Idempotency-Key`, a retry returns the existing sweep with "
+        "**200** (no new member)."),
+    responses={200: {"description": "Idempotent replay: the sweep created by an earlier "
+                                    "request with the same Idempotency-Key."},
+               **problems(409, 413, 415, 422, 429)})
 def create_sweep_endpoint(body: SweepCreate, session: SessionDep, settings: SettingsDep,
-                          principal: PrincipalDep) -> Response:
-    sweep, _ = create_sweep(session, body=body, settings=settings, principal=principal)
+                          principal: PrincipalDep,
+                          idempotency_key: SweepIdempotencyKey = None) -> Response:
+    sweep, created = submit_sweep(session, body=body, settings=settings, principal=principal,
+                                  idempotency_key=idempotency_key)
     session.commit()  # the commit sends the member jobs to the executor (app.dispatch)
-    return _json(sweep_to_read(session, sweep), 202, {"Location": f"/v1/sweeps/{sweep.id}"})
+    return _json(sweep_to_read(session, sweep), 202 if created else 200,
+                 {"Location": f"/v1/sweeps/{sweep.id}"})
 
 
 @router.get(
@@ -116,6 +135,42 @@ def delete_sweep_endpoint(sweep_id: str, session: SessionDep, principal: Princip
     delete_sweep(session, sweep_id, principal)
     session.commit()
     return Response(status_code=204)
+
+
+@router.post(
+    "/{sweep_id}/launch", status_code=202, response_model=JobRead, operation_id="launchSweep",
+    summary="Launch the real run like a member",
+    description="Submits a new job with a member's spec — `member: \"recommended\"` (default: "
+                "the stability grid's recommended member over `x`/`y`/`at`, as "
+                "`/stability` takes them; 409 with `recommended_reason` when there is none) or "
+                "a member index — with `spec_patch` (RFC 7396 merge patch, e.g. more epochs) "
+                "applied. The job is not a member (the sweep's status and progress do not "
+                "change); its `launched_from` names the sweep, member and member job. Answers "
+                "202 with `Location` and the job, as `POST /v1/jobs`; with `Idempotency-Key` "
+                "a retry returns the job with 200. 422 for a member that does not exist or a "
+                "patched spec that is not valid (`patched_spec.<field>`).",
+    responses={200: {"description": "Idempotent replay.", "model": JobRead},
+               **problems(404, 409, 422, 429)})
+def launch_sweep_endpoint(
+    sweep_id: str, session: SessionDep, settings: SettingsDep, principal: PrincipalDep,
+    response: Response,
+    body: Annotated[SweepLaunch | None, Body(openapi_examples={
+        "recommended": {"summary": "The recommended member as it is", "value": {}},
+        "longer": {"summary": "The recommended member, trained longer",
+                   "value": {"member": "recommended",
+                             "spec_patch": {"training": {"epochs": 200}}}},
+        "member": {"summary": "Member 3, named", "value": {"member": 3, "name": "real run"}},
+    })] = None,
+    idempotency_key: SweepIdempotencyKey = None,
+) -> dict[str, Any]:
+    submitted = launch_member(session, sweep_id, body or SweepLaunch(), settings,
+                              principal=principal, idempotency_key=idempotency_key)
+    session.commit()  # the commit sends the new job to the executor (app.dispatch)
+    job = submitted.job
+    if not submitted.created:
+        response.status_code = 200
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return {**job_to_read(job), "notify_secret": submitted.notify_secret}
 
 
 def _at(request: Request) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-// The sweep page (/sweeps/{id}): the recommended setting (a line linking to its member job),
-// then its stability map as a grid of cells, each a link to its member job. Uses h(), getJSON(), fmt() and problemText() from dashboard.js (loaded after
+// The sweep page (/sweeps/{id}): the recommended setting (a line linking to its member job,
+// and a button launching the real run like it), then its stability map as a grid of cells,
+// each a link to its member job, laid out as the PNG map: the largest y value on top. Uses h(), getJSON(), fmt() and problemText() from dashboard.js (loaded after
 // this file; they are only called once the page starts).
 "use strict";
 
@@ -34,10 +35,11 @@ async function renderGrid(el, sweep, recEl) {
   }
   const grid = await getJSON(`/v1/sweeps/${sweep.id}/stability`);
   const jobOf = new Map(sweep.members.map((m) => [m.index, m]));
-  renderRecommendation(recEl, grid, jobOf, sweep.status);
+  renderRecommendation(recEl, grid, jobOf, sweep);
   const star = grid.recommended ? grid.recommended.index : null;
   const head = h("tr", {}, h("th", {}, `${grid.y} \\ ${grid.x}`),
     ...grid.x_values.map((x) => h("th", {}, fmt(x))));
+  // rows top to bottom from the last y value to the first, as the PNG map draws them
   const rows = grid.y_values.map((y, j) => h("tr", {}, h("th", {}, fmt(y)),
     ...grid.x_values.map((x, i) => {
       const member = jobOf.get(grid.member[j][i]);
@@ -49,13 +51,14 @@ async function renderGrid(el, sweep, recEl) {
                        style: `background:${VERDICT_COLORS[verdict] || "#fff"}${mark}` },
         h("a", { href: `/jobs/${member.job_id}`, class: "member-link",
                  title: `${grid.x}=${fmt(x)}, ${grid.y}=${fmt(y)}: ${label}` }, label));
-    })));
+    }))).reverse();
   fill(el, h("table", { class: "stability" }, h("thead", {}, head), h("tbody", {}, ...rows)));
 }
 
 // "Recommended: lr 0.00268, init std 0.277" linking to that member's job, then the reason
 // (core.stability.recommend); or why there is none. While members still run: "so far".
-function renderRecommendation(el, grid, jobOf, status) {
+function renderRecommendation(el, grid, jobOf, sweep) {
+  const status = sweep.status;
   const rec = grid.recommended;
   const sofar = status === "queued" || status === "running" ? " (so far)" : "";
   if (!rec) {
@@ -67,5 +70,29 @@ function renderRecommendation(el, grid, jobOf, status) {
   const link = jobId ? h("a", { href: `/jobs/${jobId}`, id: "recommended-link" }, setting)
     : h("span", {}, setting);
   const margin = rec.margin === "none" ? " (no safety margin)" : "";
-  fill(el, h("strong", {}, `Recommended${sofar}${margin}: `), link, ` — ${rec.reason}.`);
+  const launch = h("button", { class: "primary", id: "launch-recommended",
+    title: "Train a new job with this member's spec (POST /v1/sweeps/{id}/launch)",
+    onclick: (e) => launchRecommended(e.target, sweep.id, grid) }, "Launch this setting");
+  fill(el, h("strong", {}, `Recommended${sofar}${margin}: `), link, ` — ${rec.reason}. `, launch);
+}
+
+// POST launch (the recommended member of this grid, no patch) with the page's API key
+// handling (api() in dashboard.js), then open the new job's page. One Idempotency-Key per
+// page: a second click, or a retry, answers the same job.
+let launchKey = null;
+async function launchRecommended(button, sweepId, grid) {
+  launchKey = launchKey || `page-${Date.now()}-${Math.random().toString(36).slice(2)}`;
+  button.disabled = true;
+  button.textContent = "Launching…";
+  try {
+    const job = await getJSON(`/v1/sweeps/${sweepId}/launch`, {
+      method: "POST", headers: { "Idempotency-Key": launchKey },
+      json: { member: "recommended", x: grid.x, y: grid.y, at: grid.fixed },
+    });
+    location.assign(`/jobs/${job.id}`);
+  } catch (err) {
+    button.disabled = false;
+    button.textContent = "Launch this setting";
+    button.after(h("pre", { class: "error", id: "launch-error" }, problemText(err)));
+  }
 }

@@ -28,7 +28,7 @@ from app.settings import Settings
 from app.specs import echoed_spec, spec_hash
 from core.spec import TrainingSpec, UploadedData
 
-__all__ = ["IDEMPOTENCY_IN_FLIGHT", "Submitted", "submit_job"]
+__all__ = ["IDEMPOTENCY_IN_FLIGHT", "Submitted", "scoped_key", "submit_job"]
 
 IDEMPOTENCY_IN_FLIGHT = timedelta(seconds=30)
 
@@ -49,7 +49,7 @@ def submit_job(session: Session, *, spec: TrainingSpec, settings: Settings,
     spec_json = echoed_spec(spec)
     digest = spec_hash(spec_json)
     jobs = JobRepository(session)
-    idempotency_key = _scoped_key(idempotency_key, tenant)
+    idempotency_key = scoped_key(idempotency_key, tenant)
     if idempotency_key is not None:
         existing = jobs.by_idempotency_key(idempotency_key)
         if existing is not None:
@@ -96,7 +96,7 @@ def _notify(session: Session, job: Job, spec: TrainingSpec, settings: Settings) 
         url=spec.notify.url, events=spec.notify.events, job_id=job.id, tenant=job.tenant).secret
 
 
-def _scoped_key(idempotency_key: str | None, tenant: str | None) -> str | None:
+def scoped_key(idempotency_key: str | None, tenant: str | None) -> str | None:
     """Idempotency keys are per tenant (two tenants may both send "retry-1"): a tenant's is
     stored as ``<tenant>:<sha256 of the key>``; the admin's as given."""
     if idempotency_key is None or tenant is None:

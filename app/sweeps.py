@@ -12,23 +12,22 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import ColumnElement, and_, case, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import quotas
 from app.artifacts import forget_models
-from app.datasets import parent_lookup, uploaded_lookup
+from app.datasets import uploaded_lookup
 from app.errors import ConflictError, NotFoundError, SpecValidationError
 from app.lifecycle import TERMINAL
 from app.models import Job, Sweep, SweepMemberRow, utcnow
-from app.repositories import JobRepository
+from app.repositories import JobRepository, as_utc
 from app.schemas import utc_text
 from app.services import (
-    Submitted,
     cancel_job,
     cursor_position,
     encode_cursor,
@@ -36,7 +35,7 @@ from app.services import (
     validate_spec,
 )
 from app.settings import Settings
-from app.submission import IDEMPOTENCY_IN_FLIGHT, _scoped_key
+from app.submission import IDEMPOTENCY_IN_FLIGHT, scoped_key
 from app.tenancy import Principal
 from core.spec import UploadedData
 from core.stability import MemberOutcome, StabilityGrid, stability_grid
@@ -44,12 +43,10 @@ from core.sweep import SweepAxis, SweepError, SweepLimits, expand_sweep
 
 __all__ = [
     "SweepCreate",
-    "SweepLaunch",
     "cancel_sweep",
     "create_sweep",
     "delete_sweep",
     "get_sweep",
-    "launch_member",
     "list_sweeps",
     "stability",
     "submit_sweep",
@@ -81,7 +78,7 @@ def submit_sweep(session: Session, *, body: SweepCreate, settings: Settings,
     no member; with a different request, 422; while the first request's members are not
     yet handed to the executor, or its insert has not committed, 409
     ``idempotency-in-flight``. The key is freed when the sweep is deleted."""
-    key = _scoped_key(idempotency_key, principal.tenant)
+    key = scoped_key(idempotency_key, principal.tenant)
     if key is not None:
         existing = session.scalars(select(Sweep).where(Sweep.idempotency_key == key)).first()
         if existing is not None:
@@ -106,10 +103,7 @@ def _replay_sweep(session: Session, existing: Sweep, body: SweepCreate) -> Sweep
             f"Idempotency-Key was already used for sweep {existing.id} with a different "
             "request; use a new key for a different request",
             slug="idempotency-key-reused", sweep_id=existing.id)
-    created = existing.created_at
-    if created.tzinfo is None:
-        created = created.replace(tzinfo=utcnow().tzinfo)
-    if utcnow() - created < IDEMPOTENCY_IN_FLIGHT and any(
+    if utcnow() - as_utc(existing.created_at) < IDEMPOTENCY_IN_FLIGHT and any(
             job is not None and job.status == "queued" and job.enqueued_at is None
             for _, job in _members(session, existing.id)):
         raise ConflictError(
@@ -370,89 +364,3 @@ def stability(session: Session, sweep_id: str, x: str | None, y: str | None,
                             slug="sweep-not-ready")
     return stability_grid(done, x, y, at)
 
-
-MemberIndex = Annotated[StrictInt, Field(ge=0)]
-
-
-class SweepLaunch(BaseModel):
-    """`POST /v1/sweeps/{id}/launch` body: which member to launch the real run like, and what
-    to change in its spec."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    member: MemberIndex | Literal["recommended"] = Field(
-        "recommended", description="A member index, or `recommended`: the stability grid's "
-                                   "recommended member (409 when it has none).")
-    x: str | None = Field(None, description="With `recommended`: the grid's x axis, as "
-                                            "`/stability` takes it.")
-    y: str | None = Field(None, description="With `recommended`: the grid's y axis.")
-    at: dict[str, Any] | None = Field(
-        None, description="With `recommended`: where the other axes are held (path -> value), "
-                          "as `/stability`'s `at.<path>`.")
-    spec_patch: dict[str, Any] | None = Field(
-        None, description="RFC 7396 merge patch applied to the member's spec, e.g. "
-                          '`{"training": {"epochs": 200}}`.')
-    name: str | None = Field(None, max_length=200,
-                             description="The new job's name (default: the member's).")
-
-
-def launch_member(session: Session, sweep_id: str, body: SweepLaunch, settings: Settings, *,
-                  principal: Principal, idempotency_key: str | None = None) -> Submitted:
-    """A new job running a member's spec with ``body.spec_patch`` merged in (the repair
-    path's :func:`core.diagnostics.apply_merge_patch`), owned by the sweep's tenant.
-
-    It is *not* a member: no ``parent_sweep_id`` and no ``sweep_members`` row, so the
-    sweep's status and progress do not see it. Where it came from is the job's
-    ``launched_from`` (its own JSON column rather than ``repair``, which means "a fix of
-    ``parent_id``" to the comparison endpoint and the list's ``parent_id`` filter):
-    ``{"sweep_id", "member", "job_id", "values", "recommended", "spec_patch"}``, kept after
-    the sweep is deleted. ``idempotency_key`` as for ``POST /v1/jobs``; a key that made a job
-    launched from another member (or not launched at all) is a 422.
-    """
-    from core.diagnostics import apply_merge_patch
-
-    sweep = get_sweep(session, sweep_id, principal)
-    recommended = body.member == "recommended"
-    if isinstance(body.member, int):
-        index = body.member
-    else:
-        grid = stability(session, sweep_id, body.x, body.y, body.at or None,
-                         principal=principal)
-        if grid.recommended is None:
-            raise ConflictError(
-                f"sweep {sweep_id} has no recommended member to launch: "
-                f"{grid.recommended_reason} Pass a member index instead.",
-                slug="no-recommendation", recommended_reason=grid.recommended_reason)
-        index = grid.recommended.index
-    row = session.get(SweepMemberRow, (sweep.id, index))
-    if row is None:
-        raise SpecValidationError(
-            f"member {index} does not exist; sweep {sweep_id} has members "
-            f"0..{sweep.member_count - 1}",
-            errors=[{"loc": ["body", "member"], "msg": "no such member",
-                     "type": "value_error"}])
-    member_job = session.get(Job, row.job_id) if row.job_id is not None else None
-    if member_job is None:
-        raise ConflictError(f"member {index}'s job was deleted; its spec is gone",
-                            slug="member-deleted")
-    patched = apply_merge_patch(member_job.spec, body.spec_patch or {})
-    if body.name is not None:
-        patched["name"] = body.name
-    spec = validate_spec(patched, settings, loc_prefix=("patched_spec",),
-                         uploaded=parent_lookup(session, member_job.dataset_id))
-    origin = {"sweep_id": sweep.id, "member": index, "job_id": member_job.id,
-              "values": row.axis_values, "recommended": recommended,
-              "spec_patch": body.spec_patch}
-    submitted = submit_job(session, spec=spec, settings=settings, tenant=sweep.tenant,
-                           idempotency_key=idempotency_key)
-    if submitted.created:
-        submitted.job.launched_from = origin
-    else:
-        before = submitted.job.launched_from or {}
-        if (before.get("sweep_id"), before.get("member")) != (sweep.id, index):
-            raise SpecValidationError(
-                f"Idempotency-Key was already used for job {submitted.job.id}, not launched "
-                f"from member {index} of sweep {sweep.id}; use a new key for a different "
-                "request", slug="idempotency-key-reused", job_id=submitted.job.id)
-    session.flush()
-    return submitted

@@ -17,13 +17,12 @@ from app.routers.common import TenantFilter, problems
 from app.schemas import JobRead, SweepPage, SweepStatus
 from app.services import job_to_read
 from app.stability_plot import render_stability_map
+from app.sweep_launch import SweepLaunch, launch_member
 from app.sweeps import (
     SweepCreate,
-    SweepLaunch,
     cancel_sweep,
     delete_sweep,
     get_sweep,
-    launch_member,
     list_sweeps,
     stability,
     submit_sweep,

@@ -174,6 +174,20 @@ def test_what_the_server_refuses_is_shown_and_creates_nothing(
     _fill_spec(page, TINY)
     page.fill("#sweep-name", "refused")
     error = page.locator("#sweep-error")
+    # 1-3 axes; a new one goes before the last, so the map keeps lr across and std up
+    page.click("#add-axis")
+    assert page.locator("#add-axis").is_disabled()
+    _row(page, 1).locator("input.axis-path").wait_for()
+    assert _row(page, 1).locator("input.axis-path").input_value() == ""
+    assert "path: choose a spec path" in _row(page, 1).inner_text()
+    assert page.locator("#sweep-members").inner_text() == "– members"
+    _set_values(page, 1, "model.depth", "2, 4")
+    page.locator("#sweep-members").get_by_text("128 members").wait_for()
+    assert "held at its first value" in _row(page, 1).inner_text()
+    assert "map x (columns)" in _row(page, 2).inner_text()
+    _row(page, 1).locator("button.remove-axis").click()
+    page.locator("#sweep-members").get_by_text("64 members").wait_for()
+    assert not page.locator("#add-axis").is_disabled()
     # what the browser can tell: no request is made
     _row(page, 1).locator("input.axis-lo").fill("2")
     assert "lo must be smaller than hi" in _row(page, 1).inner_text()

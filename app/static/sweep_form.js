@@ -79,13 +79,14 @@ function sweepForm(spec) {
   const members = h("strong", { id: "sweep-members" });
   const name = h("input", { id: "sweep-name", type: "text", maxlength: 200, placeholder: "optional", size: 30 });
   const error = h("pre", { class: "error", id: "sweep-error", hidden: true });
-  const addButton = h("button", { type: "button", id: "add-axis", onclick: () => { addRow({ path: "", kind: "values", values: "" }); changed(); } }, "Add axis");
+  // a new axis goes before the last one: the map keeps its x and y, the new axis held fixed
+  const addButton = h("button", { type: "button", id: "add-axis", onclick: () => { addRow({ path: "", kind: "values", values: "" }, rows.length - 1); changed(); } }, "Add axis");
   const start = h("button", { type: "button", class: "primary", id: "start-sweep", onclick: () => startSweep() }, "Start sweep");
   // one Idempotency-Key per form fill: kept while the form is unchanged (a double click or a
   // retry after a lost answer makes one sweep), a new one once anything is edited
   let key = null;
 
-  function addRow(init) {
+  function addRow(init, at = rows.length) {
     const input = (cls, value, attrs) => h("input", { type: "text", class: cls, value, inputmode: "decimal", ...attrs });
     const row = {
       path: h("input", { type: "text", class: "axis-path", list: "sweep-paths", value: init.path, placeholder: "spec path", size: 20 }),
@@ -105,8 +106,9 @@ function sweepForm(spec) {
       onclick: () => { rows.splice(rows.indexOf(row), 1); row.tr.remove(); changed(); } }, "Remove");
     row.tr = h("tr", { class: "axis-row" }, row.role, h("td", {}, row.path), h("td", {}, row.kind),
       h("td", {}, row.logPart, row.valuesPart), row.note, h("td", {}, row.remove));
-    rows.push(row);
-    rowsEl.append(row.tr);
+    if (at < rows.length) rows[at].tr.before(row.tr);
+    else rowsEl.append(row.tr);
+    rows.splice(at, 0, row);
     showKind(row);
   }
 
@@ -141,10 +143,11 @@ function sweepForm(spec) {
   function changed() {
     key = null;
     error.hidden = true;
+    error.textContent = "";
     let total = 1, ok = true;
     rows.forEach((row, i) => {
       row.role.textContent = rows.length === 1 ? "axis"
-        : i === rows.length - 1 ? "map x (columns)" : i === 0 ? "map y (rows)" : "one map per value";
+        : i === rows.length - 1 ? "map x (columns)" : i === 0 ? "map y (rows)" : "held at its first value on the map";
       row.remove.disabled = rows.length <= 1;
       try {
         const axis = axisOf(row);
@@ -166,6 +169,7 @@ function sweepForm(spec) {
 
   async function startSweep() {
     error.hidden = true;
+    error.textContent = "";
     let body;
     try {
       let base;
@@ -194,14 +198,14 @@ function sweepForm(spec) {
     }
   }
 
-  DEFAULT_AXES.forEach(addRow);
+  DEFAULT_AXES.forEach((axis) => addRow(axis));
   const section = h("div", { id: "sweep-form", oninput: changed },
     h("h3", {}, "Sweep this spec"),
     h("p", { class: "muted" }, "Trains the spec above once per grid point (all axes' values combined) and draws where ",
       "it explodes: the stability map. Axes are dotted paths into the spec; ", h("code", {}, "model.depth"),
       " repeats the first hidden layer."),
     h("datalist", { id: "sweep-paths" }, SWEEP_PATHS.map((p) => h("option", { value: p }))),
-    h("table", { class: "axes" }, rowsEl),
+    h("table", { class: "axes" }, h("thead", {}, h("tr", {}, ["axis", "spec path", "kind", "range or values", "grid", ""].map((c) => h("th", {}, c)))), rowsEl),
     h("div", { class: "sweep-actions" }, addButton, " ", members,
       h("label", {}, " Name ", name), " ", start),
     error);

@@ -210,6 +210,11 @@ function sweepForm(spec) {
       h("label", {}, " Name ", name), " ", start),
     error);
   spec.addEventListener("input", changed);
+  // back from the sweep page (the browser's page cache keeps this page as it was): the button
+  // works again; the form and its key are unchanged, so starting again answers the same sweep
+  window.addEventListener("pageshow", (e) => {
+    if (e.persisted) { start.disabled = false; start.textContent = "Start sweep"; }
+  });
   changed();
   return section;
 }

@@ -463,25 +463,6 @@ async function renderComparison(el, job) {
   await imageInto(img, `/v1/jobs/${job.id}/plots/comparison${other}`);
 }
 
-// The sweep page (showSweep, app/static/sweep.js) asks for the stability grid as soon as the
-// sweep has two axes, which is a 409 sweep-not-ready until one member has finished: a sweep
-// just started from the home page would stop at that error. Until then, say so and retry.
-async function showSweepWhenReady(root, sweepId) {
-  for (;;) {
-    try {
-      return await showSweep(root, sweepId);
-    } catch (err) {
-      if (!(err instanceof ApiError && err.status === 409 &&
-            String(err.problem.type || "").endsWith("/sweep-not-ready"))) throw err;
-      const section = root.querySelector("section") || root;
-      section.querySelector("#sweep-waiting")?.remove();
-      section.append(h("p", { class: "muted", id: "sweep-waiting" },
-        "Waiting for the first member to finish; the map appears as members finish."));
-      await sleep(2000);
-    }
-  }
-}
-
 // ------------------------------------------------------------------ start
 document.getElementById("forget-key").hidden = !sessionStorage.getItem(KEY);
 document.getElementById("forget-key").addEventListener("click", () => {
@@ -492,6 +473,6 @@ const match = location.pathname.match(/^\/jobs\/([^/]+)$/);
 const sweepMatch = location.pathname.match(/^\/sweeps\/([^/]+)$/);
 const root = document.getElementById("app");
 (match ? showJob(root, decodeURIComponent(match[1]))
-  : sweepMatch ? showSweepWhenReady(root, decodeURIComponent(sweepMatch[1])) : showList(root)).catch((err) => {
+  : sweepMatch ? showSweep(root, decodeURIComponent(sweepMatch[1])) : showList(root)).catch((err) => {
   root.replaceChildren(h("section", {}, h("p", { class: "error" }, problemText(err))));
 });

@@ -18,22 +18,44 @@ async function showSweep(root, sweepId) {
   const grid = h("div", { id: "stability-grid" });
   const img = h("img", { id: "stability-plot", alt: "stability map" });
   root.replaceChildren(h("section", {}, title, status, recommended, grid, img));
+  let drawn = false;
   for (;;) {
     const s = await getJSON(`/v1/sweeps/${sweepId}`);
     status.textContent = `${s.status}: ${s.progress.members_done} / ${s.progress.members} members done`;
-    if (s.axes.length >= 2 || s.status !== "queued") await renderGrid(grid, s, recommended);
+    drawn = await renderGrid(grid, s, recommended);
     if (s.status !== "queued" && s.status !== "running") break;
     await new Promise((resolve) => setTimeout(resolve, 2000));
   }
-  if (sweep.axes.length >= 2) await imageInto(img, `/v1/sweeps/${sweepId}/plots/stability`);
+  if (drawn) await imageInto(img, `/v1/sweeps/${sweepId}/plots/stability`);
 }
 
+// The grid of a sweep with two axes or more once a member has a verdict (true when drawn);
+// until then (the stability endpoint's 409 sweep-not-ready) a note, not an error.
 async function renderGrid(el, sweep, recEl) {
   if (sweep.axes.length < 2) {
     fill(el, h("p", { class: "muted" }, "A stability map needs two axes."));
-    return;
+    return false;
   }
-  const grid = await getJSON(`/v1/sweeps/${sweep.id}/stability`);
+  const waiting = "Waiting for the first member to finish; the map appears as members finish.";
+  if (sweep.progress.members_done === 0) {
+    fill(el, h("p", { class: "muted", id: "sweep-waiting" }, waiting));
+    return false;
+  }
+  let grid;
+  try {
+    grid = await getJSON(`/v1/sweeps/${sweep.id}/stability`);
+  } catch (err) {
+    if (!(err instanceof ApiError && err.status === 409)) throw err;
+    fill(el, h("p", { class: "muted", id: "sweep-waiting" },
+      sweep.status === "queued" || sweep.status === "running" ? waiting
+        : "No member finished with a verdict: there is no map to draw."));
+    return false;
+  }
+  drawGrid(el, grid, sweep, recEl);
+  return true;
+}
+
+function drawGrid(el, grid, sweep, recEl) {
   const jobOf = new Map(sweep.members.map((m) => [m.index, m]));
   renderRecommendation(recEl, grid, jobOf, sweep);
   const star = grid.recommended ? grid.recommended.index : null;

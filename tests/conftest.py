@@ -25,6 +25,7 @@ from app.db import build_engine, build_sessionmaker
 from app.main import create_app
 from app.migrate import upgrade
 from app.settings import Settings
+from client import Client
 
 SMALL_SPEC: dict[str, Any] = {
     "name": "small",
@@ -42,6 +43,25 @@ LONG_SPEC: dict[str, Any] = {
     "training": {"epochs": 2000, "batch_size": 8, "validation_split": 0.0},
     "monitor": {"stop_on_explosion": False},
 }
+
+# Sweeps: a deep net on the spirals whose wide init at a large learning rate explodes.
+SWEEP_SPEC: dict[str, Any] = {
+    "seed": 0,
+    "data": {"source": "synthetic", "name": "spirals", "n_samples": 200},
+    "model": {"hidden": [{"units": 16}] * 6, "init": {"scheme": "normal", "std": 0.3}},
+    "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
+    "training": {"epochs": 4, "batch_size": 32},
+}
+# The same question smaller and shorter (the client's tests), and a 2 x 2 grid for it.
+SWEEP_SPEC_SMALL: dict[str, Any] = {
+    "seed": 0,
+    "data": {"source": "synthetic", "name": "spirals", "n_samples": 120},
+    "model": {"hidden": [{"units": 8}] * 4, "init": {"scheme": "normal", "std": 0.3}},
+    "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
+    "training": {"epochs": 2, "batch_size": 32},
+}
+SWEEP_AXES: list[dict[str, Any]] = [{"path": "model.init.std", "values": [0.3, 3.0]},
+                              {"path": "optimizer.lr", "log_range": [1e-3, 0.5], "points": 2}]
 
 
 def make_settings(tmp: Path, **overrides: Any) -> Settings:
@@ -335,3 +355,10 @@ def capped_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def gw(live: LiveServer) -> Iterator[Client]:
+    """A Python client of the live server."""
+    with Client(live.url) as client:
+        yield client

@@ -35,12 +35,6 @@ def test_the_client_imports_nothing_from_the_server() -> None:
     assert result.stdout.strip() == ""
 
 
-@pytest.fixture(scope="module")
-def gw(live: LiveServer) -> Any:
-    with Client(live.url) as client:
-        yield client
-
-
 def test_submit_follow_and_read_a_diverging_run(gw: Client, tmp_path: Path) -> None:
     job = gw.submit(DIVERGING_SPEC)
     assert job.status in ("queued", "running") and job.spec is not None

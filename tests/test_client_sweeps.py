@@ -14,7 +14,6 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any
 
 import pytest
 from matplotlib import image as mpimg
@@ -22,28 +21,13 @@ from matplotlib import image as mpimg
 from client import ApiError, AsyncClient, Client, Event, StabilityMap, Sweep, SweepMember
 from client.cli import EXIT
 from client.cli_sweeps import axis_value, log_axis, values_axis
-from tests.conftest import LONG_SPEC, LiveServer
+from tests.conftest import LONG_SPEC, SWEEP_AXES, SWEEP_SPEC_SMALL, LiveServer
 
 pytestmark = pytest.mark.timeout(180)
 
 GRADWATCH = str(Path(sys.executable).parent / "gradwatch")
 
 # A few dozen steps of a small deep net: a wide init at a large learning rate explodes.
-TINY: dict[str, Any] = {
-    "seed": 0,
-    "data": {"source": "synthetic", "name": "spirals", "n_samples": 120},
-    "model": {"hidden": [{"units": 8}] * 4, "init": {"scheme": "normal", "std": 0.3}},
-    "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
-    "training": {"epochs": 2, "batch_size": 32},
-}
-AXES: list[dict[str, Any]] = [{"path": "model.init.std", "values": [0.3, 3.0]},
-                              {"path": "optimizer.lr", "log_range": [1e-3, 0.5], "points": 2}]
-
-
-@pytest.fixture(scope="module")
-def gw(live: LiveServer) -> Any:
-    with Client(live.url) as client:
-        yield client
 
 
 def assert_png(data: bytes) -> tuple[int, int]:
@@ -73,7 +57,7 @@ def assert_grid_matches_members(grid: StabilityMap, sweep: Sweep) -> None:
 
 
 def test_a_sweep_is_submitted_followed_read_and_mapped(gw: Client, tmp_path: Path) -> None:
-    submitted = gw.submit_sweep(TINY, AXES, name="std x lr")
+    submitted = gw.submit_sweep(SWEEP_SPEC_SMALL, SWEEP_AXES, name="std x lr")
     assert submitted.status in ("queued", "running") and submitted.name == "std x lr"
     assert submitted.paths == ["model.init.std", "optimizer.lr"]
     assert len(submitted.members) == 4 and submitted.progress is not None
@@ -178,7 +162,7 @@ def test_wait_sweep_times_out_with_the_progress(gw: Client) -> None:
 
 def test_a_bad_axis_is_a_problem_with_the_field(gw: Client) -> None:
     with pytest.raises(ApiError) as info:
-        gw.submit_sweep(TINY, [{"path": "optimizer.lr", "log_range": [0.0, 1.0], "points": 3}])
+        gw.submit_sweep(SWEEP_SPEC_SMALL, [{"path": "optimizer.lr", "log_range": [0.0, 1.0], "points": 3}])
     assert info.value.status == 422 and info.value.errors
     assert any("axes" in e.path for e in info.value.errors), info.value.errors
 
@@ -186,7 +170,7 @@ def test_a_bad_axis_is_a_problem_with_the_field(gw: Client) -> None:
 def test_the_async_client_sweeps(live: LiveServer, tmp_path: Path) -> None:
     async def scenario() -> tuple[Sweep, Sweep, list[Event], StabilityMap, bytes]:
         async with AsyncClient(live.url) as agw:
-            sweep = await agw.submit_sweep(TINY, AXES, name="async")
+            sweep = await agw.submit_sweep(SWEEP_SPEC_SMALL, SWEEP_AXES, name="async")
             events = [e async for e in agw.follow_sweep(sweep.id)]
             done = await agw.wait_sweep(sweep.id, timeout=120)
             again = await agw.sweep(sweep.id)
@@ -257,7 +241,7 @@ def gradwatch(live: LiveServer, *args: str) -> subprocess.CompletedProcess[str]:
 def test_a_bad_axis_is_a_usage_error(live: LiveServer, tmp_path: Path, axis: list[str]
                                      ) -> None:
     spec = tmp_path / "tiny.json"
-    spec.write_text(json.dumps(TINY))
+    spec.write_text(json.dumps(SWEEP_SPEC_SMALL))
     result = gradwatch(live, "sweep", "submit", str(spec), *axis)
     assert result.returncode == EXIT["usage"] == 2, result.stderr
     assert f"argument {axis[0]}" in result.stderr and "Traceback" not in result.stderr
@@ -266,7 +250,7 @@ def test_a_bad_axis_is_a_usage_error(live: LiveServer, tmp_path: Path, axis: lis
 
 def test_a_sweep_without_axes_is_a_usage_error(live: LiveServer, tmp_path: Path) -> None:
     spec = tmp_path / "tiny.json"
-    spec.write_text(json.dumps(TINY))
+    spec.write_text(json.dumps(SWEEP_SPEC_SMALL))
     result = gradwatch(live, "sweep", "submit", str(spec))
     assert result.returncode == 2 and "--axis" in result.stderr
 
@@ -274,7 +258,7 @@ def test_a_sweep_without_axes_is_a_usage_error(live: LiveServer, tmp_path: Path)
 def test_the_cli_submits_waits_maps_reads_and_deletes_a_sweep(live: LiveServer,
                                                               tmp_path: Path) -> None:
     spec = tmp_path / "tiny.json"
-    spec.write_text(json.dumps(TINY))
+    spec.write_text(json.dumps(SWEEP_SPEC_SMALL))
     png = tmp_path / "map.png"
     result = gradwatch(live, "sweep", "submit", str(spec), "--axis", "seed=0,1",
                        "--log-axis", "optimizer.lr=1e-3:0.5:2", "--name", "cli sweep",

@@ -18,32 +18,17 @@ import pytest
 from client import ApiError, AsyncClient, Client, Job, Sweep, SweepPage, SweepSummary
 from client.cli import EXIT
 from client.cli_sweeps import member_choice, patch_json
-from tests.conftest import LiveServer
+from tests.conftest import SWEEP_AXES, SWEEP_SPEC_SMALL, LiveServer
 
 pytestmark = pytest.mark.timeout(240)
 
 GRADWATCH = str(Path(sys.executable).parent / "gradwatch")
 
-TINY: dict[str, Any] = {
-    "seed": 0,
-    "data": {"source": "synthetic", "name": "spirals", "n_samples": 120},
-    "model": {"hidden": [{"units": 8}] * 4, "init": {"scheme": "normal", "std": 0.3}},
-    "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
-    "training": {"epochs": 2, "batch_size": 32},
-}
-AXES: list[dict[str, Any]] = [{"path": "model.init.std", "values": [0.3, 3.0]},
-                              {"path": "optimizer.lr", "log_range": [1e-3, 0.5], "points": 2}]
-
-
-@pytest.fixture(scope="module")
-def gw(live: LiveServer) -> Any:
-    with Client(live.url) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")
 def finished(gw: Client) -> Sweep:
-    sweep = gw.wait_sweep(gw.submit_sweep(TINY, AXES, name=f"launch {uuid.uuid4()}").id,
+    sweep = gw.wait_sweep(gw.submit_sweep(SWEEP_SPEC_SMALL, SWEEP_AXES, name=f"launch {uuid.uuid4()}").id,
                           timeout=150)
     assert sweep.status == "succeeded", sweep
     return sweep
@@ -71,13 +56,13 @@ def _every_page(gw: Client, **kw: Any) -> list[SweepSummary]:
 def test_submit_sweep_with_a_key_twice_is_one_sweep(gw: Client, live: LiveServer) -> None:
     key = f"k-{uuid.uuid4()}"
     name = f"keyed {key}"
-    first = gw.submit_sweep(TINY, AXES, name=name, idempotency_key=key)
-    again = gw.submit_sweep(TINY, AXES, name=name, idempotency_key=key)
+    first = gw.submit_sweep(SWEEP_SPEC_SMALL, SWEEP_AXES, name=name, idempotency_key=key)
+    again = gw.submit_sweep(SWEEP_SPEC_SMALL, SWEEP_AXES, name=name, idempotency_key=key)
     assert again.id == first.id
     assert [m.job_id for m in again.members] == [m.job_id for m in first.members]
     assert [s.id for s in _every_page(gw) if s.name == name] == [first.id]
     with pytest.raises(ApiError) as info:
-        gw.submit_sweep(TINY, AXES[:1], name=name, idempotency_key=key)
+        gw.submit_sweep(SWEEP_SPEC_SMALL, SWEEP_AXES[:1], name=name, idempotency_key=key)
     assert info.value.status == 422
     gw.wait_sweep(first.id, timeout=150)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import LiveServer
+from conftest import SWEEP_SPEC, LiveServer
 from fastapi.testclient import TestClient
 from test_stability_plot import star_cells
 
@@ -22,14 +22,7 @@ from core import Trainer, TrainingSpec
 
 pytestmark = pytest.mark.timeout(180)
 
-BASE: dict[str, Any] = {
-    "seed": 0,
-    "data": {"source": "synthetic", "name": "spirals", "n_samples": 200},
-    "model": {"hidden": [{"units": 16}] * 6, "init": {"scheme": "normal", "std": 0.3}},
-    "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
-    "training": {"epochs": 4, "batch_size": 32},
-}
-SWEEP = {"name": "lr x std", "spec": BASE,
+SWEEP = {"name": "lr x std", "spec": SWEEP_SPEC,
          "axes": [{"path": "model.init.std", "values": [0.3, 2.0]},
                   {"path": "optimizer.lr", "log_range": [1e-3, 1.0], "points": 3}]}
 
@@ -95,7 +88,7 @@ def test_a_sweep_trains_its_members_as_jobs_and_draws_the_map(live: LiveServer) 
     assert all(row is not None and row.attempts == 1 for row in rows)
     # a member trained in the sweep equals the same spec trained alone
     alone = Trainer(TrainingSpec.model_validate(
-        {**BASE, "optimizer": {**BASE["optimizer"], "lr": 0.001}})).run()
+        {**SWEEP_SPEC, "optimizer": {**SWEEP_SPEC["optimizer"], "lr": 0.001}})).run()
     assert members[0]["final_loss"] == pytest.approx(alone.final_loss, rel=1e-10)
     assert members[0]["stop_reason"] == alone.stop_reason
 
@@ -134,14 +127,14 @@ def test_a_sweep_trains_its_members_as_jobs_and_draws_the_map(live: LiveServer) 
 
 
 def test_limits_and_bad_axes_are_422_naming_what_is_wrong(live: LiveServer) -> None:
-    too_many = {"spec": BASE, "axes": [{"path": "optimizer.lr", "log_range": [1e-4, 1.0],
+    too_many = {"spec": SWEEP_SPEC, "axes": [{"path": "optimizer.lr", "log_range": [1e-4, 1.0],
                                         "points": 40},
                                        {"path": "seed", "values": list(range(30))}]}
     r = live.http.post("/v1/sweeps", json=too_many)
     assert r.status_code == 422
     assert r.headers["content-type"].startswith("application/problem+json")
     assert r.json()["limit"] == "max_members" and "1200" in r.json()["detail"]
-    r = live.http.post("/v1/sweeps", json={"spec": BASE, "axes": [
+    r = live.http.post("/v1/sweeps", json={"spec": SWEEP_SPEC, "axes": [
         {"path": "model.init.std", "values": [0.1]}, {"path": "optimizer.lr"}]})
     assert r.status_code == 422 and "log_range" in r.text
     r = live.http.post("/v1/sweeps", json={"spec": {"data": {"source": "synthetic"}},
@@ -179,7 +172,7 @@ def test_axes_into_objects_the_base_spec_leaves_out(client: TestClient) -> None:
 
 
 def test_cancelling_a_sweep_cancels_its_members(live: LiveServer) -> None:
-    long = {**BASE, "data": {"source": "synthetic", "name": "spirals", "n_samples": 2000},
+    long = {**SWEEP_SPEC, "data": {"source": "synthetic", "name": "spirals", "n_samples": 2000},
             "training": {"epochs": 200, "batch_size": 16}}
     r = live.http.post("/v1/sweeps", json={"spec": long, "axes": [
         {"path": "optimizer.lr", "values": [0.001, 0.002, 0.003]}]})

@@ -7,27 +7,20 @@ the group batched. Uses the cluster of tests/test_integration.py (its own databa
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import pytest
+from conftest import SWEEP_SPEC
 from test_integration import Cluster, cluster  # noqa: F401  (the module-scoped fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
-BASE: dict[str, Any] = {
-    "seed": 0,
-    "data": {"source": "synthetic", "name": "spirals", "n_samples": 200},
-    "model": {"hidden": [{"units": 16}] * 6, "init": {"scheme": "normal", "std": 0.3}},
-    "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
-    "training": {"epochs": 4, "batch_size": 32},
-}
 
 
 def test_a_sweep_runs_batched_on_celery_workers_against_postgres(
         cluster: Cluster) -> None:  # noqa: F811
     cluster.ensure_workers(2)
     r = cluster.http.post("/v1/sweeps", json={
-        "spec": BASE, "axes": [{"path": "model.init.std", "values": [0.3, 2.0]},
+        "spec": SWEEP_SPEC, "axes": [{"path": "model.init.std", "values": [0.3, 2.0]},
                                {"path": "optimizer.lr", "values": [0.001, 0.01, 1.0, 3.0]}]})
     assert r.status_code == 202, r.text
     sweep_id = r.json()["id"]

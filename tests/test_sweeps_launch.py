@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import SMALL_SPEC, LiveServer, PostgresServer
+from conftest import SMALL_SPEC, SWEEP_SPEC, LiveServer, PostgresServer
 from fastapi.testclient import TestClient
 
 from app.cli import create_key
@@ -22,18 +22,11 @@ pytestmark = pytest.mark.timeout(240)
 TINY: dict[str, Any] = {**SMALL_SPEC, "training": {"epochs": 1, "batch_size": 60}}
 SEEDS = {"name": "seeds", "spec": TINY, "axes": [{"path": "seed", "values": [0, 1, 2]}]}
 
-BASE: dict[str, Any] = {
-    "seed": 0,
-    "data": {"source": "synthetic", "name": "spirals", "n_samples": 200},
-    "model": {"hidden": [{"units": 16}] * 6, "init": {"scheme": "normal", "std": 0.3}},
-    "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
-    "training": {"epochs": 4, "batch_size": 32},
-}
-GRID = {"name": "lr x std", "spec": BASE,
+GRID = {"name": "lr x std", "spec": SWEEP_SPEC,
         "axes": [{"path": "model.init.std", "values": [0.3, 2.0]},
                  {"path": "optimizer.lr", "log_range": [1e-3, 1.0], "points": 3}]}
 # every member explodes: nothing to recommend
-HOPELESS = {"name": "hopeless", "spec": BASE,
+HOPELESS = {"name": "hopeless", "spec": SWEEP_SPEC,
             "axes": [{"path": "model.init.std", "values": [2.0, 3.0]},
                      {"path": "optimizer.lr", "values": [5.0, 20.0]}]}
 

@@ -168,13 +168,13 @@ def _recommendation(paths: list[str], outcomes: list[MemberOutcome]) -> dict[str
     x the last axis, y the first, the others at their first value), its ``recommended_reason``
     and ``stability_axes``; with one axis there is no map, so no recommendation."""
     if len(paths) < 2:
-        return {"recommended": None, "stability_axes": None,
+        return {"stability_axes": None, "recommended": None,
                 "recommended_reason": "a stability map needs a sweep over at least two axes"}
     x, y = paths[-1], paths[0]
     if not outcomes:
-        return {"recommended": None, "stability_axes": {"x": x, "y": y},
+        return {"stability_axes": {"x": x, "y": y}, "recommended": None,
                 "recommended_reason": "no member finished with a diagnosis"}
     grid = stability_grid(outcomes, x, y)
     recommended = asdict(grid.recommended) if grid.recommended is not None else None
-    return {"recommended": recommended, "stability_axes": {"x": x, "y": y, "at": grid.fixed},
+    return {"stability_axes": {"x": x, "y": y, "at": grid.fixed}, "recommended": recommended,
             "recommended_reason": grid.recommended_reason}

@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient
 from receiver import Receiver
 from sqlalchemy import event, select, update
 from sqlalchemy.orm import Session
+from standardwebhooks.webhooks import Webhook as StandardWebhook
 
 from app.db import build_engine, build_sessionmaker, unit_of_work
 from app.delivery import DeliveryLoop
@@ -70,8 +71,6 @@ def wait_sweep(live: LiveServer, sweep_id: str, timeout: float = 120) -> dict[st
 
 def test_a_sweep_with_notify_delivers_once_signed_with_the_secret_of_its_202(
         server: LiveServer) -> None:
-    from standardwebhooks.webhooks import Webhook as StandardWebhook
-
     with Receiver() as receiver:
         r = server.http.post("/v1/sweeps", json=notifying(receiver.url),
                              headers={"Idempotency-Key": "notify-once"})
@@ -234,7 +233,7 @@ def test_the_last_two_members_finished_concurrently_on_postgres_deliver_once(
             try:
                 with unit_of_work(factory) as session:
                     assert move_job(session, job_id, "succeeded", expect=["running"])
-            except BaseException as exc:  # noqa: BLE001 - reported below
+            except BaseException as exc:  # reported below
                 errors.append(exc)
 
         threads = [threading.Thread(target=finish, args=(j,)) for j in job_ids]

@@ -21,10 +21,10 @@ the member's terminal UPDATE, :func:`member_finished` after it):
   sees none unfinished and enqueues; nobody else can. A unique index alone would not do: two
   finishers counting at the same time each see the other's member still running (not yet
   committed) and *neither* would send;
-* the lock comes *before* the job row's, as in every transaction that takes both (cancelling
-  a sweep moves one member, so locks the sweep, then flags the next running one): a worker
-  finishing a member never holds its job row while waiting for the sweep, so the two cannot
-  deadlock. ``NO KEY UPDATE`` rather than ``UPDATE``: rows that reference the sweep (its
+* the lock comes *before* the job row's, as in every transaction that takes both: cancelling
+  a sweep flags its running members and moves its queued ones, so it locks the sweep first
+  (:func:`lock_sweep`); a worker finishing a member never holds its job row while waiting
+  for the sweep, so the two cannot deadlock. ``NO KEY UPDATE`` rather than ``UPDATE``: rows that reference the sweep (its
   members, its webhook) can still be inserted and checked meanwhile;
 * only sweeps with a webhook take the lock (one indexed look-up otherwise);
 * the unique index ``(webhook_id, sweep_id, event)`` on the deliveries backs it up;
@@ -47,8 +47,8 @@ from app.webhooks import DestinationRefused, WebhookRepository, check_destinatio
 from core.spec import NotifySpec
 from core.stability import MemberOutcome, stability_grid
 
-__all__ = ["FINISHED", "SWEEP_EVENTS", "check_notify", "lock_for_finish", "member_finished",
-           "subscribe", "sweep_events"]
+__all__ = ["FINISHED", "SWEEP_EVENTS", "check_notify", "lock_for_finish", "lock_sweep",
+           "member_finished", "subscribe", "sweep_events"]
 
 # app.lifecycle.TERMINAL (which imports this module; a test keeps the two equal)
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -95,11 +95,21 @@ def lock_for_finish(session: Session, job_id: str) -> str | None:
     sweep_id = session.scalar(
         select(Job.parent_sweep_id).join(Webhook, Webhook.sweep_id == Job.parent_sweep_id)
         .where(Job.id == job_id).limit(1))
-    if sweep_id is None:
-        return None
+    return sweep_id if sweep_id is not None and _lock(session, sweep_id) else None
+
+
+def lock_sweep(session: Session, sweep_id: str) -> None:
+    """Lock the sweep's row if it has a webhook: for a transaction that will write several of
+    its members' rows (cancelling it), so that it takes the sweep before any of them, as a
+    finishing member does (see the module docstring)."""
+    if session.scalar(select(Webhook.id).where(Webhook.sweep_id == sweep_id).limit(1)):
+        _lock(session, sweep_id)
+
+
+def _lock(session: Session, sweep_id: str) -> bool:
     locked = session.scalar(select(Sweep.id).where(Sweep.id == sweep_id)
                             .with_for_update(key_share=True))  # FOR NO KEY UPDATE
-    return locked
+    return locked is not None
 
 
 def member_finished(session: Session, sweep_id: str) -> int:

@@ -308,6 +308,7 @@ def sweep_summaries(session: Session, sweeps: Sequence[Sweep]) -> list[dict[str,
 def cancel_sweep(session: Session, sweep_id: str, principal: Principal) -> None:
     """Cancel every unfinished member (queued now, running within one flush); 409 if none."""
     get_sweep(session, sweep_id, principal)
+    sweep_notify.lock_sweep(session, sweep_id)  # before any member's row (app.sweep_notify)
     open_jobs = [job.id for _, job in _members(session, sweep_id)
                  if job is not None and job.status not in TERMINAL]
     if not open_jobs:

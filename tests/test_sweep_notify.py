@@ -30,7 +30,7 @@ from app.migrate import upgrade
 from app.models import Job, Webhook, WebhookDelivery
 from app.settings import Settings
 from app.sweep_notify import FINISHED
-from app.sweeps import SweepCreate, create_sweep
+from app.sweeps import SweepCreate, cancel_sweep, create_sweep
 from app.tenancy import ADMIN
 from core.sweep import SweepAxis
 
@@ -252,5 +252,69 @@ def test_the_last_two_members_finished_concurrently_on_postgres_deliver_once(
         assert statuses == {"succeeded"}
         assert [(d.event, d.webhook_id, d.job_id) for d in rows] == [
             ("sweep.succeeded", sweep_id, None)]
+    finally:
+        engine.dispose()
+
+
+def test_cancelling_a_sweep_while_a_worker_finishes_a_member_neither_deadlocks_nor_repeats(
+        postgres: PostgresServer, tmp_path: Path) -> None:
+    """The cancel takes the sweep's lock, then pauses; meanwhile a worker finishes the
+    running member 1; then the cancel moves the queued member 0 and flags member 1. Every
+    transaction takes the sweep before any member's row, so the worker waits for the cancel.
+    (Were the sweep locked after the member's UPDATE, the worker would hold member 1's row
+    while waiting for the sweep, and the cancel would wait for that row: a deadlock.)"""
+    url = postgres.create_database()
+    upgrade(url)
+    settings = Settings(database_url=url, data_dir=tmp_path)
+    engine = build_engine(url)
+    factory = build_sessionmaker(engine)
+    try:
+        with unit_of_work(factory) as session:
+            sweep, job_ids = create_sweep(
+                session, settings=settings, principal=ADMIN,
+                body=SweepCreate(name="cancel race", axes=[SweepAxis(path="seed", values=[0, 1])],
+                                 spec={**TINY, "notify": {"url": "https://hooks.example.com/s"}}))
+            sweep_id = sweep.id
+            session.execute(update(Job).where(Job.id == job_ids[1]).values(status="running"))
+
+        locked, errors = threading.Event(), []
+        canceller: list[int] = []
+
+        def after_lock(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            if (threading.get_ident() in canceller and "FOR NO KEY UPDATE" in statement
+                    and not locked.is_set()):
+                locked.set()
+                time.sleep(0.5)  # the worker now tries to finish member 1
+
+        def cancel() -> None:
+            canceller.append(threading.get_ident())
+            try:
+                with unit_of_work(factory) as session:
+                    cancel_sweep(session, sweep_id, ADMIN)
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        def finish() -> None:
+            locked.wait(timeout=10)
+            try:
+                with unit_of_work(factory) as session:
+                    move_job(session, job_ids[1], "succeeded", expect=["running"])
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        event.listen(engine, "after_cursor_execute", after_lock)
+        threads = [threading.Thread(target=cancel), threading.Thread(target=finish)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        event.remove(engine, "after_cursor_execute", after_lock)
+        assert locked.is_set() and not errors, errors
+        with factory() as session:
+            statuses = [session.get(Job, j).status for j in job_ids]  # type: ignore[union-attr]
+            rows = session.scalars(select(WebhookDelivery).where(
+                WebhookDelivery.sweep_id == sweep_id)).all()
+        assert statuses == ["cancelled", "succeeded"]
+        assert [d.event for d in rows] == ["sweep.cancelled"]
     finally:
         engine.dispose()

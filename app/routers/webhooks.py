@@ -21,7 +21,8 @@ router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 def webhook_to_read(webhook: Webhook) -> dict[str, Any]:
     return {"id": webhook.id, "url": webhook.url, "events": webhook.events,
             "description": webhook.description, "job_id": webhook.job_id,
-            "sweep_id": webhook.sweep_id, "tenant": webhook.tenant, "created_at": webhook.created_at,
+            "sweep_id": webhook.sweep_id, "tenant": webhook.tenant,
+            "created_at": webhook.created_at,
             "links": {"self": f"/v1/webhooks/{webhook.id}",
                       "deliveries": f"/v1/webhooks/{webhook.id}/deliveries"}}
 

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, update
 from sqlalchemy.orm import Session
 
-from app import webhooks
+from app import sweep_notify, webhooks
 from app.models import Job
 from app.repositories import EventRepository, JobRepository, as_utc
 
@@ -103,6 +103,8 @@ def move_job(session: Session, job_id: str, to: str, *, expect: Sequence[str] | 
     sources = sources_of(to)
     if expect is not None:
         sources = [s for s in sources if s in expect]
+    # a member of a sweep with a webhook: lock the sweep first (app.sweep_notify: exactly once)
+    sweep_id = sweep_notify.lock_for_finish(session, job_id) if to in TERMINAL else None
     result = session.execute(
         update(Job).where(Job.id == job_id, Job.status.in_(sources), *where)
         .values(status=to, **fields).execution_options(synchronize_session=False))
@@ -111,6 +113,8 @@ def move_job(session: Session, job_id: str, to: str, *, expect: Sequence[str] | 
     job = _event(session, job_id, reason)
     if to in TERMINAL:  # webhooks: in this transaction (an outbox), after the diagnosis
         webhooks.job_finished(session, job_id)
+        if sweep_id is not None:
+            sweep_notify.member_finished(session, sweep_id)
     return job
 
 

@@ -202,7 +202,9 @@ class Webhook(Base):
     """A webhook subscription: where to POST which events, signed with ``secret``.
 
     ``job_id`` is null for a subscription to every job (``POST /v1/webhooks``) and set for a
-    job's own ``notify`` endpoint (from its spec; deleted with the job).
+    job's own ``notify`` endpoint (from its spec; deleted with the job). ``sweep_id`` is set
+    for a sweep's own ``notify`` endpoint (from its base spec; deleted with the sweep; see
+    :mod:`app.sweep_notify`).
     """
 
     __tablename__ = "webhooks"
@@ -216,6 +218,8 @@ class Webhook(Base):
         ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     tenant: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    sweep_id: Mapped[str | None] = mapped_column(
+        ForeignKey("sweeps.id", ondelete="CASCADE"), index=True)
 
 
 class WebhookDelivery(Base):
@@ -244,11 +248,16 @@ class WebhookDelivery(Base):
     attempt_log: Mapped[list[dict[str, Any]]] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # the sweep a sweep event is about (``job_id`` null then); no foreign key, as ``job_id``
+    sweep_id: Mapped[str | None] = mapped_column(String(36))
 
     __table_args__ = (
         Index("ix_webhook_deliveries_state_next_attempt_at", "state", "next_attempt_at"),
         Index("ix_webhook_deliveries_webhook_id_job_id_event", "webhook_id", "job_id", "event",
               unique=True),
+        # at most one delivery of a sweep's event per subscription (app.sweep_notify)
+        Index("ix_webhook_deliveries_webhook_id_sweep_id_event", "webhook_id", "sweep_id",
+              "event", unique=True),
     )
 
 

@@ -30,7 +30,7 @@ PARAMETERS = {
     "sweep_id": "The sweep's id: the UUID returned by `POST /v1/sweeps` (also in its "
                 "`Location` header).",
     "webhook_id": "The webhook's id: the `id` returned by `POST /v1/webhooks`, or a job's id "
-                  "for the job's own `notify` endpoint.",
+                  "for the job's own `notify` endpoint (a sweep's id for the sweep's).",
     "limit": "At most this many items per page.",
     "Last-Event-ID": "Resume the stream after this event id (the `id:` of the last event you "
                      "received); `0` replays the job's events from the start.",

@@ -273,6 +273,8 @@ class Health(ApiModel):
 
 WebhookEvent = Literal["job.succeeded", "job.failed", "job.cancelled", "diagnosis.exploding",
                        "diagnosis.final"]
+# a sweep's own webhook (its base spec's `notify`, app.sweep_notify) sends these only
+SweepWebhookEvent = Literal["sweep.succeeded", "sweep.failed", "sweep.cancelled"]
 
 
 class WebhookCreate(BaseModel):
@@ -296,9 +298,11 @@ class WebhookRead(ApiModel):
 
     id: str
     url: str
-    events: list[WebhookEvent]
+    events: list[WebhookEvent | SweepWebhookEvent]
     description: str | None
     job_id: str | None = Field(description="Set for a job's own `notify` endpoint.")
+    sweep_id: str | None = Field(None, description="Set for a sweep's own `notify` endpoint "
+                                                   "(its events: `sweep.*`).")
     tenant: str | None = Field(None, description="The owning tenant; null for the admin's.")
     created_at: Timestamp
     links: dict[str, str]
@@ -321,8 +325,9 @@ class DeliveryAttempt(ApiModel):
 
 class WebhookDeliveryRead(ApiModel):
     id: str = Field(description="The message id (`webhook-id` header), the same on retries.")
-    event: WebhookEvent
+    event: WebhookEvent | SweepWebhookEvent
     job_id: str | None
+    sweep_id: str | None = Field(None, description="The sweep of a `sweep.*` event.")
     status: Literal["pending", "succeeded", "failed"]
     attempts: int
     last_status_code: int | None

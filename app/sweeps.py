@@ -19,7 +19,7 @@ from sqlalchemy import ColumnElement, and_, case, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app import quotas
+from app import quotas, sweep_notify
 from app.artifacts import forget_models
 from app.datasets import uploaded_lookup
 from app.errors import ConflictError, NotFoundError, SpecValidationError
@@ -115,13 +115,16 @@ def _replay_sweep(session: Session, existing: Sweep, body: SweepCreate) -> Sweep
 def create_sweep(session: Session, *, body: SweepCreate, settings: Settings,
                  principal: Principal, limits: SweepLimits | None = None,
                  idempotency_key: str | None = None) -> tuple[Sweep, list[str]]:
-    """Insert the sweep and one queued job per member, all owned by ``principal``'s tenant;
-    the caller commits, then enqueues. Every member counts against the queued-jobs quota
+    """Insert the sweep and one queued job per member, all owned by ``principal``'s tenant,
+    and the sweep's own webhook when the base spec has ``notify`` (the members get none;
+    :mod:`app.sweep_notify`); the caller commits, then enqueues. Every member counts against the queued-jobs quota
     (429 before anything is inserted). ``idempotency_key``: already scoped (see
     :func:`submit_sweep`); :class:`_KeyTaken` when another sweep holds it."""
     base = validate_spec(body.spec, settings, loc_prefix=("body", "spec"),
                          uploaded=uploaded_lookup(session, principal))
-    spec = body.spec
+    sweep_notify.check_notify(base.notify, allow_private=settings.webhook_allow_private)
+    # the sweep notifies once, as a whole (app.sweep_notify): its members do not
+    spec = {k: v for k, v in body.spec.items() if k != "notify"}
     if isinstance(base.data, UploadedData):  # members carry the data set's shape, filled in
         spec = {**spec, "data": base.data.model_dump(mode="json")}
     try:
@@ -145,6 +148,8 @@ def create_sweep(session: Session, *, body: SweepCreate, settings: Settings,
         if idempotency_key is None:
             raise
         raise _KeyTaken from None
+    if base.notify is not None:
+        sweep_notify.subscribe(session, sweep, base.notify)
     job_ids = []
     for m in members:
         job = submit_job(session, spec=m.spec, settings=settings, tenant=sweep.tenant,
@@ -212,7 +217,9 @@ def sweep_to_read(session: Session, sweep: Sweep) -> dict[str, Any]:
         } for row, job in members],
         "links": {"self": base, "cancel": f"{base}/cancel", "events": f"{base}/events",
                   "stability": f"{base}/stability",
-                  "stability_plot": f"{base}/plots/stability"},
+                  "stability_plot": f"{base}/plots/stability",
+                  **({"webhook": f"/v1/webhooks/{sweep.id}"} if sweep.spec.get("notify")
+                     else {})},
     }
 
 
@@ -301,6 +308,7 @@ def sweep_summaries(session: Session, sweeps: Sequence[Sweep]) -> list[dict[str,
 def cancel_sweep(session: Session, sweep_id: str, principal: Principal) -> None:
     """Cancel every unfinished member (queued now, running within one flush); 409 if none."""
     get_sweep(session, sweep_id, principal)
+    sweep_notify.lock_sweep(session, sweep_id)  # before any member's row (app.sweep_notify)
     open_jobs = [job.id for _, job in _members(session, sweep_id)
                  if job is not None and job.status not in TERMINAL]
     if not open_jobs:

@@ -1,6 +1,7 @@
 """Webhooks: subscriptions, destination checks, Standard Webhooks signatures, and the outbox.
 
-A subscription (``POST /v1/webhooks``, or a job's ``notify`` in its spec) names a URL, the
+A subscription (``POST /v1/webhooks``, a job's ``notify`` in its spec, or a sweep's in its
+base spec: :mod:`app.sweep_notify`) names a URL, the
 events it wants and gets a secret (``whsec_<base64>``, shown once). When something happens
 to a job, :func:`job_finished` / :func:`monitor_alert` insert one ``webhook_deliveries`` row
 per matching subscription **in the transaction that made it happen** (a transactional
@@ -39,6 +40,7 @@ __all__ = [
     "DestinationRefused",
     "WebhookRepository",
     "check_destination",
+    "iso_utc",
     "job_finished",
     "monitor_alert",
     "new_secret",
@@ -166,10 +168,12 @@ class WebhookRepository:
         self.session = session
 
     def create(self, *, url: str, events: Sequence[str], tenant: str | None,
-               description: str | None = None, job_id: str | None = None) -> Webhook:
-        # a job's own webhook has the job's id: its link needs no look-up
-        webhook = Webhook(id=job_id or str(uuid.uuid4()), url=url, events=list(dict.fromkeys(events)),
-                          secret=new_secret(), description=description, job_id=job_id,
+               description: str | None = None, job_id: str | None = None,
+               sweep_id: str | None = None) -> Webhook:
+        # a job's (a sweep's) own webhook has the job's (sweep's) id: its link needs no look-up
+        webhook = Webhook(id=job_id or sweep_id or str(uuid.uuid4()), url=url,
+                          events=list(dict.fromkeys(events)), secret=new_secret(),
+                          description=description, job_id=job_id, sweep_id=sweep_id,
                           tenant=tenant, created_at=utcnow())
         self.session.add(webhook)
         self.session.flush()
@@ -180,7 +184,7 @@ class WebhookRepository:
 
     def all(self, tenant: str | None = None) -> list[Webhook]:
         """Subscriptions to every job (``tenant``'s only, when given)."""
-        query = select(Webhook).where(Webhook.job_id.is_(None))
+        query = select(Webhook).where(Webhook.job_id.is_(None), Webhook.sweep_id.is_(None))
         if tenant is not None:
             query = query.where(Webhook.tenant == tenant)
         return list(self.session.scalars(query.order_by(Webhook.created_at, Webhook.id)))
@@ -200,7 +204,7 @@ class WebhookRepository:
         """Subscriptions that want ``event`` of ``job_id`` (a job of ``tenant``): the job's
         own, the admin's every-job ones, and the tenant's every-job ones — never another
         tenant's."""
-        every_job = and_(Webhook.job_id.is_(None),
+        every_job = and_(Webhook.job_id.is_(None), Webhook.sweep_id.is_(None),
                          Webhook.tenant.is_(None) if tenant is None
                          else or_(Webhook.tenant.is_(None), Webhook.tenant == tenant))
         hooks = self.session.scalars(
@@ -224,17 +228,35 @@ class WebhookRepository:
             WebhookDelivery.event == event)))
         if exists is not None:
             return False
-        now = utcnow()
-        payload = {"type": event, "timestamp": _iso(now), "data": data}
-        self.session.add(WebhookDelivery(
-            message_id=f"msg_{uuid.uuid4().hex}", webhook_id=webhook.id, event=event,
-            job_id=job_id, payload=json.dumps(payload, separators=(",", ":"), allow_nan=False),
-            state="pending", attempts=0, next_attempt_at=now, attempt_log=[], created_at=now))
-        self.session.flush()
+        self._add(webhook, event, data, job_id=job_id)
         return True
 
+    def enqueue_sweep(self, webhook: Webhook, sweep_id: str, event: str,
+                      data: dict[str, Any]) -> bool:
+        """Add a delivery of the sweep event ``event`` (at most one per subscription, sweep
+        and event: a unique index, too)."""
+        exists = self.session.scalar(select(WebhookDelivery.id).where(and_(
+            WebhookDelivery.webhook_id == webhook.id, WebhookDelivery.sweep_id == sweep_id,
+            WebhookDelivery.event == event)))
+        if exists is not None:
+            return False
+        self._add(webhook, event, data, sweep_id=sweep_id)
+        return True
 
-def _iso(value: datetime | None) -> str | None:
+    def _add(self, webhook: Webhook, event: str, data: dict[str, Any], *,
+             job_id: str | None = None, sweep_id: str | None = None) -> None:
+        now = utcnow()
+        payload = {"type": event, "timestamp": iso_utc(now), "data": data}
+        self.session.add(WebhookDelivery(
+            message_id=f"msg_{uuid.uuid4().hex}", webhook_id=webhook.id, event=event,
+            job_id=job_id, sweep_id=sweep_id,
+            payload=json.dumps(payload, separators=(",", ":"), allow_nan=False),
+            state="pending", attempts=0, next_attempt_at=now, attempt_log=[], created_at=now))
+        self.session.flush()
+
+
+def iso_utc(value: datetime | None) -> str | None:
+    """``value`` as ISO 8601 UTC with a ``Z`` (a naive value is taken as UTC); None as None."""
     if value is None:
         return None
     if value.tzinfo is None:
@@ -250,7 +272,7 @@ def _job_data(job: Job, diagnosis: dict[str, Any] | None) -> dict[str, Any]:
         "job_id": job.id, "name": job.name, "status": job.status,
         "stop_reason": job.stop_reason, "verdict": job.verdict, "error": job.error,
         "request_id": job.request_id, "parent_id": job.parent_id,
-        "created_at": _iso(job.created_at), "finished_at": _iso(job.finished_at),
+        "created_at": iso_utc(job.created_at), "finished_at": iso_utc(job.finished_at),
         "progress": {"step": job.steps_completed, "total_steps": job.total_steps},
         "diagnosis": diagnosis, "links": {"self": f"/v1/jobs/{job.id}",
                                           "diagnostics": f"/v1/jobs/{job.id}/diagnostics"},

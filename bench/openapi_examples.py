@@ -13,6 +13,7 @@ model or the diagnosis:
     .venv/bin/python bench/openapi_examples.py --only-sweep-list  # GET /v1/sweeps only
     .venv/bin/python bench/openapi_examples.py --only-stability  # a sweep's stability grid only
     .venv/bin/python bench/openapi_examples.py --only-launch  # POST /v1/sweeps/{id}/launch only
+    .venv/bin/python bench/openapi_examples.py --only-sweep-create  # POST /v1/sweeps's 202 only
 """
 
 from __future__ import annotations
@@ -384,13 +385,19 @@ def main() -> None:
                 sweep = http.post("/v1/sweeps", json=SWEEP).json()
                 wait_sweep(http, sweep["id"])
                 launch(http, examples, sweep["id"])
+        elif "--only-sweep-create" in sys.argv:  # refresh createSweep's 202 only
+            examples = json.loads(OUT.read_text())
+            with TestClient(create_app(settings(Path(tmp), workers=0))) as http:
+                created: dict[str, dict[str, Any]] = {}
+                record(created, "createSweep", http.post("/v1/sweeps", json=SWEEP))
+                examples["createSweep"]["202"] = created["createSweep"]["202"]
         else:
             examples = generate(Path(tmp))
     OUT.write_text(json.dumps(examples, indent=1, sort_keys=True) + "\n")
     counts = {op: sorted(codes) for op, codes in sorted(examples.items())}
     print(f"wrote {OUT.relative_to(ROOT)}: {json.dumps(counts)}")
     if not {"--only-models", "--only-auth", "--only-sweep-list",
-            "--only-stability", "--only-launch"} & set(sys.argv):
+            "--only-stability", "--only-launch", "--only-sweep-create"} & set(sys.argv):
         print(f"wrote {README_PLOT.relative_to(ROOT)}")
 
 

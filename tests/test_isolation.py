@@ -141,9 +141,12 @@ OPERATIONS: dict[str, list[Op]] = {
                          check=_created_webhook_is_bs)],
     "listWebhooks": [listing("/v1/webhooks"), listing("/v1/webhooks",
                                                       params={"tenant": "team-a"})],
-    "getWebhook": [owned("GET", HOOK_PATH), owned("GET", "/v1/webhooks/{notify_job_id}")],
-    "deleteWebhook": [owned("DELETE", HOOK_PATH)],
-    "listWebhookDeliveries": [owned("GET", HOOK_PATH + "/deliveries")],
+    "getWebhook": [owned("GET", HOOK_PATH), owned("GET", "/v1/webhooks/{notify_job_id}"),
+                   owned("GET", "/v1/webhooks/{notify_sweep_id}")],
+    "deleteWebhook": [owned("DELETE", HOOK_PATH),
+                      owned("DELETE", "/v1/webhooks/{notify_sweep_id}")],
+    "listWebhookDeliveries": [owned("GET", HOOK_PATH + "/deliveries"),
+                              owned("GET", "/v1/webhooks/{notify_sweep_id}/deliveries")],
     # data sets (A's upload), models and exports (of A's job)
     "uploadDataset": [Op("create", "POST", "/v1/datasets", content=CSV, **UPLOAD,
                          check=_created_dataset_is_bs)],
@@ -245,6 +248,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TenantResources]
         notify = {**TINY, "notify": {"url": "http://127.0.0.1:9/n", "events": ["job.failed"]}}
         a.ids["notify_job_id"] = post("/v1/jobs", json=notify, headers=ha).json()["id"]
         b.ids["job_id"] = post("/v1/jobs", json=TINY, headers=hb).json()["id"]
+        # a sweep's own `notify` webhook (its members get none)
+        notify_sweep = {"spec": notify, "axes": [{"path": "seed", "values": [0, 1]}]}
+        a.ids["notify_sweep_id"] = post("/v1/sweeps", json=notify_sweep, headers=ha).json()["id"]
         for t in (a, b):
             _wait(server, t.key, f"/v1/jobs/{t.ids['job_id']}",
                   lambda j: j["status"] == "succeeded")
@@ -263,6 +269,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TenantResources]
               lambda s: s["status"] == "succeeded")
         _wait(server, a.key, f"/v1/jobs/{a.ids['notify_job_id']}",
               lambda j: j["status"] == "succeeded")
+        _wait(server, a.key, f"/v1/sweeps/{a.ids['notify_sweep_id']}",
+              lambda s: s["status"] == "succeeded")
         yield TenantResources(server, a, b, admin_hook)
 
 
@@ -331,6 +339,8 @@ def test_a_tenant_and_the_admin_still_see_everything_of_the_tenant(
                  f"/v1/sweeps/{a.ids['sweep_id']}/stability",
                  f"/v1/webhooks/{a.ids['webhook_id']}",
                  f"/v1/webhooks/{a.ids['webhook_id']}/deliveries",
+                 f"/v1/webhooks/{a.ids['notify_sweep_id']}",
+                 f"/v1/webhooks/{a.ids['notify_sweep_id']}/deliveries",
                  f"/v1/datasets/{a.ids['dataset_id']}", f"/v1/jobs/{a.ids['job_id']}/model",
                  f"/v1/jobs/{a.ids['job_id']}/metrics.csv"):
         for headers in (ha, admin):
@@ -386,6 +396,10 @@ def test_repairs_and_sweep_members_belong_to_the_parents_tenant(
     notify_hook = world.server.http.get(f"/v1/webhooks/{a.ids['notify_job_id']}",
                                         headers={"Authorization": f"Bearer {a.key}"})
     assert notify_hook.status_code == 200 and notify_hook.json()["tenant"] == "team-a"
+    sweep_hook = world.server.http.get(f"/v1/webhooks/{a.ids['notify_sweep_id']}",
+                                       headers={"Authorization": f"Bearer {a.key}"})
+    assert sweep_hook.status_code == 200 and sweep_hook.json()["tenant"] == "team-a"
+    assert sweep_hook.json()["sweep_id"] == a.ids["notify_sweep_id"]
 
 
 def test_a_spec_cannot_name_another_tenants_data_set(b_tried_everything: TenantResources) -> None:

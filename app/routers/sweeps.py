@@ -13,6 +13,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from app.deps import PrincipalDep, ReadSessionDep, SessionDep, SettingsDep
 from app.errors import NotFoundError
 from app.jsonutil import dumps
+from app.models import Webhook
 from app.routers.common import TenantFilter, problems
 from app.schemas import JobRead, SweepPage, SweepStatus
 from app.services import job_to_read
@@ -61,7 +62,10 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
         "before anything is created (422 naming the limit). Every member counts against the "
         "tenant's queued-jobs quota (429 with `Retry-After`, nothing created). Answers 202 "
         "with `Location`. With `Idempotency-Key`, a retry returns the existing sweep with "
-        "**200** (no new member)."),
+        "**200** (no new member). A base spec's `notify` gives the sweep one webhook "
+        "(`/v1/webhooks/{sweep_id}`; the members get none): `sweep.succeeded` / "
+        "`sweep.failed` / `sweep.cancelled` once every member finished, as its `job.*` "
+        "events ask; its secret is `notify_secret` in the 202 only."),
     responses={200: {"description": "Idempotent replay: the sweep created by an earlier "
                                     "request with the same Idempotency-Key."},
                **problems(409, 413, 415, 422, 429)})
@@ -71,8 +75,11 @@ def create_sweep_endpoint(body: SweepCreate, session: SessionDep, settings: Sett
     sweep, created = submit_sweep(session, body=body, settings=settings, principal=principal,
                                   idempotency_key=idempotency_key)
     session.commit()  # the commit sends the member jobs to the executor (app.dispatch)
-    return _json(sweep_to_read(session, sweep), 202 if created else 200,
-                 {"Location": f"/v1/sweeps/{sweep.id}"})
+    # the secret of the base spec's `notify` webhook: in the answer that created it only
+    hook = session.get(Webhook, sweep.id) if created else None
+    return _json({**sweep_to_read(session, sweep),
+                  "notify_secret": hook.secret if hook is not None else None},
+                 202 if created else 200, {"Location": f"/v1/sweeps/{sweep.id}"})
 
 
 @router.get(

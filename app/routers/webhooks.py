@@ -21,13 +21,15 @@ router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 def webhook_to_read(webhook: Webhook) -> dict[str, Any]:
     return {"id": webhook.id, "url": webhook.url, "events": webhook.events,
             "description": webhook.description, "job_id": webhook.job_id,
-            "tenant": webhook.tenant, "created_at": webhook.created_at,
+            "sweep_id": webhook.sweep_id, "tenant": webhook.tenant,
+            "created_at": webhook.created_at,
             "links": {"self": f"/v1/webhooks/{webhook.id}",
                       "deliveries": f"/v1/webhooks/{webhook.id}/deliveries"}}
 
 
 def delivery_to_read(delivery: WebhookDelivery) -> dict[str, Any]:
     return {"id": delivery.message_id, "event": delivery.event, "job_id": delivery.job_id,
+            "sweep_id": delivery.sweep_id,
             "status": delivery.state, "attempts": delivery.attempts,
             "last_status_code": delivery.last_status_code, "last_error": delivery.last_error,
             "next_attempt_at": delivery.next_attempt_at if delivery.state == "pending" else None,
@@ -79,7 +81,8 @@ def create_webhook(body: WebhookCreate, session: SessionDep, settings: SettingsD
 @router.get("", response_model=list[WebhookRead], operation_id="listWebhooks",
             summary="List subscriptions to every job's events",
             description="Oldest first; secrets are never shown again. A job's own `notify` "
-                        "webhook is at `/v1/webhooks/{job_id}` and not listed here. A tenant's "
+                        "webhook is at `/v1/webhooks/{job_id}` (a sweep's at "
+                        "`/v1/webhooks/{sweep_id}`) and not listed here. A tenant's "
                         "key lists its own; the admin's every one (or a tenant's with "
                         "`tenant`).")
 def list_webhooks(session: ReadSessionDep, principal: PrincipalDep,

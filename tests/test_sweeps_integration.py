@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Any
 
 import pytest
 from conftest import SWEEP_SPEC

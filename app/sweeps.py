@@ -117,8 +117,8 @@ def create_sweep(session: Session, *, body: SweepCreate, settings: Settings,
                  idempotency_key: str | None = None) -> tuple[Sweep, list[str]]:
     """Insert the sweep and one queued job per member, all owned by ``principal``'s tenant,
     and the sweep's own webhook when the base spec has ``notify`` (the members get none;
-    :mod:`app.sweep_notify`); the caller commits, then enqueues. Every member counts against the queued-jobs quota
-    (429 before anything is inserted). ``idempotency_key``: already scoped (see
+    :mod:`app.sweep_notify`); the caller commits, then enqueues. Every member counts against
+    the queued-jobs quota (429 before anything is inserted). ``idempotency_key``: already scoped (see
     :func:`submit_sweep`); :class:`_KeyTaken` when another sweep holds it."""
     base = validate_spec(body.spec, settings, loc_prefix=("body", "spec"),
                          uploaded=uploaded_lookup(session, principal))

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -20,6 +21,8 @@ import httpx
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import build_engine, build_sessionmaker
 from app.main import create_app
@@ -164,6 +167,18 @@ class LiveServer:
             if time.monotonic() > deadline:
                 raise AssertionError(f"job {job_id} is {job['status']}, not {statuses}")
             time.sleep(0.05)
+
+    def wait_sweep(self, sweep_id: str, timeout: float = 150) -> dict[str, Any]:
+        """The sweep once no member is queued or running."""
+        deadline = time.monotonic() + timeout
+        while True:
+            sweep: dict[str, Any] = self.http.get(f"/v1/sweeps/{sweep_id}").json()
+            if sweep["status"] not in ("queued", "running"):
+                return sweep
+            if time.monotonic() > deadline:
+                raise AssertionError(f"sweep {sweep_id} still {sweep['status']}: "
+                                     f"{sweep['progress']}")
+            time.sleep(0.1)
 
 
 @pytest.fixture(scope="session")
@@ -362,3 +377,26 @@ def gw(live: LiveServer) -> Iterator[Client]:
     """A Python client of the live server."""
     with Client(live.url) as client:
         yield client
+
+
+@dataclass
+class PgStore:
+    """A fresh PostgreSQL database at the Alembic head (see :func:`pg_store`)."""
+
+    settings: Settings
+    engine: Engine
+    factory: sessionmaker[Session]
+
+
+@pytest.fixture
+def pg_store(postgres: PostgresServer, tmp_path: Path) -> Iterator[PgStore]:
+    """A new PostgreSQL database migrated to the head: settings naming it, an engine and its
+    sessions (for tests that interleave transactions, which SQLite would serialise)."""
+    url = postgres.create_database()
+    upgrade(url)
+    engine = build_engine(url)
+    try:
+        yield PgStore(Settings(database_url=url, data_dir=tmp_path), engine,
+                      build_sessionmaker(engine))
+    finally:
+        engine.dispose()

@@ -12,23 +12,20 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SMALL_SPEC, LiveServer, PostgresServer, make_settings
+from conftest import SMALL_SPEC, LiveServer, PgStore, make_settings
 from fastapi.testclient import TestClient
 from receiver import Receiver
 from sqlalchemy import event, select, update
 from sqlalchemy.orm import Session
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
-from app.db import build_engine, build_sessionmaker, unit_of_work
+from app.db import unit_of_work
 from app.delivery import DeliveryLoop
 from app.lifecycle import TERMINAL, move_job
-from app.migrate import upgrade
 from app.models import Job, Webhook, WebhookDelivery
-from app.settings import Settings
 from app.sweep_notify import FINISHED
 from app.sweeps import SweepCreate, cancel_sweep, create_sweep
 from app.tenancy import ADMIN
@@ -59,14 +56,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         yield live
 
 
-def wait_sweep(live: LiveServer, sweep_id: str, timeout: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        sweep: dict[str, Any] = live.http.get(f"/v1/sweeps/{sweep_id}").json()
-        if sweep["status"] not in ("queued", "running"):
-            return sweep
-        assert time.monotonic() < deadline, sweep["progress"]
-        time.sleep(0.1)
 
 
 def test_a_sweep_with_notify_delivers_once_signed_with_the_secret_of_its_202(
@@ -85,7 +74,7 @@ def test_a_sweep_with_notify_delivers_once_signed_with_the_secret_of_its_202(
         assert again.status_code == 200 and again.json()["id"] == sweep_id
         assert again.json()["notify_secret"] is None
 
-        sweep = wait_sweep(server, sweep_id)
+        sweep = server.wait_sweep(sweep_id)
         got = receiver.wait_for(lambda rs: len(rs) >= 1, what="the sweep's delivery")
         time.sleep(1.5)  # ~15 delivery polls: anything else that was coming has come
         got = list(receiver.received)
@@ -139,7 +128,7 @@ def test_a_sweep_sends_only_the_final_statuses_its_notify_asks_for(server: LiveS
         assert r.status_code == 202, r.text
         sweep_id = r.json()["id"]
         assert server.http.get(f"/v1/webhooks/{sweep_id}").json()["events"] == ["sweep.failed"]
-        assert wait_sweep(server, sweep_id)["status"] == "succeeded"
+        assert server.wait_sweep(sweep_id)["status"] == "succeeded"
         time.sleep(1.0)
         assert receiver.received == []
     assert server.http.get(f"/v1/webhooks/{sweep_id}/deliveries").json()["items"] == []
@@ -196,125 +185,111 @@ def test_finished_statuses_are_the_lifecycles_terminal_ones() -> None:
 
 
 def test_the_last_two_members_finished_concurrently_on_postgres_deliver_once(
-        postgres: PostgresServer, tmp_path: Path) -> None:
+        pg_store: PgStore) -> None:
     """Two transactions finish the two members at the same time; each waits, before its
     commit, until the other has also counted the unfinished members (or 3 s). Without the
     lock on the sweep both count one unfinished member and neither sends; with it the
     second waits for the first's commit, counts none and sends: one delivery."""
-    url = postgres.create_database()
-    upgrade(url)
-    settings = Settings(database_url=url, data_dir=tmp_path)
-    engine = build_engine(url)
-    factory = build_sessionmaker(engine)
-    try:
-        with unit_of_work(factory) as session:
-            sweep, job_ids = create_sweep(
-                session, settings=settings, principal=ADMIN,
-                body=SweepCreate(name="race", axes=[SweepAxis(path="seed", values=[0, 1])],
-                                 spec={**TINY, "notify": {"url": "https://hooks.example.com/s",
-                                                          "events": ["job.succeeded"]}}))
-            sweep_id = sweep.id
-            session.execute(update(Job).where(Job.id.in_(job_ids)).values(status="running"))
+    settings, factory = pg_store.settings, pg_store.factory
+    with unit_of_work(factory) as session:
+        sweep, job_ids = create_sweep(
+            session, settings=settings, principal=ADMIN,
+            body=SweepCreate(name="race", axes=[SweepAxis(path="seed", values=[0, 1])],
+                             spec={**TINY, "notify": {"url": "https://hooks.example.com/s",
+                                                      "events": ["job.succeeded"]}}))
+        sweep_id = sweep.id
+        session.execute(update(Job).where(Job.id.in_(job_ids)).values(status="running"))
 
-        both_counted = threading.Barrier(2)
-        waited: list[bool] = []
+    both_counted = threading.Barrier(2)
+    waited: list[bool] = []
 
-        def before_commit(session: Session) -> None:
-            try:
-                both_counted.wait(timeout=3)
-                waited.append(True)
-            except threading.BrokenBarrierError:
-                waited.append(False)
+    def before_commit(session: Session) -> None:
+        try:
+            both_counted.wait(timeout=3)
+            waited.append(True)
+        except threading.BrokenBarrierError:
+            waited.append(False)
 
-        event.listen(factory, "before_commit", before_commit)
-        errors: list[BaseException] = []
+    event.listen(factory, "before_commit", before_commit)
+    errors: list[BaseException] = []
 
-        def finish(job_id: str) -> None:
-            try:
-                with unit_of_work(factory) as session:
-                    assert move_job(session, job_id, "succeeded", expect=["running"])
-            except BaseException as exc:  # reported below
-                errors.append(exc)
+    def finish(job_id: str) -> None:
+        try:
+            with unit_of_work(factory) as session:
+                assert move_job(session, job_id, "succeeded", expect=["running"])
+        except BaseException as exc:  # reported below
+            errors.append(exc)
 
-        threads = [threading.Thread(target=finish, args=(j,)) for j in job_ids]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=60)
-        event.remove(factory, "before_commit", before_commit)
-        assert not errors, errors
-        # the lock kept the second transaction from counting before the first committed
-        assert waited == [False, False]
-        with factory() as session:
-            rows = session.scalars(select(WebhookDelivery).where(
-                WebhookDelivery.sweep_id == sweep_id)).all()
-            statuses = set(session.scalars(select(Job.status).where(Job.id.in_(job_ids))))
-        assert statuses == {"succeeded"}
-        assert [(d.event, d.webhook_id, d.job_id) for d in rows] == [
-            ("sweep.succeeded", sweep_id, None)]
-    finally:
-        engine.dispose()
+    threads = [threading.Thread(target=finish, args=(j,)) for j in job_ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    event.remove(factory, "before_commit", before_commit)
+    assert not errors, errors
+    # the lock kept the second transaction from counting before the first committed
+    assert waited == [False, False]
+    with factory() as session:
+        rows = session.scalars(select(WebhookDelivery).where(
+            WebhookDelivery.sweep_id == sweep_id)).all()
+        statuses = set(session.scalars(select(Job.status).where(Job.id.in_(job_ids))))
+    assert statuses == {"succeeded"}
+    assert [(d.event, d.webhook_id, d.job_id) for d in rows] == [
+        ("sweep.succeeded", sweep_id, None)]
 
 
 def test_cancelling_a_sweep_while_a_worker_finishes_a_member_neither_deadlocks_nor_repeats(
-        postgres: PostgresServer, tmp_path: Path) -> None:
+        pg_store: PgStore) -> None:
     """The cancel takes the sweep's lock, then pauses; meanwhile a worker finishes the
     running member 1; then the cancel moves the queued member 0 and flags member 1. Every
     transaction takes the sweep before any member's row, so the worker waits for the cancel.
     (Were the sweep locked after the member's UPDATE, the worker would hold member 1's row
     while waiting for the sweep, and the cancel would wait for that row: a deadlock.)"""
-    url = postgres.create_database()
-    upgrade(url)
-    settings = Settings(database_url=url, data_dir=tmp_path)
-    engine = build_engine(url)
-    factory = build_sessionmaker(engine)
-    try:
-        with unit_of_work(factory) as session:
-            sweep, job_ids = create_sweep(
-                session, settings=settings, principal=ADMIN,
-                body=SweepCreate(name="cancel race", axes=[SweepAxis(path="seed", values=[0, 1])],
-                                 spec={**TINY, "notify": {"url": "https://hooks.example.com/s"}}))
-            sweep_id = sweep.id
-            session.execute(update(Job).where(Job.id == job_ids[1]).values(status="running"))
+    settings, engine, factory = pg_store.settings, pg_store.engine, pg_store.factory
+    with unit_of_work(factory) as session:
+        sweep, job_ids = create_sweep(
+            session, settings=settings, principal=ADMIN,
+            body=SweepCreate(name="cancel race", axes=[SweepAxis(path="seed", values=[0, 1])],
+                             spec={**TINY, "notify": {"url": "https://hooks.example.com/s"}}))
+        sweep_id = sweep.id
+        session.execute(update(Job).where(Job.id == job_ids[1]).values(status="running"))
 
-        locked, errors = threading.Event(), []
-        canceller: list[int] = []
+    locked, errors = threading.Event(), []
+    canceller: list[int] = []
 
-        def after_lock(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-            if (threading.get_ident() in canceller and "FOR NO KEY UPDATE" in statement
-                    and not locked.is_set()):
-                locked.set()
-                time.sleep(0.5)  # the worker now tries to finish member 1
+    def after_lock(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if (threading.get_ident() in canceller and "FOR NO KEY UPDATE" in statement
+                and not locked.is_set()):
+            locked.set()
+            time.sleep(0.5)  # the worker now tries to finish member 1
 
-        def cancel() -> None:
-            canceller.append(threading.get_ident())
-            try:
-                with unit_of_work(factory) as session:
-                    cancel_sweep(session, sweep_id, ADMIN)
-            except BaseException as exc:  # reported below
-                errors.append(exc)
+    def cancel() -> None:
+        canceller.append(threading.get_ident())
+        try:
+            with unit_of_work(factory) as session:
+                cancel_sweep(session, sweep_id, ADMIN)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
 
-        def finish() -> None:
-            locked.wait(timeout=10)
-            try:
-                with unit_of_work(factory) as session:
-                    move_job(session, job_ids[1], "succeeded", expect=["running"])
-            except BaseException as exc:  # reported below
-                errors.append(exc)
+    def finish() -> None:
+        locked.wait(timeout=10)
+        try:
+            with unit_of_work(factory) as session:
+                move_job(session, job_ids[1], "succeeded", expect=["running"])
+        except BaseException as exc:  # reported below
+            errors.append(exc)
 
-        event.listen(engine, "after_cursor_execute", after_lock)
-        threads = [threading.Thread(target=cancel), threading.Thread(target=finish)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=60)
-        event.remove(engine, "after_cursor_execute", after_lock)
-        assert locked.is_set() and not errors, errors
-        with factory() as session:
-            statuses = [session.get(Job, j).status for j in job_ids]  # type: ignore[union-attr]
-            rows = session.scalars(select(WebhookDelivery).where(
-                WebhookDelivery.sweep_id == sweep_id)).all()
-        assert statuses == ["cancelled", "succeeded"]
-        assert [d.event for d in rows] == ["sweep.cancelled"]
-    finally:
-        engine.dispose()
+    event.listen(engine, "after_cursor_execute", after_lock)
+    threads = [threading.Thread(target=cancel), threading.Thread(target=finish)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    event.remove(engine, "after_cursor_execute", after_lock)
+    assert locked.is_set() and not errors, errors
+    with factory() as session:
+        statuses = [session.get(Job, j).status for j in job_ids]  # type: ignore[union-attr]
+        rows = session.scalars(select(WebhookDelivery).where(
+            WebhookDelivery.sweep_id == sweep_id)).all()
+    assert statuses == ["cancelled", "succeeded"]
+    assert [d.event for d in rows] == ["sweep.cancelled"]

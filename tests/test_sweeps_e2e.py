@@ -27,14 +27,6 @@ SWEEP = {"name": "lr x std", "spec": SWEEP_SPEC,
                   {"path": "optimizer.lr", "log_range": [1e-3, 1.0], "points": 3}]}
 
 
-def wait_sweep(live: LiveServer, sweep_id: str, timeout: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        sweep: dict[str, Any] = live.http.get(f"/v1/sweeps/{sweep_id}").json()
-        if sweep["status"] not in ("queued", "running"):
-            return sweep
-        assert time.monotonic() < deadline, f"sweep still {sweep['status']}: {sweep['progress']}"
-        time.sleep(0.2)
 
 
 def sse(live: LiveServer, path: str, timeout: float = 60) -> list[dict[str, Any]]:
@@ -65,7 +57,7 @@ def test_a_sweep_trains_its_members_as_jobs_and_draws_the_map(live: LiveServer) 
     assert events[0]["event"] == "snapshot" and events[-1]["event"] == "status"
     assert [int(e["id"]) for e in events] == list(range(1, len(events) + 1))
 
-    sweep = wait_sweep(live, sweep_id)
+    sweep = live.wait_sweep(sweep_id)
     assert sweep["status"] == "succeeded", sweep
     assert sweep["progress"]["members_done"] == 6
     members = sweep["members"]
@@ -183,7 +175,7 @@ def test_cancelling_a_sweep_cancels_its_members(live: LiveServer) -> None:
         time.sleep(0.1)
     r = live.http.post(f"/v1/sweeps/{sweep_id}/cancel")
     assert r.status_code == 202
-    sweep = wait_sweep(live, sweep_id, timeout=60)
+    sweep = live.wait_sweep(sweep_id, timeout=60)
     assert sweep["status"] == "cancelled"
     assert {m["status"] for m in sweep["members"]} == {"cancelled"}
     assert all(m["stop_reason"] == "cancelled" for m in sweep["members"])

@@ -4,7 +4,6 @@ member. Real servers and workers (tests/conftest.py); SQLite migrated by Alembic
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -150,21 +149,13 @@ def test_a_replay_before_the_members_were_handed_over_is_in_flight(client: TestC
 # ------------------------------------------------------------------ launch
 
 
-def wait_sweep(live: LiveServer, sweep_id: str, timeout: float = 150) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        sweep: dict[str, Any] = live.http.get(f"/v1/sweeps/{sweep_id}").json()
-        if sweep["status"] not in ("queued", "running"):
-            return sweep
-        assert time.monotonic() < deadline, f"sweep still {sweep['status']}: {sweep['progress']}"
-        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
 def finished(live: LiveServer) -> dict[str, Any]:
     r = live.http.post("/v1/sweeps", json=GRID)
     assert r.status_code == 202, r.text
-    sweep = wait_sweep(live, r.json()["id"])
+    sweep = live.wait_sweep(r.json()["id"])
     assert sweep["status"] == "succeeded", sweep
     return sweep
 
@@ -266,7 +257,7 @@ def test_an_unknown_sweep_is_404(live: LiveServer) -> None:
 def test_recommended_without_a_recommendation_is_409_saying_why(live: LiveServer) -> None:
     r = live.http.post("/v1/sweeps", json=HOPELESS)
     assert r.status_code == 202, r.text
-    sweep = wait_sweep(live, r.json()["id"])
+    sweep = live.wait_sweep(r.json()["id"])
     grid = live.http.get(f"/v1/sweeps/{sweep['id']}/stability").json()
     assert grid["recommended"] is None, grid
     before = _job_count(live)

@@ -223,24 +223,24 @@ class WebhookRepository:
 
     def enqueue(self, webhook: Webhook, job_id: str, event: str, data: dict[str, Any]) -> bool:
         """Add a delivery of ``event`` (at most one per subscription, job and event)."""
-        exists = self.session.scalar(select(WebhookDelivery.id).where(and_(
-            WebhookDelivery.webhook_id == webhook.id, WebhookDelivery.job_id == job_id,
-            WebhookDelivery.event == event)))
-        if exists is not None:
-            return False
-        self._add(webhook, event, data, job_id=job_id)
-        return True
+        return self._add_once(webhook, event, data, job_id=job_id)
 
     def enqueue_sweep(self, webhook: Webhook, sweep_id: str, event: str,
                       data: dict[str, Any]) -> bool:
         """Add a delivery of the sweep event ``event`` (at most one per subscription, sweep
         and event: a unique index, too)."""
+        return self._add_once(webhook, event, data, sweep_id=sweep_id)
+
+    def _add_once(self, webhook: Webhook, event: str, data: dict[str, Any], *,
+                  job_id: str | None = None, sweep_id: str | None = None) -> bool:
+        """:meth:`_add` unless the subscription already has ``event`` for that job / sweep."""
+        of = (WebhookDelivery.job_id == job_id if job_id is not None
+              else WebhookDelivery.sweep_id == sweep_id)
         exists = self.session.scalar(select(WebhookDelivery.id).where(and_(
-            WebhookDelivery.webhook_id == webhook.id, WebhookDelivery.sweep_id == sweep_id,
-            WebhookDelivery.event == event)))
+            WebhookDelivery.webhook_id == webhook.id, of, WebhookDelivery.event == event)))
         if exists is not None:
             return False
-        self._add(webhook, event, data, sweep_id=sweep_id)
+        self._add(webhook, event, data, job_id=job_id, sweep_id=sweep_id)
         return True
 
     def _add(self, webhook: Webhook, event: str, data: dict[str, Any], *,

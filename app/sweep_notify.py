@@ -43,6 +43,7 @@ from sqlalchemy.orm import Session
 from app.errors import SpecValidationError
 from app.jsonutil import encode_non_finite
 from app.models import Job, Sweep, SweepMemberRow, Webhook, utcnow
+from app.sweep_members import FINISHED, member_outcomes, member_rows, sweep_status
 from app.webhooks import DestinationRefused, WebhookRepository, check_destination, iso_utc
 from core.spec import NotifySpec
 from core.stability import MemberOutcome, stability_grid
@@ -50,8 +51,6 @@ from core.stability import MemberOutcome, stability_grid
 __all__ = ["FINISHED", "SWEEP_EVENTS", "check_notify", "lock_for_finish", "lock_sweep",
            "member_finished", "subscribe", "sweep_events"]
 
-# app.lifecycle.TERMINAL (which imports this module; a test keeps the two equal)
-FINISHED = ("succeeded", "failed", "cancelled")
 SWEEP_EVENTS = tuple(f"sweep.{status}" for status in FINISHED)
 
 
@@ -137,14 +136,9 @@ def member_finished(session: Session, sweep_id: str) -> int:
 def _sweep_data(session: Session, sweep: Sweep) -> dict[str, Any]:
     """The delivery's ``data``: the sweep as ``GET /v1/sweeps`` lists it (status, progress,
     verdict counts) with the setting to launch and the links."""
-    rows = session.execute(
-        select(SweepMemberRow, Job).outerjoin(Job, Job.id == SweepMemberRow.job_id)
-        .where(SweepMemberRow.sweep_id == sweep.id).order_by(SweepMemberRow.idx)
-        .execution_options(populate_existing=True)).all()
+    rows = member_rows(session, sweep.id, fresh=True)
     jobs = [job for _, job in rows if job is not None]  # None: the member's job was deleted
-    statuses = {job.status for job in jobs}
-    status = ("failed" if "failed" in statuses else
-              "cancelled" if "cancelled" in statuses else "succeeded")
+    status = sweep_status([job.status for job in jobs])  # every one finished
     verdicts: dict[str, int] = {}
     for job in jobs:
         if job.verdict is not None:
@@ -152,12 +146,7 @@ def _sweep_data(session: Session, sweep: Sweep) -> dict[str, Any]:
     steps = sum(job.steps_completed for job in jobs)
     total = sum(job.total_steps for job in jobs)
     finished = [job.finished_at for job in jobs if job.finished_at is not None]
-    outcomes = [MemberOutcome(
-        index=row.idx, values=row.axis_values, verdict=job.verdict,
-        first_bad_step=row.first_bad_step, peak_to_baseline=row.peak_to_baseline,
-        final_loss=row.final_loss, stop_reason=job.stop_reason or "",
-        predicted_risk=row.predicted_risk, job_id=row.job_id)
-        for row, job in rows if job is not None and job.verdict is not None]
+    outcomes = member_outcomes(rows)
     base = f"/v1/sweeps/{sweep.id}"
     return {
         "sweep_id": sweep.id, "name": sweep.name, "status": status,

@@ -36,6 +36,7 @@ from app.services import (
 )
 from app.settings import Settings
 from app.submission import IDEMPOTENCY_IN_FLIGHT, scoped_key
+from app.sweep_members import member_outcomes, member_rows, sweep_status
 from app.tenancy import Principal
 from core.spec import UploadedData
 from core.stability import MemberOutcome, StabilityGrid, stability_grid
@@ -105,7 +106,7 @@ def _replay_sweep(session: Session, existing: Sweep, body: SweepCreate) -> Sweep
             slug="idempotency-key-reused", sweep_id=existing.id)
     if utcnow() - as_utc(existing.created_at) < IDEMPOTENCY_IN_FLIGHT and any(
             job is not None and job.status == "queued" and job.enqueued_at is None
-            for _, job in _members(session, existing.id)):
+            for _, job in member_rows(session, existing.id)):
         raise ConflictError(
             "the first request with this Idempotency-Key is still being processed; "
             "retry shortly", slug="idempotency-in-flight", headers={"Retry-After": "1"})
@@ -172,28 +173,9 @@ def get_sweep(session: Session, sweep_id: str, principal: Principal) -> Sweep:
     return sweep
 
 
-def _members(session: Session, sweep_id: str) -> list[tuple[SweepMemberRow, Job | None]]:
-    rows = session.execute(
-        select(SweepMemberRow, Job).outerjoin(Job, Job.id == SweepMemberRow.job_id)
-        .where(SweepMemberRow.sweep_id == sweep_id).order_by(SweepMemberRow.idx)).all()
-    return [(r[0], r[1]) for r in rows]
-
-
-def _status(statuses: list[str]) -> str:
-    if statuses and all(s == "queued" for s in statuses):
-        return "queued"
-    if any(s not in TERMINAL for s in statuses):
-        return "running"
-    if "failed" in statuses:
-        return "failed"
-    if "cancelled" in statuses:
-        return "cancelled"
-    return "succeeded"
-
-
 def sweep_to_read(session: Session, sweep: Sweep) -> dict[str, Any]:
     """The sweep resource: status and progress derived from the members, one entry each."""
-    members = _members(session, sweep.id)
+    members = member_rows(session, sweep.id)
     statuses = [job.status if job is not None else "deleted" for _, job in members]
     done = sum(s in TERMINAL or s == "deleted" for s in statuses)
     steps = sum(job.steps_completed for _, job in members if job is not None)
@@ -202,7 +184,7 @@ def sweep_to_read(session: Session, sweep: Sweep) -> dict[str, Any]:
     return {
         "id": sweep.id, "name": sweep.name, "created_at": utc_text(sweep.created_at),
         "tenant": sweep.tenant,
-        "status": _status([s for s in statuses if s != "deleted"]),
+        "status": sweep_status([s for s in statuses if s != "deleted"]),
         "progress": {"members_done": done, "members": len(members), "step": steps,
                      "total_steps": total,
                      "fraction": round(steps / total, 6) if total else 0.0},
@@ -294,7 +276,7 @@ def sweep_summaries(session: Session, sweeps: Sequence[Sweep]) -> list[dict[str,
         c = counts[sweep.id]
         out.append({
             "id": sweep.id, "name": sweep.name, "created_at": sweep.created_at,
-            "tenant": sweep.tenant, "status": _status(sorted(c["statuses"])),
+            "tenant": sweep.tenant, "status": sweep_status(sorted(c["statuses"])),
             "progress": {"members_done": c["done"], "members": c["members"], "step": c["step"],
                          "total_steps": c["total"],
                          "fraction": round(c["step"] / c["total"], 6) if c["total"] else 0.0},
@@ -309,7 +291,7 @@ def cancel_sweep(session: Session, sweep_id: str, principal: Principal) -> None:
     """Cancel every unfinished member (queued now, running within one flush); 409 if none."""
     get_sweep(session, sweep_id, principal)
     sweep_notify.lock_sweep(session, sweep_id)  # before any member's row (app.sweep_notify)
-    open_jobs = [job.id for _, job in _members(session, sweep_id)
+    open_jobs = [job.id for _, job in member_rows(session, sweep_id)
                  if job is not None and job.status not in TERMINAL]
     if not open_jobs:
         raise ConflictError(f"sweep {sweep_id} has finished; only a sweep with queued or "
@@ -322,7 +304,7 @@ def cancel_sweep(session: Session, sweep_id: str, principal: Principal) -> None:
 def delete_sweep(session: Session, sweep_id: str, principal: Principal) -> None:
     """Delete a finished sweep with its member jobs and their histories."""
     sweep = get_sweep(session, sweep_id, principal)
-    members = _members(session, sweep_id)
+    members = member_rows(session, sweep_id)
     if any(job is not None and job.status not in TERMINAL for _, job in members):
         raise ConflictError(f"sweep {sweep_id} has unfinished members; cancel it first",
                             slug="sweep-not-finished")
@@ -337,13 +319,7 @@ def delete_sweep(session: Session, sweep_id: str, principal: Principal) -> None:
 
 def outcomes(session: Session, sweep_id: str) -> list[MemberOutcome]:
     """The finished members' outcomes (verdicts from their jobs)."""
-    return [MemberOutcome(
-        index=row.idx, values=row.axis_values, verdict=job.verdict,
-        first_bad_step=row.first_bad_step, peak_to_baseline=row.peak_to_baseline,
-        final_loss=row.final_loss, stop_reason=job.stop_reason or "",
-        predicted_risk=row.predicted_risk, job_id=row.job_id)
-        for row, job in _members(session, sweep_id)
-        if job is not None and job.verdict is not None]
+    return member_outcomes(member_rows(session, sweep_id))
 
 
 def stability(session: Session, sweep_id: str, x: str | None, y: str | None,

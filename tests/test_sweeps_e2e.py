@@ -179,3 +179,25 @@ def test_cancelling_a_sweep_cancels_its_members(live: LiveServer) -> None:
     assert sweep["status"] == "cancelled"
     assert {m["status"] for m in sweep["members"]} == {"cancelled"}
     assert all(m["stop_reason"] == "cancelled" for m in sweep["members"])
+
+
+def test_a_boolean_axis_can_be_held_with_at(live: LiveServer) -> None:
+    r = live.http.post("/v1/sweeps", json={
+        "name": "standardize",
+        "spec": {**SWEEP_SPEC, "training": {"epochs": 1, "batch_size": 64}},
+        "axes": [{"path": "seed", "values": [0, 1]},
+                 {"path": "optimizer.lr", "values": [0.01, 0.1]},
+                 {"path": "data.standardize", "values": [True, False]}]})
+    assert r.status_code == 202, r.text
+    sweep = live.wait_sweep(r.json()["id"])
+    assert sweep["status"] == "succeeded", sweep["progress"]
+    base = f"/v1/sweeps/{sweep['id']}/stability?x=optimizer.lr&y=seed"
+    held = {}
+    for text, value in (("true", True), ("false", False)):
+        grid = live.http.get(f"{base}&at.data.standardize={text}")
+        assert grid.status_code == 200, grid.text
+        assert grid.json()["fixed"] == {"data.standardize": value}
+        held[value] = {m for row in grid.json()["member"] for m in row}
+    by_index = {m["index"]: m["values"]["data.standardize"] for m in sweep["members"]}
+    assert {by_index[i] for i in held[True]} == {True}
+    assert {by_index[i] for i in held[False]} == {False}

@@ -180,7 +180,8 @@ def launch_sweep_endpoint(
 
 
 def _at(request: Request) -> dict[str, Any]:
-    """``at.<path>=<value>`` query parameters: where the other axes are held."""
+    """``at.<path>=<value>`` query parameters: where the other axes are held (numbers as
+    numbers, ``true``/``false`` as booleans, anything else as a string)."""
     out: dict[str, Any] = {}
     for key, raw in request.query_params.items():
         if key.startswith("at."):
@@ -190,7 +191,7 @@ def _at(request: Request) -> dict[str, Any]:
                 try:
                     value = float(raw)
                 except ValueError:
-                    value = raw
+                    value = {"true": True, "false": False}.get(raw, raw)
             out[key[3:]] = value
     return out
 

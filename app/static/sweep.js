@@ -1,6 +1,8 @@
 // The sweep page (/sweeps/{id}): the recommended setting (a line linking to its member job,
 // and a button launching the real run like it), then its stability map as a grid of cells,
-// each a link to its member job, laid out as the PNG map: the largest y value on top. Uses h(), getJSON(), fmt() and problemText() from dashboard.js (loaded after
+// each a link to its member job, laid out as the PNG map: the largest y value on top. Above
+// them x/y axis selectors and (three axes or more) the held value of each other axis; the
+// choice is the page URL's query (?x=..&y=..&at.<path>=..), so a link reproduces the view. Uses h(), getJSON(), fmt() and problemText() from dashboard.js (loaded after
 // this file; they are only called once the page starts).
 "use strict";
 
@@ -17,21 +19,120 @@ async function showSweep(root, sweepId) {
   const recommended = h("p", { id: "sweep-recommended" });
   const grid = h("div", { id: "stability-grid" });
   const img = h("img", { id: "stability-plot", alt: "stability map" });
-  root.replaceChildren(h("section", {}, title, status, recommended, grid, img));
+  const view = viewFromURL(sweep);
+  let latest = sweep;
+  let finished = false;
   let drawn = false;
+  // a change of axes re-renders the grid (and the map once the sweep ended) with it; the
+  // refresh loop below reads the same `view`
+  const controls = axisControls(sweep, view, async () => {
+    history.replaceState(null, "", `${location.pathname}?${viewQuery(view, sweep)}`);
+    drawn = await renderGrid(grid, latest, recommended, view, controls);
+    if (finished) await drawMap();
+  });
+  // the map of the current view; data-query says which view the image shows
+  const drawMap = async () => {
+    const query = viewQuery(view, sweep);
+    if (drawn) await imageInto(img, `/v1/sweeps/${sweepId}/plots/stability?${query}`);
+    else img.removeAttribute("src");
+    img.dataset.query = drawn ? query : "";
+  };
+  root.replaceChildren(h("section", {}, title, status, controls, recommended, grid, img));
   for (;;) {
     const s = await getJSON(`/v1/sweeps/${sweepId}`);
+    latest = s;
     status.textContent = `${s.status}: ${s.progress.members_done} / ${s.progress.members} members done`;
-    drawn = await renderGrid(grid, s, recommended);
+    drawn = await renderGrid(grid, s, recommended, view, controls);
     if (s.status !== "queued" && s.status !== "running") break;
     await new Promise((resolve) => setTimeout(resolve, 2000));
   }
-  if (drawn) await imageInto(img, `/v1/sweeps/${sweepId}/plots/stability`);
+  finished = true;
+  await drawMap();
+}
+
+// An axis value as the API's `at.<path>=` takes it: numbers as numbers, true/false, strings as is.
+const atValue = (v) => (typeof v === "string" ? v : JSON.stringify(v));
+
+// The view: x and y axis paths and the explicitly held values of other axes (path -> the
+// atValue string); what is not chosen the server defaults (x last axis, y first, others held
+// where /stability holds them). Read from the page URL (?x=..&y=..&at.<path>=..); unknown
+// paths are ignored.
+function viewFromURL(sweep) {
+  const paths = sweep.axes.map((a) => a.path);
+  const q = new URLSearchParams(location.search);
+  const view = { x: paths[paths.length - 1], y: paths[0], at: {} };
+  if (paths.includes(q.get("x"))) view.x = q.get("x");
+  if (paths.includes(q.get("y")) && q.get("y") !== view.x) view.y = q.get("y");
+  if (view.x === view.y) view.y = paths.find((p) => p !== view.x);
+  for (const [k, v] of q) {
+    if (k.startsWith("at.") && paths.includes(k.slice(3))) view.at[k.slice(3)] = v;
+  }
+  return view;
+}
+
+function viewQuery(view, sweep) {
+  const q = new URLSearchParams({ x: view.x, y: view.y });
+  for (const a of sweep.axes) {
+    if (a.path !== view.x && a.path !== view.y && a.path in view.at) q.set(`at.${a.path}`, view.at[a.path]);
+  }
+  return q.toString();
+}
+
+// The control row (two axes or more): x and y selectors over the axis paths (choosing the
+// other's axis swaps them) and, with three axes or more, a selector of each other axis's
+// values (the distinct values its members carry, in member order).
+function axisControls(sweep, view, onChange) {
+  const paths = sweep.axes.map((a) => a.path);
+  const row = h("div", { id: "axis-controls", class: "axis-controls" });
+  if (paths.length < 2) return row;
+  const distinct = new Map(paths.map((p) => [p, new Map()]));
+  for (const m of sweep.members) {
+    for (const p of paths) {
+      if (m.values && p in m.values && !distinct.get(p).has(atValue(m.values[p]))) {
+        distinct.get(p).set(atValue(m.values[p]), m.values[p]);
+      }
+    }
+  }
+  const axisSelect = (id, key) => h("select", { id, onchange: (e) => {
+    const other = key === "x" ? "y" : "x";
+    if (e.target.value === view[other]) view[other] = view[key];
+    view[key] = e.target.value;
+    delete view.at[view.x];
+    delete view.at[view.y];
+    onChange();
+  } }, ...paths.map((p) => h("option", { value: p }, p)));
+  const build = () => {
+    const parts = [h("label", {}, "x ", axisSelect("axis-x", "x")),
+                   h("label", {}, "y ", axisSelect("axis-y", "y"))];
+    for (const p of paths.filter((q) => q !== view.x && q !== view.y)) {
+      parts.push(h("label", {}, `${p} `, h("select", {
+        class: "axis-at", "data-path": p,
+        onchange: (e) => { view.at[p] = e.target.value; onChange(); },
+      }, ...[...distinct.get(p)].map(([k, v]) => h("option", { value: k }, fmt(v))))));
+    }
+    fill(row, ...parts);
+  };
+  // rebuilt when x/y change (the held axes change); the selects show the grid drawn
+  row.sync = (grid) => {
+    const held = [...row.querySelectorAll("select.axis-at")].map((s) => s.dataset.path);
+    const others = paths.filter((q) => q !== view.x && q !== view.y);
+    if (!row.firstChild || held.join("\n") !== others.join("\n")) build();
+    row.querySelector("#axis-x").value = view.x;
+    row.querySelector("#axis-y").value = view.y;
+    for (const s of row.querySelectorAll("select.axis-at")) {
+      const p = s.dataset.path;
+      const shown = p in view.at ? view.at[p]
+        : grid && grid.fixed && p in grid.fixed ? atValue(grid.fixed[p]) : null;
+      if (shown !== null) s.value = shown;
+    }
+  };
+  row.sync(null);
+  return row;
 }
 
 // The grid of a sweep with two axes or more once a member has a verdict (true when drawn);
 // until then (the stability endpoint's 409 sweep-not-ready) a note, not an error.
-async function renderGrid(el, sweep, recEl) {
+async function renderGrid(el, sweep, recEl, view, controls) {
   if (sweep.axes.length < 2) {
     fill(el, h("p", { class: "muted" }, "A stability map needs two axes."));
     return false;
@@ -43,7 +144,7 @@ async function renderGrid(el, sweep, recEl) {
   }
   let grid;
   try {
-    grid = await getJSON(`/v1/sweeps/${sweep.id}/stability`);
+    grid = await getJSON(`/v1/sweeps/${sweep.id}/stability?${viewQuery(view, sweep)}`);
   } catch (err) {
     if (!(err instanceof ApiError && err.status === 409)) throw err;
     fill(el, h("p", { class: "muted", id: "sweep-waiting" },
@@ -52,6 +153,7 @@ async function renderGrid(el, sweep, recEl) {
     return false;
   }
   drawGrid(el, grid, sweep, recEl);
+  if (controls.sync) controls.sync(grid);
   return true;
 }
 

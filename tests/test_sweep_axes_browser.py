@@ -35,7 +35,8 @@ LINKS = ("() => JSON.stringify([...document.querySelectorAll('#stability-grid a.
 
 
 def _wait_links(page: Any, expected: list[str]) -> None:
-    page.wait_for_function(f"(want) => ({LINKS})() === want", arg=json.dumps(sorted(expected), separators=(",", ":")))
+    page.wait_for_function(f"(want) => ({LINKS})() === want",
+                           arg=json.dumps(sorted(expected), separators=(",", ":")))
 
 
 def _map_requests(p: Page, sweep_id: str) -> list[dict[str, list[str]]]:
@@ -116,7 +117,7 @@ def test_choosing_a_held_axis_value_redraws_the_grid_and_map_and_lives_in_the_ur
     page.wait_for_function("() => new URLSearchParams(location.search).get('x')"
                            " === 'model.init.std'")
     assert page.locator("#axis-y").input_value() == "optimizer.lr"
+    page.wait_for_function("() => document.querySelector('#stability-grid thead th')"
+                           ".textContent === 'optimizer.lr \\\\ model.init.std'")
     _wait_links(page, expected)
-    assert page.locator("#stability-grid thead th").first.inner_text() == \
-        "optimizer.lr \\ model.init.std"
     assert p.external == [] and p.errors == []

@@ -27,7 +27,9 @@ async function showSweep(root, sweepId) {
   // refresh loop below reads the same `view`
   const controls = axisControls(sweep, view, async () => {
     history.replaceState(null, "", `${location.pathname}?${viewQuery(view, sweep)}`);
-    drawn = await renderGrid(grid, latest, recommended, view, controls);
+    const r = await renderGrid(grid, latest, recommended, view, controls);
+    if (r === null) return;  // a later change drew its own grid
+    drawn = r;
     if (finished) await drawMap();
   });
   // the map of the current view; data-query says which view the image shows
@@ -42,7 +44,8 @@ async function showSweep(root, sweepId) {
     const s = await getJSON(`/v1/sweeps/${sweepId}`);
     latest = s;
     status.textContent = `${s.status}: ${s.progress.members_done} / ${s.progress.members} members done`;
-    drawn = await renderGrid(grid, s, recommended, view, controls);
+    const r = await renderGrid(grid, s, recommended, view, controls);
+    if (r !== null) drawn = r;
     if (s.status !== "queued" && s.status !== "running") break;
     await new Promise((resolve) => setTimeout(resolve, 2000));
   }
@@ -131,7 +134,8 @@ function axisControls(sweep, view, onChange) {
 }
 
 // The grid of a sweep with two axes or more once a member has a verdict (true when drawn);
-// until then (the stability endpoint's 409 sweep-not-ready) a note, not an error.
+// until then (the stability endpoint's 409 sweep-not-ready) a note, not an error; null when a
+// later render overtook this one.
 async function renderGrid(el, sweep, recEl, view, controls) {
   if (sweep.axes.length < 2) {
     fill(el, h("p", { class: "muted" }, "A stability map needs two axes."));
@@ -142,10 +146,15 @@ async function renderGrid(el, sweep, recEl, view, controls) {
     fill(el, h("p", { class: "muted", id: "sweep-waiting" }, waiting));
     return false;
   }
+  // a response overtaken by a later render (the view changed meanwhile) is dropped: null
+  const mine = String(Number(el.dataset.seq || 0) + 1);
+  el.dataset.seq = mine;
   let grid;
   try {
     grid = await getJSON(`/v1/sweeps/${sweep.id}/stability?${viewQuery(view, sweep)}`);
+    if (el.dataset.seq !== mine) return null;
   } catch (err) {
+    if (el.dataset.seq !== mine) return null;
     if (!(err instanceof ApiError && err.status === 409)) throw err;
     fill(el, h("p", { class: "muted", id: "sweep-waiting" },
       sweep.status === "queued" || sweep.status === "running" ? waiting

@@ -2,8 +2,9 @@
 // and a button launching the real run like it), then its stability map as a grid of cells,
 // each a link to its member job, laid out as the PNG map: the largest y value on top. Above
 // them x/y axis selectors and (three axes or more) the held value of each other axis; the
-// choice is the page URL's query (?x=..&y=..&at.<path>=..), so a link reproduces the view. Uses h(), getJSON(), fmt() and problemText() from dashboard.js (loaded after
-// this file; they are only called once the page starts).
+// choice is the page URL's query (?x=..&y=..&at.<path>=..), so a link reproduces the view.
+// Uses h(), getJSON(), fmt() and problemText() from dashboard.js (loaded after this file;
+// they are only called once the page starts).
 "use strict";
 
 // the map's colours (app/stability_plot.py VERDICT_COLORS)

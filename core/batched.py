@@ -13,15 +13,14 @@ arrays (:class:`core.batched_monitor.StackMonitor`, alert for alert the scalar
 sink's request, early stopping, its last step) is taken out of the stack on its own; the
 others go on unaffected.
 
-Which specs can share a stack is :func:`stack_key`; :func:`train_specs` groups any list of
-specs by it and trains each group. The members' data and batches are :mod:`core.stack_data`,
-a step's per-layer figures :mod:`core.stack_figures`, the epochs' sums and validation
-:mod:`core.stack_epochs`.
+Which specs can share a stack is :func:`stack_key` (:mod:`core.stack_key`, re-exported here);
+:func:`train_specs` groups any list of specs by it and trains each group. The members' data and
+batches are :mod:`core.stack_data`, a step's per-layer figures :mod:`core.stack_figures`, the
+epochs' sums and validation :mod:`core.stack_epochs`.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -37,10 +36,11 @@ from core.network import MLP
 from core.optimizers import make_optimizer
 from core.schedules import Constant, make_schedule
 from core.snapshot import NetworkCopy
-from core.spec import TrainingSpec, data_shape
+from core.spec import TrainingSpec
 from core.stack_data import load_member_data, shared_batches, step_batch
 from core.stack_epochs import EpochSums, validate
 from core.stack_figures import layer_figures, locate_non_finite, present_mask
+from core.stack_key import stack_key
 from core.stack_recording import StackRecorder
 from core.stacked import StackedMLP, initial_parameters, segment_sumsq_batched
 from core.telemetry import Sink
@@ -49,31 +49,6 @@ from core.trainer import TrainingResult
 __all__ = ["BatchedTrainer", "stack_key", "train_specs"]
 
 Array = np.ndarray
-
-
-def stack_key(spec: TrainingSpec) -> str:
-    """What members of one stack must share: architecture, dtype, loss, data shape, batch
-    size, optimizer (all but ``lr``), clipping mode and which statistics are recorded.
-
-    Learning rate, schedule, initialisation, clipping thresholds, seed (hence data, weights
-    and batch order), epochs, early stopping and monitor settings may differ per member.
-    """
-    shape = data_shape(spec.data)
-    optimizer = spec.optimizer.model_dump()
-    optimizer.pop("lr")
-    return json.dumps({
-        "dtype": spec.dtype,
-        "sizes": spec.layer_sizes(),
-        "hidden": [[h.activation, h.batch_norm] for h in spec.model.hidden],
-        "loss": spec.loss,
-        "task": shape.task,
-        "n_train": spec.n_train_samples(),
-        "n_samples": shape.n_samples,
-        "batch_size": spec.training.batch_size,
-        "optimizer": optimizer,
-        "clipping": spec.clipping.mode,
-        "activation_stats": spec.monitor.activation_stats,
-    }, sort_keys=True)
 
 
 class BatchedTrainer:

@@ -21,14 +21,15 @@ x_std`` in float64, a cast to the trained dtype, then the network's own inferenc
 (``cross_entropy``), ``[1 - p, p]`` with ``p = sigmoid`` (``binary_cross_entropy``), or the
 outputs (``mse``; regression outputs mapped back to the target's scale with ``y_mean`` /
 ``y_std``).
+
+The archive itself (format marker, JSON entries, safe reads, :class:`ModelFileError`,
+:func:`read_info`) is :mod:`core.model_archive`, re-exported here.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
@@ -38,15 +39,25 @@ from pydantic import ValidationError
 
 from core.data import Dataset
 from core.layout import ParamLayout
+from core.model_archive import (
+    FORMAT,
+    FORMAT_VERSION,
+    ModelFileError,
+    check_format,
+    decode_json,
+    json_bytes,
+    open_archive,
+    read_array,
+    read_info,
+)
 from core.network import EVAL_CHUNK, MLP
 from core.snapshot import BestParameters, NetworkCopy
 from core.spec import SpecLimits, TrainingSpec, data_shape
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "Model", "ModelFileError", "load_model", "save_model"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "Model", "ModelFileError", "load_model", "read_info",
+           "save_model"]
 
 Array = np.ndarray
-FORMAT = "gradwatch-model"
-FORMAT_VERSION = 1
 _NORMALISATION = ("x_mean", "x_std", "y_mean", "y_std")
 # A model file was validated when it was trained: read it back whatever this process' limits.
 _UNBOUNDED = SpecLimits(max_parameters=2**62, max_layers=2**62, max_units=2**62,
@@ -66,10 +77,6 @@ class _StackedTrainer(Protocol):  # core.batched.BatchedTrainer
     final_networks: dict[int, NetworkCopy]
 
     def member_data(self, k: int) -> Dataset: ...
-
-
-class ModelFileError(ValueError):
-    """The file is not a gradwatch model, is damaged, or does not fit its own spec."""
 
 
 @dataclass
@@ -303,10 +310,6 @@ def _check_normalisation(model: Model) -> None:
         raise ModelFileError("standardisation statistics come in pairs (mean and std)")
 
 
-def _json_bytes(obj: Any) -> Array:
-    return np.frombuffer(json.dumps(obj, allow_nan=False).encode(), dtype=np.uint8)
-
-
 def _finite_or_none(v: Any) -> Any:
     return v if not isinstance(v, float) or math.isfinite(v) else None
 
@@ -323,7 +326,7 @@ def save_model(model: Model, file: str | os.PathLike[str] | IO[bytes]) -> None:
         "format": np.array(FORMAT),
         "format_version": np.array(FORMAT_VERSION, dtype=np.int64),
         "spec_json": np.frombuffer(model.spec.model_dump_json().encode(), dtype=np.uint8),
-        "info_json": _json_bytes(info),
+        "info_json": json_bytes(info),
         **model.arrays,
     }
     for name in _NORMALISATION:
@@ -333,23 +336,15 @@ def save_model(model: Model, file: str | os.PathLike[str] | IO[bytes]) -> None:
     np.savez(file, **payload)  # type: ignore[arg-type]
 
 
-def read_info(file: str | os.PathLike[str] | IO[bytes]) -> dict[str, Any]:
-    """The ``info`` of a model file (``which``, ``finite``, ``non_finite``, ``task``, ...),
-    without reading its parameters."""
-    with _open(file) as npz:
-        _check_format(npz)
-        return _decode_json(npz, "info_json")
-
-
 def load_model(file: str | os.PathLike[str] | IO[bytes]) -> Model:
     """Read a model file written by :func:`save_model` (NumPy only, no pickles).
 
     Raises :class:`ModelFileError` for anything that is not an intact gradwatch model file.
     """
-    with _open(file) as npz:
-        _check_format(npz)
-        spec_doc = _decode_json(npz, "spec_json")
-        info = _decode_json(npz, "info_json")
+    with open_archive(file) as npz:
+        check_format(npz)
+        spec_doc = decode_json(npz, "spec_json")
+        info = decode_json(npz, "info_json")
         try:
             spec = TrainingSpec.model_validate(spec_doc, context={"limits": _UNBOUNDED})
         except ValidationError as exc:
@@ -362,61 +357,8 @@ def load_model(file: str | os.PathLike[str] | IO[bytes]) -> Model:
         if unknown:
             raise ModelFileError(f"the model has an array {unknown[0]!r} its spec does not "
                                  "define")
-        arrays = {name: _read(npz, name) for name in expected if name in names}
-        stats = {name: _read(npz, name) if name in npz.files else None
+        arrays = {name: read_array(npz, name) for name in expected if name in names}
+        stats = {name: read_array(npz, name) if name in npz.files else None
                  for name in _NORMALISATION}
     return Model(spec, arrays, stats["x_mean"], stats["x_std"], stats["y_mean"], stats["y_std"],
                  info)
-
-
-def _open(file: str | os.PathLike[str] | IO[bytes]) -> np.lib.npyio.NpzFile:
-    try:
-        npz = np.load(file, allow_pickle=False)
-    except FileNotFoundError:
-        raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise ModelFileError(f"not a gradwatch model file (not an .npz archive: {exc})"
-                             ) from None
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise ModelFileError("not a gradwatch model file (a single .npy array, not an .npz)")
-    return npz
-
-
-def _read(npz: Any, name: str) -> Array:
-    try:
-        a: Array = npz[name]
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-        raise ModelFileError(f"the model file is damaged: cannot read {name!r} ({exc})"
-                             ) from None
-    if a.dtype.kind != "f":
-        raise ModelFileError(f"{name} holds {a.dtype} values; a model holds floats")
-    return a
-
-
-def _check_format(npz: Any) -> None:
-    if "format" not in npz.files or "format_version" not in npz.files:
-        raise ModelFileError("not a gradwatch model file (no 'format' entry); save one with "
-                             "core.save_model or download it from GET /v1/jobs/{id}/model")
-    try:
-        fmt, version = str(npz["format"]), int(npz["format_version"])
-    except (ValueError, TypeError, OSError, zipfile.BadZipFile) as exc:
-        raise ModelFileError(f"the model file is damaged ({exc})") from None
-    if fmt != FORMAT:
-        raise ModelFileError(f"not a gradwatch model file (format {fmt[:40]!r})")
-    if version != FORMAT_VERSION:
-        raise ModelFileError(f"model format version {version}; this gradwatch reads version "
-                             f"{FORMAT_VERSION} (use the gradwatch that wrote it)")
-
-
-def _decode_json(npz: Any, name: str) -> dict[str, Any]:
-    try:
-        raw = npz[name]
-        if raw.dtype != np.uint8:
-            raise ValueError(f"{name} is {raw.dtype}, not uint8")
-        doc = json.loads(raw.tobytes().decode())
-    except (ValueError, KeyError, OSError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
-        raise ModelFileError(f"the model file is damaged: cannot read {name!r} ({exc})"
-                             ) from None
-    if not isinstance(doc, dict):
-        raise ModelFileError(f"the model file is damaged: {name!r} is not a JSON object")
-    return doc

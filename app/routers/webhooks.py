@@ -81,7 +81,7 @@ def create_webhook(body: WebhookCreate, session: SessionDep, settings: SettingsD
 
 
 @router.get("", response_model=list[WebhookRead], operation_id="listWebhooks",
-            summary="List subscriptions to every job's events",
+            summary="List subscriptions to every job's and sweep's events",
             description="Oldest first; secrets are never shown again. A job's own `notify` "
                         "webhook is at `/v1/webhooks/{job_id}` (a sweep's at "
                         "`/v1/webhooks/{sweep_id}`) and not listed here. A tenant's "

@@ -274,6 +274,8 @@ class MetricCounter(Base):
     labels: Mapped[str] = mapped_column(String(200), primary_key=True)
     shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     value: Mapped[float] = mapped_column(Double)
+
+
 class Sweep(Base):
     """A sweep: a base spec and axes; its members are jobs (``jobs.parent_sweep_id``)."""
 
@@ -288,6 +290,9 @@ class Sweep(Base):
     tenant: Mapped[str | None] = mapped_column(String(100), index=True)
     # Idempotency-Key of the request that created it, scoped as jobs' (app.submission)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+
+    # GET /v1/sweeps pages newest first by (created_at, id), as GET /v1/jobs does
+    __table_args__ = (Index("ix_sweeps_created_at_id", "created_at", "id"),)
 
 
 class SweepMemberRow(Base):

@@ -273,12 +273,14 @@ class Health(ApiModel):
 
 WebhookEvent = Literal["job.succeeded", "job.failed", "job.cancelled", "diagnosis.exploding",
                        "diagnosis.final"]
-# a sweep's own webhook (its base spec's `notify`, app.sweep_notify) sends these only
+# a sweep's final status (app.sweep_notify): all a sweep's own webhook (its base spec's
+# `notify`) sends; a subscription (POST /v1/webhooks) may ask for them besides job events
 SweepWebhookEvent = Literal["sweep.succeeded", "sweep.failed", "sweep.cancelled"]
+SubscriptionEvent = Literal[WebhookEvent, SweepWebhookEvent]
 
 
 class WebhookCreate(BaseModel):
-    """A subscription to events of every job."""
+    """A subscription to events of every job and every sweep."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -287,9 +289,10 @@ class WebhookCreate(BaseModel):
                      description="http(s) URL without credentials; private, loopback and "
                                  "link-local addresses are refused unless "
                                  "GRADWATCH_WEBHOOK_ALLOW_PRIVATE=true.")
-    events: list[WebhookEvent] = Field(
+    events: list[SubscriptionEvent] = Field(
         min_length=1, examples=[["diagnosis.exploding", "job.succeeded", "job.failed"]],
-        description="Events to deliver.")
+        description="Events to deliver: a job's (`job.*`, `diagnosis.*`, one per job) and a "
+                    "sweep's (`sweep.*`, one per sweep when its last member finished).")
     description: str | None = Field(None, max_length=200, description="Free-form label.")
 
 

@@ -1,5 +1,6 @@
-"""A sweep's own webhook: one subscription from its base spec's ``notify``, one delivery when
-its last member finishes.
+"""Sweep events: one delivery per subscriber when a sweep's last member finishes — to the
+sweep's own webhook (from its base spec's ``notify``) and to the ``POST /v1/webhooks``
+subscriptions of its tenant (and the admin's) that ask for ``sweep.*``.
 
 A sweep is something a service waits for as a whole, so a base spec's ``notify`` does not
 give each member a webhook (up to 1,024 subscriptions whose secrets nobody ever saw): the
@@ -7,8 +8,11 @@ members' specs lose ``notify`` and the sweep gets one webhook (id = the sweep id
 in the sweep's 202 once, deleted with the sweep). Its events are the sweep's final statuses,
 ``sweep.succeeded`` / ``sweep.failed`` / ``sweep.cancelled``, chosen by the job events the
 ``notify`` asks for (``job.succeeded`` -> ``sweep.succeeded``, ...; the ``diagnosis.*``
-events are per run and have no sweep counterpart). The delivery goes through the outbox of
-:mod:`app.webhooks`, so it is signed, retried and listed exactly as a job's.
+events are per run and have no sweep counterpart). A subscription made with
+``POST /v1/webhooks`` may list ``sweep.*`` events too: it gets them for every sweep of its
+tenant (the admin's: of every tenant), never another tenant's, with the same payload. The
+deliveries go through the outbox of :mod:`app.webhooks`, so they are signed, retried and
+listed exactly as a job's.
 
 **Exactly once**, also when two workers finish the last two members at the same moment on
 PostgreSQL, decided in the transaction that finishes a member (:func:`lock_for_finish` before
@@ -26,7 +30,11 @@ the member's terminal UPDATE, :func:`member_finished` after it):
   (:func:`lock_sweep`); a worker finishing a member never holds its job row while waiting
   for the sweep, so the two cannot deadlock. ``NO KEY UPDATE`` rather than ``UPDATE``: rows that reference the sweep (its
   members, its webhook) can still be inserted and checked meanwhile;
-* only sweeps with a webhook take the lock (one indexed look-up otherwise);
+* only sweeps someone listens to take the lock: the sweep has its own webhook, or a
+  subscription that sees the sweep's tenant asks for a ``sweep.*`` event (one indexed
+  look-up for a job outside a sweep). A subscription created while the last two members
+  finish concurrently may miss that sweep (as a subscription created a moment later would);
+  it never gets it twice;
 * the unique index ``(webhook_id, sweep_id, event)`` on the deliveries backs it up;
 * SQLite: writing transactions begin ``IMMEDIATE`` (:mod:`app.db`), so finishers are already
   serialised and the count sees every committed member; ``FOR UPDATE`` is not emitted there.
@@ -37,19 +45,25 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from app.errors import SpecValidationError
 from app.jsonutil import encode_non_finite
 from app.models import Job, Sweep, SweepMemberRow, Webhook, utcnow
 from app.sweep_members import FINISHED, member_outcomes, member_rows, sweep_status
-from app.webhooks import DestinationRefused, WebhookRepository, check_destination, iso_utc
+from app.webhooks import (
+    DestinationRefused,
+    WebhookRepository,
+    check_destination,
+    iso_utc,
+    subscriptions_of,
+)
 from core.spec import NotifySpec
 from core.stability import MemberOutcome, stability_grid
 
-__all__ = ["FINISHED", "SWEEP_EVENTS", "check_notify", "lock_for_finish", "lock_sweep",
-           "member_finished", "subscribe", "sweep_events"]
+__all__ = ["FINISHED", "SWEEP_EVENTS", "check_notify", "listeners", "lock_for_finish",
+           "lock_sweep", "member_finished", "subscribe", "sweep_events"]
 
 SWEEP_EVENTS = tuple(f"sweep.{status}" for status in FINISHED)
 
@@ -88,20 +102,33 @@ def subscribe(session: Session, sweep: Sweep, notify: NotifySpec) -> Webhook:
                                              tenant=sweep.tenant, sweep_id=sweep.id)
 
 
+def listeners(session: Session, sweep_id: str, tenant: str | None) -> list[Webhook]:
+    """Who wants some event of the sweep ``sweep_id`` (of ``tenant``): its own webhook and the
+    subscriptions that see ``tenant`` and list a ``sweep.*`` event, oldest first."""
+    hooks = session.scalars(
+        select(Webhook).where(or_(Webhook.sweep_id == sweep_id, subscriptions_of(tenant)))
+        .order_by(Webhook.created_at, Webhook.id))
+    return [hook for hook in hooks if any(e in SWEEP_EVENTS for e in hook.events or [])]
+
+
 def lock_for_finish(session: Session, job_id: str) -> str | None:
-    """Before ``job_id`` moves to a terminal status: if it is a member of a sweep that has a
-    webhook, lock the sweep's row and return its id (see the module docstring); else None."""
-    sweep_id = session.scalar(
-        select(Job.parent_sweep_id).join(Webhook, Webhook.sweep_id == Job.parent_sweep_id)
-        .where(Job.id == job_id).limit(1))
-    return sweep_id if sweep_id is not None and _lock(session, sweep_id) else None
+    """Before ``job_id`` moves to a terminal status: if it is a member of a sweep someone
+    listens to, lock the sweep's row and return its id (see the module docstring); else
+    None."""
+    parent = session.execute(
+        select(Sweep.id, Sweep.tenant).join(Job, Job.parent_sweep_id == Sweep.id)
+        .where(Job.id == job_id)).first()
+    if parent is None or not listeners(session, parent.id, parent.tenant):
+        return None
+    return parent.id if _lock(session, parent.id) else None
 
 
 def lock_sweep(session: Session, sweep_id: str) -> None:
-    """Lock the sweep's row if it has a webhook: for a transaction that will write several of
-    its members' rows (cancelling it), so that it takes the sweep before any of them, as a
-    finishing member does (see the module docstring)."""
-    if session.scalar(select(Webhook.id).where(Webhook.sweep_id == sweep_id).limit(1)):
+    """Lock the sweep's row if someone listens to it: for a transaction that will write
+    several of its members' rows (cancelling it), so that it takes the sweep before any of
+    them, as a finishing member does (see the module docstring)."""
+    tenant = session.execute(select(Sweep.tenant).where(Sweep.id == sweep_id)).first()
+    if tenant is not None and listeners(session, sweep_id, tenant.tenant):
         _lock(session, sweep_id)
 
 
@@ -113,8 +140,8 @@ def _lock(session: Session, sweep_id: str) -> bool:
 
 def member_finished(session: Session, sweep_id: str) -> int:
     """A member of ``sweep_id`` (locked by :func:`lock_for_finish`) just reached a terminal
-    status in this transaction: if it was the last, enqueue the sweep's event to its
-    webhooks. Returns how many deliveries were added."""
+    status in this transaction: if it was the last, enqueue the sweep's event to every
+    listener that wants it (:func:`listeners`). Returns how many deliveries were added."""
     unfinished = session.scalar(
         select(func.count()).select_from(SweepMemberRow)
         .join(Job, Job.id == SweepMemberRow.job_id)
@@ -128,8 +155,7 @@ def member_finished(session: Session, sweep_id: str) -> int:
     data = encode_non_finite(_sweep_data(session, sweep))
     event = f"sweep.{data['status']}"
     return sum(hooks.enqueue_sweep(hook, sweep.id, event, data)
-               for hook in session.scalars(select(Webhook).where(Webhook.sweep_id == sweep_id)
-                                           .order_by(Webhook.created_at, Webhook.id))
+               for hook in listeners(session, sweep.id, sweep.tenant)
                if event in (hook.events or []))
 
 

@@ -5,7 +5,9 @@ base spec: :mod:`app.sweep_notify`) names a URL, the
 events it wants and gets a secret (``whsec_<base64>``, shown once). When something happens
 to a job, :func:`job_finished` / :func:`monitor_alert` insert one ``webhook_deliveries`` row
 per matching subscription **in the transaction that made it happen** (a transactional
-outbox: no event is lost when a process dies, none is sent for a change that rolled back).
+outbox: no event is lost when a process dies, none is sent for a change that rolled back);
+when a sweep's last member finishes, :func:`app.sweep_notify.member_finished` does the same
+for ``sweep.*``.
 The delivery loops of the worker processes (:mod:`app.delivery`) send them.
 
 Signatures follow Standard Webhooks (standardwebhooks.com): headers ``webhook-id`` (the
@@ -29,7 +31,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.orm import Session
 
 from app import counters
@@ -46,6 +48,7 @@ __all__ = [
     "new_secret",
     "resolve_destination",
     "sign",
+    "subscriptions_of",
 ]
 
 EventType = Literal["job.succeeded", "job.failed", "job.cancelled", "diagnosis.exploding",
@@ -161,6 +164,14 @@ def resolve_destination(url: str, *, allow_private: bool) -> tuple[str, str]:
 # ---------------------------------------------------------------------------- storage
 
 
+def subscriptions_of(tenant: str | None) -> ColumnElement[bool]:
+    """The ``POST /v1/webhooks`` subscriptions that see what ``tenant`` owns: the admin's and
+    the tenant's own — never another tenant's."""
+    return and_(Webhook.job_id.is_(None), Webhook.sweep_id.is_(None),
+                Webhook.tenant.is_(None) if tenant is None
+                else or_(Webhook.tenant.is_(None), Webhook.tenant == tenant))
+
+
 class WebhookRepository:
     """Subscriptions and deliveries. Never commits: the caller owns the transaction."""
 
@@ -204,11 +215,8 @@ class WebhookRepository:
         """Subscriptions that want ``event`` of ``job_id`` (a job of ``tenant``): the job's
         own, the admin's every-job ones, and the tenant's every-job ones — never another
         tenant's."""
-        every_job = and_(Webhook.job_id.is_(None), Webhook.sweep_id.is_(None),
-                         Webhook.tenant.is_(None) if tenant is None
-                         else or_(Webhook.tenant.is_(None), Webhook.tenant == tenant))
         hooks = self.session.scalars(
-            select(Webhook).where(or_(every_job, Webhook.job_id == job_id))
+            select(Webhook).where(or_(subscriptions_of(tenant), Webhook.job_id == job_id))
             .order_by(Webhook.created_at, Webhook.id))
         return [h for h in hooks if event in (h.events or [])]
 

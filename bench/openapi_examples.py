@@ -13,7 +13,7 @@ model or the diagnosis:
     .venv/bin/python bench/openapi_examples.py --only-sweep-list  # GET /v1/sweeps only
     .venv/bin/python bench/openapi_examples.py --only-stability  # a sweep's stability grid only
     .venv/bin/python bench/openapi_examples.py --only-launch  # POST /v1/sweeps/{id}/launch only
-    .venv/bin/python bench/openapi_examples.py --only-sweep-create  # POST /v1/sweeps's 202 only
+    .venv/bin/python bench/openapi_examples.py --only-sweep-create  # POST /v1/sweeps's 202, 200
 """
 
 from __future__ import annotations
@@ -130,9 +130,18 @@ def launch(http: TestClient, ex: dict[str, dict[str, Any]], sweep_id: str) -> No
     record(ex, "launchSweep", http.post(f"/v1/sweeps/{sweep_id}/launch", json={"member": 99}))
 
 
+def create_sweep(http: TestClient, ex: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``POST /v1/sweeps`` with an Idempotency-Key (202) and its replay (200)."""
+    key = {"Idempotency-Key": "sweep-example"}
+    sweep: dict[str, Any] = record(ex, "createSweep",
+                                   http.post("/v1/sweeps", json=SWEEP, headers=key))
+    record(ex, "createSweep", http.post("/v1/sweeps", json=SWEEP, headers=key))
+    return sweep
+
+
 def sweeps_and_webhooks(http: TestClient, ex: dict[str, dict[str, Any]], hook_id: str) -> None:
     """Sweeps, webhooks (deliveries of the jobs finished so far) and the metrics text."""
-    sweep = record(ex, "createSweep", http.post("/v1/sweeps", json=SWEEP))
+    sweep = create_sweep(http, ex)
     record(ex, "createSweep", http.post("/v1/sweeps", json={
         **SWEEP, "axes": [{"path": "optimizer.momentun", "values": [0.0, 0.9]}]}))
     wait_sweep(http, sweep["id"])
@@ -385,12 +394,13 @@ def main() -> None:
                 sweep = http.post("/v1/sweeps", json=SWEEP).json()
                 wait_sweep(http, sweep["id"])
                 launch(http, examples, sweep["id"])
-        elif "--only-sweep-create" in sys.argv:  # refresh createSweep's 202 only
+        elif "--only-sweep-create" in sys.argv:  # refresh createSweep's 202 and 200 only
             examples = json.loads(OUT.read_text())
             with TestClient(create_app(settings(Path(tmp), workers=0))) as http:
                 created: dict[str, dict[str, Any]] = {}
-                record(created, "createSweep", http.post("/v1/sweeps", json=SWEEP))
-                examples["createSweep"]["202"] = created["createSweep"]["202"]
+                create_sweep(http, created)
+                for status in ("202", "200"):
+                    examples["createSweep"][status] = created["createSweep"][status]
         else:
             examples = generate(Path(tmp))
     OUT.write_text(json.dumps(examples, indent=1, sort_keys=True) + "\n")

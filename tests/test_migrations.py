@@ -73,3 +73,24 @@ def test_startup_refuses_an_out_of_date_schema_when_not_migrating(tmp_path: Path
     migrating = Settings(database_url=settings.url, migrate_on_start=True)
     assert prepare_database(migrating) == head_revision()
     assert prepare_database(settings) == head_revision()
+
+
+def test_sweeps_page_by_created_at_and_id_as_jobs_do(tmp_path: Path) -> None:
+    """0024 adds the index GET /v1/sweeps pages by; its downgrade removes it again."""
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+
+    def composite(table: str) -> list[list[str | None]]:
+        engine = build_engine(url, pool=False)
+        try:
+            return [i["column_names"] for i in inspect(engine).get_indexes(table)
+                    if len(i["column_names"]) > 1]
+        finally:
+            engine.dispose()
+
+    upgrade(url)
+    assert ["created_at", "id"] in composite("sweeps")
+    assert ["created_at", "id"] in composite("jobs")
+    downgrade(url, "0023_sweep_notify")
+    assert ["created_at", "id"] not in composite("sweeps")
+    upgrade(url)
+    assert ["created_at", "id"] in composite("sweeps")

@@ -22,6 +22,7 @@ from app.schemas import (
     MetricsHistory,
     SweepPage,
 )
+from app.sweep_schemas import SweepCreated
 from core.diagnostics import DiagnosticReport, PreflightReport
 
 
@@ -46,6 +47,17 @@ def _example(schema: dict[str, Any], operation_id: str, status: str) -> Any:
 
 def test_every_field_parameter_and_operation_is_documented(openapi: dict[str, Any]) -> None:
     assert undocumented(openapi) == []
+
+
+def test_an_idempotent_replay_documents_the_body_of_the_first_answer(
+        openapi: dict[str, Any]) -> None:
+    """createSweep and createJob: the 200 replay has the 202's schema and an example of it."""
+    for operation_id in ("createSweep", "createJob"):
+        responses = _operation(openapi, operation_id)["responses"]
+        created, replay = (responses[s]["content"]["application/json"] for s in ("202", "200"))
+        assert replay["schema"] == created["schema"] and "$ref" in replay["schema"]
+    created, replay = (_example(openapi, "createSweep", s) for s in ("202", "200"))
+    assert replay["id"] == created["id"] and replay["notify_secret"] is None
 
 
 def test_examples_come_from_an_exploding_run(openapi: dict[str, Any]) -> None:
@@ -85,7 +97,8 @@ def test_every_error_response_shows_a_real_problem_of_its_status(openapi: dict[s
     ("repairJob", "202", JobRead), ("compareJobs", "200", Comparison),
     ("getGradientHistory", "200", GradientHistory), ("getMetricsHistory", "200", MetricsHistory),
     ("getDiagnostics", "200", DiagnosticReport), ("preflightSpec", "200", PreflightReport),
-    ("listSweeps", "200", SweepPage),
+    ("listSweeps", "200", SweepPage), ("createSweep", "202", SweepCreated),
+    ("createSweep", "200", SweepCreated),
 ])
 def test_examples_still_match_the_response_models(
         openapi: dict[str, Any], operation_id: str, status: str, model: type[BaseModel]) -> None:

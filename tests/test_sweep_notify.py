@@ -8,6 +8,7 @@ concurrency: two PostgreSQL transactions finish the last two members at the same
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
@@ -29,6 +30,7 @@ from app.models import Job, Webhook, WebhookDelivery
 from app.sweep_notify import FINISHED
 from app.sweeps import SweepCreate, cancel_sweep, create_sweep
 from app.tenancy import ADMIN
+from app.webhooks import WebhookRepository
 from core.sweep import SweepAxis
 
 pytestmark = pytest.mark.timeout(240)
@@ -184,19 +186,28 @@ def test_finished_statuses_are_the_lifecycles_terminal_ones() -> None:
     assert set(FINISHED) == TERMINAL
 
 
+@pytest.mark.parametrize("own_webhook", [True, False], ids=["notify", "subscriptions-only"])
 def test_the_last_two_members_finished_concurrently_on_postgres_deliver_once(
-        pg_store: PgStore) -> None:
+        pg_store: PgStore, own_webhook: bool) -> None:
     """Two transactions finish the two members at the same time; each waits, before its
     commit, until the other has also counted the unfinished members (or 3 s). Without the
     lock on the sweep both count one unfinished member and neither sends; with it the
-    second waits for the first's commit, counts none and sends: one delivery."""
+    second waits for the first's commit, counts none and sends: one delivery per listener —
+    the sweep's own webhook (if it has `notify`) and the admin's subscription to
+    `sweep.succeeded` (also when that subscription alone makes the sweep take the lock);
+    none to another tenant's subscription or to one that wants other events."""
     settings, factory = pg_store.settings, pg_store.factory
+    notify = {"notify": {"url": "https://hooks.example.com/s", "events": ["job.succeeded"]}}
     with unit_of_work(factory) as session:
+        hooks = WebhookRepository(session)
+        wanted = hooks.create(url="https://hooks.example.com/a", tenant=None,
+                              events=["job.failed", "sweep.succeeded"]).id
+        for tenant, events in (("team-b", SWEEP_EVENTS), (None, ["sweep.failed"])):
+            hooks.create(url="https://hooks.example.com/x", events=events, tenant=tenant)
         sweep, job_ids = create_sweep(
             session, settings=settings, principal=ADMIN,
             body=SweepCreate(name="race", axes=[SweepAxis(path="seed", values=[0, 1])],
-                             spec={**TINY, "notify": {"url": "https://hooks.example.com/s",
-                                                      "events": ["job.succeeded"]}}))
+                             spec={**TINY, **(notify if own_webhook else {})}))
         sweep_id = sweep.id
         session.execute(update(Job).where(Job.id.in_(job_ids)).values(status="running"))
 
@@ -234,8 +245,11 @@ def test_the_last_two_members_finished_concurrently_on_postgres_deliver_once(
             WebhookDelivery.sweep_id == sweep_id)).all()
         statuses = set(session.scalars(select(Job.status).where(Job.id.in_(job_ids))))
     assert statuses == {"succeeded"}
-    assert [(d.event, d.webhook_id, d.job_id) for d in rows] == [
-        ("sweep.succeeded", sweep_id, None)]
+    assert sorted((d.event, d.webhook_id, d.job_id) for d in rows) == sorted(
+        [("sweep.succeeded", wanted, None)]
+        + ([("sweep.succeeded", sweep_id, None)] if own_webhook else []))
+    bodies = [json.loads(d.payload) for d in rows]  # the same event, the same data
+    assert len({(b["type"], json.dumps(b["data"], sort_keys=True)) for b in bodies}) == 1
 
 
 def test_cancelling_a_sweep_while_a_worker_finishes_a_member_neither_deadlocks_nor_repeats(

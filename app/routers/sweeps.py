@@ -19,6 +19,7 @@ from app.schemas import JobRead, SweepPage, SweepStatus
 from app.services import job_to_read
 from app.stability_plot import render_stability_map
 from app.sweep_launch import SweepLaunch, launch_member
+from app.sweep_schemas import SweepCreated
 from app.sweeps import (
     SweepCreate,
     cancel_sweep,
@@ -66,8 +67,10 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
         "(`/v1/webhooks/{sweep_id}`; the members get none): `sweep.succeeded` / "
         "`sweep.failed` / `sweep.cancelled` once every member finished, as its `job.*` "
         "events ask; its secret is `notify_secret` in the 202 only."),
+    response_model=SweepCreated,  # documents the 202 (the handler encodes its dict itself)
     responses={200: {"description": "Idempotent replay: the sweep created by an earlier "
-                                    "request with the same Idempotency-Key."},
+                                    "request with the same Idempotency-Key (`notify_secret` "
+                                    "null).", "model": SweepCreated},
                **problems(409, 413, 415, 422, 429)})
 def create_sweep_endpoint(body: SweepCreate, session: SessionDep, settings: SettingsDep,
                           principal: PrincipalDep,

@@ -1,4 +1,4 @@
-"""/v1/webhooks: subscribe to job events, list, delete, and see the delivery attempts."""
+"""/v1/webhooks: subscribe to job and sweep events, list, delete, and see the delivery attempts."""
 
 from __future__ import annotations
 
@@ -59,13 +59,15 @@ def _get(session: Any, webhook_id: str, principal: Principal) -> Webhook:
 
 @router.post(
     "", status_code=201, response_model=WebhookCreated, operation_id="createWebhook",
-    summary="Subscribe to job events",
+    summary="Subscribe to job and sweep events",
     description="Deliveries are POSTed as JSON `{type, timestamp, data}` and signed the "
                 "Standard Webhooks way (`webhook-id`, `webhook-timestamp`, "
                 "`webhook-signature: v1,<base64 HMAC-SHA256>`) with the `secret` returned "
                 "here **once**. At least once, retried with exponential backoff; see "
-                "`/deliveries`. A tenant's subscription gets that tenant's job events only; "
-                "the admin's gets every job's.",
+                "`/deliveries`. `sweep.succeeded` / `sweep.failed` / `sweep.cancelled` come "
+                "once per sweep, when its last member finished, with the payload of the "
+                "sweep's own `notify` webhook. A tenant's subscription gets that tenant's "
+                "job and sweep events only; the admin's gets every tenant's.",
     responses=problems(422))
 def create_webhook(body: WebhookCreate, session: SessionDep, settings: SettingsDep,
                    principal: PrincipalDep, response: Response) -> dict[str, Any]:
@@ -79,7 +81,7 @@ def create_webhook(body: WebhookCreate, session: SessionDep, settings: SettingsD
 
 
 @router.get("", response_model=list[WebhookRead], operation_id="listWebhooks",
-            summary="List subscriptions to every job's events",
+            summary="List subscriptions to every job's and sweep's events",
             description="Oldest first; secrets are never shown again. A job's own `notify` "
                         "webhook is at `/v1/webhooks/{job_id}` (a sweep's at "
                         "`/v1/webhooks/{sweep_id}`) and not listed here. A tenant's "

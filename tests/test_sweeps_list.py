@@ -270,7 +270,7 @@ def test_members_false_gets_the_sweep_as_the_list_shows_it(client: TestClient) -
         client.get(f"/v1/sweeps/{sid}?members=0")
     over_members = [s for s in statements if "sweep_members" in s]
     assert len(over_members) == 1 and "GROUP BY" in over_members[0], statements
-    assert client.get(f"/v1/sweeps/00000000-0000-0000-0000-000000000000?members=false"
+    assert client.get("/v1/sweeps/00000000-0000-0000-0000-000000000000?members=false"
                       ).status_code == 404
 
 

@@ -8,20 +8,22 @@ real errors (422 with field paths, 404, 409, 401, 413, 415). Run after changing 
 model or the diagnosis:
 
     .venv/bin/python bench/openapi_examples.py
-    .venv/bin/python bench/openapi_examples.py --only-models   # models and CSV exports only
-    .venv/bin/python bench/openapi_examples.py --only-auth     # the auth-throttled 429 only
-    .venv/bin/python bench/openapi_examples.py --only-sweep-list  # GET /v1/sweeps only
-    .venv/bin/python bench/openapi_examples.py --only-stability  # a sweep's stability grid only
-    .venv/bin/python bench/openapi_examples.py --only-launch  # POST /v1/sweeps/{id}/launch only
-    .venv/bin/python bench/openapi_examples.py --only-sweep-create  # POST /v1/sweeps's 202, 200
+    .venv/bin/python bench/openapi_examples.py --only getSweepStability  # one operation's
+
+`--only OP` (repeatable) re-records just what operation OP needs and keeps every other example
+(no README plot): `getJobModel`, `predictJob` and the `export*` operations (recorded together),
+`listSweeps`, `getSweepStability`, `launchSweep`, `createSweep` (its 202 and 200 replay), and `'*'` (the
+auth-throttled 429 shown for operations without one of their own).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -106,17 +108,6 @@ def sweep_list(http: TestClient, ex: dict[str, dict[str, Any]]) -> None:
     """The sweep list (a cancelled and a finished sweep) and its 422 for a bad cursor."""
     record(ex, "listSweeps", http.get("/v1/sweeps", params={"limit": 2}))
     record(ex, "listSweeps", http.get("/v1/sweeps", params={"cursor": "not-a-cursor"}))
-
-
-def only_sweep_list(http: TestClient, ex: dict[str, dict[str, Any]]) -> None:
-    """``--only-sweep-list``: the sweeps of :func:`sweeps_and_webhooks`, then the list."""
-    sweep = http.post("/v1/sweeps", json=SWEEP).json()
-    wait_sweep(http, sweep["id"])
-    long = http.post("/v1/sweeps", json={
-        "spec": LONG, "axes": [{"path": "seed", "values": [0, 1]}]}).json()
-    http.post(f"/v1/sweeps/{long['id']}/cancel")
-    wait_sweep(http, long["id"])
-    sweep_list(http, ex)
 
 
 def launch(http: TestClient, ex: dict[str, dict[str, Any]], sweep_id: str) -> None:
@@ -368,46 +359,86 @@ def tenant_examples(tmp: Path, ex: dict[str, dict[str, Any]]) -> None:
         record(ex, "prometheusMetrics", http.get("/metrics", headers=key))
 
 
-def main() -> None:
+def _app(tmp: Path, workers: int) -> TestClient:
+    return TestClient(create_app(settings(tmp, workers=workers)))
+
+
+def finished_sweep(http: TestClient) -> str:
+    """The id of a finished sweep of :data:`SWEEP`."""
+    sweep_id: str = http.post("/v1/sweeps", json=SWEEP).json()["id"]
+    wait_sweep(http, sweep_id)
+    return sweep_id
+
+
+def refresh_models(tmp: Path, ex: dict[str, dict[str, Any]]) -> None:
+    with _app(tmp, workers=1) as http:
+        models_and_exports(http, ex)
+
+
+def refresh_sweep_list(tmp: Path, ex: dict[str, dict[str, Any]]) -> None:
+    """The sweeps of :func:`sweeps_and_webhooks` (a finished and a cancelled one), then the
+    list."""
+    with _app(tmp, workers=1) as http:
+        finished_sweep(http)
+        long = http.post("/v1/sweeps", json={
+            "spec": LONG, "axes": [{"path": "seed", "values": [0, 1]}]}).json()
+        http.post(f"/v1/sweeps/{long['id']}/cancel")
+        wait_sweep(http, long["id"])
+        sweep_list(http, ex)
+
+
+def refresh_stability(tmp: Path, ex: dict[str, dict[str, Any]]) -> None:
+    """The stability grid's 200 only."""
+    with _app(tmp, workers=1) as http:
+        record(ex, "getSweepStability", http.get(f"/v1/sweeps/{finished_sweep(http)}/stability"))
+
+
+def refresh_launch(tmp: Path, ex: dict[str, dict[str, Any]]) -> None:
+    with _app(tmp, workers=1) as http:
+        launch(http, ex, finished_sweep(http))
+
+
+def refresh_sweep_create(tmp: Path, ex: dict[str, dict[str, Any]]) -> None:
+    """createSweep's 202 and its Idempotency-Key replay (200) only."""
+    with _app(tmp, workers=0) as http:
+        created: dict[str, dict[str, Any]] = {}
+        create_sweep(http, created)
+        for status in ("202", "200"):
+            ex["createSweep"][status] = created["createSweep"][status]
+
+
+Refresh = Callable[[Path, dict[str, dict[str, Any]]], None]
+#: operation id -> what re-records its examples (``--only``); "*": the auth-throttled 429
+ONLY: dict[str, Refresh] = {
+    **dict.fromkeys(("getJobModel", "predictJob", "exportMetricsCsv", "exportGradientsCsv",
+                     "exportMetricsParquet", "exportGradientsParquet"), refresh_models),
+    "listSweeps": refresh_sweep_list,
+    "getSweepStability": refresh_stability,
+    "launchSweep": refresh_launch,
+    "createSweep": refresh_sweep_create,
+    "*": auth_throttle_examples,
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", action="append", choices=sorted(ONLY), metavar="OP",
+                        help="re-record only this operation's examples (repeatable): "
+                             + ", ".join(sorted(ONLY)))
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        if "--only-models" in sys.argv:  # refresh the models/exports examples only
+        if args.only:
             examples = json.loads(OUT.read_text())
-            with TestClient(create_app(settings(Path(tmp), workers=1))) as http:
-                models_and_exports(http, examples)
-        elif "--only-sweep-list" in sys.argv:  # refresh the sweep list's examples only
-            examples = json.loads(OUT.read_text())
-            with TestClient(create_app(settings(Path(tmp), workers=1))) as http:
-                only_sweep_list(http, examples)
-        elif "--only-auth" in sys.argv:  # refresh the auth-throttled 429 only
-            examples = json.loads(OUT.read_text())
-            auth_throttle_examples(Path(tmp), examples)
-        elif "--only-stability" in sys.argv:  # refresh the stability grid's 200 only
-            examples = json.loads(OUT.read_text())
-            with TestClient(create_app(settings(Path(tmp), workers=1))) as http:
-                sweep = http.post("/v1/sweeps", json=SWEEP).json()
-                wait_sweep(http, sweep["id"])
-                record(examples, "getSweepStability",
-                       http.get(f"/v1/sweeps/{sweep['id']}/stability"))
-        elif "--only-launch" in sys.argv:  # refresh launchSweep's examples only
-            examples = json.loads(OUT.read_text())
-            with TestClient(create_app(settings(Path(tmp), workers=1))) as http:
-                sweep = http.post("/v1/sweeps", json=SWEEP).json()
-                wait_sweep(http, sweep["id"])
-                launch(http, examples, sweep["id"])
-        elif "--only-sweep-create" in sys.argv:  # refresh createSweep's 202 and 200 only
-            examples = json.loads(OUT.read_text())
-            with TestClient(create_app(settings(Path(tmp), workers=0))) as http:
-                created: dict[str, dict[str, Any]] = {}
-                create_sweep(http, created)
-                for status in ("202", "200"):
-                    examples["createSweep"][status] = created["createSweep"][status]
+            for i, refresh in enumerate(dict.fromkeys(ONLY[op] for op in args.only)):
+                home = Path(tmp) / str(i)
+                home.mkdir()
+                refresh(home, examples)
         else:
             examples = generate(Path(tmp))
     OUT.write_text(json.dumps(examples, indent=1, sort_keys=True) + "\n")
     counts = {op: sorted(codes) for op, codes in sorted(examples.items())}
     print(f"wrote {OUT.relative_to(ROOT)}: {json.dumps(counts)}")
-    if not {"--only-models", "--only-auth", "--only-sweep-list",
-            "--only-stability", "--only-launch", "--only-sweep-create"} & set(sys.argv):
+    if not args.only:
         print(f"wrote {README_PLOT.relative_to(ROOT)}")
 
 

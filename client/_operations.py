@@ -35,6 +35,7 @@ from client.models import (
     StabilityMap,
     Sweep,
     SweepPage,
+    SweepSummary,
 )
 from client.transport import NOT_SENT, UPLOAD_TYPES, Attempt, Backoff, Download, FileBody
 
@@ -124,12 +125,14 @@ def wait_plan(job_id: str, timeout: float | None, poll: float) -> Plan[Job]:
 
 
 def wait_sweep_plan(sweep_id: str, timeout: float | None, poll: float) -> Plan[Sweep]:
-    """The sweep once every member is terminal; TimeoutError after ``timeout`` seconds."""
+    """The sweep once every member is terminal; TimeoutError after ``timeout`` seconds.
+    Polls the sweep without its members (``members=false``), then gets it whole once."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        sweep: Sweep = yield ops.sweep(sweep_id)
+        sweep: SweepSummary = yield ops.sweep_summary(sweep_id)
         if sweep.terminal:
-            return sweep
+            full: Sweep = yield ops.sweep(sweep_id)
+            return full
         if deadline is not None and time.monotonic() > deadline:
             p = sweep.progress
             done = f"{p.members_done}/{p.members} members done" if p else "no progress"
@@ -395,6 +398,11 @@ class ops:  # a namespace of call builders
     @staticmethod
     def sweep(sweep_id: str) -> Call[Sweep]:
         return Call("GET", f"/v1/sweeps/{sweep_id}", lambda r: Sweep.model_validate(r.json()))
+
+    @staticmethod
+    def sweep_summary(sweep_id: str) -> Call[SweepSummary]:
+        return Call("GET", f"/v1/sweeps/{sweep_id}",
+                    lambda r: SweepSummary.model_validate(r.json()), params={"members": "false"})
 
     @staticmethod
     def cancel_sweep(sweep_id: str) -> Call[Sweep]:

@@ -206,7 +206,8 @@ class Client:
 
     def wait_sweep(self, sweep_id: str, timeout: float | None = None, poll: float = 0.5
                    ) -> Sweep:
-        """The sweep once every member is terminal; TimeoutError after ``timeout`` seconds."""
+        """The sweep once every member is terminal; TimeoutError after ``timeout`` seconds.
+        Polls every ``poll`` seconds without the members; gets the whole sweep once."""
         return self._run(wait_sweep_plan(sweep_id, timeout, poll))
 
     def follow_sweep(self, sweep_id: str, last_event_id: int | None = None) -> Iterator[Event]:

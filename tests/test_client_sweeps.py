@@ -15,6 +15,7 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import httpx
 import pytest
 from matplotlib import image as mpimg
 
@@ -186,6 +187,66 @@ def test_the_async_client_sweeps(live: LiveServer, tmp_path: Path) -> None:
     assert events[-1].data["status"] == "succeeded"
     assert_grid_matches_members(grid, done)
     assert_png(png) and (tmp_path / "a.png").read_bytes() == png
+
+
+class Recorded(httpx.HTTPTransport):
+    """The real transport, keeping every request's method and URL."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, httpx.URL]] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.seen.append((request.method, request.url))
+        return super().handle_request(request)
+
+
+class AsyncRecorded(httpx.AsyncHTTPTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, httpx.URL]] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.seen.append((request.method, request.url))
+        return await super().handle_async_request(request)
+
+
+def assert_polled_light(seen: list[tuple[str, httpx.URL]], sweep_id: str) -> None:
+    """GETs of the sweep: polls without members (at least one), then one whole GET."""
+    gets = [dict(u.params) for m, u in seen if m == "GET" and u.path == f"/v1/sweeps/{sweep_id}"]
+    assert len(gets) >= 2 and gets[:-1] == [{"members": "false"}] * (len(gets) - 1), gets
+    assert gets[-1] == {}, gets
+
+
+def test_wait_sweep_polls_without_members_and_returns_the_whole_sweep(live: LiveServer) -> None:
+    recorded = Recorded()
+    with Client(live.url, transport=recorded) as gw:
+        submitted = gw.submit_sweep(SWEEP_SPEC_SMALL, SWEEP_AXES, name="light polls")
+        sweep = gw.wait_sweep(submitted.id, timeout=120, poll=0.1)
+        again = gw.sweep(submitted.id)
+        gw.delete_sweep(submitted.id)
+    assert_polled_light(recorded.seen[:-2], submitted.id)
+    assert isinstance(sweep, Sweep) and same(sweep, again)
+    assert sweep.status == "succeeded" and sweep.spec is not None
+    assert sweep.progress is not None and sweep.progress.members_done == 4
+    assert [m.job_id for m in sweep.members] == [m.job_id for m in submitted.members]
+    assert all(m.verdict is not None for m in sweep.members)
+
+
+def test_the_async_wait_sweep_polls_without_members(live: LiveServer) -> None:
+    recorded = AsyncRecorded()
+
+    async def scenario() -> tuple[Sweep, Sweep, Sweep]:
+        async with AsyncClient(live.url, transport=recorded) as agw:
+            submitted = await agw.submit_sweep(SWEEP_SPEC_SMALL, SWEEP_AXES)
+            done = await agw.wait_sweep(submitted.id, timeout=120, poll=0.1)
+            again = await agw.sweep(submitted.id)
+            await agw.delete_sweep(submitted.id)
+            return submitted, done, again
+
+    submitted, done, again = asyncio.run(scenario())
+    assert_polled_light(recorded.seen[:-2], submitted.id)
+    assert same(done, again) and done.terminal and len(done.members) == 4
 
 
 def test_member_figures_keep_the_apis_non_finite_values() -> None:

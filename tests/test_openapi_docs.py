@@ -108,7 +108,7 @@ def test_examples_still_match_the_response_models(
 
 def test_the_stability_example_shows_the_recommendation(openapi: dict[str, Any]) -> None:
     """Fails when the stability grid gains a field and `bench/openapi_examples.py
-    --only-stability` was not re-run."""
+    --only getSweepStability` was not re-run."""
     from dataclasses import fields
 
     from core.stability import Recommendation, StabilityGrid

@@ -240,3 +240,56 @@ def test_a_failed_member_makes_the_sweep_failed_in_the_list_and_the_filter(
     check("running")  # failed + queued: unfinished
     client.post(f"/v1/sweeps/{sweep['id']}/cancel")
     check("failed")  # failed + cancelled
+
+
+def test_members_false_gets_the_sweep_as_the_list_shows_it(client: TestClient) -> None:
+    """`GET /v1/sweeps/{id}?members=false`: no members, no spec; status, progress, member
+    count and verdict counts equal to the list item's and the full GET's; cheap to poll."""
+    sweep = _sweep(client, "polled", seeds=3)
+    sid = sweep["id"]
+    factory = client.app.state.sessionmaker  # type: ignore[attr-defined]
+    with factory() as session:  # one member finished with a verdict, the others queued
+        job_id = sweep["members"][1]["job_id"]
+        assert move_job(session, job_id, "running", started_at=utcnow()) is not None
+        assert move_job(session, job_id, "succeeded", finished_at=utcnow(),
+                        verdict="exploding", stop_reason="explosion") is not None
+        session.commit()
+    r = client.get(f"/v1/sweeps/{sid}", params={"members": "false"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json", r.text
+    light = r.json()
+    full = client.get(f"/v1/sweeps/{sid}").json()
+    assert "members" not in light and "spec" not in light
+    assert light == next(s for s in _all(client) if s["id"] == sid)
+    assert (light["status"], light["progress"]) == (full["status"], full["progress"])
+    assert light["status"] == "running" and light["progress"]["members_done"] == 1
+    assert light["member_count"] == len(full["members"]) == 3
+    assert light["verdicts"] == {"exploding": 1}
+    assert client.get(f"/v1/sweeps/{sid}", params={"members": "true"}).json() == full
+    # as cheap as a list page: one aggregate query over the member rows, none row by row
+    with _counting(client) as statements:
+        client.get(f"/v1/sweeps/{sid}?members=0")
+    over_members = [s for s in statements if "sweep_members" in s]
+    assert len(over_members) == 1 and "GROUP BY" in over_members[0], statements
+    assert client.get("/v1/sweeps/00000000-0000-0000-0000-000000000000?members=false"
+                      ).status_code == 404
+
+
+@pytest.mark.parametrize("value", ["maybe", "", "False!", "2"])
+def test_a_bad_members_value_is_a_422_problem_naming_it(client: TestClient, value: str) -> None:
+    sid = _sweep(client, "bad option")["id"]
+    r = client.get(f"/v1/sweeps/{sid}", params={"members": value})
+    assert r.status_code == 422 and r.headers["content-type"].startswith(PROBLEM), r.text
+    problem = r.json()
+    assert [e["loc"] for e in problem["errors"]] == [["query", "members"]], problem
+    assert "bool" in problem["errors"][0]["msg"].lower(), problem
+
+
+def test_the_members_option_is_documented(client: TestClient) -> None:
+    op = client.get("/openapi.json").json()["paths"]["/v1/sweeps/{sweep_id}"]["get"]
+    (param,) = [p for p in op["parameters"] if p["name"] == "members"]
+    assert param["in"] == "query" and not param.get("required")
+    assert param["schema"]["type"] == "boolean" and param["schema"]["default"] is True
+    assert "listSweeps" in param["description"]
+    assert "422" in op["responses"]
+    assert {"$ref": "#/components/schemas/SweepSummary"} in (
+        op["responses"]["200"]["content"]["application/json"]["schema"]["anyOf"])

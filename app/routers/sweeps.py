@@ -15,7 +15,7 @@ from app.errors import NotFoundError
 from app.jsonutil import dumps
 from app.models import Webhook
 from app.routers.common import TenantFilter, problems
-from app.schemas import JobRead, SweepPage, SweepStatus
+from app.schemas import JobRead, SweepPage, SweepStatus, SweepSummary
 from app.services import job_to_read
 from app.stability_plot import render_stability_map
 from app.sweep_launch import SweepLaunch, launch_member
@@ -110,15 +110,37 @@ def list_sweeps_endpoint(
     return {"items": sweep_summaries(session, items), "next_cursor": next_cursor}
 
 
+MembersQuery = Annotated[bool, Query(
+    description="`false`: the sweep without its members and spec — status, progress, "
+                "`member_count` and the members' verdict counts, exactly as `listSweeps` "
+                "lists it (one aggregate query, whatever the member count): what to poll "
+                "while waiting. `true` (default): the whole sweep. A value that is not a "
+                "boolean (`true`/`false`, `1`/`0`) is a 422.")]
+
+_GET_SWEEP_200: dict[int | str, dict[str, Any]] = {200: {
+    "description": "The sweep with its members; with `members=false`, its list item "
+                   "(`SweepSummary`).",
+    "content": {_JSON: {"schema": {"anyOf": [
+        {"type": "object", "title": "Sweep",
+         "description": "The whole sweep: `id`, `name`, `created_at`, `tenant`, `status`, "
+                        "`progress`, `axes`, `spec`, `members`, `links`."},
+        {"$ref": "#/components/schemas/SweepSummary"}]}}}}}
+
+
 @router.get("/{sweep_id}", operation_id="getSweep", summary="Get a sweep and its members",
             description="`status` and `progress` follow from the member jobs; `members` has one "
                         "entry per grid point (job id, axis values, status, verdict, first bad "
                         "step, peak-to-baseline gradient growth, final loss, stop reason, "
-                        "preflight's predicted risk).",
-            responses=problems(404))
-def get_sweep_endpoint(sweep_id: str, session: ReadSessionDep, principal: PrincipalDep
-                       ) -> Response:
-    return _json(sweep_to_read(session, get_sweep(session, sweep_id, principal)))
+                        "preflight's predicted risk). With `members=false`, the sweep as the "
+                        "list shows it (no members, no spec): light enough to poll.",
+            responses={**_GET_SWEEP_200, **problems(404, 422)})
+def get_sweep_endpoint(sweep_id: str, session: ReadSessionDep, principal: PrincipalDep,
+                       members: MembersQuery = True) -> Response:
+    sweep = get_sweep(session, sweep_id, principal)
+    if not members:
+        item = SweepSummary.model_validate(sweep_summaries(session, [sweep])[0])
+        return _json(item.model_dump(mode="json"))
+    return _json(sweep_to_read(session, sweep))
 
 
 @router.post("/{sweep_id}/cancel", status_code=202, operation_id="cancelSweep",

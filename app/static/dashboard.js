@@ -95,11 +95,15 @@ async function api(path, opts = {}) {
 }
 const getJSON = async (path, opts) => (await api(path, opts)).json();
 
-async function imageInto(img, path) {
+// `current` (optional) is asked once the image arrived: false leaves img as it was (a later
+// request for the same img superseded this one); imageInto then answers false.
+async function imageInto(img, path, current = () => true) {
   const blob = await (await api(path)).blob();
+  if (!current()) return false;
   if (img.dataset.url) URL.revokeObjectURL(img.dataset.url);
   img.dataset.url = URL.createObjectURL(blob);
   img.src = img.dataset.url;
+  return true;
 }
 
 // Server-sent events over fetch (EventSource cannot send the key header); resumes with

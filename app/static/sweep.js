@@ -2,7 +2,9 @@
 // and a button launching the real run like it), then its stability map as a grid of cells,
 // each a link to its member job, laid out as the PNG map: the largest y value on top. Above
 // them x/y axis selectors and (three axes or more) the held value of each other axis; the
-// choice is the page URL's query (?x=..&y=..&at.<path>=..), so a link reproduces the view.
+// choice is the page URL's query (?x=..&y=..&at.<path>=..), so a link reproduces the view; a
+// query naming no axis or no member's value is named in a note and replaced by a valid view.
+// Only the latest view wins: a grid or map answer overtaken by a later change is dropped.
 // Uses h(), getJSON(), fmt() and problemText() from dashboard.js (loaded after this file;
 // they are only called once the page starts).
 "use strict";
@@ -20,27 +22,48 @@ async function showSweep(root, sweepId) {
   const recommended = h("p", { id: "sweep-recommended" });
   const grid = h("div", { id: "stability-grid" });
   const img = h("img", { id: "stability-plot", alt: "stability map" });
-  const view = viewFromURL(sweep);
+  const distinct = axisValues(sweep);
+  const { view, ignored } = viewFromURL(sweep, distinct);
+  const note = h("p", { id: "view-note", class: "error", hidden: ignored.length === 0 },
+    ignored.length ? `Not in this sweep: ${ignored.join("; ")}.` : "");
+  const showView = () => history.replaceState(null, "", `${location.pathname}?${viewQuery(view, sweep)}`);
+  if (ignored.length) showView();  // the address shows the view drawn
   let latest = sweep;
   let finished = false;
   let drawn = false;
   // a change of axes re-renders the grid (and the map once the sweep ended) with it; the
   // refresh loop below reads the same `view`
-  const controls = axisControls(sweep, view, async () => {
-    history.replaceState(null, "", `${location.pathname}?${viewQuery(view, sweep)}`);
+  const controls = axisControls(sweep, distinct, view, async () => {
+    showView();
+    note.hidden = true;
     const r = await renderGrid(grid, latest, recommended, view, controls);
     if (r === null) return;  // a later change drew its own grid
     drawn = r;
     if (finished) await drawMap();
   });
-  // the map of the current view; data-query says which view the image shows
+  // the map of the current view; data-query says which view the image shows. A map that
+  // arrives after a later view asked for its own is dropped (data-dropped counts them).
   const drawMap = async () => {
     const query = viewQuery(view, sweep);
-    if (drawn) await imageInto(img, `/v1/sweeps/${sweepId}/plots/stability?${query}`);
-    else img.removeAttribute("src");
-    img.dataset.query = drawn ? query : "";
+    const mine = String(Number(img.dataset.seq || 0) + 1);
+    img.dataset.seq = mine;
+    const current = () => img.dataset.seq === mine;
+    if (!drawn) {
+      img.removeAttribute("src");
+      img.dataset.query = "";
+      return;
+    }
+    let shown;
+    try {
+      shown = await imageInto(img, `/v1/sweeps/${sweepId}/plots/stability?${query}`, current);
+    } catch (err) {
+      if (current()) throw err;
+      shown = false;
+    }
+    if (shown) img.dataset.query = query;
+    else img.dataset.dropped = String(Number(img.dataset.dropped || 0) + 1);
   };
-  root.replaceChildren(h("section", {}, title, status, controls, recommended, grid, img));
+  root.replaceChildren(h("section", {}, title, status, note, controls, recommended, grid, img));
   for (;;) {
     const s = await getJSON(`/v1/sweeps/${sweepId}`);
     latest = s;
@@ -57,21 +80,62 @@ async function showSweep(root, sweepId) {
 // An axis value as the API's `at.<path>=` takes it: numbers as numbers, true/false, strings as is.
 const atValue = (v) => (typeof v === "string" ? v : JSON.stringify(v));
 
+// The distinct values the members carry per axis, in member order: path -> Map(atValue -> value).
+function axisValues(sweep) {
+  const distinct = new Map(sweep.axes.map((a) => [a.path, new Map()]));
+  for (const m of sweep.members) {
+    for (const [p, values] of distinct) {
+      if (m.values && p in m.values && !values.has(atValue(m.values[p]))) {
+        values.set(atValue(m.values[p]), m.values[p]);
+      }
+    }
+  }
+  return distinct;
+}
+
+// The atValue key of `values` (an axisValues map) that the URL text `raw` names (the same
+// text, or the same number written differently: 0.010 for 0.01); null when none does.
+function matchValue(values, raw) {
+  if (values.has(raw)) return raw;
+  const n = raw.trim() === "" ? NaN : Number(raw);
+  for (const [k, v] of values) if (typeof v === "number" && v === n) return k;
+  return null;
+}
+
 // The view: x and y axis paths and the explicitly held values of other axes (path -> the
 // atValue string); what is not chosen the server defaults (x last axis, y first, others held
-// where /stability holds them). Read from the page URL (?x=..&y=..&at.<path>=..); unknown
-// paths are ignored.
-function viewFromURL(sweep) {
+// where /stability holds them). Read from the page URL (?x=..&y=..&at.<path>=..). `ignored`:
+// what the URL asked that names no axis or no member's value, each said in words: an axis
+// that is not one is left out, a value no member has is replaced by the axis's first value.
+function viewFromURL(sweep, distinct) {
   const paths = sweep.axes.map((a) => a.path);
   const q = new URLSearchParams(location.search);
   const view = { x: paths[paths.length - 1], y: paths[0], at: {} };
+  const ignored = [];
+  for (const key of ["x", "y"]) {
+    if (q.has(key) && !paths.includes(q.get(key))) ignored.push(`${key}=${q.get(key)} is not an axis`);
+  }
   if (paths.includes(q.get("x"))) view.x = q.get("x");
   if (paths.includes(q.get("y")) && q.get("y") !== view.x) view.y = q.get("y");
   if (view.x === view.y) view.y = paths.find((p) => p !== view.x);
   for (const [k, v] of q) {
-    if (k.startsWith("at.") && paths.includes(k.slice(3))) view.at[k.slice(3)] = v;
+    if (!k.startsWith("at.")) continue;
+    const p = k.slice(3);
+    const values = distinct.get(p);
+    if (!values) {
+      ignored.push(`${k}: ${p} is not an axis`);
+    } else if (values.size === 0) {
+      view.at[p] = v;
+    } else if (matchValue(values, v) === null) {
+      const [first, firstValue] = values.entries().next().value;
+      const all = [...values.values()].map(fmt).join(", ");
+      ignored.push(`${k}=${v} matches no member (${p} is one of ${all}); showing ${p} = ${fmt(firstValue)}`);
+      view.at[p] = first;
+    } else {
+      view.at[p] = matchValue(values, v);
+    }
   }
-  return view;
+  return { view, ignored };
 }
 
 function viewQuery(view, sweep) {
@@ -84,19 +148,11 @@ function viewQuery(view, sweep) {
 
 // The control row (two axes or more): x and y selectors over the axis paths (choosing the
 // other's axis swaps them) and, with three axes or more, a selector of each other axis's
-// values (the distinct values its members carry, in member order).
-function axisControls(sweep, view, onChange) {
+// values (`distinct`: the values its members carry, in member order).
+function axisControls(sweep, distinct, view, onChange) {
   const paths = sweep.axes.map((a) => a.path);
   const row = h("div", { id: "axis-controls", class: "axis-controls" });
   if (paths.length < 2) return row;
-  const distinct = new Map(paths.map((p) => [p, new Map()]));
-  for (const m of sweep.members) {
-    for (const p of paths) {
-      if (m.values && p in m.values && !distinct.get(p).has(atValue(m.values[p]))) {
-        distinct.get(p).set(atValue(m.values[p]), m.values[p]);
-      }
-    }
-  }
   const axisSelect = (id, key) => h("select", { id, onchange: (e) => {
     const other = key === "x" ? "y" : "x";
     if (e.target.value === view[other]) view[other] = view[key];
@@ -156,6 +212,10 @@ async function renderGrid(el, sweep, recEl, view, controls) {
     if (el.dataset.seq !== mine) return null;
   } catch (err) {
     if (el.dataset.seq !== mine) return null;
+    if (err instanceof ApiError && err.status === 422) {  // a view the API refuses: said here
+      fill(el, h("pre", { class: "error", id: "grid-error" }, problemText(err)));
+      return false;
+    }
     if (!(err instanceof ApiError && err.status === 409)) throw err;
     fill(el, h("p", { class: "muted", id: "sweep-waiting" },
       sweep.status === "queued" || sweep.status === "running" ? waiting

@@ -12,7 +12,7 @@ model or the diagnosis:
 
 `--only OP` (repeatable) re-records just what operation OP needs and keeps every other example
 (no README plot): `getJobModel`, `predictJob` and the `export*` operations (recorded together),
-`listSweeps`, `getSweepStability`, `launchSweep`, `createSweep` (its 202 and 200 replay), and `'*'` (the
+`listSweeps`, `getSweep`, `getSweepStability`, `launchSweep`, `createSweep` (its 202 and 200 replay), and `'*'` (the
 auth-throttled 429 shown for operations without one of their own).
 """
 
@@ -130,14 +130,19 @@ def create_sweep(http: TestClient, ex: dict[str, dict[str, Any]]) -> dict[str, A
     return sweep
 
 
+def get_sweep(http: TestClient, ex: dict[str, dict[str, Any]], sweep_id: str) -> None:
+    """``GET /v1/sweeps/{id}`` of a finished sweep (200) and of an unknown one (404)."""
+    record(ex, "getSweep", http.get(f"/v1/sweeps/{sweep_id}"))
+    record(ex, "getSweep", http.get(f"/v1/sweeps/{UNKNOWN_ID}"))
+
+
 def sweeps_and_webhooks(http: TestClient, ex: dict[str, dict[str, Any]], hook_id: str) -> None:
     """Sweeps, webhooks (deliveries of the jobs finished so far) and the metrics text."""
     sweep = create_sweep(http, ex)
     record(ex, "createSweep", http.post("/v1/sweeps", json={
         **SWEEP, "axes": [{"path": "optimizer.momentun", "values": [0.0, 0.9]}]}))
     wait_sweep(http, sweep["id"])
-    record(ex, "getSweep", http.get(f"/v1/sweeps/{sweep['id']}"))
-    record(ex, "getSweep", http.get(f"/v1/sweeps/{UNKNOWN_ID}"))
+    get_sweep(http, ex, sweep["id"])
     record(ex, "getSweepStability", http.get(f"/v1/sweeps/{sweep['id']}/stability"))
     launch(http, ex, sweep["id"])
     record(ex, "cancelSweep", http.post(f"/v1/sweeps/{sweep['id']}/cancel"))  # 409: finished
@@ -393,6 +398,11 @@ def refresh_stability(tmp: Path, ex: dict[str, dict[str, Any]]) -> None:
         record(ex, "getSweepStability", http.get(f"/v1/sweeps/{finished_sweep(http)}/stability"))
 
 
+def refresh_get_sweep(tmp: Path, ex: dict[str, dict[str, Any]]) -> None:
+    with _app(tmp, workers=1) as http:
+        get_sweep(http, ex, finished_sweep(http))
+
+
 def refresh_launch(tmp: Path, ex: dict[str, dict[str, Any]]) -> None:
     with _app(tmp, workers=1) as http:
         launch(http, ex, finished_sweep(http))
@@ -413,6 +423,7 @@ ONLY: dict[str, Refresh] = {
     **dict.fromkeys(("getJobModel", "predictJob", "exportMetricsCsv", "exportGradientsCsv",
                      "exportMetricsParquet", "exportGradientsParquet"), refresh_models),
     "listSweeps": refresh_sweep_list,
+    "getSweep": refresh_get_sweep,
     "getSweepStability": refresh_stability,
     "launchSweep": refresh_launch,
     "createSweep": refresh_sweep_create,

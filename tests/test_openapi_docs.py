@@ -22,7 +22,7 @@ from app.schemas import (
     MetricsHistory,
     SweepPage,
 )
-from app.sweep_schemas import SweepCreated
+from app.sweep_schemas import SweepCreated, SweepRead
 from core.diagnostics import DiagnosticReport, PreflightReport
 
 
@@ -98,7 +98,7 @@ def test_every_error_response_shows_a_real_problem_of_its_status(openapi: dict[s
     ("getGradientHistory", "200", GradientHistory), ("getMetricsHistory", "200", MetricsHistory),
     ("getDiagnostics", "200", DiagnosticReport), ("preflightSpec", "200", PreflightReport),
     ("listSweeps", "200", SweepPage), ("createSweep", "202", SweepCreated),
-    ("createSweep", "200", SweepCreated),
+    ("createSweep", "200", SweepCreated), ("getSweep", "200", SweepRead),
 ])
 def test_examples_still_match_the_response_models(
         openapi: dict[str, Any], operation_id: str, status: str, model: type[BaseModel]) -> None:

@@ -19,7 +19,7 @@ from app.schemas import JobRead, SweepPage, SweepStatus, SweepSummary
 from app.services import job_to_read
 from app.stability_plot import render_stability_map
 from app.sweep_launch import SweepLaunch, launch_member
-from app.sweep_schemas import SweepCreated
+from app.sweep_schemas import SweepCreated, SweepRead
 from app.sweeps import (
     SweepCreate,
     cancel_sweep,
@@ -120,11 +120,7 @@ MembersQuery = Annotated[bool, Query(
 _GET_SWEEP_200: dict[int | str, dict[str, Any]] = {200: {
     "description": "The sweep with its members; with `members=false`, its list item "
                    "(`SweepSummary`).",
-    "content": {_JSON: {"schema": {"anyOf": [
-        {"type": "object", "title": "Sweep",
-         "description": "The whole sweep: `id`, `name`, `created_at`, `tenant`, `status`, "
-                        "`progress`, `axes`, `spec`, `members`, `links`."},
-        {"$ref": "#/components/schemas/SweepSummary"}]}}}}}
+    "model": SweepRead | SweepSummary}}
 
 
 @router.get("/{sweep_id}", operation_id="getSweep", summary="Get a sweep and its members",

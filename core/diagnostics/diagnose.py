@@ -30,6 +30,7 @@ from core.diagnostics import detectors as D
 from core.diagnostics import recommend as R
 from core.diagnostics import transients as T
 from core.diagnostics.analytic import init_profile
+from core.diagnostics.medians import median
 from core.diagnostics.reference import DataScale, data_scale
 from core.diagnostics.report import (
     DiagnosticReport,
@@ -287,7 +288,7 @@ class _Diagnosis:
         y_rms = sc.y_std if sc is not None else None
         recs: list[Recommendation | None] = []
         healthy = self._healthy_slice(onset_index)
-        typical = _median(s.grad_norm[healthy])
+        typical = median(s.grad_norm[healthy])
         n_healthy = int(np.isfinite(s.grad_norm[healthy]).sum())
         upd = f["high_update_ratio"]
         upd_ratio = _num(upd.evidence.get("median_update_ratio")) if upd is not None else self._update_ratio(healthy)
@@ -471,8 +472,8 @@ class _Diagnosis:
         elif verdict == "healthy":
             first = s.loss[: max(1, len(s) // 20)]
             last = s.loss[-max(1, len(s) // 10):]
-            parts.append(f"Healthy{' ' + prov.strip() if prov else ''}: the loss went from {_median(first):.3g} to "
-                         f"{_median(last):.3g} and the gradient norm stayed in its normal range.")
+            parts.append(f"Healthy{' ' + prov.strip() if prov else ''}: the loss went from {median(first):.3g} to "
+                         f"{median(last):.3g} and the gradient norm stayed in its normal range.")
             if f["gradient_spike"] is not None:
                 parts.append(_first_sentence(f["gradient_spike"]))
         else:
@@ -507,12 +508,12 @@ class _Diagnosis:
             pk = int(np.argmax(fin)) if np.isfinite(col).any() else 0
             out.append(LayerSummary(
                 layer=k, activation=acts[k],
-                baseline_grad_norm=_median(col[healthy]),
+                baseline_grad_norm=median(col[healthy]),
                 peak_grad_norm=float(col[pk]), peak_step=int(s.step[pk]),
                 final_grad_norm=float(col[-1]),
-                update_ratio=_opt(_median(ratio[:max(stop, 1), k])),
-                dead_fraction=_opt(_median(s.layer["dead_fraction"][tail, k])),
-                saturated_fraction=_opt(_median(s.layer["saturated_fraction"][tail, k])),
+                update_ratio=_opt(median(ratio[:max(stop, 1), k])),
+                dead_fraction=_opt(median(s.layer["dead_fraction"][tail, k])),
+                saturated_fraction=_opt(median(s.layer["saturated_fraction"][tail, k])),
             ))
         return out
 
@@ -524,11 +525,6 @@ def _per_layer_gain(profile: list[Any]) -> float:
     for layer in profile[1:-1]:
         g *= layer.backward_gain
     return float(g ** (1.0 / (len(profile) - 2)))
-
-
-def _median(x: np.ndarray) -> float:
-    x = x[np.isfinite(x)]
-    return float(np.median(x)) if x.size else math.nan
 
 
 def _opt(x: float) -> float | None:

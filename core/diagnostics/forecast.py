@@ -51,16 +51,20 @@ class OverflowForecaster:
             name: deque(maxlen=WINDOW) for name in ("grad_norm", "activation", "loss")
         }
 
-    def update(self, record: StepRecord, lg: float, growing: bool) -> None:
-        """Feed one finite record (``lg`` = log of its global gradient norm)."""
+    def update(self, record: StepRecord, lg: float, growing: bool, act: float | None = None,
+               ll: float | None = None) -> None:
+        """Feed one finite record (``lg`` = log of its global gradient norm; ``act``, ``ll``:
+        its largest activation std and its log loss when the caller has them)."""
         h = self._hist
         h["grad_norm"].append((record.step, lg))
-        act = 0.0
-        for lr in record.layers:
-            if lr.act_std is not None and lr.act_std > act:
-                act = lr.act_std
+        if act is None:
+            act = 0.0
+            for lr in record.layers:
+                if lr.act_std is not None and lr.act_std > act:
+                    act = lr.act_std
         h["activation"].append((record.step, safe_log(act)))
-        ll = safe_log(record.loss)
+        if ll is None:
+            ll = safe_log(record.loss)
         h["loss"].append((record.step, 0.5 * ll if self._mse else ll))
 
     def rates(self) -> dict[str, float]:

@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.diagnostics.medians import median, sliding_medians, window_medians
+from core.diagnostics.medians import (
+    column_medians,
+    median,
+    nan_column_medians,
+    sliding_medians,
+    window_medians,
+)
 
 VALUES = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
@@ -59,3 +66,24 @@ def test_sliding_medians_are_the_per_start_loop(x: np.ndarray, width: int) -> No
     got = sliding_medians(x, width)
     want = [reference(x[i:i + width]) for i in range(len(x))]
     assert all(same(g, w) for g, w in zip(got, want, strict=True)) and len(got) == len(want)
+
+
+@settings(max_examples=300, deadline=None)
+@given(SERIES, st.integers(1, 6))
+def test_column_medians_are_the_per_column_loop(x: np.ndarray, cols: int) -> None:
+    m = x[: len(x) - len(x) % cols].reshape(-1, cols)
+    got = column_medians(m)
+    want = [reference(m[:, k]) for k in range(cols)]
+    assert all(same(g, w) for g, w in zip(got, want, strict=True)) and len(got) == cols
+
+
+@settings(max_examples=300, deadline=None)
+@given(SERIES, st.integers(1, 6))
+def test_nan_column_medians_are_np_nanmedian(x: np.ndarray, cols: int) -> None:
+    m = x[: len(x) - len(x) % cols].reshape(-1, cols)
+    m = np.where(np.isfinite(m), m, np.nan)
+    got = nan_column_medians(m)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        want = np.nanmedian(m, axis=0)
+    assert all(same(g, w) for g, w in zip(got, want, strict=True)) and len(got) == cols

@@ -9,15 +9,14 @@ the reason for each; none is specific to a scenario.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from core.diagnostics.medians import median, sliding_medians, window_medians
-from core.diagnostics.monitor import Monitor
+from core.diagnostics.medians import column_medians, median, sliding_medians, window_medians
 from core.diagnostics.reference import DataScale
-from core.diagnostics.report import Finding, Forecast, fmt
+from core.diagnostics.replay import Replay, replay_monitor
+from core.diagnostics.report import Finding, fmt
 from core.diagnostics.series import RunSeries
 from core.spec import TrainingSpec
 from core.telemetry import NonFiniteEvent, StepRecord
@@ -74,22 +73,6 @@ DATA_SCALE_LOW = 0.01
 
 
 @dataclass
-class Replay:
-    """The online monitor replayed over the recorded steps (what it saw, step by step)."""
-
-    base: np.ndarray  # log baseline B after each record (NaN for non-finite records)
-    upper: np.ndarray  # log upper band edge after each record
-    healthy: np.ndarray  # log healthy scale H after each record
-    confirmed_at: int | None = None
-    rule: str | None = None
-    run_start_step: int | None = None
-    alerts: list[Finding] = field(default_factory=list)
-    spike_alerts: list[Finding] = field(default_factory=list)  # setback / catapult warnings
-    forecast: Forecast | None = None  # the forecast made when explosion was confirmed
-    first_forecast: Forecast | None = None  # the first forecast made while growth was seen
-
-
-@dataclass
 class Context:
     """What every offline detector reads."""
 
@@ -104,39 +87,6 @@ class Context:
     @property
     def chance(self) -> float | None:
         return self.scale.chance_loss if self.scale is not None else None
-
-
-def replay_monitor(spec: TrainingSpec, records: Sequence[StepRecord]) -> Replay:
-    """Run :class:`Monitor` over the records; keep its band per record and its verdict."""
-    mon = Monitor(spec)
-    st = mon.state
-    n = len(records)
-    base: list[float] = [math.nan] * n
-    upper: list[float] = [math.nan] * n
-    healthy: list[float] = [math.nan] * n
-    rep = Replay(base=np.empty(0), upper=np.empty(0), healthy=np.empty(0))
-    observe = mon.observe
-    for i, r in enumerate(records):
-        new = observe(r)
-        if st.n:
-            base[i], upper[i], healthy[i] = st.base, st.upper, st.healthy
-        if rep.first_forecast is None and st.run_len >= 2:
-            rep.first_forecast = mon.forecaster.forecast(r.step)
-        for a in new:
-            rep.alerts.append(a)
-            if a.kind == "gradient_spike":
-                rep.spike_alerts.append(a)
-            if a.kind == "gradient_explosion" and rep.confirmed_at is None:
-                rep.confirmed_at = r.step
-                rule = a.evidence.get("rule")
-                rep.rule = rule if isinstance(rule, str) else None
-                start = a.evidence.get("growth_started_at")
-                rep.run_start_step = start if isinstance(start, int) else None
-                rep.forecast = mon.forecaster.forecast(r.step)
-    rep.base = np.array(base, dtype=np.float64)
-    rep.upper = np.array(upper, dtype=np.float64)
-    rep.healthy = np.array(healthy, dtype=np.float64)
-    return rep
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -424,7 +374,7 @@ def detect_update_ratio(ctx: Context, until_index: int | None) -> Finding | None
         stop = 1
     with np.errstate(divide="ignore", invalid="ignore"):
         r = s.layer["update_norm"][:stop] / s.layer["weight_norm"][:stop]
-    med = np.array([median(r[:, k]) for k in range(s.n_layers)])
+    med = column_medians(r)
     if not np.isfinite(med).any():
         return None
     worst = int(np.nanargmax(med))
@@ -455,7 +405,7 @@ def detect_vanishing(ctx: Context) -> Finding | None:
         return None
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = s.layer["weight_grad_norm"] / s.layer["weight_norm"]
-    med = np.array([median(rel[:, k]) for k in range(s.n_layers)])
+    med = column_medians(rel)
     out = med[-1]
     if not (out > 0):
         return None
@@ -487,8 +437,7 @@ def _units(ctx: Context, name: str) -> tuple[np.ndarray, int | None]:
     if not have.any():
         return np.array([]), None
     seg = segment(s, 0.25, tail=True)
-    med = np.array([median(np.where(have[seg, k], vals[seg, k], np.nan))
-                    for k in range(s.n_layers)])
+    med = column_medians(np.where(have[seg], vals[seg], np.nan))
     return med, None
 
 

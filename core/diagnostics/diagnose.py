@@ -30,7 +30,7 @@ from core.diagnostics import detectors as D
 from core.diagnostics import recommend as R
 from core.diagnostics import transients as T
 from core.diagnostics.analytic import init_profile
-from core.diagnostics.medians import median
+from core.diagnostics.medians import column_medians, median, nan_column_medians
 from core.diagnostics.reference import DataScale, data_scale
 from core.diagnostics.report import (
     DiagnosticReport,
@@ -71,7 +71,7 @@ def diagnose(history: Any, *, scale: DataScale | None = None) -> DiagnosticRepor
             first_bad_step=None, final=final, stop_reason=stop_reason, steps_analyzed=0,
         )
     s = RunSeries.from_records(spec, records)
-    replay = D.replay_monitor(spec, records)
+    replay = D.replay_monitor(spec, records, s)
     _merge_online_alerts(replay, getattr(history, "alerts", None) or [])
     ctx = D.Context(spec=spec, records=records, s=s, replay=replay,
                     scale=scale if scale is not None else data_scale(spec),
@@ -428,7 +428,7 @@ class _Diagnosis:
             r = s.layer["update_norm"][mask] / s.layer["weight_norm"][mask]
         if r.size == 0:
             return None
-        med = np.nanmedian(np.where(np.isfinite(r), r, np.nan), axis=0) if np.isfinite(r).any() else None
+        med = nan_column_medians(np.where(np.isfinite(r), r, np.nan)) if np.isfinite(r).any() else None
         if med is None or not np.isfinite(med).any():
             return None
         return float(np.nanmax(med))
@@ -502,18 +502,22 @@ class _Diagnosis:
             ratio = s.layer["update_norm"] / s.layer["weight_norm"]
         tail = slice(max(0, len(s) - max(3, len(s) // 4)), len(s))
         healthy = self._healthy_slice(onset_index)
+        baseline = column_medians(g[healthy]).tolist()
+        update_ratio = column_medians(ratio[:max(stop, 1)]).tolist()
+        dead = column_medians(s.layer["dead_fraction"][tail]).tolist()
+        saturated = column_medians(s.layer["saturated_fraction"][tail]).tolist()
         for k in range(s.n_layers):
             col = g[:, k]
             fin = np.where(np.isfinite(col), col, -np.inf)
             pk = int(np.argmax(fin)) if np.isfinite(col).any() else 0
             out.append(LayerSummary(
                 layer=k, activation=acts[k],
-                baseline_grad_norm=median(col[healthy]),
+                baseline_grad_norm=baseline[k],
                 peak_grad_norm=float(col[pk]), peak_step=int(s.step[pk]),
                 final_grad_norm=float(col[-1]),
-                update_ratio=_opt(median(ratio[:max(stop, 1), k])),
-                dead_fraction=_opt(median(s.layer["dead_fraction"][tail, k])),
-                saturated_fraction=_opt(median(s.layer["saturated_fraction"][tail, k])),
+                update_ratio=_opt(update_ratio[k]),
+                dead_fraction=_opt(dead[k]),
+                saturated_fraction=_opt(saturated[k]),
             ))
         return out
 

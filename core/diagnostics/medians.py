@@ -14,8 +14,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
-__all__ = ["median", "sliding_medians", "window_medians"]
+__all__ = ["column_medians", "median", "nan_column_medians", "sliding_medians", "window_medians"]
 
 # up to this many values, sorting a Python list is faster than np.median's partition
 _SMALL = 128
@@ -72,6 +73,37 @@ def sliding_medians(x: np.ndarray, width: int) -> np.ndarray:
         return np.empty(0)
     padded = np.full(n + width - 1, np.nan)
     padded[:n] = np.where(np.isfinite(x), x, np.nan)
-    rows = np.sort(np.lib.stride_tricks.sliding_window_view(padded, width), axis=1)  # NaN last
+    rows = np.sort(sliding_window_view(padded, width), axis=1)  # NaN last
     count = np.isfinite(rows).sum(axis=1)
     return _middle(rows.ravel(), np.arange(n) * width, count)
+
+
+def column_medians(x: np.ndarray) -> np.ndarray:
+    """:func:`median` of each column of the 2-D ``x``."""
+    cols = np.sort(np.where(np.isfinite(x), x, np.nan), axis=0).T  # NaN last
+    count = np.isfinite(cols).sum(axis=1)
+    return _middle(cols.ravel(), np.arange(cols.shape[0]) * cols.shape[1], count)
+
+
+def nan_column_medians(a: np.ndarray) -> np.ndarray:
+    """``np.nanmedian(a, axis=0)`` of a 2-D float64 ``a`` whose non-finite values are NaN, bit
+    for bit (and without its warning for an all-NaN column).
+
+    Below 600 rows NumPy takes a masked-array median: the values sorted by ``argsort`` with
+    NaN as +inf, the middle pair (the middle value twice for an odd count) summed along the
+    axis from 0.0 and halved. Larger arrays go to NumPy itself (a median per column)."""
+    rows = a.shape[0]
+    if rows == 0 or rows >= 600 or a.dtype != np.float64:
+        with np.errstate(all="ignore"):
+            return np.asarray(np.nanmedian(a, axis=0))
+    nan = np.isnan(a)
+    filled = np.where(nan, np.inf, a)
+    ordered = np.take_along_axis(filled, filled.argsort(axis=0), axis=0)
+    count = rows - nan.sum(axis=0)
+    h = count // 2
+    lo = np.where(count % 2 == 1, h, h - 1)
+    pair = np.take_along_axis(ordered, np.stack([lo, h]).clip(0, rows - 1), axis=0)
+    with np.errstate(over="ignore"):
+        out = np.true_divide(np.where(count > 0, pair, 0.0).sum(axis=0), 2.0)
+    out[count == 0] = np.nan
+    return out

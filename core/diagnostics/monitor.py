@@ -66,7 +66,6 @@ from collections import deque
 
 from core.diagnostics.forecast import OverflowForecaster, overflow_limit
 from core.diagnostics.report import Finding, fmt
-from core.diagnostics.series import safe_log
 from core.spec import TrainingSpec
 from core.telemetry import LayerRecord, StepRecord, TensorKind
 
@@ -152,7 +151,8 @@ class MonitorState:
     @property
     def upper(self) -> float:
         """Upper edge of the normal band (log scale)."""
-        return self.base + max(3.0 * self.spread, BAND_MIN)
+        w = 3.0 * self.spread
+        return self.base + (BAND_MIN if w < BAND_MIN else w)  # max(3 spread, BAND_MIN)
 
     @property
     def initial_loss(self) -> float:
@@ -204,17 +204,24 @@ class MonitorState:
                 self.healthy = lg
             base, spread = self.base, self.spread
         else:
+            # (max(a, b) written out as ``b if b > a else a``, min(a, b) as ``b if b < a else
+            # a``: the builtins' results, NaN included, without their call)
             base, spread = self.base, self.spread
             d = lg - base
-            if d <= (base + max(3.0 * spread, BAND_MIN)) - base:  # in the band or below: drift
+            w3 = 3.0 * spread
+            if d <= (base + (BAND_MIN if w3 < BAND_MIN else w3)) - base:  # in the band or below
                 lim = 2.0 * spread
-                base += ALPHA * max(-lim, min(lim, d))
-                spread += ALPHA * (min(abs(d), 3.0 * spread) - spread)
-                spread = min(MAX_SPREAD, max(spread, MIN_SPREAD))
+                c = d if d < lim else lim  # min(lim, d)
+                base += ALPHA * (c if c > -lim else -lim)  # max(-lim, min(lim, d))
+                a = abs(d)
+                spread += ALPHA * ((w3 if w3 < a else a) - spread)  # min(|d|, 3 spread)
+                spread = MIN_SPREAD if spread < MIN_SPREAD else spread
+                spread = spread if spread < MAX_SPREAD else MAX_SPREAD
                 self.base, self.spread = base, spread
             if base > self.healthy:
                 self.healthy = base
-        upper = base + max(3.0 * spread, BAND_MIN)
+        w3 = 3.0 * spread
+        upper = base + (BAND_MIN if w3 < BAND_MIN else w3)
         if n < WARMUP or lg <= upper:
             # the update's own healthy scale, tracked on the records the baseline tracks
             ubase = self.ubase
@@ -259,14 +266,25 @@ class MonitorState:
         the loss harmed."""
         return (self._persist_run >= PERSIST + 1 or self._persist_far >= PERSIST) and self.n > 1
 
-    def setback(self) -> bool:
-        """The median of the last RECENT losses is harmed (see ``harmed``)."""
+    def _setback_levels(self) -> tuple[float, float]:
         best, l0 = self.best_loss, _exp(self.loss_ref)
-        twice, halfway = 2.0 * best, best + HARM * max(l0 - best, 0.0)
-        if self.recent:  # the median is at most the largest loss (they are finite): no sort
+        return 2.0 * best, best + HARM * max(l0 - best, 0.0)
+
+    def setback_possible(self) -> bool:
+        """False when :meth:`setback` is surely False: the largest of the last losses is below
+        a level (the median is at most the largest: they are finite). No sort."""
+        twice, halfway = self._setback_levels()
+        if self.recent:
             top = max(self.recent)
             if top < twice or top < halfway:
                 return False
+        return True
+
+    def setback(self) -> bool:
+        """The median of the last RECENT losses is harmed (see ``harmed``)."""
+        if not self.setback_possible():
+            return False
+        twice, halfway = self._setback_levels()
         med = self.recent_median()
         return med >= twice and med >= halfway
 
@@ -400,13 +418,48 @@ class Monitor:
                 act = a
             weights.append(w)
 
+        g = record.grad_norm  # safe_log, written out (three times a step)
+        lg = math.log(g) if g > 0.0 else -745.0 if g == 0.0 else math.nan
+        ll = math.log(loss) if loss > 0.0 else -745.0 if loss == 0.0 else math.nan
+        lu = (0.5 * (math.log(usq) if usq > 0.0 else -745.0 if usq == 0.0 else math.nan)
+              if layers else math.nan)
+        self.advance(record, lg, ll, lu, rewrite, act, weights)
+        return self.judge(record)
+
+    @property
+    def non_finite_seen(self) -> bool:
+        """A non-finite value was seen: :meth:`observe` ignores every later record."""
+        return self._non_finite_seen
+
+    def advance(self, record: StepRecord, lg: float, ll: float, lu: float, rewrite: float,
+                act: float, weights: list[float]) -> None:
+        """The state update of :meth:`observe` for a finite ``record`` whose figures the caller
+        computed as :meth:`observe` does: the logs of its global norm, its loss and its whole
+        update's norm, its largest update-to-weight ratio (0 if none), its largest activation
+        std (0 if none) and its layers' weight norms. :meth:`judge` (or, when :meth:`quiet`,
+        nothing) must follow."""
         st = self.state
-        lg = safe_log(record.grad_norm)
-        ll = safe_log(loss)
-        lu = 0.5 * safe_log(usq) if layers else math.nan
-        st.update(record.step, lg, ll, loss, lu)
+        st.update(record.step, lg, ll, record.loss, lu)
         self._track_overshoot(record, ll, rewrite, weights)
         self.forecaster.update(record, lg, st.run_len > 0, act, ll)
+
+    def quiet(self) -> bool:
+        """After :meth:`advance`: :meth:`judge` would raise no alert and change nothing (no
+        rule holds, no growth warning, setback or catapult is within reach)."""
+        if self.explosion_confirmed:
+            return True
+        st = self.state
+        return not (st.overflow_course(self._log_limit) or st.runaway()
+                    or self._overshoot is not None
+                    or (not self._warned_growth and st.run_len >= MIN_RUN)
+                    or (not self._catapult_seen and st.n <= CATAPULT_WINDOW)
+                    or (not self._setback_seen and st.n > WARMUP + RECENT
+                        and st.setback_possible()))
+
+    def judge(self, record: StepRecord) -> list[Finding]:
+        """After :meth:`advance`: the rules, warnings and transients at ``record``; the alerts
+        it raised (what :meth:`observe` returns)."""
+        st = self.state
         if self.explosion_confirmed:
             return []
         new: list[Finding] = []
@@ -417,7 +470,7 @@ class Monitor:
             self.explosion_confirmed = True
             self.confirmed_at = record.step
             new.append(self._explosion_finding(record, rule))
-        elif not self._warned_growth and st.growing():
+        elif not self._warned_growth and st.run_len >= MIN_RUN and st.growing():
             self._warned_growth = True
             new.append(self._growth_warning(record))
         if rule is None and ((not self._setback_seen and st.n > WARMUP + RECENT)

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.diagnostics.detectors import Context, log_of, median, segment
+from core.diagnostics.detectors import Context, log_of, segment
+from core.diagnostics.medians import median
 from core.diagnostics.monitor import WARMUP
 from core.diagnostics.report import Finding, fmt
 from core.diagnostics.series import RunSeries

@@ -26,7 +26,7 @@ from core.diagnostics.series import RunSeries
 from core.spec import TrainingSpec
 from core.telemetry import StepRecord
 
-__all__ = ["Replay", "replay_monitor"]
+__all__ = ["Figures", "Replay", "record_figures", "replay_monitor"]
 
 
 @dataclass
@@ -59,8 +59,8 @@ def replay_monitor(spec: TrainingSpec, records: Sequence[StepRecord],
     upper: list[float] = [math.nan] * n
     healthy: list[float] = [math.nan] * n
     rep = Replay(base=np.empty(0), upper=np.empty(0), healthy=np.empty(0))
-    figures = _figures(series, records) if series is not None else None
-    fast, lg, ll, lu, rewrite, act, weights = figures or _Figures([False] * n, [], [], [], [], [], [])
+    figures = record_figures(series, records) if series is not None else None
+    fast, lg, ll, lu, rewrite, act, weights = figures or Figures([False] * n, [], [], [], [], [], [])
     observe, advance, quiet, judge = mon.observe, mon.advance, mon.quiet, mon.judge
     for i, r in enumerate(records):
         if fast[i] and not mon.non_finite_seen:
@@ -94,7 +94,7 @@ def _log(x: float) -> float:
     return math.log(x) if x > 0.0 else -745.0 if x == 0.0 else math.nan
 
 
-class _Figures(NamedTuple):
+class Figures(NamedTuple):
     fast: list[bool]  # finite: advance() with the figures below (else observe())
     lg: list[float]
     ll: list[float]
@@ -104,7 +104,7 @@ class _Figures(NamedTuple):
     weights: list[list[float]]
 
 
-def _figures(s: RunSeries, records: Sequence[StepRecord]) -> _Figures | None:
+def record_figures(s: RunSeries, records: Sequence[StepRecord]) -> Figures | None:
     """(finite?, log norm, log loss, log update norm, largest update ratio, largest activation
     std, weight norms) per record, as :meth:`Monitor.observe` computes them; None unless the
     columns are these records (same steps, the usual layers)."""
@@ -126,6 +126,6 @@ def _figures(s: RunSeries, records: Sequence[StepRecord]) -> _Figures | None:
             r = u[:, k] / w[:, k]
             rewrite = np.where((w[:, k] > 0) & (r > rewrite), r, rewrite)
             act = np.where(has_a[:, k] & (a[:, k] > act), a[:, k], act)
-    return _Figures(finite.tolist(), list(map(_log, s.grad_norm.tolist())),
+    return Figures(finite.tolist(), list(map(_log, s.grad_norm.tolist())),
                     list(map(_log, s.loss.tolist())), [0.5 * _log(v) for v in usq.tolist()],
                     rewrite.tolist(), act.tolist(), w.tolist())

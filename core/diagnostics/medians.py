@@ -19,7 +19,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 __all__ = ["column_medians", "median", "nan_column_medians", "sliding_medians", "window_medians"]
 
 # up to this many values, sorting a Python list is faster than np.median's partition
-_SMALL = 128
+_SMALL = 256
 
 
 def median(x: np.ndarray) -> float:

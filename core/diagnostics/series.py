@@ -121,6 +121,14 @@ def _layer_columns(ordered: Sequence[StepRecord], n_layers: int
     layer: dict[str, np.ndarray] = {}
     present: dict[str, np.ndarray] = {}
     for name in _LAYER_FIELDS:
+        get = _GETTERS[name]
+        if flat and None not in map(get, flat[:n_layers]):
+            # the usual: every value recorded and none NaN (fromiter reads None as NaN too)
+            arr = np.fromiter(map(get, flat), np.float64, len(flat))
+            if not np.isnan(arr).any():
+                layer[name] = arr.reshape(n, n_layers)
+                present[name] = np.ones((n, n_layers), dtype=bool)
+                continue
         vals: list[Any] = list(map(_GETTERS[name], flat))
         absent = vals.count(None)
         if absent == len(vals):

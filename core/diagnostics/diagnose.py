@@ -114,6 +114,7 @@ class _Diagnosis:
         self.final = final
         self.s = ctx.s
         self.spec = ctx.spec
+        self._healthy: dict[int | None, np.ndarray] = {}
 
     def report(self) -> DiagnosticReport:
         ctx, s = self.ctx, self.s
@@ -410,7 +411,14 @@ class _Diagnosis:
         return recs
 
     def _healthy_slice(self, onset_index: int | None) -> np.ndarray:
-        """Records before the onset, outside spikes (within the monitor's band)."""
+        """Records before the onset, outside spikes (within the monitor's band). (Read-only:
+        the recommendations and the per-layer summary share it.)"""
+        if onset_index not in self._healthy:
+            self._healthy[onset_index] = self._healthy_mask(onset_index)
+            self._healthy[onset_index].flags.writeable = False
+        return self._healthy[onset_index]
+
+    def _healthy_mask(self, onset_index: int | None) -> np.ndarray:
         s, rep = self.s, self.ctx.replay
         stop = onset_index if onset_index is not None else len(s)
         idx = np.arange(len(s))

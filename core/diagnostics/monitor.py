@@ -449,11 +449,14 @@ class Monitor:
         if self.explosion_confirmed:
             return True
         st = self.state
-        return not (st.overflow_course(self._log_limit) or st.runaway()
+        n = st.n
+        return not (st.last_lg >= 0.5 * self._log_limit  # overflow_course()
+                    or ((st._persist_run >= PERSIST + 1 or st._persist_far >= PERSIST)
+                        and n > 1)  # runaway()
                     or self._overshoot is not None
                     or (not self._warned_growth and st.run_len >= MIN_RUN)
-                    or (not self._catapult_seen and st.n <= CATAPULT_WINDOW)
-                    or (not self._setback_seen and st.n > WARMUP + RECENT
+                    or (not self._catapult_seen and n <= CATAPULT_WINDOW)
+                    or (not self._setback_seen and n > WARMUP + RECENT
                         and st.setback_possible()))
 
     def judge(self, record: StepRecord) -> list[Finding]:

@@ -62,12 +62,14 @@ def replay_monitor(spec: TrainingSpec, records: Sequence[StepRecord],
     figures = record_figures(series, records) if series is not None else None
     fast, lg, ll, lu, rewrite, act, weights = figures or Figures([False] * n, [], [], [], [], [], [])
     observe, advance, quiet, judge = mon.observe, mon.advance, mon.quiet, mon.judge
+    dead = False  # a non-finite value was seen (by observe: the fast records are finite)
     for i, r in enumerate(records):
-        if fast[i] and not mon.non_finite_seen:
+        if fast[i] and not dead:
             advance(r, lg[i], ll[i], lu[i], rewrite[i], act[i], weights[i])
             new = _NONE if quiet() else judge(r)
         else:
             new = observe(r)
+            dead = mon.non_finite_seen
         if st.n:
             base[i], upper[i], healthy[i] = st.base, st.upper, st.healthy
         if rep.first_forecast is None and st.run_len >= 2:

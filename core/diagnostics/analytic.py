@@ -42,6 +42,12 @@ __all__ = ["LayerInit", "init_profile", "matched_init", "weight_std"]
 
 _NODES, _WEIGHTS = np.polynomial.hermite_e.hermegauss(81)
 _WEIGHTS = _WEIGHTS / _WEIGHTS.sum()
+# the fine grid of _gauss_prob (pred may be discontinuous): N(0, 1) weights on [-8, 8]
+_GRID_U = np.linspace(-8.0, 8.0, 4001)
+_GRID_W = np.exp(-0.5 * _GRID_U * _GRID_U)
+_GRID_W /= _GRID_W.sum()
+_GRID_U.flags.writeable = False
+_GRID_W.flags.writeable = False
 
 _GAINS = {"linear": 1.0, "sigmoid": 1.0, "tanh": 5.0 / 3, "relu": math.sqrt(2.0),
           "leaky_relu": math.sqrt(2.0 / (1 + 0.01**2)), "selu": 0.75, "elu": 1.0,
@@ -200,7 +206,4 @@ def _gauss_prob(mean: float, std: float, pred: Any) -> float:
         return math.nan
     if std <= 0:
         return float(bool(pred(np.array([mean]))[0]))
-    u = np.linspace(-8.0, 8.0, 4001)
-    w = np.exp(-0.5 * u * u)
-    w /= w.sum()
-    return float(np.dot(w, pred(mean + std * u).astype(float)))
+    return float(np.dot(_GRID_W, pred(mean + std * _GRID_U).astype(float)))

@@ -9,14 +9,14 @@ the reason for each; none is specific to a scenario.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from core.diagnostics.monitor import Monitor
+from core.diagnostics.medians import column_medians, median, sliding_medians, window_medians
 from core.diagnostics.reference import DataScale
-from core.diagnostics.report import Finding, Forecast, fmt
+from core.diagnostics.replay import Replay, replay_monitor
+from core.diagnostics.report import Finding, fmt
 from core.diagnostics.series import RunSeries
 from core.spec import TrainingSpec
 from core.telemetry import NonFiniteEvent, StepRecord
@@ -73,22 +73,6 @@ DATA_SCALE_LOW = 0.01
 
 
 @dataclass
-class Replay:
-    """The online monitor replayed over the recorded steps (what it saw, step by step)."""
-
-    base: np.ndarray  # log baseline B after each record (NaN for non-finite records)
-    upper: np.ndarray  # log upper band edge after each record
-    healthy: np.ndarray  # log healthy scale H after each record
-    confirmed_at: int | None = None
-    rule: str | None = None
-    run_start_step: int | None = None
-    alerts: list[Finding] = field(default_factory=list)
-    spike_alerts: list[Finding] = field(default_factory=list)  # setback / catapult warnings
-    forecast: Forecast | None = None  # the forecast made when explosion was confirmed
-    first_forecast: Forecast | None = None  # the first forecast made while growth was seen
-
-
-@dataclass
 class Context:
     """What every offline detector reads."""
 
@@ -105,42 +89,7 @@ class Context:
         return self.scale.chance_loss if self.scale is not None else None
 
 
-def replay_monitor(spec: TrainingSpec, records: Sequence[StepRecord]) -> Replay:
-    """Run :class:`Monitor` over the records; keep its band per record and its verdict."""
-    mon = Monitor(spec)
-    n = len(records)
-    base = np.full(n, np.nan)
-    upper = np.full(n, np.nan)
-    healthy = np.full(n, np.nan)
-    rep = Replay(base=base, upper=upper, healthy=healthy)
-    for i, r in enumerate(records):
-        new = mon.observe(r)
-        st = mon.state
-        if st.n:
-            base[i], upper[i], healthy[i] = st.base, st.upper, st.healthy
-        if rep.first_forecast is None and st.run_len >= 2:
-            rep.first_forecast = mon.forecaster.forecast(r.step)
-        for a in new:
-            rep.alerts.append(a)
-            if a.kind == "gradient_spike":
-                rep.spike_alerts.append(a)
-            if a.kind == "gradient_explosion" and rep.confirmed_at is None:
-                rep.confirmed_at = r.step
-                rule = a.evidence.get("rule")
-                rep.rule = rule if isinstance(rule, str) else None
-                start = a.evidence.get("growth_started_at")
-                rep.run_start_step = start if isinstance(start, int) else None
-                rep.forecast = mon.forecaster.forecast(r.step)
-    return rep
-
-
 # ------------------------------------------------------------------------------ helpers
-def median(x: np.ndarray) -> float:
-    """Median of the finite values (NaN if none)."""
-    x = x[np.isfinite(x)]
-    return float(np.median(x)) if x.size else math.nan
-
-
 def log_of(x: np.ndarray) -> np.ndarray:
     """Natural log with NaN for values <= 0."""
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -296,15 +245,15 @@ def analyze_explosion(ctx: Context, non_finite: Finding | None) -> ExplosionAnal
     )
 
 
-def _step_windows(s: RunSeries, frac: float) -> list[np.ndarray]:
-    """Record indices in consecutive windows of ``frac`` of the run's steps (>= 5 steps)."""
+def _step_windows(s: RunSeries, frac: float) -> np.ndarray:
+    """First record index of each consecutive window of ``frac`` of the run's steps (>= 5
+    steps); a window runs to the next one's first record."""
     if len(s) == 0:
-        return []
+        return np.empty(0, dtype=np.int64)
     span = int(s.step[-1] - s.step[0]) + 1
     width = max(5, math.ceil(frac * span))  # a median of fewer than 5 steps is one batch
     bins = (s.step - s.step[0]) // width
-    cuts = np.flatnonzero(np.diff(bins)) + 1
-    return [w for w in np.split(np.arange(len(s)), cuts) if w.size]
+    return np.concatenate(([0], np.flatnonzero(np.diff(bins)) + 1))
 
 
 def _initial_loss(s: RunSeries) -> float:
@@ -315,18 +264,24 @@ def _initial_loss(s: RunSeries) -> float:
     return median(s.loss[first])
 
 
-def loss_levels(s: RunSeries) -> tuple[float, float, float]:
-    """(initial, best, final) loss: the median over steps 0-4 (the monitor's ``initial_loss``;
-    at least 3 records on a thinned history), the lowest median over windows of 1% of the steps, and the
-    median over the last 5% of the steps (at least 3 records)."""
-    wins = _step_windows(s, LOST_WINDOW)
+def _levels(s: RunSeries) -> tuple[float, float, float, np.ndarray, np.ndarray]:
+    """:func:`loss_levels`, with the windows' first records and medians."""
+    starts = _step_windows(s, LOST_WINDOW)
     initial = _initial_loss(s)
-    meds = np.array([median(s.loss[w]) for w in wins])
+    meds = window_medians(s.loss, starts)
     best = float(np.nanmin(meds)) if np.isfinite(meds).any() else math.nan
     tail = s.step >= s.step[-1] - LOST_TAIL * (s.step[-1] - s.step[0])
     if tail.sum() < 3:
         tail = np.arange(len(s)) >= len(s) - 3
-    return initial, best, median(s.loss[tail])
+    return initial, best, median(s.loss[tail]), starts, meds
+
+
+def loss_levels(s: RunSeries) -> tuple[float, float, float]:
+    """(initial, best, final) loss: the median over steps 0-4 (the monitor's ``initial_loss``;
+    at least 3 records on a thinned history), the lowest median over windows of 1% of the steps, and the
+    median over the last 5% of the steps (at least 3 records)."""
+    initial, best, final, _, _ = _levels(s)
+    return initial, best, final
 
 
 def lost_progress(ctx: Context) -> int | None:
@@ -334,7 +289,7 @@ def lost_progress(ctx: Context) -> int | None:
     s = ctx.s
     if len(s) < 10:
         return None
-    initial, best, final = loss_levels(s)
+    initial, best, final, starts, meds = _levels(s)
     chance = ctx.chance
     lost = final > initial and initial >= LOST_FACTOR * best
     # back at the chance level after getting an order of magnitude below it (a run that
@@ -346,11 +301,10 @@ def lost_progress(ctx: Context) -> int | None:
     # back from the end over the windows whose median stays above the harm level; the onset
     # is the first record above it in the earliest of them
     level = best + 0.5 * (initial - best)
-    wins = _step_windows(s, LOST_WINDOW)
-    k = len(wins)
-    while k > 0 and median(s.loss[wins[k - 1]]) > level:
+    k = len(starts)
+    while k > 0 and meds[k - 1] > level:
         k -= 1
-    start = int(wins[k][0]) if k < len(wins) else len(s) - 1
+    start = int(starts[k]) if k < len(starts) else len(s) - 1
     above = np.flatnonzero(s.loss[start:] > level)
     return start + int(above[0]) if above.size else start
 
@@ -420,7 +374,7 @@ def detect_update_ratio(ctx: Context, until_index: int | None) -> Finding | None
         stop = 1
     with np.errstate(divide="ignore", invalid="ignore"):
         r = s.layer["update_norm"][:stop] / s.layer["weight_norm"][:stop]
-    med = np.array([median(r[:, k]) for k in range(s.n_layers)])
+    med = column_medians(r)
     if not np.isfinite(med).any():
         return None
     worst = int(np.nanargmax(med))
@@ -451,7 +405,7 @@ def detect_vanishing(ctx: Context) -> Finding | None:
         return None
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = s.layer["weight_grad_norm"] / s.layer["weight_norm"]
-    med = np.array([median(rel[:, k]) for k in range(s.n_layers)])
+    med = column_medians(rel)
     out = med[-1]
     if not (out > 0):
         return None
@@ -462,11 +416,8 @@ def detect_vanishing(ctx: Context) -> Finding | None:
     worst = int(np.nanargmin(ratios))
     # first step from which the worst layer's ratio stays (median of the next 10) below it
     per = rel[:, worst] / rel[:, -1]
-    start = int(s.step[0])
-    for i in range(len(s)):
-        if median(per[i:i + 10]) <= VANISHING_RATIO:
-            start = int(s.step[i])
-            break
+    below = np.flatnonzero(sliding_medians(per, 10) <= VANISHING_RATIO)
+    start = int(s.step[below[0]]) if below.size else int(s.step[0])
     ev: dict[str, float | int | str | None] = {"min_ratio_to_output": float(ratios[worst]),
                                                "output_relative_grad": float(out)}
     for k in range(s.n_layers):
@@ -486,8 +437,7 @@ def _units(ctx: Context, name: str) -> tuple[np.ndarray, int | None]:
     if not have.any():
         return np.array([]), None
     seg = segment(s, 0.25, tail=True)
-    med = np.array([median(np.where(have[seg, k], vals[seg, k], np.nan))
-                    for k in range(s.n_layers)])
+    med = column_medians(np.where(have[seg], vals[seg], np.nan))
     return med, None
 
 

@@ -30,6 +30,7 @@ from core.diagnostics import detectors as D
 from core.diagnostics import recommend as R
 from core.diagnostics import transients as T
 from core.diagnostics.analytic import init_profile
+from core.diagnostics.medians import column_medians, median, nan_column_medians
 from core.diagnostics.reference import DataScale, data_scale
 from core.diagnostics.report import (
     DiagnosticReport,
@@ -70,7 +71,7 @@ def diagnose(history: Any, *, scale: DataScale | None = None) -> DiagnosticRepor
             first_bad_step=None, final=final, stop_reason=stop_reason, steps_analyzed=0,
         )
     s = RunSeries.from_records(spec, records)
-    replay = D.replay_monitor(spec, records)
+    replay = D.replay_monitor(spec, records, s)
     _merge_online_alerts(replay, getattr(history, "alerts", None) or [])
     ctx = D.Context(spec=spec, records=records, s=s, replay=replay,
                     scale=scale if scale is not None else data_scale(spec),
@@ -113,6 +114,7 @@ class _Diagnosis:
         self.final = final
         self.s = ctx.s
         self.spec = ctx.spec
+        self._healthy: dict[int | None, np.ndarray] = {}
 
     def report(self) -> DiagnosticReport:
         ctx, s = self.ctx, self.s
@@ -287,7 +289,7 @@ class _Diagnosis:
         y_rms = sc.y_std if sc is not None else None
         recs: list[Recommendation | None] = []
         healthy = self._healthy_slice(onset_index)
-        typical = _median(s.grad_norm[healthy])
+        typical = median(s.grad_norm[healthy])
         n_healthy = int(np.isfinite(s.grad_norm[healthy]).sum())
         upd = f["high_update_ratio"]
         upd_ratio = _num(upd.evidence.get("median_update_ratio")) if upd is not None else self._update_ratio(healthy)
@@ -409,7 +411,14 @@ class _Diagnosis:
         return recs
 
     def _healthy_slice(self, onset_index: int | None) -> np.ndarray:
-        """Records before the onset, outside spikes (within the monitor's band)."""
+        """Records before the onset, outside spikes (within the monitor's band). (Read-only:
+        the recommendations and the per-layer summary share it.)"""
+        if onset_index not in self._healthy:
+            self._healthy[onset_index] = self._healthy_mask(onset_index)
+            self._healthy[onset_index].flags.writeable = False
+        return self._healthy[onset_index]
+
+    def _healthy_mask(self, onset_index: int | None) -> np.ndarray:
         s, rep = self.s, self.ctx.replay
         stop = onset_index if onset_index is not None else len(s)
         idx = np.arange(len(s))
@@ -427,7 +436,7 @@ class _Diagnosis:
             r = s.layer["update_norm"][mask] / s.layer["weight_norm"][mask]
         if r.size == 0:
             return None
-        med = np.nanmedian(np.where(np.isfinite(r), r, np.nan), axis=0) if np.isfinite(r).any() else None
+        med = nan_column_medians(np.where(np.isfinite(r), r, np.nan)) if np.isfinite(r).any() else None
         if med is None or not np.isfinite(med).any():
             return None
         return float(np.nanmax(med))
@@ -471,8 +480,8 @@ class _Diagnosis:
         elif verdict == "healthy":
             first = s.loss[: max(1, len(s) // 20)]
             last = s.loss[-max(1, len(s) // 10):]
-            parts.append(f"Healthy{' ' + prov.strip() if prov else ''}: the loss went from {_median(first):.3g} to "
-                         f"{_median(last):.3g} and the gradient norm stayed in its normal range.")
+            parts.append(f"Healthy{' ' + prov.strip() if prov else ''}: the loss went from {median(first):.3g} to "
+                         f"{median(last):.3g} and the gradient norm stayed in its normal range.")
             if f["gradient_spike"] is not None:
                 parts.append(_first_sentence(f["gradient_spike"]))
         else:
@@ -501,18 +510,22 @@ class _Diagnosis:
             ratio = s.layer["update_norm"] / s.layer["weight_norm"]
         tail = slice(max(0, len(s) - max(3, len(s) // 4)), len(s))
         healthy = self._healthy_slice(onset_index)
+        baseline = column_medians(g[healthy]).tolist()
+        update_ratio = column_medians(ratio[:max(stop, 1)]).tolist()
+        dead = column_medians(s.layer["dead_fraction"][tail]).tolist()
+        saturated = column_medians(s.layer["saturated_fraction"][tail]).tolist()
         for k in range(s.n_layers):
             col = g[:, k]
             fin = np.where(np.isfinite(col), col, -np.inf)
             pk = int(np.argmax(fin)) if np.isfinite(col).any() else 0
             out.append(LayerSummary(
                 layer=k, activation=acts[k],
-                baseline_grad_norm=_median(col[healthy]),
+                baseline_grad_norm=baseline[k],
                 peak_grad_norm=float(col[pk]), peak_step=int(s.step[pk]),
                 final_grad_norm=float(col[-1]),
-                update_ratio=_opt(_median(ratio[:max(stop, 1), k])),
-                dead_fraction=_opt(_median(s.layer["dead_fraction"][tail, k])),
-                saturated_fraction=_opt(_median(s.layer["saturated_fraction"][tail, k])),
+                update_ratio=_opt(update_ratio[k]),
+                dead_fraction=_opt(dead[k]),
+                saturated_fraction=_opt(saturated[k]),
             ))
         return out
 
@@ -524,11 +537,6 @@ def _per_layer_gain(profile: list[Any]) -> float:
     for layer in profile[1:-1]:
         g *= layer.backward_gain
     return float(g ** (1.0 / (len(profile) - 2)))
-
-
-def _median(x: np.ndarray) -> float:
-    x = x[np.isfinite(x)]
-    return float(np.median(x)) if x.size else math.nan
 
 
 def _opt(x: float) -> float | None:

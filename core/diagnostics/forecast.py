@@ -41,27 +41,43 @@ def overflow_limit(dtype: str) -> float:
 class OverflowForecaster:
     """Keeps the last few log values of each series; :meth:`forecast` extrapolates them."""
 
-    __slots__ = ("_hist", "_limit", "_mse", "dtype")
+    __slots__ = ("_h", "_limit", "_mse", "_pending", "dtype")
 
     def __init__(self, spec: TrainingSpec) -> None:
         self.dtype = spec.dtype
         self._limit = math.log(overflow_limit(spec.dtype))
         self._mse = spec.loss == "mse"
-        self._hist: dict[str, deque[tuple[int, float]]] = {
+        self._h: dict[str, deque[tuple[int, float]]] = {
             name: deque(maxlen=WINDOW) for name in ("grad_norm", "activation", "loss")
         }
+        # (step, log norm, largest activation std, log loss) of the records fed since the
+        # series were last read: their logs are taken when a forecast needs them
+        self._pending: deque[tuple[int, float, float, float]] = deque(maxlen=WINDOW)
 
-    def update(self, record: StepRecord, lg: float, growing: bool) -> None:
-        """Feed one finite record (``lg`` = log of its global gradient norm)."""
-        h = self._hist
-        h["grad_norm"].append((record.step, lg))
-        act = 0.0
-        for lr in record.layers:
-            if lr.act_std is not None and lr.act_std > act:
-                act = lr.act_std
-        h["activation"].append((record.step, safe_log(act)))
-        ll = safe_log(record.loss)
-        h["loss"].append((record.step, 0.5 * ll if self._mse else ll))
+    @property
+    def _hist(self) -> dict[str, deque[tuple[int, float]]]:
+        """The last WINDOW (step, log value) of each series."""
+        if self._pending:
+            h = self._h
+            for step, lg, act, ll in self._pending:
+                h["grad_norm"].append((step, lg))
+                h["activation"].append((step, safe_log(act)))
+                h["loss"].append((step, 0.5 * ll if self._mse else ll))
+            self._pending.clear()
+        return self._h
+
+    def update(self, record: StepRecord, lg: float, growing: bool, act: float | None = None,
+               ll: float | None = None) -> None:
+        """Feed one finite record (``lg`` = log of its global gradient norm; ``act``, ``ll``:
+        its largest activation std and its log loss when the caller has them)."""
+        if act is None:
+            act = 0.0
+            for lr in record.layers:
+                if lr.act_std is not None and lr.act_std > act:
+                    act = lr.act_std
+        if ll is None:
+            ll = safe_log(record.loss)
+        self._pending.append((record.step, lg, act, ll))
 
     def rates(self) -> dict[str, float]:
         """Current log growth rate per step of each series (0 when it is not growing)."""

@@ -66,9 +66,8 @@ from collections import deque
 
 from core.diagnostics.forecast import OverflowForecaster, overflow_limit
 from core.diagnostics.report import Finding, fmt
-from core.diagnostics.series import safe_log
 from core.spec import TrainingSpec
-from core.telemetry import StepRecord, TensorKind
+from core.telemetry import LayerRecord, StepRecord, TensorKind
 
 __all__ = ["Monitor", "MonitorState"]
 
@@ -152,7 +151,8 @@ class MonitorState:
     @property
     def upper(self) -> float:
         """Upper edge of the normal band (log scale)."""
-        return self.base + max(3.0 * self.spread, BAND_MIN)
+        w = 3.0 * self.spread
+        return self.base + (BAND_MIN if w < BAND_MIN else w)  # max(3 spread, BAND_MIN)
 
     @property
     def initial_loss(self) -> float:
@@ -172,16 +172,22 @@ class MonitorState:
     def update(self, step: int, lg: float, ll: float, loss: float, lu: float = math.nan) -> None:
         """Feed one finite step: log global norm ``lg``, log loss ``ll``, the loss and the log
         norm ``lu`` of the whole weight update (NaN when not recorded)."""
-        if self.n > 0 and lg > self.last_lg:
+        # (runs on every step of every run: the state is read into locals once, and each
+        # expression is the one the docstrings define, in the same order of operations)
+        n = self.n
+        last_lg = self.last_lg
+        if n > 0 and lg > last_lg:
             if self.run_len == 0:
-                self.run_start_lg, self.run_start_ll = self.last_lg, self.last_ll
+                self.run_start_lg, self.run_start_ll = last_lg, self.last_ll
                 self.run_start_step = self.last_step
                 self.run_max_inc = 0.0
             self.run_len += 1
-            self.run_max_inc = max(self.run_max_inc, lg - self.last_lg)
+            inc = lg - last_lg
+            if inc > self.run_max_inc:  # max(run_max_inc, inc)
+                self.run_max_inc = inc
         else:
             self.run_len = 0
-        if self.n < WARMUP:
+        if n < WARMUP:
             self._warm.append(lg)
             w = sorted(self._warm)
             self.base = w[len(w) // 2] if len(w) % 2 else 0.5 * (w[len(w) // 2 - 1] + w[len(w) // 2])
@@ -196,37 +202,59 @@ class MonitorState:
             # growth of a run that explodes from step 0
             if self.healthy != self.healthy:
                 self.healthy = lg
+            base, spread = self.base, self.spread
         else:
-            d = lg - self.base
-            if d <= self.upper - self.base:  # inside the band or below: track drift
-                lim = 2.0 * self.spread
-                self.base += ALPHA * max(-lim, min(lim, d))
-                self.spread += ALPHA * (min(abs(d), 3.0 * self.spread) - self.spread)
-                self.spread = min(MAX_SPREAD, max(self.spread, MIN_SPREAD))
-            if self.base > self.healthy:
-                self.healthy = self.base
-        if self.n < WARMUP or lg <= self.upper:
+            # (max(a, b) written out as ``b if b > a else a``, min(a, b) as ``b if b < a else
+            # a``: the builtins' results, NaN included, without their call)
+            base, spread = self.base, self.spread
+            d = lg - base
+            w3 = 3.0 * spread
+            if d <= (base + (BAND_MIN if w3 < BAND_MIN else w3)) - base:  # in the band or below
+                lim = 2.0 * spread
+                c = d if d < lim else lim  # min(lim, d)
+                base += ALPHA * (c if c > -lim else -lim)  # max(-lim, min(lim, d))
+                a = abs(d)
+                spread += ALPHA * ((w3 if w3 < a else a) - spread)  # min(|d|, 3 spread)
+                spread = MIN_SPREAD if spread < MIN_SPREAD else spread
+                spread = spread if spread < MAX_SPREAD else MAX_SPREAD
+                self.base, self.spread = base, spread
+            if base > self.healthy:
+                self.healthy = base
+        w3 = 3.0 * spread
+        upper = base + (BAND_MIN if w3 < BAND_MIN else w3)
+        if n < WARMUP or lg <= upper:
             # the update's own healthy scale, tracked on the records the baseline tracks
-            self.ubase = lu if self.ubase != self.ubase else self.ubase + ALPHA * (lu - self.ubase)
-            if not self.uhealthy >= self.ubase:
-                self.uhealthy = self.ubase
+            ubase = self.ubase
+            ubase = lu if ubase != ubase else ubase + ALPHA * (lu - ubase)
+            self.ubase = ubase
+            if not self.uhealthy >= ubase:
+                self.uhealthy = ubase
         self.loss = loss
         self.recent.append(loss)
         self.recent_steps.append(step)
         # geometric moving average: one outlier batch moves it by a factor, not by its size
-        self._loss_lavg = ll if self.n == 0 else self._loss_lavg + ALPHA * (ll - self._loss_lavg)
-        self.loss_avg = _exp(self._loss_lavg)
-        if self.n >= WARMUP and self.loss_avg < self.best_loss:
-            self.best_loss = self.loss_avg
-        elif self.n < WARMUP:
-            self.best_loss = min(self.best_loss, _exp(self.loss_ref))
-        self.n += 1
+        lavg = ll if n == 0 else self._loss_lavg + ALPHA * (ll - self._loss_lavg)
+        self._loss_lavg = lavg
+        loss_avg = _exp(lavg)
+        self.loss_avg = loss_avg
+        l0 = _exp(self.loss_ref)
+        if n >= WARMUP:
+            if loss_avg < self.best_loss:
+                self.best_loss = loss_avg
+        else:
+            self.best_loss = min(self.best_loss, l0)
+        self.n = n + 1
         self.last_lg, self.last_ll, self.last_step = lg, ll, step
-        harmed = self.harmed()
-        feeds = not (lu - self.uhealthy < FEEDBACK * (lg - self.healthy))  # NaN: no veto
-        far = lg - self.healthy >= RUNAWAY and lg > self.upper and feeds
+        # harmed() (loss_harm() >= HARM and loss >= 2 L*), written out
+        best = self.best_loss
+        progress = l0 - best
+        harm = (loss - best) / progress if progress > 0 else (math.inf if loss > l0 else 0.0)
+        harmed = harm >= HARM and loss >= 2.0 * best
+        healthy = self.healthy
+        feeds = not (lu - self.uhealthy < FEEDBACK * (lg - healthy))  # NaN: no veto
+        far = lg - healthy >= RUNAWAY and lg > upper and feeds
         self._persist_run = self._persist_run + 1 if far and harmed else 0
-        very_far = far and lg - self.healthy >= 2.0 * RUNAWAY
+        very_far = far and lg - healthy >= 2.0 * RUNAWAY
         self._persist_far = self._persist_far + 1 if very_far and harmed else 0
 
     def overflow_course(self, limit: float) -> bool:
@@ -238,11 +266,27 @@ class MonitorState:
         the loss harmed."""
         return (self._persist_run >= PERSIST + 1 or self._persist_far >= PERSIST) and self.n > 1
 
+    def _setback_levels(self) -> tuple[float, float]:
+        best, l0 = self.best_loss, _exp(self.loss_ref)
+        return 2.0 * best, best + HARM * max(l0 - best, 0.0)
+
+    def setback_possible(self) -> bool:
+        """False when :meth:`setback` is surely False: the largest of the last losses is below
+        a level (the median is at most the largest: they are finite). No sort."""
+        twice, halfway = self._setback_levels()
+        if self.recent:
+            top = max(self.recent)
+            if top < twice or top < halfway:
+                return False
+        return True
+
     def setback(self) -> bool:
         """The median of the last RECENT losses is harmed (see ``harmed``)."""
+        if not self.setback_possible():
+            return False
+        twice, halfway = self._setback_levels()
         med = self.recent_median()
-        best, l0 = self.best_loss, _exp(self.loss_ref)
-        return med >= 2.0 * best and med >= best + HARM * max(l0 - best, 0.0)
+        return med >= twice and med >= halfway
 
     def persist(self) -> int:
         """Consecutive records the norm has been >= RUNAWAY x H with the loss harmed."""
@@ -254,8 +298,10 @@ class MonitorState:
 
     def growing(self) -> bool:
         """Growth worth a warning: a run of increases out of the band, above H."""
+        if self.run_len < MIN_RUN:
+            return False
         growth = self.last_lg - max(self.run_start_lg, self.base)
-        return (self.run_len >= MIN_RUN and growth - self.run_max_inc >= RUN_GROWTH
+        return (growth - self.run_max_inc >= RUN_GROWTH
                 and self.last_lg > self.upper and self.last_lg > self.healthy)
 
 
@@ -284,6 +330,26 @@ def _first_non_finite(record: StepRecord) -> tuple[int | None, TensorKind, str, 
     if bad:
         return bad[0], "update", _kind(layers[bad[0]].update_norm), bad
     return None
+
+
+def _layer_figures(layers: list[LayerRecord]) -> tuple[float, float, float, list[float]]:
+    """(sum of squared update norms, largest update-to-weight ratio, largest activation std,
+    weight norms) of a record's layers, each in its own pass: what :meth:`Monitor.observe`
+    computes in one pass, for a record its scan found non-finite values in."""
+    usq = 0.0
+    for lr in layers:
+        usq += lr.update_norm * lr.update_norm
+    rewrite = 0.0
+    for lr in layers:
+        if lr.weight_norm > 0:
+            r = lr.update_norm / lr.weight_norm
+            if r > rewrite:
+                rewrite = r
+    act = 0.0
+    for lr in layers:
+        if lr.act_std is not None and lr.act_std > act:
+            act = lr.act_std
+    return usq, rewrite, act, [lr.weight_norm for lr in layers]
 
 
 def _kind(v: float | None) -> str:
@@ -323,29 +389,80 @@ class Monitor:
         """Feed one step; returns the alerts this step raised (usually none)."""
         if self._non_finite_seen:
             return []
-        nf = None
-        if not (math.isfinite(record.loss) and math.isfinite(record.grad_norm)):
-            nf = _first_non_finite(record) or (None, "loss", _kind(record.loss), [])
-        else:
-            for lr in record.layers:  # cheap scan for a non-finite weight/update/activation
-                if not (math.isfinite(lr.weight_norm) and math.isfinite(lr.update_norm)
-                        and math.isfinite(lr.grad_norm)
-                        and (lr.act_std is None or math.isfinite(lr.act_std))):
-                    nf = _first_non_finite(record)
-                    break
-        if nf is not None:
+        loss, layers = record.loss, record.layers
+        if not (math.isfinite(loss) and math.isfinite(record.grad_norm)):
+            nf = _first_non_finite(record) or (None, "loss", _kind(loss), [])
             return self._non_finite(record, *nf)
-
-        st = self.state
-        lg = safe_log(record.grad_norm)
-        ll = safe_log(record.loss)
+        # one pass over the layers: the scan for a non-finite weight/update/gradient/activation,
+        # the update's squared norm, the largest update-to-weight ratio (rule 4), the weights,
+        # the largest activation std (the forecast)
         usq = 0.0
-        for lr in record.layers:
-            usq += lr.update_norm * lr.update_norm
-        lu = 0.5 * safe_log(usq) if record.layers else math.nan
+        rewrite = 0.0
+        act = 0.0
+        weights: list[float] = []
+        for lr in layers:
+            w, u, a = lr.weight_norm, lr.update_norm, lr.act_std
+            if not (math.isfinite(w) and math.isfinite(u) and math.isfinite(lr.grad_norm)
+                    and (a is None or math.isfinite(a))):
+                found = _first_non_finite(record)
+                if found is not None:
+                    return self._non_finite(record, *found)
+                usq, rewrite, act, weights = _layer_figures(layers)
+                break
+            usq += u * u
+            if w > 0:
+                r = u / w
+                if r > rewrite:
+                    rewrite = r
+            if a is not None and a > act:
+                act = a
+            weights.append(w)
+
+        g = record.grad_norm  # safe_log, written out (three times a step)
+        lg = math.log(g) if g > 0.0 else -745.0 if g == 0.0 else math.nan
+        ll = math.log(loss) if loss > 0.0 else -745.0 if loss == 0.0 else math.nan
+        lu = (0.5 * (math.log(usq) if usq > 0.0 else -745.0 if usq == 0.0 else math.nan)
+              if layers else math.nan)
+        self.advance(record, lg, ll, lu, rewrite, act, weights)
+        return self.judge(record)
+
+    @property
+    def non_finite_seen(self) -> bool:
+        """A non-finite value was seen: :meth:`observe` ignores every later record."""
+        return self._non_finite_seen
+
+    def advance(self, record: StepRecord, lg: float, ll: float, lu: float, rewrite: float,
+                act: float, weights: list[float]) -> None:
+        """The state update of :meth:`observe` for a finite ``record`` whose figures the caller
+        computed as :meth:`observe` does: the logs of its global norm, its loss and its whole
+        update's norm, its largest update-to-weight ratio (0 if none), its largest activation
+        std (0 if none) and its layers' weight norms. :meth:`judge` (or, when :meth:`quiet`,
+        nothing) must follow."""
+        st = self.state
         st.update(record.step, lg, ll, record.loss, lu)
-        self._track_overshoot(record, ll)
-        self.forecaster.update(record, lg, st.run_len > 0)
+        self._track_overshoot(record, ll, rewrite, weights)
+        self.forecaster.update(record, lg, st.run_len > 0, act, ll)
+
+    def quiet(self) -> bool:
+        """After :meth:`advance`: :meth:`judge` would raise no alert and change nothing (no
+        rule holds, no growth warning, setback or catapult is within reach)."""
+        if self.explosion_confirmed:
+            return True
+        st = self.state
+        n = st.n
+        return not (st.last_lg >= 0.5 * self._log_limit  # overflow_course()
+                    or ((st._persist_run >= PERSIST + 1 or st._persist_far >= PERSIST)
+                        and n > 1)  # runaway()
+                    or self._overshoot is not None
+                    or (not self._warned_growth and st.run_len >= MIN_RUN)
+                    or (not self._catapult_seen and n <= CATAPULT_WINDOW)
+                    or (not self._setback_seen and n > WARMUP + RECENT
+                        and st.setback_possible()))
+
+    def judge(self, record: StepRecord) -> list[Finding]:
+        """After :meth:`advance`: the rules, warnings and transients at ``record``; the alerts
+        it raised (what :meth:`observe` returns)."""
+        st = self.state
         if self.explosion_confirmed:
             return []
         new: list[Finding] = []
@@ -356,10 +473,11 @@ class Monitor:
             self.explosion_confirmed = True
             self.confirmed_at = record.step
             new.append(self._explosion_finding(record, rule))
-        elif not self._warned_growth and st.growing():
+        elif not self._warned_growth and st.run_len >= MIN_RUN and st.growing():
             self._warned_growth = True
             new.append(self._growth_warning(record))
-        if rule is None:
+        if rule is None and ((not self._setback_seen and st.n > WARMUP + RECENT)
+                             or (not self._catapult_seen and st.n <= CATAPULT_WINDOW)):
             new += self._transients(record)
         self.alerts.extend(new)
         return new
@@ -411,14 +529,11 @@ class Monitor:
                 c[2] = 0.0
         return out
 
-    def _track_overshoot(self, record: StepRecord, ll: float) -> None:
-        """Rule 4 state: consecutive weight-rewriting updates and the loss before them."""
-        rewrite = 0.0
-        for lr in record.layers:
-            if lr.weight_norm > 0:
-                r = lr.update_norm / lr.weight_norm
-                if r > rewrite:
-                    rewrite = r
+    def _track_overshoot(self, record: StepRecord, ll: float, rewrite: float,
+                         weights: list[float]) -> None:
+        """Rule 4 state: consecutive weight-rewriting updates and the loss before them
+        (``rewrite``: the record's largest update-to-weight ratio, 0 if none; ``weights``: its
+        layers' weight norms)."""
         if rewrite >= REWRITE:
             if self._rewrite_from_step < 0:
                 # the loss before the first rewriting update (this record's loss was computed
@@ -435,7 +550,7 @@ class Monitor:
         else:
             self._rewrite_from_step = -1
         self._prev_ll = ll
-        self._prev_weights = [lr.weight_norm for lr in record.layers]
+        self._prev_weights = weights
 
     # ---------------------------------------------------------------- findings
     def _non_finite(self, record: StepRecord, layer: int | None, tensor: TensorKind,

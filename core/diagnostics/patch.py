@@ -8,9 +8,39 @@ spec and the repaired spec (both ``model_dump(mode="json")``), so applying it wi
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
-__all__ = ["apply_merge_patch", "create_merge_patch"]
+__all__ = ["apply_merge_patch", "copy_json", "create_merge_patch", "same_json"]
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def copy_json(value: Any) -> Any:
+    """A deep copy of a JSON document (dicts, lists, scalars): ``copy.deepcopy`` without its
+    bookkeeping (anything else is deep-copied as such)."""
+    if isinstance(value, dict):
+        return {k: copy_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [copy_json(v) for v in value]
+    if isinstance(value, _SCALARS):
+        return value
+    return copy.deepcopy(value)
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """``a`` and ``b`` are the same JSON document: same types (``1``, ``1.0`` and ``True``
+    differ), same key order, same float bits' values (``-0.0`` differs from ``0.0``; NaN
+    never matches)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(same_json(v, b[k]) for k, v in a.items())
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float):
+        return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
+    return isinstance(a, _SCALARS) and bool(a == b)
 
 
 def apply_merge_patch(target: Any, patch: Any) -> Any:
@@ -20,8 +50,8 @@ def apply_merge_patch(target: Any, patch: Any) -> Any:
     included, replaces the target whole.
     """
     if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result: dict[str, Any] = copy.deepcopy(target) if isinstance(target, dict) else {}
+        return copy_json(patch)
+    result: dict[str, Any] = copy_json(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if value is None:
             result.pop(key, None)

@@ -10,7 +10,6 @@ only if applying it and re-validating gives exactly the edited spec.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from core.diagnostics.analytic import init_profile, matched_init
-from core.diagnostics.patch import apply_merge_patch, create_merge_patch
+from core.diagnostics.patch import apply_merge_patch, copy_json, create_merge_patch, same_json
 from core.diagnostics.report import Action, Recommendation
 from core.spec import SGD, GlobalNormClipping, TrainingSpec
 
@@ -57,7 +56,7 @@ def _round(x: float, digits: int = 2) -> float:
 def spec_patch(spec: TrainingSpec, edit: Callable[[dict[str, Any]], None]) -> dict[str, Any] | None:
     """The merge patch taking ``spec`` to ``edit(spec as JSON)``, or None if invalid/no-op."""
     source = spec.model_dump(mode="json")
-    target = copy.deepcopy(source)
+    target = copy_json(source)
     edit(target)
     try:
         repaired = TrainingSpec.model_validate(target)
@@ -67,8 +66,11 @@ def spec_patch(spec: TrainingSpec, edit: Callable[[dict[str, Any]], None]) -> di
     patch = create_merge_patch(source, repaired_json)
     if not isinstance(patch, dict) or not patch:
         return None
+    patched = apply_merge_patch(source, patch)
+    if same_json(patched, target):  # validates to ``repaired`` again: nothing to check
+        return patch
     try:
-        check = TrainingSpec.model_validate(apply_merge_patch(source, patch))
+        check = TrainingSpec.model_validate(patched)
     except ValidationError:  # pragma: no cover - create_merge_patch guarantees this
         return None
     if check.model_dump(mode="json") != repaired_json:

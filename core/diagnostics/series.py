@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import attrgetter
@@ -45,28 +46,40 @@ class RunSeries:
     layer: dict[str, np.ndarray]
     present: dict[str, np.ndarray]  # per-layer field: which entries were recorded (not None)
     n_layers: int
+    # every record holds layers 0..n_layers-1, in order, once each (the trainer's records)
+    regular: bool = True
 
     @classmethod
     def from_records(cls, spec: TrainingSpec, records: Sequence[StepRecord]) -> RunSeries:
         """Columns from records in any order (sorted by step, duplicates dropped)."""
-        by_step: dict[int, StepRecord] = {}
-        for r in records:
-            by_step[r.step] = r
-        ordered = [by_step[s] for s in sorted(by_step)]
+        steps: list[int] = list(map(_STEP, records))
+        if all(map(operator.lt, steps, steps[1:])):  # the usual: in order, each step once
+            ordered: Sequence[StepRecord] = records
+        else:
+            by_step: dict[int, StepRecord] = {}
+            for r in records:
+                by_step[r.step] = r
+            ordered = [by_step[s] for s in sorted(by_step)]
+            steps = list(map(_STEP, ordered))
         n_layers = len(spec.model.hidden) + 1
-        layer, present = _layer_columns(ordered, n_layers)
+        layer, present, regular = _layer_columns(ordered, n_layers)
+
+        def column(name: str, dtype: type) -> np.ndarray:
+            return np.array(list(map(attrgetter(name), ordered)), dtype=dtype)
+
         return cls(
             spec=spec,
-            step=np.array([r.step for r in ordered], dtype=np.int64),
-            epoch=np.array([r.epoch for r in ordered], dtype=np.int64),
-            loss=np.array([r.loss for r in ordered], dtype=np.float64),
-            grad_norm=np.array([r.grad_norm for r in ordered], dtype=np.float64),
-            clipped_grad_norm=np.array([r.clipped_grad_norm for r in ordered], dtype=np.float64),
-            lr=np.array([r.lr for r in ordered], dtype=np.float64),
+            step=np.array(steps, dtype=np.int64),
+            epoch=column("epoch", np.int64),
+            loss=column("loss", np.float64),
+            grad_norm=column("grad_norm", np.float64),
+            clipped_grad_norm=column("clipped_grad_norm", np.float64),
+            lr=column("lr", np.float64),
             clipped=np.array([bool(r.clipped) for r in ordered], dtype=bool),
             layer=layer,
             present=present,
             n_layers=n_layers,
+            regular=regular,
         )
 
     def __len__(self) -> int:
@@ -90,11 +103,13 @@ class RunSeries:
 
 
 _GETTERS = {name: attrgetter(name) for name in ("layer", *_LAYER_FIELDS)}
+_STEP = attrgetter("step")
 
 
 def _layer_columns(ordered: Sequence[StepRecord], n_layers: int
-                   ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Per-layer fields as ``(n, n_layers)`` columns (NaN where absent) and their presence.
+                   ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], bool]:
+    """Per-layer fields as ``(n, n_layers)`` columns (NaN where absent), their presence, and
+    whether the records' layers were the usual ones.
 
     The usual records (every step holds layers ``0..n_layers-1`` in order) are read a field
     at a time (C-speed attribute reads, None -> NaN in the conversion); anything else goes
@@ -102,10 +117,18 @@ def _layer_columns(ordered: Sequence[StepRecord], n_layers: int
     n = len(ordered)
     flat = [lr_ for r in ordered for lr_ in r.layers]
     if list(map(_GETTERS["layer"], flat)) != list(range(n_layers)) * n:
-        return _layer_columns_per_cell(ordered, n_layers)
+        return (*_layer_columns_per_cell(ordered, n_layers), False)
     layer: dict[str, np.ndarray] = {}
     present: dict[str, np.ndarray] = {}
     for name in _LAYER_FIELDS:
+        get = _GETTERS[name]
+        if flat and None not in map(get, flat[:n_layers]):
+            # the usual: every value recorded and none NaN (fromiter reads None as NaN too)
+            arr = np.fromiter(map(get, flat), np.float64, len(flat))
+            if not np.isnan(arr).any():
+                layer[name] = arr.reshape(n, n_layers)
+                present[name] = np.ones((n, n_layers), dtype=bool)
+                continue
         vals: list[Any] = list(map(_GETTERS[name], flat))
         absent = vals.count(None)
         if absent == len(vals):
@@ -119,7 +142,7 @@ def _layer_columns(ordered: Sequence[StepRecord], n_layers: int
                 have = np.ones((n, n_layers), dtype=bool)
         layer[name] = arr
         present[name] = have
-    return layer, present
+    return layer, present, True
 
 
 def _layer_columns_per_cell(ordered: Sequence[StepRecord], n_layers: int

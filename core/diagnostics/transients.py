@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.diagnostics.detectors import Context, log_of, median, segment
+from core.diagnostics.detectors import Context, log_of, segment
+from core.diagnostics.medians import median
 from core.diagnostics.monitor import WARMUP
 from core.diagnostics.report import Finding, fmt
 from core.diagnostics.series import RunSeries
@@ -73,25 +74,39 @@ def _excursions(ctx: Context, include_open: bool) -> list[Spike]:
     ll = s.loss
     n = len(s)
     spikes: list[Spike] = []
-    i = WARMUP + 1  # no band before the baseline is established
-    while i < n:
-        prev_base, prev_up = rep.base[i - 1], rep.upper[i - 1]
-        if not (np.isfinite(lg[i]) and np.isfinite(prev_up)) or lg[i] <= prev_up:
-            i += 1
+    if n <= WARMUP + 1:  # no band before the baseline is established
+        return spikes
+    # where an excursion can start: a finite norm above the finite band edge of the record
+    # before; the scans below run over Python floats (each record is visited once)
+    up = rep.upper[:n]  # (the replay saw every record: duplicated steps too)
+    with np.errstate(invalid="ignore"):
+        above = np.isfinite(lg[1:]) & np.isfinite(up[:-1]) & (lg[1:] > up[:-1])
+    starts = (np.flatnonzero(above[WARMUP:]) + WARMUP + 1).tolist()
+    lgl: list[float] = lg.tolist()
+    base: list[float] = rep.base.tolist()
+    upper: list[float] = up.tolist()
+    initial = median(ll[:3])
+    i = WARMUP + 1
+    for i0 in starts:
+        if i0 < i:
             continue
+        i = i0
+        prev_base, prev_up = base[i - 1], upper[i - 1]
         j = i
-        while j < n and not (np.isfinite(lg[j]) and lg[j] <= prev_up):
+        while j < n and not (math.isfinite(lgl[j]) and lgl[j] <= prev_up):
             j += 1
         if j >= n and not include_open:
             break
         seg = slice(i, min(j, n))
-        fin = np.where(np.isfinite(lg[seg]), lg[seg], -np.inf)
-        k = i + int(np.argmax(fin))
+        k, top = i, -math.inf  # the first largest finite norm (the start if none is finite)
+        for t in range(i, min(j, n)):
+            v = lgl[t]
+            if v > top and math.isfinite(v):
+                k, top = t, v
         pre = median(ll[max(0, i - SPIKE_WINDOW):i])
         peak_loss = float(np.nanmax(np.where(np.isfinite(ll[seg]), ll[seg], np.nan))) if np.isfinite(ll[seg]).any() else math.nan
         post = median(ll[i:i + SPIKE_WINDOW])
-        ratio = float(math.exp(lg[k] - prev_base)) if np.isfinite(lg[k]) else math.inf
-        initial = median(ll[:3])
+        ratio = float(math.exp(lgl[k] - prev_base)) if math.isfinite(lgl[k]) else math.inf
         gained = initial - pre
         lost = (post - pre) / gained if gained > 0 else math.inf
         spikes.append(Spike(i, j, k, ratio, peak_loss / pre if pre > 0 else math.nan,

@@ -24,7 +24,7 @@ async function showSweep(root, sweepId) {
   const img = h("img", { id: "stability-plot", alt: "stability map" });
   const distinct = axisValues(sweep);
   const { view, ignored } = viewFromURL(sweep, distinct);
-  const note = h("p", { id: "view-note", class: "error", hidden: ignored.length === 0 },
+  const note = h("p", { id: "view-note", class: "notice", hidden: ignored.length === 0 },
     ignored.length ? `Not in this sweep: ${ignored.join("; ")}.` : "");
   const showView = () => history.replaceState(null, "", `${location.pathname}?${viewQuery(view, sweep)}`);
   if (ignored.length) showView();  // the address shows the view drawn

@@ -57,303 +57,62 @@ What these leave out recovers by itself and is reported, not stopped: a single o
 edge-of-stability oscillation, Adam's late spikes on a converged net (the norm jumps from
 1e-6 toward, not past, its healthy scale). While growth is underway the monitor forecasts the
 steps left until float overflow (see :mod:`core.diagnostics.forecast`).
+
+Its thresholds and running state (:class:`MonitorState`) live in
+:mod:`core.diagnostics.monitor_state`, what it reads off a record's layers outside its per-step
+pass in :mod:`core.diagnostics.record_scan`; both are re-exported here.
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
 
 from core.diagnostics.forecast import OverflowForecaster, overflow_limit
+from core.diagnostics.monitor_state import (
+    ALPHA,
+    BAND_MIN,
+    CATAPULT_JUMP,
+    CATAPULT_WINDOW,
+    FEEDBACK,
+    HARM,
+    MAX_SPREAD,
+    MIN_RUN,
+    MIN_SPREAD,
+    OVERSHOOT_LOSS,
+    PERSIST,
+    RECENT,
+    REWRITE,
+    RUN_GROWTH,
+    RUNAWAY,
+    WARMUP,
+    MonitorState,
+    exp_or_inf,
+)
+from core.diagnostics.record_scan import first_non_finite, growing_layers, layer_figures, nan_or_inf
 from core.diagnostics.report import Finding, fmt
 from core.spec import TrainingSpec
-from core.telemetry import LayerRecord, StepRecord, TensorKind
+from core.telemetry import StepRecord, TensorKind
 
-__all__ = ["Monitor", "MonitorState"]
-
-WARMUP = 5
-ALPHA = 0.05  # EMA weight of the baseline once warmed up (time constant ~20 records)
-MIN_SPREAD = math.log(1.25)
-MAX_SPREAD = math.log(2.0)  # a "normal band" wider than x8 (3 spreads) would not be one
-BAND_MIN = math.log(2.0)
-MIN_RUN = 3  # consecutive increases that make a growth warning
-RUN_GROWTH = math.log(4.0)
-FEEDBACK = 0.5
-RUNAWAY = math.log(10.0)  # rule 3: an order of magnitude above the healthy scale H
-PERSIST = 2  # rules 3 and 4: a condition must hold on consecutive records (not one batch)
-HARM = 0.5  # share of the progress a harmed loss has undone
-RECENT = 21  # losses whose median is "the loss now" (an outlier batch cannot move it)
-REWRITE = 0.5
-CATAPULT_JUMP = 2.0
-CATAPULT_WINDOW = 50  # records in which a catapult can start and come back
-OVERSHOOT_LOSS = math.log(10.0)
-
-
-class MonitorState:
-    """Running baseline B, healthy scale H, normal band, loss levels and growth run."""
-
-    __slots__ = (
-        "_loss_lavg",
-        "_persist_far",
-        "_persist_run",
-        "_warm",
-        "_warm_loss",
-        "base",
-        "best_loss",
-        "healthy",
-        "last_lg",
-        "last_ll",
-        "last_step",
-        "loss",
-        "loss_avg",
-        "loss_ref",
-        "n",
-        "recent",
-        "recent_steps",
-        "run_len",
-        "run_max_inc",
-        "run_start_lg",
-        "run_start_ll",
-        "run_start_step",
-        "spread",
-        "ubase",
-        "uhealthy",
-    )
-
-    def __init__(self) -> None:
-        self.n = 0
-        self._warm: list[float] = []
-        self._warm_loss: list[float] = []
-        self.base = math.nan
-        self.healthy = math.nan
-        self.spread = MIN_SPREAD
-        self.loss_ref = math.nan  # log L0
-        self.loss = math.nan  # the current loss (linear)
-        self.loss_avg = math.nan  # geometric moving average of the loss
-        self._loss_lavg = math.nan
-        self.best_loss = math.inf  # L* (linear)
-        self.last_lg = math.nan
-        self.last_ll = math.nan
-        self.last_step = -1
-        self.run_len = 0
-        self.run_max_inc = 0.0
-        self.run_start_lg = math.nan
-        self.run_start_ll = math.nan
-        self.run_start_step = 0
-        self.ubase = math.nan
-        self.uhealthy = math.nan
-        self.recent: deque[float] = deque(maxlen=RECENT)
-
-        self.recent_steps: deque[int] = deque(maxlen=RECENT)
-        self._persist_run = 0
-        self._persist_far = 0
-
-    @property
-    def upper(self) -> float:
-        """Upper edge of the normal band (log scale)."""
-        w = 3.0 * self.spread
-        return self.base + (BAND_MIN if w < BAND_MIN else w)  # max(3 spread, BAND_MIN)
-
-    @property
-    def initial_loss(self) -> float:
-        return _exp(self.loss_ref)
-
-    def loss_harm(self) -> float:
-        """Share of the progress (L0 - L*) the current loss has undone (see the module doc)."""
-        l0, best = _exp(self.loss_ref), self.best_loss
-        progress = l0 - best
-        if not progress > 0:
-            return math.inf if self.loss > l0 else 0.0
-        return (self.loss - best) / progress
-
-    def harmed(self) -> bool:
-        return self.loss_harm() >= HARM and self.loss >= 2.0 * self.best_loss
-
-    def update(self, step: int, lg: float, ll: float, loss: float, lu: float = math.nan) -> None:
-        """Feed one finite step: log global norm ``lg``, log loss ``ll``, the loss and the log
-        norm ``lu`` of the whole weight update (NaN when not recorded)."""
-        # (runs on every step of every run: the state is read into locals once, and each
-        # expression is the one the docstrings define, in the same order of operations)
-        n = self.n
-        last_lg = self.last_lg
-        if n > 0 and lg > last_lg:
-            if self.run_len == 0:
-                self.run_start_lg, self.run_start_ll = last_lg, self.last_ll
-                self.run_start_step = self.last_step
-                self.run_max_inc = 0.0
-            self.run_len += 1
-            inc = lg - last_lg
-            if inc > self.run_max_inc:  # max(run_max_inc, inc)
-                self.run_max_inc = inc
-        else:
-            self.run_len = 0
-        if n < WARMUP:
-            self._warm.append(lg)
-            w = sorted(self._warm)
-            self.base = w[len(w) // 2] if len(w) % 2 else 0.5 * (w[len(w) // 2 - 1] + w[len(w) // 2])
-            dev = sorted(abs(v - self.base) for v in w)
-            mad = 1.4826 * dev[len(dev) // 2] if len(w) >= 3 else MIN_SPREAD
-            self.spread = min(MAX_SPREAD, max(MIN_SPREAD, mad))
-            # L0: the median loss of the first records (one lucky or unlucky batch cannot set it)
-            self._warm_loss.append(ll)
-            wl = sorted(self._warm_loss)
-            self.loss_ref = wl[(len(wl) - 1) // 2]
-            # H starts at the first record's norm: the warm-up median may already contain the
-            # growth of a run that explodes from step 0
-            if self.healthy != self.healthy:
-                self.healthy = lg
-            base, spread = self.base, self.spread
-        else:
-            # (max(a, b) written out as ``b if b > a else a``, min(a, b) as ``b if b < a else
-            # a``: the builtins' results, NaN included, without their call)
-            base, spread = self.base, self.spread
-            d = lg - base
-            w3 = 3.0 * spread
-            if d <= (base + (BAND_MIN if w3 < BAND_MIN else w3)) - base:  # in the band or below
-                lim = 2.0 * spread
-                c = d if d < lim else lim  # min(lim, d)
-                base += ALPHA * (c if c > -lim else -lim)  # max(-lim, min(lim, d))
-                a = abs(d)
-                spread += ALPHA * ((w3 if w3 < a else a) - spread)  # min(|d|, 3 spread)
-                spread = MIN_SPREAD if spread < MIN_SPREAD else spread
-                spread = spread if spread < MAX_SPREAD else MAX_SPREAD
-                self.base, self.spread = base, spread
-            if base > self.healthy:
-                self.healthy = base
-        w3 = 3.0 * spread
-        upper = base + (BAND_MIN if w3 < BAND_MIN else w3)
-        if n < WARMUP or lg <= upper:
-            # the update's own healthy scale, tracked on the records the baseline tracks
-            ubase = self.ubase
-            ubase = lu if ubase != ubase else ubase + ALPHA * (lu - ubase)
-            self.ubase = ubase
-            if not self.uhealthy >= ubase:
-                self.uhealthy = ubase
-        self.loss = loss
-        self.recent.append(loss)
-        self.recent_steps.append(step)
-        # geometric moving average: one outlier batch moves it by a factor, not by its size
-        lavg = ll if n == 0 else self._loss_lavg + ALPHA * (ll - self._loss_lavg)
-        self._loss_lavg = lavg
-        loss_avg = _exp(lavg)
-        self.loss_avg = loss_avg
-        l0 = _exp(self.loss_ref)
-        if n >= WARMUP:
-            if loss_avg < self.best_loss:
-                self.best_loss = loss_avg
-        else:
-            self.best_loss = min(self.best_loss, l0)
-        self.n = n + 1
-        self.last_lg, self.last_ll, self.last_step = lg, ll, step
-        # harmed() (loss_harm() >= HARM and loss >= 2 L*), written out
-        best = self.best_loss
-        progress = l0 - best
-        harm = (loss - best) / progress if progress > 0 else (math.inf if loss > l0 else 0.0)
-        harmed = harm >= HARM and loss >= 2.0 * best
-        healthy = self.healthy
-        feeds = not (lu - self.uhealthy < FEEDBACK * (lg - healthy))  # NaN: no veto
-        far = lg - healthy >= RUNAWAY and lg > upper and feeds
-        self._persist_run = self._persist_run + 1 if far and harmed else 0
-        very_far = far and lg - healthy >= 2.0 * RUNAWAY
-        self._persist_far = self._persist_far + 1 if very_far and harmed else 0
-
-    def overflow_course(self, limit: float) -> bool:
-        """Rule 2: the norm reached the square root of the overflow limit (log ``limit``)."""
-        return self.last_lg >= 0.5 * limit
-
-    def runaway(self) -> bool:
-        """Rule 3: an order of magnitude above H for PERSIST + 1 records (two for PERSIST),
-        the loss harmed."""
-        return (self._persist_run >= PERSIST + 1 or self._persist_far >= PERSIST) and self.n > 1
-
-    def _setback_levels(self) -> tuple[float, float]:
-        best, l0 = self.best_loss, _exp(self.loss_ref)
-        return 2.0 * best, best + HARM * max(l0 - best, 0.0)
-
-    def setback_possible(self) -> bool:
-        """False when :meth:`setback` is surely False: the largest of the last losses is below
-        a level (the median is at most the largest: they are finite). No sort."""
-        twice, halfway = self._setback_levels()
-        if self.recent:
-            top = max(self.recent)
-            if top < twice or top < halfway:
-                return False
-        return True
-
-    def setback(self) -> bool:
-        """The median of the last RECENT losses is harmed (see ``harmed``)."""
-        if not self.setback_possible():
-            return False
-        twice, halfway = self._setback_levels()
-        med = self.recent_median()
-        return med >= twice and med >= halfway
-
-    def persist(self) -> int:
-        """Consecutive records the norm has been >= RUNAWAY x H with the loss harmed."""
-        return self._persist_run
-
-    def recent_median(self) -> float:
-        """Median of the last RECENT losses (NaN before there are that many)."""
-        return sorted(self.recent)[RECENT // 2] if len(self.recent) == RECENT else math.nan
-
-    def growing(self) -> bool:
-        """Growth worth a warning: a run of increases out of the band, above H."""
-        if self.run_len < MIN_RUN:
-            return False
-        growth = self.last_lg - max(self.run_start_lg, self.base)
-        return (growth - self.run_max_inc >= RUN_GROWTH
-                and self.last_lg > self.upper and self.last_lg > self.healthy)
-
-
-def _first_non_finite(record: StepRecord) -> tuple[int | None, TensorKind, str, list[int]] | None:
-    """(layer, tensor, 'nan'|'inf', layers) of the first non-finite value in computation order."""
-    layers = record.layers
-    bad = [lr.layer for lr in layers
-           if (lr.act_mean is not None and not math.isfinite(lr.act_mean))
-           or (lr.act_std is not None and not math.isfinite(lr.act_std))]
-    if bad:
-        lr0 = layers[bad[0]] if bad[0] < len(layers) else layers[0]
-        v = lr0.act_mean if lr0.act_mean is not None and not math.isfinite(lr0.act_mean) else lr0.act_std
-        return bad[0], "activation", _kind(v), bad
-    if not math.isfinite(record.loss):
-        return None, "loss", _kind(record.loss), []
-    bad = [lr.layer for lr in layers if not math.isfinite(lr.grad_norm)]
-    if bad:
-        v = layers[bad[-1]].grad_norm if bad[-1] < len(layers) else math.nan
-        return bad[-1], "gradient", _kind(v), bad
-    if not math.isfinite(record.grad_norm):
-        return None, "gradient", _kind(record.grad_norm), []
-    bad = [lr.layer for lr in layers if not math.isfinite(lr.weight_norm)]
-    if bad:
-        return bad[0], "weight", _kind(layers[bad[0]].weight_norm), bad
-    bad = [lr.layer for lr in layers if not math.isfinite(lr.update_norm)]
-    if bad:
-        return bad[0], "update", _kind(layers[bad[0]].update_norm), bad
-    return None
-
-
-def _layer_figures(layers: list[LayerRecord]) -> tuple[float, float, float, list[float]]:
-    """(sum of squared update norms, largest update-to-weight ratio, largest activation std,
-    weight norms) of a record's layers, each in its own pass: what :meth:`Monitor.observe`
-    computes in one pass, for a record its scan found non-finite values in."""
-    usq = 0.0
-    for lr in layers:
-        usq += lr.update_norm * lr.update_norm
-    rewrite = 0.0
-    for lr in layers:
-        if lr.weight_norm > 0:
-            r = lr.update_norm / lr.weight_norm
-            if r > rewrite:
-                rewrite = r
-    act = 0.0
-    for lr in layers:
-        if lr.act_std is not None and lr.act_std > act:
-            act = lr.act_std
-    return usq, rewrite, act, [lr.weight_norm for lr in layers]
-
-
-def _kind(v: float | None) -> str:
-    return "nan" if v is None or v != v else "inf"
+__all__ = [
+    "ALPHA",
+    "BAND_MIN",
+    "CATAPULT_JUMP",
+    "CATAPULT_WINDOW",
+    "FEEDBACK",
+    "HARM",
+    "MAX_SPREAD",
+    "MIN_RUN",
+    "MIN_SPREAD",
+    "OVERSHOOT_LOSS",
+    "PERSIST",
+    "RECENT",
+    "REWRITE",
+    "RUNAWAY",
+    "RUN_GROWTH",
+    "WARMUP",
+    "Monitor",
+    "MonitorState",
+]
 
 
 class Monitor:
@@ -391,7 +150,7 @@ class Monitor:
             return []
         loss, layers = record.loss, record.layers
         if not (math.isfinite(loss) and math.isfinite(record.grad_norm)):
-            nf = _first_non_finite(record) or (None, "loss", _kind(loss), [])
+            nf = first_non_finite(record) or (None, "loss", nan_or_inf(loss), [])
             return self._non_finite(record, *nf)
         # one pass over the layers: the scan for a non-finite weight/update/gradient/activation,
         # the update's squared norm, the largest update-to-weight ratio (rule 4), the weights,
@@ -404,10 +163,10 @@ class Monitor:
             w, u, a = lr.weight_norm, lr.update_norm, lr.act_std
             if not (math.isfinite(w) and math.isfinite(u) and math.isfinite(lr.grad_norm)
                     and (a is None or math.isfinite(a))):
-                found = _first_non_finite(record)
+                found = first_non_finite(record)
                 if found is not None:
                     return self._non_finite(record, *found)
-                usq, rewrite, act, weights = _layer_figures(layers)
+                usq, rewrite, act, weights = layer_figures(layers)
                 break
             usq += u * u
             if w > 0:
@@ -578,9 +337,9 @@ class Monitor:
         st = self.state
         return {
             "grad_norm": record.grad_norm,
-            "baseline_grad_norm": _exp(st.base),
-            "healthy_grad_norm": _exp(st.healthy),
-            "ratio_to_healthy": _ratio(record.grad_norm, _exp(st.healthy)),
+            "baseline_grad_norm": exp_or_inf(st.base),
+            "healthy_grad_norm": exp_or_inf(st.healthy),
+            "ratio_to_healthy": _ratio(record.grad_norm, exp_or_inf(st.healthy)),
             "loss": record.loss,
             "initial_loss": st.initial_loss,
             "best_loss": st.best_loss,
@@ -599,9 +358,9 @@ class Monitor:
                 f"from {fmt(ev['initial_loss'])} to {fmt(ev['best_loss'])}")
         if rule == "overshoot" and self._overshoot is not None:
             start, ll0, _ll1 = self._overshoot
-            ev.update({"growth_started_at": start, "loss_before": _exp(ll0)})
+            ev.update({"growth_started_at": start, "loss_before": exp_or_inf(ll0)})
             msg = (f"Since step {start} every update has changed the weights by at least "
-                   f"{fmt(REWRITE)} of their norm and the loss went from {fmt(_exp(ll0))} to "
+                   f"{fmt(REWRITE)} of their norm and the loss went from {fmt(exp_or_inf(ll0))} to "
                    f"{fmt(record.loss)}: the gradient is too large for the weights and each step "
                    "throws the network further.")
         elif rule == "overflow_course":
@@ -616,7 +375,7 @@ class Monitor:
         if fc is not None:
             msg += f" {fc.message}"
         return Finding(kind="gradient_explosion", severity="critical", step=record.step,
-                       layers=_growing_layers(record), evidence=ev, message=msg)
+                       layers=growing_layers(record), evidence=ev, message=msg)
 
     def _growth_warning(self, record: StepRecord) -> Finding:
         st = self.state
@@ -624,33 +383,17 @@ class Monitor:
         ev = self.evidence(record)
         ev.update({"growth_started_at": st.run_start_step,
                    "steps_to_overflow": fc.steps_to_overflow if fc else None})
-        msg = (f"The gradient norm grew {fmt(_exp(st.last_lg - st.run_start_lg))}x since step "
+        msg = (f"The gradient norm grew {fmt(exp_or_inf(st.last_lg - st.run_start_lg))}x since step "
                f"{st.run_start_step} to {fmt(record.grad_norm)}, "
                f"{fmt(ev['ratio_to_healthy'])}x the run's healthy scale "
                f"{fmt(ev['healthy_grad_norm'])}; not an explosion unless the loss is harmed.")
         if fc is not None:
             msg += f" {fc.message}"
         return Finding(kind="gradient_growth", severity="warning", step=record.step,
-                       layers=_growing_layers(record), evidence=ev, message=msg)
-
-
-def _growing_layers(record: StepRecord) -> list[int]:
-    """Layers holding most of the gradient: those above half the largest layer norm."""
-    norms = [lr.grad_norm for lr in record.layers]
-    if not norms:
-        return []
-    top = max(norms)
-    return [lr.layer for lr in record.layers if lr.grad_norm >= 0.5 * top]
+                       layers=growing_layers(record), evidence=ev, message=msg)
 
 
 def _ratio(a: float | int | str | None, b: float | int | str | None) -> float:
     if not isinstance(a, int | float) or not isinstance(b, int | float):
         return math.nan
     return a / b if b > 0 else math.inf
-
-
-def _exp(x: float) -> float:
-    try:
-        return math.exp(x)
-    except OverflowError:
-        return math.inf

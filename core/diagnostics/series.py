@@ -14,7 +14,7 @@ import numpy as np
 from core.spec import TrainingSpec
 from core.telemetry import StepRecord
 
-__all__ = ["RunSeries", "layer_activations"]
+__all__ = ["LOG_OF_ZERO", "RunSeries", "layer_activations", "safe_log"]
 
 _LAYER_FIELDS = (
     "grad_norm", "weight_grad_norm", "weight_norm", "update_norm",
@@ -166,10 +166,14 @@ def _layer_columns_per_cell(ordered: Sequence[StepRecord], n_layers: int
     return layer, present
 
 
+LOG_OF_ZERO = -745.0
+"""What :func:`safe_log` gives for 0: below the log of the smallest positive float (-744.44)."""
+
+
 def safe_log(x: float) -> float:
-    """Natural log that maps 0 to a very negative number and keeps NaN/Inf as they are."""
+    """Natural log that maps 0 to :data:`LOG_OF_ZERO` and keeps NaN/Inf as they are."""
     if x > 0.0:
         return math.log(x)
     if x == 0.0:
-        return -745.0
+        return LOG_OF_ZERO
     return math.nan

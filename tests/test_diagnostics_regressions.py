@@ -134,3 +134,16 @@ def test_growth_beyond_float_range_is_forecast_as_infinite_not_raised() -> None:
     fc = mon.forecaster.forecast(4)
     assert fc is not None and fc.growth_per_step == math.inf
     assert "Infinity" in fc.model_dump_json()
+
+
+# ------------------------------------------------------------ repeated steps
+def test_a_history_with_repeated_steps_is_diagnosed_as_its_deduplicated_version() -> None:
+    """A step written twice (a sink retry): the later record is kept, as in the columns."""
+    spec = TrainingSpec.model_validate({"data": F32_CE["data"], "model": F32_CE["model"]})
+    steps = [record(t, 1.5 ** max(0, t - 20), 1.0 + 0.01 * t) for t in range(40)]
+    stale = [record(12, 50.0, 9.0), record(30, 1e-3, 0.5)]  # written first, then again
+    with_dups = [*steps[:12], stale[0], *steps[12:30], stale[1], *steps[30:]]
+    expected = diagnose(History(spec, steps)).model_dump_json()
+    assert diagnose(History(spec, with_dups)).model_dump_json() == expected
+    out_of_order = with_dups[-5:] + with_dups[:-5]  # each stale record still before its retry
+    assert diagnose(History(spec, out_of_order)).model_dump_json() == expected

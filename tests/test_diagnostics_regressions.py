@@ -1,9 +1,13 @@
-"""Diagnosis regressions: histories that made ``diagnose`` (or the live monitor) raise."""
+"""Diagnosis regressions: histories that made ``diagnose`` (or the live monitor) raise, and a
+merge patch whose key order depended on the process."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +19,7 @@ from conftest import make_settings
 from app.run_end import conclude
 from core import Trainer
 from core.batched_monitor import StackMonitor
-from core.diagnostics import Finding, Monitor, diagnose
+from core.diagnostics import Finding, Monitor, create_merge_patch, diagnose
 from core.spec import TrainingSpec
 from core.telemetry import EpochRecord, LayerRecord, NonFiniteEvent, StepRecord
 from core.training_result import TrainingResult
@@ -147,3 +151,27 @@ def test_a_history_with_repeated_steps_is_diagnosed_as_its_deduplicated_version(
     assert diagnose(History(spec, with_dups)).model_dump_json() == expected
     out_of_order = with_dups[-5:] + with_dups[:-5]  # each stale record still before its retry
     assert diagnose(History(spec, out_of_order)).model_dump_json() == expected
+
+
+# ------------------------------------------------------------ merge patch key order
+def test_create_merge_patch_lists_removed_keys_in_the_source_order() -> None:
+    source = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False, "dampening": 0.0,
+              "weight_decay": 0.0}
+    target = {"name": "adam", "lr": 0.001, "weight_decay": 0.0}
+    assert list(create_merge_patch(source, target)) == ["momentum", "nesterov", "dampening",
+                                                        "name", "lr"]
+
+
+_PATCH_ORDER = ("import json; from core.diagnostics import create_merge_patch; "
+                "s = {k: 1 for k in 'abcdefghijklmnop'}; t = {'a': 2}; "
+                "print(json.dumps(list(create_merge_patch(s, t))))")
+
+
+def test_create_merge_patch_order_is_the_same_in_every_process() -> None:
+    outs = set()
+    for seed in ("0", "1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        outs.add(subprocess.run([sys.executable, "-c", _PATCH_ORDER], env=env, check=True,
+                                capture_output=True, text=True,
+                                cwd=Path(__file__).parent.parent).stdout)
+    assert outs == {json.dumps([*"bcdefghijklmnop", "a"]) + "\n"}

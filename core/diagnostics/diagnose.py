@@ -40,7 +40,7 @@ from core.diagnostics.report import (
     Verdict,
     fmt,
 )
-from core.diagnostics.series import RunSeries, layer_activations
+from core.diagnostics.series import RunSeries, layer_activations, unique_steps
 from core.spec import TrainingSpec
 from core.telemetry import NonFiniteEvent, StepRecord
 
@@ -61,7 +61,8 @@ def diagnose(history: Any, *, scale: DataScale | None = None) -> DiagnosticRepor
     spec = history.spec
     if not isinstance(spec, TrainingSpec):
         spec = TrainingSpec.model_validate(spec)
-    records: list[StepRecord] = sorted(getattr(history, "steps", None) or [], key=lambda r: r.step)
+    # the records the columns hold: the replay and the detectors index them together
+    records: list[StepRecord] = unique_steps(getattr(history, "steps", None) or [])
     stop_reason = getattr(history, "stop_reason", None)
     nf_event: NonFiniteEvent | None = getattr(history, "first_non_finite", None)
     final = stop_reason is not None

@@ -12,6 +12,11 @@ usually *accelerates* (growing weights sharpen the curvature, so each step's gro
 exceeds the last): when the increments grow, they are extrapolated geometrically with their
 ratio (the geometric mean of consecutive ratios, capped at 10); otherwise the last increment
 is held constant, ``steps_to_overflow = log(limit / value) / log(rate)``.
+
+A value of exactly 0 (a float32 cross-entropy of ``-0.0`` once the softmax saturates, a norm
+that underflowed) has no log: no growth rate is measured across it (its stand-in
+:data:`~core.diagnostics.series.LOG_OF_ZERO` would read as growth of ~e^745 per step). Figures
+beyond float range (a real jump of more than e^709 in one step) are reported as +inf.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from collections import deque
 import numpy as np
 
 from core.diagnostics.report import Forecast
-from core.diagnostics.series import safe_log
+from core.diagnostics.series import LOG_OF_ZERO, safe_log
 from core.spec import TrainingSpec
 from core.telemetry import StepRecord
 
@@ -79,18 +84,22 @@ class OverflowForecaster:
             ll = safe_log(record.loss)
         self._pending.append((record.step, lg, act, ll))
 
+    def _zero(self, name: str) -> float:
+        """The stand-in for log(0) in the series ``name`` (the loss series is halved for MSE)."""
+        return 0.5 * LOG_OF_ZERO if name == "loss" and self._mse else LOG_OF_ZERO
+
     def rates(self) -> dict[str, float]:
         """Current log growth rate per step of each series (0 when it is not growing)."""
         out: dict[str, float] = {}
         for name, h in self._hist.items():
-            out[name] = _rate(h)
+            out[name] = _rate(h, self._zero(name))
         return out
 
     def forecast(self, step: int) -> Forecast | None:
         """The earliest predicted overflow among the growing series, or None."""
         best: tuple[float, str, float, float, float] | None = None
         for name, h in self._hist.items():
-            rate = _rate(h)
+            rate = _rate(h, self._zero(name))
             if rate <= MIN_RATE or not h:
                 continue
             value = h[-1][1]
@@ -103,7 +112,8 @@ class OverflowForecaster:
         if best is None:
             return None
         steps, name, value, rate, acc = best
-        shown = math.exp(2 * value) if name == "loss" and self._mse else math.exp(value)
+        shown = _exp(2 * value) if name == "loss" and self._mse else _exp(value)
+        growth = _exp(rate)
         predicted = step + math.ceil(steps)
         label = {"grad_norm": "the gradient norm", "activation": "the activations",
                  "loss": "the loss"}[name]
@@ -112,12 +122,12 @@ class OverflowForecaster:
             series=name,
             made_at_step=step,
             value=shown,
-            overflow_at=math.exp(self._limit),
-            growth_per_step=math.exp(rate),
+            overflow_at=_exp(self._limit),
+            growth_per_step=growth,
             acceleration=acc,
             steps_to_overflow=steps,
             predicted_overflow_step=predicted,
-            message=(f"Growing x{math.exp(rate):.3g} per step"
+            message=(f"Growing x{growth:.3g} per step"
                      + (f" and accelerating (x{acc:.2g} per step in log terms)" if acc > 1 else "")
                      + f", {label} would overflow {self.dtype} in ~{steps:.0f} steps "
                      f"(step ~{predicted})."),
@@ -149,15 +159,25 @@ def _steps_to(remaining: float, rate: float, acc: float) -> float:
     return float(n)
 
 
-def _rate(h: deque[tuple[int, float]]) -> float:
+def _rate(h: deque[tuple[int, float]], zero: float) -> float:
+    """The last per-step log increment if the series rose over the window and over its last
+    step; 0 otherwise, or when one of those values is non-finite or ``zero`` (log 0)."""
     if len(h) < 2:
         return 0.0
     (s0, v0), (s1, v1) = h[0], h[-1]
     (sp, vp) = h[-2]
-    if not all(math.isfinite(v) for v in (v0, v1, vp)):
+    if not all(math.isfinite(v) and v != zero for v in (v0, v1, vp)):
         return 0.0
     window = (v1 - v0) / max(1, s1 - s0)
     last = (v1 - vp) / max(1, s1 - sp)
     if window <= 0 or last <= 0:
         return 0.0
     return last
+
+
+def _exp(x: float) -> float:
+    """``math.exp``, +inf beyond float range."""
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return math.inf

@@ -69,8 +69,9 @@ def create_merge_patch(source: Any, target: Any) -> Any:
     if not isinstance(source, dict) or not isinstance(target, dict):
         return copy.deepcopy(target)
     patch: dict[str, Any] = {}
-    for key in source.keys() - target.keys():
-        patch[key] = None
+    for key in source:  # removed keys in the source's order (a set's order varies by process)
+        if key not in target:
+            patch[key] = None
     for key, value in target.items():
         if key not in source:
             patch[key] = _strip_nulls(value)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
@@ -14,7 +14,7 @@ import numpy as np
 from core.spec import TrainingSpec
 from core.telemetry import StepRecord
 
-__all__ = ["RunSeries", "layer_activations"]
+__all__ = ["LOG_OF_ZERO", "RunSeries", "layer_activations", "safe_log", "unique_steps"]
 
 _LAYER_FIELDS = (
     "grad_norm", "weight_grad_norm", "weight_norm", "update_norm",
@@ -51,16 +51,9 @@ class RunSeries:
 
     @classmethod
     def from_records(cls, spec: TrainingSpec, records: Sequence[StepRecord]) -> RunSeries:
-        """Columns from records in any order (sorted by step, duplicates dropped)."""
-        steps: list[int] = list(map(_STEP, records))
-        if all(map(operator.lt, steps, steps[1:])):  # the usual: in order, each step once
-            ordered: Sequence[StepRecord] = records
-        else:
-            by_step: dict[int, StepRecord] = {}
-            for r in records:
-                by_step[r.step] = r
-            ordered = [by_step[s] for s in sorted(by_step)]
-            steps = list(map(_STEP, ordered))
+        """Columns from records in any order (those :func:`unique_steps` keeps)."""
+        ordered = unique_steps(records)
+        steps: list[int] = list(map(_STEP, ordered))
         n_layers = len(spec.model.hidden) + 1
         layer, present, regular = _layer_columns(ordered, n_layers)
 
@@ -100,6 +93,19 @@ class RunSeries:
             vals = self.layer[name]
             ok &= np.all(np.isfinite(vals) | ~self.present[name], axis=1)
         return ok
+
+
+def unique_steps(records: Iterable[StepRecord]) -> list[StepRecord]:
+    """The records sorted by step, each step once: of a step recorded twice (a sink that wrote
+    it again after a retry), the later record."""
+    records = list(records)
+    steps: list[int] = list(map(_STEP, records))
+    if all(map(operator.lt, steps, steps[1:])):  # the usual: in order, each step once
+        return records
+    by_step: dict[int, StepRecord] = {}
+    for r in records:
+        by_step[r.step] = r
+    return [by_step[s] for s in sorted(by_step)]
 
 
 _GETTERS = {name: attrgetter(name) for name in ("layer", *_LAYER_FIELDS)}
@@ -166,10 +172,14 @@ def _layer_columns_per_cell(ordered: Sequence[StepRecord], n_layers: int
     return layer, present
 
 
+LOG_OF_ZERO = -745.0
+"""What :func:`safe_log` gives for 0: below the log of the smallest positive float (-744.44)."""
+
+
 def safe_log(x: float) -> float:
-    """Natural log that maps 0 to a very negative number and keeps NaN/Inf as they are."""
+    """Natural log that maps 0 to :data:`LOG_OF_ZERO` and keeps NaN/Inf as they are."""
     if x > 0.0:
         return math.log(x)
     if x == 0.0:
-        return -745.0
+        return LOG_OF_ZERO
     return math.nan

@@ -64,9 +64,10 @@ def _no_bare_constant(name: str) -> None:
 # --------------------------------------------------------- forecast across an exact zero
 @pytest.fixture(scope="module")
 def zero_loss_run() -> TrainingResult:
-    result = Trainer(TrainingSpec.model_validate(SWEEP_LARGE_27)).run(keep_records=True)
-    assert any(r.loss == 0.0 for r in result.steps) and all(r.loss >= 0 for r in result.steps)
-    return result
+    # On this machine's OpenBLAS the float32 loss of this member reaches exactly 0 (a
+    # saturated softmax); another BLAS may round differently, so that is not asserted here:
+    # the crafted histories below exercise the zero itself on any machine.
+    return Trainer(TrainingSpec.model_validate(SWEEP_LARGE_27)).run(keep_records=True)
 
 
 def test_diagnose_reports_a_run_whose_float32_loss_reached_exactly_zero(

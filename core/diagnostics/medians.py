@@ -12,6 +12,7 @@ gives the same number for both.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -94,7 +95,8 @@ def nan_column_medians(a: np.ndarray) -> np.ndarray:
     axis from 0.0 and halved. Larger arrays go to NumPy itself (a median per column)."""
     rows = a.shape[0]
     if rows == 0 or rows >= 600 or a.dtype != np.float64:
-        with np.errstate(all="ignore"):
+        with warnings.catch_warnings():  # an all-NaN column's "Mean of empty slice"
+            warnings.simplefilter("ignore", RuntimeWarning)
             return np.asarray(np.nanmedian(a, axis=0))
     nan = np.isnan(a)
     filled = np.where(nan, np.inf, a)

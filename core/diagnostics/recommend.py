@@ -6,19 +6,22 @@ from how far the update-to-weight ratio (or, for plain SGD, the observed diverge
 off, the initialisation from the activation's gain. A patch is built by editing the job's
 validated spec and diffing (:func:`core.diagnostics.patch.create_merge_patch`); it is kept
 only if applying it and re-validating gives exactly the edited spec.
+
+The patch machinery lives in :mod:`core.diagnostics.fix_patch` and the spike fixes (Adam's
+epsilon and beta2, a decaying rate, a warmup) in :mod:`core.diagnostics.spike_fixes`; this
+module holds the other fixes and re-exports them all.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
-from pydantic import ValidationError
-
 from core.diagnostics.analytic import init_profile, matched_init
-from core.diagnostics.patch import apply_merge_patch, copy_json, create_merge_patch, same_json
-from core.diagnostics.report import Action, Recommendation
+from core.diagnostics.fix_patch import recommendation, round_significant, spec_patch
+from core.diagnostics.patch import apply_merge_patch
+from core.diagnostics.report import Recommendation
+from core.diagnostics.spike_fixes import adam_beta2, adam_epsilon, decay_learning_rate, warmup
 from core.spec import SGD, GlobalNormClipping, TrainingSpec
 
 __all__ = [
@@ -46,53 +49,13 @@ MAX_LR_CUT = 1e-3  # never cut the learning rate by more than 1000x in one recom
 SAFETY = 0.5  # stay at half the estimated stability limit
 
 
-def _round(x: float, digits: int = 2) -> float:
-    """Round to ``digits`` significant digits (values that read well in a spec)."""
-    if x == 0 or not math.isfinite(x):
-        return x
-    return float(f"{x:.{digits}g}")
-
-
-def spec_patch(spec: TrainingSpec, edit: Callable[[dict[str, Any]], None]) -> dict[str, Any] | None:
-    """The merge patch taking ``spec`` to ``edit(spec as JSON)``, or None if invalid/no-op."""
-    source = spec.model_dump(mode="json")
-    target = copy_json(source)
-    edit(target)
-    try:
-        repaired = TrainingSpec.model_validate(target)
-    except ValidationError:
-        return None
-    repaired_json = repaired.model_dump(mode="json")
-    patch = create_merge_patch(source, repaired_json)
-    if not isinstance(patch, dict) or not patch:
-        return None
-    patched = apply_merge_patch(source, patch)
-    if same_json(patched, target):  # validates to ``repaired`` again: nothing to check
-        return patch
-    try:
-        check = TrainingSpec.model_validate(patched)
-    except ValidationError:  # pragma: no cover - create_merge_patch guarantees this
-        return None
-    if check.model_dump(mode="json") != repaired_json:
-        return None
-    return patch
-
-
-def _rec(action: Action, rationale: str, patch: dict[str, Any] | None,
-         effect: str | None = None) -> Recommendation | None:
-    if patch is None:
-        return None
-    return Recommendation(action=action, rationale=rationale, spec_patch=patch,
-                          expected_effect=effect)
-
-
 # ------------------------------------------------------------------------------ actions
 def clip_gradients(spec: TrainingSpec, typical_norm: float, n_updates: int,
                    peak: float | None = None) -> Recommendation | None:
     """Global-norm clipping at the typical pre-explosion norm (Pascanu et al. 2013)."""
     if not (typical_norm > 0 and math.isfinite(typical_norm)):
         return None
-    max_norm = _round(typical_norm)
+    max_norm = round_significant(typical_norm)
     current = spec.clipping
     if isinstance(current, GlobalNormClipping) and current.max_norm <= max_norm:
         return None  # already clipping at or below the typical norm: clipping is not the fix
@@ -101,7 +64,7 @@ def clip_gradients(spec: TrainingSpec, typical_norm: float, n_updates: int,
         d["clipping"] = {"mode": "global_norm", "max_norm": max_norm}
 
     peak_txt = f", while the peak reached {peak:.3g}" if peak is not None and math.isfinite(peak) else ""
-    return _rec(
+    return recommendation(
         "clip_gradients",
         f"The median pre-clip gradient norm over {n_updates} healthy updates was "
         f"{typical_norm:.3g}{peak_txt}. Clipping the global norm at that typical value "
@@ -133,12 +96,12 @@ def lower_learning_rate(spec: TrainingSpec, update_ratio: float | None,
         return None
     factor, why = min(factors)
     factor = max(MAX_LR_CUT, min(0.5, factor))
-    new_lr = _round(lr * factor)
+    new_lr = round_significant(lr * factor)
 
     def edit(d: dict[str, Any]) -> None:
         d["optimizer"]["lr"] = new_lr
 
-    return _rec(
+    return recommendation(
         "lower_learning_rate",
         f"Lower the learning rate from {lr:g} to {new_lr:g} (x{factor:.2g}): {why}.",
         spec_patch(spec, edit),
@@ -152,7 +115,7 @@ def undo_lr_increase(spec: TrainingSpec, stable_lr: float, onset_lr: float,
     sched = spec.schedule
     growing = getattr(sched, "gamma", 1.0) > 1.0 and sched.name in ("step", "exponential")
     if growing:
-        new_lr = _round(stable_lr)
+        new_lr = round_significant(stable_lr)
 
         def edit(d: dict[str, Any]) -> None:
             d["schedule"] = {"name": "constant"}
@@ -162,14 +125,14 @@ def undo_lr_increase(spec: TrainingSpec, stable_lr: float, onset_lr: float,
                f"raises the rate without bound) by a constant {new_lr:g}")
     else:
         factor = SAFETY * stable_lr / onset_lr
-        new_lr = _round(spec.optimizer.lr * factor)
+        new_lr = round_significant(spec.optimizer.lr * factor)
 
         def edit(d: dict[str, Any]) -> None:
             d["optimizer"]["lr"] = new_lr
 
         how = (f"scale the base learning rate by {factor:.2g} to {new_lr:g}, so the schedule "
                f"peaks at half the last stable rate")
-    return _rec(
+    return recommendation(
         "lower_learning_rate",
         f"The schedule raises the learning rate from {stable_lr:.3g} to {onset_lr:.3g} by "
         f"step {onset_step}, past what the run is stable with: {how}.",
@@ -184,12 +147,12 @@ def raise_learning_rate(spec: TrainingSpec, update_ratio: float) -> Recommendati
     factor = min(100.0, 1e-3 / max(update_ratio, 1e-12))
     if factor < 3:
         return None
-    new_lr = _round(lr * factor)
+    new_lr = round_significant(lr * factor)
 
     def edit(d: dict[str, Any]) -> None:
         d["optimizer"]["lr"] = new_lr
 
-    return _rec(
+    return recommendation(
         "raise_learning_rate",
         f"Updates change the weights by only {update_ratio:.2g} of their norm per step "
         f"(healthy: ~1e-3): raise the learning rate from {lr:g} to {new_lr:g}.",
@@ -221,7 +184,7 @@ def change_init(spec: TrainingSpec, input_rms: float, *, reset_bias: bool = Fals
     gain_b = _depth_gain(before)
     gain_a = _depth_gain(after)
     names = ", ".join(sorted(schemes))
-    return _rec(
+    return recommendation(
         "change_init",
         f"Initialise with {names}, matched to the activation's gain and fan-in. The predicted "
         f"gradient gain through the depth at init goes from {gain_b:.3g}x to {gain_a:.3g}x "
@@ -254,7 +217,7 @@ def batch_norm(spec: TrainingSpec) -> Recommendation | None:
         for h in d["model"]["hidden"]:
             h["batch_norm"] = True
 
-    return _rec(
+    return recommendation(
         "batch_norm",
         "Batch-normalise every hidden layer: each layer's pre-activations are rescaled to "
         "unit variance on every batch, so a scale problem cannot compound through the depth "
@@ -277,7 +240,7 @@ def change_activation(spec: TrainingSpec, to: str, why: str, *,
             h["init"] = None
         d["model"]["init"] = {"scheme": scheme, "bias": bias}
 
-    return _rec(
+    return recommendation(
         "change_activation",
         f"Use {to} with {scheme} initialisation: {why}",
         spec_patch(spec, edit),
@@ -297,7 +260,7 @@ def reset_bias(spec: TrainingSpec) -> Recommendation | None:
                 h["activation"] = "leaky_relu"
 
     bias = spec.model.init.bias
-    return _rec(
+    return recommendation(
         "reset_bias",
         f"Start the biases at 0 instead of {bias:g}" + (
             " and use leaky_relu (slope 0.01): a unit pushed below zero for every input "
@@ -317,7 +280,7 @@ def standardize_data(spec: TrainingSpec, x_rms: float, y_rms: float | None) -> R
     what = f"inputs (RMS {x_rms:.3g})"
     if y_rms is not None:
         what += f" and targets (RMS {y_rms:.3g})"
-    return _rec(
+    return recommendation(
         "standardize_data",
         f"Standardise the {what} to zero mean and unit variance: gradients scale with the "
         "inputs and with the prediction error, so unit-scale data put every layer's gradient "
@@ -330,100 +293,16 @@ def standardize_data(spec: TrainingSpec, x_rms: float, y_rms: float | None) -> R
 def weight_decay(spec: TrainingSpec, weight_growth_per_step: float) -> Recommendation | None:
     """L2 weight decay that offsets the observed relative weight growth per step."""
     lr = spec.optimizer.lr
-    wd = _round(max(1e-5, min(1e-1, weight_growth_per_step / lr)))
+    wd = round_significant(max(1e-5, min(1e-1, weight_growth_per_step / lr)))
     if spec.optimizer.weight_decay >= wd:
         return None
 
     def edit(d: dict[str, Any]) -> None:
         d["optimizer"]["weight_decay"] = wd
 
-    return _rec(
+    return recommendation(
         "weight_decay",
         f"The weights grew {weight_growth_per_step:.2g} of their norm per step; weight decay "
         f"{wd:g} shrinks them by lr x {wd:g} per step, offsetting that drift.",
         spec_patch(spec, edit),
-    )
-
-
-# ------------------------------------------------------------------------------ spike fixes
-_ADAPTIVE = ("adam", "adamw", "rmsprop")
-
-
-def adam_epsilon(spec: TrainingSpec, grad_norm_before: float) -> Recommendation | None:
-    """An epsilon at the per-parameter gradient size of the converged run (Adam spikes)."""
-    opt = spec.optimizer
-    old = getattr(opt, "eps", None)
-    if opt.name not in _ADAPTIVE or not isinstance(old, float) or not (grad_norm_before > 0):
-        return None
-    per_param = grad_norm_before / math.sqrt(max(spec.parameter_count(), 1))
-    eps = _round(max(per_param, 10.0 * old))
-    if eps <= old:
-        return None
-
-    def edit(d: dict[str, Any]) -> None:
-        d["optimizer"]["eps"] = eps
-
-    return _rec(
-        "adam_epsilon",
-        f"Before the spike the gradient norm was {grad_norm_before:.3g}, about {per_param:.2g} "
-        f"per parameter: the second-moment estimate decayed toward that scale, so "
-        f"lr / (sqrt(v) + eps) grew until a step overshot (Adam's loss spikes, Bai et al. "
-        f"2026). Raising eps from {old:g} to {eps:g} bounds the effective step once the "
-        "gradients are that small.",
-        spec_patch(spec, edit),
-        "Updates shrink with the gradient once the run has converged; no late spikes.",
-    )
-
-
-def adam_beta2(spec: TrainingSpec) -> Recommendation | None:
-    """A faster second-moment average (beta2 0.99): v follows a returning gradient sooner."""
-    opt = spec.optimizer
-    beta2 = getattr(opt, "beta2", None) if opt.name in ("adam", "adamw") else None
-    if beta2 is None or beta2 <= 0.99:
-        return None
-
-    def edit(d: dict[str, Any]) -> None:
-        d["optimizer"]["beta2"] = 0.99
-
-    return _rec(
-        "adam_beta2",
-        f"Lower beta2 from {beta2:g} to 0.99: the second-moment average then forgets in ~100 "
-        "steps instead of ~1000, so when the gradient grows again the denominator catches up "
-        "before the step size does damage.",
-        spec_patch(spec, edit),
-    )
-
-
-def decay_learning_rate(spec: TrainingSpec, why: str) -> Recommendation | None:
-    """A cosine decay of the learning rate over the run (from a constant rate)."""
-    if spec.schedule.name != "constant":
-        return None
-
-    def edit(d: dict[str, Any]) -> None:
-        d["schedule"] = {"name": "cosine"}
-
-    return _rec(
-        "decay_learning_rate",
-        f"Decay the learning rate along a cosine over the run: {why}",
-        spec_patch(spec, edit),
-        "The step size falls below the stability limit as training settles.",
-    )
-
-
-def warmup(spec: TrainingSpec, steps: int) -> Recommendation | None:
-    """A linear warmup over the first ``steps`` steps (from a constant rate)."""
-    if spec.schedule.name != "constant":
-        return None
-    steps = max(10, steps)
-
-    def edit(d: dict[str, Any]) -> None:
-        d["schedule"] = {"name": "linear_warmup", "warmup_steps": steps, "start_factor": 0.1}
-
-    return _rec(
-        "warmup",
-        f"Warm the learning rate up linearly over the first {steps} steps (from a tenth): the "
-        "loss jumped early because the first steps were past the stability limit of the "
-        "initial curvature (the catapult phase); a warmup lets the curvature fall first.",
-        spec_patch(spec, edit),
-        "No early jump of the loss.",
     )

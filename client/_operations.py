@@ -4,6 +4,10 @@ about sending it that does not depend on how it is sent.
 The sync :class:`~client.Client` and the :class:`~client.AsyncClient` share these, so the
 two never disagree about paths, parameters, types, retries, streamed bodies and downloads;
 they differ only in how they send (``send`` vs ``await send``) and sleep.
+
+A single request and its retry decision live in :mod:`client.calls`, following an event
+stream in :mod:`client.event_stream`; this module holds the call builders (:class:`ops`) and
+the multi-request plans, and re-exports them all.
 """
 
 from __future__ import annotations
@@ -12,20 +16,20 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
-from typing import Any, BinaryIO, Generic, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import httpx
 import numpy as np
 
-from client.errors import ApiError
+from client.calls import Call, Retry, check, finish
+from client.event_stream import EventStream, SSEParser
 from client.models import (
     Comparison,
     Dataset,
     Diagnosis,
-    Event,
     GradientHistory,
     Job,
     JobPage,
@@ -37,74 +41,17 @@ from client.models import (
     SweepPage,
     SweepSummary,
 )
-from client.transport import NOT_SENT, UPLOAD_TYPES, Attempt, Backoff, Download, FileBody
+from client.transport import UPLOAD_TYPES, Download, FileBody
 
 T = TypeVar("T")
 StrList = list[str]  # `list` is also a method name in the classes below
 
-__all__ = ["ARROW_STREAM", "EVERY_POINT", "Call", "EventStream", "Plan", "SSEParser", "TablePage",
-           "concat_tables", "ops", "plot_format", "written"]
+__all__ = ["ARROW_STREAM", "EVERY_POINT", "Call", "EventStream", "Plan", "Retry", "SSEParser",
+           "TablePage", "check", "concat_tables", "finish", "ops", "plot_format", "written"]
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 #: ``max_points`` that asks for every recorded point (a range never holds more steps)
 EVERY_POINT = 2**31
-
-
-@dataclass
-class Call(Generic[T]):
-    """One HTTP request and how to turn its response into a ``T``."""
-
-    method: str
-    path: str
-    parse: Callable[[httpx.Response], T]
-    params: dict[str, Any] = field(default_factory=dict)
-    json: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
-    ok: tuple[int, ...] = (200, 201, 202)
-    #: safe to resend after a dropped connection (GETs, and POSTs with an Idempotency-Key)
-    retry_safe: bool = True
-    #: a body streamed from a file (instead of ``json``)
-    upload: FileBody | None = None
-    #: stream a successful response's body into this file (``parse`` then gets the response)
-    download: Download | None = None
-
-    def request(self, http: httpx.Client | httpx.AsyncClient, *, sync: bool) -> httpx.Request:
-        """The request of one attempt (an upload's body is read afresh for each)."""
-        content: Any = None
-        if self.upload is not None:
-            content = self.upload.chunks() if sync else self.upload.achunks()
-        return http.build_request(self.method, self.path, params=self.params, json=self.json,
-                                  headers=self.headers, content=content)
-
-    def sink(self, response: httpx.Response) -> Download | None:
-        """Where this response's body goes: :attr:`download` for a success (else None: read
-        it whole, e.g. a problem+json)."""
-        return self.download if response.status_code in self.ok else None
-
-    def after_error(self, attempt: Attempt, exc: Exception) -> float:
-        """Seconds to wait before resending after a transport error; re-raises it when the
-        request must not be resent (the last attempt, or a non-idempotent request that may
-        have reached the server)."""
-        if attempt.last or not (self.retry_safe or isinstance(exc, NOT_SENT)):
-            raise exc
-        return attempt.delay()
-
-
-class Retry(float):
-    """Seconds to wait before resending (kept apart from any parsed answer)."""
-
-
-def finish(call: Call[T], response: httpx.Response, attempt: Attempt) -> Retry | T:
-    """A 503 before the last attempt: :class:`Retry`; else the parsed answer or ApiError."""
-    if response.status_code == 503 and not attempt.last:
-        return Retry(attempt.delay(response.headers.get("Retry-After")))
-    return call.parse(check(response, call.ok))
-
-
-def check(response: httpx.Response, ok: tuple[int, ...]) -> httpx.Response:
-    if response.status_code not in ok:
-        raise ApiError.from_response(response)
-    return response
 
 
 #: a multi-request operation: yields calls (is sent each one's answer) and waits (seconds to
@@ -430,86 +377,3 @@ class ops:  # a namespace of call builders
 
 EXPORT_KINDS: Sequence[str] = ("gradients", "metrics")
 EXPORT_FORMATS: Sequence[str] = ("csv", "parquet")
-
-
-class EventStream:
-    """The state of following a job's (or, ``kind="sweep"``, a sweep's) events across
-    reconnections: the last event id (sent as ``Last-Event-ID``, so no event is lost or
-    repeated) and the drops in a row."""
-
-    def __init__(self, job_id: str, last_event_id: int | None, backoff: Backoff, *,
-                 kind: str = "job") -> None:
-        self.job_id = job_id
-        self.kind = kind
-        self.path = f"/v1/{kind}s/{job_id}/events"
-        self.last = last_event_id
-        self.failures = 0
-        self.backoff = backoff
-
-    def headers(self) -> dict[str, str]:
-        headers = {"Accept": "text/event-stream"}
-        if self.last is not None:
-            headers["Last-Event-ID"] = str(self.last)
-        return headers
-
-    @staticmethod
-    def timeout(http: httpx.Client | httpx.AsyncClient) -> httpx.Timeout:
-        return httpx.Timeout(http.timeout.connect, read=60.0)
-
-    @staticmethod
-    def refuse(response: httpx.Response) -> None:
-        """A non-200 answer (its body read): ApiError, or a 503 to reconnect after."""
-        if response.status_code != 503:
-            raise ApiError.from_response(response)
-        raise httpx.RemoteProtocolError("503")
-
-    def feed(self, parser: SSEParser, line: str) -> Event | None:
-        event = parser.feed(line)
-        if event is not None:
-            self.failures = 0
-            if event.id is not None:
-                self.last = event.id
-        return event
-
-    def dropped(self) -> float:
-        """Dropped, or ended without a terminal event: the wait before resuming."""
-        self.failures += 1
-        if self.failures > self.backoff.retries:
-            raise ConnectionError(f"lost the event stream of {self.kind} {self.job_id} "
-                                  f"{self.failures} times in a row")
-        return self.backoff.delay(self.failures)
-
-
-class SSEParser:
-    """Incremental ``text/event-stream`` parser: feed lines, get :class:`Event` objects."""
-
-    def __init__(self) -> None:
-        self._reset()
-
-    def _reset(self) -> None:
-        self._id: str | None = None
-        self._event = "message"
-        self._data: list[str] = []
-
-    def feed(self, line: str) -> Event | None:
-        line = line.rstrip("\r\n")
-        if not line:
-            if not self._data and self._id is None:
-                self._reset()
-                return None
-            raw = "\n".join(self._data)
-            event = Event(int(self._id) if self._id and self._id.isdigit() else None,
-                          self._event, json.loads(raw) if raw else {})
-            self._reset()
-            return event
-        if line.startswith(":"):
-            return None  # a comment (keep-alive ping)
-        name, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
-        if name == "data":
-            self._data.append(value)
-        elif name == "event":
-            self._event = value
-        elif name == "id":
-            self._id = value
-        return None

@@ -90,6 +90,7 @@ from core.diagnostics.monitor_state import (
 )
 from core.diagnostics.record_scan import first_non_finite, growing_layers, layer_figures, nan_or_inf
 from core.diagnostics.report import Finding, fmt
+from core.diagnostics.series import LOG_OF_ZERO
 from core.spec import TrainingSpec
 from core.telemetry import StepRecord, TensorKind
 
@@ -178,9 +179,9 @@ class Monitor:
             weights.append(w)
 
         g = record.grad_norm  # safe_log, written out (three times a step)
-        lg = math.log(g) if g > 0.0 else -745.0 if g == 0.0 else math.nan
-        ll = math.log(loss) if loss > 0.0 else -745.0 if loss == 0.0 else math.nan
-        lu = (0.5 * (math.log(usq) if usq > 0.0 else -745.0 if usq == 0.0 else math.nan)
+        lg = math.log(g) if g > 0.0 else LOG_OF_ZERO if g == 0.0 else math.nan
+        ll = math.log(loss) if loss > 0.0 else LOG_OF_ZERO if loss == 0.0 else math.nan
+        lu = (0.5 * (math.log(usq) if usq > 0.0 else LOG_OF_ZERO if usq == 0.0 else math.nan)
               if layers else math.nan)
         self.advance(record, lg, ll, lu, rewrite, act, weights)
         return self.judge(record)

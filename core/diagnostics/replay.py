@@ -22,7 +22,7 @@ import numpy as np
 
 from core.diagnostics.monitor import Monitor
 from core.diagnostics.report import Finding, Forecast
-from core.diagnostics.series import RunSeries
+from core.diagnostics.series import RunSeries, safe_log
 from core.spec import TrainingSpec
 from core.telemetry import StepRecord
 
@@ -91,11 +91,6 @@ def replay_monitor(spec: TrainingSpec, records: Sequence[StepRecord],
     return rep
 
 
-def _log(x: float) -> float:
-    """:func:`core.diagnostics.series.safe_log`."""
-    return math.log(x) if x > 0.0 else -745.0 if x == 0.0 else math.nan
-
-
 class Figures(NamedTuple):
     fast: list[bool]  # finite: advance() with the figures below (else observe())
     lg: list[float]
@@ -128,6 +123,6 @@ def record_figures(s: RunSeries, records: Sequence[StepRecord]) -> Figures | Non
             r = u[:, k] / w[:, k]
             rewrite = np.where((w[:, k] > 0) & (r > rewrite), r, rewrite)
             act = np.where(has_a[:, k] & (a[:, k] > act), a[:, k], act)
-    return Figures(finite.tolist(), list(map(_log, s.grad_norm.tolist())),
-                    list(map(_log, s.loss.tolist())), [0.5 * _log(v) for v in usq.tolist()],
+    return Figures(finite.tolist(), list(map(safe_log, s.grad_norm.tolist())),
+                    list(map(safe_log, s.loss.tolist())), [0.5 * safe_log(v) for v in usq.tolist()],
                     rewrite.tolist(), act.tolist(), w.tolist())

@@ -71,6 +71,10 @@ def test_a_sweep_trains_its_members_as_jobs_and_draws_the_map(live: LiveServer) 
         grads = live.http.get(f"/v1/jobs/{m['job_id']}/gradients").json()
         assert len(grads["layers"]) == 7
     assert all(m["verdict"] == "exploding" for m in members[3:])  # std 2.0 explodes
+    # the stream's last event counts the members' verdicts and progress as the sweep has them
+    last = events[-1]["data"]
+    assert last["progress"] == sweep["progress"], (last, sweep["progress"])
+    assert last["verdicts"] == dict(Counter(m["verdict"] for m in members)), last
     # one architecture: the worker that reaches a member first claims its share of the
     # group (half, with 2 workers) and trains it batched; each member ran once
     with live.app.state.sessionmaker() as session:

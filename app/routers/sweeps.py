@@ -275,13 +275,9 @@ def _summary(factory: Any, sweep_id: str, principal: Principal) -> dict[str, Any
             sweep = get_sweep(session, sweep_id, principal)
         except NotFoundError:
             return None
-        data = sweep_to_read(session, sweep)
-        verdicts: dict[str, int] = {}
-        for m in data["members"]:
-            if m["verdict"]:
-                verdicts[m["verdict"]] = verdicts.get(m["verdict"], 0) + 1
-        return {"id": sweep_id, "status": data["status"], "progress": data["progress"],
-                "verdicts": verdicts}
+        item = sweep_summaries(session, [sweep])[0]  # one aggregate query, not every member
+        return {"id": sweep_id, "status": item["status"], "progress": item["progress"],
+                "verdicts": item["verdicts"]}
 
 
 @router.get("/{sweep_id}/events", operation_id="streamSweepEvents",

@@ -5,6 +5,8 @@
 // choice is the page URL's query (?x=..&y=..&at.<path>=..), so a link reproduces the view; a
 // query naming no axis or no member's value is named in a note and replaced by a valid view.
 // Only the latest view wins: a grid or map answer overtaken by a later change is dropped.
+// While the sweep runs, the page polls its light form (?members=false: status, progress,
+// verdict counts) and reads the whole sweep, and redraws, only when what it shows changed.
 // Uses h(), getJSON(), fmt() and problemText() from dashboard.js (loaded after this file;
 // they are only called once the page starts).
 "use strict";
@@ -16,6 +18,8 @@ const VERDICT_COLORS = {
 };
 
 async function showSweep(root, sweepId) {
+  // the light form first: the whole sweep read after it is at least as new as `seen`
+  let seen = shownState(await getJSON(`/v1/sweeps/${sweepId}?members=false`));
   const sweep = await getJSON(`/v1/sweeps/${sweepId}`);
   const title = h("h1", {}, sweep.name || `sweep ${sweep.id.slice(0, 8)}`);
   const status = h("p", { id: "sweep-status" });
@@ -65,16 +69,36 @@ async function showSweep(root, sweepId) {
   };
   root.replaceChildren(h("section", {}, title, status, note, controls, recommended, grid, img));
   for (;;) {
-    const s = await getJSON(`/v1/sweeps/${sweepId}`);
-    latest = s;
-    status.textContent = `${s.status}: ${s.progress.members_done} / ${s.progress.members} members done`;
-    const r = await renderGrid(grid, s, recommended, view, controls);
+    showStatus(status, latest);
+    const r = await renderGrid(grid, latest, recommended, view, controls);
     if (r !== null) drawn = r;
-    if (s.status !== "queued" && s.status !== "running") break;
-    await new Promise((resolve) => setTimeout(resolve, 2000));
+    if (latest.status !== "queued" && latest.status !== "running") break;
+    seen = await untilChanged(sweepId, seen, status);
+    latest = await getJSON(`/v1/sweeps/${sweepId}`);
   }
   finished = true;
   await drawMap();
+}
+
+const showStatus = (el, s) => {
+  el.textContent = `${s.status}: ${s.progress.members_done} / ${s.progress.members} members done`;
+};
+
+// What the page shows of a light sweep (status, members done, verdict counts) as one string;
+// the step count is not shown, so steps alone do not make the page read the whole sweep.
+const shownState = (light) => JSON.stringify([light.status, light.progress.members_done,
+  Object.entries(light.verdicts).filter(([, n]) => n > 0).sort()]);
+
+// Polls the light form every 2 s until what the page shows differs from `seen`; answers the
+// new state (the status line already shows it).
+async function untilChanged(sweepId, seen, statusEl) {
+  for (;;) {
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+    const light = await getJSON(`/v1/sweeps/${sweepId}?members=false`);
+    showStatus(statusEl, light);
+    const state = shownState(light);
+    if (state !== seen) return state;
+  }
 }
 
 // An axis value as the API's `at.<path>=` takes it: numbers as numbers, true/false, strings as is.

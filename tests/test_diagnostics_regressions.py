@@ -8,20 +8,19 @@ import math
 import os
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from conftest import make_settings
+from test_diagnostics import History, record
 
 from app.run_end import conclude
 from core import Trainer
 from core.batched_monitor import StackMonitor
 from core.diagnostics import Finding, Monitor, create_merge_patch, diagnose
 from core.spec import TrainingSpec
-from core.telemetry import EpochRecord, LayerRecord, NonFiniteEvent, StepRecord
 from core.training_result import TrainingResult
 
 # member 27 of bench/sweep_speed.py's large sweep: its float32 cross-entropy reaches -0.0
@@ -37,24 +36,6 @@ SWEEP_LARGE_27: dict[str, Any] = {
 }
 F32_CE = {"dtype": "float32", "data": {"source": "synthetic", "name": "spirals", "n_samples": 320},
           "model": {"hidden": [{"units": 16}, {"units": 16}]}}
-
-
-def record(step: int, grad: float, loss: float) -> StepRecord:
-    per = grad / math.sqrt(3)
-    return StepRecord(step=step, epoch=0, loss=loss, grad_norm=grad, clipped_grad_norm=grad,
-                      lr=0.01, clipped=False,
-                      layers=[LayerRecord(i, per, per, 1.0, 1e-3, 0.0, 1.0, None, None)
-                              for i in range(3)])
-
-
-@dataclass
-class History:
-    spec: TrainingSpec
-    steps: list[StepRecord]
-    epochs: list[EpochRecord] = field(default_factory=list)
-    stop_reason: str | None = "completed"
-    first_non_finite: NonFiniteEvent | None = None
-    alerts: list[Finding] = field(default_factory=list)
 
 
 def _no_bare_constant(name: str) -> None:

@@ -10,6 +10,10 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from fastapi.testclient import TestClient
+
+from app.delivery import DeliveryLoop
+
 
 @dataclass
 class Received:
@@ -80,3 +84,20 @@ class Receiver:
                 raise AssertionError(f"timed out waiting for {what}; got "
                                      f"{[(r.payload['type'], r.status) for r in snapshot]}")
             time.sleep(0.05)
+
+
+def deliver(client: TestClient, receiver: Receiver, count: int, timeout: float = 30) -> None:
+    """Run the API app's delivery loop until ``receiver`` got ``count`` requests, then a few
+    more passes (so that a duplicate would arrive too)."""
+    state: Any = client.app.state  # type: ignore[attr-defined]
+    loop = DeliveryLoop(state.settings, state.sessionmaker)
+    try:
+        deadline = time.monotonic() + timeout
+        while len(receiver.received) < count:
+            assert time.monotonic() < deadline, receiver.received
+            loop.run_once()
+            time.sleep(0.02)
+        for _ in range(5):
+            loop.run_once()
+    finally:
+        loop.stop()

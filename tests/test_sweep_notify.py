@@ -18,13 +18,12 @@ from typing import Any
 import pytest
 from conftest import SMALL_SPEC, LiveServer, PgStore, make_settings
 from fastapi.testclient import TestClient
-from receiver import Receiver
+from receiver import Receiver, deliver
 from sqlalchemy import event, select, update
 from sqlalchemy.orm import Session
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
 from app.db import unit_of_work
-from app.delivery import DeliveryLoop
 from app.lifecycle import TERMINAL, move_job
 from app.models import Job, Webhook, WebhookDelivery
 from app.sweep_notify import FINISHED
@@ -162,18 +161,7 @@ def test_cancelling_a_queued_sweep_sends_sweep_cancelled_once(
         assert r.status_code == 202, r.text
         sweep_id = r.json()["id"]
         assert client.post(f"/v1/sweeps/{sweep_id}/cancel").status_code == 202
-        state: Any = client.app.state  # type: ignore[attr-defined]
-        loop = DeliveryLoop(state.settings, state.sessionmaker)
-        try:
-            deadline = time.monotonic() + 30
-            while not receiver.received:
-                assert time.monotonic() < deadline
-                loop.run_once()
-                time.sleep(0.02)
-            for _ in range(5):
-                loop.run_once()
-        finally:
-            loop.stop()
+        deliver(client, receiver, 1)
     [got] = receiver.received
     assert got.payload["type"] == "sweep.cancelled"
     data = got.payload["data"]

@@ -21,12 +21,11 @@ import httpx
 import pytest
 from conftest import SMALL_SPEC, LiveServer, make_settings
 from fastapi.testclient import TestClient
-from receiver import Receiver
+from receiver import Receiver, deliver
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from app.cli import create_key
-from app.delivery import DeliveryLoop
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -138,18 +137,7 @@ def test_cancelling_a_sweep_without_notify_sends_sweep_cancelled_to_subscription
         assert r.status_code == 202, r.text
         sweep_id = r.json()["id"]
         assert client.post(f"/v1/sweeps/{sweep_id}/cancel").status_code == 202
-        state: Any = client.app.state  # type: ignore[attr-defined]
-        loop = DeliveryLoop(state.settings, state.sessionmaker)
-        try:
-            deadline = time.monotonic() + 30
-            while len(receiver.received) < 3:  # two job.cancelled, one sweep.cancelled
-                assert time.monotonic() < deadline, receiver.received
-                loop.run_once()
-                time.sleep(0.02)
-            for _ in range(5):
-                loop.run_once()
-        finally:
-            loop.stop()
+        deliver(client, receiver, 3)  # two job.cancelled, one sweep.cancelled
     types = sorted(g.payload["type"] for g in receiver.received)
     assert types == ["job.cancelled", "job.cancelled", "sweep.cancelled"]
     [got] = [g for g in receiver.received if g.payload["type"] == "sweep.cancelled"]

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from itertools import groupby
+from itertools import groupby, repeat
 from operator import itemgetter
 from typing import Any
 
@@ -70,25 +70,66 @@ def _gc_paused() -> Iterator[None]:
 def _records(n_layers: int, steps: Array, epochs: Array, clipped: Array, values: Array,
              present: Array) -> list[StepRecord]:
     """The rows of ``values`` (``(n, n_values)``, ``present``: which figures apply, one row for
-    all) as StepRecords."""
+    all) as StepRecords.
+
+    Column-wise: the present figures become floats in one ``tolist`` (absent ones are never
+    converted: None stands in their place), then each layer's records and the step records
+    are filled in one loop each (:func:`_layer_records`, :func:`_step_records`)."""
     n, L = len(steps), n_layers
     ns, nl = len(STEP_FIELDS), len(LAYER_FIELDS)
-    step_cols: list[list[Any]] = values[:, :ns].T.tolist()
-    layers: list[list[LayerRecord]] | Iterator[list[LayerRecord]]
-    if L:
-        # every layer record of the rows in one constructor map: (n * L) rows of figures
-        cols: list[list[Any]] = values[:, ns:].reshape(n * L, nl).T.tolist()
-        applies = present[ns:].reshape(L, nl).tolist()
-        for ly, row in enumerate(applies):
-            for j, on in enumerate(row):
-                if not on:  # that layer's entries of column j (every L-th, from ly)
-                    cols[j][ly::L] = [None] * n
-        flat = list(map(LayerRecord, list(range(L)) * n, *cols))
-        layers = map(flat.__getitem__, map(slice, range(0, n * L, L), range(L, n * L + L, L)))
-    else:
-        layers = ([] for _ in range(n))
-    return list(map(StepRecord, steps.tolist(), epochs.tolist(), step_cols[0], step_cols[1],
-                    step_cols[2], step_cols[3], clipped.tolist(), layers))
+    if present.shape != (ns + L * nl,) or values.shape[1:] != present.shape:
+        raise ValueError(f"a present row of {ns + L * nl} figures for {L} layers, "
+                         f"got {present.shape} (values {values.shape})")
+    on: list[bool] = present.tolist()
+    figures = iter(values.T.tolist() if all(on) else values.T[present].tolist())
+    cols: list[Iterable[Any]] = [next(figures) if p else repeat(None, n) for p in on]
+    per_layer = [_layer_records(ly, n, cols[ns + ly * nl:ns + (ly + 1) * nl])
+                 for ly in range(L)] if n else []
+    layers: Iterator[list[LayerRecord]] = (
+        map(list, zip(*per_layer, strict=True)) if L else ([] for _ in range(n)))
+    return _step_records(steps.tolist(), epochs.tolist(), cols[:ns], clipped.tolist(), layers)
+
+
+_new = object.__new__
+
+
+def _layer_records(layer: int, n: int, cols: list[Iterable[Any]]) -> list[LayerRecord]:
+    """The ``n`` LayerRecords of ``layer`` in ``cols`` (columns of its :data:`LAYER_FIELDS`).
+
+    Each slot is set in one loop over the rows, not through ``__init__``: a Python call per
+    record is most of its cost (the records are equal, field by field and type by type, to
+    those the constructor gives: tests/test_stack_recording.py)."""
+    out = list(map(_new, repeat(LayerRecord, n)))
+    rows = zip(out, *cols, strict=True)
+    for r, grad, w_grad, weight, update, mean, std, dead, sat in rows:
+        r.layer = layer
+        r.grad_norm = grad
+        r.weight_grad_norm = w_grad
+        r.weight_norm = weight
+        r.update_norm = update
+        r.act_mean = mean
+        r.act_std = std
+        r.dead_fraction = dead
+        r.saturated_fraction = sat
+    return out
+
+
+def _step_records(steps: list[int], epochs: list[int], cols: list[Iterable[Any]],
+                  clipped: list[bool], layers: Iterable[list[LayerRecord]]) -> list[StepRecord]:
+    """StepRecords from their fields' columns (``cols``: the :data:`STEP_FIELDS`), filled as
+    :func:`_layer_records` fills LayerRecords."""
+    out = list(map(_new, repeat(StepRecord, len(steps))))
+    rows = zip(out, steps, epochs, *cols, clipped, layers, strict=True)
+    for r, step, epoch, loss, grad, clipped_grad, lr, clip, lay in rows:
+        r.step = step
+        r.epoch = epoch
+        r.loss = loss
+        r.grad_norm = grad
+        r.clipped_grad_norm = clipped_grad
+        r.lr = lr
+        r.clipped = clip
+        r.layers = lay
+    return out
 
 
 class _Shared:
@@ -110,7 +151,11 @@ class _Shared:
 
     def part(self, col: int) -> _Part:
         """Column ``col``'s emitted rows: steps, epochs, clipped, values, present (one row)."""
-        rows = self.emitted[:, col].nonzero()[0]
+        emitted = self.emitted[:, col]
+        if emitted.all():  # every row (record_every=1): views, no index arrays
+            return (self.steps, self.epochs, self.clipped[:, col], self.values[:, col],
+                    self.present)
+        rows = emitted.nonzero()[0]
         return (self.steps[rows], self.epochs[rows], self.clipped[rows, col],
                 self.values[rows, col], self.present)
 
@@ -265,6 +310,7 @@ class StackRecorder:
         self.record_sink = np.array([s is not None and w is None
                                      for s, w in zip(self.sinks, self._write_block,
                                                      strict=True)], dtype=bool)
+        self._any_record_sink = bool(self.record_sink.any())
         self.histories = [_History(n_layers, keep_records, max_records) for _ in range(K)]
         # members whose rows only go to their history, unthinned: handed over all at once
         self._shared = np.array([w is None for w in self._write_block], dtype=bool) & (
@@ -308,11 +354,20 @@ class StackRecorder:
         self.pending[members] = True
 
     def emit(self, members: Array, notable: Array | bool = False) -> None:
-        """Commit the current step's rows of ``members`` as emitted steps."""
+        """Commit the current step's rows of ``members`` (member indices, each once) as
+        emitted steps."""
         t = self.t
-        self.emitted[t, members] = True
-        self.notable[t, members] = notable
-        self.pending[members] = False
+        if len(members) == len(self.pending) and isinstance(notable, bool):
+            # every member: whole rows, no index arrays
+            self.emitted[t] = True
+            self.notable[t] = notable
+            self.pending[:] = False
+        else:
+            self.emitted[t, members] = True
+            self.notable[t, members] = notable
+            self.pending[members] = False
+        if not self._any_record_sink:
+            return
         for k in members[self.record_sink[members]].tolist():
             sink = self.sinks[k]
             assert sink is not None

@@ -4,6 +4,7 @@ holds the records block-by-block building gives, and leaves the garbage collecto
 from __future__ import annotations
 
 import gc
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 from core import stack_recording
 from core.recording import n_values
 from core.stack_recording import StackRecorder, _part, _records_of_parts, records_of
-from core.telemetry import StepBlock
+from core.telemetry import LayerRecord, StepBlock, StepRecord
 
 
 def _block(rng: np.random.Generator, start: int, n: int, present: np.ndarray) -> StepBlock:
@@ -98,3 +99,39 @@ def test_rows_are_handed_over_on_time_only_for_block_sinks(
         steps = rec.result_steps(k)()
         assert [r.step for r in steps] == list(range(5))
         assert [r.loss for r in steps] == [float(s) for s in range(5)]
+
+
+def _fields_and_types(r: StepRecord) -> list[Any]:
+    """Every field of ``r`` and of its layers, with its type (NaN as a string: equal)."""
+    def pair(v: Any) -> tuple[str, type]:
+        return repr(v), type(v)
+    out = [pair(getattr(r, f.name)) for f in fields(r) if f.name != "layers"]
+    for ly in r.layers:
+        out += [pair(getattr(ly, f.name)) for f in fields(ly)]
+    return out
+
+
+@pytest.mark.parametrize("n_layers", [0, 1, 3])
+def test_records_equal_those_the_constructors_give_field_by_field(n_layers: int) -> None:
+    # the records are filled slot by slot, not through __init__: every field is set, to the
+    # value and the Python type (int, float, bool, None) the constructor path gives
+    rng = np.random.default_rng(2)
+    present = np.ones(n_values(n_layers), dtype=bool)
+    present[4 + 6::8] = False  # dead_fraction absent in every layer
+    if n_layers:
+        present[4 + 8 * (n_layers - 1) + 4:] = False  # the last layer has no activation stats
+    values = rng.normal(size=(7, len(present)))
+    values[0, 4:] = np.inf
+    values[1, 0] = np.nan
+    values[:, ~present] = np.nan
+    block = StepBlock(n_layers, np.arange(100, 107), np.arange(7) // 3,
+                      np.arange(7) % 2 == 0, values, np.broadcast_to(present, values.shape))
+    want = block.records()  # record_from_values: StepRecord(...) and LayerRecord(...)
+    got = records_of(block)
+    assert [_fields_and_types(r) for r in got] == [_fields_and_types(r) for r in want]
+    assert [len(r.layers) for r in got] == [n_layers] * 7
+    assert all(type(r) is StepRecord and type(r.layers) is list for r in got)
+    assert all(type(ly) is LayerRecord for r in got for ly in r.layers)
+    # selected rows of a block shared by the members (record_every > 1)
+    assert repr(_records_of_parts(n_layers, [_part(block, [1, 4])])) == repr(
+        [want[1], want[4]])

@@ -20,6 +20,7 @@ from core.stacked import StackedMLP
 __all__ = ["EpochSums", "validate"]
 
 Array = np.ndarray
+_EVERY = slice(None)
 
 
 class EpochSums:
@@ -30,6 +31,7 @@ class EpochSums:
         self.loss_sum = np.zeros(n_members)
         self.correct = np.zeros(n_members)
         self.seen = np.zeros(n_members, dtype=np.int64)
+        self._tmp = np.empty(n_members)
 
     def start(self, rix: Array | slice) -> None:
         """A new epoch for the members at ``rix``."""
@@ -40,17 +42,25 @@ class EpochSums:
     def add(self, rix: Array | slice, losses: Array, accuracy: Array | None,
             m_rows: int) -> None:
         """One step's mean losses (float64) and accuracies over ``m_rows`` examples."""
-        self.loss_sum[rix] += losses * m_rows  # float64, as the single trainer's sums
+        if isinstance(rix, slice) and rix == _EVERY:  # the whole stack: in place, no copies
+            tmp = self._tmp
+            # float64, as the single trainer's sums: the product, then the sum
+            self.loss_sum += np.multiply(losses, m_rows, out=tmp, dtype=np.float64)
+            self.seen += m_rows
+            if accuracy is not None:
+                self.correct += np.multiply(accuracy, m_rows, out=tmp, dtype=np.float64)
+            return
+        self.loss_sum[rix] += losses * m_rows
         self.seen[rix] += m_rows
         if accuracy is not None:
             self.correct[rix] += accuracy.astype(np.float64, copy=False) * m_rows
 
     def hand_over(self, members: list[MemberRun]) -> None:
         """Set each member's epoch sums to those kept for it."""
+        loss_sum, correct, seen = self.loss_sum.tolist(), self.correct.tolist(), self.seen.tolist()
         for m in members:
             k = m.index
-            m.loss_sum, m.correct = float(self.loss_sum[k]), float(self.correct[k])
-            m.seen = int(self.seen[k])
+            m.loss_sum, m.correct, m.seen = loss_sum[k], correct[k], seen[k]
 
 
 def validate(network: StackedMLP, data: MemberData, rows: Array,

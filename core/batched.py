@@ -156,8 +156,7 @@ class BatchedTrainer:
         step = 0
         epoch = 0
         while self._active:
-            for m in self._active:
-                m.start_epoch(n_train)
+            MemberRun.start_epochs(self._active, n_train)
             rix = self._row_index()
             self._sums.start(rix)
             shared = shared_batches(self._active)

@@ -10,6 +10,7 @@ request, epoch records and early stopping. Its emitted rows live in the stack's
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -53,8 +54,34 @@ class MemberRun:
         self.seen = 0
 
     def start_epoch(self, n_train: int) -> None:
-        """Draw this epoch's batch order (as the trainer does) and reset the epoch sums."""
+        """Draw this epoch's batch order (as the trainer does)."""
         self.order = self.rng.permutation(n_train) if self.spec.training.shuffle else None
+
+    @staticmethod
+    def start_epochs(members: list[MemberRun], n_train: int) -> None:
+        """:meth:`start_epoch` for each of ``members``, drawing once for the members whose
+        generators are in the same state (one seed, the same draws so far: a sweep's usual
+        case): the others share that order and their generators take the state the draw
+        left, as if each had drawn it."""
+        drawn: dict[tuple[Any, ...], tuple[Mapping[str, Any], np.ndarray]] = {}
+        for m in members:
+            if not m.spec.training.shuffle:
+                m.order = None
+                continue
+            gen = m.rng.bit_generator
+            state = gen.state
+            if state["bit_generator"] != "PCG64":  # default_rng's; any other draws its own
+                m.start_epoch(n_train)
+                continue
+            key = (state["state"]["state"], state["state"]["inc"], state["has_uint32"],
+                   state["uinteger"])
+            seen = drawn.get(key)
+            if seen is None:
+                m.start_epoch(n_train)
+                assert m.order is not None
+                drawn[key] = (gen.state, m.order)
+            else:
+                gen.state, m.order = seen
 
     def found_non_finite(self, event: NonFiniteEvent) -> None:
         self.first_nf = event

@@ -75,7 +75,7 @@ def validate(network: StackedMLP, data: MemberData, rows: Array,
         out = network.predict(data.dataset.X_val, rows)
         losses, _ = loss_fn(out, data.y_val)
         acc = accuracy(out, data.y_val)
-        val_loss = [float(v) for v in losses]
+        val_loss = losses.astype(np.float64, copy=False).tolist()  # Python floats, exact
         if acc is not None:
-            val_acc = [float(a) for a in acc]
+            val_acc = acc.astype(np.float64, copy=False).tolist()
     return val_loss, val_acc

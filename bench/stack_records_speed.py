@@ -38,7 +38,7 @@ from sweep_speed import sweep
 
 from core.batched import BatchedTrainer
 from core.recording import n_values
-from core.stack_recording import records_of
+from core.stack_records import records_of
 from core.telemetry import StepBlock, StepRecord
 
 N_LAYERS, ROWS, MEMBERS = 3, 270, 64

@@ -11,125 +11,26 @@ history is not thinned share one copy of the stack's rows per hand-over instead.
 :class:`core.telemetry.StepRecord` objects are built only where something consumes them: the
 monitor's replays, per-record sinks (``write_steps``, called as the single trainer calls it)
 and the kept history (``TrainingResult.steps``), column-wise when it is first read, all of a
-member's hand-overs in one pass.
+member's hand-overs in one pass (:mod:`core.stack_records`).
 """
 
 from __future__ import annotations
 
-import gc
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from itertools import groupby, repeat
+from collections.abc import Callable, Sequence
+from itertools import groupby
 from operator import itemgetter
 from typing import Any
 
 import numpy as np
 
 from core.recording import BLOCK_ROWS, BLOCK_SECONDS, n_values
-from core.telemetry import (
-    LAYER_FIELDS,
-    STEP_FIELDS,
-    LayerRecord,
-    Sink,
-    StepBlock,
-    StepRecord,
-    record_from_values,
-)
+from core.stack_records import Part, part_of, records_of, records_of_parts
+from core.telemetry import Sink, StepBlock, StepRecord, record_from_values
 
 __all__ = ["StackRecorder", "records_of"]
 
 Array = np.ndarray
-
-
-def records_of(block: StepBlock) -> list[StepRecord]:
-    """Every row of ``block`` as a :class:`StepRecord` (column-wise: one constructor call per
-    record, none per figure)."""
-    if not len(block):
-        return []
-    with _gc_paused():
-        return _records(block.n_layers, block.steps, block.epochs, block.clipped, block.values,
-                        block.present[0])
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """The cyclic garbage collector off while records are built: the records hold no cycles,
-    and building tens of thousands of them would otherwise set off collection after
-    collection (each traversing every tracked object), several times the construction's cost."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
-def _records(n_layers: int, steps: Array, epochs: Array, clipped: Array, values: Array,
-             present: Array) -> list[StepRecord]:
-    """The rows of ``values`` (``(n, n_values)``, ``present``: which figures apply, one row for
-    all) as StepRecords.
-
-    Column-wise: the present figures become floats in one ``tolist`` (absent ones are never
-    converted: None stands in their place), then each layer's records and the step records
-    are filled in one loop each (:func:`_layer_records`, :func:`_step_records`)."""
-    n, L = len(steps), n_layers
-    ns, nl = len(STEP_FIELDS), len(LAYER_FIELDS)
-    if present.shape != (ns + L * nl,) or values.shape[1:] != present.shape:
-        raise ValueError(f"a present row of {ns + L * nl} figures for {L} layers, "
-                         f"got {present.shape} (values {values.shape})")
-    on: list[bool] = present.tolist()
-    figures = iter(values.T.tolist() if all(on) else values.T[present].tolist())
-    cols: list[Iterable[Any]] = [next(figures) if p else repeat(None, n) for p in on]
-    per_layer = [_layer_records(ly, n, cols[ns + ly * nl:ns + (ly + 1) * nl])
-                 for ly in range(L)] if n else []
-    layers: Iterator[list[LayerRecord]] = (
-        map(list, zip(*per_layer, strict=True)) if L else ([] for _ in range(n)))
-    return _step_records(steps.tolist(), epochs.tolist(), cols[:ns], clipped.tolist(), layers)
-
-
-_new = object.__new__
-
-
-def _layer_records(layer: int, n: int, cols: list[Iterable[Any]]) -> list[LayerRecord]:
-    """The ``n`` LayerRecords of ``layer`` in ``cols`` (columns of its :data:`LAYER_FIELDS`).
-
-    Each slot is set in one loop over the rows, not through ``__init__``: a Python call per
-    record is most of its cost (the records are equal, field by field and type by type, to
-    those the constructor gives: tests/test_stack_recording.py)."""
-    out = list(map(_new, repeat(LayerRecord, n)))
-    rows = zip(out, *cols, strict=True)
-    for r, grad, w_grad, weight, update, mean, std, dead, sat in rows:
-        r.layer = layer
-        r.grad_norm = grad
-        r.weight_grad_norm = w_grad
-        r.weight_norm = weight
-        r.update_norm = update
-        r.act_mean = mean
-        r.act_std = std
-        r.dead_fraction = dead
-        r.saturated_fraction = sat
-    return out
-
-
-def _step_records(steps: list[int], epochs: list[int], cols: list[Iterable[Any]],
-                  clipped: list[bool], layers: Iterable[list[LayerRecord]]) -> list[StepRecord]:
-    """StepRecords from their fields' columns (``cols``: the :data:`STEP_FIELDS`), filled as
-    :func:`_layer_records` fills LayerRecords."""
-    out = list(map(_new, repeat(StepRecord, len(steps))))
-    rows = zip(out, steps, epochs, *cols, clipped, layers, strict=True)
-    for r, step, epoch, loss, grad, clipped_grad, lr, clip, lay in rows:
-        r.step = step
-        r.epoch = epoch
-        r.loss = loss
-        r.grad_norm = grad
-        r.clipped_grad_norm = clipped_grad
-        r.lr = lr
-        r.clipped = clip
-        r.layers = lay
-    return out
 
 
 class _Shared:
@@ -149,7 +50,7 @@ class _Shared:
         return StepBlock(n_layers, steps, epochs, clipped, values,
                          np.broadcast_to(present, (len(steps), present.shape[0])))
 
-    def part(self, col: int) -> _Part:
+    def part(self, col: int) -> Part:
         """Column ``col``'s emitted rows: steps, epochs, clipped, values, present (one row)."""
         emitted = self.emitted[:, col]
         if emitted.all():  # every row (record_every=1): views, no index arrays
@@ -158,43 +59,6 @@ class _Shared:
         rows = emitted.nonzero()[0]
         return (self.steps[rows], self.epochs[rows], self.clipped[rows, col],
                 self.values[rows, col], self.present)
-
-
-_Part = tuple[Array, Array, Array, Array, Array]
-
-
-def _part(block: StepBlock, rows: list[int] | None = None) -> _Part:
-    """``block``'s rows (those listed, or all) as a :data:`_Part`."""
-    if not len(block):  # no row to take ``present`` from (and none to build)
-        return block.steps, block.epochs, block.clipped, block.values, block.present
-    if rows is None or len(rows) == len(block):
-        return block.steps, block.epochs, block.clipped, block.values, block.present[0]
-    return (block.steps[rows], block.epochs[rows], block.clipped[rows], block.values[rows],
-            block.present[0])
-
-
-def _records_of_parts(n_layers: int, parts: list[_Part]) -> list[StepRecord]:
-    """The rows of ``parts``, in order, as StepRecords: consecutive parts with the same
-    ``present`` row joined, so that their records are built in one pass."""
-    out: list[StepRecord] = []
-    parts = [p for p in parts if len(p[0])]
-    with _gc_paused():
-        i = 0
-        while i < len(parts):
-            j = i + 1
-            present = parts[i][4]
-            while j < len(parts) and (parts[j][4] is present
-                                      or np.array_equal(parts[j][4], present)):
-                j += 1
-            run = parts[i:j]
-            if len(run) == 1:
-                steps, epochs, clipped, values, _ = run[0]
-            else:
-                steps, epochs, clipped, values = (np.concatenate([p[f] for p in run])
-                                                  for f in range(4))
-            out += _records(n_layers, steps, epochs, clipped, values, present)
-            i = j
-    return out
 
 
 class _History:
@@ -270,15 +134,15 @@ class _History:
             last = self._block(len(self.blocks) - 1) if self.blocks else None
             return [last.record(len(last) - 1)] if last is not None and len(last) else []
         if self._limit is None:
-            parts = [blk[0].part(blk[1]) if isinstance(blk, tuple) else _part(blk)
+            parts = [blk[0].part(blk[1]) if isinstance(blk, tuple) else part_of(blk)
                      for blk in self.blocks if blk is not None]
-            return _records_of_parts(self.n_layers, parts)
+            return records_of_parts(self.n_layers, parts)
         parts = []
         for b, group in groupby(self.kept, key=itemgetter(1)):  # kept rows block by block
             blk = self.blocks[b]
             assert isinstance(blk, StepBlock)
-            parts.append(_part(blk, [i for _, _, i in group]))
-        return _records_of_parts(self.n_layers, parts)
+            parts.append(part_of(blk, [i for _, _, i in group]))
+        return records_of_parts(self.n_layers, parts)
 
 
 class StackRecorder:

@@ -12,7 +12,8 @@ import pytest
 
 from core import stack_recording
 from core.recording import n_values
-from core.stack_recording import StackRecorder, _part, _records_of_parts, records_of
+from core.stack_recording import StackRecorder
+from core.stack_records import part_of, records_of, records_of_parts
 from core.telemetry import LayerRecord, StepBlock, StepRecord
 
 
@@ -35,12 +36,12 @@ def test_parts_joined_give_the_records_of_each_block() -> None:
               _block(rng, 5, 9, present.copy()), _block(rng, 14, 4, other),
               _block(rng, 18, 3, present)]
     want = [r for b in blocks for r in records_of(b)]
-    got = _records_of_parts(3, [_part(b) for b in blocks])
+    got = records_of_parts(3, [part_of(b) for b in blocks])
     assert repr(got) == repr(want)  # NaN figures and None where absent too
     assert [len(r.layers) for r in got] == [3] * 21
     assert len({id(r.layers) for r in got}) == len(got)  # a list of its own each
     # a selection of rows of a block
-    assert repr(_records_of_parts(3, [_part(blocks[2], [0, 3, 8])])) == repr(
+    assert repr(records_of_parts(3, [part_of(blocks[2], [0, 3, 8])])) == repr(
         [want[5], want[8], want[13]])
 
 
@@ -55,7 +56,7 @@ def test_building_records_leaves_the_collector_as_found(enabled: bool) -> None:
         assert len(records_of(block)) == 6
         assert gc.isenabled() is enabled
         with pytest.raises(ValueError):  # a present row of the wrong length
-            _records_of_parts(3, [(*_part(block)[:4], np.ones(2, dtype=bool))])
+            records_of_parts(3, [(*part_of(block)[:4], np.ones(2, dtype=bool))])
         assert gc.isenabled() is enabled
     finally:
         if was:
@@ -133,5 +134,5 @@ def test_records_equal_those_the_constructors_give_field_by_field(n_layers: int)
     assert all(type(r) is StepRecord and type(r.layers) is list for r in got)
     assert all(type(ly) is LayerRecord for r in got for ly in r.layers)
     # selected rows of a block shared by the members (record_every > 1)
-    assert repr(_records_of_parts(n_layers, [_part(block, [1, 4])])) == repr(
+    assert repr(records_of_parts(n_layers, [part_of(block, [1, 4])])) == repr(
         [want[1], want[4]])

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core import Monitor, Trainer, TrainingSpec
 from core.batched import BatchedTrainer
@@ -212,3 +214,84 @@ def test_one_member_leaving_the_quiet_path_while_the_others_stay_on_it() -> None
     assert bool(mon.confirmed[4])  # from its warm-up on
     # the warm-up and the quiet steps stay in arrays: only the alerts' steps were replayed
     assert asked == [(2, 4), (42, 1), (62, 2), (71, 3), (90, 5)]
+
+
+def _random_stream(rng: np.random.Generator, K: int, T: int) -> list[tuple[Any, ...]]:
+    """K members' records with episodes at random steps: a norm growing out of its band, a
+    runaway with the loss harmed, weights rewritten (a little, or doubling with the loss
+    climbing), a setback, an early catapult, zero norms and updates, a NaN or Inf somewhere."""
+    L = 3
+    w = np.exp(rng.normal(2.0, 1.0, (K, L)))
+    noise = rng.uniform(0.01, 0.6, K)
+    kind = rng.integers(0, 9, K)
+    t0 = rng.integers(1, T, K)
+    out = []
+    for t in range(T):
+        g = np.exp(rng.normal(0.0, noise[:, None], (K, L)))
+        loss = 0.98 ** t * np.exp(rng.normal(0.0, noise)) + 0.01
+        u = 0.05 * w * np.exp(rng.normal(0.0, 0.2, (K, L)))
+        act = np.exp(rng.normal(0.0, 0.1, (K, L)))
+        for k in range(K):
+            dt = t - int(t0[k])
+            if kind[k] == 0 and 0 <= dt < 8:  # growth
+                g[k] *= 3.0 ** (dt + 1)
+            elif kind[k] == 1 and 0 <= dt < 10:  # runaway
+                g[k] *= 100.0 * 2 ** dt
+                u[k] *= 30 * 2 ** dt
+                loss[k] = 2.0
+            elif kind[k] == 2 and 0 <= dt < 8:  # rewrites
+                u[k] = rng.uniform(0.4, 1.3) * w[k]
+                w[k] *= rng.uniform(1.0, 2.0)
+                loss[k] *= 30.0 ** (dt * rng.uniform(0.0, 1.0))
+            elif kind[k] == 3 and dt >= 0:  # setback
+                loss[k] = 1.5 * math.exp(rng.normal(0, 0.05))
+            elif kind[k] == 4 and 1 <= t <= 4:  # catapult
+                loss[k] = 3.0 if t < 4 else 0.1
+            elif kind[k] == 5 and dt == 0:  # a NaN or an Inf
+                where = rng.integers(0, 4)
+                bad = math.nan if rng.integers(0, 2) else math.inf
+                if where == 0:
+                    loss[k] = bad
+                else:
+                    (g, w, act)[where - 1][k, rng.integers(0, L)] = bad
+            elif kind[k] == 6 and dt % 3 == 0:  # zero norms, an update of zero
+                g[k] = 0.0
+                u[k] = 0.0
+            elif kind[k] == 7:  # the same norm every step
+                g[k] = 1.0
+        w = w * (1 + rng.normal(0, 0.001, (K, L)))
+        gn = np.sqrt((g * g).sum(1))
+        recs = [StepRecord(t, 0, float(loss[k]), float(gn[k]), float(gn[k]), 0.1, False,
+                           [LayerRecord(i, float(g[k, i]), float(g[k, i]), float(w[k, i]),
+                                        float(u[k, i]), 0.0, float(act[k, i]))
+                            for i in range(L)]) for k in range(K)]
+        out.append((t, loss.copy(), gn, g.copy(), w.copy(), u.copy(), act, recs))
+    return out
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), K=st.integers(1, 7), mse=st.booleans(),
+       leave=st.integers(0, 200))
+def test_random_streams_raise_every_rows_scalar_alerts(seed: int, K: int, mse: bool,
+                                                      leave: int) -> None:
+    # random episodes (growth, runaway, rewrites, setbacks, catapults, zeros, NaN/Inf) on
+    # random steps of random members: each row's alerts, message and evidence included, and
+    # its confirmation stay its scalar monitor's at every step, also after a member leaves
+    rng = np.random.default_rng(seed)
+    specs = [TrainingSpec.model_validate({**BASE, "loss": "mse" if mse else BASE["loss"],
+                                          "optimizer": {"name": "adam", "lr": 0.01}})] * K
+    mon = StackMonitor(specs)
+    scalar = [Monitor(s) for s in specs]
+    rows = list(range(K))  # the stream's member of each row
+    for t, loss, gn, g, w, u, act, recs in _random_stream(rng, K, 200):
+        if t == leave and len(rows) > 1:
+            keep = np.array([i for i in range(len(rows)) if i != len(rows) // 2])
+            mon.keep_rows(keep)
+            rows = [rows[i] for i in keep.tolist()]
+            scalar = [scalar[i] for i in keep.tolist()]
+        ix = np.array(rows)
+        got = mon.observe(t, loss[ix], gn[ix], g[ix], w[ix], u[ix], act[ix],
+                          lambda r, recs=recs, rows=rows: recs[rows[r]])
+        for k, m in enumerate(scalar):
+            assert repr(got.get(k, [])) == repr(m.observe(recs[rows[k]])), (t, k)
+            assert bool(mon.confirmed[k]) == m.explosion_confirmed, (t, k)

@@ -166,13 +166,21 @@ def _stream(T: int = 140) -> list[tuple[Any, ...]]:
             loss[5] = 1.5 * math.exp(rng.normal(0, 0.05))
         act = np.exp(rng.normal(0, 0.1, (K, L)))
         w = w * (1 + rng.normal(0, 0.001, (K, L)))
-        gn = np.sqrt((g * g).sum(1))
-        recs = [StepRecord(t, 0, float(loss[k]), float(gn[k]), float(gn[k]), 0.1, False,
-                           [LayerRecord(i, float(g[k, i]), float(g[k, i]), float(w[k, i]),
-                                        float(u[k, i]), 0.0, float(act[k, i]))
-                            for i in range(L)]) for k in range(K)]
-        out.append((t, loss.copy(), gn, g, w.copy(), u.copy(), act, recs))
+        out.append(_observed(t, loss, g, w, u, act))
     return out
+
+
+def _observed(t: int, loss: np.ndarray, g: np.ndarray, w: np.ndarray, u: np.ndarray,
+              act: np.ndarray) -> tuple[Any, ...]:
+    """Step ``t`` of members' figures ``(K,)`` / ``(K, L)`` as the monitors take it: the
+    arrays (copies) and each member's StepRecord."""
+    K, L = g.shape
+    gn = np.sqrt((g * g).sum(1))
+    recs = [StepRecord(t, 0, float(loss[k]), float(gn[k]), float(gn[k]), 0.1, False,
+                       [LayerRecord(i, float(g[k, i]), float(g[k, i]), float(w[k, i]),
+                                    float(u[k, i]), 0.0, float(act[k, i]))
+                        for i in range(L)]) for k in range(K)]
+    return t, loss.copy(), gn, g.copy(), w.copy(), u.copy(), act, recs
 
 
 def test_one_member_leaving_the_quiet_path_while_the_others_stay_on_it() -> None:
@@ -260,12 +268,7 @@ def _random_stream(rng: np.random.Generator, K: int, T: int) -> list[tuple[Any, 
             elif kind[k] == 7:  # the same norm every step
                 g[k] = 1.0
         w = w * (1 + rng.normal(0, 0.001, (K, L)))
-        gn = np.sqrt((g * g).sum(1))
-        recs = [StepRecord(t, 0, float(loss[k]), float(gn[k]), float(gn[k]), 0.1, False,
-                           [LayerRecord(i, float(g[k, i]), float(g[k, i]), float(w[k, i]),
-                                        float(u[k, i]), 0.0, float(act[k, i]))
-                            for i in range(L)]) for k in range(K)]
-        out.append((t, loss.copy(), gn, g.copy(), w.copy(), u.copy(), act, recs))
+        out.append(_observed(t, loss, g, w, u, act))
     return out
 
 

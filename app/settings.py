@@ -223,6 +223,19 @@ class Settings(BaseSettings):
         "json", description="`json`: one JSON object per line with request_id, job_id and "
                             "tenant; `text`: plain lines.")
 
+    @field_validator("database_url")
+    @classmethod
+    def _no_empty_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()  # (a stray newline from a secrets file)
+        if not value:  # never echo a URL in this message (it may hold a password)
+            raise ValueError(
+                "DATABASE_URL is set but empty. Unset it for the default SQLite database "
+                "(<data_dir>/gradwatch.db), or give a SQLAlchemy URL, e.g. "
+                "postgresql+psycopg://user:password@host:5432/gradwatch")
+        return value
+
     @field_validator("api_key")
     @classmethod
     def _no_empty_key(cls, value: str | None) -> str | None:

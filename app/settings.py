@@ -25,6 +25,18 @@ def _default_job_memory() -> int:
     return max(256 * 1024**2, total // 4)
 
 
+def _set_not_empty(value: str | None, refusal: str) -> str | None:
+    """``value`` without surrounding whitespace (a secrets file's stray newline), None if
+    unset; a value set but empty raises ``refusal`` (which never echoes the value: a key or a
+    URL with its password)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        raise ValueError(refusal)
+    return value
+
+
 class Settings(BaseSettings):
     """Every knob of the service. The embedded default needs no configuration at all."""
 
@@ -226,27 +238,20 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _no_empty_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        value = value.strip()  # (a stray newline from a secrets file)
-        if not value:  # never echo a URL in this message (it may hold a password)
-            raise ValueError(
-                "DATABASE_URL is set but empty. Unset it for the default SQLite database "
-                "(<data_dir>/gradwatch.db), or give a SQLAlchemy URL, e.g. "
-                "postgresql+psycopg://user:password@host:5432/gradwatch")
-        return value
+        return _set_not_empty(
+            value, "DATABASE_URL is set but empty. Unset it for the default SQLite database "
+                   "(<data_dir>/gradwatch.db), or give a SQLAlchemy URL, e.g. "
+                   "postgresql+psycopg://user:password@host:5432/gradwatch")
 
     @field_validator("api_key")
     @classmethod
     def _no_empty_key(cls, value: str | None) -> str | None:
+        value = _set_not_empty(
+            value, "GRADWATCH_API_KEY is set but empty: it would not protect anything. Unset "
+                   "it to run without an admin key, or set a real key "
+                   "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
         if value is None:
             return None
-        value = value.strip()  # (a stray newline from a secrets file)
-        if not value:  # never echo a key in this message: only an empty one gets here
-            raise ValueError(
-                "GRADWATCH_API_KEY is set but empty: it would not "
-                "protect anything. Unset it to run without an admin key, or set a real key "
-                "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
         if re.fullmatch(r"gw_[0-9a-f]{12}_[A-Za-z0-9_-]{43}", value):
             raise ValueError(
                 "GRADWATCH_API_KEY holds a tenant key (gw_...): on a server it is the admin key, "

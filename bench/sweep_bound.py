@@ -11,7 +11,8 @@ with a timer around every ``matmul`` of ``core.layers`` and ``core.stacked`` (th
 products; the stack's few statistics products count too, which only lowers the bound) and
 prints each side's matmul share and that bound. It also times the one form that could beat
 per-member ``gemm``s for a shared input: one large ``gemm`` over all members' first-layer
-weights side by side.
+weights side by side, and whether its products are the per-member ones bit for bit (they
+depend on the BLAS kernel: yes on some machines, no on others).
 
     python bench/sweep_bound.py [--only small,large] [--standardize] [--threads 1]
 
@@ -127,9 +128,13 @@ def one_big_gemm(n_in: int, batch: int, units: int, k: int = 64) -> None:
     a = min(timeit.repeat(lambda: np.matmul(X, W, out=out), number=3, repeat=3)) / 3
     b = min(timeit.repeat(lambda: np.matmul(X, Wc, out=outc), number=3, repeat=3)) / 3
     flops = 2 * batch * n_in * units * k
+    # the same products? (what a batched trainer would need to use the wide form: each
+    # member's columns equal to its own gemm's, bit for bit)
+    same = np.array_equal(out, outc.reshape(batch, k, units).transpose(1, 0, 2))
     print(f"  first layer, shared input ({batch}x{n_in} @ {n_in}x{units}, {k} members): "
           f"{k} gemms {a * 1e3:.2f} ms ({flops / a / 1e9:.0f} GFLOP/s), one {batch}x{n_in} @ "
-          f"{n_in}x{k * units} gemm {b * 1e3:.2f} ms ({flops / b / 1e9:.0f} GFLOP/s)")
+          f"{n_in}x{k * units} gemm {b * 1e3:.2f} ms ({flops / b / 1e9:.0f} GFLOP/s); "
+          f"bit-identical to the per-member products: {'yes' if same else 'no'}")
 
 
 def main() -> None:

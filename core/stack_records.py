@@ -4,7 +4,8 @@
 (``TrainingResult.steps``) is built here when first read, column-wise: every present figure's
 column is converted in one ``tolist`` (absent figures never: None stands in their place) and
 the records are filled slot by slot, one loop per layer and one for the steps, all of a
-member's hand-overs (:data:`Part`) in one pass, with the cyclic garbage collector paused.
+member's hand-overs (:data:`Part`) in one pass, with the cyclic garbage collector paused (and
+the new records left out of its young generations: they hold no cycles).
 """
 
 from __future__ import annotations
@@ -35,9 +36,14 @@ def records_of(block: StepBlock) -> list[StepRecord]:
 
 @contextmanager
 def _gc_paused() -> Iterator[None]:
-    """The cyclic garbage collector off while records are built: the records hold no cycles,
-    and building tens of thousands of them would otherwise set off collection after
-    collection (each traversing every tracked object), several times the construction's cost."""
+    """The cyclic garbage collector off while records are built, and the new records moved to
+    the oldest generation before it is back on.
+
+    The records hold no cycles, and building tens of thousands of them would otherwise set off
+    collection after collection (each traversing every tracked object), several times the
+    construction's cost. Re-enabled as is, the collector would still traverse them once they
+    count as young (a collection on the next allocation, then again as they age, and now and
+    then a full one): :func:`_promote_young` spares that."""
     if not gc.isenabled():
         yield
         return
@@ -45,7 +51,21 @@ def _gc_paused() -> Iterator[None]:
     try:
         yield
     finally:
+        _promote_young()
         gc.enable()
+
+
+def _promote_young() -> None:
+    """Every object the collector tracks moved to its oldest generation, untraversed, and the
+    count of new objects reset: ``gc.freeze`` then ``gc.unfreeze`` (two list splices).
+
+    Nothing is lost: a young object that is cyclic garbage (made before the records, by other
+    code) is found by the next full collection instead of a young one. Skipped when
+    something else keeps objects frozen (a pre-fork server's ``gc.freeze``): unfreezing would
+    hand its objects back to the collector."""
+    if gc.get_freeze_count() == 0:
+        gc.freeze()
+        gc.unfreeze()
 
 
 def _records(n_layers: int, steps: Array, epochs: Array, clipped: Array, values: Array,

@@ -5,7 +5,7 @@
 column is converted in one ``tolist`` (absent figures never: None stands in their place) and
 the records are filled slot by slot, one loop per layer and one for the steps, all of a
 member's hand-overs (:data:`Part`) in one pass, with the cyclic garbage collector paused (and
-the new records left out of its young generations: they hold no cycles).
+the new records kept out of its young generations: they hold no cycles).
 """
 
 from __future__ import annotations
@@ -36,36 +36,35 @@ def records_of(block: StepBlock) -> list[StepRecord]:
 
 @contextmanager
 def _gc_paused() -> Iterator[None]:
-    """The cyclic garbage collector off while records are built, and the new records moved to
-    the oldest generation before it is back on.
+    """The cyclic garbage collector off while records are built, and the new records put in
+    its oldest generation before it is back on.
 
     The records hold no cycles, and building tens of thousands of them would otherwise set off
     collection after collection (each traversing every tracked object), several times the
-    construction's cost. Re-enabled as is, the collector would still traverse them once they
-    count as young (a collection on the next allocation, then again as they age, and now and
-    then a full one): :func:`_promote_young` spares that."""
+    construction's cost. Re-enabled as is, the collector would still traverse them all once
+    they count as young (a collection on the next allocation, again as they age, and now and
+    then a full one): about half the construction's cost again.
+
+    So the young generations are collected first (cheap: little is young between two
+    members' builds), judging the objects of others as a young collection would, and after
+    the build the young objects, now only records (and what is still live of their building),
+    move to the oldest generation untraversed: ``gc.freeze`` then ``gc.unfreeze``, two list
+    splices. Not when something else keeps objects frozen (a pre-fork server's
+    ``gc.freeze``): unfreezing would hand its objects back to the collector."""
     if not gc.isenabled():
         yield
         return
+    promote = gc.get_freeze_count() == 0
+    if promote:
+        gc.collect(1)
     gc.disable()
     try:
         yield
     finally:
-        _promote_young()
+        if promote:
+            gc.freeze()
+            gc.unfreeze()
         gc.enable()
-
-
-def _promote_young() -> None:
-    """Every object the collector tracks moved to its oldest generation, untraversed, and the
-    count of new objects reset: ``gc.freeze`` then ``gc.unfreeze`` (two list splices).
-
-    Nothing is lost: a young object that is cyclic garbage (made before the records, by other
-    code) is found by the next full collection instead of a young one. Skipped when
-    something else keeps objects frozen (a pre-fork server's ``gc.freeze``): unfreezing would
-    hand its objects back to the collector."""
-    if gc.get_freeze_count() == 0:
-        gc.freeze()
-        gc.unfreeze()
 
 
 def _records(n_layers: int, steps: Array, epochs: Array, clipped: Array, values: Array,

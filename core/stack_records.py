@@ -4,7 +4,8 @@
 (``TrainingResult.steps``) is built here when first read, column-wise: every present figure's
 column is converted in one ``tolist`` (absent figures never: None stands in their place) and
 the records are filled slot by slot, one loop per layer and one for the steps, all of a
-member's hand-overs (:data:`Part`) in one pass, with the cyclic garbage collector paused.
+member's hand-overs (:data:`Part`) in one pass, with the cyclic garbage collector paused (and
+the new records kept out of its young generations: they hold no cycles).
 """
 
 from __future__ import annotations
@@ -35,16 +36,34 @@ def records_of(block: StepBlock) -> list[StepRecord]:
 
 @contextmanager
 def _gc_paused() -> Iterator[None]:
-    """The cyclic garbage collector off while records are built: the records hold no cycles,
-    and building tens of thousands of them would otherwise set off collection after
-    collection (each traversing every tracked object), several times the construction's cost."""
+    """The cyclic garbage collector off while records are built, and the new records put in
+    its oldest generation before it is back on.
+
+    The records hold no cycles, and building tens of thousands of them would otherwise set off
+    collection after collection (each traversing every tracked object), several times the
+    construction's cost. Re-enabled as is, the collector would still traverse them all once
+    they count as young (a collection on the next allocation, again as they age, and now and
+    then a full one): about half the construction's cost again.
+
+    So the young generations are collected first (cheap: little is young between two
+    members' builds), judging the objects of others as a young collection would, and after
+    the build the young objects, now only records (and what is still live of their building),
+    move to the oldest generation untraversed: ``gc.freeze`` then ``gc.unfreeze``, two list
+    splices. Not when something else keeps objects frozen (a pre-fork server's
+    ``gc.freeze``): unfreezing would hand its objects back to the collector."""
     if not gc.isenabled():
         yield
         return
+    promote = gc.get_freeze_count() == 0
+    if promote:
+        gc.collect(1)
     gc.disable()
     try:
         yield
     finally:
+        if promote:
+            gc.freeze()
+            gc.unfreeze()
         gc.enable()
 
 

@@ -4,6 +4,7 @@ holds the records block-by-block building gives, and leaves the garbage collecto
 from __future__ import annotations
 
 import gc
+import weakref
 from dataclasses import fields
 from typing import Any
 
@@ -61,6 +62,50 @@ def test_building_records_leaves_the_collector_as_found(enabled: bool) -> None:
     finally:
         if was:
             gc.enable()
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_records_are_built_without_collections_of_them_and_no_cycle_is_lost() -> None:
+    rng = np.random.default_rng(2)
+    block = _block(rng, 0, 400, np.ones(n_values(3), dtype=bool))
+    if not gc.isenabled():  # pragma: no cover (the suite runs with the collector on)
+        pytest.skip("needs the collector on")
+    gc.collect()  # no young object left that could set off a collection of its own
+    cycle = weakref.ref(_Cycle())  # cyclic garbage made before the records
+    collections: list[int] = []
+
+    def seen(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    gc.callbacks.append(seen)
+    try:
+        records = records_of(block)
+        after = [[] for _ in range(50)]  # what would set off a collection of the new records
+    finally:
+        gc.callbacks.remove(seen)
+    assert cycle() is None  # the young garbage of others found before the build, as usual
+    # one collection of the young generations, before: 1600 new tracked objects, yet none of
+    # them counts as young afterwards, so no collection traverses them
+    assert len(records) == 400 and len(after) == 50 and collections == [1]
+
+
+def test_building_records_leaves_objects_frozen_by_others_frozen() -> None:
+    rng = np.random.default_rng(3)
+    block = _block(rng, 0, 5, np.ones(n_values(3), dtype=bool))
+    if gc.get_freeze_count():  # pragma: no cover
+        pytest.skip("something in this process already froze objects")
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        assert len(records_of(block)) == 5
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
 
 
 class _BlockSink:

@@ -16,8 +16,10 @@ forecasts) are the scalar monitor's own, and the common quiet step costs no per-
 Python at all. The warm-up is arrays too (the median norm and loss of the records so far,
 the spread from their deviations, kept per row for a rebuilt monitor). The quiet step skips
 what no row needs (a band left, a run far above H, weights rewritten, a growth warning
-within reach), deciding that for the whole stack at once; the largest activation std is
-kept as it is and logged only for a monitor being rebuilt.
+within reach), deciding that for the whole stack at once. The windows (the last losses, the
+forecaster's last values) are views onto one history of per-step slots, so a step writes one
+slot and moves nothing; the layers' activation stds are kept as they are, their largest and
+its log taken only for a monitor being rebuilt.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from core.diagnostics.monitor import (
 )
 from core.diagnostics.report import Finding
 from core.monitor_math import all_true, any_true, exp_each, log_each, py_max, py_min
-from core.monitor_replay import FORECAST_SERIES, ScalarReplay
+from core.monitor_replay import ACT, FC_LOSS, LOSS, ScalarReplay, largest_std
 from core.spec import TrainingSpec
 from core.telemetry import StepRecord
 
@@ -64,6 +66,7 @@ _INTS = ("run_len", "run_start_step", "persist_run", "persist_far", "confirmed_a
          "rw_from_step", "ov0")
 _BOOLS = ("confirmed", "warned", "setback_seen", "catapult_seen", "nf_seen", "ov_set",
           "has_prev")
+_SLOTS = 128  # the history's slots: the last RECENT move to the front when it is full
 # MonitorState's and Monitor's starting values (other floats NaN, other ints -1)
 _START = {"spread": MIN_SPREAD, "best": math.inf, "run_max_inc": 0.0, "run_len": 0,
           "run_start_step": 0, "persist_run": 0, "persist_far": 0}
@@ -87,8 +90,10 @@ class StackMonitor(ScalarReplay):
         self.l0 = np.full(K, math.nan)
         # the warm-up's log norms and log losses (MonitorState._warm, _warm_loss)
         self.warm = np.full((2, K, WARMUP), math.nan)
-        self.recent = np.full((K, RECENT), math.nan)
-        self.fc = np.full((len(FORECAST_SERIES), K, WINDOW), math.nan)
+        # the per-step values the windows (the last RECENT losses, the forecaster's last
+        # WINDOW values) are read from, one slot a step: a window is a view, nothing shifts
+        self.hist = np.full((_SLOTS, ACT + 1, K), math.nan)
+        self.pos = RECENT
         self.rw_weights = np.zeros((K, 0))
         self.prev_w = np.zeros((K, 0))
         self._upper = np.zeros(K)  # the band's top of the step being observed
@@ -107,8 +112,7 @@ class StackMonitor(ScalarReplay):
         self.warm = self.warm[:, rows]
         self.s = {k: v[rows] for k, v in self.s.items()}
         self.l0 = self.l0[rows]
-        self.recent = self.recent[rows]
-        self.fc = self.fc[:, rows]
+        self.hist = self.hist[:, :, rows]
         self.rw_weights = self.rw_weights[rows]
         self.prev_w = self.prev_w[rows]
 
@@ -136,8 +140,8 @@ class StackMonitor(ScalarReplay):
         if act_std is not None:
             cols.append(act_std)
         finite = np.isfinite(np.add.reduce(np.concatenate(cols, axis=1), axis=1))
-        # every log of the step in one pass: norm, loss, update norm (the largest activation
-        # std is kept as it is: its log is only wanted when a real monitor is rebuilt)
+        # every log of the step in one pass: norm, loss, update norm (the activation stds are
+        # kept as they are: their largest's log is only wanted when a real monitor is rebuilt)
         parts = [grad_norm, loss]
         if L:
             sq = update * update
@@ -150,18 +154,15 @@ class StackMonitor(ScalarReplay):
         lu = 0.5 * logs[2 * K:] if L else np.full(K, math.nan)
         self._grad_norm = grad_norm
         new, rw_new, prev_new = self._update(step, lg, ll, loss, lu, weight, update)
-        fc_new = np.empty_like(self.fc)
-        fc_new[:, :, :-1] = self.fc[:, :, 1:]
-        fc_new[0, :, -1] = lg
-        if act_std is not None:  # the largest std of each row (NaN if any is)
-            top = act_std[:, 0]
-            for i in range(1, act_std.shape[1]):
-                top = np.maximum(top, act_std[:, i])
-            fc_new[1, :, -1] = py_max(0.0, top)
+        pos = self._slot(K, act_std)
+        hist = self.hist
+        if self._mse:
+            hist[pos, 0] = lg
+            np.multiply(ll, 0.5, out=hist[pos, FC_LOSS])
         else:
-            fc_new[1, :, -1] = 0.0
-        fc_new[2, :, -1] = 0.5 * ll if self._mse else ll
-        recent_new = np.concatenate((self.recent[:, 1:], loss[:, None]), axis=1)
+            hist[pos, :LOSS] = logs[:2 * K].reshape(2, K)  # the log norm and the log loss
+        hist[pos, LOSS] = loss
+        recent_new = hist[pos + 1 - RECENT:pos + 1, LOSS]
         event = self._events(step, new, recent_new, loss, lg)
         event |= ~finite
         event &= ~self.s["nf_seen"]
@@ -171,14 +172,36 @@ class StackMonitor(ScalarReplay):
             found = m.observe(record(r))
             if found:
                 alerts[r] = found
-            self._load(r, m, new, recent_new, fc_new, rw_new, prev_new)
-        self.s, self.recent, self.fc = new, recent_new, fc_new
+            self._load(r, m, new, rw_new, prev_new)
+        self.s = new
         self.rw_weights, self.prev_w = rw_new, prev_new
         self.n += 1
+        self.pos = pos + 1
         self.last_step = step
         self.recent_steps.append(step)
         self.fc_steps.append(step)
         return alerts
+
+    def _slot(self, K: int, act_std: Array | None) -> int:
+        """The history's slot of this step (the windows before it left in place), holding
+        this step's activation stds: the forecaster's largest is taken from them on a
+        rebuild (:func:`core.monitor_replay.largest_std`; none: zeros give its 0.0)."""
+        A = 1 if act_std is None else act_std.shape[1]
+        if self.n == 0 and self.hist.shape[1] != ACT + A:
+            self.hist = np.full((_SLOTS, ACT + A, K), math.nan)
+        pos = self.pos
+        if pos == _SLOTS:
+            self.hist[:RECENT] = self.hist[_SLOTS - RECENT:]
+            pos = self.pos = RECENT
+        act = self.hist[pos, ACT:]
+        if act_std is None:
+            act[:] = 0.0
+        elif act.shape[0] == A:
+            act[:] = act_std.T
+        else:  # (a stack whose layers change) the largest, then zeros: the same maximum
+            act[:] = 0.0
+            act[0] = largest_std(act_std)
+        return pos
 
     def _update(self, step: int, lg: Array, ll: Array, loss: Array, lu: Array, w: Array,
                 u: Array) -> tuple[dict[str, Array], Array, Array]:
@@ -346,10 +369,15 @@ class StackMonitor(ScalarReplay):
                      & (lg > new["healthy"]))
         event = watch & rule
         if n > WARMUP + RECENT:
-            med = np.sort(recent, axis=1)[:, RECENT // 2]
+            # the median of the window (finite in every row that can be in a setback: a
+            # non-finite loss is replayed) is >= both levels when more than half its losses
+            # are >= the larger of them (NaN: none is); np.maximum of x and 0.0 differs from
+            # Python's max only in the sign of a zero, which the sum and the comparison
+            # cannot see
             best = new["best"]
-            setback = (med >= 2.0 * best) & (med >= best + HARM * py_max(self.l0 - best, 0.0))
-            event |= watch & ~s["setback_seen"] & setback
+            level = np.maximum(2.0 * best, best + HARM * np.maximum(self.l0 - best, 0.0))
+            above = np.add.reduce(recent >= level, axis=0)
+            event |= watch & ~s["setback_seen"] & (above > RECENT // 2)
         if n == 1:  # the first record starts every row's catapult watch (an explosion
             # confirmed at once leaves it empty: that row is replayed)
             new.update(c0=loss.copy(), c1=self._grad_norm.copy(), c2=np.zeros(len(loss)),

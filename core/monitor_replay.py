@@ -18,12 +18,28 @@ import numpy as np
 from core.diagnostics.forecast import WINDOW
 from core.diagnostics.monitor import RECENT, WARMUP, Monitor
 from core.diagnostics.series import safe_log
+from core.monitor_math import py_max
 from core.spec import TrainingSpec
 
-__all__ = ["FORECAST_SERIES", "ScalarReplay"]
+__all__ = ["ACT", "FC_LOSS", "FORECAST_SERIES", "LOG_NORM", "LOSS", "ScalarReplay", "largest_std"]
 
 Array = np.ndarray
-FORECAST_SERIES = ("grad_norm", "activation", "loss")  # the forecaster's, in the arrays' order
+FORECAST_SERIES = ("grad_norm", "activation", "loss")  # the forecaster's series
+# the columns of a slot of the history: the log norm and the loss series of the forecaster
+# (the log loss, halved for MSE), the loss itself (the setback's window), then each layer's
+# activation std (their largest is the forecaster's activation series, taken on a rebuild)
+LOG_NORM, FC_LOSS, LOSS, ACT = 0, 1, 2, 3
+
+
+def largest_std(act: Array) -> Array:
+    """The forecaster's largest activation std of each record (rows) from its layers'
+    stds (columns): the scalar's ``max(0.0, std, ...)``, NaN giving 0.0; no column: 0.0."""
+    if not act.shape[1]:
+        return np.zeros(act.shape[0])
+    top = act[:, 0]
+    for i in range(1, act.shape[1]):
+        top = np.maximum(top, act[:, i])
+    return py_max(0.0, top)
 
 
 class ScalarReplay:
@@ -34,8 +50,8 @@ class ScalarReplay:
     s: dict[str, Array]  # the monitors' scalars, one array each over the rows
     l0: Array
     warm: Array
-    recent: Array
-    fc: Array
+    hist: Array  # (slots, 3 + activation columns, rows): see :meth:`_windows`
+    pos: int  # the slot of the step being observed (the state's windows end before it)
     rw_weights: Array
     prev_w: Array
     n: int
@@ -64,16 +80,18 @@ class ScalarReplay:
         st.run_start_step = int(s["run_start_step"][r])
         st._persist_run = int(s["persist_run"][r])
         st._persist_far = int(s["persist_far"][r])
+        pos = self.pos
         cnt = min(self.n, RECENT)
-        st.recent = deque(self.recent[r, RECENT - cnt:].tolist(), maxlen=RECENT)
+        st.recent = deque(self.hist[pos - cnt:pos, LOSS, r].tolist(), maxlen=RECENT)
         st.recent_steps = deque(self.recent_steps, maxlen=RECENT)
         cnt = min(self.n, WINDOW)
         steps = list(self.fc_steps)
-        for j, name in enumerate(FORECAST_SERIES):
-            vals = self.fc[j, r, WINDOW - cnt:].tolist()
-            if name == "activation":  # kept as the largest std itself
-                vals = [safe_log(v) for v in vals]
-            m.forecaster._hist[name] = deque(zip(steps, vals, strict=True), maxlen=WINDOW)
+        h = self.hist[pos - cnt:pos, :, r]
+        series = {"grad_norm": h[:, LOG_NORM].tolist(), "loss": h[:, FC_LOSS].tolist(),
+                  "activation": [safe_log(v) for v in largest_std(h[:, ACT:]).tolist()]}
+        for name in FORECAST_SERIES:
+            m.forecaster._hist[name] = deque(zip(steps, series[name], strict=True),
+                                             maxlen=WINDOW)
         m.explosion_confirmed = bool(s["confirmed"][r])
         at = int(s["confirmed_at"][r])
         m.confirmed_at = at if m.explosion_confirmed else None
@@ -93,9 +111,10 @@ class ScalarReplay:
                         if s["ov_set"][r] else None)
         return m
 
-    def _load(self, r: int, m: Monitor, new: dict[str, Array], recent: Array, fc: Array,
-              rw: Array, prev: Array) -> None:
-        """Write monitor ``m``'s state (after this step) into row ``r`` of the new arrays."""
+    def _load(self, r: int, m: Monitor, new: dict[str, Array], rw: Array,
+              prev: Array) -> None:
+        """Write monitor ``m``'s state (after this step) into row ``r`` of the new arrays
+        (and of the windows ending with this step's slot)."""
         st = m.state
         vals: dict[str, Any] = {
             "base": st.base, "healthy": st.healthy, "spread": st.spread,
@@ -125,16 +144,17 @@ class ScalarReplay:
         if st._warm:
             self.warm[0, r, :len(st._warm)] = st._warm
             self.warm[1, r, :len(st._warm_loss)] = st._warm_loss
+        end = self.pos + 1
+        hist = self.hist
         cnt = min(len(st.recent), RECENT)
-        recent[r] = math.nan
+        hist[end - RECENT:end, LOSS, r] = math.nan
         if cnt:
-            recent[r, RECENT - cnt:] = list(st.recent)
-        for j, name in enumerate(FORECAST_SERIES):
-            if name == "activation":  # the arrays' own (the largest std, every step)
-                continue
+            hist[end - cnt:end, LOSS, r] = list(st.recent)
+        # (the activation series stays the arrays' own: the largest std of every step)
+        for j, name in ((LOG_NORM, "grad_norm"), (FC_LOSS, "loss")):
             h = m.forecaster._hist[name]
-            fc[j, r] = math.nan
+            hist[end - WINDOW:end, j, r] = math.nan
             if h:
-                fc[j, r, WINDOW - len(h):] = [v for _, v in h]
+                hist[end - len(h):end, j, r] = [v for _, v in h]
         rw[r] = m._rewrite_weights or 0.0
         prev[r] = m._prev_weights or 0.0

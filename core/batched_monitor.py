@@ -98,6 +98,13 @@ class StackMonitor(ScalarReplay):
         self.prev_w = np.zeros((K, 0))
         self._upper = np.zeros(K)  # the band's top of the step being observed
         self.n = 0  # records every member has observed (they observe in lockstep)
+        # what the quiet steps know of the whole state, so as not to check it every step
+        # (kept by the quiet path; a replay or a member leaving makes it ask again)
+        self._masks: tuple[Array, ...] | None = None  # from the flags only replays change
+        self._runs_zero = True  # no runaway run in any row
+        self._all_prev = False  # every row has its previous weights
+        self._rw_idle = True  # no row in a run of weight-rewriting updates
+        self._no_overshoot = True  # no row has seen an overshoot
         self.last_step = -1
         self.recent_steps: deque[int] = deque(maxlen=RECENT)
         self.fc_steps: deque[int] = deque(maxlen=WINDOW)
@@ -113,6 +120,8 @@ class StackMonitor(ScalarReplay):
         self.s = {k: v[rows] for k, v in self.s.items()}
         self.l0 = self.l0[rows]
         self.hist = self.hist[:, :, rows]
+        self._upper = self._upper[rows]
+        self._masks = None
         self.rw_weights = self.rw_weights[rows]
         self.prev_w = self.prev_w[rows]
 
@@ -163,16 +172,19 @@ class StackMonitor(ScalarReplay):
             hist[pos, :LOSS] = logs[:2 * K].reshape(2, K)  # the log norm and the log loss
         hist[pos, LOSS] = loss
         recent_new = hist[pos + 1 - RECENT:pos + 1, LOSS]
-        event = self._events(step, new, recent_new, loss, lg)
-        event |= ~finite
-        event &= ~self.s["nf_seen"]
+        event = self._events(step, new, recent_new, loss, lg, finite)
         alerts: dict[int, list[Finding]] = {}
-        for r in event.nonzero()[0].tolist():
+        replayed = event.nonzero()[0].tolist()
+        if replayed:  # what the quiet path knew may no longer hold
+            self._masks = None
+            self._runs_zero = self._all_prev = self._rw_idle = self._no_overshoot = False
+        for r in replayed:
             m = self._scalar(r)
             found = m.observe(record(r))
             if found:
                 alerts[r] = found
             self._load(r, m, new, rw_new, prev_new)
+            self._upper[r] = m.state.upper  # (the next step's band, as the row's own)
         self.s = new
         self.rw_weights, self.prev_w = rw_new, prev_new
         self.n += 1
@@ -200,7 +212,7 @@ class StackMonitor(ScalarReplay):
             act[:] = act_std.T
         else:  # (a stack whose layers change) the largest, then zeros: the same maximum
             act[:] = 0.0
-            act[0] = largest_std(act_std)
+            act[0] = [largest_std(row) for row in act_std.tolist()]
         return pos
 
     def _update(self, step: int, lg: Array, ll: Array, loss: Array, lu: Array, w: Array,
@@ -211,33 +223,57 @@ class StackMonitor(ScalarReplay):
         new = dict(s)
         last_lg = s["last_lg"]
         inc = lg > last_lg
-        run_len = s["run_len"]
-        start = inc & (run_len == 0)
+        run_len = new["run_len"] = s["run_len"] + 1
+        run_len *= inc
+        start = run_len == 1  # a run starts: an increase after none
         rmi = s["run_max_inc"]
+        dlg = lg - last_lg
         if any_true(start):
             new["run_start_lg"] = np.where(start, last_lg, s["run_start_lg"])
             new["run_start_ll"] = np.where(start, s["last_ll"], s["run_start_ll"])
             new["run_start_step"] = np.where(start, self.last_step, s["run_start_step"])
-            rmi = np.where(start, 0.0, rmi)
-        dlg = lg - last_lg
-        new["run_max_inc"] = np.where(inc & (dlg > rmi), dlg, rmi)  # max(rmi, dlg) if inc
-        new["run_len"] = (run_len + 1) * inc
-        base, spread, healthy = s["base"], s["spread"], s["healthy"]
+            grow = dlg > rmi
+            grow |= start  # (a run's first increase is > 0: max(0.0, dlg) is dlg)
+        else:
+            grow = dlg > rmi
+        grow &= inc
+        new["run_max_inc"] = np.where(grow, dlg, rmi)  # max(rmi, dlg) if inc
         if self.n < WARMUP:
             return self._warm_up(new, step, lg, ll, loss, lu, w, u)
+        return self._band(new, step, lg, ll, loss, lu, w, u)
+
+    def _band(self, new: dict[str, Array], step: int, lg: Array, ll: Array, loss: Array,
+              lu: Array, w: Array, u: Array) -> tuple[dict[str, Array], Array, Array]:
+        """The rest of ``MonitorState.update`` past the warm-up.
+
+        In every row that is not replayed the log norm, the baseline, the spread and H are
+        finite (a non-finite record is replayed, and the warm-up starts them from finite logs),
+        so NumPy's minimum and maximum give Python's ``min`` and ``max`` there (a tie is one
+        value; the baseline is never -0.0: a log is +0.0 at most), a step outside its band adds
+        0.0 to the baseline and (already between its bounds) the spread, and the band's top
+        before this step is the one computed after the previous one (replays refresh it);
+        the update's scale (NaN without layers, Inf on an overflowing update) keeps the
+        scalar's comparisons as they are."""
+        s = self.s
+        base, spread = s["base"], s["spread"]
         d = lg - base
-        spread3 = 3.0 * spread
-        # max(x, c) and min(c, x) of a constant c > 0: np.maximum (NaN stays NaN) and
-        # np.fmin (NaN gives c), as Python's max and min
-        inside = d <= (base + np.maximum(spread3, BAND_MIN)) - base
+        inside = d <= self._upper - base
         lim = 2.0 * spread
-        b_new = base + ALPHA * py_max(-lim, py_min(lim, d))
-        sp_new = spread + ALPHA * (py_min(np.abs(d), spread3) - spread)
-        sp_new = np.fmin(np.maximum(sp_new, MIN_SPREAD), MAX_SPREAD)
-        if not all_true(inside):  # (usually every row is inside its band or below)
-            b_new = np.where(inside, b_new, base)
-            sp_new = np.where(inside, sp_new, spread)
-        h_new = np.where(b_new > healthy, b_new, healthy)
+        steps = np.empty((2, len(d)))  # the baseline's and the spread's, both at once
+        step_b, step_s = steps
+        np.minimum(d, lim, out=step_b)
+        np.negative(lim, out=lim)
+        np.maximum(step_b, lim, out=step_b)
+        np.abs(d, out=step_s)
+        np.minimum(step_s, 3.0 * spread, out=step_s)
+        step_s -= spread
+        steps *= ALPHA
+        steps *= inside  # (a row outside its band keeps them)
+        b_new = base + step_b
+        sp_new = spread + step_s
+        np.maximum(sp_new, MIN_SPREAD, out=sp_new)
+        np.minimum(sp_new, MAX_SPREAD, out=sp_new)
+        h_new = np.maximum(s["healthy"], b_new)
         upper = self._upper = b_new + np.maximum(3.0 * sp_new, BAND_MIN)
         track = lg <= upper
         ub = s["ubase"]
@@ -252,10 +288,11 @@ class StackMonitor(ScalarReplay):
             uh_new = np.where(track & ~(uh >= ub_new), ub_new, uh)
         new.update(base=b_new, spread=sp_new, healthy=h_new, ubase=ub_new, uhealthy=uh_new)
         new["loss"] = loss.copy()  # replays write into it: not into the caller's array
-        lavg = s["lavg"] + ALPHA * (ll - s["lavg"])
+        lavg = s["lavg"]
+        lavg = lavg + ALPHA * (ll - lavg)
         avg = exp_each(lavg)
-        best = np.where(avg < s["best"], avg, s["best"])
-        new.update(lavg=lavg, loss_avg=avg, best=best, last_lg=lg, last_ll=ll)
+        new.update(lavg=lavg, loss_avg=avg, best=np.minimum(s["best"], avg), last_lg=lg,
+                   last_ll=ll)
         return self._persist_and_overshoot(new, step, lg, ll, loss, lu, w, u, upper)
 
     def _warm_up(self, new: dict[str, Array], step: int, lg: Array, ll: Array, loss: Array,
@@ -312,14 +349,19 @@ class StackMonitor(ScalarReplay):
             new["persist_run"] = np.where(far & harmed, s["persist_run"] + 1, 0)
             very_far = far & (above >= 2.0 * RUNAWAY)
             new["persist_far"] = np.where(very_far & harmed, s["persist_far"] + 1, 0)
+            self._runs_zero = False
         else:  # no row far above its band: both runs end
-            for key in ("persist_run", "persist_far"):
-                if any_true(s[key]):
-                    new[key] = np.zeros(len(lg), dtype=np.int64)
+            if not self._runs_zero:
+                for key in ("persist_run", "persist_far"):
+                    if any_true(s[key]):
+                        new[key] = np.zeros(len(lg), dtype=np.int64)
+                self._runs_zero = True
         # Monitor._track_overshoot
         new["prev_ll"] = ll
-        if not all_true(s["has_prev"]):
-            new["has_prev"] = np.ones(len(lg), dtype=bool)
+        if not self._all_prev:
+            if not all_true(s["has_prev"]):
+                new["has_prev"] = np.ones(len(lg), dtype=bool)
+            self._all_prev = True
         # a ratio u / w >= REWRITE needs u >= 0.4 w (w > 0; a NaN row is replayed): none such,
         # no row rewrites its weights and no overshoot can start or end
         if not any_true(u >= (0.8 * REWRITE) * w):
@@ -330,9 +372,13 @@ class StackMonitor(ScalarReplay):
             rewrite = py_max(0.0, ratio.max(axis=1)) if ratio.shape[1] else np.zeros(len(lg))
             rw = rewrite >= REWRITE
         if rw is None or not any_true(rw):
-            if any_true(s["rw_from_step"] != -1):
-                new["rw_from_step"] = np.full(len(lg), -1, dtype=np.int64)
-            return new, self.rw_weights.copy(), w.copy()
+            if not self._rw_idle:
+                if any_true(s["rw_from_step"] != -1):
+                    new["rw_from_step"] = np.full(len(lg), -1, dtype=np.int64)
+                self._rw_idle = True
+            # (a replay writes its row of the weights only after reading it)
+            return new, self.rw_weights, w.copy()
+        self._rw_idle = self._no_overshoot = False
         fresh = rw & (s["rw_from_step"] < 0)
         later = rw & ~fresh
         rw2 = 2.0 * self.rw_weights
@@ -348,26 +394,35 @@ class StackMonitor(ScalarReplay):
         return new, np.where(fresh[:, None], start_w, self.rw_weights), w.copy()
 
     def _events(self, step: int, new: dict[str, Array], recent: Array, loss: Array,
-                lg: Array) -> Array:
+                lg: Array, finite: Array) -> Array:
         """Rows whose monitor may raise an alert at this step (and the catapult state of the
-        others): an explosion rule, a growth warning, a setback or a catapult."""
+        others): an explosion rule, a growth warning, a setback or a catapult, or a
+        non-finite value (none of them past a non-finite value: that monitor ignores it)."""
         s = self.s
         n = self.n + 1  # the state's record count after this step
-        watch = ~s["confirmed"]  # a confirmed explosion raises nothing more
+        if self._masks is None:  # (flags only a replay changes)
+            watch = ~s["confirmed"]  # a confirmed explosion raises nothing more
+            self._masks = (watch, ~s["nf_seen"], ~s["warned"], ~s["setback_seen"],
+                           watch & ~s["catapult_seen"])
+        watch, alive, unwarned, no_setback, on = self._masks
         rule = lg >= 0.5 * self._limit
         # (the runs' arrays are the state's own only while all zero: see _update)
         if n > 1 and (new["persist_run"] is not s["persist_run"]
                       or new["persist_far"] is not s["persist_far"]):
             rule |= (new["persist_run"] >= PERSIST + 1) | (new["persist_far"] >= PERSIST)
-        rule |= new["ov_set"]
-        run_len = new["run_len"]
-        long_run = (run_len >= MIN_RUN) & ~s["warned"]
+        if not self._no_overshoot:
+            rule |= new["ov_set"]
+        long_run = new["run_len"] >= MIN_RUN
+        long_run &= unwarned
         if any_true(long_run):  # a growth warning needs a run of increases
-            upper = self._upper  # the band's top after this step, from _update
-            growth = lg - py_max(new["run_start_lg"], new["base"])
-            rule |= (long_run & (growth - new["run_max_inc"] >= RUN_GROWTH) & (lg > upper)
-                     & (lg > new["healthy"]))
-        event = watch & rule
+            # (a run starts from a finite log norm, the baseline is finite: np.maximum is
+            # Python's max there)
+            growth = lg - np.maximum(new["run_start_lg"], new["base"])
+            growth -= new["run_max_inc"]
+            long_run &= growth >= RUN_GROWTH
+            long_run &= lg > self._upper  # the band's top after this step, from _update
+            long_run &= lg > new["healthy"]
+            rule |= long_run
         if n > WARMUP + RECENT:
             # the median of the window (finite in every row that can be in a setback: a
             # non-finite loss is replayed) is >= both levels when more than half its losses
@@ -375,15 +430,20 @@ class StackMonitor(ScalarReplay):
             # Python's max only in the sign of a zero, which the sum and the comparison
             # cannot see
             best = new["best"]
-            level = np.maximum(2.0 * best, best + HARM * np.maximum(self.l0 - best, 0.0))
-            above = np.add.reduce(recent >= level, axis=0)
-            event |= watch & ~s["setback_seen"] & (above > RECENT // 2)
+            level = self.l0 - best
+            np.maximum(level, 0.0, out=level)
+            level *= HARM
+            level += best
+            np.maximum(level, 2.0 * best, out=level)
+            setback = np.add.reduce(recent >= level, axis=0) > RECENT // 2
+            setback &= no_setback
+            rule |= setback
+        event = watch & rule
         if n == 1:  # the first record starts every row's catapult watch (an explosion
             # confirmed at once leaves it empty: that row is replayed)
             new.update(c0=loss.copy(), c1=self._grad_norm.copy(), c2=np.zeros(len(loss)),
                        c3=np.zeros(len(loss)), c4=np.full(len(loss), -1.0))
         elif n <= CATAPULT_WINDOW:
-            on = watch & ~s["catapult_seen"]
             c0, c2, c3 = s["c0"], s["c2"], s["c3"]
             high = on & (loss >= CATAPULT_JUMP * c0) & ((c2 > 0) | (n <= 3))
             back = on & ~high & (c2 >= 3) & (loss < c0)
@@ -393,4 +453,7 @@ class StackMonitor(ScalarReplay):
             new["c3"] = np.where(peak, loss, c3)
             new["c4"] = np.where(peak, float(step), s["c4"])
             event |= back
+        if not all_true(finite):
+            event |= ~finite
+        event &= alive
         return event

@@ -18,7 +18,6 @@ import numpy as np
 from core.diagnostics.forecast import WINDOW
 from core.diagnostics.monitor import RECENT, WARMUP, Monitor
 from core.diagnostics.series import safe_log
-from core.monitor_math import py_max
 from core.spec import TrainingSpec
 
 __all__ = ["ACT", "FC_LOSS", "FORECAST_SERIES", "LOG_NORM", "LOSS", "ScalarReplay", "largest_std"]
@@ -31,15 +30,17 @@ FORECAST_SERIES = ("grad_norm", "activation", "loss")  # the forecaster's series
 LOG_NORM, FC_LOSS, LOSS, ACT = 0, 1, 2, 3
 
 
-def largest_std(act: Array) -> Array:
-    """The forecaster's largest activation std of each record (rows) from its layers'
-    stds (columns): the scalar's ``max(0.0, std, ...)``, NaN giving 0.0; no column: 0.0."""
-    if not act.shape[1]:
-        return np.zeros(act.shape[0])
-    top = act[:, 0]
-    for i in range(1, act.shape[1]):
-        top = np.maximum(top, act[:, i])
-    return py_max(0.0, top)
+def largest_std(stds: list[float]) -> float:
+    """The forecaster's largest activation std of a record from its layers' stds, as the
+    stack monitor keeps it: ``max(0.0, std, ...)``, and 0.0 if any is NaN (the record is then
+    non-finite: the scalar monitor never forecasts from it)."""
+    top = 0.0
+    for v in stds:
+        if v != v:
+            return 0.0
+        if v > top:
+            top = v
+    return top
 
 
 class ScalarReplay:
@@ -88,7 +89,7 @@ class ScalarReplay:
         steps = list(self.fc_steps)
         h = self.hist[pos - cnt:pos, :, r]
         series = {"grad_norm": h[:, LOG_NORM].tolist(), "loss": h[:, FC_LOSS].tolist(),
-                  "activation": [safe_log(v) for v in largest_std(h[:, ACT:]).tolist()]}
+                  "activation": [safe_log(largest_std(v)) for v in h[:, ACT:].tolist()]}
         for name in FORECAST_SERIES:
             m.forecaster._hist[name] = deque(zip(steps, series[name], strict=True),
                                              maxlen=WINDOW)

@@ -119,7 +119,7 @@ class StackMonitor(ScalarReplay):
         self.warm = self.warm[:, rows]
         self.s = {k: v[rows] for k, v in self.s.items()}
         self.l0 = self.l0[rows]
-        self.hist = self.hist[:, :, rows]
+        self.hist = np.ascontiguousarray(self.hist[:, :, rows])  # (a step writes a slot)
         self._upper = self._upper[rows]
         self._masks = None
         self.rw_weights = self.rw_weights[rows]
@@ -154,8 +154,9 @@ class StackMonitor(ScalarReplay):
         parts = [grad_norm, loss]
         if L:
             sq = update * update
-            usq = sq[:, 0].copy()  # 0.0 + x is x: the scalar loop's sum, layer by layer
-            for i in range(1, L):
+            # 0.0 + x is x: the scalar loop's sum, layer by layer
+            usq = sq[:, 0] + sq[:, 1] if L > 1 else sq[:, 0]
+            for i in range(2, L):
                 usq += sq[:, i]
             parts.append(usq)
         logs = log_each(np.concatenate(parts))
@@ -257,10 +258,10 @@ class StackMonitor(ScalarReplay):
         s = self.s
         base, spread = s["base"], s["spread"]
         d = lg - base
-        inside = d <= self._upper - base
+        outside = d > self._upper - base  # (above its band: finite rows)
         lim = 2.0 * spread
         steps = np.empty((2, len(d)))  # the baseline's and the spread's, both at once
-        step_b, step_s = steps
+        step_b, step_s = steps[0], steps[1]
         np.minimum(d, lim, out=step_b)
         np.negative(lim, out=lim)
         np.maximum(step_b, lim, out=step_b)
@@ -268,7 +269,7 @@ class StackMonitor(ScalarReplay):
         np.minimum(step_s, 3.0 * spread, out=step_s)
         step_s -= spread
         steps *= ALPHA
-        steps *= inside  # (a row outside its band keeps them)
+        np.copyto(steps, 0.0, where=outside)  # (a row outside its band keeps them)
         b_new = base + step_b
         sp_new = spread + step_s
         np.maximum(sp_new, MIN_SPREAD, out=sp_new)
@@ -443,7 +444,8 @@ class StackMonitor(ScalarReplay):
             # confirmed at once leaves it empty: that row is replayed)
             new.update(c0=loss.copy(), c1=self._grad_norm.copy(), c2=np.zeros(len(loss)),
                        c3=np.zeros(len(loss)), c4=np.full(len(loss), -1.0))
-        elif n <= CATAPULT_WINDOW:
+        elif n <= CATAPULT_WINDOW and (any_true(loss >= CATAPULT_JUMP * s["c0"])
+                                       or any_true(s["c2"])):  # (else: no row moves)
             c0, c2, c3 = s["c0"], s["c2"], s["c3"]
             high = on & (loss >= CATAPULT_JUMP * c0) & ((c2 > 0) | (n <= 3))
             back = on & ~high & (c2 >= 3) & (loss < c0)

@@ -229,14 +229,12 @@ class StackMonitor(ScalarReplay):
         start = run_len == 1  # a run starts: an increase after none
         rmi = s["run_max_inc"]
         dlg = lg - last_lg
-        if any_true(start):
-            new["run_start_lg"] = np.where(start, last_lg, s["run_start_lg"])
-            new["run_start_ll"] = np.where(start, s["last_ll"], s["run_start_ll"])
-            new["run_start_step"] = np.where(start, self.last_step, s["run_start_step"])
-            grow = dlg > rmi
-            grow |= start  # (a run's first increase is > 0: max(0.0, dlg) is dlg)
-        else:
-            grow = dlg > rmi
+        # (usually some row starts a run)
+        new["run_start_lg"] = np.where(start, last_lg, s["run_start_lg"])
+        new["run_start_ll"] = np.where(start, s["last_ll"], s["run_start_ll"])
+        new["run_start_step"] = np.where(start, self.last_step, s["run_start_step"])
+        grow = dlg > rmi
+        grow |= start  # (a run's first increase is > 0: max(0.0, dlg) is dlg)
         grow &= inc
         new["run_max_inc"] = np.where(grow, dlg, rmi)  # max(rmi, dlg) if inc
         if self.n < WARMUP:
@@ -282,11 +280,8 @@ class StackMonitor(ScalarReplay):
         if any_true(ub != ub):
             ub_new = np.where(ub != ub, lu, ub_new)
         uh = s["uhealthy"]
-        if all_true(track):
-            uh_new = np.where(~(uh >= ub_new), ub_new, uh)
-        else:
-            ub_new = np.where(track, ub_new, ub)
-            uh_new = np.where(track & ~(uh >= ub_new), ub_new, uh)
+        ub_new = np.where(track, ub_new, ub)  # (usually some row is above its band)
+        uh_new = np.where(track & ~(uh >= ub_new), ub_new, uh)
         new.update(base=b_new, spread=sp_new, healthy=h_new, ubase=ub_new, uhealthy=uh_new)
         new["loss"] = loss.copy()  # replays write into it: not into the caller's array
         lavg = s["lavg"]
@@ -339,9 +334,11 @@ class StackMonitor(ScalarReplay):
         best, h_new, uh_new = new["best"], new["healthy"], new["uhealthy"]
         above = lg - h_new
         far = above >= RUNAWAY  # then also above the band, with the update feeding it
-        if any_true(far):
+        near = any_true(far)
+        if near:
             far &= (lg > upper) & ~(lu - uh_new < FEEDBACK * above)
-        if any_true(far):
+            near = any_true(far)
+        if near:
             l0 = self.l0
             progress = l0 - best
             harm = np.where(progress > 0, (loss - best) / progress,
@@ -455,7 +452,7 @@ class StackMonitor(ScalarReplay):
             new["c3"] = np.where(peak, loss, c3)
             new["c4"] = np.where(peak, float(step), s["c4"])
             event |= back
-        if not all_true(finite):
-            event |= ~finite
-        event &= alive
+        if not all_true(finite):  # (a non-finite value confirms an explosion: every row past
+            # one is confirmed, so only this one needs the mask)
+            event |= ~finite & alive
         return event

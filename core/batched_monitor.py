@@ -51,7 +51,7 @@ from core.diagnostics.monitor import (
 )
 from core.diagnostics.report import Finding
 from core.monitor_math import all_true, any_true, exp_each, log_each, py_max, py_min
-from core.monitor_replay import ACT, FC_LOSS, LOSS, ScalarReplay, largest_std
+from core.monitor_replay import ACT, FC_LOSS, LOG_NORM, LOSS, ScalarReplay, largest_std
 from core.spec import TrainingSpec
 from core.telemetry import StepRecord
 
@@ -167,7 +167,7 @@ class StackMonitor(ScalarReplay):
         pos = self._slot(K, act_std)
         hist = self.hist
         if self._mse:
-            hist[pos, 0] = lg
+            hist[pos, LOG_NORM] = lg
             np.multiply(ll, 0.5, out=hist[pos, FC_LOSS])
         else:
             hist[pos, :LOSS] = logs[:2 * K].reshape(2, K)  # the log norm and the log loss
@@ -248,11 +248,11 @@ class StackMonitor(ScalarReplay):
         In every row that is not replayed the log norm, the baseline, the spread and H are
         finite (a non-finite record is replayed, and the warm-up starts them from finite logs),
         so NumPy's minimum and maximum give Python's ``min`` and ``max`` there (a tie is one
-        value; the baseline is never -0.0: a log is +0.0 at most), a step outside its band adds
-        0.0 to the baseline and (already between its bounds) the spread, and the band's top
-        before this step is the one computed after the previous one (replays refresh it);
-        the update's scale (NaN without layers, Inf on an overflowing update) keeps the
-        scalar's comparisons as they are."""
+        value), a step outside its band adds 0.0 to the baseline (never -0.0: math.log never
+        gives it, nor do medians and averages of logs) and to the spread (already between its
+        bounds), and the band's top before this step is the one computed after the previous
+        step (replays refresh it). The update's scale (NaN without layers, Inf on an
+        overflowing update) keeps the scalar's comparisons as they are."""
         s = self.s
         base, spread = s["base"], s["spread"]
         d = lg - base

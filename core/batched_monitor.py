@@ -17,9 +17,8 @@ Python at all. The warm-up is arrays too (the median norm and loss of the record
 the spread from their deviations, kept per row for a rebuilt monitor). The quiet step skips
 what no row needs (a band left, a run far above H, weights rewritten, a growth warning
 within reach), deciding that for the whole stack at once. The windows (the last losses, the
-forecaster's last values) are views onto one history of per-step slots, so a step writes one
-slot and moves nothing; the layers' activation stds are kept as they are, their largest and
-its log taken only for a monitor being rebuilt.
+forecaster's last values) are views onto one history of per-step slots: a step writes a slot
+and moves nothing (the largest activation std and its log are taken only on a rebuild).
 """
 
 from __future__ import annotations
@@ -50,8 +49,8 @@ from core.diagnostics.monitor import (
     WARMUP,
 )
 from core.diagnostics.report import Finding
-from core.monitor_math import all_true, any_true, exp_each, log_each, py_max, py_min
-from core.monitor_replay import ACT, FC_LOSS, LOG_NORM, LOSS, ScalarReplay, largest_std
+from core.monitor_math import any_true, exp_each, log_each, py_max, setback_rows, warm_medians
+from core.monitor_replay import FC_LOSS, LOG_NORM, LOSS, ScalarReplay, history
 from core.spec import TrainingSpec
 from core.telemetry import StepRecord
 
@@ -66,7 +65,6 @@ _INTS = ("run_len", "run_start_step", "persist_run", "persist_far", "confirmed_a
          "rw_from_step", "ov0")
 _BOOLS = ("confirmed", "warned", "setback_seen", "catapult_seen", "nf_seen", "ov_set",
           "has_prev")
-_SLOTS = 128  # the history's slots: the last RECENT move to the front when it is full
 # MonitorState's and Monitor's starting values (other floats NaN, other ints -1)
 _START = {"spread": MIN_SPREAD, "best": math.inf, "run_max_inc": 0.0, "run_len": 0,
           "run_start_step": 0, "persist_run": 0, "persist_far": 0}
@@ -90,21 +88,17 @@ class StackMonitor(ScalarReplay):
         self.l0 = np.full(K, math.nan)
         # the warm-up's log norms and log losses (MonitorState._warm, _warm_loss)
         self.warm = np.full((2, K, WARMUP), math.nan)
-        # the per-step values the windows (the last RECENT losses, the forecaster's last
-        # WINDOW values) are read from, one slot a step: a window is a view, nothing shifts
-        self.hist = np.full((_SLOTS, ACT + 1, K), math.nan)
-        self.pos = RECENT
+        self.hist, self.pos = history(K, 1), RECENT  # the windows' values, a slot a step
         self.rw_weights = np.zeros((K, 0))
         self.prev_w = np.zeros((K, 0))
         self._upper = np.zeros(K)  # the band's top of the step being observed
         self.n = 0  # records every member has observed (they observe in lockstep)
-        # what the quiet steps know of the whole state, so as not to check it every step
-        # (kept by the quiet path; a replay or a member leaving makes it ask again)
-        self._masks: tuple[Array, ...] | None = None  # from the flags only replays change
-        self._runs_zero = True  # no runaway run in any row
-        self._all_prev = False  # every row has its previous weights
-        self._rw_idle = True  # no row in a run of weight-rewriting updates
-        self._no_overshoot = True  # no row has seen an overshoot
+        # what the quiet steps know of the whole state, not to check it every step (after a
+        # replay they ask again): the flags only replays change (negated, by _events); no
+        # row's runaway run, every row's previous weights, no row's run of rewriting updates,
+        # no row's overshoot
+        self._masks: tuple[Array, ...] | None = None
+        self._runs_zero, self._all_prev, self._rw_idle, self._no_overshoot = True, False, True, True
         self.last_step = -1
         self.recent_steps: deque[int] = deque(maxlen=RECENT)
         self.fc_steps: deque[int] = deque(maxlen=WINDOW)
@@ -195,27 +189,6 @@ class StackMonitor(ScalarReplay):
         self.fc_steps.append(step)
         return alerts
 
-    def _slot(self, K: int, act_std: Array | None) -> int:
-        """The history's slot of this step (the windows before it left in place), holding
-        this step's activation stds: the forecaster's largest is taken from them on a
-        rebuild (:func:`core.monitor_replay.largest_std`; none: zeros give its 0.0)."""
-        A = 1 if act_std is None else act_std.shape[1]
-        if self.n == 0 and self.hist.shape[1] != ACT + A:
-            self.hist = np.full((_SLOTS, ACT + A, K), math.nan)
-        pos = self.pos
-        if pos == _SLOTS:
-            self.hist[:RECENT] = self.hist[_SLOTS - RECENT:]
-            pos = self.pos = RECENT
-        act = self.hist[pos, ACT:]
-        if act_std is None:
-            act[:] = 0.0
-        elif act.shape[0] == A:
-            act[:] = act_std.T
-        else:  # (a stack whose layers change) the largest, then zeros: the same maximum
-            act[:] = 0.0
-            act[0] = [largest_std(row) for row in act_std.tolist()]
-        return pos
-
     def _update(self, step: int, lg: Array, ll: Array, loss: Array, lu: Array, w: Array,
                 u: Array) -> tuple[dict[str, Array], Array, Array]:
         """``MonitorState.update`` and ``Monitor._track_overshoot`` past the warm-up, for all
@@ -300,15 +273,7 @@ class StackMonitor(ScalarReplay):
         warm = self.warm.copy()  # (the state before this step stays as it was)
         warm[0, :, n - 1] = lg
         warm[1, :, n - 1] = ll
-        wl = np.sort(warm[0, :, :n], axis=1)
-        base = wl[:, n // 2] if n % 2 else 0.5 * (wl[:, n // 2 - 1] + wl[:, n // 2])
-        if n >= 3:
-            dev = np.sort(np.abs(warm[0, :, :n] - base[:, None]), axis=1)
-            mad: Array | float = 1.4826 * dev[:, n // 2]
-            spread = py_min(MAX_SPREAD, py_max(MIN_SPREAD, mad))
-        else:
-            spread = np.full(len(lg), min(MAX_SPREAD, max(MIN_SPREAD, MIN_SPREAD)))
-        loss_ref = np.sort(warm[1, :, :n], axis=1)[:, (n - 1) // 2]
+        base, spread, loss_ref = warm_medians(warm[0, :, :n], warm[1, :, :n])
         h = s["healthy"]
         healthy = np.where(h != h, lg, h)
         ub = s["ubase"]
@@ -357,7 +322,7 @@ class StackMonitor(ScalarReplay):
         # Monitor._track_overshoot
         new["prev_ll"] = ll
         if not self._all_prev:
-            if not all_true(s["has_prev"]):
+            if np.count_nonzero(s["has_prev"]) < len(lg):
                 new["has_prev"] = np.ones(len(lg), dtype=bool)
             self._all_prev = True
         # a ratio u / w >= REWRITE needs u >= 0.4 w (w > 0; a NaN row is replayed): none such,
@@ -422,18 +387,7 @@ class StackMonitor(ScalarReplay):
             long_run &= lg > new["healthy"]
             rule |= long_run
         if n > WARMUP + RECENT:
-            # the median of the window (finite in every row that can be in a setback: a
-            # non-finite loss is replayed) is >= both levels when more than half its losses
-            # are >= the larger of them (NaN: none is); np.maximum of x and 0.0 differs from
-            # Python's max only in the sign of a zero, which the sum and the comparison
-            # cannot see
-            best = new["best"]
-            level = self.l0 - best
-            np.maximum(level, 0.0, out=level)
-            level *= HARM
-            level += best
-            np.maximum(level, 2.0 * best, out=level)
-            setback = np.add.reduce(recent >= level, axis=0) > RECENT // 2
+            setback = setback_rows(recent, new["best"], self.l0)
             setback &= no_setback
             rule |= setback
         event = watch & rule
@@ -452,7 +406,7 @@ class StackMonitor(ScalarReplay):
             new["c3"] = np.where(peak, loss, c3)
             new["c4"] = np.where(peak, float(step), s["c4"])
             event |= back
-        if not all_true(finite):  # (a non-finite value confirms an explosion: every row past
+        if np.count_nonzero(finite) < len(finite):  # (a non-finite value confirms an explosion: every row past
             # one is confirmed, so only this one needs the mask)
             event |= ~finite & alive
         return event

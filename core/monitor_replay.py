@@ -20,7 +20,8 @@ from core.diagnostics.monitor import RECENT, WARMUP, Monitor
 from core.diagnostics.series import safe_log
 from core.spec import TrainingSpec
 
-__all__ = ["ACT", "FC_LOSS", "FORECAST_SERIES", "LOG_NORM", "LOSS", "ScalarReplay", "largest_std"]
+__all__ = ["ACT", "FC_LOSS", "FORECAST_SERIES", "LOG_NORM", "LOSS", "SLOTS", "ScalarReplay",
+           "history", "largest_std"]
 
 Array = np.ndarray
 FORECAST_SERIES = ("grad_norm", "activation", "loss")  # the forecaster's series
@@ -28,6 +29,13 @@ FORECAST_SERIES = ("grad_norm", "activation", "loss")  # the forecaster's series
 # (the log loss, halved for MSE), the loss itself (the setback's window), then each layer's
 # activation std (their largest is the forecaster's activation series, taken on a rebuild)
 LOG_NORM, FC_LOSS, LOSS, ACT = 0, 1, 2, 3
+SLOTS = 128  # the history's slots: the last RECENT move to the front when it is full
+
+
+def history(K: int, A: int) -> Array:
+    """An empty history of ``K`` rows (``A`` activation columns): NaN, as the windows of a
+    new monitor are empty."""
+    return np.full((SLOTS, ACT + A, K), math.nan)
 
 
 def largest_std(stds: list[float]) -> float:
@@ -111,6 +119,27 @@ class ScalarReplay:
         m._overshoot = ((int(s["ov0"][r]), float(s["ov1"][r]), float(s["ov2"][r]))
                         if s["ov_set"][r] else None)
         return m
+
+    def _slot(self, K: int, act_std: Array | None) -> int:
+        """The history's slot of this step (the windows before it left in place), holding
+        this step's activation stds: the forecaster's largest is taken from them on a
+        rebuild (:func:`core.monitor_replay.largest_std`; none: zeros give its 0.0)."""
+        A = 1 if act_std is None else act_std.shape[1]
+        if self.n == 0 and self.hist.shape[1] != ACT + A:
+            self.hist = history(K, A)
+        pos = self.pos
+        if pos == SLOTS:
+            self.hist[:RECENT] = self.hist[SLOTS - RECENT:]
+            pos = self.pos = RECENT
+        act = self.hist[pos, ACT:]
+        if act_std is None:
+            act[:] = 0.0
+        elif act.shape[0] == A:
+            act[:] = act_std.T
+        else:  # (a stack whose layers change) the largest, then zeros: the same maximum
+            act[:] = 0.0
+            act[0] = [largest_std(row) for row in act_std.tolist()]
+        return pos
 
     def _load(self, r: int, m: Monitor, new: dict[str, Array], rw: Array,
               prev: Array) -> None:

@@ -5,6 +5,11 @@ member's step with a real monitor rebuilt from the arrays as they were before th
 (:meth:`ScalarReplay._scalar`), then writes the monitor's state after the step into the
 member's row of the new arrays (:meth:`ScalarReplay._load`): the alerts are the scalar
 monitor's own, and the arrays go on from exactly its state.
+
+The windows a rebuilt monitor reads (its last RECENT losses, its forecaster's last WINDOW
+values) are views onto one history of per-step slots (:func:`history`,
+:meth:`ScalarReplay._slot`): a step writes its own slot and nothing shifts, so the windows
+before the step stay readable while a replay writes the row's windows ending with it.
 """
 
 from __future__ import annotations

@@ -330,10 +330,11 @@ class StackMonitor(ScalarReplay):
         if not any_true(u >= (0.8 * REWRITE) * w):
             rw = None
         else:
-            pos = w > 0
-            ratio = np.where(pos, u / np.where(pos, w, 1.0), 0.0)
-            rewrite = py_max(0.0, ratio.max(axis=1)) if ratio.shape[1] else np.zeros(len(lg))
-            rw = rewrite >= REWRITE
+            # the largest ratio u / w of the layers with w > 0 (0.0 if none) is >= REWRITE
+            # when one of them is (a NaN ratio: a replayed row)
+            big = u / w >= REWRITE
+            big &= w > 0
+            rw = big.any(axis=1)
         if rw is None or not any_true(rw):
             if not self._rw_idle:
                 if any_true(s["rw_from_step"] != -1):
@@ -365,9 +366,9 @@ class StackMonitor(ScalarReplay):
         n = self.n + 1  # the state's record count after this step
         if self._masks is None:  # (flags only a replay changes)
             watch = ~s["confirmed"]  # a confirmed explosion raises nothing more
-            self._masks = (watch, ~s["nf_seen"], ~s["warned"], ~s["setback_seen"],
+            self._masks = (watch, ~s["nf_seen"], watch & ~s["warned"], ~s["setback_seen"],
                            watch & ~s["catapult_seen"])
-        watch, alive, unwarned, no_setback, on = self._masks
+        watch, alive, unwarned, no_setback, on = self._masks  # (unwarned: and watched)
         rule = lg >= 0.5 * self._limit
         # (the runs' arrays are the state's own only while all zero: see _update)
         if n > 1 and (new["persist_run"] is not s["persist_run"]
@@ -377,13 +378,14 @@ class StackMonitor(ScalarReplay):
             rule |= new["ov_set"]
         long_run = new["run_len"] >= MIN_RUN
         long_run &= unwarned
-        if any_true(long_run):  # a growth warning needs a run of increases
+        if any_true(long_run):  # a growth warning needs a run of increases out of the band
+            long_run &= lg > self._upper  # the band's top after this step, from _update
+        if any_true(long_run):
             # (a run starts from a finite log norm, the baseline is finite: np.maximum is
             # Python's max there)
             growth = lg - np.maximum(new["run_start_lg"], new["base"])
             growth -= new["run_max_inc"]
             long_run &= growth >= RUN_GROWTH
-            long_run &= lg > self._upper  # the band's top after this step, from _update
             long_run &= lg > new["healthy"]
             rule |= long_run
         if n > WARMUP + RECENT:

@@ -50,24 +50,13 @@ from core.diagnostics.monitor import (
 )
 from core.diagnostics.report import Finding
 from core.monitor_math import any_true, exp_each, log_each, py_max, setback_rows, warm_medians
-from core.monitor_replay import FC_LOSS, LOG_NORM, LOSS, ScalarReplay, history
+from core.monitor_replay import FC_LOSS, LOG_NORM, LOSS, ScalarReplay, history, new_state
 from core.spec import TrainingSpec
 from core.telemetry import StepRecord
 
 __all__ = ["StackMonitor"]
 
 Array = np.ndarray
-# per-member scalars of the monitor and its state, as float64 arrays (ints stored exactly)
-_FLOATS = ("base", "healthy", "spread", "loss_ref", "loss", "loss_avg", "lavg", "best",
-           "last_lg", "last_ll", "run_max_inc", "run_start_lg", "run_start_ll", "ubase",
-           "uhealthy", "prev_ll", "rw_from_ll", "c0", "c1", "c2", "c3", "c4", "ov1", "ov2")
-_INTS = ("run_len", "run_start_step", "persist_run", "persist_far", "confirmed_at",
-         "rw_from_step", "ov0")
-_BOOLS = ("confirmed", "warned", "setback_seen", "catapult_seen", "nf_seen", "ov_set",
-          "has_prev")
-# MonitorState's and Monitor's starting values (other floats NaN, other ints -1)
-_START = {"spread": MIN_SPREAD, "best": math.inf, "run_max_inc": 0.0, "run_len": 0,
-          "run_start_step": 0, "persist_run": 0, "persist_far": 0}
 
 
 class StackMonitor(ScalarReplay):
@@ -78,13 +67,7 @@ class StackMonitor(ScalarReplay):
         K = len(self.specs)
         self._mse = self.specs[0].loss == "mse"
         self._limit = math.log(overflow_limit(self.specs[0].dtype))
-        self.s: dict[str, Array] = {}  # a new Monitor's state (an empty catapult list: NaN)
-        for f in _FLOATS:
-            self.s[f] = np.full(K, _START.get(f, math.nan))
-        for f in _INTS:
-            self.s[f] = np.full(K, _START.get(f, -1), dtype=np.int64)
-        for f in _BOOLS:
-            self.s[f] = np.zeros(K, dtype=bool)
+        self.s = new_state(K)
         self.l0 = np.full(K, math.nan)
         # the warm-up's log norms and log losses (MonitorState._warm, _warm_loss)
         self.warm = np.full((2, K, WARMUP), math.nan)
@@ -345,15 +328,19 @@ class StackMonitor(ScalarReplay):
         self._rw_idle = self._no_overshoot = False
         fresh = rw & (s["rw_from_step"] < 0)
         later = rw & ~fresh
-        rw2 = 2.0 * self.rw_weights
-        grew = ((w >= rw2) & (rw2 > 0)).any(axis=1)
-        over = later & (step > s["rw_from_step"]) & (ll - s["rw_from_ll"] >= OVERSHOOT_LOSS) & grew
-        new["ov_set"] = s["ov_set"] | over
-        new["ov0"] = np.where(over, s["rw_from_step"], s["ov0"])
-        new["ov1"] = np.where(over, s["rw_from_ll"], s["ov1"])
-        new["ov2"] = np.where(over, ll, s["ov2"])
+        if any_true(later):  # an overshoot needs a run of rewriting updates going on
+            rw2 = 2.0 * self.rw_weights
+            over = ((w >= rw2) & (rw2 > 0)).any(axis=1)
+            over &= later & (step > s["rw_from_step"]) & (ll - s["rw_from_ll"] >= OVERSHOOT_LOSS)
+            if any_true(over):
+                new["ov_set"] = s["ov_set"] | over
+                new["ov0"] = np.where(over, s["rw_from_step"], s["ov0"])
+                new["ov1"] = np.where(over, s["rw_from_ll"], s["ov1"])
+                new["ov2"] = np.where(over, ll, s["ov2"])
         new["rw_from_step"] = np.where(fresh, step, np.where(rw, s["rw_from_step"], -1))
         new["rw_from_ll"] = np.where(fresh, ll, s["rw_from_ll"])
+        if not any_true(fresh):  # (no run starts: the weights before one stay as they are)
+            return new, self.rw_weights, w.copy()
         start_w = np.where(s["has_prev"][:, None], self.prev_w, py_max(w - u, 0.0))
         return new, np.where(fresh[:, None], start_w, self.rw_weights), w.copy()
 

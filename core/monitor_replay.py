@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 
 from core.diagnostics.forecast import WINDOW
-from core.diagnostics.monitor import RECENT, WARMUP, Monitor
+from core.diagnostics.monitor import MIN_SPREAD, RECENT, WARMUP, Monitor
 from core.diagnostics.series import safe_log
 from core.spec import TrainingSpec
 
 __all__ = ["ACT", "FC_LOSS", "FORECAST_SERIES", "LOG_NORM", "LOSS", "SLOTS", "ScalarReplay",
-           "history", "largest_std"]
+           "history", "largest_std", "new_state"]
 
 Array = np.ndarray
 FORECAST_SERIES = ("grad_norm", "activation", "loss")  # the forecaster's series
@@ -35,6 +35,29 @@ FORECAST_SERIES = ("grad_norm", "activation", "loss")  # the forecaster's series
 # activation std (their largest is the forecaster's activation series, taken on a rebuild)
 LOG_NORM, FC_LOSS, LOSS, ACT = 0, 1, 2, 3
 SLOTS = 128  # the history's slots: the last RECENT move to the front when it is full
+# per-member scalars of the monitor and its state, as float64 arrays (ints stored exactly)
+_FLOATS = ("base", "healthy", "spread", "loss_ref", "loss", "loss_avg", "lavg", "best",
+           "last_lg", "last_ll", "run_max_inc", "run_start_lg", "run_start_ll", "ubase",
+           "uhealthy", "prev_ll", "rw_from_ll", "c0", "c1", "c2", "c3", "c4", "ov1", "ov2")
+_INTS = ("run_len", "run_start_step", "persist_run", "persist_far", "confirmed_at",
+         "rw_from_step", "ov0")
+_BOOLS = ("confirmed", "warned", "setback_seen", "catapult_seen", "nf_seen", "ov_set",
+          "has_prev")
+# MonitorState's and Monitor's starting values (other floats NaN, other ints -1)
+_START = {"spread": MIN_SPREAD, "best": math.inf, "run_max_inc": 0.0, "run_len": 0,
+          "run_start_step": 0, "persist_run": 0, "persist_far": 0}
+
+
+def new_state(K: int) -> dict[str, Array]:
+    """A new Monitor's state for ``K`` rows (an empty catapult list: NaN)."""
+    s: dict[str, Array] = {}
+    for f in _FLOATS:
+        s[f] = np.full(K, _START.get(f, math.nan))
+    for f in _INTS:
+        s[f] = np.full(K, _START.get(f, -1), dtype=np.int64)
+    for f in _BOOLS:
+        s[f] = np.zeros(K, dtype=bool)
+    return s
 
 
 def history(K: int, A: int) -> Array:

@@ -16,8 +16,9 @@ forecasts) are the scalar monitor's own, and the common quiet step costs no per-
 Python at all. The warm-up is arrays too (the median norm and loss of the records so far,
 the spread from their deviations, kept per row for a rebuilt monitor). The quiet step skips
 what no row needs (a band left, a run far above H, weights rewritten, a growth warning
-within reach), deciding that for the whole stack at once; the largest activation std is
-kept as it is and logged only for a monitor being rebuilt.
+within reach), deciding that for the whole stack at once. The windows (the last losses, the
+forecaster's last values) are views onto one history of per-step slots: a step writes a slot
+and moves nothing (the largest activation std and its log are taken only on a rebuild).
 """
 
 from __future__ import annotations
@@ -48,25 +49,14 @@ from core.diagnostics.monitor import (
     WARMUP,
 )
 from core.diagnostics.report import Finding
-from core.monitor_math import all_true, any_true, exp_each, log_each, py_max, py_min
-from core.monitor_replay import FORECAST_SERIES, ScalarReplay
+from core.monitor_math import any_true, exp_each, log_each, py_max, setback_rows, warm_medians
+from core.monitor_replay import FC_LOSS, LOG_NORM, LOSS, ScalarReplay, history, new_state
 from core.spec import TrainingSpec
 from core.telemetry import StepRecord
 
 __all__ = ["StackMonitor"]
 
 Array = np.ndarray
-# per-member scalars of the monitor and its state, as float64 arrays (ints stored exactly)
-_FLOATS = ("base", "healthy", "spread", "loss_ref", "loss", "loss_avg", "lavg", "best",
-           "last_lg", "last_ll", "run_max_inc", "run_start_lg", "run_start_ll", "ubase",
-           "uhealthy", "prev_ll", "rw_from_ll", "c0", "c1", "c2", "c3", "c4", "ov1", "ov2")
-_INTS = ("run_len", "run_start_step", "persist_run", "persist_far", "confirmed_at",
-         "rw_from_step", "ov0")
-_BOOLS = ("confirmed", "warned", "setback_seen", "catapult_seen", "nf_seen", "ov_set",
-          "has_prev")
-# MonitorState's and Monitor's starting values (other floats NaN, other ints -1)
-_START = {"spread": MIN_SPREAD, "best": math.inf, "run_max_inc": 0.0, "run_len": 0,
-          "run_start_step": 0, "persist_run": 0, "persist_far": 0}
 
 
 class StackMonitor(ScalarReplay):
@@ -77,22 +67,21 @@ class StackMonitor(ScalarReplay):
         K = len(self.specs)
         self._mse = self.specs[0].loss == "mse"
         self._limit = math.log(overflow_limit(self.specs[0].dtype))
-        self.s: dict[str, Array] = {}  # a new Monitor's state (an empty catapult list: NaN)
-        for f in _FLOATS:
-            self.s[f] = np.full(K, _START.get(f, math.nan))
-        for f in _INTS:
-            self.s[f] = np.full(K, _START.get(f, -1), dtype=np.int64)
-        for f in _BOOLS:
-            self.s[f] = np.zeros(K, dtype=bool)
+        self.s = new_state(K)
         self.l0 = np.full(K, math.nan)
         # the warm-up's log norms and log losses (MonitorState._warm, _warm_loss)
         self.warm = np.full((2, K, WARMUP), math.nan)
-        self.recent = np.full((K, RECENT), math.nan)
-        self.fc = np.full((len(FORECAST_SERIES), K, WINDOW), math.nan)
+        self.hist, self.pos = history(K, 1), RECENT  # the windows' values, a slot a step
         self.rw_weights = np.zeros((K, 0))
         self.prev_w = np.zeros((K, 0))
         self._upper = np.zeros(K)  # the band's top of the step being observed
         self.n = 0  # records every member has observed (they observe in lockstep)
+        # what the quiet steps know of the whole state, not to check it every step (after a
+        # replay they ask again): the flags only replays change (negated, by _events); no
+        # row's runaway run, every row's previous weights, no row's run of rewriting updates,
+        # no row's overshoot
+        self._masks: tuple[Array, ...] | None = None
+        self._runs_zero, self._all_prev, self._rw_idle, self._no_overshoot = True, False, True, True
         self.last_step = -1
         self.recent_steps: deque[int] = deque(maxlen=RECENT)
         self.fc_steps: deque[int] = deque(maxlen=WINDOW)
@@ -107,8 +96,9 @@ class StackMonitor(ScalarReplay):
         self.warm = self.warm[:, rows]
         self.s = {k: v[rows] for k, v in self.s.items()}
         self.l0 = self.l0[rows]
-        self.recent = self.recent[rows]
-        self.fc = self.fc[:, rows]
+        self.hist = np.ascontiguousarray(self.hist[:, :, rows])  # (a step writes a slot)
+        self._upper = self._upper[rows]
+        self._masks = None
         self.rw_weights = self.rw_weights[rows]
         self.prev_w = self.prev_w[rows]
 
@@ -136,13 +126,14 @@ class StackMonitor(ScalarReplay):
         if act_std is not None:
             cols.append(act_std)
         finite = np.isfinite(np.add.reduce(np.concatenate(cols, axis=1), axis=1))
-        # every log of the step in one pass: norm, loss, update norm (the largest activation
-        # std is kept as it is: its log is only wanted when a real monitor is rebuilt)
+        # every log of the step in one pass: norm, loss, update norm (the activation stds are
+        # kept as they are: their largest's log is only wanted when a real monitor is rebuilt)
         parts = [grad_norm, loss]
         if L:
             sq = update * update
-            usq = sq[:, 0].copy()  # 0.0 + x is x: the scalar loop's sum, layer by layer
-            for i in range(1, L):
+            # 0.0 + x is x: the scalar loop's sum, layer by layer
+            usq = sq[:, 0] + sq[:, 1] if L > 1 else sq[:, 0]
+            for i in range(2, L):
                 usq += sq[:, i]
             parts.append(usq)
         logs = log_each(np.concatenate(parts))
@@ -150,31 +141,32 @@ class StackMonitor(ScalarReplay):
         lu = 0.5 * logs[2 * K:] if L else np.full(K, math.nan)
         self._grad_norm = grad_norm
         new, rw_new, prev_new = self._update(step, lg, ll, loss, lu, weight, update)
-        fc_new = np.empty_like(self.fc)
-        fc_new[:, :, :-1] = self.fc[:, :, 1:]
-        fc_new[0, :, -1] = lg
-        if act_std is not None:  # the largest std of each row (NaN if any is)
-            top = act_std[:, 0]
-            for i in range(1, act_std.shape[1]):
-                top = np.maximum(top, act_std[:, i])
-            fc_new[1, :, -1] = py_max(0.0, top)
+        pos = self._slot(K, act_std)
+        hist = self.hist
+        if self._mse:
+            hist[pos, LOG_NORM] = lg
+            np.multiply(ll, 0.5, out=hist[pos, FC_LOSS])
         else:
-            fc_new[1, :, -1] = 0.0
-        fc_new[2, :, -1] = 0.5 * ll if self._mse else ll
-        recent_new = np.concatenate((self.recent[:, 1:], loss[:, None]), axis=1)
-        event = self._events(step, new, recent_new, loss, lg)
-        event |= ~finite
-        event &= ~self.s["nf_seen"]
+            hist[pos, :LOSS] = logs[:2 * K].reshape(2, K)  # the log norm and the log loss
+        hist[pos, LOSS] = loss
+        recent_new = hist[pos + 1 - RECENT:pos + 1, LOSS]
+        event = self._events(step, new, recent_new, loss, lg, finite)
         alerts: dict[int, list[Finding]] = {}
-        for r in event.nonzero()[0].tolist():
+        replayed = event.nonzero()[0].tolist()
+        if replayed:  # what the quiet path knew may no longer hold
+            self._masks = None
+            self._runs_zero = self._all_prev = self._rw_idle = self._no_overshoot = False
+        for r in replayed:
             m = self._scalar(r)
             found = m.observe(record(r))
             if found:
                 alerts[r] = found
-            self._load(r, m, new, recent_new, fc_new, rw_new, prev_new)
-        self.s, self.recent, self.fc = new, recent_new, fc_new
+            self._load(r, m, new, rw_new, prev_new)
+            self._upper[r] = m.state.upper  # (the next step's band, as the row's own)
+        self.s = new
         self.rw_weights, self.prev_w = rw_new, prev_new
         self.n += 1
+        self.pos = pos + 1
         self.last_step = step
         self.recent_steps.append(step)
         self.fc_steps.append(step)
@@ -188,33 +180,55 @@ class StackMonitor(ScalarReplay):
         new = dict(s)
         last_lg = s["last_lg"]
         inc = lg > last_lg
-        run_len = s["run_len"]
-        start = inc & (run_len == 0)
+        run_len = new["run_len"] = s["run_len"] + 1
+        run_len *= inc
+        start = run_len == 1  # a run starts: an increase after none
         rmi = s["run_max_inc"]
-        if any_true(start):
-            new["run_start_lg"] = np.where(start, last_lg, s["run_start_lg"])
-            new["run_start_ll"] = np.where(start, s["last_ll"], s["run_start_ll"])
-            new["run_start_step"] = np.where(start, self.last_step, s["run_start_step"])
-            rmi = np.where(start, 0.0, rmi)
         dlg = lg - last_lg
-        new["run_max_inc"] = np.where(inc & (dlg > rmi), dlg, rmi)  # max(rmi, dlg) if inc
-        new["run_len"] = (run_len + 1) * inc
-        base, spread, healthy = s["base"], s["spread"], s["healthy"]
+        # (usually some row starts a run)
+        new["run_start_lg"] = np.where(start, last_lg, s["run_start_lg"])
+        new["run_start_ll"] = np.where(start, s["last_ll"], s["run_start_ll"])
+        new["run_start_step"] = np.where(start, self.last_step, s["run_start_step"])
+        grow = dlg > rmi
+        grow |= start  # (a run's first increase is > 0: max(0.0, dlg) is dlg)
+        grow &= inc
+        new["run_max_inc"] = np.where(grow, dlg, rmi)  # max(rmi, dlg) if inc
         if self.n < WARMUP:
             return self._warm_up(new, step, lg, ll, loss, lu, w, u)
+        return self._band(new, step, lg, ll, loss, lu, w, u)
+
+    def _band(self, new: dict[str, Array], step: int, lg: Array, ll: Array, loss: Array,
+              lu: Array, w: Array, u: Array) -> tuple[dict[str, Array], Array, Array]:
+        """The rest of ``MonitorState.update`` past the warm-up.
+
+        In every row that is not replayed the log norm, the baseline, the spread and H are
+        finite (a non-finite record is replayed, and the warm-up starts them from finite logs),
+        so NumPy's minimum and maximum give Python's ``min`` and ``max`` there (a tie is one
+        value), a step outside its band adds 0.0 to the baseline (never -0.0: math.log never
+        gives it, nor do medians and averages of logs) and to the spread (already between its
+        bounds), and the band's top before this step is the one computed after the previous
+        step (replays refresh it). The update's scale (NaN without layers, Inf on an
+        overflowing update) keeps the scalar's comparisons as they are."""
+        s = self.s
+        base, spread = s["base"], s["spread"]
         d = lg - base
-        spread3 = 3.0 * spread
-        # max(x, c) and min(c, x) of a constant c > 0: np.maximum (NaN stays NaN) and
-        # np.fmin (NaN gives c), as Python's max and min
-        inside = d <= (base + np.maximum(spread3, BAND_MIN)) - base
+        outside = d > self._upper - base  # (above its band: finite rows)
         lim = 2.0 * spread
-        b_new = base + ALPHA * py_max(-lim, py_min(lim, d))
-        sp_new = spread + ALPHA * (py_min(np.abs(d), spread3) - spread)
-        sp_new = np.fmin(np.maximum(sp_new, MIN_SPREAD), MAX_SPREAD)
-        if not all_true(inside):  # (usually every row is inside its band or below)
-            b_new = np.where(inside, b_new, base)
-            sp_new = np.where(inside, sp_new, spread)
-        h_new = np.where(b_new > healthy, b_new, healthy)
+        steps = np.empty((2, len(d)))  # the baseline's and the spread's, both at once
+        step_b, step_s = steps[0], steps[1]
+        np.minimum(d, lim, out=step_b)
+        np.negative(lim, out=lim)
+        np.maximum(step_b, lim, out=step_b)
+        np.abs(d, out=step_s)
+        np.minimum(step_s, 3.0 * spread, out=step_s)
+        step_s -= spread
+        steps *= ALPHA
+        np.copyto(steps, 0.0, where=outside)  # (a row outside its band keeps them)
+        b_new = base + step_b
+        sp_new = spread + step_s
+        np.maximum(sp_new, MIN_SPREAD, out=sp_new)
+        np.minimum(sp_new, MAX_SPREAD, out=sp_new)
+        h_new = np.maximum(s["healthy"], b_new)
         upper = self._upper = b_new + np.maximum(3.0 * sp_new, BAND_MIN)
         track = lg <= upper
         ub = s["ubase"]
@@ -222,17 +236,15 @@ class StackMonitor(ScalarReplay):
         if any_true(ub != ub):
             ub_new = np.where(ub != ub, lu, ub_new)
         uh = s["uhealthy"]
-        if all_true(track):
-            uh_new = np.where(~(uh >= ub_new), ub_new, uh)
-        else:
-            ub_new = np.where(track, ub_new, ub)
-            uh_new = np.where(track & ~(uh >= ub_new), ub_new, uh)
+        ub_new = np.where(track, ub_new, ub)  # (usually some row is above its band)
+        uh_new = np.where(track & ~(uh >= ub_new), ub_new, uh)
         new.update(base=b_new, spread=sp_new, healthy=h_new, ubase=ub_new, uhealthy=uh_new)
         new["loss"] = loss.copy()  # replays write into it: not into the caller's array
-        lavg = s["lavg"] + ALPHA * (ll - s["lavg"])
+        lavg = s["lavg"]
+        lavg = lavg + ALPHA * (ll - lavg)
         avg = exp_each(lavg)
-        best = np.where(avg < s["best"], avg, s["best"])
-        new.update(lavg=lavg, loss_avg=avg, best=best, last_lg=lg, last_ll=ll)
+        new.update(lavg=lavg, loss_avg=avg, best=np.minimum(s["best"], avg), last_lg=lg,
+                   last_ll=ll)
         return self._persist_and_overshoot(new, step, lg, ll, loss, lu, w, u, upper)
 
     def _warm_up(self, new: dict[str, Array], step: int, lg: Array, ll: Array, loss: Array,
@@ -244,15 +256,7 @@ class StackMonitor(ScalarReplay):
         warm = self.warm.copy()  # (the state before this step stays as it was)
         warm[0, :, n - 1] = lg
         warm[1, :, n - 1] = ll
-        wl = np.sort(warm[0, :, :n], axis=1)
-        base = wl[:, n // 2] if n % 2 else 0.5 * (wl[:, n // 2 - 1] + wl[:, n // 2])
-        if n >= 3:
-            dev = np.sort(np.abs(warm[0, :, :n] - base[:, None]), axis=1)
-            mad: Array | float = 1.4826 * dev[:, n // 2]
-            spread = py_min(MAX_SPREAD, py_max(MIN_SPREAD, mad))
-        else:
-            spread = np.full(len(lg), min(MAX_SPREAD, max(MIN_SPREAD, MIN_SPREAD)))
-        loss_ref = np.sort(warm[1, :, :n], axis=1)[:, (n - 1) // 2]
+        base, spread, loss_ref = warm_medians(warm[0, :, :n], warm[1, :, :n])
         h = s["healthy"]
         healthy = np.where(h != h, lg, h)
         ub = s["ubase"]
@@ -278,9 +282,11 @@ class StackMonitor(ScalarReplay):
         best, h_new, uh_new = new["best"], new["healthy"], new["uhealthy"]
         above = lg - h_new
         far = above >= RUNAWAY  # then also above the band, with the update feeding it
-        if any_true(far):
+        near = any_true(far)
+        if near:
             far &= (lg > upper) & ~(lu - uh_new < FEEDBACK * above)
-        if any_true(far):
+            near = any_true(far)
+        if near:
             l0 = self.l0
             progress = l0 - best
             harm = np.where(progress > 0, (loss - best) / progress,
@@ -289,73 +295,97 @@ class StackMonitor(ScalarReplay):
             new["persist_run"] = np.where(far & harmed, s["persist_run"] + 1, 0)
             very_far = far & (above >= 2.0 * RUNAWAY)
             new["persist_far"] = np.where(very_far & harmed, s["persist_far"] + 1, 0)
+            self._runs_zero = False
         else:  # no row far above its band: both runs end
-            for key in ("persist_run", "persist_far"):
-                if any_true(s[key]):
-                    new[key] = np.zeros(len(lg), dtype=np.int64)
+            if not self._runs_zero:
+                for key in ("persist_run", "persist_far"):
+                    if any_true(s[key]):
+                        new[key] = np.zeros(len(lg), dtype=np.int64)
+                self._runs_zero = True
         # Monitor._track_overshoot
         new["prev_ll"] = ll
-        if not all_true(s["has_prev"]):
-            new["has_prev"] = np.ones(len(lg), dtype=bool)
+        if not self._all_prev:
+            if np.count_nonzero(s["has_prev"]) < len(lg):
+                new["has_prev"] = np.ones(len(lg), dtype=bool)
+            self._all_prev = True
         # a ratio u / w >= REWRITE needs u >= 0.4 w (w > 0; a NaN row is replayed): none such,
         # no row rewrites its weights and no overshoot can start or end
         if not any_true(u >= (0.8 * REWRITE) * w):
             rw = None
         else:
-            pos = w > 0
-            ratio = np.where(pos, u / np.where(pos, w, 1.0), 0.0)
-            rewrite = py_max(0.0, ratio.max(axis=1)) if ratio.shape[1] else np.zeros(len(lg))
-            rw = rewrite >= REWRITE
+            # the largest ratio u / w of the layers with w > 0 (0.0 if none) is >= REWRITE
+            # when one of them is (a NaN ratio: a replayed row)
+            big = u / w >= REWRITE
+            big &= w > 0
+            rw = big.any(axis=1)
         if rw is None or not any_true(rw):
-            if any_true(s["rw_from_step"] != -1):
-                new["rw_from_step"] = np.full(len(lg), -1, dtype=np.int64)
-            return new, self.rw_weights.copy(), w.copy()
+            if not self._rw_idle:
+                if any_true(s["rw_from_step"] != -1):
+                    new["rw_from_step"] = np.full(len(lg), -1, dtype=np.int64)
+                self._rw_idle = True
+            # (a replay writes its row of the weights only after reading it)
+            return new, self.rw_weights, w.copy()
+        self._rw_idle = self._no_overshoot = False
         fresh = rw & (s["rw_from_step"] < 0)
         later = rw & ~fresh
-        rw2 = 2.0 * self.rw_weights
-        grew = ((w >= rw2) & (rw2 > 0)).any(axis=1)
-        over = later & (step > s["rw_from_step"]) & (ll - s["rw_from_ll"] >= OVERSHOOT_LOSS) & grew
-        new["ov_set"] = s["ov_set"] | over
-        new["ov0"] = np.where(over, s["rw_from_step"], s["ov0"])
-        new["ov1"] = np.where(over, s["rw_from_ll"], s["ov1"])
-        new["ov2"] = np.where(over, ll, s["ov2"])
+        if any_true(later):  # an overshoot needs a run of rewriting updates going on
+            rw2 = 2.0 * self.rw_weights
+            over = ((w >= rw2) & (rw2 > 0)).any(axis=1)
+            over &= later & (step > s["rw_from_step"]) & (ll - s["rw_from_ll"] >= OVERSHOOT_LOSS)
+            if any_true(over):
+                new["ov_set"] = s["ov_set"] | over
+                new["ov0"] = np.where(over, s["rw_from_step"], s["ov0"])
+                new["ov1"] = np.where(over, s["rw_from_ll"], s["ov1"])
+                new["ov2"] = np.where(over, ll, s["ov2"])
         new["rw_from_step"] = np.where(fresh, step, np.where(rw, s["rw_from_step"], -1))
         new["rw_from_ll"] = np.where(fresh, ll, s["rw_from_ll"])
+        if not any_true(fresh):  # (no run starts: the weights before one stay as they are)
+            return new, self.rw_weights, w.copy()
         start_w = np.where(s["has_prev"][:, None], self.prev_w, py_max(w - u, 0.0))
         return new, np.where(fresh[:, None], start_w, self.rw_weights), w.copy()
 
     def _events(self, step: int, new: dict[str, Array], recent: Array, loss: Array,
-                lg: Array) -> Array:
+                lg: Array, finite: Array) -> Array:
         """Rows whose monitor may raise an alert at this step (and the catapult state of the
-        others): an explosion rule, a growth warning, a setback or a catapult."""
+        others): an explosion rule, a growth warning, a setback or a catapult, or a
+        non-finite value (none of them past a non-finite value: that monitor ignores it)."""
         s = self.s
         n = self.n + 1  # the state's record count after this step
-        watch = ~s["confirmed"]  # a confirmed explosion raises nothing more
+        if self._masks is None:  # (flags only a replay changes)
+            watch = ~s["confirmed"]  # a confirmed explosion raises nothing more
+            self._masks = (watch, ~s["nf_seen"], watch & ~s["warned"], ~s["setback_seen"],
+                           watch & ~s["catapult_seen"])
+        watch, alive, unwarned, no_setback, on = self._masks  # (unwarned: and watched)
         rule = lg >= 0.5 * self._limit
         # (the runs' arrays are the state's own only while all zero: see _update)
         if n > 1 and (new["persist_run"] is not s["persist_run"]
                       or new["persist_far"] is not s["persist_far"]):
             rule |= (new["persist_run"] >= PERSIST + 1) | (new["persist_far"] >= PERSIST)
-        rule |= new["ov_set"]
-        run_len = new["run_len"]
-        long_run = (run_len >= MIN_RUN) & ~s["warned"]
-        if any_true(long_run):  # a growth warning needs a run of increases
-            upper = self._upper  # the band's top after this step, from _update
-            growth = lg - py_max(new["run_start_lg"], new["base"])
-            rule |= (long_run & (growth - new["run_max_inc"] >= RUN_GROWTH) & (lg > upper)
-                     & (lg > new["healthy"]))
-        event = watch & rule
+        if not self._no_overshoot:
+            rule |= new["ov_set"]
+        long_run = new["run_len"] >= MIN_RUN
+        long_run &= unwarned
+        if any_true(long_run):  # a growth warning needs a run of increases out of the band
+            long_run &= lg > self._upper  # the band's top after this step, from _update
+        if any_true(long_run):
+            # (a run starts from a finite log norm, the baseline is finite: np.maximum is
+            # Python's max there)
+            growth = lg - np.maximum(new["run_start_lg"], new["base"])
+            growth -= new["run_max_inc"]
+            long_run &= growth >= RUN_GROWTH
+            long_run &= lg > new["healthy"]
+            rule |= long_run
         if n > WARMUP + RECENT:
-            med = np.sort(recent, axis=1)[:, RECENT // 2]
-            best = new["best"]
-            setback = (med >= 2.0 * best) & (med >= best + HARM * py_max(self.l0 - best, 0.0))
-            event |= watch & ~s["setback_seen"] & setback
+            setback = setback_rows(recent, new["best"], self.l0)
+            setback &= no_setback
+            rule |= setback
+        event = watch & rule
         if n == 1:  # the first record starts every row's catapult watch (an explosion
             # confirmed at once leaves it empty: that row is replayed)
             new.update(c0=loss.copy(), c1=self._grad_norm.copy(), c2=np.zeros(len(loss)),
                        c3=np.zeros(len(loss)), c4=np.full(len(loss), -1.0))
-        elif n <= CATAPULT_WINDOW:
-            on = watch & ~s["catapult_seen"]
+        elif n <= CATAPULT_WINDOW and (any_true(loss >= CATAPULT_JUMP * s["c0"])
+                                       or any_true(s["c2"])):  # (else: no row moves)
             c0, c2, c3 = s["c0"], s["c2"], s["c3"]
             high = on & (loss >= CATAPULT_JUMP * c0) & ((c2 > 0) | (n <= 3))
             back = on & ~high & (c2 >= 3) & (loss < c0)
@@ -365,4 +395,7 @@ class StackMonitor(ScalarReplay):
             new["c3"] = np.where(peak, loss, c3)
             new["c4"] = np.where(peak, float(step), s["c4"])
             event |= back
+        if np.count_nonzero(finite) < len(finite):  # (a non-finite value confirms an explosion: every row past
+            # one is confirmed, so only this one needs the mask)
+            event |= ~finite & alive
         return event

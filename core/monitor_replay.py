@@ -5,6 +5,11 @@ member's step with a real monitor rebuilt from the arrays as they were before th
 (:meth:`ScalarReplay._scalar`), then writes the monitor's state after the step into the
 member's row of the new arrays (:meth:`ScalarReplay._load`): the alerts are the scalar
 monitor's own, and the arrays go on from exactly its state.
+
+The windows a rebuilt monitor reads (its last RECENT losses, its forecaster's last WINDOW
+values) are views onto one history of per-step slots (:func:`history`,
+:meth:`ScalarReplay._slot`): a step writes its own slot and nothing shifts, so the windows
+before the step stay readable while a replay writes the row's windows ending with it.
 """
 
 from __future__ import annotations
@@ -16,14 +21,62 @@ from typing import Any
 import numpy as np
 
 from core.diagnostics.forecast import WINDOW
-from core.diagnostics.monitor import RECENT, WARMUP, Monitor
+from core.diagnostics.monitor import MIN_SPREAD, RECENT, WARMUP, Monitor
 from core.diagnostics.series import safe_log
 from core.spec import TrainingSpec
 
-__all__ = ["FORECAST_SERIES", "ScalarReplay"]
+__all__ = ["ACT", "FC_LOSS", "FORECAST_SERIES", "LOG_NORM", "LOSS", "SLOTS", "ScalarReplay",
+           "history", "largest_std", "new_state"]
 
 Array = np.ndarray
-FORECAST_SERIES = ("grad_norm", "activation", "loss")  # the forecaster's, in the arrays' order
+FORECAST_SERIES = ("grad_norm", "activation", "loss")  # the forecaster's series
+# the columns of a slot of the history: the log norm and the loss series of the forecaster
+# (the log loss, halved for MSE), the loss itself (the setback's window), then each layer's
+# activation std (their largest is the forecaster's activation series, taken on a rebuild)
+LOG_NORM, FC_LOSS, LOSS, ACT = 0, 1, 2, 3
+SLOTS = 128  # the history's slots: the last RECENT move to the front when it is full
+# per-member scalars of the monitor and its state, as float64 arrays (ints stored exactly)
+_FLOATS = ("base", "healthy", "spread", "loss_ref", "loss", "loss_avg", "lavg", "best",
+           "last_lg", "last_ll", "run_max_inc", "run_start_lg", "run_start_ll", "ubase",
+           "uhealthy", "prev_ll", "rw_from_ll", "c0", "c1", "c2", "c3", "c4", "ov1", "ov2")
+_INTS = ("run_len", "run_start_step", "persist_run", "persist_far", "confirmed_at",
+         "rw_from_step", "ov0")
+_BOOLS = ("confirmed", "warned", "setback_seen", "catapult_seen", "nf_seen", "ov_set",
+          "has_prev")
+# MonitorState's and Monitor's starting values (other floats NaN, other ints -1)
+_START = {"spread": MIN_SPREAD, "best": math.inf, "run_max_inc": 0.0, "run_len": 0,
+          "run_start_step": 0, "persist_run": 0, "persist_far": 0}
+
+
+def new_state(K: int) -> dict[str, Array]:
+    """A new Monitor's state for ``K`` rows (an empty catapult list: NaN)."""
+    s: dict[str, Array] = {}
+    for f in _FLOATS:
+        s[f] = np.full(K, _START.get(f, math.nan))
+    for f in _INTS:
+        s[f] = np.full(K, _START.get(f, -1), dtype=np.int64)
+    for f in _BOOLS:
+        s[f] = np.zeros(K, dtype=bool)
+    return s
+
+
+def history(K: int, A: int) -> Array:
+    """An empty history of ``K`` rows (``A`` activation columns): NaN, as the windows of a
+    new monitor are empty."""
+    return np.full((SLOTS, ACT + A, K), math.nan)
+
+
+def largest_std(stds: list[float]) -> float:
+    """The forecaster's largest activation std of a record from its layers' stds, as the
+    stack monitor keeps it: ``max(0.0, std, ...)``, and 0.0 if any is NaN (the record is then
+    non-finite: the scalar monitor never forecasts from it)."""
+    top = 0.0
+    for v in stds:
+        if v != v:
+            return 0.0
+        if v > top:
+            top = v
+    return top
 
 
 class ScalarReplay:
@@ -34,8 +87,8 @@ class ScalarReplay:
     s: dict[str, Array]  # the monitors' scalars, one array each over the rows
     l0: Array
     warm: Array
-    recent: Array
-    fc: Array
+    hist: Array  # (slots, 3 + activation columns, rows): see :meth:`_windows`
+    pos: int  # the slot of the step being observed (the state's windows end before it)
     rw_weights: Array
     prev_w: Array
     n: int
@@ -64,16 +117,18 @@ class ScalarReplay:
         st.run_start_step = int(s["run_start_step"][r])
         st._persist_run = int(s["persist_run"][r])
         st._persist_far = int(s["persist_far"][r])
+        pos = self.pos
         cnt = min(self.n, RECENT)
-        st.recent = deque(self.recent[r, RECENT - cnt:].tolist(), maxlen=RECENT)
+        st.recent = deque(self.hist[pos - cnt:pos, LOSS, r].tolist(), maxlen=RECENT)
         st.recent_steps = deque(self.recent_steps, maxlen=RECENT)
         cnt = min(self.n, WINDOW)
         steps = list(self.fc_steps)
-        for j, name in enumerate(FORECAST_SERIES):
-            vals = self.fc[j, r, WINDOW - cnt:].tolist()
-            if name == "activation":  # kept as the largest std itself
-                vals = [safe_log(v) for v in vals]
-            m.forecaster._hist[name] = deque(zip(steps, vals, strict=True), maxlen=WINDOW)
+        h = self.hist[pos - cnt:pos, :, r]
+        series = {"grad_norm": h[:, LOG_NORM].tolist(), "loss": h[:, FC_LOSS].tolist(),
+                  "activation": [safe_log(largest_std(v)) for v in h[:, ACT:].tolist()]}
+        for name in FORECAST_SERIES:
+            m.forecaster._hist[name] = deque(zip(steps, series[name], strict=True),
+                                             maxlen=WINDOW)
         m.explosion_confirmed = bool(s["confirmed"][r])
         at = int(s["confirmed_at"][r])
         m.confirmed_at = at if m.explosion_confirmed else None
@@ -93,9 +148,31 @@ class ScalarReplay:
                         if s["ov_set"][r] else None)
         return m
 
-    def _load(self, r: int, m: Monitor, new: dict[str, Array], recent: Array, fc: Array,
-              rw: Array, prev: Array) -> None:
-        """Write monitor ``m``'s state (after this step) into row ``r`` of the new arrays."""
+    def _slot(self, K: int, act_std: Array | None) -> int:
+        """The history's slot of this step (the windows before it left in place), holding
+        this step's activation stds: the forecaster's largest is taken from them on a
+        rebuild (:func:`core.monitor_replay.largest_std`; none: zeros give its 0.0)."""
+        A = 1 if act_std is None else act_std.shape[1]
+        if self.n == 0 and self.hist.shape[1] != ACT + A:
+            self.hist = history(K, A)
+        pos = self.pos
+        if pos == SLOTS:
+            self.hist[:RECENT] = self.hist[SLOTS - RECENT:]
+            pos = self.pos = RECENT
+        act = self.hist[pos, ACT:]
+        if act_std is None:
+            act[:] = 0.0
+        elif act.shape[0] == A:
+            act[:] = act_std.T
+        else:  # (a stack whose layers change) the largest, then zeros: the same maximum
+            act[:] = 0.0
+            act[0] = [largest_std(row) for row in act_std.tolist()]
+        return pos
+
+    def _load(self, r: int, m: Monitor, new: dict[str, Array], rw: Array,
+              prev: Array) -> None:
+        """Write monitor ``m``'s state (after this step) into row ``r`` of the new arrays
+        (and of the windows ending with this step's slot)."""
         st = m.state
         vals: dict[str, Any] = {
             "base": st.base, "healthy": st.healthy, "spread": st.spread,
@@ -125,16 +202,17 @@ class ScalarReplay:
         if st._warm:
             self.warm[0, r, :len(st._warm)] = st._warm
             self.warm[1, r, :len(st._warm_loss)] = st._warm_loss
+        end = self.pos + 1
+        hist = self.hist
         cnt = min(len(st.recent), RECENT)
-        recent[r] = math.nan
+        hist[end - RECENT:end, LOSS, r] = math.nan
         if cnt:
-            recent[r, RECENT - cnt:] = list(st.recent)
-        for j, name in enumerate(FORECAST_SERIES):
-            if name == "activation":  # the arrays' own (the largest std, every step)
-                continue
+            hist[end - cnt:end, LOSS, r] = list(st.recent)
+        # (the activation series stays the arrays' own: the largest std of every step)
+        for j, name in ((LOG_NORM, "grad_norm"), (FC_LOSS, "loss")):
             h = m.forecaster._hist[name]
-            fc[j, r] = math.nan
+            hist[end - WINDOW:end, j, r] = math.nan
             if h:
-                fc[j, r, WINDOW - len(h):] = [v for _, v in h]
+                hist[end - len(h):end, j, r] = [v for _, v in h]
         rw[r] = m._rewrite_weights or 0.0
         prev[r] = m._prev_weights or 0.0

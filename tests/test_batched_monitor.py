@@ -9,6 +9,7 @@ identical, message and evidence included, as must the stop reasons and steps com
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any
@@ -298,3 +299,57 @@ def test_random_streams_raise_every_rows_scalar_alerts(seed: int, K: int, mse: b
         for k, m in enumerate(scalar):
             assert repr(got.get(k, [])) == repr(m.observe(recs[rows[k]])), (t, k)
             assert bool(mon.confirmed[k]) == m.explosion_confirmed, (t, k)
+
+
+def test_a_stack_without_activation_stats_over_more_steps_than_its_history_holds() -> None:
+    # no activation stds (the forecaster's activation series all 0.0) and 300 steps: the
+    # history's slots wrap around more than once, and every row's alerts (forecasts in
+    # their evidence included) stay its scalar monitor's
+    rng = np.random.default_rng(7)
+    K = 9
+    specs = [TrainingSpec.model_validate({**BASE, "optimizer": {"name": "adam", "lr": 0.01}})] * K
+    mon = StackMonitor(specs)
+    scalar = [Monitor(s) for s in specs]
+    raised = 0
+    for t, loss, gn, g, w, u, _, recs in _random_stream(rng, K, 300):
+        recs = [dataclasses.replace(r, layers=[dataclasses.replace(lr, act_std=None)
+                                               for lr in r.layers]) for r in recs]
+        got = mon.observe(t, loss, gn, g, w, u, None, recs.__getitem__)
+        for k, m in enumerate(scalar):
+            want = m.observe(recs[k])
+            assert repr(got.get(k, [])) == repr(want), (t, k)
+            raised += len(want)
+    assert raised
+
+
+def test_windows_that_span_the_historys_wrap_around() -> None:
+    # a setback's window and a runaway's forecast (grad norm, activation, loss series) span
+    # the step where the history's slots wrap around: the alerts, their evidence and
+    # forecasts included, stay the scalar monitor's
+    rng = np.random.default_rng(3)
+    K, L = 3, 3
+    specs = [TrainingSpec.model_validate(BASE)] * K
+    mon = StackMonitor(specs)
+    scalar = [Monitor(s) for s in specs]
+    w = np.full((K, L), 10.0)
+    seen = []
+    for t in range(160):
+        g = np.exp(rng.normal(0, 0.1, (K, L)))
+        loss = 0.98 ** t * np.exp(rng.normal(0, 0.05, K)) + 0.01
+        u = 0.1 * np.exp(rng.normal(0, 0.1, (K, L)))
+        act = np.exp(rng.normal(0, 0.1, (K, L)))
+        if t >= 98:  # member 0 loses its progress
+            loss[0] = 1.5 * math.exp(rng.normal(0, 0.05))
+        if t >= 106:  # member 1 runs away, its activations and loss growing with it
+            g[1] *= 100.0 * 2 ** (t - 106)
+            u[1] *= 30 * 2 ** (t - 106)
+            act[1] *= 2.0 ** (t - 106)
+            loss[1] = 2.0 * 1.5 ** (t - 106)
+        step = _observed(t, loss, g, w, u, act)
+        got = mon.observe(*step[:7], step[7].__getitem__)
+        for k, m in enumerate(scalar):
+            want = m.observe(step[7][k])
+            assert repr(got.get(k, [])) == repr(want), (t, k)
+            seen += [(t, k, a.kind) for a in want]
+    # (the slots wrap at step _SLOTS - RECENT = 107: both windows hold steps before it)
+    assert seen == [(107, 1, "gradient_explosion"), (108, 0, "gradient_spike")]

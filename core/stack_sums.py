@@ -91,20 +91,21 @@ def segment_sumsq_pair(a: Array, b: Array, bounds: Array, fused: bool) -> Array:
     trainer's ``_norm_segments(np.concatenate((a[k], b[k])), bounds2)`` when ``fused`` (its
     one pass over weights and update side by side: where it sums with ``reduceat``, a float32
     overflow anywhere in the row redoes the whole row in float64), else of its two calls on
-    ``a[k]`` and ``b[k]``. Each buffer is squared and summed on its own (a segment's sum
-    depends only on its elements; squaring into one strided array is slower)."""
+    ``a[k]`` and ``b[k]``. The squares of both go into one array summed by one ``reduceat``
+    (a segment's sum depends only on its elements, the same whichever row holds them)."""
     K, n = a.shape
     n_seg = len(bounds) - 1
     as_single = (2 * n, 2 * n_seg) if fused else None
     if not (fused and norms_by_reduceat(2 * n, 2 * n_seg)):
         return np.stack([segment_sumsq_batched(a, bounds, as_single),
                          segment_sumsq_batched(b, bounds, as_single)], axis=1)
-    out = np.empty((K, 2, n_seg))
-    sums = out[:, 0], out[:, 1]
-    for x, o in zip((a, b), sums, strict=True):
-        o[...] = np.add.reduceat(np.square(x), bounds[:-1], axis=1)
-    if a.dtype != np.float64 and not all_finite(out):
+    squares = np.empty((2, K, n), a.dtype)  # the rows of a, then of b: one reduceat
+    np.square(a, out=squares[0])
+    np.square(b, out=squares[1])
+    sums = np.add.reduceat(squares.reshape(2 * K, n), bounds[:-1], axis=1).reshape(2, K, n_seg)
+    out = sums.transpose(1, 0, 2).astype(np.float64)
+    if a.dtype != np.float64 and not all_finite(sums):
         for k in np.flatnonzero(~np.isfinite(out).all(axis=(1, 2))).tolist():
-            for x, o in zip((a, b), sums, strict=True):
-                o[k] = np.add.reduceat(np.square(x[k], dtype=np.float64), bounds[:-1])
+            for x, o in zip((a, b), (out[k, 0], out[k, 1]), strict=True):
+                o[...] = np.add.reduceat(np.square(x[k], dtype=np.float64), bounds[:-1])
     return out

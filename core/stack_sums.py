@@ -33,7 +33,7 @@ def flat_moments(rows: Array, sums: Array, sqs: Array) -> None:
     ``(K,)`` float64: per row the single network's flat statistics of one buffer (a float64
     sum, and :func:`core.layout.sumsq`: one BLAS dot, redone in float64 where float32
     overflows)."""
-    sums[...] = rows.sum(axis=1, dtype=np.float64)
+    np.sum(rows, axis=1, dtype=np.float64, out=sums)
     q = np.matmul(rows[:, None, :], rows[:, :, None])[:, 0, 0]
     if rows.dtype != np.float64 and not all_finite(q):
         q = q.astype(np.float64)

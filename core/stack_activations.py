@@ -17,7 +17,7 @@ import numpy as np
 
 from core.activations import ActivationFn
 from core.stack_buffers import Buffers
-from core.stack_sums import all_finite, flat_moments, moments
+from core.stack_sums import all_finite, flat_moments, moments, moments_and_dead
 
 __all__ = ["ActivationStats"]
 
@@ -59,6 +59,8 @@ class _HiddenWork:
     counts: Array  # per layer: activations per member in the pass (float64)
     relu: list[int]  # the ReLU hidden layers (dead fractions from the column sums)
     others: list[int]  # the other hidden layers
+    totals: Array  # (3, K, n_layers) float64: sums, sums of squares, alive units (else NaN)
+    divisors: Array  # (3, 1, n_layers): counts, counts, units (1 for the outputs)
 
 
 class ActivationStats:
@@ -105,29 +107,35 @@ class ActivationStats:
         with one hidden layer, each layer's whole-buffer float64 sum and BLAS dot; with two
         or more, :meth:`_hidden_stats`; the outputs as one flat buffer. Means and stds of all
         layers then come from the single network's float64 formulas in one pass
-        (:func:`core.stack_sums.moments`). Dead and saturated fractions are counts, exact
-        whichever way they are counted.
+        (:func:`core.stack_sums.moments`; with two or more hidden layers
+        :func:`core.stack_sums.moments_and_dead`, the ReLU dead fractions along). Dead and
+        saturated fractions are counts, exact whichever way they are counted.
 
         ``out`` (``(K, n_layers, 4)`` float64, e.g. a view of the telemetry rows) receives
         them in place; the four returned arrays are then its columns."""
         K, L = self.size, self.n_layers
         if out is None:
             out = np.empty((K, L, 4))
-        out[:, :, 2:] = np.nan
-        sums, sqs = np.empty((2, K, L))  # per member and layer: sum, sum of squares
         if L > 2:
             work = self._work()
-            self._hidden_stats(work, sums, sqs, out)
-            counts = work.counts
-        else:
-            if L == 2:
-                a = self.hidden_activation(0)
-                flat_moments(a.reshape(K, -1), sums[:, 0], sqs[:, 0])
-                col_sum = None
-                if self.activations[0].name == "relu":  # alive units: column sums > 0
-                    col_sum = np.matmul(self._ones(a.shape[1]), a)
-                self._unit_stats(0, a, col_sum, out)
-            counts = np.array(self.sizes[1:], dtype=np.float64) * outputs.shape[1]
+            totals = work.totals  # per member and layer: sum, sum of squares, alive units
+            self._hidden_stats(work, totals[0], totals[1], totals[2])
+            flat_moments(outputs.reshape(K, -1), totals[0, :, -1], totals[1, :, -1])
+            out[:, :, 3] = np.nan
+            moments_and_dead(totals, work.divisors, out)
+            for i in work.others:
+                self._unit_stats(i, work.buffers.act[i], None, out)
+            return out[:, :, 0], out[:, :, 1], out[:, :, 2], out[:, :, 3]
+        out[:, :, 2:] = np.nan
+        sums, sqs = np.empty((2, K, L))  # per member and layer: sum, sum of squares
+        if L == 2:
+            a = self.hidden_activation(0)
+            flat_moments(a.reshape(K, -1), sums[:, 0], sqs[:, 0])
+            col_sum = None
+            if self.activations[0].name == "relu":  # alive units: column sums > 0
+                col_sum = np.matmul(self._ones(a.shape[1]), a)
+            self._unit_stats(0, a, col_sum, out)
+        counts = np.array(self.sizes[1:], dtype=np.float64) * outputs.shape[1]
         flat_moments(outputs.reshape(K, -1), sums[:, L - 1], sqs[:, L - 1])
         moments(sums, sqs, counts, out[:, :, 0], out[:, :, 1])
         return out[:, :, 0], out[:, :, 1], out[:, :, 2], out[:, :, 3]
@@ -173,14 +181,17 @@ class ActivationStats:
             flags = columns[2 * K * units:].reshape(K, units)
             parts.append(2 * K * units + member)
         counts = np.array(self.sizes[1:], dtype=np.float64) * batch
+        totals = np.full((3, K, len(counts)), np.nan)  # alive units: NaN but for ReLU layers
+        divisors = np.stack([counts, counts, [*self.sizes[1:-1], 1]])[:, None, :]
         return _HiddenWork(buf, copy, rows, columns, col_sum, col_sq, flags,
                            np.concatenate(parts), by_layer, counts, relu,
-                           [i for i in range(len(rows)) if i not in relu])
+                           [i for i in range(len(rows)) if i not in relu], totals,
+                           divisors.astype(np.float64))
 
-    def _hidden_stats(self, work: _HiddenWork, sums: Array, sqs: Array, out: Array) -> None:
+    def _hidden_stats(self, work: _HiddenWork, sums: Array, sqs: Array, alive: Array) -> None:
         """:meth:`activation_stats`' hidden layers for two or more of them: per member the
         single network's ``_hidden_stats`` sums into ``sums[:, :-1]`` and ``sqs[:, :-1]``
-        (fallbacks per member), dead and saturated fractions into ``out``.
+        (fallbacks per member), the ReLU layers' alive units into ``alive``.
 
         Its column sums are a BLAS matrix-vector product on its ``(batch, all hidden units)``
         buffer, whose order of summation depends on the matrix's shape and a column's place
@@ -209,15 +220,10 @@ class ActivationStats:
         sqs[:, :-1] = sq.reshape(L - 1, K).T if work.by_layer else sq.reshape(K, L - 1)
         if not all_finite(per[:2 * n]):
             self._redo_overflowing(work, sums, sqs)
-        if len(work.relu) == L - 1:  # 1 - alive / units, in place
-            dead = out[:, :-1, 2]
-            np.divide(per[2 * n:].reshape(K, L - 1), self.sizes[1:-1], out=dead)
-            np.subtract(1.0, dead, out=dead)
+        if len(work.relu) == L - 1:
+            alive[:, :-1] = per[2 * n:].reshape(K, L - 1)
         elif work.relu:
-            alive = per[2 * n:].reshape(K, L - 1)[:, work.relu]
-            out[:, work.relu, 2] = 1.0 - alive / np.array(self.sizes[1:-1])[work.relu]
-        for i in work.others:
-            self._unit_stats(i, acts[i], None, out)
+            alive[:, work.relu] = per[2 * n:].reshape(K, L - 1)[:, work.relu]
 
     def _redo_overflowing(self, work: _HiddenWork, sums: Array, sqs: Array) -> None:
         """Redo in float64, from their activations (the copy in the single layout), the

@@ -16,8 +16,8 @@ import numpy as np
 
 from core.layout import norms_by_reduceat
 
-__all__ = ["all_finite", "flat_moments", "moments", "segment_sumsq_batched",
-           "segment_sumsq_pair"]
+__all__ = ["all_finite", "flat_moments", "moments", "moments_and_dead",
+           "segment_sumsq_batched", "segment_sumsq_pair"]
 
 Array = np.ndarray
 
@@ -52,6 +52,24 @@ def moments(sums: Array, sqs: Array, counts: Array, mean: Array, std: Array) -> 
     var -= mean * mean
     np.maximum(var, 0.0, out=var)
     np.sqrt(var, out=std)
+    if not all_finite(sqs):
+        std[...] = np.where(np.isfinite(sqs), std, sqs)
+
+
+def moments_and_dead(totals: Array, divisors: Array, out: Array) -> None:
+    """:func:`moments` and the dead fractions in one pass: ``totals`` ``(3, K, L)``
+    (sums, sums of squares, alive units), ``divisors`` ``(3, 1, L)`` (counts, counts, units);
+    ``out[:, :, 0]``, ``out[:, :, 1]`` and ``out[:, :, 2]`` receive the means, the stds and
+    ``1 - alive / units`` (NaN where ``totals[2]`` is): the single network's float64
+    operations, each member and layer at once (one division for all three)."""
+    q = out[:, :, :3].transpose(2, 0, 1)
+    np.divide(totals, divisors, out=q)
+    mean, std, dead = q
+    np.subtract(std, np.square(mean), out=std)
+    np.maximum(std, 0.0, out=std)
+    np.sqrt(std, out=std)
+    np.subtract(1.0, dead, out=dead)
+    sqs = totals[1]
     if not all_finite(sqs):
         std[...] = np.where(np.isfinite(sqs), std, sqs)
 

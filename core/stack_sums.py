@@ -48,12 +48,8 @@ def moments(sums: Array, sqs: Array, counts: Array, mean: Array, std: Array) -> 
     itself where it is not finite), elementwise into ``mean`` and ``std``: the single
     network's formulas for every member and layer at once (the same float64 operations)."""
     np.divide(sums, counts, out=mean)
-    var = sqs / counts
-    var -= mean * mean
-    np.maximum(var, 0.0, out=var)
-    np.sqrt(var, out=std)
-    if not all_finite(sqs):
-        std[...] = np.where(np.isfinite(sqs), std, sqs)
+    np.divide(sqs, counts, out=std)
+    _spread(mean, std, sqs)
 
 
 def moments_and_dead(totals: Array, divisors: Array, out: Array) -> None:
@@ -65,11 +61,16 @@ def moments_and_dead(totals: Array, divisors: Array, out: Array) -> None:
     q = out[:, :, :3].transpose(2, 0, 1)
     np.divide(totals, divisors, out=q)
     mean, std, dead = q
+    _spread(mean, std, totals[1])
+    np.subtract(1.0, dead, out=dead)
+
+
+def _spread(mean: Array, std: Array, sqs: Array) -> None:
+    """``std`` (holding ``sqs / counts``) becomes ``sqrt(max(std - mean * mean, 0))``, or
+    ``sqs`` where that is not finite: the single network's float64 operations, in place."""
     np.subtract(std, np.square(mean), out=std)
     np.maximum(std, 0.0, out=std)
     np.sqrt(std, out=std)
-    np.subtract(1.0, dead, out=dead)
-    sqs = totals[1]
     if not all_finite(sqs):
         std[...] = np.where(np.isfinite(sqs), std, sqs)
 

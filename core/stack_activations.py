@@ -11,16 +11,56 @@ from __future__ import annotations
 
 import itertools
 from abc import abstractmethod
+from dataclasses import dataclass
 
 import numpy as np
 
 from core.activations import ActivationFn
 from core.stack_buffers import Buffers
-from core.stack_sums import all_finite, flat_moments, moments
+from core.stack_sums import all_finite, flat_moments, moments, moments_and_dead
 
 __all__ = ["ActivationStats"]
 
 Array = np.ndarray
+
+
+def _as_rows(dst: Array, src: Array) -> tuple[Array, Array]:
+    """``dst`` and ``src`` ``(..., n)`` as ``(..., 1)`` items of ``n`` elements' bytes when
+    both last axes are contiguous (else as they are): copying them copies the same bits, one
+    item per row of ``n`` (a third cheaper than element by element for rows of a few dozen
+    elements)."""
+    row = np.dtype((np.void, src.shape[-1] * src.itemsize))
+    try:
+        return dst.view(row), src.view(row)
+    except ValueError:  # a last axis not contiguous
+        return dst, src
+
+
+@dataclass(slots=True)
+class _HiddenWork:
+    """The work arrays of :meth:`ActivationStats._hidden_stats` for one training pass's
+    work arrays ``buffers`` (made once, reused every step while those are the pass's).
+
+    ``columns`` is one flat array, reduced per member and layer by one ``reduceat`` at
+    ``starts``: the column sums ``(K, units)`` (the single network's layout), then the column
+    sums of squares (per layer ``(K, layer units)``, layer after layer, when ``by_layer``;
+    else ``(K, units)``), then, with ReLU layers, the column sums' ``> 0`` as 0/1.
+    """
+
+    buffers: Buffers
+    copy: Array  # (K, batch, units): every member's hidden activations, the single layout
+    rows: list[tuple[Array, Array]]  # per layer (copy's columns, work array) as row items
+    columns: Array
+    col_sum: Array  # (K, units) view of columns
+    col_sq: list[Array]  # per layer (K, layer units) views (by_layer), else one (K, units)
+    flags: Array | None  # (K, units) view: column sum > 0, with ReLU layers
+    starts: Array
+    by_layer: bool
+    counts: Array  # per layer: activations per member in the pass (float64)
+    relu: list[int]  # the ReLU hidden layers (dead fractions from the column sums)
+    others: list[int]  # the other hidden layers
+    totals: Array  # (3, K, n_layers) float64: sums, sums of squares, alive units (else NaN)
+    divisors: Array  # (3, 1, n_layers): counts, counts, units (1 for the outputs)
 
 
 class ActivationStats:
@@ -34,9 +74,9 @@ class ActivationStats:
     _buffers: dict[int, Buffers]  # the training pass's work arrays, by batch size
     _bs: int  # the last training pass's batch size
     _ones_rows: dict[tuple[int, np.dtype], Array]
-    _hidden_copies: dict[tuple[int, int], Array]
     _col_offsets: list[int]
     _starts: Array
+    _hidden_work: dict[int, _HiddenWork] | None = None  # by batch size (made on first use)
 
     @property
     @abstractmethod
@@ -65,96 +105,140 @@ class ActivationStats:
         The single network's sums are reproduced call for call, batched over the members
         (each batched call runs the same routine per member on the same shape and strides):
         with one hidden layer, each layer's whole-buffer float64 sum and BLAS dot; with two
-        or more, the column sums of the ``(batch, all hidden units)`` buffer as a BLAS
-        matrix-vector product and the column sums of squares with ``einsum`` on that very
-        layout (a member-major copy, :meth:`_hidden_buffer`), reduced per layer with
-        ``reduceat`` (both in one call); the outputs as one flat buffer. Means and stds of all layers then come
-        from the single network's float64 formulas in one pass
-        (:func:`core.stack_sums.moments`). Dead and saturated fractions are counts, exact
-        whichever way they are counted.
+        or more, :meth:`_hidden_stats`; the outputs as one flat buffer. Means and stds of all
+        layers then come from the single network's float64 formulas in one pass
+        (:func:`core.stack_sums.moments`; with two or more hidden layers
+        :func:`core.stack_sums.moments_and_dead`, the ReLU dead fractions along). Dead and
+        saturated fractions are counts, exact whichever way they are counted.
 
         ``out`` (``(K, n_layers, 4)`` float64, e.g. a view of the telemetry rows) receives
         them in place; the four returned arrays are then its columns."""
         K, L = self.size, self.n_layers
         if out is None:
             out = np.empty((K, L, 4))
+        if L > 2:
+            work = self._work()
+            totals = work.totals  # per member and layer: sum, sum of squares, alive units
+            self._hidden_stats(work, totals[0], totals[1], totals[2])
+            flat_moments(outputs.reshape(K, -1), totals[0, :, -1], totals[1, :, -1])
+            out[:, :, 3] = np.nan
+            moments_and_dead(totals, work.divisors, out)
+            for i in work.others:
+                self._unit_stats(i, work.buffers.act[i], None, out)
+            return out[:, :, 0], out[:, :, 1], out[:, :, 2], out[:, :, 3]
         out[:, :, 2:] = np.nan
         sums, sqs = np.empty((2, K, L))  # per member and layer: sum, sum of squares
         if L == 2:
             a = self.hidden_activation(0)
             flat_moments(a.reshape(K, -1), sums[:, 0], sqs[:, 0])
             col_sum = None
-            if self.activations[0].name == "relu":  # alive units: column sums > 0 (below)
+            if self.activations[0].name == "relu":  # alive units: column sums > 0
                 col_sum = np.matmul(self._ones(a.shape[1]), a)
             self._unit_stats(0, a, col_sum, out)
-        elif L > 2:
-            self._hidden_stats(sums, sqs, out)
-        flat_moments(outputs.reshape(K, -1), sums[:, L - 1], sqs[:, L - 1])
         counts = np.array(self.sizes[1:], dtype=np.float64) * outputs.shape[1]
+        flat_moments(outputs.reshape(K, -1), sums[:, L - 1], sqs[:, L - 1])
         moments(sums, sqs, counts, out[:, :, 0], out[:, :, 1])
         return out[:, :, 0], out[:, :, 1], out[:, :, 2], out[:, :, 3]
 
-    def _hidden_buffer(self) -> Array:
-        """Every member's hidden activations of the last training pass in the single
-        network's layout: ``(K, batch, all hidden units)``, member ``k``'s block a
-        C-contiguous ``(batch, all hidden units)`` array with the layers side by side (one
-        copy per pass into a buffer reused across steps)."""
+    def _work(self) -> _HiddenWork:
+        """The last training pass's :class:`_HiddenWork` (made when its work arrays are new)."""
+        cache = self._hidden_work
+        if cache is None:
+            cache = self._hidden_work = {}
         buf = self._buffers[self._bs]
-        key = (self.size, self._bs)
-        whole = self._hidden_copies.get(key)
-        if whole is None:
-            if len(self._hidden_copies) > 2:  # e.g. full and last batches: both kept
-                self._hidden_copies.clear()
-            whole = self._hidden_copies[key] = np.empty((*key, self._col_offsets[-1]),
-                                                        self.dtype)
-        for i, (lo, hi) in enumerate(itertools.pairwise(self._col_offsets)):
-            np.copyto(whole[:, :, lo:hi], buf.act[i])
-        return whole
+        work = cache.get(self._bs)
+        if work is None or work.buffers is not buf:
+            if len(cache) > 2:  # e.g. full and last batches: both kept
+                cache.clear()
+            work = cache[self._bs] = self._new_work(buf)
+        return work
 
-    def _hidden_stats(self, sums: Array, sqs: Array, out: Array) -> None:
+    def _new_work(self, buf: Buffers) -> _HiddenWork:
+        K, batch = self.size, self._bs
+        offsets = self._col_offsets
+        units = offsets[-1]
+        copy = np.empty((K, batch, units), self.dtype)
+        rows = [_as_rows(copy[:, :, lo:hi], a)
+                for (lo, hi), a in zip(itertools.pairwise(offsets), buf.act, strict=True)]
+        # column sums of squares straight from the work arrays when their einsum's inner loop
+        # runs along a layer's units (>= 2 of them) as the single network's does
+        by_layer = min(hi - lo for lo, hi in itertools.pairwise(offsets)) > 1
+        relu = [i for i, a in enumerate(self.activations) if a.name == "relu"]
+        columns = np.empty((3 if relu else 2) * K * units, self.dtype)
+        col_sum = columns[:K * units].reshape(K, units)
+        member = (np.arange(K)[:, None] * units + self._starts).ravel()
+        if by_layer:
+            col_sq = [columns[K * (units + lo):K * (units + hi)].reshape(K, hi - lo)
+                      for lo, hi in itertools.pairwise(offsets)]
+            sq_starts = K * units + (K * np.array(offsets[:-1])[:, None]
+                                     + np.arange(K) * np.diff(offsets)[:, None]).ravel()
+        else:
+            col_sq = [columns[K * units:2 * K * units].reshape(K, units)]
+            sq_starts = K * units + member
+        parts = [member, sq_starts]
+        flags = None
+        if relu:
+            flags = columns[2 * K * units:].reshape(K, units)
+            parts.append(2 * K * units + member)
+        counts = np.array(self.sizes[1:], dtype=np.float64) * batch
+        totals = np.full((3, K, len(counts)), np.nan)  # alive units: NaN but for ReLU layers
+        divisors = np.stack([counts, counts, [*self.sizes[1:-1], 1]])[:, None, :]
+        return _HiddenWork(buf, copy, rows, columns, col_sum, col_sq, flags,
+                           np.concatenate(parts), by_layer, counts, relu,
+                           [i for i in range(len(rows)) if i not in relu], totals,
+                           divisors.astype(np.float64))
+
+    def _hidden_stats(self, work: _HiddenWork, sums: Array, sqs: Array, alive: Array) -> None:
         """:meth:`activation_stats`' hidden layers for two or more of them: per member the
         single network's ``_hidden_stats`` sums into ``sums[:, :-1]`` and ``sqs[:, :-1]``
-        (fallbacks per member), dead and saturated fractions into ``out``."""
-        act = self._hidden_buffer()
-        K, batch, units = act.shape
-        L, starts = self.n_layers, self._starts
-        # column sums, then column sums of squares: reduced per layer in one call
-        columns = np.empty((2 * K, units), act.dtype)
-        col_sum, col_sq = columns[:K], columns[K:]
-        np.matmul(self._ones(batch), act, out=col_sum)
-        np.einsum("kij,kij->kj", act, act, out=col_sq)
-        per_layer = np.add.reduceat(columns, starts, axis=1)
-        sums[:, :-1] = per_layer[:K]
-        sqs[:, :-1] = per_layer[K:]
-        if not all_finite(per_layer):
-            self._redo_overflowing(act, columns, per_layer, sums, sqs)
-        relu = [i for i, a in enumerate(self.activations) if a.name == "relu"]
-        if relu:  # alive units: column sums > 0 (as in _unit_stats), every layer at once
-            alive = np.add.reduceat(col_sum > 0, starts, axis=1)
-            dead = np.divide(alive, self.sizes[1:-1])
-            if len(relu) == L - 1:
-                np.subtract(1.0, dead, out=out[:, :-1, 2])
-            else:
-                out[:, relu, 2] = 1.0 - dead[:, relu]
-        for i, (lo, hi) in enumerate(itertools.pairwise(self._col_offsets)):
-            if i not in relu:
-                self._unit_stats(i, act[:, :, lo:hi], None, out)
+        (fallbacks per member), the ReLU layers' alive units into ``alive``.
 
-    def _redo_overflowing(self, act: Array, columns: Array, per_layer: Array, sums: Array,
-                          sqs: Array) -> None:
-        """Redo in float64, from their activations, the per-layer sums (``sums[:, :-1]``) of
-        members whose column sums are not all finite, and the sums of squares of those whose
-        float32 column sums of squares are not (``columns``: the column sums then sums of
-        squares, ``per_layer`` their reductions), as the single network does. Only rows with
-        a non-finite reduction are looked at: a non-finite column makes its layer's sum so."""
-        K, starts = act.shape[0], self._starts
-        for r in np.flatnonzero(~np.isfinite(per_layer).all(axis=1)).tolist():
-            k = r % K
-            if np.isfinite(columns[r]).all():
-                continue  # finite columns whose sum overflows: as they are
-            if r < K:
+        Its column sums are a BLAS matrix-vector product on its ``(batch, all hidden units)``
+        buffer, whose order of summation depends on the matrix's shape and a column's place
+        in it: they are that very call per member, on a member-major copy of the work arrays
+        in its layout (``work.copy``). Its column sums of squares are ``einsum`` on that
+        buffer, whose inner loop runs along the units, each column summed row after row:
+        the same per column on the work arrays themselves as long as a layer's units are its
+        inner loop too (two or more units), else on the copy. Per-layer sums, then, are
+        ``reduceat`` over each member's layer of contiguous columns, as the single network's:
+        all of them, and the counts of alive ReLU units, in one call."""
+        K, L, acts = self.size, self.n_layers, work.buffers.act
+        for dst, src in work.rows:
+            np.copyto(dst, src)
+        np.matmul(self._ones(self._bs), work.copy, out=work.col_sum)
+        if work.by_layer:
+            for a, col_sq in zip(acts, work.col_sq, strict=True):
+                np.einsum("kij,kij->kj", a, a, out=col_sq)
+        else:
+            np.einsum("kij,kij->kj", work.copy, work.copy, out=work.col_sq[0])
+        if work.flags is not None:  # alive units: column sums > 0 (as in _unit_stats)
+            np.greater(work.col_sum, 0, out=work.flags)
+        per = np.add.reduceat(work.columns, work.starts)
+        n = K * (L - 1)
+        sums[:, :-1] = per[:n].reshape(K, L - 1)
+        sq = per[n:2 * n]
+        sqs[:, :-1] = sq.reshape(L - 1, K).T if work.by_layer else sq.reshape(K, L - 1)
+        if not all_finite(per[:2 * n]):
+            self._redo_overflowing(work, sums, sqs)
+        if len(work.relu) == L - 1:
+            alive[:, :-1] = per[2 * n:].reshape(K, L - 1)
+        elif work.relu:
+            alive[:, work.relu] = per[2 * n:].reshape(K, L - 1)[:, work.relu]
+
+    def _redo_overflowing(self, work: _HiddenWork, sums: Array, sqs: Array) -> None:
+        """Redo in float64, from their activations (the copy in the single layout), the
+        per-layer sums (``sums[:, :-1]``) of members whose column sums are not all finite,
+        and the sums of squares of those whose float32 column sums of squares are not, as the
+        single network does (finite columns whose sum overflows stay as they are). Only
+        members with a non-finite per-layer figure are looked at: a non-finite column makes
+        its layer's sum so."""
+        act, starts = work.copy, self._starts
+        bad = ~(np.isfinite(sums[:, :-1]).all(axis=1) & np.isfinite(sqs[:, :-1]).all(axis=1))
+        for k in np.flatnonzero(bad).tolist():
+            if not np.isfinite(work.col_sum[k]).all():
                 sums[k, :-1] = np.add.reduceat(act[k].sum(axis=0, dtype=np.float64), starts)
-            elif act.dtype != np.float64:
+            if act.dtype != np.float64 and not all(np.isfinite(c[k]).all()
+                                                   for c in work.col_sq):
                 a64 = act[k].astype(np.float64)  # float32 overflow of the squares
                 sqs[k, :-1] = np.add.reduceat(np.einsum("ij,ij->j", a64, a64), starts)
 

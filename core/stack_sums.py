@@ -16,8 +16,8 @@ import numpy as np
 
 from core.layout import norms_by_reduceat
 
-__all__ = ["all_finite", "flat_moments", "moments", "segment_sumsq_batched",
-           "segment_sumsq_pair"]
+__all__ = ["all_finite", "flat_moments", "moments", "moments_and_dead",
+           "segment_sumsq_batched", "segment_sumsq_pair"]
 
 Array = np.ndarray
 
@@ -33,7 +33,7 @@ def flat_moments(rows: Array, sums: Array, sqs: Array) -> None:
     ``(K,)`` float64: per row the single network's flat statistics of one buffer (a float64
     sum, and :func:`core.layout.sumsq`: one BLAS dot, redone in float64 where float32
     overflows)."""
-    sums[...] = rows.sum(axis=1, dtype=np.float64)
+    np.sum(rows, axis=1, dtype=np.float64, out=sums)
     q = np.matmul(rows[:, None, :], rows[:, :, None])[:, 0, 0]
     if rows.dtype != np.float64 and not all_finite(q):
         q = q.astype(np.float64)
@@ -48,10 +48,29 @@ def moments(sums: Array, sqs: Array, counts: Array, mean: Array, std: Array) -> 
     itself where it is not finite), elementwise into ``mean`` and ``std``: the single
     network's formulas for every member and layer at once (the same float64 operations)."""
     np.divide(sums, counts, out=mean)
-    var = sqs / counts
-    var -= mean * mean
-    np.maximum(var, 0.0, out=var)
-    np.sqrt(var, out=std)
+    np.divide(sqs, counts, out=std)
+    _spread(mean, std, sqs)
+
+
+def moments_and_dead(totals: Array, divisors: Array, out: Array) -> None:
+    """:func:`moments` and the dead fractions in one pass: ``totals`` ``(3, K, L)``
+    (sums, sums of squares, alive units), ``divisors`` ``(3, 1, L)`` (counts, counts, units);
+    ``out[:, :, 0]``, ``out[:, :, 1]`` and ``out[:, :, 2]`` receive the means, the stds and
+    ``1 - alive / units`` (NaN where ``totals[2]`` is): the single network's float64
+    operations, each member and layer at once (one division for all three)."""
+    q = out[:, :, :3].transpose(2, 0, 1)
+    np.divide(totals, divisors, out=q)
+    mean, std, dead = q
+    _spread(mean, std, totals[1])
+    np.subtract(1.0, dead, out=dead)
+
+
+def _spread(mean: Array, std: Array, sqs: Array) -> None:
+    """``std`` (holding ``sqs / counts``) becomes ``sqrt(max(std - mean * mean, 0))``, or
+    ``sqs`` where that is not finite: the single network's float64 operations, in place."""
+    np.subtract(std, np.square(mean), out=std)
+    np.maximum(std, 0.0, out=std)
+    np.sqrt(std, out=std)
     if not all_finite(sqs):
         std[...] = np.where(np.isfinite(sqs), std, sqs)
 
@@ -91,20 +110,21 @@ def segment_sumsq_pair(a: Array, b: Array, bounds: Array, fused: bool) -> Array:
     trainer's ``_norm_segments(np.concatenate((a[k], b[k])), bounds2)`` when ``fused`` (its
     one pass over weights and update side by side: where it sums with ``reduceat``, a float32
     overflow anywhere in the row redoes the whole row in float64), else of its two calls on
-    ``a[k]`` and ``b[k]``. Each buffer is squared and summed on its own (a segment's sum
-    depends only on its elements; squaring into one strided array is slower)."""
+    ``a[k]`` and ``b[k]``. The squares of both go into one array summed by one ``reduceat``
+    (a segment's sum depends only on its elements, the same whichever row holds them)."""
     K, n = a.shape
     n_seg = len(bounds) - 1
     as_single = (2 * n, 2 * n_seg) if fused else None
     if not (fused and norms_by_reduceat(2 * n, 2 * n_seg)):
         return np.stack([segment_sumsq_batched(a, bounds, as_single),
                          segment_sumsq_batched(b, bounds, as_single)], axis=1)
-    out = np.empty((K, 2, n_seg))
-    sums = out[:, 0], out[:, 1]
-    for x, o in zip((a, b), sums, strict=True):
-        o[...] = np.add.reduceat(np.square(x), bounds[:-1], axis=1)
-    if a.dtype != np.float64 and not all_finite(out):
+    squares = np.empty((2, K, n), a.dtype)  # the rows of a, then of b: one reduceat
+    np.square(a, out=squares[0])
+    np.square(b, out=squares[1])
+    sums = np.add.reduceat(squares.reshape(2 * K, n), bounds[:-1], axis=1).reshape(2, K, n_seg)
+    out = sums.transpose(1, 0, 2).astype(np.float64)
+    if a.dtype != np.float64 and not all_finite(sums):
         for k in np.flatnonzero(~np.isfinite(out).all(axis=(1, 2))).tolist():
-            for x, o in zip((a, b), sums, strict=True):
-                o[k] = np.add.reduceat(np.square(x[k], dtype=np.float64), bounds[:-1])
+            for x, o in zip((a, b), (out[k, 0], out[k, 1]), strict=True):
+                o[...] = np.add.reduceat(np.square(x[k], dtype=np.float64), bounds[:-1])
     return out

@@ -14,7 +14,13 @@ import pytest
 from core.layout import sumsq
 from core.network import MLP
 from core.spec import TrainingSpec
-from core.stack_sums import flat_moments, moments, segment_sumsq_batched, segment_sumsq_pair
+from core.stack_sums import (
+    flat_moments,
+    moments,
+    moments_and_dead,
+    segment_sumsq_batched,
+    segment_sumsq_pair,
+)
 from core.stacked import StackedMLP
 from core.trainer import _norm_segments
 
@@ -98,6 +104,31 @@ def test_flat_moments_and_moments_are_the_single_networks_formulas(dtype: type) 
             q = sumsq(row) / n
             s = math.sqrt(max(q - m * m, 0.0)) if math.isfinite(q) else q
             assert (mean[k].hex(), std[k].hex()) == (m.hex(), float(s).hex()), f"row {k}"
+
+
+def test_moments_and_dead_are_moments_and_the_single_networks_dead_fractions() -> None:
+    """One division for means, stds and dead fractions gives :func:`moments`' numbers and
+    the single network's ``1.0 - alive / units``; NaN where no alive count applies."""
+    rng = np.random.default_rng(3)
+    K, units = 9, [32, 5, 1]
+    counts = np.array(units, dtype=np.float64) * 17
+    sums = rng.standard_normal((K, 3)) * counts
+    sqs = np.abs(rng.standard_normal((K, 3))) * counts * 4
+    sqs[1, 0], sqs[2, 1], sums[3, 2] = np.inf, np.nan, np.inf
+    alive = rng.integers(0, 6, (K, 3)).astype(np.float64)
+    alive[:, 2] = np.nan  # the outputs: no dead fraction
+    out = np.full((K, 3, 8), 7.0)[:, :, 2:6]  # a strided view, as the telemetry rows'
+    mean, std = np.empty((2, K, 3))
+    with np.errstate(all="ignore"):
+        moments_and_dead(np.stack([sums, sqs, alive]),
+                         np.stack([counts, counts, [*units[:2], 1]])[:, None, :], out)
+        moments(sums, sqs, counts, mean, std)
+    assert _hex(out[:, :, 0]) == _hex(mean)
+    assert _hex(out[:, :, 1]) == _hex(std)
+    for k in range(K):
+        for i in range(2):
+            assert float(out[k, i, 2]).hex() == (1.0 - int(alive[k, i]) / units[i]).hex()
+    assert np.isnan(out[:, 2, 2]).all() and (out[:, :, 3] == 7.0).all()
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

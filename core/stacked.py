@@ -140,7 +140,6 @@ class StackedMLP(ActivationStats):
         self._bs = 0
         self._contiguous_acts: list[Array | None] = []
         self._act_copies: dict[tuple[int, int], Array] = {}
-        self._hidden_copies: dict[tuple[int, int], Array] = {}
         self._predict_buffers: dict[tuple[int, int], Buffers] = {}
 
     def keep_rows(self, rows: Array, flat: Array | None = None) -> None:

@@ -50,7 +50,7 @@ from core.diagnostics.monitor import (
 )
 from core.diagnostics.report import Finding
 from core.monitor_math import any_true, exp_each, log_each, py_max, setback_rows, warm_medians
-from core.monitor_replay import FC_LOSS, LOG_NORM, LOSS, ScalarReplay, history, new_state
+from core.monitor_replay import FC_LOSS, KEEP, LOG_NORM, LOSS, ScalarReplay, history, new_state
 from core.spec import TrainingSpec
 from core.telemetry import StepRecord
 
@@ -71,7 +71,7 @@ class StackMonitor(ScalarReplay):
         self.l0 = np.full(K, math.nan)
         # the warm-up's log norms and log losses (MonitorState._warm, _warm_loss)
         self.warm = np.full((2, K, WARMUP), math.nan)
-        self.hist, self.pos = history(K, 1), RECENT  # the windows' values, a slot a step
+        self.hist, self.pos = history(K, 1), KEEP  # the windows' values, a slot a step
         self.rw_weights = np.zeros((K, 0))
         self.prev_w = np.zeros((K, 0))
         self._upper = np.zeros(K)  # the band's top of the step being observed

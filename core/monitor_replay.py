@@ -25,7 +25,7 @@ from core.diagnostics.monitor import MIN_SPREAD, RECENT, WARMUP, Monitor
 from core.diagnostics.series import safe_log
 from core.spec import TrainingSpec
 
-__all__ = ["ACT", "FC_LOSS", "FORECAST_SERIES", "LOG_NORM", "LOSS", "SLOTS", "ScalarReplay",
+__all__ = ["ACT", "FC_LOSS", "FORECAST_SERIES", "KEEP", "LOG_NORM", "LOSS", "SLOTS", "ScalarReplay",
            "history", "largest_std", "new_state"]
 
 Array = np.ndarray
@@ -34,7 +34,8 @@ FORECAST_SERIES = ("grad_norm", "activation", "loss")  # the forecaster's series
 # (the log loss, halved for MSE), the loss itself (the setback's window), then each layer's
 # activation std (their largest is the forecaster's activation series, taken on a rebuild)
 LOG_NORM, FC_LOSS, LOSS, ACT = 0, 1, 2, 3
-SLOTS = 128  # the history's slots: the last RECENT move to the front when it is full
+SLOTS = 128  # the history's slots: the last KEEP move to the front when it is full
+KEEP = max(RECENT, WINDOW)  # the slots the windows reach back (the first step's slot: KEEP)
 # per-member scalars of the monitor and its state, as float64 arrays (ints stored exactly)
 _FLOATS = ("base", "healthy", "spread", "loss_ref", "loss", "loss_avg", "lavg", "best",
            "last_lg", "last_ll", "run_max_inc", "run_start_lg", "run_start_ll", "ubase",
@@ -157,8 +158,8 @@ class ScalarReplay:
             self.hist = history(K, A)
         pos = self.pos
         if pos == SLOTS:
-            self.hist[:RECENT] = self.hist[SLOTS - RECENT:]
-            pos = self.pos = RECENT
+            self.hist[:KEEP] = self.hist[SLOTS - KEEP:]
+            pos = self.pos = KEEP
         act = self.hist[pos, ACT:]
         if act_std is None:
             act[:] = 0.0

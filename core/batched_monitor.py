@@ -395,7 +395,8 @@ class StackMonitor(ScalarReplay):
             new["c3"] = np.where(peak, loss, c3)
             new["c4"] = np.where(peak, float(step), s["c4"])
             event |= back
-        if np.count_nonzero(finite) < len(finite):  # (a non-finite value confirms an explosion: every row past
-            # one is confirmed, so only this one needs the mask)
+        if np.count_nonzero(finite) < len(finite):
+            # (a non-finite value confirms an explosion: every row past one is confirmed,
+            # so only this one needs the mask)
             event |= ~finite & alive
         return event

@@ -14,7 +14,7 @@ import numpy as np
 
 from core.diagnostics.monitor import HARM, MAX_SPREAD, MIN_SPREAD, RECENT
 
-__all__ = ["all_true", "any_true", "exp_each", "log_each", "py_max", "py_min", "setback_rows",
+__all__ = ["any_true", "exp_each", "log_each", "py_max", "py_min", "setback_rows",
            "warm_medians"]
 
 Array = np.ndarray
@@ -49,11 +49,6 @@ def exp_each(v: Array) -> Array:
 def any_true(m: Array) -> bool:
     """``m.any()`` of a bool vector (counting is cheaper than NumPy's reduction machinery)."""
     return bool(np.count_nonzero(m))
-
-
-def all_true(m: Array) -> bool:
-    """``m.all()`` of a bool vector, by counting."""
-    return int(np.count_nonzero(m)) == m.shape[0]
 
 
 def py_max(a: Array | float, b: Array | float) -> Array:

@@ -351,5 +351,5 @@ def test_windows_that_span_the_historys_wrap_around() -> None:
             want = m.observe(step[7][k])
             assert repr(got.get(k, [])) == repr(want), (t, k)
             seen += [(t, k, a.kind) for a in want]
-    # (the slots wrap at step _SLOTS - RECENT = 107: both windows hold steps before it)
+    # (the slots wrap at step SLOTS - KEEP = 107: both windows hold steps before it)
     assert seen == [(107, 1, "gradient_explosion"), (108, 0, "gradient_spike")]

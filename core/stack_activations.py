@@ -56,7 +56,6 @@ class _HiddenWork:
     flags: Array | None  # (K, units) view: column sum > 0, with ReLU layers
     starts: Array
     by_layer: bool
-    counts: Array  # per layer: activations per member in the pass (float64)
     relu: list[int]  # the ReLU hidden layers (dead fractions from the column sums)
     others: list[int]  # the other hidden layers
     totals: Array  # (3, K, n_layers) float64: sums, sums of squares, alive units (else NaN)
@@ -184,7 +183,7 @@ class ActivationStats:
         totals = np.full((3, K, len(counts)), np.nan)  # alive units: NaN but for ReLU layers
         divisors = np.stack([counts, counts, [*self.sizes[1:-1], 1]])[:, None, :]
         return _HiddenWork(buf, copy, rows, columns, col_sum, col_sq, flags,
-                           np.concatenate(parts), by_layer, counts, relu,
+                           np.concatenate(parts), by_layer, relu,
                            [i for i in range(len(rows)) if i not in relu], totals,
                            divisors.astype(np.float64))
 

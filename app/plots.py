@@ -163,6 +163,13 @@ def _mark_steps(ax: Axes, marks: Marks) -> None:
         line.set_gid("first-non-finite")
 
 
+def _legend(ax: Axes) -> None:
+    """The legend right of the axes, when something on them has a label (a job with no
+    steps yet and nothing to mark has none: no empty legend, no matplotlib warning)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+
+
 def _note(ax: Axes, note: str | None) -> None:
     if note:
         ax.text(0.995, 0.01, note, transform=ax.transAxes, ha="right", va="bottom",
@@ -195,7 +202,7 @@ def gradients_plot(layers: Sequence[Series], marks: Marks, *, global_norm: Serie
     ax.set_ylabel("gradient L2 norm (log scale)")
     ax.set_title(title)
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    _legend(ax)
     _note(ax, marks.note)
     return _render(fig, fmt)
 
@@ -276,7 +283,7 @@ def loss_plot(loss: Series, marks: Marks, *, val_loss: Series | None = None,
     ax.set_ylabel("loss")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    _legend(ax)
     _note(ax, marks.note)
     return _render(fig, fmt)
 
@@ -297,7 +304,7 @@ def comparison_plot(original: Run, repair: Run, *, title: str = "Before and afte
     top.set_ylabel("global gradient norm\n(before clipping, log)")
     top.set_title(title)
     top.grid(True, alpha=0.3)
-    top.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    _legend(top)
     _draw_on_log_axis(bottom, [Series(r.loss.steps, r.loss.values, r.label) for r in runs],
                       ["original-loss", "repair-loss"], [1.2, 1.2], colors)
     bottom.set_ylabel("loss (log)")

@@ -169,3 +169,13 @@ def test_loss_plot_without_validation_on_a_log_axis(values: list[Any]) -> None:
     image = plots.loss_plot(plots.Series.of(list(range(len(values))), values, "loss"),
                             plots.Marks())
     assert image.startswith(b"\x89PNG")
+
+
+@pytest.mark.filterwarnings("error")
+def test_plots_of_a_run_with_no_steps_draw_no_empty_legend() -> None:
+    """A job with no steps yet and nothing to mark: both plots render (a decodable PNG)
+    without an empty legend (matplotlib warns when asked for one: an error here)."""
+    empty = plots.Series(np.zeros(0, np.int64), np.zeros(0), "layer 0")
+    for png in (plots.gradients_plot([], plots.Marks()), plots.loss_plot(empty, plots.Marks())):
+        image = imread(io.BytesIO(png), format="png")
+        assert image.ndim == 3 and image.shape[0] > 100

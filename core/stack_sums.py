@@ -113,11 +113,13 @@ def segment_sumsq_batched(flat: Array, bounds: Array, as_single: tuple[int, int]
     out = np.empty((K, n_seg))
     for j in range(n_seg):
         seg = flat[:, int(bounds[j]):int(bounds[j + 1])]
-        for k in range(K):  # one BLAS dot per member, as the single trainer's
-            s = float(np.dot(seg[k], seg[k]))
-            if not math.isfinite(s):
-                s = float(np.square(seg[k], dtype=np.float64).sum())
-            out[k, j] = s
+        # per member one BLAS dot, the single trainer's np.dot(seg, seg): a stack of
+        # (1, n) @ (n, 1) products is NumPy's dot routine on each member's row
+        sums = np.matmul(seg[:, None, :], seg[:, :, None])[:, 0, 0]
+        out[:, j] = sums
+        if not all_finite(sums):
+            for k in np.flatnonzero(~np.isfinite(sums)).tolist():
+                out[k, j] = float(np.square(seg[k], dtype=np.float64).sum())
     return out
 
 

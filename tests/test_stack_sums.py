@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from core.layout import sumsq
+from core.layout import norms_by_reduceat, sumsq
 from core.network import MLP
 from core.spec import TrainingSpec
 from core.stack_sums import (
@@ -97,6 +97,30 @@ def test_segment_sums_are_the_single_trainers(dtype: type) -> None:
         got = segment_sumsq_batched(g, BOUNDS)
         for k in range(len(g)):
             assert _hex(got[k]) == _hex(_norm_segments(g[k], BOUNDS)), f"row {k}"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_segment_sums_of_large_segments_are_the_single_trainers_blas_dots(dtype: type
+                                                                          ) -> None:
+    """Few large segments (past the reduceat rule): per member and segment the single
+    trainer's BLAS dot, batched over the members; a non-finite dot is redone in float64 for
+    that member and segment only."""
+    bounds = np.array([0, 40000, 40100, 90000])
+    assert not norms_by_reduceat(int(bounds[-1]), 3)
+    g = _rows(dtype, K=5, n=int(bounds[-1]), seed=8)
+    with np.errstate(over="ignore"):
+        g[1, 50000:50010] *= 3e19  # float32 squares overflow in the third segment
+        g[2, 7] = np.nan
+        g[3, 40050] = np.inf
+    with np.errstate(all="ignore"):
+        got = segment_sumsq_batched(g, bounds)
+        for k in range(len(g)):
+            assert _hex(got[k]) == _hex(_norm_segments(g[k], bounds)), f"row {k}"
+            for j in range(3):  # what the single trainer's dot gives
+                seg = g[k, bounds[j]:bounds[j + 1]]
+                s = float(np.dot(seg, seg))
+                if math.isfinite(s):
+                    assert float(got[k, j]).hex() == s.hex()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -58,8 +58,12 @@ class _HiddenWork:
     by_layer: bool
     relu: list[int]  # the ReLU hidden layers (dead fractions from the column sums)
     others: list[int]  # the other hidden layers
-    totals: Array  # (3, K, n_layers) float64: sums, sums of squares, alive units (else NaN)
-    divisors: Array  # (3, 1, n_layers): counts, counts, units (1 for the outputs)
+    totals: Array  # (4, K, n_layers) float64: sums, sums of squares, alive units (else
+    # NaN), NaN (the saturated fractions' column, written by the division: see divisors)
+    divisors: Array  # (4, 1, n_layers): counts, counts, units (1 for the outputs), 1
+    # (K, outputs' elements) float64: flat_moments' cast, when float32 outputs fit one buffer
+    # (np.getbufsize() when the work arrays are made: a run does not change it)
+    outputs64: Array | None
 
 
 class ActivationStats:
@@ -118,10 +122,11 @@ class ActivationStats:
         if L > 2:
             work = self._work()
             totals = work.totals  # per member and layer: sum, sum of squares, alive units
-            self._hidden_stats(work, totals[0], totals[1], totals[2])
-            flat_moments(outputs.reshape(K, -1), totals[0, :, -1], totals[1, :, -1])
-            out[:, :, 3] = np.nan
-            moments_and_dead(totals, work.divisors, out)
+            sqs_finite = self._hidden_stats(work, totals[0], totals[1], totals[2])
+            flat_out = outputs.reshape(K, -1)
+            sqs_finite &= flat_moments(flat_out, totals[0, :, -1], totals[1, :, -1],
+                                       work.outputs64)
+            moments_and_dead(totals, work.divisors, out, sqs_finite)  # out[:, :, 3]: NaN
             for i in work.others:
                 self._unit_stats(i, work.buffers.act[i], None, out)
             return out[:, :, 0], out[:, :, 1], out[:, :, 2], out[:, :, 3]
@@ -180,17 +185,21 @@ class ActivationStats:
             flags = columns[2 * K * units:].reshape(K, units)
             parts.append(2 * K * units + member)
         counts = np.array(self.sizes[1:], dtype=np.float64) * batch
-        totals = np.full((3, K, len(counts)), np.nan)  # alive units: NaN but for ReLU layers
-        divisors = np.stack([counts, counts, [*self.sizes[1:-1], 1]])[:, None, :]
+        totals = np.full((4, K, len(counts)), np.nan)  # alive units: NaN but for ReLU layers
+        divisors = np.stack([counts, counts, [*self.sizes[1:-1], 1], np.ones_like(counts)])
+        n_out = batch * self.sizes[-1]
+        outputs64 = (np.empty((K, n_out)) if self.dtype == np.float32
+                     and n_out <= np.getbufsize() else None)
         return _HiddenWork(buf, copy, rows, columns, col_sum, col_sq, flags,
                            np.concatenate(parts), by_layer, relu,
                            [i for i in range(len(rows)) if i not in relu], totals,
-                           divisors.astype(np.float64))
+                           divisors[:, None, :].astype(np.float64), outputs64)
 
-    def _hidden_stats(self, work: _HiddenWork, sums: Array, sqs: Array, alive: Array) -> None:
+    def _hidden_stats(self, work: _HiddenWork, sums: Array, sqs: Array, alive: Array) -> bool:
         """:meth:`activation_stats`' hidden layers for two or more of them: per member the
         single network's ``_hidden_stats`` sums into ``sums[:, :-1]`` and ``sqs[:, :-1]``
-        (fallbacks per member), the ReLU layers' alive units into ``alive``.
+        (fallbacks per member), the ReLU layers' alive units into ``alive``. Returns True
+        when every sum (and sum of squares) is finite as first summed (no fallback needed).
 
         Its column sums are a BLAS matrix-vector product on its ``(batch, all hidden units)``
         buffer, whose order of summation depends on the matrix's shape and a column's place
@@ -217,12 +226,14 @@ class ActivationStats:
         sums[:, :-1] = per[:n].reshape(K, L - 1)
         sq = per[n:2 * n]
         sqs[:, :-1] = sq.reshape(L - 1, K).T if work.by_layer else sq.reshape(K, L - 1)
-        if not all_finite(per[:2 * n]):
+        finite = all_finite(per[:2 * n])
+        if not finite:
             self._redo_overflowing(work, sums, sqs)
         if len(work.relu) == L - 1:
             alive[:, :-1] = per[2 * n:].reshape(K, L - 1)
         elif work.relu:
             alive[:, work.relu] = per[2 * n:].reshape(K, L - 1)[:, work.relu]
+        return finite
 
     def _redo_overflowing(self, work: _HiddenWork, sums: Array, sqs: Array) -> None:
         """Redo in float64, from their activations (the copy in the single layout), the

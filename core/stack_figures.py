@@ -40,17 +40,23 @@ def layer_figures(net: StackedMLP, vals: Array, bounds: Array, layer_gsq: Array,
     K, L = vals.shape[0], net.n_layers
     layers = vals[:, 4:].reshape(K, L, 8)
     # the single trainer's sums over [weights | update] side by side (up to
-    # FUSED_NORMS_MAX parameters): (K, 2, segments), weights then update
+    # FUSED_NORMS_MAX parameters): (2, K, segments), weights then update, cast exactly
     both = segment_sumsq_pair(net.flat, delta, bounds, net.flat.shape[1] <= FUSED_NORMS_MAX)
     np.sqrt(layer_gsq, out=layers[:, :, 0])
     np.sqrt(w_gsq, out=layers[:, :, 1])
-    np.sqrt(both[:, :, 0::2].transpose(0, 2, 1), out=layers[:, :, 2:4])
-    check = losses + grad_norm + layers[:, :, 2].sum(axis=1)
+    np.sqrt(both[:, :, 0::2].transpose(1, 2, 0), out=layers[:, :, 2:4], dtype=np.float64)
+    check = losses + grad_norm
     if not activation_stats:
         layers[:, :, 4:] = np.nan
+        check += layers[:, :, 2].sum(axis=1)
         return np.isfinite(check), None
-    a_mean, a_std, _, _ = net.activation_stats(out, out=layers[:, :, 4:])
-    check += a_mean.sum(axis=1)
+    _, a_std, _, _ = net.activation_stats(out, out=layers[:, :, 4:])
+    # per member the sums of its weight norms and of its activation means, each summed
+    # layer after layer (as the single trainer's Python sums), added in the single
+    # trainer's order: its check, finite exactly when every term is (or when its sums are)
+    per_member = layers[:, :, 2:5:2].sum(axis=1)
+    check += per_member[:, 0]
+    check += per_member[:, 1]
     return np.isfinite(check), a_std
 
 

@@ -120,21 +120,6 @@ def test_a_replayed_step_leaves_the_callers_arrays_alone() -> None:
     assert loss[0] == np.inf and any(f.kind == "non_finite" for f in got[0])
 
 
-def test_logs_and_exps_of_a_stack_are_the_scalar_monitors_bit_for_bit() -> None:
-    from core.diagnostics.series import safe_log
-    from core.monitor_math import exp_each as _exp
-    from core.monitor_math import log_each as _log
-
-    rng = np.random.default_rng(0)
-    special = [0.0, -0.0, -1.0, np.nan, np.inf, -np.inf, 5e-324, 1.0, 1e300]
-    for v in (np.exp(rng.uniform(-700, 700, 2000)), np.array(special),
-              np.concatenate((rng.uniform(0.5, 2.0, 500), [0.0]))):  # all > 0, and not
-        assert repr(_log(v).tolist()) == repr([safe_log(x) for x in v.tolist()])
-    x = np.concatenate((rng.uniform(-745.0, 709.0, 2000), [710.0, -np.inf, np.nan]))
-    want = [math.exp(v) if v < 709.8 or v != v else math.inf for v in x.tolist()]
-    assert repr(_exp(x).tolist()) == repr(want)
-
-
 def _stream(T: int = 140) -> list[tuple[Any, ...]]:
     """Six members' records: five quiet (noisy, the loss falling) but for one episode each —
     member 1 leaves its band and grows, member 2 runs far above H with its loss harmed,
@@ -353,3 +338,29 @@ def test_windows_that_span_the_historys_wrap_around() -> None:
             seen += [(t, k, a.kind) for a in want]
     # (the slots wrap at step SLOTS - KEEP = 107: both windows hold steps before it)
     assert seen == [(107, 1, "gradient_explosion"), (108, 0, "gradient_spike")]
+
+
+def test_an_update_whose_squares_overflow_sets_the_update_scale_as_the_scalars() -> None:
+    # member 1's update norms are finite but their sum of squares overflows at step 30: its
+    # update scale turns Inf, then NaN (Inf - Inf), then restarts from the next update, as
+    # the scalar monitor's does
+    steps = _stream(60)
+    t, loss, gn, g, w, u, act, _ = steps[30]
+    u = u.copy()
+    u[1] = 1e200
+    steps[30] = _observed(t, loss, g, w, u, act)
+    specs = sweep(True)[:6]
+    mon = StackMonitor(specs)
+    scalar = [Monitor(s) for s in specs]
+    seen = set()
+    for t, loss, gn, g, w, u, act, recs in steps:
+        got = mon.observe(t, loss, gn, g, w, u, act, recs.__getitem__)
+        for k, m in enumerate(scalar):
+            assert repr(got.get(k, [])) == repr(m.observe(recs[k])), (t, k)
+            if m.state.n >= WARMUP and not m._non_finite_seen:
+                for key in ("ubase", "uhealthy"):
+                    want = float(getattr(m.state, key))
+                    assert repr(float(mon.s[key][k])) == repr(want), (t, k, key)
+                    if k == 1 and not math.isfinite(want):
+                        seen.add((t, repr(want)))
+    assert {(30, "inf"), (31, "nan")} <= seen

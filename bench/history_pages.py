@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from app.migrate import upgrade  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from bench.history_store import N_LAYERS, ingest  # noqa: E402
-from bench.service_bench import postgres_database  # noqa: E402
+from bench.service_procs import postgres_database  # noqa: E402
 
 ARROW = "application/vnd.apache.arrow.stream"
 MIB = 1024**2

@@ -49,7 +49,7 @@ from app.models import Job  # noqa: E402
 from app.services import submit_job, validate_spec  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.sink import DatabaseSink  # noqa: E402
-from bench.service_bench import postgres_database  # noqa: E402
+from bench.service_procs import postgres_database  # noqa: E402
 from core.telemetry import StepBlock  # noqa: E402
 
 N_LAYERS = 10

@@ -29,8 +29,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +43,7 @@ from app.migrate import upgrade  # noqa: E402
 from app.services import submit_job, validate_spec  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.sink import DatabaseSink  # noqa: E402
+from bench.service_procs import Server, Workers, broker_prefix, postgres_database  # noqa: E402
 from core.telemetry import LayerRecord, StepRecord  # noqa: E402
 
 # (i) is measured on two sizes: the per-step cost of recording is fixed (a few rows and
@@ -63,87 +62,6 @@ OVERHEAD_SPEC_WIDE: dict[str, Any] = {
     "model": {"hidden": [{"units": 512}, {"units": 512}, {"units": 512}]},
     "training": {"epochs": 30, "batch_size": 128},
 }
-
-
-def service_env(data_dir: Path, extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("GRADWATCH_") and k != "DATABASE_URL"}
-    return {**env, "GRADWATCH_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT), **extra}
-
-
-class Server:
-    """`gradwatch serve` in a subprocess (so the client does not share its GIL)."""
-
-    def __init__(self, data_dir: Path, port: int, workers: int = 1,
-                 extra_env: dict[str, str] | None = None) -> None:
-        env = service_env(data_dir, {"GRADWATCH_WORKERS": str(workers), **(extra_env or {})})
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(port),
-             "--log-level", "warning"], env=env, cwd=ROOT,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.http = httpx.Client(base_url=self.url, timeout=60)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if self.http.get("/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError("server did not start")
-            time.sleep(0.1)
-
-    def run_job(self, spec: dict[str, Any]) -> tuple[float, dict[str, Any]]:
-        t0 = time.perf_counter()
-        job_id = self.http.post("/v1/jobs", json=spec).json()["id"]
-        while True:
-            job: dict[str, Any] = self.http.get(f"/v1/jobs/{job_id}").json()
-            if job["status"] in ("succeeded", "failed", "cancelled"):
-                return time.perf_counter() - t0, job
-            time.sleep(0.01)
-
-    def close(self) -> None:
-        self.http.close()
-        stop(self.proc)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
-
-
-class Workers:
-    """`gradwatch worker --concurrency C` processes (celery executor)."""
-
-    def __init__(self, data_dir: Path, extra_env: dict[str, str]) -> None:
-        self.env = service_env(data_dir, extra_env)
-        self.data_dir = data_dir
-        self.procs: list[tuple[subprocess.Popen[bytes], Path]] = []
-
-    def start(self, n: int, concurrency: int = 1) -> None:
-        for _ in range(n):
-            log = self.data_dir / f"worker-{uuid.uuid4().hex[:6]}.log"
-            with log.open("wb") as out:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "app.cli", "worker", "--concurrency", str(concurrency)],
-                    env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-            self.procs.append((proc, log))
-        deadline = time.monotonic() + 60
-        for proc, log in self.procs:
-            while b" ready." not in log.read_bytes():
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"worker did not start: {log.read_text()[-2000:]}")
-                time.sleep(0.1)
-
-    def stop_all(self) -> None:
-        for proc, _ in self.procs:
-            stop(proc)
-        self.procs.clear()
 
 
 _DIRECT = """
@@ -292,40 +210,6 @@ def bench_throughput(server: Server, n_jobs: int) -> dict[str, float]:
               if j["status"] != "succeeded"]
     assert not failed, failed[0]
     return {"jobs": n_jobs, "seconds": seconds, "jobs_per_s": n_jobs / seconds}
-
-
-@contextlib.contextmanager
-def postgres_database(admin_url: str) -> Iterator[str]:
-    """A throw-away database on the server of ``admin_url``; its URL."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.pool import NullPool
-
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    name = f"gradwatch_bench_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-@contextlib.contextmanager
-def broker_prefix(broker_url: str) -> Iterator[str]:
-    """A Redis key prefix of this run's own, its keys deleted at the end."""
-    import redis
-
-    prefix = f"gradwatch-bench-{uuid.uuid4().hex[:10]}:"
-    try:
-        yield prefix
-    finally:
-        client = redis.Redis.from_url(broker_url)
-        for key in client.scan_iter(match=f"{prefix}*"):
-            client.delete(key)
-        client.close()
 
 
 def main() -> None:

@@ -23,9 +23,9 @@ __all__ = ["GROUP_BYTES", "GroupDone", "Optimizer", "Scratch", "lerp_", "row_gro
 # L2/L3. Measured on a (64, 269k) float32 SGD-momentum stack (AMD EPYC, 1 MB L2 / core,
 # 32 MB L3): 19 ms per whole-stack step, 10-11 ms per step in groups of 1-4 MB, 15 ms at
 # 128 KB (the per-group calls begin to cost), 11.7 ms at 8 MB.
-GROUP_BYTES = 2 * 1024 * 1024
+GROUP_BYTES = 3 * 1024 * 1024
 
-# called after each row group is updated: (rows, that group's updated params, its delta)
+# step_groups calls it after each row group is updated: (rows, its updated params, its change)
 GroupDone = Callable[[slice, np.ndarray, np.ndarray], None]
 
 
@@ -88,11 +88,11 @@ class Optimizer:
         self.steps = 0
         self._delta = np.zeros_like(params)
         self._scratch = Scratch()
+        self._group_delta = Scratch()  # a grouped step_groups' change, group by group
         self._rate_key = b""  # a stack's last rate column (bytes) and its whole-buffer copy
         self._rate_full: np.ndarray | None = None
 
-    def step(self, grad: np.ndarray, lr: float | np.ndarray,
-             group_done: GroupDone | None = None) -> np.ndarray:
+    def step(self, grad: np.ndarray, lr: float | np.ndarray) -> np.ndarray:
         """Apply one update; return the change ``delta`` (``params_new = params_old + delta``).
 
         Parameters
@@ -102,16 +102,28 @@ class Optimizer:
         lr : float
             Learning rate of this step (a stack: ``(members, 1)`` float64 rates, cast to the
             parameters' dtype where they meet them, as a Python float is).
-        group_done : callable, optional
-            Called with ``(rows, params[rows], delta[rows])`` as soon as each row group
-            (:func:`row_groups`; one ``slice(None)`` unless a large stack) is updated, while
-            it is still in cache (e.g. to take its norms).
 
         Returns
         -------
         ndarray of shape ``(n_params,)``
             The applied change: a buffer owned by the optimizer, valid until the next step.
         """
+        self._step(grad, lr, None, keep_delta=True)
+        return self._delta
+
+    def step_groups(self, grad: np.ndarray, lr: float | np.ndarray,
+                    group_done: GroupDone) -> None:
+        """Apply one update as :meth:`step`, calling ``group_done(rows, params[rows],
+        delta)`` as soon as each row group (:func:`row_groups`; one ``slice(None)`` but for a
+        large stack) is updated, while it is still in cache (e.g. to take its norms).
+
+        ``delta`` is the group's change, valid only during the call: a large stack's groups
+        share one group-sized buffer (writing every change into a whole-stack buffer would
+        be one more pass over memory, for numbers nobody reads later)."""
+        self._step(grad, lr, group_done, keep_delta=False)
+
+    def _step(self, grad: np.ndarray, lr: float | np.ndarray, group_done: GroupDone | None,
+              keep_delta: bool) -> None:
         if grad.shape != self.params.shape:
             raise ValueError(f"grad has shape {grad.shape}, params {self.params.shape}")
         self.steps += 1
@@ -123,16 +135,16 @@ class Optimizer:
                 np.add(self.params, self._delta, out=self.params)
                 if group_done is not None:
                     group_done(slice(None), self.params, self._delta)
-                return self._delta
+                return
             for rows in groups:
+                params = self.params[rows]
+                delta = self._delta[rows] if keep_delta else self._group_delta.like(params)
                 # the group's (rows, 1) rates as they are: spreading them would add a pass
-                params, delta = self.params[rows], self._delta[rows]
                 self._update(rows, grad[rows],
                              rate[rows] if isinstance(rate, np.ndarray) else rate, delta)
                 np.add(params, delta, out=params)
                 if group_done is not None:
                     group_done(rows, params, delta)
-        return self._delta
 
     def _update(self, rows: slice, grad: np.ndarray, lr: Any, delta: np.ndarray) -> None:
         """Write this step's change of the parameters ``self.params[rows]`` into ``delta``

@@ -86,7 +86,9 @@ class Optimizer:
             )
         self.params = params
         self.steps = 0
-        self._delta = np.zeros_like(params)
+        # np.zeros, not zeros_like: fresh zero pages, so a large stack stepped only by
+        # step_groups (which never writes it) does not pay for filling it
+        self._delta = np.zeros(params.shape, params.dtype)
         self._scratch = Scratch()
         self._group_delta = Scratch()  # a grouped step_groups' change, group by group
         self._rate_key = b""  # a stack's last rate column (bytes) and its whole-buffer copy
@@ -188,13 +190,16 @@ class Optimizer:
         every state array (each ``(members, n_params)``), e.g. when some members stop.
 
         Rows move up in place and the arrays become their leading rows (no new allocation:
-        a stack's buffers can be large).
+        a stack's buffers can be large). The last step's change and the spread rates are
+        only cut (rewritten by the next step, or their rates' key no longer matches): moving
+        them would be a pass over memory for nothing.
         """
         for name, value in list(vars(self).items()):
             if isinstance(value, np.ndarray) and value.ndim == 2:
-                for dst, src in enumerate(rows.tolist()):
-                    if dst != src:
-                        value[dst] = value[src]
+                if name not in ("_delta", "_rate_full"):
+                    for dst, src in enumerate(rows.tolist()):
+                        if dst != src:
+                            value[dst] = value[src]
                 setattr(self, name, value[:len(rows)])
 
     def _add_weight_decay(self, rows: slice, grad: np.ndarray, weight_decay: float,

@@ -242,12 +242,11 @@ class BatchedTrainer:
             w_gsq = layer_gsq = segment_sumsq_batched(G, net.layout.layer_offsets)
         grad_norm = np.sqrt(layer_gsq.sum(axis=1))
         clipped_norm, clipped = self.clipper(G, net.flat, net.layout, layer_gsq, grad_norm)
-        update_sums = None
-        if self.telemetry:  # the norms of the new weights and of the update, group by group
-            update_sums = UpdateSums(len(active), self._bounds, G.shape[1])
-            self.optimizer.step_groups(G, lr_col, update_sums)
-        else:
-            self.optimizer.step(G, lr_col)
+        # the norms of the new weights and of the update, group by group (the change itself
+        # is not kept)
+        update_sums = (UpdateSums(len(active), self._bounds, G.shape[1]) if self.telemetry
+                       else None)
+        self.optimizer.step_groups(G, lr_col, update_sums)
         m_rows = out.shape[1]
         loss64 = losses.astype(np.float64, copy=False)
         self._sums.add(rix, loss64, self._accuracy(out, yb), m_rows)

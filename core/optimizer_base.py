@@ -22,7 +22,9 @@ __all__ = ["GROUP_BYTES", "GroupDone", "Optimizer", "Scratch", "lerp_", "row_gro
 # bytes of one buffer's row group: the rules' 3-6 buffers of a group then stay within
 # L2/L3. Measured on a (64, 269k) float32 SGD-momentum stack (AMD EPYC, 1 MB L2 / core,
 # 32 MB L3): 19 ms per whole-stack step, 10-11 ms per step in groups of 1-4 MB, 15 ms at
-# 128 KB (the per-group calls begin to cost), 11.7 ms at 8 MB.
+# 128 KB (the per-group calls begin to cost), 11.7 ms at 8 MB. In the benchmark's large
+# sweep (1.08 MB rows) groups of 1 to 4 rows gave the same CPU time within noise, 7 rows
+# more: 3 MiB makes 2-row groups there.
 GROUP_BYTES = 3 * 1024 * 1024
 
 # step_groups calls it after each row group is updated: (rows, its updated params, its change)
@@ -114,14 +116,15 @@ class Optimizer:
         return self._delta
 
     def step_groups(self, grad: np.ndarray, lr: float | np.ndarray,
-                    group_done: GroupDone) -> None:
+                    group_done: GroupDone | None = None) -> None:
         """Apply one update as :meth:`step`, calling ``group_done(rows, params[rows],
         delta)`` as soon as each row group (:func:`row_groups`; one ``slice(None)`` but for a
         large stack) is updated, while it is still in cache (e.g. to take its norms).
 
         ``delta`` is the group's change, valid only during the call: a large stack's groups
         share one group-sized buffer (writing every change into a whole-stack buffer would
-        be one more pass over memory, for numbers nobody reads later)."""
+        be one more pass over memory, for numbers nobody reads later). Without ``group_done``:
+        :meth:`step` for a caller that does not need the change."""
         self._step(grad, lr, group_done, keep_delta=False)
 
     def _step(self, grad: np.ndarray, lr: float | np.ndarray, group_done: GroupDone | None,

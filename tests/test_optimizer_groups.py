@@ -103,9 +103,10 @@ def test_a_grouped_stack_steps_each_member_as_its_own_optimizer(
             lrs = lrs[keep]
 
 
+@pytest.mark.parametrize("telemetry", [True, False], ids=["telemetry", "no_telemetry"])
 @pytest.mark.parametrize("options", OPTIMIZERS, ids=IDS)
 def test_a_grouped_stack_trains_each_member_as_its_own_run(
-        options: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+        options: dict[str, Any], telemetry: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     base: dict[str, Any] = {
         "seed": 0, "dtype": "float32",
         "data": {"source": "synthetic", "name": "spirals", "n_samples": 120},
@@ -120,13 +121,14 @@ def test_a_grouped_stack_trains_each_member_as_its_own_run(
             spec["optimizer"]["lr"] = lr
             spec["seed"] = seed
             specs.append(TrainingSpec.model_validate(spec))
-    trainer = BatchedTrainer(specs)
+    trainer = BatchedTrainer(specs, telemetry=telemetry)
     monkeypatch.setattr(optimizer_base, "GROUP_BYTES", 2 * trainer.network.flat[0].nbytes)
     assert len(row_groups(trainer.network.flat)) == 3
     for spec, res in zip(specs, trainer.run(), strict=True):
-        single = Trainer(spec).run()
+        single = Trainer(spec, telemetry=telemetry).run()
         assert (res.stop_reason, res.steps_completed) == (single.stop_reason,
                                                           single.steps_completed)
+        assert single.steps  # something to compare
         got = [dataclasses.asdict(r) for r in res.steps]
         want = [dataclasses.asdict(r) for r in single.steps]
         # every recorded number the same bits (NaN where the single run has NaN)

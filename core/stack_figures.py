@@ -61,7 +61,7 @@ def layer_figures(net: StackedMLP, vals: Array, both: Array, layer_gsq: Array, w
                   out: Array, losses: Array, grad_norm: Array,
                   activation_stats: bool) -> tuple[Array, Array | None]:
     """Write every member's per-layer figures into ``vals`` ``(K, n_values)`` (a fixed
-    number of whole-stack NumPy calls) given ``both``, the step's :class:`UpdateSums`;
+    number of whole-stack NumPy calls) given ``both``, the step's ``UpdateSums.sums``;
     returns whether every recorded number of a row is finite (the single trainer's check)
     and the ``(K, L)`` activation stds (None when not recorded)."""
     K, L = vals.shape[0], net.n_layers

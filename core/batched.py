@@ -39,7 +39,7 @@ from core.snapshot import NetworkCopy
 from core.spec import TrainingSpec
 from core.stack_data import load_member_data, shared_batches, step_batch
 from core.stack_epochs import EpochSums, validate
-from core.stack_figures import layer_figures, locate_non_finite, present_mask
+from core.stack_figures import UpdateSums, layer_figures, locate_non_finite, present_mask
 from core.stack_key import stack_key
 from core.stack_recording import StackRecorder
 from core.stacked import StackedMLP, initial_parameters, segment_sumsq_batched
@@ -242,7 +242,11 @@ class BatchedTrainer:
             w_gsq = layer_gsq = segment_sumsq_batched(G, net.layout.layer_offsets)
         grad_norm = np.sqrt(layer_gsq.sum(axis=1))
         clipped_norm, clipped = self.clipper(G, net.flat, net.layout, layer_gsq, grad_norm)
-        delta = self.optimizer.step(G, lr_col)
+        # the norms of the new weights and of the update, group by group (the change itself
+        # is not kept)
+        update_sums = (UpdateSums(len(active), self._bounds, G.shape[1]) if self.telemetry
+                       else None)
+        self.optimizer.step_groups(G, lr_col, update_sums)
         m_rows = out.shape[1]
         loss64 = losses.astype(np.float64, copy=False)
         self._sums.add(rix, loss64, self._accuracy(out, yb), m_rows)
@@ -256,9 +260,10 @@ class BatchedTrainer:
         vals[:, 0], vals[:, 1], vals[:, 2], vals[:, 3] = (loss64, grad_norm, clipped_norm,
                                                           lr_col[:, 0])
         a_std = None
-        if self.telemetry:
-            finite, a_std = layer_figures(net, vals, self._bounds, layer_gsq, w_gsq, delta,
-                                          out, loss64, grad_norm,
+        if update_sums is not None:
+            assert update_sums.sums is not None
+            finite, a_std = layer_figures(net, vals, update_sums.sums, layer_gsq, w_gsq, out,
+                                          loss64, grad_norm,
                                           self.specs[0].monitor.activation_stats)
         else:
             finite = np.isfinite(loss64) & np.isfinite(grad_norm)

@@ -8,6 +8,10 @@ handful of in-place NumPy calls on preallocated buffers, whatever the depth.
 The formulas and their order follow ``torch.optim`` (single-tensor path, torch 2.x), so a
 float64 run matches torch to rounding. The learning rate is an argument of every step (the
 schedule decides it), not state. NaN and Inf propagate as data: no warnings, no exceptions.
+
+The base class and the row groups a large stack is updated in are
+:mod:`core.optimizer_base`; ``_update`` works on one group's rows (the whole buffer but for a
+large stack): ``grad``, ``lr`` and ``delta`` arrive sliced, state is ``self._x[rows]``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from core.optimizer_base import Optimizer, lerp_
 from core.spec import SGD as SGDSpec
 from core.spec import Adagrad as AdagradSpec
 from core.spec import Adam as AdamSpec
@@ -24,122 +29,6 @@ from core.spec import OptimizerSpec
 from core.spec import RMSprop as RMSpropSpec
 
 __all__ = ["SGD", "Adagrad", "Adam", "AdamW", "Optimizer", "RMSprop", "make_optimizer"]
-
-
-class Optimizer:
-    """Updates a flat parameter buffer in place, one gradient at a time.
-
-    Parameters
-    ----------
-    params : ndarray of shape ``(n_params,)``
-        The live parameters (float32 or float64). Updated in place by :meth:`step`. A stack of
-        independent networks (:mod:`core.batched`) passes shape ``(members, n_params)`` and a
-        ``(members, 1)`` array of learning rates: every rule is elementwise, so each row is
-        updated exactly as it would be on its own.
-
-    Attributes
-    ----------
-    params : ndarray of shape ``(n_params,)``
-    steps : int
-        Number of updates applied so far.
-    """
-
-    def __init__(self, params: np.ndarray) -> None:
-        if params.ndim not in (1, 2) or params.dtype not in (np.float32, np.float64):
-            raise ValueError(
-                f"params must be a 1-D float32/float64 array (the flat buffer; 2-D for a "
-                f"stack of networks), "
-                f"got shape {params.shape} dtype {params.dtype}"
-            )
-        self.params = params
-        self.steps = 0
-        self._delta = np.zeros_like(params)
-        self._rate_key = b""  # a stack's last rate column (bytes) and its whole-buffer copy
-        self._rate_full: np.ndarray | None = None
-
-    def step(self, grad: np.ndarray, lr: float | np.ndarray) -> np.ndarray:
-        """Apply one update; return the change ``delta`` (``params_new = params_old + delta``).
-
-        Parameters
-        ----------
-        grad : ndarray of shape ``(n_params,)``
-            Gradient in the layout of ``params``. Used as scratch: it may be overwritten.
-        lr : float
-            Learning rate of this step (a stack: ``(members, 1)`` float64 rates, cast to the
-            parameters' dtype where they meet them, as a Python float is).
-
-        Returns
-        -------
-        ndarray of shape ``(n_params,)``
-            The applied change: a buffer owned by the optimizer, valid until the next step.
-        """
-        if grad.shape != self.params.shape:
-            raise ValueError(f"grad has shape {grad.shape}, params {self.params.shape}")
-        self.steps += 1
-        with np.errstate(all="ignore"):
-            rate: Any = lr if isinstance(lr, np.ndarray) else float(lr)  # (members, 1) when stacked
-            self._update(grad, rate, self._delta)
-            np.add(self.params, self._delta, out=self.params)
-        return self._delta
-
-    def _update(self, grad: np.ndarray, lr: float, delta: np.ndarray) -> None:
-        """Write this step's change of the parameters into ``delta`` (``self.steps`` >= 1)."""
-        raise NotImplementedError
-
-    def _scalar(self, x: Any) -> Any:
-        """A learning-rate expression as it meets the parameter arrays. A Python float (one
-        network) is cast to their dtype by NumPy after being computed in float64; a stack's
-        float64 ``(members, 1)`` values are cast the same way here, so that a float32 member
-        gets exactly its single network's numbers.
-
-        A stack's column is returned spread over the parameters' shape (kept while the rates
-        do not change): NumPy multiplies two whole arrays ~1.7x faster than an array by a
-        ``(members, 1)`` column, with the same products."""
-        if not isinstance(x, np.ndarray):
-            return x
-        rate = x.astype(self.params.dtype, copy=False)
-        if rate.shape != (self.params.shape[0], 1) or self.params.ndim != 2:
-            return rate
-        key = rate.tobytes()
-        full = self._rate_full
-        if full is None or full.shape != self.params.shape:
-            full = self._rate_full = np.empty_like(self.params)
-        elif key == self._rate_key:
-            return full
-        np.copyto(full, rate)
-        self._rate_key = key
-        return full
-
-    def keep_rows(self, rows: np.ndarray) -> None:
-        """Stacked use: keep only the networks ``rows`` (increasing) of the parameters and of
-        every state array (each ``(members, n_params)``), e.g. when some members stop.
-
-        Rows move up in place and the arrays become their leading rows (no new allocation:
-        a stack's buffers can be large).
-        """
-        for name, value in list(vars(self).items()):
-            if isinstance(value, np.ndarray) and value.ndim == 2:
-                for dst, src in enumerate(rows.tolist()):
-                    if dst != src:
-                        value[dst] = value[src]
-                setattr(self, name, value[:len(rows)])
-
-    def _add_weight_decay(self, grad: np.ndarray, weight_decay: float, tmp: np.ndarray) -> None:
-        """L2 penalty as torch: ``grad += weight_decay * params`` (``tmp`` is scratch)."""
-        if weight_decay != 0:
-            np.multiply(self.params, weight_decay, out=tmp)
-            np.add(grad, tmp, out=grad)
-
-
-def _lerp_(start: np.ndarray, end: np.ndarray, weight: float, tmp: np.ndarray) -> None:
-    """``start += weight * (end - start)`` in place, with torch ``lerp_``'s two-sided formula."""
-    np.subtract(end, start, out=tmp)
-    if abs(weight) < 0.5:
-        tmp *= weight
-        start += tmp
-    else:
-        tmp *= 1.0 - weight
-        np.subtract(end, tmp, out=start)
 
 
 class SGD(Optimizer):
@@ -163,20 +52,21 @@ class SGD(Optimizer):
         self.weight_decay = weight_decay
         self._buf = np.zeros_like(params) if momentum != 0 else None
 
-    def _update(self, grad: np.ndarray, lr: float, delta: np.ndarray) -> None:
-        self._add_weight_decay(grad, self.weight_decay, delta)
+    def _update(self, rows: slice, grad: np.ndarray, lr: Any, delta: np.ndarray) -> None:
+        self._add_weight_decay(rows, grad, self.weight_decay, delta)
         direction = grad
         if self._buf is not None:
+            buf = self._buf[rows]
             if self.steps == 1:
-                np.copyto(self._buf, grad)
+                np.copyto(buf, grad)
             else:
-                self._buf *= self.momentum
-                self._buf += grad
+                buf *= self.momentum
+                buf += grad
             if self.nesterov:
-                np.multiply(self._buf, self.momentum, out=delta)
+                np.multiply(buf, self.momentum, out=delta)
                 grad += delta
             else:
-                direction = self._buf
+                direction = buf
         np.multiply(direction, self._scalar(-lr), out=delta)
 
 
@@ -203,13 +93,12 @@ class Adam(Optimizer):
         self.weight_decay = weight_decay
         self._m = np.zeros_like(params)
         self._v = np.zeros_like(params)
-        self._tmp = np.zeros_like(params)
 
-    def _update(self, grad: np.ndarray, lr: float, delta: np.ndarray) -> None:
-        m, v, tmp = self._m, self._v, self._tmp
+    def _update(self, rows: slice, grad: np.ndarray, lr: Any, delta: np.ndarray) -> None:
+        m, v, tmp = self._m[rows], self._v[rows], self._work(delta)
         if not self.decoupled:
-            self._add_weight_decay(grad, self.weight_decay, tmp)
-        _lerp_(m, grad, 1 - self.beta1, tmp)
+            self._add_weight_decay(rows, grad, self.weight_decay, tmp)
+        lerp_(m, grad, 1 - self.beta1, tmp)
         v *= self.beta2
         np.multiply(grad, 1 - self.beta2, out=tmp)
         tmp *= grad
@@ -224,7 +113,7 @@ class Adam(Optimizer):
         delta *= self._scalar(-step_size)
         if self.decoupled and self.weight_decay != 0:
             # torch applies p *= 1 - lr * wd before the Adam step; the same change, as a delta
-            np.multiply(self.params, self._scalar(lr * self.weight_decay), out=tmp)
+            np.multiply(self.params[rows], self._scalar(lr * self.weight_decay), out=tmp)
             delta -= tmp
 
 
@@ -267,28 +156,29 @@ class RMSprop(Optimizer):
         self._square_avg = np.zeros_like(params)
         self._grad_avg = np.zeros_like(params) if centered else None
         self._buf = np.zeros_like(params) if momentum > 0 else None
-        self._tmp = np.zeros_like(params)
 
-    def _update(self, grad: np.ndarray, lr: float, delta: np.ndarray) -> None:
-        s, tmp = self._square_avg, self._tmp
-        self._add_weight_decay(grad, self.weight_decay, tmp)
+    def _update(self, rows: slice, grad: np.ndarray, lr: Any, delta: np.ndarray) -> None:
+        s, tmp = self._square_avg[rows], self._work(delta)
+        self._add_weight_decay(rows, grad, self.weight_decay, tmp)
         s *= self.alpha
         np.multiply(grad, 1 - self.alpha, out=tmp)
         tmp *= grad
         s += tmp
         if self._grad_avg is not None:
-            _lerp_(self._grad_avg, grad, 1 - self.alpha, tmp)
-            np.multiply(self._grad_avg, self._grad_avg, out=tmp)
+            grad_avg = self._grad_avg[rows]
+            lerp_(grad_avg, grad, 1 - self.alpha, tmp)
+            np.multiply(grad_avg, grad_avg, out=tmp)
             np.subtract(s, tmp, out=tmp)
             avg = np.sqrt(tmp, out=tmp)
         else:
             avg = np.sqrt(s, out=tmp)
         avg += self.eps
         if self._buf is not None:
-            self._buf *= self.momentum
+            buf = self._buf[rows]
+            buf *= self.momentum
             np.divide(grad, avg, out=tmp)
-            self._buf += tmp
-            np.multiply(self._buf, self._scalar(-lr), out=delta)
+            buf += tmp
+            np.multiply(buf, self._scalar(-lr), out=delta)
         else:
             np.divide(grad, avg, out=delta)
             delta *= self._scalar(-lr)
@@ -311,11 +201,10 @@ class Adagrad(Optimizer):
         self.eps = eps
         self.weight_decay = weight_decay
         self._sum = np.full_like(params, initial_accumulator_value)
-        self._tmp = np.zeros_like(params)
 
-    def _update(self, grad: np.ndarray, lr: float, delta: np.ndarray) -> None:
-        s, tmp = self._sum, self._tmp
-        self._add_weight_decay(grad, self.weight_decay, tmp)
+    def _update(self, rows: slice, grad: np.ndarray, lr: Any, delta: np.ndarray) -> None:
+        s, tmp = self._sum[rows], self._work(delta)
+        self._add_weight_decay(rows, grad, self.weight_decay, tmp)
         clr = lr / (1 + (self.steps - 1) * self.lr_decay)
         np.multiply(grad, grad, out=tmp)
         s += tmp

@@ -16,7 +16,7 @@ from core.stack_sums import segment_sumsq_pair
 from core.stacked import StackedMLP
 from core.telemetry import NonFiniteEvent
 
-__all__ = ["layer_figures", "locate_non_finite", "present_mask"]
+__all__ = ["UpdateSums", "layer_figures", "locate_non_finite", "present_mask"]
 
 Array = np.ndarray
 
@@ -30,18 +30,42 @@ def present_mask(n_layers: int, stat_mask: Array, activation_stats: bool) -> Arr
     return present
 
 
-def layer_figures(net: StackedMLP, vals: Array, bounds: Array, layer_gsq: Array, w_gsq: Array,
-                  delta: Array, out: Array, losses: Array, grad_norm: Array,
+class UpdateSums:
+    """The per-segment sums of squares of the updated weights and of the update (the single
+    trainer's, see :func:`core.stack_sums.segment_sumsq_pair`), taken group by group as the
+    optimizer applies a step (its ``group_done``): a large stack's group is still in cache.
+
+    ``sums`` after the step: ``(2, K, segments)``, weights then update, float64 or (one
+    group, all finite) the float32 sums whose casts are the single trainer's numbers.
+    """
+
+    def __init__(self, members: int, bounds: Array, n_params: int) -> None:
+        self.members = members
+        self.bounds = bounds
+        # the single trainer's sums over [weights | update] side by side (up to
+        # FUSED_NORMS_MAX parameters)
+        self.fused = n_params <= FUSED_NORMS_MAX
+        self.sums: Array | None = None
+
+    def __call__(self, rows: slice, params: Array, delta: Array) -> None:
+        part = segment_sumsq_pair(params, delta, self.bounds, self.fused)
+        if len(params) == self.members:
+            self.sums = part
+            return
+        if self.sums is None:
+            self.sums = np.empty((2, self.members, len(self.bounds) - 1))
+        self.sums[:, rows] = part  # a float32 sum's cast is exact
+
+
+def layer_figures(net: StackedMLP, vals: Array, both: Array, layer_gsq: Array, w_gsq: Array,
+                  out: Array, losses: Array, grad_norm: Array,
                   activation_stats: bool) -> tuple[Array, Array | None]:
     """Write every member's per-layer figures into ``vals`` ``(K, n_values)`` (a fixed
-    number of whole-stack NumPy calls); returns whether every recorded number of a row is
-    finite (the single trainer's check) and the ``(K, L)`` activation stds (None when not
-    recorded)."""
+    number of whole-stack NumPy calls) given ``both``, the step's ``UpdateSums.sums``;
+    returns whether every recorded number of a row is finite (the single trainer's check)
+    and the ``(K, L)`` activation stds (None when not recorded)."""
     K, L = vals.shape[0], net.n_layers
     layers = vals[:, 4:].reshape(K, L, 8)
-    # the single trainer's sums over [weights | update] side by side (up to
-    # FUSED_NORMS_MAX parameters): (2, K, segments), weights then update, cast exactly
-    both = segment_sumsq_pair(net.flat, delta, bounds, net.flat.shape[1] <= FUSED_NORMS_MAX)
     np.sqrt(layer_gsq, out=layers[:, :, 0])
     np.sqrt(w_gsq, out=layers[:, :, 1])
     np.sqrt(both[:, :, 0::2].transpose(1, 2, 0), out=layers[:, :, 2:4], dtype=np.float64)

@@ -13,7 +13,7 @@ from typing import cast
 
 import numpy as np
 
-from core.stack_figures import layer_figures
+from core.stack_figures import UpdateSums, layer_figures
 from core.stacked import StackedMLP
 
 Array = np.ndarray
@@ -47,8 +47,11 @@ def test_a_rows_check_sums_its_figures_in_the_single_trainers_order() -> None:
     layer_gsq = np.ones((K, L))
     vals = np.empty((K, 4 + 8 * L))
     with np.errstate(all="ignore"):
-        finite, a_std = layer_figures(cast(StackedMLP, _Net(flat, means)), vals, bounds,
-                                      layer_gsq, layer_gsq, delta, np.zeros((K, 1, 1)),
+        sums = UpdateSums(K, bounds, flat.shape[1])
+        sums(slice(None), flat, delta)
+        assert sums.sums is not None
+        finite, a_std = layer_figures(cast(StackedMLP, _Net(flat, means)), vals, sums.sums,
+                                      layer_gsq, layer_gsq, np.zeros((K, 1, 1)),
                                       losses, grad_norm, True)
         for k in range(K):
             weight_norms = [math.sqrt(3.0)] * L

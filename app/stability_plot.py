@@ -137,7 +137,7 @@ def render_stability_map(
     ax.set_xlim(-0.5, nx - 0.5)
     ax.set_ylim(-0.5, ny - 0.5)
     if title:
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=10, parse_math=False)  # a sweep's name: text, not TeX
     fig.legend(handles=handles, loc="outside right center", fontsize=8, frameon=False)
     buf = io.BytesIO()
     fig.savefig(buf, format=fmt, metadata={"Software": None} if fmt == "png" else

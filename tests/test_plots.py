@@ -179,3 +179,35 @@ def test_plots_of_a_run_with_no_steps_draw_no_empty_legend() -> None:
     for png in (plots.gradients_plot([], plots.Marks()), plots.loss_plot(empty, plots.Marks())):
         image = imread(io.BytesIO(png), format="png")
         assert image.ndim == 3 and image.shape[0] > 100
+
+
+# a name with mathtext syntax: matplotlib parsed it as TeX and raised (the plots answered 500)
+TEX_NAME = r"budget $\frac{$ 5"
+
+
+@pytest.mark.parametrize("fmt", ["png", "svg"])
+def test_a_title_with_dollar_signs_is_drawn_as_text(fmt: plots.Format) -> None:
+    layer = plots.Series.of([0, 1, 2], [1.0, 2.0, 4.0], "layer 0")
+    run = plots.Run("run", layer, layer)
+    images = [plots.gradients_plot([layer], plots.Marks(), title=TEX_NAME, fmt=fmt),
+              plots.heatmap_plot([layer], plots.Marks(), title=TEX_NAME, fmt=fmt),
+              plots.loss_plot(layer, plots.Marks(), title=TEX_NAME, fmt=fmt),
+              plots.comparison_plot(run, run, title=TEX_NAME, fmt=fmt)]
+    for image in images:
+        if fmt == "png":
+            assert imread(io.BytesIO(image), format="png").shape[0] > 100
+        else:  # the title as it was written, in a <text> element
+            titles = [t.text for t in ET.fromstring(image).iter("{http://www.w3.org/2000/svg}text")]
+            assert TEX_NAME in titles, titles
+
+
+def test_plots_of_a_job_named_with_dollar_signs(live: LiveServer) -> None:
+    """The job's name is in each plot's title: drawn as text, never a 500."""
+    job = _finished(live, {**CLIPPED_EXPLODING_SPEC, "name": TEX_NAME,
+                           "training": {"epochs": 1, "batch_size": 32}})
+    for kind in ("gradients", "heatmap", "loss"):
+        for fmt in ("png", "svg"):
+            r = live.http.get(f"/v1/jobs/{job['id']}/plots/{kind}", params={"format": fmt})
+            assert r.status_code == 200, (kind, fmt, r.text)
+    svg = live.http.get(f"/v1/jobs/{job['id']}/plots/loss", params={"format": "svg"}).text
+    assert TEX_NAME in svg

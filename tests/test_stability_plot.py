@@ -108,3 +108,13 @@ def test_svg_carries_the_star_and_its_legend_entry() -> None:
     assert 'id="recommended"' not in plain and RECOMMENDED_COLOR not in plain
     with pytest.raises(ValueError, match="outside the 4 x 2 grid"):
         render_stability_map("lr", "std", X, Y, VERDICT, recommended=(4, 0))
+
+
+def test_a_title_with_dollar_signs_is_drawn_as_text() -> None:
+    """A sweep's name with mathtext syntax is drawn as it is (matplotlib parsed it as TeX and
+    raised: the map answered 500)."""
+    name = r"budget $\frac{$ 5"
+    png = render_stability_map("lr", "std", X, Y, VERDICT, PREDICTED, title=name)
+    assert imread(io.BytesIO(png)).shape[0] > 100
+    svg = render_stability_map("lr", "std", X, Y, VERDICT, PREDICTED, title=name, fmt="svg")
+    assert f"<!-- {name} -->".encode() in svg  # matplotlib's comment before the title's glyphs

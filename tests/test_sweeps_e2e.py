@@ -113,6 +113,8 @@ def test_a_sweep_trains_its_members_as_jobs_and_draws_the_map(live: LiveServer) 
     svg = live.http.get(f"/v1/sweeps/{sweep_id}/plots/stability", params={"format": "svg"})
     assert svg.headers["content-type"].startswith("image/svg+xml") and b"</svg>" in svg.content
     assert b'<g id="recommended">' in svg.content
+    # titled with the sweep's name (matplotlib writes each text as a comment before its glyphs)
+    assert f"<!-- lr x std (sweep {sweep_id[:8]}) -->".encode() in svg.content
     bad = live.http.get(f"/v1/sweeps/{sweep_id}/stability", params={"x": "seed"})
     assert bad.status_code == 422 and "not an axis" in bad.json()["detail"]
 

@@ -260,10 +260,12 @@ def stability_plot_endpoint(
     fmt: Literal["png", "svg"] = format or (
         "svg" if "image/svg+xml" in request.headers.get("accept", "") else "png")
     fixed = ", ".join(f"{k}={v}" for k, v in grid.fixed.items())
+    name = get_sweep(session, sweep_id, principal).name  # loaded already: no new query
+    title = (f"{name} (sweep {sweep_id[:8]})" if name else f"sweep {sweep_id[:8]}") + (
+        f", {fixed}" if fixed else "")
     image = render_stability_map(grid.x, grid.y, grid.x_values, grid.y_values, grid.verdict,
                                  grid.predicted_exploding(), fmt=fmt,
-                                 recommended=grid.recommended_cell(),
-                                 title=f"sweep {sweep_id[:8]}" + (f" ({fixed})" if fixed else ""))
+                                 recommended=grid.recommended_cell(), title=title)
     return Response(image, media_type="image/svg+xml" if fmt == "svg" else "image/png")
 
 

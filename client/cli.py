@@ -27,20 +27,24 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from client.errors import ApiError
 from client.models import Diagnosis, Event, Job
 from client.sync import Client
 
-__all__ = ["EXIT", "register", "run"]
+__all__ = ["EXIT", "error_text", "exit_code", "fmt_value", "follow_job", "print_outcome", "register",
+           "run"]
 
 EXIT = {"ok": 0, "error": 1, "usage": 2, "exploding": 3, "unhealthy": 4, "failed": 5,
         "cancelled": 6}
 COMMANDS = ("submit", "follow", "diagnose", "repair", "plot", "jobs", "preflight", "datasets",
             "model", "predict", "export", "sweep")
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False)
+# markup off: names, summaries and error details are printed as they are ("[/]" in a job's
+# name would be rich markup, and a MarkupError); styles are given as Text spans instead
+out = Console(highlight=False, soft_wrap=True, markup=False)
+err = Console(stderr=True, highlight=False, markup=False)
 
 
 def exit_code(job: Job) -> int:
@@ -60,7 +64,7 @@ def verdict_code(verdict: str | None) -> int:
     return EXIT["unhealthy"]
 
 
-def _fmt(value: Any) -> str:
+def fmt_value(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -68,11 +72,16 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _follow(gw: Client, job: Job, *, quiet: bool = False) -> Job:
+def error_text(message: str) -> Text:
+    """``error`` in red, then ``message`` as it is."""
+    return Text.assemble(("error", "red"), " ", message)
+
+
+def follow_job(gw: Client, job: Job, *, quiet: bool = False) -> Job:
     """Progress bar from the job's events (step, loss, latest global gradient norm)."""
     total = job.progress.total_steps if job.progress else None
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
-               TextColumn("step {task.completed:.0f}/{task.total:.0f}"),
+    columns = [TextColumn("{task.description}", style="bold", markup=False), BarColumn(),
+               TaskProgressColumn(), TextColumn("step {task.completed:.0f}/{task.total:.0f}"),
                TextColumn("loss {task.fields[loss]}"),
                TextColumn("grad norm {task.fields[grad_norm]}"), TimeElapsedColumn()]
     with Progress(*columns, console=err, disable=quiet) as bar:
@@ -91,10 +100,11 @@ def _show(bar: Progress, task: Any, event: Event) -> None:
     if progress:
         update.update(completed=progress.get("step", 0), total=progress.get("total_steps") or 1)
     if latest:
-        update.update(loss=_fmt(_float(latest.get("loss"))),
-                      grad_norm=_fmt(_float(latest.get("grad_norm"))))
+        update.update(loss=fmt_value(_float(latest.get("loss"))),
+                      grad_norm=fmt_value(_float(latest.get("grad_norm"))))
     if event.event == "alert":
-        bar.console.print(f"[yellow]alert[/] step {data.get('step')}: {data.get('message')}")
+        bar.console.print(Text.assemble(("alert", "yellow"),
+                                        f" step {data.get('step')}: {data.get('message')}"))
     if update:
         bar.update(task, **update)
 
@@ -103,14 +113,14 @@ def _float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def _print_outcome(gw: Client, job: Job) -> int:
-    line = f"job {job.id} {job.status}"
+def print_outcome(gw: Client, job: Job) -> int:
+    line = Text(f"job {job.id} {job.status}")
     if job.verdict:
-        line += f": verdict [bold]{job.verdict}[/]"
+        line.append(": verdict ").append(job.verdict, style="bold")
     if job.stop_reason:
-        line += f" (stop reason {job.stop_reason})"
+        line.append(f" (stop reason {job.stop_reason})")
     if job.error:
-        line += f" — {job.error}"
+        line.append(f" — {job.error}")
     out.print(line)
     if job.status == "succeeded":
         out.print(gw.diagnostics(job.id).summary)
@@ -123,11 +133,11 @@ def _cmd_submit(gw: Client, args: argparse.Namespace) -> int:
         out.print(job.id)
         return EXIT["ok"]
     err.print(f"submitted job {job.id}")
-    return _print_outcome(gw, _follow(gw, job))
+    return print_outcome(gw, follow_job(gw, job))
 
 
 def _cmd_follow(gw: Client, args: argparse.Namespace) -> int:
-    return _print_outcome(gw, _follow(gw, gw.get(args.job_id)))
+    return print_outcome(gw, follow_job(gw, gw.get(args.job_id)))
 
 
 def _cmd_repair(gw: Client, args: argparse.Namespace) -> int:
@@ -137,7 +147,7 @@ def _cmd_repair(gw: Client, args: argparse.Namespace) -> int:
         out.print(child.id)
         return EXIT["ok"]
     err.print(f"repair job {child.id} ({action}) of {args.job_id}")
-    code = _print_outcome(gw, _follow(gw, child))
+    code = print_outcome(gw, follow_job(gw, child))
     out.print(gw.compare(child.id).summary)
     return code
 
@@ -147,7 +157,7 @@ def _diagnosis_tables(diag: Diagnosis) -> Iterator[Table]:
     for column in ("severity", "kind", "step", "layers", "message"):
         findings.add_column(column, overflow="fold")
     for f in diag.findings:
-        findings.add_row(f.severity, f.kind, _fmt(f.step), ",".join(map(str, f.layers)) or "-",
+        findings.add_row(f.severity, f.kind, fmt_value(f.step), ",".join(map(str, f.layers)) or "-",
                          f.message)
     yield findings
     recs = Table(title="Recommendations (gradwatch repair ID --recommendation N)")
@@ -164,8 +174,8 @@ def _cmd_diagnose(gw: Client, args: argparse.Namespace) -> int:
         print(json.dumps(diag.model_dump(mode="json"), indent=2))
     else:
         state = "" if diag.final else " (provisional: the job is still running)"
-        out.print(f"verdict [bold]{diag.verdict}[/]{state}; first bad step "
-                  f"{_fmt(diag.first_bad_step)}")
+        out.print(Text.assemble("verdict ", (diag.verdict, "bold"),
+                                f"{state}; first bad step {fmt_value(diag.first_bad_step)}"))
         out.print(diag.summary)
         for table in _diagnosis_tables(diag):
             out.print(table)
@@ -268,15 +278,15 @@ def run(args: argparse.Namespace) -> int:
             code: int = args.client_command(gw, args)
             return code
     except ApiError as exc:
-        err.print(f"[red]error[/] {exc.status} {exc.title}: {exc.detail}")
+        err.print(error_text(f"{exc.status} {exc.title}: {exc.detail}"))
         for field in exc.errors:
             err.print(f"  {field.path}: {field.msg}")
         return EXIT["error"]
     except (FileNotFoundError, IsADirectoryError, json.JSONDecodeError, ValueError) as exc:
-        err.print(f"[red]error[/] cannot read the input: {exc}")
+        err.print(error_text(f"cannot read the input: {exc}"))
         return EXIT["usage"]
     except (OSError, ConnectionError, httpx.HTTPError) as exc:
-        err.print(f"[red]error[/] cannot reach {url}: {exc}")
+        err.print(error_text(f"cannot reach {url}: {exc}"))
         return EXIT["error"]
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from rich.table import Table
 
-from client.cli import EXIT, _fmt, err, out
+from client.cli import EXIT, err, fmt_value, out
 from client.models import Dataset
 from client.sync import Client
 
@@ -27,7 +27,7 @@ def _dataset_row(d: dict[str, Any]) -> list[str]:
     classes = d.get("n_classes") or d.get("classes")
     return [str(d.get("id") or d.get("name")), str(d.get("source") or "-"),
             str(d.get("name") or "-"), str(d.get("task") or "-"),
-            _fmt(d.get("n_samples")), _fmt(d.get("n_features")), _fmt(classes)]
+            fmt_value(d.get("n_samples")), fmt_value(d.get("n_features")), fmt_value(classes)]
 
 
 def _cmd_datasets_upload(gw: Client, args: argparse.Namespace) -> int:

@@ -14,8 +14,7 @@ from typing import Any
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from client.cli import EXIT, _fmt, _print_outcome, err, exit_code, out
-from client.cli import _follow as _follow_job
+from client.cli import EXIT, err, error_text, exit_code, fmt_value, follow_job, out, print_outcome
 from client.models import AxisValue, StabilityMap, Sweep, SweepSummary
 from client.sync import Client
 
@@ -118,8 +117,8 @@ def _member_table(sweep: Sweep) -> Table:
     for column in (*paths, "status", "verdict", "first bad step", "final loss"):
         table.add_column(column, overflow="fold")
     for m in sweep.members:
-        table.add_row(str(m.index), *(_fmt(m.values.get(p)) for p in paths), m.status,
-                      m.verdict or "-", _fmt(m.first_bad_step), _fmt(m.final_loss))
+        table.add_row(str(m.index), *(fmt_value(m.values.get(p)) for p in paths), m.status,
+                      m.verdict or "-", fmt_value(m.first_bad_step), fmt_value(m.final_loss))
     return table
 
 
@@ -150,7 +149,8 @@ def _exit_code(sweep: Sweep) -> int:
 
 def _follow(gw: Client, sweep: Sweep, *, quiet: bool) -> Sweep:
     """A progress bar (steps of every member; members done) from the sweep's events."""
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
+    columns = [TextColumn("{task.description}", style="bold", markup=False), BarColumn(),
+               TaskProgressColumn(),
                TextColumn("members {task.fields[done]}"), TextColumn("{task.fields[verdicts]}"),
                TimeElapsedColumn()]
     total = sweep.progress.total_steps if sweep.progress else 0
@@ -185,8 +185,8 @@ def _show_boundary(grid: StabilityMap) -> None:
     for column in (grid.y, "largest healthy", "smallest exploding", "predicted exploding"):
         table.add_column(column, overflow="fold")
     for row in grid.rows:
-        table.add_row(_fmt(row.y), _fmt(row.largest_healthy), _fmt(row.smallest_exploding),
-                      _fmt(row.smallest_predicted_exploding))
+        table.add_row(fmt_value(row.y), fmt_value(row.largest_healthy), fmt_value(row.smallest_exploding),
+                      fmt_value(row.smallest_predicted_exploding))
     out.print(table)
     cal = grid.calibration
     if cal.get("cells"):
@@ -196,8 +196,8 @@ def _show_boundary(grid: StabilityMap) -> None:
 
 def _cmd_submit(gw: Client, args: argparse.Namespace) -> int:
     if not args.axes:
-        err.print("[red]error[/] give at least one --axis PATH=V1,V2,... or "
-                  "--log-axis PATH=LOW:HIGH:POINTS")
+        err.print(error_text("give at least one --axis PATH=V1,V2,... or "
+                         "--log-axis PATH=LOW:HIGH:POINTS"))
         return EXIT["usage"]
     sweep = gw.submit_sweep(args.spec, args.axes, name=args.name)
     if not (args.wait or args.map):
@@ -253,7 +253,7 @@ def _cmd_launch(gw: Client, args: argparse.Namespace) -> int:
                           name=args.name, idempotency_key=args.idempotency_key)
     origin = job.launched_from or {}
     how = "the recommended member" if origin.get("recommended") else "member"
-    values = ", ".join(f"{k}={_fmt(v)}" for k, v in (origin.get("values") or {}).items())
+    values = ", ".join(f"{k}={fmt_value(v)}" for k, v in (origin.get("values") or {}).items())
     err.print(f"launched job {job.id} like {how} {origin.get('member')} ({values}) of sweep "
               f"{args.sweep_id}")
     if not args.wait:
@@ -262,11 +262,11 @@ def _cmd_launch(gw: Client, args: argparse.Namespace) -> int:
         else:
             out.print(job.id)
         return EXIT["ok"]
-    final = _follow_job(gw, job, quiet=args.json)
+    final = follow_job(gw, job, quiet=args.json)
     if args.json:
         print(json.dumps(final.model_dump(mode="json"), indent=2))
         return exit_code(final)
-    return _print_outcome(gw, final)
+    return print_outcome(gw, final)
 
 
 def _cmd_get(gw: Client, args: argparse.Namespace) -> int:

@@ -178,3 +178,23 @@ def test_datasets_upload_list_train_predict_export_and_delete(live: LiveServer,
     deleted = gradwatch(live, "datasets", "delete", ds_id)
     assert deleted.returncode == 0
     assert live.http.get(f"/v1/datasets/{ds_id}").status_code == 404
+
+
+def test_names_and_details_are_printed_as_they_are(live: LiveServer, tmp_path: Path) -> None:
+    """Text from the server is not rich markup: a job named "[/]..." listed, and an error
+    detail with brackets, print as they are (the listing raised MarkupError: a traceback)."""
+    name = "odd [/] [bold]name"
+    spec = tmp_path / "named.json"
+    spec.write_text(json.dumps({**SMALL_SPEC, "name": name}))
+    submitted = gradwatch(live, "submit", str(spec), "--follow")
+    assert submitted.returncode in (0, EXIT["unhealthy"]), submitted.stderr
+    assert "Traceback" not in submitted.stderr
+    listed = gradwatch(live, "jobs", "--limit", "3")
+    assert listed.returncode == 0, listed.stderr
+    assert name in listed.stdout
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**SMALL_SPEC, "optimizer": {"name": "[/]sgd"}}))
+    rejected = gradwatch(live, "submit", str(bad))
+    assert rejected.returncode == EXIT["error"], rejected.stderr
+    assert "Traceback" not in rejected.stderr and "error 422" in rejected.stderr
+    assert "[/]sgd" in rejected.stderr  # the detail as the server wrote it

@@ -282,7 +282,12 @@ def run(args: argparse.Namespace) -> int:
         for field in exc.errors:
             err.print(f"  {field.path}: {field.msg}")
         return EXIT["error"]
-    except (FileNotFoundError, IsADirectoryError, json.JSONDecodeError, ValueError) as exc:
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+        # a file named on the command line (a spec to read, an image to write): not the server
+        err.print(error_text(f"cannot use {exc.filename}: {exc.strerror}" if exc.filename
+                             else f"cannot use a file: {exc}"))
+        return EXIT["usage"]
+    except (json.JSONDecodeError, ValueError) as exc:
         err.print(error_text(f"cannot read the input: {exc}"))
         return EXIT["usage"]
     except (OSError, ConnectionError, httpx.HTTPError) as exc:

@@ -198,3 +198,18 @@ def test_names_and_details_are_printed_as_they_are(live: LiveServer, tmp_path: P
     assert rejected.returncode == EXIT["error"], rejected.stderr
     assert "Traceback" not in rejected.stderr and "error 422" in rejected.stderr
     assert "[/]sgd" in rejected.stderr  # the detail as the server wrote it
+
+
+def test_a_file_that_cannot_be_used_is_a_usage_error(live: LiveServer, exploded: str,
+                                                     tmp_path: Path) -> None:
+    """A spec that is not there, an image into a folder that is not there: exit 2 naming the
+    file (a missing output folder was "cannot read the input", a permission error "cannot
+    reach" the server)."""
+    missing = tmp_path / "nope.json"
+    read = gradwatch(live, "submit", str(missing))
+    assert read.returncode == EXIT["usage"], read.stderr
+    assert f"cannot use {missing}: No such file or directory" in read.stderr
+    target = tmp_path / "no-such-folder" / "gradients.png"
+    write = gradwatch(live, "plot", exploded, "-o", str(target))
+    assert write.returncode == EXIT["usage"], write.stderr
+    assert f"cannot use {target}" in write.stderr and "Traceback" not in write.stderr

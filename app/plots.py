@@ -13,7 +13,6 @@ can find them in the SVG: ``clip-threshold``, ``first-non-finite``, ``first-bad-
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -27,6 +26,8 @@ from matplotlib.axes import Axes
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
+
+from app.figure_bytes import figure_bytes
 
 __all__ = [
     "Format",
@@ -92,10 +93,9 @@ def _new_figure(height: float = 4.8, *, right: float = 0.77) -> Figure:
 
 
 def _render(fig: Figure, fmt: Format) -> bytes:
-    buf = io.BytesIO()
-    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "gradwatch"}):
-        fig.savefig(buf, format=fmt, metadata={"Date": None} if fmt == "svg" else None)
-    return buf.getvalue()
+    # SVG text as <text> elements (the marks' ids and labels stay readable)
+    return figure_bytes(fig, fmt, fonttype="none", metadata={"Date": None} if fmt == "svg"
+                        else None)
 
 
 def _finite_positive_range(series: Sequence[Series]) -> tuple[float, float]:

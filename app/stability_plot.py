@@ -10,7 +10,6 @@ worker processes and threads.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from typing import Literal
 
@@ -18,6 +17,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
+
+from app.figure_bytes import figure_bytes
 
 __all__ = ["RECOMMENDED_COLOR", "VERDICT_COLORS", "render_stability_map"]
 
@@ -139,10 +140,8 @@ def render_stability_map(
     if title:
         ax.set_title(title, fontsize=10, parse_math=False)  # a sweep's name: text, not TeX
     fig.legend(handles=handles, loc="outside right center", fontsize=8, frameon=False)
-    buf = io.BytesIO()
-    fig.savefig(buf, format=fmt, metadata={"Software": None} if fmt == "png" else
-                {"Date": None})
-    return buf.getvalue()
+    return figure_bytes(fig, fmt, fonttype="path",
+                        metadata={"Software": None} if fmt == "png" else {"Date": None})
 
 
 def _rgb(color: str) -> tuple[float, float, float]:

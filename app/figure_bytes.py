@@ -1,0 +1,37 @@
+"""A matplotlib figure as PNG or SVG bytes, safe to call from many request threads at once.
+
+The SVG writer reads its settings (``svg.fonttype``, ``svg.hashsalt``) from matplotlib's
+process-global ``rcParams``, and ``matplotlib.rc_context`` sets and restores them without a
+lock: two requests rendering SVG at once could restore each other's settings, leaving one's
+behind for every later image of the process (seen: after the dashboard's concurrent plot
+requests, stability maps came out with the job plots' text-as-``<text>`` setting). So SVG
+is rendered under one lock, always with the caller's full settings; PNG (Agg) reads none of
+them and is not serialised.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from typing import Any, Literal
+
+import matplotlib
+from matplotlib.figure import Figure
+
+__all__ = ["figure_bytes"]
+
+_SVG_LOCK = threading.Lock()
+
+
+def figure_bytes(fig: Figure, fmt: Literal["png", "svg"], *, fonttype: str,
+                 metadata: dict[str, Any] | None = None) -> bytes:
+    """``fig`` saved as ``fmt``; an SVG's text as ``<text>`` (``fonttype="none"``) or as
+    glyph paths (``"path"``), its ids salted the same in every run (reproducible bytes)."""
+    buf = io.BytesIO()
+    if fmt == "svg":
+        with _SVG_LOCK, matplotlib.rc_context({"svg.fonttype": fonttype,
+                                               "svg.hashsalt": "gradwatch"}):
+            fig.savefig(buf, format="svg", metadata=metadata)
+    else:
+        fig.savefig(buf, format=fmt, metadata=metadata)
+    return buf.getvalue()

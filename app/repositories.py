@@ -90,10 +90,11 @@ class JobRepository:
     def page(
         self, *, limit: int, statuses: Sequence[str] = (), verdicts: Sequence[str] = (),
         parent_id: str | None = None, after: tuple[datetime, str] | None = None,
-        tenant: str | None = None,
+        tenant: str | None = None, sweep_members: bool = True,
     ) -> list[Job]:
         """Newest first; ``after`` = (created_at, id) of the last item of the previous page;
-        ``tenant``: only that tenant's jobs (None: everyone's)."""
+        ``tenant``: only that tenant's jobs (None: everyone's); ``sweep_members=False``: none
+        that is a sweep's member."""
         query = select(Job)
         if tenant is not None:
             query = query.where(Job.tenant == tenant)
@@ -103,6 +104,8 @@ class JobRepository:
             query = query.where(Job.verdict.in_(verdicts))
         if parent_id is not None:
             query = query.where(Job.parent_id == parent_id)
+        if not sweep_members:
+            query = query.where(Job.parent_sweep_id.is_(None))
         if after is not None:
             created, last_id = after
             query = query.where(

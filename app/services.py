@@ -118,12 +118,14 @@ def cursor_position(session: Session, cursor: str | None) -> tuple[datetime, str
 
 def list_jobs(session: Session, *, principal: Principal, limit: int, cursor: str | None,
               statuses: Sequence[str], verdicts: Sequence[str], parent_id: str | None,
-              tenant: str | None = None) -> tuple[list[Job], str | None]:
+              tenant: str | None = None, sweep_members: bool = True
+              ) -> tuple[list[Job], str | None]:
     """A page of the jobs ``principal`` may see (the admin: all, or ``tenant``'s)."""
     after = cursor_position(session, cursor)
     items = JobRepository(session).page(limit=limit + 1, statuses=statuses, verdicts=verdicts,
                                         parent_id=parent_id, after=after,
-                                        tenant=principal.scope(tenant))
+                                        tenant=principal.scope(tenant),
+                                        sweep_members=sweep_members)
     next_cursor = encode_cursor(items[limit - 1]) if len(items) > limit else None
     return items[:limit], next_cursor
 

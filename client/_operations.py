@@ -187,10 +187,11 @@ class ops:  # a namespace of call builders
 
     @staticmethod
     def list(*, status: StrList | str | None, verdict: StrList | str | None,
-             parent_id: str | None, limit: int, cursor: str | None) -> Call[JobPage]:
+             parent_id: str | None, limit: int, cursor: str | None,
+             sweep_members: bool | None = None) -> Call[JobPage]:
         return Call("GET", "/v1/jobs", lambda r: JobPage.model_validate(r.json()),
                     params=_params(status=status, verdict=verdict, parent_id=parent_id,
-                                   limit=limit, cursor=cursor))
+                                   limit=limit, cursor=cursor, sweep_members=sweep_members))
 
     @staticmethod
     def cancel(job_id: str) -> Call[Job]:

@@ -189,7 +189,8 @@ def _cmd_plot(gw: Client, args: argparse.Namespace) -> int:
 
 
 def _cmd_jobs(gw: Client, args: argparse.Namespace) -> int:
-    page = gw.list(status=args.status, verdict=args.verdict, limit=args.limit)
+    page = gw.list(status=args.status, verdict=args.verdict, limit=args.limit,
+                   sweep_members=False if args.without_sweep_members else None)
     if args.json:
         print(json.dumps([j.model_dump(mode="json") for j in page.items], indent=2))
         return EXIT["ok"]
@@ -257,6 +258,8 @@ def register(sub: Any) -> None:
     p.add_argument("--status", action="append", default=None)
     p.add_argument("--verdict", action="append", default=None)
     p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--without-sweep-members", action="store_true",
+                   help="leave out the members of sweeps (gradwatch sweep get lists them)")
     p.add_argument("--json", action="store_true")
     p = add("preflight", _cmd_preflight, "analyse a spec without training it")
     p.add_argument("spec")

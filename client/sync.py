@@ -121,10 +121,12 @@ class Client:
 
     def list(self, *, status: StrList | str | None = None,
              verdict: StrList | str | None = None, parent_id: str | None = None,
-             limit: int = 50, cursor: str | None = None) -> JobPage:
-        """One page of jobs, newest first (``page.next_cursor`` for the next)."""
+             limit: int = 50, cursor: str | None = None,
+             sweep_members: bool | None = None) -> JobPage:
+        """One page of jobs, newest first (``page.next_cursor`` for the next);
+        ``sweep_members=False`` leaves out the members of sweeps."""
         return self._call(ops.list(status=status, verdict=verdict, parent_id=parent_id,
-                                   limit=limit, cursor=cursor))
+                                   limit=limit, cursor=cursor, sweep_members=sweep_members))
 
     def cancel(self, job_id: str) -> Job:
         return self._call(ops.cancel(job_id))

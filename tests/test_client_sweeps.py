@@ -349,6 +349,12 @@ def test_the_cli_submits_waits_maps_reads_and_deletes_a_sweep(live: LiveServer,
         assert m["verdict"] in table.stdout
     waited = gradwatch(live, "sweep", "wait", sweep_id)  # already finished: at once
     assert waited.returncode == 0 and "succeeded" in waited.stdout
+    member_ids = {m["job_id"] for m in body["members"]}
+    listed = gradwatch(live, "jobs", "--limit", "200", "--json")
+    assert member_ids <= {j["id"] for j in json.loads(listed.stdout)}
+    without = gradwatch(live, "jobs", "--limit", "200", "--without-sweep-members", "--json")
+    assert without.returncode == 0, without.stderr
+    assert not member_ids & {j["id"] for j in json.loads(without.stdout)}
 
     svg = tmp_path / "map.svg"
     mapped = gradwatch(live, "sweep", "map", sweep_id, str(svg), "--x", "seed",

@@ -293,3 +293,30 @@ def test_the_members_option_is_documented(client: TestClient) -> None:
     assert "422" in op["responses"]
     assert {"$ref": "#/components/schemas/SweepSummary"} in (
         op["responses"]["200"]["content"]["application/json"]["schema"]["anyOf"])
+
+
+def test_the_jobs_list_leaves_sweep_members_out_when_asked(client: TestClient) -> None:
+    """GET /v1/jobs?sweep_members=false: no member of a sweep on any page (a 64-member sweep
+    would otherwise fill the list); by default they are listed, with their sweep's id."""
+    sweep = _sweep(client, "members", seeds=3)
+    member_ids = {m["job_id"] for m in sweep["members"]}
+    alone = client.post("/v1/jobs", json=TINY).json()["id"]
+    every = []
+    cursor = None
+    while True:  # page by page (limit 1): the filter holds across the cursor
+        q: dict[str, Any] = {"limit": 1, "sweep_members": "false",
+                             **({"cursor": cursor} if cursor else {})}
+        page = client.get("/v1/jobs", params=q).json()
+        every += page["items"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    ids = {j["id"] for j in every}
+    assert alone in ids and not ids & member_ids
+    assert all(j["parent_sweep_id"] is None for j in every)
+    listed = client.get("/v1/jobs", params={"limit": 200}).json()["items"]
+    assert member_ids <= {j["id"] for j in listed}
+    assert {j["parent_sweep_id"] for j in listed if j["id"] in member_ids} == {sweep["id"]}
+    bad = client.get("/v1/jobs", params={"sweep_members": "maybe"})
+    assert bad.status_code == 422 and bad.headers["content-type"] == PROBLEM
+    assert bad.json()["errors"][0]["loc"] == ["query", "sweep_members"]

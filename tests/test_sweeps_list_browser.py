@@ -84,3 +84,36 @@ def test_a_finished_sweep_shows_its_verdicts_on_the_home_page(
     page.wait_for_url(f"**/sweeps/{sweep['id']}")
     page.locator("#sweep-status").get_by_text("succeeded: 2 / 2 members done").wait_for()
     assert p.external == [] and p.errors == []
+
+
+def test_the_jobs_list_shows_sweep_members_only_when_asked(
+        tmp_path: Path, open_page: Callable[[str], Page]) -> None:  # noqa: F811
+    """A sweep's members (queued: no workers) are not in the home page's job list until "sweep
+    members" is ticked; then each links to its sweep, and the choice is kept in the URL."""
+    with LiveServer(make_settings(tmp_path, workers=0)) as server:
+        sweep = server.http.post("/v1/sweeps", json={
+            "name": "three seeds", "spec": TINY,
+            "axes": [{"path": "seed", "values": [0, 1, 2]}]}).json()
+        alone = server.http.post("/v1/jobs", json={**TINY, "name": "on its own"}).json()
+        members = [m["job_id"] for m in sweep["members"]]
+        p = open_page(server.url)
+        page = p.goto("/")
+        page.locator(f'#job-rows tr[data-job-id="{alone["id"]}"]').wait_for()
+        page.locator(f'#sweep-rows tr[data-sweep-id="{sweep["id"]}"]').wait_for()
+        assert page.locator("#job-rows tr").count() == 1  # the members are left out
+        page.check("#filter-sweep-members")
+        page.wait_for_url("**/?sweep_members=1")
+        row = page.locator(f'#job-rows tr[data-job-id="{members[1]}"]')
+        row.wait_for()
+        assert page.locator("#job-rows tr").count() == 4
+        link = row.locator("a.member-sweep-link")
+        assert link.inner_text() == sweep["id"][:8]
+        assert link.get_attribute("href") == f"/sweeps/{sweep['id']}"
+        assert page.locator(f'#job-rows tr[data-job-id="{alone["id"]}"] a.member-sweep-link'
+                            ).count() == 0
+        page.reload()  # the choice is in the URL
+        page.locator(f'#job-rows tr[data-job-id="{members[0]}"]').wait_for()
+        assert page.locator("#filter-sweep-members").is_checked()
+        link.click()
+        page.wait_for_url(f"**/sweeps/{sweep['id']}")
+        assert p.external == [] and p.errors == []

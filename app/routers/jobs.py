@@ -84,7 +84,8 @@ def _submitted(submitted: Submitted, response: Response) -> dict[str, Any]:
     operation_id="listJobs",
     summary="List jobs, newest first",
     description="Filter by `status` and `verdict` (repeat a parameter for several values) or "
-                "by `parent_id` (the repairs of a job). Pages with an opaque `cursor`: pass "
+                "by `parent_id` (the repairs of a job); `sweep_members=false` leaves out the "
+                "members of sweeps (`GET /v1/sweeps/{id}` lists them). Pages with an opaque `cursor`: pass "
                 "the previous page's `next_cursor`. Items omit the spec; GET the job for it. "
                 "A tenant's key lists that tenant's jobs only; the admin sees every job (or "
                 "one tenant's with `tenant`).",
@@ -98,11 +99,14 @@ def list_jobs_endpoint(
     status: Annotated[list[JobStatus] | None, Query(description="Only these statuses.")] = None,
     verdict: Annotated[list[Verdict] | None, Query(description="Only these verdicts.")] = None,
     parent_id: Annotated[str | None, Query(description="Only repairs of this job.")] = None,
+    sweep_members: Annotated[bool, Query(
+        description="false: leave out the jobs that are members of a sweep.")] = True,
     tenant: TenantFilter = None,
 ) -> dict[str, Any]:
     items, next_cursor = list_jobs(session, principal=principal, limit=limit, cursor=cursor,
                                    statuses=status or [], verdicts=verdict or [],
-                                   parent_id=parent_id, tenant=tenant)
+                                   parent_id=parent_id, tenant=tenant,
+                                   sweep_members=sweep_members)
     return {"items": [job_to_summary(j) for j in items], "next_cursor": next_cursor}
 
 

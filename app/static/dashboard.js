@@ -158,6 +158,9 @@ async function showList(root) {
     h("option", { value: "" }, "any status"), STATUSES.map((s) => h("option", { value: s, selected: params.get("status") === s }, s)));
   const verdict = h("select", { id: "filter-verdict", onchange: () => applyFilters() },
     h("option", { value: "" }, "any verdict"), VERDICTS.map((v) => h("option", { value: v, selected: params.get("verdict") === v }, v)));
+  // a sweep's members (often dozens) are listed on its page: here only when asked for
+  const showMembers = h("input", { type: "checkbox", id: "filter-sweep-members", onchange: () => applyFilters(),
+    checked: params.get("sweep_members") === "1" });
   const body = h("tbody", { id: "job-rows" });
   const sweepBody = h("tbody", { id: "sweep-rows" });
   const spec = h("textarea", { id: "spec-input", spellcheck: "false" }, JSON.stringify(
@@ -165,7 +168,8 @@ async function showList(root) {
   const submitError = h("p", { class: "error", hidden: true });
   root.replaceChildren(
     h("section", {}, h("h1", {}, "Jobs"),
-      h("div", { class: "filters" }, status, verdict, h("span", { class: "muted" }, "refreshes every 2 s")),
+      h("div", { class: "filters" }, status, verdict, h("label", {}, showMembers, " sweep members"),
+        h("span", { class: "muted" }, "refreshes every 2 s")),
       h("table", {}, h("thead", {}, h("tr", {}, ["name", "status", "verdict", "progress", "created", "id"].map((c) => h("th", {}, c)))), body)),
     h("section", { id: "sweeps" }, h("h2", {}, "Recent sweeps"),
       h("table", {}, h("thead", {}, h("tr", {}, ["name", "status", "progress", "members", "verdicts", "created"].map((c) => h("th", {}, c)))), sweepBody)),
@@ -182,6 +186,7 @@ async function showList(root) {
     const q = new URLSearchParams();
     if (status.value) q.set("status", status.value);
     if (verdict.value) q.set("verdict", verdict.value);
+    if (showMembers.checked) q.set("sweep_members", "1");
     history.replaceState(null, "", q.toString() ? `/?${q}` : "/");
     refresh();
   }
@@ -189,9 +194,11 @@ async function showList(root) {
     const q = new URLSearchParams({ limit: "100" });
     if (status.value) q.set("status", status.value);
     if (verdict.value) q.set("verdict", verdict.value);
+    if (!showMembers.checked) q.set("sweep_members", "false");
     const page = await getJSON(`/v1/jobs?${q}`);
     body.replaceChildren(...page.items.map((j) => h("tr", { "data-job-id": j.id },
-      h("td", {}, h("a", { href: `/jobs/${j.id}` }, j.name || "(unnamed)"), j.parent_id ? h("span", { class: "muted" }, " (repair)") : null),
+      h("td", {}, h("a", { href: `/jobs/${j.id}` }, j.name || "(unnamed)"), j.parent_id ? h("span", { class: "muted" }, " (repair)") : null,
+        j.parent_sweep_id ? h("span", { class: "muted" }, " (sweep ", h("a", { href: `/sweeps/${j.parent_sweep_id}`, class: "member-sweep-link" }, j.parent_sweep_id.slice(0, 8)), ")") : null),
       h("td", {}, badge(j.status)), h("td", {}, badge(j.verdict)),
       h("td", {}, `${j.progress.step} / ${j.progress.total_steps}`),
       h("td", {}, new Date(j.created_at).toLocaleString()),

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import matplotlib
 from matplotlib.figure import Figure
 
-__all__ = ["figure_bytes"]
+__all__ = ["figure_bytes", "plain_text"]
 
 _SVG_LOCK = threading.Lock()
 
@@ -35,3 +35,12 @@ def figure_bytes(fig: Figure, fmt: Literal["png", "svg"], *, fonttype: str,
     else:
         fig.savefig(buf, format=fmt, metadata=metadata)
     return buf.getvalue()
+
+
+def plain_text(text: str) -> str:
+    """``text`` as matplotlib should draw it, as it is: a user's name may hold ``$`` pairs,
+    which matplotlib would parse as TeX (and raise on, e.g. ``$\\frac{$``). Each ``$`` is
+    escaped; matplotlib draws ``\\$`` as ``$`` in text that is not math. (``parse_math=False``
+    alone is not enough: a wrapped title's line widths are measured as math all the same.)"""
+    return text.replace("$", r"\$")
+

@@ -27,7 +27,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-from app.figure_bytes import figure_bytes
+from app.figure_bytes import figure_bytes, plain_text
 
 __all__ = [
     "Format",
@@ -200,7 +200,7 @@ def gradients_plot(layers: Sequence[Series], marks: Marks, *, global_norm: Serie
     _mark_steps(ax, marks)
     ax.set_xlabel("step")
     ax.set_ylabel("gradient L2 norm (log scale)")
-    ax.set_title(title, parse_math=False)  # names are text, not TeX
+    ax.set_title(plain_text(title))  # a job's name, drawn as it is
     ax.grid(True, which="major", alpha=0.3)
     _legend(ax)
     _note(ax, marks.note)
@@ -254,7 +254,7 @@ def heatmap_plot(layers: Sequence[Series], marks: Marks, *, columns: int = 400,
     ax.set_yticks(range(len(layers)), [s.label or f"layer {i}" for i, s in enumerate(layers)])
     ax.set_ylim(len(layers) - 0.5, -0.5)
     ax.set_xlabel("step")
-    ax.set_title(title, parse_math=False)  # names are text, not TeX
+    ax.set_title(plain_text(title))  # a job's name, drawn as it is
     _note(ax, marks.note)
     return _render(fig, fmt)
 
@@ -281,7 +281,7 @@ def loss_plot(loss: Series, marks: Marks, *, val_loss: Series | None = None,
     _mark_steps(ax, marks)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.set_title(title, parse_math=False)  # names are text, not TeX
+    ax.set_title(plain_text(title))  # a job's name, drawn as it is
     ax.grid(True, alpha=0.3)
     _legend(ax)
     _note(ax, marks.note)
@@ -302,7 +302,7 @@ def comparison_plot(original: Run, repair: Run, *, title: str = "Before and afte
             line = top.axvline(run.marks.first_non_finite_step, color=color, ls=":", lw=1.2)
             line.set_gid(f"{gid}-first-non-finite")
     top.set_ylabel("global gradient norm\n(before clipping, log)")
-    top.set_title(title, parse_math=False)  # names are text, not TeX
+    top.set_title(plain_text(title))  # a job's name, drawn as it is
     top.grid(True, alpha=0.3)
     _legend(top)
     _draw_on_log_axis(bottom, [Series(r.loss.steps, r.loss.values, r.label) for r in runs],

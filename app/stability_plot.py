@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
-from app.figure_bytes import figure_bytes
+from app.figure_bytes import figure_bytes, plain_text
 
 __all__ = ["RECOMMENDED_COLOR", "VERDICT_COLORS", "render_stability_map"]
 
@@ -138,7 +138,9 @@ def render_stability_map(
     ax.set_xlim(-0.5, nx - 0.5)
     ax.set_ylim(-0.5, ny - 0.5)
     if title:
-        ax.set_title(title, fontsize=10, parse_math=False)  # a sweep's name: text, not TeX
+        # from the axes' left edge, wrapped at the figure's right one (a name, the id and the fixed
+        # axes are wider than a map of 2 columns); a sweep's name drawn as it is
+        ax.set_title(plain_text(title), fontsize=10, loc="left", wrap=True)
     fig.legend(handles=handles, loc="outside right center", fontsize=8, frameon=False)
     return figure_bytes(fig, fmt, fonttype="path",
                         metadata={"Software": None} if fmt == "png" else {"Date": None})

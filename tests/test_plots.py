@@ -211,3 +211,11 @@ def test_plots_of_a_job_named_with_dollar_signs(live: LiveServer) -> None:
             assert r.status_code == 200, (kind, fmt, r.text)
     svg = live.http.get(f"/v1/jobs/{job['id']}/plots/loss", params={"format": "svg"}).text
     assert TEX_NAME in svg
+
+
+@pytest.mark.parametrize("name", [r"a\$b", "$x$", "$$", "cost $5", r"\\$a$", r"trailing \ "])
+def test_a_title_is_drawn_exactly_as_written(name: str) -> None:
+    """Dollars and backslashes in any arrangement: the SVG's title text is the name itself."""
+    layer = plots.Series.of([0, 1], [1.0, 2.0], "layer 0")
+    svg = plots.loss_plot(layer, plots.Marks(), title=name, fmt="svg")
+    assert name in [t.text for t in ET.fromstring(svg).iter("{http://www.w3.org/2000/svg}text")]

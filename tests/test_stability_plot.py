@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import pytest
@@ -118,3 +119,18 @@ def test_a_title_with_dollar_signs_is_drawn_as_text() -> None:
     assert imread(io.BytesIO(png)).shape[0] > 100
     svg = render_stability_map("lr", "std", X, Y, VERDICT, PREDICTED, title=name, fmt="svg")
     assert f"<!-- {name} -->".encode() in svg  # matplotlib's comment before the title's glyphs
+
+
+def test_a_long_title_over_a_narrow_map_is_wrapped_inside_the_figure() -> None:
+    """A sweep's name, its id and the fixed axes over a map of 2 columns: the title starts at
+    the axes' left edge and wraps at the figure's right edge (centred, it ran off the left)."""
+    title = "depth x lr x init, a longer name (sweep ab992d14), optimizer.lr=0.001"
+    svg = render_stability_map("model.init.scheme", "model.depth", ["he_normal", "xavier"],
+                               [1, 2, 4, 8], [["healthy", "stalled"]] * 4, title=title,
+                               fmt="svg").decode()
+    # each line of text: a comment with its text, then its glyphs' position (pt)
+    lines = re.findall(r'<!-- (.*?) -->\s*<g transform="translate\(([-\d.]+) ', svg)
+    parts = [(text, float(x)) for text, x in lines if len(text) > 8 and text in title]
+    assert len(parts) >= 2, parts  # wrapped
+    assert " ".join(text for text, _ in parts) == title
+    assert all(x >= 0 for _, x in parts), parts

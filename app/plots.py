@@ -13,6 +13,7 @@ can find them in the SVG: ``clip-threshold``, ``first-non-finite``, ``first-bad-
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -38,6 +39,7 @@ __all__ = [
     "gradients_plot",
     "heatmap_plot",
     "loss_plot",
+    "zero_note",
 ]
 
 Format = Literal["png", "svg"]
@@ -170,6 +172,38 @@ def _legend(ax: Axes) -> None:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
 
 
+def zero_note(series: Sequence[Series]) -> str | None:
+    """Which series hold exact zeros, which a log axis cannot draw (a dead ReLU network's
+    gradients are 0: its lines would just stop), e.g. ``exactly 0, not drawn on the log axis:
+    layers 0–7 from step 145 (155 points)``; None when none does. The dashboard's live chart
+    says the same (app/static/dashboard.js, ``zeroNote``)."""
+    groups: dict[tuple[int, int], list[str]] = {}
+    for s in series:
+        zero = s.values == 0
+        if zero.any():
+            groups.setdefault((int(s.steps[zero][0]), int(zero.sum())), []).append(s.label)
+    if not groups:
+        return None
+    parts = [f"{_labels(labels)} from step {first} ({n} point{'s' if n > 1 else ''})"
+             for (first, n), labels in groups.items()]
+    return "exactly 0, not drawn on the log axis: " + "; ".join(parts)
+
+
+def _labels(labels: list[str]) -> str:
+    """``layer 0`` … ``layer 7`` as ``layers 0–7`` (runs of consecutive layers joined)."""
+    numbers = [int(label[6:]) for label in labels
+               if label.startswith("layer ") and label[6:].isdigit()]
+    if len(numbers) != len(labels) or len(numbers) < 2:
+        return ", ".join(labels)
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return "layers " + ", ".join(f"{r[0]}–{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
+
+
 def _note(ax: Axes, note: str | None) -> None:
     if note:
         ax.text(0.995, 0.01, note, transform=ax.transAxes, ha="right", va="bottom",
@@ -203,7 +237,8 @@ def gradients_plot(layers: Sequence[Series], marks: Marks, *, global_norm: Serie
     ax.set_title(plain_text(title))  # a job's name, drawn as it is
     ax.grid(True, which="major", alpha=0.3)
     _legend(ax)
-    _note(ax, marks.note)
+    notes = [zero_note(series), marks.note]
+    _note(ax, "\n".join(textwrap.fill(n, 110) for n in notes if n) or None)
     return _render(fig, fmt)
 
 

@@ -37,6 +37,14 @@ SMALL_SPEC: dict[str, Any] = {
     "training": {"epochs": 2, "batch_size": 32},
 }
 
+# every ReLU dead from the start (bias -10): the hidden layers' gradients are exactly 0
+DEAD_SPEC: dict[str, Any] = {
+    "name": "dead relus", "data": {"source": "synthetic", "name": "moons", "n_samples": 200},
+    "model": {"hidden": [{"units": 16}, {"units": 16}],
+              "init": {"scheme": "he_normal", "bias": -10.0}},
+    "training": {"epochs": 2, "batch_size": 50},
+}
+
 # Runs for many seconds (tens of thousands of tiny steps): something to cancel or kill.
 LONG_SPEC: dict[str, Any] = {
     "name": "long",

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from app.showcase import DIVERGING_SPEC
-from tests.conftest import LONG_SPEC, LiveServer, make_settings
+from tests.conftest import DEAD_SPEC, LONG_SPEC, LiveServer, make_settings
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
@@ -179,6 +179,22 @@ def test_job_page_chart_follows_a_running_job_live(
         timeout=60_000)
     live.http.post(f"/v1/jobs/{job['id']}/cancel")
     page.get_by_text("cancelled").first.wait_for(timeout=60_000)
+    assert p.external == [] and p.errors == []
+
+
+def test_job_page_says_which_gradients_are_exactly_zero(
+        live: LiveServer, open_page: Callable[[str], Page]) -> None:
+    """Every ReLU dead from the start: the hidden layers' gradients are 0, which the log
+    chart cannot draw; the page says so under the chart instead of showing lines that stop."""
+    job = live.http.post("/v1/jobs", json=DEAD_SPEC).json()
+    live.wait_for(job["id"], {"succeeded"}, timeout=60)
+    p = open_page(live.url)
+    page = p.goto(f"/jobs/{job['id']}")
+    note = page.locator("#grad-zero-note")
+    note.wait_for()
+    assert note.inner_text() == (
+        "exactly 0, not drawn on the log axis: layers 0–1 from step 0 (8 points)")
+    assert page.locator("#grad-zero-note").is_visible()
     assert p.external == [] and p.errors == []
 
 

@@ -12,7 +12,7 @@ from matplotlib.image import imread
 
 from app import plots
 from app.showcase import DIVERGING_SPEC
-from tests.conftest import LiveServer
+from tests.conftest import DEAD_SPEC, LiveServer
 
 CLIPPED_EXPLODING_SPEC: dict[str, Any] = {
     "name": "deep-relu-normal-init-clipped",
@@ -219,3 +219,26 @@ def test_a_title_is_drawn_exactly_as_written(name: str) -> None:
     layer = plots.Series.of([0, 1], [1.0, 2.0], "layer 0")
     svg = plots.loss_plot(layer, plots.Marks(), title=name, fmt="svg")
     assert name in [t.text for t in ET.fromstring(svg).iter("{http://www.w3.org/2000/svg}text")]
+
+
+def test_zero_note_says_which_series_are_exactly_zero_and_from_when() -> None:
+    steps = np.arange(10)
+    zero_from_4 = np.where(steps >= 4, 0.0, 1.0)
+    series = [plots.Series(steps, zero_from_4, f"layer {i}") for i in (0, 1, 2, 4)]
+    series += [plots.Series(steps, np.ones(10), "layer 5"),
+               plots.Series(steps, np.where(steps == 9, 0.0, 2.0), "global")]
+    assert plots.zero_note(series) == (
+        "exactly 0, not drawn on the log axis: layers 0–2, 4 from step 4 (6 points); "
+        "global from step 9 (1 point)")
+    assert plots.zero_note([plots.Series(steps, np.ones(10), "layer 0")]) is None
+    svg = plots.gradients_plot(series[:4], plots.Marks(), fmt="svg").decode()
+    assert "exactly 0, not drawn on the log axis: layers 0–2, 4 from step 4" in svg
+
+
+def test_a_dead_networks_zero_gradients_are_named_on_the_plot(live: LiveServer) -> None:
+    """The static plot of a job whose hidden layers' gradients are 0 says so (on the log axis
+    their lines would simply be absent)."""
+    job = _finished(live, DEAD_SPEC)
+    svg = live.http.get(f"/v1/jobs/{job['id']}/plots/gradients", params={"format": "svg"})
+    assert svg.status_code == 200
+    assert "layers 0–1 from step 0 (8 points)" in svg.text

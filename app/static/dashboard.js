@@ -232,8 +232,12 @@ function problemText(err) {
 
 // ------------------------------------------------------------------ live chart
 class LiveChart {
-  constructor(el, title, labels, yLabel) {
+  // zeroEl (optional): where to say which series hold exact zeros (gaps on the log axis)
+  constructor(el, title, labels, yLabel, zeroEl = null) {
     this.el = el;
+    this.zeroEl = zeroEl;
+    this.labels = labels;
+    this.zeros = labels.map(() => new Set()); // per series, the steps whose value is exactly 0
     this.index = new Map();
     this.data = [[], ...labels.map(() => [])];
     const series = [{ label: "step" }, ...labels.map((label, i) => ({
@@ -259,17 +263,57 @@ class LiveChart {
     }
     values.forEach((v, i) => {
       v = num(v);
-      if (v !== null && v !== undefined) this.data[i + 1][row] = Number.isFinite(v) && v > 0 ? v : null;
+      if (v === null || v === undefined) return;
+      this.data[i + 1][row] = Number.isFinite(v) && v > 0 ? v : null;
+      if (v === 0) this.zeros[i].add(step); else this.zeros[i].delete(step);
     });
   }
   draw() {
     this.plot.setData(this.data);
     this.el.dataset.points = String(this.data[0].length);
+    if (this.zeroEl) {
+      const note = zeroNote(this.labels, this.zeros);
+      this.zeroEl.hidden = !note;
+      this.zeroEl.textContent = note || "";
+    }
   }
   reset() {
     this.index.clear();
     this.data = this.data.map(() => []);
+    this.zeros = this.labels.map(() => new Set());
   }
+}
+
+// "exactly 0, not drawn on the log axis: layers 0–7 from step 145 (155 points)", or null: a
+// dead network's gradients are 0 and its lines would just stop (app/plots.py zero_note says
+// the same under the static plot)
+function zeroNote(labels, zeros) {
+  const groups = new Map(); // "first:count" -> labels
+  zeros.forEach((steps, i) => {
+    if (!steps.size) return;
+    let first = Infinity;
+    for (const step of steps) if (step < first) first = step; // no spread: a long run has many
+    const key = `${first}:${steps.size}`;
+    if (!groups.has(key)) groups.set(key, []);
+    groups.get(key).push(labels[i]);
+  });
+  if (!groups.size) return null;
+  const parts = [...groups].map(([key, names]) => {
+    const [first, n] = key.split(":");
+    return `${layerRuns(names)} from step ${first} (${n} point${n === "1" ? "" : "s"})`;
+  });
+  return `exactly 0, not drawn on the log axis: ${parts.join("; ")}`;
+}
+// ["layer 0", …, "layer 7"] as "layers 0–7" (runs of consecutive layers joined)
+function layerRuns(names) {
+  const numbers = names.map((n) => /^layer (\d+)$/.exec(n)).map((m) => (m ? Number(m[1]) : null));
+  if (names.length < 2 || numbers.includes(null)) return names.join(", ");
+  const runs = [];
+  for (const n of numbers) {
+    if (runs.length && n === runs[runs.length - 1][1] + 1) runs[runs.length - 1][1] = n;
+    else runs.push([n, n]);
+  }
+  return `layers ${runs.map(([a, b]) => (a === b ? `${a}` : `${a}–${b}`)).join(", ")}`;
 }
 
 // ------------------------------------------------------------------ job page
@@ -283,6 +327,7 @@ async function showJob(root, jobId) {
   const head = h("section", { id: "job-head" });
   const gradEl = h("div", { class: "chart", id: "grad-chart" });
   const lossEl = h("div", { class: "chart", id: "loss-chart" });
+  const zeroNoteEl = h("p", { class: "muted", id: "grad-zero-note", hidden: true });
   const nonFinite = h("div", { class: "banner", id: "non-finite", hidden: true });
   const diagnosis = h("section", { id: "diagnosis" }, h("h2", {}, "Diagnosis"), h("p", { class: "muted" }, "Waiting for the first records…"));
   const comparison = h("section", { id: "comparison", hidden: true });
@@ -290,11 +335,11 @@ async function showJob(root, jobId) {
   const gradPlot = h("img", { class: "plot", id: "gradients-plot", alt: "gradient norms plot" });
   const heatPlot = h("img", { class: "plot", id: "heatmap-plot", alt: "gradient heatmap" });
   root.replaceChildren(head,
-    h("section", {}, h("h2", {}, "Gradient norms before clipping (live)"), nonFinite, gradEl, lossEl),
+    h("section", {}, h("h2", {}, "Gradient norms before clipping (live)"), nonFinite, gradEl, zeroNoteEl, lossEl),
     diagnosis, downloads, comparison,
     h("section", {}, h("h2", {}, "Plots"), gradPlot, heatPlot));
   const layerLabels = Array.from({ length: nLayers }, (_, i) => `layer ${i}`);
-  const grad = new LiveChart(gradEl, "pre-clip gradient L2 norm", ["global", ...layerLabels], "norm (log)");
+  const grad = new LiveChart(gradEl, "pre-clip gradient L2 norm", ["global", ...layerLabels], "norm (log)", zeroNoteEl);
   const loss = new LiveChart(lossEl, "training loss", ["loss"], "loss (log)");
 
   renderHead(head, job);

@@ -229,12 +229,18 @@ class AfterCommit:
     transaction has committed — never for a rolled-back one, never at a savepoint's release.
 
     For side effects outside the database that must follow the data they describe: sending a
-    job to the executor, deleting a deleted job's files.
+    job to the executor, deleting a deleted job's files. The action runs once the session has
+    given its connection back to the pool (at the end of the committed transaction, not in
+    SQLAlchemy's ``after_commit``, which fires while the connection is still checked out): an
+    action that opens a session of its own must not hold two connections at once, or a burst
+    of requests as large as the pool would each hold one and wait for a second until the
+    pool's timeout.
     """
 
     def __init__(self, factory: sessionmaker[Session], key: str,
                  action: Callable[[list[Any]], object]) -> None:
         self.factory, self.key, self.action = factory, key, action
+        self._committed = f"{key}.committed"
 
     @staticmethod
     def queue(session: Session, key: str, item: Any) -> None:
@@ -254,9 +260,12 @@ class AfterCommit:
         if root is not None and root.is_active:
             return  # a savepoint was released: the transaction goes on
         items = session.info.pop(self.key, None)
-        if items:
-            self.action(list(dict.fromkeys(items)))
+        if items:  # run when the transaction ends, after its connection went back
+            session.info.setdefault(self._committed, []).extend(items)
 
     def _after_transaction_end(self, session: Session, transaction: SessionTransaction) -> None:
-        if transaction.parent is None:  # the outermost transaction ended without a commit
-            session.info.pop(self.key, None)
+        if transaction.parent is None:  # the outermost transaction ended
+            session.info.pop(self.key, None)  # what a rolled-back transaction queued
+            committed = session.info.pop(self._committed, None)
+            if committed:
+                self.action(list(dict.fromkeys(committed)))

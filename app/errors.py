@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -200,6 +201,17 @@ def install_error_handlers(app: FastAPI) -> None:
         log.exception("database error on %s %s", request.method, request.url.path)
         return problem_response(503, "the database is unavailable; retry shortly",
                                 slug="database-unavailable", headers={"Retry-After": "5"},
+                                instance=request.url.path)
+
+    @app.exception_handler(PoolTimeoutError)
+    async def _pool_exhausted(request: Request, exc: PoolTimeoutError) -> Response:
+        # every connection of this process's pool stayed in use for the pool's timeout:
+        # overload, not a bug (GRADWATCH_DB_POOL_SIZE / _MAX_OVERFLOW size the pool)
+        log.warning("no database connection came free on %s %s: %s", request.method,
+                    request.url.path, exc)
+        return problem_response(503, "the server is busy: no database connection came free "
+                                     "in time; retry shortly",
+                                slug="database-busy", headers={"Retry-After": "1"},
                                 instance=request.url.path)
 
     # a fallback: RequestIdMiddleware answers unhandled errors first (with the request's id)

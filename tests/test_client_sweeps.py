@@ -59,7 +59,9 @@ def assert_grid_matches_members(grid: StabilityMap, sweep: Sweep) -> None:
 
 def test_a_sweep_is_submitted_followed_read_and_mapped(gw: Client, tmp_path: Path) -> None:
     submitted = gw.submit_sweep(SWEEP_SPEC_SMALL, SWEEP_AXES, name="std x lr")
-    assert submitted.status in ("queued", "running") and submitted.name == "std x lr"
+    # four tiny members may all have finished by the time the answer is written
+    assert submitted.status in ("queued", "running", "succeeded")
+    assert submitted.name == "std x lr"
     assert submitted.paths == ["model.init.std", "optimizer.lr"]
     assert len(submitted.members) == 4 and submitted.progress is not None
     assert submitted.progress.members == 4

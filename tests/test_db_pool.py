@@ -91,3 +91,16 @@ def test_no_free_connection_within_the_pool_timeout_is_a_503_to_retry(
         assert problem["type"].endswith("/database-busy")
         assert "no database connection came free" in problem["detail"]
         assert client.get("/v1/jobs").status_code == 200  # given back: served again
+
+
+def test_a_download_streams_with_a_pool_of_one_connection(pg_url: str, tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, database_url=pg_url, db_pool_size=1,
+                             db_max_overflow=0, db_pool_timeout_seconds=3)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        job_id = client.post("/v1/jobs", json=SMALL_SPEC).json()["id"]
+        for name, start in (("metrics.csv", b"step,"), ("gradients.csv", b"step,"),
+                            ("metrics.parquet", b"PAR1")):
+            r = client.get(f"/v1/jobs/{job_id}/{name}")
+            assert r.status_code == 200, (name, r.text)
+            # the job is queued: a header row, or a Parquet file with no rows
+            assert r.content.startswith(start), (name, r.content[:40])

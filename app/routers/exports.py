@@ -37,6 +37,9 @@ def _download(request: Request, session: Any, principal: Principal, job_id: str,
               kind: Literal["csv", "parquet"]) -> StreamingResponse:
     """The job's ``table`` streamed as a ``kind`` file (404 before the download starts)."""
     get_job(session, job_id, principal)
+    # the body reads in sessions of its own while it streams, after this function returned:
+    # give this one's connection back first, or every download would hold two at once
+    session.close()
     factory = request.app.state.sessionmaker
     body = csv_rows(factory, job_id, table) if kind == "csv" else parquet_file(factory, job_id,
                                                                               table)

@@ -174,7 +174,7 @@ def _legend(ax: Axes) -> None:
 
 def zero_note(series: Sequence[Series]) -> str | None:
     """Which series hold exact zeros, which a log axis cannot draw (a dead ReLU network's
-    gradients are 0: its lines would just stop), e.g. ``exactly 0, not drawn on the log axis:
+    gradients, a loss fitted exactly: their lines would just stop), e.g. ``exactly 0, not drawn on the log axis:
     layers 0–7 from step 145 (155 points)``; None when none does. The dashboard's live chart
     says the same (app/static/dashboard.js, ``zeroNote``)."""
     groups: dict[tuple[int, int], list[str]] = {}
@@ -204,7 +204,9 @@ def _labels(labels: list[str]) -> str:
     return "layers " + ", ".join(f"{r[0]}–{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
 
 
-def _note(ax: Axes, note: str | None) -> None:
+def _note(ax: Axes, *notes: str | None) -> None:
+    """The notes that are not None, one under the other, in the axes' lower right corner."""
+    note = "\n".join(textwrap.fill(n, 110) for n in notes if n)
     if note:
         ax.text(0.995, 0.01, note, transform=ax.transAxes, ha="right", va="bottom",
                 fontsize=8, color="#333333",
@@ -237,8 +239,7 @@ def gradients_plot(layers: Sequence[Series], marks: Marks, *, global_norm: Serie
     ax.set_title(plain_text(title))  # a job's name, drawn as it is
     ax.grid(True, which="major", alpha=0.3)
     _legend(ax)
-    notes = [zero_note(series), marks.note]
-    _note(ax, "\n".join(textwrap.fill(n, 110) for n in notes if n) or None)
+    _note(ax, zero_note(series), marks.note)
     return _render(fig, fmt)
 
 
@@ -302,10 +303,12 @@ def loss_plot(loss: Series, marks: Marks, *, val_loss: Series | None = None,
     series = [loss] + ([val_loss] if val_loss is not None and val_loss.steps.size else [])
     lo, hi = _finite_positive_range(series)
     all_values = np.concatenate([s.values for s in series])
+    zeros = None  # a linear axis draws a loss of exactly 0
     if hi / lo > 100 or not np.isfinite(all_values).all():
         n = len(series)  # the validation series only when there is one
         _draw_on_log_axis(ax, series, ["loss", "val-loss"][:n], [1.2, 2.0][:n],
                           [None, "#9467bd"][:n])
+        zeros = zero_note(series)
     else:
         (line,) = ax.plot(loss.steps, loss.values, lw=1.2, label=loss.label or "loss")
         line.set_gid("loss")
@@ -319,7 +322,7 @@ def loss_plot(loss: Series, marks: Marks, *, val_loss: Series | None = None,
     ax.set_title(plain_text(title))  # a job's name, drawn as it is
     ax.grid(True, alpha=0.3)
     _legend(ax)
-    _note(ax, marks.note)
+    _note(ax, zeros, marks.note)
     return _render(fig, fmt)
 
 
@@ -330,8 +333,9 @@ def comparison_plot(original: Run, repair: Run, *, title: str = "Before and afte
     top, bottom = fig.subplots(2, 1, sharex=True)
     colors = ["#d62728", "#1f77b4"]
     runs = [original, repair]
-    _draw_on_log_axis(top, [Series(r.grad_norm.steps, r.grad_norm.values, r.label) for r in runs],
-                      ["original-grad-norm", "repair-grad-norm"], [1.6, 1.6], colors)
+    norms = [Series(r.grad_norm.steps, r.grad_norm.values, r.label) for r in runs]
+    _draw_on_log_axis(top, norms, ["original-grad-norm", "repair-grad-norm"], [1.6, 1.6], colors)
+    _note(top, zero_note(norms))
     for run, color, gid in zip(runs, colors, ["original", "repair"], strict=True):
         if run.marks.first_non_finite_step is not None:
             line = top.axvline(run.marks.first_non_finite_step, color=color, ls=":", lw=1.2)
@@ -340,8 +344,9 @@ def comparison_plot(original: Run, repair: Run, *, title: str = "Before and afte
     top.set_title(plain_text(title))  # a job's name, drawn as it is
     top.grid(True, alpha=0.3)
     _legend(top)
-    _draw_on_log_axis(bottom, [Series(r.loss.steps, r.loss.values, r.label) for r in runs],
-                      ["original-loss", "repair-loss"], [1.2, 1.2], colors)
+    losses = [Series(r.loss.steps, r.loss.values, r.label) for r in runs]
+    _draw_on_log_axis(bottom, losses, ["original-loss", "repair-loss"], [1.2, 1.2], colors)
+    _note(bottom, zero_note(losses))
     bottom.set_ylabel("loss (log)")
     bottom.set_xlabel("step")
     bottom.grid(True, alpha=0.3)

@@ -45,6 +45,15 @@ DEAD_SPEC: dict[str, Any] = {
     "training": {"epochs": 2, "batch_size": 50},
 }
 
+# fitted exactly after one step (the output bias lands on the target): loss 1, then exactly 0
+FITTED_SPEC: dict[str, Any] = {
+    "name": "fitted exactly",
+    "data": {"source": "inline", "task": "regression", "X": [[0.0, 0.0]] * 4, "y": [1.0] * 4},
+    "model": {"hidden": [{"units": 4}]},
+    "optimizer": {"name": "sgd", "lr": 0.5},
+    "training": {"epochs": 6, "batch_size": 4, "validation_split": 0.0},
+}
+
 # Runs for many seconds (tens of thousands of tiny steps): something to cancel or kill.
 LONG_SPEC: dict[str, Any] = {
     "name": "long",

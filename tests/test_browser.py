@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from app.showcase import DIVERGING_SPEC
-from tests.conftest import DEAD_SPEC, LONG_SPEC, LiveServer, make_settings
+from tests.conftest import DEAD_SPEC, FITTED_SPEC, LONG_SPEC, LiveServer, make_settings
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
@@ -195,6 +195,20 @@ def test_job_page_says_which_gradients_are_exactly_zero(
     assert note.inner_text() == (
         "exactly 0, not drawn on the log axis: layers 0–1 from step 0 (8 points)")
     assert note.is_visible()
+    assert p.external == [] and p.errors == []
+
+
+def test_job_page_says_when_the_loss_is_exactly_zero(
+        live: LiveServer, open_page: Callable[[str], Page]) -> None:
+    """A loss fitted exactly (0 from step 1) would just end on the log chart: the page says
+    so under it."""
+    job = live.http.post("/v1/jobs", json=FITTED_SPEC).json()
+    live.wait_for(job["id"], {"succeeded"}, timeout=60)
+    p = open_page(live.url)
+    page = p.goto(f"/jobs/{job['id']}")
+    note = page.locator("#loss-zero-note")
+    note.wait_for()
+    assert note.inner_text() == "exactly 0, not drawn on the log axis: loss from step 1 (5 points)"
     assert p.external == [] and p.errors == []
 
 

@@ -235,6 +235,22 @@ def test_zero_note_says_which_series_are_exactly_zero_and_from_when() -> None:
     assert "exactly 0, not drawn on the log axis: layers 0–2, 4 from step 4" in svg
 
 
+def test_a_loss_of_exactly_zero_is_named_where_the_log_axis_drops_it() -> None:
+    steps = np.arange(5)
+    fitted = plots.Series(steps, np.array([100.0, 1.0, 0.01, 0.0, 0.0]), "loss")
+    svg = plots.loss_plot(fitted, plots.Marks(), fmt="svg").decode()  # spans > 100x: log
+    assert "exactly 0, not drawn on the log axis: loss from step 3 (2 points)" in svg
+    narrow = plots.Series(steps, np.array([1.0, 0.5, 0.25, 0.0, 0.0]), "loss")
+    svg = plots.loss_plot(narrow, plots.Marks(), fmt="svg").decode()  # linear: 0 is drawn
+    assert "exactly 0" not in svg
+    grad = plots.Series(steps, np.ones(5))
+    runs = [plots.Run(label, grad, loss, plots.Marks())
+            for label, loss in (("original", plots.Series(steps, np.full(5, 2.0))),
+                                ("repair", fitted))]
+    svg = plots.comparison_plot(*runs, fmt="svg").decode()
+    assert "exactly 0, not drawn on the log axis: repair from step 3 (2 points)" in svg
+
+
 def test_a_dead_networks_zero_gradients_are_named_on_the_plot(live: LiveServer) -> None:
     """The static plot of a job whose hidden layers' gradients are 0 says so (on the log axis
     their lines would simply be absent)."""

@@ -285,8 +285,8 @@ class LiveChart {
 }
 
 // "exactly 0, not drawn on the log axis: layers 0–7 from step 145 (155 points)", or null: a
-// dead network's gradients are 0 and its lines would just stop (app/plots.py zero_note says
-// the same under the static plot)
+// dead network's gradients are 0, a perfectly fitted loss is 0, and their lines would just
+// stop (app/plots.py zero_note says the same under the static plots)
 function zeroNote(labels, zeros) {
   const groups = new Map(); // "first:count" -> labels
   zeros.forEach((steps, i) => {
@@ -328,6 +328,7 @@ async function showJob(root, jobId) {
   const gradEl = h("div", { class: "chart", id: "grad-chart" });
   const lossEl = h("div", { class: "chart", id: "loss-chart" });
   const zeroNoteEl = h("p", { class: "muted", id: "grad-zero-note", hidden: true });
+  const lossZeroNoteEl = h("p", { class: "muted", id: "loss-zero-note", hidden: true });
   const nonFinite = h("div", { class: "banner", id: "non-finite", hidden: true });
   const diagnosis = h("section", { id: "diagnosis" }, h("h2", {}, "Diagnosis"), h("p", { class: "muted" }, "Waiting for the first records…"));
   const comparison = h("section", { id: "comparison", hidden: true });
@@ -335,12 +336,12 @@ async function showJob(root, jobId) {
   const gradPlot = h("img", { class: "plot", id: "gradients-plot", alt: "gradient norms plot" });
   const heatPlot = h("img", { class: "plot", id: "heatmap-plot", alt: "gradient heatmap" });
   root.replaceChildren(head,
-    h("section", {}, h("h2", {}, "Gradient norms before clipping (live)"), nonFinite, gradEl, zeroNoteEl, lossEl),
+    h("section", {}, h("h2", {}, "Gradient norms before clipping (live)"), nonFinite, gradEl, zeroNoteEl, lossEl, lossZeroNoteEl),
     diagnosis, downloads, comparison,
     h("section", {}, h("h2", {}, "Plots"), gradPlot, heatPlot));
   const layerLabels = Array.from({ length: nLayers }, (_, i) => `layer ${i}`);
   const grad = new LiveChart(gradEl, "pre-clip gradient L2 norm", ["global", ...layerLabels], "norm (log)", zeroNoteEl);
-  const loss = new LiveChart(lossEl, "training loss", ["loss"], "loss (log)");
+  const loss = new LiveChart(lossEl, "training loss", ["loss"], "loss (log)", lossZeroNoteEl);
 
   renderHead(head, job);
   await loadHistory(job, grad, loss);

@@ -296,9 +296,13 @@ class ops:  # a namespace of call builders
     @staticmethod
     def predict(job_id: str, X: Any, *, which: str, allow_non_finite: bool
                 ) -> Call[Prediction]:
-        rows = np.asarray(X, dtype=np.float64)
-        if rows.ndim != 2:
-            raise ValueError(f"X must be 2-D (rows, columns); got shape {rows.shape}")
+        try:
+            rows = np.asarray(X, dtype=np.float64)
+        except ValueError as exc:  # ragged rows, or cells that are not numbers
+            raise ValueError(f"X must be rows of numbers, all of one length ({exc})") from None
+        if rows.ndim != 2 or not rows.size:
+            raise ValueError("X has no rows" if not rows.size else
+                             f"X must be 2-D (rows, columns); got shape {rows.shape}")
         # the model answers the same rows the same way: safe to resend
         return Call("POST", f"/v1/jobs/{job_id}/predict",
                     lambda r: Prediction.model_validate(r.json()), json={"X": rows.tolist()},

@@ -82,14 +82,20 @@ def _read_inputs(path: str) -> Any:
     with open(path, newline="") as f:
         rows = [r for r in csv.reader(f) if r]
     try:
-        return [[float(v) for v in r] for r in rows]
+        values = [[float(v) for v in r] for r in rows]
     except ValueError:  # a header row
-        pass
-    try:
-        return [[float(v) for v in r] for r in rows[1:]]
-    except ValueError as exc:
-        raise ValueError(f"{path}: every cell after the header must be a number ({exc})"
-                         ) from None
+        try:
+            values = [[float(v) for v in r] for r in rows[1:]]
+        except ValueError as exc:
+            raise ValueError(f"{path}: every cell after the header must be a number ({exc})"
+                             ) from None
+    if not values:
+        raise ValueError(f"{path}: no rows of numbers to predict")
+    widths = sorted({len(r) for r in values})
+    if len(widths) > 1:
+        raise ValueError(f"{path}: every row must have the same number of columns "
+                         f"(found {', '.join(map(str, widths))})")
+    return values
 
 
 def _cmd_predict(gw: Client, args: argparse.Namespace) -> int:

@@ -165,6 +165,11 @@ def test_datasets_upload_list_train_predict_export_and_delete(live: LiveServer,
     words.write_text("x1,x2\n0.0,abc\n")
     unreadable = gradwatch(live, "predict", job_id, "-i", str(words))
     assert unreadable.returncode == EXIT["usage"] and "must be a number" in unreadable.stderr
+    for content, says in (("x1,x2\n", "no rows of numbers to predict"),
+                          ("0.0,0.1\n1.0\n", "same number of columns (found 1, 2)")):
+        words.write_text(content)
+        refused = gradwatch(live, "predict", job_id, "-i", str(words))
+        assert refused.returncode == EXIT["usage"] and says in refused.stderr, refused.stderr
 
     exported = gradwatch(live, "export", job_id, "metrics")
     assert exported.returncode == 0

@@ -98,6 +98,9 @@ def test_download_model_and_predict_agree_with_the_model_offline(
     with pytest.raises(ApiError) as wide:
         gw.predict(job_id, [[1.0, 2.0, 3.0]])
     assert wide.value.status == 422 and wide.value.errors
+    for rows, says in (([], "X has no rows"), ([[1.0, 2.0], [3.0]], "all of one length")):
+        with pytest.raises(ValueError, match=says):  # refused before anything is sent
+            gw.predict(job_id, rows)
 
 
 def test_a_non_finite_model_is_a_409_unless_allowed(gw: Client, tmp_path: Path) -> None:

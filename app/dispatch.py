@@ -60,20 +60,27 @@ class Dispatcher:
         self._after_commit.uninstall()
 
     def send(self, job_ids: Iterable[str]) -> int:
-        """Hand ``job_ids`` to the executor; stamp ``enqueued_at`` on those it accepted.
-        Never raises: what was not sent is found again by the sweeper. Returns how many
-        were accepted."""
-        accepted = 0
+        """Hand ``job_ids`` to the executor; stamp ``enqueued_at`` on those it accepted, all
+        in one transaction (a sweep's members are many). Never raises: what was not sent, or
+        not marked sent, is found again by the sweeper. Returns how many were accepted and
+        marked."""
+        accepted = []
         for job_id in dict.fromkeys(job_ids):
             try:
-                if not self.executor.submit(job_id):
-                    continue
-                with unit_of_work(self.factory) as session:
-                    JobRepository(session).mark_enqueued(job_id)
-                accepted += 1
+                if self.executor.submit(job_id):
+                    accepted.append(job_id)
             except Exception:
                 log.exception("could not enqueue job %s; the sweeper retries", job_id)
-        return accepted
+        if not accepted:
+            return 0
+        try:
+            with unit_of_work(self.factory) as session:
+                JobRepository(session).mark_enqueued(*accepted)
+        except Exception:  # sent, but not marked: the sweeper sends them again (harmless)
+            log.exception("could not mark %d sent job(s); the sweeper re-sends them",
+                          len(accepted))
+            return 0
+        return len(accepted)
 
     # ---- the sweeper ----
     def sweep_once(self) -> None:

@@ -24,6 +24,7 @@ __all__ = [
     "TERMINAL",
     "TRANSITIONS",
     "announce_created",
+    "announce_created_many",
     "move_job",
     "progress_dict",
     "request_cancel",
@@ -121,6 +122,14 @@ def move_job(session: Session, job_id: str, to: str, *, expect: Sequence[str] | 
 def announce_created(session: Session, job: Job) -> None:
     """The first ``status`` event of a job just inserted as ``queued``."""
     EventRepository(session).append(job.id, "status", status_event(job))
+
+
+def announce_created_many(session: Session, jobs: Sequence[Job]) -> None:
+    """:func:`announce_created` for many jobs just inserted as ``queued`` with ``event_seq``
+    1 (a sweep's members): the same events, numbered 1, in one INSERT."""
+    assert all(job.event_seq == 1 for job in jobs)
+    EventRepository(session).append_first(
+        [(job.id, "status", status_event(job)) for job in jobs])
 
 
 def request_cancel(session: Session, job_id: str) -> Job | None:

@@ -62,6 +62,9 @@ def db_now(session: Session) -> Any:
 # used up): the sweeper keeps handing it out until one starts it (app.quotas)
 DEFERRED = datetime(1970, 1, 1, tzinfo=UTC)
 
+# ids per `IN (...)` of a statement over many jobs (SQLite allows 32,766 parameters)
+ID_BATCH = 500
+
 
 def as_utc(value: datetime) -> datetime:
     """SQLite returns naive datetimes; they are stored in UTC."""
@@ -136,13 +139,17 @@ class JobRepository:
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
-    def mark_enqueued(self, job_id: str) -> None:
-        """Record that the executor accepted the queued job's id (see app.dispatch)."""
-        self.session.execute(
-            update(Job).where(Job.id == job_id, Job.status == "queued",
-                              or_(Job.enqueued_at.is_(None), Job.enqueued_at != DEFERRED))
-            .values(enqueued_at=utcnow()).execution_options(synchronize_session=False)
-        )
+    def mark_enqueued(self, *job_ids: str) -> None:
+        """Record that the executor accepted the queued jobs' ids (see app.dispatch): one
+        statement per :data:`ID_BATCH` ids, however many (a sweep's members)."""
+        now = utcnow()
+        for start in range(0, len(job_ids), ID_BATCH):
+            self.session.execute(
+                update(Job).where(Job.id.in_(job_ids[start:start + ID_BATCH]),
+                                  Job.status == "queued",
+                                  or_(Job.enqueued_at.is_(None), Job.enqueued_at != DEFERRED))
+                .values(enqueued_at=now).execution_options(synchronize_session=False)
+            )
 
     def record_progress(self, job_id: str, *, steps_completed: int, latest: dict[str, Any] | None,
                         first_non_finite: dict[str, Any] | None, claim: Claim | None = None
@@ -254,6 +261,14 @@ class EventRepository:
         self.session.execute(insert(JobEvent).values(
             job_id=job_id, seq=seq, type=type_, data=data, created_at=utcnow()))
         return seq
+
+    def append_first(self, events: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
+        """The first event (``seq`` 1) of each of many jobs just inserted with ``event_seq``
+        1, as ``(job_id, type, data)``: one INSERT for all of them."""
+        now = utcnow()
+        self.session.execute(insert(JobEvent), [
+            {"job_id": job_id, "seq": 1, "type": type_, "data": data, "created_at": now}
+            for job_id, type_, data in events])
 
     def of_type(self, job_id: str, type_: str) -> list[JobEvent]:
         """The job's events of one type, oldest first (e.g. the monitor's ``alert`` events)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -21,14 +22,14 @@ from app import quotas, webhooks
 from app.correlation import current_request_id
 from app.dispatch import request_enqueue
 from app.errors import ConflictError, SpecValidationError
-from app.lifecycle import announce_created
+from app.lifecycle import announce_created, announce_created_many
 from app.models import Job, utcnow
 from app.repositories import JobRepository
 from app.settings import Settings
 from app.specs import echoed_spec, spec_hash
 from core.spec import TrainingSpec, UploadedData
 
-__all__ = ["IDEMPOTENCY_IN_FLIGHT", "Submitted", "scoped_key", "submit_job"]
+__all__ = ["IDEMPOTENCY_IN_FLIGHT", "Submitted", "scoped_key", "submit_job", "submit_members"]
 
 IDEMPOTENCY_IN_FLIGHT = timedelta(seconds=30)
 
@@ -56,14 +57,8 @@ def submit_job(session: Session, *, spec: TrainingSpec, settings: Settings,
             return Submitted(_replay(existing, digest, parent_id), created=False)
     if not quota_checked:
         quotas.check_queued(session, tenant, settings)
-    job = Job(
-        id=str(uuid.uuid4()), status="queued", name=spec.name, spec=spec_json, spec_hash=digest,
-        idempotency_key=idempotency_key, parent_id=parent_id, repair=repair,
-        executor=settings.executor, created_at=utcnow(), total_steps=spec.total_steps(),
-        steps_completed=0, cancel_requested=False, event_seq=0,
-        request_id=current_request_id(), tenant=tenant,
-        dataset_id=spec.data.id if isinstance(spec.data, UploadedData) else None,
-    )
+    job = _new_job(spec, spec_json, digest, settings, tenant, idempotency_key=idempotency_key,
+                   parent_id=parent_id, repair=repair)
     try:
         with session.begin_nested():
             jobs.add(job)
@@ -79,6 +74,41 @@ def submit_job(session: Session, *, spec: TrainingSpec, settings: Settings,
     announce_created(session, job)
     request_enqueue(session, job.id)
     return Submitted(job, created=True, notify_secret=secret)
+
+
+def submit_members(session: Session, specs: Sequence[TrainingSpec], *, settings: Settings,
+                   tenant: str | None, sweep_id: str) -> list[Job]:
+    """Insert one queued job per spec for the sweep ``sweep_id``, owned by ``tenant``, and
+    request their enqueueing: the jobs, and then their first ``status`` events, each in one
+    statement however many members there are. The caller checked the queued-jobs quota for
+    all of them; members have no Idempotency-Key and no webhook of their own (the sweep
+    notifies as a whole)."""
+    jobs = []
+    for spec in specs:
+        spec_json = echoed_spec(spec)
+        job = _new_job(spec, spec_json, spec_hash(spec_json), settings, tenant)
+        job.parent_sweep_id, job.event_seq = sweep_id, 1  # its first event follows
+        jobs.append(job)
+    session.add_all(jobs)
+    session.flush()
+    announce_created_many(session, jobs)
+    for job in jobs:
+        request_enqueue(session, job.id)
+    return jobs
+
+
+def _new_job(spec: TrainingSpec, spec_json: dict[str, Any], digest: str, settings: Settings,
+             tenant: str | None, *, idempotency_key: str | None = None,
+             parent_id: str | None = None, repair: dict[str, Any] | None = None) -> Job:
+    """The row of a new queued job (not added to a session)."""
+    return Job(
+        id=str(uuid.uuid4()), status="queued", name=spec.name, spec=spec_json, spec_hash=digest,
+        idempotency_key=idempotency_key, parent_id=parent_id, repair=repair,
+        executor=settings.executor, created_at=utcnow(), total_steps=spec.total_steps(),
+        steps_completed=0, cancel_requested=False, event_seq=0,
+        request_id=current_request_id(), tenant=tenant,
+        dataset_id=spec.data.id if isinstance(spec.data, UploadedData) else None,
+    )
 
 
 def _notify(session: Session, job: Job, spec: TrainingSpec, settings: Settings) -> str | None:

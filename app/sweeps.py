@@ -31,11 +31,10 @@ from app.services import (
     cancel_job,
     cursor_position,
     encode_cursor,
-    submit_job,
     validate_spec,
 )
 from app.settings import Settings
-from app.submission import IDEMPOTENCY_IN_FLIGHT, scoped_key
+from app.submission import IDEMPOTENCY_IN_FLIGHT, scoped_key, submit_members
 from app.sweep_members import member_outcomes, member_rows, sweep_status
 from app.tenancy import Principal
 from core.spec import UploadedData
@@ -151,16 +150,13 @@ def create_sweep(session: Session, *, body: SweepCreate, settings: Settings,
         raise _KeyTaken from None
     if base.notify is not None:
         sweep_notify.subscribe(session, sweep, base.notify)
-    job_ids = []
-    for m in members:
-        job = submit_job(session, spec=m.spec, settings=settings, tenant=sweep.tenant,
-                         quota_checked=True).job
-        job.parent_sweep_id = sweep.id
-        session.add(SweepMemberRow(sweep_id=sweep.id, idx=m.index, job_id=job.id,
-                                   axis_values=m.values))
-        job_ids.append(job.id)
+    jobs = submit_members(session, [m.spec for m in members], settings=settings,
+                          tenant=sweep.tenant, sweep_id=sweep.id)
+    session.add_all([SweepMemberRow(sweep_id=sweep.id, idx=m.index, job_id=job.id,
+                                    axis_values=m.values)
+                     for m, job in zip(members, jobs, strict=True)])
     session.flush()
-    return sweep, job_ids
+    return sweep, [job.id for job in jobs]
 
 
 def get_sweep(session: Session, sweep_id: str, principal: Principal) -> Sweep:

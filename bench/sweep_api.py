@@ -5,8 +5,11 @@ worker processes (this machine's cores), warmed up by a few tiny jobs first. (1)
 ``bench/sweep_speed.py`` (2-32-32-1, lr x init std 8 x 8, float32), wait until every member
 finished, then ``GET /v1/sweeps/{id}/plots/stability``: wall time from the POST to the PNG.
 (2) the same 64 member specs as 64 ``POST /v1/jobs``, waiting until all finished.
+(3) ``--large-post``: how long ``POST /v1/sweeps`` takes to answer for the largest sweep
+allowed (1,024 members of a tiny spec, 32 x 32) while the workers train it (median of 3;
+each sweep is cancelled and deleted before the next).
 
-    python bench/sweep_api.py [--workers 2]
+    python bench/sweep_api.py [--workers 2] [--large-post]
 
 Not a test: figures go in bench/README.md.
 """
@@ -14,6 +17,7 @@ Not a test: figures go in bench/README.md.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import threading
@@ -77,6 +81,28 @@ def run_sweep(http: httpx.Client) -> tuple[float, dict[str, Any]]:
     return time.perf_counter() - t0, data
 
 
+def large_post(http: httpx.Client, repeats: int = 3) -> list[float]:
+    """Seconds to answer ``POST /v1/sweeps`` for 1,024 members, ``repeats`` times."""
+    tiny = {"data": {"source": "synthetic", "name": "moons", "n_samples": 100},
+            "model": {"hidden": [{"units": 8}]}, "training": {"epochs": 1, "batch_size": 50}}
+    body = {"name": "1,024 members", "spec": tiny,
+            "axes": [{"path": "optimizer.lr", "log_range": [1e-4, 10.0], "points": 32},
+                     {"path": "model.init.std", "log_range": [1e-3, 10.0], "points": 32}]}
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        r = http.post("/v1/sweeps", json=body, timeout=300)
+        times.append(time.perf_counter() - t0)
+        r.raise_for_status()
+        sweep_id = r.json()["id"]
+        http.post(f"/v1/sweeps/{sweep_id}/cancel").raise_for_status()
+        while http.get(f"/v1/sweeps/{sweep_id}", params={"members": "false"}
+                       ).json()["status"] in ("queued", "running"):
+            time.sleep(0.2)
+        http.delete(f"/v1/sweeps/{sweep_id}").raise_for_status()
+    return times
+
+
 def run_jobs(http: httpx.Client) -> tuple[float, list[dict[str, Any]]]:
     specs = [s.model_dump(mode="json") for s in sweep("small")[1]]
     t0 = time.perf_counter()
@@ -93,6 +119,8 @@ def run_jobs(http: httpx.Client) -> tuple[float, list[dict[str, Any]]]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--large-post", action="store_true",
+                        help="only time POST /v1/sweeps of 1,024 members")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(data_dir=Path(tmp), database_url=f"sqlite:///{tmp}/bench.db",
@@ -101,6 +129,12 @@ def main() -> None:
         try:
             with httpx.Client(base_url=url, timeout=60) as http:
                 warm_up(http, args.workers)
+                if args.large_post:
+                    times = large_post(http)
+                    print(f"POST /v1/sweeps, 1,024 members, {args.workers} workers busy: "
+                          f"median {statistics.median(times):.2f} s "
+                          f"(runs {', '.join(f'{t:.2f}' for t in times)} s)")
+                    return
                 t_sweep, data = run_sweep(http)
                 steps = data["progress"]["step"]
                 print(f"sweep through the API: 64 members, {steps} member-steps, "

@@ -1,7 +1,8 @@
 """Training sweep members batched: the worker that picks up one member trains its group.
 
 When a worker gets a sweep member's job id, it claims that job and every still-queued sibling
-that can share its stack (``core.batched.stack_key``; at most ``MAX_GROUP``), trains them as
+that can share its stack (``core.batched.stack_key``; at most ``MAX_GROUP``, and no more than
+fit together in the job memory budget, ``core.stack_data.members_that_fit``), trains them as
 one :class:`core.batched.BatchedTrainer` with one :class:`app.sink.DatabaseSink` per member
 (so each member's history, events, cancel flag, claim and hand-back are exactly a job's;
 the sinks take the stack's rows as blocks, ``DatabaseSink.write_block``; a member's last
@@ -49,6 +50,7 @@ from core.batched import BatchedTrainer, stack_key
 from core.model_io import Model
 from core.spec import TrainingSpec
 from core.stability import peak_to_baseline, predicted_risk
+from core.stack_data import members_that_fit
 from core.sweep import SweepMember
 from core.trainer import TrainingResult
 
@@ -107,13 +109,24 @@ def _claim_group(factory: sessionmaker[Session], job_id: str, sweep_id: str, wor
         own = session.get(Job, job_id)
         if own is None or own.status != "queued":
             return []
-        key = stack_key(TrainingSpec.model_validate(own.spec))
+        own_spec = TrainingSpec.model_validate(own.spec)
+        key = stack_key(own_spec)
         siblings = session.scalars(
             select(Job).where(Job.parent_sweep_id == sweep_id, Job.status == "queued",
                               Job.id != job_id).order_by(Job.created_at, Job.id)).all()
-        group = [own] + [j for j in siblings
-                         if stack_key(TrainingSpec.model_validate(j.spec)) == key]
+        group, specs = [own], [own_spec]
+        for job in siblings:
+            spec = TrainingSpec.model_validate(job.spec)
+            if stack_key(spec) == key:
+                group.append(job)
+                specs.append(spec)
         size = min(MAX_GROUP, -(-(len(group) + _running_siblings(session, sweep_id)) // workers))
+        # each member fit the job memory budget alone; the stack holds them all at once
+        fit = members_that_fit(specs[:size], settings.max_job_memory_bytes)
+        if fit < size:
+            log.info("sweep %s: %d members a stack, not %d, to stay within the job memory "
+                     "budget (GRADWATCH_MAX_JOB_MEMORY_BYTES)", sweep_id, fit, size)
+            size = fit
         size = start_allowance(session, job_id, settings, max(size, 1))  # tenant's quota
         if size == 0:
             return []

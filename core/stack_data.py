@@ -11,15 +11,18 @@ by the whole stack while every active member reads the same data in the same ord
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import numpy as np
 
 from core.data import Dataset, load_dataset
+from core.diagnostics.preflight import memory_breakdown
 from core.losses import loss_targets
 from core.member import MemberRun
 from core.spec import TrainingSpec
 
-__all__ = ["MemberData", "data_key", "load_member_data", "shared_batches", "step_batch"]
+__all__ = ["MemberData", "data_key", "load_member_data", "members_that_fit", "shared_batches",
+           "step_batch"]
 
 Array = np.ndarray
 
@@ -28,6 +31,23 @@ def data_key(spec: TrainingSpec) -> str:
     """What determines a member's data set (and its generator's state after loading it)."""
     return json.dumps([spec.data.model_dump(mode="json"), spec.seed, spec.dtype,
                        spec.n_train_samples(), spec.loss], sort_keys=True)
+
+
+def members_that_fit(specs: Sequence[TrainingSpec], limit: int) -> int:
+    """How many of ``specs`` (members of one stack, in order), from the first, fit together
+    in ``limit`` bytes by preflight's estimate: each member's own arrays, plus each data set
+    once per data key (:func:`data_key`). At least 1: the first member alone is the job's
+    own budget, checked when it was submitted."""
+    fit, seen, used = 0, set(), 0
+    for spec in specs:
+        mem = memory_breakdown(spec)
+        key = data_key(spec)
+        used += sum(mem.values()) - (mem["data"] if key in seen else 0)
+        seen.add(key)
+        if used > limit:
+            break
+        fit += 1
+    return max(fit, 1)
 
 
 class MemberData:

@@ -25,7 +25,7 @@ from core.problem import Problem
 from core.schedules import make_schedule
 from core.spec import SGD, Adagrad, Adam, AdamW, RMSprop, TrainingSpec, data_shape
 
-__all__ = ["preflight"]
+__all__ = ["memory_breakdown", "preflight"]
 
 # Risk thresholds. Per-layer backward gain: 1 keeps the gradient's scale through the depth.
 # The total gain over the depth (product) decides: 1e3 (three orders of magnitude) explodes
@@ -75,8 +75,9 @@ def _flops(spec: TrainingSpec) -> tuple[int, int]:
     return flops, flops * spec.total_steps()
 
 
-def _memory(spec: TrainingSpec) -> dict[str, int]:
-    """Bytes: parameters, gradients, optimizer state, activations, data, scratch."""
+def memory_breakdown(spec: TrainingSpec) -> dict[str, int]:
+    """Bytes: parameters, gradients, optimizer state, activations, data, scratch (the parts of
+    the report's ``memory_bytes``)."""
     item = 4 if spec.dtype == "float32" else 8
     params = spec.parameter_count()
     opt = spec.optimizer
@@ -119,7 +120,7 @@ def preflight(spec: TrainingSpec | dict[str, Any], *, probe: bool = True) -> Pre
     x_rms = scale.x_std if scale is not None and scale.x_std > 0 else 1.0
     prof = init_profile(spec, x_rms)
     flops, flops_total = _flops(spec)
-    mem = _memory(spec)
+    mem = memory_breakdown(spec)
     measured = _probe(spec) if probe else None
 
     out_grad = prof[-1].grad_norm

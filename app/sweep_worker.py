@@ -122,7 +122,8 @@ def _claim_group(factory: sessionmaker[Session], job_id: str, sweep_id: str, wor
                 specs.append(spec)
         size = min(MAX_GROUP, -(-(len(group) + _running_siblings(session, sweep_id)) // workers))
         # each member fit the job memory budget alone; the stack holds them all at once
-        fit = members_that_fit(specs[:size], settings.max_job_memory_bytes)
+        fit = members_that_fit(specs[:size], settings.max_job_memory_bytes,
+                               settings.diagnosis_max_records)
         if fit < size:
             log.info("sweep %s: %d members a stack, not %d, to stay within the job memory "
                      "budget (GRADWATCH_MAX_JOB_MEMORY_BYTES)", sweep_id, fit, size)

@@ -20,6 +20,7 @@ from core.diagnostics.preflight import memory_breakdown
 from core.losses import loss_targets
 from core.member import MemberRun
 from core.spec import TrainingSpec
+from core.stack_recording import kept_row_bytes
 
 __all__ = ["MemberData", "data_key", "load_member_data", "members_that_fit", "shared_batches",
            "step_batch"]
@@ -33,17 +34,23 @@ def data_key(spec: TrainingSpec) -> str:
                        spec.n_train_samples(), spec.loss], sort_keys=True)
 
 
-def members_that_fit(specs: Sequence[TrainingSpec], limit: int) -> int:
+def members_that_fit(specs: Sequence[TrainingSpec], limit: int,
+                     max_records: int | None = None) -> int:
     """How many of ``specs`` (members of one stack, in order), from the first, fit together
-    in ``limit`` bytes by preflight's estimate: each member's own arrays, plus each data set
-    once per data key (:func:`data_key`). At least 1: the first member alone is the job's
-    own budget, checked when it was submitted."""
+    in ``limit`` bytes: each member's own arrays by preflight's estimate, each data set once
+    per data key (:func:`data_key`), and each member's kept history (``max_records`` rows at
+    most, as ``BatchedTrainer.run`` keeps them; :func:`core.stack_recording.kept_row_bytes`).
+    At least 1: the first member alone is the job's own budget, checked when it was
+    submitted."""
     fit, seen, used = 0, set(), 0
     for spec in specs:
         mem = memory_breakdown(spec)
         key = data_key(spec)
         used += sum(mem.values()) - (mem["data"] if key in seen else 0)
         seen.add(key)
+        kept = spec.total_steps() if max_records is None else min(spec.total_steps(),
+                                                                   max_records)
+        used += kept * kept_row_bytes(len(spec.layer_sizes()) - 1)
         if used > limit:
             break
         fit += 1

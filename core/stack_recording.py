@@ -28,7 +28,7 @@ from core.recording import BLOCK_ROWS, BLOCK_SECONDS, n_values
 from core.stack_records import Part, part_of, records_of, records_of_parts
 from core.telemetry import Sink, StepBlock, StepRecord, record_from_values
 
-__all__ = ["StackRecorder", "records_of"]
+__all__ = ["StackRecorder", "kept_row_bytes", "records_of"]
 
 Array = np.ndarray
 
@@ -59,6 +59,15 @@ class _Shared:
         rows = emitted.nonzero()[0]
         return (self.steps[rows], self.epochs[rows], self.clipped[rows, col],
                 self.values[rows, col], self.present)
+
+
+def kept_row_bytes(n_layers: int) -> int:
+    """About what a stacked run holds per member and kept step of its history: the row's
+    figures in their blocks and the bookkeeping of kept rows. An upper estimate from the
+    layout (twice the float64 figures, plus 96 bytes), checked against the measured growth of
+    a 64-member run (2026-11-30): 421 and 950 bytes a member-step for 3 and 9 layers, where
+    this gives 544 and 1,312."""
+    return 16 * n_values(n_layers) + 96
 
 
 class _History:

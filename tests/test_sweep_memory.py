@@ -19,6 +19,7 @@ from conftest import LiveServer, make_settings
 from core import TrainingSpec
 from core.diagnostics import preflight
 from core.stack_data import members_that_fit
+from core.stack_recording import kept_row_bytes
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -32,10 +33,11 @@ WIDE: dict[str, Any] = {  # ~36 MiB by preflight's estimate, 3 MiB of it data
 }
 
 
-def test_members_that_fit_count_each_data_set_once() -> None:
+def test_members_that_fit_count_each_data_set_once_and_every_kept_history() -> None:
     spec = TrainingSpec.model_validate(WIDE)
     report = preflight(spec, probe=False)
-    total, data = report.memory_bytes, report.memory_breakdown["data"]
+    history = spec.total_steps() * kept_row_bytes(3)  # 3 layers
+    total, data = report.memory_bytes + history, report.memory_breakdown["data"]
     same_data = [spec] * 10
     assert members_that_fit(same_data, total) == 1
     assert members_that_fit(same_data, 2 * total - data) == 2  # the data set once
@@ -45,6 +47,16 @@ def test_members_that_fit_count_each_data_set_once() -> None:
     assert members_that_fit(seeds, 2 * total - data) == 1
     assert members_that_fit(seeds, 2 * total) == 2
     assert members_that_fit(same_data, 1) == 1  # the first always: it fit the budget alone
+
+    # a long run's kept history counts, up to the rows a worker keeps
+    long = TrainingSpec.model_validate({**WIDE, "training": {
+        "epochs": 20_000, "batch_size": 128, "max_steps": 60_000}})
+    per_member = report.memory_bytes - data
+    rows = 60_000 * kept_row_bytes(3)
+    assert members_that_fit([long] * 10, data + 3 * (per_member + rows)) == 3
+    kept = 1_000 * kept_row_bytes(3)
+    assert members_that_fit([long] * 10, data + 3 * (per_member + rows), 1_000) == min(
+        10, (3 * (per_member + rows)) // (per_member + kept))
 
 
 def test_a_sweep_whose_stack_would_exceed_the_memory_budget_trains_in_smaller_stacks(

@@ -13,12 +13,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
 
 from app import sweep_notify, webhooks
 from app.models import Job
-from app.repositories import EventRepository, JobRepository, as_utc
+from app.repositories import ID_BATCH, EventRepository, JobRepository, as_utc
 
 __all__ = [
     "TERMINAL",
@@ -26,8 +26,10 @@ __all__ = [
     "announce_created",
     "announce_created_many",
     "move_job",
+    "move_members",
     "progress_dict",
     "request_cancel",
+    "request_cancel_many",
     "sources_of",
     "status_event",
 ]
@@ -117,6 +119,62 @@ def move_job(session: Session, job_id: str, to: str, *, expect: Sequence[str] | 
         if sweep_id is not None:
             sweep_notify.member_finished(session, sweep_id)
     return job
+
+
+def move_members(session: Session, sweep_id: str, job_ids: Sequence[str], to: str, *,
+                 expect: Sequence[str] | None = None, reason: str | None = None,
+                 **fields: Any) -> list[Job]:
+    """:func:`move_job` for many members of the sweep ``sweep_id`` at once (its queued members
+    when it is cancelled): the same moves, ``status`` events, webhooks and sweep
+    notification, in a few statements per :data:`ID_BATCH` members rather than ~10 per
+    member. Returns the members moved (those whose status allowed it)."""
+    sources = sources_of(to)
+    if expect is not None:
+        sources = [s for s in sources if s in expect]
+    # the sweep before any member's row, as move_job does (app.sweep_notify: exactly once)
+    notify = to in TERMINAL and bool(job_ids) and sweep_notify.lock_sweep(session, sweep_id)
+    moved: list[str] = []
+    for start in range(0, len(job_ids), ID_BATCH):
+        moved += session.scalars(
+            update(Job).where(Job.id.in_(job_ids[start:start + ID_BATCH]),
+                              Job.parent_sweep_id == sweep_id, Job.status.in_(sources))
+            .values(status=to, **fields).returning(Job.id)
+            .execution_options(synchronize_session=False)).all()
+    jobs = _reread(session, moved)
+    EventRepository(session).append_many(
+        [(job.id, "status", status_event(job, reason=reason)) for job in jobs])
+    if to in TERMINAL and jobs:  # webhooks: in this transaction (an outbox)
+        webhooks.jobs_finished(session, jobs)
+        if notify:
+            sweep_notify.member_finished(session, sweep_id)
+    return jobs
+
+
+def request_cancel_many(session: Session, job_ids: Sequence[str]) -> list[Job]:
+    """:func:`request_cancel` for many jobs (a cancelled sweep's running members): the flags
+    and their events in a few statements per :data:`ID_BATCH` jobs. Returns the jobs flagged
+    now (running, not flagged before)."""
+    flagged: list[str] = []
+    for start in range(0, len(job_ids), ID_BATCH):
+        flagged += session.scalars(
+            update(Job).where(Job.id.in_(job_ids[start:start + ID_BATCH]),
+                              Job.status == "running", Job.cancel_requested.is_(False))
+            .values(cancel_requested=True).returning(Job.id)
+            .execution_options(synchronize_session=False)).all()
+    jobs = _reread(session, flagged)
+    EventRepository(session).append_many(
+        [(job.id, "status", status_event(job, reason="cancel requested")) for job in jobs])
+    return jobs
+
+
+def _reread(session: Session, job_ids: Sequence[str]) -> list[Job]:
+    """The jobs as the database has them now (after UPDATEs this session did not track)."""
+    jobs: list[Job] = []
+    for start in range(0, len(job_ids), ID_BATCH):
+        jobs += session.scalars(
+            select(Job).where(Job.id.in_(job_ids[start:start + ID_BATCH]))
+            .execution_options(populate_existing=True)).all()
+    return jobs
 
 
 def announce_created(session: Session, job: Job) -> None:

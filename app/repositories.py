@@ -262,6 +262,23 @@ class EventRepository:
             job_id=job_id, seq=seq, type=type_, data=data, created_at=utcnow()))
         return seq
 
+    def append_many(self, events: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
+        """:meth:`append` for many jobs, one event each (``(job_id, type, data)``): their
+        numbers reserved in one UPDATE per :data:`ID_BATCH` jobs, the events in one INSERT."""
+        ids = [job_id for job_id, _, _ in events]
+        seqs: dict[str, int] = {}
+        for start in range(0, len(ids), ID_BATCH):
+            result = self.session.execute(
+                update(Job).where(Job.id.in_(ids[start:start + ID_BATCH]))
+                .values(event_seq=Job.event_seq + 1).returning(Job.id, Job.event_seq)
+                .execution_options(synchronize_session=False))
+            seqs.update((job_id, seq) for job_id, seq in result)
+        now = utcnow()
+        rows = [{"job_id": job_id, "seq": seqs[job_id], "type": type_, "data": data,
+                 "created_at": now} for job_id, type_, data in events if job_id in seqs]
+        if rows:
+            self.session.execute(insert(JobEvent), rows)
+
     def append_first(self, events: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
         """The first event (``seq`` 1) of each of many jobs just inserted with ``event_seq``
         1, as ``(job_id, type, data)``: one INSERT for all of them."""

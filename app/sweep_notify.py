@@ -123,13 +123,15 @@ def lock_for_finish(session: Session, job_id: str) -> str | None:
     return parent.id if _lock(session, parent.id) else None
 
 
-def lock_sweep(session: Session, sweep_id: str) -> None:
+def lock_sweep(session: Session, sweep_id: str) -> bool:
     """Lock the sweep's row if someone listens to it: for a transaction that will write
     several of its members' rows (cancelling it), so that it takes the sweep before any of
-    them, as a finishing member does (see the module docstring)."""
+    them, as a finishing member does (see the module docstring). True when it did: then a
+    member that finishes in this transaction calls :func:`member_finished`."""
     tenant = session.execute(select(Sweep.tenant).where(Sweep.id == sweep_id)).first()
     if tenant is not None and listeners(session, sweep_id, tenant.tenant):
-        _lock(session, sweep_id)
+        return _lock(session, sweep_id)
+    return False
 
 
 def _lock(session: Session, sweep_id: str) -> bool:

@@ -9,7 +9,6 @@ commit: the request does.
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -23,12 +22,11 @@ from app import quotas, sweep_notify
 from app.artifacts import forget_models
 from app.datasets import uploaded_lookup
 from app.errors import ConflictError, NotFoundError, SpecValidationError
-from app.lifecycle import TERMINAL
+from app.lifecycle import TERMINAL, move_members, request_cancel_many
 from app.models import Job, Sweep, SweepMemberRow, utcnow
 from app.repositories import JobRepository, as_utc
 from app.schemas import utc_text
 from app.services import (
-    cancel_job,
     cursor_position,
     encode_cursor,
     validate_spec,
@@ -287,14 +285,17 @@ def cancel_sweep(session: Session, sweep_id: str, principal: Principal) -> None:
     """Cancel every unfinished member (queued now, running within one flush); 409 if none."""
     get_sweep(session, sweep_id, principal)
     sweep_notify.lock_sweep(session, sweep_id)  # before any member's row (app.sweep_notify)
-    open_jobs = [job.id for _, job in member_rows(session, sweep_id)
+    open_jobs = [job for _, job in member_rows(session, sweep_id)
                  if job is not None and job.status not in TERMINAL]
     if not open_jobs:
         raise ConflictError(f"sweep {sweep_id} has finished; only a sweep with queued or "
                             "running members can be cancelled", slug="sweep-not-cancellable")
-    for job_id in open_jobs:
-        with contextlib.suppress(ConflictError):  # finished meanwhile
-            cancel_job(session, job_id, principal)
+    # queued members are cancelled now, running ones (or started since read) flagged; as
+    # POST /v1/jobs/{id}/cancel does for one job, in a few statements for all of them
+    cancelled = {job.id for job in move_members(
+        session, sweep_id, [job.id for job in open_jobs if job.status == "queued"],
+        "cancelled", expect=["queued"], finished_at=utcnow(), stop_reason="cancelled")}
+    request_cancel_many(session, [job.id for job in open_jobs if job.id not in cancelled])
 
 
 def delete_sweep(session: Session, sweep_id: str, principal: Principal) -> None:

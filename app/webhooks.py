@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 
 from app import counters
 from app.models import DiagnosticReportRow, Job, JobEvent, Webhook, WebhookDelivery, utcnow
+from app.repositories import ID_BATCH
 
 __all__ = [
     "EVENTS",
@@ -44,6 +45,7 @@ __all__ = [
     "check_destination",
     "iso_utc",
     "job_finished",
+    "jobs_finished",
     "monitor_alert",
     "new_secret",
     "resolve_destination",
@@ -331,6 +333,25 @@ def monitor_alert(session: Session, job_id: str, alert: dict[str, Any]) -> None:
         "verdict": "exploding", "final": False, "summary": alert.get("message"),
         "first_bad_step": alert.get("step"), "layer": layers[0] if layers else None,
         "finding": alert.get("kind"), "top_recommendation": None})
+
+
+def jobs_finished(session: Session, jobs: Sequence[Job]) -> None:
+    """:func:`job_finished` for many jobs that just reached a terminal status: the same
+    deliveries, but when no subscription could want any of them (no job hook of theirs, no
+    every-job hook their tenants see) a single query says so."""
+    if not jobs:
+        return
+    session.flush()
+    ids = [job.id for job in jobs]
+    every_job = or_(*(subscriptions_of(t) for t in {job.tenant for job in jobs}))
+    wanted = any(session.scalar(select(Webhook.id).where(
+        or_(every_job, Webhook.job_id.in_(ids[start:start + ID_BATCH]))).limit(1))
+        for start in range(0, len(ids), ID_BATCH))
+    for job in jobs:
+        if wanted:
+            job_finished(session, job.id)
+        elif job.stop_reason in ("explosion", "non_finite"):
+            counters.add(session, counters.MONITOR_STOPS, labels={"reason": job.stop_reason})
 
 
 def job_finished(session: Session, job_id: str) -> None:

@@ -10,6 +10,7 @@ Exit codes (stable, for scripts):
   4  the job's verdict is vanishing, unstable or stalled
   5  the job failed (the service could not run it)
   6  the job was cancelled
+  130  interrupted (Ctrl-C); a followed job or sweep carries on on the server
 (A waited sweep: 0 once every member ran, whatever the verdicts; 5 failed; 6 cancelled.)
 """
 
@@ -21,6 +22,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -34,10 +36,10 @@ from client.models import Diagnosis, Event, Job
 from client.sync import Client
 
 __all__ = ["EXIT", "error_text", "exit_code", "fmt_value", "follow_job", "print_outcome", "register",
-           "run"]
+           "run", "stopped_following"]
 
 EXIT = {"ok": 0, "error": 1, "usage": 2, "exploding": 3, "unhealthy": 4, "failed": 5,
-        "cancelled": 6}
+        "cancelled": 6, "interrupted": 130}
 COMMANDS = ("submit", "follow", "diagnose", "repair", "plot", "jobs", "preflight", "datasets",
             "model", "predict", "export", "sweep")
 
@@ -84,12 +86,25 @@ def follow_job(gw: Client, job: Job, *, quiet: bool = False) -> Job:
                TaskProgressColumn(), TextColumn("step {task.completed:.0f}/{task.total:.0f}"),
                TextColumn("loss {task.fields[loss]}"),
                TextColumn("grad norm {task.fields[grad_norm]}"), TimeElapsedColumn()]
-    with Progress(*columns, console=err, disable=quiet) as bar:
+    with stopped_following(f"job {job.id}", f"gradwatch follow {job.id}"), \
+            Progress(*columns, console=err, disable=quiet) as bar:
         task = bar.add_task(job.name or job.id[:8], total=total or 1, loss="-", grad_norm="-")
         for event in gw.follow(job.id):
             _show(bar, task, event)
     final = gw.get(job.id)
     return final
+
+
+@contextmanager
+def stopped_following(what: str, again: str) -> Iterator[None]:
+    """Ctrl-C while following stops the watching, not the work: say so, and how to watch
+    again (the interrupt then ends the command, :func:`run`)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        err.print(f"stopped following {what}; the server carries on with it ({again} to "
+                  "watch it again)")
+        raise
 
 
 def _show(bar: Progress, task: Any, event: Event) -> None:
@@ -296,6 +311,9 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ConnectionError, httpx.HTTPError) as exc:
         err.print(error_text(f"cannot reach {url}: {exc}"))
         return EXIT["error"]
+    except KeyboardInterrupt:  # Ctrl-C: no traceback
+        err.print("interrupted")
+        return EXIT["interrupted"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,17 @@ from typing import Any
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from client.cli import EXIT, err, error_text, exit_code, fmt_value, follow_job, out, print_outcome
+from client.cli import (
+    EXIT,
+    err,
+    error_text,
+    exit_code,
+    fmt_value,
+    follow_job,
+    out,
+    print_outcome,
+    stopped_following,
+)
 from client.models import AxisValue, StabilityMap, Sweep, SweepSummary
 from client.sync import Client
 
@@ -154,7 +164,8 @@ def _follow(gw: Client, sweep: Sweep, *, quiet: bool) -> Sweep:
                TextColumn("members {task.fields[done]}"), TextColumn("{task.fields[verdicts]}"),
                TimeElapsedColumn()]
     total = sweep.progress.total_steps if sweep.progress else 0
-    with Progress(*columns, console=err, disable=quiet) as bar:
+    with stopped_following(f"sweep {sweep.id}", f"gradwatch sweep wait {sweep.id}"), \
+            Progress(*columns, console=err, disable=quiet) as bar:
         task = bar.add_task(sweep.name or sweep.id[:8], total=total or 1, done="-",
                             verdicts="")
         for event in gw.follow_sweep(sweep.id):

@@ -1,0 +1,51 @@
+"""The `gradwatch` client commands as a person at a terminal uses them: Ctrl-C, a reader that
+stops early (`| head -1`), text printed as the server holds it. Real processes, real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from client.cli import EXIT
+from tests.conftest import LiveServer
+from tests.test_cli_client import GRADWATCH
+
+# long enough to still be training when the test interrupts it (a second or two in)
+SLOW_SPEC = {"name": "slow", "data": {"source": "synthetic", "name": "spirals", "n_samples": 2000},
+             "model": {"hidden": [{"units": 64}, {"units": 64}, {"units": 64}]},
+             "training": {"epochs": 300, "batch_size": 8}}
+
+
+def _env(live: LiveServer) -> dict[str, str]:
+    env = {**os.environ, "GRADWATCH_URL": live.url, "COLUMNS": "200"}
+    env.pop("GRADWATCH_API_KEY", None)
+    return env
+
+
+def test_ctrl_c_while_following_says_the_job_goes_on(live: LiveServer, tmp_path: Path) -> None:
+    """Ctrl-C during `submit --follow` stops watching, not the job: one line naming the job
+    and how to watch it again, exit 130 (it was a KeyboardInterrupt traceback)."""
+    spec = tmp_path / "slow.json"
+    spec.write_text(json.dumps(SLOW_SPEC))
+    proc = subprocess.Popen([GRADWATCH, "submit", str(spec), "--follow"], env=_env(live),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    first = proc.stderr.readline()
+    assert first.startswith("submitted job "), first
+    job_id = first.split()[2]
+    try:
+        live.wait_for(job_id, {"running"})
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+        assert proc.returncode == EXIT["interrupted"] == 130, err
+        assert f"stopped following job {job_id}" in err
+        assert f"gradwatch follow {job_id}" in err
+        assert live.http.get(f"/v1/jobs/{job_id}").json()["status"] == "running"
+    finally:
+        proc.kill()
+        live.http.post(f"/v1/jobs/{job_id}/cancel")
+        live.wait_for(job_id, {"cancelled", "succeeded", "failed"})

@@ -43,10 +43,11 @@ EXIT = {"ok": 0, "error": 1, "usage": 2, "exploding": 3, "unhealthy": 4, "failed
 COMMANDS = ("submit", "follow", "diagnose", "repair", "plot", "jobs", "preflight", "datasets",
             "model", "predict", "export", "sweep")
 
-# markup off: names, summaries and error details are printed as they are ("[/]" in a job's
-# name would be rich markup, and a MarkupError); styles are given as Text spans instead
-out = Console(highlight=False, soft_wrap=True, markup=False)
-err = Console(stderr=True, highlight=False, markup=False)
+# markup and emoji codes off: names, summaries and error details are printed as they are
+# ("[/]" in a job's name would be rich markup, and a MarkupError; ":fire:" an emoji); styles
+# are given as Text spans instead
+out = Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
+err = Console(stderr=True, highlight=False, markup=False, emoji=False)
 
 
 def exit_code(job: Job) -> int:

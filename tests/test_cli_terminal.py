@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 from client.cli import EXIT
-from tests.conftest import LiveServer
+from tests.conftest import SMALL_SPEC, LiveServer
 from tests.test_cli_client import GRADWATCH
 
 # long enough to still be training when the test interrupts it (a second or two in)
@@ -49,3 +49,18 @@ def test_ctrl_c_while_following_says_the_job_goes_on(live: LiveServer, tmp_path:
         proc.kill()
         live.http.post(f"/v1/jobs/{job_id}/cancel")
         live.wait_for(job_id, {"cancelled", "succeeded", "failed"})
+
+
+def test_emoji_codes_in_names_are_printed_as_they_are(live: LiveServer, tmp_path: Path) -> None:
+    """A name holding ``:fire:`` is listed as ``:fire:``: the tables turned emoji codes into
+    emoji (a job named "lr:fire:test" listed as "lr🔥test")."""
+    name = "lr:fire:test :thumbs_up:"
+    spec = tmp_path / "named.json"
+    spec.write_text(json.dumps({**SMALL_SPEC, "name": name}))
+    submitted = subprocess.run([GRADWATCH, "submit", str(spec)], env=_env(live),
+                               capture_output=True, text=True, timeout=60)
+    assert submitted.returncode == 0, submitted.stderr
+    listed = subprocess.run([GRADWATCH, "jobs", "--limit", "50"], env=_env(live),
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert name in listed.stdout and "🔥" not in listed.stdout

@@ -11,6 +11,7 @@ Exit codes (stable, for scripts):
   5  the job failed (the service could not run it)
   6  the job was cancelled
   130  interrupted (Ctrl-C); a followed job or sweep carries on on the server
+  141  the reader of the output stopped early (``| head``): the output was cut short
 (A waited sweep: 0 once every member ran, whatever the verdicts; 5 failed; 6 cancelled.)
 """
 
@@ -39,15 +40,24 @@ __all__ = ["EXIT", "error_text", "exit_code", "fmt_value", "follow_job", "print_
            "run", "stopped_following"]
 
 EXIT = {"ok": 0, "error": 1, "usage": 2, "exploding": 3, "unhealthy": 4, "failed": 5,
-        "cancelled": 6, "interrupted": 130}
+        "cancelled": 6, "interrupted": 130, "output_closed": 141}
 COMMANDS = ("submit", "follow", "diagnose", "repair", "plot", "jobs", "preflight", "datasets",
             "model", "predict", "export", "sweep")
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """The reader went away (``| head -1``): stop printing; :func:`run` ends the command
+        (rich's own answer is a silent exit 1, the code of a server error)."""
+        self.quiet = True
+        raise BrokenPipeError
+
 
 # markup and emoji codes off: names, summaries and error details are printed as they are
 # ("[/]" in a job's name would be rich markup, and a MarkupError; ":fire:" an emoji); styles
 # are given as Text spans instead
-out = Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
-err = Console(stderr=True, highlight=False, markup=False, emoji=False)
+out = _Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
+err = _Console(stderr=True, highlight=False, markup=False, emoji=False)
 
 
 def exit_code(job: Job) -> int:
@@ -295,7 +305,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         with Client(url, api_key=key, retries=3) as gw:
             code: int = args.client_command(gw, args)
+            sys.stdout.flush()  # here, not at exit, where a closed pipe is "Exception ignored"
             return code
+    except BrokenPipeError:  # the reader of stdout went away: the rest goes nowhere, quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT["output_closed"]
     except ApiError as exc:
         err.print(error_text(f"{exc.status} {exc.title}: {exc.detail}"))
         for field in exc.errors:

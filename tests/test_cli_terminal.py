@@ -9,6 +9,8 @@ import signal
 import subprocess
 from pathlib import Path
 
+import numpy as np
+
 from client.cli import EXIT
 from tests.conftest import SMALL_SPEC, LiveServer
 from tests.test_cli_client import GRADWATCH
@@ -64,3 +66,27 @@ def test_emoji_codes_in_names_are_printed_as_they_are(live: LiveServer, tmp_path
                             capture_output=True, text=True, timeout=60)
     assert listed.returncode == 0, listed.stderr
     assert name in listed.stdout and "🔥" not in listed.stdout
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(live: LiveServer, tmp_path: Path
+                                                             ) -> None:
+    """`gradwatch ... | head -1`: once the reader has closed the pipe, the command stops without
+    a word and exits 141 (as a command killed by SIGPIPE). It said "cannot reach the server:
+    Broken pipe" (export, predict, --json) or exited 1 in silence (tables): a server error's
+    code."""
+    spec = tmp_path / "small.json"
+    spec.write_text(json.dumps(SMALL_SPEC))
+    job_id = subprocess.run([GRADWATCH, "submit", str(spec)], env=_env(live),
+                            capture_output=True, text=True, timeout=60).stdout.strip()
+    live.wait_for(job_id, {"succeeded"})
+    rows = tmp_path / "rows.npy"
+    np.save(rows, np.zeros((5000, 2)))
+    for command in (["jobs"], ["jobs", "--json"], ["diagnose", job_id],
+                    ["export", job_id, "gradients"], ["predict", job_id, "-i", str(rows)]):
+        proc = subprocess.Popen([GRADWATCH, *command], env=_env(live), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        proc.stdout.close()  # the reader is gone before the first line
+        _, err = proc.communicate(timeout=60)
+        assert err == "", (command, err)
+        assert proc.returncode == EXIT["output_closed"] == 141, (command, err)

@@ -12,12 +12,25 @@ __all__ = ["finite", "spec_body"]
 
 
 def spec_body(spec: dict[str, Any] | str | Path) -> dict[str, Any]:
-    """The spec to send: the dict itself, or the JSON file at a path; ValueError (naming the
-    file and the field) for a number that is not finite."""
+    """The spec to send: the dict itself, or the JSON file at a path; ValueError naming the
+    file (and the field) for a file that is not JSON or a number that is not finite."""
     if isinstance(spec, str | Path):
-        loaded: dict[str, Any] = json.loads(Path(spec).read_text())
-        return finite(loaded, f"{spec}: ")
+        return finite(_read_json(Path(spec)), f"{spec}: ")
     return finite(spec)
+
+
+def _read_json(path: Path) -> Any:
+    """The JSON document in ``path`` (UTF-8, as RFC 8259 says; a byte-order mark is skipped);
+    errors name the file."""
+    data = path.read_bytes()
+    try:
+        return json.loads(data.decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not JSON: byte {data[exc.start]:#04x} at offset "
+                         f"{exc.start} is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise json.JSONDecodeError(f"{path} is not JSON: {exc.msg}", exc.doc, exc.pos
+                                   ) from None
 
 
 def finite(body: Any, where: str = "") -> Any:

@@ -40,3 +40,22 @@ def test_the_cli_names_the_file_and_the_field_of_a_number_that_overflows(
         assert result.returncode == EXIT["usage"], result.stderr
         assert str(spec) in result.stderr and "optimizer.lr" in result.stderr, result.stderr
         assert "not a finite number" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_spec_file_that_is_not_json_is_named(live: LiveServer, gw: Client, tmp_path: Path
+                                                ) -> None:
+    """A truncated or binary spec file: the error names the file and where the JSON broke (it
+    was "cannot read the input: Expecting value: line 2 column 1 (char 10)": which input?)."""
+    truncated = tmp_path / "truncated.json"
+    truncated.write_text('{"data": \n')
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe{")
+    with pytest.raises(json.JSONDecodeError, match=r"truncated\.json is not JSON: Expecting"):
+        gw.submit(truncated)
+    for path, where in ((truncated, "line 2 column 1"), (binary, "")):
+        result = gradwatch(live, "submit", str(path))
+        assert result.returncode == EXIT["usage"], result.stderr
+        assert f"{path} is not JSON" in result.stderr and where in result.stderr, result.stderr
+    bom = tmp_path / "notepad.json"  # Windows editors start UTF-8 files with a byte-order mark
+    bom.write_bytes(b"\xef\xbb\xbf" + json.dumps(SMALL_SPEC).encode())
+    assert gw.preflight(bom).summary

@@ -3,6 +3,7 @@ clients."""
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -110,11 +111,19 @@ class Download:
 
     def __init__(self, path: str | PathLike[str]) -> None:
         self.path = Path(path)
+        # refused before the request, not once the body arrived; named as the caller wrote it
+        if self.path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not self.path.parent.is_dir():
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
 
     @contextmanager
     def open(self) -> Iterator[BinaryIO]:
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part",
-                                   dir=self.path.parent)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part",
+                                       dir=self.path.parent)
+        except OSError as exc:  # e.g. a read-only folder: name the target, not the temp file
+            raise type(exc)(exc.errno, exc.strerror, str(self.path)) from None
         try:
             with os.fdopen(fd, "wb") as f:
                 yield f

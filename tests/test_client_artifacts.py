@@ -15,7 +15,9 @@ import pytest
 import core
 from app.showcase import DIVERGING_SPEC
 from client import ApiError, AsyncClient, Client
+from client.cli import EXIT
 from tests.conftest import LiveServer
+from tests.test_cli_client import gradwatch
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -149,3 +151,23 @@ def test_the_async_client_does_the_same(live: LiveServer, tmp_path: Path,
     offline = core.load_model(io.BytesIO(model.read_bytes())).predict(np.array([[0.0, 0.0]]))
     assert prediction.as_array().tolist() == offline.argmax(axis=1).tolist()
     assert csv_path.read_text().startswith("step,epoch,loss")
+
+
+def test_a_download_target_that_cannot_be_written_is_named_before_sending(
+        gw: Client, live: LiveServer, tmp_path: Path, trained: tuple[str, str]) -> None:
+    """``-o`` naming a folder, or a file in a folder that is not there: the error names the
+    target, before anything is downloaded (it came after the whole body arrived, naming a
+    temporary file: "cannot use /tmp/.x.csv.8njbee5r.part: No such file or directory")."""
+    _, job_id = trained
+    missing = tmp_path / "no-such-folder" / "metrics.csv"
+    with pytest.raises(FileNotFoundError) as info:
+        gw.export_csv(job_id, "metrics", missing)
+    assert info.value.filename == str(missing)
+    with pytest.raises(IsADirectoryError) as folder:
+        gw.download_model(job_id, tmp_path)
+    assert folder.value.filename == str(tmp_path)
+    for args in (["export", job_id, "metrics", "-o", str(missing)],
+                 ["model", "download", job_id, "-o", str(tmp_path)]):
+        result = gradwatch(live, *args)
+        assert result.returncode == EXIT["usage"], result.stderr
+        assert f"cannot use {args[-1]}: " in result.stderr and ".part" not in result.stderr

@@ -303,7 +303,12 @@ def run(args: argparse.Namespace) -> int:
     url = args.url or os.environ.get("GRADWATCH_URL") or "http://127.0.0.1:8000"
     key = args.api_key or os.environ.get("GRADWATCH_API_KEY") or None
     try:
-        with Client(url, api_key=key, retries=3) as gw:
+        gw = Client(url, api_key=key, retries=3)
+    except ValueError as exc:  # a key no header can carry
+        err.print(error_text(f"--api-key / GRADWATCH_API_KEY: {exc}"))
+        return EXIT["usage"]
+    try:
+        with gw:
             code: int = args.client_command(gw, args)
             sys.stdout.flush()  # here, not at exit, where a closed pipe is "Exception ignored"
             return code

@@ -27,7 +27,18 @@ NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
 
 
 def auth_headers(api_key: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    """The ``Authorization`` header for ``api_key``, without the whitespace around it (a key
+    read from a file ends in a newline; no header carries it). ValueError naming the first
+    character a header cannot carry, never the key (a secret, printed into logs)."""
+    key = (api_key or "").strip()
+    if not key:
+        return {}
+    for position, char in enumerate(key):
+        if not (char.isascii() and char.isprintable()):
+            raise ValueError(f"the API key holds {char!r} at position {position}, which an HTTP "
+                             "header cannot carry (keys are printable ASCII): check that it was "
+                             "copied whole, without quotes")
+    return {"Authorization": f"Bearer {key}"}
 
 
 @dataclass(frozen=True)

@@ -319,6 +319,10 @@ def run(args: argparse.Namespace) -> int:
         err.print(error_text(f"{exc.status} {exc.title}: {exc.detail}"))
         for field in exc.errors:
             err.print(f"  {field.path}: {field.msg}")
+        if exc.status == 401:  # the detail speaks HTTP ("send Authorization: Bearer ...")
+            source = "--api-key" if args.api_key else "GRADWATCH_API_KEY"
+            err.print(f"  the key sent came from {source}" if key else
+                      "  no key was sent: give one with --api-key KEY or GRADWATCH_API_KEY")
         return EXIT["error"]
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
         # a file named on the command line (a spec to read, an image to write): not the server

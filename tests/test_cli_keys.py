@@ -61,3 +61,16 @@ def test_a_key_no_header_can_carry_is_refused_without_echoing_it(keyed: LiveServ
         assert result.returncode == EXIT["usage"], result.stderr
         assert "API key" in result.stderr and "GRADWATCH_API_KEY" in result.stderr
         assert KEY[6:] not in result.stderr and "cannot reach" not in result.stderr
+
+
+def test_a_missing_or_wrong_key_says_how_to_give_one(keyed: LiveServer) -> None:
+    """A 401 tells a CLI user the option and the variable, or where the refused key came from
+    (the server's detail speaks HTTP: "send `Authorization: Bearer <key>`")."""
+    missing = _gradwatch(keyed, "jobs", key=None)
+    assert missing.returncode == EXIT["error"] and "401" in missing.stderr, missing.stderr
+    assert "give one with --api-key KEY or GRADWATCH_API_KEY" in missing.stderr
+    wrong = _gradwatch(keyed, "jobs", key="not-the-key")
+    assert wrong.returncode == EXIT["error"] and "401" in wrong.stderr, wrong.stderr
+    assert "the key sent came from GRADWATCH_API_KEY" in wrong.stderr  # a stale variable?
+    flag = _gradwatch(keyed, "jobs", "--api-key", "not-the-key", key=KEY)
+    assert "the key sent came from --api-key" in flag.stderr, flag.stderr

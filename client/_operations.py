@@ -297,6 +297,10 @@ class ops:  # a namespace of call builders
         if rows.ndim != 2 or not rows.size:
             raise ValueError("X has no rows" if not rows.size else
                              f"X must be 2-D (rows, columns); got shape {rows.shape}")
+        if not np.isfinite(rows).all():  # JSON cannot carry them, the model takes none
+            i, j = np.argwhere(~np.isfinite(rows))[0]
+            raise ValueError(f"X row {i}, column {j} (counted from 0) is {rows[i, j]}: the "
+                             "model takes finite numbers only")
         # the model answers the same rows the same way: safe to resend
         return Call("POST", f"/v1/jobs/{job_id}/predict",
                     lambda r: Prediction.model_validate(r.json()), json={"X": rows.tolist()},

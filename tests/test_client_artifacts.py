@@ -171,3 +171,19 @@ def test_a_download_target_that_cannot_be_written_is_named_before_sending(
         result = gradwatch(live, *args)
         assert result.returncode == EXIT["usage"], result.stderr
         assert f"cannot use {args[-1]}: " in result.stderr and ".part" not in result.stderr
+
+
+def test_rows_with_nan_or_inf_are_refused_naming_the_cell(gw: Client, live: LiveServer,
+                                                          tmp_path: Path,
+                                                          trained: tuple[str, str]) -> None:
+    """A NaN or an Inf among the rows to predict (a gap in a CSV read as nan, a 1e400): the
+    error names the row and column (it was httpx's "Out of range float values are not JSON
+    compliant")."""
+    _, job_id = trained
+    with pytest.raises(ValueError, match=r"row 1, column 0 .* is inf"):
+        gw.predict(job_id, [[0.5, 1.0], [np.inf, 2.0]])
+    rows = tmp_path / "rows.csv"
+    rows.write_text("a,b\n0.5,1.0\n1.5,nan\n")
+    result = gradwatch(live, "predict", job_id, "-i", str(rows))
+    assert result.returncode == EXIT["usage"], result.stderr
+    assert "row 1, column 1" in result.stderr and "is nan" in result.stderr, result.stderr

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -36,8 +37,8 @@ from client.errors import ApiError
 from client.models import Diagnosis, Event, Job
 from client.sync import Client
 
-__all__ = ["EXIT", "error_text", "exit_code", "fmt_value", "follow_job", "print_outcome", "register",
-           "run", "stopped_following"]
+__all__ = ["EXIT", "error_text", "exit_code", "fmt_value", "follow_job", "print_json",
+           "print_outcome", "register", "run", "stopped_following"]
 
 EXIT = {"ok": 0, "error": 1, "usage": 2, "exploding": 3, "unhealthy": 4, "failed": 5,
         "cancelled": 6, "interrupted": 130, "output_closed": 141}
@@ -83,6 +84,23 @@ def fmt_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def print_json(value: Any) -> None:
+    """``value`` as JSON on stdout, NaN and ±Inf written as the API writes them (``"NaN"``,
+    ``"Infinity"``, ``"-Infinity"``): the bare tokens are not JSON, and strict parsers
+    (JavaScript, Go, serde) refuse the whole document."""
+    print(json.dumps(_api_floats(value), indent=2, allow_nan=False))
+
+
+def _api_floats(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
+    if isinstance(value, dict):
+        return {k: _api_floats(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_api_floats(v) for v in value]
+    return value
 
 
 def error_text(message: str) -> Text:
@@ -197,7 +215,7 @@ def _diagnosis_tables(diag: Diagnosis) -> Iterator[Table]:
 def _cmd_diagnose(gw: Client, args: argparse.Namespace) -> int:
     diag = gw.diagnostics(args.job_id)
     if args.json:
-        print(json.dumps(diag.model_dump(mode="json"), indent=2))
+        print_json(diag.model_dump(mode="json"))
     else:
         state = "" if diag.final else " (provisional: the job is still running)"
         out.print(Text.assemble("verdict ", (diag.verdict, "bold"),
@@ -218,7 +236,7 @@ def _cmd_jobs(gw: Client, args: argparse.Namespace) -> int:
     page = gw.list(status=args.status, verdict=args.verdict, limit=args.limit,
                    sweep_members=False if args.without_sweep_members else None)
     if args.json:
-        print(json.dumps([j.model_dump(mode="json") for j in page.items], indent=2))
+        print_json([j.model_dump(mode="json") for j in page.items])
         return EXIT["ok"]
     table = Table()
     table.add_column("id", no_wrap=True)
@@ -235,7 +253,7 @@ def _cmd_jobs(gw: Client, args: argparse.Namespace) -> int:
 def _cmd_preflight(gw: Client, args: argparse.Namespace) -> int:
     report = gw.preflight(args.spec).model_dump(mode="json")
     if args.json:
-        print(json.dumps(report, indent=2))
+        print_json(report)
         return EXIT["ok"]
     out.print(str(report.get("summary")))
     for i, rec in enumerate(report.get("recommendations") or []):

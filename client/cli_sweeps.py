@@ -22,6 +22,7 @@ from client.cli import (
     fmt_value,
     follow_job,
     out,
+    print_json,
     print_outcome,
     stopped_following,
 )
@@ -146,7 +147,7 @@ def _summary(sweep: Sweep) -> str:
 
 def _show(sweep: Sweep, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(sweep.model_dump(mode="json"), indent=2))
+        print_json(sweep.model_dump(mode="json"))
         return
     out.print(_summary(sweep))
     out.print(_member_table(sweep))
@@ -238,7 +239,7 @@ def _verdict_counts(verdicts: dict[str, int]) -> str:
 def _cmd_list(gw: Client, args: argparse.Namespace) -> int:
     page = gw.list_sweeps(status=args.status, limit=args.limit)
     if args.json:
-        print(json.dumps([s.model_dump(mode="json") for s in page.items], indent=2))
+        print_json([s.model_dump(mode="json") for s in page.items])
         return EXIT["ok"]
     out.print(_sweep_table(page.items))
     return EXIT["ok"]
@@ -269,13 +270,13 @@ def _cmd_launch(gw: Client, args: argparse.Namespace) -> int:
               f"{args.sweep_id}")
     if not args.wait:
         if args.json:
-            print(json.dumps(job.model_dump(mode="json"), indent=2))
+            print_json(job.model_dump(mode="json"))
         else:
             out.print(job.id)
         return EXIT["ok"]
     final = follow_job(gw, job, quiet=args.json)
     if args.json:
-        print(json.dumps(final.model_dump(mode="json"), indent=2))
+        print_json(final.model_dump(mode="json"))
         return exit_code(final)
     return print_outcome(gw, final)
 
@@ -306,7 +307,7 @@ def _cmd_delete(gw: Client, args: argparse.Namespace) -> int:
 def _cmd_map(gw: Client, args: argparse.Namespace) -> int:
     grid = _write_map(gw, args.sweep_id, args.output, args)
     if args.json:
-        print(json.dumps(grid.model_dump(mode="json"), indent=2))
+        print_json(grid.model_dump(mode="json"))
     else:
         _show_boundary(grid)
     return EXIT["ok"]

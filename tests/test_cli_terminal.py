@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app.showcase import DIVERGING_SPEC
 from client.cli import EXIT
 from tests.conftest import SMALL_SPEC, LiveServer
 from tests.test_cli_client import GRADWATCH
@@ -90,3 +91,24 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(live: LiveServer, tm
         _, err = proc.communicate(timeout=60)
         assert err == "", (command, err)
         assert proc.returncode == EXIT["output_closed"] == 141, (command, err)
+
+
+def test_json_output_is_json_with_nan_and_inf_as_the_api_writes_them(live: LiveServer,
+                                                                      tmp_path: Path) -> None:
+    """`jobs --json` of an exploded run: the API's "Infinity"/"NaN" strings, not the bare
+    tokens Infinity/NaN that no strict JSON parser (JavaScript, Go, serde) accepts."""
+    spec = tmp_path / "diverging.json"
+    spec.write_text(json.dumps(DIVERGING_SPEC))
+    job_id = subprocess.run([GRADWATCH, "submit", str(spec)], env=_env(live),
+                            capture_output=True, text=True, timeout=60).stdout.strip()
+    live.wait_for(job_id, {"succeeded"})
+    listed = subprocess.run([GRADWATCH, "jobs", "--json", "--limit", "200"], env=_env(live),
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+
+    def refuse(token: str) -> None:
+        raise AssertionError(f"bare {token} in the output: not JSON")
+
+    jobs = {j["id"]: j for j in json.loads(listed.stdout, parse_constant=refuse)}
+    api = live.http.get(f"/v1/jobs/{job_id}").json()["latest"]
+    assert jobs[job_id]["latest"] == api and "Infinity" in json.dumps(api)

@@ -85,8 +85,10 @@ class FileBody:
             self.path: Path | None = Path(source)
             self.file: BinaryIO | None = None
             self.start = 0
+            if self.path.is_dir():
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(source))
             if not self.path.is_file():
-                raise FileNotFoundError(f"no such file: {self.path}")
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(source))
         else:
             self.path, self.file = None, source
             self.start = source.tell() if source.seekable() else -1

@@ -187,3 +187,21 @@ def test_rows_with_nan_or_inf_are_refused_naming_the_cell(gw: Client, live: Live
     result = gradwatch(live, "predict", job_id, "-i", str(rows))
     assert result.returncode == EXIT["usage"], result.stderr
     assert "row 1, column 1" in result.stderr and "is nan" in result.stderr, result.stderr
+
+
+def test_an_upload_that_is_not_a_file_is_named(gw: Client, live: LiveServer, tmp_path: Path
+                                               ) -> None:
+    """A data set path that is missing, or a folder: the error says which and names it as the
+    other commands do (a folder was "no such file: <folder>", and the CLI printed "cannot
+    use a file: no such file: ...")."""
+    missing = tmp_path / "nope.csv"
+    with pytest.raises(FileNotFoundError) as info:
+        gw.upload_dataset(missing, name="x", task="regression")
+    assert info.value.filename == str(missing)
+    with pytest.raises(IsADirectoryError):
+        gw.upload_dataset(tmp_path, name="x", task="regression", format="csv")
+    for path, why in ((missing, "No such file or directory"), (tmp_path, "Is a directory")):
+        result = gradwatch(live, "datasets", "upload", str(path), "--task", "regression",
+                           "--format", "csv")
+        assert result.returncode == EXIT["usage"], result.stderr
+        assert f"cannot use {path}: {why}" in result.stderr, result.stderr

@@ -37,8 +37,8 @@ from client.errors import ApiError
 from client.models import Diagnosis, Event, Job
 from client.sync import Client
 
-__all__ = ["EXIT", "error_text", "exit_code", "fmt_value", "follow_job", "print_json",
-           "print_outcome", "register", "run", "stopped_following"]
+__all__ = ["EXIT", "error_text", "exit_code", "fmt_value", "follow_job", "patch_json",
+           "print_json", "print_outcome", "register", "run", "stopped_following"]
 
 EXIT = {"ok": 0, "error": 1, "usage": 2, "exploding": 3, "unhealthy": 4, "failed": 5,
         "cancelled": 6, "interrupted": 130, "output_closed": 141}
@@ -185,7 +185,7 @@ def _cmd_follow(gw: Client, args: argparse.Namespace) -> int:
 
 
 def _cmd_repair(gw: Client, args: argparse.Namespace) -> int:
-    child = gw.repair(args.job_id, recommendation=args.recommendation)
+    child = gw.repair(args.job_id, recommendation=args.recommendation, spec_patch=args.patch)
     action = (child.repair or {}).get("action") or "spec patch"
     if not args.follow:
         out.print(child.id)
@@ -262,6 +262,24 @@ def _cmd_preflight(gw: Client, args: argparse.Namespace) -> int:
     return EXIT["ok"]
 
 
+def patch_json(text: str) -> dict[str, Any]:
+    """``--patch``: a JSON object (RFC 7396 merge patch), inline or ``@FILE``."""
+    source = text
+    if text.startswith("@"):
+        try:
+            with open(text[1:], encoding="utf-8") as f:
+                source = f.read()
+        except OSError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r}: {exc.strerror}") from None
+    try:
+        patch = json.loads(source)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not JSON: {exc}") from None
+    if not isinstance(patch, dict):
+        raise argparse.ArgumentTypeError(f"{text!r}: a merge patch is a JSON object")
+    return patch
+
+
 def register(sub: Any) -> None:
     """Add the client sub-commands to an argparse sub-parser group."""
     common = argparse.ArgumentParser(add_help=False)
@@ -288,9 +306,14 @@ def register(sub: Any) -> None:
     p = add("diagnose", _cmd_diagnose, "the diagnosis: summary, findings, recommendations")
     p.add_argument("job_id")
     p.add_argument("--json", action="store_true", help="the report as JSON")
-    p = add("repair", _cmd_repair, "run a recommended fix as a new job")
+    p = add("repair", _cmd_repair, "run a recommended fix, or a merge patch of your own, as a "
+                                   "new job")
     p.add_argument("job_id")
-    p.add_argument("--recommendation", type=int, default=None, help="index (default 0)")
+    fix = p.add_mutually_exclusive_group()
+    fix.add_argument("--recommendation", type=int, default=None, help="index (default 0)")
+    fix.add_argument("--patch", type=patch_json, default=None, metavar="JSON|@FILE",
+                     help='your own fix, a merge patch for the job\'s spec, e.g. '
+                          '\'{"optimizer": {"lr": 0.001}}\' or @patch.json')
     p.add_argument("--follow", action="store_true")
     p = add("plot", _cmd_plot, "save a plot (PNG, or SVG when the file ends in .svg)")
     p.add_argument("job_id")

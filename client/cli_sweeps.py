@@ -6,7 +6,6 @@ whatever their verdicts, 5 when a member failed, 6 when it was cancelled)."""
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +21,7 @@ from client.cli import (
     fmt_value,
     follow_job,
     out,
+    patch_json,
     print_json,
     print_outcome,
     stopped_following,
@@ -101,24 +101,6 @@ def member_choice(text: str) -> int | str:
     if index < 0:
         raise argparse.ArgumentTypeError(f"{text!r}: a member index is 0 or more")
     return index
-
-
-def patch_json(text: str) -> dict[str, Any]:
-    """``--patch``: a JSON object (RFC 7396 merge patch), inline or ``@FILE``."""
-    source = text
-    if text.startswith("@"):
-        try:
-            with open(text[1:], encoding="utf-8") as f:
-                source = f.read()
-        except OSError as exc:
-            raise argparse.ArgumentTypeError(f"{text!r}: {exc.strerror}") from None
-    try:
-        patch = json.loads(source)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not JSON: {exc}") from None
-    if not isinstance(patch, dict):
-        raise argparse.ArgumentTypeError(f"{text!r}: a merge patch is a JSON object")
-    return patch
 
 
 def _member_table(sweep: Sweep) -> Table:

@@ -1,5 +1,5 @@
-"""The client half of the ``gradwatch`` command: submit, follow, diagnose, repair, plot, jobs,
-preflight, datasets, model, predict, export, sweep. Talks to a server over HTTP only (``--url`` / GRADWATCH_URL, ``--api-key`` /
+"""The client half of the ``gradwatch`` command: submit, follow, cancel, delete, diagnose,
+repair, plot, jobs, preflight, datasets, model, predict, export, sweep. Talks to a server over HTTP only (``--url`` / GRADWATCH_URL, ``--api-key`` /
 GRADWATCH_API_KEY).
 
 Exit codes (stable, for scripts):
@@ -42,8 +42,8 @@ __all__ = ["EXIT", "error_text", "exit_code", "fmt_value", "follow_job", "patch_
 
 EXIT = {"ok": 0, "error": 1, "usage": 2, "exploding": 3, "unhealthy": 4, "failed": 5,
         "cancelled": 6, "interrupted": 130, "output_closed": 141}
-COMMANDS = ("submit", "follow", "diagnose", "repair", "plot", "jobs", "preflight", "datasets",
-            "model", "predict", "export", "sweep")
+COMMANDS = ("submit", "follow", "cancel", "delete", "diagnose", "repair", "plot", "jobs",
+            "preflight", "datasets", "model", "predict", "export", "sweep")
 
 
 class _Console(Console):
@@ -115,7 +115,8 @@ def follow_job(gw: Client, job: Job, *, quiet: bool = False) -> Job:
                TaskProgressColumn(), TextColumn("step {task.completed:.0f}/{task.total:.0f}"),
                TextColumn("loss {task.fields[loss]}"),
                TextColumn("grad norm {task.fields[grad_norm]}"), TimeElapsedColumn()]
-    with stopped_following(f"job {job.id}", f"gradwatch follow {job.id}"), \
+    with stopped_following(f"job {job.id}", f"gradwatch follow {job.id}",
+                           f"gradwatch cancel {job.id}"), \
             Progress(*columns, console=err, disable=quiet) as bar:
         task = bar.add_task(job.name or job.id[:8], total=total or 1, loss="-", grad_norm="-")
         for event in gw.follow(job.id):
@@ -125,14 +126,14 @@ def follow_job(gw: Client, job: Job, *, quiet: bool = False) -> Job:
 
 
 @contextmanager
-def stopped_following(what: str, again: str) -> Iterator[None]:
-    """Ctrl-C while following stops the watching, not the work: say so, and how to watch
-    again (the interrupt then ends the command, :func:`run`)."""
+def stopped_following(what: str, again: str, stop: str) -> Iterator[None]:
+    """Ctrl-C while following stops the watching, not the work: say so, how to watch again
+    and how to stop it (the interrupt then ends the command, :func:`run`)."""
     try:
         yield
     except KeyboardInterrupt:
         err.print(f"stopped following {what}; the server carries on with it ({again} to "
-                  "watch it again)")
+                  f"watch it again, {stop} to stop it)", soft_wrap=True)  # commands unbroken
         raise
 
 
@@ -182,6 +183,19 @@ def _cmd_submit(gw: Client, args: argparse.Namespace) -> int:
 
 def _cmd_follow(gw: Client, args: argparse.Namespace) -> int:
     return print_outcome(gw, follow_job(gw, gw.get(args.job_id)))
+
+
+def _cmd_cancel(gw: Client, args: argparse.Namespace) -> int:
+    job = gw.cancel(args.job_id)
+    err.print(f"cancelled job {job.id}" if job.terminal else
+              f"cancelling job {job.id}: it stops within one flush")
+    return EXIT["ok"]
+
+
+def _cmd_delete(gw: Client, args: argparse.Namespace) -> int:
+    gw.delete(args.job_id)
+    err.print(f"deleted job {args.job_id} and its history")
+    return EXIT["ok"]
 
 
 def _cmd_repair(gw: Client, args: argparse.Namespace) -> int:
@@ -302,6 +316,10 @@ def register(sub: Any) -> None:
     p.add_argument("--follow", action="store_true", help="progress bar, then the verdict")
     p.add_argument("--idempotency-key", default=None)
     p = add("follow", _cmd_follow, "watch a job until it ends; exit code from its verdict")
+    p.add_argument("job_id")
+    p = add("cancel", _cmd_cancel, "stop a queued or running job")
+    p.add_argument("job_id")
+    p = add("delete", _cmd_delete, "delete a finished job and its history")
     p.add_argument("job_id")
     p = add("diagnose", _cmd_diagnose, "the diagnosis: summary, findings, recommendations")
     p.add_argument("job_id")

@@ -147,7 +147,8 @@ def _follow(gw: Client, sweep: Sweep, *, quiet: bool) -> Sweep:
                TextColumn("members {task.fields[done]}"), TextColumn("{task.fields[verdicts]}"),
                TimeElapsedColumn()]
     total = sweep.progress.total_steps if sweep.progress else 0
-    with stopped_following(f"sweep {sweep.id}", f"gradwatch sweep wait {sweep.id}"), \
+    with stopped_following(f"sweep {sweep.id}", f"gradwatch sweep wait {sweep.id}",
+                           f"gradwatch sweep cancel {sweep.id}"), \
             Progress(*columns, console=err, disable=quiet) as bar:
         task = bar.add_task(sweep.name or sweep.id[:8], total=total or 1, done="-",
                             verdicts="")

@@ -29,8 +29,10 @@ def _env(live: LiveServer) -> dict[str, str]:
 
 
 def test_ctrl_c_while_following_says_the_job_goes_on(live: LiveServer, tmp_path: Path) -> None:
-    """Ctrl-C during `submit --follow` stops watching, not the job: one line naming the job
-    and how to watch it again, exit 130 (it was a KeyboardInterrupt traceback)."""
+    """Ctrl-C during `submit --follow` stops watching, not the job: one line naming the job,
+    how to watch it again and how to stop it, exit 130 (it was a KeyboardInterrupt
+    traceback); then `gradwatch cancel` stops it and `gradwatch delete` removes it (the CLI
+    had neither)."""
     spec = tmp_path / "slow.json"
     spec.write_text(json.dumps(SLOW_SPEC))
     proc = subprocess.Popen([GRADWATCH, "submit", str(spec), "--follow"], env=_env(live),
@@ -46,12 +48,22 @@ def test_ctrl_c_while_following_says_the_job_goes_on(live: LiveServer, tmp_path:
         assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
         assert proc.returncode == EXIT["interrupted"] == 130, err
         assert f"stopped following job {job_id}" in err
-        assert f"gradwatch follow {job_id}" in err
+        assert f"gradwatch follow {job_id}" in err and f"gradwatch cancel {job_id}" in err
         assert live.http.get(f"/v1/jobs/{job_id}").json()["status"] == "running"
     finally:
         proc.kill()
-        live.http.post(f"/v1/jobs/{job_id}/cancel")
+        cancel = subprocess.run([GRADWATCH, "cancel", job_id], env=_env(live),
+                                capture_output=True, text=True, timeout=60)
         live.wait_for(job_id, {"cancelled", "succeeded", "failed"})
+    assert cancel.returncode == 0 and f"cancelling job {job_id}" in cancel.stderr, cancel.stderr
+    assert live.http.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
+    again = subprocess.run([GRADWATCH, "cancel", job_id], env=_env(live), capture_output=True,
+                           text=True, timeout=60)
+    assert again.returncode == EXIT["error"] and "409" in again.stderr, again.stderr
+    deleted = subprocess.run([GRADWATCH, "delete", job_id], env=_env(live),
+                             capture_output=True, text=True, timeout=60)
+    assert deleted.returncode == 0, deleted.stderr
+    assert live.http.get(f"/v1/jobs/{job_id}").status_code == 404
 
 
 def test_emoji_codes_in_names_are_printed_as_they_are(live: LiveServer, tmp_path: Path) -> None:

@@ -78,7 +78,12 @@ def _read_inputs(path: str) -> Any:
     import numpy as np
 
     if path.lower().endswith(".npy"):
-        return np.load(path, allow_pickle=False)
+        try:
+            return np.load(path, allow_pickle=False)
+        except (ValueError, EOFError):  # not .npy, or Python objects (NumPy then suggests
+            # unpickling the file, which this command will not do)
+            raise ValueError(f"{path} is not a .npy array of numbers (what np.save writes for "
+                             "a numeric array)") from None
     with open(path, newline="") as f:
         rows = [r for r in csv.reader(f) if r]
     try:

@@ -205,3 +205,20 @@ def test_an_upload_that_is_not_a_file_is_named(gw: Client, live: LiveServer, tmp
                            "--format", "csv")
         assert result.returncode == EXIT["usage"], result.stderr
         assert f"cannot use {path}: {why}" in result.stderr, result.stderr
+
+
+def test_an_npy_that_is_not_an_array_of_numbers_is_named(live: LiveServer, tmp_path: Path,
+                                                          trained: tuple[str, str]) -> None:
+    """`predict -i rows.npy` of a file that is not a NumPy array (a CSV renamed, an array of
+    Python objects): the file and what is wrong, not NumPy's advice to unpickle it ("If you
+    trust the file you can load it unsafely using the `allow_pickle=` keyword")."""
+    _, job_id = trained
+    renamed = tmp_path / "renamed.npy"
+    renamed.write_text("a,b\n1,2\n")
+    objects = tmp_path / "objects.npy"
+    np.save(objects, np.array([[1, "x"]], dtype=object), allow_pickle=True)
+    for path in (renamed, objects):
+        result = gradwatch(live, "predict", job_id, "-i", str(path))
+        assert result.returncode == EXIT["usage"], result.stderr
+        assert f"{path} is not a .npy array of numbers" in result.stderr, result.stderr
+        assert "allow_pickle" not in result.stderr

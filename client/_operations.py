@@ -41,6 +41,7 @@ from client.models import (
     SweepPage,
     SweepSummary,
 )
+from client.specs import finite, spec_body
 from client.transport import UPLOAD_TYPES, Download, FileBody
 
 T = TypeVar("T")
@@ -118,13 +119,6 @@ def _json(response: httpx.Response) -> Any:
     return response.json()
 
 
-def _spec(spec: dict[str, Any] | str | Path) -> dict[str, Any]:
-    if isinstance(spec, str | Path):
-        loaded: dict[str, Any] = json.loads(Path(spec).read_text())
-        return loaded
-    return spec
-
-
 def plot_format(path: str | Path | None, fmt: str | None) -> str:
     """``png`` or ``svg``: explicit, or from the file name's suffix."""
     if fmt is not None:
@@ -178,8 +172,8 @@ class ops:  # a namespace of call builders
     def submit(spec: dict[str, Any] | str | Path, idempotency_key: str | None) -> Call[Job]:
         # A key of our own makes the POST safe to resend after a dropped connection.
         key = idempotency_key or f"client-{uuid.uuid4()}"
-        return Call("POST", "/v1/jobs", lambda r: Job.model_validate(r.json()), json=_spec(spec),
-                    headers={"Idempotency-Key": key})
+        return Call("POST", "/v1/jobs", lambda r: Job.model_validate(r.json()),
+                    json=spec_body(spec), headers={"Idempotency-Key": key})
 
     @staticmethod
     def get(job_id: str) -> Call[Job]:
@@ -207,7 +201,7 @@ class ops:  # a namespace of call builders
                idempotency_key: str | None) -> Call[Job]:
         key = idempotency_key or f"client-{uuid.uuid4()}"
         return Call("POST", f"/v1/jobs/{job_id}/repair", lambda r: Job.model_validate(r.json()),
-                    json=_params(recommendation=recommendation, spec_patch=spec_patch),
+                    json=_params(recommendation=recommendation, spec_patch=finite(spec_patch)),
                     headers={"Idempotency-Key": key})
 
     @staticmethod
@@ -256,7 +250,7 @@ class ops:  # a namespace of call builders
     @staticmethod
     def preflight(spec: dict[str, Any] | str | Path) -> Call[Preflight]:
         return Call("POST", "/v1/preflight", lambda r: Preflight.model_validate(r.json()),
-                    json=_spec(spec))
+                    json=spec_body(spec))
 
     @staticmethod
     def datasets() -> Call[Any]:
@@ -303,6 +297,10 @@ class ops:  # a namespace of call builders
         if rows.ndim != 2 or not rows.size:
             raise ValueError("X has no rows" if not rows.size else
                              f"X must be 2-D (rows, columns); got shape {rows.shape}")
+        if not np.isfinite(rows).all():  # JSON cannot carry them, the model takes none
+            i, j = np.argwhere(~np.isfinite(rows))[0]
+            raise ValueError(f"X row {i}, column {j} (counted from 0) is {rows[i, j]}: the "
+                             "model takes finite numbers only")
         # the model answers the same rows the same way: safe to resend
         return Call("POST", f"/v1/jobs/{job_id}/predict",
                     lambda r: Prediction.model_validate(r.json()), json={"X": rows.tolist()},
@@ -327,7 +325,8 @@ class ops:  # a namespace of call builders
         # first attempt created, as for jobs).
         key = idempotency_key or f"client-{uuid.uuid4()}"
         return Call("POST", "/v1/sweeps", lambda r: Sweep.model_validate(r.json()),
-                    json=_params(name=name, spec=_spec(spec), axes=[dict(a) for a in axes]),
+                    json=_params(name=name, spec=spec_body(spec),
+                                 axes=finite([dict(a) for a in axes], "axes.")),
                     headers={"Idempotency-Key": key})
 
     @staticmethod
@@ -343,7 +342,7 @@ class ops:  # a namespace of call builders
         key = idempotency_key or f"client-{uuid.uuid4()}"
         return Call("POST", f"/v1/sweeps/{sweep_id}/launch",
                     lambda r: Job.model_validate(r.json()),
-                    json=_params(member=member, spec_patch=spec_patch, x=x, y=y, at=at,
+                    json=_params(member=member, spec_patch=finite(spec_patch), x=x, y=y, at=at,
                                  name=name),
                     headers={"Idempotency-Key": key})
 

@@ -1,5 +1,5 @@
-"""The client half of the ``gradwatch`` command: submit, follow, diagnose, repair, plot, jobs,
-preflight, datasets, model, predict, export, sweep. Talks to a server over HTTP only (``--url`` / GRADWATCH_URL, ``--api-key`` /
+"""The client half of the ``gradwatch`` command: submit, follow, cancel, delete, diagnose,
+repair, plot, jobs, preflight, datasets, model, predict, export, sweep. Talks to a server over HTTP only (``--url`` / GRADWATCH_URL, ``--api-key`` /
 GRADWATCH_API_KEY).
 
 Exit codes (stable, for scripts):
@@ -10,6 +10,8 @@ Exit codes (stable, for scripts):
   4  the job's verdict is vanishing, unstable or stalled
   5  the job failed (the service could not run it)
   6  the job was cancelled
+  130  interrupted (Ctrl-C); a followed job or sweep carries on on the server
+  141  the reader of the output stopped early (``| head``): the output was cut short
 (A waited sweep: 0 once every member ran, whatever the verdicts; 5 failed; 6 cancelled.)
 """
 
@@ -18,9 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -33,18 +37,28 @@ from client.errors import ApiError
 from client.models import Diagnosis, Event, Job
 from client.sync import Client
 
-__all__ = ["EXIT", "error_text", "exit_code", "fmt_value", "follow_job", "print_outcome", "register",
-           "run"]
+__all__ = ["EXIT", "error_text", "exit_code", "fmt_value", "follow_job", "patch_json",
+           "print_json", "print_outcome", "register", "run", "stopped_following"]
 
 EXIT = {"ok": 0, "error": 1, "usage": 2, "exploding": 3, "unhealthy": 4, "failed": 5,
-        "cancelled": 6}
-COMMANDS = ("submit", "follow", "diagnose", "repair", "plot", "jobs", "preflight", "datasets",
-            "model", "predict", "export", "sweep")
+        "cancelled": 6, "interrupted": 130, "output_closed": 141}
+COMMANDS = ("submit", "follow", "cancel", "delete", "diagnose", "repair", "plot", "jobs",
+            "preflight", "datasets", "model", "predict", "export", "sweep")
 
-# markup off: names, summaries and error details are printed as they are ("[/]" in a job's
-# name would be rich markup, and a MarkupError); styles are given as Text spans instead
-out = Console(highlight=False, soft_wrap=True, markup=False)
-err = Console(stderr=True, highlight=False, markup=False)
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """The reader went away (``| head -1``): stop printing; :func:`run` ends the command
+        (rich's own answer is a silent exit 1, the code of a server error)."""
+        self.quiet = True
+        raise BrokenPipeError
+
+
+# markup and emoji codes off: names, summaries and error details are printed as they are
+# ("[/]" in a job's name would be rich markup, and a MarkupError; ":fire:" an emoji); styles
+# are given as Text spans instead
+out = _Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
+err = _Console(stderr=True, highlight=False, markup=False, emoji=False)
 
 
 def exit_code(job: Job) -> int:
@@ -72,6 +86,23 @@ def fmt_value(value: Any) -> str:
     return str(value)
 
 
+def print_json(value: Any) -> None:
+    """``value`` as JSON on stdout, NaN and ±Inf written as the API writes them (``"NaN"``,
+    ``"Infinity"``, ``"-Infinity"``): the bare tokens are not JSON, and strict parsers
+    (JavaScript, Go, serde) refuse the whole document."""
+    print(json.dumps(_api_floats(value), indent=2, allow_nan=False))
+
+
+def _api_floats(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
+    if isinstance(value, dict):
+        return {k: _api_floats(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_api_floats(v) for v in value]
+    return value
+
+
 def error_text(message: str) -> Text:
     """``error`` in red, then ``message`` as it is."""
     return Text.assemble(("error", "red"), " ", message)
@@ -84,12 +115,26 @@ def follow_job(gw: Client, job: Job, *, quiet: bool = False) -> Job:
                TaskProgressColumn(), TextColumn("step {task.completed:.0f}/{task.total:.0f}"),
                TextColumn("loss {task.fields[loss]}"),
                TextColumn("grad norm {task.fields[grad_norm]}"), TimeElapsedColumn()]
-    with Progress(*columns, console=err, disable=quiet) as bar:
+    with stopped_following(f"job {job.id}", f"gradwatch follow {job.id}",
+                           f"gradwatch cancel {job.id}"), \
+            Progress(*columns, console=err, disable=quiet) as bar:
         task = bar.add_task(job.name or job.id[:8], total=total or 1, loss="-", grad_norm="-")
         for event in gw.follow(job.id):
             _show(bar, task, event)
     final = gw.get(job.id)
     return final
+
+
+@contextmanager
+def stopped_following(what: str, again: str, stop: str) -> Iterator[None]:
+    """Ctrl-C while following stops the watching, not the work: say so, how to watch again
+    and how to stop it (the interrupt then ends the command, :func:`run`)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        err.print(f"stopped following {what}; the server carries on with it ({again} to "
+                  f"watch it again, {stop} to stop it)", soft_wrap=True)  # commands unbroken
+        raise
 
 
 def _show(bar: Progress, task: Any, event: Event) -> None:
@@ -140,8 +185,21 @@ def _cmd_follow(gw: Client, args: argparse.Namespace) -> int:
     return print_outcome(gw, follow_job(gw, gw.get(args.job_id)))
 
 
+def _cmd_cancel(gw: Client, args: argparse.Namespace) -> int:
+    job = gw.cancel(args.job_id)
+    err.print(f"cancelled job {job.id}" if job.terminal else
+              f"cancelling job {job.id}: it stops within one flush")
+    return EXIT["ok"]
+
+
+def _cmd_delete(gw: Client, args: argparse.Namespace) -> int:
+    gw.delete(args.job_id)
+    err.print(f"deleted job {args.job_id} and its history")
+    return EXIT["ok"]
+
+
 def _cmd_repair(gw: Client, args: argparse.Namespace) -> int:
-    child = gw.repair(args.job_id, recommendation=args.recommendation)
+    child = gw.repair(args.job_id, recommendation=args.recommendation, spec_patch=args.patch)
     action = (child.repair or {}).get("action") or "spec patch"
     if not args.follow:
         out.print(child.id)
@@ -171,7 +229,7 @@ def _diagnosis_tables(diag: Diagnosis) -> Iterator[Table]:
 def _cmd_diagnose(gw: Client, args: argparse.Namespace) -> int:
     diag = gw.diagnostics(args.job_id)
     if args.json:
-        print(json.dumps(diag.model_dump(mode="json"), indent=2))
+        print_json(diag.model_dump(mode="json"))
     else:
         state = "" if diag.final else " (provisional: the job is still running)"
         out.print(Text.assemble("verdict ", (diag.verdict, "bold"),
@@ -192,7 +250,7 @@ def _cmd_jobs(gw: Client, args: argparse.Namespace) -> int:
     page = gw.list(status=args.status, verdict=args.verdict, limit=args.limit,
                    sweep_members=False if args.without_sweep_members else None)
     if args.json:
-        print(json.dumps([j.model_dump(mode="json") for j in page.items], indent=2))
+        print_json([j.model_dump(mode="json") for j in page.items])
         return EXIT["ok"]
     table = Table()
     table.add_column("id", no_wrap=True)
@@ -209,13 +267,31 @@ def _cmd_jobs(gw: Client, args: argparse.Namespace) -> int:
 def _cmd_preflight(gw: Client, args: argparse.Namespace) -> int:
     report = gw.preflight(args.spec).model_dump(mode="json")
     if args.json:
-        print(json.dumps(report, indent=2))
+        print_json(report)
         return EXIT["ok"]
     out.print(str(report.get("summary")))
     for i, rec in enumerate(report.get("recommendations") or []):
         out.print(f"  {i}. {rec.get('action')}: {rec.get('rationale')} "
                   f"{json.dumps(rec.get('spec_patch'))}")
     return EXIT["ok"]
+
+
+def patch_json(text: str) -> dict[str, Any]:
+    """``--patch``: a JSON object (RFC 7396 merge patch), inline or ``@FILE``."""
+    source = text
+    if text.startswith("@"):
+        try:
+            with open(text[1:], encoding="utf-8") as f:
+                source = f.read()
+        except OSError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r}: {exc.strerror}") from None
+    try:
+        patch = json.loads(source)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not JSON: {exc}") from None
+    if not isinstance(patch, dict):
+        raise argparse.ArgumentTypeError(f"{text!r}: a merge patch is a JSON object")
+    return patch
 
 
 def register(sub: Any) -> None:
@@ -241,12 +317,21 @@ def register(sub: Any) -> None:
     p.add_argument("--idempotency-key", default=None)
     p = add("follow", _cmd_follow, "watch a job until it ends; exit code from its verdict")
     p.add_argument("job_id")
+    p = add("cancel", _cmd_cancel, "stop a queued or running job")
+    p.add_argument("job_id")
+    p = add("delete", _cmd_delete, "delete a finished job and its history")
+    p.add_argument("job_id")
     p = add("diagnose", _cmd_diagnose, "the diagnosis: summary, findings, recommendations")
     p.add_argument("job_id")
     p.add_argument("--json", action="store_true", help="the report as JSON")
-    p = add("repair", _cmd_repair, "run a recommended fix as a new job")
+    p = add("repair", _cmd_repair, "run a recommended fix, or a merge patch of your own, as a "
+                                   "new job")
     p.add_argument("job_id")
-    p.add_argument("--recommendation", type=int, default=None, help="index (default 0)")
+    fix = p.add_mutually_exclusive_group()
+    fix.add_argument("--recommendation", type=int, default=None, help="index (default 0)")
+    fix.add_argument("--patch", type=patch_json, default=None, metavar="JSON|@FILE",
+                     help='your own fix, a merge patch for the job\'s spec, e.g. '
+                          '\'{"optimizer": {"lr": 0.001}}\' or @patch.json')
     p.add_argument("--follow", action="store_true")
     p = add("plot", _cmd_plot, "save a plot (PNG, or SVG when the file ends in .svg)")
     p.add_argument("job_id")
@@ -277,13 +362,26 @@ def run(args: argparse.Namespace) -> int:
     url = args.url or os.environ.get("GRADWATCH_URL") or "http://127.0.0.1:8000"
     key = args.api_key or os.environ.get("GRADWATCH_API_KEY") or None
     try:
-        with Client(url, api_key=key, retries=3) as gw:
+        gw = Client(url, api_key=key, retries=3)
+    except ValueError as exc:  # a key no header can carry
+        err.print(error_text(f"--api-key / GRADWATCH_API_KEY: {exc}"))
+        return EXIT["usage"]
+    try:
+        with gw:
             code: int = args.client_command(gw, args)
+            sys.stdout.flush()  # here, not at exit, where a closed pipe is "Exception ignored"
             return code
+    except BrokenPipeError:  # the reader of stdout went away: the rest goes nowhere, quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT["output_closed"]
     except ApiError as exc:
         err.print(error_text(f"{exc.status} {exc.title}: {exc.detail}"))
         for field in exc.errors:
             err.print(f"  {field.path}: {field.msg}")
+        if exc.status == 401:  # the detail speaks HTTP ("send Authorization: Bearer ...")
+            source = "--api-key" if args.api_key else "GRADWATCH_API_KEY"
+            err.print(f"  the key sent came from {source}" if key else
+                      "  no key was sent: give one with --api-key KEY or GRADWATCH_API_KEY")
         return EXIT["error"]
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
         # a file named on the command line (a spec to read, an image to write): not the server
@@ -296,6 +394,9 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ConnectionError, httpx.HTTPError) as exc:
         err.print(error_text(f"cannot reach {url}: {exc}"))
         return EXIT["error"]
+    except KeyboardInterrupt:  # Ctrl-C: no traceback
+        err.print("interrupted")
+        return EXIT["interrupted"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 
 from rich.table import Table
 
-from client.cli import EXIT, err, fmt_value, out
+from client.cli import EXIT, err, fmt_value, out, print_json
 from client.models import Dataset
 from client.sync import Client
 
@@ -34,7 +34,7 @@ def _cmd_datasets_upload(gw: Client, args: argparse.Namespace) -> int:
     ds: Dataset = gw.upload_dataset(args.file, name=args.name or os.path.basename(args.file),
                                     task=args.task, target=args.target, format=args.format)
     if args.json:
-        print(json.dumps(ds.model_dump(mode="json"), indent=2))
+        print_json(ds.model_dump(mode="json"))
         return EXIT["ok"]
     err.print(f"uploaded {ds.name}: {ds.n_samples} rows, {ds.n_features} features "
               f"({ds.task}); use it in a spec as \"data\": {json.dumps(ds.spec_data)}")
@@ -47,7 +47,7 @@ def _cmd_datasets_list(gw: Client, args: argparse.Namespace) -> int:
     if args.uploaded:
         sets = [d for d in sets if d.get("source") == "uploaded"]
     if args.json:
-        print(json.dumps(sets, indent=2))
+        print_json(sets)
         return EXIT["ok"]
     table = Table()
     table.add_column("id / name", no_wrap=True)
@@ -78,7 +78,12 @@ def _read_inputs(path: str) -> Any:
     import numpy as np
 
     if path.lower().endswith(".npy"):
-        return np.load(path, allow_pickle=False)
+        try:
+            return np.load(path, allow_pickle=False)
+        except (ValueError, EOFError):  # not .npy, or Python objects (NumPy then suggests
+            # unpickling the file, which this command will not do)
+            raise ValueError(f"{path} is not a .npy array of numbers (what np.save writes for "
+                             "a numeric array)") from None
     with open(path, newline="") as f:
         rows = [r for r in csv.reader(f) if r]
     try:

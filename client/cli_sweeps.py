@@ -6,7 +6,6 @@ whatever their verdicts, 5 when a member failed, 6 when it was cancelled)."""
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +13,19 @@ from typing import Any
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from client.cli import EXIT, err, error_text, exit_code, fmt_value, follow_job, out, print_outcome
+from client.cli import (
+    EXIT,
+    err,
+    error_text,
+    exit_code,
+    fmt_value,
+    follow_job,
+    out,
+    patch_json,
+    print_json,
+    print_outcome,
+    stopped_following,
+)
 from client.models import AxisValue, StabilityMap, Sweep, SweepSummary
 from client.sync import Client
 
@@ -92,24 +103,6 @@ def member_choice(text: str) -> int | str:
     return index
 
 
-def patch_json(text: str) -> dict[str, Any]:
-    """``--patch``: a JSON object (RFC 7396 merge patch), inline or ``@FILE``."""
-    source = text
-    if text.startswith("@"):
-        try:
-            with open(text[1:], encoding="utf-8") as f:
-                source = f.read()
-        except OSError as exc:
-            raise argparse.ArgumentTypeError(f"{text!r}: {exc.strerror}") from None
-    try:
-        patch = json.loads(source)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not JSON: {exc}") from None
-    if not isinstance(patch, dict):
-        raise argparse.ArgumentTypeError(f"{text!r}: a merge patch is a JSON object")
-    return patch
-
-
 def _member_table(sweep: Sweep) -> Table:
     table = Table()
     table.add_column("#", justify="right")
@@ -136,7 +129,7 @@ def _summary(sweep: Sweep) -> str:
 
 def _show(sweep: Sweep, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(sweep.model_dump(mode="json"), indent=2))
+        print_json(sweep.model_dump(mode="json"))
         return
     out.print(_summary(sweep))
     out.print(_member_table(sweep))
@@ -154,7 +147,9 @@ def _follow(gw: Client, sweep: Sweep, *, quiet: bool) -> Sweep:
                TextColumn("members {task.fields[done]}"), TextColumn("{task.fields[verdicts]}"),
                TimeElapsedColumn()]
     total = sweep.progress.total_steps if sweep.progress else 0
-    with Progress(*columns, console=err, disable=quiet) as bar:
+    with stopped_following(f"sweep {sweep.id}", f"gradwatch sweep wait {sweep.id}",
+                           f"gradwatch sweep cancel {sweep.id}"), \
+            Progress(*columns, console=err, disable=quiet) as bar:
         task = bar.add_task(sweep.name or sweep.id[:8], total=total or 1, done="-",
                             verdicts="")
         for event in gw.follow_sweep(sweep.id):
@@ -227,7 +222,7 @@ def _verdict_counts(verdicts: dict[str, int]) -> str:
 def _cmd_list(gw: Client, args: argparse.Namespace) -> int:
     page = gw.list_sweeps(status=args.status, limit=args.limit)
     if args.json:
-        print(json.dumps([s.model_dump(mode="json") for s in page.items], indent=2))
+        print_json([s.model_dump(mode="json") for s in page.items])
         return EXIT["ok"]
     out.print(_sweep_table(page.items))
     return EXIT["ok"]
@@ -258,13 +253,13 @@ def _cmd_launch(gw: Client, args: argparse.Namespace) -> int:
               f"{args.sweep_id}")
     if not args.wait:
         if args.json:
-            print(json.dumps(job.model_dump(mode="json"), indent=2))
+            print_json(job.model_dump(mode="json"))
         else:
             out.print(job.id)
         return EXIT["ok"]
     final = follow_job(gw, job, quiet=args.json)
     if args.json:
-        print(json.dumps(final.model_dump(mode="json"), indent=2))
+        print_json(final.model_dump(mode="json"))
         return exit_code(final)
     return print_outcome(gw, final)
 
@@ -295,7 +290,7 @@ def _cmd_delete(gw: Client, args: argparse.Namespace) -> int:
 def _cmd_map(gw: Client, args: argparse.Namespace) -> int:
     grid = _write_map(gw, args.sweep_id, args.output, args)
     if args.json:
-        print(json.dumps(grid.model_dump(mode="json"), indent=2))
+        print_json(grid.model_dump(mode="json"))
     else:
         _show_boundary(grid)
     return EXIT["ok"]

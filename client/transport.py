@@ -3,6 +3,7 @@ clients."""
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -26,7 +27,18 @@ NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
 
 
 def auth_headers(api_key: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    """The ``Authorization`` header for ``api_key``, without the whitespace around it (a key
+    read from a file ends in a newline; no header carries it). ValueError naming the first
+    character a header cannot carry, never the key (a secret, printed into logs)."""
+    key = (api_key or "").strip()
+    if not key:
+        return {}
+    for position, char in enumerate(key):
+        if not (char.isascii() and char.isprintable()):
+            raise ValueError(f"the API key holds {char!r} at position {position}, which an HTTP "
+                             "header cannot carry (keys are printable ASCII): check that it was "
+                             "copied whole, without quotes")
+    return {"Authorization": f"Bearer {key}"}
 
 
 @dataclass(frozen=True)
@@ -73,8 +85,10 @@ class FileBody:
             self.path: Path | None = Path(source)
             self.file: BinaryIO | None = None
             self.start = 0
+            if self.path.is_dir():
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(source))
             if not self.path.is_file():
-                raise FileNotFoundError(f"no such file: {self.path}")
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(source))
         else:
             self.path, self.file = None, source
             self.start = source.tell() if source.seekable() else -1
@@ -110,11 +124,19 @@ class Download:
 
     def __init__(self, path: str | PathLike[str]) -> None:
         self.path = Path(path)
+        # refused before the request, not once the body arrived; named as the caller wrote it
+        if self.path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not self.path.parent.is_dir():
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
 
     @contextmanager
     def open(self) -> Iterator[BinaryIO]:
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part",
-                                   dir=self.path.parent)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part",
+                                       dir=self.path.parent)
+        except OSError as exc:  # e.g. a read-only folder: name the target, not the temp file
+            raise type(exc)(exc.errno, exc.strerror, str(self.path)) from None
         try:
             with os.fdopen(fd, "wb") as f:
                 yield f

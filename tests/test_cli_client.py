@@ -218,3 +218,22 @@ def test_a_file_that_cannot_be_used_is_a_usage_error(live: LiveServer, exploded:
     write = gradwatch(live, "plot", exploded, "-o", str(target))
     assert write.returncode == EXIT["usage"], write.stderr
     assert f"cannot use {target}" in write.stderr and "Traceback" not in write.stderr
+
+
+def test_repair_runs_a_patch_of_ones_own(live: LiveServer, spec_files: dict[str, Path],
+                                         tmp_path: Path) -> None:
+    """`repair --patch JSON|@FILE`: the fix the server's 409 asks for on a run without
+    recommendations ("pass your own spec_patch"), which the CLI could not send (repair took
+    only --recommendation)."""
+    job_id = gradwatch(live, "submit", str(spec_files["small"])).stdout.strip()
+    live.wait_for(job_id, {"succeeded"})
+    patch = tmp_path / "patch.json"
+    patch.write_text(json.dumps({"optimizer": {"name": "sgd", "lr": 0.05}}))
+    result = gradwatch(live, "repair", job_id, "--patch", f"@{patch}", "--follow")
+    assert result.returncode in (0, EXIT["exploding"], EXIT["unhealthy"]), result.stderr
+    child_id = result.stdout.split()[1]
+    child = live.http.get(f"/v1/jobs/{child_id}").json()
+    assert child["parent_id"] == job_id and child["spec"]["optimizer"]["lr"] == 0.05
+    assert "verdict " in result.stdout and " -> " in result.stdout  # the comparison
+    both = gradwatch(live, "repair", job_id, "--patch", "{}", "--recommendation", "0")
+    assert both.returncode == EXIT["usage"] and "not allowed with" in both.stderr

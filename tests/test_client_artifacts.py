@@ -15,7 +15,9 @@ import pytest
 import core
 from app.showcase import DIVERGING_SPEC
 from client import ApiError, AsyncClient, Client
+from client.cli import EXIT
 from tests.conftest import LiveServer
+from tests.test_cli_client import gradwatch
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -149,3 +151,74 @@ def test_the_async_client_does_the_same(live: LiveServer, tmp_path: Path,
     offline = core.load_model(io.BytesIO(model.read_bytes())).predict(np.array([[0.0, 0.0]]))
     assert prediction.as_array().tolist() == offline.argmax(axis=1).tolist()
     assert csv_path.read_text().startswith("step,epoch,loss")
+
+
+def test_a_download_target_that_cannot_be_written_is_named_before_sending(
+        gw: Client, live: LiveServer, tmp_path: Path, trained: tuple[str, str]) -> None:
+    """``-o`` naming a folder, or a file in a folder that is not there: the error names the
+    target, before anything is downloaded (it came after the whole body arrived, naming a
+    temporary file: "cannot use /tmp/.x.csv.8njbee5r.part: No such file or directory")."""
+    _, job_id = trained
+    missing = tmp_path / "no-such-folder" / "metrics.csv"
+    with pytest.raises(FileNotFoundError) as info:
+        gw.export_csv(job_id, "metrics", missing)
+    assert info.value.filename == str(missing)
+    with pytest.raises(IsADirectoryError) as folder:
+        gw.download_model(job_id, tmp_path)
+    assert folder.value.filename == str(tmp_path)
+    for args in (["export", job_id, "metrics", "-o", str(missing)],
+                 ["model", "download", job_id, "-o", str(tmp_path)]):
+        result = gradwatch(live, *args)
+        assert result.returncode == EXIT["usage"], result.stderr
+        assert f"cannot use {args[-1]}: " in result.stderr and ".part" not in result.stderr
+
+
+def test_rows_with_nan_or_inf_are_refused_naming_the_cell(gw: Client, live: LiveServer,
+                                                          tmp_path: Path,
+                                                          trained: tuple[str, str]) -> None:
+    """A NaN or an Inf among the rows to predict (a gap in a CSV read as nan, a 1e400): the
+    error names the row and column (it was httpx's "Out of range float values are not JSON
+    compliant")."""
+    _, job_id = trained
+    with pytest.raises(ValueError, match=r"row 1, column 0 .* is inf"):
+        gw.predict(job_id, [[0.5, 1.0], [np.inf, 2.0]])
+    rows = tmp_path / "rows.csv"
+    rows.write_text("a,b\n0.5,1.0\n1.5,nan\n")
+    result = gradwatch(live, "predict", job_id, "-i", str(rows))
+    assert result.returncode == EXIT["usage"], result.stderr
+    assert "row 1, column 1" in result.stderr and "is nan" in result.stderr, result.stderr
+
+
+def test_an_upload_that_is_not_a_file_is_named(gw: Client, live: LiveServer, tmp_path: Path
+                                               ) -> None:
+    """A data set path that is missing, or a folder: the error says which and names it as the
+    other commands do (a folder was "no such file: <folder>", and the CLI printed "cannot
+    use a file: no such file: ...")."""
+    missing = tmp_path / "nope.csv"
+    with pytest.raises(FileNotFoundError) as info:
+        gw.upload_dataset(missing, name="x", task="regression")
+    assert info.value.filename == str(missing)
+    with pytest.raises(IsADirectoryError):
+        gw.upload_dataset(tmp_path, name="x", task="regression", format="csv")
+    for path, why in ((missing, "No such file or directory"), (tmp_path, "Is a directory")):
+        result = gradwatch(live, "datasets", "upload", str(path), "--task", "regression",
+                           "--format", "csv")
+        assert result.returncode == EXIT["usage"], result.stderr
+        assert f"cannot use {path}: {why}" in result.stderr, result.stderr
+
+
+def test_an_npy_that_is_not_an_array_of_numbers_is_named(live: LiveServer, tmp_path: Path,
+                                                          trained: tuple[str, str]) -> None:
+    """`predict -i rows.npy` of a file that is not a NumPy array (a CSV renamed, an array of
+    Python objects): the file and what is wrong, not NumPy's advice to unpickle it ("If you
+    trust the file you can load it unsafely using the `allow_pickle=` keyword")."""
+    _, job_id = trained
+    renamed = tmp_path / "renamed.npy"
+    renamed.write_text("a,b\n1,2\n")
+    objects = tmp_path / "objects.npy"
+    np.save(objects, np.array([[1, "x"]], dtype=object), allow_pickle=True)
+    for path in (renamed, objects):
+        result = gradwatch(live, "predict", job_id, "-i", str(path))
+        assert result.returncode == EXIT["usage"], result.stderr
+        assert f"{path} is not a .npy array of numbers" in result.stderr, result.stderr
+        assert "allow_pickle" not in result.stderr

@@ -379,3 +379,45 @@ def test_mean_field_profile_matches_measured_activation_growth() -> None:
     prof = init_profile(spec, input_rms=1.0)
     predicted = [p.forward_gain for p in prof[1:-1]]
     assert all(g == pytest.approx(0.5 * math.sqrt(64 / 2), rel=0.05) for g in predicted)
+
+
+def test_a_healthy_runs_optional_clipping_leaves_its_early_training_untouched() -> None:
+    """A converged run's gradient norm ends three orders of magnitude below where it
+    started; a few transient spikes late in the run are harmless (verdict healthy). Clipping
+    offered as hardening sits at the top of the normal range, not at the run's median (which
+    the converged phase dominates, and which would throttle every early step)."""
+    rng = np.random.default_rng(1)
+    n = 6000
+    steps = []
+    for t in range(n):
+        g = float(10 ** (-3 * t / n) * np.exp(rng.normal(0.0, 0.3)))
+        if t in (4200, 4900, 5600):  # a one-step spike, ~300x the local norm
+            g *= 300.0
+        loss = float(1.1 * math.exp(-t / 800) + 0.01)
+        steps.append(record(t, g, loss))
+    rep = diagnose(History(spec_of(), steps))
+    kinds = {f.kind for f in rep.findings}
+    assert rep.verdict == "healthy" and "gradient_spike" in kinds, (rep.verdict, kinds)
+    clip = next(r for r in rep.recommendations if r.action == "clip_gradients")
+    max_norm = clip.spec_patch["clipping"]["max_norm"]
+    early = [s.grad_norm for s in steps[:600]]
+    assert max_norm >= np.percentile(early, 99)  # normal steps of the whole run untouched
+    assert max_norm < max(s.grad_norm for s in steps[4000:])  # the spikes are capped
+    assert "Optional: clip gradients" in rep.summary and "First fix" not in rep.summary
+
+
+def test_a_diverged_loss_is_not_called_flat() -> None:
+    """Regression targets of RMS ~450 and no standardisation: the loss overflows. It
+    diverged (loss_divergence); 'the loss ended at 6e+93, the chance level: not learning'
+    misread it."""
+    result = _train({"data": {"source": "synthetic", "name": "linear", "n_samples": 320,
+                              "n_features": 8, "target_scale": 100.0},
+                     "model": {"hidden": [{"units": 32}, {"units": 32}],
+                               "init": {"scheme": "he_normal"}},
+                     "optimizer": {"name": "sgd", "lr": 0.0005, "momentum": 0.9},
+                     "loss": "mse", "training": {"epochs": 20, "batch_size": 32},
+                     "monitor": {"stop_on_explosion": False}})
+    rep = diagnose(result)
+    kinds = {f.kind for f in rep.findings}
+    assert rep.verdict == "exploding" and "loss_divergence" in kinds, kinds
+    assert "flat_loss" not in kinds

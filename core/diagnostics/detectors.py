@@ -244,13 +244,15 @@ def detect_flat_loss(ctx: Context) -> Finding | None:
     last = median(s.loss[segment(s, 0.1, tail=True)])
     if not (math.isfinite(first) and math.isfinite(last)) or first <= 0:
         return None
+    if not last < LOSS_DIVERGENCE * first:  # it diverged: detect_loss_divergence says so
+        return None
     improvement = 1.0 - last / first
     chance = ctx.chance
     at_chance = chance is not None and chance > 0 and last >= CHANCE_MARGIN * chance
     if improvement >= FLAT_IMPROVEMENT and not at_chance:
         return None
-    why = (f"ended at {_fmt(last)}, the chance level {_fmt(chance)} (what a constant "
-           "prediction scores)" if at_chance else
+    why = (f"ended at {_fmt(last)}, no better than the chance level {_fmt(chance)} (what a "
+           "constant prediction scores)" if at_chance else
            f"improved only {improvement:.1%} ({_fmt(first)} -> {_fmt(last)})")
     return Finding(
         kind="flat_loss", severity="warning", step=int(s.step[0]), layers=[],

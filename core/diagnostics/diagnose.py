@@ -317,8 +317,9 @@ class _Diagnosis(FixRanking):
                       "data_scale"):
                 if f[k] is not None:
                     parts.append(_first_sentence(f[k]))
-        if recs:
-            parts.append(f"First fix: {recs[0].action.replace('_', ' ')} "
+        if recs:  # a healthy run's are optional hardening, not fixes
+            parts.append(f"{'Optional' if verdict == 'healthy' else 'First fix'}: "
+                         f"{recs[0].action.replace('_', ' ')} "
                          f"({_patch_text(recs[0].spec_patch)}).")
         return " ".join(p.replace(" .", ".").replace("  ", " ") for p in parts)
 

@@ -130,7 +130,11 @@ class FixRanking:
         else:  # healthy: only optional hardening when spikes were seen
             if f["gradient_spike"] is not None:
                 recs += self._spike_fixes(f)
-                recs.append(R.clip_gradients(spec, typical, n_healthy, None))
+                normal = s.grad_norm[healthy]
+                normal = normal[np.isfinite(normal)]
+                if normal.size:
+                    recs.append(R.clip_above_normal(spec, float(normal.max()), typical,
+                                                    n_healthy))
         out: list[Recommendation] = []
         seen: set[str] = set()
         for r in recs:

@@ -21,7 +21,13 @@ from core.diagnostics.analytic import init_profile, matched_init
 from core.diagnostics.fix_patch import recommendation, round_significant, spec_patch
 from core.diagnostics.patch import apply_merge_patch
 from core.diagnostics.report import Recommendation
-from core.diagnostics.spike_fixes import adam_beta2, adam_epsilon, decay_learning_rate, warmup
+from core.diagnostics.spike_fixes import (
+    adam_beta2,
+    adam_epsilon,
+    clip_above_normal,
+    decay_learning_rate,
+    warmup,
+)
 from core.spec import SGD, GlobalNormClipping, TrainingSpec
 
 __all__ = [
@@ -30,6 +36,7 @@ __all__ = [
     "batch_norm",
     "change_activation",
     "change_init",
+    "clip_above_normal",
     "clip_gradients",
     "decay_learning_rate",
     "lower_learning_rate",

@@ -1,5 +1,6 @@
 """The fixes for loss spikes, by mechanism: Adam's second moment (a larger epsilon, a faster
-beta2), the edge of stability (a decaying learning rate) and the early catapult (a warmup).
+beta2), the edge of stability (a decaying learning rate) and the early catapult (a warmup);
+and for a healthy run whose gradient spiked, clipping above its normal range.
 
 Each builds its patch with :func:`core.diagnostics.fix_patch.spec_patch` and returns None when
 the spec already has the fix. Re-exported by :mod:`core.diagnostics.recommend`.
@@ -12,16 +13,45 @@ from typing import Any
 
 from core.diagnostics.fix_patch import recommendation, round_significant, spec_patch
 from core.diagnostics.report import Recommendation
-from core.spec import TrainingSpec
+from core.spec import GlobalNormClipping, TrainingSpec
 
 __all__ = [
     "adam_beta2",
     "adam_epsilon",
+    "clip_above_normal",
     "decay_learning_rate",
     "warmup",
 ]
 
 _ADAPTIVE = ("adam", "adamw", "rmsprop")
+
+
+def clip_above_normal(spec: TrainingSpec, ceiling: float, typical_norm: float,
+                      n_updates: int) -> Recommendation | None:
+    """Global-norm clipping at the top of the gradient norm's normal range over the run
+    (``ceiling``: the largest norm of its healthy updates): optional hardening for a healthy
+    run whose gradient spiked. Not at the typical (median) norm, as for a run the spikes
+    harmed: a converged run's norm ends orders of magnitude below where it started, and
+    clipping at its median would throttle every step of the early training."""
+    if not (ceiling > 0 and math.isfinite(ceiling)):
+        return None
+    max_norm = round_significant(ceiling)
+    current = spec.clipping
+    if isinstance(current, GlobalNormClipping) and current.max_norm <= max_norm:
+        return None  # already clipping within the normal range
+
+    def edit(d: dict[str, Any]) -> None:
+        d["clipping"] = {"mode": "global_norm", "max_norm": max_norm}
+
+    return recommendation(
+        "clip_gradients",
+        f"Over {n_updates} healthy updates the pre-clip gradient norm stayed at or below "
+        f"{ceiling:.3g} (median {typical_norm:.3g}). Clipping the global norm there leaves "
+        "the normal steps of the whole run untouched and caps the spikes above it: optional "
+        "hardening, since the spikes did not harm this run.",
+        spec_patch(spec, edit),
+        f"Steps are capped at lr x {max_norm:g}; a spike can no longer throw the weights far.",
+    )
 
 
 def adam_epsilon(spec: TrainingSpec, grad_norm_before: float) -> Recommendation | None:

@@ -1,0 +1,58 @@
+"""The job page's live charts (uPlot) in a real headless browser (fixtures of
+tests/test_browser.py): what a person reads off them must be there and must agree with the
+static plots below them on the same page."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import pytest
+
+from app.showcase import DIVERGING_SPEC
+from tests.conftest import SMALL_SPEC, LiveServer
+from tests.test_browser import Page, browser, open_page  # noqa: F401 (fixtures)
+
+pytest.importorskip("playwright.sync_api")
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _y_ticks(page: Page, chart: str) -> list[float]:
+    """The numbers written on a live chart's y axis (data-y-ticks: the labels drawn)."""
+    labels = page.page.locator(chart).get_attribute("data-y-ticks")
+    assert labels is not None, f"{chart} drew no y labels"
+    return [float(label) for label in labels.split()]
+
+
+def test_a_diverging_runs_live_charts_number_their_log_axis_up_to_the_overflow(
+        live: LiveServer, open_page: Callable[[str], Page]) -> None:  # noqa: F811
+    """The showcase run's gradient norm reaches ~3e82 and its loss ~1e94 before the Inf: past
+    ~34 decades uPlot's own log axis draws no ticks, and the engineer looking at the
+    explosion saw a y axis without a single number. The axis is labelled in powers of ten
+    up to the explosion; a healthy run's axis (within a decade or two) keeps its 2×, 5×."""
+    diverging = live.http.post("/v1/jobs", json=DIVERGING_SPEC).json()
+    healthy = live.http.post("/v1/jobs", json=SMALL_SPEC).json()
+    live.wait_for(diverging["id"], {"succeeded"}, timeout=120)
+    live.wait_for(healthy["id"], {"succeeded"}, timeout=120)
+    p = open_page(live.url)
+    page = p.goto(f"/jobs/{diverging['id']}")
+    page.wait_for_function(
+        "() => Number(document.querySelector('#loss-chart')?.dataset.points) > 20")
+    norms = live.http.get(f"/v1/jobs/{diverging['id']}/metrics?metrics=grad_norm"
+                          ).json()["series"]["grad_norm"]["values"]
+    peak = max(v for v in norms if isinstance(v, float))  # NaN/Inf come as strings
+    assert peak > 1e80
+    for chart in ("#grad-chart", "#loss-chart"):
+        ticks = _y_ticks(p, chart)
+        assert len(ticks) >= 3, (chart, ticks)
+        assert ticks == sorted(ticks) and all(float(f"{t:.0e}") == t for t in ticks), ticks
+        assert max(ticks) >= 1e60, (chart, ticks)  # up to the explosion, not its start only
+    assert max(_y_ticks(p, "#grad-chart")) <= peak * 1e10
+
+    page = p.goto(f"/jobs/{healthy['id']}")
+    page.wait_for_function(
+        "() => Number(document.querySelector('#grad-chart')?.dataset.points) > 5")
+    ticks = _y_ticks(p, "#grad-chart")
+    assert len(ticks) >= 3 and math.log10(max(ticks) / min(ticks)) <= 3, ticks
+    assert p.external == [] and p.errors == []

@@ -5,6 +5,7 @@ static plots below them on the same page."""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 
 import pytest
@@ -55,4 +56,36 @@ def test_a_diverging_runs_live_charts_number_their_log_axis_up_to_the_overflow(
         "() => Number(document.querySelector('#grad-chart')?.dataset.points) > 5")
     ticks = _y_ticks(p, "#grad-chart")
     assert len(ticks) >= 3 and math.log10(max(ticks) / min(ticks)) <= 3, ticks
+    assert p.external == [] and p.errors == []
+
+
+def _svg_strokes(svg: str) -> dict[str, str]:
+    """The line colour of each element with an id (gid) in a static plot's SVG."""
+    strokes = {}
+    for m in re.finditer(r'<g id="([^"]+)">\s*<path [^>]*style="[^"]*stroke: (#[0-9a-f]{6})', svg):
+        strokes[m.group(1)] = m.group(2)
+    return strokes
+
+
+def test_each_layer_has_the_same_colour_in_the_live_chart_and_the_static_plot(
+        live: LiveServer, open_page: Callable[[str], Page]) -> None:  # noqa: F811
+    """The live chart above and the static gradient plot below it on the job page: layer 0
+    was orange in one and blue in the other (layer 2 red, the NaN/Inf colour, in one and
+    green in the other), so which layer rose first read differently in the two."""
+    job = live.http.post("/v1/jobs", json=DIVERGING_SPEC).json()
+    live.wait_for(job["id"], {"succeeded"}, timeout=120)
+    svg = live.http.get(f"/v1/jobs/{job['id']}/plots/gradients?format=svg").text
+    static = _svg_strokes(svg)
+    p = open_page(live.url)
+    page = p.goto(f"/jobs/{job['id']}")
+    page.wait_for_function(
+        "() => Number(document.querySelector('#grad-chart')?.dataset.points) > 10")
+    live_colours = page.evaluate("""() => Object.fromEntries(
+        [...document.querySelectorAll('#grad-chart .u-legend .u-series')].map((s) => [
+          s.querySelector('.u-label')?.textContent.trim(),
+          getComputedStyle(s.querySelector('.u-marker') || s).borderTopColor]))""")
+    n_layers = len(DIVERGING_SPEC["model"]["hidden"]) + 1
+    for i in range(n_layers):
+        r, g, b = (int(static[f"layer-{i}"][k:k + 2], 16) for k in (1, 3, 5))
+        assert live_colours[f"layer {i}"] == f"rgb({r}, {g}, {b})", (i, live_colours, static)
     assert p.external == [] and p.errors == []

@@ -240,8 +240,10 @@ class LiveChart {
     this.zeros = labels.map(() => new Set()); // per series, the steps whose value is exactly 0
     this.index = new Map();
     this.data = [[], ...labels.map(() => [])];
-    const series = [{ label: "step" }, ...labels.map((label, i) => ({
-      label, stroke: label === "global" ? "#101828" : PALETTE[i % PALETTE.length],
+    // "layer k" in the colour the static plots below give it (matplotlib's cycle: C0 layer 0)
+    let colour = 0;
+    const series = [{ label: "step" }, ...labels.map((label) => ({
+      label, stroke: label === "global" ? "#101828" : PALETTE[colour++ % PALETTE.length],
       width: label === "global" ? 2.5 : 1.2, spanGaps: false }))];
     this.plot = new uPlot({
       title, width: Math.max(400, el.clientWidth || 900), height: 300,

@@ -26,7 +26,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from app.figure_bytes import figure_bytes, plain_text
 
@@ -147,10 +147,24 @@ def _draw_on_log_axis(ax: Axes, series: Sequence[Series], gids: Sequence[str],
         ax.text(0.005, 0.985, "NaN / Inf", transform=ax.transAxes, va="top", ha="left",
                 color=_NON_FINITE_COLOR, fontsize=9)
     ax.set_yscale("log", nonpositive="clip")
-    ax.yaxis.set_minor_formatter(NullFormatter())
-    ax.set_ylim(10 ** (np.log10(lo) - 0.04 * span),
-                10 ** (np.log10(hi) + (0.18 if any_non_finite else 0.04) * span))
+    bottom, top = (10 ** (np.log10(lo) - 0.04 * span),
+                   10 ** (np.log10(hi) + (0.18 if any_non_finite else 0.04) * span))
+    ax.set_ylim(bottom, top)
+    if np.log10(top / bottom) <= 2:
+        # A healthy run's norms often lie within a decade (0.2 to 0.9): powers of ten alone
+        # left such an axis with one number or none. Plain numbers, 2×, 3×, 4×, 6× labelled too.
+        ax.yaxis.set_major_formatter(FuncFormatter(_plain_log_label))
+        ax.yaxis.set_minor_formatter(FuncFormatter(_plain_log_label))
+    else:
+        ax.yaxis.set_minor_formatter(NullFormatter())
     return any_non_finite
+
+
+def _plain_log_label(value: float, _position: int | None = None) -> str:
+    """A log tick's label on an axis of two decades or less: 0.2, 3, 40 for 1, 2, 3, 4 or 6
+    times a power of ten, no label for the other ticks."""
+    mantissa = value / 10 ** np.floor(np.log10(value) + 1e-9)
+    return f"{value:g}" if round(float(mantissa), 6) in (1, 2, 3, 4, 6) else ""
 
 
 def _mark_steps(ax: Axes, marks: Marks) -> None:

@@ -258,3 +258,39 @@ def test_a_dead_networks_zero_gradients_are_named_on_the_plot(live: LiveServer) 
     svg = live.http.get(f"/v1/jobs/{job['id']}/plots/gradients", params={"format": "svg"})
     assert svg.status_code == 200
     assert "layers 0–1 from step 0 (8 points)" in svg.text
+
+
+SVG_NS = "{http://www.w3.org/2000/svg}"
+
+
+def _y_labels(svg: bytes) -> list[list[str]]:
+    """Per axes of a plot, the numbers written at its y ticks (10^-1 reads ``10−1``)."""
+    labels = []
+    for axes in ET.fromstring(svg).iter(f"{SVG_NS}g"):
+        if not axes.get("id", "").startswith("axes_"):
+            continue
+        axis = [g for g in axes.iter(f"{SVG_NS}g")
+                if g.get("id", "").startswith("matplotlib.axis_")][1]  # x first, then y
+        ticks = [g for g in axis.iter(f"{SVG_NS}g") if g.get("id", "").startswith("ytick_")]
+        texts = ["".join("".join(t.itertext()).split()) for g in ticks for t in g.iter(f"{SVG_NS}text")]
+        labels.append([t for t in texts if t])
+    return labels
+
+
+def test_a_log_axis_within_a_decade_is_numbered() -> None:
+    """A healthy run's gradient norms often stay between 0.2 and 0.9: with only powers of ten
+    labelled its log axis carried no number at all (0.15 to 2.4: just 10^0)."""
+    steps = np.arange(50)
+    norms = np.geomspace(0.2, 0.9, 50)
+    layers = [plots.Series(steps, norms * f, f"layer {i}") for i, f in enumerate((1.0, 0.8))]
+    svg = plots.gradients_plot(layers, plots.Marks(), fmt="svg")
+    assert _y_labels(svg) == [["0.2", "0.3", "0.4", "0.6"]]
+    wider = [plots.Series(steps, np.geomspace(0.15, 2.4, 50), "layer 0")]
+    assert _y_labels(plots.gradients_plot(wider, plots.Marks(), fmt="svg")) == [
+        ["1", "0.2", "0.3", "0.4", "0.6", "2"]]
+    run = plots.Run("run", layers[0], plots.Series(steps, np.geomspace(0.4, 2.0, 50)))
+    top, bottom = _y_labels(plots.comparison_plot(run, run, fmt="svg"))
+    assert len(top) >= 3 and len(bottom) >= 3, (top, bottom)
+    many = [plots.Series(steps, np.geomspace(1e-3, 1e3, 50), "layer 0")]  # powers of ten
+    assert _y_labels(plots.gradients_plot(many, plots.Marks(), fmt="svg")) == [
+        [f"10{e}".replace("-", "−") for e in range(-3, 4)]]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import matplotlib
 
@@ -24,6 +24,7 @@ matplotlib.use("Agg")  # before anything imports pyplot; we never do, but a note
 
 import numpy as np
 from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import RendererAgg
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
@@ -167,6 +168,32 @@ def _plain_log_label(value: float, _position: int | None = None) -> str:
     return f"{value:g}" if round(float(mantissa), 6) in (1, 2, 3, 4, 6) else ""
 
 
+def _set_title(ax: Axes, title: str) -> None:
+    """``title`` centred above ``ax`` on one line, as written (a job's name may hold ``$``).
+    A title wider than the figure (a long job name) loses its middle to an ellipsis instead of
+    both ends, so what the plot shows and the verdict at its end stay readable."""
+    text = ax.set_title(plain_text(title))
+    box = ax.get_position()
+    room = min(box.x0 + box.x1, 2 - box.x0 - box.x1) * ax.figure.bbox.width - 8  # pixels
+    renderer: Any = RendererAgg(1, 1, ax.figure.dpi)  # type: ignore[no-untyped-call]
+
+    def shortened(keep: int) -> str:  # the middle cut to keep `keep` characters
+        return title[:(keep + 1) // 2] + "…" + title[len(title) - keep // 2:]
+
+    def fits(candidate: str) -> bool:
+        width = renderer.get_text_width_height_descent(candidate, text.get_fontproperties(),
+                                                       ismath=False)[0]
+        return bool(width <= room)
+
+    if fits(title):
+        return
+    lo, hi = 0, len(title) - 1  # the most characters kept that still fit
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(shortened(mid)) else (lo, mid - 1)
+    text.set_text(plain_text(shortened(lo)))
+
+
 def _mark_steps(ax: Axes, marks: Marks) -> None:
     if marks.first_bad_step is not None:
         line = ax.axvline(marks.first_bad_step, color=_MARK_COLORS["first-bad-step"], ls="--",
@@ -250,7 +277,7 @@ def gradients_plot(layers: Sequence[Series], marks: Marks, *, global_norm: Serie
     _mark_steps(ax, marks)
     ax.set_xlabel("step")
     ax.set_ylabel("gradient L2 norm (log scale)")
-    ax.set_title(plain_text(title))  # a job's name, drawn as it is
+    _set_title(ax, title)
     ax.grid(True, which="major", alpha=0.3)
     _legend(ax)
     _note(ax, zero_note(series), marks.note)
@@ -304,7 +331,7 @@ def heatmap_plot(layers: Sequence[Series], marks: Marks, *, columns: int = 400,
     ax.set_yticks(range(len(layers)), [s.label or f"layer {i}" for i, s in enumerate(layers)])
     ax.set_ylim(len(layers) - 0.5, -0.5)
     ax.set_xlabel("step")
-    ax.set_title(plain_text(title))  # a job's name, drawn as it is
+    _set_title(ax, title)
     _note(ax, marks.note)
     return _render(fig, fmt)
 
@@ -333,7 +360,7 @@ def loss_plot(loss: Series, marks: Marks, *, val_loss: Series | None = None,
     _mark_steps(ax, marks)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.set_title(plain_text(title))  # a job's name, drawn as it is
+    _set_title(ax, title)
     ax.grid(True, alpha=0.3)
     _legend(ax)
     _note(ax, zeros, marks.note)
@@ -355,7 +382,7 @@ def comparison_plot(original: Run, repair: Run, *, title: str = "Before and afte
             line = top.axvline(run.marks.first_non_finite_step, color=color, ls=":", lw=1.2)
             line.set_gid(f"{gid}-first-non-finite")
     top.set_ylabel("global gradient norm\n(before clipping, log)")
-    top.set_title(plain_text(title))  # a job's name, drawn as it is
+    _set_title(top, title)
     top.grid(True, alpha=0.3)
     _legend(top)
     losses = [Series(r.loss.steps, r.loss.values, r.label) for r in runs]

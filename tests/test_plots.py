@@ -294,3 +294,30 @@ def test_a_log_axis_within_a_decade_is_numbered() -> None:
     many = [plots.Series(steps, np.geomspace(1e-3, 1e3, 50), "layer 0")]  # powers of ten
     assert _y_labels(plots.gradients_plot(many, plots.Marks(), fmt="svg")) == [
         [f"10{e}".replace("-", "−") for e in range(-3, 4)]]
+
+
+def test_a_long_job_name_shortens_the_title_in_the_middle_instead_of_cutting_off_both_ends(
+        ) -> None:
+    """A 120-character job name made the centred title wider than the image: both ends were
+    cut off, so neither what the plot shows nor the verdict at the end could be read."""
+    name = "lr-sweep-" + "x" * 110 + "-end"
+    layer = plots.Series.of(list(range(10)), [float(2 ** i) for i in range(10)], "layer 0")
+    run = plots.Run("run", layer, layer)
+    for draw, what in ((lambda t, f: plots.gradients_plot([layer], plots.Marks(), title=t, fmt=f),
+                        "Gradient norms before clipping"),
+                       (lambda t, f: plots.heatmap_plot([layer], plots.Marks(), title=t, fmt=f),
+                        "log10 gradient norm"),
+                       (lambda t, f: plots.loss_plot(layer, plots.Marks(), title=t, fmt=f), "Loss"),
+                       (lambda t, f: plots.comparison_plot(run, run, title=t, fmt=f),
+                        "Before and after")):
+        title = f"{what} — {name} (exploding)"
+        texts = [t.text or "" for t in ET.fromstring(draw(title, "svg")).iter(f"{SVG_NS}text")]
+        shown = [t for t in texts if t.startswith(what)]
+        assert len(shown) == 1 and shown[0].endswith("-end (exploding)"), texts
+        assert "…" in shown[0] and "lr-sweep-x" in shown[0], shown
+        image = _png(draw(title, "png"))
+        band = image[:int(0.09 * image.shape[0]), :, :3].mean(axis=2)  # the title's rows
+        edges = np.concatenate([band[:, :4], band[:, -4:]], axis=1)
+        assert edges.min() > 0.9, f"{what}: the title reaches the image's edge"
+    short = plots.gradients_plot([layer], plots.Marks(), title="small (healthy)", fmt="svg")
+    assert "small (healthy)" in [t.text for t in ET.fromstring(short).iter(f"{SVG_NS}text")]

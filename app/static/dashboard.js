@@ -246,7 +246,7 @@ class LiveChart {
       label, stroke: label === "global" ? "#101828" : PALETTE[colour++ % PALETTE.length],
       width: label === "global" ? 2.5 : 1.2, spanGaps: false }))];
     this.plot = new uPlot({
-      title, width: Math.max(400, el.clientWidth || 900), height: 300,
+      title, width: Math.max(280, el.clientWidth || 900), height: 300,
       scales: { x: { time: false }, y: { distr: 3 } },
       axes: [{ label: "step" }, { label: yLabel, size: 72,
         incrs: DECADES, splits: (u, axis, min, max) => logTicks(u, min, max), filter: (u, ticks) => ticks,

@@ -288,7 +288,11 @@ def _grid(layers: Sequence[Series], columns: int) -> tuple[np.ndarray, np.ndarra
     """(edges, log10 of the bin maximum per layer and bin (NaN: empty), non-finite mask)."""
     all_steps = np.concatenate([s.steps for s in layers]) if layers else np.zeros(1, np.int64)
     first, last = int(all_steps.min()), int(all_steps.max())
-    n = max(1, min(columns, last - first + 1))
+    # No bin narrower than the widest gap between a layer's recorded steps (record_every, or
+    # the buckets of a downsampled history): a narrower one could hold no point and showed as
+    # a white stripe, as if nothing had been recorded there.
+    gap = max((int(np.diff(s.steps).max()) for s in layers if s.steps.size > 1), default=1)
+    n = max(1, min(columns, (last - first + 1) // gap))
     edges = np.linspace(first, last + 1, n + 1)
     value = np.full((len(layers), n), np.nan)
     non_finite = np.zeros((len(layers), n), dtype=bool)

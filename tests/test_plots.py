@@ -321,3 +321,30 @@ def test_a_long_job_name_shortens_the_title_in_the_middle_instead_of_cutting_off
         assert edges.min() > 0.9, f"{what}: the title reaches the image's edge"
     short = plots.gradients_plot([layer], plots.Marks(), title="small (healthy)", fmt="svg")
     assert "small (healthy)" in [t.text for t in ET.fromstring(short).iter(f"{SVG_NS}text")]
+
+
+def _empty_heatmap_cells(svg: bytes) -> tuple[int, int]:
+    """(cells drawn, cells left empty: white) of a heatmap's SVG."""
+    cells = next(g for g in ET.fromstring(svg).iter(f"{SVG_NS}g")
+                 if g.get("id") == "heatmap-cells")
+    fills = [path.get("style", "") for path in cells.iter(f"{SVG_NS}path")]
+    return len(fills), sum("fill: none" in f for f in fills)
+
+
+def test_a_heatmap_of_sparse_steps_has_no_white_stripes() -> None:
+    """A job recording every 10th step (monitor.record_every) over 1,300 steps got a heatmap
+    of 400 columns 3.2 steps wide, three in four holding no record: a barcode of white
+    stripes. A downsampled history (min and max of each 7-step bucket) left some columns
+    empty the same way. Every column now holds a recorded step."""
+    rng = np.random.default_rng(0)
+    every_10th = np.arange(0, 1300, 10)
+    buckets = np.arange(0, 3381, 7)  # two of each bucket's steps, as min/max downsampling keeps
+    downsampled = np.unique(np.concatenate([buckets + rng.integers(0, 7, buckets.size),
+                                            buckets + rng.integers(0, 7, buckets.size)]))
+    for steps in (every_10th, downsampled):
+        layers = [plots.Series(steps, rng.uniform(0.5, 2.0, steps.size), f"layer {i}")
+                  for i in range(3)]
+        drawn, empty = _empty_heatmap_cells(plots.heatmap_plot(layers, plots.Marks(), fmt="svg"))
+        assert empty == 0 and drawn >= 3 * 100, (steps[:5], drawn, empty)
+    every_step = [plots.Series(np.arange(50), np.ones(50), "layer 0")]  # one column per step
+    assert _empty_heatmap_cells(plots.heatmap_plot(every_step, plots.Marks(), fmt="svg")) == (50, 0)

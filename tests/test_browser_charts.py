@@ -7,11 +7,12 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
+from itertools import pairwise
 
 import pytest
 
 from app.showcase import DIVERGING_SPEC
-from tests.conftest import SMALL_SPEC, LiveServer
+from tests.conftest import LONG_SPEC, SMALL_SPEC, LiveServer
 from tests.test_browser import Page, browser, open_page  # noqa: F401 (fixtures)
 
 pytest.importorskip("playwright.sync_api")
@@ -88,4 +89,25 @@ def test_each_layer_has_the_same_colour_in_the_live_chart_and_the_static_plot(
     for i in range(n_layers):
         r, g, b = (int(static[f"layer-{i}"][k:k + 2], 16) for k in (1, 3, 5))
         assert live_colours[f"layer {i}"] == f"rgb({r}, {g}, {b})", (i, live_colours, static)
+    assert p.external == [] and p.errors == []
+
+
+def test_a_running_jobs_chart_fills_in_the_steps_between_two_events(
+        live: LiveServer, open_page: Callable[[str], Page]) -> None:  # noqa: F811
+    """Events bring one record per flush (about a second, thousands of steps of this job):
+    after the history read at page load the live chart joined them with straight lines, so
+    a spike in between never showed while the job ran. The page reads the (downsampled,
+    spike-keeping) history again while the job runs: no wide gaps but at the live tip."""
+    job = live.http.post("/v1/jobs", json=LONG_SPEC).json()
+    live.wait_for(job["id"], {"running"}, timeout=60)
+    p = open_page(live.url)
+    page = p.goto(f"/jobs/{job['id']}")
+    page.wait_for_function("() => Number(document.querySelector('#grad-chart')?.dataset.points) > 0")
+    page.wait_for_timeout(9_000)
+    steps = page.evaluate("() => document.querySelector('#grad-chart').liveChart.data[0]")
+    live.http.post(f"/v1/jobs/{job['id']}/cancel")
+    # an event per flush (500 steps, or a second): the old chart's steps were that far apart
+    gaps = [b - a for a, b in pairwise(steps)][:-4]  # not the live tip
+    assert steps[-1] > 5_000 and max(gaps) <= 200, (steps[-1], max(gaps), steps[-12:])
+    page.get_by_text("cancelled").first.wait_for(timeout=60_000)
     assert p.external == [] and p.errors == []

@@ -257,6 +257,7 @@ class LiveChart {
         } }], series,
     }, this.data, el);
     el.dataset.points = "0";
+    el.liveChart = this; // for scripts and tests: the steps and values drawn (this.data)
   }
   // values: one per series; non-finite or non-positive values are gaps on a log axis
   add(step, values) {
@@ -389,12 +390,20 @@ async function showJob(root, jobId) {
   }
   const controller = new AbortController();
   let lastDiagnosis = 0;
+  // An event carries one record (the latest) per flush: thousands of steps, and any spike in
+  // them, may pass between two. While the job runs the history (downsampled, spikes kept) is
+  // read again every 2 s, so the chart does not join two distant records with a straight line.
+  let lastHistory = Date.now();
   await followEvents(job.id, (ev) => {
     const d = ev.data;
     if (d.latest) {
       grad.add(d.latest.step, [d.latest.grad_norm, ...(d.latest.layer_grad_norms || [])]);
       loss.add(d.latest.step, [d.latest.loss]);
       grad.draw(); loss.draw();
+    }
+    if (Date.now() - lastHistory > 2000) {
+      lastHistory = Date.now();
+      loadHistory(job, grad, loss).catch(() => {});
     }
     if (d.progress || d.status) {
       job = { ...job, ...(ev.event === "snapshot" ? d : {}), status: d.status || job.status,
@@ -467,10 +476,12 @@ async function saveFrom(a, path, file) {
 }
 
 async function loadHistory(job, grad, loss) {
+  const mine = (grad.reads = (grad.reads || 0) + 1);
   const [g, m] = await Promise.all([
     getJSON(`/v1/jobs/${job.id}/gradients?metrics=grad_norm&max_points=1000`),
     getJSON(`/v1/jobs/${job.id}/metrics?metrics=grad_norm,loss&max_points=1000`),
   ]);
+  if (grad.reads !== mine) return; // a later read (the final one) overtook this one
   grad.reset(); loss.reset();
   const layerValues = g.layers.map((ly) => new Map(ly.series.grad_norm.steps.map((s, i) => [s, ly.series.grad_norm.values[i]])));
   const gs = m.series.grad_norm || { steps: [], values: [] };

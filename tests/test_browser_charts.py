@@ -111,3 +111,34 @@ def test_a_running_jobs_chart_fills_in_the_steps_between_two_events(
     assert steps[-1] > 5_000 and max(gaps) <= 200, (steps[-1], max(gaps), steps[-12:])
     page.get_by_text("cancelled").first.wait_for(timeout=60_000)
     assert p.external == [] and p.errors == []
+
+
+BROKEN_IMAGES = """() => [...document.images].filter((i) => i.offsetParent !== null && !(i.naturalWidth > 0))
+    .map((i) => i.id || i.alt)"""
+
+
+def test_a_running_job_and_a_waiting_sweep_show_no_broken_images(
+        live: LiveServer, open_page: Callable[[str], Page]) -> None:  # noqa: F811
+    """While a job ran its Plots section showed two broken-image icons ("gradient norms
+    plot", "gradient heatmap"), and a sweep's page one ("stability map") until its members
+    finished: as if the plots had failed. They show once they are there."""
+    job = live.http.post("/v1/jobs", json=LONG_SPEC).json()
+    live.wait_for(job["id"], {"running"}, timeout=60)
+    p = open_page(live.url)
+    page = p.goto(f"/jobs/{job['id']}")
+    page.wait_for_function("() => Number(document.querySelector('#grad-chart')?.dataset.points) > 0")
+    assert page.evaluate(BROKEN_IMAGES) == []
+    assert page.locator("#plots-note").is_visible()
+    live.http.post(f"/v1/jobs/{job['id']}/cancel")
+    page.wait_for_function("() => document.querySelector('#heatmap-plot')?.naturalWidth > 0",
+                           timeout=60_000)
+    assert page.locator("#gradients-plot").is_visible()
+    assert page.locator("#plots-note").count() == 0
+    sweep = live.http.post("/v1/sweeps", json={"spec": LONG_SPEC, "axes": [
+        {"path": "optimizer.lr", "values": [0.001, 0.002]},
+        {"path": "seed", "values": [0, 1]}]}).json()
+    page = p.goto(f"/sweeps/{sweep['id']}")
+    page.locator("#sweep-waiting").wait_for()
+    assert page.evaluate(BROKEN_IMAGES) == []
+    live.http.post(f"/v1/sweeps/{sweep['id']}/cancel")
+    assert p.external == [] and p.errors == []

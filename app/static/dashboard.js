@@ -374,10 +374,11 @@ async function showJob(root, jobId) {
   const downloads = h("section", { id: "downloads", hidden: true });
   const gradPlot = h("img", { class: "plot", id: "gradients-plot", alt: "gradient norms plot" });
   const heatPlot = h("img", { class: "plot", id: "heatmap-plot", alt: "gradient heatmap" });
+  const plotsNote = h("p", { class: "muted", id: "plots-note" }, "Drawn when the job has finished.");
   root.replaceChildren(head,
     h("section", {}, h("h2", {}, "Gradient norms before clipping (live)"), nonFinite, gradEl, zeroNoteEl, lossEl, lossZeroNoteEl),
     diagnosis, downloads, comparison,
-    h("section", {}, h("h2", {}, "Plots"), gradPlot, heatPlot));
+    h("section", {}, h("h2", {}, "Plots"), plotsNote, gradPlot, heatPlot));
   const layerLabels = Array.from({ length: nLayers }, (_, i) => `layer ${i}`);
   const grad = new LiveChart(gradEl, "pre-clip gradient L2 norm", ["global", ...layerLabels], "norm (log)", zeroNoteEl);
   const loss = new LiveChart(lossEl, "training loss", ["loss"], "loss (log)", lossZeroNoteEl);
@@ -429,6 +430,7 @@ async function showJob(root, jobId) {
       nonFinite.textContent = `First NaN/Inf at step ${nf.step}${nf.layer !== null ? `, layer ${nf.layer}` : ""}: ${nf.description}`;
     }
     renderDownloads(downloads, j);
+    plotsNote.remove();
     await Promise.all([
       renderDiagnosis(diagnosis, j),
       renderComparison(comparison, j),

@@ -23,6 +23,7 @@ import matplotlib
 matplotlib.use("Agg")  # before anything imports pyplot; we never do, but a notebook might
 
 import numpy as np
+from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import RendererAgg
 from matplotlib.colors import ListedColormap
@@ -206,11 +207,16 @@ def _mark_steps(ax: Axes, marks: Marks) -> None:
         line.set_gid("first-non-finite")
 
 
-def _legend(ax: Axes) -> None:
-    """The legend right of the axes, when something on them has a label (a job with no
-    steps yet and nothing to mark has none: no empty legend, no matplotlib warning)."""
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+def _legend(ax: Axes, *others: Axes) -> None:
+    """The legend right of the axes, of what on them and on ``others`` has a label (each label
+    once); none when nothing has one (no empty legend, no matplotlib warning)."""
+    entries: dict[str, Artist] = {}
+    for a in (ax, *others):
+        for handle, label in zip(*a.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    if entries:
+        ax.legend(list(entries.values()), list(entries), loc="upper left",
+                  bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
 
 
 def zero_note(series: Sequence[Series]) -> str | None:
@@ -388,11 +394,11 @@ def comparison_plot(original: Run, repair: Run, *, title: str = "Before and afte
     top.set_ylabel("global gradient norm\n(before clipping, log)")
     _set_title(top, title)
     top.grid(True, alpha=0.3)
-    _legend(top)
     losses = [Series(r.loss.steps, r.loss.values, r.label) for r in runs]
     _draw_on_log_axis(bottom, losses, ["original-loss", "repair-loss"], [1.2, 1.2], colors)
     _note(bottom, zero_note(losses))
     bottom.set_ylabel("loss (log)")
     bottom.set_xlabel("step")
     bottom.grid(True, alpha=0.3)
+    _legend(top, bottom)  # with the loss panel's NaN/Inf marks
     return _render(fig, fmt)

@@ -348,3 +348,20 @@ def test_a_heatmap_of_sparse_steps_has_no_white_stripes() -> None:
         assert empty == 0 and drawn >= 3 * 100, (steps[:5], drawn, empty)
     every_step = [plots.Series(np.arange(50), np.ones(50), "layer 0")]  # one column per step
     assert _empty_heatmap_cells(plots.heatmap_plot(every_step, plots.Marks(), fmt="svg")) == (50, 0)
+
+
+def test_the_comparison_legend_explains_the_loss_panels_infinite_marks() -> None:
+    """The showcase run's loss overflows to +Inf one step before its gradient norm turns NaN:
+    the lower (loss) panel drew ▲ marks the legend, made from the upper panel only, never
+    named."""
+    steps = np.arange(30)
+    norms, losses = np.geomspace(1, 1e80, 30), np.geomspace(1, 1e90, 30)
+    norms[-1], losses[-1] = np.nan, np.inf
+    original = plots.Run("original (exploding)", plots.Series(steps, norms),
+                         plots.Series(steps, losses))
+    repair = plots.Run("repair (healthy)", plots.Series(steps, np.ones(30)),
+                       plots.Series(steps, np.full(30, 0.5)))
+    texts = [t.text for t in ET.fromstring(plots.comparison_plot(original, repair, fmt="svg"))
+             .iter(f"{SVG_NS}text")]
+    assert {"NaN (drawn at top)", "+Inf (drawn at top)"} <= set(texts), texts
+    assert texts.count("original (exploding)") == 1  # each run named once

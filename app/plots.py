@@ -16,7 +16,7 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import matplotlib
 
@@ -25,12 +25,11 @@ matplotlib.use("Agg")  # before anything imports pyplot; we never do, but a note
 import numpy as np
 from matplotlib.artist import Artist
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import RendererAgg
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
-from app.figure_bytes import figure_bytes, plain_text
+from app.figure_bytes import figure_bytes, plain_text, shorten_middle
 
 __all__ = [
     "Format",
@@ -176,23 +175,8 @@ def _set_title(ax: Axes, title: str) -> None:
     text = ax.set_title(plain_text(title))
     box = ax.get_position()
     room = min(box.x0 + box.x1, 2 - box.x0 - box.x1) * ax.figure.bbox.width - 8  # pixels
-    renderer: Any = RendererAgg(1, 1, ax.figure.dpi)  # type: ignore[no-untyped-call]
-
-    def shortened(keep: int) -> str:  # the middle cut to keep `keep` characters
-        return title[:(keep + 1) // 2] + "…" + title[len(title) - keep // 2:]
-
-    def fits(candidate: str) -> bool:
-        width = renderer.get_text_width_height_descent(candidate, text.get_fontproperties(),
-                                                       ismath=False)[0]
-        return bool(width <= room)
-
-    if fits(title):
-        return
-    lo, hi = 0, len(title) - 1  # the most characters kept that still fit
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if fits(shortened(mid)) else (lo, mid - 1)
-    text.set_text(plain_text(shortened(lo)))
+    text.set_text(plain_text(shorten_middle(title, room, text.get_fontproperties(),
+                                            ax.figure.dpi)))
 
 
 def _mark_steps(ax: Axes, marks: Marks) -> None:

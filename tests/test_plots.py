@@ -365,3 +365,19 @@ def test_the_comparison_legend_explains_the_loss_panels_infinite_marks() -> None
              .iter(f"{SVG_NS}text")]
     assert {"NaN (drawn at top)", "+Inf (drawn at top)"} <= set(texts), texts
     assert texts.count("original (exploding)") == 1  # each run named once
+
+
+def test_the_plots_note_counts_recorded_steps_of_a_job_recording_one_in_ten(
+        live: LiveServer) -> None:
+    """A 1,300-step job recording every 10th step: its plots said '131 steps, every point'."""
+    job = _finished(live, {**CLIPPED_EXPLODING_SPEC, "training": {"epochs": 20, "batch_size": 32},
+                           "monitor": {"record_every": 10}})
+    total = job["progress"]["total_steps"]
+    recorded = live.http.get(f"/v1/jobs/{job['id']}/metrics").json()["points_in_range"]
+    assert total >= 100 and recorded <= total // 10 + 1
+    for kind in ("gradients", "heatmap", "loss"):
+        svg = live.http.get(f"/v1/jobs/{job['id']}/plots/{kind}", params={"format": "svg"}).text
+        assert f"{recorded} recorded steps (1 in 10), every point" in svg, (kind, total)
+    svg = live.http.get(f"/v1/jobs/{job['id']}/plots/loss",
+                        params={"format": "svg", "max_points": 10}).text
+    assert f"{recorded} recorded steps (1 in 10) shown as min/max of" in svg

@@ -16,9 +16,11 @@ import threading
 from typing import Any, Literal
 
 import matplotlib
+from matplotlib.backends.backend_agg import RendererAgg
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 
-__all__ = ["figure_bytes", "plain_text"]
+__all__ = ["figure_bytes", "plain_text", "shorten_middle"]
 
 _SVG_LOCK = threading.Lock()
 
@@ -44,3 +46,25 @@ def plain_text(text: str) -> str:
     alone is not enough: a wrapped title's line widths are measured as math all the same.)"""
     return text.replace("$", r"\$")
 
+
+
+def shorten_middle(text: str, room: float, font: FontProperties, dpi: float) -> str:
+    """``text`` as it is when, drawn in ``font`` at ``dpi``, it is at most ``room`` pixels wide;
+    else its start and end around an ellipsis, keeping as many characters as fit (a long name
+    loses its middle, not the ends that say what a figure shows)."""
+    renderer: Any = RendererAgg(1, 1, dpi)  # type: ignore[no-untyped-call]
+
+    def fits(candidate: str) -> bool:
+        return bool(renderer.get_text_width_height_descent(candidate, font, ismath=False)[0]
+                    <= room)
+
+    def kept(n: int) -> str:
+        return text[:(n + 1) // 2] + "…" + text[len(text) - n // 2:]
+
+    if fits(text):
+        return text
+    lo, hi = 0, len(text) - 1  # the most characters kept that still fit
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(kept(mid)) else (lo, mid - 1)
+    return kept(lo)

@@ -23,12 +23,13 @@ import matplotlib
 matplotlib.use("Agg")  # before anything imports pyplot; we never do, but a notebook might
 
 import numpy as np
+from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
-from app.figure_bytes import figure_bytes, plain_text
+from app.figure_bytes import figure_bytes, plain_text, shorten_middle
 
 __all__ = [
     "Format",
@@ -147,10 +148,35 @@ def _draw_on_log_axis(ax: Axes, series: Sequence[Series], gids: Sequence[str],
         ax.text(0.005, 0.985, "NaN / Inf", transform=ax.transAxes, va="top", ha="left",
                 color=_NON_FINITE_COLOR, fontsize=9)
     ax.set_yscale("log", nonpositive="clip")
-    ax.yaxis.set_minor_formatter(NullFormatter())
-    ax.set_ylim(10 ** (np.log10(lo) - 0.04 * span),
-                10 ** (np.log10(hi) + (0.18 if any_non_finite else 0.04) * span))
+    bottom, top = (10 ** (np.log10(lo) - 0.04 * span),
+                   10 ** (np.log10(hi) + (0.18 if any_non_finite else 0.04) * span))
+    ax.set_ylim(bottom, top)
+    if np.log10(top / bottom) <= 2:
+        # A healthy run's norms often lie within a decade (0.2 to 0.9): powers of ten alone
+        # left such an axis with one number or none. Plain numbers, 2×, 3×, 4×, 6× labelled too.
+        ax.yaxis.set_major_formatter(FuncFormatter(_plain_log_label))
+        ax.yaxis.set_minor_formatter(FuncFormatter(_plain_log_label))
+    else:
+        ax.yaxis.set_minor_formatter(NullFormatter())
     return any_non_finite
+
+
+def _plain_log_label(value: float, _position: int | None = None) -> str:
+    """A log tick's label on an axis of two decades or less: 0.2, 3, 40 for 1, 2, 3, 4 or 6
+    times a power of ten, no label for the other ticks."""
+    mantissa = value / 10 ** np.floor(np.log10(value) + 1e-9)
+    return f"{value:g}" if round(float(mantissa), 6) in (1, 2, 3, 4, 6) else ""
+
+
+def _set_title(ax: Axes, title: str) -> None:
+    """``title`` centred above ``ax`` on one line, as written (a job's name may hold ``$``).
+    A title wider than the figure (a long job name) loses its middle to an ellipsis instead of
+    both ends, so what the plot shows and the verdict at its end stay readable."""
+    text = ax.set_title(plain_text(title))
+    box = ax.get_position()
+    room = min(box.x0 + box.x1, 2 - box.x0 - box.x1) * ax.figure.bbox.width - 8  # pixels
+    text.set_text(plain_text(shorten_middle(title, room, text.get_fontproperties(),
+                                            ax.figure.dpi)))
 
 
 def _mark_steps(ax: Axes, marks: Marks) -> None:
@@ -165,11 +191,16 @@ def _mark_steps(ax: Axes, marks: Marks) -> None:
         line.set_gid("first-non-finite")
 
 
-def _legend(ax: Axes) -> None:
-    """The legend right of the axes, when something on them has a label (a job with no
-    steps yet and nothing to mark has none: no empty legend, no matplotlib warning)."""
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+def _legend(ax: Axes, *others: Axes) -> None:
+    """The legend right of the axes, of what on them and on ``others`` has a label (each label
+    once); none when nothing has one (no empty legend, no matplotlib warning)."""
+    entries: dict[str, Artist] = {}
+    for a in (ax, *others):
+        for handle, label in zip(*a.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    if entries:
+        ax.legend(list(entries.values()), list(entries), loc="upper left",
+                  bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
 
 
 def zero_note(series: Sequence[Series]) -> str | None:
@@ -236,7 +267,7 @@ def gradients_plot(layers: Sequence[Series], marks: Marks, *, global_norm: Serie
     _mark_steps(ax, marks)
     ax.set_xlabel("step")
     ax.set_ylabel("gradient L2 norm (log scale)")
-    ax.set_title(plain_text(title))  # a job's name, drawn as it is
+    _set_title(ax, title)
     ax.grid(True, which="major", alpha=0.3)
     _legend(ax)
     _note(ax, zero_note(series), marks.note)
@@ -247,7 +278,11 @@ def _grid(layers: Sequence[Series], columns: int) -> tuple[np.ndarray, np.ndarra
     """(edges, log10 of the bin maximum per layer and bin (NaN: empty), non-finite mask)."""
     all_steps = np.concatenate([s.steps for s in layers]) if layers else np.zeros(1, np.int64)
     first, last = int(all_steps.min()), int(all_steps.max())
-    n = max(1, min(columns, last - first + 1))
+    # No bin narrower than the widest gap between a layer's recorded steps (record_every, or
+    # the buckets of a downsampled history): a narrower one could hold no point and showed as
+    # a white stripe, as if nothing had been recorded there.
+    gap = max((int(np.diff(s.steps).max()) for s in layers if s.steps.size > 1), default=1)
+    n = max(1, min(columns, (last - first + 1) // gap))
     edges = np.linspace(first, last + 1, n + 1)
     value = np.full((len(layers), n), np.nan)
     non_finite = np.zeros((len(layers), n), dtype=bool)
@@ -290,7 +325,7 @@ def heatmap_plot(layers: Sequence[Series], marks: Marks, *, columns: int = 400,
     ax.set_yticks(range(len(layers)), [s.label or f"layer {i}" for i, s in enumerate(layers)])
     ax.set_ylim(len(layers) - 0.5, -0.5)
     ax.set_xlabel("step")
-    ax.set_title(plain_text(title))  # a job's name, drawn as it is
+    _set_title(ax, title)
     _note(ax, marks.note)
     return _render(fig, fmt)
 
@@ -319,7 +354,7 @@ def loss_plot(loss: Series, marks: Marks, *, val_loss: Series | None = None,
     _mark_steps(ax, marks)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.set_title(plain_text(title))  # a job's name, drawn as it is
+    _set_title(ax, title)
     ax.grid(True, alpha=0.3)
     _legend(ax)
     _note(ax, zeros, marks.note)
@@ -341,13 +376,13 @@ def comparison_plot(original: Run, repair: Run, *, title: str = "Before and afte
             line = top.axvline(run.marks.first_non_finite_step, color=color, ls=":", lw=1.2)
             line.set_gid(f"{gid}-first-non-finite")
     top.set_ylabel("global gradient norm\n(before clipping, log)")
-    top.set_title(plain_text(title))  # a job's name, drawn as it is
+    _set_title(top, title)
     top.grid(True, alpha=0.3)
-    _legend(top)
     losses = [Series(r.loss.steps, r.loss.values, r.label) for r in runs]
     _draw_on_log_axis(bottom, losses, ["original-loss", "repair-loss"], [1.2, 1.2], colors)
     _note(bottom, zero_note(losses))
     bottom.set_ylabel("loss (log)")
     bottom.set_xlabel("step")
     bottom.grid(True, alpha=0.3)
+    _legend(top, bottom)  # with the loss panel's NaN/Inf marks
     return _render(fig, fmt)

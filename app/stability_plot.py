@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
-from app.figure_bytes import figure_bytes, plain_text
+from app.figure_bytes import figure_bytes, plain_text, shorten_middle
 
 __all__ = ["RECOMMENDED_COLOR", "VERDICT_COLORS", "render_stability_map"]
 
@@ -139,8 +139,13 @@ def render_stability_map(
     ax.set_ylim(-0.5, ny - 0.5)
     if title:
         # from the axes' left edge, wrapped at the figure's right one (a name, the id and the fixed
-        # axes are wider than a map of 2 columns); a sweep's name drawn as it is
-        ax.set_title(plain_text(title), fontsize=10, loc="left", wrap=True)
+        # axes are wider than a map of 2 columns); a sweep's name drawn as it is. A word wider
+        # than the figure cannot wrap: the layout shrank the map to a sliver to fit it. Such a
+        # word (a long snake_case name) loses its middle.
+        text = ax.set_title(plain_text(title), fontsize=10, loc="left", wrap=True)
+        room = 0.75 * fig.get_figwidth() * dpi  # right of the y axis' labels
+        words = [shorten_middle(w, room, text.get_fontproperties(), dpi) for w in title.split(" ")]
+        text.set_text(plain_text(" ".join(words)))
     fig.legend(handles=handles, loc="outside right center", fontsize=8, frameon=False)
     return figure_bytes(fig, fmt, fonttype="path",
                         metadata={"Software": None} if fmt == "png" else {"Date": None})

@@ -258,3 +258,126 @@ def test_a_dead_networks_zero_gradients_are_named_on_the_plot(live: LiveServer) 
     svg = live.http.get(f"/v1/jobs/{job['id']}/plots/gradients", params={"format": "svg"})
     assert svg.status_code == 200
     assert "layers 0–1 from step 0 (8 points)" in svg.text
+
+
+SVG_NS = "{http://www.w3.org/2000/svg}"
+
+
+def _y_labels(svg: bytes) -> list[list[str]]:
+    """Per axes of a plot, the numbers written at its y ticks (10^-1 reads ``10−1``)."""
+    labels = []
+    for axes in ET.fromstring(svg).iter(f"{SVG_NS}g"):
+        if not axes.get("id", "").startswith("axes_"):
+            continue
+        axis = [g for g in axes.iter(f"{SVG_NS}g")
+                if g.get("id", "").startswith("matplotlib.axis_")][1]  # x first, then y
+        ticks = [g for g in axis.iter(f"{SVG_NS}g") if g.get("id", "").startswith("ytick_")]
+        texts = ["".join("".join(t.itertext()).split()) for g in ticks for t in g.iter(f"{SVG_NS}text")]
+        labels.append([t for t in texts if t])
+    return labels
+
+
+def test_a_log_axis_within_a_decade_is_numbered() -> None:
+    """A healthy run's gradient norms often stay between 0.2 and 0.9: with only powers of ten
+    labelled its log axis carried no number at all (0.15 to 2.4: just 10^0)."""
+    steps = np.arange(50)
+    norms = np.geomspace(0.2, 0.9, 50)
+    layers = [plots.Series(steps, norms * f, f"layer {i}") for i, f in enumerate((1.0, 0.8))]
+    svg = plots.gradients_plot(layers, plots.Marks(), fmt="svg")
+    assert _y_labels(svg) == [["0.2", "0.3", "0.4", "0.6"]]
+    wider = [plots.Series(steps, np.geomspace(0.15, 2.4, 50), "layer 0")]
+    assert _y_labels(plots.gradients_plot(wider, plots.Marks(), fmt="svg")) == [
+        ["1", "0.2", "0.3", "0.4", "0.6", "2"]]
+    run = plots.Run("run", layers[0], plots.Series(steps, np.geomspace(0.4, 2.0, 50)))
+    top, bottom = _y_labels(plots.comparison_plot(run, run, fmt="svg"))
+    assert len(top) >= 3 and len(bottom) >= 3, (top, bottom)
+    many = [plots.Series(steps, np.geomspace(1e-3, 1e3, 50), "layer 0")]  # powers of ten
+    assert _y_labels(plots.gradients_plot(many, plots.Marks(), fmt="svg")) == [
+        [f"10{e}".replace("-", "−") for e in range(-3, 4)]]
+
+
+def test_a_long_job_name_shortens_the_title_in_the_middle_instead_of_cutting_off_both_ends(
+        ) -> None:
+    """A 120-character job name made the centred title wider than the image: both ends were
+    cut off, so neither what the plot shows nor the verdict at the end could be read."""
+    name = "lr-sweep-" + "x" * 110 + "-end"
+    layer = plots.Series.of(list(range(10)), [float(2 ** i) for i in range(10)], "layer 0")
+    run = plots.Run("run", layer, layer)
+    for draw, what in ((lambda t, f: plots.gradients_plot([layer], plots.Marks(), title=t, fmt=f),
+                        "Gradient norms before clipping"),
+                       (lambda t, f: plots.heatmap_plot([layer], plots.Marks(), title=t, fmt=f),
+                        "log10 gradient norm"),
+                       (lambda t, f: plots.loss_plot(layer, plots.Marks(), title=t, fmt=f), "Loss"),
+                       (lambda t, f: plots.comparison_plot(run, run, title=t, fmt=f),
+                        "Before and after")):
+        title = f"{what} — {name} (exploding)"
+        texts = [t.text or "" for t in ET.fromstring(draw(title, "svg")).iter(f"{SVG_NS}text")]
+        shown = [t for t in texts if t.startswith(what)]
+        assert len(shown) == 1 and shown[0].endswith("-end (exploding)"), texts
+        assert "…" in shown[0] and "lr-sweep-x" in shown[0], shown
+        image = _png(draw(title, "png"))
+        band = image[:int(0.09 * image.shape[0]), :, :3].mean(axis=2)  # the title's rows
+        edges = np.concatenate([band[:, :4], band[:, -4:]], axis=1)
+        assert edges.min() > 0.9, f"{what}: the title reaches the image's edge"
+    short = plots.gradients_plot([layer], plots.Marks(), title="small (healthy)", fmt="svg")
+    assert "small (healthy)" in [t.text for t in ET.fromstring(short).iter(f"{SVG_NS}text")]
+
+
+def _empty_heatmap_cells(svg: bytes) -> tuple[int, int]:
+    """(cells drawn, cells left empty: white) of a heatmap's SVG."""
+    cells = next(g for g in ET.fromstring(svg).iter(f"{SVG_NS}g")
+                 if g.get("id") == "heatmap-cells")
+    fills = [path.get("style", "") for path in cells.iter(f"{SVG_NS}path")]
+    return len(fills), sum("fill: none" in f for f in fills)
+
+
+def test_a_heatmap_of_sparse_steps_has_no_white_stripes() -> None:
+    """A job recording every 10th step (monitor.record_every) over 1,300 steps got a heatmap
+    of 400 columns 3.2 steps wide, three in four holding no record: a barcode of white
+    stripes. A downsampled history (min and max of each 7-step bucket) left some columns
+    empty the same way. Every column now holds a recorded step."""
+    rng = np.random.default_rng(0)
+    every_10th = np.arange(0, 1300, 10)
+    buckets = np.arange(0, 3381, 7)  # two of each bucket's steps, as min/max downsampling keeps
+    downsampled = np.unique(np.concatenate([buckets + rng.integers(0, 7, buckets.size),
+                                            buckets + rng.integers(0, 7, buckets.size)]))
+    for steps in (every_10th, downsampled):
+        layers = [plots.Series(steps, rng.uniform(0.5, 2.0, steps.size), f"layer {i}")
+                  for i in range(3)]
+        drawn, empty = _empty_heatmap_cells(plots.heatmap_plot(layers, plots.Marks(), fmt="svg"))
+        assert empty == 0 and drawn >= 3 * 100, (steps[:5], drawn, empty)
+    every_step = [plots.Series(np.arange(50), np.ones(50), "layer 0")]  # one column per step
+    assert _empty_heatmap_cells(plots.heatmap_plot(every_step, plots.Marks(), fmt="svg")) == (50, 0)
+
+
+def test_the_comparison_legend_explains_the_loss_panels_infinite_marks() -> None:
+    """The showcase run's loss overflows to +Inf one step before its gradient norm turns NaN:
+    the lower (loss) panel drew ▲ marks the legend, made from the upper panel only, never
+    named."""
+    steps = np.arange(30)
+    norms, losses = np.geomspace(1, 1e80, 30), np.geomspace(1, 1e90, 30)
+    norms[-1], losses[-1] = np.nan, np.inf
+    original = plots.Run("original (exploding)", plots.Series(steps, norms),
+                         plots.Series(steps, losses))
+    repair = plots.Run("repair (healthy)", plots.Series(steps, np.ones(30)),
+                       plots.Series(steps, np.full(30, 0.5)))
+    texts = [t.text for t in ET.fromstring(plots.comparison_plot(original, repair, fmt="svg"))
+             .iter(f"{SVG_NS}text")]
+    assert {"NaN (drawn at top)", "+Inf (drawn at top)"} <= set(texts), texts
+    assert texts.count("original (exploding)") == 1  # each run named once
+
+
+def test_the_plots_note_counts_recorded_steps_of_a_job_recording_one_in_ten(
+        live: LiveServer) -> None:
+    """A 1,300-step job recording every 10th step: its plots said '131 steps, every point'."""
+    job = _finished(live, {**CLIPPED_EXPLODING_SPEC, "training": {"epochs": 20, "batch_size": 32},
+                           "monitor": {"record_every": 10}})
+    total = job["progress"]["total_steps"]
+    recorded = live.http.get(f"/v1/jobs/{job['id']}/metrics").json()["points_in_range"]
+    assert total >= 100 and recorded <= total // 10 + 1
+    for kind in ("gradients", "heatmap", "loss"):
+        svg = live.http.get(f"/v1/jobs/{job['id']}/plots/{kind}", params={"format": "svg"}).text
+        assert f"{recorded} recorded steps (1 in 10), every point" in svg, (kind, total)
+    svg = live.http.get(f"/v1/jobs/{job['id']}/plots/loss",
+                        params={"format": "svg", "max_points": 10}).text
+    assert f"{recorded} recorded steps (1 in 10) shown as min/max of" in svg

@@ -134,3 +134,25 @@ def test_a_long_title_over_a_narrow_map_is_wrapped_inside_the_figure() -> None:
     assert len(parts) >= 2, parts  # wrapped
     assert " ".join(text for text, _ in parts) == title
     assert all(x >= 0 for _, x in parts), parts
+
+
+def _cell_pixels(png: bytes) -> int:
+    """How many pixels of the PNG are painted in a verdict's colour (the map's cells)."""
+    pixels = np.round(imread(io.BytesIO(png))[..., :3] * 255).astype(int)
+    colours = [tuple(int(VERDICT_COLORS[v].lstrip("#")[k:k + 2], 16) for k in (0, 2, 4))
+               for v in ("healthy", "exploding")]
+    return int(sum((pixels == np.array(c)).all(axis=-1).sum() for c in colours))
+
+
+def test_a_long_one_word_sweep_name_does_not_squash_the_map() -> None:
+    """A 95-character snake_case sweep name cannot wrap: the layout squeezed the 2 x 2 map
+    into a sliver a few pixels wide to make room for it. The word loses its middle instead."""
+    name = "stability_of_relu_mlp_with_normal_init_over_learning_rate_and_init_std_for_demo_2026"
+    args = ("optimizer.lr", "model.init.std", [0.001, 1.0], [0.3, 3.0],
+            [["healthy", "healthy"], ["healthy", "exploding"]])
+    short = _cell_pixels(render_stability_map(*args, title="lr x std (sweep d5089d0f)"))
+    long = _cell_pixels(render_stability_map(*args, title=f"{name} (sweep d5089d0f)"))
+    assert long >= 0.8 * short, (long, short)
+    svg = render_stability_map(*args, title=f"{name} (sweep d5089d0f)", fmt="svg").decode()
+    shown = re.findall(r"<!-- (stability_of.*?) -->", svg)
+    assert shown and "…" in shown[0] and shown[0].endswith("demo_2026"), shown

@@ -70,11 +70,16 @@ def _image(data: bytes, fmt: plots.Format) -> Response:
                     headers={"Cache-Control": "no-store", "Vary": "Accept"})
 
 
-def _note(history: dict[str, Any]) -> str:
+def _note(history: dict[str, Any], job: dict[str, Any]) -> str:
+    # points_in_range counts records: with record_every k, 1 step in k (a 1,300-step job
+    # recording every 10th read "131 steps")
+    every = int((job["spec"].get("monitor") or {}).get("record_every") or 1)
+    steps = f"{history.get('points_in_range', 0):,} " + (
+        f"recorded steps (1 in {every})" if every > 1 else "steps")
     if history.get("downsampled"):
-        return (f"{history['points_in_range']:,} steps shown as min/max of "
+        return (f"{steps} shown as min/max of "
                 f"{history['bucket_size']}-step buckets (spikes and NaN/Inf kept)")
-    return f"{history.get('points_in_range', 0):,} steps, every point"
+    return f"{steps}, every point"
 
 
 def _clip(spec: dict[str, Any]) -> tuple[float | None, str]:
@@ -136,7 +141,7 @@ def plot_gradients(job_id: JobId, session: ReadSessionDep, settings: SettingsDep
     g = overall["series"].get("grad_norm")
     global_norm = plots.Series.of(g["steps"], g["values"], "global") if g else None
     form = _format(fmt, accept)
-    return _image(plots.gradients_plot(layers, _marks(session, job, _note(history)),
+    return _image(plots.gradients_plot(layers, _marks(session, job, _note(history, job)),
                                        global_norm=global_norm,
                                        title=_title(job, "Gradient norms before clipping"),
                                        fmt=form), form)
@@ -156,7 +161,7 @@ def plot_heatmap(job_id: JobId, session: ReadSessionDep, settings: SettingsDep,
     job = job_to_read(get_job(session, job_id, principal))
     history, layers = _layer_norms(session, job_id, q, principal)
     form = _format(fmt, accept)
-    return _image(plots.heatmap_plot(layers, _marks(session, job, _note(history)),
+    return _image(plots.heatmap_plot(layers, _marks(session, job, _note(history, job)),
                                      title=_title(job, "log10 gradient norm"), fmt=form), form)
 
 
@@ -177,7 +182,7 @@ def plot_loss(job_id: JobId, session: ReadSessionDep, settings: SettingsDep,
     val = plots.Series.of(epochs["step"], epochs["val_loss"], "validation loss")
     form = _format(fmt, accept)
     return _image(plots.loss_plot(plots.Series.of(loss["steps"], loss["values"], "loss"),
-                                  _marks(session, job, _note(history)), val_loss=val,
+                                  _marks(session, job, _note(history, job)), val_loss=val,
                                   title=_title(job, "Loss"), fmt=form), form)
 
 

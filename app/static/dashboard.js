@@ -240,16 +240,24 @@ class LiveChart {
     this.zeros = labels.map(() => new Set()); // per series, the steps whose value is exactly 0
     this.index = new Map();
     this.data = [[], ...labels.map(() => [])];
-    const series = [{ label: "step" }, ...labels.map((label, i) => ({
-      label, stroke: label === "global" ? "#101828" : PALETTE[i % PALETTE.length],
+    // "layer k" in the colour the static plots below give it (matplotlib's cycle: C0 layer 0)
+    let colour = 0;
+    const series = [{ label: "step" }, ...labels.map((label) => ({
+      label, stroke: label === "global" ? "#101828" : PALETTE[colour++ % PALETTE.length],
       width: label === "global" ? 2.5 : 1.2, spanGaps: false }))];
     this.plot = new uPlot({
-      title, width: Math.max(400, el.clientWidth || 900), height: 300,
+      title, width: Math.max(280, el.clientWidth || 900), height: 300,
       scales: { x: { time: false }, y: { distr: 3 } },
       axes: [{ label: "step" }, { label: yLabel, size: 72,
-        values: (u, ticks) => ticks.map((v) => (v === null ? "" : fmt(v))) }], series,
+        incrs: DECADES, splits: (u, axis, min, max) => logTicks(u, min, max), filter: (u, ticks) => ticks,
+        values: (u, ticks) => {
+          const labels = ticks.map((v) => (v === null ? "" : tickLabel(v)));
+          el.dataset.yTicks = labels.join(" "); // the y labels drawn (for scripts and tests)
+          return labels;
+        } }], series,
     }, this.data, el);
     el.dataset.points = "0";
+    el.liveChart = this; // for scripts and tests: the steps and values drawn (this.data)
   }
   // values: one per series; non-finite or non-positive values are gaps on a log axis
   add(step, values) {
@@ -283,6 +291,37 @@ class LiveChart {
     this.zeros = this.labels.map(() => new Set());
   }
 }
+
+// uPlot draws no ticks at all when none of an axis' increments fits its range: all decades
+const DECADES = Array.from({ length: 601 }, (_, i) => 10 ** (i - 300));
+// The y ticks of a live chart's log axis between min and max. uPlot's own log ticks fail on
+// a diverging run: past ~20 decades they fall between powers of ten (1.1e24), past ~34 (the
+// norms reach 1e80 before the Inf) there are none and the axis has no numbers at all. Here:
+// powers of ten, every `stride` decades, with labels at least 28 px apart; over a decade or
+// two also some of their multiples (1, 2, 3, 5, 7 as uPlot labels them).
+function logTicks(u, min, max) {
+  if (!(min > 0 && max >= min)) return [];
+  const room = Math.max(2, Math.floor((u.bbox.height / devicePixelRatio || 200) / 28));
+  const lo = Math.floor(Math.log10(min) + 1e-9), hi = Math.ceil(Math.log10(max) - 1e-9);
+  const inRange = (v) => v >= min * (1 - 1e-9) && v <= max * (1 + 1e-9);
+  for (const mults of [[1, 2, 3, 5, 7], [1, 2, 5], [1, 3], [1]]) {
+    const ticks = [];
+    for (let k = lo; k <= hi; k++) {
+      for (const m of mults) if (inRange(m * 10 ** k)) ticks.push(m * 10 ** k);
+    }
+    if (ticks.length <= room) return ticks;
+  }
+  const needed = (hi - lo + 1) / room;
+  const stride = [2, 3, 5, 10, 20, 25, 50, 100].find((n) => n >= needed) || Math.ceil(needed);
+  const ticks = [];
+  for (let k = Math.ceil(lo / stride) * stride; k <= hi; k += stride) {
+    if (inRange(10 ** k)) ticks.push(10 ** k);
+  }
+  return ticks;
+}
+
+// a log tick (m × 10^k, one significant digit) as 1e+80, 3e-5, 0.2 or 300: fits the axis
+const tickLabel = (v) => (v >= 1e4 || v < 1e-3 ? v.toExponential(0) : String(+v.toPrecision(1)));
 
 // "exactly 0, not drawn on the log axis: layers 0–7 from step 145 (155 points)", or null: a
 // dead network's gradients are 0, a perfectly fitted loss is 0, and their lines would just
@@ -335,10 +374,11 @@ async function showJob(root, jobId) {
   const downloads = h("section", { id: "downloads", hidden: true });
   const gradPlot = h("img", { class: "plot", id: "gradients-plot", alt: "gradient norms plot" });
   const heatPlot = h("img", { class: "plot", id: "heatmap-plot", alt: "gradient heatmap" });
+  const plotsNote = h("p", { class: "muted", id: "plots-note" }, "Drawn when the job has finished.");
   root.replaceChildren(head,
     h("section", {}, h("h2", {}, "Gradient norms before clipping (live)"), nonFinite, gradEl, zeroNoteEl, lossEl, lossZeroNoteEl),
     diagnosis, downloads, comparison,
-    h("section", {}, h("h2", {}, "Plots"), gradPlot, heatPlot));
+    h("section", {}, h("h2", {}, "Plots"), plotsNote, gradPlot, heatPlot));
   const layerLabels = Array.from({ length: nLayers }, (_, i) => `layer ${i}`);
   const grad = new LiveChart(gradEl, "pre-clip gradient L2 norm", ["global", ...layerLabels], "norm (log)", zeroNoteEl);
   const loss = new LiveChart(lossEl, "training loss", ["loss"], "loss (log)", lossZeroNoteEl);
@@ -351,12 +391,20 @@ async function showJob(root, jobId) {
   }
   const controller = new AbortController();
   let lastDiagnosis = 0;
+  // An event carries one record (the latest) per flush: thousands of steps, and any spike in
+  // them, may pass between two. While the job runs the history (downsampled, spikes kept) is
+  // read again every 2 s, so the chart does not join two distant records with a straight line.
+  let lastHistory = Date.now();
   await followEvents(job.id, (ev) => {
     const d = ev.data;
     if (d.latest) {
       grad.add(d.latest.step, [d.latest.grad_norm, ...(d.latest.layer_grad_norms || [])]);
       loss.add(d.latest.step, [d.latest.loss]);
       grad.draw(); loss.draw();
+    }
+    if (Date.now() - lastHistory > 2000) {
+      lastHistory = Date.now();
+      loadHistory(job, grad, loss).catch(() => {});
     }
     if (d.progress || d.status) {
       job = { ...job, ...(ev.event === "snapshot" ? d : {}), status: d.status || job.status,
@@ -382,6 +430,7 @@ async function showJob(root, jobId) {
       nonFinite.textContent = `First NaN/Inf at step ${nf.step}${nf.layer !== null ? `, layer ${nf.layer}` : ""}: ${nf.description}`;
     }
     renderDownloads(downloads, j);
+    plotsNote.remove();
     await Promise.all([
       renderDiagnosis(diagnosis, j),
       renderComparison(comparison, j),
@@ -429,10 +478,12 @@ async function saveFrom(a, path, file) {
 }
 
 async function loadHistory(job, grad, loss) {
+  const mine = (grad.reads = (grad.reads || 0) + 1);
   const [g, m] = await Promise.all([
     getJSON(`/v1/jobs/${job.id}/gradients?metrics=grad_norm&max_points=1000`),
     getJSON(`/v1/jobs/${job.id}/metrics?metrics=grad_norm,loss&max_points=1000`),
   ]);
+  if (grad.reads !== mine) return; // a later read (the final one) overtook this one
   grad.reset(); loss.reset();
   const layerValues = g.layers.map((ly) => new Map(ly.series.grad_norm.steps.map((s, i) => [s, ly.series.grad_norm.values[i]])));
   const gs = m.series.grad_norm || { steps: [], values: [] };

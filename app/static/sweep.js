@@ -219,7 +219,7 @@ function axisControls(sweep, distinct, view, onChange) {
 // later render overtook this one.
 async function renderGrid(el, sweep, recEl, view, controls) {
   if (sweep.axes.length < 2) {
-    fill(el, h("p", { class: "muted" }, "A stability map needs two axes."));
+    drawMembers(el, sweep);
     return false;
   }
   const waiting = "Waiting for the first member to finish; the map appears as members finish.";
@@ -271,6 +271,23 @@ function drawGrid(el, grid, sweep, recEl) {
                  title: `${grid.x}=${fmt(x)}, ${grid.y}=${fmt(y)}: ${label}` }, label));
     }))).reverse();
   fill(el, h("table", { class: "stability" }, h("thead", {}, head), h("tbody", {}, ...rows)));
+}
+
+// A one-axis sweep has no map: its members one per row in the axis' order, each verdict
+// coloured as on a map and linked to the member's job, with what the sweep knows of the run.
+function drawMembers(el, sweep) {
+  const path = sweep.axes.length ? sweep.axes[0].path : "member";
+  const rows = sweep.members.map((m) => h("tr", {},
+    h("th", {}, fmt(m.values && path in m.values ? m.values[path] : m.index)),
+    h("td", { class: "cell", style: `background:${VERDICT_COLORS[m.verdict] || "#fff"}` },
+      m.job_id ? h("a", { href: `/jobs/${m.job_id}`, class: "member-link" }, m.verdict || m.status)
+        : m.status),
+    h("td", {}, fmt(m.final_loss)), h("td", {}, fmt(m.first_bad_step)), h("td", {}, m.stop_reason || "")));
+  fill(el, h("p", { class: "muted" }, "A stability map needs two axes; the members one by one:"),
+    h("table", { class: "stability", id: "sweep-members" },
+      h("thead", {}, h("tr", {}, [path, "verdict", "final loss", "first bad step", "stop reason"]
+        .map((c) => h("th", {}, c)))),
+      h("tbody", {}, rows)));
 }
 
 // "Recommended: lr 0.00268, init std 0.277" linking to that member's job, then the reason

@@ -130,8 +130,9 @@ def test_a_running_job_and_a_waiting_sweep_show_no_broken_images(
     assert page.evaluate(BROKEN_IMAGES) == []
     assert page.locator("#plots-note").is_visible()
     live.http.post(f"/v1/jobs/{job['id']}/cancel")
-    page.wait_for_function("() => document.querySelector('#heatmap-plot')?.naturalWidth > 0",
-                           timeout=60_000)
+    page.wait_for_function("() => ['#heatmap-plot', '#gradients-plot'].every("
+                           "(s) => document.querySelector(s)?.naturalWidth > 0)",
+                           timeout=60_000)  # both loaded (either may come first)
     assert page.locator("#gradients-plot").is_visible()
     assert page.locator("#plots-note").count() == 0
     sweep = live.http.post("/v1/sweeps", json={"spec": LONG_SPEC, "axes": [

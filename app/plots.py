@@ -323,10 +323,10 @@ def heatmap_plot(layers: Sequence[Series], marks: Marks, *, columns: int = 400,
     fig.colorbar(mesh, ax=ax, label="log10 grad norm\n(red: NaN/Inf)")
     _mark_steps(ax, marks)
     ax.set_yticks(range(len(layers)), [s.label or f"layer {i}" for i, s in enumerate(layers)])
-    ax.set_ylim(len(layers) - 0.5, -0.5)
+    ax.set_ylim(max(len(layers), 1) - 0.5, -0.5)  # one empty row when nothing was recorded
     ax.set_xlabel("step")
     _set_title(ax, title)
-    _note(ax, marks.note)
+    _note(ax, None if layers else "no steps recorded", marks.note)
     return _render(fig, fmt)
 
 

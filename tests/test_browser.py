@@ -212,6 +212,22 @@ def test_job_page_says_when_the_loss_is_exactly_zero(
     assert p.external == [] and p.errors == []
 
 
+def test_a_job_cancelled_before_it_ran_shows_no_verdict(
+        tmp_path: Path, open_page: Callable[[str], Page]) -> None:
+    """Cancelled while queued: nothing was recorded, so there is no verdict to show (the
+    page showed a green "healthy" badge beside "No steps recorded yet")."""
+    with LiveServer(make_settings(tmp_path, workers=0)) as server:
+        job = server.http.post("/v1/jobs", json=LONG_SPEC).json()
+        assert server.http.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
+        p = open_page(server.url)
+        page = p.goto(f"/jobs/{job['id']}")
+        summary = page.locator("#diagnosis-summary")
+        summary.wait_for()
+        assert summary.inner_text() == "No steps were recorded: nothing to diagnose."
+        assert page.locator("#diagnosis .badge").count() == 0
+        assert p.external == [] and p.errors == []
+
+
 def test_dashboard_asks_for_the_api_key_once_and_never_puts_it_in_a_url(
         tmp_path: Path, open_page: Callable[[str], Page]) -> None:
     key = "browser-test-key-123"

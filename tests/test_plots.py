@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 import xml.etree.ElementTree as ET
 from typing import Any
 
@@ -381,3 +382,12 @@ def test_the_plots_note_counts_recorded_steps_of_a_job_recording_one_in_ten(
     svg = live.http.get(f"/v1/jobs/{job['id']}/plots/loss",
                         params={"format": "svg", "max_points": 10}).text
     assert f"{recorded} recorded steps (1 in 10) shown as min/max of" in svg
+
+
+def test_a_heatmap_of_a_job_without_steps_says_so_without_a_warning() -> None:
+    """A job cancelled before it ran has no layer series: the heatmap is one empty row that
+    says why (it used to warn of a singular y axis while drawing nothing)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        svg = plots.heatmap_plot([], plots.Marks(), fmt="svg").decode()
+    assert "no steps recorded" in svg

@@ -526,7 +526,9 @@ async function renderDiagnosis(el, job) {
       title: canRepair ? "Run the job again with this change" : "Available when the job has finished",
       onclick: (e) => runFix(e.target, job.id, i) }, "Run this fix"))));
   fill(el, h("h2", {}, "Diagnosis", d.final ? "" : " (provisional)"),
-    h("p", {}, badge(d.verdict), " ", h("span", { id: "diagnosis-summary" }, d.summary)),
+    // no step recorded (cancelled while queued, or not started): no verdict to show
+    h("p", {}, d.steps_analyzed ? [badge(d.verdict), " "] : null,
+      h("span", { id: "diagnosis-summary" }, d.summary)),
     d.first_bad_step !== null ? h("p", {}, `Problem starts at step ${d.first_bad_step}.`) : null,
     d.findings.length ? h("h3", {}, "Findings") : null, findings,
     d.recommendations.length ? h("h3", {}, "Recommended fixes (best first)") : null, recs);

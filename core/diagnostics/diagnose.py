@@ -70,7 +70,9 @@ def diagnose(history: Any, *, scale: DataScale | None = None) -> DiagnosticRepor
     final = stop_reason is not None
     if not records:
         return DiagnosticReport(
-            verdict="healthy", summary="No steps recorded yet: nothing to diagnose.",
+            verdict="healthy",
+            summary=("No steps were recorded: nothing to diagnose." if final else
+                     "No steps recorded yet: nothing to diagnose."),
             first_bad_step=None, final=final, stop_reason=stop_reason, steps_analyzed=0,
         )
     s = RunSeries.from_records(spec, records)

@@ -184,6 +184,9 @@ def test_diagnose_is_provisional_while_the_run_is_in_progress() -> None:
     assert "provisional" in rep.summary
     empty = diagnose(History(spec_of(), [], stop_reason=None))
     assert empty.steps_analyzed == 0 and empty.final is False
+    one_in_five = [r for r in noisy_healthy(500) if r.step % 5 == 0]  # record_every 5
+    rep = diagnose(History(spec_of(), one_in_five, stop_reason=None))
+    assert "(provisional, 496 steps so far)" in rep.summary and rep.steps_analyzed == 100
 
 
 def _train(body: dict[str, Any]) -> Any:

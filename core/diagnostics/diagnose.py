@@ -284,7 +284,8 @@ class _Diagnosis(FixRanking):
                  recs: list[Recommendation]) -> str:
         s = self.s
         parts: list[str] = []
-        prov = "" if self.final else f"(provisional, {len(s)} steps so far) "
+        # steps trained, not records (a run may record one step in N)
+        prov = "" if self.final else f"(provisional, {int(s.step[-1]) + 1} steps so far) "
         if verdict == "exploding":
             if expl is not None:
                 parts.append(f"Exploding{' ' + prov.strip() if prov else ''}: "

@@ -106,6 +106,21 @@ def test_non_finite_numbers_in_a_spec_are_422(client: TestClient, token: str) ->
     assert_problem(r, 422)
 
 
+def test_a_predict_body_is_not_called_a_spec(client: TestClient) -> None:
+    """The strict JSON parser serves several bodies: a predict body's errors speak of rows,
+    not of a spec (they said 'NaN is not a valid number in a spec', 'send a JSON
+    TrainingSpec')."""
+    job = "00000000-0000-0000-0000-000000000000"  # the body is read before the job
+    for raw, says in (('{"X": [[1.0, NaN]]}', "NaN is not a JSON number"),
+                      ("", "send a JSON object with `X` (rows of numbers) or `dataset_id`")):
+        r = client.post(f"/v1/jobs/{job}/predict", content=raw,
+                        headers={"content-type": "application/json"})
+        problem = assert_problem(r, 422)
+        assert says in problem["detail"] and "spec" not in problem["detail"].lower(), problem
+    r = client.post("/v1/jobs", content="", headers={"content-type": "application/json"})
+    assert "send a JSON TrainingSpec" in assert_problem(r, 422)["detail"]
+
+
 @pytest.mark.parametrize("raw", ["{not json", "", "[1, 2]", "null", '"spec"'])
 def test_malformed_bodies_are_422(client: TestClient, raw: str) -> None:
     r = client.post("/v1/jobs", content=raw, headers={"content-type": "application/json"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Query, Request
@@ -95,11 +96,26 @@ SPEC_REQUEST_BODY: dict[str, Any] = {
 
 
 def _reject_constant(token: str) -> Any:
-    raise ValueError(f"{token} is not a valid number in a spec: every number must be finite")
+    raise ValueError(f"{token} is not a JSON number: every number must be a finite JSON "
+                     "number")
+
+
+def json_body_of(what: str) -> Callable[[Request], Awaitable[Any]]:
+    """A dependency: the request body parsed as strict JSON (no NaN/Infinity tokens); an
+    empty body is a 422 saying to send ``what``."""
+
+    async def body(request: Request) -> Any:
+        return await _json_body(request, what)
+
+    return body
 
 
 async def json_body(request: Request) -> Any:
-    """The request body parsed as strict JSON (no NaN/Infinity tokens)."""
+    """The request body parsed as strict JSON (no NaN/Infinity tokens): a TrainingSpec."""
+    return await _json_body(request, "a JSON TrainingSpec")
+
+
+async def _json_body(request: Request, what: str) -> Any:
     content_type = request.headers.get("content-type", "application/json")
     media = content_type.split(";")[0].strip().lower()
     if media and media != "application/json" and not media.endswith("+json"):
@@ -109,7 +125,7 @@ async def json_body(request: Request) -> Any:
     check_no_nul(raw)
     check_json_depth(raw)
     if not raw.strip():
-        raise SpecValidationError("the request body is empty; send a JSON TrainingSpec",
+        raise SpecValidationError(f"the request body is empty; send {what}",
                                   errors=[{"loc": ["body"], "msg": "Field required",
                                            "type": "missing"}])
     try:

@@ -24,7 +24,7 @@ from app.datasets import get_dataset, load_dataset_arrays
 from app.deps import PrincipalDep, ReadSessionDep, SettingsDep
 from app.errors import ConflictError, NotFoundError, SpecValidationError
 from app.lifecycle import TERMINAL
-from app.routers.common import json_body, problems
+from app.routers.common import json_body_of, problems
 from app.schemas import ApiModel, JsonFloat
 from app.services import get_job
 from app.settings import Settings
@@ -170,6 +170,9 @@ def download_model(job_id: str, session: ReadSessionDep, store: StoreDep,
                              headers=headers)
 
 
+_PREDICT_BODY = json_body_of("a JSON object with `X` (rows of numbers) or `dataset_id`")
+
+
 @router.post(
     "/{job_id}/predict",
     response_model=Prediction,
@@ -185,7 +188,7 @@ def download_model(job_id: str, session: ReadSessionDep, store: StoreDep,
     responses=problems(404, 409, 413, 415, 422),
     openapi_extra=PREDICT_BODY,
 )
-def predict(job_id: str, body: Annotated[Any, Depends(json_body)], session: ReadSessionDep,
+def predict(job_id: str, body: Annotated[Any, Depends(_PREDICT_BODY)], session: ReadSessionDep,
             store: StoreDep, settings: SettingsDep, principal: PrincipalDep,
             which: WhichQuery = "final",
             allow_non_finite: AllowNonFinite = False) -> Response:

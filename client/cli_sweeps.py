@@ -20,6 +20,7 @@ from client.cli import (
     exit_code,
     fmt_value,
     follow_job,
+    image_file,
     out,
     patch_json,
     print_json,
@@ -317,8 +318,8 @@ def register_sweeps(add: Callable[..., argparse.ArgumentParser], nest: Callable[
                    metavar="PATH=LOW:HIGH:POINTS", help="POINTS log-spaced values; repeatable")
     p.add_argument("--name", default=None)
     p.add_argument("--wait", action="store_true", help="progress bar, then the members")
-    p.add_argument("--map", default=None, metavar="FILE",
-                   help="after waiting, write the stability map (PNG, or SVG for .svg)")
+    p.add_argument("--map", default=None, metavar="FILE", type=image_file,
+                   help="after waiting, write the stability map (FILE.png or FILE.svg)")
     _map_options(p)
     p.add_argument("--json", action="store_true", help="the sweep as JSON")
     p = add("get", _cmd_get, "a sweep's status and members", sub=sweep)
@@ -331,10 +332,10 @@ def register_sweeps(add: Callable[..., argparse.ArgumentParser], nest: Callable[
     p.add_argument("sweep_id")
     p = add("delete", _cmd_delete, "delete a finished sweep and its member jobs", sub=sweep)
     p.add_argument("sweep_id")
-    p = add("map", _cmd_map, "write the stability map (PNG, or SVG for .svg) and print the "
-                             "boundary", sub=sweep)
+    p = add("map", _cmd_map, "write the stability map (PNG or SVG) and print the boundary",
+            sub=sweep)
     p.add_argument("sweep_id")
-    p.add_argument("output", metavar="FILE")
+    p.add_argument("output", metavar="FILE", type=image_file, help="FILE.png or FILE.svg")
     _map_options(p)
     p.add_argument("--json", action="store_true", help="the grid as JSON (not the boundary)")
     p = add("list", _cmd_list, "list sweeps, newest first", sub=sweep)

@@ -49,3 +49,19 @@ def test_a_sweep_map_refuses_an_image_name_the_server_cannot_draw(live: LiveServ
 def test_plot_takes_png_and_svg_names(live: LiveServer, tmp_path: Path, name: str) -> None:
     result = gradwatch(live, "plot", NO_JOB, "-o", str(tmp_path / name))
     assert result.returncode == EXIT["error"] and "404" in result.stderr  # asked the server
+
+
+def test_datasets_upload_of_an_unknown_extension_names_the_cli_option(live: LiveServer,
+                                                                      tmp_path: Path) -> None:
+    """`datasets upload x.json` said "pass format='csv' or 'npz'", the Python client's
+    argument: the CLI names its own option."""
+    data = tmp_path / "x.json"
+    data.write_text("x1,label\n0.5,1\n0.7,0\n")
+    result = gradwatch(live, "datasets", "upload", str(data), "--task", "classification")
+    assert result.returncode == EXIT["usage"], result.stderr
+    assert str(data) in result.stderr and "--format csv or --format npz" in result.stderr
+    assert "format=" not in result.stderr
+    given = gradwatch(live, "datasets", "upload", str(data), "--task", "classification",
+                      "--format", "csv", "--json")
+    assert given.returncode == 0, given.stderr
+    live.http.delete(f"/v1/datasets/{json.loads(given.stdout)['id']}")

@@ -37,9 +37,9 @@ from client.errors import ApiError
 from client.models import Diagnosis, Event, Job
 from client.sync import Client
 
-__all__ = ["EXIT", "IMAGE_FORMATS", "error_text", "exit_code", "fmt_value", "follow_job",
-           "image_file", "patch_json", "print_json", "print_outcome", "register", "run",
-           "stopped_following"]
+__all__ = ["EXIT", "IMAGE_FORMATS", "error_text", "exit_code", "field_lines", "fmt_value",
+           "follow_job", "image_file", "patch_json", "print_json", "print_outcome", "register",
+           "run", "stopped_following"]
 
 EXIT = {"ok": 0, "error": 1, "usage": 2, "exploding": 3, "unhealthy": 4, "failed": 5,
         "cancelled": 6, "interrupted": 130, "output_closed": 141}
@@ -369,6 +369,15 @@ def register(sub: Any) -> None:
     register_sweeps(add, nest)
 
 
+def field_lines(exc: ApiError) -> list[str]:
+    """A 422's field errors as ``path: message`` lines, less those its detail already says
+    (the detail is often the first error, "body.training.epochs: ...", or its message:
+    printed again under itself it read as two errors)."""
+    return [f"{field.path}: {field.msg}" for field in exc.errors
+            if exc.detail not in (field.msg, f"{field.path}: {field.msg}")
+            and not exc.detail.startswith(f"{field.path}: {field.msg} (and ")]
+
+
 def run(args: argparse.Namespace) -> int:
     """Run a client sub-command; problem+json and connection errors become exit code 1."""
     logging.getLogger("httpx").setLevel(logging.WARNING)  # no line per request
@@ -389,8 +398,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT["output_closed"]
     except ApiError as exc:
         err.print(error_text(f"{exc.status} {exc.title}: {exc.detail}"))
-        for field in exc.errors:
-            err.print(f"  {field.path}: {field.msg}")
+        for line in field_lines(exc):
+            err.print(f"  {line}")
         if exc.status == 401:  # the detail speaks HTTP ("send Authorization: Bearer ...")
             source = "--api-key" if args.api_key else "GRADWATCH_API_KEY"
             err.print(f"  the key sent came from {source}" if key else

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from client.cli import EXIT
-from tests.conftest import SWEEP_SPEC_SMALL, LiveServer
+from client.cli import EXIT, field_lines
+from client.errors import ApiError, FieldError
+from tests.conftest import SMALL_SPEC, SWEEP_SPEC_SMALL, LiveServer
 from tests.test_cli_client import gradwatch
 
 pytestmark = pytest.mark.timeout(180)
@@ -65,3 +66,43 @@ def test_datasets_upload_of_an_unknown_extension_names_the_cli_option(live: Live
                       "--format", "csv", "--json")
     assert given.returncode == 0, given.stderr
     live.http.delete(f"/v1/datasets/{json.loads(given.stdout)['id']}")
+
+
+def test_a_422_with_one_field_error_says_it_once(live: LiveServer, tmp_path: Path) -> None:
+    """The detail of a 422 is its first field error: it was printed, then the same field
+    error again under it."""
+    spec = tmp_path / "bad.json"
+    spec.write_text(json.dumps({**SMALL_SPEC, "training": {"epochs": 0}}))
+    result = gradwatch(live, "submit", str(spec))
+    assert result.returncode == EXIT["error"] and "422" in result.stderr
+    assert result.stderr.count("body.training.epochs") == 1, result.stderr
+
+
+def test_a_422_with_several_field_errors_lists_the_others(live: LiveServer,
+                                                          tmp_path: Path) -> None:
+    spec = tmp_path / "bad.json"
+    spec.write_text(json.dumps({**SMALL_SPEC, "training": {"epochs": 0, "batch_size": 0}}))
+    result = gradwatch(live, "submit", str(spec))
+    assert result.returncode == EXIT["error"] and "(and 1 more)" in result.stderr
+    lines = result.stderr.splitlines()
+    assert sum("body.training.epochs" in line for line in lines) == 1, result.stderr
+    assert sum("body.training.batch_size" in line for line in lines) == 1, result.stderr
+
+
+def test_field_lines_leave_out_what_the_detail_says() -> None:
+    epochs = FieldError(loc=["body", "training", "epochs"], msg="must be > 0")
+    one = ApiError(422, "Unprocessable", "body.training.epochs: must be > 0", errors=[epochs])
+    assert field_lines(one) == []
+    lr = FieldError(loc=["body", "optimizer", "lr"], msg="must be > 0")
+    two = ApiError(422, "Unprocessable", "body.training.epochs: must be > 0 (and 1 more)",
+                   errors=[epochs, lr])
+    assert field_lines(two) == ["body.optimizer.lr: must be > 0"]
+    other = ApiError(422, "Unprocessable", "x='nope' is not an axis",
+                     errors=[FieldError(loc=["query", "x"], msg="not one of ['a', 'b']")])
+    assert field_lines(other) == ["query.x: not one of ['a', 'b']"]  # says where
+    close = ApiError(422, "Unprocessable", "body.training.epochs: must be > 0.5",
+                     errors=[epochs])
+    assert field_lines(close) == ["body.training.epochs: must be > 0"]  # not the same
+    rows = ApiError(422, "Unprocessable", "a data set needs at least 2 rows",
+                    errors=[FieldError(loc=["body", "X"], msg="a data set needs at least 2 rows")])
+    assert field_lines(rows) == []

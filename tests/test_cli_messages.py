@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from client import Client
 from client.cli import EXIT, field_lines
 from client.errors import ApiError, FieldError
-from tests.conftest import SMALL_SPEC, SWEEP_SPEC_SMALL, LiveServer
+from tests.conftest import SMALL_SPEC, SWEEP_AXES, SWEEP_SPEC_SMALL, LiveServer
 from tests.test_cli_client import gradwatch
 
 pytestmark = pytest.mark.timeout(180)
@@ -106,3 +107,57 @@ def test_field_lines_leave_out_what_the_detail_says() -> None:
     rows = ApiError(422, "Unprocessable", "a data set needs at least 2 rows",
                     errors=[FieldError(loc=["body", "X"], msg="a data set needs at least 2 rows")])
     assert field_lines(rows) == []
+
+
+@pytest.fixture(scope="module")
+def std_by_lr(live: LiveServer) -> str:
+    """A finished 2 x 2 sweep: model.init.std (the map's y) by optimizer.lr (its x)."""
+    with Client(live.url) as gw:
+        sweep = gw.submit_sweep(SWEEP_SPEC_SMALL, SWEEP_AXES)
+        gw.wait_sweep(sweep.id, timeout=120)
+    return sweep.id
+
+
+@pytest.mark.parametrize(("options", "says"), [
+    (["--at", "optimizer.lr=0.5"], "optimizer.lr is the map's x (across) axis"),
+    (["--at", "model.init.std=3.0"], "model.init.std is the map's y (up) axis"),
+    (["--x", "model.init.std", "--y", "optimizer.lr", "--at", "optimizer.lr=0.5"],
+     "optimizer.lr is the map's y (up) axis"),
+    (["--at", "seed=1"], "seed is not an axis of this sweep"),
+])
+def test_sweep_map_refuses_to_hold_a_plotted_axis(live: LiveServer, std_by_lr: str,
+                                                  tmp_path: Path, options: list[str],
+                                                  says: str) -> None:
+    """`--at PATH=VALUE` on an axis the map plots (or on no axis) was ignored without a word:
+    the server answers 200 and draws the whole axis."""
+    target = tmp_path / "map.png"
+    result = gradwatch(live, "sweep", "map", std_by_lr, str(target), *options)
+    assert result.returncode == EXIT["usage"], result.stderr
+    assert says in result.stderr and not target.exists()
+
+
+def test_sweep_map_and_launch_hold_the_other_axes(live: LiveServer, std_by_lr: str,
+                                                  tmp_path: Path) -> None:
+    target = tmp_path / "map.svg"
+    ok = gradwatch(live, "sweep", "map", std_by_lr, str(target), "--json")
+    assert ok.returncode == 0, ok.stderr
+    assert (json.loads(ok.stdout)["x"], json.loads(ok.stdout)["y"]) == ("optimizer.lr",
+                                                                        "model.init.std")
+    jobs = len(live.http.get("/v1/jobs", params={"limit": 200}).json()["items"])
+    launched = gradwatch(live, "sweep", "launch", std_by_lr, "--at", "optimizer.lr=0.5")
+    assert launched.returncode == EXIT["usage"], launched.stderr
+    assert "optimizer.lr is the map's x (across) axis" in launched.stderr
+    assert len(live.http.get("/v1/jobs", params={"limit": 200}).json()["items"]) == jobs
+
+
+def test_sweep_submit_refuses_to_hold_a_plotted_axis_before_submitting(
+        live: LiveServer, tmp_path: Path) -> None:
+    spec = tmp_path / "tiny.json"
+    spec.write_text(json.dumps(SWEEP_SPEC_SMALL))
+    before = live.http.get("/v1/sweeps").json()["items"]
+    result = gradwatch(live, "sweep", "submit", str(spec), "--axis", "seed=0,1",
+                       "--axis", "optimizer.lr=0.001,0.1", "--wait", "--map",
+                       str(tmp_path / "map.png"), "--at", "seed=1")
+    assert result.returncode == EXIT["usage"], result.stderr
+    assert "seed is the map's y (up) axis" in result.stderr
+    assert live.http.get("/v1/sweeps").json()["items"] == before

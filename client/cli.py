@@ -37,11 +37,14 @@ from client.errors import ApiError
 from client.models import Diagnosis, Event, Job
 from client.sync import Client
 
-__all__ = ["EXIT", "error_text", "exit_code", "fmt_value", "follow_job", "patch_json",
-           "print_json", "print_outcome", "register", "run", "stopped_following"]
+__all__ = ["EXIT", "IMAGE_FORMATS", "error_text", "exit_code", "field_lines", "fmt_value",
+           "follow_job", "image_file", "patch_json", "print_json", "print_outcome", "register",
+           "run", "stopped_following"]
 
 EXIT = {"ok": 0, "error": 1, "usage": 2, "exploding": 3, "unhealthy": 4, "failed": 5,
         "cancelled": 6, "interrupted": 130, "output_closed": 141}
+#: what the server draws: the format follows the output file's extension
+IMAGE_FORMATS = ("png", "svg")
 COMMANDS = ("submit", "follow", "cancel", "delete", "diagnose", "repair", "plot", "jobs",
             "preflight", "datasets", "model", "predict", "export", "sweep")
 
@@ -294,6 +297,15 @@ def patch_json(text: str) -> dict[str, Any]:
     return patch
 
 
+def image_file(text: str) -> str:
+    """An image to write (``-o``, ``--map``): its name must end in .png or .svg, the formats
+    the server draws (``g.jpg`` got PNG bytes under a name that says JPEG)."""
+    if os.path.splitext(text)[1].lower().lstrip(".") not in IMAGE_FORMATS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: the server draws PNG or SVG only; name the file .png or .svg")
+    return text
+
+
 def register(sub: Any) -> None:
     """Add the client sub-commands to an argparse sub-parser group."""
     common = argparse.ArgumentParser(add_help=False)
@@ -333,9 +345,10 @@ def register(sub: Any) -> None:
                      help='your own fix, a merge patch for the job\'s spec, e.g. '
                           '\'{"optimizer": {"lr": 0.001}}\' or @patch.json')
     p.add_argument("--follow", action="store_true")
-    p = add("plot", _cmd_plot, "save a plot (PNG, or SVG when the file ends in .svg)")
+    p = add("plot", _cmd_plot, "save a plot as PNG or SVG (from the file's extension)")
     p.add_argument("job_id")
-    p.add_argument("-o", "--output", required=True)
+    p.add_argument("-o", "--output", required=True, type=image_file, metavar="FILE",
+                   help="FILE.png or FILE.svg")
     p.add_argument("--kind", default="gradients",
                    choices=["gradients", "heatmap", "loss", "comparison"])
     p.add_argument("--other", default=None, help="for --kind comparison: the other job")
@@ -354,6 +367,15 @@ def register(sub: Any) -> None:
 
     register_artifacts(add, nest)
     register_sweeps(add, nest)
+
+
+def field_lines(exc: ApiError) -> list[str]:
+    """A 422's field errors as ``path: message`` lines, less those its detail already says
+    (the detail is often the first error, "body.training.epochs: ...", or its message:
+    printed again under itself it read as two errors)."""
+    return [f"{field.path}: {field.msg}" for field in exc.errors
+            if exc.detail not in (field.msg, f"{field.path}: {field.msg}")
+            and not exc.detail.startswith(f"{field.path}: {field.msg} (and ")]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -376,8 +398,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT["output_closed"]
     except ApiError as exc:
         err.print(error_text(f"{exc.status} {exc.title}: {exc.detail}"))
-        for field in exc.errors:
-            err.print(f"  {field.path}: {field.msg}")
+        for line in field_lines(exc):
+            err.print(f"  {line}")
         if exc.status == 401:  # the detail speaks HTTP ("send Authorization: Bearer ...")
             source = "--api-key" if args.api_key else "GRADWATCH_API_KEY"
             err.print(f"  the key sent came from {source}" if key else

@@ -16,11 +16,13 @@ from typing import Any
 
 from rich.table import Table
 
-from client.cli import EXIT, err, fmt_value, out, print_json
+from client.cli import EXIT, err, error_text, fmt_value, out, print_json
 from client.models import Dataset
 from client.sync import Client
 
 __all__ = ["register_artifacts"]
+
+UPLOAD_FORMATS = ("csv", "npz")
 
 
 def _dataset_row(d: dict[str, Any]) -> list[str]:
@@ -31,6 +33,12 @@ def _dataset_row(d: dict[str, Any]) -> list[str]:
 
 
 def _cmd_datasets_upload(gw: Client, args: argparse.Namespace) -> int:
+    suffix = os.path.splitext(args.file)[1].lower().lstrip(".")
+    if args.format is None and suffix not in UPLOAD_FORMATS:
+        # said here: the client's own error names its Python argument (format='csv')
+        err.print(error_text(f"cannot tell the format of {args.file} from its name: give "
+                             f"--format {' or --format '.join(UPLOAD_FORMATS)}"))
+        return EXIT["usage"]
     ds: Dataset = gw.upload_dataset(args.file, name=args.name or os.path.basename(args.file),
                                     task=args.task, target=args.target, format=args.format)
     if args.json:
@@ -153,8 +161,8 @@ def register_artifacts(add: Callable[..., argparse.ArgumentParser], nest: Callab
     p.add_argument("--name", default=None, help="display name (default: the file name)")
     p.add_argument("--task", required=True, choices=["classification", "regression"])
     p.add_argument("--target", default=None, help="CSV: the target column (default: last)")
-    p.add_argument("--format", default=None, choices=["csv", "npz"],
-                   help="default: from the file name")
+    p.add_argument("--format", default=None, choices=UPLOAD_FORMATS,
+                   help="default: from the file name (.csv, .npz)")
     p.add_argument("--json", action="store_true", help="the data set as JSON")
     p = add("list", _cmd_datasets_list, "built-in, synthetic and uploaded data sets",
             sub=datasets)

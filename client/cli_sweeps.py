@@ -20,6 +20,7 @@ from client.cli import (
     exit_code,
     fmt_value,
     follow_job,
+    image_file,
     out,
     patch_json,
     print_json,
@@ -29,8 +30,8 @@ from client.cli import (
 from client.models import AxisValue, StabilityMap, Sweep, SweepSummary
 from client.sync import Client
 
-__all__ = ["axis_value", "log_axis", "member_choice", "patch_json", "register_sweeps",
-           "values_axis"]
+__all__ = ["axis_value", "held_axis_problem", "log_axis", "member_choice", "patch_json",
+           "plotted_axes", "register_sweeps", "values_axis"]
 
 
 def axis_value(text: str) -> AxisValue:
@@ -87,6 +88,30 @@ def log_axis(text: str) -> dict[str, Any]:
 def _at_value(text: str) -> tuple[str, AxisValue]:
     path, rest = _split(text, "--at", "PATH=VALUE (another axis held at VALUE)")
     return path, axis_value(rest.strip())
+
+
+def plotted_axes(paths: list[str], x: str | None, y: str | None) -> tuple[str, str] | None:
+    """The map's (x, y) over a sweep's axis ``paths`` as the API picks them (x: the last axis,
+    y: the first other one, unless given); None when the server will refuse them anyway."""
+    if len(paths) < 2:
+        return None
+    x = x or paths[-1]
+    y = y or (paths[0] if paths[0] != x else paths[1])
+    return (x, y) if x != y and {x, y} <= set(paths) else None
+
+
+def held_axis_problem(paths: list[str], args: argparse.Namespace) -> str | None:
+    """Why ``--at`` cannot hold what it names: an axis the map plots, or no axis of the sweep
+    (the server ignores either without a word); None when it can."""
+    axes = plotted_axes(paths, args.x, args.y)
+    for path, _ in args.at or []:
+        if path not in paths:
+            return f"--at {path}=...: {path} is not an axis of this sweep; axes: {paths}"
+        if axes is not None and path in axes:
+            which = "x (across)" if path == axes[0] else "y (up)"
+            return (f"--at {path}=...: {path} is the map's {which} axis, so it is not held; "
+                    f"--at holds the other axes (give another --x/--y to hold this one)")
+    return None
 
 
 def member_choice(text: str) -> int | str:
@@ -194,6 +219,9 @@ def _cmd_submit(gw: Client, args: argparse.Namespace) -> int:
         err.print(error_text("give at least one --axis PATH=V1,V2,... or "
                          "--log-axis PATH=LOW:HIGH:POINTS"))
         return EXIT["usage"]
+    if args.map and (problem := held_axis_problem([a["path"] for a in args.axes], args)):
+        err.print(error_text(problem))
+        return EXIT["usage"]
     sweep = gw.submit_sweep(args.spec, args.axes, name=args.name)
     if not (args.wait or args.map):
         if args.json:
@@ -243,6 +271,10 @@ def _sweep_table(sweeps: list[SweepSummary]) -> Table:
 
 
 def _cmd_launch(gw: Client, args: argparse.Namespace) -> int:
+    if args.at and args.member == "recommended" and (
+            problem := held_axis_problem(gw.sweep(args.sweep_id).paths, args)):
+        err.print(error_text(problem))
+        return EXIT["usage"]
     job = gw.launch_sweep(args.sweep_id, member=args.member, spec_patch=args.patch,
                           x=args.x, y=args.y, at=dict(args.at) if args.at else None,
                           name=args.name, idempotency_key=args.idempotency_key)
@@ -288,6 +320,9 @@ def _cmd_delete(gw: Client, args: argparse.Namespace) -> int:
 
 
 def _cmd_map(gw: Client, args: argparse.Namespace) -> int:
+    if args.at and (problem := held_axis_problem(gw.sweep(args.sweep_id).paths, args)):
+        err.print(error_text(problem))
+        return EXIT["usage"]
     grid = _write_map(gw, args.sweep_id, args.output, args)
     if args.json:
         print_json(grid.model_dump(mode="json"))
@@ -317,8 +352,8 @@ def register_sweeps(add: Callable[..., argparse.ArgumentParser], nest: Callable[
                    metavar="PATH=LOW:HIGH:POINTS", help="POINTS log-spaced values; repeatable")
     p.add_argument("--name", default=None)
     p.add_argument("--wait", action="store_true", help="progress bar, then the members")
-    p.add_argument("--map", default=None, metavar="FILE",
-                   help="after waiting, write the stability map (PNG, or SVG for .svg)")
+    p.add_argument("--map", default=None, metavar="FILE", type=image_file,
+                   help="after waiting, write the stability map (FILE.png or FILE.svg)")
     _map_options(p)
     p.add_argument("--json", action="store_true", help="the sweep as JSON")
     p = add("get", _cmd_get, "a sweep's status and members", sub=sweep)
@@ -331,10 +366,10 @@ def register_sweeps(add: Callable[..., argparse.ArgumentParser], nest: Callable[
     p.add_argument("sweep_id")
     p = add("delete", _cmd_delete, "delete a finished sweep and its member jobs", sub=sweep)
     p.add_argument("sweep_id")
-    p = add("map", _cmd_map, "write the stability map (PNG, or SVG for .svg) and print the "
-                             "boundary", sub=sweep)
+    p = add("map", _cmd_map, "write the stability map (PNG or SVG) and print the boundary",
+            sub=sweep)
     p.add_argument("sweep_id")
-    p.add_argument("output", metavar="FILE")
+    p.add_argument("output", metavar="FILE", type=image_file, help="FILE.png or FILE.svg")
     _map_options(p)
     p.add_argument("--json", action="store_true", help="the grid as JSON (not the boundary)")
     p = add("list", _cmd_list, "list sweeps, newest first", sub=sweep)

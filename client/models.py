@@ -295,6 +295,14 @@ class SeriesArrays:
     steps: np.ndarray
     values: np.ndarray
 
+    def __repr__(self) -> str:
+        span = f", steps {self.steps[0]}..{self.steps[-1]}" if len(self.steps) else ""
+        return f"SeriesArrays({len(self.steps)} points{span})"
+
+
+def _points(series: Any) -> int:
+    return max((len(s.steps) for s in series), default=0)
+
 
 def _arrays(series: dict[str, Any]) -> SeriesArrays:
     values = [np.nan if v is None else float(v) for v in series.get("values", [])]
@@ -318,6 +326,14 @@ class GradientHistory:
                   for ly in body.get("layers", [])}
         return cls(body["job_id"], layers, bool(body.get("downsampled")),
                    body.get("bucket_size"), body)
+
+    def __repr__(self) -> str:
+        """Its shape, not its numbers (the raw body holds every point: thousands of them)."""
+        names = sorted({name for series in self.layers.values() for name in series})
+        points = _points(s for series in self.layers.values() for s in series.values())
+        return (f"GradientHistory(job_id={self.job_id!r}, layers={list(self.layers)}, "
+                f"series={names}, points={points}, downsampled={self.downsampled}, "
+                f"bucket_size={self.bucket_size})")
 
     @property
     def next_cursor(self) -> str | None:
@@ -343,6 +359,13 @@ class MetricsHistory:
                   for k, col in (body.get("epochs") or {}).items()}
         return cls(body["job_id"], {k: _arrays(s) for k, s in body.get("series", {}).items()},
                    epochs, bool(body.get("downsampled")), body)
+
+    def __repr__(self) -> str:
+        """Its shape, not its numbers (the raw body holds every point: thousands of them)."""
+        epochs = max((len(col) for col in self.epochs.values()), default=0)
+        return (f"MetricsHistory(job_id={self.job_id!r}, series={list(self.series)}, "
+                f"points={_points(self.series.values())}, epochs={epochs}, "
+                f"downsampled={self.downsampled})")
 
     @property
     def next_cursor(self) -> str | None:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from app.showcase import DIVERGING_SPEC
-from client import ApiError, AsyncClient, Client
+from client import ApiError, AsyncClient, Client, GradientHistory, MetricsHistory
 from tests.conftest import LONG_SPEC, SMALL_SPEC, LiveServer
 
 # A few seconds of steps with a progress event every 0.2 s: a stream worth cutting.
@@ -211,3 +211,28 @@ def test_api_key_for_the_client_and_the_cli(tmp_path: Path) -> None:
         by_flag = subprocess.run([gradwatch, "jobs", "--json", "--api-key", key], env=env,
                                  capture_output=True, text=True)
         assert by_flag.returncode == 0 and job.id in by_flag.stdout
+
+
+def test_histories_repr_their_shape_not_their_numbers(gw: Client) -> None:
+    """`repr()` of a MetricsHistory printed the raw body: every point of every series."""
+    job = gw.submit({**SMALL_SPEC, "training": {"epochs": 40, "batch_size": 8}})
+    gw.wait(job.id, timeout=120)
+    metrics = gw.metrics(job.id)
+    assert isinstance(metrics, MetricsHistory)
+    points = len(metrics.series["loss"].steps)
+    assert points >= 400
+    text = repr(metrics)
+    assert len(text) < 300, text
+    assert job.id in text and "'loss'" in text and f"points={points}" in text
+    assert "downsampled=False" in text and "epochs=40" in text
+    gradients = gw.gradients(job.id)
+    assert isinstance(gradients, GradientHistory)
+    text = repr(gradients)
+    assert len(text) < 300 and job.id in text and "layers=[0, 1, 2]" in text, text
+    assert "'grad_norm'" in text and f"points={points}" in text
+    series = repr(metrics.series["loss"])
+    assert series == f"SeriesArrays({points} points, steps 0..{points - 1})"
+    assert np.isfinite(metrics.series["loss"].values).all()
+    coarse = gw.metrics(job.id, max_points=50)
+    assert coarse.downsampled and "downsampled=True" in repr(coarse)
+    assert f"points={len(coarse.series['loss'].steps)}," in repr(coarse)

@@ -320,8 +320,11 @@ def outcomes(session: Session, sweep_id: str) -> list[MemberOutcome]:
 
 
 def stability(session: Session, sweep_id: str, x: str | None, y: str | None,
-              at: dict[str, Any] | None = None, *, principal: Principal) -> StabilityGrid:
-    """The grid over axes ``x`` (default: the last axis) and ``y`` (default: the first)."""
+              at: dict[str, Any] | None = None, *, principal: Principal,
+              at_loc: Sequence[str] = ("query",)) -> StabilityGrid:
+    """The grid over axes ``x`` (default: the last axis) and ``y`` (default: the first), the
+    other axes held at ``at`` (default: their first values); a 422 for an ``at`` that holds
+    nothing (``at_loc``: where the request gave it, for the error's ``loc``)."""
     sweep = get_sweep(session, sweep_id, principal)
     paths = [a["path"] for a in sweep.axes]
     if len(paths) < 2:
@@ -339,9 +342,30 @@ def stability(session: Session, sweep_id: str, x: str | None, y: str | None,
         raise SpecValidationError("x and y must be different axes",
                                   errors=[{"loc": ["query", "y"], "msg": "same as x",
                                            "type": "value_error"}])
+    _check_held(sweep.axes, x, y, at or {}, at_loc)
     done = outcomes(session, sweep_id)
     if not done:
         raise ConflictError(f"no member of sweep {sweep_id} has finished yet",
                             slug="sweep-not-ready")
     return stability_grid(done, x, y, at)
+
+
+def _check_held(axes: list[dict[str, Any]], x: str, y: str, at: dict[str, Any],
+                loc: Sequence[str]) -> None:
+    """422 for an ``at`` that would be ignored: on no axis of the sweep, on an axis the map
+    draws whole (``x``, ``y``), or at a value the axis does not have (an empty grid)."""
+    values = {a["path"]: SweepAxis.model_validate(a).grid() for a in axes}
+    for path, value in at.items():
+        where = [*loc, f"at.{path}"] if tuple(loc) == ("query",) else [*loc, path]
+        if path not in values:
+            msg = f"at.{path}: not an axis of this sweep; axes: {list(values)}"
+        elif path in (x, y):
+            msg = (f"at.{path}: {path} is the map's {'x' if path == x else 'y'} axis, drawn "
+                   "whole; hold only the other axes")
+        elif value not in values[path]:
+            msg = f"at.{path}={value!r} is not one of the axis's values: {values[path]}"
+        else:
+            continue
+        raise SpecValidationError(msg, errors=[{"loc": where, "msg": msg,
+                                                "type": "value_error"}])
 

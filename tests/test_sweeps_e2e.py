@@ -207,3 +207,19 @@ def test_a_boolean_axis_can_be_held_with_at(live: LiveServer) -> None:
     by_index = {m["index"]: m["values"]["data.standardize"] for m in sweep["members"]}
     assert {by_index[i] for i in held[True]} == {True}
     assert {by_index[i] for i in held[False]} == {False}
+
+    # an `at` that would hold nothing is a 422 naming it (it was ignored, or gave an empty
+    # grid): a plotted axis, no axis at all, a value the axis does not have
+    for query, says in (("at.optimizer.lr=0.1", "optimizer.lr is the map's x axis"),
+                        ("at.seed=1", "seed is the map's y axis"),
+                        ("at.optimizer.lrr=0.1", "at.optimizer.lrr: not an axis"),
+                        ("at.data.standardize=maybe", "'maybe' is not one of the axis's")):
+        for path in ("stability", "plots/stability"):
+            r = live.http.get(f"/v1/sweeps/{sweep['id']}/{path}?x=optimizer.lr&y=seed&{query}")
+            assert r.status_code == 422, (path, query, r.text)
+            assert says in r.json()["detail"], r.json()
+            assert r.json()["errors"][0]["loc"] == ["query", query.split("=")[0]]
+    r = live.http.post(f"/v1/sweeps/{sweep['id']}/launch",
+                       json={"x": "optimizer.lr", "y": "seed", "at": {"seed": 1}})
+    assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["body", "at", "seed"], \
+        r.text

@@ -120,12 +120,16 @@ def _json(response: httpx.Response) -> Any:
 
 
 def plot_format(path: str | Path | None, fmt: str | None) -> str:
-    """``png`` or ``svg``: explicit, or from the file name's suffix."""
+    """``png`` or ``svg``: explicit, or from the file name's suffix (PNG for a name without
+    one); a ValueError for another suffix (``g.jpg`` would get PNG bytes under a name that
+    says JPEG), before anything is sent."""
     if fmt is not None:
         return fmt
-    if path is not None and str(path).lower().endswith(".svg"):
-        return "svg"
-    return "png"
+    suffix = Path(path).suffix.lower() if path is not None else ""
+    if suffix not in ("", ".png", ".svg"):
+        raise ValueError(f"{path}: the server draws PNG or SVG only; name the file .png or "
+                         ".svg, or pass format='png' / 'svg'")
+    return "svg" if suffix == ".svg" else "png"
 
 
 def _params(**values: Any) -> dict[str, Any]:

@@ -236,3 +236,17 @@ def test_histories_repr_their_shape_not_their_numbers(gw: Client) -> None:
     coarse = gw.metrics(job.id, max_points=50)
     assert coarse.downsampled and "downsampled=True" in repr(coarse)
     assert f"points={len(coarse.series['loss'].steps)}," in repr(coarse)
+
+
+def test_a_plot_file_name_other_than_png_or_svg_is_refused_before_sending(
+        gw: Client, tmp_path: Path) -> None:
+    """``gw.plot(job, path="g.jpg")`` wrote PNG bytes into a file named JPEG."""
+    job = "00000000-0000-0000-0000-000000000000"  # refused before the request: no 404
+    for call in (lambda: gw.plot(job, path=tmp_path / "g.jpg"),
+                 lambda: gw.plot_stability(job, path=tmp_path / "map.jpeg")):
+        with pytest.raises(ValueError, match="PNG or SVG only"):
+            call()
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(ApiError) as missing:  # a .svg name (any case) goes to the server
+        gw.plot(job, path=tmp_path / "g.SVG")
+    assert missing.value.status == 404

@@ -21,7 +21,7 @@ import httpx
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import build_engine, build_sessionmaker
@@ -156,6 +156,22 @@ def served(app: Any, **config: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@contextmanager
+def counting_statements(client: TestClient) -> Iterator[list[str]]:
+    """The SQL statements the app's engine runs meanwhile (an executemany counts once)."""
+    statements: list[str] = []
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
 
 
 class LiveServer:

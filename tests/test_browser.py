@@ -182,33 +182,27 @@ def test_job_page_chart_follows_a_running_job_live(
     assert p.external == [] and p.errors == []
 
 
-def test_job_page_says_which_gradients_are_exactly_zero(
-        live: LiveServer, open_page: Callable[[str], Page]) -> None:
-    """Every ReLU dead from the start: the hidden layers' gradients are 0, which the log
-    chart cannot draw; the page says so under the chart instead of showing lines that stop."""
-    job = live.http.post("/v1/jobs", json=DEAD_SPEC).json()
+@pytest.mark.parametrize(("spec", "note_id", "says"), [
+    # every ReLU dead from the start: the hidden layers' gradients are 0
+    (DEAD_SPEC, "grad-zero-note",
+     "exactly 0, not drawn on the log axis: layers 0–1 from step 0 (8 points)"),
+    # a loss fitted exactly: 0 from step 1
+    (FITTED_SPEC, "loss-zero-note",
+     "exactly 0, not drawn on the log axis: loss from step 1 (5 points)"),
+])
+def test_job_page_says_which_values_are_exactly_zero(
+        live: LiveServer, open_page: Callable[[str], Page], spec: dict[str, Any],
+        note_id: str, says: str) -> None:
+    """Exact zeros, which the log charts cannot draw: the page says so under the chart
+    instead of showing lines that just stop."""
+    job = live.http.post("/v1/jobs", json=spec).json()
     live.wait_for(job["id"], {"succeeded"}, timeout=60)
     p = open_page(live.url)
     page = p.goto(f"/jobs/{job['id']}")
-    note = page.locator("#grad-zero-note")
+    note = page.locator(f"#{note_id}")
     note.wait_for()
-    assert note.inner_text() == (
-        "exactly 0, not drawn on the log axis: layers 0–1 from step 0 (8 points)")
+    assert note.inner_text() == says
     assert note.is_visible()
-    assert p.external == [] and p.errors == []
-
-
-def test_job_page_says_when_the_loss_is_exactly_zero(
-        live: LiveServer, open_page: Callable[[str], Page]) -> None:
-    """A loss fitted exactly (0 from step 1) would just end on the log chart: the page says
-    so under it."""
-    job = live.http.post("/v1/jobs", json=FITTED_SPEC).json()
-    live.wait_for(job["id"], {"succeeded"}, timeout=60)
-    p = open_page(live.url)
-    page = p.goto(f"/jobs/{job['id']}")
-    note = page.locator("#loss-zero-note")
-    note.wait_for()
-    assert note.inner_text() == "exactly 0, not drawn on the log axis: loss from step 1 (5 points)"
     assert p.external == [] and p.errors == []
 
 

@@ -10,40 +10,22 @@ ones likewise (it took ~10 statements a member: 10,248 for 1,024, 11 s with work
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from conftest import SWEEP_SPEC
+from conftest import SWEEP_SPEC, counting_statements
 from fastapi.testclient import TestClient
-from sqlalchemy import event, select
+from sqlalchemy import select
 
 from app.db import unit_of_work
 from app.lifecycle import move_job
 from app.models import Job, JobEvent, utcnow
 
 
-@contextmanager
-def counting(client: TestClient) -> Iterator[list[str]]:
-    """The statements the app's engine runs meanwhile."""
-    engine = client.app.state.engine  # type: ignore[attr-defined]
-    ran: list[str] = []
-
-    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        ran.append(statement)
-
-    event.listen(engine, "before_cursor_execute", count)
-    try:
-        yield ran
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
-
-
 def statements_to_create(client: TestClient, points: int) -> tuple[int, dict[str, Any]]:
     """The statements the engine ran for one POST /v1/sweeps of ``2 * points`` members (the
     commit's after-commit send included), and the created sweep."""
-    with counting(client) as ran:
+    with counting_statements(client) as ran:
         r = client.post("/v1/sweeps", json={
             "spec": SWEEP_SPEC,
             "axes": [{"path": "model.init.std", "values": [0.3, 2.0]},
@@ -98,7 +80,7 @@ def test_a_sweep_is_cancelled_in_as_many_statements_as_a_four_member_one(
     counts = []
     for n in (2, points):
         _, sweep = statements_to_create(client, n)
-        with counting(client) as ran:
+        with counting_statements(client) as ran:
             r = client.post(f"/v1/sweeps/{sweep['id']}/cancel")
         assert r.status_code == 202, r.text
         counts.append(len(ran))

@@ -5,14 +5,12 @@ a whole page in a bounded number of queries), filtered by the derived status."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import LONG_SPEC, SMALL_SPEC, PostgresServer
+from conftest import LONG_SPEC, SMALL_SPEC, PostgresServer, counting_statements
 from fastapi.testclient import TestClient
-from sqlalchemy import event
 
 from app.cli import create_key
 from app.lifecycle import move_job
@@ -119,29 +117,14 @@ def test_a_tenant_lists_its_own_sweeps_and_the_admin_every_one(
     assert client.get("/v1/sweeps").status_code == 401
 
 
-@contextmanager
-def _counting(client: TestClient) -> Iterator[list[str]]:
-    statements: list[str] = []
-    engine = client.app.state.engine  # type: ignore[attr-defined]
-
-    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement)
-
-    event.listen(engine, "before_cursor_execute", count)
-    try:
-        yield statements
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
-
-
 def test_a_page_costs_the_same_queries_however_many_sweeps_it_holds(
         client: TestClient) -> None:
     _sweep(client, "one", seeds=3)
-    with _counting(client) as one:
+    with counting_statements(client) as one:
         assert len(client.get("/v1/sweeps").json()["items"]) == 1
     for i in range(6):
         _sweep(client, f"more {i}", seeds=3)
-    with _counting(client) as seven:
+    with counting_statements(client) as seven:
         assert len(client.get("/v1/sweeps").json()["items"]) == 7
     assert len(seven) == len(one) <= 4, seven
     assert sum("sweep_members" in s for s in seven) == 1
@@ -266,7 +249,7 @@ def test_members_false_gets_the_sweep_as_the_list_shows_it(client: TestClient) -
     assert light["verdicts"] == {"exploding": 1}
     assert client.get(f"/v1/sweeps/{sid}", params={"members": "true"}).json() == full
     # as cheap as a list page: one aggregate query over the member rows, none row by row
-    with _counting(client) as statements:
+    with counting_statements(client) as statements:
         client.get(f"/v1/sweeps/{sid}?members=0")
     over_members = [s for s in statements if "sweep_members" in s]
     assert len(over_members) == 1 and "GROUP BY" in over_members[0], statements

@@ -364,6 +364,7 @@ async function showJob(root, jobId) {
   }
   const nLayers = job.spec.model.hidden.length + 1;
   const head = h("section", { id: "job-head" });
+  const cancel = jobCancel(job.id); // app/static/actions.js; shown while queued or running
   const gradEl = h("div", { class: "chart", id: "grad-chart" });
   const lossEl = h("div", { class: "chart", id: "loss-chart" });
   const zeroNoteEl = h("p", { class: "muted", id: "grad-zero-note", hidden: true });
@@ -383,7 +384,7 @@ async function showJob(root, jobId) {
   const grad = new LiveChart(gradEl, "pre-clip gradient L2 norm", ["global", ...layerLabels], "norm (log)", zeroNoteEl);
   const loss = new LiveChart(lossEl, "training loss", ["loss"], "loss (log)", lossZeroNoteEl);
 
-  renderHead(head, job);
+  renderHead(head, job, cancel);
   await loadHistory(job, grad, loss);
   if (TERMINAL.has(job.status)) {
     await finished(job);
@@ -409,7 +410,7 @@ async function showJob(root, jobId) {
     if (d.progress || d.status) {
       job = { ...job, ...(ev.event === "snapshot" ? d : {}), status: d.status || job.status,
               progress: d.progress || job.progress, latest: d.latest || job.latest };
-      renderHead(head, job);
+      renderHead(head, job, cancel);
     }
     if (ev.event === "alert" || Date.now() - lastDiagnosis > 3000) {
       lastDiagnosis = Date.now();
@@ -419,7 +420,7 @@ async function showJob(root, jobId) {
     return terminal ? "stop" : undefined;
   }, controller.signal);
   job = await getJSON(`/v1/jobs/${job.id}`);
-  renderHead(head, job);
+  renderHead(head, job, cancel);
   await loadHistory(job, grad, loss);
   await finished(job);
 
@@ -440,43 +441,6 @@ async function showJob(root, jobId) {
   }
 }
 
-// A finished job's files. The links are plain downloads (the server names the file); with an
-// API key they are fetched with the key header instead (never in a URL) and saved from a blob.
-// The model is always fetched first, so a missing or exploded model shows the server's problem
-// detail here instead of downloading it as a file.
-function renderDownloads(el, job) {
-  const link = (id, path, file, text, always) => h("a", { id, href: path, download: file,
-    class: "download", onclick: (e) => {
-      if (!always && !sessionStorage.getItem(KEY)) return; // the browser streams it
-      e.preventDefault();
-      saveFrom(e.currentTarget, path, file);
-    } }, text);
-  const exports = ["metrics", "gradients"].flatMap((t) => [
-    link(`export-${t}-csv`, `/v1/jobs/${job.id}/${t}.csv`, `${job.id}-${t}.csv`, `${t}.csv`),
-    " ",
-    link(`export-${t}-parquet`, `/v1/jobs/${job.id}/${t}.parquet`, `${job.id}-${t}.parquet`, `${t}.parquet`),
-    " "]);
-  el.hidden = false;
-  fill(el, h("h2", {}, "Downloads"),
-    h("p", {}, link("download-model", `/v1/jobs/${job.id}/model`, `${job.id}-final.npz`, "Download model", true),
-      h("span", { class: "muted" }, " (.npz; load it with core.load_model)")),
-    h("p", {}, "Export CSV / Parquet (every recorded point): ", ...exports));
-}
-
-async function saveFrom(a, path, file) {
-  a.parentElement.querySelectorAll(".error").forEach((e) => e.remove());
-  try {
-    const url = URL.createObjectURL(await (await api(path)).blob());
-    const save = h("a", { href: url, download: file, hidden: true });
-    document.body.append(save);
-    save.click();
-    save.remove();
-    setTimeout(() => URL.revokeObjectURL(url), 60_000);
-  } catch (err) {
-    a.parentElement.append(h("span", { class: "error" }, " ", problemText(err)));
-  }
-}
-
 async function loadHistory(job, grad, loss) {
   const mine = (grad.reads = (grad.reads || 0) + 1);
   const [g, m] = await Promise.all([
@@ -493,9 +457,12 @@ async function loadHistory(job, grad, loss) {
   grad.draw(); loss.draw();
 }
 
-function renderHead(el, job) {
+// the job's name, status, verdict and progress; `cancel` (a cancelControl) while it is queued
+// or running
+function renderHead(el, job, cancel) {
   const p = job.progress || { step: 0, total_steps: 0 };
-  fill(el, 
+  cancel.sync(!TERMINAL.has(job.status));
+  fill(el,
     h("h1", {}, job.name || "(unnamed job)", " ", badge(job.status), " ",
       h("span", { id: "job-verdict", class: `badge ${job.verdict || ""}` }, job.verdict || "no verdict yet")),
     h("p", { class: "muted" }, `id ${job.id}`, job.parent_id ? " · repair of " : "",
@@ -508,7 +475,8 @@ function renderHead(el, job) {
       job.latest ? ` · loss ${fmt(job.latest.loss)} · global gradient norm ${fmt(job.latest.grad_norm)}` : "",
       job.stop_reason ? ` · stopped: ${job.stop_reason}` : "",
       job.runtime_seconds ? ` · ${job.runtime_seconds.toFixed(2)} s` : ""),
-    job.error ? h("p", { class: "error" }, job.error) : null);
+    job.error ? h("p", { class: "error" }, job.error) : null,
+    cancel);
 }
 
 async function renderDiagnosis(el, job) {
@@ -532,19 +500,6 @@ async function renderDiagnosis(el, job) {
     d.first_bad_step !== null ? h("p", {}, `Problem starts at step ${d.first_bad_step}.`) : null,
     d.findings.length ? h("h3", {}, "Findings") : null, findings,
     d.recommendations.length ? h("h3", {}, "Recommended fixes (best first)") : null, recs);
-}
-
-async function runFix(button, jobId, index) {
-  button.disabled = true;
-  button.textContent = "Starting…";
-  try {
-    const child = await getJSON(`/v1/jobs/${jobId}/repair`, { method: "POST", json: { recommendation: index } });
-    location.assign(`/jobs/${child.id}`);
-  } catch (err) {
-    button.disabled = false;
-    button.textContent = "Run this fix";
-    button.after(h("pre", { class: "error" }, problemText(err)));
-  }
 }
 
 async function renderComparison(el, job) {

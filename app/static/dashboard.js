@@ -162,6 +162,12 @@ async function showList(root) {
   const showMembers = h("input", { type: "checkbox", id: "filter-sweep-members", onchange: () => applyFilters(),
     checked: params.get("sweep_members") === "1" });
   const body = h("tbody", { id: "job-rows" });
+  // the list shows `pages` pages of 100 (the newest first); "Older jobs" adds the next one
+  let pages = 1;
+  let reads = 0;
+  const older = h("button", { type: "button", id: "older-jobs",
+    onclick: () => { pages += 1; older.disabled = true; refresh().catch(showListError); } }, "Older jobs");
+  const olderRow = h("p", { hidden: true }, older);
   const sweepBody = h("tbody", { id: "sweep-rows" });
   const spec = h("textarea", { id: "spec-input", spellcheck: "false" }, JSON.stringify(
     { data: { source: "synthetic", name: "spirals" }, model: { hidden: [{ units: 32 }, { units: 32 }] } }, null, 2));
@@ -170,7 +176,8 @@ async function showList(root) {
     h("section", {}, h("h1", {}, "Jobs"),
       h("div", { class: "filters" }, status, verdict, h("label", {}, showMembers, " sweep members"),
         h("span", { class: "muted" }, "refreshes every 2 s")),
-      h("table", {}, h("thead", {}, h("tr", {}, ["name", "status", "verdict", "progress", "created", "id"].map((c) => h("th", {}, c)))), body)),
+      h("table", {}, h("thead", {}, h("tr", {}, ["name", "status", "verdict", "progress", "created", "id"].map((c) => h("th", {}, c)))), body),
+      olderRow),
     h("section", { id: "sweeps" }, h("h2", {}, "Recent sweeps"),
       h("table", {}, h("thead", {}, h("tr", {}, ["name", "status", "progress", "members", "verdicts", "created"].map((c) => h("th", {}, c)))), sweepBody)),
     h("section", {}, h("h2", {}, "Submit a spec"), spec, submitError,
@@ -188,22 +195,41 @@ async function showList(root) {
     if (verdict.value) q.set("verdict", verdict.value);
     if (showMembers.checked) q.set("sweep_members", "1");
     history.replaceState(null, "", q.toString() ? `/?${q}` : "/");
-    refresh();
+    pages = 1; // other filters: another list, from its newest job
+    refresh().catch(showListError);
   }
+  function showListError(err) {
+    body.replaceChildren(h("tr", {}, h("td", { colspan: 6, class: "error" }, problemText(err))));
+  }
+  // The first `pages` pages of the filtered list, read again from the newest (the cursor of
+  // each page, with the same filters, gives the next), so a job that arrives does not push
+  // one out of sight between two pages; a read overtaken by a later one is dropped.
   async function refresh() {
+    const mine = ++reads;
     const q = new URLSearchParams({ limit: "100" });
     if (status.value) q.set("status", status.value);
     if (verdict.value) q.set("verdict", verdict.value);
     if (!showMembers.checked) q.set("sweep_members", "false");
-    const page = await getJSON(`/v1/jobs?${q}`);
-    body.replaceChildren(...page.items.map((j) => h("tr", { "data-job-id": j.id },
+    const items = [];
+    let cursor = null;
+    for (let n = 0; n < pages; n++) {
+      if (cursor) q.set("cursor", cursor);
+      const page = await getJSON(`/v1/jobs?${q}`);
+      items.push(...page.items);
+      cursor = page.next_cursor;
+      if (!cursor) break;
+    }
+    if (mine !== reads) return;
+    olderRow.hidden = !cursor;
+    older.disabled = false;
+    body.replaceChildren(...items.map((j) => h("tr", { "data-job-id": j.id },
       h("td", {}, h("a", { href: `/jobs/${j.id}` }, j.name || "(unnamed)"), j.parent_id ? h("span", { class: "muted" }, " (repair)") : null,
         j.parent_sweep_id ? h("span", { class: "muted" }, " (sweep ", h("a", { href: `/sweeps/${j.parent_sweep_id}`, class: "member-sweep-link" }, j.parent_sweep_id.slice(0, 8)), ")") : null),
       h("td", {}, badge(j.status)), h("td", {}, badge(j.verdict)),
       h("td", {}, `${j.progress.step} / ${j.progress.total_steps}`),
       h("td", {}, new Date(j.created_at).toLocaleString()),
       h("td", { class: "muted" }, j.id.slice(0, 8)))));
-    if (!page.items.length) body.replaceChildren(h("tr", {}, h("td", { colspan: 6, class: "muted" }, "No jobs yet.")));
+    if (!items.length) body.replaceChildren(h("tr", {}, h("td", { colspan: 6, class: "muted" }, "No jobs yet.")));
   }
   // the 20 newest sweeps (GET /v1/sweeps), each linking to its page (/sweeps/{id})
   async function refreshSweeps() {
@@ -218,7 +244,7 @@ async function showList(root) {
     if (!page.items.length) sweepBody.replaceChildren(h("tr", {}, h("td", { colspan: 6, class: "muted" }, "No sweeps yet (POST /v1/sweeps).")));
   }
   for (;;) {
-    try { await refresh(); } catch (err) { body.replaceChildren(h("tr", {}, h("td", { colspan: 6, class: "error" }, problemText(err)))); }
+    try { await refresh(); } catch (err) { showListError(err); }
     try { await refreshSweeps(); } catch (err) { sweepBody.replaceChildren(h("tr", {}, h("td", { colspan: 6, class: "error" }, problemText(err)))); }
     await sleep(2000);
   }

@@ -382,10 +382,26 @@ function layerRuns(names) {
 }
 
 // ------------------------------------------------------------------ job page
+// "Job not found", the API's problem detail and the way back to the list: a job that does not
+// exist, or one deleted while its page was open (a later read of it answers 404)
+function jobNotFound(root, err) {
+  root.replaceChildren(h("section", { id: "job-not-found" }, h("h1", {}, "Job not found"),
+    h("p", { class: "error" }, problemText(err)), h("a", { href: "/", id: "all-jobs" }, "All jobs")));
+}
+
 async function showJob(root, jobId) {
+  try {
+    await jobPage(root, jobId);
+  } catch (err) {
+    if (!(err instanceof ApiError && err.status === 404)) throw err;
+    jobNotFound(root, err);
+  }
+}
+
+async function jobPage(root, jobId) {
   let job;
   try { job = await getJSON(`/v1/jobs/${jobId}`); } catch (err) {
-    root.replaceChildren(h("section", {}, h("h1", {}, "Job not found"), h("p", { class: "error" }, problemText(err)), h("a", { href: "/" }, "All jobs")));
+    jobNotFound(root, err);
     return;
   }
   const nLayers = job.spec.model.hidden.length + 1;

@@ -81,11 +81,21 @@ def test_job_page_cancel_stops_a_running_job(
     p = open_page(live.url)
     page = p.goto(f"/jobs/{job['id']}")
     page.wait_for_function("() => Number(document.querySelector('#grad-chart')?.dataset.points) > 0")
+    page.evaluate("""() => {  // every text the outcome shows, however briefly (a text set
+        // twice in one task is one callback: the records hold both)
+        const el = document.querySelector('#cancel-job-outcome');
+        window.said = [];
+        new MutationObserver((records) => records.forEach(
+            (r) => r.addedNodes.forEach((n) => window.said.push(n.textContent))))
+            .observe(el, { childList: true, characterData: true, subtree: true });
+    }""")
     _answer(page, accept=True)
     page.click("#cancel-job")
-    outcome = page.locator("#cancel-job-outcome")
     page.locator("#job-head .badge.cancelled").wait_for(timeout=60_000)
-    assert outcome.inner_text().startswith(("Cancel requested", "Cancelled"))
+    page.wait_for_function("() => window.said.at(-1) === 'Cancelled.'")  # once it stopped
+    said = page.evaluate("() => window.said")
+    assert said[0] == "Cancelling…" and said[1].startswith(
+        "Cancel requested: the job stops at its next flush"), said
     assert page.locator("#cancel-job").is_hidden()
     done = live.wait_for(job["id"], {"cancelled"}, timeout=5)
     assert done["stop_reason"] == "cancelled" and done["progress"]["step"] > 0

@@ -8,10 +8,18 @@
 
 // A "Cancel" button and the outcome beside it. Confirmed first (confirm()); then POST `path`
 // and say what `outcome(answer)` says, or the API's problem detail (a 409 when the job or
-// sweep finished meanwhile). `el.sync(active)`: the button is shown only while the job or
-// sweep is queued or running (the page calls it as the status changes); the outcome stays.
+// sweep finished meanwhile). `el.sync(active, status)`: the button is shown only while the job
+// or sweep is queued or running (the page calls it as the status changes); once it has
+// finished, a cancel that was asked for says how it ended.
 function cancelControl(id, question, path, outcome) {
   const said = h("span", { id: `${id}-outcome`, class: "muted" });
+  let asked = false; // the cancel was accepted (202)
+  let ended = null; // the final status, once the page saw it
+  const sayHowItEnded = () => {
+    if (!asked || !ended) return;
+    said.className = "muted";
+    said.textContent = ended === "cancelled" ? "Cancelled." : `It finished first: ${ended}.`;
+  };
   const button = h("button", { type: "button", id, class: "cancel", onclick: async () => {
     if (!confirm(question)) return;
     button.disabled = true;
@@ -19,6 +27,8 @@ function cancelControl(id, question, path, outcome) {
     said.textContent = "Cancelling…";
     try {
       said.textContent = outcome(await getJSON(path, { method: "POST" }));
+      asked = true;
+      sayHowItEnded(); // the events may have told the end before this answer
     } catch (err) {
       button.disabled = err instanceof ApiError && err.status === 409; // finished meanwhile
       said.className = "error";
@@ -26,8 +36,10 @@ function cancelControl(id, question, path, outcome) {
     }
   } }, "Cancel");
   const el = h("div", { class: "cancel-control" }, button, " ", said);
-  el.sync = (active) => {
+  el.sync = (active, status) => {
     button.hidden = !active;
+    ended = active ? null : status;
+    sayHowItEnded();
     el.hidden = !active && !said.textContent;
   };
   return el;

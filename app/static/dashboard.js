@@ -411,7 +411,7 @@ async function loadHistory(job, grad, loss) {
 // or running
 function renderHead(el, job, cancel) {
   const p = job.progress || { step: 0, total_steps: 0 };
-  cancel.sync(!TERMINAL.has(job.status));
+  cancel.sync(!TERMINAL.has(job.status), job.status);
   fill(el,
     h("h1", {}, job.name || "(unnamed job)", " ", badge(job.status), " ",
       h("span", { id: "job-verdict", class: `badge ${job.verdict || ""}` }, job.verdict || "no verdict yet")),

@@ -78,14 +78,14 @@ async function showSweep(root, sweepId) {
     latest = await getJSON(`/v1/sweeps/${sweepId}`);
   }
   finished = true;
-  cancel.sync(false);
+  cancel.sync(false, latest.status);
   await drawMap();
 }
 
 // the status line, and the Cancel button (a cancelControl) while the sweep is queued or running
 const showStatus = (el, s, cancel) => {
   el.textContent = `${s.status}: ${s.progress.members_done} / ${s.progress.members} members done`;
-  cancel.sync(s.status === "queued" || s.status === "running");
+  cancel.sync(s.status === "queued" || s.status === "running", s.status);
 };
 
 // What the page shows of a light sweep (status, members done, verdict counts) as one string;

@@ -1,7 +1,7 @@
-// gradwatch dashboard: the job and sweep lists and a job page with a live chart, the diagnosis,
-// "Run this fix" and the before/after comparison. Plain browser JavaScript, no build step;
-// every number comes from the /v1 API. Text is inserted with textContent only (no HTML
-// from the server is ever parsed).
+// gradwatch dashboard: the job and sweep lists and a job page with a live chart
+// (live_chart.js), the diagnosis, "Run this fix" and the before/after comparison. Plain
+// browser JavaScript, no build step; every number comes from the /v1 API. Text is inserted
+// with textContent only (no HTML from the server is ever parsed).
 "use strict";
 
 const KEY = "gradwatch.apiKey";
@@ -162,6 +162,12 @@ async function showList(root) {
   const showMembers = h("input", { type: "checkbox", id: "filter-sweep-members", onchange: () => applyFilters(),
     checked: params.get("sweep_members") === "1" });
   const body = h("tbody", { id: "job-rows" });
+  // the list shows `pages` pages of 100 (the newest first); "Older jobs" adds the next one
+  let pages = 1;
+  let reads = 0;
+  const older = h("button", { type: "button", id: "older-jobs",
+    onclick: () => { pages += 1; older.disabled = true; refresh().catch(showListError); } }, "Older jobs");
+  const olderRow = h("p", { hidden: true }, older);
   const sweepBody = h("tbody", { id: "sweep-rows" });
   const spec = h("textarea", { id: "spec-input", spellcheck: "false" }, JSON.stringify(
     { data: { source: "synthetic", name: "spirals" }, model: { hidden: [{ units: 32 }, { units: 32 }] } }, null, 2));
@@ -170,7 +176,8 @@ async function showList(root) {
     h("section", {}, h("h1", {}, "Jobs"),
       h("div", { class: "filters" }, status, verdict, h("label", {}, showMembers, " sweep members"),
         h("span", { class: "muted" }, "refreshes every 2 s")),
-      h("table", {}, h("thead", {}, h("tr", {}, ["name", "status", "verdict", "progress", "created", "id"].map((c) => h("th", {}, c)))), body)),
+      h("table", {}, h("thead", {}, h("tr", {}, ["name", "status", "verdict", "progress", "created", "id"].map((c) => h("th", {}, c)))), body),
+      olderRow),
     h("section", { id: "sweeps" }, h("h2", {}, "Recent sweeps"),
       h("table", {}, h("thead", {}, h("tr", {}, ["name", "status", "progress", "members", "verdicts", "created"].map((c) => h("th", {}, c)))), sweepBody)),
     h("section", {}, h("h2", {}, "Submit a spec"), spec, submitError,
@@ -188,22 +195,41 @@ async function showList(root) {
     if (verdict.value) q.set("verdict", verdict.value);
     if (showMembers.checked) q.set("sweep_members", "1");
     history.replaceState(null, "", q.toString() ? `/?${q}` : "/");
-    refresh();
+    pages = 1; // other filters: another list, from its newest job
+    refresh().catch(showListError);
   }
+  function showListError(err) {
+    body.replaceChildren(h("tr", {}, h("td", { colspan: 6, class: "error" }, problemText(err))));
+  }
+  // The first `pages` pages of the filtered list, read again from the newest (the cursor of
+  // each page, with the same filters, gives the next), so a job that arrives does not push
+  // one out of sight between two pages; a read overtaken by a later one is dropped.
   async function refresh() {
+    const mine = ++reads;
     const q = new URLSearchParams({ limit: "100" });
     if (status.value) q.set("status", status.value);
     if (verdict.value) q.set("verdict", verdict.value);
     if (!showMembers.checked) q.set("sweep_members", "false");
-    const page = await getJSON(`/v1/jobs?${q}`);
-    body.replaceChildren(...page.items.map((j) => h("tr", { "data-job-id": j.id },
+    const items = [];
+    let cursor = null;
+    for (let n = 0; n < pages; n++) {
+      if (cursor) q.set("cursor", cursor);
+      const page = await getJSON(`/v1/jobs?${q}`);
+      items.push(...page.items);
+      cursor = page.next_cursor;
+      if (!cursor) break;
+    }
+    if (mine !== reads) return;
+    olderRow.hidden = !cursor;
+    older.disabled = false;
+    body.replaceChildren(...items.map((j) => h("tr", { "data-job-id": j.id },
       h("td", {}, h("a", { href: `/jobs/${j.id}` }, j.name || "(unnamed)"), j.parent_id ? h("span", { class: "muted" }, " (repair)") : null,
         j.parent_sweep_id ? h("span", { class: "muted" }, " (sweep ", h("a", { href: `/sweeps/${j.parent_sweep_id}`, class: "member-sweep-link" }, j.parent_sweep_id.slice(0, 8)), ")") : null),
       h("td", {}, badge(j.status)), h("td", {}, badge(j.verdict)),
       h("td", {}, `${j.progress.step} / ${j.progress.total_steps}`),
       h("td", {}, new Date(j.created_at).toLocaleString()),
       h("td", { class: "muted" }, j.id.slice(0, 8)))));
-    if (!page.items.length) body.replaceChildren(h("tr", {}, h("td", { colspan: 6, class: "muted" }, "No jobs yet.")));
+    if (!items.length) body.replaceChildren(h("tr", {}, h("td", { colspan: 6, class: "muted" }, "No jobs yet.")));
   }
   // the 20 newest sweeps (GET /v1/sweeps), each linking to its page (/sweeps/{id})
   async function refreshSweeps() {
@@ -218,7 +244,7 @@ async function showList(root) {
     if (!page.items.length) sweepBody.replaceChildren(h("tr", {}, h("td", { colspan: 6, class: "muted" }, "No sweeps yet (POST /v1/sweeps).")));
   }
   for (;;) {
-    try { await refresh(); } catch (err) { body.replaceChildren(h("tr", {}, h("td", { colspan: 6, class: "error" }, problemText(err)))); }
+    try { await refresh(); } catch (err) { showListError(err); }
     try { await refreshSweeps(); } catch (err) { sweepBody.replaceChildren(h("tr", {}, h("td", { colspan: 6, class: "error" }, problemText(err)))); }
     await sleep(2000);
   }
@@ -230,99 +256,7 @@ function problemText(err) {
   return [`${err.status} ${err.problem.title || ""}: ${err.problem.detail || ""}`, ...fields].join("\n");
 }
 
-// ------------------------------------------------------------------ live chart
-class LiveChart {
-  // zeroEl (optional): where to say which series hold exact zeros (gaps on the log axis)
-  constructor(el, title, labels, yLabel, zeroEl = null) {
-    this.el = el;
-    this.zeroEl = zeroEl;
-    this.labels = labels;
-    this.zeros = labels.map(() => new Set()); // per series, the steps whose value is exactly 0
-    this.index = new Map();
-    this.data = [[], ...labels.map(() => [])];
-    // "layer k" in the colour the static plots below give it (matplotlib's cycle: C0 layer 0)
-    let colour = 0;
-    const series = [{ label: "step" }, ...labels.map((label) => ({
-      label, stroke: label === "global" ? "#101828" : PALETTE[colour++ % PALETTE.length],
-      width: label === "global" ? 2.5 : 1.2, spanGaps: false }))];
-    this.plot = new uPlot({
-      title, width: Math.max(280, el.clientWidth || 900), height: 300,
-      scales: { x: { time: false }, y: { distr: 3 } },
-      axes: [{ label: "step" }, { label: yLabel, size: 72,
-        incrs: DECADES, splits: (u, axis, min, max) => logTicks(u, min, max), filter: (u, ticks) => ticks,
-        values: (u, ticks) => {
-          const labels = ticks.map((v) => (v === null ? "" : tickLabel(v)));
-          el.dataset.yTicks = labels.join(" "); // the y labels drawn (for scripts and tests)
-          return labels;
-        } }], series,
-    }, this.data, el);
-    el.dataset.points = "0";
-    el.liveChart = this; // for scripts and tests: the steps and values drawn (this.data)
-  }
-  // values: one per series; non-finite or non-positive values are gaps on a log axis
-  add(step, values) {
-    let row = this.index.get(step);
-    if (row === undefined) {
-      if (this.data[0].length && step < this.data[0][this.data[0].length - 1]) return; // out of order
-      row = this.data[0].length;
-      this.index.set(step, row);
-      this.data[0].push(step);
-      for (let s = 1; s < this.data.length; s++) this.data[s].push(null);
-    }
-    values.forEach((v, i) => {
-      v = num(v);
-      if (v === null || v === undefined) return;
-      this.data[i + 1][row] = Number.isFinite(v) && v > 0 ? v : null;
-      if (v === 0) this.zeros[i].add(step); else this.zeros[i].delete(step);
-    });
-  }
-  draw() {
-    this.plot.setData(this.data);
-    this.el.dataset.points = String(this.data[0].length);
-    if (this.zeroEl) {
-      const note = zeroNote(this.labels, this.zeros);
-      this.zeroEl.hidden = !note;
-      this.zeroEl.textContent = note || "";
-    }
-  }
-  reset() {
-    this.index.clear();
-    this.data = this.data.map(() => []);
-    this.zeros = this.labels.map(() => new Set());
-  }
-}
-
-// uPlot draws no ticks at all when none of an axis' increments fits its range: all decades
-const DECADES = Array.from({ length: 601 }, (_, i) => 10 ** (i - 300));
-// The y ticks of a live chart's log axis between min and max. uPlot's own log ticks fail on
-// a diverging run: past ~20 decades they fall between powers of ten (1.1e24), past ~34 (the
-// norms reach 1e80 before the Inf) there are none and the axis has no numbers at all. Here:
-// powers of ten, every `stride` decades, with labels at least 28 px apart; over a decade or
-// two also some of their multiples (1, 2, 3, 5, 7 as uPlot labels them).
-function logTicks(u, min, max) {
-  if (!(min > 0 && max >= min)) return [];
-  const room = Math.max(2, Math.floor((u.bbox.height / devicePixelRatio || 200) / 28));
-  const lo = Math.floor(Math.log10(min) + 1e-9), hi = Math.ceil(Math.log10(max) - 1e-9);
-  const inRange = (v) => v >= min * (1 - 1e-9) && v <= max * (1 + 1e-9);
-  for (const mults of [[1, 2, 3, 5, 7], [1, 2, 5], [1, 3], [1]]) {
-    const ticks = [];
-    for (let k = lo; k <= hi; k++) {
-      for (const m of mults) if (inRange(m * 10 ** k)) ticks.push(m * 10 ** k);
-    }
-    if (ticks.length <= room) return ticks;
-  }
-  const needed = (hi - lo + 1) / room;
-  const stride = [2, 3, 5, 10, 20, 25, 50, 100].find((n) => n >= needed) || Math.ceil(needed);
-  const ticks = [];
-  for (let k = Math.ceil(lo / stride) * stride; k <= hi; k += stride) {
-    if (inRange(10 ** k)) ticks.push(10 ** k);
-  }
-  return ticks;
-}
-
-// a log tick (m × 10^k, one significant digit) as 1e+80, 3e-5, 0.2 or 300: fits the axis
-const tickLabel = (v) => (v >= 1e4 || v < 1e-3 ? v.toExponential(0) : String(+v.toPrecision(1)));
-
+// ------------------------------------------------------------------ live chart notes
 // "exactly 0, not drawn on the log axis: layers 0–7 from step 145 (155 points)", or null: a
 // dead network's gradients are 0, a perfectly fitted loss is 0, and their lines would just
 // stop (app/plots.py zero_note says the same under the static plots)
@@ -356,14 +290,31 @@ function layerRuns(names) {
 }
 
 // ------------------------------------------------------------------ job page
+// "Job not found", the API's problem detail and the way back to the list: a job that does not
+// exist, or one deleted while its page was open (a later read of it answers 404)
+function jobNotFound(root, err) {
+  root.replaceChildren(h("section", { id: "job-not-found" }, h("h1", {}, "Job not found"),
+    h("p", { class: "error" }, problemText(err)), h("a", { href: "/", id: "all-jobs" }, "All jobs")));
+}
+
 async function showJob(root, jobId) {
+  try {
+    await jobPage(root, jobId);
+  } catch (err) {
+    if (!(err instanceof ApiError && err.status === 404)) throw err;
+    jobNotFound(root, err);
+  }
+}
+
+async function jobPage(root, jobId) {
   let job;
   try { job = await getJSON(`/v1/jobs/${jobId}`); } catch (err) {
-    root.replaceChildren(h("section", {}, h("h1", {}, "Job not found"), h("p", { class: "error" }, problemText(err)), h("a", { href: "/" }, "All jobs")));
+    jobNotFound(root, err);
     return;
   }
   const nLayers = job.spec.model.hidden.length + 1;
   const head = h("section", { id: "job-head" });
+  const cancel = jobCancel(job.id); // app/static/actions.js; shown while queued or running
   const gradEl = h("div", { class: "chart", id: "grad-chart" });
   const lossEl = h("div", { class: "chart", id: "loss-chart" });
   const zeroNoteEl = h("p", { class: "muted", id: "grad-zero-note", hidden: true });
@@ -383,7 +334,7 @@ async function showJob(root, jobId) {
   const grad = new LiveChart(gradEl, "pre-clip gradient L2 norm", ["global", ...layerLabels], "norm (log)", zeroNoteEl);
   const loss = new LiveChart(lossEl, "training loss", ["loss"], "loss (log)", lossZeroNoteEl);
 
-  renderHead(head, job);
+  renderHead(head, job, cancel);
   await loadHistory(job, grad, loss);
   if (TERMINAL.has(job.status)) {
     await finished(job);
@@ -409,7 +360,7 @@ async function showJob(root, jobId) {
     if (d.progress || d.status) {
       job = { ...job, ...(ev.event === "snapshot" ? d : {}), status: d.status || job.status,
               progress: d.progress || job.progress, latest: d.latest || job.latest };
-      renderHead(head, job);
+      renderHead(head, job, cancel);
     }
     if (ev.event === "alert" || Date.now() - lastDiagnosis > 3000) {
       lastDiagnosis = Date.now();
@@ -419,7 +370,7 @@ async function showJob(root, jobId) {
     return terminal ? "stop" : undefined;
   }, controller.signal);
   job = await getJSON(`/v1/jobs/${job.id}`);
-  renderHead(head, job);
+  renderHead(head, job, cancel);
   await loadHistory(job, grad, loss);
   await finished(job);
 
@@ -440,43 +391,6 @@ async function showJob(root, jobId) {
   }
 }
 
-// A finished job's files. The links are plain downloads (the server names the file); with an
-// API key they are fetched with the key header instead (never in a URL) and saved from a blob.
-// The model is always fetched first, so a missing or exploded model shows the server's problem
-// detail here instead of downloading it as a file.
-function renderDownloads(el, job) {
-  const link = (id, path, file, text, always) => h("a", { id, href: path, download: file,
-    class: "download", onclick: (e) => {
-      if (!always && !sessionStorage.getItem(KEY)) return; // the browser streams it
-      e.preventDefault();
-      saveFrom(e.currentTarget, path, file);
-    } }, text);
-  const exports = ["metrics", "gradients"].flatMap((t) => [
-    link(`export-${t}-csv`, `/v1/jobs/${job.id}/${t}.csv`, `${job.id}-${t}.csv`, `${t}.csv`),
-    " ",
-    link(`export-${t}-parquet`, `/v1/jobs/${job.id}/${t}.parquet`, `${job.id}-${t}.parquet`, `${t}.parquet`),
-    " "]);
-  el.hidden = false;
-  fill(el, h("h2", {}, "Downloads"),
-    h("p", {}, link("download-model", `/v1/jobs/${job.id}/model`, `${job.id}-final.npz`, "Download model", true),
-      h("span", { class: "muted" }, " (.npz; load it with core.load_model)")),
-    h("p", {}, "Export CSV / Parquet (every recorded point): ", ...exports));
-}
-
-async function saveFrom(a, path, file) {
-  a.parentElement.querySelectorAll(".error").forEach((e) => e.remove());
-  try {
-    const url = URL.createObjectURL(await (await api(path)).blob());
-    const save = h("a", { href: url, download: file, hidden: true });
-    document.body.append(save);
-    save.click();
-    save.remove();
-    setTimeout(() => URL.revokeObjectURL(url), 60_000);
-  } catch (err) {
-    a.parentElement.append(h("span", { class: "error" }, " ", problemText(err)));
-  }
-}
-
 async function loadHistory(job, grad, loss) {
   const mine = (grad.reads = (grad.reads || 0) + 1);
   const [g, m] = await Promise.all([
@@ -493,9 +407,12 @@ async function loadHistory(job, grad, loss) {
   grad.draw(); loss.draw();
 }
 
-function renderHead(el, job) {
+// the job's name, status, verdict and progress; `cancel` (a cancelControl) while it is queued
+// or running
+function renderHead(el, job, cancel) {
   const p = job.progress || { step: 0, total_steps: 0 };
-  fill(el, 
+  cancel.sync(!TERMINAL.has(job.status), job.status);
+  fill(el,
     h("h1", {}, job.name || "(unnamed job)", " ", badge(job.status), " ",
       h("span", { id: "job-verdict", class: `badge ${job.verdict || ""}` }, job.verdict || "no verdict yet")),
     h("p", { class: "muted" }, `id ${job.id}`, job.parent_id ? " · repair of " : "",
@@ -508,7 +425,8 @@ function renderHead(el, job) {
       job.latest ? ` · loss ${fmt(job.latest.loss)} · global gradient norm ${fmt(job.latest.grad_norm)}` : "",
       job.stop_reason ? ` · stopped: ${job.stop_reason}` : "",
       job.runtime_seconds ? ` · ${job.runtime_seconds.toFixed(2)} s` : ""),
-    job.error ? h("p", { class: "error" }, job.error) : null);
+    job.error ? h("p", { class: "error" }, job.error) : null,
+    cancel);
 }
 
 async function renderDiagnosis(el, job) {
@@ -532,19 +450,6 @@ async function renderDiagnosis(el, job) {
     d.first_bad_step !== null ? h("p", {}, `Problem starts at step ${d.first_bad_step}.`) : null,
     d.findings.length ? h("h3", {}, "Findings") : null, findings,
     d.recommendations.length ? h("h3", {}, "Recommended fixes (best first)") : null, recs);
-}
-
-async function runFix(button, jobId, index) {
-  button.disabled = true;
-  button.textContent = "Starting…";
-  try {
-    const child = await getJSON(`/v1/jobs/${jobId}/repair`, { method: "POST", json: { recommendation: index } });
-    location.assign(`/jobs/${child.id}`);
-  } catch (err) {
-    button.disabled = false;
-    button.textContent = "Run this fix";
-    button.after(h("pre", { class: "error" }, problemText(err)));
-  }
 }
 
 async function renderComparison(el, job) {

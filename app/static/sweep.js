@@ -23,6 +23,7 @@ async function showSweep(root, sweepId) {
   const sweep = await getJSON(`/v1/sweeps/${sweepId}`);
   const title = h("h1", {}, sweep.name || `sweep ${sweep.id.slice(0, 8)}`);
   const status = h("p", { id: "sweep-status" });
+  const cancel = sweepCancel(sweepId); // app/static/actions.js; shown while queued or running
   const recommended = h("p", { id: "sweep-recommended" });
   const grid = h("div", { id: "stability-grid" });
   const img = h("img", { id: "stability-plot", alt: "stability map" });
@@ -67,21 +68,24 @@ async function showSweep(root, sweepId) {
     if (shown) img.dataset.query = query;
     else img.dataset.dropped = String(Number(img.dataset.dropped || 0) + 1);
   };
-  root.replaceChildren(h("section", {}, title, status, note, controls, recommended, grid, img));
+  root.replaceChildren(h("section", {}, title, status, cancel, note, controls, recommended, grid, img));
   for (;;) {
-    showStatus(status, latest);
+    showStatus(status, latest, cancel);
     const r = await renderGrid(grid, latest, recommended, view, controls);
     if (r !== null) drawn = r;
     if (latest.status !== "queued" && latest.status !== "running") break;
-    seen = await untilChanged(sweepId, seen, status);
+    seen = await untilChanged(sweepId, seen, status, cancel);
     latest = await getJSON(`/v1/sweeps/${sweepId}`);
   }
   finished = true;
+  cancel.sync(false, latest.status);
   await drawMap();
 }
 
-const showStatus = (el, s) => {
+// the status line, and the Cancel button (a cancelControl) while the sweep is queued or running
+const showStatus = (el, s, cancel) => {
   el.textContent = `${s.status}: ${s.progress.members_done} / ${s.progress.members} members done`;
+  cancel.sync(s.status === "queued" || s.status === "running", s.status);
 };
 
 // What the page shows of a light sweep (status, members done, verdict counts) as one string;
@@ -91,11 +95,11 @@ const shownState = (light) => JSON.stringify([light.status, light.progress.membe
 
 // Polls the light form every 2 s until what the page shows differs from `seen`; answers the
 // new state (the status line already shows it).
-async function untilChanged(sweepId, seen, statusEl) {
+async function untilChanged(sweepId, seen, statusEl, cancel) {
   for (;;) {
     await new Promise((resolve) => setTimeout(resolve, 2000));
     const light = await getJSON(`/v1/sweeps/${sweepId}?members=false`);
-    showStatus(statusEl, light);
+    showStatus(statusEl, light, cancel);
     const state = shownState(light);
     if (state !== seen) return state;
   }

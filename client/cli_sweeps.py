@@ -220,6 +220,10 @@ def _cmd_submit(gw: Client, args: argparse.Namespace) -> int:
         err.print(error_text("give at least one --axis PATH=V1,V2,... or "
                          "--log-axis PATH=LOW:HIGH:POINTS"))
         return EXIT["usage"]
+    if (args.x or args.y or args.at) and not args.map:  # they choose the map's view
+        err.print(error_text("--x, --y and --at choose the map's view: give --map FILE too "
+                             "(or draw it later with gradwatch sweep map)"))
+        return EXIT["usage"]
     if args.map and (problem := held_axis_problem([a["path"] for a in args.axes], args)):
         err.print(error_text(problem))
         return EXIT["usage"]

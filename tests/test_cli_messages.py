@@ -161,3 +161,16 @@ def test_sweep_submit_refuses_to_hold_a_plotted_axis_before_submitting(
     assert result.returncode == EXIT["usage"], result.stderr
     assert "seed is the map's y (up) axis" in result.stderr
     assert live.http.get("/v1/sweeps").json()["items"] == before
+
+
+def test_sweep_submit_refuses_a_map_view_without_a_map(live: LiveServer, tmp_path: Path) -> None:
+    """`sweep submit --at seed=1` (or --x/--y) without --map was ignored without a word."""
+    spec = tmp_path / "tiny.json"
+    spec.write_text(json.dumps(SWEEP_SPEC_SMALL))
+    before = live.http.get("/v1/sweeps").json()["items"]
+    for view in (["--at", "seed=1"], ["--x", "seed"]):
+        result = gradwatch(live, "sweep", "submit", str(spec), "--axis", "seed=0,1",
+                           "--axis", "optimizer.lr=0.001,0.1", *view)
+        assert result.returncode == EXIT["usage"], result.stderr
+        assert "give --map FILE too" in result.stderr
+    assert live.http.get("/v1/sweeps").json()["items"] == before

@@ -74,7 +74,9 @@ def stored_history(session: Session, job: Job, settings: Settings) -> StoredHist
     """What :func:`core.diagnose` needs of ``job``, read back (thinned for very long runs)."""
     from core.telemetry import EpochRecord, NonFiniteEvent
 
-    alerts = [event.data for event in EventRepository(session).of_type(job.id, "alert")]
+    # the alerts of this run: a job re-queued and run again keeps its earlier runs' events
+    alerts = [event.data for event in EventRepository(session).of_type(job.id, "alert")
+              if event.data.get("attempt", job.attempts) == job.attempts]
     nf = job.first_non_finite
     steps: list[Any] = []
     store = HistoryView.of(session, job.id)

@@ -109,13 +109,16 @@ class DatabaseSink:
         self._epochs.append(record)
 
     def write_alert(self, finding: Any) -> None:
-        """An online-monitor finding: stored as an ``alert`` event right away."""
+        """An online-monitor finding: stored as an ``alert`` event right away, with the
+        ``attempt`` (the run of the job) that saw it."""
         if hasattr(finding, "model_dump_json"):
             data = json.loads(finding.model_dump_json())
         elif isinstance(finding, dict):
             data = encode_non_finite(finding)
         else:
             data = {"message": str(finding)}
+        if self.claim is not None:  # which run of the job saw it (a re-queued job runs again)
+            data["attempt"] = self.claim.attempt
         self._alerts.append(data)
         self.flush()
 

@@ -151,8 +151,10 @@ def _show(bar: Progress, task: Any, event: Event) -> None:
         update.update(loss=fmt_value(_float(latest.get("loss"))),
                       grad_norm=fmt_value(_float(latest.get("grad_norm"))))
     if event.event == "alert":
+        attempt = data.get("attempt")  # a re-queued job runs again: say which run
+        run = f" (run {attempt})" if isinstance(attempt, int) and attempt > 1 else ""
         bar.console.print(Text.assemble(("alert", "yellow"),
-                                        f" step {data.get('step')}: {data.get('message')}"))
+                                        f" step {data.get('step')}{run}: {data.get('message')}"))
     if update:
         bar.update(task, **update)
 

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,17 @@ SLOW_SPEC = {"name": "slow", "data": {"source": "synthetic", "name": "spirals", 
              "training": {"epochs": 300, "batch_size": 8}}
 
 
+# Runs a command as a terminal starts it: Ctrl-C's signal neither ignored nor blocked. A child
+# inherits both from this test process, where a library or the CI's launcher (a background
+# job of a non-interactive shell ignores SIGINT) may have changed them; Python then never
+# raises KeyboardInterrupt (one CI run saw the CLI follow to the end, exit 0).
+AS_AT_A_TERMINAL = [sys.executable, "-c",
+                    "import os, signal, sys; "
+                    "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); "
+                    "signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                    "os.execv(sys.argv[1], sys.argv[1:])"]
+
+
 def _env(live: LiveServer) -> dict[str, str]:
     env = {**os.environ, "GRADWATCH_URL": live.url, "COLUMNS": "200"}
     env.pop("GRADWATCH_API_KEY", None)
@@ -35,7 +47,8 @@ def test_ctrl_c_while_following_says_the_job_goes_on(live: LiveServer, tmp_path:
     had neither)."""
     spec = tmp_path / "slow.json"
     spec.write_text(json.dumps(SLOW_SPEC))
-    proc = subprocess.Popen([GRADWATCH, "submit", str(spec), "--follow"], env=_env(live),
+    proc = subprocess.Popen([*AS_AT_A_TERMINAL, GRADWATCH, "submit", str(spec), "--follow"],
+                            env=_env(live),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     first = proc.stderr.readline()

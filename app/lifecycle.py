@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from app import sweep_notify, webhooks
 from app.models import Job
-from app.repositories import ID_BATCH, EventRepository, JobRepository, as_utc
+from app.repositories import EventRepository, JobRepository, as_utc, id_batches
 
 __all__ = [
     "TERMINAL",
@@ -134,9 +134,9 @@ def move_members(session: Session, sweep_id: str, job_ids: Sequence[str], to: st
     # the sweep before any member's row, as move_job does (app.sweep_notify: exactly once)
     notify = to in TERMINAL and bool(job_ids) and sweep_notify.lock_sweep(session, sweep_id)
     moved: list[str] = []
-    for start in range(0, len(job_ids), ID_BATCH):
+    for batch in id_batches(job_ids):
         moved += session.scalars(
-            update(Job).where(Job.id.in_(job_ids[start:start + ID_BATCH]),
+            update(Job).where(Job.id.in_(batch),
                               Job.parent_sweep_id == sweep_id, Job.status.in_(sources))
             .values(status=to, **fields).returning(Job.id)
             .execution_options(synchronize_session=False)).all()
@@ -155,9 +155,9 @@ def request_cancel_many(session: Session, job_ids: Sequence[str]) -> list[Job]:
     and their events in a few statements per :data:`ID_BATCH` jobs. Returns the jobs flagged
     now (running, not flagged before)."""
     flagged: list[str] = []
-    for start in range(0, len(job_ids), ID_BATCH):
+    for batch in id_batches(job_ids):
         flagged += session.scalars(
-            update(Job).where(Job.id.in_(job_ids[start:start + ID_BATCH]),
+            update(Job).where(Job.id.in_(batch),
                               Job.status == "running", Job.cancel_requested.is_(False))
             .values(cancel_requested=True).returning(Job.id)
             .execution_options(synchronize_session=False)).all()
@@ -170,9 +170,9 @@ def request_cancel_many(session: Session, job_ids: Sequence[str]) -> list[Job]:
 def _reread(session: Session, job_ids: Sequence[str]) -> list[Job]:
     """The jobs as the database has them now (after UPDATEs this session did not track)."""
     jobs: list[Job] = []
-    for start in range(0, len(job_ids), ID_BATCH):
+    for batch in id_batches(job_ids):
         jobs += session.scalars(
-            select(Job).where(Job.id.in_(job_ids[start:start + ID_BATCH]))
+            select(Job).where(Job.id.in_(batch))
             .execution_options(populate_existing=True)).all()
     return jobs
 

@@ -4,7 +4,7 @@ transaction."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -64,6 +64,12 @@ DEFERRED = datetime(1970, 1, 1, tzinfo=UTC)
 
 # ids per `IN (...)` of a statement over many jobs (SQLite allows 32,766 parameters)
 ID_BATCH = 500
+
+
+def id_batches(ids: Sequence[str]) -> Iterator[Sequence[str]]:
+    """``ids`` in slices of at most :data:`ID_BATCH`, one per statement."""
+    for start in range(0, len(ids), ID_BATCH):
+        yield ids[start:start + ID_BATCH]
 
 
 def as_utc(value: datetime) -> datetime:
@@ -143,9 +149,9 @@ class JobRepository:
         """Record that the executor accepted the queued jobs' ids (see app.dispatch): one
         statement per :data:`ID_BATCH` ids, however many (a sweep's members)."""
         now = utcnow()
-        for start in range(0, len(job_ids), ID_BATCH):
+        for batch in id_batches(job_ids):
             self.session.execute(
-                update(Job).where(Job.id.in_(job_ids[start:start + ID_BATCH]),
+                update(Job).where(Job.id.in_(batch),
                                   Job.status == "queued",
                                   or_(Job.enqueued_at.is_(None), Job.enqueued_at != DEFERRED))
                 .values(enqueued_at=now).execution_options(synchronize_session=False)
@@ -267,9 +273,9 @@ class EventRepository:
         numbers reserved in one UPDATE per :data:`ID_BATCH` jobs, the events in one INSERT."""
         ids = [job_id for job_id, _, _ in events]
         seqs: dict[str, int] = {}
-        for start in range(0, len(ids), ID_BATCH):
+        for batch in id_batches(ids):
             result = self.session.execute(
-                update(Job).where(Job.id.in_(ids[start:start + ID_BATCH]))
+                update(Job).where(Job.id.in_(batch))
                 .values(event_seq=Job.event_seq + 1).returning(Job.id, Job.event_seq)
                 .execution_options(synchronize_session=False))
             seqs.update((job_id, seq) for job_id, seq in result)

@@ -64,7 +64,7 @@ def launch_member(session: Session, sweep_id: str, body: SweepLaunch, settings: 
         index = body.member
     else:
         grid = stability(session, sweep_id, body.x, body.y, body.at or None,
-                         principal=principal, at_loc=("body", "at"))
+                         principal=principal, at_loc=lambda path: ["body", "at", path])
         if grid.recommended is None:
             raise ConflictError(
                 f"sweep {sweep_id} has no recommended member to launch: "

@@ -10,7 +10,7 @@ commit: the request does.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -321,10 +321,11 @@ def outcomes(session: Session, sweep_id: str) -> list[MemberOutcome]:
 
 def stability(session: Session, sweep_id: str, x: str | None, y: str | None,
               at: dict[str, Any] | None = None, *, principal: Principal,
-              at_loc: Sequence[str] = ("query",)) -> StabilityGrid:
+              at_loc: Callable[[str], list[str]] = lambda path: ["query", f"at.{path}"]
+              ) -> StabilityGrid:
     """The grid over axes ``x`` (default: the last axis) and ``y`` (default: the first), the
     other axes held at ``at`` (default: their first values); a 422 for an ``at`` that holds
-    nothing (``at_loc``: where the request gave it, for the error's ``loc``)."""
+    nothing (``at_loc``: where the request gave ``at``'s path, for the error's ``loc``)."""
     sweep = get_sweep(session, sweep_id, principal)
     paths = [a["path"] for a in sweep.axes]
     if len(paths) < 2:
@@ -351,12 +352,11 @@ def stability(session: Session, sweep_id: str, x: str | None, y: str | None,
 
 
 def _check_held(axes: list[dict[str, Any]], x: str, y: str, at: dict[str, Any],
-                loc: Sequence[str]) -> None:
+                loc: Callable[[str], list[str]]) -> None:
     """422 for an ``at`` that would be ignored: on no axis of the sweep, on an axis the map
     draws whole (``x``, ``y``), or at a value the axis does not have (an empty grid)."""
     values = {a["path"]: SweepAxis.model_validate(a).grid() for a in axes}
     for path, value in at.items():
-        where = [*loc, f"at.{path}"] if tuple(loc) == ("query",) else [*loc, path]
         if path not in values:
             msg = f"at.{path}: not an axis of this sweep; axes: {list(values)}"
         elif path in (x, y):
@@ -366,6 +366,6 @@ def _check_held(axes: list[dict[str, Any]], x: str, y: str, at: dict[str, Any],
             msg = f"at.{path}={value!r} is not one of the axis's values: {values[path]}"
         else:
             continue
-        raise SpecValidationError(msg, errors=[{"loc": where, "msg": msg,
+        raise SpecValidationError(msg, errors=[{"loc": loc(path), "msg": msg,
                                                 "type": "value_error"}])
 

@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 
 from app import counters
 from app.models import DiagnosticReportRow, Job, JobEvent, Webhook, WebhookDelivery, utcnow
-from app.repositories import ID_BATCH
+from app.repositories import id_batches
 
 __all__ = [
     "EVENTS",
@@ -345,8 +345,7 @@ def jobs_finished(session: Session, jobs: Sequence[Job]) -> None:
     ids = [job.id for job in jobs]
     every_job = or_(*(subscriptions_of(t) for t in {job.tenant for job in jobs}))
     wanted = any(session.scalar(select(Webhook.id).where(
-        or_(every_job, Webhook.job_id.in_(ids[start:start + ID_BATCH]))).limit(1))
-        for start in range(0, len(ids), ID_BATCH))
+        or_(every_job, Webhook.job_id.in_(batch))).limit(1)) for batch in id_batches(ids))
     for job in jobs:
         if wanted:
             job_finished(session, job.id)
